@@ -1,0 +1,152 @@
+//! The typed saga definition, as produced by [`crate::validate_definition`].
+//!
+//! Durations are whole milliseconds. Values that hold templates (`url`, `body`, `input`, …) are
+//! kept as JSON and rendered per attempt by [`crate::template`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A validated saga definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    pub name: String,
+    /// Deadline for the whole saga.
+    pub timeout_ms: Option<u64>,
+    pub on_timeout: OnTimeout,
+    pub concurrency: Option<Concurrency>,
+    pub steps: Vec<StepDefinition>,
+}
+
+impl Definition {
+    /// The index of the step called `name`.
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+}
+
+/// What happens when the saga deadline passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    Compensate,
+    Fail,
+}
+
+/// At most `limit` running sagas per rendered `key`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Concurrency {
+    pub key: String,
+    pub limit: u32,
+}
+
+/// One step: an action, an optional compensation, and their policies (defaults applied).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepDefinition {
+    pub name: String,
+    pub action: Action,
+    pub compensation: Option<Action>,
+    /// One attempt's limit.
+    pub timeout_ms: u64,
+    pub retry: RetryPolicy,
+    pub compensation_retry: RetryPolicy,
+    pub pivot: bool,
+    pub heartbeat_timeout_ms: Option<u64>,
+}
+
+/// A retry policy with every field resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_interval_ms: u64,
+    pub multiplier: f64,
+    pub max_interval_ms: u64,
+    /// Fraction in `[0, 1]`: each delay is scaled by a uniform factor in `[1 - jitter, 1 + jitter]`.
+    pub jitter: f64,
+}
+
+impl RetryPolicy {
+    /// The default for actions.
+    pub fn action_default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_interval_ms: 1_000,
+            multiplier: 2.0,
+            max_interval_ms: 60_000,
+            jitter: 0.1,
+        }
+    }
+
+    /// The default for compensations: more patient, since they must eventually succeed.
+    pub fn compensation_default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            initial_interval_ms: 1_000,
+            multiplier: 2.0,
+            max_interval_ms: 60_000,
+            jitter: 0.1,
+        }
+    }
+}
+
+/// Default for one attempt's limit.
+pub const STEP_TIMEOUT_DEFAULT_MS: u64 = 30_000;
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Http(HttpAction),
+    Grpc(GrpcAction),
+    Builtin(BuiltinAction),
+    Signal(SignalAction),
+}
+
+impl Action {
+    /// The action kind as written in definitions.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Http(_) => "http",
+            Action::Grpc(_) => "grpc",
+            Action::Builtin(_) => "builtin",
+            Action::Signal(_) => "signal",
+        }
+    }
+}
+
+/// An HTTP request to a participant (API.md §4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HttpAction {
+    pub method: String,
+    /// Template.
+    pub url: String,
+    /// Header values are templates.
+    pub headers: BTreeMap<String, String>,
+    /// Template tree.
+    pub body: Option<Value>,
+    pub is_async: bool,
+}
+
+/// A call to a gRPC participant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GrpcAction {
+    pub endpoint: String,
+    pub service: String,
+    pub input: Option<Value>,
+}
+
+/// A native step registered by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuiltinAction {
+    pub name: String,
+    /// Template tree.
+    pub input: Option<Value>,
+}
+
+/// Wait for a named signal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalAction {
+    pub name: String,
+    pub timeout_ms: Option<u64>,
+}

@@ -1,0 +1,54 @@
+//! Pure saga semantics: the definition model and its validation, templates, retry backoff and
+//! the saga/step state machine.
+//!
+//! This crate owns *what a saga means*. It performs no I/O, reads no clock and draws no random
+//! numbers: time arrives as `now_ms` parameters and randomness as a `jitter_sample` in `[0, 1)`,
+//! so the runtime, the tests and a simulator all drive it the same way.
+
+pub mod backoff;
+pub mod definition;
+pub mod duration;
+pub mod machine;
+pub mod template;
+pub mod validate;
+
+pub use backoff::retry_delay_ms;
+pub use definition::{
+    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnTimeout, RetryPolicy,
+    SignalAction, StepDefinition,
+};
+pub use machine::{
+    FailureKind, HistoryEvent, Next, Outcome, Phase, SagaError, SagaState, SagaStatus, StepState,
+    StepStatus, Transition,
+};
+pub use validate::{parse_document, validate_definition, DocumentFormat, FieldError, ParseError};
+
+/// Names of definitions and of the path segment in `PUT /v1/definitions/{name}`.
+pub const DEFINITION_NAME_PATTERN: &str = r"^[a-z][a-z0-9_.-]{0,99}$";
+/// Step names: usable as `steps.<name>` in templates.
+pub const STEP_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$";
+/// The most steps one definition may have.
+pub const STEPS_MAX: usize = 100;
+/// The most attempts a retry policy may ask for.
+pub const RETRY_ATTEMPTS_MAX: u32 = 1000;
+
+/// True when `name` is a valid definition name.
+pub fn is_valid_definition_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 100 || !bytes[0].is_ascii_lowercase() {
+        return false;
+    }
+    bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// True when `name` is a valid step name.
+pub fn is_valid_step_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 64 {
+        return false;
+    }
+    (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}

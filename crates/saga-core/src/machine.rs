@@ -1,0 +1,592 @@
+//! The saga/step state machine, as pure functions over [`SagaState`].
+//!
+//! Design note. A driver asks [`SagaState::next`] what to run, runs it (outside this crate), and
+//! feeds the result to [`SagaState::apply`], which mutates the state and returns the history
+//! events and an optional wake-up time (a retry's due time). The driver commits the new state and
+//! those events in one transaction before it runs anything that depends on them.
+//!
+//! Compensation covers exactly what may have happened: every `SUCCEEDED` step plus the failing
+//! step when its failure was *ambiguous* (retryable errors that ran out, timeouts, crashes). A
+//! *definite* failure (the participant says it did nothing) is not compensated; steps never
+//! attempted become `SKIPPED`. Compensations run from the highest index down, and a step that is
+//! `COMPENSATED` never becomes eligible again, so nothing is compensated twice. Once a `pivot`
+//! step has succeeded, failures leave the saga `FAILED` for an operator instead of compensating.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::backoff::retry_delay_ms;
+use crate::definition::Definition;
+
+/// Saga status (API.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaStatus {
+    Pending,
+    Executing,
+    Completed,
+    Compensating,
+    Compensated,
+    Failed,
+}
+
+impl SagaStatus {
+    /// Completed, compensated, or failed (awaiting an operator): no driver runs it.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Pending => "PENDING",
+            SagaStatus::Executing => "EXECUTING",
+            SagaStatus::Completed => "COMPLETED",
+            SagaStatus::Compensating => "COMPENSATING",
+            SagaStatus::Compensated => "COMPENSATED",
+            SagaStatus::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            SagaStatus::Pending,
+            SagaStatus::Executing,
+            SagaStatus::Completed,
+            SagaStatus::Compensating,
+            SagaStatus::Compensated,
+            SagaStatus::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// Step status (API.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepStatus {
+    Pending,
+    Executing,
+    Succeeded,
+    Failed,
+    Compensating,
+    Compensated,
+    CompensationFailed,
+    Skipped,
+}
+
+/// One step's progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub name: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub compensated_at_ms: Option<i64>,
+    /// The step failed in a way that may have left effects; it must be compensated.
+    #[serde(default)]
+    pub ambiguous: bool,
+}
+
+impl StepState {
+    fn needs_compensation(&self) -> bool {
+        match self.status {
+            StepStatus::Succeeded | StepStatus::Compensating => true,
+            StepStatus::Failed => self.ambiguous,
+            _ => false,
+        }
+    }
+}
+
+/// Why a saga stopped going forward (API.md §5 `error.kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    NonRetryable,
+    RetriesExhausted,
+    Timeout,
+    Cancelled,
+    CompensationFailed,
+}
+
+/// `{step, kind, message}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SagaError {
+    pub step: Option<String>,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The whole mutable state of one saga.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SagaState {
+    pub status: SagaStatus,
+    pub steps: Vec<StepState>,
+    pub error: Option<SagaError>,
+    /// The forward failure that started compensation, kept while a compensation failure shows.
+    #[serde(default)]
+    pub cause: Option<SagaError>,
+}
+
+/// Forward action or compensation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Action,
+    Compensation,
+}
+
+/// How an attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Try again with the same idempotency key; ambiguous once attempts run out.
+    Retryable,
+    /// A definite failure: the participant did nothing (for a compensation: it refused).
+    NonRetryable,
+}
+
+/// The result of one attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Succeeded(Value),
+    Failed { kind: FailureKind, message: String },
+}
+
+/// What the driver should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    RunAction { step: usize, attempt: u32 },
+    RunCompensation { step: usize, attempt: u32 },
+    /// Nothing more to run: the saga is terminal.
+    Terminal,
+}
+
+/// One history entry produced by a transition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub kind: String,
+    pub step: Option<String>,
+    pub attempt: Option<u32>,
+    pub data: Value,
+    pub at_ms: i64,
+}
+
+impl HistoryEvent {
+    pub fn new(kind: &str, step: Option<&str>, attempt: Option<u32>, data: Value, at_ms: i64) -> Self {
+        HistoryEvent {
+            kind: kind.to_string(),
+            step: step.map(str::to_string),
+            attempt,
+            data,
+            at_ms,
+        }
+    }
+}
+
+/// What one call to [`SagaState::apply`] produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Transition {
+    pub events: Vec<HistoryEvent>,
+    /// Set when the next attempt must wait (a scheduled retry): the saga is due again then.
+    pub retry_at_ms: Option<i64>,
+}
+
+/// An attempt result that does not fit the state: a driver bug or a stale driver.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MachineError {
+    #[error("step {step} {phase:?} attempt {attempt} is not what the saga expects next ({expected:?})")]
+    UnexpectedOutcome {
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        expected: Next,
+    },
+    #[error("saga is {0:?}; only FAILED sagas can be retried")]
+    NotRetryable(SagaStatus),
+    #[error("saga state does not match its definition ({0} steps in state, {1} in definition)")]
+    ShapeMismatch(usize, usize),
+}
+
+/// Progress shown to users.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub completed_steps: usize,
+    pub total_steps: usize,
+    pub current_step: Option<String>,
+    pub percent: u32,
+}
+
+impl SagaState {
+    /// A new saga: `PENDING`, every step `PENDING`.
+    pub fn new(definition: &Definition) -> Self {
+        let steps = definition
+            .steps
+            .iter()
+            .map(|s| StepState {
+                name: s.name.clone(),
+                status: StepStatus::Pending,
+                attempts: 0,
+                compensation_attempts: 0,
+                output: None,
+                error: None,
+                started_at_ms: None,
+                finished_at_ms: None,
+                compensated_at_ms: None,
+                ambiguous: false,
+            })
+            .collect();
+        SagaState {
+            status: SagaStatus::Pending,
+            steps,
+            error: None,
+            cause: None,
+        }
+    }
+
+    /// What to run next.
+    pub fn next(&self) -> Next {
+        match self.status {
+            SagaStatus::Pending | SagaStatus::Executing => {
+                match self.steps.iter().position(|s| s.status != StepStatus::Succeeded) {
+                    Some(i) => Next::RunAction {
+                        step: i,
+                        attempt: self.steps[i].attempts + 1,
+                    },
+                    None => Next::Terminal,
+                }
+            }
+            SagaStatus::Compensating => match self.steps.iter().rposition(StepState::needs_compensation) {
+                Some(i) => Next::RunCompensation {
+                    step: i,
+                    attempt: self.steps[i].compensation_attempts + 1,
+                },
+                None => Next::Terminal,
+            },
+            _ => Next::Terminal,
+        }
+    }
+
+    /// The output of a completed saga: `{step: output}`.
+    pub fn output(&self) -> Option<Value> {
+        if self.status != SagaStatus::Completed {
+            return None;
+        }
+        let map: Map<String, Value> = self
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), s.output.clone().unwrap_or(Value::Null)))
+            .collect();
+        Some(Value::Object(map))
+    }
+
+    /// Step outputs available to templates.
+    pub fn step_outputs(&self) -> Map<String, Value> {
+        self.steps
+            .iter()
+            .filter_map(|s| s.output.clone().map(|o| (s.name.clone(), o)))
+            .collect()
+    }
+
+    /// Progress for users.
+    pub fn progress(&self) -> Progress {
+        let total_steps = self.steps.len();
+        let completed_steps = self.steps.iter().filter(|s| s.status == StepStatus::Succeeded).count();
+        let current_step = match self.next() {
+            Next::RunAction { step, .. } | Next::RunCompensation { step, .. } => Some(self.steps[step].name.clone()),
+            Next::Terminal => None,
+        };
+        let percent = match self.status {
+            SagaStatus::Completed => 100,
+            _ if total_steps == 0 => 0,
+            _ => (completed_steps * 100 / total_steps) as u32,
+        };
+        Progress {
+            completed_steps,
+            total_steps,
+            current_step,
+            percent,
+        }
+    }
+
+    /// Applies the result of one attempt. `started_at_ms` is when the attempt began; `now_ms` when
+    /// it ended; `jitter_sample` a uniform draw in `[0, 1)` for the retry backoff.
+    pub fn apply(
+        &mut self,
+        definition: &Definition,
+        phase: Phase,
+        step: usize,
+        attempt: u32,
+        outcome: Outcome,
+        started_at_ms: i64,
+        now_ms: i64,
+        jitter_sample: f64,
+    ) -> Result<Transition, MachineError> {
+        if self.steps.len() != definition.steps.len() {
+            return Err(MachineError::ShapeMismatch(self.steps.len(), definition.steps.len()));
+        }
+        let expected = self.next();
+        let matches = match (phase, expected) {
+            (Phase::Action, Next::RunAction { step: s, attempt: a }) => s == step && a == attempt,
+            (Phase::Compensation, Next::RunCompensation { step: s, attempt: a }) => s == step && a == attempt,
+            _ => false,
+        };
+        if !matches {
+            return Err(MachineError::UnexpectedOutcome {
+                step,
+                phase,
+                attempt,
+                expected,
+            });
+        }
+        let mut transition = Transition::default();
+        match phase {
+            Phase::Action => self.apply_action(definition, step, attempt, outcome, started_at_ms, now_ms, jitter_sample, &mut transition),
+            Phase::Compensation => {
+                self.apply_compensation(definition, step, attempt, outcome, started_at_ms, now_ms, jitter_sample, &mut transition)
+            }
+        }
+        self.advance(definition, now_ms, &mut transition.events);
+        Ok(transition)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_action(
+        &mut self,
+        definition: &Definition,
+        index: usize,
+        attempt: u32,
+        outcome: Outcome,
+        started_at_ms: i64,
+        now_ms: i64,
+        jitter_sample: f64,
+        transition: &mut Transition,
+    ) {
+        let name = self.steps[index].name.clone();
+        let events = &mut transition.events;
+        if self.status == SagaStatus::Pending {
+            self.status = SagaStatus::Executing;
+        }
+        let step = &mut self.steps[index];
+        if step.status == StepStatus::Pending {
+            step.started_at_ms = Some(started_at_ms);
+        }
+        step.status = StepStatus::Executing;
+        step.attempts = attempt;
+        events.push(HistoryEvent::new("step_started", Some(&name), Some(attempt), json!({"phase": "action"}), started_at_ms));
+        match outcome {
+            Outcome::Succeeded(output) => {
+                step.status = StepStatus::Succeeded;
+                step.output = Some(output);
+                step.error = None;
+                step.finished_at_ms = Some(now_ms);
+                events.push(HistoryEvent::new("step_succeeded", Some(&name), Some(attempt), json!({"duration_ms": now_ms - started_at_ms}), now_ms));
+            }
+            Outcome::Failed { kind, message } => {
+                step.error = Some(message.clone());
+                let retryable = kind == FailureKind::Retryable;
+                events.push(HistoryEvent::new(
+                    "step_failed",
+                    Some(&name),
+                    Some(attempt),
+                    json!({"phase": "action", "retryable": retryable, "message": message}),
+                    now_ms,
+                ));
+                let policy = &definition.steps[index].retry;
+                if retryable && attempt < policy.max_attempts {
+                    let delay_ms = retry_delay_ms(policy, attempt, jitter_sample);
+                    let due_ms = now_ms + delay_ms as i64;
+                    events.push(HistoryEvent::new(
+                        "step_retry_scheduled",
+                        Some(&name),
+                        Some(attempt + 1),
+                        json!({"phase": "action", "delay_ms": delay_ms, "due_at_ms": due_ms}),
+                        now_ms,
+                    ));
+                    transition.retry_at_ms = Some(due_ms);
+                } else {
+                    let error_kind = if retryable { ErrorKind::RetriesExhausted } else { ErrorKind::NonRetryable };
+                    self.fail_forward(definition, index, error_kind, message, retryable, now_ms, events);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fail_forward(
+        &mut self,
+        definition: &Definition,
+        index: usize,
+        kind: ErrorKind,
+        message: String,
+        ambiguous: bool,
+        now_ms: i64,
+        events: &mut Vec<HistoryEvent>,
+    ) {
+        let step = &mut self.steps[index];
+        step.status = StepStatus::Failed;
+        step.ambiguous = ambiguous;
+        step.finished_at_ms = Some(now_ms);
+        for later in &mut self.steps[index + 1..] {
+            if later.status == StepStatus::Pending {
+                later.status = StepStatus::Skipped;
+            }
+        }
+        let error = SagaError {
+            step: Some(self.steps[index].name.clone()),
+            kind,
+            message,
+        };
+        let pivot_passed = definition
+            .steps
+            .iter()
+            .zip(&self.steps)
+            .any(|(def, state)| def.pivot && state.status == StepStatus::Succeeded);
+        if pivot_passed {
+            self.status = SagaStatus::Failed;
+            events.push(HistoryEvent::new("saga_failed", error.step.as_deref(), None, json!({"error": error, "pivot_passed": true}), now_ms));
+            self.error = Some(error);
+        } else {
+            self.status = SagaStatus::Compensating;
+            self.cause = Some(error.clone());
+            self.error = Some(error);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_compensation(
+        &mut self,
+        definition: &Definition,
+        index: usize,
+        attempt: u32,
+        outcome: Outcome,
+        started_at_ms: i64,
+        now_ms: i64,
+        jitter_sample: f64,
+        transition: &mut Transition,
+    ) {
+        let name = self.steps[index].name.clone();
+        let events = &mut transition.events;
+        let step = &mut self.steps[index];
+        if step.status != StepStatus::Compensating {
+            step.status = StepStatus::Compensating;
+            events.push(HistoryEvent::new("compensation_started", Some(&name), Some(attempt), Value::Null, started_at_ms));
+        }
+        step.compensation_attempts = attempt;
+        match outcome {
+            Outcome::Succeeded(_) => {
+                step.status = StepStatus::Compensated;
+                step.compensated_at_ms = Some(now_ms);
+                events.push(HistoryEvent::new("step_compensated", Some(&name), Some(attempt), json!({"duration_ms": now_ms - started_at_ms}), now_ms));
+            }
+            Outcome::Failed { kind, message } => {
+                let retryable = kind == FailureKind::Retryable;
+                events.push(HistoryEvent::new(
+                    "step_failed",
+                    Some(&name),
+                    Some(attempt),
+                    json!({"phase": "compensation", "retryable": retryable, "message": message}),
+                    now_ms,
+                ));
+                let policy = &definition.steps[index].compensation_retry;
+                if retryable && attempt < policy.max_attempts {
+                    let delay_ms = retry_delay_ms(policy, attempt, jitter_sample);
+                    let due_ms = now_ms + delay_ms as i64;
+                    events.push(HistoryEvent::new(
+                        "step_retry_scheduled",
+                        Some(&name),
+                        Some(attempt + 1),
+                        json!({"phase": "compensation", "delay_ms": delay_ms, "due_at_ms": due_ms}),
+                        now_ms,
+                    ));
+                    transition.retry_at_ms = Some(due_ms);
+                } else {
+                    step.status = StepStatus::CompensationFailed;
+                    step.error = Some(message.clone());
+                    let error = SagaError {
+                        step: Some(name.clone()),
+                        kind: ErrorKind::CompensationFailed,
+                        message,
+                    };
+                    events.push(HistoryEvent::new("compensation_failed", Some(&name), Some(attempt), json!({"error": error}), now_ms));
+                    events.push(HistoryEvent::new("saga_failed", Some(&name), None, json!({"error": error}), now_ms));
+                    self.status = SagaStatus::Failed;
+                    self.error = Some(error);
+                }
+            }
+        }
+    }
+
+    /// Settles everything that needs no I/O: completion, compensations without an action, and
+    /// the end of compensation.
+    fn advance(&mut self, definition: &Definition, now_ms: i64, events: &mut Vec<HistoryEvent>) {
+        loop {
+            match self.next() {
+                Next::Terminal if self.status == SagaStatus::Executing || self.status == SagaStatus::Pending => {
+                    self.status = SagaStatus::Completed;
+                    self.error = None;
+                    events.push(HistoryEvent::new("saga_completed", None, None, Value::Null, now_ms));
+                    return;
+                }
+                Next::Terminal if self.status == SagaStatus::Compensating => {
+                    self.status = SagaStatus::Compensated;
+                    self.error = self.cause.clone();
+                    events.push(HistoryEvent::new("saga_compensated", None, None, json!({"error": self.error}), now_ms));
+                    return;
+                }
+                Next::RunCompensation { step, attempt } if definition.steps[step].compensation.is_none() => {
+                    let name = self.steps[step].name.clone();
+                    let state = &mut self.steps[step];
+                    state.status = StepStatus::Compensated;
+                    state.compensated_at_ms = Some(now_ms);
+                    events.push(HistoryEvent::new("step_compensated", Some(&name), Some(attempt), json!({"noop": true}), now_ms));
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// An operator's `retry` of a `FAILED` saga: a failed compensation gets a fresh budget and
+    /// compensation resumes; a forward failure (past a pivot, or `on_timeout: fail`) resumes
+    /// forward from the failed step.
+    pub fn retry_by_operator(&mut self, definition: &Definition, now_ms: i64) -> Result<Transition, MachineError> {
+        if self.status != SagaStatus::Failed {
+            return Err(MachineError::NotRetryable(self.status));
+        }
+        let mut transition = Transition::default();
+        if let Some(index) = self.steps.iter().position(|s| s.status == StepStatus::CompensationFailed) {
+            let step = &mut self.steps[index];
+            step.status = StepStatus::Compensating;
+            step.compensation_attempts = 0;
+            step.error = None;
+            let name = step.name.clone();
+            self.status = SagaStatus::Compensating;
+            self.error = self.cause.clone();
+            transition.events.push(HistoryEvent::new("saga_retried", Some(&name), None, json!({"phase": "compensation"}), now_ms));
+        } else {
+            let first_open = self.steps.iter().position(|s| s.status != StepStatus::Succeeded);
+            let skip = first_open.unwrap_or(self.steps.len());
+            for step in self.steps.iter_mut().skip(skip) {
+                step.status = StepStatus::Pending;
+                step.attempts = 0;
+                step.error = None;
+                step.ambiguous = false;
+                step.finished_at_ms = None;
+            }
+            self.status = SagaStatus::Executing;
+            self.error = None;
+            self.cause = None;
+            let name = first_open.map(|i| self.steps[i].name.clone());
+            transition.events.push(HistoryEvent::new("saga_retried", name.as_deref(), None, json!({"phase": "action"}), now_ms));
+        }
+        self.advance(definition, now_ms, &mut transition.events);
+        Ok(transition)
+    }
+}
+
+#[cfg(test)]
+mod tests;

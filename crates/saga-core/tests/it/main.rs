@@ -1,0 +1,3 @@
+//! saga-core integration tests: definition parsing and validation.
+
+mod validation;

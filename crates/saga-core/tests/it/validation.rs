@@ -1,0 +1,110 @@
+//! Every validation error is reported with its JSON Pointer.
+
+use saga_core::{parse_document, validate_definition, Action, DocumentFormat, FieldError};
+use serde_json::{json, Value};
+
+const BUILTINS: &[&str] = &["core.echo", "core.fail", "core.sleep"];
+
+fn errors(name: &str, document: Value) -> Vec<(String, String)> {
+    match validate_definition(name, &document, BUILTINS) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.into_iter().map(|FieldError { path, message }| (path, message)).collect(),
+    }
+}
+
+/// Asserts exactly these paths are reported, each message containing its fragment.
+fn check(name: &str, document: Value, expected: &[(&str, &str)]) {
+    let got = errors(name, document);
+    let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    let want: Vec<&str> = expected.iter().map(|(p, _)| *p).collect();
+    assert_eq!(paths, want, "errors: {got:#?}");
+    for ((_, message), (_, fragment)) in got.iter().zip(expected) {
+        assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+    }
+}
+
+fn echo_step(name: &str) -> Value {
+    json!({"name": name, "action": {"builtin": "core.echo", "input": {"x": 1}}})
+}
+
+#[test]
+fn valid_definition_resolves_defaults() {
+    let doc = json!({
+        "defaults": {"timeout": "10s", "retry": {"max_attempts": 3, "initial_interval": "100ms"}},
+        "steps": [
+            {"name": "a", "action": {"http": {"method": "post", "url": "{{ vars.X }}/a", "body": {"c": "{{ input.c }}"}}},
+             "compensation": {"http": {"url": "{{ vars.X }}/a/{{ steps.a.output.id }}/cancel"}},
+             "retry": {"max_attempts": 5}},
+            echo_step("b"),
+        ]
+    });
+    let def = validate_definition("order", &doc, BUILTINS).expect("valid");
+    assert_eq!(def.steps[0].retry.max_attempts, 5);
+    assert_eq!(def.steps[0].retry.initial_interval_ms, 100);
+    assert_eq!(def.steps[0].timeout_ms, 10_000);
+    assert_eq!(def.steps[1].retry.max_attempts, 3);
+    match &def.steps[0].action {
+        Action::Http(http) => assert_eq!(http.method, "POST"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn reports_every_error_with_its_path() {
+    check(
+        "order",
+        json!({
+            "name": "other",
+            "timeout": "soon",
+            "steps": [
+                echo_step("a"),
+                {"name": "a", "action": {"builtin": "core.nope"}, "retry": {"max_attempts": 0, "jitter": 2}},
+                {"name": "bad name", "action": {"http": {"url": "{{ input. }}"}}},
+                {"name": "c", "action": {"frobnicate": {}}, "pivot": "yes"},
+            ]
+        }),
+        &[
+            ("/name", "does not match"),
+            ("/timeout", "invalid duration"),
+            ("/steps/1/action/builtin", "unknown builtin"),
+            ("/steps/1/retry/max_attempts", "from 1"),
+            ("/steps/1/retry/jitter", "0.0 to 1.0"),
+            ("/steps/1/name", "duplicate"),
+            ("/steps/2/name", "must match"),
+            ("/steps/2/action/http/url", "does not compile"),
+            ("/steps/3/action", "exactly one action kind"),
+            ("/steps/3/pivot", "true or false"),
+        ],
+    );
+}
+
+#[test]
+fn shape_errors() {
+    check("order", json!([]), &[("", "must be an object")]);
+    check("order", json!({}), &[("/steps", "is required")]);
+    check("order", json!({"steps": []}), &[("/steps", "at least one")]);
+    check("Bad", json!({"steps": [echo_step("a")]}), &[("/name", "must match")]);
+    check("order", json!({"steps": [echo_step("a")], "colour": 1}), &[("/colour", "unknown field")]);
+    check(
+        "order",
+        json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}, "compensation": {"signal": {"name": "x"}}}]}),
+        &[("/steps/0/compensation/signal", "cannot wait")],
+    );
+    check(
+        "order",
+        json!({"steps": [echo_step("a")], "defaults": {"retry": {"initial_interval": "10s", "max_interval": "1s"}}}),
+        &[("/defaults/retry/max_interval", "not be shorter")],
+    );
+    check("order", json!({"steps": [echo_step("a")], "concurrency": {"key": "{{ tenant_id }}", "limit": 0}}), &[("/concurrency/limit", "from 1")]);
+}
+
+#[test]
+fn json_and_yaml_parse_to_the_same_tree() {
+    let yaml = b"name: order\nsteps:\n  - name: a\n    action: {builtin: core.echo, input: {n: 1}}\n";
+    let json = br#"{"name":"order","steps":[{"name":"a","action":{"builtin":"core.echo","input":{"n":1}}}]}"#;
+    let from_yaml = parse_document(yaml, DocumentFormat::Yaml).expect("yaml");
+    let from_json = parse_document(json, DocumentFormat::Json).expect("json");
+    assert_eq!(from_yaml, from_json);
+    assert!(parse_document(b"{not json", DocumentFormat::Json).is_err());
+    assert!(parse_document(b"a: [b\n", DocumentFormat::Yaml).is_err());
+}
