@@ -1,1 +1,260 @@
-//! placeholder
+//! The Store trait: everything the engine and the API persist, behind one interface that the
+//! PostgreSQL and SQLite crates implement. Also the conformance suite ([`conformance`]) that
+//! every backend must pass.
+//!
+//! Design note. Time is always a parameter (`now_ms`), never read here. A driver's writes are
+//! conditional on `(id, fencing_token)`: [`Store::saga_claim_due`] bumps the token, so a paused
+//! or partitioned zombie's writes come back [`CommitOutcome::Fenced`]. While a saga is leased its
+//! `run_at_ms` equals the lease expiry, so "due" (`run_at_ms <= now`) covers both scheduled work
+//! and expired leases with one index.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use saga_core::{HistoryEvent, SagaState, SagaStatus};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub mod conformance;
+
+/// Limits named once.
+pub const LIST_LIMIT_DEFAULT: u32 = 50;
+pub const LIST_LIMIT_MAX: u32 = 500;
+pub const CLAIM_BATCH_MAX: u32 = 256;
+pub const COMMIT_BATCH_MAX: usize = 512;
+
+/// Errors at the store boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend(Box::new(error))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One stored version of a definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DefinitionRecord {
+    pub name: String,
+    pub version: i32,
+    /// The parsed document (JSON tree), as written.
+    pub document: Value,
+    pub created_at_ms: i64,
+}
+
+/// Result of [`Store::definition_put`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DefinitionPut {
+    pub record: DefinitionRecord,
+    /// False when the document equals the latest version (nothing stored).
+    pub created: bool,
+}
+
+/// A saga row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SagaRecord {
+    pub id: Uuid,
+    pub definition: String,
+    pub version: i32,
+    pub tenant_id: Option<String>,
+    pub status: SagaStatus,
+    pub input: Value,
+    pub state: SagaState,
+    pub priority: i32,
+    pub run_at_ms: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at_ms: Option<i64>,
+    pub fencing_token: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
+}
+
+/// Parameters of [`Store::saga_create`].
+#[derive(Clone, Debug)]
+pub struct SagaCreate {
+    pub id: Uuid,
+    pub definition: String,
+    pub version: i32,
+    pub tenant_id: Option<String>,
+    pub input: Value,
+    pub state: SagaState,
+    pub priority: i32,
+    /// `Idempotency-Key`, namespaced by the caller.
+    pub idempotency_key: Option<String>,
+    /// Hash of the request body, compared on replay.
+    pub request_hash: Option<String>,
+    pub now_ms: i64,
+}
+
+/// Result of [`Store::saga_create`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum SagaCreated {
+    Created(SagaRecord),
+    /// Same key, same body: the original saga.
+    Replayed(SagaRecord),
+    /// Same key, different body.
+    KeyConflict,
+}
+
+/// Parameters of [`Store::saga_claim_due`].
+#[derive(Clone, Debug)]
+pub struct ClaimParams {
+    pub worker_id: String,
+    pub limit: u32,
+    pub now_ms: i64,
+    pub lease_ttl_ms: i64,
+}
+
+/// A saga this worker now drives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claimed {
+    pub record: SagaRecord,
+    /// Who held the lease before (None if it was released or never held).
+    pub previous_owner: Option<String>,
+}
+
+/// A driver's transition: new state and its history, conditional on the fencing token.
+#[derive(Clone, Debug)]
+pub struct SagaCommit {
+    pub id: Uuid,
+    pub tenant_id: Option<String>,
+    pub fencing_token: i64,
+    pub state: SagaState,
+    /// When the saga is next due. With `release_lease` the lease ends and the saga waits until
+    /// then; without it the lease is kept (and this is ignored).
+    pub run_at_ms: i64,
+    pub release_lease: bool,
+    pub events: Vec<HistoryEvent>,
+    pub worker_id: String,
+    pub now_ms: i64,
+}
+
+/// Outcome of one commit in a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    /// The token moved on: another driver owns the saga. Nothing was written.
+    Fenced,
+}
+
+/// An operator's change to a saga no driver holds (retry).
+#[derive(Clone, Debug)]
+pub struct SagaOperatorUpdate {
+    pub id: Uuid,
+    pub tenant_id: Option<String>,
+    /// The write applies only while the saga still has this status.
+    pub expected_status: SagaStatus,
+    pub state: SagaState,
+    pub events: Vec<HistoryEvent>,
+    pub now_ms: i64,
+}
+
+/// Filters of [`Store::saga_list`].
+#[derive(Clone, Debug, Default)]
+pub struct SagaFilter {
+    pub status: Option<SagaStatus>,
+    pub definition: Option<String>,
+    pub tenant_id: Option<String>,
+    /// Page after this id (ids are UUIDv7, listed newest first).
+    pub before_id: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// One stored history entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub kind: String,
+    pub step: Option<String>,
+    pub attempt: Option<u32>,
+    pub worker: Option<String>,
+    pub data: Value,
+    pub at_ms: i64,
+}
+
+/// A lease this worker holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseRef {
+    pub id: Uuid,
+    pub fencing_token: i64,
+}
+
+/// Where the schema stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchemaStatus {
+    pub applied: i64,
+    pub latest: i64,
+}
+
+impl SchemaStatus {
+    pub fn is_current(&self) -> bool {
+        self.applied == self.latest
+    }
+}
+
+/// Wakes idle workers when new work may be due.
+pub type WorkSignal = Arc<tokio::sync::Notify>;
+
+/// Everything Sagaplane persists.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is (`postgres`, `sqlite`).
+    fn backend_name(&self) -> &'static str;
+
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<SchemaStatus>;
+    /// Reports the schema version without changing anything.
+    async fn schema_status(&self) -> StoreResult<SchemaStatus>;
+
+    /// Stores a new version unless the document equals the latest one.
+    async fn definition_put(&self, name: &str, document: &Value, now_ms: i64) -> StoreResult<DefinitionPut>;
+    /// The given version, or the latest when `version` is None.
+    async fn definition_get(&self, name: &str, version: Option<i32>) -> StoreResult<DefinitionRecord>;
+    /// The latest version of every definition, by name.
+    async fn definition_list(&self) -> StoreResult<Vec<DefinitionRecord>>;
+
+    /// Creates a saga (and its `saga_created` event), or replays the one made with the same key.
+    async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated>;
+    async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord>;
+    async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>>;
+    async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>>;
+
+    /// Claims up to `limit` due sagas in one statement: sets the lease, bumps the fencing token.
+    async fn saga_claim_due(&self, params: &ClaimParams) -> StoreResult<Vec<Claimed>>;
+    /// Commits many drivers' transitions in one transaction; each is fenced on its own.
+    async fn saga_commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>>;
+    /// Renews every lease in one statement; returns the ones this worker no longer holds.
+    async fn lease_renew(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64, lease_ttl_ms: i64) -> StoreResult<Vec<Uuid>>;
+    /// Hands leases back so another instance can claim the sagas at once.
+    async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()>;
+    /// An operator's change to an unleased saga, applied only while its status is as expected.
+    async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord>;
+    /// The earliest `run_at_ms` of any unleased active saga (for the claim loop's sleep).
+    async fn saga_next_due_ms(&self) -> StoreResult<Option<i64>>;
+
+    /// Notified when new work may be due (a saga was created or handed back).
+    fn work_signal(&self) -> WorkSignal;
+}
+
+/// Clamps a user's `?limit=`.
+pub fn clamp_limit(limit: Option<u32>) -> u32 {
+    limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX)
+}
+
+/// Fills in the column-derived fields of a record from its parts (shared by backends).
+pub fn completed_at_for(state: &SagaState, now_ms: i64) -> Option<i64> {
+    state.status.is_terminal().then_some(now_ms)
+}

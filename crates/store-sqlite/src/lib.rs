@@ -1,1 +1,11 @@
-//! placeholder
+//! SQLite implementation of [`saga_store::Store`]: the embedded default, one process.
+//!
+//! Writes go through a single-connection pool, so transactions never contend for SQLite's one
+//! writer lock (no `SQLITE_BUSY` upgrades); reads use a separate pool over WAL. The same fencing
+//! rules as PostgreSQL hold: every driver write is conditional on `(id, fencing_token)`.
+
+mod migrate;
+mod rows;
+mod store;
+
+pub use store::SqliteStore;

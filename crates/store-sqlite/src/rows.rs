@@ -1,0 +1,53 @@
+//! Decoding SQLite rows into store records.
+
+use saga_core::{SagaState, SagaStatus};
+use saga_store::{EventRecord, SagaRecord, StoreError, StoreResult};
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+pub const SAGA_COLUMNS: &str = "id, tenant_id, definition, version, status, input, state, priority, run_at, \
+     lease_owner, lease_expires_at, fencing_token, created_at, updated_at, completed_at, previous_owner";
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+pub fn saga(row: &SqliteRow) -> StoreResult<SagaRecord> {
+    let id: String = row.try_get("id").map_err(StoreError::backend)?;
+    let status: String = row.try_get("status").map_err(StoreError::backend)?;
+    let input: String = row.try_get("input").map_err(StoreError::backend)?;
+    let state: String = row.try_get("state").map_err(StoreError::backend)?;
+    let state: SagaState = serde_json::from_str(&state).map_err(|e| corrupt("saga state", e))?;
+    Ok(SagaRecord {
+        id: Uuid::parse_str(&id).map_err(|e| corrupt("saga id", e))?,
+        tenant_id: row.try_get("tenant_id").map_err(StoreError::backend)?,
+        definition: row.try_get("definition").map_err(StoreError::backend)?,
+        version: row.try_get("version").map_err(StoreError::backend)?,
+        status: SagaStatus::parse(&status).ok_or_else(|| corrupt("saga status", &status))?,
+        input: serde_json::from_str(&input).map_err(|e| corrupt("saga input", e))?,
+        state,
+        priority: row.try_get("priority").map_err(StoreError::backend)?,
+        run_at_ms: row.try_get("run_at").map_err(StoreError::backend)?,
+        lease_owner: row.try_get("lease_owner").map_err(StoreError::backend)?,
+        lease_expires_at_ms: row.try_get("lease_expires_at").map_err(StoreError::backend)?,
+        fencing_token: row.try_get("fencing_token").map_err(StoreError::backend)?,
+        created_at_ms: row.try_get("created_at").map_err(StoreError::backend)?,
+        updated_at_ms: row.try_get("updated_at").map_err(StoreError::backend)?,
+        completed_at_ms: row.try_get("completed_at").map_err(StoreError::backend)?,
+    })
+}
+
+pub fn event(row: &SqliteRow) -> StoreResult<EventRecord> {
+    let data: String = row.try_get("data").map_err(StoreError::backend)?;
+    let attempt: Option<i64> = row.try_get("attempt").map_err(StoreError::backend)?;
+    Ok(EventRecord {
+        seq: row.try_get("seq").map_err(StoreError::backend)?,
+        kind: row.try_get("kind").map_err(StoreError::backend)?,
+        step: row.try_get("step").map_err(StoreError::backend)?,
+        attempt: attempt.map(|a| a as u32),
+        worker: row.try_get("worker").map_err(StoreError::backend)?,
+        data: serde_json::from_str(&data).map_err(|e| corrupt("event data", e))?,
+        at_ms: row.try_get("at").map_err(StoreError::backend)?,
+    })
+}

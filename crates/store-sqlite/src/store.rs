@@ -1,0 +1,476 @@
+//! The SQLite store: queries live next to the method that runs them.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use saga_core::HistoryEvent;
+use saga_store::{
+    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
+    SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError,
+    StoreResult, WorkSignal,
+};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use uuid::Uuid;
+
+use crate::migrate;
+use crate::rows::{self, SAGA_COLUMNS};
+
+const READERS_MAX: u32 = 4;
+
+/// SQLite-backed store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    work: WorkSignal,
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn json_text(value: &impl serde::Serialize) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at a `sqlite://` URL.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(db)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(db)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS_MAX)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(db)?;
+        Ok(SqliteStore {
+            writer,
+            reader,
+            work: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    async fn insert_events(
+        conn: &mut sqlx::SqliteConnection,
+        saga_id: &str,
+        tenant_id: Option<&str>,
+        first_seq: i64,
+        worker: Option<&str>,
+        events: &[HistoryEvent],
+    ) -> StoreResult<()> {
+        for (offset, event) in events.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO saga_events (saga_id, seq, tenant_id, kind, step, attempt, worker, data, at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(saga_id)
+            .bind(first_seq + offset as i64)
+            .bind(tenant_id)
+            .bind(&event.kind)
+            .bind(&event.step)
+            .bind(event.attempt.map(i64::from))
+            .bind(worker)
+            .bind(json_text(&event.data)?)
+            .bind(event.at_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    async fn saga_by_key(&self, key: &str) -> StoreResult<Option<(SagaRecord, Option<String>)>> {
+        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS}, request_hash FROM sagas WHERE idempotency_key = ?"))
+            .bind(key)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(db)?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let hash: Option<String> = row.try_get("request_hash").map_err(db)?;
+                Ok(Some((rows::saga(&row)?, hash)))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> StoreResult<SchemaStatus> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        migrate::run(&self.writer, now_ms).await
+    }
+
+    async fn schema_status(&self) -> StoreResult<SchemaStatus> {
+        migrate::status(&self.reader).await
+    }
+
+    async fn definition_put(&self, name: &str, document: &Value, now_ms: i64) -> StoreResult<DefinitionPut> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let latest = sqlx::query("SELECT version, document, created_at FROM definitions WHERE name = ? ORDER BY version DESC LIMIT 1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let mut next_version = 1;
+        if let Some(row) = latest {
+            let version: i32 = row.try_get("version").map_err(db)?;
+            let text: String = row.try_get("document").map_err(db)?;
+            let existing: Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if &existing == document {
+                let created_at_ms = row.try_get("created_at").map_err(db)?;
+                return Ok(DefinitionPut {
+                    record: DefinitionRecord { name: name.into(), version, document: existing, created_at_ms },
+                    created: false,
+                });
+            }
+            next_version = version + 1;
+        }
+        sqlx::query("INSERT INTO definitions (name, version, document, created_at) VALUES (?, ?, ?, ?)")
+            .bind(name)
+            .bind(next_version)
+            .bind(json_text(document)?)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(DefinitionPut {
+            record: DefinitionRecord { name: name.into(), version: next_version, document: document.clone(), created_at_ms: now_ms },
+            created: true,
+        })
+    }
+
+    async fn definition_get(&self, name: &str, version: Option<i32>) -> StoreResult<DefinitionRecord> {
+        let row = match version {
+            Some(v) => sqlx::query("SELECT name, version, document, created_at FROM definitions WHERE name = ? AND version = ?")
+                .bind(name)
+                .bind(v)
+                .fetch_optional(&self.reader)
+                .await,
+            None => sqlx::query("SELECT name, version, document, created_at FROM definitions WHERE name = ? ORDER BY version DESC LIMIT 1")
+                .bind(name)
+                .fetch_optional(&self.reader)
+                .await,
+        }
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
+        definition_row(&row)
+    }
+
+    async fn definition_list(&self) -> StoreResult<Vec<DefinitionRecord>> {
+        let rows = sqlx::query(
+            "SELECT d.name, d.version, d.document, d.created_at FROM definitions d \
+             WHERE d.version = (SELECT MAX(version) FROM definitions x WHERE x.name = d.name) ORDER BY d.name",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.iter().map(definition_row).collect()
+    }
+
+    async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated> {
+        if let Some(key) = &params.idempotency_key {
+            if let Some((existing, hash)) = self.saga_by_key(key).await? {
+                return Ok(if hash == params.request_hash { SagaCreated::Replayed(existing) } else { SagaCreated::KeyConflict });
+            }
+        }
+        let id = params.id.to_string();
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
+             fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?, ?) RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(&id)
+        .bind(&params.tenant_id)
+        .bind(&params.definition)
+        .bind(params.version)
+        .bind(params.state.status.as_str())
+        .bind(json_text(&params.input)?)
+        .bind(json_text(&params.state)?)
+        .bind(params.priority)
+        .bind(params.now_ms)
+        .bind(&params.idempotency_key)
+        .bind(&params.request_hash)
+        .bind(params.now_ms)
+        .bind(params.now_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        let record = rows::saga(&row)?;
+        let created = HistoryEvent::new(
+            "saga_created",
+            None,
+            None,
+            serde_json::json!({"definition": params.definition, "version": params.version}),
+            params.now_ms,
+        );
+        Self::insert_events(&mut *tx, &id, params.tenant_id.as_deref(), 1, None, &[created]).await?;
+        tx.commit().await.map_err(db)?;
+        self.work.notify_one();
+        Ok(SagaCreated::Created(record))
+    }
+
+    async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord> {
+        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        rows::saga(&row)
+    }
+
+    async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>> {
+        let mut sql = format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE 1 = 1");
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if filter.definition.is_some() {
+            sql.push_str(" AND definition = ?");
+        }
+        if filter.tenant_id.is_some() {
+            sql.push_str(" AND tenant_id = ?");
+        }
+        if filter.before_id.is_some() {
+            sql.push_str(" AND id < ?");
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let mut query = sqlx::query(&sql);
+        if let Some(status) = filter.status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(definition) = &filter.definition {
+            query = query.bind(definition);
+        }
+        if let Some(tenant) = &filter.tenant_id {
+            query = query.bind(tenant);
+        }
+        if let Some(before) = filter.before_id {
+            query = query.bind(before.to_string());
+        }
+        let rows = query.bind(i64::from(filter.limit)).fetch_all(&self.reader).await.map_err(db)?;
+        rows.iter().map(rows::saga).collect()
+    }
+
+    async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, step, attempt, worker, data, at FROM saga_events WHERE saga_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.iter().map(rows::event).collect()
+    }
+
+    async fn saga_claim_due(&self, params: &ClaimParams) -> StoreResult<Vec<Claimed>> {
+        let expires = params.now_ms + params.lease_ttl_ms;
+        let rows = sqlx::query(&format!(
+            "UPDATE sagas SET fencing_token = fencing_token + 1, previous_owner = lease_owner, lease_owner = ?, \
+             lease_expires_at = ?, run_at = ?, updated_at = ? \
+             WHERE id IN (SELECT id FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND run_at <= ? \
+                          ORDER BY priority DESC, run_at LIMIT ?) \
+             RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(&params.worker_id)
+        .bind(expires)
+        .bind(expires)
+        .bind(params.now_ms)
+        .bind(params.now_ms)
+        .bind(i64::from(params.limit.min(saga_store::CLAIM_BATCH_MAX)))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Claimed {
+                    record: rows::saga(row)?,
+                    previous_owner: row.try_get("previous_owner").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn saga_commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>> {
+        let mut outcomes = Vec::with_capacity(commits.len());
+        let mut released = false;
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        for commit in commits {
+            let terminal = commit.state.status.is_terminal();
+            let release = commit.release_lease || terminal;
+            released |= commit.release_lease && !terminal;
+            let id = commit.id.to_string();
+            let row = sqlx::query(
+                "UPDATE sagas SET status = ?, state = ?, updated_at = ?, event_seq = event_seq + ?, \
+                 completed_at = CASE WHEN ? THEN ? ELSE NULL END, \
+                 run_at = CASE WHEN ? THEN ? ELSE run_at END, \
+                 lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END, \
+                 lease_expires_at = CASE WHEN ? THEN NULL ELSE lease_expires_at END \
+                 WHERE id = ? AND fencing_token = ? RETURNING event_seq",
+            )
+            .bind(commit.state.status.as_str())
+            .bind(json_text(&commit.state)?)
+            .bind(commit.now_ms)
+            .bind(commit.events.len() as i64)
+            .bind(terminal)
+            .bind(commit.now_ms)
+            .bind(release)
+            .bind(commit.run_at_ms)
+            .bind(release)
+            .bind(release)
+            .bind(&id)
+            .bind(commit.fencing_token)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            let Some(row) = row else {
+                outcomes.push(CommitOutcome::Fenced);
+                continue;
+            };
+            let last_seq: i64 = row.try_get(0).map_err(db)?;
+            let first_seq = last_seq - commit.events.len() as i64 + 1;
+            Self::insert_events(&mut *tx, &id, commit.tenant_id.as_deref(), first_seq, Some(&commit.worker_id), &commit.events).await?;
+            outcomes.push(CommitOutcome::Committed);
+        }
+        tx.commit().await.map_err(db)?;
+        if released {
+            self.work.notify_one();
+        }
+        Ok(outcomes)
+    }
+
+    async fn lease_renew(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64, lease_ttl_ms: i64) -> StoreResult<Vec<Uuid>> {
+        let expires = now_ms + lease_ttl_ms;
+        let mut lost = Vec::new();
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        for lease in leases {
+            let result = sqlx::query(
+                "UPDATE sagas SET lease_expires_at = ?, run_at = ? WHERE id = ? AND fencing_token = ? AND lease_owner = ?",
+            )
+            .bind(expires)
+            .bind(expires)
+            .bind(lease.id.to_string())
+            .bind(lease.fencing_token)
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            if result.rows_affected() == 0 {
+                lost.push(lease.id);
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(lost)
+    }
+
+    async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        for lease in leases {
+            sqlx::query(
+                "UPDATE sagas SET lease_owner = NULL, lease_expires_at = NULL, run_at = ? \
+                 WHERE id = ? AND fencing_token = ? AND lease_owner = ?",
+            )
+            .bind(now_ms)
+            .bind(lease.id.to_string())
+            .bind(lease.fencing_token)
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.work.notify_one();
+        Ok(())
+    }
+
+    async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
+        let id = update.id.to_string();
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let row = sqlx::query(&format!(
+            "UPDATE sagas SET status = ?, state = ?, updated_at = ?, run_at = ?, completed_at = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, event_seq = event_seq + ? \
+             WHERE id = ? AND status = ? AND lease_owner IS NULL RETURNING {SAGA_COLUMNS}, event_seq"
+        ))
+        .bind(update.state.status.as_str())
+        .bind(json_text(&update.state)?)
+        .bind(update.now_ms)
+        .bind(update.now_ms)
+        .bind(update.events.len() as i64)
+        .bind(&id)
+        .bind(update.expected_status.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
+        };
+        let last_seq: i64 = row.try_get("event_seq").map_err(db)?;
+        let first_seq = last_seq - update.events.len() as i64 + 1;
+        Self::insert_events(&mut *tx, &id, update.tenant_id.as_deref(), first_seq, None, &update.events).await?;
+        let record = rows::saga(&row)?;
+        tx.commit().await.map_err(db)?;
+        if !record.status.is_terminal() {
+            self.work.notify_one();
+        }
+        Ok(record)
+    }
+
+    async fn saga_next_due_ms(&self) -> StoreResult<Option<i64>> {
+        let row: (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(run_at) FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING')",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db)?;
+        Ok(row.0)
+    }
+
+    fn work_signal(&self) -> WorkSignal {
+        self.work.clone()
+    }
+}
+
+fn definition_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<DefinitionRecord> {
+    let text: String = row.try_get("document").map_err(db)?;
+    Ok(DefinitionRecord {
+        name: row.try_get("name").map_err(db)?,
+        version: row.try_get("version").map_err(db)?,
+        document: serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        created_at_ms: row.try_get("created_at").map_err(db)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn saga_status_strings_round_trip() {
+        for status in ["PENDING", "EXECUTING", "COMPLETED", "COMPENSATING", "COMPENSATED", "FAILED"] {
+            assert_eq!(saga_core::SagaStatus::parse(status).map(|s| s.as_str()), Some(status));
+        }
+    }
+}
