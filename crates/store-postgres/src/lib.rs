@@ -1,1 +1,13 @@
-//! placeholder
+//! PostgreSQL implementation of [`saga_store::Store`], for many orchestrator instances.
+//!
+//! Claims are one `FOR UPDATE SKIP LOCKED` statement that bumps the fencing token; a batch of
+//! drivers' transitions is one transaction of two statements (a fenced `UPDATE … FROM UNNEST`
+//! and one multi-row history `INSERT`); heartbeats renew every lease an instance holds in one
+//! statement. `LISTEN/NOTIFY` on `sagaplane_work` wakes idle instances; polling remains the
+//! fallback, so the store keeps to what distributed PostgreSQL-compatible engines offer.
+
+mod migrate;
+mod rows;
+mod store;
+
+pub use store::{PostgresStore, POOL_CONNECTIONS_MAX, WORK_CHANNEL};

@@ -1,0 +1,52 @@
+//! Decoding PostgreSQL rows into store records.
+
+use saga_core::{SagaState, SagaStatus};
+use saga_store::{EventRecord, SagaRecord, StoreError, StoreResult};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::Row;
+
+pub const SAGA_COLUMNS: &str = "s.id, s.tenant_id, s.definition, s.version, s.status, s.input, s.state, s.priority, \
+     s.run_at, s.lease_owner, s.lease_expires_at, s.fencing_token, s.created_at, s.updated_at, s.completed_at, s.previous_owner";
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+pub fn saga(row: &PgRow) -> StoreResult<SagaRecord> {
+    let status: String = row.try_get("status").map_err(db)?;
+    let input: Json<Value> = row.try_get("input").map_err(db)?;
+    let state: Json<SagaState> = row.try_get("state").map_err(db)?;
+    Ok(SagaRecord {
+        id: row.try_get("id").map_err(db)?,
+        tenant_id: row.try_get("tenant_id").map_err(db)?,
+        definition: row.try_get("definition").map_err(db)?,
+        version: row.try_get("version").map_err(db)?,
+        status: SagaStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("saga status {status:?}")))?,
+        input: input.0,
+        state: state.0,
+        priority: row.try_get("priority").map_err(db)?,
+        run_at_ms: row.try_get("run_at").map_err(db)?,
+        lease_owner: row.try_get("lease_owner").map_err(db)?,
+        lease_expires_at_ms: row.try_get("lease_expires_at").map_err(db)?,
+        fencing_token: row.try_get("fencing_token").map_err(db)?,
+        created_at_ms: row.try_get("created_at").map_err(db)?,
+        updated_at_ms: row.try_get("updated_at").map_err(db)?,
+        completed_at_ms: row.try_get("completed_at").map_err(db)?,
+    })
+}
+
+pub fn event(row: &PgRow) -> StoreResult<EventRecord> {
+    let data: Json<Value> = row.try_get("data").map_err(db)?;
+    let attempt: Option<i32> = row.try_get("attempt").map_err(db)?;
+    Ok(EventRecord {
+        seq: row.try_get("seq").map_err(db)?,
+        kind: row.try_get("kind").map_err(db)?,
+        step: row.try_get("step").map_err(db)?,
+        attempt: attempt.map(|a| a as u32),
+        worker: row.try_get("worker").map_err(db)?,
+        data: data.0,
+        at_ms: row.try_get("at").map_err(db)?,
+    })
+}

@@ -1,0 +1,532 @@
+//! The PostgreSQL store: queries live next to the method that runs them.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use saga_core::HistoryEvent;
+use saga_store::{
+    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
+    SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError,
+    StoreResult, WorkSignal,
+};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use crate::migrate;
+use crate::rows::{self, SAGA_COLUMNS};
+
+/// The channel idle instances listen on.
+pub const WORK_CHANNEL: &str = "sagaplane_work";
+/// Default connection pool size.
+pub const POOL_CONNECTIONS_MAX: u32 = 24;
+
+/// PostgreSQL-backed store.
+pub struct PostgresStore {
+    pool: PgPool,
+    work: WorkSignal,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn json_text(value: &impl serde::Serialize) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Columns of pending history rows, as parallel arrays for one `UNNEST` insert.
+#[derive(Default)]
+struct EventColumns {
+    saga_id: Vec<Uuid>,
+    seq: Vec<i64>,
+    tenant_id: Vec<Option<String>>,
+    kind: Vec<String>,
+    step: Vec<Option<String>>,
+    attempt: Vec<Option<i32>>,
+    worker: Vec<Option<String>>,
+    data: Vec<String>,
+    at: Vec<i64>,
+}
+
+impl EventColumns {
+    fn push_all(&mut self, saga_id: Uuid, tenant_id: Option<&str>, first_seq: i64, worker: Option<&str>, events: &[HistoryEvent]) -> StoreResult<()> {
+        for (offset, event) in events.iter().enumerate() {
+            self.saga_id.push(saga_id);
+            self.seq.push(first_seq + offset as i64);
+            self.tenant_id.push(tenant_id.map(str::to_string));
+            self.kind.push(event.kind.clone());
+            self.step.push(event.step.clone());
+            self.attempt.push(event.attempt.map(|a| a as i32));
+            self.worker.push(worker.map(str::to_string));
+            self.data.push(json_text(&event.data)?);
+            self.at.push(event.at_ms);
+        }
+        Ok(())
+    }
+
+    async fn insert(self, conn: &mut sqlx::PgConnection) -> StoreResult<()> {
+        if self.saga_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO saga_events (saga_id, seq, tenant_id, kind, step, attempt, worker, data, at) \
+             SELECT saga_id, seq, tenant_id, kind, step, attempt, worker, data::jsonb, at \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::bigint[]) \
+                  AS u(saga_id, seq, tenant_id, kind, step, attempt, worker, data, at)",
+        )
+        .bind(self.saga_id)
+        .bind(self.seq)
+        .bind(self.tenant_id)
+        .bind(self.kind)
+        .bind(self.step)
+        .bind(self.attempt)
+        .bind(self.worker)
+        .bind(self.data)
+        .bind(self.at)
+        .execute(conn)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+}
+
+impl PostgresStore {
+    /// Connects to a `postgres://` URL and starts listening for work notifications.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(db)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        let work: WorkSignal = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(listen(pool.clone(), work.clone()));
+        Ok(PostgresStore { pool, work, listener })
+    }
+
+    /// The underlying pool (for tests and tools).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn saga_by_key(&self, key: &str) -> StoreResult<Option<(SagaRecord, Option<String>)>> {
+        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS}, s.request_hash FROM sagas s WHERE s.idempotency_key = $1"))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let hash: Option<String> = row.try_get("request_hash").map_err(db)?;
+                Ok(Some((rows::saga(&row)?, hash)))
+            }
+        }
+    }
+}
+
+/// Relays `NOTIFY sagaplane_work` to the local work signal; reconnects on failure.
+async fn listen(pool: PgPool, work: WorkSignal) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection failed; polling continues");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(WORK_CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; polling continues");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.recv().await {
+                Ok(_) => work.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                    // Work may have been announced while disconnected.
+                    work.notify_one();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> StoreResult<SchemaStatus> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        migrate::run(&self.pool, now_ms).await
+    }
+
+    async fn schema_status(&self) -> StoreResult<SchemaStatus> {
+        migrate::status(&self.pool).await
+    }
+
+    async fn definition_put(&self, name: &str, document: &Value, now_ms: i64) -> StoreResult<DefinitionPut> {
+        // Two writers racing on the same name collide on the primary key; the loser re-reads.
+        for _ in 0..5 {
+            let latest = self.definition_get(name, None).await;
+            let next_version = match latest {
+                Ok(record) if &record.document == document => return Ok(DefinitionPut { record, created: false }),
+                Ok(record) => record.version + 1,
+                Err(StoreError::NotFound) => 1,
+                Err(e) => return Err(e),
+            };
+            let inserted = sqlx::query("INSERT INTO definitions (name, version, document, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(name)
+                .bind(next_version)
+                .bind(Json(document))
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await;
+            match inserted {
+                Ok(_) => {
+                    return Ok(DefinitionPut {
+                        record: DefinitionRecord { name: name.into(), version: next_version, document: document.clone(), created_at_ms: now_ms },
+                        created: true,
+                    })
+                }
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => continue,
+                Err(e) => return Err(db(e)),
+            }
+        }
+        Err(StoreError::Conflict(format!("definition {name} is being changed concurrently")))
+    }
+
+    async fn definition_get(&self, name: &str, version: Option<i32>) -> StoreResult<DefinitionRecord> {
+        let row = sqlx::query(
+            "SELECT name, version, document, created_at FROM definitions \
+             WHERE name = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
+        )
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
+        definition_row(&row)
+    }
+
+    async fn definition_list(&self) -> StoreResult<Vec<DefinitionRecord>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (name) name, version, document, created_at FROM definitions ORDER BY name, version DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(definition_row).collect()
+    }
+
+    async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated> {
+        let created_data = json_text(&serde_json::json!({"definition": params.definition, "version": params.version}))?;
+        // One statement: the saga, its first history row, and the wake-up for idle instances.
+        let row = sqlx::query(&format!(
+            "WITH s AS ( \
+               INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
+                                  fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 1, $10, $11, $9, $9) \
+               ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
+             e AS (INSERT INTO saga_events (saga_id, seq, tenant_id, kind, data, at) \
+                   SELECT id, 1, tenant_id, 'saga_created', $12::jsonb, $9 FROM s), \
+             n AS (SELECT pg_notify('{WORK_CHANNEL}', '') FROM s) \
+             SELECT {SAGA_COLUMNS}, (SELECT COUNT(*) FROM n) AS notified FROM s"
+        ))
+        .bind(params.id)
+        .bind(&params.tenant_id)
+        .bind(&params.definition)
+        .bind(params.version)
+        .bind(params.state.status.as_str())
+        .bind(Json(&params.input))
+        .bind(Json(&params.state))
+        .bind(params.priority)
+        .bind(params.now_ms)
+        .bind(&params.idempotency_key)
+        .bind(&params.request_hash)
+        .bind(created_data)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        if let Some(row) = row {
+            let record = rows::saga(&row)?;
+            self.work.notify_one();
+            return Ok(SagaCreated::Created(record));
+        }
+        let key = params.idempotency_key.as_deref().unwrap_or_default();
+        match self.saga_by_key(key).await? {
+            Some((existing, hash)) if hash == params.request_hash => Ok(SagaCreated::Replayed(existing)),
+            Some(_) => Ok(SagaCreated::KeyConflict),
+            None => Err(StoreError::Conflict("idempotency key vanished during create".into())),
+        }
+    }
+
+    async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord> {
+        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM sagas s WHERE s.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        rows::saga(&row)
+    }
+
+    async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>> {
+        let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!("SELECT {SAGA_COLUMNS} FROM sagas s WHERE TRUE"));
+        if let Some(status) = filter.status {
+            query.push(" AND s.status = ").push_bind(status.as_str());
+        }
+        if let Some(definition) = &filter.definition {
+            query.push(" AND s.definition = ").push_bind(definition.clone());
+        }
+        if let Some(tenant) = &filter.tenant_id {
+            query.push(" AND s.tenant_id = ").push_bind(tenant.clone());
+        }
+        if let Some(before) = filter.before_id {
+            query.push(" AND s.id < ").push_bind(before);
+        }
+        query.push(" ORDER BY s.id DESC LIMIT ").push_bind(i64::from(filter.limit));
+        let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(rows::saga).collect()
+    }
+
+    async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, step, attempt, worker, data, at FROM saga_events \
+             WHERE saga_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(rows::event).collect()
+    }
+
+    async fn saga_claim_due(&self, params: &ClaimParams) -> StoreResult<Vec<Claimed>> {
+        let expires = params.now_ms + params.lease_ttl_ms;
+        let rows = sqlx::query(&format!(
+            "WITH due AS ( \
+               SELECT id FROM sagas \
+               WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND run_at <= $1 \
+               ORDER BY priority DESC, run_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE sagas s SET fencing_token = s.fencing_token + 1, previous_owner = s.lease_owner, \
+               lease_owner = $3, lease_expires_at = $4, run_at = $4, updated_at = $1 \
+             FROM due WHERE s.id = due.id \
+             RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(params.now_ms)
+        .bind(i64::from(params.limit.min(saga_store::CLAIM_BATCH_MAX)))
+        .bind(&params.worker_id)
+        .bind(expires)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Claimed {
+                    record: rows::saga(row)?,
+                    previous_owner: row.try_get("previous_owner").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn saga_commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(commits.len());
+        let mut tokens = Vec::with_capacity(commits.len());
+        let mut statuses = Vec::with_capacity(commits.len());
+        let mut states = Vec::with_capacity(commits.len());
+        let mut event_counts = Vec::with_capacity(commits.len());
+        let mut releases = Vec::with_capacity(commits.len());
+        let mut run_ats = Vec::with_capacity(commits.len());
+        let mut terminals = Vec::with_capacity(commits.len());
+        let mut nows = Vec::with_capacity(commits.len());
+        for commit in commits {
+            let terminal = commit.state.status.is_terminal();
+            ids.push(commit.id);
+            tokens.push(commit.fencing_token);
+            statuses.push(commit.state.status.as_str().to_string());
+            states.push(json_text(&commit.state)?);
+            event_counts.push(commit.events.len() as i64);
+            releases.push(commit.release_lease || terminal);
+            run_ats.push(commit.run_at_ms);
+            terminals.push(terminal);
+            nows.push(commit.now_ms);
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows = sqlx::query(
+            "UPDATE sagas s SET status = u.status, state = u.state::jsonb, updated_at = u.now, \
+               event_seq = s.event_seq + u.event_count, \
+               completed_at = CASE WHEN u.terminal THEN u.now ELSE NULL END, \
+               run_at = CASE WHEN u.release THEN u.run_at ELSE s.run_at END, \
+               lease_owner = CASE WHEN u.release THEN NULL ELSE s.lease_owner END, \
+               lease_expires_at = CASE WHEN u.release THEN NULL ELSE s.lease_expires_at END \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::bigint[], $8::bool[], $9::bigint[]) \
+                  AS u(id, token, status, state, event_count, release, run_at, terminal, now) \
+             WHERE s.id = u.id AND s.fencing_token = u.token \
+             RETURNING s.id, s.fencing_token, s.event_seq",
+        )
+        .bind(ids)
+        .bind(tokens)
+        .bind(statuses)
+        .bind(states)
+        .bind(event_counts)
+        .bind(releases)
+        .bind(run_ats)
+        .bind(terminals)
+        .bind(nows)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut committed = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: Uuid = row.try_get(0).map_err(db)?;
+            let token: i64 = row.try_get(1).map_err(db)?;
+            let seq: i64 = row.try_get(2).map_err(db)?;
+            committed.insert((id, token), seq);
+        }
+        let mut events = EventColumns::default();
+        let mut outcomes = Vec::with_capacity(commits.len());
+        for commit in commits {
+            match committed.get(&(commit.id, commit.fencing_token)) {
+                Some(&last_seq) => {
+                    let first_seq = last_seq - commit.events.len() as i64 + 1;
+                    events.push_all(commit.id, commit.tenant_id.as_deref(), first_seq, Some(&commit.worker_id), &commit.events)?;
+                    outcomes.push(CommitOutcome::Committed);
+                }
+                None => outcomes.push(CommitOutcome::Fenced),
+            }
+        }
+        events.insert(&mut tx).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(outcomes)
+    }
+
+    async fn lease_renew(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64, lease_ttl_ms: i64) -> StoreResult<Vec<Uuid>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.fencing_token).collect();
+        let expires = now_ms + lease_ttl_ms;
+        let renewed: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE sagas s SET lease_expires_at = $1, run_at = $1 \
+             FROM UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
+             WHERE s.id = u.id AND s.fencing_token = u.token AND s.lease_owner = $4 RETURNING s.id",
+        )
+        .bind(expires)
+        .bind(ids)
+        .bind(tokens)
+        .bind(worker_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let renewed: std::collections::HashSet<Uuid> = renewed.into_iter().collect();
+        Ok(leases.iter().map(|l| l.id).filter(|id| !renewed.contains(id)).collect())
+    }
+
+    async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.fencing_token).collect();
+        sqlx::query(&format!(
+            "WITH r AS (UPDATE sagas s SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 \
+               FROM UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
+               WHERE s.id = u.id AND s.fencing_token = u.token AND s.lease_owner = $4 RETURNING s.id) \
+             SELECT pg_notify('{WORK_CHANNEL}', '') FROM (SELECT COUNT(*) AS c FROM r) x WHERE x.c > 0"
+        ))
+        .bind(now_ms)
+        .bind(ids)
+        .bind(tokens)
+        .bind(worker_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let row = sqlx::query(&format!(
+            "UPDATE sagas s SET status = $1, state = $2, updated_at = $3, run_at = $3, completed_at = NULL, \
+               lease_owner = NULL, lease_expires_at = NULL, event_seq = s.event_seq + $4 \
+             WHERE s.id = $5 AND s.status = $6 AND s.lease_owner IS NULL \
+             RETURNING {SAGA_COLUMNS}, s.event_seq"
+        ))
+        .bind(update.state.status.as_str())
+        .bind(Json(&update.state))
+        .bind(update.now_ms)
+        .bind(update.events.len() as i64)
+        .bind(update.id)
+        .bind(update.expected_status.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
+        };
+        let last_seq: i64 = row.try_get("event_seq").map_err(db)?;
+        let mut events = EventColumns::default();
+        events.push_all(update.id, update.tenant_id.as_deref(), last_seq - update.events.len() as i64 + 1, None, &update.events)?;
+        events.insert(&mut tx).await?;
+        let record = rows::saga(&row)?;
+        if !record.status.is_terminal() {
+            sqlx::query(&format!("SELECT pg_notify('{WORK_CHANNEL}', '')")).execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    async fn saga_next_due_ms(&self) -> StoreResult<Option<i64>> {
+        sqlx::query_scalar(
+            "SELECT run_at FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') \
+             ORDER BY priority DESC, run_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    fn work_signal(&self) -> WorkSignal {
+        self.work.clone()
+    }
+}
+
+fn definition_row(row: &sqlx::postgres::PgRow) -> StoreResult<DefinitionRecord> {
+    let document: Json<Value> = row.try_get("document").map_err(db)?;
+    Ok(DefinitionRecord {
+        name: row.try_get("name").map_err(db)?,
+        version: row.try_get("version").map_err(db)?,
+        document: document.0,
+        created_at_ms: row.try_get("created_at").map_err(db)?,
+    })
+}
