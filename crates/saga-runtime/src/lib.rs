@@ -1,1 +1,28 @@
-//! placeholder
+//! The orchestrator instance: claim loop, leases and heartbeats, fencing, step executors
+//! (builtin and HTTP), group commit, and graceful shutdown.
+//!
+//! Design note. An [`Instance`] claims due sagas up to its concurrency limit and spawns one
+//! driver per saga. A driver keeps its saga across consecutive steps (no re-claim between
+//! steps): it asks the pure state machine what to run, runs it, and hands the resulting
+//! transition to the [`committer`], which folds the transitions of many drivers into one
+//! transaction (group commit) and answers each driver with `Committed` or `Fenced`. A driver
+//! runs the next step only after its transition is committed. A retry that must wait is
+//! committed with its due time and the lease handed back, freeing the worker; a local timer
+//! (and, across instances, the due index) brings it back. One heartbeat renews every lease the
+//! instance holds; a lease it lost stops that driver, and its writes would be fenced anyway.
+
+pub mod clock;
+pub mod committer;
+mod driver;
+pub mod executor;
+pub mod hub;
+pub mod instance;
+pub mod metrics_names;
+
+pub use clock::{Clock, SystemClock};
+pub use executor::{builtin::BuiltinRegistry, Executors};
+pub use hub::TerminalHub;
+pub use instance::{Instance, InstanceConfig, InstanceHandle};
+
+/// Names of the built-in steps that always exist.
+pub const CORE_BUILTINS: &[&str] = &["core.echo", "core.fail", "core.sleep"];

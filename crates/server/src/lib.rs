@@ -1,1 +1,81 @@
-//! placeholder
+//! The HTTP API: routes, admin-token auth, problem+json errors, the 1 MiB body limit,
+//! health/readiness, Prometheus metrics, OpenAPI, and the dashboard page.
+//!
+//! Only this crate knows HTTP. Handlers validate everything before touching the store, so bad
+//! input gets a 4xx and changes nothing; a 500 says nothing internal and the cause is logged once.
+
+mod auth;
+pub mod error;
+pub mod openapi;
+mod routes;
+mod state;
+mod views;
+
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Request bodies over this size get 413.
+pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+/// The longest `?wait=` a reader may ask for.
+pub const WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Every route as `(method, path)`, the source of truth the OpenAPI test checks against.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("get", "/ready"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/ui/"),
+    ("get", "/v1/definitions"),
+    ("get", "/v1/definitions/{name}"),
+    ("put", "/v1/definitions/{name}"),
+    ("get", "/v1/definitions/{name}/versions/{version}"),
+    ("get", "/v1/sagas"),
+    ("post", "/v1/sagas"),
+    ("get", "/v1/sagas/{id}"),
+    ("get", "/v1/sagas/{id}/events"),
+    ("post", "/v1/sagas/{id}/retry"),
+];
+
+/// The full API router.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/definitions", get(routes::definitions::list))
+        .route("/definitions/{name}", get(routes::definitions::latest).put(routes::definitions::put))
+        .route("/definitions/{name}/versions/{version}", get(routes::definitions::version))
+        .route("/sagas", get(routes::sagas::list).post(routes::sagas::create))
+        .route("/sagas/{id}", get(routes::sagas::get))
+        .route("/sagas/{id}/events", get(routes::sagas::events))
+        .route("/sagas/{id}/retry", post(routes::sagas::retry))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+    Router::new()
+        .route("/health", get(routes::ops::health))
+        .route("/ready", get(routes::ops::ready))
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/openapi.json", get(routes::ops::openapi))
+        .route("/ui", get(routes::ops::ui_redirect))
+        .route("/ui/", get(routes::ops::ui))
+        .nest("/v1", v1)
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// An ops-only router for `sagaplane worker --listen`: health, readiness, metrics.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(routes::ops::health))
+        .route("/ready", get(routes::ops::ready))
+        .route("/metrics", get(routes::ops::metrics))
+        .fallback(routes::ops::not_found)
+        .with_state(state)
+}

@@ -1,0 +1,78 @@
+//! Group commit: drivers hand their transitions to one committer, which writes whatever is
+//! queued as one store batch (one transaction) and answers each driver. Under load many sagas'
+//! steps share one durable commit; when idle a lone transition commits at once (no waiting to
+//! fill a batch).
+
+use std::sync::Arc;
+
+use saga_store::{CommitOutcome, SagaCommit, Store, COMMIT_BATCH_MAX};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::metrics_names::SAGA_COMMIT_BATCH_SIZE;
+
+/// How many transitions may wait for the committer before drivers block.
+pub const COMMIT_QUEUE_MAX: usize = 4096;
+
+type Reply = oneshot::Sender<Result<CommitOutcome, String>>;
+
+/// A handle drivers use to commit transitions.
+#[derive(Clone)]
+pub struct Committer {
+    sender: mpsc::Sender<(SagaCommit, Reply)>,
+}
+
+impl Committer {
+    /// Starts the committer task. `parallelism` batches may be in flight at once.
+    pub fn start(store: Arc<dyn Store>, parallelism: usize) -> (Committer, tokio::task::JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(COMMIT_QUEUE_MAX);
+        let task = tokio::spawn(run(store, receiver, parallelism.max(1)));
+        (Committer { sender }, task)
+    }
+
+    /// Commits one transition; resolves once it is durable (or fenced, or failed).
+    pub async fn commit(&self, commit: SagaCommit) -> Result<CommitOutcome, String> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send((commit, reply))
+            .await
+            .map_err(|_| "committer stopped".to_string())?;
+        answer.await.map_err(|_| "committer dropped the commit".to_string())?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(SagaCommit, Reply)>, parallelism: usize) {
+    let in_flight = Arc::new(Semaphore::new(parallelism));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(first) = receiver.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        // Everything that queued while we waited for a free slot joins this batch.
+        let mut batch = vec![first];
+        while batch.len() < COMMIT_BATCH_MAX {
+            match receiver.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        tasks.spawn(async move {
+            let (commits, replies): (Vec<SagaCommit>, Vec<Reply>) = batch.into_iter().unzip();
+            metrics::histogram!(SAGA_COMMIT_BATCH_SIZE).record(commits.len() as f64);
+            match store.saga_commit_batch(&commits).await {
+                Ok(outcomes) => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batch = commits.len(), "group commit failed");
+                    for reply in replies {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}

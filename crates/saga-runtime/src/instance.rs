@@ -1,0 +1,340 @@
+//! One orchestrator instance: the claim loop, the heartbeat, local retry timers, shutdown.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use saga_core::Definition;
+use saga_store::{ClaimParams, LeaseRef, Store, StoreError, CLAIM_BATCH_MAX};
+use serde_json::{Map, Value};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::committer::Committer;
+use crate::executor::Executors;
+use crate::hub::TerminalHub;
+use crate::metrics_names::{SAGA_CLAIMED_TOTAL, SAGA_IN_FLIGHT};
+
+/// Settings of one instance.
+#[derive(Clone, Debug)]
+pub struct InstanceConfig {
+    pub worker_id: String,
+    /// Sagas driven at once.
+    pub concurrency: u32,
+    pub lease_ttl_ms: i64,
+    /// Fallback poll when no notification arrives.
+    pub poll_interval_ms: u64,
+    /// `SAGAPLANE_VAR_*` values for templates.
+    pub vars: Map<String, Value>,
+    /// Group-commit batches in flight at once.
+    pub commit_parallelism: usize,
+    /// Seed for retry jitter; None draws one from the OS.
+    pub seed: Option<u64>,
+}
+
+impl InstanceConfig {
+    pub fn new(worker_id: impl Into<String>) -> Self {
+        InstanceConfig {
+            worker_id: worker_id.into(),
+            concurrency: 64,
+            lease_ttl_ms: 30_000,
+            poll_interval_ms: 1_000,
+            vars: Map::new(),
+            commit_parallelism: 2,
+            seed: None,
+        }
+    }
+}
+
+/// A lease this instance holds, shared with its driver.
+pub(crate) struct HeldLease {
+    pub fencing_token: i64,
+    pub lost: Arc<AtomicBool>,
+}
+
+/// State shared by the claim loop, the heartbeat and the drivers.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub executors: Executors,
+    pub config: InstanceConfig,
+    pub hub: TerminalHub,
+    pub committer: Committer,
+    pub held: Mutex<HashMap<Uuid, HeldLease>>,
+    pub definitions: Mutex<HashMap<(String, i32), Arc<Definition>>>,
+    pub timers: Mutex<BinaryHeap<Reverse<i64>>>,
+    pub wake: Notify,
+    pub rng: Mutex<SmallRng>,
+    pub shutting_down: AtomicBool,
+}
+
+impl Shared {
+    pub fn jitter_sample(&self) -> f64 {
+        match self.rng.lock() {
+            Ok(mut rng) => rng.random::<f64>(),
+            Err(_) => 0.5,
+        }
+    }
+
+    pub fn schedule_wake(&self, at_ms: i64) {
+        if let Ok(mut timers) = self.timers.lock() {
+            timers.push(Reverse(at_ms));
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn forget_lease(&self, id: Uuid) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&id);
+        }
+    }
+
+    /// The definition a saga started on, validated once and cached.
+    pub async fn definition(&self, name: &str, version: i32) -> Result<Arc<Definition>, String> {
+        let key = (name.to_string(), version);
+        if let Some(found) = self.definitions.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(found);
+        }
+        let record = self.store.definition_get(name, Some(version)).await.map_err(|e| match e {
+            StoreError::NotFound => format!("definition {name} v{version} does not exist"),
+            other => other.to_string(),
+        })?;
+        let builtins = self.executors.builtins.names();
+        let definition = saga_core::validate_definition(name, &record.document, &builtins)
+            .map_err(|errors| format!("definition {name} v{version} no longer validates: {errors:?}"))?;
+        let definition = Arc::new(definition);
+        if let Ok(mut cache) = self.definitions.lock() {
+            cache.insert(key, definition.clone());
+        }
+        Ok(definition)
+    }
+}
+
+/// An orchestrator instance, ready to start.
+pub struct Instance {
+    shared: Arc<Shared>,
+    committer_task: tokio::task::JoinHandle<()>,
+}
+
+/// A running instance.
+pub struct InstanceHandle {
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InstanceHandle {
+    /// Stops claiming, lets drivers finish their current step, hands back leases, and waits.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "instance task failed");
+        }
+    }
+}
+
+impl Instance {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, executors: Executors, config: InstanceConfig, hub: TerminalHub) -> Self {
+        let (committer, committer_task) = Committer::start(store.clone(), config.commit_parallelism);
+        let seed = config.seed.unwrap_or_else(|| rand::rngs::OsRng.try_next_u64_or_default());
+        let shared = Arc::new(Shared {
+            store,
+            clock,
+            executors,
+            hub,
+            committer,
+            held: Mutex::new(HashMap::new()),
+            definitions: Mutex::new(HashMap::new()),
+            timers: Mutex::new(BinaryHeap::new()),
+            wake: Notify::new(),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            shutting_down: AtomicBool::new(false),
+            config,
+        });
+        Instance { shared, committer_task }
+    }
+
+    /// Starts the claim loop and the heartbeat.
+    pub fn start(self) -> InstanceHandle {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(run(self.shared, self.committer_task, shutdown_rx));
+        InstanceHandle { shutdown, task }
+    }
+}
+
+trait OsSeed {
+    fn try_next_u64_or_default(&mut self) -> u64;
+}
+
+impl OsSeed for rand::rngs::OsRng {
+    fn try_next_u64_or_default(&mut self) -> u64 {
+        use rand::TryRngCore;
+        self.try_next_u64().unwrap_or(0x5eed)
+    }
+}
+
+fn spawn_driver(shared: &Arc<Shared>, permits: &Arc<Semaphore>, drivers: &mut JoinSet<()>, claim: saga_store::Claimed) {
+    let Ok(permit) = permits.clone().try_acquire_owned() else {
+        tracing::error!(saga_id = %claim.record.id, "claimed more sagas than free permits; its lease will expire");
+        return;
+    };
+    let lost = Arc::new(AtomicBool::new(false));
+    if let Ok(mut held) = shared.held.lock() {
+        held.insert(claim.record.id, HeldLease { fencing_token: claim.record.fencing_token, lost: lost.clone() });
+    }
+    metrics::gauge!(SAGA_IN_FLIGHT).increment(1.0);
+    let shared = shared.clone();
+    drivers.spawn(async move {
+        crate::driver::drive(shared.clone(), claim, lost).await;
+        metrics::gauge!(SAGA_IN_FLIGHT).decrement(1.0);
+        drop(permit);
+        shared.wake.notify_one();
+    });
+}
+
+async fn run(shared: Arc<Shared>, committer_task: tokio::task::JoinHandle<()>, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(shared.config.concurrency.max(1) as usize));
+    let heartbeat = tokio::spawn(heartbeat(shared.clone(), shutdown.clone()));
+    let mut drivers = JoinSet::new();
+    let work = shared.store.work_signal();
+    let mut failures = 0u32;
+    // Whether the last claim filled every free permit (so a finished driver may find backlog).
+    let mut saturated = false;
+    let mut claim_now = true;
+    tracing::info!(worker = %shared.config.worker_id, concurrency = shared.config.concurrency, "instance started");
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        while drivers.try_join_next().is_some() {}
+        let available = permits.available_permits().min(CLAIM_BATCH_MAX as usize);
+        if claim_now && available > 0 {
+            let params = ClaimParams {
+                worker_id: shared.config.worker_id.clone(),
+                limit: available as u32,
+                now_ms: shared.clock.now_ms(),
+                lease_ttl_ms: shared.config.lease_ttl_ms,
+            };
+            match shared.store.saga_claim_due(&params).await {
+                Ok(claimed) => {
+                    failures = 0;
+                    saturated = claimed.len() == available;
+                    metrics::counter!(SAGA_CLAIMED_TOTAL).increment(claimed.len() as u64);
+                    for claim in claimed {
+                        spawn_driver(&shared, &permits, &mut drivers, claim);
+                    }
+                    if saturated && permits.available_permits() > 0 {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "claim failed; backing off");
+                }
+            }
+        }
+        claim_now = true;
+        let backoff_ms = if failures > 0 { (100u64 << failures.min(6)).min(5_000) } else { 0 };
+        let sleep_ms = next_sleep_ms(&shared, backoff_ms);
+        tokio::select! {
+            _ = work.notified(), if failures == 0 => {}
+            _ = shared.wake.notified(), if failures == 0 => {
+                // A driver finished or a retry timer was added: a claim is only worth it when
+                // the last one was cut short by the permit limit, or a timer is due.
+                claim_now = saturated || timer_due(&shared);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    tracing::info!(in_flight = drivers.len(), "instance draining");
+    while drivers.join_next().await.is_some() {}
+    let _ = heartbeat.await;
+    release_all(&shared).await;
+    drop(shared);
+    if let Err(e) = committer_task.await {
+        tracing::warn!(error = %e, "committer ended abnormally");
+    }
+    tracing::info!("instance stopped");
+}
+
+fn timer_due(shared: &Shared) -> bool {
+    let now = shared.clock.now_ms();
+    shared
+        .timers
+        .lock()
+        .map(|t| t.peek().is_some_and(|Reverse(at)| *at <= now))
+        .unwrap_or(false)
+}
+
+/// How long the claim loop may sleep: until the earliest local retry, at most one poll interval.
+fn next_sleep_ms(shared: &Shared, backoff_ms: u64) -> u64 {
+    let now = shared.clock.now_ms();
+    let mut sleep_ms = shared.config.poll_interval_ms.max(backoff_ms);
+    if let Ok(mut timers) = shared.timers.lock() {
+        while timers.peek().is_some_and(|Reverse(at)| *at <= now) {
+            timers.pop();
+        }
+        if let Some(Reverse(at)) = timers.peek() {
+            sleep_ms = sleep_ms.min((*at - now).max(0) as u64);
+        }
+    }
+    sleep_ms.max(backoff_ms)
+}
+
+/// Renews every held lease in one statement, every third of the TTL.
+async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let interval = Duration::from_millis((shared.config.lease_ttl_ms / 3).max(10) as u64);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() && shared.held.lock().map(|h| h.is_empty()).unwrap_or(true) {
+            return;
+        }
+        let leases: Vec<LeaseRef> = match shared.held.lock() {
+            Ok(held) => held.iter().map(|(id, l)| LeaseRef { id: *id, fencing_token: l.fencing_token }).collect(),
+            Err(_) => return,
+        };
+        if leases.is_empty() {
+            if *shutdown.borrow() {
+                return;
+            }
+            continue;
+        }
+        let now = shared.clock.now_ms();
+        match shared.store.lease_renew(&shared.config.worker_id, &leases, now, shared.config.lease_ttl_ms).await {
+            Ok(lost) => {
+                if let Ok(held) = shared.held.lock() {
+                    for id in lost {
+                        if let Some(lease) = held.get(&id) {
+                            tracing::warn!(saga_id = %id, "lease lost; stopping its driver");
+                            lease.lost.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; leases may expire"),
+        }
+    }
+}
+
+async fn release_all(shared: &Shared) {
+    let leases: Vec<LeaseRef> = match shared.held.lock() {
+        Ok(mut held) => held.drain().map(|(id, l)| LeaseRef { id, fencing_token: l.fencing_token }).collect(),
+        Err(_) => return,
+    };
+    if leases.is_empty() {
+        return;
+    }
+    if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &leases, shared.clock.now_ms()).await {
+        tracing::warn!(error = %e, "releasing leases at shutdown failed; they will expire");
+    }
+}

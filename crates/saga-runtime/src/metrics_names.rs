@@ -1,0 +1,22 @@
+//! Metric names (API.md §5), defined once.
+
+pub const SAGA_TOTAL: &str = "saga_total";
+pub const SAGA_DURATION_SECONDS: &str = "saga_duration_seconds";
+pub const SAGA_STEP_DURATION_SECONDS: &str = "saga_step_duration_seconds";
+pub const SAGA_RETRY_TOTAL: &str = "saga_retry_total";
+pub const SAGA_LEASE_TAKEOVER_TOTAL: &str = "saga_lease_takeover_total";
+pub const SAGA_IN_FLIGHT: &str = "saga_in_flight";
+pub const SAGA_COMMIT_BATCH_SIZE: &str = "saga_commit_batch_size";
+pub const SAGA_CLAIMED_TOTAL: &str = "saga_claimed_total";
+
+/// Registers descriptions so `/metrics` shows HELP lines.
+pub fn describe() {
+    metrics::describe_counter!(SAGA_TOTAL, "Sagas that reached a terminal status");
+    metrics::describe_histogram!(SAGA_DURATION_SECONDS, "Saga start-to-terminal time");
+    metrics::describe_histogram!(SAGA_STEP_DURATION_SECONDS, "One step attempt's duration");
+    metrics::describe_counter!(SAGA_RETRY_TOTAL, "Step attempts scheduled for retry");
+    metrics::describe_counter!(SAGA_LEASE_TAKEOVER_TOTAL, "Sagas claimed from an instance whose lease expired");
+    metrics::describe_gauge!(SAGA_IN_FLIGHT, "Sagas this instance is driving");
+    metrics::describe_histogram!(SAGA_COMMIT_BATCH_SIZE, "Transitions per group commit");
+    metrics::describe_counter!(SAGA_CLAIMED_TOTAL, "Sagas claimed by this instance");
+}

@@ -1,0 +1,15 @@
+//! Route handlers, one module per resource.
+
+pub mod definitions;
+pub mod ops;
+pub mod sagas;
+
+use axum::http::HeaderMap;
+
+/// The request's content type, lowercased, without parameters.
+pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}

@@ -1,0 +1,56 @@
+//! Operational endpoints: liveness, readiness, metrics, OpenAPI, the dashboard, fallbacks.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn ready(State(state): State<AppState>) -> Response {
+    match state.store.schema_status().await {
+        Ok(status) if status.is_current() => {
+            Json(json!({"status": "ready", "backend": state.store.backend_name(), "schema_version": status.applied})).into_response()
+        }
+        Ok(status) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "schema_outdated", "applied": status.applied, "latest": status.latest})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store_unavailable"}))).into_response()
+        }
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+pub async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}
+
+pub async fn ui_redirect() -> Redirect {
+    Redirect::permanent("/ui/")
+}
+
+pub async fn ui() -> Html<&'static str> {
+    Html(include_str!("../ui.html"))
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+pub async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("method not allowed on {}", uri.path()))
+}

@@ -1,0 +1,307 @@
+//! `/v1/sagas`: start (idempotently), read, list, history, operator retry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use saga_core::{Definition, SagaState, SagaStatus};
+use saga_store::{SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, StoreError};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::{body_rejection, ApiError};
+use crate::state::AppState;
+use crate::views;
+
+/// The longest `Idempotency-Key` accepted.
+pub const IDEMPOTENCY_KEY_MAX_CHARS: usize = 255;
+/// Saga priorities are clamped to this range.
+pub const PRIORITY_MAX: i64 = 1000;
+
+fn parse_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("saga {text:?} does not exist (not a UUID)")))
+}
+
+async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
+    match state.store.saga_get(id).await {
+        Ok(record) => Ok(record),
+        Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("saga {id} does not exist"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The validated definition of `(name, version)`, cached (definitions never change).
+pub(crate) async fn definition(state: &AppState, name: &str, version: Option<i32>) -> Result<(i32, Arc<Definition>), ApiError> {
+    let record = match state.store.definition_get(name, version).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound) => {
+            let (path, message) = match version {
+                Some(v) => ("/version", format!("definition {name:?} has no version {v}")),
+                None => ("/definition", format!("definition {name:?} does not exist")),
+            };
+            return Err(ApiError::field(path, message));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let key = (record.name.clone(), record.version);
+    if let Some(found) = state.definitions.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok((record.version, found));
+    }
+    let parsed = saga_core::validate_definition(name, &record.document, &state.builtin_names())
+        .map_err(|errors| ApiError::Internal(format!("stored definition {name} v{} is invalid: {errors:?}", record.version)))?;
+    let parsed = Arc::new(parsed);
+    if let Ok(mut cache) = state.definitions.lock() {
+        cache.insert(key, parsed.clone());
+    }
+    Ok((record.version, parsed))
+}
+
+struct StartRequest {
+    definition: String,
+    version: Option<i32>,
+    input: Value,
+    tenant_id: Option<String>,
+    priority: i32,
+}
+
+fn is_valid_tenant_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    (3..=63).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+}
+
+fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
+    let Value::Object(map) = body else {
+        return Err(ApiError::field("", "must be a JSON object"));
+    };
+    let mut errors = Vec::new();
+    let mut error = |path: &str, message: &str| errors.push(saga_core::FieldError { path: path.into(), message: message.into() });
+    for key in map.keys() {
+        if !["definition", "version", "input", "tenant_id", "priority"].contains(&key.as_str()) {
+            error(&format!("/{key}"), "unknown field; expected definition, version, input, tenant_id, priority");
+        }
+    }
+    let definition = match map.get("definition") {
+        Some(Value::String(s)) if saga_core::is_valid_definition_name(s) => s.clone(),
+        Some(Value::String(_)) => {
+            error("/definition", "is not a valid definition name");
+            String::new()
+        }
+        Some(_) => {
+            error("/definition", "must be a string");
+            String::new()
+        }
+        None => {
+            error("/definition", "is required");
+            String::new()
+        }
+    };
+    let version = match map.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(n) if (1..=i64::from(i32::MAX)).contains(&n) => Some(n as i32),
+            _ => {
+                error("/version", "must be a positive integer");
+                None
+            }
+        },
+    };
+    let tenant_id = match map.get("tenant_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if is_valid_tenant_id(s) => Some(s.clone()),
+        Some(_) => {
+            error("/tenant_id", "must match ^[a-z][a-z0-9-]{1,61}[a-z0-9]$");
+            None
+        }
+    };
+    let priority = match map.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(v) => match v.as_i64() {
+            Some(n) if (-PRIORITY_MAX..=PRIORITY_MAX).contains(&n) => n as i32,
+            _ => {
+                error("/priority", "must be an integer from -1000 to 1000");
+                0
+            }
+        },
+    };
+    let input = map.get("input").cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    if !errors.is_empty() {
+        return Err(ApiError::validation("the saga request is invalid", errors));
+    }
+    Ok(StartRequest { definition, version, input, tenant_id, priority })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_MAX_CHARS {
+        return Err(ApiError::BadRequest(format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} characters")));
+    }
+    Ok(Some(key.to_string()))
+}
+
+pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let body = body.map_err(body_rejection)?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let request = parse_start(&value)?;
+    let (version, definition) = definition(&state, &request.definition, request.version).await?;
+    let now_ms = state.clock.now_ms();
+    let params = SagaCreate {
+        id: Uuid::now_v7(),
+        definition: request.definition,
+        version,
+        tenant_id: request.tenant_id,
+        input: request.input,
+        state: SagaState::new(&definition),
+        priority: request.priority,
+        idempotency_key: key.map(|k| format!("admin:{k}")),
+        // serde_json maps keep keys sorted, so this hash is canonical for equal JSON.
+        request_hash: Some(hex::encode(Sha256::digest(value.to_string().as_bytes()))),
+        now_ms,
+    };
+    match state.store.saga_create(params).await? {
+        SagaCreated::Created(record) => Ok((StatusCode::CREATED, Json(views::saga(&record))).into_response()),
+        SagaCreated::Replayed(record) => {
+            let mut response = (StatusCode::OK, Json(views::saga(&record))).into_response();
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        SagaCreated::KeyConflict => Err(ApiError::Conflict("this Idempotency-Key was used with a different request body".into())),
+    }
+}
+
+fn query_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(format!("invalid query: {e}"))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let wait = match query.get("wait") {
+        None => None,
+        Some(text) => Some(
+            saga_core::duration::parse_ms(text)
+                .map(|ms| Duration::from_millis(ms).min(crate::WAIT_MAX))
+                .map_err(query_error)?,
+        ),
+    };
+    let Some(wait) = wait else {
+        return Ok(Json(views::saga(&load(&state, id).await?)));
+    };
+    // Long poll: answer as soon as the saga is terminal, or when the wait is over.
+    let mut terminal = state.hub.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let record = load(&state, id).await?;
+        if record.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(views::saga(&record)));
+        }
+        // Local drivers announce terminal sagas; remote ones are caught by the re-read.
+        let recheck = tokio::time::Instant::now() + Duration::from_millis(250);
+        let until = recheck.min(deadline);
+        loop {
+            match tokio::time::timeout_at(until, terminal.recv()).await {
+                Ok(Ok((done, _))) if done == id => break,
+                Ok(Ok(_)) => continue,
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+    }
+}
+
+pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    for key in query.keys() {
+        if !["status", "definition", "tenant_id", "limit", "cursor"].contains(&key.as_str()) {
+            return Err(query_error(format!("unknown parameter {key:?}")));
+        }
+    }
+    let status = match query.get("status") {
+        None => None,
+        Some(s) => Some(SagaStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| query_error(format!("unknown status {s:?}")))?),
+    };
+    let limit = match query.get("limit") {
+        None => None,
+        Some(l) => Some(l.parse::<u32>().map_err(|_| query_error("limit must be a positive integer"))?),
+    };
+    let before_id = match query.get("cursor") {
+        None => None,
+        Some(c) => Some(Uuid::parse_str(c).map_err(|_| query_error("cursor is not one this API returned"))?),
+    };
+    let filter = SagaFilter {
+        status,
+        definition: query.get("definition").cloned(),
+        tenant_id: query.get("tenant_id").cloned(),
+        before_id,
+        limit: saga_store::clamp_limit(limit),
+    };
+    let records = state.store.saga_list(&filter).await?;
+    let next_cursor = (records.len() == filter.limit as usize).then(|| records.last().map(|r| r.id.to_string())).flatten();
+    let items: Vec<Value> = records.iter().map(views::saga).collect();
+    Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    load(&state, id).await?;
+    let after = match query.get("cursor") {
+        None => 0,
+        Some(c) => c.parse::<i64>().map_err(|_| query_error("cursor is not one this API returned"))?,
+    };
+    let limit = match query.get("limit") {
+        None => None,
+        Some(l) => Some(l.parse::<u32>().map_err(|_| query_error("limit must be a positive integer"))?),
+    };
+    let limit = saga_store::clamp_limit(limit.or(Some(saga_store::LIST_LIMIT_MAX)));
+    let records = state.store.saga_events(id, after, limit).await?;
+    let next_cursor = (records.len() == limit as usize).then(|| records.last().map(|r| r.seq.to_string())).flatten();
+    let items: Vec<Value> = records.iter().map(views::event).collect();
+    Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
+}
+
+pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let record = load(&state, id).await?;
+    if record.status != SagaStatus::Failed {
+        return Err(ApiError::Conflict(format!("only FAILED sagas can be retried; this one is {}", record.status.as_str())));
+    }
+    let (_, definition) = definition(&state, &record.definition, Some(record.version)).await?;
+    let mut saga_state = record.state.clone();
+    let now_ms = state.clock.now_ms();
+    let transition = saga_state
+        .retry_by_operator(&definition, now_ms)
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let updated = state
+        .store
+        .saga_operator_update(SagaOperatorUpdate {
+            id,
+            tenant_id: record.tenant_id.clone(),
+            expected_status: SagaStatus::Failed,
+            state: saga_state,
+            events: transition.events,
+            now_ms,
+        })
+        .await?;
+    if updated.status.is_terminal() {
+        state.hub.publish(id, updated.status);
+    }
+    Ok((StatusCode::ACCEPTED, Json(views::saga(&updated))).into_response())
+}

@@ -1,0 +1,47 @@
+//! Shared handler state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use saga_core::Definition;
+use saga_runtime::{Clock, TerminalHub};
+use saga_store::Store;
+use sha2::{Digest, Sha256};
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub hub: TerminalHub,
+    pub builtins: Arc<Vec<String>>,
+    pub metrics: Option<PrometheusHandle>,
+    pub(crate) admin_token_sha256: [u8; 32],
+    pub(crate) definitions: Arc<Mutex<HashMap<(String, i32), Arc<Definition>>>>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        hub: TerminalHub,
+        builtins: Vec<String>,
+        metrics: Option<PrometheusHandle>,
+        admin_token: &str,
+    ) -> Self {
+        AppState {
+            store,
+            clock,
+            hub,
+            builtins: Arc::new(builtins),
+            metrics,
+            admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
+            definitions: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn builtin_names(&self) -> Vec<&str> {
+        self.builtins.iter().map(String::as_str).collect()
+    }
+}

@@ -1,0 +1,76 @@
+//! JSON shapes of API.md (saga, definition, event) built from store records.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use saga_store::{DefinitionRecord, EventRecord, SagaRecord};
+use serde_json::{json, Value};
+
+/// RFC 3339 UTC with milliseconds.
+pub fn timestamp(ms: i64) -> Value {
+    match DateTime::<Utc>::from_timestamp_millis(ms) {
+        Some(t) => Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        None => Value::Null,
+    }
+}
+
+fn optional_timestamp(ms: Option<i64>) -> Value {
+    ms.map(timestamp).unwrap_or(Value::Null)
+}
+
+pub fn saga(record: &SagaRecord) -> Value {
+    let state = &record.state;
+    let steps: Vec<Value> = state
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "status": s.status,
+                "attempts": s.attempts,
+                "compensation_attempts": s.compensation_attempts,
+                "output": s.output,
+                "error": s.error,
+                "started_at": optional_timestamp(s.started_at_ms),
+                "finished_at": optional_timestamp(s.finished_at_ms),
+                "compensated_at": optional_timestamp(s.compensated_at_ms),
+            })
+        })
+        .collect();
+    json!({
+        "id": record.id,
+        "definition": record.definition,
+        "version": record.version,
+        "status": record.status.as_str(),
+        "tenant_id": record.tenant_id,
+        "priority": record.priority,
+        "input": record.input,
+        "output": state.output(),
+        "error": state.error,
+        "steps": steps,
+        "progress": state.progress(),
+        "lease_owner": record.lease_owner,
+        "created_at": timestamp(record.created_at_ms),
+        "updated_at": timestamp(record.updated_at_ms),
+        "completed_at": optional_timestamp(record.completed_at_ms),
+    })
+}
+
+pub fn definition(record: &DefinitionRecord) -> Value {
+    json!({
+        "name": record.name,
+        "version": record.version,
+        "definition": record.document,
+        "created_at": timestamp(record.created_at_ms),
+    })
+}
+
+pub fn event(record: &EventRecord) -> Value {
+    json!({
+        "seq": record.seq,
+        "type": record.kind,
+        "step": record.step,
+        "attempt": record.attempt,
+        "worker": record.worker,
+        "data": record.data,
+        "at": timestamp(record.at_ms),
+    })
+}
