@@ -1,1 +1,142 @@
-fn main() {}
+//! The `sagaplane` binary: the CLI (dev, server, worker, migrate, bench and client commands),
+//! configuration and telemetry. The only crate that names concrete stores.
+
+mod bench;
+mod client;
+mod config;
+mod run;
+mod telemetry;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "sagaplane", version, about = "Durable saga orchestrator and tenant control plane")]
+struct Cli {
+    /// Config file (default: ./sagaplane.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embedded mode: SQLite under --data-dir, API + worker, no other service needed.
+    Dev {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// API (and a worker unless --no-worker) against SAGAPLANE_DATABASE_URL.
+    Server {
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// An orchestrator instance only (health, readiness and metrics on --listen if given).
+    Worker {
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Apply the control-plane schema and exit.
+    Migrate,
+    /// Load generator: saga3 or saga3-fail against --url, or an in-process instance.
+    Bench(bench::BenchArgs),
+    /// Manage saga definitions.
+    Definitions {
+        #[command(subcommand)]
+        command: client::DefinitionsCommand,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Start, inspect and retry sagas.
+    Sagas {
+        #[command(subcommand)]
+        command: client::SagasCommand,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+}
+
+fn environment() -> BTreeMap<String, String> {
+    std::env::vars().collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let env = environment();
+    let load = |overrides: Overrides| Config::load(cli.config.as_deref(), &env, overrides);
+    match cli.command {
+        Command::Dev { data_dir, listen } => {
+            let mut config = load(Overrides { listen, data_dir })?;
+            telemetry::init_logs(config.log_format);
+            std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+            let url = config
+                .database_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("sagaplane.db").display()));
+            if config.admin_token.is_none() {
+                config.admin_token = Some(config::Secret::new(run::generate_token()));
+            }
+            run::serve(config, &url, run::Plan { api: true, worker: true, dev_banner: true }).await?;
+        }
+        Command::Server { listen, no_worker } => {
+            let config = load(Overrides { listen, data_dir: None })?;
+            telemetry::init_logs(config.log_format);
+            let url = config.database_url.clone().context("SAGAPLANE_DATABASE_URL is required")?;
+            run::serve(config, &url, run::Plan { api: true, worker: !no_worker, dev_banner: false }).await?;
+        }
+        Command::Worker { listen } => {
+            let has_listen = listen.is_some();
+            let config = load(Overrides { listen, data_dir: None })?;
+            telemetry::init_logs(config.log_format);
+            let url = config.database_url.clone().context("SAGAPLANE_DATABASE_URL is required")?;
+            if has_listen {
+                run::serve(config, &url, run::Plan { api: false, worker: true, dev_banner: false }).await?;
+            } else {
+                run::serve_worker_only(config, &url).await?;
+            }
+        }
+        Command::Migrate => {
+            let config = load(Overrides::default())?;
+            telemetry::init_logs(config.log_format);
+            let url = config.database_url.clone().context("SAGAPLANE_DATABASE_URL is required")?;
+            let store = run::open_store(&url).await?;
+            let status = store.migrate().await.context("applying migrations")?;
+            println!("schema at version {} ({})", status.applied, store.backend_name());
+        }
+        Command::Bench(args) => {
+            let config = load(Overrides::default())?;
+            return bench::run(args, config).await;
+        }
+        Command::Definitions { command, connection } => return client::definitions(command, connection).await,
+        Command::Sagas { command, connection } => return client::sagas(command, connection).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

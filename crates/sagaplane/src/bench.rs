@@ -1,0 +1,229 @@
+//! `sagaplane bench`: the load generator. Registers the workload's definition, keeps `-c` starts
+//! outstanding over HTTP, waits for every saga to end (long-poll), and prints sagas/s and
+//! start-to-terminal latency percentiles. Without `--url` it runs an in-process instance (API +
+//! worker) on `SAGAPLANE_DATABASE_URL`, or on a fresh SQLite file.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Workload {
+    /// Three core.echo steps.
+    Saga3,
+    /// Two core.echo steps, then core.fail: two compensations.
+    Saga3Fail,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "saga3")]
+    workload: Workload,
+    /// Sagas to run.
+    #[arg(short = 'n', long, default_value_t = 2000)]
+    count: usize,
+    /// Starts kept outstanding.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    concurrency: usize,
+    /// A running API; without it an in-process instance is started.
+    #[arg(long, env = "SAGAPLANE_URL")]
+    url: Option<String>,
+    #[arg(long, env = "SAGAPLANE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+fn definition(workload: Workload) -> (&'static str, Value, &'static str) {
+    let echo = |name: &str| json!({"name": name, "action": {"builtin": "core.echo", "input": {"step": name, "n": "{{ input.n }}"}}, "compensation": {"builtin": "core.echo"}});
+    match workload {
+        Workload::Saga3 => ("bench-saga3", json!({"steps": [echo("one"), echo("two"), echo("three")]}), "COMPLETED"),
+        Workload::Saga3Fail => (
+            "bench-saga3-fail",
+            json!({"steps": [echo("one"), echo("two"), {"name": "three", "action": {"builtin": "core.fail", "input": {"message": "bench"}}}]}),
+            "COMPENSATED",
+        ),
+    }
+}
+
+struct Embedded {
+    url: String,
+    token: String,
+    backend: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    instance: saga_runtime::InstanceHandle,
+}
+
+async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => {
+            let dir = std::env::temp_dir().join(format!("sagaplane-bench-{}", uuid::Uuid::now_v7()));
+            std::fs::create_dir_all(&dir)?;
+            format!("sqlite://{}", dir.join("bench.db").display())
+        }
+    };
+    let store = crate::run::open_and_migrate(&url).await?;
+    let backend = store.backend_name().to_string();
+    let hub = saga_runtime::TerminalHub::default();
+    let token = crate::run::generate_token();
+    let names = crate::run::builtins().names().into_iter().map(str::to_string).collect();
+    let state = server::AppState::new(store.clone(), Arc::new(saga_runtime::SystemClock), hub.clone(), names, None, &token);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let router = server::router(state);
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = server::serve(listener, router, shutdown).await {
+            eprintln!("bench server failed: {e}");
+        }
+    });
+    let instance = crate::run::start_instance(config, store, hub);
+    Ok(Embedded { url: format!("http://{address}"), token, backend, stop, server, instance })
+}
+
+/// Runs the workload and prints the numbers.
+pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
+    if args.count == 0 || args.concurrency == 0 {
+        bail!("-n and -c must be positive");
+    }
+    let embedded = match &args.url {
+        Some(_) => None,
+        None => Some(start_embedded(&config).await?),
+    };
+    let (base, token, backend) = match &embedded {
+        Some(e) => (e.url.clone(), Some(e.token.clone()), e.backend.clone()),
+        None => (args.url.clone().unwrap_or_default(), args.token.clone(), "remote".to_string()),
+    };
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    let (name, document, expected) = definition(args.workload);
+    let mut put = client.put(format!("{base}/v1/definitions/{name}")).json(&document);
+    if let Some(t) = &token {
+        put = put.bearer_auth(t);
+    }
+    let response = put.send().await.context("registering the workload definition")?;
+    if !response.status().is_success() {
+        bail!("registering {name}: {} {}", response.status(), response.text().await.unwrap_or_default());
+    }
+    let shared = Arc::new(Load { client, base, token, name, counter: AtomicUsize::new(0) });
+    // Warm-up: connections, caches, JIT-free but page-cache-warm database.
+    let warmup = args.concurrency.min(args.count);
+    drive(shared.clone(), warmup, args.concurrency).await?;
+    shared.counter.store(0, Ordering::SeqCst);
+    let started = Instant::now();
+    let results = drive(shared.clone(), args.count, args.concurrency).await?;
+    let elapsed = started.elapsed();
+    report(&args, &backend, expected, &results, elapsed);
+    if let Some(embedded) = embedded {
+        let _ = embedded.stop.send(true);
+        embedded.instance.shutdown().await;
+        let _ = embedded.server.await;
+    }
+    let all_expected = results.iter().all(|(status, _)| status == expected);
+    Ok(if all_expected { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+struct Load {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    name: &'static str,
+    counter: AtomicUsize,
+}
+
+impl Load {
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
+    }
+
+    async fn one(&self, n: usize) -> anyhow::Result<(String, Duration)> {
+        let started = Instant::now();
+        let body = json!({"definition": self.name, "input": {"n": n}});
+        let response = self.authorized(self.client.post(format!("{}/v1/sagas", self.base)).json(&body)).send().await?;
+        if response.status().as_u16() != 201 {
+            bail!("start failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+        }
+        let saga: Value = response.json().await?;
+        let id = saga["id"].as_str().context("no saga id")?.to_string();
+        loop {
+            let response = self
+                .authorized(self.client.get(format!("{}/v1/sagas/{id}?wait=30s", self.base)))
+                .send()
+                .await?;
+            let saga: Value = response.json().await?;
+            let status = saga["status"].as_str().unwrap_or("").to_string();
+            if matches!(status.as_str(), "COMPLETED" | "COMPENSATED" | "FAILED") {
+                return Ok((status, started.elapsed()));
+            }
+        }
+    }
+}
+
+async fn drive(load: Arc<Load>, count: usize, concurrency: usize) -> anyhow::Result<Vec<(String, Duration)>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let load = load.clone();
+        tasks.spawn(async move {
+            let mut results = Vec::new();
+            loop {
+                let n = load.counter.fetch_add(1, Ordering::SeqCst);
+                if n >= count {
+                    return Ok::<_, anyhow::Error>(results);
+                }
+                results.push(load.one(n).await?);
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(count);
+    while let Some(joined) = tasks.join_next().await {
+        all.extend(joined.context("load task panicked")??);
+    }
+    Ok(all)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+fn report(args: &BenchArgs, backend: &str, expected: &str, results: &[(String, Duration)], elapsed: Duration) {
+    let mut latencies: Vec<Duration> = results.iter().map(|(_, d)| *d).collect();
+    latencies.sort();
+    let mut statuses: BTreeMap<&str, usize> = BTreeMap::new();
+    for (status, _) in results {
+        *statuses.entry(status.as_str()).or_default() += 1;
+    }
+    let rate = results.len() as f64 / elapsed.as_secs_f64();
+    let workload = match args.workload {
+        Workload::Saga3 => "saga3",
+        Workload::Saga3Fail => "saga3-fail",
+    };
+    let (p50, p95, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 95.0), percentile(&latencies, 99.0));
+    let max = latencies.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    println!("workload {workload} on {backend}: n={} c={} in {:.2}s", results.len(), args.concurrency, elapsed.as_secs_f64());
+    println!("  sagas/s      {rate:.1}");
+    println!("  latency ms   p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}  max {max:.1}");
+    let summary: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}={n}")).collect();
+    println!("  statuses     {} (expected all {expected})", summary.join(" "));
+    println!(
+        "RESULT workload={workload} backend={backend} n={} c={} sagas_per_s={rate:.1} p50_ms={p50:.2} p95_ms={p95:.2} p99_ms={p99:.2}",
+        results.len(),
+        args.concurrency
+    );
+}

@@ -1,0 +1,248 @@
+//! Configuration: one typed struct built once from defaults, then `sagaplane.toml` (or
+//! `--config FILE`), then environment variables (API.md §1), then command-line flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// A value that must never be printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Every setting of the process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: Option<String>,
+    pub listen: String,
+    pub admin_token: Option<Secret>,
+    pub worker_id: String,
+    pub lease_ttl_ms: i64,
+    pub worker_concurrency: u32,
+    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
+    pub tenant_database_url: Option<String>,
+    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
+    pub tenant_migrations_dir: Option<PathBuf>,
+    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
+    pub crm_webhook_secret: Option<Secret>,
+    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
+    pub delivery_retry_schedule_ms: Vec<u64>,
+    pub vars: BTreeMap<String, String>,
+    pub log_format: LogFormat,
+    pub otlp_endpoint: Option<String>,
+    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
+    pub public_url: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+/// The file's shape: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    listen: Option<String>,
+    admin_token: Option<String>,
+    worker_id: Option<String>,
+    lease_ttl: Option<String>,
+    worker_concurrency: Option<u32>,
+    tenant_database_url: Option<String>,
+    tenant_migrations_dir: Option<PathBuf>,
+    crm_webhook_secret: Option<String>,
+    delivery_retry_schedule: Option<String>,
+    log_format: Option<String>,
+    otlp_endpoint: Option<String>,
+    public_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+}
+
+/// Flags that override config (only those a subcommand offers).
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+pub const LEASE_TTL_DEFAULT_MS: i64 = 30_000;
+pub const WORKER_CONCURRENCY_DEFAULT: u32 = 64;
+pub const WORKER_CONCURRENCY_MAX: u32 = 10_000;
+pub const DELIVERY_RETRY_SCHEDULE_DEFAULT: &str = "1m,2m,4m,8m,16m,32m,64m,128m";
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn parse_duration_ms(what: &str, text: &str) -> anyhow::Result<u64> {
+    saga_core::duration::parse_ms(text).map_err(|e| anyhow::anyhow!("{what}: invalid duration {text:?}: {e}"))
+}
+
+fn parse_schedule(text: &str) -> anyhow::Result<Vec<u64>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_duration_ms("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", s))
+        .collect()
+}
+
+impl Config {
+    /// Loads the configuration; `env` is the process environment (a parameter for tests).
+    pub fn load(config_file: Option<&Path>, env: &BTreeMap<String, String>, overrides: Overrides) -> anyhow::Result<Config> {
+        let file = match config_file {
+            Some(path) => read_file(path)?,
+            None if Path::new("sagaplane.toml").exists() => read_file(Path::new("sagaplane.toml"))?,
+            None => FileConfig::default(),
+        };
+        let get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+        let lease_ttl = get("SAGAPLANE_LEASE_TTL").or(file.lease_ttl);
+        let lease_ttl_ms = match lease_ttl {
+            Some(text) => parse_duration_ms("SAGAPLANE_LEASE_TTL", &text)? as i64,
+            None => LEASE_TTL_DEFAULT_MS,
+        };
+        if lease_ttl_ms < 300 {
+            bail!("SAGAPLANE_LEASE_TTL must be at least 300ms");
+        }
+        let worker_concurrency = match get("SAGAPLANE_WORKER_CONCURRENCY") {
+            Some(text) => text.parse::<u32>().with_context(|| format!("SAGAPLANE_WORKER_CONCURRENCY: {text:?} is not a number"))?,
+            None => file.worker_concurrency.unwrap_or(WORKER_CONCURRENCY_DEFAULT),
+        };
+        if !(1..=WORKER_CONCURRENCY_MAX).contains(&worker_concurrency) {
+            bail!("SAGAPLANE_WORKER_CONCURRENCY must be from 1 to {WORKER_CONCURRENCY_MAX}");
+        }
+        let schedule = get("SAGAPLANE_DELIVERY_RETRY_SCHEDULE")
+            .or(file.delivery_retry_schedule)
+            .unwrap_or_else(|| DELIVERY_RETRY_SCHEDULE_DEFAULT.into());
+        let crm_webhook_secret = get("SAGAPLANE_CRM_WEBHOOK_SECRET").or(file.crm_webhook_secret);
+        if let Some(secret) = &crm_webhook_secret {
+            if !secret.starts_with("whsec_") {
+                bail!("SAGAPLANE_CRM_WEBHOOK_SECRET must look like whsec_<base64>");
+            }
+        }
+        let log_format = match get("SAGAPLANE_LOG_FORMAT").or(file.log_format).as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => bail!("SAGAPLANE_LOG_FORMAT must be json or pretty, not {other:?}"),
+            None if std::io::IsTerminal::is_terminal(&std::io::stderr()) => LogFormat::Pretty,
+            None => LogFormat::Json,
+        };
+        let mut vars = file.vars;
+        for (name, value) in env {
+            if let Some(var) = name.strip_prefix("SAGAPLANE_VAR_") {
+                if !var.is_empty() {
+                    vars.insert(var.to_string(), value.clone());
+                }
+            }
+        }
+        let listen = overrides
+            .listen
+            .or_else(|| get("SAGAPLANE_LISTEN"))
+            .or(file.listen)
+            .unwrap_or_else(|| LISTEN_DEFAULT.into());
+        Ok(Config {
+            database_url: get("SAGAPLANE_DATABASE_URL").or(file.database_url),
+            listen,
+            admin_token: get("SAGAPLANE_ADMIN_TOKEN").or(file.admin_token).map(Secret::new),
+            worker_id: get("SAGAPLANE_WORKER_ID").or(file.worker_id).unwrap_or_else(default_worker_id),
+            lease_ttl_ms,
+            worker_concurrency,
+            tenant_database_url: get("SAGAPLANE_TENANT_DATABASE_URL").or(file.tenant_database_url),
+            tenant_migrations_dir: get("SAGAPLANE_TENANT_MIGRATIONS_DIR").map(PathBuf::from).or(file.tenant_migrations_dir),
+            crm_webhook_secret: crm_webhook_secret.map(Secret::new),
+            delivery_retry_schedule_ms: parse_schedule(&schedule)?,
+            vars,
+            log_format,
+            otlp_endpoint: get("SAGAPLANE_OTLP_ENDPOINT").or(file.otlp_endpoint),
+            public_url: get("SAGAPLANE_PUBLIC_URL").or(file.public_url),
+            data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".sagaplane")),
+        })
+    }
+
+    /// `SAGAPLANE_PUBLIC_URL`, or `http://<listen>`.
+    #[allow(dead_code)] // used by async callbacks (issue 3)
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("sagaplane-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("sagaplane.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nworker_concurrency = 8\n[vars]\nORDERS = \"http://file\"\n").expect("write");
+        let config = Config::load(
+            Some(&file),
+            &env(&[("SAGAPLANE_WORKER_CONCURRENCY", "16"), ("SAGAPLANE_VAR_PAYMENTS", "http://env"), ("SAGAPLANE_LEASE_TTL", "5s")]),
+            Overrides::default(),
+        )
+        .expect("loads");
+        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.worker_concurrency, 16);
+        assert_eq!(config.lease_ttl_ms, 5_000);
+        assert_eq!(config.vars.get("ORDERS").map(String::as_str), Some("http://file"));
+        assert_eq!(config.vars.get("PAYMENTS").map(String::as_str), Some("http://env"));
+        assert_eq!(config.delivery_retry_schedule_ms.len(), 8);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        for (name, value) in [
+            ("SAGAPLANE_LEASE_TTL", "soon"),
+            ("SAGAPLANE_WORKER_CONCURRENCY", "0"),
+            ("SAGAPLANE_LOG_FORMAT", "xml"),
+            ("SAGAPLANE_CRM_WEBHOOK_SECRET", "plain"),
+            ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "1m,x"),
+        ] {
+            let error = Config::load(None, &env(&[(name, value)]), Overrides::default()).expect_err(name);
+            assert!(format!("{error:#}").contains(name), "{error:#}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+}

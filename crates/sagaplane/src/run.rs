@@ -1,0 +1,166 @@
+//! Running the process: open the store, migrate, start the API and/or the worker, and shut
+//! down gracefully on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use saga_runtime::{BuiltinRegistry, Executors, Instance, InstanceConfig, InstanceHandle, SystemClock, TerminalHub};
+use saga_store::Store;
+use serde_json::Value;
+use store_postgres::PostgresStore;
+use store_sqlite::SqliteStore;
+
+use crate::config::Config;
+
+/// Opens the store a URL names: the only place concrete stores are chosen.
+pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::connect(url, store_postgres::POOL_CONNECTIONS_MAX)
+            .await
+            .context("connecting to PostgreSQL")?;
+        Ok(Arc::new(store))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        if let Some(parent) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+        }
+        Ok(Arc::new(SqliteStore::connect(url).await.context("opening SQLite")?))
+    } else {
+        bail!("SAGAPLANE_DATABASE_URL must start with postgres:// or sqlite://")
+    }
+}
+
+/// Opens and migrates the store.
+pub async fn open_and_migrate(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let store = open_store(url).await?;
+    let status = store.migrate().await.context("applying migrations")?;
+    tracing::info!(backend = store.backend_name(), schema_version = status.applied, "store ready");
+    Ok(store)
+}
+
+/// What to run in this process.
+pub struct Plan {
+    pub api: bool,
+    pub worker: bool,
+    /// Print the dev banner (token and URLs) once listening.
+    pub dev_banner: bool,
+}
+
+pub fn builtins() -> BuiltinRegistry {
+    BuiltinRegistry::with_core()
+}
+
+pub fn start_instance(config: &Config, store: Arc<dyn Store>, hub: TerminalHub) -> InstanceHandle {
+    let mut instance_config = InstanceConfig::new(config.worker_id.clone());
+    instance_config.concurrency = config.worker_concurrency;
+    instance_config.lease_ttl_ms = config.lease_ttl_ms;
+    instance_config.vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    if store.backend_name() == "sqlite" {
+        // One writer: a second batch in flight would only queue behind the first.
+        instance_config.commit_parallelism = 1;
+    }
+    Instance::new(store, Arc::new(SystemClock), Executors::new(builtins()), instance_config, hub).start()
+}
+
+/// Runs until SIGTERM/SIGINT, then drains.
+pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::init_metrics()?;
+    if config.otlp_endpoint.is_some() {
+        tracing::warn!("SAGAPLANE_OTLP_ENDPOINT is set, but trace export is not built yet; traces stay in the logs");
+    }
+    let store = open_and_migrate(database_url).await?;
+    let hub = TerminalHub::default();
+    let admin_token = match &config.admin_token {
+        Some(token) => token.clone(),
+        None if plan.api => bail!("SAGAPLANE_ADMIN_TOKEN is required"),
+        None => crate::config::Secret::new(""),
+    };
+    let names: Vec<String> = builtins().names().into_iter().map(str::to_string).collect();
+    let state = server::AppState::new(store.clone(), Arc::new(SystemClock), hub.clone(), names, Some(metrics), admin_token.expose());
+    let router = if plan.api { Some(server::router(state.clone())) } else { None };
+    let ops_only = if !plan.api { Some(server::ops_router(state)) } else { None };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http = None;
+    if let Some(router) = router.or(ops_only) {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let local: SocketAddr = listener.local_addr()?;
+        tracing::info!(address = %local, "listening");
+        if plan.dev_banner {
+            println!("sagaplane dev: listening on http://{local}");
+            println!("admin token: {}", admin_token.expose());
+            println!("dashboard: http://{local}/ui/");
+            println!("database: {database_url}");
+        } else {
+            println!("listening on http://{local}");
+        }
+        let mut stop = stop_rx.clone();
+        http = Some(tokio::spawn(async move {
+            server::serve(listener, router, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+    }
+    let instance = plan.worker.then(|| start_instance(&config, store.clone(), hub));
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new claims, draining in-flight steps");
+    let _ = stop_tx.send(true);
+    if let Some(instance) = instance {
+        instance.shutdown().await;
+    }
+    if let Some(http) = http {
+        http.await.context("HTTP task")?.context("HTTP server")?;
+    }
+    tracing::info!("bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// A worker with no HTTP listener at all.
+pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Result<()> {
+    let _metrics = crate::telemetry::init_metrics()?;
+    let store = open_and_migrate(database_url).await?;
+    let instance = start_instance(&config, store, TerminalHub::default());
+    println!("worker {} running", config.worker_id);
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new claims, draining in-flight steps");
+    instance.shutdown().await;
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// A random admin token for `sagaplane dev`.
+pub fn generate_token() -> String {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 24];
+    if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
+        // No OS randomness: fall back to a time-and-pid derived token (dev only, local).
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        bytes[..16].copy_from_slice(&(seed ^ u128::from(std::process::id())).to_le_bytes());
+    }
+    format!("spdev_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
