@@ -1,0 +1,26 @@
+//! Black-box tests: the real `sagaplane` binary on PostgreSQL and on SQLite, with real
+//! participant HTTP servers on loopback.
+
+mod api;
+mod cli;
+mod crash;
+mod sagas;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sagaplane");
+
+/// Runs an async scenario once per backend, as separate tests (`<name>::postgres`, `::sqlite`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(test_support::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(test_support::Backend::Sqlite).await
+            }
+        }
+    };
+}

@@ -1,0 +1,30 @@
+//! Fresh test databases: a new PostgreSQL database or SQLite file per test.
+
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::ConnectOptions;
+
+/// `SAGAPLANE_TEST_DATABASE_URL`, a role that may create databases (scripts/test makes one).
+pub fn postgres_admin_url() -> String {
+    std::env::var("SAGAPLANE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://sagaplane:sagaplane@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates an empty PostgreSQL database and returns its URL.
+pub async fn fresh_postgres() -> String {
+    let admin = PgConnectOptions::from_str(&postgres_admin_url()).expect("SAGAPLANE_TEST_DATABASE_URL is not a URL");
+    let mut conn = admin
+        .connect()
+        .await
+        .expect("cannot reach the test PostgreSQL; run scripts/test, or set SAGAPLANE_TEST_DATABASE_URL");
+    let name = format!("it_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+    admin.database(&name).to_url_lossy().to_string()
+}
+
+/// A URL for a new SQLite file in a fresh temp directory.
+pub fn fresh_sqlite() -> String {
+    let dir = std::env::temp_dir().join(format!("sagaplane-it-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    format!("sqlite://{}", dir.join("sagaplane.db").display())
+}
