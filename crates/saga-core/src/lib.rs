@@ -18,8 +18,8 @@ pub use definition::{
     SignalAction, StepDefinition,
 };
 pub use machine::{
-    FailureKind, HistoryEvent, Next, Outcome, Phase, SagaError, SagaState, SagaStatus, StepState,
-    StepStatus, Transition,
+    Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaError, SagaState, SagaStatus,
+    StepState, StepStatus, Transition,
 };
 pub use validate::{parse_document, validate_definition, DocumentFormat, FieldError, ParseError};
 
@@ -50,5 +50,7 @@ pub fn is_valid_step_name(name: &str) -> bool {
         return false;
     }
     (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }

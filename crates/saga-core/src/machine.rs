@@ -33,7 +33,10 @@ pub enum SagaStatus {
 impl SagaStatus {
     /// Completed, compensated, or failed (awaiting an operator): no driver runs it.
     pub fn is_terminal(self) -> bool {
-        matches!(self, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed)
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -157,11 +160,28 @@ pub enum Outcome {
     Failed { kind: FailureKind, message: String },
 }
 
+/// One finished attempt, as reported by a driver.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub phase: Phase,
+    pub step: usize,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
 /// What the driver should do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    RunAction { step: usize, attempt: u32 },
-    RunCompensation { step: usize, attempt: u32 },
+    RunAction {
+        step: usize,
+        attempt: u32,
+    },
+    RunCompensation {
+        step: usize,
+        attempt: u32,
+    },
     /// Nothing more to run: the saga is terminal.
     Terminal,
 }
@@ -177,7 +197,13 @@ pub struct HistoryEvent {
 }
 
 impl HistoryEvent {
-    pub fn new(kind: &str, step: Option<&str>, attempt: Option<u32>, data: Value, at_ms: i64) -> Self {
+    pub fn new(
+        kind: &str,
+        step: Option<&str>,
+        attempt: Option<u32>,
+        data: Value,
+        at_ms: i64,
+    ) -> Self {
         HistoryEvent {
             kind: kind.to_string(),
             step: step.map(str::to_string),
@@ -199,7 +225,9 @@ pub struct Transition {
 /// An attempt result that does not fit the state: a driver bug or a stale driver.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MachineError {
-    #[error("step {step} {phase:?} attempt {attempt} is not what the saga expects next ({expected:?})")]
+    #[error(
+        "step {step} {phase:?} attempt {attempt} is not what the saga expects next ({expected:?})"
+    )]
     UnexpectedOutcome {
         step: usize,
         phase: Phase,
@@ -252,7 +280,11 @@ impl SagaState {
     pub fn next(&self) -> Next {
         match self.status {
             SagaStatus::Pending | SagaStatus::Executing => {
-                match self.steps.iter().position(|s| s.status != StepStatus::Succeeded) {
+                match self
+                    .steps
+                    .iter()
+                    .position(|s| s.status != StepStatus::Succeeded)
+                {
                     Some(i) => Next::RunAction {
                         step: i,
                         attempt: self.steps[i].attempts + 1,
@@ -260,13 +292,15 @@ impl SagaState {
                     None => Next::Terminal,
                 }
             }
-            SagaStatus::Compensating => match self.steps.iter().rposition(StepState::needs_compensation) {
-                Some(i) => Next::RunCompensation {
-                    step: i,
-                    attempt: self.steps[i].compensation_attempts + 1,
-                },
-                None => Next::Terminal,
-            },
+            SagaStatus::Compensating => {
+                match self.steps.iter().rposition(StepState::needs_compensation) {
+                    Some(i) => Next::RunCompensation {
+                        step: i,
+                        attempt: self.steps[i].compensation_attempts + 1,
+                    },
+                    None => Next::Terminal,
+                }
+            }
             _ => Next::Terminal,
         }
     }
@@ -295,9 +329,15 @@ impl SagaState {
     /// Progress for users.
     pub fn progress(&self) -> Progress {
         let total_steps = self.steps.len();
-        let completed_steps = self.steps.iter().filter(|s| s.status == StepStatus::Succeeded).count();
+        let completed_steps = self
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Succeeded)
+            .count();
         let current_step = match self.next() {
-            Next::RunAction { step, .. } | Next::RunCompensation { step, .. } => Some(self.steps[step].name.clone()),
+            Next::RunAction { step, .. } | Next::RunCompensation { step, .. } => {
+                Some(self.steps[step].name.clone())
+            }
             Next::Terminal => None,
         };
         let percent = match self.status {
@@ -313,26 +353,44 @@ impl SagaState {
         }
     }
 
-    /// Applies the result of one attempt. `started_at_ms` is when the attempt began; `now_ms` when
-    /// it ended; `jitter_sample` a uniform draw in `[0, 1)` for the retry backoff.
+    /// Applies the result of one attempt; `jitter_sample` is a uniform draw in `[0, 1)` for the
+    /// retry backoff.
     pub fn apply(
         &mut self,
         definition: &Definition,
-        phase: Phase,
-        step: usize,
-        attempt: u32,
-        outcome: Outcome,
-        started_at_ms: i64,
-        now_ms: i64,
+        attempt: Attempt,
         jitter_sample: f64,
     ) -> Result<Transition, MachineError> {
+        let Attempt {
+            phase,
+            step,
+            attempt,
+            outcome,
+            started_at_ms,
+            finished_at_ms: now_ms,
+        } = attempt;
         if self.steps.len() != definition.steps.len() {
-            return Err(MachineError::ShapeMismatch(self.steps.len(), definition.steps.len()));
+            return Err(MachineError::ShapeMismatch(
+                self.steps.len(),
+                definition.steps.len(),
+            ));
         }
         let expected = self.next();
         let matches = match (phase, expected) {
-            (Phase::Action, Next::RunAction { step: s, attempt: a }) => s == step && a == attempt,
-            (Phase::Compensation, Next::RunCompensation { step: s, attempt: a }) => s == step && a == attempt,
+            (
+                Phase::Action,
+                Next::RunAction {
+                    step: s,
+                    attempt: a,
+                },
+            ) => s == step && a == attempt,
+            (
+                Phase::Compensation,
+                Next::RunCompensation {
+                    step: s,
+                    attempt: a,
+                },
+            ) => s == step && a == attempt,
             _ => false,
         };
         if !matches {
@@ -345,10 +403,26 @@ impl SagaState {
         }
         let mut transition = Transition::default();
         match phase {
-            Phase::Action => self.apply_action(definition, step, attempt, outcome, started_at_ms, now_ms, jitter_sample, &mut transition),
-            Phase::Compensation => {
-                self.apply_compensation(definition, step, attempt, outcome, started_at_ms, now_ms, jitter_sample, &mut transition)
-            }
+            Phase::Action => self.apply_action(
+                definition,
+                step,
+                attempt,
+                outcome,
+                started_at_ms,
+                now_ms,
+                jitter_sample,
+                &mut transition,
+            ),
+            Phase::Compensation => self.apply_compensation(
+                definition,
+                step,
+                attempt,
+                outcome,
+                started_at_ms,
+                now_ms,
+                jitter_sample,
+                &mut transition,
+            ),
         }
         self.advance(definition, now_ms, &mut transition.events);
         Ok(transition)
@@ -377,14 +451,26 @@ impl SagaState {
         }
         step.status = StepStatus::Executing;
         step.attempts = attempt;
-        events.push(HistoryEvent::new("step_started", Some(&name), Some(attempt), json!({"phase": "action"}), started_at_ms));
+        events.push(HistoryEvent::new(
+            "step_started",
+            Some(&name),
+            Some(attempt),
+            json!({"phase": "action"}),
+            started_at_ms,
+        ));
         match outcome {
             Outcome::Succeeded(output) => {
                 step.status = StepStatus::Succeeded;
                 step.output = Some(output);
                 step.error = None;
                 step.finished_at_ms = Some(now_ms);
-                events.push(HistoryEvent::new("step_succeeded", Some(&name), Some(attempt), json!({"duration_ms": now_ms - started_at_ms}), now_ms));
+                events.push(HistoryEvent::new(
+                    "step_succeeded",
+                    Some(&name),
+                    Some(attempt),
+                    json!({"duration_ms": now_ms - started_at_ms}),
+                    now_ms,
+                ));
             }
             Outcome::Failed { kind, message } => {
                 step.error = Some(message.clone());
@@ -409,8 +495,14 @@ impl SagaState {
                     ));
                     transition.retry_at_ms = Some(due_ms);
                 } else {
-                    let error_kind = if retryable { ErrorKind::RetriesExhausted } else { ErrorKind::NonRetryable };
-                    self.fail_forward(definition, index, error_kind, message, retryable, now_ms, events);
+                    let error_kind = if retryable {
+                        ErrorKind::RetriesExhausted
+                    } else {
+                        ErrorKind::NonRetryable
+                    };
+                    self.fail_forward(
+                        definition, index, error_kind, message, retryable, now_ms, events,
+                    );
                 }
             }
         }
@@ -448,7 +540,13 @@ impl SagaState {
             .any(|(def, state)| def.pivot && state.status == StepStatus::Succeeded);
         if pivot_passed {
             self.status = SagaStatus::Failed;
-            events.push(HistoryEvent::new("saga_failed", error.step.as_deref(), None, json!({"error": error, "pivot_passed": true}), now_ms));
+            events.push(HistoryEvent::new(
+                "saga_failed",
+                error.step.as_deref(),
+                None,
+                json!({"error": error, "pivot_passed": true}),
+                now_ms,
+            ));
             self.error = Some(error);
         } else {
             self.status = SagaStatus::Compensating;
@@ -474,14 +572,26 @@ impl SagaState {
         let step = &mut self.steps[index];
         if step.status != StepStatus::Compensating {
             step.status = StepStatus::Compensating;
-            events.push(HistoryEvent::new("compensation_started", Some(&name), Some(attempt), Value::Null, started_at_ms));
+            events.push(HistoryEvent::new(
+                "compensation_started",
+                Some(&name),
+                Some(attempt),
+                Value::Null,
+                started_at_ms,
+            ));
         }
         step.compensation_attempts = attempt;
         match outcome {
             Outcome::Succeeded(_) => {
                 step.status = StepStatus::Compensated;
                 step.compensated_at_ms = Some(now_ms);
-                events.push(HistoryEvent::new("step_compensated", Some(&name), Some(attempt), json!({"duration_ms": now_ms - started_at_ms}), now_ms));
+                events.push(HistoryEvent::new(
+                    "step_compensated",
+                    Some(&name),
+                    Some(attempt),
+                    json!({"duration_ms": now_ms - started_at_ms}),
+                    now_ms,
+                ));
             }
             Outcome::Failed { kind, message } => {
                 let retryable = kind == FailureKind::Retryable;
@@ -512,8 +622,20 @@ impl SagaState {
                         kind: ErrorKind::CompensationFailed,
                         message,
                     };
-                    events.push(HistoryEvent::new("compensation_failed", Some(&name), Some(attempt), json!({"error": error}), now_ms));
-                    events.push(HistoryEvent::new("saga_failed", Some(&name), None, json!({"error": error}), now_ms));
+                    events.push(HistoryEvent::new(
+                        "compensation_failed",
+                        Some(&name),
+                        Some(attempt),
+                        json!({"error": error}),
+                        now_ms,
+                    ));
+                    events.push(HistoryEvent::new(
+                        "saga_failed",
+                        Some(&name),
+                        None,
+                        json!({"error": error}),
+                        now_ms,
+                    ));
                     self.status = SagaStatus::Failed;
                     self.error = Some(error);
                 }
@@ -526,24 +648,47 @@ impl SagaState {
     fn advance(&mut self, definition: &Definition, now_ms: i64, events: &mut Vec<HistoryEvent>) {
         loop {
             match self.next() {
-                Next::Terminal if self.status == SagaStatus::Executing || self.status == SagaStatus::Pending => {
+                Next::Terminal
+                    if self.status == SagaStatus::Executing
+                        || self.status == SagaStatus::Pending =>
+                {
                     self.status = SagaStatus::Completed;
                     self.error = None;
-                    events.push(HistoryEvent::new("saga_completed", None, None, Value::Null, now_ms));
+                    events.push(HistoryEvent::new(
+                        "saga_completed",
+                        None,
+                        None,
+                        Value::Null,
+                        now_ms,
+                    ));
                     return;
                 }
                 Next::Terminal if self.status == SagaStatus::Compensating => {
                     self.status = SagaStatus::Compensated;
                     self.error = self.cause.clone();
-                    events.push(HistoryEvent::new("saga_compensated", None, None, json!({"error": self.error}), now_ms));
+                    events.push(HistoryEvent::new(
+                        "saga_compensated",
+                        None,
+                        None,
+                        json!({"error": self.error}),
+                        now_ms,
+                    ));
                     return;
                 }
-                Next::RunCompensation { step, attempt } if definition.steps[step].compensation.is_none() => {
+                Next::RunCompensation { step, attempt }
+                    if definition.steps[step].compensation.is_none() =>
+                {
                     let name = self.steps[step].name.clone();
                     let state = &mut self.steps[step];
                     state.status = StepStatus::Compensated;
                     state.compensated_at_ms = Some(now_ms);
-                    events.push(HistoryEvent::new("step_compensated", Some(&name), Some(attempt), json!({"noop": true}), now_ms));
+                    events.push(HistoryEvent::new(
+                        "step_compensated",
+                        Some(&name),
+                        Some(attempt),
+                        json!({"noop": true}),
+                        now_ms,
+                    ));
                 }
                 _ => return,
             }
@@ -553,12 +698,20 @@ impl SagaState {
     /// An operator's `retry` of a `FAILED` saga: a failed compensation gets a fresh budget and
     /// compensation resumes; a forward failure (past a pivot, or `on_timeout: fail`) resumes
     /// forward from the failed step.
-    pub fn retry_by_operator(&mut self, definition: &Definition, now_ms: i64) -> Result<Transition, MachineError> {
+    pub fn retry_by_operator(
+        &mut self,
+        definition: &Definition,
+        now_ms: i64,
+    ) -> Result<Transition, MachineError> {
         if self.status != SagaStatus::Failed {
             return Err(MachineError::NotRetryable(self.status));
         }
         let mut transition = Transition::default();
-        if let Some(index) = self.steps.iter().position(|s| s.status == StepStatus::CompensationFailed) {
+        if let Some(index) = self
+            .steps
+            .iter()
+            .position(|s| s.status == StepStatus::CompensationFailed)
+        {
             let step = &mut self.steps[index];
             step.status = StepStatus::Compensating;
             step.compensation_attempts = 0;
@@ -566,9 +719,18 @@ impl SagaState {
             let name = step.name.clone();
             self.status = SagaStatus::Compensating;
             self.error = self.cause.clone();
-            transition.events.push(HistoryEvent::new("saga_retried", Some(&name), None, json!({"phase": "compensation"}), now_ms));
+            transition.events.push(HistoryEvent::new(
+                "saga_retried",
+                Some(&name),
+                None,
+                json!({"phase": "compensation"}),
+                now_ms,
+            ));
         } else {
-            let first_open = self.steps.iter().position(|s| s.status != StepStatus::Succeeded);
+            let first_open = self
+                .steps
+                .iter()
+                .position(|s| s.status != StepStatus::Succeeded);
             let skip = first_open.unwrap_or(self.steps.len());
             for step in self.steps.iter_mut().skip(skip) {
                 step.status = StepStatus::Pending;
@@ -581,7 +743,13 @@ impl SagaState {
             self.error = None;
             self.cause = None;
             let name = first_open.map(|i| self.steps[i].name.clone());
-            transition.events.push(HistoryEvent::new("saga_retried", name.as_deref(), None, json!({"phase": "action"}), now_ms));
+            transition.events.push(HistoryEvent::new(
+                "saga_retried",
+                name.as_deref(),
+                None,
+                json!({"phase": "action"}),
+                now_ms,
+            ));
         }
         self.advance(definition, now_ms, &mut transition.events);
         Ok(transition)

@@ -11,7 +11,9 @@ use crate::definition::{
     Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnTimeout, RetryPolicy,
     SignalAction, StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
 };
-use crate::{duration, is_valid_definition_name, is_valid_step_name, template, RETRY_ATTEMPTS_MAX, STEPS_MAX};
+use crate::{
+    duration, is_valid_definition_name, is_valid_step_name, template, RETRY_ATTEMPTS_MAX, STEPS_MAX,
+};
 
 /// The wire format of a definition document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +114,10 @@ impl Checker<'_> {
     fn unknown_keys(&mut self, path: &str, map: &Map<String, Value>, known: &[&str]) {
         for key in map.keys() {
             if !known.contains(&key.as_str()) {
-                self.error(&pointer(path, key), format!("unknown field; expected one of: {}", known.join(", ")));
+                self.error(
+                    &pointer(path, key),
+                    format!("unknown field; expected one of: {}", known.join(", ")),
+                );
             }
         }
     }
@@ -136,7 +141,10 @@ impl Checker<'_> {
             }
             Ok(ms) => Some(ms),
             Err(e) => {
-                self.error(path, format!("invalid duration {text:?}: {e} (examples: 250ms, 5s, 2m)"));
+                self.error(
+                    path,
+                    format!("invalid duration {text:?}: {e} (examples: 250ms, 5s, 2m)"),
+                );
                 None
             }
         }
@@ -165,28 +173,54 @@ impl Checker<'_> {
 
     fn definition(&mut self, name: &str, document: &Value) -> Option<Definition> {
         let root = self.object("", document)?;
-        self.unknown_keys("", root, &["name", "description", "timeout", "on_timeout", "defaults", "concurrency", "steps"]);
+        self.unknown_keys(
+            "",
+            root,
+            &[
+                "name",
+                "description",
+                "timeout",
+                "on_timeout",
+                "defaults",
+                "concurrency",
+                "steps",
+            ],
+        );
         if !is_valid_definition_name(name) {
-            self.error("/name", format!("definition name {name:?} must match {}", crate::DEFINITION_NAME_PATTERN));
+            self.error(
+                "/name",
+                format!(
+                    "definition name {name:?} must match {}",
+                    crate::DEFINITION_NAME_PATTERN
+                ),
+            );
         }
         if let Some(body_name) = root.get("name") {
             if let Some(body_name) = self.string("/name", body_name) {
                 if body_name != name {
-                    self.error("/name", format!("{body_name:?} does not match the name in the path ({name:?})"));
+                    self.error(
+                        "/name",
+                        format!("{body_name:?} does not match the name in the path ({name:?})"),
+                    );
                 }
             }
         }
         if let Some(description) = root.get("description") {
             self.string("/description", description);
         }
-        let timeout_ms = root.get("timeout").and_then(|v| self.duration("/timeout", v));
+        let timeout_ms = root
+            .get("timeout")
+            .and_then(|v| self.duration("/timeout", v));
         let on_timeout = match root.get("on_timeout") {
             None => OnTimeout::Compensate,
             Some(v) => match self.string("/on_timeout", v) {
                 Some("compensate") => OnTimeout::Compensate,
                 Some("fail") => OnTimeout::Fail,
                 Some(other) => {
-                    self.error("/on_timeout", format!("{other:?} is not one of: compensate, fail"));
+                    self.error(
+                        "/on_timeout",
+                        format!("{other:?} is not one of: compensate, fail"),
+                    );
                     OnTimeout::Compensate
                 }
                 None => OnTimeout::Compensate,
@@ -211,41 +245,80 @@ impl Checker<'_> {
             compensation_retry: RetryPolicy::compensation_default(),
         };
         let Some(value) = value else { return defaults };
-        let Some(map) = self.object("/defaults", value) else { return defaults };
-        self.unknown_keys("/defaults", map, &["timeout", "retry", "compensation_retry"]);
-        if let Some(ms) = map.get("timeout").and_then(|v| self.duration("/defaults/timeout", v)) {
+        let Some(map) = self.object("/defaults", value) else {
+            return defaults;
+        };
+        self.unknown_keys(
+            "/defaults",
+            map,
+            &["timeout", "retry", "compensation_retry"],
+        );
+        if let Some(ms) = map
+            .get("timeout")
+            .and_then(|v| self.duration("/defaults/timeout", v))
+        {
             defaults.timeout_ms = ms;
         }
         if let Some(v) = map.get("retry") {
             defaults.retry = self.retry("/defaults/retry", v, &defaults.retry);
         }
         if let Some(v) = map.get("compensation_retry") {
-            defaults.compensation_retry = self.retry("/defaults/compensation_retry", v, &defaults.compensation_retry);
+            defaults.compensation_retry = self.retry(
+                "/defaults/compensation_retry",
+                v,
+                &defaults.compensation_retry,
+            );
         }
         defaults
     }
 
     fn retry(&mut self, path: &str, value: &Value, base: &RetryPolicy) -> RetryPolicy {
         let mut policy = base.clone();
-        let Some(map) = self.object(path, value) else { return policy };
-        self.unknown_keys(path, map, &["max_attempts", "initial_interval", "multiplier", "max_interval", "jitter"]);
+        let Some(map) = self.object(path, value) else {
+            return policy;
+        };
+        self.unknown_keys(
+            path,
+            map,
+            &[
+                "max_attempts",
+                "initial_interval",
+                "multiplier",
+                "max_interval",
+                "jitter",
+            ],
+        );
         if let Some(v) = map.get("max_attempts") {
             let p = pointer(path, "max_attempts");
             match v.as_u64() {
-                Some(n) if (1..=u64::from(RETRY_ATTEMPTS_MAX)).contains(&n) => policy.max_attempts = n as u32,
-                _ => self.error(&p, format!("must be an integer from 1 to {RETRY_ATTEMPTS_MAX}")),
+                Some(n) if (1..=u64::from(RETRY_ATTEMPTS_MAX)).contains(&n) => {
+                    policy.max_attempts = n as u32
+                }
+                _ => self.error(
+                    &p,
+                    format!("must be an integer from 1 to {RETRY_ATTEMPTS_MAX}"),
+                ),
             }
         }
-        if let Some(ms) = map.get("initial_interval").and_then(|v| self.duration(&pointer(path, "initial_interval"), v)) {
+        if let Some(ms) = map
+            .get("initial_interval")
+            .and_then(|v| self.duration(&pointer(path, "initial_interval"), v))
+        {
             policy.initial_interval_ms = ms;
         }
-        if let Some(ms) = map.get("max_interval").and_then(|v| self.duration(&pointer(path, "max_interval"), v)) {
+        if let Some(ms) = map
+            .get("max_interval")
+            .and_then(|v| self.duration(&pointer(path, "max_interval"), v))
+        {
             policy.max_interval_ms = ms;
         }
         if let Some(v) = map.get("multiplier") {
             match v.as_f64() {
                 Some(m) if (1.0..=10.0).contains(&m) => policy.multiplier = m,
-                _ => self.error(&pointer(path, "multiplier"), "must be a number from 1.0 to 10.0"),
+                _ => self.error(
+                    &pointer(path, "multiplier"),
+                    "must be a number from 1.0 to 10.0",
+                ),
             }
         }
         if let Some(v) = map.get("jitter") {
@@ -255,7 +328,10 @@ impl Checker<'_> {
             }
         }
         if policy.max_interval_ms < policy.initial_interval_ms {
-            self.error(&pointer(path, "max_interval"), "must not be shorter than initial_interval");
+            self.error(
+                &pointer(path, "max_interval"),
+                "must not be shorter than initial_interval",
+            );
         }
         policy
     }
@@ -280,7 +356,10 @@ impl Checker<'_> {
                 None
             }
         };
-        Some(Concurrency { key: key?, limit: limit? })
+        Some(Concurrency {
+            key: key?,
+            limit: limit?,
+        })
     }
 
     fn steps(&mut self, value: Option<&Value>, defaults: &Defaults) -> Option<Vec<StepDefinition>> {
@@ -305,7 +384,10 @@ impl Checker<'_> {
             let step = self.step(&path, item, defaults);
             if let Some(step) = step {
                 if !seen.insert(step.name.clone()) {
-                    self.error(&format!("{path}/name"), format!("duplicate step name {:?}", step.name));
+                    self.error(
+                        &format!("{path}/name"),
+                        format!("duplicate step name {:?}", step.name),
+                    );
                 }
                 steps.push(step);
             }
@@ -318,7 +400,17 @@ impl Checker<'_> {
         self.unknown_keys(
             path,
             map,
-            &["name", "description", "action", "compensation", "timeout", "retry", "compensation_retry", "pivot", "heartbeat_timeout"],
+            &[
+                "name",
+                "description",
+                "action",
+                "compensation",
+                "timeout",
+                "retry",
+                "compensation_retry",
+                "pivot",
+                "heartbeat_timeout",
+            ],
         );
         let name_path = pointer(path, "name");
         let name = match map.get("name") {
@@ -329,7 +421,10 @@ impl Checker<'_> {
             Some(v) => match self.string(&name_path, v) {
                 Some(n) if is_valid_step_name(n) => Some(n.to_string()),
                 Some(n) => {
-                    self.error(&name_path, format!("step name {n:?} must match {}", crate::STEP_NAME_PATTERN));
+                    self.error(
+                        &name_path,
+                        format!("step name {n:?} must match {}", crate::STEP_NAME_PATTERN),
+                    );
                     None
                 }
                 None => None,
@@ -358,7 +453,11 @@ impl Checker<'_> {
             None => defaults.retry.clone(),
         };
         let compensation_retry = match map.get("compensation_retry") {
-            Some(v) => self.retry(&pointer(path, "compensation_retry"), v, &defaults.compensation_retry),
+            Some(v) => self.retry(
+                &pointer(path, "compensation_retry"),
+                v,
+                &defaults.compensation_retry,
+            ),
             None => defaults.compensation_retry.clone(),
         };
         let pivot = match map.get("pivot") {
@@ -393,17 +492,22 @@ impl Checker<'_> {
             .filter(|k| map.contains_key(*k))
             .collect();
         if kinds.len() != 1 {
-            self.error(path, "must name exactly one action kind: http, grpc, builtin or signal");
+            self.error(
+                path,
+                "must name exactly one action kind: http, grpc, builtin or signal",
+            );
             return None;
         }
         match kinds[0] {
             "http" => {
                 self.unknown_keys(path, map, &["http"]);
-                self.http(&pointer(path, "http"), &map["http"]).map(Action::Http)
+                self.http(&pointer(path, "http"), &map["http"])
+                    .map(Action::Http)
             }
             "grpc" => {
                 self.unknown_keys(path, map, &["grpc"]);
-                self.grpc(&pointer(path, "grpc"), &map["grpc"]).map(Action::Grpc)
+                self.grpc(&pointer(path, "grpc"), &map["grpc"])
+                    .map(Action::Grpc)
             }
             "builtin" => {
                 self.unknown_keys(path, map, &["builtin", "input"]);
@@ -412,10 +516,14 @@ impl Checker<'_> {
             _ => {
                 self.unknown_keys(path, map, &["signal"]);
                 if is_compensation {
-                    self.error(&pointer(path, "signal"), "a compensation cannot wait for a signal");
+                    self.error(
+                        &pointer(path, "signal"),
+                        "a compensation cannot wait for a signal",
+                    );
                     return None;
                 }
-                self.signal(&pointer(path, "signal"), &map["signal"]).map(Action::Signal)
+                self.signal(&pointer(path, "signal"), &map["signal"])
+                    .map(Action::Signal)
             }
         }
     }
@@ -431,7 +539,10 @@ impl Checker<'_> {
                     if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&upper.as_str()) {
                         Some(upper)
                     } else {
-                        self.error(&pointer(path, "method"), format!("{m:?} is not one of: GET, POST, PUT, PATCH, DELETE"));
+                        self.error(
+                            &pointer(path, "method"),
+                            format!("{m:?} is not one of: GET, POST, PUT, PATCH, DELETE"),
+                        );
                         None
                     }
                 }
@@ -513,7 +624,13 @@ impl Checker<'_> {
         let name_path = pointer(path, "builtin");
         let name = self.string(&name_path, &map["builtin"])?.to_string();
         if !self.builtins.contains(&name.as_str()) {
-            self.error(&name_path, format!("unknown builtin {name:?}; known: {}", self.builtins.join(", ")));
+            self.error(
+                &name_path,
+                format!(
+                    "unknown builtin {name:?}; known: {}",
+                    self.builtins.join(", ")
+                ),
+            );
         }
         let input = map.get("input").cloned();
         if let Some(input) = &input {
@@ -533,13 +650,21 @@ impl Checker<'_> {
             Some(v) => match self.string(&pointer(path, "name"), v) {
                 Some(n) if is_valid_definition_name(n) => Some(n.to_string()),
                 Some(n) => {
-                    self.error(&pointer(path, "name"), format!("signal name {n:?} must match {}", crate::DEFINITION_NAME_PATTERN));
+                    self.error(
+                        &pointer(path, "name"),
+                        format!(
+                            "signal name {n:?} must match {}",
+                            crate::DEFINITION_NAME_PATTERN
+                        ),
+                    );
                     None
                 }
                 None => None,
             },
         };
-        let timeout_ms = map.get("timeout").and_then(|v| self.duration(&pointer(path, "timeout"), v));
+        let timeout_ms = map
+            .get("timeout")
+            .and_then(|v| self.duration(&pointer(path, "timeout"), v));
         Some(SignalAction {
             name: name?,
             timeout_ms,

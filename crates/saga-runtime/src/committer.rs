@@ -23,7 +23,10 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer task. `parallelism` batches may be in flight at once.
-    pub fn start(store: Arc<dyn Store>, parallelism: usize) -> (Committer, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        store: Arc<dyn Store>,
+        parallelism: usize,
+    ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(COMMIT_QUEUE_MAX);
         let task = tokio::spawn(run(store, receiver, parallelism.max(1)));
         (Committer { sender }, task)
@@ -36,15 +39,23 @@ impl Committer {
             .send((commit, reply))
             .await
             .map_err(|_| "committer stopped".to_string())?;
-        answer.await.map_err(|_| "committer dropped the commit".to_string())?
+        answer
+            .await
+            .map_err(|_| "committer dropped the commit".to_string())?
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(SagaCommit, Reply)>, parallelism: usize) {
+async fn run(
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<(SagaCommit, Reply)>,
+    parallelism: usize,
+) {
     let in_flight = Arc::new(Semaphore::new(parallelism));
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(first) = receiver.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         // Everything that queued while we waited for a free slot joins this batch.
         let mut batch = vec![first];
         while batch.len() < COMMIT_BATCH_MAX {

@@ -6,14 +6,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use saga_core::template::TemplateContext;
-use saga_core::{HistoryEvent, Next, Outcome, Phase, SagaState};
+use saga_core::{Attempt, HistoryEvent, Next, Outcome, Phase, SagaState};
 use saga_store::{Claimed, CommitOutcome, LeaseRef, SagaCommit};
 use serde_json::json;
 use tracing::Instrument;
 
 use crate::executor::AttemptContext;
 use crate::instance::Shared;
-use crate::metrics_names::{SAGA_DURATION_SECONDS, SAGA_LEASE_TAKEOVER_TOTAL, SAGA_RETRY_TOTAL, SAGA_STEP_DURATION_SECONDS, SAGA_TOTAL};
+use crate::metrics_names::{
+    SAGA_DURATION_SECONDS, SAGA_LEASE_TAKEOVER_TOTAL, SAGA_RETRY_TOTAL, SAGA_STEP_DURATION_SECONDS,
+    SAGA_TOTAL,
+};
 
 /// How long a saga waits before another try when its definition cannot be loaded.
 const DEFINITION_RETRY_MS: i64 = 60_000;
@@ -37,7 +40,10 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
     let takeover = claimed.previous_owner.is_some();
     if takeover {
         metrics::counter!(SAGA_LEASE_TAKEOVER_TOTAL).increment(1);
-        tracing::info!(previous = claimed.previous_owner.as_deref().unwrap_or(""), "took over an expired lease");
+        tracing::info!(
+            previous = claimed.previous_owner.as_deref().unwrap_or(""),
+            "took over an expired lease"
+        );
     }
     let mut pending = vec![HistoryEvent::new(
         "lease_acquired",
@@ -52,7 +58,14 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
             tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
             let retry_at = shared.clock.now_ms() + DEFINITION_RETRY_MS;
             let state = record.state.clone();
-            let _ = commit(shared, claimed, state, std::mem::take(&mut pending), Some(retry_at)).await;
+            let _ = commit(
+                shared,
+                claimed,
+                state,
+                std::mem::take(&mut pending),
+                Some(retry_at),
+            )
+            .await;
             return;
         }
     };
@@ -78,7 +91,14 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
             Next::RunCompensation { step, attempt } => (Phase::Compensation, step, attempt),
             Next::Terminal => {
                 tracing::error!(status = ?state.status, "claimed a saga with nothing to run");
-                let _ = commit(shared, claimed, state.clone(), std::mem::take(&mut pending), None).await;
+                let _ = commit(
+                    shared,
+                    claimed,
+                    state.clone(),
+                    std::mem::take(&mut pending),
+                    None,
+                )
+                .await;
                 return;
             }
         };
@@ -120,7 +140,15 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
         if let Outcome::Failed { message, kind } = &outcome {
             tracing::info!(step = %step.name, attempt, ?kind, %message, "attempt failed");
         }
-        let transition = match state.apply(&definition, phase, index, attempt, outcome, started_ms, now_ms, shared.jitter_sample()) {
+        let finished = Attempt {
+            phase,
+            step: index,
+            attempt,
+            outcome,
+            started_at_ms: started_ms,
+            finished_at_ms: now_ms,
+        };
+        let transition = match state.apply(&definition, finished, shared.jitter_sample()) {
             Ok(t) => t,
             Err(e) => {
                 // A broken engine invariant: stop driving; the lease lets another instance retry.
@@ -133,7 +161,15 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
         if transition.retry_at_ms.is_some() {
             metrics::counter!(SAGA_RETRY_TOTAL, "definition" => record.definition.clone(), "step" => step.name.clone()).increment(1);
         }
-        if !commit(shared, claimed, state.clone(), events, transition.retry_at_ms).await {
+        if !commit(
+            shared,
+            claimed,
+            state.clone(),
+            events,
+            transition.retry_at_ms,
+        )
+        .await
+        {
             return;
         }
         if let Some(at) = transition.retry_at_ms {
@@ -149,7 +185,13 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
 
 /// Commits a transition; `retry_at` hands the lease back until then. False when the driver must
 /// stop (fenced or the store failed).
-async fn commit(shared: &Shared, claimed: &Claimed, state: SagaState, events: Vec<HistoryEvent>, retry_at: Option<i64>) -> bool {
+async fn commit(
+    shared: &Shared,
+    claimed: &Claimed,
+    state: SagaState,
+    events: Vec<HistoryEvent>,
+    retry_at: Option<i64>,
+) -> bool {
     let now_ms = shared.clock.now_ms();
     let commit = SagaCommit {
         id: claimed.record.id,
@@ -176,14 +218,33 @@ async fn commit(shared: &Shared, claimed: &Claimed, state: SagaState, events: Ve
 }
 
 /// At shutdown: keep what is already decided, hand the lease back so another instance resumes.
-async fn hand_back(shared: &Shared, claimed: &Claimed, state: &mut SagaState, pending: &mut Vec<HistoryEvent>) {
+async fn hand_back(
+    shared: &Shared,
+    claimed: &Claimed,
+    state: &mut SagaState,
+    pending: &mut Vec<HistoryEvent>,
+) {
     let now_ms = shared.clock.now_ms();
     if !pending.is_empty() {
-        let _ = commit(shared, claimed, state.clone(), std::mem::take(pending), Some(now_ms)).await;
+        let _ = commit(
+            shared,
+            claimed,
+            state.clone(),
+            std::mem::take(pending),
+            Some(now_ms),
+        )
+        .await;
         return;
     }
-    let lease = LeaseRef { id: claimed.record.id, fencing_token: claimed.record.fencing_token };
-    if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &[lease], now_ms).await {
+    let lease = LeaseRef {
+        id: claimed.record.id,
+        fencing_token: claimed.record.fencing_token,
+    };
+    if let Err(e) = shared
+        .store
+        .lease_release(&shared.config.worker_id, &[lease], now_ms)
+        .await
+    {
         tracing::warn!(error = %e, "handing back the lease failed; it will expire");
     }
 }

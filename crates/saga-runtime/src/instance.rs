@@ -98,16 +98,27 @@ impl Shared {
     /// The definition a saga started on, validated once and cached.
     pub async fn definition(&self, name: &str, version: i32) -> Result<Arc<Definition>, String> {
         let key = (name.to_string(), version);
-        if let Some(found) = self.definitions.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if let Some(found) = self
+            .definitions
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
             return Ok(found);
         }
-        let record = self.store.definition_get(name, Some(version)).await.map_err(|e| match e {
-            StoreError::NotFound => format!("definition {name} v{version} does not exist"),
-            other => other.to_string(),
-        })?;
+        let record = self
+            .store
+            .definition_get(name, Some(version))
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => format!("definition {name} v{version} does not exist"),
+                other => other.to_string(),
+            })?;
         let builtins = self.executors.builtins.names();
         let definition = saga_core::validate_definition(name, &record.document, &builtins)
-            .map_err(|errors| format!("definition {name} v{version} no longer validates: {errors:?}"))?;
+            .map_err(|errors| {
+                format!("definition {name} v{version} no longer validates: {errors:?}")
+            })?;
         let definition = Arc::new(definition);
         if let Ok(mut cache) = self.definitions.lock() {
             cache.insert(key, definition.clone());
@@ -139,9 +150,18 @@ impl InstanceHandle {
 }
 
 impl Instance {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, executors: Executors, config: InstanceConfig, hub: TerminalHub) -> Self {
-        let (committer, committer_task) = Committer::start(store.clone(), config.commit_parallelism);
-        let seed = config.seed.unwrap_or_else(|| rand::rngs::OsRng.try_next_u64_or_default());
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        executors: Executors,
+        config: InstanceConfig,
+        hub: TerminalHub,
+    ) -> Self {
+        let (committer, committer_task) =
+            Committer::start(store.clone(), config.commit_parallelism);
+        let seed = config
+            .seed
+            .unwrap_or_else(|| rand::rngs::OsRng.try_next_u64_or_default());
         let shared = Arc::new(Shared {
             store,
             clock,
@@ -156,7 +176,10 @@ impl Instance {
             shutting_down: AtomicBool::new(false),
             config,
         });
-        Instance { shared, committer_task }
+        Instance {
+            shared,
+            committer_task,
+        }
     }
 
     /// Starts the claim loop and the heartbeat.
@@ -178,14 +201,25 @@ impl OsSeed for rand::rngs::OsRng {
     }
 }
 
-fn spawn_driver(shared: &Arc<Shared>, permits: &Arc<Semaphore>, drivers: &mut JoinSet<()>, claim: saga_store::Claimed) {
+fn spawn_driver(
+    shared: &Arc<Shared>,
+    permits: &Arc<Semaphore>,
+    drivers: &mut JoinSet<()>,
+    claim: saga_store::Claimed,
+) {
     let Ok(permit) = permits.clone().try_acquire_owned() else {
         tracing::error!(saga_id = %claim.record.id, "claimed more sagas than free permits; its lease will expire");
         return;
     };
     let lost = Arc::new(AtomicBool::new(false));
     if let Ok(mut held) = shared.held.lock() {
-        held.insert(claim.record.id, HeldLease { fencing_token: claim.record.fencing_token, lost: lost.clone() });
+        held.insert(
+            claim.record.id,
+            HeldLease {
+                fencing_token: claim.record.fencing_token,
+                lost: lost.clone(),
+            },
+        );
     }
     metrics::gauge!(SAGA_IN_FLIGHT).increment(1.0);
     let shared = shared.clone();
@@ -197,7 +231,11 @@ fn spawn_driver(shared: &Arc<Shared>, permits: &Arc<Semaphore>, drivers: &mut Jo
     });
 }
 
-async fn run(shared: Arc<Shared>, committer_task: tokio::task::JoinHandle<()>, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    shared: Arc<Shared>,
+    committer_task: tokio::task::JoinHandle<()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(shared.config.concurrency.max(1) as usize));
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), shutdown.clone()));
     let mut drivers = JoinSet::new();
@@ -239,7 +277,11 @@ async fn run(shared: Arc<Shared>, committer_task: tokio::task::JoinHandle<()>, m
             }
         }
         claim_now = true;
-        let backoff_ms = if failures > 0 { (100u64 << failures.min(6)).min(5_000) } else { 0 };
+        let backoff_ms = if failures > 0 {
+            (100u64 << failures.min(6)).min(5_000)
+        } else {
+            0
+        };
         let sleep_ms = next_sleep_ms(&shared, backoff_ms);
         tokio::select! {
             _ = work.notified(), if failures == 0 => {}
@@ -300,7 +342,13 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             return;
         }
         let leases: Vec<LeaseRef> = match shared.held.lock() {
-            Ok(held) => held.iter().map(|(id, l)| LeaseRef { id: *id, fencing_token: l.fencing_token }).collect(),
+            Ok(held) => held
+                .iter()
+                .map(|(id, l)| LeaseRef {
+                    id: *id,
+                    fencing_token: l.fencing_token,
+                })
+                .collect(),
             Err(_) => return,
         };
         if leases.is_empty() {
@@ -310,7 +358,16 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             continue;
         }
         let now = shared.clock.now_ms();
-        match shared.store.lease_renew(&shared.config.worker_id, &leases, now, shared.config.lease_ttl_ms).await {
+        match shared
+            .store
+            .lease_renew(
+                &shared.config.worker_id,
+                &leases,
+                now,
+                shared.config.lease_ttl_ms,
+            )
+            .await
+        {
             Ok(lost) => {
                 if let Ok(held) = shared.held.lock() {
                     for id in lost {
@@ -328,13 +385,23 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
 
 async fn release_all(shared: &Shared) {
     let leases: Vec<LeaseRef> = match shared.held.lock() {
-        Ok(mut held) => held.drain().map(|(id, l)| LeaseRef { id, fencing_token: l.fencing_token }).collect(),
+        Ok(mut held) => held
+            .drain()
+            .map(|(id, l)| LeaseRef {
+                id,
+                fencing_token: l.fencing_token,
+            })
+            .collect(),
         Err(_) => return,
     };
     if leases.is_empty() {
         return;
     }
-    if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &leases, shared.clock.now_ms()).await {
+    if let Err(e) = shared
+        .store
+        .lease_release(&shared.config.worker_id, &leases, shared.clock.now_ms())
+        .await
+    {
         tracing::warn!(error = %e, "releasing leases at shutdown failed; they will expire");
     }
 }

@@ -28,9 +28,15 @@ fn secured(mut operation: Value) -> Value {
 
 /// The document served at `/openapi.json`.
 pub fn document() -> Value {
-    let list_params = vec![query_param("limit", "page size (default 50, at most 500)"), query_param("cursor", "next_cursor of the previous page")];
+    let list_params = vec![
+        query_param("limit", "page size (default 50, at most 500)"),
+        query_param("cursor", "next_cursor of the previous page"),
+    ];
     let mut saga_list_params = vec![
-        query_param("status", "PENDING, EXECUTING, COMPLETED, COMPENSATING, COMPENSATED or FAILED"),
+        query_param(
+            "status",
+            "PENDING, EXECUTING, COMPLETED, COMPENSATING, COMPENSATED or FAILED",
+        ),
         query_param("definition", "definition name"),
         query_param("tenant_id", "tenant id"),
     ];
@@ -152,12 +158,28 @@ mod tests {
     fn every_route_is_documented() {
         let doc = super::document();
         for (method, path) in crate::ROUTES {
-            assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from OpenAPI");
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing from OpenAPI"
+            );
         }
         let documented: usize = doc["paths"]
             .as_object()
-            .map(|paths| paths.values().map(|p| p.as_object().map(|o| o.keys().filter(|k| *k != "parameters").count()).unwrap_or(0)).sum())
+            .map(|paths| {
+                paths
+                    .values()
+                    .map(|p| {
+                        p.as_object()
+                            .map(|o| o.keys().filter(|k| *k != "parameters").count())
+                            .unwrap_or(0)
+                    })
+                    .sum()
+            })
             .unwrap_or(0);
-        assert_eq!(documented, crate::ROUTES.len(), "OpenAPI documents routes that do not exist");
+        assert_eq!(
+            documented,
+            crate::ROUTES.len(),
+            "OpenAPI documents routes that do not exist"
+        );
     }
 }

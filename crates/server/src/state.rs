@@ -9,6 +9,9 @@ use saga_runtime::{Clock, TerminalHub};
 use saga_store::Store;
 use sha2::{Digest, Sha256};
 
+/// Validated definitions by `(name, version)`; versions never change, so entries never go stale.
+pub(crate) type DefinitionCache = Arc<Mutex<HashMap<(String, i32), Arc<Definition>>>>;
+
 /// What every handler may use.
 #[derive(Clone)]
 pub struct AppState {
@@ -18,7 +21,7 @@ pub struct AppState {
     pub builtins: Arc<Vec<String>>,
     pub metrics: Option<PrometheusHandle>,
     pub(crate) admin_token_sha256: [u8; 32],
-    pub(crate) definitions: Arc<Mutex<HashMap<(String, i32), Arc<Definition>>>>,
+    pub(crate) definitions: DefinitionCache,
 }
 
 impl AppState {

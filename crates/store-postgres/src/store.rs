@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::HistoryEvent;
 use saga_store::{
-    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
-    SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError,
-    StoreResult, WorkSignal,
+    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef,
+    SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus,
+    Store, StoreError, StoreResult, WorkSignal,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -61,7 +61,14 @@ struct EventColumns {
 }
 
 impl EventColumns {
-    fn push_all(&mut self, saga_id: Uuid, tenant_id: Option<&str>, first_seq: i64, worker: Option<&str>, events: &[HistoryEvent]) -> StoreResult<()> {
+    fn push_all(
+        &mut self,
+        saga_id: Uuid,
+        tenant_id: Option<&str>,
+        first_seq: i64,
+        worker: Option<&str>,
+        events: &[HistoryEvent],
+    ) -> StoreResult<()> {
         for (offset, event) in events.iter().enumerate() {
             self.saga_id.push(saga_id);
             self.seq.push(first_seq + offset as i64);
@@ -114,7 +121,11 @@ impl PostgresStore {
             .map_err(db)?;
         let work: WorkSignal = Arc::new(tokio::sync::Notify::new());
         let listener = tokio::spawn(listen(pool.clone(), work.clone()));
-        Ok(PostgresStore { pool, work, listener })
+        Ok(PostgresStore {
+            pool,
+            work,
+            listener,
+        })
     }
 
     /// The underlying pool (for tests and tools).
@@ -123,11 +134,13 @@ impl PostgresStore {
     }
 
     async fn saga_by_key(&self, key: &str) -> StoreResult<Option<(SagaRecord, Option<String>)>> {
-        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS}, s.request_hash FROM sagas s WHERE s.idempotency_key = $1"))
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS}, s.request_hash FROM sagas s WHERE s.idempotency_key = $1"
+        ))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
         match row {
             None => Ok(None),
             Some(row) => {
@@ -186,12 +199,22 @@ impl Store for PostgresStore {
         migrate::status(&self.pool).await
     }
 
-    async fn definition_put(&self, name: &str, document: &Value, now_ms: i64) -> StoreResult<DefinitionPut> {
+    async fn definition_put(
+        &self,
+        name: &str,
+        document: &Value,
+        now_ms: i64,
+    ) -> StoreResult<DefinitionPut> {
         // Two writers racing on the same name collide on the primary key; the loser re-reads.
         for _ in 0..5 {
             let latest = self.definition_get(name, None).await;
             let next_version = match latest {
-                Ok(record) if &record.document == document => return Ok(DefinitionPut { record, created: false }),
+                Ok(record) if &record.document == document => {
+                    return Ok(DefinitionPut {
+                        record,
+                        created: false,
+                    })
+                }
                 Ok(record) => record.version + 1,
                 Err(StoreError::NotFound) => 1,
                 Err(e) => return Err(e),
@@ -206,7 +229,12 @@ impl Store for PostgresStore {
             match inserted {
                 Ok(_) => {
                     return Ok(DefinitionPut {
-                        record: DefinitionRecord { name: name.into(), version: next_version, document: document.clone(), created_at_ms: now_ms },
+                        record: DefinitionRecord {
+                            name: name.into(),
+                            version: next_version,
+                            document: document.clone(),
+                            created_at_ms: now_ms,
+                        },
                         created: true,
                     })
                 }
@@ -214,10 +242,16 @@ impl Store for PostgresStore {
                 Err(e) => return Err(db(e)),
             }
         }
-        Err(StoreError::Conflict(format!("definition {name} is being changed concurrently")))
+        Err(StoreError::Conflict(format!(
+            "definition {name} is being changed concurrently"
+        )))
     }
 
-    async fn definition_get(&self, name: &str, version: Option<i32>) -> StoreResult<DefinitionRecord> {
+    async fn definition_get(
+        &self,
+        name: &str,
+        version: Option<i32>,
+    ) -> StoreResult<DefinitionRecord> {
         let row = sqlx::query(
             "SELECT name, version, document, created_at FROM definitions \
              WHERE name = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
@@ -242,7 +276,9 @@ impl Store for PostgresStore {
     }
 
     async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated> {
-        let created_data = json_text(&serde_json::json!({"definition": params.definition, "version": params.version}))?;
+        let created_data = json_text(
+            &serde_json::json!({"definition": params.definition, "version": params.version}),
+        )?;
         // One statement: the saga, its first history row, and the wake-up for idle instances.
         let row = sqlx::query(&format!(
             "WITH s AS ( \
@@ -277,29 +313,38 @@ impl Store for PostgresStore {
         }
         let key = params.idempotency_key.as_deref().unwrap_or_default();
         match self.saga_by_key(key).await? {
-            Some((existing, hash)) if hash == params.request_hash => Ok(SagaCreated::Replayed(existing)),
+            Some((existing, hash)) if hash == params.request_hash => {
+                Ok(SagaCreated::Replayed(existing))
+            }
             Some(_) => Ok(SagaCreated::KeyConflict),
-            None => Err(StoreError::Conflict("idempotency key vanished during create".into())),
+            None => Err(StoreError::Conflict(
+                "idempotency key vanished during create".into(),
+            )),
         }
     }
 
     async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord> {
-        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM sagas s WHERE s.id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?
-            .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM sagas s WHERE s.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
         rows::saga(&row)
     }
 
     async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>> {
-        let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!("SELECT {SAGA_COLUMNS} FROM sagas s WHERE TRUE"));
+        let mut query: QueryBuilder<'_, Postgres> =
+            QueryBuilder::new(format!("SELECT {SAGA_COLUMNS} FROM sagas s WHERE TRUE"));
         if let Some(status) = filter.status {
             query.push(" AND s.status = ").push_bind(status.as_str());
         }
         if let Some(definition) = &filter.definition {
-            query.push(" AND s.definition = ").push_bind(definition.clone());
+            query
+                .push(" AND s.definition = ")
+                .push_bind(definition.clone());
         }
         if let Some(tenant) = &filter.tenant_id {
             query.push(" AND s.tenant_id = ").push_bind(tenant.clone());
@@ -307,12 +352,19 @@ impl Store for PostgresStore {
         if let Some(before) = filter.before_id {
             query.push(" AND s.id < ").push_bind(before);
         }
-        query.push(" ORDER BY s.id DESC LIMIT ").push_bind(i64::from(filter.limit));
+        query
+            .push(" ORDER BY s.id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
         let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
         rows.iter().map(rows::saga).collect()
     }
 
-    async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+    async fn saga_events(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
         let rows = sqlx::query(
             "SELECT seq, kind, step, attempt, worker, data, at FROM saga_events \
              WHERE saga_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -418,7 +470,13 @@ impl Store for PostgresStore {
             match committed.get(&(commit.id, commit.fencing_token)) {
                 Some(&last_seq) => {
                     let first_seq = last_seq - commit.events.len() as i64 + 1;
-                    events.push_all(commit.id, commit.tenant_id.as_deref(), first_seq, Some(&commit.worker_id), &commit.events)?;
+                    events.push_all(
+                        commit.id,
+                        commit.tenant_id.as_deref(),
+                        first_seq,
+                        Some(&commit.worker_id),
+                        &commit.events,
+                    )?;
                     outcomes.push(CommitOutcome::Committed);
                 }
                 None => outcomes.push(CommitOutcome::Fenced),
@@ -429,7 +487,13 @@ impl Store for PostgresStore {
         Ok(outcomes)
     }
 
-    async fn lease_renew(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64, lease_ttl_ms: i64) -> StoreResult<Vec<Uuid>> {
+    async fn lease_renew(
+        &self,
+        worker_id: &str,
+        leases: &[LeaseRef],
+        now_ms: i64,
+        lease_ttl_ms: i64,
+    ) -> StoreResult<Vec<Uuid>> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -449,10 +513,19 @@ impl Store for PostgresStore {
         .await
         .map_err(db)?;
         let renewed: std::collections::HashSet<Uuid> = renewed.into_iter().collect();
-        Ok(leases.iter().map(|l| l.id).filter(|id| !renewed.contains(id)).collect())
+        Ok(leases
+            .iter()
+            .map(|l| l.id)
+            .filter(|id| !renewed.contains(id))
+            .collect())
     }
 
-    async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()> {
+    async fn lease_release(
+        &self,
+        worker_id: &str,
+        leases: &[LeaseRef],
+        now_ms: i64,
+    ) -> StoreResult<()> {
         if leases.is_empty() {
             return Ok(());
         }
@@ -492,15 +565,27 @@ impl Store for PostgresStore {
         .await
         .map_err(db)?;
         let Some(row) = row else {
-            return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
+            return Err(StoreError::Conflict(format!(
+                "saga is no longer {}",
+                update.expected_status.as_str()
+            )));
         };
         let last_seq: i64 = row.try_get("event_seq").map_err(db)?;
         let mut events = EventColumns::default();
-        events.push_all(update.id, update.tenant_id.as_deref(), last_seq - update.events.len() as i64 + 1, None, &update.events)?;
+        events.push_all(
+            update.id,
+            update.tenant_id.as_deref(),
+            last_seq - update.events.len() as i64 + 1,
+            None,
+            &update.events,
+        )?;
         events.insert(&mut tx).await?;
         let record = rows::saga(&row)?;
         if !record.status.is_terminal() {
-            sqlx::query(&format!("SELECT pg_notify('{WORK_CHANNEL}', '')")).execute(&mut *tx).await.map_err(db)?;
+            sqlx::query(&format!("SELECT pg_notify('{WORK_CHANNEL}', '')"))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
         Ok(record)

@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::HistoryEvent;
 use saga_store::{
-    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
-    SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError,
-    StoreResult, WorkSignal,
+    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef,
+    SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus,
+    Store, StoreError, StoreResult, WorkSignal,
 };
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -93,11 +93,13 @@ impl SqliteStore {
     }
 
     async fn saga_by_key(&self, key: &str) -> StoreResult<Option<(SagaRecord, Option<String>)>> {
-        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS}, request_hash FROM sagas WHERE idempotency_key = ?"))
-            .bind(key)
-            .fetch_optional(&self.writer)
-            .await
-            .map_err(db)?;
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS}, request_hash FROM sagas WHERE idempotency_key = ?"
+        ))
+        .bind(key)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db)?;
         match row {
             None => Ok(None),
             Some(row) => {
@@ -126,7 +128,12 @@ impl Store for SqliteStore {
         migrate::status(&self.reader).await
     }
 
-    async fn definition_put(&self, name: &str, document: &Value, now_ms: i64) -> StoreResult<DefinitionPut> {
+    async fn definition_put(
+        &self,
+        name: &str,
+        document: &Value,
+        now_ms: i64,
+    ) -> StoreResult<DefinitionPut> {
         let mut tx = self.writer.begin().await.map_err(db)?;
         let latest = sqlx::query("SELECT version, document, created_at FROM definitions WHERE name = ? ORDER BY version DESC LIMIT 1")
             .bind(name)
@@ -137,32 +144,49 @@ impl Store for SqliteStore {
         if let Some(row) = latest {
             let version: i32 = row.try_get("version").map_err(db)?;
             let text: String = row.try_get("document").map_err(db)?;
-            let existing: Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let existing: Value =
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if &existing == document {
                 let created_at_ms = row.try_get("created_at").map_err(db)?;
                 return Ok(DefinitionPut {
-                    record: DefinitionRecord { name: name.into(), version, document: existing, created_at_ms },
+                    record: DefinitionRecord {
+                        name: name.into(),
+                        version,
+                        document: existing,
+                        created_at_ms,
+                    },
                     created: false,
                 });
             }
             next_version = version + 1;
         }
-        sqlx::query("INSERT INTO definitions (name, version, document, created_at) VALUES (?, ?, ?, ?)")
-            .bind(name)
-            .bind(next_version)
-            .bind(json_text(document)?)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO definitions (name, version, document, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(next_version)
+        .bind(json_text(document)?)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(DefinitionPut {
-            record: DefinitionRecord { name: name.into(), version: next_version, document: document.clone(), created_at_ms: now_ms },
+            record: DefinitionRecord {
+                name: name.into(),
+                version: next_version,
+                document: document.clone(),
+                created_at_ms: now_ms,
+            },
             created: true,
         })
     }
 
-    async fn definition_get(&self, name: &str, version: Option<i32>) -> StoreResult<DefinitionRecord> {
+    async fn definition_get(
+        &self,
+        name: &str,
+        version: Option<i32>,
+    ) -> StoreResult<DefinitionRecord> {
         let row = match version {
             Some(v) => sqlx::query("SELECT name, version, document, created_at FROM definitions WHERE name = ? AND version = ?")
                 .bind(name)
@@ -193,7 +217,11 @@ impl Store for SqliteStore {
     async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated> {
         if let Some(key) = &params.idempotency_key {
             if let Some((existing, hash)) = self.saga_by_key(key).await? {
-                return Ok(if hash == params.request_hash { SagaCreated::Replayed(existing) } else { SagaCreated::KeyConflict });
+                return Ok(if hash == params.request_hash {
+                    SagaCreated::Replayed(existing)
+                } else {
+                    SagaCreated::KeyConflict
+                });
             }
         }
         let id = params.id.to_string();
@@ -227,7 +255,15 @@ impl Store for SqliteStore {
             serde_json::json!({"definition": params.definition, "version": params.version}),
             params.now_ms,
         );
-        Self::insert_events(&mut *tx, &id, params.tenant_id.as_deref(), 1, None, &[created]).await?;
+        Self::insert_events(
+            &mut tx,
+            &id,
+            params.tenant_id.as_deref(),
+            1,
+            None,
+            &[created],
+        )
+        .await?;
         tx.commit().await.map_err(db)?;
         self.work.notify_one();
         Ok(SagaCreated::Created(record))
@@ -271,11 +307,20 @@ impl Store for SqliteStore {
         if let Some(before) = filter.before_id {
             query = query.bind(before.to_string());
         }
-        let rows = query.bind(i64::from(filter.limit)).fetch_all(&self.reader).await.map_err(db)?;
+        let rows = query
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db)?;
         rows.iter().map(rows::saga).collect()
     }
 
-    async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+    async fn saga_events(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
         let rows = sqlx::query(
             "SELECT seq, kind, step, attempt, worker, data, at FROM saga_events WHERE saga_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         )
@@ -354,7 +399,15 @@ impl Store for SqliteStore {
             };
             let last_seq: i64 = row.try_get(0).map_err(db)?;
             let first_seq = last_seq - commit.events.len() as i64 + 1;
-            Self::insert_events(&mut *tx, &id, commit.tenant_id.as_deref(), first_seq, Some(&commit.worker_id), &commit.events).await?;
+            Self::insert_events(
+                &mut tx,
+                &id,
+                commit.tenant_id.as_deref(),
+                first_seq,
+                Some(&commit.worker_id),
+                &commit.events,
+            )
+            .await?;
             outcomes.push(CommitOutcome::Committed);
         }
         tx.commit().await.map_err(db)?;
@@ -364,7 +417,13 @@ impl Store for SqliteStore {
         Ok(outcomes)
     }
 
-    async fn lease_renew(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64, lease_ttl_ms: i64) -> StoreResult<Vec<Uuid>> {
+    async fn lease_renew(
+        &self,
+        worker_id: &str,
+        leases: &[LeaseRef],
+        now_ms: i64,
+        lease_ttl_ms: i64,
+    ) -> StoreResult<Vec<Uuid>> {
         let expires = now_ms + lease_ttl_ms;
         let mut lost = Vec::new();
         let mut tx = self.writer.begin().await.map_err(db)?;
@@ -388,7 +447,12 @@ impl Store for SqliteStore {
         Ok(lost)
     }
 
-    async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()> {
+    async fn lease_release(
+        &self,
+        worker_id: &str,
+        leases: &[LeaseRef],
+        now_ms: i64,
+    ) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(db)?;
         for lease in leases {
             sqlx::query(
@@ -427,11 +491,22 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         let Some(row) = row else {
-            return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
+            return Err(StoreError::Conflict(format!(
+                "saga is no longer {}",
+                update.expected_status.as_str()
+            )));
         };
         let last_seq: i64 = row.try_get("event_seq").map_err(db)?;
         let first_seq = last_seq - update.events.len() as i64 + 1;
-        Self::insert_events(&mut *tx, &id, update.tenant_id.as_deref(), first_seq, None, &update.events).await?;
+        Self::insert_events(
+            &mut tx,
+            &id,
+            update.tenant_id.as_deref(),
+            first_seq,
+            None,
+            &update.events,
+        )
+        .await?;
         let record = rows::saga(&row)?;
         tx.commit().await.map_err(db)?;
         if !record.status.is_terminal() {
@@ -469,8 +544,18 @@ fn definition_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<DefinitionRecord
 mod tests {
     #[test]
     fn saga_status_strings_round_trip() {
-        for status in ["PENDING", "EXECUTING", "COMPLETED", "COMPENSATING", "COMPENSATED", "FAILED"] {
-            assert_eq!(saga_core::SagaStatus::parse(status).map(|s| s.as_str()), Some(status));
+        for status in [
+            "PENDING",
+            "EXECUTING",
+            "COMPLETED",
+            "COMPENSATING",
+            "COMPENSATED",
+            "FAILED",
+        ] {
+            assert_eq!(
+                saga_core::SagaStatus::parse(status).map(|s| s.as_str()),
+                Some(status)
+            );
         }
     }
 }

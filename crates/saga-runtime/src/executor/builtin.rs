@@ -31,9 +31,18 @@ impl BuiltinRegistry {
     /// The registry with the core steps.
     pub fn with_core() -> Self {
         let mut registry = BuiltinRegistry::default();
-        registry.register("core.echo", Arc::new(|input, _| Box::pin(async move { Outcome::Succeeded(input) })));
-        registry.register("core.fail", Arc::new(|input, _| Box::pin(async move { core_fail(&input) })));
-        registry.register("core.sleep", Arc::new(|input, _| Box::pin(core_sleep(input))));
+        registry.register(
+            "core.echo",
+            Arc::new(|input, _| Box::pin(async move { Outcome::Succeeded(input) })),
+        );
+        registry.register(
+            "core.fail",
+            Arc::new(|input, _| Box::pin(async move { core_fail(&input) })),
+        );
+        registry.register(
+            "core.sleep",
+            Arc::new(|input, _| Box::pin(core_sleep(input))),
+        );
         registry
     }
 
@@ -69,7 +78,10 @@ fn core_fail(input: &Value) -> Outcome {
 }
 
 async fn core_sleep(input: Value) -> Outcome {
-    let text = input.get("duration").and_then(Value::as_str).unwrap_or("1s");
+    let text = input
+        .get("duration")
+        .and_then(Value::as_str)
+        .unwrap_or("1s");
     let ms = match saga_core::duration::parse_ms(text) {
         Ok(ms) if ms <= SLEEP_MAX_MS => ms,
         Ok(_) => {

@@ -52,12 +52,22 @@ impl Executors {
     }
 
     /// Renders the action's templates and runs one attempt under its timeout.
-    pub async fn run(&self, action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -> Outcome {
+    pub async fn run(
+        &self,
+        action: &Action,
+        templates: &TemplateContext,
+        ctx: &AttemptContext,
+    ) -> Outcome {
         let timeout = Duration::from_millis(ctx.timeout_ms);
         let attempt = async {
             match action {
                 Action::Builtin(builtin) => {
-                    let input = match builtin.input.as_ref().map(|i| render_value(i, templates)).transpose() {
+                    let input = match builtin
+                        .input
+                        .as_ref()
+                        .map(|i| render_value(i, templates))
+                        .transpose()
+                    {
                         Ok(input) => input.unwrap_or(Value::Null),
                         Err(e) => return template_failure(e),
                     };
@@ -75,11 +85,18 @@ impl Executors {
                             Err(e) => return template_failure(e),
                         }
                     }
-                    let body = match http.body.as_ref().map(|b| render_value(b, templates)).transpose() {
+                    let body = match http
+                        .body
+                        .as_ref()
+                        .map(|b| render_value(b, templates))
+                        .transpose()
+                    {
                         Ok(body) => body,
                         Err(e) => return template_failure(e),
                     };
-                    self.http.call(&http.method, &url, &headers, body.as_ref(), ctx).await
+                    self.http
+                        .call(&http.method, &url, &headers, body.as_ref(), ctx)
+                        .await
                 }
                 Action::Grpc(_) | Action::Signal(_) => Outcome::Failed {
                     kind: FailureKind::NonRetryable,
@@ -91,7 +108,10 @@ impl Executors {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Failed {
                 kind: FailureKind::Retryable,
-                message: format!("attempt timed out after {}", saga_core::duration::format_ms(ctx.timeout_ms)),
+                message: format!(
+                    "attempt timed out after {}",
+                    saga_core::duration::format_ms(ctx.timeout_ms)
+                ),
             },
         }
     }

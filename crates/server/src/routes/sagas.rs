@@ -26,7 +26,8 @@ pub const IDEMPOTENCY_KEY_MAX_CHARS: usize = 255;
 pub const PRIORITY_MAX: i64 = 1000;
 
 fn parse_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("saga {text:?} does not exist (not a UUID)")))
+    Uuid::parse_str(text)
+        .map_err(|_| ApiError::NotFound(format!("saga {text:?} does not exist (not a UUID)")))
 }
 
 async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
@@ -38,12 +39,19 @@ async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
 }
 
 /// The validated definition of `(name, version)`, cached (definitions never change).
-pub(crate) async fn definition(state: &AppState, name: &str, version: Option<i32>) -> Result<(i32, Arc<Definition>), ApiError> {
+pub(crate) async fn definition(
+    state: &AppState,
+    name: &str,
+    version: Option<i32>,
+) -> Result<(i32, Arc<Definition>), ApiError> {
     let record = match state.store.definition_get(name, version).await {
         Ok(r) => r,
         Err(StoreError::NotFound) => {
             let (path, message) = match version {
-                Some(v) => ("/version", format!("definition {name:?} has no version {v}")),
+                Some(v) => (
+                    "/version",
+                    format!("definition {name:?} has no version {v}"),
+                ),
                 None => ("/definition", format!("definition {name:?} does not exist")),
             };
             return Err(ApiError::field(path, message));
@@ -51,11 +59,21 @@ pub(crate) async fn definition(state: &AppState, name: &str, version: Option<i32
         Err(e) => return Err(e.into()),
     };
     let key = (record.name.clone(), record.version);
-    if let Some(found) = state.definitions.lock().ok().and_then(|c| c.get(&key).cloned()) {
+    if let Some(found) = state
+        .definitions
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&key).cloned())
+    {
         return Ok((record.version, found));
     }
     let parsed = saga_core::validate_definition(name, &record.document, &state.builtin_names())
-        .map_err(|errors| ApiError::Internal(format!("stored definition {name} v{} is invalid: {errors:?}", record.version)))?;
+        .map_err(|errors| {
+            ApiError::Internal(format!(
+                "stored definition {name} v{} is invalid: {errors:?}",
+                record.version
+            ))
+        })?;
     let parsed = Arc::new(parsed);
     if let Ok(mut cache) = state.definitions.lock() {
         cache.insert(key, parsed.clone());
@@ -75,7 +93,8 @@ fn is_valid_tenant_id(id: &str) -> bool {
     let b = id.as_bytes();
     (3..=63).contains(&b.len())
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[b.len() - 1] != b'-'
 }
 
@@ -84,10 +103,18 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
         return Err(ApiError::field("", "must be a JSON object"));
     };
     let mut errors = Vec::new();
-    let mut error = |path: &str, message: &str| errors.push(saga_core::FieldError { path: path.into(), message: message.into() });
+    let mut error = |path: &str, message: &str| {
+        errors.push(saga_core::FieldError {
+            path: path.into(),
+            message: message.into(),
+        })
+    };
     for key in map.keys() {
         if !["definition", "version", "input", "tenant_id", "priority"].contains(&key.as_str()) {
-            error(&format!("/{key}"), "unknown field; expected definition, version, input, tenant_id, priority");
+            error(
+                &format!("/{key}"),
+                "unknown field; expected definition, version, input, tenant_id, priority",
+            );
         }
     }
     let definition = match map.get("definition") {
@@ -133,28 +160,46 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
             }
         },
     };
-    let input = map.get("input").cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    let input = map
+        .get("input")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Map::new()));
     if !errors.is_empty() {
         return Err(ApiError::validation("the saga request is invalid", errors));
     }
-    Ok(StartRequest { definition, version, input, tenant_id, priority })
+    Ok(StartRequest {
+        definition,
+        version,
+        input,
+        tenant_id,
+        priority,
+    })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = value
         .to_str()
         .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
     if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_MAX_CHARS {
-        return Err(ApiError::BadRequest(format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} characters")));
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} characters"
+        )));
     }
     Ok(Some(key.to_string()))
 }
 
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let body = body.map_err(body_rejection)?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
     let request = parse_start(&value)?;
     let (version, definition) = definition(&state, &request.definition, request.version).await?;
     let now_ms = state.clock.now_ms();
@@ -172,13 +217,19 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Res
         now_ms,
     };
     match state.store.saga_create(params).await? {
-        SagaCreated::Created(record) => Ok((StatusCode::CREATED, Json(views::saga(&record))).into_response()),
+        SagaCreated::Created(record) => {
+            Ok((StatusCode::CREATED, Json(views::saga(&record))).into_response())
+        }
         SagaCreated::Replayed(record) => {
             let mut response = (StatusCode::OK, Json(views::saga(&record))).into_response();
-            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(response)
         }
-        SagaCreated::KeyConflict => Err(ApiError::Conflict("this Idempotency-Key was used with a different request body".into())),
+        SagaCreated::KeyConflict => Err(ApiError::Conflict(
+            "this Idempotency-Key was used with a different request body".into(),
+        )),
     }
 }
 
@@ -224,7 +275,10 @@ pub async fn get(
     }
 }
 
-pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     for key in query.keys() {
         if !["status", "definition", "tenant_id", "limit", "cursor"].contains(&key.as_str()) {
             return Err(query_error(format!("unknown parameter {key:?}")));
@@ -232,15 +286,23 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<Str
     }
     let status = match query.get("status") {
         None => None,
-        Some(s) => Some(SagaStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| query_error(format!("unknown status {s:?}")))?),
+        Some(s) => Some(
+            SagaStatus::parse(&s.to_ascii_uppercase())
+                .ok_or_else(|| query_error(format!("unknown status {s:?}")))?,
+        ),
     };
     let limit = match query.get("limit") {
         None => None,
-        Some(l) => Some(l.parse::<u32>().map_err(|_| query_error("limit must be a positive integer"))?),
+        Some(l) => Some(
+            l.parse::<u32>()
+                .map_err(|_| query_error("limit must be a positive integer"))?,
+        ),
     };
     let before_id = match query.get("cursor") {
         None => None,
-        Some(c) => Some(Uuid::parse_str(c).map_err(|_| query_error("cursor is not one this API returned"))?),
+        Some(c) => Some(
+            Uuid::parse_str(c).map_err(|_| query_error("cursor is not one this API returned"))?,
+        ),
     };
     let filter = SagaFilter {
         status,
@@ -250,7 +312,9 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<Str
         limit: saga_store::clamp_limit(limit),
     };
     let records = state.store.saga_list(&filter).await?;
-    let next_cursor = (records.len() == filter.limit as usize).then(|| records.last().map(|r| r.id.to_string())).flatten();
+    let next_cursor = (records.len() == filter.limit as usize)
+        .then(|| records.last().map(|r| r.id.to_string()))
+        .flatten();
     let items: Vec<Value> = records.iter().map(views::saga).collect();
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
@@ -264,24 +328,37 @@ pub async fn events(
     load(&state, id).await?;
     let after = match query.get("cursor") {
         None => 0,
-        Some(c) => c.parse::<i64>().map_err(|_| query_error("cursor is not one this API returned"))?,
+        Some(c) => c
+            .parse::<i64>()
+            .map_err(|_| query_error("cursor is not one this API returned"))?,
     };
     let limit = match query.get("limit") {
         None => None,
-        Some(l) => Some(l.parse::<u32>().map_err(|_| query_error("limit must be a positive integer"))?),
+        Some(l) => Some(
+            l.parse::<u32>()
+                .map_err(|_| query_error("limit must be a positive integer"))?,
+        ),
     };
     let limit = saga_store::clamp_limit(limit.or(Some(saga_store::LIST_LIMIT_MAX)));
     let records = state.store.saga_events(id, after, limit).await?;
-    let next_cursor = (records.len() == limit as usize).then(|| records.last().map(|r| r.seq.to_string())).flatten();
+    let next_cursor = (records.len() == limit as usize)
+        .then(|| records.last().map(|r| r.seq.to_string()))
+        .flatten();
     let items: Vec<Value> = records.iter().map(views::event).collect();
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 
-pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let record = load(&state, id).await?;
     if record.status != SagaStatus::Failed {
-        return Err(ApiError::Conflict(format!("only FAILED sagas can be retried; this one is {}", record.status.as_str())));
+        return Err(ApiError::Conflict(format!(
+            "only FAILED sagas can be retried; this one is {}",
+            record.status.as_str()
+        )));
     }
     let (_, definition) = definition(&state, &record.definition, Some(record.version)).await?;
     let mut saga_state = record.state.clone();
