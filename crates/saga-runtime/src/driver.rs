@@ -161,7 +161,7 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
         if transition.retry_at_ms.is_some() {
             metrics::counter!(SAGA_RETRY_TOTAL, "definition" => record.definition.clone(), "step" => step.name.clone()).increment(1);
         }
-        if !commit(
+        let Some(committed_at_ms) = commit(
             shared,
             claimed,
             state.clone(),
@@ -169,29 +169,29 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
             transition.retry_at_ms,
         )
         .await
-        {
+        else {
             return;
-        }
+        };
         if let Some(at) = transition.retry_at_ms {
             shared.schedule_wake(at);
             return;
         }
         if state.status.is_terminal() {
-            finish(shared, claimed, &state, now_ms);
+            finish(shared, claimed, state, committed_at_ms);
             return;
         }
     }
 }
 
-/// Commits a transition; `retry_at` hands the lease back until then. False when the driver must
-/// stop (fenced or the store failed).
+/// Commits a transition; `retry_at` hands the lease back until then. Returns the commit time, or
+/// None when the driver must stop (fenced or the store failed).
 async fn commit(
     shared: &Shared,
     claimed: &Claimed,
     state: SagaState,
     events: Vec<HistoryEvent>,
     retry_at: Option<i64>,
-) -> bool {
+) -> Option<i64> {
     let now_ms = shared.clock.now_ms();
     let commit = SagaCommit {
         id: claimed.record.id,
@@ -205,14 +205,14 @@ async fn commit(
         now_ms,
     };
     match shared.committer.commit(commit).await {
-        Ok(CommitOutcome::Committed) => true,
+        Ok(CommitOutcome::Committed) => Some(now_ms),
         Ok(CommitOutcome::Fenced) => {
             tracing::warn!("commit fenced: another instance owns this saga");
-            false
+            None
         }
         Err(e) => {
             tracing::error!(error = %e, "commit failed; the lease will expire and the step run again");
-            false
+            None
         }
     }
 }
@@ -249,11 +249,19 @@ async fn hand_back(
     }
 }
 
-fn finish(shared: &Shared, claimed: &Claimed, state: &SagaState, now_ms: i64) {
+fn finish(shared: &Shared, claimed: &Claimed, state: SagaState, committed_at_ms: i64) {
     let record = &claimed.record;
     metrics::counter!(SAGA_TOTAL, "definition" => record.definition.clone(), "status" => state.status.as_str()).increment(1);
     metrics::histogram!(SAGA_DURATION_SECONDS, "definition" => record.definition.clone())
-        .record((now_ms - record.created_at_ms).max(0) as f64 / 1000.0);
+        .record((committed_at_ms - record.created_at_ms).max(0) as f64 / 1000.0);
     tracing::info!(status = state.status.as_str(), "saga finished");
-    shared.hub.publish(record.id, state.status);
+    // The row as the commit left it: terminal, lease released.
+    let mut snapshot = record.clone();
+    snapshot.status = state.status;
+    snapshot.state = state;
+    snapshot.lease_owner = None;
+    snapshot.lease_expires_at_ms = None;
+    snapshot.updated_at_ms = committed_at_ms;
+    snapshot.completed_at_ms = Some(committed_at_ms);
+    shared.hub.publish(snapshot);
 }

@@ -1,16 +1,18 @@
-//! In-process notifications of sagas reaching a terminal status (for `?wait=` readers).
+//! In-process notifications of sagas reaching a terminal status, carrying the committed final
+//! record so `?wait=` readers answer without reading the store again.
 
-use saga_core::SagaStatus;
+use std::sync::Arc;
+
+use saga_store::SagaRecord;
 use tokio::sync::broadcast;
-use uuid::Uuid;
 
 /// How many terminal notifications a slow reader may fall behind before it re-reads the store.
 pub const HUB_CAPACITY: usize = 4096;
 
-/// Broadcasts `(saga id, terminal status)` from local drivers.
+/// Broadcasts the final records of sagas local drivers (or operators) finished.
 #[derive(Clone)]
 pub struct TerminalHub {
-    sender: broadcast::Sender<(Uuid, SagaStatus)>,
+    sender: broadcast::Sender<Arc<SagaRecord>>,
 }
 
 impl Default for TerminalHub {
@@ -21,12 +23,13 @@ impl Default for TerminalHub {
 }
 
 impl TerminalHub {
-    pub fn publish(&self, id: Uuid, status: SagaStatus) {
+    /// Publishes a record that is already committed.
+    pub fn publish(&self, record: SagaRecord) {
         // No receivers is fine: nobody is waiting.
-        let _ = self.sender.send((id, status));
+        let _ = self.sender.send(Arc::new(record));
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<(Uuid, SagaStatus)> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SagaRecord>> {
         self.sender.subscribe()
     }
 }

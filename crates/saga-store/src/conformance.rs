@@ -47,6 +47,7 @@ where
     run!(migrations_are_idempotent);
     run!(definitions_version_on_change_only);
     run!(sagas_create_idempotently);
+    run!(create_for_latest_refuses_a_moved_version);
     run!(claim_sets_lease_and_bumps_token);
     run!(stale_token_write_is_rejected);
     run!(expired_lease_is_claimable);
@@ -81,6 +82,7 @@ fn create_params(now_ms: i64) -> SagaCreate {
         priority: 0,
         idempotency_key: None,
         request_hash: None,
+        require_latest: false,
         now_ms,
     }
 }
@@ -222,6 +224,31 @@ async fn sagas_create_idempotently(store: Arc<dyn Store>) -> CheckResult {
             Err(StoreError::NotFound)
         ),
         "unknown id found"
+    );
+    Ok(())
+}
+
+async fn create_for_latest_refuses_a_moved_version(store: Arc<dyn Store>) -> CheckResult {
+    let doc = json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
+    db(store.definition_put("conformance", &doc, 1).await)?;
+    let mut params = create_params(2);
+    params.require_latest = true;
+    let first = db(store.saga_create(params.clone()).await)?;
+    ensure!(
+        matches!(first, SagaCreated::Created(_)),
+        "v1 is latest: {first:?}"
+    );
+    db(store
+        .definition_put("conformance", &json!({"steps": []}), 3)
+        .await)?;
+    params.id = Uuid::now_v7();
+    let moved = db(store.saga_create(params.clone()).await)?;
+    ensure!(moved == SagaCreated::VersionMoved, "v2 exists: {moved:?}");
+    params.require_latest = false;
+    let pinned = db(store.saga_create(params).await)?;
+    ensure!(
+        matches!(pinned, SagaCreated::Created(_)),
+        "explicit v1: {pinned:?}"
     );
     Ok(())
 }

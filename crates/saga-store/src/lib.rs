@@ -96,6 +96,9 @@ pub struct SagaCreate {
     pub idempotency_key: Option<String>,
     /// Hash of the request body, compared on replay.
     pub request_hash: Option<String>,
+    /// Create only while `version` is still the definition's latest (the caller meant "latest"
+    /// and picked the version from a cache); otherwise [`SagaCreated::VersionMoved`].
+    pub require_latest: bool,
     pub now_ms: i64,
 }
 
@@ -107,6 +110,8 @@ pub enum SagaCreated {
     Replayed(SagaRecord),
     /// Same key, different body.
     KeyConflict,
+    /// `require_latest` was set and a newer version exists; nothing was created.
+    VersionMoved,
 }
 
 /// Parameters of [`Store::saga_claim_due`].

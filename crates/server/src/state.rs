@@ -22,6 +22,9 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub(crate) admin_token_sha256: [u8; 32],
     pub(crate) definitions: DefinitionCache,
+    /// The latest version seen per definition name: a hint only; creates that use it are
+    /// guarded by the store (`require_latest`), so it can never start a saga on a stale version.
+    pub(crate) latest_versions: Arc<Mutex<HashMap<String, i32>>>,
 }
 
 impl AppState {
@@ -41,6 +44,7 @@ impl AppState {
             metrics,
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             definitions: Arc::new(Mutex::new(HashMap::new())),
+            latest_versions: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 

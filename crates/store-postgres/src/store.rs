@@ -109,6 +109,75 @@ impl EventColumns {
     }
 }
 
+/// A commit batch as parallel arrays for `UNNEST`.
+struct CommitColumns {
+    ids: Vec<Uuid>,
+    tokens: Vec<i64>,
+    statuses: Vec<String>,
+    states: Vec<String>,
+    event_counts: Vec<i64>,
+    releases: Vec<bool>,
+    run_ats: Vec<i64>,
+    terminals: Vec<bool>,
+    nows: Vec<i64>,
+    /// Per history row: its saga, the token it is fenced on, and its distance from the saga's
+    /// new last `seq` (the last event of a commit is 0).
+    event_saga_ids: Vec<Uuid>,
+    event_tokens: Vec<i64>,
+    event_from_end: Vec<i64>,
+    events: EventColumns,
+}
+
+impl CommitColumns {
+    fn build(commits: &[SagaCommit]) -> StoreResult<Self> {
+        let n = commits.len();
+        let mut batch = CommitColumns {
+            ids: Vec::with_capacity(n),
+            tokens: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            event_counts: Vec::with_capacity(n),
+            releases: Vec::with_capacity(n),
+            run_ats: Vec::with_capacity(n),
+            terminals: Vec::with_capacity(n),
+            nows: Vec::with_capacity(n),
+            event_saga_ids: Vec::new(),
+            event_tokens: Vec::new(),
+            event_from_end: Vec::new(),
+            events: EventColumns::default(),
+        };
+        for commit in commits {
+            let terminal = commit.state.status.is_terminal();
+            let count = commit.events.len() as i64;
+            batch.ids.push(commit.id);
+            batch.tokens.push(commit.fencing_token);
+            batch
+                .statuses
+                .push(commit.state.status.as_str().to_string());
+            batch.states.push(json_text(&commit.state)?);
+            batch.event_counts.push(count);
+            batch.releases.push(commit.release_lease || terminal);
+            batch.run_ats.push(commit.run_at_ms);
+            batch.terminals.push(terminal);
+            batch.nows.push(commit.now_ms);
+            for offset in 0..count {
+                batch.event_saga_ids.push(commit.id);
+                batch.event_tokens.push(commit.fencing_token);
+                batch.event_from_end.push(count - 1 - offset);
+            }
+            // `seq` is computed in SQL; the placeholder here is unused.
+            batch.events.push_all(
+                commit.id,
+                commit.tenant_id.as_deref(),
+                0,
+                Some(&commit.worker_id),
+                &commit.events,
+            )?;
+        }
+        Ok(batch)
+    }
+}
+
 impl PostgresStore {
     /// Connects to a `postgres://` URL and starts listening for work notifications.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
@@ -284,7 +353,8 @@ impl Store for PostgresStore {
             "WITH s AS ( \
                INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
                                   fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 1, $10, $11, $9, $9) \
+               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 1, $10, $11, $9, $9 \
+               WHERE NOT $13 OR $4 = (SELECT MAX(version) FROM definitions WHERE name = $3) \
                ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
              e AS (INSERT INTO saga_events (saga_id, seq, tenant_id, kind, data, at) \
                    SELECT id, 1, tenant_id, 'saga_created', $12::jsonb, $9 FROM s), \
@@ -303,6 +373,7 @@ impl Store for PostgresStore {
         .bind(&params.idempotency_key)
         .bind(&params.request_hash)
         .bind(created_data)
+        .bind(params.require_latest)
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
@@ -311,16 +382,21 @@ impl Store for PostgresStore {
             self.work.notify_one();
             return Ok(SagaCreated::Created(record));
         }
-        let key = params.idempotency_key.as_deref().unwrap_or_default();
-        match self.saga_by_key(key).await? {
-            Some((existing, hash)) if hash == params.request_hash => {
-                Ok(SagaCreated::Replayed(existing))
+        if let Some(key) = params.idempotency_key.as_deref() {
+            match self.saga_by_key(key).await? {
+                Some((existing, hash)) if hash == params.request_hash => {
+                    return Ok(SagaCreated::Replayed(existing))
+                }
+                Some(_) => return Ok(SagaCreated::KeyConflict),
+                None => {}
             }
-            Some(_) => Ok(SagaCreated::KeyConflict),
-            None => Err(StoreError::Conflict(
-                "idempotency key vanished during create".into(),
-            )),
         }
+        if params.require_latest {
+            return Ok(SagaCreated::VersionMoved);
+        }
+        Err(StoreError::Conflict(
+            "the saga was neither created nor found by its key".into(),
+        ))
     }
 
     async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord> {
@@ -411,80 +487,67 @@ impl Store for PostgresStore {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::with_capacity(commits.len());
-        let mut tokens = Vec::with_capacity(commits.len());
-        let mut statuses = Vec::with_capacity(commits.len());
-        let mut states = Vec::with_capacity(commits.len());
-        let mut event_counts = Vec::with_capacity(commits.len());
-        let mut releases = Vec::with_capacity(commits.len());
-        let mut run_ats = Vec::with_capacity(commits.len());
-        let mut terminals = Vec::with_capacity(commits.len());
-        let mut nows = Vec::with_capacity(commits.len());
-        for commit in commits {
-            let terminal = commit.state.status.is_terminal();
-            ids.push(commit.id);
-            tokens.push(commit.fencing_token);
-            statuses.push(commit.state.status.as_str().to_string());
-            states.push(json_text(&commit.state)?);
-            event_counts.push(commit.events.len() as i64);
-            releases.push(commit.release_lease || terminal);
-            run_ats.push(commit.run_at_ms);
-            terminals.push(terminal);
-            nows.push(commit.now_ms);
-        }
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let batch = CommitColumns::build(commits)?;
+        // One statement, so one round trip and one commit for the whole batch: the fenced update,
+        // and the history rows of exactly the commits whose token still matched.
         let rows = sqlx::query(
-            "UPDATE sagas s SET status = u.status, state = u.state::jsonb, updated_at = u.now, \
-               event_seq = s.event_seq + u.event_count, \
-               completed_at = CASE WHEN u.terminal THEN u.now ELSE NULL END, \
-               run_at = CASE WHEN u.release THEN u.run_at ELSE s.run_at END, \
-               lease_owner = CASE WHEN u.release THEN NULL ELSE s.lease_owner END, \
-               lease_expires_at = CASE WHEN u.release THEN NULL ELSE s.lease_expires_at END \
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::bigint[], $8::bool[], $9::bigint[]) \
-                  AS u(id, token, status, state, event_count, release, run_at, terminal, now) \
-             WHERE s.id = u.id AND s.fencing_token = u.token \
-             RETURNING s.id, s.fencing_token, s.event_seq",
+            "WITH u AS ( \
+               UPDATE sagas s SET status = c.status, state = c.state::jsonb, updated_at = c.now, \
+                 event_seq = s.event_seq + c.event_count, \
+                 completed_at = CASE WHEN c.terminal THEN c.now ELSE NULL END, \
+                 run_at = CASE WHEN c.release THEN c.run_at ELSE s.run_at END, \
+                 lease_owner = CASE WHEN c.release THEN NULL ELSE s.lease_owner END, \
+                 lease_expires_at = CASE WHEN c.release THEN NULL ELSE s.lease_expires_at END \
+               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::bigint[], $8::bool[], $9::bigint[]) \
+                    AS c(id, token, status, state, event_count, release, run_at, terminal, now) \
+               WHERE s.id = c.id AND s.fencing_token = c.token \
+               RETURNING s.id, s.fencing_token, s.event_seq), \
+             e AS ( \
+               INSERT INTO saga_events (saga_id, seq, tenant_id, kind, step, attempt, worker, data, at) \
+               SELECT ev.saga_id, u.event_seq - ev.from_end, ev.tenant_id, ev.kind, ev.step, ev.attempt, ev.worker, ev.data::jsonb, ev.at \
+               FROM UNNEST($10::uuid[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[], $19::bigint[]) \
+                    AS ev(saga_id, token, from_end, tenant_id, kind, step, attempt, worker, data, at) \
+               JOIN u ON u.id = ev.saga_id AND u.fencing_token = ev.token) \
+             SELECT id, fencing_token FROM u",
         )
-        .bind(ids)
-        .bind(tokens)
-        .bind(statuses)
-        .bind(states)
-        .bind(event_counts)
-        .bind(releases)
-        .bind(run_ats)
-        .bind(terminals)
-        .bind(nows)
-        .fetch_all(&mut *tx)
+        .bind(batch.ids)
+        .bind(batch.tokens)
+        .bind(batch.statuses)
+        .bind(batch.states)
+        .bind(batch.event_counts)
+        .bind(batch.releases)
+        .bind(batch.run_ats)
+        .bind(batch.terminals)
+        .bind(batch.nows)
+        .bind(batch.event_saga_ids)
+        .bind(batch.event_tokens)
+        .bind(batch.event_from_end)
+        .bind(batch.events.tenant_id)
+        .bind(batch.events.kind)
+        .bind(batch.events.step)
+        .bind(batch.events.attempt)
+        .bind(batch.events.worker)
+        .bind(batch.events.data)
+        .bind(batch.events.at)
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let mut committed = std::collections::HashMap::with_capacity(rows.len());
+        let mut committed = std::collections::HashSet::with_capacity(rows.len());
         for row in &rows {
             let id: Uuid = row.try_get(0).map_err(db)?;
             let token: i64 = row.try_get(1).map_err(db)?;
-            let seq: i64 = row.try_get(2).map_err(db)?;
-            committed.insert((id, token), seq);
+            committed.insert((id, token));
         }
-        let mut events = EventColumns::default();
-        let mut outcomes = Vec::with_capacity(commits.len());
-        for commit in commits {
-            match committed.get(&(commit.id, commit.fencing_token)) {
-                Some(&last_seq) => {
-                    let first_seq = last_seq - commit.events.len() as i64 + 1;
-                    events.push_all(
-                        commit.id,
-                        commit.tenant_id.as_deref(),
-                        first_seq,
-                        Some(&commit.worker_id),
-                        &commit.events,
-                    )?;
-                    outcomes.push(CommitOutcome::Committed);
+        Ok(commits
+            .iter()
+            .map(|c| {
+                if committed.contains(&(c.id, c.fencing_token)) {
+                    CommitOutcome::Committed
+                } else {
+                    CommitOutcome::Fenced
                 }
-                None => outcomes.push(CommitOutcome::Fenced),
-            }
-        }
-        events.insert(&mut tx).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(outcomes)
+            })
+            .collect())
     }
 
     async fn lease_renew(

@@ -226,6 +226,17 @@ impl Store for SqliteStore {
         }
         let id = params.id.to_string();
         let mut tx = self.writer.begin().await.map_err(db)?;
+        if params.require_latest {
+            let latest: (Option<i64>,) =
+                sqlx::query_as("SELECT MAX(version) FROM definitions WHERE name = ?")
+                    .bind(&params.definition)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            if latest.0 != Some(i64::from(params.version)) {
+                return Ok(SagaCreated::VersionMoved);
+            }
+        }
         let row = sqlx::query(&format!(
             "INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
              fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at) \

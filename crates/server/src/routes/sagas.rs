@@ -22,6 +22,8 @@ use crate::views;
 
 /// The longest `Idempotency-Key` accepted.
 pub const IDEMPOTENCY_KEY_MAX_CHARS: usize = 255;
+/// How often a long-poll re-reads the store (for sagas other instances drive).
+pub const WAIT_RECHECK: Duration = Duration::from_millis(250);
 /// Saga priorities are clamped to this range.
 pub const PRIORITY_MAX: i64 = 1000;
 
@@ -38,12 +40,24 @@ async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
     }
 }
 
-/// The validated definition of `(name, version)`, cached (definitions never change).
+fn cached_definition(state: &AppState, name: &str, version: i32) -> Option<Arc<Definition>> {
+    state
+        .definitions
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&(name.to_string(), version)).cloned())
+}
+
+/// The validated definition of `(name, version)` (latest when `version` is None), cached by
+/// `(name, version)`: stored versions never change.
 pub(crate) async fn definition(
     state: &AppState,
     name: &str,
     version: Option<i32>,
 ) -> Result<(i32, Arc<Definition>), ApiError> {
+    if let Some(found) = version.and_then(|v| cached_definition(state, name, v)) {
+        return Ok((version.unwrap_or_default(), found));
+    }
     let record = match state.store.definition_get(name, version).await {
         Ok(r) => r,
         Err(StoreError::NotFound) => {
@@ -58,13 +72,12 @@ pub(crate) async fn definition(
         }
         Err(e) => return Err(e.into()),
     };
-    let key = (record.name.clone(), record.version);
-    if let Some(found) = state
-        .definitions
-        .lock()
-        .ok()
-        .and_then(|c| c.get(&key).cloned())
-    {
+    if version.is_none() {
+        if let Ok(mut latest) = state.latest_versions.lock() {
+            latest.insert(record.name.clone(), record.version);
+        }
+    }
+    if let Some(found) = cached_definition(state, name, record.version) {
         return Ok((record.version, found));
     }
     let parsed = saga_core::validate_definition(name, &record.document, &state.builtin_names())
@@ -76,9 +89,39 @@ pub(crate) async fn definition(
         })?;
     let parsed = Arc::new(parsed);
     if let Ok(mut cache) = state.definitions.lock() {
-        cache.insert(key, parsed.clone());
+        cache.insert((record.name.clone(), record.version), parsed.clone());
     }
     Ok((record.version, parsed))
+}
+
+/// The definition a new saga should run: the requested version, or the latest (from the hint
+/// cache when possible; the store re-checks it is still the latest).
+async fn definition_for_start(
+    state: &AppState,
+    name: &str,
+    version: Option<i32>,
+    use_hint: bool,
+) -> Result<(i32, Arc<Definition>, bool), ApiError> {
+    if let Some(v) = version {
+        let (v, definition) = definition(state, name, Some(v)).await?;
+        return Ok((v, definition, false));
+    }
+    let hint = if use_hint {
+        state
+            .latest_versions
+            .lock()
+            .ok()
+            .and_then(|l| l.get(name).copied())
+    } else {
+        None
+    };
+    if let Some(v) = hint {
+        if let Some(found) = cached_definition(state, name, v) {
+            return Ok((v, found, true));
+        }
+    }
+    let (v, definition) = definition(state, name, None).await?;
+    Ok((v, definition, true))
 }
 
 struct StartRequest {
@@ -201,22 +244,37 @@ pub async fn create(
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
     let request = parse_start(&value)?;
-    let (version, definition) = definition(&state, &request.definition, request.version).await?;
-    let now_ms = state.clock.now_ms();
-    let params = SagaCreate {
-        id: Uuid::now_v7(),
-        definition: request.definition,
-        version,
-        tenant_id: request.tenant_id,
-        input: request.input,
-        state: SagaState::new(&definition),
-        priority: request.priority,
-        idempotency_key: key.map(|k| format!("admin:{k}")),
-        // serde_json maps keep keys sorted, so this hash is canonical for equal JSON.
-        request_hash: Some(hex::encode(Sha256::digest(value.to_string().as_bytes()))),
-        now_ms,
+    // serde_json maps keep keys sorted, so this hash is canonical for equal JSON.
+    let request_hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));
+    let mut use_hint = true;
+    let created = loop {
+        let (version, definition, require_latest) =
+            definition_for_start(&state, &request.definition, request.version, use_hint).await?;
+        let params = SagaCreate {
+            id: Uuid::now_v7(),
+            definition: request.definition.clone(),
+            version,
+            tenant_id: request.tenant_id.clone(),
+            input: request.input.clone(),
+            state: SagaState::new(&definition),
+            priority: request.priority,
+            idempotency_key: key.as_ref().map(|k| format!("admin:{k}")),
+            request_hash: Some(request_hash.clone()),
+            require_latest,
+            now_ms: state.clock.now_ms(),
+        };
+        match state.store.saga_create(params).await? {
+            SagaCreated::VersionMoved if use_hint => use_hint = false,
+            SagaCreated::VersionMoved => {
+                return Err(ApiError::Conflict(format!(
+                    "definition {:?} is changing; try again",
+                    request.definition
+                )))
+            }
+            other => break other,
+        }
     };
-    match state.store.saga_create(params).await? {
+    match created {
         SagaCreated::Created(record) => {
             Ok((StatusCode::CREATED, Json(views::saga(&record))).into_response())
         }
@@ -230,6 +288,10 @@ pub async fn create(
         SagaCreated::KeyConflict => Err(ApiError::Conflict(
             "this Idempotency-Key was used with a different request body".into(),
         )),
+        SagaCreated::VersionMoved => Err(ApiError::Conflict(format!(
+            "definition {:?} is changing; try again",
+            request.definition
+        ))),
     }
 }
 
@@ -254,7 +316,9 @@ pub async fn get(
     let Some(wait) = wait else {
         return Ok(Json(views::saga(&load(&state, id).await?)));
     };
-    // Long poll: answer as soon as the saga is terminal, or when the wait is over.
+    // Long poll: answer as soon as the saga is terminal, or when the wait is over. Local drivers
+    // publish the committed final record; sagas finished by other instances are caught by the
+    // periodic re-read.
     let mut terminal = state.hub.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -262,12 +326,10 @@ pub async fn get(
         if record.status.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(views::saga(&record)));
         }
-        // Local drivers announce terminal sagas; remote ones are caught by the re-read.
-        let recheck = tokio::time::Instant::now() + Duration::from_millis(250);
-        let until = recheck.min(deadline);
+        let until = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
         loop {
             match tokio::time::timeout_at(until, terminal.recv()).await {
-                Ok(Ok((done, _))) if done == id => break,
+                Ok(Ok(done)) if done.id == id => return Ok(Json(views::saga(&done))),
                 Ok(Ok(_)) => continue,
                 Ok(Err(_)) | Err(_) => break,
             }
@@ -378,7 +440,7 @@ pub async fn retry(
         })
         .await?;
     if updated.status.is_terminal() {
-        state.hub.publish(id, updated.status);
+        state.hub.publish(updated.clone());
     }
     Ok((StatusCode::ACCEPTED, Json(views::saga(&updated))).into_response())
 }
