@@ -25,13 +25,7 @@ mod tests {
     use super::*;
 
     fn policy(jitter: f64) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 10,
-            initial_interval_ms: 100,
-            multiplier: 2.0,
-            max_interval_ms: 1000,
-            jitter,
-        }
+        RetryPolicy { max_attempts: 10, initial_interval_ms: 100, multiplier: 2.0, max_interval_ms: 1000, jitter }
     }
 
     #[test]

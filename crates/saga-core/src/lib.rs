@@ -14,12 +14,12 @@ pub mod validate;
 
 pub use backoff::retry_delay_ms;
 pub use definition::{
-    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnTimeout, RetryPolicy,
-    SignalAction, StepDefinition,
+    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnTimeout, RetryPolicy, SignalAction,
+    StepDefinition,
 };
 pub use machine::{
-    Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaError, SagaState, SagaStatus,
-    StepState, StepStatus, Transition,
+    Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaError, SagaState, SagaStatus, StepState, StepStatus,
+    Transition,
 };
 pub use validate::{parse_document, validate_definition, DocumentFormat, FieldError, ParseError};
 
@@ -38,9 +38,7 @@ pub fn is_valid_definition_name(name: &str) -> bool {
     if bytes.is_empty() || bytes.len() > 100 || !bytes[0].is_ascii_lowercase() {
         return false;
     }
-    bytes
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+    bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// True when `name` is a valid step name.
@@ -50,7 +48,5 @@ pub fn is_valid_step_name(name: &str) -> bool {
         return false;
     }
     (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }

@@ -33,10 +33,7 @@ pub enum SagaStatus {
 impl SagaStatus {
     /// Completed, compensated, or failed (awaiting an operator): no driver runs it.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed
-        )
+        matches!(self, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -197,20 +194,8 @@ pub struct HistoryEvent {
 }
 
 impl HistoryEvent {
-    pub fn new(
-        kind: &str,
-        step: Option<&str>,
-        attempt: Option<u32>,
-        data: Value,
-        at_ms: i64,
-    ) -> Self {
-        HistoryEvent {
-            kind: kind.to_string(),
-            step: step.map(str::to_string),
-            attempt,
-            data,
-            at_ms,
-        }
+    pub fn new(kind: &str, step: Option<&str>, attempt: Option<u32>, data: Value, at_ms: i64) -> Self {
+        HistoryEvent { kind: kind.to_string(), step: step.map(str::to_string), attempt, data, at_ms }
     }
 }
 
@@ -225,15 +210,8 @@ pub struct Transition {
 /// An attempt result that does not fit the state: a driver bug or a stale driver.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MachineError {
-    #[error(
-        "step {step} {phase:?} attempt {attempt} is not what the saga expects next ({expected:?})"
-    )]
-    UnexpectedOutcome {
-        step: usize,
-        phase: Phase,
-        attempt: u32,
-        expected: Next,
-    },
+    #[error("step {step} {phase:?} attempt {attempt} is not what the saga expects next ({expected:?})")]
+    UnexpectedOutcome { step: usize, phase: Phase, attempt: u32, expected: Next },
     #[error("saga is {0:?}; only FAILED sagas can be retried")]
     NotRetryable(SagaStatus),
     #[error("saga state does not match its definition ({0} steps in state, {1} in definition)")]
@@ -268,39 +246,22 @@ impl SagaState {
                 ambiguous: false,
             })
             .collect();
-        SagaState {
-            status: SagaStatus::Pending,
-            steps,
-            error: None,
-            cause: None,
-        }
+        SagaState { status: SagaStatus::Pending, steps, error: None, cause: None }
     }
 
     /// What to run next.
     pub fn next(&self) -> Next {
         match self.status {
             SagaStatus::Pending | SagaStatus::Executing => {
-                match self
-                    .steps
-                    .iter()
-                    .position(|s| s.status != StepStatus::Succeeded)
-                {
-                    Some(i) => Next::RunAction {
-                        step: i,
-                        attempt: self.steps[i].attempts + 1,
-                    },
+                match self.steps.iter().position(|s| s.status != StepStatus::Succeeded) {
+                    Some(i) => Next::RunAction { step: i, attempt: self.steps[i].attempts + 1 },
                     None => Next::Terminal,
                 }
             }
-            SagaStatus::Compensating => {
-                match self.steps.iter().rposition(StepState::needs_compensation) {
-                    Some(i) => Next::RunCompensation {
-                        step: i,
-                        attempt: self.steps[i].compensation_attempts + 1,
-                    },
-                    None => Next::Terminal,
-                }
-            }
+            SagaStatus::Compensating => match self.steps.iter().rposition(StepState::needs_compensation) {
+                Some(i) => Next::RunCompensation { step: i, attempt: self.steps[i].compensation_attempts + 1 },
+                None => Next::Terminal,
+            },
             _ => Next::Terminal,
         }
     }
@@ -310,34 +271,22 @@ impl SagaState {
         if self.status != SagaStatus::Completed {
             return None;
         }
-        let map: Map<String, Value> = self
-            .steps
-            .iter()
-            .map(|s| (s.name.clone(), s.output.clone().unwrap_or(Value::Null)))
-            .collect();
+        let map: Map<String, Value> =
+            self.steps.iter().map(|s| (s.name.clone(), s.output.clone().unwrap_or(Value::Null))).collect();
         Some(Value::Object(map))
     }
 
     /// Step outputs available to templates.
     pub fn step_outputs(&self) -> Map<String, Value> {
-        self.steps
-            .iter()
-            .filter_map(|s| s.output.clone().map(|o| (s.name.clone(), o)))
-            .collect()
+        self.steps.iter().filter_map(|s| s.output.clone().map(|o| (s.name.clone(), o))).collect()
     }
 
     /// Progress for users.
     pub fn progress(&self) -> Progress {
         let total_steps = self.steps.len();
-        let completed_steps = self
-            .steps
-            .iter()
-            .filter(|s| s.status == StepStatus::Succeeded)
-            .count();
+        let completed_steps = self.steps.iter().filter(|s| s.status == StepStatus::Succeeded).count();
         let current_step = match self.next() {
-            Next::RunAction { step, .. } | Next::RunCompensation { step, .. } => {
-                Some(self.steps[step].name.clone())
-            }
+            Next::RunAction { step, .. } | Next::RunCompensation { step, .. } => Some(self.steps[step].name.clone()),
             Next::Terminal => None,
         };
         let percent = match self.status {
@@ -345,12 +294,7 @@ impl SagaState {
             _ if total_steps == 0 => 0,
             _ => (completed_steps * 100 / total_steps) as u32,
         };
-        Progress {
-            completed_steps,
-            total_steps,
-            current_step,
-            percent,
-        }
+        Progress { completed_steps, total_steps, current_step, percent }
     }
 
     /// Applies the result of one attempt; `jitter_sample` is a uniform draw in `[0, 1)` for the
@@ -361,45 +305,18 @@ impl SagaState {
         attempt: Attempt,
         jitter_sample: f64,
     ) -> Result<Transition, MachineError> {
-        let Attempt {
-            phase,
-            step,
-            attempt,
-            outcome,
-            started_at_ms,
-            finished_at_ms: now_ms,
-        } = attempt;
+        let Attempt { phase, step, attempt, outcome, started_at_ms, finished_at_ms: now_ms } = attempt;
         if self.steps.len() != definition.steps.len() {
-            return Err(MachineError::ShapeMismatch(
-                self.steps.len(),
-                definition.steps.len(),
-            ));
+            return Err(MachineError::ShapeMismatch(self.steps.len(), definition.steps.len()));
         }
         let expected = self.next();
         let matches = match (phase, expected) {
-            (
-                Phase::Action,
-                Next::RunAction {
-                    step: s,
-                    attempt: a,
-                },
-            ) => s == step && a == attempt,
-            (
-                Phase::Compensation,
-                Next::RunCompensation {
-                    step: s,
-                    attempt: a,
-                },
-            ) => s == step && a == attempt,
+            (Phase::Action, Next::RunAction { step: s, attempt: a }) => s == step && a == attempt,
+            (Phase::Compensation, Next::RunCompensation { step: s, attempt: a }) => s == step && a == attempt,
             _ => false,
         };
         if !matches {
-            return Err(MachineError::UnexpectedOutcome {
-                step,
-                phase,
-                attempt,
-                expected,
-            });
+            return Err(MachineError::UnexpectedOutcome { step, phase, attempt, expected });
         }
         let mut transition = Transition::default();
         match phase {
@@ -495,14 +412,8 @@ impl SagaState {
                     ));
                     transition.retry_at_ms = Some(due_ms);
                 } else {
-                    let error_kind = if retryable {
-                        ErrorKind::RetriesExhausted
-                    } else {
-                        ErrorKind::NonRetryable
-                    };
-                    self.fail_forward(
-                        definition, index, error_kind, message, retryable, now_ms, events,
-                    );
+                    let error_kind = if retryable { ErrorKind::RetriesExhausted } else { ErrorKind::NonRetryable };
+                    self.fail_forward(definition, index, error_kind, message, retryable, now_ms, events);
                 }
             }
         }
@@ -528,11 +439,7 @@ impl SagaState {
                 later.status = StepStatus::Skipped;
             }
         }
-        let error = SagaError {
-            step: Some(self.steps[index].name.clone()),
-            kind,
-            message,
-        };
+        let error = SagaError { step: Some(self.steps[index].name.clone()), kind, message };
         let pivot_passed = definition
             .steps
             .iter()
@@ -617,11 +524,7 @@ impl SagaState {
                 } else {
                     step.status = StepStatus::CompensationFailed;
                     step.error = Some(message.clone());
-                    let error = SagaError {
-                        step: Some(name.clone()),
-                        kind: ErrorKind::CompensationFailed,
-                        message,
-                    };
+                    let error = SagaError { step: Some(name.clone()), kind: ErrorKind::CompensationFailed, message };
                     events.push(HistoryEvent::new(
                         "compensation_failed",
                         Some(&name),
@@ -629,13 +532,7 @@ impl SagaState {
                         json!({"error": error}),
                         now_ms,
                     ));
-                    events.push(HistoryEvent::new(
-                        "saga_failed",
-                        Some(&name),
-                        None,
-                        json!({"error": error}),
-                        now_ms,
-                    ));
+                    events.push(HistoryEvent::new("saga_failed", Some(&name), None, json!({"error": error}), now_ms));
                     self.status = SagaStatus::Failed;
                     self.error = Some(error);
                 }
@@ -648,19 +545,10 @@ impl SagaState {
     fn advance(&mut self, definition: &Definition, now_ms: i64, events: &mut Vec<HistoryEvent>) {
         loop {
             match self.next() {
-                Next::Terminal
-                    if self.status == SagaStatus::Executing
-                        || self.status == SagaStatus::Pending =>
-                {
+                Next::Terminal if self.status == SagaStatus::Executing || self.status == SagaStatus::Pending => {
                     self.status = SagaStatus::Completed;
                     self.error = None;
-                    events.push(HistoryEvent::new(
-                        "saga_completed",
-                        None,
-                        None,
-                        Value::Null,
-                        now_ms,
-                    ));
+                    events.push(HistoryEvent::new("saga_completed", None, None, Value::Null, now_ms));
                     return;
                 }
                 Next::Terminal if self.status == SagaStatus::Compensating => {
@@ -675,9 +563,7 @@ impl SagaState {
                     ));
                     return;
                 }
-                Next::RunCompensation { step, attempt }
-                    if definition.steps[step].compensation.is_none() =>
-                {
+                Next::RunCompensation { step, attempt } if definition.steps[step].compensation.is_none() => {
                     let name = self.steps[step].name.clone();
                     let state = &mut self.steps[step];
                     state.status = StepStatus::Compensated;
@@ -698,20 +584,12 @@ impl SagaState {
     /// An operator's `retry` of a `FAILED` saga: a failed compensation gets a fresh budget and
     /// compensation resumes; a forward failure (past a pivot, or `on_timeout: fail`) resumes
     /// forward from the failed step.
-    pub fn retry_by_operator(
-        &mut self,
-        definition: &Definition,
-        now_ms: i64,
-    ) -> Result<Transition, MachineError> {
+    pub fn retry_by_operator(&mut self, definition: &Definition, now_ms: i64) -> Result<Transition, MachineError> {
         if self.status != SagaStatus::Failed {
             return Err(MachineError::NotRetryable(self.status));
         }
         let mut transition = Transition::default();
-        if let Some(index) = self
-            .steps
-            .iter()
-            .position(|s| s.status == StepStatus::CompensationFailed)
-        {
+        if let Some(index) = self.steps.iter().position(|s| s.status == StepStatus::CompensationFailed) {
             let step = &mut self.steps[index];
             step.status = StepStatus::Compensating;
             step.compensation_attempts = 0;
@@ -727,10 +605,7 @@ impl SagaState {
                 now_ms,
             ));
         } else {
-            let first_open = self
-                .steps
-                .iter()
-                .position(|s| s.status != StepStatus::Succeeded);
+            let first_open = self.steps.iter().position(|s| s.status != StepStatus::Succeeded);
             let skip = first_open.unwrap_or(self.steps.len());
             for step in self.steps.iter_mut().skip(skip) {
                 step.status = StepStatus::Pending;

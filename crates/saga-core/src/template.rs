@@ -65,13 +65,9 @@ pub fn check(text: &str) -> Result<(), TemplateError> {
     }
     let env = environment();
     if let Some(expr) = sole_expression(text) {
-        env.compile_expression(expr)
-            .map(|_| ())
-            .map_err(|e| TemplateError(e.to_string()))
+        env.compile_expression(expr).map(|_| ()).map_err(|e| TemplateError(e.to_string()))
     } else {
-        env.template_from_str(text)
-            .map(|_| ())
-            .map_err(|e| TemplateError(e.to_string()))
+        env.template_from_str(text).map(|_| ()).map_err(|e| TemplateError(e.to_string()))
     }
 }
 
@@ -102,18 +98,12 @@ fn contains_syntax(value: &Value) -> bool {
     }
 }
 
-fn render_tree(
-    env: &Environment<'_>,
-    value: &Value,
-    ctx: &minijinja::Value,
-) -> Result<Value, TemplateError> {
+fn render_tree(env: &Environment<'_>, value: &Value, ctx: &minijinja::Value) -> Result<Value, TemplateError> {
     match value {
         Value::String(s) if has_syntax(s) => render_text(env, s, ctx),
-        Value::Array(items) => items
-            .iter()
-            .map(|v| render_tree(env, v, ctx))
-            .collect::<Result<_, _>>()
-            .map(Value::Array),
+        Value::Array(items) => {
+            items.iter().map(|v| render_tree(env, v, ctx)).collect::<Result<_, _>>().map(Value::Array)
+        }
         Value::Object(map) => {
             let mut out = Map::with_capacity(map.len());
             for (k, v) in map {
@@ -125,26 +115,16 @@ fn render_tree(
     }
 }
 
-fn render_text(
-    env: &Environment<'_>,
-    text: &str,
-    ctx: &minijinja::Value,
-) -> Result<Value, TemplateError> {
+fn render_text(env: &Environment<'_>, text: &str, ctx: &minijinja::Value) -> Result<Value, TemplateError> {
     if let Some(expr) = sole_expression(text) {
-        let compiled = env
-            .compile_expression(expr)
-            .map_err(|e| TemplateError(e.to_string()))?;
-        let result = compiled
-            .eval(ctx)
-            .map_err(|e| TemplateError(e.to_string()))?;
+        let compiled = env.compile_expression(expr).map_err(|e| TemplateError(e.to_string()))?;
+        let result = compiled.eval(ctx).map_err(|e| TemplateError(e.to_string()))?;
         if result.is_undefined() {
             return Err(TemplateError(format!("{expr} is undefined")));
         }
         return serde_json::to_value(&result).map_err(|e| TemplateError(e.to_string()));
     }
-    env.render_str(text, ctx)
-        .map(Value::String)
-        .map_err(|e| TemplateError(e.to_string()))
+    env.render_str(text, ctx).map(Value::String).map_err(|e| TemplateError(e.to_string()))
 }
 
 #[cfg(test)]

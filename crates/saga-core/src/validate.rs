@@ -8,12 +8,10 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 
 use crate::definition::{
-    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnTimeout, RetryPolicy,
-    SignalAction, StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
+    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnTimeout, RetryPolicy, SignalAction,
+    StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
 };
-use crate::{
-    duration, is_valid_definition_name, is_valid_step_name, template, RETRY_ATTEMPTS_MAX, STEPS_MAX,
-};
+use crate::{duration, is_valid_definition_name, is_valid_step_name, template, RETRY_ATTEMPTS_MAX, STEPS_MAX};
 
 /// The wire format of a definition document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,15 +38,12 @@ pub struct FieldError {
 /// Parses a document into a JSON tree.
 pub fn parse_document(bytes: &[u8], format: DocumentFormat) -> Result<Value, ParseError> {
     match format {
-        DocumentFormat::Json => serde_json::from_slice(bytes).map_err(|e| ParseError {
-            format: "JSON",
-            message: e.to_string(),
-        }),
+        DocumentFormat::Json => {
+            serde_json::from_slice(bytes).map_err(|e| ParseError { format: "JSON", message: e.to_string() })
+        }
         DocumentFormat::Yaml => {
-            let value: Value = serde_norway::from_slice(bytes).map_err(|e| ParseError {
-                format: "YAML",
-                message: e.to_string(),
-            })?;
+            let value: Value =
+                serde_norway::from_slice(bytes).map_err(|e| ParseError { format: "YAML", message: e.to_string() })?;
             Ok(value)
         }
     }
@@ -56,15 +51,8 @@ pub fn parse_document(bytes: &[u8], format: DocumentFormat) -> Result<Value, Par
 
 /// Validates `document` as the definition called `name`. `builtins` lists the names of the
 /// native steps this instance knows.
-pub fn validate_definition(
-    name: &str,
-    document: &Value,
-    builtins: &[&str],
-) -> Result<Definition, Vec<FieldError>> {
-    let mut checker = Checker {
-        errors: Vec::new(),
-        builtins,
-    };
+pub fn validate_definition(name: &str, document: &Value, builtins: &[&str]) -> Result<Definition, Vec<FieldError>> {
+    let mut checker = Checker { errors: Vec::new(), builtins };
     let definition = checker.definition(name, document);
     match definition {
         Some(definition) if checker.errors.is_empty() => Ok(definition),
@@ -95,10 +83,7 @@ struct Defaults {
 
 impl Checker<'_> {
     fn error(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            path: path.to_string(),
-            message: message.into(),
-        });
+        self.errors.push(FieldError { path: path.to_string(), message: message.into() });
     }
 
     fn object<'v>(&mut self, path: &str, value: &'v Value) -> Option<&'v Map<String, Value>> {
@@ -114,10 +99,7 @@ impl Checker<'_> {
     fn unknown_keys(&mut self, path: &str, map: &Map<String, Value>, known: &[&str]) {
         for key in map.keys() {
             if !known.contains(&key.as_str()) {
-                self.error(
-                    &pointer(path, key),
-                    format!("unknown field; expected one of: {}", known.join(", ")),
-                );
+                self.error(&pointer(path, key), format!("unknown field; expected one of: {}", known.join(", ")));
             }
         }
     }
@@ -141,10 +123,7 @@ impl Checker<'_> {
             }
             Ok(ms) => Some(ms),
             Err(e) => {
-                self.error(
-                    path,
-                    format!("invalid duration {text:?}: {e} (examples: 250ms, 5s, 2m)"),
-                );
+                self.error(path, format!("invalid duration {text:?}: {e} (examples: 250ms, 5s, 2m)"));
                 None
             }
         }
@@ -176,51 +155,29 @@ impl Checker<'_> {
         self.unknown_keys(
             "",
             root,
-            &[
-                "name",
-                "description",
-                "timeout",
-                "on_timeout",
-                "defaults",
-                "concurrency",
-                "steps",
-            ],
+            &["name", "description", "timeout", "on_timeout", "defaults", "concurrency", "steps"],
         );
         if !is_valid_definition_name(name) {
-            self.error(
-                "/name",
-                format!(
-                    "definition name {name:?} must match {}",
-                    crate::DEFINITION_NAME_PATTERN
-                ),
-            );
+            self.error("/name", format!("definition name {name:?} must match {}", crate::DEFINITION_NAME_PATTERN));
         }
         if let Some(body_name) = root.get("name") {
             if let Some(body_name) = self.string("/name", body_name) {
                 if body_name != name {
-                    self.error(
-                        "/name",
-                        format!("{body_name:?} does not match the name in the path ({name:?})"),
-                    );
+                    self.error("/name", format!("{body_name:?} does not match the name in the path ({name:?})"));
                 }
             }
         }
         if let Some(description) = root.get("description") {
             self.string("/description", description);
         }
-        let timeout_ms = root
-            .get("timeout")
-            .and_then(|v| self.duration("/timeout", v));
+        let timeout_ms = root.get("timeout").and_then(|v| self.duration("/timeout", v));
         let on_timeout = match root.get("on_timeout") {
             None => OnTimeout::Compensate,
             Some(v) => match self.string("/on_timeout", v) {
                 Some("compensate") => OnTimeout::Compensate,
                 Some("fail") => OnTimeout::Fail,
                 Some(other) => {
-                    self.error(
-                        "/on_timeout",
-                        format!("{other:?} is not one of: compensate, fail"),
-                    );
+                    self.error("/on_timeout", format!("{other:?} is not one of: compensate, fail"));
                     OnTimeout::Compensate
                 }
                 None => OnTimeout::Compensate,
@@ -229,13 +186,7 @@ impl Checker<'_> {
         let defaults = self.defaults(root.get("defaults"));
         let concurrency = root.get("concurrency").and_then(|v| self.concurrency(v));
         let steps = self.steps(root.get("steps"), &defaults);
-        Some(Definition {
-            name: name.to_string(),
-            timeout_ms,
-            on_timeout,
-            concurrency,
-            steps: steps?,
-        })
+        Some(Definition { name: name.to_string(), timeout_ms, on_timeout, concurrency, steps: steps? })
     }
 
     fn defaults(&mut self, value: Option<&Value>) -> Defaults {
@@ -248,26 +199,15 @@ impl Checker<'_> {
         let Some(map) = self.object("/defaults", value) else {
             return defaults;
         };
-        self.unknown_keys(
-            "/defaults",
-            map,
-            &["timeout", "retry", "compensation_retry"],
-        );
-        if let Some(ms) = map
-            .get("timeout")
-            .and_then(|v| self.duration("/defaults/timeout", v))
-        {
+        self.unknown_keys("/defaults", map, &["timeout", "retry", "compensation_retry"]);
+        if let Some(ms) = map.get("timeout").and_then(|v| self.duration("/defaults/timeout", v)) {
             defaults.timeout_ms = ms;
         }
         if let Some(v) = map.get("retry") {
             defaults.retry = self.retry("/defaults/retry", v, &defaults.retry);
         }
         if let Some(v) = map.get("compensation_retry") {
-            defaults.compensation_retry = self.retry(
-                "/defaults/compensation_retry",
-                v,
-                &defaults.compensation_retry,
-            );
+            defaults.compensation_retry = self.retry("/defaults/compensation_retry", v, &defaults.compensation_retry);
         }
         defaults
     }
@@ -277,48 +217,25 @@ impl Checker<'_> {
         let Some(map) = self.object(path, value) else {
             return policy;
         };
-        self.unknown_keys(
-            path,
-            map,
-            &[
-                "max_attempts",
-                "initial_interval",
-                "multiplier",
-                "max_interval",
-                "jitter",
-            ],
-        );
+        self.unknown_keys(path, map, &["max_attempts", "initial_interval", "multiplier", "max_interval", "jitter"]);
         if let Some(v) = map.get("max_attempts") {
             let p = pointer(path, "max_attempts");
             match v.as_u64() {
-                Some(n) if (1..=u64::from(RETRY_ATTEMPTS_MAX)).contains(&n) => {
-                    policy.max_attempts = n as u32
-                }
-                _ => self.error(
-                    &p,
-                    format!("must be an integer from 1 to {RETRY_ATTEMPTS_MAX}"),
-                ),
+                Some(n) if (1..=u64::from(RETRY_ATTEMPTS_MAX)).contains(&n) => policy.max_attempts = n as u32,
+                _ => self.error(&p, format!("must be an integer from 1 to {RETRY_ATTEMPTS_MAX}")),
             }
         }
-        if let Some(ms) = map
-            .get("initial_interval")
-            .and_then(|v| self.duration(&pointer(path, "initial_interval"), v))
+        if let Some(ms) = map.get("initial_interval").and_then(|v| self.duration(&pointer(path, "initial_interval"), v))
         {
             policy.initial_interval_ms = ms;
         }
-        if let Some(ms) = map
-            .get("max_interval")
-            .and_then(|v| self.duration(&pointer(path, "max_interval"), v))
-        {
+        if let Some(ms) = map.get("max_interval").and_then(|v| self.duration(&pointer(path, "max_interval"), v)) {
             policy.max_interval_ms = ms;
         }
         if let Some(v) = map.get("multiplier") {
             match v.as_f64() {
                 Some(m) if (1.0..=10.0).contains(&m) => policy.multiplier = m,
-                _ => self.error(
-                    &pointer(path, "multiplier"),
-                    "must be a number from 1.0 to 10.0",
-                ),
+                _ => self.error(&pointer(path, "multiplier"), "must be a number from 1.0 to 10.0"),
             }
         }
         if let Some(v) = map.get("jitter") {
@@ -328,10 +245,7 @@ impl Checker<'_> {
             }
         }
         if policy.max_interval_ms < policy.initial_interval_ms {
-            self.error(
-                &pointer(path, "max_interval"),
-                "must not be shorter than initial_interval",
-            );
+            self.error(&pointer(path, "max_interval"), "must not be shorter than initial_interval");
         }
         policy
     }
@@ -356,10 +270,7 @@ impl Checker<'_> {
                 None
             }
         };
-        Some(Concurrency {
-            key: key?,
-            limit: limit?,
-        })
+        Some(Concurrency { key: key?, limit: limit? })
     }
 
     fn steps(&mut self, value: Option<&Value>, defaults: &Defaults) -> Option<Vec<StepDefinition>> {
@@ -384,10 +295,7 @@ impl Checker<'_> {
             let step = self.step(&path, item, defaults);
             if let Some(step) = step {
                 if !seen.insert(step.name.clone()) {
-                    self.error(
-                        &format!("{path}/name"),
-                        format!("duplicate step name {:?}", step.name),
-                    );
+                    self.error(&format!("{path}/name"), format!("duplicate step name {:?}", step.name));
                 }
                 steps.push(step);
             }
@@ -421,10 +329,7 @@ impl Checker<'_> {
             Some(v) => match self.string(&name_path, v) {
                 Some(n) if is_valid_step_name(n) => Some(n.to_string()),
                 Some(n) => {
-                    self.error(
-                        &name_path,
-                        format!("step name {n:?} must match {}", crate::STEP_NAME_PATTERN),
-                    );
+                    self.error(&name_path, format!("step name {n:?} must match {}", crate::STEP_NAME_PATTERN));
                     None
                 }
                 None => None,
@@ -441,23 +346,16 @@ impl Checker<'_> {
             .get("compensation")
             .filter(|v| !v.is_null())
             .map(|v| self.action(&pointer(path, "compensation"), v, true));
-        let timeout_ms = map
-            .get("timeout")
-            .and_then(|v| self.duration(&pointer(path, "timeout"), v))
-            .unwrap_or(defaults.timeout_ms);
-        let heartbeat_timeout_ms = map
-            .get("heartbeat_timeout")
-            .and_then(|v| self.duration(&pointer(path, "heartbeat_timeout"), v));
+        let timeout_ms =
+            map.get("timeout").and_then(|v| self.duration(&pointer(path, "timeout"), v)).unwrap_or(defaults.timeout_ms);
+        let heartbeat_timeout_ms =
+            map.get("heartbeat_timeout").and_then(|v| self.duration(&pointer(path, "heartbeat_timeout"), v));
         let retry = match map.get("retry") {
             Some(v) => self.retry(&pointer(path, "retry"), v, &defaults.retry),
             None => defaults.retry.clone(),
         };
         let compensation_retry = match map.get("compensation_retry") {
-            Some(v) => self.retry(
-                &pointer(path, "compensation_retry"),
-                v,
-                &defaults.compensation_retry,
-            ),
+            Some(v) => self.retry(&pointer(path, "compensation_retry"), v, &defaults.compensation_retry),
             None => defaults.compensation_retry.clone(),
         };
         let pivot = match map.get("pivot") {
@@ -487,27 +385,20 @@ impl Checker<'_> {
 
     fn action(&mut self, path: &str, value: &Value, is_compensation: bool) -> Option<Action> {
         let map = self.object(path, value)?;
-        let kinds: Vec<&str> = ["http", "grpc", "builtin", "signal"]
-            .into_iter()
-            .filter(|k| map.contains_key(*k))
-            .collect();
+        let kinds: Vec<&str> =
+            ["http", "grpc", "builtin", "signal"].into_iter().filter(|k| map.contains_key(*k)).collect();
         if kinds.len() != 1 {
-            self.error(
-                path,
-                "must name exactly one action kind: http, grpc, builtin or signal",
-            );
+            self.error(path, "must name exactly one action kind: http, grpc, builtin or signal");
             return None;
         }
         match kinds[0] {
             "http" => {
                 self.unknown_keys(path, map, &["http"]);
-                self.http(&pointer(path, "http"), &map["http"])
-                    .map(Action::Http)
+                self.http(&pointer(path, "http"), &map["http"]).map(Action::Http)
             }
             "grpc" => {
                 self.unknown_keys(path, map, &["grpc"]);
-                self.grpc(&pointer(path, "grpc"), &map["grpc"])
-                    .map(Action::Grpc)
+                self.grpc(&pointer(path, "grpc"), &map["grpc"]).map(Action::Grpc)
             }
             "builtin" => {
                 self.unknown_keys(path, map, &["builtin", "input"]);
@@ -516,14 +407,10 @@ impl Checker<'_> {
             _ => {
                 self.unknown_keys(path, map, &["signal"]);
                 if is_compensation {
-                    self.error(
-                        &pointer(path, "signal"),
-                        "a compensation cannot wait for a signal",
-                    );
+                    self.error(&pointer(path, "signal"), "a compensation cannot wait for a signal");
                     return None;
                 }
-                self.signal(&pointer(path, "signal"), &map["signal"])
-                    .map(Action::Signal)
+                self.signal(&pointer(path, "signal"), &map["signal"]).map(Action::Signal)
             }
         }
     }
@@ -584,13 +471,7 @@ impl Checker<'_> {
                 false
             }
         };
-        Some(HttpAction {
-            method: method?,
-            url: url?,
-            headers,
-            body,
-            is_async,
-        })
+        Some(HttpAction { method: method?, url: url?, headers, body, is_async })
     }
 
     fn grpc(&mut self, path: &str, value: &Value) -> Option<GrpcAction> {
@@ -613,24 +494,14 @@ impl Checker<'_> {
         if let Some(input) = &input {
             self.template_tree(&pointer(path, "input"), input);
         }
-        Some(GrpcAction {
-            endpoint: endpoint?,
-            service: service?,
-            input,
-        })
+        Some(GrpcAction { endpoint: endpoint?, service: service?, input })
     }
 
     fn builtin(&mut self, path: &str, map: &Map<String, Value>) -> Option<BuiltinAction> {
         let name_path = pointer(path, "builtin");
         let name = self.string(&name_path, &map["builtin"])?.to_string();
         if !self.builtins.contains(&name.as_str()) {
-            self.error(
-                &name_path,
-                format!(
-                    "unknown builtin {name:?}; known: {}",
-                    self.builtins.join(", ")
-                ),
-            );
+            self.error(&name_path, format!("unknown builtin {name:?}; known: {}", self.builtins.join(", ")));
         }
         let input = map.get("input").cloned();
         if let Some(input) = &input {
@@ -652,22 +523,14 @@ impl Checker<'_> {
                 Some(n) => {
                     self.error(
                         &pointer(path, "name"),
-                        format!(
-                            "signal name {n:?} must match {}",
-                            crate::DEFINITION_NAME_PATTERN
-                        ),
+                        format!("signal name {n:?} must match {}", crate::DEFINITION_NAME_PATTERN),
                     );
                     None
                 }
                 None => None,
             },
         };
-        let timeout_ms = map
-            .get("timeout")
-            .and_then(|v| self.duration(&pointer(path, "timeout"), v));
-        Some(SignalAction {
-            name: name?,
-            timeout_ms,
-        })
+        let timeout_ms = map.get("timeout").and_then(|v| self.duration(&pointer(path, "timeout"), v));
+        Some(SignalAction { name: name?, timeout_ms })
     }
 }

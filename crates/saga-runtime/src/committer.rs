@@ -23,10 +23,7 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer task. `parallelism` batches may be in flight at once.
-    pub fn start(
-        store: Arc<dyn Store>,
-        parallelism: usize,
-    ) -> (Committer, tokio::task::JoinHandle<()>) {
+    pub fn start(store: Arc<dyn Store>, parallelism: usize) -> (Committer, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(COMMIT_QUEUE_MAX);
         let task = tokio::spawn(run(store, receiver, parallelism.max(1)));
         (Committer { sender }, task)
@@ -35,21 +32,12 @@ impl Committer {
     /// Commits one transition; resolves once it is durable (or fenced, or failed).
     pub async fn commit(&self, commit: SagaCommit) -> Result<CommitOutcome, String> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .send((commit, reply))
-            .await
-            .map_err(|_| "committer stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "committer dropped the commit".to_string())?
+        self.sender.send((commit, reply)).await.map_err(|_| "committer stopped".to_string())?;
+        answer.await.map_err(|_| "committer dropped the commit".to_string())?
     }
 }
 
-async fn run(
-    store: Arc<dyn Store>,
-    mut receiver: mpsc::Receiver<(SagaCommit, Reply)>,
-    parallelism: usize,
-) {
+async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(SagaCommit, Reply)>, parallelism: usize) {
     let in_flight = Arc::new(Semaphore::new(parallelism));
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(first) = receiver.recv().await {

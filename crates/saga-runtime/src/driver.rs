@@ -14,8 +14,7 @@ use tracing::Instrument;
 use crate::executor::AttemptContext;
 use crate::instance::Shared;
 use crate::metrics_names::{
-    SAGA_DURATION_SECONDS, SAGA_LEASE_TAKEOVER_TOTAL, SAGA_RETRY_TOTAL, SAGA_STEP_DURATION_SECONDS,
-    SAGA_TOTAL,
+    SAGA_DURATION_SECONDS, SAGA_LEASE_TAKEOVER_TOTAL, SAGA_RETRY_TOTAL, SAGA_STEP_DURATION_SECONDS, SAGA_TOTAL,
 };
 
 /// How long a saga waits before another try when its definition cannot be loaded.
@@ -40,10 +39,7 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
     let takeover = claimed.previous_owner.is_some();
     if takeover {
         metrics::counter!(SAGA_LEASE_TAKEOVER_TOTAL).increment(1);
-        tracing::info!(
-            previous = claimed.previous_owner.as_deref().unwrap_or(""),
-            "took over an expired lease"
-        );
+        tracing::info!(previous = claimed.previous_owner.as_deref().unwrap_or(""), "took over an expired lease");
     }
     let mut pending = vec![HistoryEvent::new(
         "lease_acquired",
@@ -58,14 +54,7 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
             tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
             let retry_at = shared.clock.now_ms() + DEFINITION_RETRY_MS;
             let state = record.state.clone();
-            let _ = commit(
-                shared,
-                claimed,
-                state,
-                std::mem::take(&mut pending),
-                Some(retry_at),
-            )
-            .await;
+            let _ = commit(shared, claimed, state, std::mem::take(&mut pending), Some(retry_at)).await;
             return;
         }
     };
@@ -91,14 +80,7 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
             Next::RunCompensation { step, attempt } => (Phase::Compensation, step, attempt),
             Next::Terminal => {
                 tracing::error!(status = ?state.status, "claimed a saga with nothing to run");
-                let _ = commit(
-                    shared,
-                    claimed,
-                    state.clone(),
-                    std::mem::take(&mut pending),
-                    None,
-                )
-                .await;
+                let _ = commit(shared, claimed, state.clone(), std::mem::take(&mut pending), None).await;
                 return;
             }
         };
@@ -140,14 +122,8 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
         if let Outcome::Failed { message, kind } = &outcome {
             tracing::info!(step = %step.name, attempt, ?kind, %message, "attempt failed");
         }
-        let finished = Attempt {
-            phase,
-            step: index,
-            attempt,
-            outcome,
-            started_at_ms: started_ms,
-            finished_at_ms: now_ms,
-        };
+        let finished =
+            Attempt { phase, step: index, attempt, outcome, started_at_ms: started_ms, finished_at_ms: now_ms };
         let transition = match state.apply(&definition, finished, shared.jitter_sample()) {
             Ok(t) => t,
             Err(e) => {
@@ -159,17 +135,10 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
         let mut events = std::mem::take(&mut pending);
         events.extend(transition.events);
         if transition.retry_at_ms.is_some() {
-            metrics::counter!(SAGA_RETRY_TOTAL, "definition" => record.definition.clone(), "step" => step.name.clone()).increment(1);
+            metrics::counter!(SAGA_RETRY_TOTAL, "definition" => record.definition.clone(), "step" => step.name.clone())
+                .increment(1);
         }
-        let Some(committed_at_ms) = commit(
-            shared,
-            claimed,
-            state.clone(),
-            events,
-            transition.retry_at_ms,
-        )
-        .await
-        else {
+        let Some(committed_at_ms) = commit(shared, claimed, state.clone(), events, transition.retry_at_ms).await else {
             return;
         };
         if let Some(at) = transition.retry_at_ms {
@@ -218,40 +187,22 @@ async fn commit(
 }
 
 /// At shutdown: keep what is already decided, hand the lease back so another instance resumes.
-async fn hand_back(
-    shared: &Shared,
-    claimed: &Claimed,
-    state: &mut SagaState,
-    pending: &mut Vec<HistoryEvent>,
-) {
+async fn hand_back(shared: &Shared, claimed: &Claimed, state: &mut SagaState, pending: &mut Vec<HistoryEvent>) {
     let now_ms = shared.clock.now_ms();
     if !pending.is_empty() {
-        let _ = commit(
-            shared,
-            claimed,
-            state.clone(),
-            std::mem::take(pending),
-            Some(now_ms),
-        )
-        .await;
+        let _ = commit(shared, claimed, state.clone(), std::mem::take(pending), Some(now_ms)).await;
         return;
     }
-    let lease = LeaseRef {
-        id: claimed.record.id,
-        fencing_token: claimed.record.fencing_token,
-    };
-    if let Err(e) = shared
-        .store
-        .lease_release(&shared.config.worker_id, &[lease], now_ms)
-        .await
-    {
+    let lease = LeaseRef { id: claimed.record.id, fencing_token: claimed.record.fencing_token };
+    if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &[lease], now_ms).await {
         tracing::warn!(error = %e, "handing back the lease failed; it will expire");
     }
 }
 
 fn finish(shared: &Shared, claimed: &Claimed, state: SagaState, committed_at_ms: i64) {
     let record = &claimed.record;
-    metrics::counter!(SAGA_TOTAL, "definition" => record.definition.clone(), "status" => state.status.as_str()).increment(1);
+    metrics::counter!(SAGA_TOTAL, "definition" => record.definition.clone(), "status" => state.status.as_str())
+        .increment(1);
     metrics::histogram!(SAGA_DURATION_SECONDS, "definition" => record.definition.clone())
         .record((committed_at_ms - record.created_at_ms).max(0) as f64 / 1000.0);
     tracing::info!(status = state.status.as_str(), "saga finished");

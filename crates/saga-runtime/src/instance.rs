@@ -98,27 +98,16 @@ impl Shared {
     /// The definition a saga started on, validated once and cached.
     pub async fn definition(&self, name: &str, version: i32) -> Result<Arc<Definition>, String> {
         let key = (name.to_string(), version);
-        if let Some(found) = self
-            .definitions
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&key).cloned())
-        {
+        if let Some(found) = self.definitions.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(found);
         }
-        let record = self
-            .store
-            .definition_get(name, Some(version))
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound => format!("definition {name} v{version} does not exist"),
-                other => other.to_string(),
-            })?;
+        let record = self.store.definition_get(name, Some(version)).await.map_err(|e| match e {
+            StoreError::NotFound => format!("definition {name} v{version} does not exist"),
+            other => other.to_string(),
+        })?;
         let builtins = self.executors.builtins.names();
         let definition = saga_core::validate_definition(name, &record.document, &builtins)
-            .map_err(|errors| {
-                format!("definition {name} v{version} no longer validates: {errors:?}")
-            })?;
+            .map_err(|errors| format!("definition {name} v{version} no longer validates: {errors:?}"))?;
         let definition = Arc::new(definition);
         if let Ok(mut cache) = self.definitions.lock() {
             cache.insert(key, definition.clone());
@@ -157,11 +146,8 @@ impl Instance {
         config: InstanceConfig,
         hub: TerminalHub,
     ) -> Self {
-        let (committer, committer_task) =
-            Committer::start(store.clone(), config.commit_parallelism);
-        let seed = config
-            .seed
-            .unwrap_or_else(|| rand::rngs::OsRng.try_next_u64_or_default());
+        let (committer, committer_task) = Committer::start(store.clone(), config.commit_parallelism);
+        let seed = config.seed.unwrap_or_else(|| rand::rngs::OsRng.try_next_u64_or_default());
         let shared = Arc::new(Shared {
             store,
             clock,
@@ -176,10 +162,7 @@ impl Instance {
             shutting_down: AtomicBool::new(false),
             config,
         });
-        Instance {
-            shared,
-            committer_task,
-        }
+        Instance { shared, committer_task }
     }
 
     /// Starts the claim loop and the heartbeat.
@@ -201,25 +184,14 @@ impl OsSeed for rand::rngs::OsRng {
     }
 }
 
-fn spawn_driver(
-    shared: &Arc<Shared>,
-    permits: &Arc<Semaphore>,
-    drivers: &mut JoinSet<()>,
-    claim: saga_store::Claimed,
-) {
+fn spawn_driver(shared: &Arc<Shared>, permits: &Arc<Semaphore>, drivers: &mut JoinSet<()>, claim: saga_store::Claimed) {
     let Ok(permit) = permits.clone().try_acquire_owned() else {
         tracing::error!(saga_id = %claim.record.id, "claimed more sagas than free permits; its lease will expire");
         return;
     };
     let lost = Arc::new(AtomicBool::new(false));
     if let Ok(mut held) = shared.held.lock() {
-        held.insert(
-            claim.record.id,
-            HeldLease {
-                fencing_token: claim.record.fencing_token,
-                lost: lost.clone(),
-            },
-        );
+        held.insert(claim.record.id, HeldLease { fencing_token: claim.record.fencing_token, lost: lost.clone() });
     }
     metrics::gauge!(SAGA_IN_FLIGHT).increment(1.0);
     let shared = shared.clone();
@@ -231,11 +203,7 @@ fn spawn_driver(
     });
 }
 
-async fn run(
-    shared: Arc<Shared>,
-    committer_task: tokio::task::JoinHandle<()>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn run(shared: Arc<Shared>, committer_task: tokio::task::JoinHandle<()>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(shared.config.concurrency.max(1) as usize));
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), shutdown.clone()));
     let mut drivers = JoinSet::new();
@@ -277,11 +245,7 @@ async fn run(
             }
         }
         claim_now = true;
-        let backoff_ms = if failures > 0 {
-            (100u64 << failures.min(6)).min(5_000)
-        } else {
-            0
-        };
+        let backoff_ms = if failures > 0 { (100u64 << failures.min(6)).min(5_000) } else { 0 };
         let sleep_ms = next_sleep_ms(&shared, backoff_ms);
         tokio::select! {
             _ = work.notified(), if failures == 0 => {}
@@ -308,11 +272,7 @@ async fn run(
 
 fn timer_due(shared: &Shared) -> bool {
     let now = shared.clock.now_ms();
-    shared
-        .timers
-        .lock()
-        .map(|t| t.peek().is_some_and(|Reverse(at)| *at <= now))
-        .unwrap_or(false)
+    shared.timers.lock().map(|t| t.peek().is_some_and(|Reverse(at)| *at <= now)).unwrap_or(false)
 }
 
 /// How long the claim loop may sleep: until the earliest local retry, at most one poll interval.
@@ -342,13 +302,7 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             return;
         }
         let leases: Vec<LeaseRef> = match shared.held.lock() {
-            Ok(held) => held
-                .iter()
-                .map(|(id, l)| LeaseRef {
-                    id: *id,
-                    fencing_token: l.fencing_token,
-                })
-                .collect(),
+            Ok(held) => held.iter().map(|(id, l)| LeaseRef { id: *id, fencing_token: l.fencing_token }).collect(),
             Err(_) => return,
         };
         if leases.is_empty() {
@@ -358,16 +312,7 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             continue;
         }
         let now = shared.clock.now_ms();
-        match shared
-            .store
-            .lease_renew(
-                &shared.config.worker_id,
-                &leases,
-                now,
-                shared.config.lease_ttl_ms,
-            )
-            .await
-        {
+        match shared.store.lease_renew(&shared.config.worker_id, &leases, now, shared.config.lease_ttl_ms).await {
             Ok(lost) => {
                 if let Ok(held) = shared.held.lock() {
                     for id in lost {
@@ -385,23 +330,13 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
 
 async fn release_all(shared: &Shared) {
     let leases: Vec<LeaseRef> = match shared.held.lock() {
-        Ok(mut held) => held
-            .drain()
-            .map(|(id, l)| LeaseRef {
-                id,
-                fencing_token: l.fencing_token,
-            })
-            .collect(),
+        Ok(mut held) => held.drain().map(|(id, l)| LeaseRef { id, fencing_token: l.fencing_token }).collect(),
         Err(_) => return,
     };
     if leases.is_empty() {
         return;
     }
-    if let Err(e) = shared
-        .store
-        .lease_release(&shared.config.worker_id, &leases, shared.clock.now_ms())
-        .await
-    {
+    if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &leases, shared.clock.now_ms()).await {
         tracing::warn!(error = %e, "releasing leases at shutdown failed; they will expire");
     }
 }

@@ -15,10 +15,7 @@ pub fn describe() {
     metrics::describe_histogram!(SAGA_DURATION_SECONDS, "Saga start-to-terminal time");
     metrics::describe_histogram!(SAGA_STEP_DURATION_SECONDS, "One step attempt's duration");
     metrics::describe_counter!(SAGA_RETRY_TOTAL, "Step attempts scheduled for retry");
-    metrics::describe_counter!(
-        SAGA_LEASE_TAKEOVER_TOTAL,
-        "Sagas claimed from an instance whose lease expired"
-    );
+    metrics::describe_counter!(SAGA_LEASE_TAKEOVER_TOTAL, "Sagas claimed from an instance whose lease expired");
     metrics::describe_gauge!(SAGA_IN_FLIGHT, "Sagas this instance is driving");
     metrics::describe_histogram!(SAGA_COMMIT_BATCH_SIZE, "Transitions per group commit");
     metrics::describe_counter!(SAGA_CLAIMED_TOTAL, "Sagas claimed by this instance");

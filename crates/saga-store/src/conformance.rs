@@ -11,8 +11,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    ClaimParams, CommitOutcome, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter,
-    SagaOperatorUpdate, Store, StoreError,
+    ClaimParams, CommitOutcome, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, Store,
+    StoreError,
 };
 
 /// A failed conformance check.
@@ -95,21 +95,10 @@ async fn create(store: &dyn Store, now_ms: i64) -> Result<Uuid, String> {
 }
 
 fn claim(worker: &str, limit: u32, now_ms: i64) -> ClaimParams {
-    ClaimParams {
-        worker_id: worker.into(),
-        limit,
-        now_ms,
-        lease_ttl_ms: 30_000,
-    }
+    ClaimParams { worker_id: worker.into(), limit, now_ms, lease_ttl_ms: 30_000 }
 }
 
-fn commit(
-    id: Uuid,
-    token: i64,
-    state: SagaState,
-    now_ms: i64,
-    events: Vec<HistoryEvent>,
-) -> SagaCommit {
+fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events: Vec<HistoryEvent>) -> SagaCommit {
     SagaCommit {
         id,
         tenant_id: None,
@@ -126,14 +115,8 @@ fn commit(
 async fn migrations_are_idempotent(store: Arc<dyn Store>) -> CheckResult {
     let first = db(store.migrate().await)?;
     let second = db(store.migrate().await)?;
-    ensure!(
-        first == second,
-        "migrate twice changed status: {first:?} vs {second:?}"
-    );
-    ensure!(
-        db(store.schema_status().await)?.is_current(),
-        "schema not current after migrate"
-    );
+    ensure!(first == second, "migrate twice changed status: {first:?} vs {second:?}");
+    ensure!(db(store.schema_status().await)?.is_current(), "schema not current after migrate");
     Ok(())
 }
 
@@ -143,46 +126,17 @@ async fn definitions_version_on_change_only(store: Arc<dyn Store>) -> CheckResul
     let put = db(store.definition_put("d", &v1, 1).await)?;
     ensure!(put.created && put.record.version == 1, "first put: {put:?}");
     let again = db(store.definition_put("d", &v1, 2).await)?;
-    ensure!(
-        !again.created && again.record.version == 1,
-        "identical put: {again:?}"
-    );
+    ensure!(!again.created && again.record.version == 1, "identical put: {again:?}");
     let put2 = db(store.definition_put("d", &v2, 3).await)?;
-    ensure!(
-        put2.created && put2.record.version == 2,
-        "changed put: {put2:?}"
-    );
-    ensure!(
-        db(store.definition_get("d", None).await)?.version == 2,
-        "latest is not v2"
-    );
-    ensure!(
-        db(store.definition_get("d", Some(1)).await)?.document == v1,
-        "v1 document changed"
-    );
-    ensure!(
-        matches!(
-            store.definition_get("d", Some(9)).await,
-            Err(StoreError::NotFound)
-        ),
-        "v9 found"
-    );
-    ensure!(
-        matches!(
-            store.definition_get("nope", None).await,
-            Err(StoreError::NotFound)
-        ),
-        "nope found"
-    );
+    ensure!(put2.created && put2.record.version == 2, "changed put: {put2:?}");
+    ensure!(db(store.definition_get("d", None).await)?.version == 2, "latest is not v2");
+    ensure!(db(store.definition_get("d", Some(1)).await)?.document == v1, "v1 document changed");
+    ensure!(matches!(store.definition_get("d", Some(9)).await, Err(StoreError::NotFound)), "v9 found");
+    ensure!(matches!(store.definition_get("nope", None).await, Err(StoreError::NotFound)), "nope found");
     db(store.definition_put("c", &v1, 4).await)?;
-    let names: Vec<(String, i32)> = db(store.definition_list().await)?
-        .into_iter()
-        .map(|d| (d.name, d.version))
-        .collect();
-    ensure!(
-        names == vec![("c".to_string(), 1), ("d".to_string(), 2)],
-        "list: {names:?}"
-    );
+    let names: Vec<(String, i32)> =
+        db(store.definition_list().await)?.into_iter().map(|d| (d.name, d.version)).collect();
+    ensure!(names == vec![("c".to_string(), 1), ("d".to_string(), 2)], "list: {names:?}");
     Ok(())
 }
 
@@ -193,10 +147,7 @@ async fn sagas_create_idempotently(store: Arc<dyn Store>) -> CheckResult {
     let SagaCreated::Created(first) = db(store.saga_create(params.clone()).await)? else {
         return Err("first create not Created".into());
     };
-    ensure!(
-        first.status == SagaStatus::Pending && first.fencing_token == 0,
-        "new saga: {first:?}"
-    );
+    ensure!(first.status == SagaStatus::Pending && first.fencing_token == 0, "new saga: {first:?}");
     let mut replay = params.clone();
     replay.id = Uuid::now_v7();
     match db(store.saga_create(replay.clone()).await)? {
@@ -205,26 +156,11 @@ async fn sagas_create_idempotently(store: Arc<dyn Store>) -> CheckResult {
     }
     replay.request_hash = Some("h2".into());
     let conflict = db(store.saga_create(replay).await)?;
-    ensure!(
-        conflict == SagaCreated::KeyConflict,
-        "different body: {conflict:?}"
-    );
+    ensure!(conflict == SagaCreated::KeyConflict, "different body: {conflict:?}");
     let events = db(store.saga_events(first.id, 0, 100).await)?;
-    ensure!(
-        events.len() == 1 && events[0].kind == "saga_created",
-        "events: {events:?}"
-    );
-    ensure!(
-        db(store.saga_get(first.id).await)? == first,
-        "get differs from create"
-    );
-    ensure!(
-        matches!(
-            store.saga_get(Uuid::now_v7()).await,
-            Err(StoreError::NotFound)
-        ),
-        "unknown id found"
-    );
+    ensure!(events.len() == 1 && events[0].kind == "saga_created", "events: {events:?}");
+    ensure!(db(store.saga_get(first.id).await)? == first, "get differs from create");
+    ensure!(matches!(store.saga_get(Uuid::now_v7()).await, Err(StoreError::NotFound)), "unknown id found");
     Ok(())
 }
 
@@ -234,56 +170,27 @@ async fn create_for_latest_refuses_a_moved_version(store: Arc<dyn Store>) -> Che
     let mut params = create_params(2);
     params.require_latest = true;
     let first = db(store.saga_create(params.clone()).await)?;
-    ensure!(
-        matches!(first, SagaCreated::Created(_)),
-        "v1 is latest: {first:?}"
-    );
-    db(store
-        .definition_put("conformance", &json!({"steps": []}), 3)
-        .await)?;
+    ensure!(matches!(first, SagaCreated::Created(_)), "v1 is latest: {first:?}");
+    db(store.definition_put("conformance", &json!({"steps": []}), 3).await)?;
     params.id = Uuid::now_v7();
     let moved = db(store.saga_create(params.clone()).await)?;
     ensure!(moved == SagaCreated::VersionMoved, "v2 exists: {moved:?}");
     params.require_latest = false;
     let pinned = db(store.saga_create(params).await)?;
-    ensure!(
-        matches!(pinned, SagaCreated::Created(_)),
-        "explicit v1: {pinned:?}"
-    );
+    ensure!(matches!(pinned, SagaCreated::Created(_)), "explicit v1: {pinned:?}");
     Ok(())
 }
 
 async fn claim_sets_lease_and_bumps_token(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 100).await?;
-    ensure!(
-        db(store.saga_claim_due(&claim("w1", 10, 99)).await)?.is_empty(),
-        "claimed before due"
-    );
+    ensure!(db(store.saga_claim_due(&claim("w1", 10, 99)).await)?.is_empty(), "claimed before due");
     let claimed = db(store.saga_claim_due(&claim("w1", 10, 100)).await)?;
-    ensure!(
-        claimed.len() == 1 && claimed[0].record.id == id,
-        "claim: {claimed:?}"
-    );
+    ensure!(claimed.len() == 1 && claimed[0].record.id == id, "claim: {claimed:?}");
     let record = &claimed[0].record;
-    ensure!(
-        record.fencing_token == 1,
-        "token not bumped: {}",
-        record.fencing_token
-    );
-    ensure!(
-        record.lease_owner.as_deref() == Some("w1"),
-        "owner: {:?}",
-        record.lease_owner
-    );
-    ensure!(
-        record.lease_expires_at_ms == Some(30_100),
-        "expiry: {:?}",
-        record.lease_expires_at_ms
-    );
-    ensure!(
-        db(store.saga_claim_due(&claim("w2", 10, 200)).await)?.is_empty(),
-        "leased saga claimed again"
-    );
+    ensure!(record.fencing_token == 1, "token not bumped: {}", record.fencing_token);
+    ensure!(record.lease_owner.as_deref() == Some("w1"), "owner: {:?}", record.lease_owner);
+    ensure!(record.lease_expires_at_ms == Some(30_100), "expiry: {:?}", record.lease_expires_at_ms);
+    ensure!(db(store.saga_claim_due(&claim("w2", 10, 200)).await)?.is_empty(), "leased saga claimed again");
     Ok(())
 }
 
@@ -291,16 +198,10 @@ async fn stale_token_write_is_rejected(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let first = db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
     let second = db(store.saga_claim_due(&claim("w2", 1, 40_000)).await)?;
-    ensure!(
-        first.len() == 1 && second.len() == 1,
-        "claims: {first:?} {second:?}"
-    );
+    ensure!(first.len() == 1 && second.len() == 1, "claims: {first:?} {second:?}");
     let stale = first[0].record.clone();
     let fresh = second[0].record.clone();
-    ensure!(
-        fresh.fencing_token > stale.fencing_token,
-        "token did not grow"
-    );
+    ensure!(fresh.fencing_token > stale.fencing_token, "token did not grow");
     let mut state = stale.state.clone();
     state.status = SagaStatus::Executing;
     let zombie = commit(
@@ -318,47 +219,21 @@ async fn stale_token_write_is_rejected(store: Arc<dyn Store>) -> CheckResult {
         vec![HistoryEvent::new("owner", None, None, json!(null), 40_002)],
     );
     let outcomes = db(store.saga_commit_batch(&[zombie, owner]).await)?;
-    ensure!(
-        outcomes == vec![CommitOutcome::Fenced, CommitOutcome::Committed],
-        "outcomes: {outcomes:?}"
-    );
-    let kinds: Vec<String> = db(store.saga_events(id, 0, 100).await)?
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    ensure!(
-        !kinds.contains(&"zombie".to_string()),
-        "zombie event written: {kinds:?}"
-    );
-    ensure!(
-        kinds.contains(&"owner".to_string()),
-        "owner event missing: {kinds:?}"
-    );
+    ensure!(outcomes == vec![CommitOutcome::Fenced, CommitOutcome::Committed], "outcomes: {outcomes:?}");
+    let kinds: Vec<String> = db(store.saga_events(id, 0, 100).await)?.into_iter().map(|e| e.kind).collect();
+    ensure!(!kinds.contains(&"zombie".to_string()), "zombie event written: {kinds:?}");
+    ensure!(kinds.contains(&"owner".to_string()), "owner event missing: {kinds:?}");
     Ok(())
 }
 
 async fn expired_lease_is_claimable(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
-    ensure!(
-        db(store.saga_claim_due(&claim("w2", 1, 29_999)).await)?.is_empty(),
-        "claimed before expiry"
-    );
+    ensure!(db(store.saga_claim_due(&claim("w2", 1, 29_999)).await)?.is_empty(), "claimed before expiry");
     let taken = db(store.saga_claim_due(&claim("w2", 1, 30_000)).await)?;
-    ensure!(
-        taken.len() == 1 && taken[0].record.id == id,
-        "not taken over: {taken:?}"
-    );
-    ensure!(
-        taken[0].previous_owner.as_deref() == Some("w1"),
-        "previous owner: {:?}",
-        taken[0].previous_owner
-    );
-    ensure!(
-        taken[0].record.fencing_token == 2,
-        "token: {}",
-        taken[0].record.fencing_token
-    );
+    ensure!(taken.len() == 1 && taken[0].record.id == id, "not taken over: {taken:?}");
+    ensure!(taken[0].previous_owner.as_deref() == Some("w1"), "previous owner: {:?}", taken[0].previous_owner);
+    ensure!(taken[0].record.fencing_token == 2, "token: {}", taken[0].record.fencing_token);
     Ok(())
 }
 
@@ -373,9 +248,7 @@ async fn concurrent_claimers_never_share_a_saga(store: Arc<dyn Store>) -> CheckR
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let claimed = db(store
-                    .saga_claim_due(&claim(&format!("w{worker}"), 7, 1))
-                    .await)?;
+                let claimed = db(store.saga_claim_due(&claim(&format!("w{worker}"), 7, 1)).await)?;
                 if claimed.is_empty() {
                     return Ok::<_, String>(mine);
                 }
@@ -397,91 +270,37 @@ async fn concurrent_claimers_never_share_a_saga(store: Arc<dyn Store>) -> CheckR
 async fn commits_append_history_and_schedule(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
-    let token = claimed
-        .first()
-        .map(|c| c.record.fencing_token)
-        .ok_or("not claimed")?;
+    let token = claimed.first().map(|c| c.record.fencing_token).ok_or("not claimed")?;
     let mut state = claimed[0].record.state.clone();
     state.status = SagaStatus::Executing;
     let events = vec![
         HistoryEvent::new("step_started", Some("a"), Some(1), json!(null), 5),
-        HistoryEvent::new(
-            "step_failed",
-            Some("a"),
-            Some(1),
-            json!({"retryable": true}),
-            6,
-        ),
+        HistoryEvent::new("step_failed", Some("a"), Some(1), json!({"retryable": true}), 6),
     ];
     let mut retry = commit(id, token, state.clone(), 6, events);
     retry.release_lease = true;
     retry.run_at_ms = 500;
-    ensure!(
-        db(store.saga_commit_batch(&[retry]).await)? == vec![CommitOutcome::Committed],
-        "retry commit"
-    );
+    ensure!(db(store.saga_commit_batch(&[retry]).await)? == vec![CommitOutcome::Committed], "retry commit");
     let record = db(store.saga_get(id).await)?;
-    ensure!(
-        record.lease_owner.is_none() && record.run_at_ms == 500,
-        "not released/scheduled: {record:?}"
-    );
-    ensure!(
-        record.status == SagaStatus::Executing,
-        "status: {:?}",
-        record.status
-    );
+    ensure!(record.lease_owner.is_none() && record.run_at_ms == 500, "not released/scheduled: {record:?}");
+    ensure!(record.status == SagaStatus::Executing, "status: {:?}", record.status);
     ensure!(db(store.saga_next_due_ms().await)? == Some(500), "next due");
-    ensure!(
-        db(store.saga_claim_due(&claim("w1", 1, 499)).await)?.is_empty(),
-        "claimed before retry due"
-    );
+    ensure!(db(store.saga_claim_due(&claim("w1", 1, 499)).await)?.is_empty(), "claimed before retry due");
     let again = db(store.saga_claim_due(&claim("w1", 1, 500)).await)?;
-    let token = again
-        .first()
-        .map(|c| c.record.fencing_token)
-        .ok_or("retry not claimable")?;
+    let token = again.first().map(|c| c.record.fencing_token).ok_or("retry not claimable")?;
     state.status = SagaStatus::Completed;
-    let done = commit(
-        id,
-        token,
-        state,
-        600,
-        vec![HistoryEvent::new(
-            "saga_completed",
-            None,
-            None,
-            json!(null),
-            600,
-        )],
-    );
-    ensure!(
-        db(store.saga_commit_batch(&[done]).await)? == vec![CommitOutcome::Committed],
-        "final commit"
-    );
+    let done = commit(id, token, state, 600, vec![HistoryEvent::new("saga_completed", None, None, json!(null), 600)]);
+    ensure!(db(store.saga_commit_batch(&[done]).await)? == vec![CommitOutcome::Committed], "final commit");
     let record = db(store.saga_get(id).await)?;
-    ensure!(
-        record.completed_at_ms == Some(600),
-        "completed_at: {:?}",
-        record.completed_at_ms
-    );
+    ensure!(record.completed_at_ms == Some(600), "completed_at: {:?}", record.completed_at_ms);
     ensure!(record.lease_owner.is_none(), "terminal saga still leased");
     let events = db(store.saga_events(id, 0, 100).await)?;
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     ensure!(seqs == vec![1, 2, 3, 4], "seqs: {seqs:?}");
-    ensure!(
-        events[1].worker.as_deref() == Some("w1") && events[1].attempt == Some(1),
-        "event: {:?}",
-        events[1]
-    );
+    ensure!(events[1].worker.as_deref() == Some("w1") && events[1].attempt == Some(1), "event: {:?}", events[1]);
     let after = db(store.saga_events(id, 2, 100).await)?;
-    ensure!(
-        after.len() == 2 && after[0].seq == 3,
-        "after cursor: {after:?}"
-    );
-    ensure!(
-        db(store.saga_claim_due(&claim("w1", 1, 1_000_000)).await)?.is_empty(),
-        "terminal saga claimed"
-    );
+    ensure!(after.len() == 2 && after[0].seq == 3, "after cursor: {after:?}");
+    ensure!(db(store.saga_claim_due(&claim("w1", 1, 1_000_000)).await)?.is_empty(), "terminal saga claimed");
     Ok(())
 }
 
@@ -489,25 +308,14 @@ async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn Store>) -> Chec
     let a = create(store.as_ref(), 0).await?;
     let b = create(store.as_ref(), 0).await?;
     let claimed = db(store.saga_claim_due(&claim("w1", 2, 0)).await)?;
-    let leases: Vec<LeaseRef> = claimed
-        .iter()
-        .map(|c| LeaseRef {
-            id: c.record.id,
-            fencing_token: c.record.fencing_token,
-        })
-        .collect();
+    let leases: Vec<LeaseRef> =
+        claimed.iter().map(|c| LeaseRef { id: c.record.id, fencing_token: c.record.fencing_token }).collect();
     ensure!(leases.len() == 2, "claimed {}", leases.len());
     let lost = db(store.lease_renew("w1", &leases, 20_000, 30_000).await)?;
     ensure!(lost.is_empty(), "lost on renew: {lost:?}");
-    ensure!(
-        db(store.saga_claim_due(&claim("w2", 2, 40_000)).await)?.is_empty(),
-        "renewed lease expired early"
-    );
+    ensure!(db(store.saga_claim_due(&claim("w2", 2, 40_000)).await)?.is_empty(), "renewed lease expired early");
     let taken = db(store.saga_claim_due(&claim("w2", 1, 50_000)).await)?;
-    let taken_id = taken
-        .first()
-        .map(|c| c.record.id)
-        .ok_or("nothing expired")?;
+    let taken_id = taken.first().map(|c| c.record.id).ok_or("nothing expired")?;
     ensure!(taken_id == a || taken_id == b, "unknown saga");
     let lost = db(store.lease_renew("w1", &leases, 50_001, 30_000).await)?;
     ensure!(lost == vec![taken_id], "lost: {lost:?}");
@@ -517,19 +325,10 @@ async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn Store>) -> Chec
 async fn released_lease_is_claimable_at_once(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
-    let lease = LeaseRef {
-        id,
-        fencing_token: claimed
-            .first()
-            .map(|c| c.record.fencing_token)
-            .ok_or("not claimed")?,
-    };
+    let lease = LeaseRef { id, fencing_token: claimed.first().map(|c| c.record.fencing_token).ok_or("not claimed")? };
     db(store.lease_release("w1", &[lease], 10).await)?;
     let again = db(store.saga_claim_due(&claim("w2", 1, 10)).await)?;
-    ensure!(
-        again.len() == 1 && again[0].previous_owner.is_none(),
-        "after release: {again:?}"
-    );
+    ensure!(again.len() == 1 && again[0].previous_owner.is_none(), "after release: {again:?}");
     Ok(())
 }
 
@@ -544,54 +343,21 @@ async fn list_filters_and_pages(store: Arc<dyn Store>) -> CheckResult {
         ids.push(params.id);
         db(store.saga_create(params).await)?;
     }
-    let page1 = db(store
-        .saga_list(&SagaFilter {
-            limit: 2,
-            ..Default::default()
-        })
-        .await)?;
+    let page1 = db(store.saga_list(&SagaFilter { limit: 2, ..Default::default() }).await)?;
     let page1_ids: Vec<Uuid> = page1.iter().map(|r| r.id).collect();
     ensure!(page1_ids == vec![ids[4], ids[3]], "page 1 not newest first");
-    let page2 = db(store
-        .saga_list(&SagaFilter {
-            limit: 2,
-            before_id: Some(ids[3]),
-            ..Default::default()
-        })
-        .await)?;
-    ensure!(
-        page2.iter().map(|r| r.id).collect::<Vec<_>>() == vec![ids[2], ids[1]],
-        "page 2"
-    );
-    let acme = db(store
-        .saga_list(&SagaFilter {
-            limit: 10,
-            tenant_id: Some("acme".into()),
-            ..Default::default()
-        })
-        .await)?;
+    let page2 = db(store.saga_list(&SagaFilter { limit: 2, before_id: Some(ids[3]), ..Default::default() }).await)?;
+    ensure!(page2.iter().map(|r| r.id).collect::<Vec<_>>() == vec![ids[2], ids[1]], "page 2");
+    let acme =
+        db(store.saga_list(&SagaFilter { limit: 10, tenant_id: Some("acme".into()), ..Default::default() }).await)?;
     ensure!(acme.len() == 3, "tenant filter: {}", acme.len());
-    let other = db(store
-        .saga_list(&SagaFilter {
-            limit: 10,
-            definition: Some("other".into()),
-            ..Default::default()
-        })
-        .await)?;
+    let other =
+        db(store.saga_list(&SagaFilter { limit: 10, definition: Some("other".into()), ..Default::default() }).await)?;
     ensure!(other.len() == 1, "definition filter: {}", other.len());
-    let pending = db(store
-        .saga_list(&SagaFilter {
-            limit: 10,
-            status: Some(SagaStatus::Pending),
-            ..Default::default()
-        })
-        .await)?;
+    let pending =
+        db(store.saga_list(&SagaFilter { limit: 10, status: Some(SagaStatus::Pending), ..Default::default() }).await)?;
     let done = db(store
-        .saga_list(&SagaFilter {
-            limit: 10,
-            status: Some(SagaStatus::Completed),
-            ..Default::default()
-        })
+        .saga_list(&SagaFilter { limit: 10, status: Some(SagaStatus::Completed), ..Default::default() })
         .await)?;
     ensure!(pending.len() == 5 && done.is_empty(), "status filter");
     Ok(())
@@ -605,20 +371,11 @@ async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResult {
         tenant_id: None,
         expected_status: SagaStatus::Failed,
         state: record.state.clone(),
-        events: vec![HistoryEvent::new(
-            "saga_retried",
-            None,
-            None,
-            json!(null),
-            5,
-        )],
+        events: vec![HistoryEvent::new("saga_retried", None, None, json!(null), 5)],
         now_ms: 5,
     };
     ensure!(
-        matches!(
-            store.saga_operator_update(update.clone()).await,
-            Err(StoreError::Conflict(_))
-        ),
+        matches!(store.saga_operator_update(update.clone()).await, Err(StoreError::Conflict(_))),
         "applied to PENDING"
     );
     let mut ok = update;
@@ -627,9 +384,6 @@ async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResult {
     state.status = SagaStatus::Executing;
     ok.state = state;
     let updated = db(store.saga_operator_update(ok).await)?;
-    ensure!(
-        updated.status == SagaStatus::Executing && updated.run_at_ms == 5,
-        "updated: {updated:?}"
-    );
+    ensure!(updated.status == SagaStatus::Executing && updated.run_at_ms == 5, "updated: {updated:?}");
     Ok(())
 }

@@ -225,18 +225,9 @@ pub trait Store: Send + Sync + 'static {
     async fn schema_status(&self) -> StoreResult<SchemaStatus>;
 
     /// Stores a new version unless the document equals the latest one.
-    async fn definition_put(
-        &self,
-        name: &str,
-        document: &Value,
-        now_ms: i64,
-    ) -> StoreResult<DefinitionPut>;
+    async fn definition_put(&self, name: &str, document: &Value, now_ms: i64) -> StoreResult<DefinitionPut>;
     /// The given version, or the latest when `version` is None.
-    async fn definition_get(
-        &self,
-        name: &str,
-        version: Option<i32>,
-    ) -> StoreResult<DefinitionRecord>;
+    async fn definition_get(&self, name: &str, version: Option<i32>) -> StoreResult<DefinitionRecord>;
     /// The latest version of every definition, by name.
     async fn definition_list(&self) -> StoreResult<Vec<DefinitionRecord>>;
 
@@ -244,12 +235,7 @@ pub trait Store: Send + Sync + 'static {
     async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated>;
     async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord>;
     async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>>;
-    async fn saga_events(
-        &self,
-        id: Uuid,
-        after_seq: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<EventRecord>>;
+    async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>>;
 
     /// Claims up to `limit` due sagas in one statement: sets the lease, bumps the fencing token.
     async fn saga_claim_due(&self, params: &ClaimParams) -> StoreResult<Vec<Claimed>>;
@@ -264,12 +250,7 @@ pub trait Store: Send + Sync + 'static {
         lease_ttl_ms: i64,
     ) -> StoreResult<Vec<Uuid>>;
     /// Hands leases back so another instance can claim the sagas at once.
-    async fn lease_release(
-        &self,
-        worker_id: &str,
-        leases: &[LeaseRef],
-        now_ms: i64,
-    ) -> StoreResult<()>;
+    async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()>;
     /// An operator's change to an unleased saga, applied only while its status is as expected.
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord>;
     /// The earliest `run_at_ms` of any unleased active saga (for the claim loop's sleep).

@@ -43,11 +43,7 @@ pub struct BenchArgs {
 fn definition(workload: Workload) -> (&'static str, Value, &'static str) {
     let echo = |name: &str| json!({"name": name, "action": {"builtin": "core.echo", "input": {"step": name, "n": "{{ input.n }}"}}, "compensation": {"builtin": "core.echo"}});
     match workload {
-        Workload::Saga3 => (
-            "bench-saga3",
-            json!({"steps": [echo("one"), echo("two"), echo("three")]}),
-            "COMPLETED",
-        ),
+        Workload::Saga3 => ("bench-saga3", json!({"steps": [echo("one"), echo("two"), echo("three")]}), "COMPLETED"),
         Workload::Saga3Fail => (
             "bench-saga3-fail",
             json!({"steps": [echo("one"), echo("two"), {"name": "three", "action": {"builtin": "core.fail", "input": {"message": "bench"}}}]}),
@@ -69,8 +65,7 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
     let url = match &config.database_url {
         Some(url) => url.clone(),
         None => {
-            let dir =
-                std::env::temp_dir().join(format!("sagaplane-bench-{}", uuid::Uuid::now_v7()));
+            let dir = std::env::temp_dir().join(format!("sagaplane-bench-{}", uuid::Uuid::now_v7()));
             std::fs::create_dir_all(&dir)?;
             format!("sqlite://{}", dir.join("bench.db").display())
         }
@@ -79,19 +74,9 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
     let backend = store.backend_name().to_string();
     let hub = saga_runtime::TerminalHub::default();
     let token = crate::run::generate_token();
-    let names = crate::run::builtins()
-        .names()
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    let state = server::AppState::new(
-        store.clone(),
-        Arc::new(saga_runtime::SystemClock),
-        hub.clone(),
-        names,
-        None,
-        &token,
-    );
+    let names = crate::run::builtins().names().into_iter().map(str::to_string).collect();
+    let state =
+        server::AppState::new(store.clone(), Arc::new(saga_runtime::SystemClock), hub.clone(), names, None, &token);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -105,14 +90,7 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
         }
     });
     let instance = crate::run::start_instance(config, store, hub);
-    Ok(Embedded {
-        url: format!("http://{address}"),
-        token,
-        backend,
-        stop,
-        server,
-        instance,
-    })
+    Ok(Embedded { url: format!("http://{address}"), token, backend, stop, server, instance })
 }
 
 /// Runs the workload and prints the numbers.
@@ -126,40 +104,19 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     };
     let (base, token, backend) = match &embedded {
         Some(e) => (e.url.clone(), Some(e.token.clone()), e.backend.clone()),
-        None => (
-            args.url.clone().unwrap_or_default(),
-            args.token.clone(),
-            "remote".to_string(),
-        ),
+        None => (args.url.clone().unwrap_or_default(), args.token.clone(), "remote".to_string()),
     };
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency * 2)
-        .build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
     let (name, document, expected) = definition(args.workload);
-    let mut put = client
-        .put(format!("{base}/v1/definitions/{name}"))
-        .json(&document);
+    let mut put = client.put(format!("{base}/v1/definitions/{name}")).json(&document);
     if let Some(t) = &token {
         put = put.bearer_auth(t);
     }
-    let response = put
-        .send()
-        .await
-        .context("registering the workload definition")?;
+    let response = put.send().await.context("registering the workload definition")?;
     if !response.status().is_success() {
-        bail!(
-            "registering {name}: {} {}",
-            response.status(),
-            response.text().await.unwrap_or_default()
-        );
+        bail!("registering {name}: {} {}", response.status(), response.text().await.unwrap_or_default());
     }
-    let shared = Arc::new(Load {
-        client,
-        base,
-        token,
-        name,
-        counter: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Load { client, base, token, name, counter: AtomicUsize::new(0) });
     // Warm-up: connections, caches, JIT-free but page-cache-warm database.
     let warmup = args.concurrency.min(args.count);
     drive(shared.clone(), warmup, args.concurrency).await?;
@@ -174,11 +131,7 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
         let _ = embedded.server.await;
     }
     let all_expected = results.iter().all(|(status, _)| status == expected);
-    Ok(if all_expected {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if all_expected { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 struct Load {
@@ -200,45 +153,27 @@ impl Load {
     async fn one(&self, n: usize) -> anyhow::Result<(String, Duration)> {
         let started = Instant::now();
         let body = json!({"definition": self.name, "input": {"n": n}});
-        let response = self
-            .authorized(
-                self.client
-                    .post(format!("{}/v1/sagas", self.base))
-                    .json(&body),
-            )
-            .send()
-            .await?;
+        // Start and wait in one request; a saga still running after 30s is followed with GETs.
+        let start = self.client.post(format!("{}/v1/sagas?wait=30s", self.base)).json(&body);
+        let response = self.authorized(start).send().await?;
         if response.status().as_u16() != 201 {
-            bail!(
-                "start failed: {} {}",
-                response.status(),
-                response.text().await.unwrap_or_default()
-            );
+            let status = response.status();
+            bail!("start failed: {status} {}", response.text().await.unwrap_or_default());
         }
-        let saga: Value = response.json().await?;
+        let mut saga: Value = response.json().await?;
         let id = saga["id"].as_str().context("no saga id")?.to_string();
         loop {
-            let response = self
-                .authorized(
-                    self.client
-                        .get(format!("{}/v1/sagas/{id}?wait=30s", self.base)),
-                )
-                .send()
-                .await?;
-            let saga: Value = response.json().await?;
-            let status = saga["status"].as_str().unwrap_or("").to_string();
-            if matches!(status.as_str(), "COMPLETED" | "COMPENSATED" | "FAILED") {
-                return Ok((status, started.elapsed()));
+            let status = saga["status"].as_str().unwrap_or("");
+            if matches!(status, "COMPLETED" | "COMPENSATED" | "FAILED") {
+                return Ok((status.to_string(), started.elapsed()));
             }
+            let follow = self.client.get(format!("{}/v1/sagas/{id}?wait=30s", self.base));
+            saga = self.authorized(follow).send().await?.json().await?;
         }
     }
 }
 
-async fn drive(
-    load: Arc<Load>,
-    count: usize,
-    concurrency: usize,
-) -> anyhow::Result<Vec<(String, Duration)>> {
+async fn drive(load: Arc<Load>, count: usize, concurrency: usize) -> anyhow::Result<Vec<(String, Duration)>> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let load = load.clone();
@@ -268,13 +203,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
-fn report(
-    args: &BenchArgs,
-    backend: &str,
-    expected: &str,
-    results: &[(String, Duration)],
-    elapsed: Duration,
-) {
+fn report(args: &BenchArgs, backend: &str, expected: &str, results: &[(String, Duration)], elapsed: Duration) {
     let mut latencies: Vec<Duration> = results.iter().map(|(_, d)| *d).collect();
     latencies.sort();
     let mut statuses: BTreeMap<&str, usize> = BTreeMap::new();
@@ -286,15 +215,8 @@ fn report(
         Workload::Saga3 => "saga3",
         Workload::Saga3Fail => "saga3-fail",
     };
-    let (p50, p95, p99) = (
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 95.0),
-        percentile(&latencies, 99.0),
-    );
-    let max = latencies
-        .last()
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0);
+    let (p50, p95, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 95.0), percentile(&latencies, 99.0));
+    let max = latencies.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
     println!(
         "workload {workload} on {backend}: n={} c={} in {:.2}s",
         results.len(),
@@ -304,10 +226,7 @@ fn report(
     println!("  sagas/s      {rate:.1}");
     println!("  latency ms   p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}  max {max:.1}");
     let summary: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}={n}")).collect();
-    println!(
-        "  statuses     {} (expected all {expected})",
-        summary.join(" ")
-    );
+    println!("  statuses     {} (expected all {expected})", summary.join(" "));
     println!(
         "RESULT workload={workload} backend={backend} n={} c={} sagas_per_s={rate:.1} p50_ms={p50:.2} p95_ms={p95:.2} p99_ms={p99:.2}",
         results.len(),

@@ -10,12 +10,7 @@ use serde_json::Value;
 #[derive(Args, Clone, Debug)]
 pub struct Connection {
     /// API base URL.
-    #[arg(
-        long,
-        env = "SAGAPLANE_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "SAGAPLANE_URL", default_value = "http://127.0.0.1:8080", global = true)]
     pub url: String,
     /// Bearer token.
     #[arg(long, env = "SAGAPLANE_TOKEN", global = true, hide_env_values = true)]
@@ -103,10 +98,7 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+        let response = request.send().await.with_context(|| format!("cannot reach {}", self.base))?;
         let status = response.status().as_u16();
         let text = response.text().await.context("reading response")?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -139,73 +131,40 @@ fn describe_problem(status: u16, body: &Value) -> String {
 }
 
 fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
 }
 
-pub async fn definitions(
-    command: DefinitionsCommand,
-    connection: Connection,
-) -> anyhow::Result<ExitCode> {
+pub async fn definitions(command: DefinitionsCommand, connection: Connection) -> anyhow::Result<ExitCode> {
     let client = Client::new(&connection);
     match command {
         DefinitionsCommand::Apply { file, name } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let is_yaml = matches!(
-                file.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            );
-            let format = if is_yaml {
-                saga_core::DocumentFormat::Yaml
-            } else {
-                saga_core::DocumentFormat::Json
-            };
-            let document = saga_core::parse_document(&bytes, format)
-                .with_context(|| format!("parsing {}", file.display()))?;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let is_yaml = matches!(file.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            let format = if is_yaml { saga_core::DocumentFormat::Yaml } else { saga_core::DocumentFormat::Json };
+            let document =
+                saga_core::parse_document(&bytes, format).with_context(|| format!("parsing {}", file.display()))?;
             let name = name
                 .or_else(|| document["name"].as_str().map(str::to_string))
-                .or_else(|| {
-                    file.file_stem()
-                        .and_then(|s| s.to_str())
-                        .map(str::to_string)
-                })
+                .or_else(|| file.file_stem().and_then(|s| s.to_str()).map(str::to_string))
                 .context("cannot tell the definition's name; pass --name")?;
-            let content_type = if is_yaml {
-                "application/yaml"
-            } else {
-                "application/json"
-            };
+            let content_type = if is_yaml { "application/yaml" } else { "application/json" };
             let request = client
                 .request(reqwest::Method::PUT, &format!("/v1/definitions/{name}"))
                 .header("content-type", content_type)
                 .body(bytes);
             let (status, body) = client.send(request).await?;
-            let verb = if status == 201 {
-                "created"
-            } else {
-                "unchanged"
-            };
+            let verb = if status == 201 { "created" } else { "unchanged" };
             println!("definition {name} v{} {verb}", body["version"]);
         }
         DefinitionsCommand::List => {
-            let (_, body) = client
-                .send(client.request(reqwest::Method::GET, "/v1/definitions"))
-                .await?;
+            let (_, body) = client.send(client.request(reqwest::Method::GET, "/v1/definitions")).await?;
             for item in body["items"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<40} v{}",
-                    item["name"].as_str().unwrap_or(""),
-                    item["version"]
-                );
+                println!("{:<40} v{}", item["name"].as_str().unwrap_or(""), item["version"]);
             }
         }
         DefinitionsCommand::Show { name } => {
-            let (_, body) = client
-                .send(client.request(reqwest::Method::GET, &format!("/v1/definitions/{name}")))
-                .await?;
+            let (_, body) =
+                client.send(client.request(reqwest::Method::GET, &format!("/v1/definitions/{name}"))).await?;
             print_json(&body);
         }
     }
@@ -220,18 +179,12 @@ fn progress_line(saga: &Value) -> String {
         saga["status"].as_str().unwrap_or(""),
         progress["completed_steps"],
         progress["total_steps"],
-        progress["current_step"]
-            .as_str()
-            .map(|s| format!(", at {s}"))
-            .unwrap_or_default()
+        progress["current_step"].as_str().map(|s| format!(", at {s}")).unwrap_or_default()
     )
 }
 
 fn is_terminal(saga: &Value) -> bool {
-    matches!(
-        saga["status"].as_str(),
-        Some("COMPLETED" | "COMPENSATED" | "FAILED")
-    )
+    matches!(saga["status"].as_str(), Some("COMPLETED" | "COMPENSATED" | "FAILED"))
 }
 
 /// Exit status for a terminal saga: 0 when COMPLETED.
@@ -246,9 +199,7 @@ fn terminal_code(saga: &Value) -> ExitCode {
 async fn watch(client: &Client, id: &str) -> anyhow::Result<Value> {
     let mut last = String::new();
     loop {
-        let (_, saga) = client
-            .send(client.request(reqwest::Method::GET, &format!("/v1/sagas/{id}?wait=10s")))
-            .await?;
+        let (_, saga) = client.send(client.request(reqwest::Method::GET, &format!("/v1/sagas/{id}?wait=10s"))).await?;
         let line = progress_line(&saga);
         if line != last {
             eprintln!("{line}");
@@ -263,19 +214,10 @@ async fn watch(client: &Client, id: &str) -> anyhow::Result<Value> {
 pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Result<ExitCode> {
     let client = Client::new(&connection);
     match command {
-        SagasCommand::Start {
-            definition,
-            input,
-            version,
-            tenant_id,
-            idempotency_key,
-            wait,
-        } => {
+        SagasCommand::Start { definition, input, version, tenant_id, idempotency_key, wait } => {
             let input: Value = serde_json::from_str(&input).context("--input is not valid JSON")?;
             let body = serde_json::json!({"definition": definition, "input": input, "version": version, "tenant_id": tenant_id});
-            let mut request = client
-                .request(reqwest::Method::POST, "/v1/sagas")
-                .json(&body);
+            let mut request = client.request(reqwest::Method::POST, "/v1/sagas").json(&body);
             if let Some(key) = idempotency_key {
                 request = request.header("idempotency-key", key);
             }
@@ -288,40 +230,19 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
             }
             print_json(&saga);
         }
-        SagasCommand::List {
-            status,
-            definition,
-            tenant_id,
-            limit,
-        } => {
+        SagasCommand::List { status, definition, tenant_id, limit } => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(status.map(|s| ("status", s)));
             query.extend(definition.map(|d| ("definition", d)));
             query.extend(tenant_id.map(|t| ("tenant_id", t)));
-            let (_, body) = client
-                .send(
-                    client
-                        .request(reqwest::Method::GET, "/v1/sagas")
-                        .query(&query),
-                )
-                .await?;
+            let (_, body) = client.send(client.request(reqwest::Method::GET, "/v1/sagas").query(&query)).await?;
             for saga in body["items"].as_array().into_iter().flatten() {
-                println!(
-                    "{}  {}",
-                    progress_line(saga),
-                    saga["definition"].as_str().unwrap_or("")
-                );
+                println!("{}  {}", progress_line(saga), saga["definition"].as_str().unwrap_or(""));
             }
         }
         SagasCommand::Show { id, events } => {
-            let path = if events {
-                format!("/v1/sagas/{id}/events")
-            } else {
-                format!("/v1/sagas/{id}")
-            };
-            let (_, body) = client
-                .send(client.request(reqwest::Method::GET, &path))
-                .await?;
+            let path = if events { format!("/v1/sagas/{id}/events") } else { format!("/v1/sagas/{id}") };
+            let (_, body) = client.send(client.request(reqwest::Method::GET, &path)).await?;
             print_json(&body);
         }
         SagasCommand::Watch { id } => {
@@ -330,9 +251,8 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
             return Ok(terminal_code(&done));
         }
         SagasCommand::Retry { id } => {
-            let (_, saga) = client
-                .send(client.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry")))
-                .await?;
+            let (_, saga) =
+                client.send(client.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry"))).await?;
             println!("{}", progress_line(&saga));
         }
     }

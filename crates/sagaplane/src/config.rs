@@ -104,8 +104,7 @@ fn default_worker_id() -> String {
 }
 
 fn parse_duration_ms(what: &str, text: &str) -> anyhow::Result<u64> {
-    saga_core::duration::parse_ms(text)
-        .map_err(|e| anyhow::anyhow!("{what}: invalid duration {text:?}: {e}"))
+    saga_core::duration::parse_ms(text).map_err(|e| anyhow::anyhow!("{what}: invalid duration {text:?}: {e}"))
 }
 
 fn parse_schedule(text: &str) -> anyhow::Result<Vec<u64>> {
@@ -138,12 +137,10 @@ impl Config {
             bail!("SAGAPLANE_LEASE_TTL must be at least 300ms");
         }
         let worker_concurrency = match get("SAGAPLANE_WORKER_CONCURRENCY") {
-            Some(text) => text.parse::<u32>().with_context(|| {
-                format!("SAGAPLANE_WORKER_CONCURRENCY: {text:?} is not a number")
-            })?,
-            None => file
-                .worker_concurrency
-                .unwrap_or(WORKER_CONCURRENCY_DEFAULT),
+            Some(text) => text
+                .parse::<u32>()
+                .with_context(|| format!("SAGAPLANE_WORKER_CONCURRENCY: {text:?} is not a number"))?,
+            None => file.worker_concurrency.unwrap_or(WORKER_CONCURRENCY_DEFAULT),
         };
         if !(1..=WORKER_CONCURRENCY_MAX).contains(&worker_concurrency) {
             bail!("SAGAPLANE_WORKER_CONCURRENCY must be from 1 to {WORKER_CONCURRENCY_MAX}");
@@ -180,12 +177,8 @@ impl Config {
         Ok(Config {
             database_url: get("SAGAPLANE_DATABASE_URL").or(file.database_url),
             listen,
-            admin_token: get("SAGAPLANE_ADMIN_TOKEN")
-                .or(file.admin_token)
-                .map(Secret::new),
-            worker_id: get("SAGAPLANE_WORKER_ID")
-                .or(file.worker_id)
-                .unwrap_or_else(default_worker_id),
+            admin_token: get("SAGAPLANE_ADMIN_TOKEN").or(file.admin_token).map(Secret::new),
+            worker_id: get("SAGAPLANE_WORKER_ID").or(file.worker_id).unwrap_or_else(default_worker_id),
             lease_ttl_ms,
             worker_concurrency,
             tenant_database_url: get("SAGAPLANE_TENANT_DATABASE_URL").or(file.tenant_database_url),
@@ -198,25 +191,19 @@ impl Config {
             log_format,
             otlp_endpoint: get("SAGAPLANE_OTLP_ENDPOINT").or(file.otlp_endpoint),
             public_url: get("SAGAPLANE_PUBLIC_URL").or(file.public_url),
-            data_dir: overrides
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(".sagaplane")),
+            data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".sagaplane")),
         })
     }
 
     /// `SAGAPLANE_PUBLIC_URL`, or `http://<listen>`.
     #[allow(dead_code)] // used by async callbacks (issue 3)
     pub fn public_url(&self) -> String {
-        self.public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
     }
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
@@ -225,10 +212,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -236,11 +220,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sagaplane-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("sagaplane.toml");
-        std::fs::write(
-            &file,
-            "listen = \"0.0.0.0:9000\"\nworker_concurrency = 8\n[vars]\nORDERS = \"http://file\"\n",
-        )
-        .expect("write");
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nworker_concurrency = 8\n[vars]\nORDERS = \"http://file\"\n")
+            .expect("write");
         let config = Config::load(
             Some(&file),
             &env(&[
@@ -254,14 +235,8 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:9000");
         assert_eq!(config.worker_concurrency, 16);
         assert_eq!(config.lease_ttl_ms, 5_000);
-        assert_eq!(
-            config.vars.get("ORDERS").map(String::as_str),
-            Some("http://file")
-        );
-        assert_eq!(
-            config.vars.get("PAYMENTS").map(String::as_str),
-            Some("http://env")
-        );
+        assert_eq!(config.vars.get("ORDERS").map(String::as_str), Some("http://file"));
+        assert_eq!(config.vars.get("PAYMENTS").map(String::as_str), Some("http://env"));
         assert_eq!(config.delivery_retry_schedule_ms.len(), 8);
     }
 
@@ -274,8 +249,7 @@ mod tests {
             ("SAGAPLANE_CRM_WEBHOOK_SECRET", "plain"),
             ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "1m,x"),
         ] {
-            let error =
-                Config::load(None, &env(&[(name, value)]), Overrides::default()).expect_err(name);
+            let error = Config::load(None, &env(&[(name, value)]), Overrides::default()).expect_err(name);
             assert!(format!("{error:#}").contains(name), "{error:#}");
         }
     }

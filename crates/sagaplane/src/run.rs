@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use saga_runtime::{
-    BuiltinRegistry, Executors, Instance, InstanceConfig, InstanceHandle, SystemClock, TerminalHub,
-};
+use saga_runtime::{BuiltinRegistry, Executors, Instance, InstanceConfig, InstanceHandle, SystemClock, TerminalHub};
 use saga_store::Store;
 use serde_json::Value;
 use store_postgres::PostgresStore;
@@ -23,16 +21,12 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
             .context("connecting to PostgreSQL")?;
         Ok(Arc::new(store))
     } else if let Some(path) = url.strip_prefix("sqlite://") {
-        if let Some(parent) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
-        {
+        if let Some(parent) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent() {
             if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
             }
         }
-        Ok(Arc::new(
-            SqliteStore::connect(url).await.context("opening SQLite")?,
-        ))
+        Ok(Arc::new(SqliteStore::connect(url).await.context("opening SQLite")?))
     } else {
         bail!("SAGAPLANE_DATABASE_URL must start with postgres:// or sqlite://")
     }
@@ -42,11 +36,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
 pub async fn open_and_migrate(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     let store = open_store(url).await?;
     let status = store.migrate().await.context("applying migrations")?;
-    tracing::info!(
-        backend = store.backend_name(),
-        schema_version = status.applied,
-        "store ready"
-    );
+    tracing::info!(backend = store.backend_name(), schema_version = status.applied, "store ready");
     Ok(store)
 }
 
@@ -66,23 +56,12 @@ pub fn start_instance(config: &Config, store: Arc<dyn Store>, hub: TerminalHub) 
     let mut instance_config = InstanceConfig::new(config.worker_id.clone());
     instance_config.concurrency = config.worker_concurrency;
     instance_config.lease_ttl_ms = config.lease_ttl_ms;
-    instance_config.vars = config
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
+    instance_config.vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     if store.backend_name() == "sqlite" {
         // One writer: a second batch in flight would only queue behind the first.
         instance_config.commit_parallelism = 1;
     }
-    Instance::new(
-        store,
-        Arc::new(SystemClock),
-        Executors::new(builtins()),
-        instance_config,
-        hub,
-    )
-    .start()
+    Instance::new(store, Arc::new(SystemClock), Executors::new(builtins()), instance_config, hub).start()
 }
 
 /// Runs until SIGTERM/SIGINT, then drains.
@@ -107,16 +86,8 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         Some(metrics),
         admin_token.expose(),
     );
-    let router = if plan.api {
-        Some(server::router(state.clone()))
-    } else {
-        None
-    };
-    let ops_only = if !plan.api {
-        Some(server::ops_router(state))
-    } else {
-        None
-    };
+    let router = if plan.api { Some(server::router(state.clone())) } else { None };
+    let ops_only = if !plan.api { Some(server::ops_router(state)) } else { None };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http = None;
     if let Some(router) = router.or(ops_only) {
@@ -141,9 +112,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
             .await
         }));
     }
-    let instance = plan
-        .worker
-        .then(|| start_instance(&config, store.clone(), hub));
+    let instance = plan.worker.then(|| start_instance(&config, store.clone(), hub));
     shutdown_signal().await;
     tracing::info!("shutting down: no new claims, draining in-flight steps");
     let _ = stop_tx.send(true);
@@ -197,14 +166,9 @@ pub fn generate_token() -> String {
     let mut bytes = [0u8; 24];
     if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
         // No OS randomness: fall back to a time-and-pid derived token (dev only, local).
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         bytes[..16].copy_from_slice(&(seed ^ u128::from(std::process::id())).to_le_bytes());
     }
-    format!(
-        "spdev_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("spdev_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }

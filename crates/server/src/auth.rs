@@ -9,11 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub async fn require_admin(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -21,10 +17,7 @@ pub async fn require_admin(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or(ApiError::Unauthorized)?;
-    if !constant_time_eq(
-        &Sha256::digest(presented.as_bytes()),
-        &state.admin_token_sha256,
-    ) {
+    if !constant_time_eq(&Sha256::digest(presented.as_bytes()), &state.admin_token_sha256) {
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(request).await)

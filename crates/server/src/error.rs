@@ -26,10 +26,7 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{detail}")]
-    Validation {
-        detail: String,
-        errors: Vec<FieldError>,
-    },
+    Validation { detail: String, errors: Vec<FieldError> },
     #[error("{0}")]
     Unavailable(String),
     /// Logged in full; the client sees only that something went wrong.
@@ -39,20 +36,14 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn validation(detail: impl Into<String>, errors: Vec<FieldError>) -> Self {
-        ApiError::Validation {
-            detail: detail.into(),
-            errors,
-        }
+        ApiError::Validation { detail: detail.into(), errors }
     }
 
     /// One field error.
     pub fn field(path: &str, message: impl Into<String>) -> Self {
         ApiError::Validation {
             detail: "the request is invalid".into(),
-            errors: vec![FieldError {
-                path: path.into(),
-                message: message.into(),
-            }],
+            errors: vec![FieldError { path: path.into(), message: message.into() }],
         }
     }
 
@@ -116,15 +107,11 @@ impl IntoResponse for ApiError {
             body["errors"] = json!(errors);
         }
         let mut response = (status, body.to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/problem+json"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -133,9 +120,7 @@ impl IntoResponse for ApiError {
 /// Maps a body-read rejection (size limit included) to a problem.
 pub fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge {
-            limit: crate::BODY_LIMIT_BYTES,
-        }
+        ApiError::PayloadTooLarge { limit: crate::BODY_LIMIT_BYTES }
     } else {
         ApiError::BadRequest(format!("could not read the request body: {rejection}"))
     }

@@ -48,25 +48,13 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/definitions", get(routes::definitions::list))
-        .route(
-            "/definitions/{name}",
-            get(routes::definitions::latest).put(routes::definitions::put),
-        )
-        .route(
-            "/definitions/{name}/versions/{version}",
-            get(routes::definitions::version),
-        )
-        .route(
-            "/sagas",
-            get(routes::sagas::list).post(routes::sagas::create),
-        )
+        .route("/definitions/{name}", get(routes::definitions::latest).put(routes::definitions::put))
+        .route("/definitions/{name}/versions/{version}", get(routes::definitions::version))
+        .route("/sagas", get(routes::sagas::list).post(routes::sagas::create))
         .route("/sagas/{id}", get(routes::sagas::get))
         .route("/sagas/{id}/events", get(routes::sagas::events))
         .route("/sagas/{id}/retry", post(routes::sagas::retry))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_admin,
-        ));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .route("/health", get(routes::ops::health))
         .route("/ready", get(routes::ops::ready))
@@ -98,7 +86,5 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

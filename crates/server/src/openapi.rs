@@ -33,10 +33,7 @@ pub fn document() -> Value {
         query_param("cursor", "next_cursor of the previous page"),
     ];
     let mut saga_list_params = vec![
-        query_param(
-            "status",
-            "PENDING, EXECUTING, COMPLETED, COMPENSATING, COMPENSATED or FAILED",
-        ),
+        query_param("status", "PENDING, EXECUTING, COMPLETED, COMPENSATING, COMPENSATED or FAILED"),
         query_param("definition", "definition name"),
         query_param("tenant_id", "tenant id"),
     ];
@@ -82,7 +79,10 @@ pub fn document() -> Value {
                 "get": secured(json!({"summary": "List sagas, newest first", "parameters": saga_list_params, "responses": {"200": ok("a page", "SagaList"), "400": problem("bad filter")}})),
                 "post": secured(json!({
                     "summary": "Start a saga",
-                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}}],
+                    "parameters": [
+                        {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}},
+                        query_param("wait", "answer once the saga is terminal, waiting at most this long (at most 60s)")
+                    ],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StartSaga"}}}},
                     "responses": {
                         "201": ok("started", "Saga"),
@@ -158,28 +158,17 @@ mod tests {
     fn every_route_is_documented() {
         let doc = super::document();
         for (method, path) in crate::ROUTES {
-            assert!(
-                doc["paths"][path][method].is_object(),
-                "{method} {path} missing from OpenAPI"
-            );
+            assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from OpenAPI");
         }
         let documented: usize = doc["paths"]
             .as_object()
             .map(|paths| {
                 paths
                     .values()
-                    .map(|p| {
-                        p.as_object()
-                            .map(|o| o.keys().filter(|k| *k != "parameters").count())
-                            .unwrap_or(0)
-                    })
+                    .map(|p| p.as_object().map(|o| o.keys().filter(|k| *k != "parameters").count()).unwrap_or(0))
                     .sum()
             })
             .unwrap_or(0);
-        assert_eq!(
-            documented,
-            crate::ROUTES.len(),
-            "OpenAPI documents routes that do not exist"
-        );
+        assert_eq!(documented, crate::ROUTES.len(), "OpenAPI documents routes that do not exist");
     }
 }

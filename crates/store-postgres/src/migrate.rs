@@ -5,8 +5,7 @@ use saga_store::{SchemaStatus, StoreError, StoreResult};
 use sqlx::PgPool;
 
 /// `(version, name, sql)`, in order.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "engine", include_str!("../migrations/0001_engine.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "engine", include_str!("../migrations/0001_engine.sql"))];
 
 fn latest() -> i64 {
     MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
@@ -33,29 +32,22 @@ async fn ensure_table(pool: &PgPool) -> StoreResult<()> {
 pub async fn run(pool: &PgPool, now_ms: i64) -> StoreResult<SchemaStatus> {
     ensure_table(pool).await?;
     let mut tx = pool.begin().await.map_err(db)?;
-    sqlx::query("LOCK TABLE sagaplane_migrations IN EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM sagaplane_migrations")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
+    sqlx::query("LOCK TABLE sagaplane_migrations IN EXCLUSIVE MODE").execute(&mut *tx).await.map_err(db)?;
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM sagaplane_migrations").fetch_one(&mut *tx).await.map_err(db)?;
     let current = current.unwrap_or(0);
     for &(version, name, sql) in MIGRATIONS {
         if version <= current {
             continue;
         }
         sqlx::Executor::execute(&mut *tx, sql).await.map_err(db)?;
-        sqlx::query(
-            "INSERT INTO sagaplane_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-        )
-        .bind(version)
-        .bind(name)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+        sqlx::query("INSERT INTO sagaplane_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(version)
+            .bind(name)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         tracing::info!(version, name, "applied postgres migration");
     }
     tx.commit().await.map_err(db)?;
@@ -68,16 +60,11 @@ pub async fn status(pool: &PgPool) -> StoreResult<SchemaStatus> {
         .await
         .map_err(db)?;
     let applied = if exists {
-        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM sagaplane_migrations")
-            .fetch_one(pool)
-            .await
-            .map_err(db)?;
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM sagaplane_migrations").fetch_one(pool).await.map_err(db)?;
         v.unwrap_or(0)
     } else {
         0
     };
-    Ok(SchemaStatus {
-        applied,
-        latest: latest(),
-    })
+    Ok(SchemaStatus { applied, latest: latest() })
 }

@@ -23,8 +23,7 @@ pub fn saga(row: &PgRow) -> StoreResult<SagaRecord> {
         tenant_id: row.try_get("tenant_id").map_err(db)?,
         definition: row.try_get("definition").map_err(db)?,
         version: row.try_get("version").map_err(db)?,
-        status: SagaStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("saga status {status:?}")))?,
+        status: SagaStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("saga status {status:?}")))?,
         input: input.0,
         state: state.0,
         priority: row.try_get("priority").map_err(db)?,

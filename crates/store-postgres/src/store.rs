@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::HistoryEvent;
 use saga_store::{
-    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef,
-    SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus,
-    Store, StoreError, StoreResult, WorkSignal,
+    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
+    SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError, StoreResult,
+    WorkSignal,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -151,9 +151,7 @@ impl CommitColumns {
             let count = commit.events.len() as i64;
             batch.ids.push(commit.id);
             batch.tokens.push(commit.fencing_token);
-            batch
-                .statuses
-                .push(commit.state.status.as_str().to_string());
+            batch.statuses.push(commit.state.status.as_str().to_string());
             batch.states.push(json_text(&commit.state)?);
             batch.event_counts.push(count);
             batch.releases.push(commit.release_lease || terminal);
@@ -190,11 +188,7 @@ impl PostgresStore {
             .map_err(db)?;
         let work: WorkSignal = Arc::new(tokio::sync::Notify::new());
         let listener = tokio::spawn(listen(pool.clone(), work.clone()));
-        Ok(PostgresStore {
-            pool,
-            work,
-            listener,
-        })
+        Ok(PostgresStore { pool, work, listener })
     }
 
     /// The underlying pool (for tests and tools).
@@ -203,13 +197,12 @@ impl PostgresStore {
     }
 
     async fn saga_by_key(&self, key: &str) -> StoreResult<Option<(SagaRecord, Option<String>)>> {
-        let row = sqlx::query(&format!(
-            "SELECT {SAGA_COLUMNS}, s.request_hash FROM sagas s WHERE s.idempotency_key = $1"
-        ))
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+        let row =
+            sqlx::query(&format!("SELECT {SAGA_COLUMNS}, s.request_hash FROM sagas s WHERE s.idempotency_key = $1"))
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
         match row {
             None => Ok(None),
             Some(row) => {
@@ -268,33 +261,24 @@ impl Store for PostgresStore {
         migrate::status(&self.pool).await
     }
 
-    async fn definition_put(
-        &self,
-        name: &str,
-        document: &Value,
-        now_ms: i64,
-    ) -> StoreResult<DefinitionPut> {
+    async fn definition_put(&self, name: &str, document: &Value, now_ms: i64) -> StoreResult<DefinitionPut> {
         // Two writers racing on the same name collide on the primary key; the loser re-reads.
         for _ in 0..5 {
             let latest = self.definition_get(name, None).await;
             let next_version = match latest {
-                Ok(record) if &record.document == document => {
-                    return Ok(DefinitionPut {
-                        record,
-                        created: false,
-                    })
-                }
+                Ok(record) if &record.document == document => return Ok(DefinitionPut { record, created: false }),
                 Ok(record) => record.version + 1,
                 Err(StoreError::NotFound) => 1,
                 Err(e) => return Err(e),
             };
-            let inserted = sqlx::query("INSERT INTO definitions (name, version, document, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(name)
-                .bind(next_version)
-                .bind(Json(document))
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await;
+            let inserted =
+                sqlx::query("INSERT INTO definitions (name, version, document, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(name)
+                    .bind(next_version)
+                    .bind(Json(document))
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await;
             match inserted {
                 Ok(_) => {
                     return Ok(DefinitionPut {
@@ -311,16 +295,10 @@ impl Store for PostgresStore {
                 Err(e) => return Err(db(e)),
             }
         }
-        Err(StoreError::Conflict(format!(
-            "definition {name} is being changed concurrently"
-        )))
+        Err(StoreError::Conflict(format!("definition {name} is being changed concurrently")))
     }
 
-    async fn definition_get(
-        &self,
-        name: &str,
-        version: Option<i32>,
-    ) -> StoreResult<DefinitionRecord> {
+    async fn definition_get(&self, name: &str, version: Option<i32>) -> StoreResult<DefinitionRecord> {
         let row = sqlx::query(
             "SELECT name, version, document, created_at FROM definitions \
              WHERE name = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
@@ -345,9 +323,7 @@ impl Store for PostgresStore {
     }
 
     async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated> {
-        let created_data = json_text(
-            &serde_json::json!({"definition": params.definition, "version": params.version}),
-        )?;
+        let created_data = json_text(&serde_json::json!({"definition": params.definition, "version": params.version}))?;
         // One statement: the saga, its first history row, and the wake-up for idle instances.
         let row = sqlx::query(&format!(
             "WITH s AS ( \
@@ -384,9 +360,7 @@ impl Store for PostgresStore {
         }
         if let Some(key) = params.idempotency_key.as_deref() {
             match self.saga_by_key(key).await? {
-                Some((existing, hash)) if hash == params.request_hash => {
-                    return Ok(SagaCreated::Replayed(existing))
-                }
+                Some((existing, hash)) if hash == params.request_hash => return Ok(SagaCreated::Replayed(existing)),
                 Some(_) => return Ok(SagaCreated::KeyConflict),
                 None => {}
             }
@@ -394,20 +368,16 @@ impl Store for PostgresStore {
         if params.require_latest {
             return Ok(SagaCreated::VersionMoved);
         }
-        Err(StoreError::Conflict(
-            "the saga was neither created nor found by its key".into(),
-        ))
+        Err(StoreError::Conflict("the saga was neither created nor found by its key".into()))
     }
 
     async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord> {
-        let row = sqlx::query(&format!(
-            "SELECT {SAGA_COLUMNS} FROM sagas s WHERE s.id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?
-        .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM sagas s WHERE s.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
         rows::saga(&row)
     }
 
@@ -418,9 +388,7 @@ impl Store for PostgresStore {
             query.push(" AND s.status = ").push_bind(status.as_str());
         }
         if let Some(definition) = &filter.definition {
-            query
-                .push(" AND s.definition = ")
-                .push_bind(definition.clone());
+            query.push(" AND s.definition = ").push_bind(definition.clone());
         }
         if let Some(tenant) = &filter.tenant_id {
             query.push(" AND s.tenant_id = ").push_bind(tenant.clone());
@@ -428,19 +396,12 @@ impl Store for PostgresStore {
         if let Some(before) = filter.before_id {
             query.push(" AND s.id < ").push_bind(before);
         }
-        query
-            .push(" ORDER BY s.id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit));
+        query.push(" ORDER BY s.id DESC LIMIT ").push_bind(i64::from(filter.limit));
         let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
         rows.iter().map(rows::saga).collect()
     }
 
-    async fn saga_events(
-        &self,
-        id: Uuid,
-        after_seq: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<EventRecord>> {
+    async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
         let rows = sqlx::query(
             "SELECT seq, kind, step, attempt, worker, data, at FROM saga_events \
              WHERE saga_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -475,10 +436,7 @@ impl Store for PostgresStore {
         .map_err(db)?;
         rows.iter()
             .map(|row| {
-                Ok(Claimed {
-                    record: rows::saga(row)?,
-                    previous_owner: row.try_get("previous_owner").map_err(db)?,
-                })
+                Ok(Claimed { record: rows::saga(row)?, previous_owner: row.try_get("previous_owner").map_err(db)? })
             })
             .collect()
     }
@@ -576,19 +534,10 @@ impl Store for PostgresStore {
         .await
         .map_err(db)?;
         let renewed: std::collections::HashSet<Uuid> = renewed.into_iter().collect();
-        Ok(leases
-            .iter()
-            .map(|l| l.id)
-            .filter(|id| !renewed.contains(id))
-            .collect())
+        Ok(leases.iter().map(|l| l.id).filter(|id| !renewed.contains(id)).collect())
     }
 
-    async fn lease_release(
-        &self,
-        worker_id: &str,
-        leases: &[LeaseRef],
-        now_ms: i64,
-    ) -> StoreResult<()> {
+    async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()> {
         if leases.is_empty() {
             return Ok(());
         }
@@ -628,10 +577,7 @@ impl Store for PostgresStore {
         .await
         .map_err(db)?;
         let Some(row) = row else {
-            return Err(StoreError::Conflict(format!(
-                "saga is no longer {}",
-                update.expected_status.as_str()
-            )));
+            return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
         };
         let last_seq: i64 = row.try_get("event_seq").map_err(db)?;
         let mut events = EventColumns::default();
@@ -645,10 +591,7 @@ impl Store for PostgresStore {
         events.insert(&mut tx).await?;
         let record = rows::saga(&row)?;
         if !record.status.is_terminal() {
-            sqlx::query(&format!("SELECT pg_notify('{WORK_CHANNEL}', '')"))
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            sqlx::query(&format!("SELECT pg_notify('{WORK_CHANNEL}', '')")).execute(&mut *tx).await.map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
         Ok(record)

@@ -4,8 +4,7 @@ use saga_store::{SchemaStatus, StoreError, StoreResult};
 use sqlx::SqlitePool;
 
 /// `(version, name, sql)`, in order.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "engine", include_str!("../migrations/0001_engine.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "engine", include_str!("../migrations/0001_engine.sql"))];
 
 fn latest() -> i64 {
     MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
@@ -37,18 +36,14 @@ pub async fn run(writer: &SqlitePool, now_ms: i64) -> StoreResult<SchemaStatus> 
             continue;
         }
         let mut tx = writer.begin().await.map_err(StoreError::backend)?;
-        sqlx::Executor::execute(&mut *tx, sql)
+        sqlx::Executor::execute(&mut *tx, sql).await.map_err(StoreError::backend)?;
+        sqlx::query("INSERT INTO sagaplane_migrations (version, name, applied_at) VALUES (?, ?, ?)")
+            .bind(version)
+            .bind(name)
+            .bind(now_ms)
+            .execute(&mut *tx)
             .await
             .map_err(StoreError::backend)?;
-        sqlx::query(
-            "INSERT INTO sagaplane_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-        )
-        .bind(version)
-        .bind(name)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::backend)?;
         tx.commit().await.map_err(StoreError::backend)?;
         tracing::info!(version, name, "applied sqlite migration");
     }
@@ -56,19 +51,11 @@ pub async fn run(writer: &SqlitePool, now_ms: i64) -> StoreResult<SchemaStatus> 
 }
 
 pub async fn status(pool: &SqlitePool) -> StoreResult<SchemaStatus> {
-    let exists: (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sagaplane_migrations'",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(StoreError::backend)?;
-    let applied = if exists.0 == 0 {
-        0
-    } else {
-        applied(pool).await?
-    };
-    Ok(SchemaStatus {
-        applied,
-        latest: latest(),
-    })
+    let exists: (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sagaplane_migrations'")
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::backend)?;
+    let applied = if exists.0 == 0 { 0 } else { applied(pool).await? };
+    Ok(SchemaStatus { applied, latest: latest() })
 }

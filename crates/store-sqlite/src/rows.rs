@@ -30,9 +30,7 @@ pub fn saga(row: &SqliteRow) -> StoreResult<SagaRecord> {
         priority: row.try_get("priority").map_err(StoreError::backend)?,
         run_at_ms: row.try_get("run_at").map_err(StoreError::backend)?,
         lease_owner: row.try_get("lease_owner").map_err(StoreError::backend)?,
-        lease_expires_at_ms: row
-            .try_get("lease_expires_at")
-            .map_err(StoreError::backend)?,
+        lease_expires_at_ms: row.try_get("lease_expires_at").map_err(StoreError::backend)?,
         fencing_token: row.try_get("fencing_token").map_err(StoreError::backend)?,
         created_at_ms: row.try_get("created_at").map_err(StoreError::backend)?,
         updated_at_ms: row.try_get("updated_at").map_err(StoreError::backend)?,

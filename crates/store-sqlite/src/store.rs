@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::HistoryEvent;
 use saga_store::{
-    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef,
-    SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus,
-    Store, StoreError, StoreResult, WorkSignal,
+    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
+    SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError, StoreResult,
+    WorkSignal,
 };
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -46,21 +46,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(db)?;
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(db)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS_MAX)
             .connect_with(options.read_only(true))
             .await
             .map_err(db)?;
-        Ok(SqliteStore {
-            writer,
-            reader,
-            work: Arc::new(tokio::sync::Notify::new()),
-        })
+        Ok(SqliteStore { writer, reader, work: Arc::new(tokio::sync::Notify::new()) })
     }
 
     async fn insert_events(
@@ -93,13 +85,11 @@ impl SqliteStore {
     }
 
     async fn saga_by_key(&self, key: &str) -> StoreResult<Option<(SagaRecord, Option<String>)>> {
-        let row = sqlx::query(&format!(
-            "SELECT {SAGA_COLUMNS}, request_hash FROM sagas WHERE idempotency_key = ?"
-        ))
-        .bind(key)
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(db)?;
+        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS}, request_hash FROM sagas WHERE idempotency_key = ?"))
+            .bind(key)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(db)?;
         match row {
             None => Ok(None),
             Some(row) => {
@@ -128,48 +118,37 @@ impl Store for SqliteStore {
         migrate::status(&self.reader).await
     }
 
-    async fn definition_put(
-        &self,
-        name: &str,
-        document: &Value,
-        now_ms: i64,
-    ) -> StoreResult<DefinitionPut> {
+    async fn definition_put(&self, name: &str, document: &Value, now_ms: i64) -> StoreResult<DefinitionPut> {
         let mut tx = self.writer.begin().await.map_err(db)?;
-        let latest = sqlx::query("SELECT version, document, created_at FROM definitions WHERE name = ? ORDER BY version DESC LIMIT 1")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
+        let latest = sqlx::query(
+            "SELECT version, document, created_at FROM definitions WHERE name = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
         let mut next_version = 1;
         if let Some(row) = latest {
             let version: i32 = row.try_get("version").map_err(db)?;
             let text: String = row.try_get("document").map_err(db)?;
-            let existing: Value =
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let existing: Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if &existing == document {
                 let created_at_ms = row.try_get("created_at").map_err(db)?;
                 return Ok(DefinitionPut {
-                    record: DefinitionRecord {
-                        name: name.into(),
-                        version,
-                        document: existing,
-                        created_at_ms,
-                    },
+                    record: DefinitionRecord { name: name.into(), version, document: existing, created_at_ms },
                     created: false,
                 });
             }
             next_version = version + 1;
         }
-        sqlx::query(
-            "INSERT INTO definitions (name, version, document, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(name)
-        .bind(next_version)
-        .bind(json_text(document)?)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+        sqlx::query("INSERT INTO definitions (name, version, document, created_at) VALUES (?, ?, ?, ?)")
+            .bind(name)
+            .bind(next_version)
+            .bind(json_text(document)?)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(DefinitionPut {
             record: DefinitionRecord {
@@ -182,11 +161,7 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn definition_get(
-        &self,
-        name: &str,
-        version: Option<i32>,
-    ) -> StoreResult<DefinitionRecord> {
+    async fn definition_get(&self, name: &str, version: Option<i32>) -> StoreResult<DefinitionRecord> {
         let row = match version {
             Some(v) => sqlx::query("SELECT name, version, document, created_at FROM definitions WHERE name = ? AND version = ?")
                 .bind(name)
@@ -227,12 +202,11 @@ impl Store for SqliteStore {
         let id = params.id.to_string();
         let mut tx = self.writer.begin().await.map_err(db)?;
         if params.require_latest {
-            let latest: (Option<i64>,) =
-                sqlx::query_as("SELECT MAX(version) FROM definitions WHERE name = ?")
-                    .bind(&params.definition)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db)?;
+            let latest: (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM definitions WHERE name = ?")
+                .bind(&params.definition)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
             if latest.0 != Some(i64::from(params.version)) {
                 return Ok(SagaCreated::VersionMoved);
             }
@@ -266,15 +240,7 @@ impl Store for SqliteStore {
             serde_json::json!({"definition": params.definition, "version": params.version}),
             params.now_ms,
         );
-        Self::insert_events(
-            &mut tx,
-            &id,
-            params.tenant_id.as_deref(),
-            1,
-            None,
-            &[created],
-        )
-        .await?;
+        Self::insert_events(&mut tx, &id, params.tenant_id.as_deref(), 1, None, &[created]).await?;
         tx.commit().await.map_err(db)?;
         self.work.notify_one();
         Ok(SagaCreated::Created(record))
@@ -318,20 +284,11 @@ impl Store for SqliteStore {
         if let Some(before) = filter.before_id {
             query = query.bind(before.to_string());
         }
-        let rows = query
-            .bind(i64::from(filter.limit))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db)?;
+        let rows = query.bind(i64::from(filter.limit)).fetch_all(&self.reader).await.map_err(db)?;
         rows.iter().map(rows::saga).collect()
     }
 
-    async fn saga_events(
-        &self,
-        id: Uuid,
-        after_seq: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<EventRecord>> {
+    async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
         let rows = sqlx::query(
             "SELECT seq, kind, step, attempt, worker, data, at FROM saga_events WHERE saga_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         )
@@ -364,10 +321,7 @@ impl Store for SqliteStore {
         .map_err(db)?;
         rows.iter()
             .map(|row| {
-                Ok(Claimed {
-                    record: rows::saga(row)?,
-                    previous_owner: row.try_get("previous_owner").map_err(db)?,
-                })
+                Ok(Claimed { record: rows::saga(row)?, previous_owner: row.try_get("previous_owner").map_err(db)? })
             })
             .collect()
     }
@@ -458,12 +412,7 @@ impl Store for SqliteStore {
         Ok(lost)
     }
 
-    async fn lease_release(
-        &self,
-        worker_id: &str,
-        leases: &[LeaseRef],
-        now_ms: i64,
-    ) -> StoreResult<()> {
+    async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(db)?;
         for lease in leases {
             sqlx::query(
@@ -502,22 +451,11 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         let Some(row) = row else {
-            return Err(StoreError::Conflict(format!(
-                "saga is no longer {}",
-                update.expected_status.as_str()
-            )));
+            return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
         };
         let last_seq: i64 = row.try_get("event_seq").map_err(db)?;
         let first_seq = last_seq - update.events.len() as i64 + 1;
-        Self::insert_events(
-            &mut tx,
-            &id,
-            update.tenant_id.as_deref(),
-            first_seq,
-            None,
-            &update.events,
-        )
-        .await?;
+        Self::insert_events(&mut tx, &id, update.tenant_id.as_deref(), first_seq, None, &update.events).await?;
         let record = rows::saga(&row)?;
         tx.commit().await.map_err(db)?;
         if !record.status.is_terminal() {
@@ -527,12 +465,11 @@ impl Store for SqliteStore {
     }
 
     async fn saga_next_due_ms(&self) -> StoreResult<Option<i64>> {
-        let row: (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(run_at) FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING')",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(db)?;
+        let row: (Option<i64>,) =
+            sqlx::query_as("SELECT MIN(run_at) FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING')")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(db)?;
         Ok(row.0)
     }
 
@@ -555,18 +492,8 @@ fn definition_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<DefinitionRecord
 mod tests {
     #[test]
     fn saga_status_strings_round_trip() {
-        for status in [
-            "PENDING",
-            "EXECUTING",
-            "COMPLETED",
-            "COMPENSATING",
-            "COMPENSATED",
-            "FAILED",
-        ] {
-            assert_eq!(
-                saga_core::SagaStatus::parse(status).map(|s| s.as_str()),
-                Some(status)
-            );
+        for status in ["PENDING", "EXECUTING", "COMPLETED", "COMPENSATING", "COMPENSATED", "FAILED"] {
+            assert_eq!(saga_core::SagaStatus::parse(status).map(|s| s.as_str()), Some(status));
         }
     }
 }

@@ -49,10 +49,7 @@ pub async fn spawn_process(binary: &str, args: &[&str], env: &[(&str, String)]) 
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SAGAPLANE_LOG_FORMAT", "json")
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
@@ -85,12 +82,7 @@ impl App {
     }
 
     /// A process with `args` on an existing database.
-    pub async fn spawn_on(
-        binary: &str,
-        database_url: &str,
-        args: &[&str],
-        extra_env: &[(&str, String)],
-    ) -> App {
+    pub async fn spawn_on(binary: &str, database_url: &str, args: &[&str], extra_env: &[(&str, String)]) -> App {
         let mut env = vec![
             ("SAGAPLANE_DATABASE_URL", database_url.to_string()),
             ("SAGAPLANE_ADMIN_TOKEN", TOKEN.to_string()),
@@ -98,12 +90,7 @@ impl App {
         ];
         env.extend(extra_env.iter().cloned());
         let (child, url) = spawn_process(binary, args, &env).await;
-        App {
-            url,
-            database_url: database_url.to_string(),
-            http: reqwest::Client::new(),
-            child,
-        }
+        App { url, database_url: database_url.to_string(), http: reqwest::Client::new(), child }
     }
 
     pub fn child_mut(&mut self) -> &mut Child {
@@ -111,16 +98,11 @@ impl App {
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{}", self.url, path))
-            .bearer_auth(TOKEN)
+        self.http.request(method, format!("{}{}", self.url, path)).bearer_auth(TOKEN)
     }
 
     /// Sends and returns `(status, headers, json body)`.
-    pub async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> (u16, reqwest::header::HeaderMap, Value) {
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
         let response = request.send().await.expect("request");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -130,12 +112,8 @@ impl App {
     }
 
     pub async fn put_definition(&self, name: &str, document: &Value) -> (u16, Value) {
-        let (status, _, body) = self
-            .send(
-                self.request(reqwest::Method::PUT, &format!("/v1/definitions/{name}"))
-                    .json(document),
-            )
-            .await;
+        let (status, _, body) =
+            self.send(self.request(reqwest::Method::PUT, &format!("/v1/definitions/{name}")).json(document)).await;
         (status, body)
     }
 
@@ -152,9 +130,7 @@ impl App {
     }
 
     pub async fn saga(&self, id: &str) -> Value {
-        let (status, _, body) = self
-            .send(self.request(reqwest::Method::GET, &format!("/v1/sagas/{id}")))
-            .await;
+        let (status, _, body) = self.send(self.request(reqwest::Method::GET, &format!("/v1/sagas/{id}"))).await;
         assert_eq!(status, 200, "{body}");
         body
     }
@@ -163,37 +139,23 @@ impl App {
     pub async fn wait_terminal(&self, id: &str, timeout: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (_, _, saga) = self
-                .send(self.request(reqwest::Method::GET, &format!("/v1/sagas/{id}?wait=2s")))
-                .await;
-            if matches!(
-                saga["status"].as_str(),
-                Some("COMPLETED" | "COMPENSATED" | "FAILED")
-            ) {
+            let (_, _, saga) = self.send(self.request(reqwest::Method::GET, &format!("/v1/sagas/{id}?wait=2s"))).await;
+            if matches!(saga["status"].as_str(), Some("COMPLETED" | "COMPENSATED" | "FAILED")) {
                 return saga;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "saga {id} not terminal after {timeout:?}: {saga}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "saga {id} not terminal after {timeout:?}: {saga}");
         }
     }
 
     pub async fn events(&self, id: &str) -> Vec<Value> {
-        let (status, _, body) = self
-            .send(self.request(reqwest::Method::GET, &format!("/v1/sagas/{id}/events")))
-            .await;
+        let (status, _, body) = self.send(self.request(reqwest::Method::GET, &format!("/v1/sagas/{id}/events"))).await;
         assert_eq!(status, 200, "{body}");
         body["items"].as_array().cloned().unwrap_or_default()
     }
 
     /// Event types of a saga, in order.
     pub async fn event_types(&self, id: &str) -> Vec<String> {
-        self.events(id)
-            .await
-            .iter()
-            .filter_map(|e| e["type"].as_str().map(str::to_string))
-            .collect()
+        self.events(id).await.iter().filter_map(|e| e["type"].as_str().map(str::to_string)).collect()
     }
 }
 

@@ -13,16 +13,13 @@ pub fn postgres_admin_url() -> String {
 
 /// Creates an empty PostgreSQL database and returns its URL.
 pub async fn fresh_postgres() -> String {
-    let admin = PgConnectOptions::from_str(&postgres_admin_url())
-        .expect("SAGAPLANE_TEST_DATABASE_URL is not a URL");
-    let mut conn = admin.connect().await.expect(
-        "cannot reach the test PostgreSQL; run scripts/test, or set SAGAPLANE_TEST_DATABASE_URL",
-    );
-    let name = format!("it_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
+    let admin = PgConnectOptions::from_str(&postgres_admin_url()).expect("SAGAPLANE_TEST_DATABASE_URL is not a URL");
+    let mut conn = admin
+        .connect()
         .await
-        .expect("create database");
+        .expect("cannot reach the test PostgreSQL; run scripts/test, or set SAGAPLANE_TEST_DATABASE_URL");
+    let name = format!("it_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
     admin.database(&name).to_url_lossy().to_string()
 }
 

@@ -37,12 +37,8 @@ pub struct Participant {
 impl Participant {
     pub async fn start() -> Participant {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let router = axum::Router::new()
-            .fallback(handle)
-            .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind participant");
+        let router = axum::Router::new().fallback(handle).with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind participant");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -60,18 +56,12 @@ impl Participant {
 
     /// Every request to `path`, in arrival order.
     pub fn requests(&self, path: &str) -> Vec<Seen> {
-        self.inner
-            .lock()
-            .map(|i| i.seen.iter().filter(|s| s.path == path).cloned().collect())
-            .unwrap_or_default()
+        self.inner.lock().map(|i| i.seen.iter().filter(|s| s.path == path).cloned().collect()).unwrap_or_default()
     }
 
     /// Every request, in arrival order.
     pub fn all_requests(&self) -> Vec<Seen> {
-        self.inner
-            .lock()
-            .map(|i| i.seen.clone())
-            .unwrap_or_default()
+        self.inner.lock().map(|i| i.seen.clone()).unwrap_or_default()
     }
 }
 
@@ -86,10 +76,7 @@ async fn handle(
     let seen = Seen {
         method: method.to_string(),
         path: path.clone(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect(),
+        headers: headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect(),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         at: Instant::now(),
     };
@@ -100,10 +87,7 @@ async fn handle(
         let answer = match inner.scripts.get_mut(&path) {
             Some(script) if script.len() > 1 => script.remove(0),
             Some(script) if script.len() == 1 => script[0].clone(),
-            _ => (
-                200,
-                json!({"id": path.trim_start_matches('/').replace('/', "-")}),
-            ),
+            _ => (200, json!({"id": path.trim_start_matches('/').replace('/', "-")})),
         };
         inner.seen.push(seen);
         answer

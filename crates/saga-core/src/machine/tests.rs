@@ -7,20 +7,11 @@ use super::*;
 use crate::definition::{Action, BuiltinAction, OnTimeout, RetryPolicy, StepDefinition};
 
 fn policy(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts,
-        initial_interval_ms: 100,
-        multiplier: 2.0,
-        max_interval_ms: 1_000,
-        jitter: 0.0,
-    }
+    RetryPolicy { max_attempts, initial_interval_ms: 100, multiplier: 2.0, max_interval_ms: 1_000, jitter: 0.0 }
 }
 
 fn echo() -> Action {
-    Action::Builtin(BuiltinAction {
-        name: "core.echo".into(),
-        input: None,
-    })
+    Action::Builtin(BuiltinAction { name: "core.echo".into(), input: None })
 }
 
 /// `(has_compensation, max_attempts, compensation_max_attempts, pivot)` per step.
@@ -33,18 +24,16 @@ fn definition(shape: &[(bool, u32, u32, bool)]) -> Definition {
         steps: shape
             .iter()
             .enumerate()
-            .map(
-                |(i, &(has_comp, attempts, comp_attempts, pivot))| StepDefinition {
-                    name: format!("s{i}"),
-                    action: echo(),
-                    compensation: has_comp.then(echo),
-                    timeout_ms: 1_000,
-                    retry: policy(attempts),
-                    compensation_retry: policy(comp_attempts),
-                    pivot,
-                    heartbeat_timeout_ms: None,
-                },
-            )
+            .map(|(i, &(has_comp, attempts, comp_attempts, pivot))| StepDefinition {
+                name: format!("s{i}"),
+                action: echo(),
+                compensation: has_comp.then(echo),
+                timeout_ms: 1_000,
+                retry: policy(attempts),
+                compensation_retry: policy(comp_attempts),
+                pivot,
+                heartbeat_timeout_ms: None,
+            })
             .collect(),
     }
 }
@@ -54,18 +43,11 @@ fn ok() -> Outcome {
 }
 
 fn fail(kind: FailureKind) -> Outcome {
-    Outcome::Failed {
-        kind,
-        message: "boom".into(),
-    }
+    Outcome::Failed { kind, message: "boom".into() }
 }
 
 /// Drives the saga, taking outcomes from `outcomes` (then success forever). Returns the events.
-fn drive(
-    state: &mut SagaState,
-    def: &Definition,
-    outcomes: &mut impl Iterator<Item = Outcome>,
-) -> Vec<HistoryEvent> {
+fn drive(state: &mut SagaState, def: &Definition, outcomes: &mut impl Iterator<Item = Outcome>) -> Vec<HistoryEvent> {
     let mut events = Vec::new();
     let mut now = 0;
     for _ in 0..10_000 {
@@ -76,18 +58,7 @@ fn drive(
         };
         let outcome = outcomes.next().unwrap_or_else(ok);
         let transition = state
-            .apply(
-                def,
-                Attempt {
-                    phase,
-                    step,
-                    attempt,
-                    outcome,
-                    started_at_ms: now,
-                    finished_at_ms: now + 1,
-                },
-                0.5,
-            )
+            .apply(def, Attempt { phase, step, attempt, outcome, started_at_ms: now, finished_at_ms: now + 1 }, 0.5)
             .expect("legal");
         now += 2;
         events.extend(transition.events);
@@ -96,42 +67,23 @@ fn drive(
 }
 
 fn kinds_for(events: &[HistoryEvent], kind: &str) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.kind == kind)
-        .filter_map(|e| e.step.clone())
-        .collect()
+    events.iter().filter(|e| e.kind == kind).filter_map(|e| e.step.clone()).collect()
 }
 
 #[test]
 fn happy_path_completes_with_outputs() {
-    let def = definition(&[
-        (true, 3, 3, false),
-        (true, 3, 3, false),
-        (false, 3, 3, false),
-    ]);
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false), (false, 3, 3, false)]);
     let mut state = SagaState::new(&def);
     let events = drive(&mut state, &def, &mut std::iter::empty());
     assert_eq!(state.status, SagaStatus::Completed);
-    assert_eq!(
-        state.output(),
-        Some(json!({"s0": {"ok": true}, "s1": {"ok": true}, "s2": {"ok": true}}))
-    );
-    assert_eq!(
-        events.last().map(|e| e.kind.as_str()),
-        Some("saga_completed")
-    );
+    assert_eq!(state.output(), Some(json!({"s0": {"ok": true}, "s1": {"ok": true}, "s2": {"ok": true}})));
+    assert_eq!(events.last().map(|e| e.kind.as_str()), Some("saga_completed"));
     assert_eq!(state.progress().percent, 100);
 }
 
 #[test]
 fn definite_failure_compensates_earlier_steps_in_reverse_only() {
-    let def = definition(&[
-        (true, 3, 3, false),
-        (true, 3, 3, false),
-        (true, 3, 3, false),
-        (true, 3, 3, false),
-    ]);
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false), (true, 3, 3, false), (true, 3, 3, false)]);
     let mut state = SagaState::new(&def);
     let mut outcomes = vec![ok(), ok(), fail(FailureKind::NonRetryable)].into_iter();
     let events = drive(&mut state, &def, &mut outcomes);
@@ -140,37 +92,21 @@ fn definite_failure_compensates_earlier_steps_in_reverse_only() {
     let statuses: Vec<StepStatus> = state.steps.iter().map(|s| s.status).collect();
     assert_eq!(
         statuses,
-        vec![
-            StepStatus::Compensated,
-            StepStatus::Compensated,
-            StepStatus::Failed,
-            StepStatus::Skipped
-        ]
+        vec![StepStatus::Compensated, StepStatus::Compensated, StepStatus::Failed, StepStatus::Skipped]
     );
-    assert_eq!(
-        state.error.as_ref().map(|e| e.kind),
-        Some(ErrorKind::NonRetryable)
-    );
+    assert_eq!(state.error.as_ref().map(|e| e.kind), Some(ErrorKind::NonRetryable));
 }
 
 #[test]
 fn exhausted_retries_compensate_the_ambiguous_step() {
     let def = definition(&[(true, 3, 3, false), (true, 2, 3, false)]);
     let mut state = SagaState::new(&def);
-    let mut outcomes = vec![
-        ok(),
-        fail(FailureKind::Retryable),
-        fail(FailureKind::Retryable),
-    ]
-    .into_iter();
+    let mut outcomes = vec![ok(), fail(FailureKind::Retryable), fail(FailureKind::Retryable)].into_iter();
     let events = drive(&mut state, &def, &mut outcomes);
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(kinds_for(&events, "step_compensated"), vec!["s1", "s0"]);
     assert_eq!(kinds_for(&events, "step_retry_scheduled"), vec!["s1"]);
-    assert_eq!(
-        state.error.as_ref().map(|e| e.kind),
-        Some(ErrorKind::RetriesExhausted)
-    );
+    assert_eq!(state.error.as_ref().map(|e| e.kind), Some(ErrorKind::RetriesExhausted));
 }
 
 #[test]
@@ -216,28 +152,14 @@ fn stale_or_out_of_order_outcomes_are_rejected() {
     assert!(state
         .apply(
             &def,
-            Attempt {
-                phase: Phase::Action,
-                step: 1,
-                attempt: 1,
-                outcome: ok(),
-                started_at_ms: 0,
-                finished_at_ms: 1
-            },
+            Attempt { phase: Phase::Action, step: 1, attempt: 1, outcome: ok(), started_at_ms: 0, finished_at_ms: 1 },
             0.5
         )
         .is_err());
     assert!(state
         .apply(
             &def,
-            Attempt {
-                phase: Phase::Action,
-                step: 0,
-                attempt: 2,
-                outcome: ok(),
-                started_at_ms: 0,
-                finished_at_ms: 1
-            },
+            Attempt { phase: Phase::Action, step: 0, attempt: 2, outcome: ok(), started_at_ms: 0, finished_at_ms: 1 },
             0.5
         )
         .is_err());
@@ -261,37 +183,23 @@ fn stale_or_out_of_order_outcomes_are_rejected() {
 fn failed_compensation_waits_for_operator_then_resumes() {
     let def = definition(&[(true, 1, 2, false), (true, 1, 1, false)]);
     let mut state = SagaState::new(&def);
-    let mut outcomes = vec![
-        ok(),
-        fail(FailureKind::NonRetryable),
-        fail(FailureKind::Retryable),
-        fail(FailureKind::Retryable),
-    ]
-    .into_iter();
+    let mut outcomes =
+        vec![ok(), fail(FailureKind::NonRetryable), fail(FailureKind::Retryable), fail(FailureKind::Retryable)]
+            .into_iter();
     drive(&mut state, &def, &mut outcomes);
     assert_eq!(state.status, SagaStatus::Failed);
-    assert_eq!(
-        state.error.as_ref().map(|e| e.kind),
-        Some(ErrorKind::CompensationFailed)
-    );
+    assert_eq!(state.error.as_ref().map(|e| e.kind), Some(ErrorKind::CompensationFailed));
     assert_eq!(state.steps[0].status, StepStatus::CompensationFailed);
     state.retry_by_operator(&def, 100).expect("retryable");
     let events = drive(&mut state, &def, &mut std::iter::empty());
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(kinds_for(&events, "step_compensated"), vec!["s0"]);
-    assert_eq!(
-        state.error.as_ref().map(|e| e.kind),
-        Some(ErrorKind::NonRetryable)
-    );
+    assert_eq!(state.error.as_ref().map(|e| e.kind), Some(ErrorKind::NonRetryable));
 }
 
 #[test]
 fn failure_after_pivot_fails_forward_and_retry_resumes_forward() {
-    let def = definition(&[
-        (true, 1, 1, false),
-        (false, 1, 1, true),
-        (true, 1, 1, false),
-    ]);
+    let def = definition(&[(true, 1, 1, false), (false, 1, 1, true), (true, 1, 1, false)]);
     let mut state = SagaState::new(&def);
     let mut outcomes = vec![ok(), ok(), fail(FailureKind::NonRetryable)].into_iter();
     let events = drive(&mut state, &def, &mut outcomes);
@@ -306,17 +214,11 @@ fn failure_after_pivot_fails_forward_and_retry_resumes_forward() {
 fn only_failed_sagas_can_be_retried() {
     let def = definition(&[(false, 1, 1, false)]);
     let mut state = SagaState::new(&def);
-    assert_eq!(
-        state.retry_by_operator(&def, 0),
-        Err(MachineError::NotRetryable(SagaStatus::Pending))
-    );
+    assert_eq!(state.retry_by_operator(&def, 0), Err(MachineError::NotRetryable(SagaStatus::Pending)));
 }
 
 fn arb_shape() -> impl Strategy<Value = Vec<(bool, u32, u32, bool)>> {
-    prop::collection::vec(
-        (any::<bool>(), 1u32..4, 1u32..4, prop::bool::weighted(0.15)),
-        1..7,
-    )
+    prop::collection::vec((any::<bool>(), 1u32..4, 1u32..4, prop::bool::weighted(0.15)), 1..7)
 }
 
 fn arb_outcome() -> impl Strategy<Value = Outcome> {
@@ -329,62 +231,34 @@ fn arb_outcome() -> impl Strategy<Value = Outcome> {
 
 /// Replays the events to check the compensation guarantees.
 fn check_guarantees(def: &Definition, state: &SagaState, events: &[HistoryEvent]) {
-    assert!(
-        state.status.is_terminal(),
-        "not terminal: {:?}",
-        state.status
-    );
+    assert!(state.status.is_terminal(), "not terminal: {:?}", state.status);
     let succeeded: Vec<String> = kinds_for(events, "step_succeeded");
     let compensated = kinds_for(events, "step_compensated");
     // Nothing compensated twice.
     let mut unique = compensated.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(
-        unique.len(),
-        compensated.len(),
-        "compensated twice: {compensated:?}"
-    );
+    assert_eq!(unique.len(), compensated.len(), "compensated twice: {compensated:?}");
     // Compensation order is reverse step order.
-    let indexes: Vec<usize> = compensated
-        .iter()
-        .filter_map(|n| def.step_index(n))
-        .collect();
-    assert!(
-        indexes.windows(2).all(|w| w[0] > w[1]),
-        "not reverse: {compensated:?}"
-    );
+    let indexes: Vec<usize> = compensated.iter().filter_map(|n| def.step_index(n)).collect();
+    assert!(indexes.windows(2).all(|w| w[0] > w[1]), "not reverse: {compensated:?}");
     // Never before its action: every compensated step was started.
     let started = kinds_for(events, "step_started");
     for name in &compensated {
-        assert!(
-            started.contains(name),
-            "{name} compensated but never started"
-        );
+        assert!(started.contains(name), "{name} compensated but never started");
     }
     for (i, step) in state.steps.iter().enumerate() {
         match step.status {
             StepStatus::Skipped | StepStatus::Pending => {
-                assert!(
-                    !started.contains(&step.name),
-                    "{} attempted but {:?}",
-                    step.name,
-                    step.status
-                )
+                assert!(!started.contains(&step.name), "{} attempted but {:?}", step.name, step.status)
             }
             StepStatus::Failed if !step.ambiguous => assert!(!compensated.contains(&step.name)),
             _ => {}
         }
         if state.status == SagaStatus::Compensated {
             // Exactly the succeeded steps plus an ambiguously failed one.
-            let must = succeeded.contains(&step.name)
-                || (step.status == StepStatus::Compensated && step.ambiguous);
-            assert_eq!(
-                compensated.contains(&step.name),
-                must,
-                "step {i} {:?}",
-                step.status
-            );
+            let must = succeeded.contains(&step.name) || (step.status == StepStatus::Compensated && step.ambiguous);
+            assert_eq!(compensated.contains(&step.name), must, "step {i} {:?}", step.status);
         }
     }
 }

@@ -17,27 +17,15 @@ fn context() -> TemplateContext {
 }
 
 fn check_render(template: Value, expected: Value) {
-    assert_eq!(
-        render_value(&template, &context()).expect("renders"),
-        expected
-    );
+    assert_eq!(render_value(&template, &context()).expect("renders"), expected);
 }
 
 #[test]
 fn renders_every_source() {
-    check_render(
-        json!("{{ vars.ORDERS }}/orders"),
-        json!("http://orders/orders"),
-    );
+    check_render(json!("{{ vars.ORDERS }}/orders"), json!("http://orders/orders"));
     check_render(json!("{{ input.count }}"), json!(3));
-    check_render(
-        json!("{{ steps.create_order.output }}"),
-        json!({"id": "o-1", "total": 42}),
-    );
-    check_render(
-        json!({"t": "{{ tenant_id }}", "s": "saga-{{ saga.id }}"}),
-        json!({"t": "acme", "s": "saga-s-1"}),
-    );
+    check_render(json!("{{ steps.create_order.output }}"), json!({"id": "o-1", "total": 42}));
+    check_render(json!({"t": "{{ tenant_id }}", "s": "saga-{{ saga.id }}"}), json!({"t": "acme", "s": "saga-s-1"}));
     check_render(json!(["plain", 1, null]), json!(["plain", 1, null]));
 }
 

@@ -8,10 +8,7 @@ const BUILTINS: &[&str] = &["core.echo", "core.fail", "core.sleep"];
 fn errors(name: &str, document: Value) -> Vec<(String, String)> {
     match validate_definition(name, &document, BUILTINS) {
         Ok(_) => Vec::new(),
-        Err(errors) => errors
-            .into_iter()
-            .map(|FieldError { path, message }| (path, message))
-            .collect(),
+        Err(errors) => errors.into_iter().map(|FieldError { path, message }| (path, message)).collect(),
     }
 }
 
@@ -86,16 +83,8 @@ fn shape_errors() {
     check("order", json!([]), &[("", "must be an object")]);
     check("order", json!({}), &[("/steps", "is required")]);
     check("order", json!({"steps": []}), &[("/steps", "at least one")]);
-    check(
-        "Bad",
-        json!({"steps": [echo_step("a")]}),
-        &[("/name", "must match")],
-    );
-    check(
-        "order",
-        json!({"steps": [echo_step("a")], "colour": 1}),
-        &[("/colour", "unknown field")],
-    );
+    check("Bad", json!({"steps": [echo_step("a")]}), &[("/name", "must match")]);
+    check("order", json!({"steps": [echo_step("a")], "colour": 1}), &[("/colour", "unknown field")]);
     check(
         "order",
         json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}, "compensation": {"signal": {"name": "x"}}}]}),
@@ -115,8 +104,7 @@ fn shape_errors() {
 
 #[test]
 fn json_and_yaml_parse_to_the_same_tree() {
-    let yaml =
-        b"name: order\nsteps:\n  - name: a\n    action: {builtin: core.echo, input: {n: 1}}\n";
+    let yaml = b"name: order\nsteps:\n  - name: a\n    action: {builtin: core.echo, input: {n: 1}}\n";
     let json = br#"{"name":"order","steps":[{"name":"a","action":{"builtin":"core.echo","input":{"n":1}}}]}"#;
     let from_yaml = parse_document(yaml, DocumentFormat::Yaml).expect("yaml");
     let from_json = parse_document(json, DocumentFormat::Json).expect("json");

@@ -31,18 +31,9 @@ impl BuiltinRegistry {
     /// The registry with the core steps.
     pub fn with_core() -> Self {
         let mut registry = BuiltinRegistry::default();
-        registry.register(
-            "core.echo",
-            Arc::new(|input, _| Box::pin(async move { Outcome::Succeeded(input) })),
-        );
-        registry.register(
-            "core.fail",
-            Arc::new(|input, _| Box::pin(async move { core_fail(&input) })),
-        );
-        registry.register(
-            "core.sleep",
-            Arc::new(|input, _| Box::pin(core_sleep(input))),
-        );
+        registry.register("core.echo", Arc::new(|input, _| Box::pin(async move { Outcome::Succeeded(input) })));
+        registry.register("core.fail", Arc::new(|input, _| Box::pin(async move { core_fail(&input) })));
+        registry.register("core.sleep", Arc::new(|input, _| Box::pin(core_sleep(input))));
         registry
     }
 
@@ -57,31 +48,18 @@ impl BuiltinRegistry {
     pub async fn run(&self, name: &str, input: Value, ctx: &AttemptContext) -> Outcome {
         match self.steps.get(name) {
             Some(step) => step(input, ctx.clone()).await,
-            None => Outcome::Failed {
-                kind: FailureKind::NonRetryable,
-                message: format!("unknown builtin {name:?}"),
-            },
+            None => Outcome::Failed { kind: FailureKind::NonRetryable, message: format!("unknown builtin {name:?}") },
         }
     }
 }
 
 fn core_fail(input: &Value) -> Outcome {
-    let message = input
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("core.fail")
-        .to_string();
-    Outcome::Failed {
-        kind: FailureKind::NonRetryable,
-        message,
-    }
+    let message = input.get("message").and_then(Value::as_str).unwrap_or("core.fail").to_string();
+    Outcome::Failed { kind: FailureKind::NonRetryable, message }
 }
 
 async fn core_sleep(input: Value) -> Outcome {
-    let text = input
-        .get("duration")
-        .and_then(Value::as_str)
-        .unwrap_or("1s");
+    let text = input.get("duration").and_then(Value::as_str).unwrap_or("1s");
     let ms = match saga_core::duration::parse_ms(text) {
         Ok(ms) if ms <= SLEEP_MAX_MS => ms,
         Ok(_) => {

@@ -85,29 +85,20 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Trace id from the saga id (one trace per saga), a fresh-enough span id per attempt.
 fn traceparent(ctx: &AttemptContext) -> String {
-    let span =
-        (u64::from(ctx.attempt) << 32) ^ (ctx.saga_id.as_u128() as u64) ^ step_hash(&ctx.step);
+    let span = (u64::from(ctx.attempt) << 32) ^ (ctx.saga_id.as_u128() as u64) ^ step_hash(&ctx.step);
     format!("00-{}-{:016x}-01", ctx.saga_id.simple(), span.max(1))
 }
 
 fn step_hash(step: &str) -> u64 {
-    step.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+    step.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 fn definite(message: String) -> Outcome {
-    Outcome::Failed {
-        kind: FailureKind::NonRetryable,
-        message,
-    }
+    Outcome::Failed { kind: FailureKind::NonRetryable, message }
 }
 
 fn retryable(message: String) -> Outcome {
-    Outcome::Failed {
-        kind: FailureKind::Retryable,
-        message,
-    }
+    Outcome::Failed { kind: FailureKind::Retryable, message }
 }
 
 fn body_value(bytes: &[u8]) -> Value {
@@ -115,8 +106,7 @@ fn body_value(bytes: &[u8]) -> Value {
         return Value::Null;
     }
     let bytes = &bytes[..bytes.len().min(RESPONSE_BODY_MAX_BYTES)];
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 fn snippet(bytes: &[u8]) -> String {
@@ -134,14 +124,9 @@ pub fn classify(status: u16, body: &[u8], phase: Phase) -> Outcome {
         (200..=299, _) => Outcome::Succeeded(body_value(body)),
         (404, Phase::Compensation) => Outcome::Succeeded(Value::Null),
         (404, Phase::Action) => definite(format!("participant answered 404{}", snippet(body))),
-        (408 | 425 | 429 | 500..=599, _) => {
-            retryable(format!("participant answered {status}{}", snippet(body)))
-        }
+        (408 | 425 | 429 | 500..=599, _) => retryable(format!("participant answered {status}{}", snippet(body))),
         (400..=499, _) => definite(format!("participant answered {status}{}", snippet(body))),
-        _ => retryable(format!(
-            "participant answered unexpected {status}{}",
-            snippet(body)
-        )),
+        _ => retryable(format!("participant answered unexpected {status}{}", snippet(body))),
     }
 }
 
@@ -152,14 +137,8 @@ mod tests {
     fn kind(outcome: &Outcome) -> &'static str {
         match outcome {
             Outcome::Succeeded(_) => "ok",
-            Outcome::Failed {
-                kind: FailureKind::Retryable,
-                ..
-            } => "retry",
-            Outcome::Failed {
-                kind: FailureKind::NonRetryable,
-                ..
-            } => "definite",
+            Outcome::Failed { kind: FailureKind::Retryable, .. } => "retry",
+            Outcome::Failed { kind: FailureKind::NonRetryable, .. } => "definite",
         }
     }
 
@@ -179,11 +158,7 @@ mod tests {
             (302, Phase::Action, "retry"),
         ];
         for (status, phase, expected) in cases {
-            assert_eq!(
-                kind(&classify(status, b"", phase)),
-                expected,
-                "{status} {phase:?}"
-            );
+            assert_eq!(kind(&classify(status, b"", phase)), expected, "{status} {phase:?}");
         }
     }
 
@@ -193,9 +168,6 @@ mod tests {
             classify(200, br#"{"id":"o-1"}"#, Phase::Action),
             Outcome::Succeeded(serde_json::json!({"id": "o-1"}))
         );
-        assert_eq!(
-            classify(204, b"", Phase::Action),
-            Outcome::Succeeded(Value::Null)
-        );
+        assert_eq!(classify(204, b"", Phase::Action), Outcome::Succeeded(Value::Null));
     }
 }

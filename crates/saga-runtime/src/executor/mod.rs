@@ -45,29 +45,16 @@ pub struct Executors {
 
 impl Executors {
     pub fn new(builtins: BuiltinRegistry) -> Self {
-        Executors {
-            builtins,
-            http: HttpExecutor::new(),
-        }
+        Executors { builtins, http: HttpExecutor::new() }
     }
 
     /// Renders the action's templates and runs one attempt under its timeout.
-    pub async fn run(
-        &self,
-        action: &Action,
-        templates: &TemplateContext,
-        ctx: &AttemptContext,
-    ) -> Outcome {
+    pub async fn run(&self, action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -> Outcome {
         let timeout = Duration::from_millis(ctx.timeout_ms);
         let attempt = async {
             match action {
                 Action::Builtin(builtin) => {
-                    let input = match builtin
-                        .input
-                        .as_ref()
-                        .map(|i| render_value(i, templates))
-                        .transpose()
-                    {
+                    let input = match builtin.input.as_ref().map(|i| render_value(i, templates)).transpose() {
                         Ok(input) => input.unwrap_or(Value::Null),
                         Err(e) => return template_failure(e),
                     };
@@ -85,18 +72,11 @@ impl Executors {
                             Err(e) => return template_failure(e),
                         }
                     }
-                    let body = match http
-                        .body
-                        .as_ref()
-                        .map(|b| render_value(b, templates))
-                        .transpose()
-                    {
+                    let body = match http.body.as_ref().map(|b| render_value(b, templates)).transpose() {
                         Ok(body) => body,
                         Err(e) => return template_failure(e),
                     };
-                    self.http
-                        .call(&http.method, &url, &headers, body.as_ref(), ctx)
-                        .await
+                    self.http.call(&http.method, &url, &headers, body.as_ref(), ctx).await
                 }
                 Action::Grpc(_) | Action::Signal(_) => Outcome::Failed {
                     kind: FailureKind::NonRetryable,
@@ -108,10 +88,7 @@ impl Executors {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Failed {
                 kind: FailureKind::Retryable,
-                message: format!(
-                    "attempt timed out after {}",
-                    saga_core::duration::format_ms(ctx.timeout_ms)
-                ),
+                message: format!("attempt timed out after {}", saga_core::duration::format_ms(ctx.timeout_ms)),
             },
         }
     }
@@ -119,8 +96,5 @@ impl Executors {
 
 /// A template that cannot render means nothing was sent: a definite failure.
 fn template_failure(error: saga_core::template::TemplateError) -> Outcome {
-    Outcome::Failed {
-        kind: FailureKind::NonRetryable,
-        message: format!("template error: {error}"),
-    }
+    Outcome::Failed { kind: FailureKind::NonRetryable, message: format!("template error: {error}") }
 }

@@ -8,15 +8,9 @@ use crate::{on_both_backends, BIN};
 
 fn assert_problem(status: u16, headers: &reqwest::header::HeaderMap, body: &Value, expected: u16) {
     assert_eq!(status, expected, "{body}");
-    assert_eq!(
-        headers["content-type"], "application/problem+json",
-        "{body}"
-    );
+    assert_eq!(headers["content-type"], "application/problem+json", "{body}");
     assert_eq!(body["status"], expected);
-    assert!(
-        body["title"].is_string() && body["detail"].is_string() && body["type"].is_string(),
-        "{body}"
-    );
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string(), "{body}");
 }
 
 async fn bad_input_is_refused_and_nothing_is_stored(backend: Backend) {
@@ -27,140 +21,70 @@ async fn bad_input_is_refused_and_nothing_is_stored(backend: Backend) {
             .body(body)
     };
     // Malformed JSON and YAML.
-    let (s, h, b) = app
-        .send(put("d", "application/json", b"{\"steps\": [".to_vec()))
-        .await;
+    let (s, h, b) = app.send(put("d", "application/json", b"{\"steps\": [".to_vec())).await;
     assert_problem(s, &h, &b, 400);
-    let (s, h, b) = app
-        .send(put("d", "application/yaml", b"steps: [a\n  - : :".to_vec()))
-        .await;
+    let (s, h, b) = app.send(put("d", "application/yaml", b"steps: [a\n  - : :".to_vec())).await;
     assert_problem(s, &h, &b, 400);
     // Invalid definition: every error with its path.
     let invalid = json!({"steps": [
         {"name": "a", "action": {"builtin": "core.echo"}, "retry": {"max_attempts": 0}},
         {"name": "a", "action": {"http": {"url": "{{ broken"}}},
     ]});
-    let (s, h, b) = app
-        .send(put(
-            "d",
-            "application/json",
-            invalid.to_string().into_bytes(),
-        ))
-        .await;
+    let (s, h, b) = app.send(put("d", "application/json", invalid.to_string().into_bytes())).await;
     assert_problem(s, &h, &b, 422);
-    let paths: Vec<&str> = b["errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["path"].as_str())
-        .collect();
-    assert_eq!(
-        paths,
-        vec![
-            "/steps/0/retry/max_attempts",
-            "/steps/1/action/http/url",
-            "/steps/1/name"
-        ],
-        "{b}"
-    );
+    let paths: Vec<&str> = b["errors"].as_array().into_iter().flatten().filter_map(|e| e["path"].as_str()).collect();
+    assert_eq!(paths, vec!["/steps/0/retry/max_attempts", "/steps/1/action/http/url", "/steps/1/name"], "{b}");
     // Invalid name in the path.
     let valid = fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]));
-    let (s, h, b) = app
-        .send(put(
-            "Bad%20Name",
-            "application/json",
-            valid.to_string().into_bytes(),
-        ))
-        .await;
+    let (s, h, b) = app.send(put("Bad%20Name", "application/json", valid.to_string().into_bytes())).await;
     assert_problem(s, &h, &b, 422);
     assert_eq!(b["errors"][0]["path"], "/name");
     // Unsupported media type.
-    let (s, h, b) = app
-        .send(put("d", "text/plain", valid.to_string().into_bytes()))
-        .await;
+    let (s, h, b) = app.send(put("d", "text/plain", valid.to_string().into_bytes())).await;
     assert_problem(s, &h, &b, 415);
     // Oversized body.
-    let huge = format!(
-        "{{\"steps\": [], \"description\": \"{}\"}}",
-        "x".repeat(1024 * 1024 + 10)
-    );
-    let (s, h, b) = app
-        .send(put("d", "application/json", huge.into_bytes()))
-        .await;
+    let huge = format!("{{\"steps\": [], \"description\": \"{}\"}}", "x".repeat(1024 * 1024 + 10));
+    let (s, h, b) = app.send(put("d", "application/json", huge.into_bytes())).await;
     assert_problem(s, &h, &b, 413);
-    let (definitions_status, _, definitions) = app
-        .send(app.request(reqwest::Method::GET, "/v1/definitions"))
-        .await;
+    let (definitions_status, _, definitions) = app.send(app.request(reqwest::Method::GET, "/v1/definitions")).await;
     assert_eq!(definitions_status, 200);
     assert_eq!(definitions["items"], json!([]), "nothing stored");
 
     // Sagas: malformed, invalid, unknown definition, bad ids.
     let post = |body: String| {
-        app.request(reqwest::Method::POST, "/v1/sagas")
-            .header("content-type", "application/json")
-            .body(body)
+        app.request(reqwest::Method::POST, "/v1/sagas").header("content-type", "application/json").body(body)
     };
     let (s, h, b) = app.send(post("{nope".into())).await;
     assert_problem(s, &h, &b, 400);
-    let (s, h, b) = app
-        .send(post(json!({"definition": "missing"}).to_string()))
-        .await;
+    let (s, h, b) = app.send(post(json!({"definition": "missing"}).to_string())).await;
     assert_problem(s, &h, &b, 422);
     assert_eq!(b["errors"][0]["path"], "/definition");
-    let (s, h, b) = app
-        .send(post(
-            json!({"definition": 7, "tenant_id": "X!", "priority": "high", "colour": 1})
-                .to_string(),
-        ))
-        .await;
+    let (s, h, b) =
+        app.send(post(json!({"definition": 7, "tenant_id": "X!", "priority": "high", "colour": 1}).to_string())).await;
     assert_problem(s, &h, &b, 422);
     assert_eq!(b["errors"].as_array().map(Vec::len), Some(4), "{b}");
-    let (s, h, b) = app
-        .send(post(format!(
-            "{{\"definition\": \"x\", \"input\": \"{}\"}}",
-            "y".repeat(1024 * 1024)
-        )))
-        .await;
+    let (s, h, b) =
+        app.send(post(format!("{{\"definition\": \"x\", \"input\": \"{}\"}}", "y".repeat(1024 * 1024)))).await;
     assert_problem(s, &h, &b, 413);
-    for path in [
-        "/v1/sagas/not-a-uuid",
-        "/v1/sagas/00000000-0000-7000-8000-000000000000",
-        "/v1/sagas/nope/events",
-    ] {
+    for path in ["/v1/sagas/not-a-uuid", "/v1/sagas/00000000-0000-7000-8000-000000000000", "/v1/sagas/nope/events"] {
         let (s, h, b) = app.send(app.request(reqwest::Method::GET, path)).await;
         assert_problem(s, &h, &b, 404);
     }
-    let (s, h, b) = app
-        .send(app.request(reqwest::Method::POST, "/v1/sagas/not-a-uuid/retry"))
-        .await;
+    let (s, h, b) = app.send(app.request(reqwest::Method::POST, "/v1/sagas/not-a-uuid/retry")).await;
     assert_problem(s, &h, &b, 404);
-    let (s, h, b) = app
-        .send(app.request(reqwest::Method::GET, "/v1/sagas?status=DANCING"))
-        .await;
+    let (s, h, b) = app.send(app.request(reqwest::Method::GET, "/v1/sagas?status=DANCING")).await;
     assert_problem(s, &h, &b, 400);
-    let (s, h, b) = app
-        .send(app.request(reqwest::Method::GET, "/v1/sagas?cursor=zzz"))
-        .await;
+    let (s, h, b) = app.send(app.request(reqwest::Method::GET, "/v1/sagas?cursor=zzz")).await;
     assert_problem(s, &h, &b, 400);
-    let (s, h, b) = app
-        .send(app.request(reqwest::Method::GET, "/v1/definitions/nope"))
-        .await;
+    let (s, h, b) = app.send(app.request(reqwest::Method::GET, "/v1/definitions/nope")).await;
     assert_problem(s, &h, &b, 404);
-    let (s, h, b) = app
-        .send(app.request(reqwest::Method::GET, "/v1/definitions/nope/versions/zero"))
-        .await;
+    let (s, h, b) = app.send(app.request(reqwest::Method::GET, "/v1/definitions/nope/versions/zero")).await;
     assert_problem(s, &h, &b, 400);
-    let (s, h, b) = app
-        .send(app.request(reqwest::Method::GET, "/v2/nothing"))
-        .await;
+    let (s, h, b) = app.send(app.request(reqwest::Method::GET, "/v2/nothing")).await;
     assert_problem(s, &h, &b, 404);
-    let (s, h, b) = app
-        .send(app.request(reqwest::Method::DELETE, "/v1/sagas"))
-        .await;
+    let (s, h, b) = app.send(app.request(reqwest::Method::DELETE, "/v1/sagas")).await;
     assert_problem(s, &h, &b, 405);
-    let (_, _, sagas) = app
-        .send(app.request(reqwest::Method::GET, "/v1/sagas"))
-        .await;
+    let (_, _, sagas) = app.send(app.request(reqwest::Method::GET, "/v1/sagas")).await;
     assert_eq!(sagas["items"], json!([]), "no saga stored");
 }
 on_both_backends!(bad_input_is_refused_and_nothing_is_stored);
@@ -184,27 +108,11 @@ async fn auth_and_ops_routes(backend: Backend) {
     assert_eq!(s, 200);
     assert!(ui.as_str().is_some_and(|html| html.contains("Sagaplane")));
     // A saga, then its metrics.
-    app.put_definition(
-        "echo",
-        &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}])),
-    )
-    .await;
+    app.put_definition("echo", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
     let id = app.start("echo", json!({})).await;
-    app.wait_terminal(&id, std::time::Duration::from_secs(30))
-        .await;
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        text.contains("saga_total{definition=\"echo\",status=\"COMPLETED\"} 1"),
-        "{text}"
-    );
+    app.wait_terminal(&id, std::time::Duration::from_secs(30)).await;
+    let text = app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+    assert!(text.contains("saga_total{definition=\"echo\",status=\"COMPLETED\"} 1"), "{text}");
     assert!(text.contains("saga_step_duration_seconds_bucket"), "{text}");
     assert!(text.contains("saga_in_flight"), "{text}");
 }
@@ -212,37 +120,25 @@ on_both_backends!(auth_and_ops_routes);
 
 async fn lists_filter_and_page(backend: Backend) {
     let app = App::spawn(BIN, backend, &[]).await;
-    app.put_definition(
-        "one",
-        &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}])),
-    )
-    .await;
+    app.put_definition("one", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
     app.put_definition(
         "two",
-        &fast_definition(
-            json!([{"name": "f", "action": {"builtin": "core.fail", "input": {"message": "no"}}}]),
-        ),
+        &fast_definition(json!([{"name": "f", "action": {"builtin": "core.fail", "input": {"message": "no"}}}])),
     )
     .await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(
-            app.start(if i % 2 == 0 { "one" } else { "two" }, json!({"i": i}))
-                .await,
-        );
+        ids.push(app.start(if i % 2 == 0 { "one" } else { "two" }, json!({"i": i})).await);
     }
     for id in &ids {
-        app.wait_terminal(id, std::time::Duration::from_secs(30))
-            .await;
+        app.wait_terminal(id, std::time::Duration::from_secs(30)).await;
     }
     let get = |path: &str| app.request(reqwest::Method::GET, path);
     let (_, _, page1) = app.send(get("/v1/sagas?limit=2")).await;
     assert_eq!(page1["items"].as_array().map(Vec::len), Some(2));
     assert_eq!(page1["items"][0]["id"], ids[4], "newest first");
     let cursor = page1["next_cursor"].as_str().expect("cursor").to_string();
-    let (_, _, page2) = app
-        .send(get(&format!("/v1/sagas?limit=2&cursor={cursor}")))
-        .await;
+    let (_, _, page2) = app.send(get(&format!("/v1/sagas?limit=2&cursor={cursor}"))).await;
     assert_eq!(page2["items"][0]["id"], ids[2]);
     let (_, _, two) = app.send(get("/v1/sagas?definition=two")).await;
     assert_eq!(two["items"].as_array().map(Vec::len), Some(2));

@@ -21,41 +21,21 @@ async fn definitions_apply_then_sagas_start_wait_show() {
     let dir = std::env::temp_dir().join(format!("sagaplane-cli-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("greet.yaml");
-    std::fs::write(&file, "name: greet\nsteps:\n  - name: hello\n    action: {builtin: core.echo, input: {who: \"{{ input.who }}\"}}\n").expect("write");
+    std::fs::write(
+        &file,
+        "name: greet\nsteps:\n  - name: hello\n    action: {builtin: core.echo, input: {who: \"{{ input.who }}\"}}\n",
+    )
+    .expect("write");
     let path = file.to_str().expect("utf-8 path");
     let out = tokio::task::block_in_place(|| client(&app, &["definitions", "apply", "-f", path]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "definition greet v1 created"
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "definition greet v1 created");
     let out = tokio::task::block_in_place(|| client(&app, &["definitions", "apply", "-f", path]));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "definition greet v1 unchanged"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "definition greet v1 unchanged");
     let out = tokio::task::block_in_place(|| {
-        client(
-            &app,
-            &[
-                "sagas",
-                "start",
-                "greet",
-                "--input",
-                "{\"who\":\"ops\"}",
-                "--wait",
-            ],
-        )
+        client(&app, &["sagas", "start", "greet", "--input", "{\"who\":\"ops\"}", "--wait"])
     });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let saga: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(saga["status"], "COMPLETED");
     assert_eq!(saga["output"]["hello"]["who"], "ops");
@@ -66,11 +46,7 @@ async fn definitions_apply_then_sagas_start_wait_show() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(id));
     let out = tokio::task::block_in_place(|| client(&app, &["sagas", "retry", id]));
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("409"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("409"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = tokio::task::block_in_place(|| {
         Command::new(BIN)
             .args(["sagas", "list"])
@@ -79,8 +55,5 @@ async fn definitions_apply_then_sagas_start_wait_show() {
             .output()
             .expect("run")
     });
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("401"),
-        "clear message without a token"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "clear message without a token");
 }

@@ -40,20 +40,16 @@ async fn killed_worker_sagas_are_taken_over() {
         ids.push(api.start("slow", json!({"i": i})).await);
     }
     // Wait until worker-a is mid-run on at least one saga, then kill it without warning.
-    let victims: Vec<String> = eventually(
-        "worker-a to hold a lease",
-        Duration::from_secs(20),
-        || async {
-            let mut held = Vec::new();
-            for id in &ids {
-                let saga = api.saga(id).await;
-                if saga["lease_owner"] == "worker-a" && saga["status"] == "EXECUTING" {
-                    held.push(id.clone());
-                }
+    let victims: Vec<String> = eventually("worker-a to hold a lease", Duration::from_secs(20), || async {
+        let mut held = Vec::new();
+        for id in &ids {
+            let saga = api.saga(id).await;
+            if saga["lease_owner"] == "worker-a" && saga["status"] == "EXECUTING" {
+                held.push(id.clone());
             }
-            (!held.is_empty()).then_some(held)
-        },
-    )
+        }
+        (!held.is_empty()).then_some(held)
+    })
     .await;
     doomed.child_mut().start_kill().expect("SIGKILL worker-a");
     let killed_at = SystemTime::now();
@@ -68,19 +64,12 @@ async fn killed_worker_sagas_are_taken_over() {
         let takeover = events
             .iter()
             .find(|e| {
-                e["type"] == "lease_acquired"
-                    && e["worker"] == "worker-b"
-                    && e["data"]["previous_owner"] == "worker-a"
+                e["type"] == "lease_acquired" && e["worker"] == "worker-b" && e["data"]["previous_owner"] == "worker-a"
             })
-            .unwrap_or_else(|| {
-                panic!("no takeover by worker-b in the history of {id}: {events:#?}")
-            });
+            .unwrap_or_else(|| panic!("no takeover by worker-b in the history of {id}: {events:#?}"));
         assert_eq!(takeover["data"]["takeover"], true);
         let at = chrono_ms(takeover["at"].as_str().expect("at"));
-        let killed_ms = killed_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("time")
-            .as_millis() as i64;
+        let killed_ms = killed_at.duration_since(SystemTime::UNIX_EPOCH).expect("time").as_millis() as i64;
         let delay = Duration::from_millis((at - killed_ms).max(0) as u64);
         assert!(
             delay <= LEASE_TTL + Duration::from_millis(2_500),
@@ -101,14 +90,9 @@ async fn killed_worker_sagas_are_taken_over() {
 
 /// Milliseconds since the epoch of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 fn chrono_ms(text: &str) -> i64 {
-    let parse = |range: std::ops::Range<usize>| {
-        text.get(range)
-            .and_then(|s| s.parse::<i64>().ok())
-            .expect("timestamp")
-    };
+    let parse = |range: std::ops::Range<usize>| text.get(range).and_then(|s| s.parse::<i64>().ok()).expect("timestamp");
     let (year, month, day) = (parse(0..4), parse(5..7), parse(8..10));
-    let (hour, minute, second, milli) =
-        (parse(11..13), parse(14..16), parse(17..19), parse(20..23));
+    let (hour, minute, second, milli) = (parse(11..13), parse(14..16), parse(17..19), parse(20..23));
     // Days from civil (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);

@@ -11,30 +11,19 @@ use crate::{on_both_backends, BIN};
 const TERMINAL_WAIT: Duration = Duration::from_secs(30);
 
 async fn app_with(backend: Backend, participant: &Participant) -> App {
-    App::spawn(
-        BIN,
-        backend,
-        &[("SAGAPLANE_VAR_P", participant.url.clone())],
-    )
-    .await
+    App::spawn(BIN, backend, &[("SAGAPLANE_VAR_P", participant.url.clone())]).await
 }
 
 fn http_step(name: &str, path: &str, compensation: Option<&str>) -> Value {
     let mut step = json!({"name": name, "action": {"http": {"method": "POST", "url": format!("{{{{ vars.P }}}}{path}"), "body": {"saga": "{{ saga.id }}"}}}});
     if let Some(undo) = compensation {
-        step["compensation"] =
-            json!({"http": {"method": "POST", "url": format!("{{{{ vars.P }}}}{undo}")}});
+        step["compensation"] = json!({"http": {"method": "POST", "url": format!("{{{{ vars.P }}}}{undo}")}});
     }
     step
 }
 
 fn step_statuses(saga: &Value) -> Vec<String> {
-    saga["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| s["status"].as_str().unwrap_or("").to_string())
-        .collect()
+    saga["steps"].as_array().into_iter().flatten().map(|s| s["status"].as_str().unwrap_or("").to_string()).collect()
 }
 
 async fn happy_path_passes_outputs_forward(backend: Backend) {
@@ -49,42 +38,24 @@ async fn happy_path_passes_outputs_forward(backend: Backend) {
         {"name": "note", "action": {"builtin": "core.echo", "input": {"order": "{{ steps.create_order.output.id }}", "total": "{{ steps.create_order.output.total }}"}}},
     ]));
     assert_eq!(app.put_definition("order", &definition).await.0, 201);
-    let id = app
-        .start("order", json!({"customer_id": "c-9", "count": 2}))
-        .await;
+    let id = app.start("order", json!({"customer_id": "c-9", "count": 2})).await;
     let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
     assert_eq!(saga["status"], "COMPLETED", "{saga}");
-    assert_eq!(
-        saga["output"]["note"],
-        json!({"order": "o-17", "total": 40})
-    );
+    assert_eq!(saga["output"]["note"], json!({"order": "o-17", "total": 40}));
     assert_eq!(saga["progress"]["percent"], 100);
     assert!(saga["completed_at"].is_string());
     let create = participant.requests("/orders");
     assert_eq!(create.len(), 1);
-    assert_eq!(
-        create[0].body,
-        json!({"customer": "c-9", "count": 2}),
-        "templates keep JSON types"
-    );
-    assert_eq!(
-        create[0].headers["idempotency-key"],
-        format!("{id}/create_order/action")
-    );
+    assert_eq!(create[0].body, json!({"customer": "c-9", "count": 2}), "templates keep JSON types");
+    assert_eq!(create[0].headers["idempotency-key"], format!("{id}/create_order/action"));
     assert_eq!(create[0].headers["x-saga-id"], id);
     assert_eq!(create[0].headers["x-saga-step"], "create_order");
     assert_eq!(create[0].headers["x-saga-attempt"], "1");
-    assert!(
-        create[0].headers["traceparent"].starts_with("00-"),
-        "traceparent"
-    );
+    assert!(create[0].headers["traceparent"].starts_with("00-"), "traceparent");
     let confirm = participant.requests("/orders/o-17/confirm");
     assert_eq!(confirm.len(), 1, "step output fed the next step's URL");
     assert_eq!(confirm[0].method, "PUT");
-    assert!(
-        participant.requests("/orders/o-17/cancel").is_empty(),
-        "nothing compensated"
-    );
+    assert!(participant.requests("/orders/o-17/cancel").is_empty(), "nothing compensated");
     let types = app.event_types(&id).await;
     assert_eq!(types.first().map(String::as_str), Some("saga_created"));
     assert_eq!(types.last().map(String::as_str), Some("saga_completed"));
@@ -108,90 +79,37 @@ async fn definite_failure_compensates_in_reverse(backend: Backend) {
     assert_eq!(saga["status"], "COMPENSATED", "{saga}");
     assert_eq!(saga["error"]["kind"], "non_retryable");
     assert_eq!(saga["error"]["step"], "c");
-    assert_eq!(
-        step_statuses(&saga),
-        vec!["COMPENSATED", "COMPENSATED", "FAILED", "SKIPPED"]
-    );
-    let order: Vec<String> = participant
-        .all_requests()
-        .into_iter()
-        .map(|r| r.path)
-        .collect();
-    assert_eq!(
-        order,
-        vec!["/a", "/b", "/c", "/b/undo", "/a/undo"],
-        "reverse order, failing step not compensated"
-    );
+    assert_eq!(step_statuses(&saga), vec!["COMPENSATED", "COMPENSATED", "FAILED", "SKIPPED"]);
+    let order: Vec<String> = participant.all_requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(order, vec!["/a", "/b", "/c", "/b/undo", "/a/undo"], "reverse order, failing step not compensated");
     let undo = participant.requests("/b/undo");
-    assert_eq!(
-        undo[0].headers["idempotency-key"],
-        format!("{id}/b/compensation")
-    );
-    assert_eq!(
-        participant.requests("/c").len(),
-        1,
-        "a definite failure is not retried"
-    );
+    assert_eq!(undo[0].headers["idempotency-key"], format!("{id}/b/compensation"));
+    assert_eq!(participant.requests("/c").len(), 1, "a definite failure is not retried");
 }
 on_both_backends!(definite_failure_compensates_in_reverse);
 
 async fn transient_errors_retry_with_one_key_and_growing_gaps(backend: Backend) {
     let participant = Participant::start().await;
-    participant.script(
-        "/flaky",
-        vec![
-            (503, json!({})),
-            (503, json!({})),
-            (200, json!({"ok": true})),
-        ],
-    );
+    participant.script("/flaky", vec![(503, json!({})), (503, json!({})), (200, json!({"ok": true}))]);
     let app = app_with(backend, &participant).await;
-    app.put_definition(
-        "flaky",
-        &fast_definition(json!([http_step("flaky", "/flaky", None)])),
-    )
-    .await;
+    app.put_definition("flaky", &fast_definition(json!([http_step("flaky", "/flaky", None)]))).await;
     let id = app.start("flaky", json!({})).await;
     let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
     assert_eq!(saga["status"], "COMPLETED", "{saga}");
     assert_eq!(saga["steps"][0]["attempts"], 3);
     let seen = participant.requests("/flaky");
     assert_eq!(seen.len(), 3);
-    let keys: Vec<&str> = seen
-        .iter()
-        .map(|r| r.headers["idempotency-key"].as_str())
-        .collect();
-    assert!(
-        keys.iter().all(|k| *k == keys[0]),
-        "idempotency key changed: {keys:?}"
-    );
-    let attempts: Vec<&str> = seen
-        .iter()
-        .map(|r| r.headers["x-saga-attempt"].as_str())
-        .collect();
+    let keys: Vec<&str> = seen.iter().map(|r| r.headers["idempotency-key"].as_str()).collect();
+    assert!(keys.iter().all(|k| *k == keys[0]), "idempotency key changed: {keys:?}");
+    let attempts: Vec<&str> = seen.iter().map(|r| r.headers["x-saga-attempt"].as_str()).collect();
     assert_eq!(attempts, vec!["1", "2", "3"]);
     let first_gap = seen[1].at - seen[0].at;
     let second_gap = seen[2].at - seen[1].at;
-    assert!(
-        first_gap >= Duration::from_millis(100),
-        "first gap {first_gap:?}"
-    );
-    assert!(
-        second_gap >= Duration::from_millis(200),
-        "second gap {second_gap:?}"
-    );
-    assert!(
-        second_gap > first_gap,
-        "gaps must grow: {first_gap:?} then {second_gap:?}"
-    );
+    assert!(first_gap >= Duration::from_millis(100), "first gap {first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(200), "second gap {second_gap:?}");
+    assert!(second_gap > first_gap, "gaps must grow: {first_gap:?} then {second_gap:?}");
     let types = app.event_types(&id).await;
-    assert_eq!(
-        types
-            .iter()
-            .filter(|t| *t == "step_retry_scheduled")
-            .count(),
-        2
-    );
+    assert_eq!(types.iter().filter(|t| *t == "step_retry_scheduled").count(), 2);
 }
 on_both_backends!(transient_errors_retry_with_one_key_and_growing_gaps);
 
@@ -199,10 +117,8 @@ async fn exhausted_retries_compensate_the_ambiguous_step(backend: Backend) {
     let participant = Participant::start().await;
     participant.script("/b", vec![(503, json!({}))]);
     let app = app_with(backend, &participant).await;
-    let definition = fast_definition(json!([
-        http_step("a", "/a", Some("/a/undo")),
-        http_step("b", "/b", Some("/b/undo"))
-    ]));
+    let definition =
+        fast_definition(json!([http_step("a", "/a", Some("/a/undo")), http_step("b", "/b", Some("/b/undo"))]));
     app.put_definition("ambiguous", &definition).await;
     let id = app.start("ambiguous", json!({})).await;
     let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
@@ -210,17 +126,9 @@ async fn exhausted_retries_compensate_the_ambiguous_step(backend: Backend) {
     assert_eq!(saga["error"]["kind"], "retries_exhausted");
     assert_eq!(participant.requests("/b").len(), 3);
     assert_eq!(step_statuses(&saga), vec!["COMPENSATED", "COMPENSATED"]);
-    let undo_order: Vec<String> = participant
-        .all_requests()
-        .into_iter()
-        .map(|r| r.path)
-        .filter(|p| p.ends_with("/undo"))
-        .collect();
-    assert_eq!(
-        undo_order,
-        vec!["/b/undo", "/a/undo"],
-        "the ambiguous step is compensated first"
-    );
+    let undo_order: Vec<String> =
+        participant.all_requests().into_iter().map(|r| r.path).filter(|p| p.ends_with("/undo")).collect();
+    assert_eq!(undo_order, vec!["/b/undo", "/a/undo"], "the ambiguous step is compensated first");
 }
 on_both_backends!(exhausted_retries_compensate_the_ambiguous_step);
 
@@ -229,10 +137,8 @@ async fn failing_compensation_waits_for_operator_retry(backend: Backend) {
     participant.script("/a/undo", vec![(500, json!({"error": "down"}))]);
     participant.script("/b", vec![(422, json!({"error": "rejected"}))]);
     let app = app_with(backend, &participant).await;
-    let definition = fast_definition(json!([
-        http_step("a", "/a", Some("/a/undo")),
-        http_step("b", "/b", Some("/b/undo"))
-    ]));
+    let definition =
+        fast_definition(json!([http_step("a", "/a", Some("/a/undo")), http_step("b", "/b", Some("/b/undo"))]));
     app.put_definition("stuck", &definition).await;
     let id = app.start("stuck", json!({})).await;
     let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
@@ -243,25 +149,15 @@ async fn failing_compensation_waits_for_operator_retry(backend: Backend) {
     assert_eq!(participant.requests("/a/undo").len(), 3);
     // The participant heals; the operator retries.
     participant.script("/a/undo", vec![(200, json!({}))]);
-    let (status, _, body) = app
-        .send(app.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry")))
-        .await;
+    let (status, _, body) = app.send(app.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry"))).await;
     assert_eq!(status, 202, "{body}");
     let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
     assert_eq!(saga["status"], "COMPENSATED", "{saga}");
-    assert_eq!(
-        saga["error"]["kind"], "non_retryable",
-        "the original cause shows again"
-    );
+    assert_eq!(saga["error"]["kind"], "non_retryable", "the original cause shows again");
     assert_eq!(participant.requests("/a/undo").len(), 4);
-    let (status, _, _) = app
-        .send(app.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry")))
-        .await;
+    let (status, _, _) = app.send(app.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry"))).await;
     assert_eq!(status, 409, "only FAILED sagas can be retried");
-    assert!(app
-        .event_types(&id)
-        .await
-        .contains(&"saga_retried".to_string()));
+    assert!(app.event_types(&id).await.contains(&"saga_retried".to_string()));
 }
 on_both_backends!(failing_compensation_waits_for_operator_retry);
 
@@ -270,20 +166,13 @@ async fn compensation_404_counts_as_compensated(backend: Backend) {
     participant.script("/a/undo", vec![(404, json!({}))]);
     participant.script("/b", vec![(400, json!({}))]);
     let app = app_with(backend, &participant).await;
-    let definition = fast_definition(json!([
-        http_step("a", "/a", Some("/a/undo")),
-        http_step("b", "/b", None)
-    ]));
+    let definition = fast_definition(json!([http_step("a", "/a", Some("/a/undo")), http_step("b", "/b", None)]));
     app.put_definition("gone", &definition).await;
     let id = app.start("gone", json!({})).await;
     let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
     assert_eq!(saga["status"], "COMPENSATED", "{saga}");
     assert_eq!(step_statuses(&saga), vec!["COMPENSATED", "FAILED"]);
-    assert_eq!(
-        participant.requests("/a/undo").len(),
-        1,
-        "404 is final, not retried"
-    );
+    assert_eq!(participant.requests("/a/undo").len(), 1, "404 is final, not retried");
 }
 on_both_backends!(compensation_404_counts_as_compensated);
 
@@ -296,9 +185,7 @@ async fn a_saga_finishes_on_the_version_it_started_with(backend: Backend) {
     ]));
     assert_eq!(app.put_definition("evolving", &v1).await.0, 201);
     let old = app.start("evolving", json!({})).await;
-    let v2 = fast_definition(
-        json!([{"name": "v2_only", "action": {"builtin": "core.echo", "input": {"version": 2}}}]),
-    );
+    let v2 = fast_definition(json!([{"name": "v2_only", "action": {"builtin": "core.echo", "input": {"version": 2}}}]));
     let (status, body) = app.put_definition("evolving", &v2).await;
     assert_eq!((status, body["version"].clone()), (201, json!(2)));
     let new = app.start("evolving", json!({})).await;
@@ -314,48 +201,27 @@ on_both_backends!(a_saga_finishes_on_the_version_it_started_with);
 async fn idempotent_start(backend: Backend) {
     let participant = Participant::start().await;
     let app = app_with(backend, &participant).await;
-    app.put_definition(
-        "echo",
-        &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}])),
-    )
-    .await;
+    app.put_definition("echo", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
     let body = json!({"definition": "echo", "input": {"order": 1}});
     let post = |key: &str, body: &Value| {
-        app.request(reqwest::Method::POST, "/v1/sagas")
-            .header("Idempotency-Key", key)
-            .json(body)
+        app.request(reqwest::Method::POST, "/v1/sagas").header("Idempotency-Key", key).json(body)
     };
     let (first_status, first_headers, first) = app.send(post("k-1", &body)).await;
     assert_eq!(first_status, 201, "{first}");
     assert!(first_headers.get("idempotent-replayed").is_none());
     let (status, headers, replay) = app.send(post("k-1", &body)).await;
     assert_eq!(status, 200, "{replay}");
-    assert_eq!(
-        headers
-            .get("idempotent-replayed")
-            .and_then(|v| v.to_str().ok()),
-        Some("true")
-    );
+    assert_eq!(headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
     assert_eq!(replay["id"], first["id"]);
-    let (status, headers, conflict) = app
-        .send(post(
-            "k-1",
-            &json!({"definition": "echo", "input": {"order": 2}}),
-        ))
-        .await;
+    let (status, headers, conflict) =
+        app.send(post("k-1", &json!({"definition": "echo", "input": {"order": 2}}))).await;
     assert_eq!(status, 409, "{conflict}");
     assert_eq!(headers["content-type"], "application/problem+json");
     let (status, _, _) = app.send(post(&"k".repeat(256), &body)).await;
     assert_eq!(status, 400);
     let (status, _, _) = app.send(post(&"k".repeat(255), &body)).await;
     assert_eq!(status, 201, "255 characters is allowed");
-    let (_, _, list) = app
-        .send(app.request(reqwest::Method::GET, "/v1/sagas"))
-        .await;
-    assert_eq!(
-        list["items"].as_array().map(Vec::len),
-        Some(2),
-        "exactly two sagas exist"
-    );
+    let (_, _, list) = app.send(app.request(reqwest::Method::GET, "/v1/sagas")).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "exactly two sagas exist");
 }
 on_both_backends!(idempotent_start);

@@ -18,29 +18,20 @@ use crate::views;
 pub(crate) fn unsupported(definition: &Definition) -> Vec<FieldError> {
     let mut errors = Vec::new();
     for (i, step) in definition.steps.iter().enumerate() {
-        let actions = [
-            ("action", Some(&step.action)),
-            ("compensation", step.compensation.as_ref()),
-        ];
+        let actions = [("action", Some(&step.action)), ("compensation", step.compensation.as_ref())];
         for (field, action) in actions {
             let message = match action {
                 Some(Action::Grpc(_)) => "grpc actions are not supported by this build yet",
                 Some(Action::Signal(_)) => "signal actions are not supported by this build yet",
-                Some(Action::Http(http)) if http.is_async => {
-                    "async http actions are not supported by this build yet"
-                }
+                Some(Action::Http(http)) if http.is_async => "async http actions are not supported by this build yet",
                 _ => continue,
             };
-            errors.push(FieldError {
-                path: format!("/steps/{i}/{field}"),
-                message: message.into(),
-            });
+            errors.push(FieldError { path: format!("/steps/{i}/{field}"), message: message.into() });
         }
         if step.heartbeat_timeout_ms.is_some() {
             errors.push(FieldError {
                 path: format!("/steps/{i}/heartbeat_timeout"),
-                message: "heartbeat timeouts (async steps) are not supported by this build yet"
-                    .into(),
+                message: "heartbeat timeouts (async steps) are not supported by this build yet".into(),
             });
         }
     }
@@ -69,60 +60,34 @@ pub async fn put(
     let format = match super::content_type(&headers).as_deref() {
         None | Some("application/json") => DocumentFormat::Json,
         Some(t) if t.ends_with("+json") => DocumentFormat::Json,
-        Some("application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml") => {
-            DocumentFormat::Yaml
-        }
+        Some("application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml") => DocumentFormat::Yaml,
         Some(other) => {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "content type {other:?} is not supported; use application/json or application/yaml"
             )))
         }
     };
-    let document = saga_core::parse_document(&body, format)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let document = saga_core::parse_document(&body, format).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let definition = saga_core::validate_definition(&name, &document, &state.builtin_names())
-        .map_err(|errors| {
-            ApiError::validation(format!("definition {name:?} is invalid"), errors)
-        })?;
+        .map_err(|errors| ApiError::validation(format!("definition {name:?} is invalid"), errors))?;
     let unsupported = unsupported(&definition);
     if !unsupported.is_empty() {
-        return Err(ApiError::validation(
-            format!("definition {name:?} uses unsupported features"),
-            unsupported,
-        ));
+        return Err(ApiError::validation(format!("definition {name:?} uses unsupported features"), unsupported));
     }
-    let put = state
-        .store
-        .definition_put(&name, &document, state.clock.now_ms())
-        .await?;
-    let status = if put.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let put = state.store.definition_put(&name, &document, state.clock.now_ms()).await?;
+    let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(views::definition(&put.record))).into_response())
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let items: Vec<Value> = state
-        .store
-        .definition_list()
-        .await?
-        .iter()
-        .map(views::definition)
-        .collect();
+    let items: Vec<Value> = state.store.definition_list().await?.iter().map(views::definition).collect();
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
-pub async fn latest(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn latest(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     match state.store.definition_get(&name, None).await {
         Ok(record) => Ok(Json(views::definition(&record))),
-        Err(saga_store::StoreError::NotFound) => Err(ApiError::NotFound(format!(
-            "definition {name:?} does not exist"
-        ))),
+        Err(saga_store::StoreError::NotFound) => Err(ApiError::NotFound(format!("definition {name:?} does not exist"))),
         Err(e) => Err(e.into()),
     }
 }
@@ -131,14 +96,16 @@ pub async fn version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let number: i32 = version.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
-        ApiError::BadRequest(format!("version {version:?} is not a positive integer"))
-    })?;
+    let number: i32 = version
+        .parse()
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| ApiError::BadRequest(format!("version {version:?} is not a positive integer")))?;
     match state.store.definition_get(&name, Some(number)).await {
         Ok(record) => Ok(Json(views::definition(&record))),
-        Err(saga_store::StoreError::NotFound) => Err(ApiError::NotFound(format!(
-            "definition {name:?} has no version {number}"
-        ))),
+        Err(saga_store::StoreError::NotFound) => {
+            Err(ApiError::NotFound(format!("definition {name:?} has no version {number}")))
+        }
         Err(e) => Err(e.into()),
     }
 }

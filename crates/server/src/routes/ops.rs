@@ -16,7 +16,8 @@ pub async fn health() -> Json<Value> {
 pub async fn ready(State(state): State<AppState>) -> Response {
     match state.store.schema_status().await {
         Ok(status) if status.is_current() => {
-            Json(json!({"status": "ready", "backend": state.store.backend_name(), "schema_version": status.applied})).into_response()
+            Json(json!({"status": "ready", "backend": state.store.backend_name(), "schema_version": status.applied}))
+                .into_response()
         }
         Ok(status) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -31,11 +32,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state
-        .metrics
-        .as_ref()
-        .map(|h| h.render())
-        .unwrap_or_default();
+    let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -28,8 +28,7 @@ pub const WAIT_RECHECK: Duration = Duration::from_millis(250);
 pub const PRIORITY_MAX: i64 = 1000;
 
 fn parse_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text)
-        .map_err(|_| ApiError::NotFound(format!("saga {text:?} does not exist (not a UUID)")))
+    Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("saga {text:?} does not exist (not a UUID)")))
 }
 
 async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
@@ -41,11 +40,7 @@ async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
 }
 
 fn cached_definition(state: &AppState, name: &str, version: i32) -> Option<Arc<Definition>> {
-    state
-        .definitions
-        .lock()
-        .ok()
-        .and_then(|c| c.get(&(name.to_string(), version)).cloned())
+    state.definitions.lock().ok().and_then(|c| c.get(&(name.to_string(), version)).cloned())
 }
 
 /// The validated definition of `(name, version)` (latest when `version` is None), cached by
@@ -62,10 +57,7 @@ pub(crate) async fn definition(
         Ok(r) => r,
         Err(StoreError::NotFound) => {
             let (path, message) = match version {
-                Some(v) => (
-                    "/version",
-                    format!("definition {name:?} has no version {v}"),
-                ),
+                Some(v) => ("/version", format!("definition {name:?} has no version {v}")),
                 None => ("/definition", format!("definition {name:?} does not exist")),
             };
             return Err(ApiError::field(path, message));
@@ -80,13 +72,9 @@ pub(crate) async fn definition(
     if let Some(found) = cached_definition(state, name, record.version) {
         return Ok((record.version, found));
     }
-    let parsed = saga_core::validate_definition(name, &record.document, &state.builtin_names())
-        .map_err(|errors| {
-            ApiError::Internal(format!(
-                "stored definition {name} v{} is invalid: {errors:?}",
-                record.version
-            ))
-        })?;
+    let parsed = saga_core::validate_definition(name, &record.document, &state.builtin_names()).map_err(|errors| {
+        ApiError::Internal(format!("stored definition {name} v{} is invalid: {errors:?}", record.version))
+    })?;
     let parsed = Arc::new(parsed);
     if let Ok(mut cache) = state.definitions.lock() {
         cache.insert((record.name.clone(), record.version), parsed.clone());
@@ -106,15 +94,7 @@ async fn definition_for_start(
         let (v, definition) = definition(state, name, Some(v)).await?;
         return Ok((v, definition, false));
     }
-    let hint = if use_hint {
-        state
-            .latest_versions
-            .lock()
-            .ok()
-            .and_then(|l| l.get(name).copied())
-    } else {
-        None
-    };
+    let hint = if use_hint { state.latest_versions.lock().ok().and_then(|l| l.get(name).copied()) } else { None };
     if let Some(v) = hint {
         if let Some(found) = cached_definition(state, name, v) {
             return Ok((v, found, true));
@@ -136,8 +116,7 @@ fn is_valid_tenant_id(id: &str) -> bool {
     let b = id.as_bytes();
     (3..=63).contains(&b.len())
         && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[b.len() - 1] != b'-'
 }
 
@@ -146,18 +125,11 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
         return Err(ApiError::field("", "must be a JSON object"));
     };
     let mut errors = Vec::new();
-    let mut error = |path: &str, message: &str| {
-        errors.push(saga_core::FieldError {
-            path: path.into(),
-            message: message.into(),
-        })
-    };
+    let mut error =
+        |path: &str, message: &str| errors.push(saga_core::FieldError { path: path.into(), message: message.into() });
     for key in map.keys() {
         if !["definition", "version", "input", "tenant_id", "priority"].contains(&key.as_str()) {
-            error(
-                &format!("/{key}"),
-                "unknown field; expected definition, version, input, tenant_id, priority",
-            );
+            error(&format!("/{key}"), "unknown field; expected definition, version, input, tenant_id, priority");
         }
     }
     let definition = match map.get("definition") {
@@ -203,29 +175,18 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
             }
         },
     };
-    let input = map
-        .get("input")
-        .cloned()
-        .unwrap_or_else(|| Value::Object(Map::new()));
+    let input = map.get("input").cloned().unwrap_or_else(|| Value::Object(Map::new()));
     if !errors.is_empty() {
         return Err(ApiError::validation("the saga request is invalid", errors));
     }
-    Ok(StartRequest {
-        definition,
-        version,
-        input,
-        tenant_id,
-        priority,
-    })
+    Ok(StartRequest { definition, version, input, tenant_id, priority })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
     if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_MAX_CHARS {
         return Err(ApiError::BadRequest(format!(
             "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} characters"
@@ -237,12 +198,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    // `?wait=`: answer once the saga is terminal (or the wait is over), like `sagas start --wait`.
+    let wait = parse_wait(&query)?;
+    let terminal = wait.map(|_| state.hub.subscribe());
     let body = body.map_err(body_rejection)?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
     let request = parse_start(&value)?;
     // serde_json maps keep keys sorted, so this hash is canonical for equal JSON.
     let request_hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));
@@ -266,37 +231,72 @@ pub async fn create(
         match state.store.saga_create(params).await? {
             SagaCreated::VersionMoved if use_hint => use_hint = false,
             SagaCreated::VersionMoved => {
-                return Err(ApiError::Conflict(format!(
-                    "definition {:?} is changing; try again",
-                    request.definition
-                )))
+                return Err(ApiError::Conflict(format!("definition {:?} is changing; try again", request.definition)))
             }
             other => break other,
         }
     };
-    match created {
-        SagaCreated::Created(record) => {
-            Ok((StatusCode::CREATED, Json(views::saga(&record))).into_response())
+    let (status, record, replayed) = match created {
+        SagaCreated::Created(record) => (StatusCode::CREATED, record, false),
+        SagaCreated::Replayed(record) => (StatusCode::OK, record, true),
+        SagaCreated::KeyConflict => {
+            return Err(ApiError::Conflict("this Idempotency-Key was used with a different request body".into()))
         }
-        SagaCreated::Replayed(record) => {
-            let mut response = (StatusCode::OK, Json(views::saga(&record))).into_response();
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(response)
+        SagaCreated::VersionMoved => {
+            return Err(ApiError::Conflict(format!("definition {:?} is changing; try again", request.definition)))
         }
-        SagaCreated::KeyConflict => Err(ApiError::Conflict(
-            "this Idempotency-Key was used with a different request body".into(),
-        )),
-        SagaCreated::VersionMoved => Err(ApiError::Conflict(format!(
-            "definition {:?} is changing; try again",
-            request.definition
-        ))),
+    };
+    let record = match (wait, terminal) {
+        (Some(wait), Some(terminal)) => wait_terminal(&state, record, terminal, wait).await?,
+        _ => record,
+    };
+    let mut response = (status, Json(views::saga(&record))).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    Ok(response)
 }
 
 fn query_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(format!("invalid query: {e}"))
+}
+
+fn parse_wait(query: &HashMap<String, String>) -> Result<Option<Duration>, ApiError> {
+    query
+        .get("wait")
+        .map(|text| {
+            saga_core::duration::parse_ms(text)
+                .map(|ms| Duration::from_millis(ms).min(crate::WAIT_MAX))
+                .map_err(query_error)
+        })
+        .transpose()
+}
+
+/// Long poll: returns as soon as the saga is terminal, or `record` (re-read) when the wait is
+/// over. Local drivers publish the committed final record on `terminal` (subscribed before the
+/// caller's first read, so nothing is missed); sagas finished by other instances are caught by
+/// the periodic re-read.
+async fn wait_terminal(
+    state: &AppState,
+    mut record: SagaRecord,
+    mut terminal: tokio::sync::broadcast::Receiver<Arc<SagaRecord>>,
+    wait: Duration,
+) -> Result<SagaRecord, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if record.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(record);
+        }
+        let until = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
+        loop {
+            match tokio::time::timeout_at(until, terminal.recv()).await {
+                Ok(Ok(done)) if done.id == record.id => return Ok(done.as_ref().clone()),
+                Ok(Ok(_)) => continue,
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        record = load(state, record.id).await?;
+    }
 }
 
 pub async fn get(
@@ -305,36 +305,12 @@ pub async fn get(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let wait = match query.get("wait") {
-        None => None,
-        Some(text) => Some(
-            saga_core::duration::parse_ms(text)
-                .map(|ms| Duration::from_millis(ms).min(crate::WAIT_MAX))
-                .map_err(query_error)?,
-        ),
-    };
-    let Some(wait) = wait else {
+    let Some(wait) = parse_wait(&query)? else {
         return Ok(Json(views::saga(&load(&state, id).await?)));
     };
-    // Long poll: answer as soon as the saga is terminal, or when the wait is over. Local drivers
-    // publish the committed final record; sagas finished by other instances are caught by the
-    // periodic re-read.
-    let mut terminal = state.hub.subscribe();
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let record = load(&state, id).await?;
-        if record.status.is_terminal() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(views::saga(&record)));
-        }
-        let until = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
-        loop {
-            match tokio::time::timeout_at(until, terminal.recv()).await {
-                Ok(Ok(done)) if done.id == id => return Ok(Json(views::saga(&done))),
-                Ok(Ok(_)) => continue,
-                Ok(Err(_)) | Err(_) => break,
-            }
-        }
-    }
+    let terminal = state.hub.subscribe();
+    let record = load(&state, id).await?;
+    Ok(Json(views::saga(&wait_terminal(&state, record, terminal, wait).await?)))
 }
 
 pub async fn list(
@@ -349,22 +325,16 @@ pub async fn list(
     let status = match query.get("status") {
         None => None,
         Some(s) => Some(
-            SagaStatus::parse(&s.to_ascii_uppercase())
-                .ok_or_else(|| query_error(format!("unknown status {s:?}")))?,
+            SagaStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| query_error(format!("unknown status {s:?}")))?,
         ),
     };
     let limit = match query.get("limit") {
         None => None,
-        Some(l) => Some(
-            l.parse::<u32>()
-                .map_err(|_| query_error("limit must be a positive integer"))?,
-        ),
+        Some(l) => Some(l.parse::<u32>().map_err(|_| query_error("limit must be a positive integer"))?),
     };
     let before_id = match query.get("cursor") {
         None => None,
-        Some(c) => Some(
-            Uuid::parse_str(c).map_err(|_| query_error("cursor is not one this API returned"))?,
-        ),
+        Some(c) => Some(Uuid::parse_str(c).map_err(|_| query_error("cursor is not one this API returned"))?),
     };
     let filter = SagaFilter {
         status,
@@ -374,9 +344,8 @@ pub async fn list(
         limit: saga_store::clamp_limit(limit),
     };
     let records = state.store.saga_list(&filter).await?;
-    let next_cursor = (records.len() == filter.limit as usize)
-        .then(|| records.last().map(|r| r.id.to_string()))
-        .flatten();
+    let next_cursor =
+        (records.len() == filter.limit as usize).then(|| records.last().map(|r| r.id.to_string())).flatten();
     let items: Vec<Value> = records.iter().map(views::saga).collect();
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
@@ -390,30 +359,20 @@ pub async fn events(
     load(&state, id).await?;
     let after = match query.get("cursor") {
         None => 0,
-        Some(c) => c
-            .parse::<i64>()
-            .map_err(|_| query_error("cursor is not one this API returned"))?,
+        Some(c) => c.parse::<i64>().map_err(|_| query_error("cursor is not one this API returned"))?,
     };
     let limit = match query.get("limit") {
         None => None,
-        Some(l) => Some(
-            l.parse::<u32>()
-                .map_err(|_| query_error("limit must be a positive integer"))?,
-        ),
+        Some(l) => Some(l.parse::<u32>().map_err(|_| query_error("limit must be a positive integer"))?),
     };
     let limit = saga_store::clamp_limit(limit.or(Some(saga_store::LIST_LIMIT_MAX)));
     let records = state.store.saga_events(id, after, limit).await?;
-    let next_cursor = (records.len() == limit as usize)
-        .then(|| records.last().map(|r| r.seq.to_string()))
-        .flatten();
+    let next_cursor = (records.len() == limit as usize).then(|| records.last().map(|r| r.seq.to_string())).flatten();
     let items: Vec<Value> = records.iter().map(views::event).collect();
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 
-pub async fn retry(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let record = load(&state, id).await?;
     if record.status != SagaStatus::Failed {
@@ -425,9 +384,8 @@ pub async fn retry(
     let (_, definition) = definition(&state, &record.definition, Some(record.version)).await?;
     let mut saga_state = record.state.clone();
     let now_ms = state.clock.now_ms();
-    let transition = saga_state
-        .retry_by_operator(&definition, now_ms)
-        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let transition =
+        saga_state.retry_by_operator(&definition, now_ms).map_err(|e| ApiError::Conflict(e.to_string()))?;
     let updated = state
         .store
         .saga_operator_update(SagaOperatorUpdate {

@@ -19,19 +19,11 @@ fn admin_url() -> String {
 
 async fn fresh() -> Arc<dyn Store> {
     let admin = PgConnectOptions::from_str(&admin_url()).expect("test database url");
-    let mut conn = admin
-        .connect()
-        .await
-        .expect("connect to test PostgreSQL (is it running? see scripts/test)");
+    let mut conn = admin.connect().await.expect("connect to test PostgreSQL (is it running? see scripts/test)");
     let name = format!("conformance_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
     let url = admin.database(&name).to_url_lossy().to_string();
-    let store = PostgresStore::connect(&url, 8)
-        .await
-        .expect("connect store");
+    let store = PostgresStore::connect(&url, 8).await.expect("connect store");
     store.migrate().await.expect("migrate");
     Arc::new(store)
 }
@@ -39,9 +31,5 @@ async fn fresh() -> Arc<dyn Store> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance() {
     let failures = saga_store::conformance::run_all(fresh).await;
-    assert!(
-        failures.is_empty(),
-        "conformance failures:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
 }

@@ -17,9 +17,5 @@ async fn fresh() -> Arc<dyn Store> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance() {
     let failures = saga_store::conformance::run_all(fresh).await;
-    assert!(
-        failures.is_empty(),
-        "conformance failures:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
 }
