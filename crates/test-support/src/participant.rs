@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 /// One request the participant saw.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    /// The client's address: the same port on two requests means a reused connection.
+    pub peer: std::net::SocketAddr,
     pub method: String,
     pub path: String,
     pub headers: HashMap<String, String>,
@@ -24,6 +26,8 @@ pub struct Seen {
 #[derive(Default)]
 struct Inner {
     scripts: HashMap<String, Vec<(u16, Value)>>,
+    /// Per path, delays for the next requests (consumed in turn).
+    delays: HashMap<String, Vec<std::time::Duration>>,
     seen: Vec<Seen>,
 }
 
@@ -38,6 +42,7 @@ impl Participant {
     pub async fn start() -> Participant {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let router = axum::Router::new().fallback(handle).with_state(inner.clone());
+        let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind participant");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move {
@@ -54,6 +59,13 @@ impl Participant {
         }
     }
 
+    /// Delays the next answers on `path` by these durations, in turn.
+    pub fn delay(&self, path: &str, delays: Vec<std::time::Duration>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.delays.insert(path.to_string(), delays);
+        }
+    }
+
     /// Every request to `path`, in arrival order.
     pub fn requests(&self, path: &str) -> Vec<Seen> {
         self.inner.lock().map(|i| i.seen.iter().filter(|s| s.path == path).cloned().collect()).unwrap_or_default()
@@ -67,6 +79,7 @@ impl Participant {
 
 async fn handle(
     State(inner): State<Arc<Mutex<Inner>>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -74,13 +87,14 @@ async fn handle(
 ) -> Response {
     let path = uri.path().to_string();
     let seen = Seen {
+        peer,
         method: method.to_string(),
         path: path.clone(),
         headers: headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect(),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         at: Instant::now(),
     };
-    let (status, body) = {
+    let (status, body, delay) = {
         let Ok(mut inner) = inner.lock() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
@@ -89,9 +103,13 @@ async fn handle(
             Some(script) if script.len() == 1 => script[0].clone(),
             _ => (200, json!({"id": path.trim_start_matches('/').replace('/', "-")})),
         };
+        let delay = inner.delays.get_mut(&path).and_then(|d| (!d.is_empty()).then(|| d.remove(0)));
         inner.seen.push(seen);
-        answer
+        (answer.0, answer.1, delay)
     };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(body)).into_response()
 }

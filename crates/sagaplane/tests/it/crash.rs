@@ -103,3 +103,36 @@ fn chrono_ms(text: &str) -> i64 {
     let days = era * 146_097 + doe - 719_468;
     ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + milli
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_hands_back_leases() {
+    let database_url = test_support::db::fresh_postgres().await;
+    let api = App::spawn_on(BIN, &database_url, &["server", "--no-worker"], &[]).await;
+    let mut first = worker(&database_url, "worker-a").await;
+    let slow = |name: &str| json!({"name": name, "action": {"builtin": "core.sleep", "input": {"duration": "700ms"}}});
+    api.put_definition("slow", &fast_definition(json!([slow("one"), slow("two"), slow("three")]))).await;
+    let id = api.start("slow", json!({})).await;
+    eventually("worker-a to hold the saga", Duration::from_secs(20), || async {
+        let saga = api.saga(&id).await;
+        (saga["lease_owner"] == "worker-a").then_some(())
+    })
+    .await;
+    let pid = first.child_mut().id().expect("pid");
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), first.child_mut().wait())
+        .await
+        .expect("drained in time")
+        .expect("exit");
+    assert!(exit.success(), "SIGTERM must exit 0, got {exit:?}");
+    let saga = api.saga(&id).await;
+    assert_eq!(saga["lease_owner"], serde_json::Value::Null, "lease handed back: {saga}");
+    assert_ne!(saga["status"], "COMPLETED", "the saga was mid-run");
+    let _second = worker(&database_url, "worker-b").await;
+    let saga = api.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    let events = api.events(&id).await;
+    let resumed =
+        events.iter().find(|e| e["type"] == "lease_acquired" && e["worker"] == "worker-b").expect("worker-b resumed");
+    assert_eq!(resumed["data"]["takeover"], false, "a handed-back lease is not a takeover: {resumed}");
+}

@@ -225,3 +225,49 @@ async fn idempotent_start(backend: Backend) {
     assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "exactly two sagas exist");
 }
 on_both_backends!(idempotent_start);
+
+async fn attempt_timeouts_retry_and_connections_are_reused(backend: Backend) {
+    let participant = Participant::start().await;
+    participant.delay("/slow", vec![Duration::from_millis(1500)]);
+    let app = app_with(backend, &participant).await;
+    let definition = fast_definition(json!([
+        http_step("first", "/first", None),
+        {"name": "slow", "timeout": "300ms", "action": {"http": {"url": "{{ vars.P }}/slow"}}},
+        http_step("last", "/last", None),
+    ]));
+    app.put_definition("timeouts", &definition).await;
+    let id = app.start("timeouts", json!({})).await;
+    let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(saga["steps"][1]["attempts"], 2, "the timed-out attempt was retried");
+    let events = app.events(&id).await;
+    let timed_out = events.iter().find(|e| e["type"] == "step_failed").expect("a failed attempt");
+    assert!(timed_out["data"]["message"].as_str().is_some_and(|m| m.contains("timed out")), "{timed_out}");
+    assert_eq!(timed_out["data"]["retryable"], true);
+    // Pooled connections: /first's connection carried the first /slow attempt (dropped when it
+    // timed out); the second /slow attempt's connection then carried /last.
+    let first = participant.requests("/first");
+    let slow = participant.requests("/slow");
+    let last = participant.requests("/last");
+    assert_eq!(slow.len(), 2);
+    assert_eq!(first[0].peer, slow[0].peer, "connection not reused");
+    assert_eq!(slow[1].peer, last[0].peer, "connection not reused");
+    assert_ne!(slow[0].peer, slow[1].peer, "a timed-out connection must not be reused");
+}
+on_both_backends!(attempt_timeouts_retry_and_connections_are_reused);
+
+async fn start_and_wait_in_one_request(backend: Backend) {
+    let participant = Participant::start().await;
+    let app = app_with(backend, &participant).await;
+    app.put_definition("quick", &fast_definition(json!([http_step("a", "/a", None), http_step("b", "/b", None)])))
+        .await;
+    let request =
+        app.request(reqwest::Method::POST, "/v1/sagas?wait=10s").json(&json!({"definition": "quick", "input": {}}));
+    let (status, _, saga) = app.send(request).await;
+    assert_eq!(status, 201, "{saga}");
+    assert_eq!(saga["status"], "COMPLETED", "answered only once terminal: {saga}");
+    assert_eq!(saga["output"]["a"], json!({"id": "a"}));
+    let bad = app.request(reqwest::Method::POST, "/v1/sagas?wait=soon").json(&json!({"definition": "quick"}));
+    assert_eq!(app.send(bad).await.0, 400);
+}
+on_both_backends!(start_and_wait_in_one_request);
