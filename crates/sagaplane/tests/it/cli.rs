@@ -57,3 +57,99 @@ async fn definitions_apply_then_sagas_start_wait_show() {
     });
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "clear message without a token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_comes_up_with_nothing_installed_and_prints_token_and_dashboard() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-dev-{}", uuid::Uuid::now_v7()));
+    let data_dir = dir.join("data");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["dev", "--data-dir", data_dir.to_str().expect("utf-8"), "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let (mut url, mut token, mut dashboard) = (None, None, None);
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                url = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("admin token: ") {
+                token = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("dashboard: ") {
+                dashboard = Some(rest.trim().to_string());
+            }
+            if url.is_some() && token.is_some() && dashboard.is_some() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("dev printed its banner");
+    let (url, token, dashboard) = (url.expect("url"), token.expect("token"), dashboard.expect("dashboard"));
+    assert_eq!(dashboard, format!("{url}/ui/"));
+    assert!(data_dir.join("sagaplane.db").exists(), "SQLite file under --data-dir");
+    let http = reqwest::Client::new();
+    let page = http.get(&dashboard).send().await.expect("dashboard");
+    assert_eq!(page.status().as_u16(), 200);
+    let definition =
+        serde_json::json!({"steps": [{"name": "a", "action": {"builtin": "core.echo", "input": {"ok": true}}}]});
+    let put = http
+        .put(format!("{url}/v1/definitions/hello"))
+        .bearer_auth(&token)
+        .json(&definition)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status().as_u16(), 201);
+    let saga: serde_json::Value = http
+        .post(format!("{url}/v1/sagas?wait=10s"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"definition": "hello"}))
+        .send()
+        .await
+        .expect("start")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    let pid = child.id().expect("pid");
+    let status = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exit =
+        tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await.expect("exits").expect("status");
+    assert!(exit.success(), "SIGINT must exit 0: {exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_database_and_is_idempotent() {
+    let url = test_support::db::fresh_sqlite();
+    for _ in 0..2 {
+        let out = tokio::task::block_in_place(|| {
+            Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", &url).output().expect("run migrate")
+        });
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 1 (sqlite)");
+    }
+    let pg = test_support::db::fresh_postgres().await;
+    let out = tokio::task::block_in_place(|| {
+        Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", &pg).output().expect("run migrate")
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 1 (postgres)");
+    let out = tokio::task::block_in_place(|| {
+        Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", "mysql://nope").output().expect("run migrate")
+    });
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("postgres:// or sqlite://"));
+    let out = tokio::task::block_in_place(|| {
+        Command::new(BIN).arg("server").env_remove("SAGAPLANE_DATABASE_URL").output().expect("run")
+    });
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SAGAPLANE_DATABASE_URL is required"));
+}
