@@ -38,6 +38,10 @@ pub struct BenchArgs {
     url: Option<String>,
     #[arg(long, env = "SAGAPLANE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Skip HTTP: start sagas through the store and wait on the in-process terminal feed, to
+    /// measure the engine alone (in-process instance only).
+    #[arg(long, conflicts_with = "url")]
+    direct: bool,
 }
 
 fn definition(workload: Workload) -> (&'static str, Value, &'static str) {
@@ -59,6 +63,8 @@ struct Embedded {
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     instance: saga_runtime::InstanceHandle,
+    store: Arc<dyn saga_store::Store>,
+    hub: saga_runtime::TerminalHub,
 }
 
 async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
@@ -89,8 +95,8 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
             eprintln!("bench server failed: {e}");
         }
     });
-    let instance = crate::run::start_instance(config, store, hub);
-    Ok(Embedded { url: format!("http://{address}"), token, backend, stop, server, instance })
+    let instance = crate::run::start_instance(config, store.clone(), hub.clone());
+    Ok(Embedded { url: format!("http://{address}"), token, backend, stop, server, instance, store, hub })
 }
 
 /// Runs the workload and prints the numbers.
@@ -116,7 +122,11 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     if !response.status().is_success() {
         bail!("registering {name}: {} {}", response.status(), response.text().await.unwrap_or_default());
     }
-    let shared = Arc::new(Load { client, base, token, name, counter: AtomicUsize::new(0) });
+    let direct = match (&embedded, args.direct) {
+        (Some(e), true) => Some(Direct::new(e, name).await?),
+        _ => None,
+    };
+    let shared = Arc::new(Load { client, base, token, name, direct, counter: AtomicUsize::new(0) });
     // Warm-up: connections, caches, JIT-free but page-cache-warm database.
     let warmup = args.concurrency.min(args.count);
     drive(shared.clone(), warmup, args.concurrency).await?;
@@ -139,7 +149,53 @@ struct Load {
     base: String,
     token: Option<String>,
     name: &'static str,
+    direct: Option<Direct>,
     counter: AtomicUsize,
+}
+
+/// Starting sagas without HTTP (`--direct`).
+struct Direct {
+    store: Arc<dyn saga_store::Store>,
+    hub: saga_runtime::TerminalHub,
+    definition: saga_core::Definition,
+    version: i32,
+}
+
+impl Direct {
+    async fn new(embedded: &Embedded, name: &str) -> anyhow::Result<Direct> {
+        let record = embedded.store.definition_get(name, None).await?;
+        let builtins = crate::run::builtins();
+        let definition = saga_core::validate_definition(name, &record.document, &builtins.names())
+            .map_err(|errors| anyhow::anyhow!("bench definition is invalid: {errors:?}"))?;
+        Ok(Direct { store: embedded.store.clone(), hub: embedded.hub.clone(), definition, version: record.version })
+    }
+
+    async fn one(&self, n: usize) -> anyhow::Result<(String, Duration)> {
+        let started = Instant::now();
+        let mut terminal = self.hub.subscribe();
+        let params = saga_store::SagaCreate {
+            id: uuid::Uuid::now_v7(),
+            definition: self.definition.name.clone(),
+            version: self.version,
+            tenant_id: None,
+            input: json!({"n": n}),
+            state: saga_core::SagaState::new(&self.definition),
+            priority: 0,
+            idempotency_key: None,
+            request_hash: None,
+            require_latest: false,
+            now_ms: saga_runtime::Clock::now_ms(&saga_runtime::SystemClock),
+        };
+        let saga_store::SagaCreated::Created(record) = self.store.saga_create(params).await? else {
+            bail!("saga not created");
+        };
+        loop {
+            let done = tokio::time::timeout(Duration::from_secs(60), terminal.recv()).await??;
+            if done.id == record.id {
+                return Ok((done.status.as_str().to_string(), started.elapsed()));
+            }
+        }
+    }
 }
 
 impl Load {
@@ -151,6 +207,9 @@ impl Load {
     }
 
     async fn one(&self, n: usize) -> anyhow::Result<(String, Duration)> {
+        if let Some(direct) = &self.direct {
+            return direct.one(n).await;
+        }
         let started = Instant::now();
         let body = json!({"definition": self.name, "input": {"n": n}});
         // Start and wait in one request; a saga still running after 30s is followed with GETs.

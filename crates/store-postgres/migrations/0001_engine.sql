@@ -16,7 +16,7 @@ CREATE TABLE sagas (
     version          INTEGER NOT NULL,
     status           TEXT    NOT NULL,
     input            JSONB   NOT NULL,
-    state            JSONB   NOT NULL,
+    state            JSON    NOT NULL,      -- rewritten on every transition: JSON skips JSONB's conversion
     priority         INTEGER NOT NULL DEFAULT 0,
     run_at           BIGINT  NOT NULL,      -- due time; equals lease_expires_at while leased
     lease_owner      TEXT,

@@ -329,7 +329,7 @@ impl Store for PostgresStore {
             "WITH s AS ( \
                INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
                                   fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at) \
-               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 1, $10, $11, $9, $9 \
+               SELECT $1, $2, $3, $4, $5, $6, $7::json, $8, $9, 0, 1, $10, $11, $9, $9 \
                WHERE NOT $13 OR $4 = (SELECT MAX(version) FROM definitions WHERE name = $3) \
                ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
              e AS (INSERT INTO saga_events (saga_id, seq, tenant_id, kind, data, at) \
@@ -343,7 +343,7 @@ impl Store for PostgresStore {
         .bind(params.version)
         .bind(params.state.status.as_str())
         .bind(Json(&params.input))
-        .bind(Json(&params.state))
+        .bind(json_text(&params.state)?)
         .bind(params.priority)
         .bind(params.now_ms)
         .bind(&params.idempotency_key)
@@ -450,7 +450,7 @@ impl Store for PostgresStore {
         // and the history rows of exactly the commits whose token still matched.
         let rows = sqlx::query(
             "WITH u AS ( \
-               UPDATE sagas s SET status = c.status, state = c.state::jsonb, updated_at = c.now, \
+               UPDATE sagas s SET status = c.status, state = c.state::json, updated_at = c.now, \
                  event_seq = s.event_seq + c.event_count, \
                  completed_at = CASE WHEN c.terminal THEN c.now ELSE NULL END, \
                  run_at = CASE WHEN c.release THEN c.run_at ELSE s.run_at END, \
@@ -562,13 +562,13 @@ impl Store for PostgresStore {
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let row = sqlx::query(&format!(
-            "UPDATE sagas s SET status = $1, state = $2, updated_at = $3, run_at = $3, completed_at = NULL, \
+            "UPDATE sagas s SET status = $1, state = $2::json, updated_at = $3, run_at = $3, completed_at = NULL, \
                lease_owner = NULL, lease_expires_at = NULL, event_seq = s.event_seq + $4 \
              WHERE s.id = $5 AND s.status = $6 AND s.lease_owner IS NULL \
              RETURNING {SAGA_COLUMNS}, s.event_seq"
         ))
         .bind(update.state.status.as_str())
-        .bind(Json(&update.state))
+        .bind(json_text(&update.state)?)
         .bind(update.now_ms)
         .bind(update.events.len() as i64)
         .bind(update.id)
