@@ -276,6 +276,7 @@ fn report(args: &BenchArgs, backend: &str, expected: &str, results: &[(String, D
     };
     let (p50, p95, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 95.0), percentile(&latencies, 99.0));
     let max = latencies.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    let backend = if args.direct { format!("{backend}-direct") } else { backend.to_string() };
     println!(
         "workload {workload} on {backend}: n={} c={} in {:.2}s",
         results.len(),
