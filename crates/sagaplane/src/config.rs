@@ -41,6 +41,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub worker_id: String,
     pub lease_ttl_ms: i64,
+    /// Fallback claim poll when no notification arrives (`SAGAPLANE_POLL_INTERVAL`).
+    pub poll_interval_ms: u64,
     pub worker_concurrency: u32,
     #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
     pub tenant_database_url: Option<String>,
@@ -67,6 +69,7 @@ struct FileConfig {
     admin_token: Option<String>,
     worker_id: Option<String>,
     lease_ttl: Option<String>,
+    poll_interval: Option<String>,
     worker_concurrency: Option<u32>,
     tenant_database_url: Option<String>,
     tenant_migrations_dir: Option<PathBuf>,
@@ -90,6 +93,7 @@ pub struct Overrides {
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
 pub const LEASE_TTL_DEFAULT_MS: i64 = 30_000;
 pub const WORKER_CONCURRENCY_DEFAULT: u32 = 64;
+pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
 pub const WORKER_CONCURRENCY_MAX: u32 = 10_000;
 pub const DELIVERY_RETRY_SCHEDULE_DEFAULT: &str = "1m,2m,4m,8m,16m,32m,64m,128m";
 
@@ -136,6 +140,13 @@ impl Config {
         if lease_ttl_ms < 300 {
             bail!("SAGAPLANE_LEASE_TTL must be at least 300ms");
         }
+        let poll_interval_ms = match get("SAGAPLANE_POLL_INTERVAL").or(file.poll_interval) {
+            Some(text) => parse_duration_ms("SAGAPLANE_POLL_INTERVAL", &text)?,
+            None => POLL_INTERVAL_DEFAULT_MS,
+        };
+        if !(10..=3_600_000).contains(&poll_interval_ms) {
+            bail!("SAGAPLANE_POLL_INTERVAL must be from 10ms to 1h");
+        }
         let worker_concurrency = match get("SAGAPLANE_WORKER_CONCURRENCY") {
             Some(text) => text
                 .parse::<u32>()
@@ -180,6 +191,7 @@ impl Config {
             admin_token: get("SAGAPLANE_ADMIN_TOKEN").or(file.admin_token).map(Secret::new),
             worker_id: get("SAGAPLANE_WORKER_ID").or(file.worker_id).unwrap_or_else(default_worker_id),
             lease_ttl_ms,
+            poll_interval_ms,
             worker_concurrency,
             tenant_database_url: get("SAGAPLANE_TENANT_DATABASE_URL").or(file.tenant_database_url),
             tenant_migrations_dir: get("SAGAPLANE_TENANT_MIGRATIONS_DIR")

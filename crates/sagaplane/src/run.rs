@@ -56,6 +56,7 @@ pub fn start_instance(config: &Config, store: Arc<dyn Store>, hub: TerminalHub) 
     let mut instance_config = InstanceConfig::new(config.worker_id.clone());
     instance_config.concurrency = config.worker_concurrency;
     instance_config.lease_ttl_ms = config.lease_ttl_ms;
+    instance_config.poll_interval_ms = config.poll_interval_ms;
     instance_config.vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     if store.backend_name() == "sqlite" {
         // One writer: a second batch in flight would only queue behind the first.

@@ -29,12 +29,56 @@ pub const POOL_CONNECTIONS_MAX: u32 = 24;
 pub struct PostgresStore {
     pool: PgPool,
     work: WorkSignal,
+    announce: Announcer,
     listener: tokio::task::JoinHandle<()>,
+    announcer: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.announcer.abort();
+    }
+}
+
+/// The shortest gap between two `NOTIFY`s from one instance.
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Coalesced `NOTIFY sagaplane_work`: PostgreSQL serialises commits that notify (a measured 25%
+/// of saga3 throughput when every create notified), so after work is committed an instance asks
+/// for an announcement, and one task sends at most one `NOTIFY` per [`ANNOUNCE_INTERVAL`]. Idle
+/// instances elsewhere wake within that interval; this instance's own worker is woken in-process
+/// at once.
+#[derive(Clone)]
+struct Announcer {
+    wanted: Arc<std::sync::atomic::AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Announcer {
+    fn new() -> Self {
+        Announcer {
+            wanted: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    fn request(&self) {
+        self.wanted.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    async fn run(self, pool: PgPool) {
+        loop {
+            self.wake.notified().await;
+            if !self.wanted.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&pool).await {
+                tracing::warn!(error = %e, "NOTIFY failed; other instances fall back to polling");
+            }
+            tokio::time::sleep(ANNOUNCE_INTERVAL).await;
+        }
     }
 }
 
@@ -188,7 +232,9 @@ impl PostgresStore {
             .map_err(db)?;
         let work: WorkSignal = Arc::new(tokio::sync::Notify::new());
         let listener = tokio::spawn(listen(pool.clone(), work.clone()));
-        Ok(PostgresStore { pool, work, listener })
+        let announce = Announcer::new();
+        let announcer = tokio::spawn(announce.clone().run(pool.clone()));
+        Ok(PostgresStore { pool, work, announce, listener, announcer })
     }
 
     /// The underlying pool (for tests and tools).
@@ -333,9 +379,8 @@ impl Store for PostgresStore {
                WHERE NOT $13 OR $4 = (SELECT MAX(version) FROM definitions WHERE name = $3) \
                ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
              e AS (INSERT INTO saga_events (saga_id, seq, tenant_id, kind, data, at) \
-                   SELECT id, 1, tenant_id, 'saga_created', $12::jsonb, $9 FROM s), \
-             n AS (SELECT pg_notify('{WORK_CHANNEL}', '') FROM s) \
-             SELECT {SAGA_COLUMNS}, (SELECT COUNT(*) FROM n) AS notified FROM s"
+                   SELECT id, 1, tenant_id, 'saga_created', $12::jsonb, $9 FROM s) \
+             SELECT {SAGA_COLUMNS} FROM s"
         ))
         .bind(params.id)
         .bind(&params.tenant_id)
@@ -356,6 +401,7 @@ impl Store for PostgresStore {
         if let Some(row) = row {
             let record = rows::saga(&row)?;
             self.work.notify_one();
+            self.announce.request();
             return Ok(SagaCreated::Created(record));
         }
         if let Some(key) = params.idempotency_key.as_deref() {
@@ -543,19 +589,19 @@ impl Store for PostgresStore {
         }
         let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.fencing_token).collect();
-        sqlx::query(&format!(
-            "WITH r AS (UPDATE sagas s SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 \
-               FROM UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
-               WHERE s.id = u.id AND s.fencing_token = u.token AND s.lease_owner = $4 RETURNING s.id) \
-             SELECT pg_notify('{WORK_CHANNEL}', '') FROM (SELECT COUNT(*) AS c FROM r) x WHERE x.c > 0"
-        ))
+        sqlx::query(
+            "UPDATE sagas s SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 \
+             FROM UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
+             WHERE s.id = u.id AND s.fencing_token = u.token AND s.lease_owner = $4",
+        )
         .bind(now_ms)
         .bind(ids)
         .bind(tokens)
         .bind(worker_id)
-        .fetch_all(&self.pool)
+        .execute(&self.pool)
         .await
         .map_err(db)?;
+        self.announce.request();
         Ok(())
     }
 
@@ -590,10 +636,11 @@ impl Store for PostgresStore {
         )?;
         events.insert(&mut tx).await?;
         let record = rows::saga(&row)?;
-        if !record.status.is_terminal() {
-            sqlx::query(&format!("SELECT pg_notify('{WORK_CHANNEL}', '')")).execute(&mut *tx).await.map_err(db)?;
-        }
         tx.commit().await.map_err(db)?;
+        if !record.status.is_terminal() {
+            self.work.notify_one();
+            self.announce.request();
+        }
         Ok(record)
     }
 

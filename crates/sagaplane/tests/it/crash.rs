@@ -136,3 +136,25 @@ async fn sigterm_drains_and_hands_back_leases() {
         events.iter().find(|e| e["type"] == "lease_acquired" && e["worker"] == "worker-b").expect("worker-b resumed");
     assert_eq!(resumed["data"]["takeover"], false, "a handed-back lease is not a takeover: {resumed}");
 }
+
+/// An idle worker elsewhere starts a new saga on NOTIFY, not on its (here: one-minute) poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_worker_is_woken_by_notify() {
+    let database_url = test_support::db::fresh_postgres().await;
+    let api = App::spawn_on(BIN, &database_url, &["server", "--no-worker"], &[]).await;
+    let _idle = App::spawn_on(
+        BIN,
+        &database_url,
+        &["worker", "--listen", "127.0.0.1:0"],
+        &[("SAGAPLANE_WORKER_ID", "idle".to_string()), ("SAGAPLANE_POLL_INTERVAL", "60s".to_string())],
+    )
+    .await;
+    api.put_definition("echo", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
+    // Let the worker's first poll pass so it is idle, waiting for a notification.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let id = api.start("echo", json!({})).await;
+        let saga = api.wait_terminal(&id, Duration::from_secs(20)).await;
+        assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    }
+}
