@@ -22,7 +22,7 @@ pub mod metrics_names;
 pub use clock::{Clock, SystemClock};
 pub use executor::{builtin::BuiltinRegistry, Executors};
 pub use hub::TerminalHub;
-pub use instance::{Instance, InstanceConfig, InstanceHandle};
+pub use instance::{Instance, InstanceConfig, InstanceHandle, Intake, Reservation};
 
 /// Names of the built-in steps that always exist.
 pub const CORE_BUILTINS: &[&str] = &["core.echo", "core.fail", "core.sleep"];

@@ -48,6 +48,7 @@ where
     run!(definitions_version_on_change_only);
     run!(sagas_create_idempotently);
     run!(create_for_latest_refuses_a_moved_version);
+    run!(create_with_a_lease_is_claimed_already);
     run!(claim_sets_lease_and_bumps_token);
     run!(stale_token_write_is_rejected);
     run!(expired_lease_is_claimable);
@@ -83,6 +84,7 @@ fn create_params(now_ms: i64) -> SagaCreate {
         idempotency_key: None,
         request_hash: None,
         require_latest: false,
+        lease: None,
         now_ms,
     }
 }
@@ -178,6 +180,27 @@ async fn create_for_latest_refuses_a_moved_version(store: Arc<dyn Store>) -> Che
     params.require_latest = false;
     let pinned = db(store.saga_create(params).await)?;
     ensure!(matches!(pinned, SagaCreated::Created(_)), "explicit v1: {pinned:?}");
+    Ok(())
+}
+
+async fn create_with_a_lease_is_claimed_already(store: Arc<dyn Store>) -> CheckResult {
+    let mut params = create_params(100);
+    params.lease = Some(crate::LeaseGrant { worker_id: "w1".into(), lease_ttl_ms: 30_000 });
+    let SagaCreated::Created(record) = db(store.saga_create(params).await)? else {
+        return Err("not created".into());
+    };
+    ensure!(record.fencing_token == 1, "token: {}", record.fencing_token);
+    ensure!(record.lease_owner.as_deref() == Some("w1"), "owner: {:?}", record.lease_owner);
+    ensure!(record.lease_expires_at_ms == Some(30_100), "expiry: {:?}", record.lease_expires_at_ms);
+    ensure!(db(store.saga_claim_due(&claim("w2", 10, 30_099)).await)?.is_empty(), "leased saga claimed");
+    let mut state = record.state.clone();
+    state.status = SagaStatus::Executing;
+    let write =
+        commit(record.id, 1, state, 200, vec![HistoryEvent::new("lease_acquired", None, None, json!(null), 200)]);
+    ensure!(db(store.saga_commit_batch(&[write]).await)? == vec![CommitOutcome::Committed], "owner's write");
+    let taken = db(store.saga_claim_due(&claim("w2", 10, 30_100)).await)?;
+    ensure!(taken.len() == 1 && taken[0].previous_owner.as_deref() == Some("w1"), "after expiry: {taken:?}");
+    ensure!(taken[0].record.fencing_token == 2, "token: {}", taken[0].record.fencing_token);
     Ok(())
 }
 

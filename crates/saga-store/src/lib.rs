@@ -99,7 +99,17 @@ pub struct SagaCreate {
     /// Create only while `version` is still the definition's latest (the caller meant "latest"
     /// and picked the version from a cache); otherwise [`SagaCreated::VersionMoved`].
     pub require_latest: bool,
+    /// Create the saga already leased to this worker (fencing token 1), for an instance that
+    /// will drive it at once; None leaves it due for any instance to claim.
+    pub lease: Option<LeaseGrant>,
     pub now_ms: i64,
+}
+
+/// A lease granted at creation.
+#[derive(Clone, Debug)]
+pub struct LeaseGrant {
+    pub worker_id: String,
+    pub lease_ttl_ms: i64,
 }
 
 /// Result of [`Store::saga_create`].

@@ -81,8 +81,10 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
     let hub = saga_runtime::TerminalHub::default();
     let token = crate::run::generate_token();
     let names = crate::run::builtins().names().into_iter().map(str::to_string).collect();
+    let instance = crate::run::start_instance(config, store.clone(), hub.clone());
     let state =
-        server::AppState::new(store.clone(), Arc::new(saga_runtime::SystemClock), hub.clone(), names, None, &token);
+        server::AppState::new(store.clone(), Arc::new(saga_runtime::SystemClock), hub.clone(), names, None, &token)
+            .with_intake(instance.intake());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -95,7 +97,6 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
             eprintln!("bench server failed: {e}");
         }
     });
-    let instance = crate::run::start_instance(config, store.clone(), hub.clone());
     Ok(Embedded { url: format!("http://{address}"), token, backend, stop, server, instance, store, hub })
 }
 
@@ -157,6 +158,7 @@ struct Load {
 struct Direct {
     store: Arc<dyn saga_store::Store>,
     hub: saga_runtime::TerminalHub,
+    intake: saga_runtime::Intake,
     definition: saga_core::Definition,
     version: i32,
 }
@@ -167,12 +169,20 @@ impl Direct {
         let builtins = crate::run::builtins();
         let definition = saga_core::validate_definition(name, &record.document, &builtins.names())
             .map_err(|errors| anyhow::anyhow!("bench definition is invalid: {errors:?}"))?;
-        Ok(Direct { store: embedded.store.clone(), hub: embedded.hub.clone(), definition, version: record.version })
+        Ok(Direct {
+            store: embedded.store.clone(),
+            hub: embedded.hub.clone(),
+            intake: embedded.instance.intake(),
+            definition,
+            version: record.version,
+        })
     }
 
     async fn one(&self, n: usize) -> anyhow::Result<(String, Duration)> {
         let started = Instant::now();
         let mut terminal = self.hub.subscribe();
+        // The same path as the API: claim on create when a local driver slot is free.
+        let reservation = self.intake.reserve();
         let params = saga_store::SagaCreate {
             id: uuid::Uuid::now_v7(),
             definition: self.definition.name.clone(),
@@ -184,11 +194,15 @@ impl Direct {
             idempotency_key: None,
             request_hash: None,
             require_latest: false,
+            lease: reservation.as_ref().map(saga_runtime::Reservation::lease),
             now_ms: saga_runtime::Clock::now_ms(&saga_runtime::SystemClock),
         };
         let saga_store::SagaCreated::Created(record) = self.store.saga_create(params).await? else {
             bail!("saga not created");
         };
+        if let Some(reservation) = reservation {
+            reservation.start(record.clone()).await;
+        }
         loop {
             let done = tokio::time::timeout(Duration::from_secs(60), terminal.recv()).await??;
             if done.id == record.id {

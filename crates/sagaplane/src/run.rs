@@ -58,10 +58,6 @@ pub fn start_instance(config: &Config, store: Arc<dyn Store>, hub: TerminalHub) 
     instance_config.lease_ttl_ms = config.lease_ttl_ms;
     instance_config.poll_interval_ms = config.poll_interval_ms;
     instance_config.vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    if store.backend_name() == "sqlite" {
-        // One writer: a second batch in flight would only queue behind the first.
-        instance_config.commit_parallelism = 1;
-    }
     Instance::new(store, Arc::new(SystemClock), Executors::new(builtins()), instance_config, hub).start()
 }
 
@@ -79,14 +75,12 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         None => crate::config::Secret::new(""),
     };
     let names: Vec<String> = builtins().names().into_iter().map(str::to_string).collect();
-    let state = server::AppState::new(
-        store.clone(),
-        Arc::new(SystemClock),
-        hub.clone(),
-        names,
-        Some(metrics),
-        admin_token.expose(),
-    );
+    let instance = plan.worker.then(|| start_instance(&config, store.clone(), hub.clone()));
+    let mut state =
+        server::AppState::new(store.clone(), Arc::new(SystemClock), hub, names, Some(metrics), admin_token.expose());
+    if let Some(instance) = &instance {
+        state = state.with_intake(instance.intake());
+    }
     let router = if plan.api { Some(server::router(state.clone())) } else { None };
     let ops_only = if !plan.api { Some(server::ops_router(state)) } else { None };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -113,7 +107,6 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
             .await
         }));
     }
-    let instance = plan.worker.then(|| start_instance(&config, store.clone(), hub));
     shutdown_signal().await;
     tracing::info!("shutting down: no new claims, draining in-flight steps");
     let _ = stop_tx.send(true);

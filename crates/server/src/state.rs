@@ -25,6 +25,8 @@ pub struct AppState {
     /// The latest version seen per definition name: a hint only; creates that use it are
     /// guarded by the store (`require_latest`), so it can never start a saga on a stale version.
     pub(crate) latest_versions: Arc<Mutex<HashMap<String, i32>>>,
+    /// The in-process worker, when this process runs one: new sagas go straight to it.
+    pub(crate) intake: Option<saga_runtime::Intake>,
 }
 
 impl AppState {
@@ -45,7 +47,14 @@ impl AppState {
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             definitions: Arc::new(Mutex::new(HashMap::new())),
             latest_versions: Arc::new(Mutex::new(HashMap::new())),
+            intake: None,
         }
+    }
+
+    /// Hands sagas this API creates straight to the local worker (claim on create).
+    pub fn with_intake(mut self, intake: saga_runtime::Intake) -> Self {
+        self.intake = Some(intake);
+        self
     }
 
     pub fn builtin_names(&self) -> Vec<&str> {

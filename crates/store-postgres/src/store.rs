@@ -374,8 +374,9 @@ impl Store for PostgresStore {
         let row = sqlx::query(&format!(
             "WITH s AS ( \
                INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
-                                  fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at) \
-               SELECT $1, $2, $3, $4, $5, $6, $7::json, $8, $9, 0, 1, $10, $11, $9, $9 \
+                                  fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, \
+                                  lease_owner, lease_expires_at) \
+               SELECT $1, $2, $3, $4, $5, $6, $7::json, $8, COALESCE($15, $9), $16, 1, $10, $11, $9, $9, $14, $15 \
                WHERE NOT $13 OR $4 = (SELECT MAX(version) FROM definitions WHERE name = $3) \
                ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
              e AS (INSERT INTO saga_events (saga_id, seq, tenant_id, kind, data, at) \
@@ -395,13 +396,18 @@ impl Store for PostgresStore {
         .bind(&params.request_hash)
         .bind(created_data)
         .bind(params.require_latest)
+        .bind(params.lease.as_ref().map(|l| l.worker_id.clone()))
+        .bind(params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms))
+        .bind(if params.lease.is_some() { 1i64 } else { 0i64 })
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
         if let Some(row) = row {
             let record = rows::saga(&row)?;
-            self.work.notify_one();
-            self.announce.request();
+            if params.lease.is_none() {
+                self.work.notify_one();
+                self.announce.request();
+            }
             return Ok(SagaCreated::Created(record));
         }
         if let Some(key) = params.idempotency_key.as_deref() {

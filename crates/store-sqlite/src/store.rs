@@ -211,10 +211,11 @@ impl Store for SqliteStore {
                 return Ok(SagaCreated::VersionMoved);
             }
         }
+        let lease_expires_at = params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms);
         let row = sqlx::query(&format!(
             "INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
-             fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?, ?) RETURNING {SAGA_COLUMNS}"
+             fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, lease_owner, lease_expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?) RETURNING {SAGA_COLUMNS}"
         ))
         .bind(&id)
         .bind(&params.tenant_id)
@@ -224,11 +225,14 @@ impl Store for SqliteStore {
         .bind(json_text(&params.input)?)
         .bind(json_text(&params.state)?)
         .bind(params.priority)
-        .bind(params.now_ms)
+        .bind(lease_expires_at.unwrap_or(params.now_ms))
+        .bind(if params.lease.is_some() { 1i64 } else { 0i64 })
         .bind(&params.idempotency_key)
         .bind(&params.request_hash)
         .bind(params.now_ms)
         .bind(params.now_ms)
+        .bind(params.lease.as_ref().map(|l| l.worker_id.clone()))
+        .bind(lease_expires_at)
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
@@ -242,7 +246,9 @@ impl Store for SqliteStore {
         );
         Self::insert_events(&mut tx, &id, params.tenant_id.as_deref(), 1, None, &[created]).await?;
         tx.commit().await.map_err(db)?;
-        self.work.notify_one();
+        if params.lease.is_none() {
+            self.work.notify_one();
+        }
         Ok(SagaCreated::Created(record))
     }
 

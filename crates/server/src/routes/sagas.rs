@@ -212,6 +212,8 @@ pub async fn create(
     // serde_json maps keep keys sorted, so this hash is canonical for equal JSON.
     let request_hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));
     let mut use_hint = true;
+    // A free local driver slot: the saga is created leased to this instance and started at once.
+    let reservation = state.intake.as_ref().and_then(saga_runtime::Intake::reserve);
     let created = loop {
         let (version, definition, require_latest) =
             definition_for_start(&state, &request.definition, request.version, use_hint).await?;
@@ -226,6 +228,7 @@ pub async fn create(
             idempotency_key: key.as_ref().map(|k| format!("admin:{k}")),
             request_hash: Some(request_hash.clone()),
             require_latest,
+            lease: reservation.as_ref().map(saga_runtime::Reservation::lease),
             now_ms: state.clock.now_ms(),
         };
         match state.store.saga_create(params).await? {
@@ -237,7 +240,12 @@ pub async fn create(
         }
     };
     let (status, record, replayed) = match created {
-        SagaCreated::Created(record) => (StatusCode::CREATED, record, false),
+        SagaCreated::Created(record) => {
+            if let Some(reservation) = reservation {
+                reservation.start(record.clone()).await;
+            }
+            (StatusCode::CREATED, record, false)
+        }
         SagaCreated::Replayed(record) => (StatusCode::OK, record, true),
         SagaCreated::KeyConflict => {
             return Err(ApiError::Conflict("this Idempotency-Key was used with a different request body".into()))
