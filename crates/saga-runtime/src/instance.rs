@@ -48,7 +48,7 @@ impl InstanceConfig {
             lease_ttl_ms: 30_000,
             poll_interval_ms: 1_000,
             vars: Map::new(),
-            commit_parallelism: 2,
+            commit_parallelism: 1,
             seed: None,
         }
     }
