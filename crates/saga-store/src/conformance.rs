@@ -49,6 +49,7 @@ where
     run!(sagas_create_idempotently);
     run!(create_for_latest_refuses_a_moved_version);
     run!(create_with_a_lease_is_claimed_already);
+    run!(concurrent_creates_with_one_key_make_one_saga);
     run!(claim_sets_lease_and_bumps_token);
     run!(stale_token_write_is_rejected);
     run!(expired_lease_is_claimable);
@@ -201,6 +202,35 @@ async fn create_with_a_lease_is_claimed_already(store: Arc<dyn Store>) -> CheckR
     let taken = db(store.saga_claim_due(&claim("w2", 10, 30_100)).await)?;
     ensure!(taken.len() == 1 && taken[0].previous_owner.as_deref() == Some("w1"), "after expiry: {taken:?}");
     ensure!(taken[0].record.fencing_token == 2, "token: {}", taken[0].record.fencing_token);
+    Ok(())
+}
+
+async fn concurrent_creates_with_one_key_make_one_saga(store: Arc<dyn Store>) -> CheckResult {
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut params = create_params(1);
+            params.idempotency_key = Some("admin:same".into());
+            params.request_hash = Some("h".into());
+            db(store.saga_create(params).await)
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.map_err(|e| format!("creator panicked: {e}"))?? {
+            SagaCreated::Created(record) => {
+                created += 1;
+                ids.insert(record.id);
+            }
+            SagaCreated::Replayed(record) => {
+                ids.insert(record.id);
+            }
+            other => return Err(format!("unexpected {other:?}")),
+        }
+    }
+    ensure!(created == 1 && ids.len() == 1, "created {created}, distinct ids {}", ids.len());
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+use crate::create::CreateBatcher;
 use crate::migrate;
 use crate::rows::{self, SAGA_COLUMNS};
 
@@ -26,13 +27,21 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     work: WorkSignal,
+    creates: CreateBatcher,
+    create_task: tokio::task::JoinHandle<()>,
 }
 
-fn db(e: sqlx::Error) -> StoreError {
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.create_task.abort();
+    }
+}
+
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
     StoreError::backend(e)
 }
 
-fn json_text(value: &impl serde::Serialize) -> StoreResult<String> {
+pub(crate) fn json_text(value: &impl serde::Serialize) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -52,10 +61,12 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(db)?;
-        Ok(SqliteStore { writer, reader, work: Arc::new(tokio::sync::Notify::new()) })
+        let work: WorkSignal = Arc::new(tokio::sync::Notify::new());
+        let (creates, create_task) = CreateBatcher::start(writer.clone(), work.clone());
+        Ok(SqliteStore { writer, reader, work, creates, create_task })
     }
 
-    async fn insert_events(
+    pub(crate) async fn insert_events(
         conn: &mut sqlx::SqliteConnection,
         saga_id: &str,
         tenant_id: Option<&str>,
@@ -82,21 +93,6 @@ impl SqliteStore {
             .map_err(db)?;
         }
         Ok(())
-    }
-
-    async fn saga_by_key(&self, key: &str) -> StoreResult<Option<(SagaRecord, Option<String>)>> {
-        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS}, request_hash FROM sagas WHERE idempotency_key = ?"))
-            .bind(key)
-            .fetch_optional(&self.writer)
-            .await
-            .map_err(db)?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let hash: Option<String> = row.try_get("request_hash").map_err(db)?;
-                Ok(Some((rows::saga(&row)?, hash)))
-            }
-        }
     }
 }
 
@@ -190,66 +186,7 @@ impl Store for SqliteStore {
     }
 
     async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated> {
-        if let Some(key) = &params.idempotency_key {
-            if let Some((existing, hash)) = self.saga_by_key(key).await? {
-                return Ok(if hash == params.request_hash {
-                    SagaCreated::Replayed(existing)
-                } else {
-                    SagaCreated::KeyConflict
-                });
-            }
-        }
-        let id = params.id.to_string();
-        let mut tx = self.writer.begin().await.map_err(db)?;
-        if params.require_latest {
-            let latest: (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM definitions WHERE name = ?")
-                .bind(&params.definition)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
-            if latest.0 != Some(i64::from(params.version)) {
-                return Ok(SagaCreated::VersionMoved);
-            }
-        }
-        let lease_expires_at = params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms);
-        let row = sqlx::query(&format!(
-            "INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
-             fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, lease_owner, lease_expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?) RETURNING {SAGA_COLUMNS}"
-        ))
-        .bind(&id)
-        .bind(&params.tenant_id)
-        .bind(&params.definition)
-        .bind(params.version)
-        .bind(params.state.status.as_str())
-        .bind(json_text(&params.input)?)
-        .bind(json_text(&params.state)?)
-        .bind(params.priority)
-        .bind(lease_expires_at.unwrap_or(params.now_ms))
-        .bind(if params.lease.is_some() { 1i64 } else { 0i64 })
-        .bind(&params.idempotency_key)
-        .bind(&params.request_hash)
-        .bind(params.now_ms)
-        .bind(params.now_ms)
-        .bind(params.lease.as_ref().map(|l| l.worker_id.clone()))
-        .bind(lease_expires_at)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
-        let record = rows::saga(&row)?;
-        let created = HistoryEvent::new(
-            "saga_created",
-            None,
-            None,
-            serde_json::json!({"definition": params.definition, "version": params.version}),
-            params.now_ms,
-        );
-        Self::insert_events(&mut tx, &id, params.tenant_id.as_deref(), 1, None, &[created]).await?;
-        tx.commit().await.map_err(db)?;
-        if params.lease.is_none() {
-            self.work.notify_one();
-        }
-        Ok(SagaCreated::Created(record))
+        self.creates.create(params).await
     }
 
     async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord> {
