@@ -227,6 +227,43 @@ pub struct Progress {
     pub percent: u32,
 }
 
+/// Records a failed attempt and, when the policy allows another, schedules it. Returns the
+/// due time of the next attempt, or None when the failure is final.
+#[allow(clippy::too_many_arguments)]
+fn record_failure(
+    events: &mut Vec<HistoryEvent>,
+    policy: &crate::definition::RetryPolicy,
+    step: &str,
+    phase: &str,
+    attempt: u32,
+    kind: FailureKind,
+    message: &str,
+    now_ms: i64,
+    jitter_sample: f64,
+) -> Option<i64> {
+    let retryable = kind == FailureKind::Retryable;
+    events.push(HistoryEvent::new(
+        "step_failed",
+        Some(step),
+        Some(attempt),
+        json!({"phase": phase, "retryable": retryable, "message": message}),
+        now_ms,
+    ));
+    if !retryable || attempt >= policy.max_attempts {
+        return None;
+    }
+    let delay_ms = retry_delay_ms(policy, attempt, jitter_sample);
+    let due_ms = now_ms + delay_ms as i64;
+    events.push(HistoryEvent::new(
+        "step_retry_scheduled",
+        Some(step),
+        Some(attempt + 1),
+        json!({"phase": phase, "delay_ms": delay_ms, "due_at_ms": due_ms}),
+        now_ms,
+    ));
+    Some(due_ms)
+}
+
 impl SagaState {
     /// A new saga: `PENDING`, every step `PENDING`.
     pub fn new(definition: &Definition) -> Self {
@@ -392,24 +429,10 @@ impl SagaState {
             Outcome::Failed { kind, message } => {
                 step.error = Some(message.clone());
                 let retryable = kind == FailureKind::Retryable;
-                events.push(HistoryEvent::new(
-                    "step_failed",
-                    Some(&name),
-                    Some(attempt),
-                    json!({"phase": "action", "retryable": retryable, "message": message}),
-                    now_ms,
-                ));
                 let policy = &definition.steps[index].retry;
-                if retryable && attempt < policy.max_attempts {
-                    let delay_ms = retry_delay_ms(policy, attempt, jitter_sample);
-                    let due_ms = now_ms + delay_ms as i64;
-                    events.push(HistoryEvent::new(
-                        "step_retry_scheduled",
-                        Some(&name),
-                        Some(attempt + 1),
-                        json!({"phase": "action", "delay_ms": delay_ms, "due_at_ms": due_ms}),
-                        now_ms,
-                    ));
+                let retry =
+                    record_failure(events, policy, &name, "action", attempt, kind, &message, now_ms, jitter_sample);
+                if let Some(due_ms) = retry {
                     transition.retry_at_ms = Some(due_ms);
                 } else {
                     let error_kind = if retryable { ErrorKind::RetriesExhausted } else { ErrorKind::NonRetryable };
@@ -501,25 +524,19 @@ impl SagaState {
                 ));
             }
             Outcome::Failed { kind, message } => {
-                let retryable = kind == FailureKind::Retryable;
-                events.push(HistoryEvent::new(
-                    "step_failed",
-                    Some(&name),
-                    Some(attempt),
-                    json!({"phase": "compensation", "retryable": retryable, "message": message}),
-                    now_ms,
-                ));
                 let policy = &definition.steps[index].compensation_retry;
-                if retryable && attempt < policy.max_attempts {
-                    let delay_ms = retry_delay_ms(policy, attempt, jitter_sample);
-                    let due_ms = now_ms + delay_ms as i64;
-                    events.push(HistoryEvent::new(
-                        "step_retry_scheduled",
-                        Some(&name),
-                        Some(attempt + 1),
-                        json!({"phase": "compensation", "delay_ms": delay_ms, "due_at_ms": due_ms}),
-                        now_ms,
-                    ));
+                let retry = record_failure(
+                    events,
+                    policy,
+                    &name,
+                    "compensation",
+                    attempt,
+                    kind,
+                    &message,
+                    now_ms,
+                    jitter_sample,
+                );
+                if let Some(due_ms) = retry {
                     transition.retry_at_ms = Some(due_ms);
                 } else {
                     step.status = StepStatus::CompensationFailed;

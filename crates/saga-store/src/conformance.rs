@@ -116,8 +116,8 @@ fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events: Vec<Histo
 }
 
 async fn migrations_are_idempotent(store: Arc<dyn Store>) -> CheckResult {
-    let first = db(store.migrate().await)?;
-    let second = db(store.migrate().await)?;
+    let first = db(store.migrate(0).await)?;
+    let second = db(store.migrate(0).await)?;
     ensure!(first == second, "migrate twice changed status: {first:?} vs {second:?}");
     ensure!(db(store.schema_status().await)?.is_current(), "schema not current after migrate");
     Ok(())

@@ -229,8 +229,8 @@ pub trait Store: Send + Sync + 'static {
     /// Which backend this is (`postgres`, `sqlite`).
     fn backend_name(&self) -> &'static str;
 
-    /// Applies pending migrations.
-    async fn migrate(&self) -> StoreResult<SchemaStatus>;
+    /// Applies pending migrations, recording `now_ms` as their time.
+    async fn migrate(&self, now_ms: i64) -> StoreResult<SchemaStatus>;
     /// Reports the schema version without changing anything.
     async fn schema_status(&self) -> StoreResult<SchemaStatus>;
 

@@ -133,7 +133,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init_logs(config.log_format);
             let url = config.database_url.clone().context("SAGAPLANE_DATABASE_URL is required")?;
             let store = run::open_store(&url).await?;
-            let status = store.migrate().await.context("applying migrations")?;
+            let status = store
+                .migrate(saga_runtime::Clock::now_ms(&saga_runtime::SystemClock))
+                .await
+                .context("applying migrations")?;
             println!("schema at version {} ({})", status.applied, store.backend_name());
         }
         Command::Bench(args) => {

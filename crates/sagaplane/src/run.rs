@@ -35,7 +35,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
 /// Opens and migrates the store.
 pub async fn open_and_migrate(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     let store = open_store(url).await?;
-    let status = store.migrate().await.context("applying migrations")?;
+    let status = store.migrate(saga_runtime::Clock::now_ms(&SystemClock)).await.context("applying migrations")?;
     tracing::info!(backend = store.backend_name(), schema_version = status.applied, "store ready");
     Ok(store)
 }

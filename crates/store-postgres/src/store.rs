@@ -295,11 +295,7 @@ impl Store for PostgresStore {
         "postgres"
     }
 
-    async fn migrate(&self) -> StoreResult<SchemaStatus> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+    async fn migrate(&self, now_ms: i64) -> StoreResult<SchemaStatus> {
         migrate::run(&self.pool, now_ms).await
     }
 

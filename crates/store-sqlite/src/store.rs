@@ -102,11 +102,7 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
-    async fn migrate(&self) -> StoreResult<SchemaStatus> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+    async fn migrate(&self, now_ms: i64) -> StoreResult<SchemaStatus> {
         migrate::run(&self.writer, now_ms).await
     }
 

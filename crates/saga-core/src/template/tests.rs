@@ -1,3 +1,5 @@
+//! Template rendering tests: every source a template can see, strict undefined, syntax checks.
+
 use serde_json::json;
 
 use super::*;

@@ -24,7 +24,7 @@ async fn fresh() -> Arc<dyn Store> {
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
     let url = admin.database(&name).to_url_lossy().to_string();
     let store = PostgresStore::connect(&url, 8).await.expect("connect store");
-    store.migrate().await.expect("migrate");
+    store.migrate(0).await.expect("migrate");
     Arc::new(store)
 }
 

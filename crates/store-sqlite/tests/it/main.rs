@@ -10,7 +10,7 @@ async fn fresh() -> Arc<dyn Store> {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let url = format!("sqlite://{}", dir.join("test.db").display());
     let store = SqliteStore::connect(&url).await.expect("open sqlite");
-    store.migrate().await.expect("migrate");
+    store.migrate(0).await.expect("migrate");
     Arc::new(store)
 }
 
