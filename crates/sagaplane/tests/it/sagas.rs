@@ -271,3 +271,31 @@ async fn start_and_wait_in_one_request(backend: Backend) {
     assert_eq!(app.send(bad).await.0, 400);
 }
 on_both_backends!(start_and_wait_in_one_request);
+
+async fn a_scheduled_retry_survives_a_restart(backend: Backend) {
+    let participant = Participant::start().await;
+    participant.script("/flaky", vec![(503, json!({})), (200, json!({"ok": true}))]);
+    let env = [("SAGAPLANE_VAR_P", participant.url.clone())];
+    let mut first = App::spawn(BIN, backend, &env).await;
+    let mut definition = fast_definition(json!([http_step("flaky", "/flaky", None)]));
+    definition["defaults"]["retry"]["initial_interval"] = json!("2s");
+    definition["defaults"]["retry"]["max_interval"] = json!("2s");
+    first.put_definition("patient", &definition).await;
+    let id = first.start("patient", json!({})).await;
+    test_support::eventually("the retry to be scheduled", TERMINAL_WAIT, || async {
+        first.event_types(&id).await.contains(&"step_retry_scheduled".to_string()).then_some(())
+    })
+    .await;
+    // The process dies while the retry waits; a new one on the same database picks it up.
+    first.child_mut().start_kill().expect("kill");
+    let _ = first.child_mut().wait().await;
+    let database_url = first.database_url.clone();
+    let second = App::spawn_on(BIN, &database_url, &["server"], &env).await;
+    let saga = second.wait_terminal(&id, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    let seen = participant.requests("/flaky");
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].at - seen[0].at >= Duration::from_secs(2), "the due time was kept");
+    assert_eq!(seen[0].headers["idempotency-key"], seen[1].headers["idempotency-key"]);
+}
+on_both_backends!(a_scheduled_retry_survives_a_restart);
