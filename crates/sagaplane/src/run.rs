@@ -81,9 +81,10 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     if let Some(instance) = &instance {
         state = state.with_intake(instance.intake());
     }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    state = state.with_shutdown(stop_rx.clone());
     let router = if plan.api { Some(server::router(state.clone())) } else { None };
     let ops_only = if !plan.api { Some(server::ops_router(state)) } else { None };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http = None;
     if let Some(router) = router.or(ops_only) {
         let listener = tokio::net::TcpListener::bind(&config.listen)

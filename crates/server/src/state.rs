@@ -27,6 +27,8 @@ pub struct AppState {
     pub(crate) latest_versions: Arc<Mutex<HashMap<String, i32>>>,
     /// The in-process worker, when this process runs one: new sagas go straight to it.
     pub(crate) intake: Option<saga_runtime::Intake>,
+    /// Becomes true at shutdown, so long-polls answer at once instead of holding up the drain.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -48,7 +50,14 @@ impl AppState {
             definitions: Arc::new(Mutex::new(HashMap::new())),
             latest_versions: Arc::new(Mutex::new(HashMap::new())),
             intake: None,
+            stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Long-polls end when `stopping` becomes true (graceful shutdown).
+    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// Hands sagas this API creates straight to the local worker (claim on create).

@@ -299,3 +299,30 @@ async fn a_scheduled_retry_survives_a_restart(backend: Backend) {
     assert_eq!(seen[0].headers["idempotency-key"], seen[1].headers["idempotency-key"]);
 }
 on_both_backends!(a_scheduled_retry_survives_a_restart);
+
+/// A long-poll in flight does not hold up a graceful shutdown: it answers with the current state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_long_polls_at_once() {
+    let participant = Participant::start().await;
+    participant.script("/down", vec![(503, json!({}))]);
+    let mut app = app_with(Backend::Sqlite, &participant).await;
+    let mut definition = fast_definition(json!([http_step("down", "/down", None)]));
+    definition["defaults"]["retry"]["initial_interval"] = json!("1m");
+    definition["defaults"]["retry"]["max_interval"] = json!("1m");
+    app.put_definition("waiting", &definition).await;
+    let id = app.start("waiting", json!({})).await;
+    let poll = app.request(reqwest::Method::GET, &format!("/v1/sagas/{id}?wait=60s")).send();
+    let poll = tokio::spawn(poll);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let pid = app.child_mut().id().expect("pid");
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill").success());
+    let exit =
+        tokio::time::timeout(Duration::from_secs(20), app.child_mut().wait()).await.expect("exited").expect("status");
+    assert!(exit.success(), "{exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let response = poll.await.expect("poll task").expect("long-poll answered before the server closed");
+    assert_eq!(response.status().as_u16(), 200);
+    let saga: Value = response.json().await.expect("json");
+    assert_eq!(saga["status"], "EXECUTING", "{saga}");
+}

@@ -291,16 +291,29 @@ async fn wait_terminal(
     wait: Duration,
 ) -> Result<SagaRecord, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
+    let mut stopping = state.stopping.clone();
     loop {
         if record.status.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(record);
         }
+        if *stopping.borrow() {
+            return Ok(record);
+        }
         let until = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
         loop {
-            match tokio::time::timeout_at(until, terminal.recv()).await {
-                Ok(Ok(done)) if done.id == record.id => return Ok(done.as_ref().clone()),
-                Ok(Ok(_)) => continue,
-                Ok(Err(_)) | Err(_) => break,
+            tokio::select! {
+                received = tokio::time::timeout_at(until, terminal.recv()) => match received {
+                    Ok(Ok(done)) if done.id == record.id => return Ok(done.as_ref().clone()),
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) | Err(_) => break,
+                },
+                // Shutting down: answer with what we have; the client may ask again elsewhere.
+                // A closed channel means nobody will ever stop this process: wait on.
+                _ = async {
+                    if stopping.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => break,
             }
         }
         record = load(state, record.id).await?;
