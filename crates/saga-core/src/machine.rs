@@ -342,58 +342,37 @@ impl SagaState {
         attempt: Attempt,
         jitter_sample: f64,
     ) -> Result<Transition, MachineError> {
-        let Attempt { phase, step, attempt, outcome, started_at_ms, finished_at_ms: now_ms } = attempt;
+        let (phase, step, attempt_number) = (attempt.phase, attempt.step, attempt.attempt);
         if self.steps.len() != definition.steps.len() {
             return Err(MachineError::ShapeMismatch(self.steps.len(), definition.steps.len()));
         }
         let expected = self.next();
         let matches = match (phase, expected) {
-            (Phase::Action, Next::RunAction { step: s, attempt: a }) => s == step && a == attempt,
-            (Phase::Compensation, Next::RunCompensation { step: s, attempt: a }) => s == step && a == attempt,
+            (Phase::Action, Next::RunAction { step: s, attempt: a }) => s == step && a == attempt_number,
+            (Phase::Compensation, Next::RunCompensation { step: s, attempt: a }) => s == step && a == attempt_number,
             _ => false,
         };
         if !matches {
-            return Err(MachineError::UnexpectedOutcome { step, phase, attempt, expected });
+            return Err(MachineError::UnexpectedOutcome { step, phase, attempt: attempt_number, expected });
         }
+        let now_ms = attempt.finished_at_ms;
         let mut transition = Transition::default();
         match phase {
-            Phase::Action => self.apply_action(
-                definition,
-                step,
-                attempt,
-                outcome,
-                started_at_ms,
-                now_ms,
-                jitter_sample,
-                &mut transition,
-            ),
-            Phase::Compensation => self.apply_compensation(
-                definition,
-                step,
-                attempt,
-                outcome,
-                started_at_ms,
-                now_ms,
-                jitter_sample,
-                &mut transition,
-            ),
+            Phase::Action => self.apply_action(definition, attempt, jitter_sample, &mut transition),
+            Phase::Compensation => self.apply_compensation(definition, attempt, jitter_sample, &mut transition),
         }
         self.advance(definition, now_ms, &mut transition.events);
         Ok(transition)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn apply_action(
         &mut self,
         definition: &Definition,
-        index: usize,
-        attempt: u32,
-        outcome: Outcome,
-        started_at_ms: i64,
-        now_ms: i64,
+        finished: Attempt,
         jitter_sample: f64,
         transition: &mut Transition,
     ) {
+        let Attempt { step: index, attempt, outcome, started_at_ms, finished_at_ms: now_ms, .. } = finished;
         let name = self.steps[index].name.clone();
         let events = &mut transition.events;
         if self.status == SagaStatus::Pending {
@@ -485,18 +464,14 @@ impl SagaState {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn apply_compensation(
         &mut self,
         definition: &Definition,
-        index: usize,
-        attempt: u32,
-        outcome: Outcome,
-        started_at_ms: i64,
-        now_ms: i64,
+        finished: Attempt,
         jitter_sample: f64,
         transition: &mut Transition,
     ) {
+        let Attempt { step: index, attempt, outcome, started_at_ms, finished_at_ms: now_ms, .. } = finished;
         let name = self.steps[index].name.clone();
         let events = &mut transition.events;
         let step = &mut self.steps[index];

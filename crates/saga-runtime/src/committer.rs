@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use saga_store::{CommitOutcome, SagaCommit, Store, COMMIT_BATCH_MAX};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics_names::SAGA_COMMIT_BATCH_SIZE;
 
@@ -22,10 +22,10 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer task. `parallelism` batches may be in flight at once.
-    pub fn start(store: Arc<dyn Store>, parallelism: usize) -> (Committer, tokio::task::JoinHandle<()>) {
+    /// Starts the committer task; it ends when every `Committer` handle is dropped.
+    pub fn start(store: Arc<dyn Store>) -> (Committer, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(COMMIT_QUEUE_MAX);
-        let task = tokio::spawn(run(store, receiver, parallelism.max(1)));
+        let task = tokio::spawn(run(store, receiver));
         (Committer { sender }, task)
     }
 
@@ -37,14 +37,9 @@ impl Committer {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(SagaCommit, Reply)>, parallelism: usize) {
-    let in_flight = Arc::new(Semaphore::new(parallelism));
-    let mut tasks = tokio::task::JoinSet::new();
+async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(SagaCommit, Reply)>) {
     while let Some(first) = receiver.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        // Everything that queued while we waited for a free slot joins this batch.
+        // Everything that queued while the previous batch committed joins this one.
         let mut batch = vec![first];
         while batch.len() < COMMIT_BATCH_MAX {
             match receiver.try_recv() {
@@ -52,26 +47,20 @@ async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(SagaCommit, Re
                 Err(_) => break,
             }
         }
-        let store = store.clone();
-        tasks.spawn(async move {
-            let (commits, replies): (Vec<SagaCommit>, Vec<Reply>) = batch.into_iter().unzip();
-            metrics::histogram!(SAGA_COMMIT_BATCH_SIZE).record(commits.len() as f64);
-            match store.saga_commit_batch(&commits).await {
-                Ok(outcomes) => {
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, batch = commits.len(), "group commit failed");
-                    for reply in replies {
-                        let _ = reply.send(Err(e.to_string()));
-                    }
+        let (commits, replies): (Vec<SagaCommit>, Vec<Reply>) = batch.into_iter().unzip();
+        metrics::histogram!(SAGA_COMMIT_BATCH_SIZE).record(commits.len() as f64);
+        match store.saga_commit_batch(&commits).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
                 }
             }
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
+            Err(e) => {
+                tracing::error!(error = %e, batch = commits.len(), "group commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
     }
-    while tasks.join_next().await.is_some() {}
 }

@@ -32,10 +32,6 @@ pub struct InstanceConfig {
     pub poll_interval_ms: u64,
     /// `SAGAPLANE_VAR_*` values for templates.
     pub vars: Map<String, Value>,
-    /// Group-commit batches in flight at once. One is best measured: while a batch commits the
-    /// next one fills, so fewer, larger transactions (and fsyncs) carry the same transitions
-    /// (saga3 at 8 outstanding on PostgreSQL: p50 7.7 ms with 1, 14.7 ms with 2).
-    pub commit_parallelism: usize,
     /// Seed for retry jitter; None draws one from the OS.
     pub seed: Option<u64>,
 }
@@ -48,7 +44,6 @@ impl InstanceConfig {
             lease_ttl_ms: 30_000,
             poll_interval_ms: 1_000,
             vars: Map::new(),
-            commit_parallelism: 1,
             seed: None,
         }
     }
@@ -154,8 +149,8 @@ impl Instance {
         config: InstanceConfig,
         hub: TerminalHub,
     ) -> Self {
-        let (committer, committer_task) = Committer::start(store.clone(), config.commit_parallelism);
-        let seed = config.seed.unwrap_or_else(|| rand::rngs::OsRng.try_next_u64_or_default());
+        let (committer, committer_task) = Committer::start(store.clone());
+        let seed = config.seed.unwrap_or_else(os_seed);
         let shared = Arc::new(Shared {
             store,
             clock,
@@ -245,15 +240,10 @@ impl Reservation {
     }
 }
 
-trait OsSeed {
-    fn try_next_u64_or_default(&mut self) -> u64;
-}
-
-impl OsSeed for rand::rngs::OsRng {
-    fn try_next_u64_or_default(&mut self) -> u64 {
-        use rand::TryRngCore;
-        self.try_next_u64().unwrap_or(0x5eed)
-    }
+/// A seed from the OS, or a fixed one where the OS has no randomness (jitter only).
+fn os_seed() -> u64 {
+    use rand::TryRngCore;
+    rand::rngs::OsRng.try_next_u64().unwrap_or(0x5eed)
 }
 
 fn spawn_driver(shared: &Arc<Shared>, permit: OwnedSemaphorePermit, drivers: &mut JoinSet<()>, claim: Claimed) {

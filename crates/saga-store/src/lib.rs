@@ -263,8 +263,6 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()>;
     /// An operator's change to an unleased saga, applied only while its status is as expected.
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord>;
-    /// The earliest `run_at_ms` of any unleased active saga (for the claim loop's sleep).
-    async fn saga_next_due_ms(&self) -> StoreResult<Option<i64>>;
 
     /// Notified when new work may be due (a saga was created or handed back).
     fn work_signal(&self) -> WorkSignal;
@@ -273,9 +271,4 @@ pub trait Store: Send + Sync + 'static {
 /// Clamps a user's `?limit=`.
 pub fn clamp_limit(limit: Option<u32>) -> u32 {
     limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX)
-}
-
-/// Fills in the column-derived fields of a record from its parts (shared by backends).
-pub fn completed_at_for(state: &SagaState, now_ms: i64) -> Option<i64> {
-    state.status.is_terminal().then_some(now_ms)
 }

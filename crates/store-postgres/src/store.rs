@@ -646,16 +646,6 @@ impl Store for PostgresStore {
         Ok(record)
     }
 
-    async fn saga_next_due_ms(&self) -> StoreResult<Option<i64>> {
-        sqlx::query_scalar(
-            "SELECT run_at FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') \
-             ORDER BY priority DESC, run_at LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)
-    }
-
     fn work_signal(&self) -> WorkSignal {
         self.work.clone()
     }

@@ -403,15 +403,6 @@ impl Store for SqliteStore {
         Ok(record)
     }
 
-    async fn saga_next_due_ms(&self) -> StoreResult<Option<i64>> {
-        let row: (Option<i64>,) =
-            sqlx::query_as("SELECT MIN(run_at) FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING')")
-                .fetch_one(&self.reader)
-                .await
-                .map_err(db)?;
-        Ok(row.0)
-    }
-
     fn work_signal(&self) -> WorkSignal {
         self.work.clone()
     }
