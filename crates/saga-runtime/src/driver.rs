@@ -48,8 +48,8 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
         json!({"fencing_token": record.fencing_token, "previous_owner": claimed.previous_owner, "takeover": takeover}),
         shared.clock.now_ms(),
     )];
-    let definition = match shared.definition(&record.definition, record.version).await {
-        Ok(d) => d,
+    let definition = match shared.definitions.get(&record.definition, Some(record.version)).await {
+        Ok((_, d)) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
             let retry_at = shared.clock.now_ms() + DEFINITION_RETRY_MS;

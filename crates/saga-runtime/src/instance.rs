@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use saga_core::Definition;
-use saga_store::{ClaimParams, Claimed, LeaseGrant, LeaseRef, SagaRecord, Store, StoreError, CLAIM_BATCH_MAX};
+use saga_store::{ClaimParams, Claimed, LeaseGrant, LeaseRef, SagaRecord, Store, CLAIM_BATCH_MAX};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -17,6 +16,7 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::committer::Committer;
+use crate::definitions::DefinitionCache;
 use crate::executor::Executors;
 use crate::hub::TerminalHub;
 use crate::metrics_names::{SAGA_CLAIMED_TOTAL, SAGA_IN_FLIGHT};
@@ -64,7 +64,7 @@ pub(crate) struct Shared {
     pub hub: TerminalHub,
     pub committer: Committer,
     pub held: Mutex<HashMap<Uuid, HeldLease>>,
-    pub definitions: Mutex<HashMap<(String, i32), Arc<Definition>>>,
+    pub definitions: Arc<DefinitionCache>,
     pub timers: Mutex<BinaryHeap<Reverse<i64>>>,
     pub wake: Notify,
     pub rng: Mutex<SmallRng>,
@@ -90,26 +90,6 @@ impl Shared {
         if let Ok(mut held) = self.held.lock() {
             held.remove(&id);
         }
-    }
-
-    /// The definition a saga started on, validated once and cached.
-    pub async fn definition(&self, name: &str, version: i32) -> Result<Arc<Definition>, String> {
-        let key = (name.to_string(), version);
-        if let Some(found) = self.definitions.lock().ok().and_then(|c| c.get(&key).cloned()) {
-            return Ok(found);
-        }
-        let record = self.store.definition_get(name, Some(version)).await.map_err(|e| match e {
-            StoreError::NotFound => format!("definition {name} v{version} does not exist"),
-            other => other.to_string(),
-        })?;
-        let builtins = self.executors.builtins.names();
-        let definition = saga_core::validate_definition(name, &record.document, &builtins)
-            .map_err(|errors| format!("definition {name} v{version} no longer validates: {errors:?}"))?;
-        let definition = Arc::new(definition);
-        if let Ok(mut cache) = self.definitions.lock() {
-            cache.insert(key, definition.clone());
-        }
-        Ok(definition)
     }
 }
 
@@ -142,10 +122,12 @@ impl InstanceHandle {
 }
 
 impl Instance {
+    /// `definitions` should be the cache the API uses too, so each version is validated once.
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         executors: Executors,
+        definitions: Arc<DefinitionCache>,
         config: InstanceConfig,
         hub: TerminalHub,
     ) -> Self {
@@ -158,7 +140,7 @@ impl Instance {
             hub,
             committer,
             held: Mutex::new(HashMap::new()),
-            definitions: Mutex::new(HashMap::new()),
+            definitions,
             timers: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),

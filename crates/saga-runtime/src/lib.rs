@@ -13,6 +13,7 @@
 
 pub mod clock;
 pub mod committer;
+pub mod definitions;
 mod driver;
 pub mod executor;
 pub mod hub;
@@ -20,6 +21,7 @@ pub mod instance;
 pub mod metrics_names;
 
 pub use clock::{Clock, SystemClock};
+pub use definitions::{DefinitionCache, DefinitionError};
 pub use executor::{builtin::BuiltinRegistry, Executors};
 pub use hub::TerminalHub;
 pub use instance::{Instance, InstanceConfig, InstanceHandle, Intake, Reservation};

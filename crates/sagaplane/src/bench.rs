@@ -65,6 +65,7 @@ struct Embedded {
     instance: saga_runtime::InstanceHandle,
     store: Arc<dyn saga_store::Store>,
     hub: saga_runtime::TerminalHub,
+    definitions: Arc<saga_runtime::DefinitionCache>,
 }
 
 async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
@@ -80,11 +81,17 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
     let backend = store.backend_name().to_string();
     let hub = saga_runtime::TerminalHub::default();
     let token = crate::run::generate_token();
-    let names = crate::run::builtins().names().into_iter().map(str::to_string).collect();
-    let instance = crate::run::start_instance(config, store.clone(), hub.clone());
-    let state =
-        server::AppState::new(store.clone(), Arc::new(saga_runtime::SystemClock), hub.clone(), names, None, &token)
-            .with_intake(instance.intake());
+    let definitions = crate::run::definition_cache(store.clone());
+    let instance = crate::run::start_instance(config, store.clone(), definitions.clone(), hub.clone());
+    let state = server::AppState::new(
+        store.clone(),
+        Arc::new(saga_runtime::SystemClock),
+        hub.clone(),
+        definitions.clone(),
+        None,
+        &token,
+    )
+    .with_intake(instance.intake());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -97,7 +104,7 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
             eprintln!("bench server failed: {e}");
         }
     });
-    Ok(Embedded { url: format!("http://{address}"), token, backend, stop, server, instance, store, hub })
+    Ok(Embedded { url: format!("http://{address}"), token, backend, stop, server, instance, store, hub, definitions })
 }
 
 /// Runs the workload and prints the numbers.
@@ -159,22 +166,19 @@ struct Direct {
     store: Arc<dyn saga_store::Store>,
     hub: saga_runtime::TerminalHub,
     intake: saga_runtime::Intake,
-    definition: saga_core::Definition,
+    definition: Arc<saga_core::Definition>,
     version: i32,
 }
 
 impl Direct {
     async fn new(embedded: &Embedded, name: &str) -> anyhow::Result<Direct> {
-        let record = embedded.store.definition_get(name, None).await?;
-        let builtins = crate::run::builtins();
-        let definition = saga_core::validate_definition(name, &record.document, &builtins.names())
-            .map_err(|errors| anyhow::anyhow!("bench definition is invalid: {errors:?}"))?;
+        let (version, definition) = embedded.definitions.get(name, None).await?;
         Ok(Direct {
             store: embedded.store.clone(),
             hub: embedded.hub.clone(),
             intake: embedded.instance.intake(),
             definition,
-            version: record.version,
+            version,
         })
     }
 

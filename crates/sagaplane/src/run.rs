@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use saga_runtime::{BuiltinRegistry, Executors, Instance, InstanceConfig, InstanceHandle, SystemClock, TerminalHub};
+use saga_runtime::{
+    BuiltinRegistry, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, SystemClock, TerminalHub,
+};
 use saga_store::Store;
 use serde_json::Value;
 use store_postgres::PostgresStore;
@@ -52,13 +54,23 @@ pub fn builtins() -> BuiltinRegistry {
     BuiltinRegistry::with_core()
 }
 
-pub fn start_instance(config: &Config, store: Arc<dyn Store>, hub: TerminalHub) -> InstanceHandle {
+/// The definition cache the API and the worker of one process share.
+pub fn definition_cache(store: Arc<dyn Store>) -> Arc<DefinitionCache> {
+    Arc::new(DefinitionCache::new(store, builtins().names().into_iter().map(str::to_string).collect()))
+}
+
+pub fn start_instance(
+    config: &Config,
+    store: Arc<dyn Store>,
+    definitions: Arc<DefinitionCache>,
+    hub: TerminalHub,
+) -> InstanceHandle {
     let mut instance_config = InstanceConfig::new(config.worker_id.clone());
     instance_config.concurrency = config.worker_concurrency;
     instance_config.lease_ttl_ms = config.lease_ttl_ms;
     instance_config.poll_interval_ms = config.poll_interval_ms;
     instance_config.vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    Instance::new(store, Arc::new(SystemClock), Executors::new(builtins()), instance_config, hub).start()
+    Instance::new(store, Arc::new(SystemClock), Executors::new(builtins()), definitions, instance_config, hub).start()
 }
 
 /// Runs until SIGTERM/SIGINT, then drains.
@@ -74,10 +86,16 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         None if plan.api => bail!("SAGAPLANE_ADMIN_TOKEN is required"),
         None => crate::config::Secret::new(""),
     };
-    let names: Vec<String> = builtins().names().into_iter().map(str::to_string).collect();
-    let instance = plan.worker.then(|| start_instance(&config, store.clone(), hub.clone()));
-    let mut state =
-        server::AppState::new(store.clone(), Arc::new(SystemClock), hub, names, Some(metrics), admin_token.expose());
+    let definitions = definition_cache(store.clone());
+    let instance = plan.worker.then(|| start_instance(&config, store.clone(), definitions.clone(), hub.clone()));
+    let mut state = server::AppState::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        hub,
+        definitions,
+        Some(metrics),
+        admin_token.expose(),
+    );
     if let Some(instance) = &instance {
         state = state.with_intake(instance.intake());
     }
@@ -146,7 +164,7 @@ async fn shutdown_signal() {
 pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Result<()> {
     let _metrics = crate::telemetry::init_metrics()?;
     let store = open_and_migrate(database_url).await?;
-    let instance = start_instance(&config, store, TerminalHub::default());
+    let instance = start_instance(&config, store.clone(), definition_cache(store), TerminalHub::default());
     println!("worker {} running", config.worker_id);
     shutdown_signal().await;
     tracing::info!("shutting down: no new claims, draining in-flight steps");

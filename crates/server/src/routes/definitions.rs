@@ -75,6 +75,7 @@ pub async fn put(
         return Err(ApiError::validation(format!("definition {name:?} uses unsupported features"), unsupported));
     }
     let put = state.store.definition_put(&name, &document, state.clock.now_ms()).await?;
+    state.definitions.note_latest(&name, put.record.version);
     let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(views::definition(&put.record))).into_response())
 }

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use saga_core::{Definition, SagaState, SagaStatus};
+use saga_runtime::DefinitionError;
 use saga_store::{SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, StoreError};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -39,51 +40,26 @@ async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
     }
 }
 
-fn cached_definition(state: &AppState, name: &str, version: i32) -> Option<Arc<Definition>> {
-    state.definitions.lock().ok().and_then(|c| c.get(&(name.to_string(), version)).cloned())
-}
-
-/// The validated definition of `(name, version)` (latest when `version` is None), cached by
-/// `(name, version)`: stored versions never change.
+/// The validated definition of `(name, version)` (latest when `version` is None).
 pub(crate) async fn definition(
     state: &AppState,
     name: &str,
     version: Option<i32>,
 ) -> Result<(i32, Arc<Definition>), ApiError> {
-    if let Some(found) = version.and_then(|v| cached_definition(state, name, v)) {
-        return Ok((version.unwrap_or_default(), found));
-    }
-    let record = match state.store.definition_get(name, version).await {
-        Ok(r) => r,
-        Err(StoreError::NotFound) => {
-            let (path, message) = match version {
-                Some(v) => ("/version", format!("definition {name:?} has no version {v}")),
-                None => ("/definition", format!("definition {name:?} does not exist")),
-            };
-            return Err(ApiError::field(path, message));
+    state.definitions.get(name, version).await.map_err(|e| match e {
+        DefinitionError::NotFound { version: Some(v), .. } => {
+            ApiError::field("/version", format!("definition {name:?} has no version {v}"))
         }
-        Err(e) => return Err(e.into()),
-    };
-    if version.is_none() {
-        if let Ok(mut latest) = state.latest_versions.lock() {
-            latest.insert(record.name.clone(), record.version);
+        DefinitionError::NotFound { version: None, .. } => {
+            ApiError::field("/definition", format!("definition {name:?} does not exist"))
         }
-    }
-    if let Some(found) = cached_definition(state, name, record.version) {
-        return Ok((record.version, found));
-    }
-    let parsed = saga_core::validate_definition(name, &record.document, &state.builtin_names()).map_err(|errors| {
-        ApiError::Internal(format!("stored definition {name} v{} is invalid: {errors:?}", record.version))
-    })?;
-    let parsed = Arc::new(parsed);
-    if let Ok(mut cache) = state.definitions.lock() {
-        cache.insert((record.name.clone(), record.version), parsed.clone());
-    }
-    Ok((record.version, parsed))
+        DefinitionError::Invalid { .. } => ApiError::Internal(e.to_string()),
+        DefinitionError::Store(e) => e.into(),
+    })
 }
 
 /// The definition a new saga should run: the requested version, or the latest (from the hint
-/// cache when possible; the store re-checks it is still the latest).
+/// when possible; the store re-checks it is still the latest). The bool says "must be latest".
 async fn definition_for_start(
     state: &AppState,
     name: &str,
@@ -94,11 +70,8 @@ async fn definition_for_start(
         let (v, definition) = definition(state, name, Some(v)).await?;
         return Ok((v, definition, false));
     }
-    let hint = if use_hint { state.latest_versions.lock().ok().and_then(|l| l.get(name).copied()) } else { None };
-    if let Some(v) = hint {
-        if let Some(found) = cached_definition(state, name, v) {
-            return Ok((v, found, true));
-        }
+    if let Some((v, found)) = use_hint.then(|| state.definitions.latest_hint(name)).flatten() {
+        return Ok((v, found, true));
     }
     let (v, definition) = definition(state, name, None).await?;
     Ok((v, definition, true))
