@@ -19,7 +19,7 @@ pub use definition::{
 };
 pub use machine::{
     Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaError, SagaState, SagaStatus, StepState, StepStatus,
-    Transition,
+    Transition, Wait, WaitKind,
 };
 pub use validate::{parse_document, validate_definition, DocumentFormat, FieldError, ParseError};
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::backoff::retry_delay_ms;
-use crate::definition::Definition;
+use crate::definition::{Definition, OnTimeout};
 
 /// Saga status (API.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,6 +130,39 @@ pub struct SagaState {
     /// The forward failure that started compensation, kept while a compensation failure shows.
     #[serde(default)]
     pub cause: Option<SagaError>,
+    /// The step attempt the saga is parked on (a signal, or an async step's callback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<Wait>,
+    /// The saga's deadline (`timeout` in the definition), from its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at_ms: Option<i64>,
+    /// When a cancel was requested, once a driver has acted on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at_ms: Option<i64>,
+    /// Buffered signals already used as a step's output (their store ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumed_signals: Vec<i64>,
+}
+
+/// A step attempt waiting for something outside the engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Wait {
+    pub step: usize,
+    pub attempt: u32,
+    pub kind: WaitKind,
+    pub since_ms: i64,
+    /// When the wait gives up (signal timeout, first heartbeat deadline), if ever.
+    pub until_ms: Option<i64>,
+}
+
+/// What a parked step waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum WaitKind {
+    /// A named signal; its payload becomes the step's output.
+    Signal { name: String },
+    /// The callback of an async participant that answered 202.
+    Callback,
 }
 
 /// Forward action or compensation.
@@ -148,6 +181,8 @@ pub enum FailureKind {
     Retryable,
     /// A definite failure: the participant did nothing (for a compensation: it refused).
     NonRetryable,
+    /// A wait that expired (a signal that never came): definite, error kind `timeout`.
+    TimedOut,
 }
 
 /// The result of one attempt.
@@ -216,6 +251,8 @@ pub enum MachineError {
     NotRetryable(SagaStatus),
     #[error("saga state does not match its definition ({0} steps in state, {1} in definition)")]
     ShapeMismatch(usize, usize),
+    #[error("saga is {0:?}; only a saga going forward can wait")]
+    NotWaitable(SagaStatus),
 }
 
 /// Progress shown to users.
@@ -283,7 +320,23 @@ impl SagaState {
                 ambiguous: false,
             })
             .collect();
-        SagaState { status: SagaStatus::Pending, steps, error: None, cause: None }
+        SagaState {
+            status: SagaStatus::Pending,
+            steps,
+            error: None,
+            cause: None,
+            wait: None,
+            deadline_at_ms: None,
+            cancel_requested_at_ms: None,
+            consumed_signals: Vec::new(),
+        }
+    }
+
+    /// A new saga created at `now_ms`, with its deadline when the definition has a `timeout`.
+    pub fn started(definition: &Definition, now_ms: i64) -> Self {
+        let mut state = SagaState::new(definition);
+        state.deadline_at_ms = definition.timeout_ms.map(|t| now_ms.saturating_add(t as i64));
+        state
     }
 
     /// What to run next.
@@ -378,19 +431,22 @@ impl SagaState {
         if self.status == SagaStatus::Pending {
             self.status = SagaStatus::Executing;
         }
+        let resumed = self.wait.take().is_some_and(|w| w.step == index && w.attempt == attempt);
         let step = &mut self.steps[index];
         if step.status == StepStatus::Pending {
             step.started_at_ms = Some(started_at_ms);
         }
         step.status = StepStatus::Executing;
         step.attempts = attempt;
-        events.push(HistoryEvent::new(
-            "step_started",
-            Some(&name),
-            Some(attempt),
-            json!({"phase": "action"}),
-            started_at_ms,
-        ));
+        if !resumed {
+            events.push(HistoryEvent::new(
+                "step_started",
+                Some(&name),
+                Some(attempt),
+                json!({"phase": "action"}),
+                started_at_ms,
+            ));
+        }
         match outcome {
             Outcome::Succeeded(output) => {
                 step.status = StepStatus::Succeeded;
@@ -414,7 +470,11 @@ impl SagaState {
                 if let Some(due_ms) = retry {
                     transition.retry_at_ms = Some(due_ms);
                 } else {
-                    let error_kind = if retryable { ErrorKind::RetriesExhausted } else { ErrorKind::NonRetryable };
+                    let error_kind = match kind {
+                        FailureKind::Retryable => ErrorKind::RetriesExhausted,
+                        FailureKind::NonRetryable => ErrorKind::NonRetryable,
+                        FailureKind::TimedOut => ErrorKind::Timeout,
+                    };
                     self.fail_forward(definition, index, error_kind, message, retryable, now_ms, events);
                 }
             }
@@ -442,12 +502,7 @@ impl SagaState {
             }
         }
         let error = SagaError { step: Some(self.steps[index].name.clone()), kind, message };
-        let pivot_passed = definition
-            .steps
-            .iter()
-            .zip(&self.steps)
-            .any(|(def, state)| def.pivot && state.status == StepStatus::Succeeded);
-        if pivot_passed {
+        if self.pivot_passed(definition) {
             self.status = SagaStatus::Failed;
             events.push(HistoryEvent::new(
                 "saga_failed",
@@ -573,6 +628,178 @@ impl SagaState {
         }
     }
 
+    /// True once a `pivot: true` step has succeeded: nothing is compensated any more.
+    pub fn pivot_passed(&self, definition: &Definition) -> bool {
+        definition.steps.iter().zip(&self.steps).any(|(def, state)| def.pivot && state.status == StepStatus::Succeeded)
+    }
+
+    /// Parks the next action attempt: it started (a 202 from an async participant, or a signal
+    /// step with no buffered signal) and now waits. The eventual [`SagaState::apply`] of the same
+    /// attempt finishes it.
+    pub fn begin_wait(
+        &mut self,
+        definition: &Definition,
+        kind: WaitKind,
+        started_at_ms: i64,
+        until_ms: Option<i64>,
+    ) -> Result<Transition, MachineError> {
+        if self.steps.len() != definition.steps.len() {
+            return Err(MachineError::ShapeMismatch(self.steps.len(), definition.steps.len()));
+        }
+        let (index, attempt) = match self.next() {
+            Next::RunAction { step, attempt } if matches!(self.status, SagaStatus::Pending | SagaStatus::Executing) => {
+                (step, attempt)
+            }
+            _ => return Err(MachineError::NotWaitable(self.status)),
+        };
+        let mut transition = Transition::default();
+        if self.wait.as_ref().is_some_and(|w| w.step == index && w.attempt == attempt) {
+            // Parked again (woken early, nothing arrived yet): nothing new to record.
+            if let Some(wait) = self.wait.as_mut() {
+                wait.until_ms = until_ms;
+            }
+            return Ok(transition);
+        }
+        self.status = SagaStatus::Executing;
+        let step = &mut self.steps[index];
+        if step.status == StepStatus::Pending {
+            step.started_at_ms = Some(started_at_ms);
+        }
+        step.status = StepStatus::Executing;
+        let name = step.name.clone();
+        transition.events.push(HistoryEvent::new(
+            "step_started",
+            Some(&name),
+            Some(attempt),
+            json!({"phase": "action"}),
+            started_at_ms,
+        ));
+        let waiting_for = match &kind {
+            WaitKind::Signal { name } => json!({"signal": name, "until_ms": until_ms}),
+            WaitKind::Callback => json!({"callback": true, "until_ms": until_ms}),
+        };
+        transition.events.push(HistoryEvent::new("step_waiting", Some(&name), Some(attempt), waiting_for, started_at_ms));
+        self.wait = Some(Wait { step: index, attempt, kind, since_ms: started_at_ms, until_ms });
+        Ok(transition)
+    }
+
+    /// Acts on a cancel request made at `requested_at_ms`: a saga going forward stops and
+    /// compensates what may have happened (error kind `cancelled`). Past a succeeded pivot, or
+    /// once compensating or terminal, the request is recorded and changes nothing else.
+    pub fn cancel(&mut self, definition: &Definition, requested_at_ms: i64, now_ms: i64) -> Transition {
+        let mut transition = Transition::default();
+        if self.cancel_requested_at_ms.is_some() {
+            return transition;
+        }
+        self.cancel_requested_at_ms = Some(requested_at_ms);
+        let forward = matches!(self.status, SagaStatus::Pending | SagaStatus::Executing);
+        let effective = forward && !self.pivot_passed(definition);
+        let ignored = match () {
+            _ if effective => None,
+            _ if forward => Some("past a succeeded pivot"),
+            _ => Some("saga is no longer going forward"),
+        };
+        transition.events.push(HistoryEvent::new(
+            "cancel_requested",
+            None,
+            None,
+            json!({"requested_at_ms": requested_at_ms, "ignored": ignored}),
+            now_ms,
+        ));
+        if effective {
+            self.stop_forward(definition, ErrorKind::Cancelled, "cancelled by request".into(), now_ms, &mut transition);
+        }
+        transition
+    }
+
+    /// Acts on the saga deadline once `now_ms` has reached it. `on_timeout: compensate` stops
+    /// and compensates (kind `timeout`); `fail`, or a passed pivot, leaves the saga `FAILED`
+    /// with nothing compensated. A saga already compensating carries on.
+    pub fn expire(&mut self, definition: &Definition, now_ms: i64) -> Transition {
+        let mut transition = Transition::default();
+        let due = self.deadline_at_ms.is_some_and(|d| d <= now_ms);
+        if !due || !matches!(self.status, SagaStatus::Pending | SagaStatus::Executing) {
+            return transition;
+        }
+        let message = "the saga deadline passed".to_string();
+        if definition.on_timeout == OnTimeout::Compensate && !self.pivot_passed(definition) {
+            transition.events.push(HistoryEvent::new(
+                "saga_timed_out",
+                None,
+                None,
+                json!({"on_timeout": "compensate"}),
+                now_ms,
+            ));
+            self.stop_forward(definition, ErrorKind::Timeout, message, now_ms, &mut transition);
+            return transition;
+        }
+        let step = self.close_current_step(now_ms);
+        let error = SagaError { step, kind: ErrorKind::Timeout, message };
+        transition.events.push(HistoryEvent::new(
+            "saga_failed",
+            error.step.as_deref(),
+            None,
+            json!({"error": error, "on_timeout": "fail"}),
+            now_ms,
+        ));
+        self.status = SagaStatus::Failed;
+        self.error = Some(error);
+        transition
+    }
+
+    /// Ends forward progress at the current step: a step parked on a signal failed definitely;
+    /// one that was attempted (in flight, awaiting a retry or a callback) failed ambiguously;
+    /// one never attempted is skipped, like every later step. Returns the step's name unless it
+    /// was never attempted.
+    fn close_current_step(&mut self, now_ms: i64) -> Option<String> {
+        let wait = self.wait.take();
+        let current = self.steps.iter().position(|s| s.status != StepStatus::Succeeded);
+        let mut named = None;
+        if let Some(index) = current {
+            let waiting_signal =
+                wait.as_ref().is_some_and(|w| w.step == index && matches!(w.kind, WaitKind::Signal { .. }));
+            let waiting_callback =
+                wait.as_ref().is_some_and(|w| w.step == index && matches!(w.kind, WaitKind::Callback));
+            let step = &mut self.steps[index];
+            if waiting_signal {
+                step.status = StepStatus::Failed;
+                step.ambiguous = false;
+                step.finished_at_ms = Some(now_ms);
+                named = Some(step.name.clone());
+            } else if step.attempts > 0 || waiting_callback || step.status == StepStatus::Executing {
+                step.status = StepStatus::Failed;
+                step.ambiguous = true;
+                step.finished_at_ms = Some(now_ms);
+                named = Some(step.name.clone());
+            } else {
+                step.status = StepStatus::Skipped;
+            }
+            for later in &mut self.steps[index + 1..] {
+                if later.status == StepStatus::Pending {
+                    later.status = StepStatus::Skipped;
+                }
+            }
+        }
+        named
+    }
+
+    fn stop_forward(
+        &mut self,
+        definition: &Definition,
+        kind: ErrorKind,
+        message: String,
+        now_ms: i64,
+        transition: &mut Transition,
+    ) {
+        let step = self.close_current_step(now_ms);
+        let error = SagaError { step, kind, message };
+        self.status = SagaStatus::Compensating;
+        self.cause = Some(error.clone());
+        self.error = Some(error);
+        transition.retry_at_ms = None;
+        self.advance(definition, now_ms, &mut transition.events);
+    }
+
     /// An operator's `retry` of a `FAILED` saga: a failed compensation gets a fresh budget and
     /// compensation resumes; a forward failure (past a pivot, or `on_timeout: fail`) resumes
     /// forward from the failed step.
@@ -606,6 +833,11 @@ impl SagaState {
                 step.ambiguous = false;
                 step.finished_at_ms = None;
             }
+            if self.error.as_ref().is_some_and(|e| e.kind == ErrorKind::Timeout) {
+                // The deadline was the reason it stopped; the operator's retry lifts it.
+                self.deadline_at_ms = None;
+            }
+            self.wait = None;
             self.status = SagaStatus::Executing;
             self.error = None;
             self.cause = None;

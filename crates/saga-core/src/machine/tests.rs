@@ -289,3 +289,108 @@ proptest! {
         }
     }
 }
+
+fn attempt_of(state: &SagaState, outcome: Outcome, now: i64) -> Attempt {
+    let (phase, step, attempt) = match state.next() {
+        Next::RunAction { step, attempt } => (Phase::Action, step, attempt),
+        Next::RunCompensation { step, attempt } => (Phase::Compensation, step, attempt),
+        Next::Terminal => panic!("nothing to run"),
+    };
+    Attempt { phase, step, attempt, outcome, started_at_ms: now, finished_at_ms: now + 1 }
+}
+
+#[test]
+fn cancel_during_a_pending_retry_compensates_the_ambiguous_step_and_never_retries_it() {
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    let t = state.apply(&def, attempt_of(&state, fail(FailureKind::Retryable), 10), 0.5).expect("legal");
+    assert!(t.retry_at_ms.is_some());
+    let t = state.cancel(&def, 20, 30);
+    assert_eq!(t.retry_at_ms, None);
+    assert_eq!(t.events[0].kind, "cancel_requested");
+    assert_eq!(state.status, SagaStatus::Compensating);
+    assert_eq!(state.next(), Next::RunCompensation { step: 1, attempt: 1 });
+    let events = drive(&mut state, &def, &mut std::iter::empty());
+    assert_eq!(kinds_for(&events, "step_compensated"), vec!["s1", "s0"]);
+    assert!(kinds_for(&events, "step_started").is_empty(), "the cancelled retry never ran");
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(state.error.as_ref().map(|e| e.kind), Some(ErrorKind::Cancelled));
+    assert_eq!(state.steps[2].status, StepStatus::Skipped);
+}
+
+#[test]
+fn cancel_of_a_pending_saga_compensates_nothing() {
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    let t = state.cancel(&def, 5, 5);
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert!(t.events.iter().any(|e| e.kind == "saga_compensated"));
+    assert!(state.steps.iter().all(|s| s.status == StepStatus::Skipped));
+    assert_eq!(state.error.as_ref().map(|e| (e.kind, e.step.clone())), Some((ErrorKind::Cancelled, None)));
+}
+
+#[test]
+fn cancel_past_a_succeeded_pivot_is_recorded_and_ignored() {
+    let def = definition(&[(true, 3, 3, true), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    let t = state.cancel(&def, 5, 5);
+    assert_eq!(state.status, SagaStatus::Executing);
+    assert_eq!(t.events.len(), 1);
+    assert_eq!(t.events[0].data["ignored"], json!("past a succeeded pivot"));
+}
+
+#[test]
+fn cancel_while_parked_on_a_callback_compensates_that_step() {
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    let t = state.begin_wait(&def, WaitKind::Callback, 10, Some(1_000)).expect("waitable");
+    assert_eq!(t.events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), vec!["step_started", "step_waiting"]);
+    // Woken early with nothing arrived: re-parking records nothing new.
+    assert!(state.begin_wait(&def, WaitKind::Callback, 20, Some(2_000)).expect("waitable").events.is_empty());
+    state.cancel(&def, 30, 30);
+    assert!(state.wait.is_none());
+    assert_eq!(state.next(), Next::RunCompensation { step: 1, attempt: 1 });
+}
+
+#[test]
+fn a_signal_wait_resumes_into_the_same_attempt_and_its_timeout_is_definite() {
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    state.begin_wait(&def, WaitKind::Signal { name: "go".into() }, 10, Some(100)).expect("waitable");
+    assert_eq!(state.next(), Next::RunAction { step: 1, attempt: 1 });
+    let t = state
+        .apply(&def, attempt_of(&state, Outcome::Failed { kind: FailureKind::TimedOut, message: "t".into() }, 100), 0.5)
+        .expect("legal");
+    assert!(t.events.iter().all(|e| e.kind != "step_started"), "started once, when the wait began");
+    assert_eq!(state.error.as_ref().map(|e| e.kind), Some(ErrorKind::Timeout));
+    assert!(!state.steps[1].ambiguous);
+    assert_eq!(state.next(), Next::RunCompensation { step: 0, attempt: 1 });
+}
+
+#[test]
+fn deadline_compensates_or_fails_per_on_timeout() {
+    let mut def = definition(&[(true, 3, 3, false), (true, 3, 3, false)]);
+    def.timeout_ms = Some(100);
+    let mut state = SagaState::started(&def, 1_000);
+    assert_eq!(state.deadline_at_ms, Some(1_100));
+    state.apply(&def, attempt_of(&state, ok(), 1_000), 0.5).expect("legal");
+    assert!(state.expire(&def, 1_099).events.is_empty(), "not yet due");
+    let mut failing = state.clone();
+    state.expire(&def, 1_100);
+    assert_eq!(state.status, SagaStatus::Compensating);
+    assert_eq!(state.next(), Next::RunCompensation { step: 0, attempt: 1 });
+    def.on_timeout = OnTimeout::Fail;
+    failing.expire(&def, 1_100);
+    assert_eq!(failing.status, SagaStatus::Failed);
+    assert_eq!(failing.error.as_ref().map(|e| e.kind), Some(ErrorKind::Timeout));
+    assert_eq!(failing.steps[0].status, StepStatus::Succeeded, "nothing compensated");
+    // The operator's retry lifts the deadline and finishes forward.
+    failing.retry_by_operator(&def, 2_000).expect("retryable");
+    assert_eq!(failing.deadline_at_ms, None);
+    drive(&mut failing, &def, &mut std::iter::empty());
+    assert_eq!(failing.status, SagaStatus::Completed);
+}
