@@ -11,7 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    ClaimParams, CommitOutcome, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, Store,
+    CallbackRegister, ClaimParams, CommitOutcome, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, Store,
     StoreError,
 };
 
@@ -59,6 +59,13 @@ where
     run!(released_lease_is_claimable_at_once);
     run!(list_filters_and_pages);
     run!(operator_update_is_conditional);
+    run!(cancel_request_stops_unacknowledged_commits);
+    run!(cancel_request_wakes_a_parked_saga_and_refuses_terminal);
+    run!(signals_are_buffered_in_order_and_wake);
+    run!(a_delivery_during_a_lease_makes_the_parked_saga_due);
+    run!(callbacks_complete_once_and_heartbeats_extend);
+    run!(admission_never_exceeds_the_key_limit);
+    run!(priority_goes_first_but_old_work_is_not_starved);
     failures
 }
 
@@ -86,6 +93,7 @@ fn create_params(now_ms: i64) -> SagaCreate {
         request_hash: None,
         require_latest: false,
         lease: None,
+        concurrency: None,
         now_ms,
     }
 }
@@ -111,6 +119,7 @@ fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events: Vec<Histo
         release_lease: false,
         events,
         worker_id: "w1".into(),
+        wake_seq_seen: 0,
         now_ms,
     }
 }
@@ -437,5 +446,186 @@ async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResult {
     ok.state = state;
     let updated = db(store.saga_operator_update(ok).await)?;
     ensure!(updated.status == SagaStatus::Executing && updated.run_at_ms == 5, "updated: {updated:?}");
+    Ok(())
+}
+
+async fn claim_one(store: &dyn Store, now_ms: i64) -> Result<crate::Claimed, String> {
+    db(store.saga_claim_due(&claim("w1", 1, now_ms)).await)?.into_iter().next().ok_or_else(|| "nothing claimed".into())
+}
+
+async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    let token = claimed.record.fencing_token;
+    let requested = db(store.saga_cancel_request(id, 10).await)?;
+    ensure!(requested.cancel_requested_at_ms == Some(10), "cancel not recorded: {requested:?}");
+    ensure!(requested.lease_owner.as_deref() == Some("w1"), "the driver keeps its lease");
+    let mut state = claimed.record.state.clone();
+    state.status = SagaStatus::Completed;
+    let outcome = db(store.saga_commit_batch(&[commit(id, token, state.clone(), 20, vec![])]).await)?;
+    ensure!(outcome == vec![CommitOutcome::CancelRequested { at_ms: 10 }], "outcome: {outcome:?}");
+    ensure!(db(store.saga_get(id).await)?.status == SagaStatus::Pending, "nothing written");
+    // A second request keeps the first time.
+    ensure!(db(store.saga_cancel_request(id, 15).await)?.cancel_requested_at_ms == Some(10), "time moved");
+    state.status = SagaStatus::Compensated;
+    state.cancel_requested_at_ms = Some(10);
+    let outcome = db(store.saga_commit_batch(&[commit(id, token, state, 30, vec![])]).await)?;
+    ensure!(outcome == vec![CommitOutcome::Committed], "acknowledged commit: {outcome:?}");
+    Ok(())
+}
+
+async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 5, vec![]);
+    park.release_lease = true;
+    park.run_at_ms = crate::RUN_AT_NEVER_MS;
+    ensure!(db(store.saga_commit_batch(&[park]).await)? == vec![CommitOutcome::Committed], "park");
+    ensure!(db(store.saga_claim_due(&claim("w1", 1, 100)).await)?.is_empty(), "parked saga claimed");
+    db(store.saga_cancel_request(id, 100).await)?;
+    let again = claim_one(store.as_ref(), 100).await?;
+    ensure!(again.record.cancel_requested_at_ms == Some(100), "claim shows the request");
+    let mut state = again.record.state.clone();
+    state.status = SagaStatus::Compensated;
+    state.cancel_requested_at_ms = Some(100);
+    db(store.saga_commit_batch(&[commit(id, again.record.fencing_token, state, 110, vec![])]).await)?;
+    match store.saga_cancel_request(id, 120).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => return Err(format!("cancel of a terminal saga: {other:?}")),
+    }
+    match store.saga_cancel_request(Uuid::now_v7(), 120).await {
+        Err(StoreError::NotFound) => Ok(()),
+        other => Err(format!("cancel of an unknown saga: {other:?}")),
+    }
+}
+
+async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let first = db(store.signal_send(id, "approval", &json!({"ok": 1}), 10).await)?;
+    let second = db(store.signal_send(id, "approval", &json!({"ok": 2}), 11).await)?;
+    db(store.signal_send(id, "other", &json!(null), 12).await)?;
+    let found = db(store.signal_find(id, "approval", &[]).await)?.ok_or("first signal missing")?;
+    ensure!(found.id == first.id && found.payload == json!({"ok": 1}), "found: {found:?}");
+    let next = db(store.signal_find(id, "approval", &[first.id]).await)?.ok_or("second signal missing")?;
+    ensure!(next.id == second.id, "next: {next:?}");
+    ensure!(db(store.signal_find(id, "approval", &[first.id, second.id]).await)?.is_none(), "all consumed");
+    ensure!(db(store.saga_get(id).await)?.wake_seq == 3, "wake_seq not bumped per signal");
+    match store.signal_send(Uuid::now_v7(), "approval", &json!(null), 13).await {
+        Err(StoreError::NotFound) => Ok(()),
+        other => Err(format!("signal to an unknown saga: {other:?}")),
+    }
+}
+
+async fn a_delivery_during_a_lease_makes_the_parked_saga_due(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    // The driver decided to wait (having seen wake_seq 0); a signal lands before its commit.
+    db(store.signal_send(id, "go", &json!(1), 5).await)?;
+    let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 6, vec![]);
+    park.release_lease = true;
+    park.run_at_ms = crate::RUN_AT_NEVER_MS;
+    park.wake_seq_seen = claimed.record.wake_seq;
+    ensure!(db(store.saga_commit_batch(&[park]).await)? == vec![CommitOutcome::Committed], "park");
+    let record = db(store.saga_get(id).await)?;
+    ensure!(record.run_at_ms == 6, "the late delivery must make the saga due now, run_at {}", record.run_at_ms);
+    Ok(())
+}
+
+async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let register = CallbackRegister {
+        token_hash: "h1".into(),
+        saga_id: id,
+        tenant_id: None,
+        step: "a".into(),
+        attempt: 1,
+        heartbeat_timeout_ms: Some(1_000),
+        now_ms: 10,
+    };
+    db(store.callback_register(register).await)?;
+    let open = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
+    ensure!(open.result.is_none() && open.deadline_at_ms == Some(1_010), "open: {open:?}");
+    db(store.callback_heartbeat("h1", 500).await)?;
+    let beat = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
+    ensure!(beat.deadline_at_ms == Some(1_500), "heartbeat did not extend: {beat:?}");
+    let result = json!({"status": "succeeded", "output": {"x": 1}});
+    ensure!(db(store.callback_complete("h1", &result, 600).await)? == id, "wrong saga");
+    ensure!(matches!(store.callback_complete("h1", &result, 601).await, Err(StoreError::NotFound)), "reused");
+    ensure!(matches!(store.callback_heartbeat("h1", 602).await, Err(StoreError::NotFound)), "heartbeat after use");
+    ensure!(matches!(store.callback_complete("nope", &result, 603).await, Err(StoreError::NotFound)), "unknown");
+    let done = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
+    ensure!(done.result == Some(result), "result: {done:?}");
+    ensure!(db(store.callback_get(id, "a", 2).await)?.is_none(), "other attempt");
+    Ok(())
+}
+
+async fn admission_never_exceeds_the_key_limit(store: Arc<dyn Store>) -> CheckResult {
+    let mut keyed = Vec::new();
+    for _ in 0..6 {
+        let mut params = create_params(0);
+        params.concurrency = Some(("tenant-a".into(), 2));
+        match db(store.saga_create(params).await)? {
+            SagaCreated::Created(record) => keyed.push(record.id),
+            other => return Err(format!("create: {other:?}")),
+        }
+    }
+    let free = create(store.as_ref(), 1).await?;
+    // Several claimers at once: the key's two slots are shared among them, never exceeded.
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.saga_claim_due(&ClaimParams {
+                worker_id: format!("w{worker}"),
+                limit: 10,
+                now_ms: 10,
+                lease_ttl_ms: 30_000,
+            })
+            .await
+        }));
+    }
+    let mut claimed = Vec::new();
+    for task in tasks {
+        let batch = task.await.map_err(|e| e.to_string())?;
+        claimed.extend(db(batch)?.into_iter().map(|c| c.record));
+    }
+    let keyed_claimed: Vec<_> = claimed.iter().filter(|r| r.concurrency_key.is_some()).collect();
+    ensure!(keyed_claimed.len() == 2, "admitted {} of key limit 2", keyed_claimed.len());
+    ensure!(claimed.iter().any(|r| r.id == free), "the unkeyed saga was held back");
+    // One finishes: exactly one more is admitted.
+    let done = keyed_claimed[0];
+    let mut state = done.state.clone();
+    state.status = SagaStatus::Completed;
+    db(store.saga_commit_batch(&[commit(done.id, done.fencing_token, state, 20, vec![])]).await)?;
+    let next = db(store.saga_claim_due(&claim("w9", 10, 30)).await)?;
+    ensure!(next.len() == 1, "after one finished, admitted {}", next.len());
+    // A cancelled saga waiting for admission is handed out regardless of the limit.
+    let waiting = keyed.iter().find(|id| !claimed.iter().chain(next.iter().map(|c| &c.record)).any(|r| r.id == **id));
+    let waiting = *waiting.ok_or("no waiting saga left")?;
+    db(store.saga_cancel_request(waiting, 40).await)?;
+    let cancelled = db(store.saga_claim_due(&claim("w9", 10, 40)).await)?;
+    ensure!(cancelled.len() == 1 && cancelled[0].record.id == waiting, "cancelled saga: {cancelled:?}");
+    Ok(())
+}
+
+async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn Store>) -> CheckResult {
+    let old = create(store.as_ref(), 0).await?;
+    let mut low = create_params(50_000);
+    low.priority = 0;
+    let low_id = low.id;
+    db(store.saga_create(low).await)?;
+    let mut high = create_params(50_000);
+    high.priority = 10;
+    let high_id = high.id;
+    db(store.saga_create(high).await)?;
+    let order: Vec<Uuid> = {
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            order.push(claim_one(store.as_ref(), 60_000).await?.record.id);
+        }
+        order
+    };
+    // priority 10 is worth 10 s: ahead of its peers, behind work 50 s older.
+    ensure!(order == vec![old, high_id, low_id], "claim order: {order:?}");
     Ok(())
 }

@@ -22,6 +22,14 @@ pub const LIST_LIMIT_DEFAULT: u32 = 50;
 pub const LIST_LIMIT_MAX: u32 = 500;
 pub const CLAIM_BATCH_MAX: u32 = 256;
 pub const COMMIT_BATCH_MAX: usize = 512;
+/// A run_at for sagas parked with no deadline: far enough never to be due.
+pub const RUN_AT_NEVER_MS: i64 = 253_402_300_799_000; // 9999-12-31
+/// One priority point is worth this much waiting: a saga's place in the claim order is
+/// `run_at - priority * PRIORITY_STEP_MS`, so higher priorities go first and old work of a
+/// lower priority still gets its turn (no starvation).
+pub const PRIORITY_STEP_MS: i64 = 1_000;
+/// Signal names in `POST /v1/sagas/{id}/signals/{name}`.
+pub const SIGNAL_NAME_MAX: usize = 100;
 
 /// Errors at the store boundary.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +88,13 @@ pub struct SagaRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub completed_at_ms: Option<i64>,
+    /// Set by [`Store::saga_cancel_request`]; a driver acts on it at its next commit.
+    pub cancel_requested_at_ms: Option<i64>,
+    /// Bumped by every delivery (signal, callback, cancel) so a driver parking the saga can
+    /// tell that something arrived while it was deciding to wait.
+    pub wake_seq: i64,
+    /// The rendered `concurrency.key`, if the definition has one.
+    pub concurrency_key: Option<String>,
 }
 
 /// Parameters of [`Store::saga_create`].
@@ -102,6 +117,9 @@ pub struct SagaCreate {
     /// Create the saga already leased to this worker (fencing token 1), for an instance that
     /// will drive it at once; None leaves it due for any instance to claim.
     pub lease: Option<LeaseGrant>,
+    /// `(rendered key, limit)`: the saga waits `PENDING` until fewer than `limit` sagas with the
+    /// same key are running. Such a saga is never created leased.
+    pub concurrency: Option<(String, u32)>,
     pub now_ms: i64,
 }
 
@@ -154,6 +172,9 @@ pub struct SagaCommit {
     pub release_lease: bool,
     pub events: Vec<HistoryEvent>,
     pub worker_id: String,
+    /// The saga's `wake_seq` as the driver last saw it: when a release finds it moved (a
+    /// signal or callback arrived meanwhile), the saga is due at once instead of at `run_at_ms`.
+    pub wake_seq_seen: i64,
     pub now_ms: i64,
 }
 
@@ -163,6 +184,40 @@ pub enum CommitOutcome {
     Committed,
     /// The token moved on: another driver owns the saga. Nothing was written.
     Fenced,
+    /// A cancel was requested that the committed state has not acted on yet (its
+    /// `cancel_requested_at_ms` is None). Nothing was written; the driver still holds the lease.
+    CancelRequested { at_ms: i64 },
+}
+
+/// A buffered signal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignalRecord {
+    pub id: i64,
+    pub name: String,
+    pub payload: Value,
+    pub received_at_ms: i64,
+}
+
+/// Parameters of [`Store::callback_register`].
+#[derive(Clone, Debug)]
+pub struct CallbackRegister {
+    /// SHA-256 (hex) of the token; the token itself is never stored.
+    pub token_hash: String,
+    pub saga_id: Uuid,
+    pub tenant_id: Option<String>,
+    pub step: String,
+    pub attempt: u32,
+    pub heartbeat_timeout_ms: Option<i64>,
+    pub now_ms: i64,
+}
+
+/// A callback as the driver sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallbackRecord {
+    /// The participant's `{status, output | error, retryable}` once it called back.
+    pub result: Option<Value>,
+    /// When the step counts as lost unless a heartbeat moves it (None: no heartbeat timeout).
+    pub deadline_at_ms: Option<i64>,
 }
 
 /// An operator's change to a saga no driver holds (retry).
@@ -263,6 +318,25 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()>;
     /// An operator's change to an unleased saga, applied only while its status is as expected.
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord>;
+
+    /// Records a cancel request on a saga that is not terminal and makes it due if no driver
+    /// holds it. [`StoreError::NotFound`]; [`StoreError::Conflict`] when terminal.
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord>;
+
+    /// Buffers a signal durably and wakes the saga. [`StoreError::Conflict`] when terminal.
+    async fn signal_send(&self, id: Uuid, name: &str, payload: &Value, now_ms: i64) -> StoreResult<SignalRecord>;
+    /// The oldest signal called `name` for the saga whose id is not in `consumed`.
+    async fn signal_find(&self, id: Uuid, name: &str, consumed: &[i64]) -> StoreResult<Option<SignalRecord>>;
+
+    /// Records a callback token before its request is sent.
+    async fn callback_register(&self, params: CallbackRegister) -> StoreResult<()>;
+    /// Stores the participant's result once and wakes the saga; [`StoreError::NotFound`] when
+    /// the token is unknown or already used. Returns the saga id.
+    async fn callback_complete(&self, token_hash: &str, result: &Value, now_ms: i64) -> StoreResult<Uuid>;
+    /// Moves an open callback's deadline to `now + heartbeat_timeout`; NotFound when unknown or used.
+    async fn callback_heartbeat(&self, token_hash: &str, now_ms: i64) -> StoreResult<()>;
+    /// The callback of one step attempt.
+    async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>>;
 
     /// Notified when new work may be due (a saga was created or handed back).
     fn work_signal(&self) -> WorkSignal;

@@ -8,7 +8,8 @@ use sqlx::types::Json;
 use sqlx::Row;
 
 pub const SAGA_COLUMNS: &str = "s.id, s.tenant_id, s.definition, s.version, s.status, s.input, s.state, s.priority, \
-     s.run_at, s.lease_owner, s.lease_expires_at, s.fencing_token, s.created_at, s.updated_at, s.completed_at, s.previous_owner";
+     s.run_at, s.lease_owner, s.lease_expires_at, s.fencing_token, s.created_at, s.updated_at, s.completed_at, s.previous_owner, \
+     s.cancel_requested_at, s.wake_seq, s.concurrency_key";
 
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::backend(e)
@@ -34,6 +35,9 @@ pub fn saga(row: &PgRow) -> StoreResult<SagaRecord> {
         created_at_ms: row.try_get("created_at").map_err(db)?,
         updated_at_ms: row.try_get("updated_at").map_err(db)?,
         completed_at_ms: row.try_get("completed_at").map_err(db)?,
+        cancel_requested_at_ms: row.try_get("cancel_requested_at").map_err(db)?,
+        wake_seq: row.try_get("wake_seq").map_err(db)?,
+        concurrency_key: row.try_get("concurrency_key").map_err(db)?,
     })
 }
 

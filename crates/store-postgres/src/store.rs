@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::HistoryEvent;
 use saga_store::{
-    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
+    CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
     SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError, StoreResult,
-    WorkSignal,
+    SignalRecord, WorkSignal, PRIORITY_STEP_MS,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -164,6 +164,8 @@ struct CommitColumns {
     run_ats: Vec<i64>,
     terminals: Vec<bool>,
     nows: Vec<i64>,
+    wake_seen: Vec<i64>,
+    cancel_seen: Vec<bool>,
     /// Per history row: its saga, the token it is fenced on, and its distance from the saga's
     /// new last `seq` (the last event of a commit is 0).
     event_saga_ids: Vec<Uuid>,
@@ -185,6 +187,8 @@ impl CommitColumns {
             run_ats: Vec::with_capacity(n),
             terminals: Vec::with_capacity(n),
             nows: Vec::with_capacity(n),
+            wake_seen: Vec::with_capacity(n),
+            cancel_seen: Vec::with_capacity(n),
             event_saga_ids: Vec::new(),
             event_tokens: Vec::new(),
             event_from_end: Vec::new(),
@@ -202,6 +206,8 @@ impl CommitColumns {
             batch.run_ats.push(commit.run_at_ms);
             batch.terminals.push(terminal);
             batch.nows.push(commit.now_ms);
+            batch.wake_seen.push(commit.wake_seq_seen);
+            batch.cancel_seen.push(commit.state.cancel_requested_at_ms.is_some());
             for offset in 0..count {
                 batch.event_saga_ids.push(commit.id);
                 batch.event_tokens.push(commit.fencing_token);
@@ -235,6 +241,86 @@ impl PostgresStore {
         let announce = Announcer::new();
         let announcer = tokio::spawn(announce.clone().run(pool.clone()));
         Ok(PostgresStore { pool, work, announce, listener, announcer })
+    }
+
+    /// Admits waiting sagas of concurrency keys that have a free slot, leased to the claimer.
+    ///
+    /// Design note. A key's running count and the admission must not race across instances.
+    /// The transaction first locks the keys' rows in `concurrency_keys` (`SKIP LOCKED`: another
+    /// instance admitting for a key simply leaves it to that instance); every other admitter of
+    /// those keys has committed before the lock was granted, so the next statement's snapshot
+    /// counts their admissions. A cancelled or expired saga is admitted regardless of the limit,
+    /// since all it will do is compensate nothing and end.
+    async fn admit(&self, params: &ClaimParams, limit: u32) -> StoreResult<Vec<Claimed>> {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT concurrency_key FROM sagas \
+             WHERE concurrency_key IS NOT NULL AND NOT admitted AND status = 'PENDING' AND run_at <= $1 LIMIT 64",
+        )
+        .bind(params.now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        if keys.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let locked: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM concurrency_keys WHERE key = ANY($1) FOR UPDATE SKIP LOCKED")
+                .bind(&keys)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+        if locked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expires = params.now_ms + params.lease_ttl_ms;
+        let rows = sqlx::query(&format!(
+            "WITH running AS ( \
+               SELECT concurrency_key AS key, count(*) AS n FROM sagas \
+               WHERE concurrency_key = ANY($1) AND admitted AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING') \
+               GROUP BY concurrency_key), \
+             waiting AS ( \
+               SELECT id, concurrency_key AS key, concurrency_limit AS lim, cancel_requested_at, deadline_at, \
+                      run_at - priority::bigint * {PRIORITY_STEP_MS} AS rank_at, \
+                      row_number() OVER (PARTITION BY concurrency_key \
+                                         ORDER BY run_at - priority::bigint * {PRIORITY_STEP_MS}) AS place \
+               FROM sagas \
+               WHERE concurrency_key = ANY($1) AND NOT admitted AND status = 'PENDING' AND run_at <= $2), \
+             picked AS ( \
+               SELECT w.id FROM waiting w LEFT JOIN running r ON r.key = w.key \
+               WHERE w.place <= w.lim - COALESCE(r.n, 0) OR w.cancel_requested_at IS NOT NULL OR w.deadline_at <= $2 \
+               ORDER BY w.rank_at LIMIT $3) \
+             UPDATE sagas s SET admitted = TRUE, fencing_token = s.fencing_token + 1, previous_owner = s.lease_owner, \
+               lease_owner = $4, lease_expires_at = $5, run_at = $5, updated_at = $2 \
+             FROM picked WHERE s.id = picked.id \
+             RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(&locked)
+        .bind(params.now_ms)
+        .bind(i64::from(limit))
+        .bind(&params.worker_id)
+        .bind(expires)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter().map(claimed_row).collect()
+    }
+
+    /// Bumps `wake_seq` and makes the saga due now unless a driver holds it (that driver sees the
+    /// bump when it next parks). Only sagas that are not terminal; returns whether one was woken.
+    async fn wake(conn: &mut sqlx::PgConnection, id: Uuid, now_ms: i64) -> StoreResult<bool> {
+        let woken = sqlx::query(
+            "UPDATE sagas SET wake_seq = wake_seq + 1, updated_at = $2, \
+               run_at = CASE WHEN lease_owner IS NULL THEN LEAST(run_at, $2) ELSE run_at END \
+             WHERE id = $1 AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING')",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(conn)
+        .await
+        .map_err(db)?;
+        Ok(woken.rows_affected() == 1)
     }
 
     /// The underlying pool (for tests and tools).
@@ -367,16 +453,22 @@ impl Store for PostgresStore {
     async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated> {
         let created_data = json_text(&serde_json::json!({"definition": params.definition, "version": params.version}))?;
         // One statement: the saga, its first history row, and the wake-up for idle instances.
+        if params.concurrency.is_some() && params.lease.is_some() {
+            return Err(StoreError::Conflict("a saga with a concurrency key waits for admission; it cannot be created leased".into()));
+        }
         let row = sqlx::query(&format!(
             "WITH s AS ( \
                INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
                                   fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, \
-                                  lease_owner, lease_expires_at) \
-               SELECT $1, $2, $3, $4, $5, $6, $7::json, $8, COALESCE($15, $9), $16, 1, $10, $11, $9, $9, $14, $15 \
+                                  lease_owner, lease_expires_at, deadline_at, concurrency_key, concurrency_limit) \
+               SELECT $1, $2, $3, $4, $5, $6, $7::json, $8, COALESCE($15, $9), $16, 1, $10, $11, $9, $9, $14, $15, \
+                      $17, $18, $19 \
                WHERE NOT $13 OR $4 = (SELECT MAX(version) FROM definitions WHERE name = $3) \
                ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
              e AS (INSERT INTO saga_events (saga_id, seq, tenant_id, kind, data, at) \
-                   SELECT id, 1, tenant_id, 'saga_created', $12::jsonb, $9 FROM s) \
+                   SELECT id, 1, tenant_id, 'saga_created', $12::jsonb, $9 FROM s), \
+             k AS (INSERT INTO concurrency_keys (key) SELECT concurrency_key FROM s WHERE concurrency_key IS NOT NULL \
+                   ON CONFLICT DO NOTHING) \
              SELECT {SAGA_COLUMNS} FROM s"
         ))
         .bind(params.id)
@@ -395,6 +487,9 @@ impl Store for PostgresStore {
         .bind(params.lease.as_ref().map(|l| l.worker_id.clone()))
         .bind(params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms))
         .bind(if params.lease.is_some() { 1i64 } else { 0i64 })
+        .bind(params.state.deadline_at_ms)
+        .bind(params.concurrency.as_ref().map(|c| c.0.clone()))
+        .bind(params.concurrency.as_ref().map(|c| c.1 as i32))
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
@@ -464,29 +559,35 @@ impl Store for PostgresStore {
     }
 
     async fn saga_claim_due(&self, params: &ClaimParams) -> StoreResult<Vec<Claimed>> {
+        let limit = params.limit.min(saga_store::CLAIM_BATCH_MAX);
+        let mut claimed = self.admit(params, limit).await?;
+        let remaining = limit.saturating_sub(claimed.len() as u32);
+        if remaining == 0 {
+            return Ok(claimed);
+        }
         let expires = params.now_ms + params.lease_ttl_ms;
         let rows = sqlx::query(&format!(
             "WITH due AS ( \
                SELECT id FROM sagas \
-               WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND run_at <= $1 \
-               ORDER BY priority DESC, run_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+               WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND (concurrency_key IS NULL OR admitted) \
+                 AND run_at <= $1 \
+               ORDER BY run_at - priority::bigint * {PRIORITY_STEP_MS} LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE sagas s SET fencing_token = s.fencing_token + 1, previous_owner = s.lease_owner, \
                lease_owner = $3, lease_expires_at = $4, run_at = $4, updated_at = $1 \
              FROM due WHERE s.id = due.id \
              RETURNING {SAGA_COLUMNS}"
         ))
         .bind(params.now_ms)
-        .bind(i64::from(params.limit.min(saga_store::CLAIM_BATCH_MAX)))
+        .bind(i64::from(remaining))
         .bind(&params.worker_id)
         .bind(expires)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                Ok(Claimed { record: rows::saga(row)?, previous_owner: row.try_get("previous_owner").map_err(db)? })
-            })
-            .collect()
+        for row in &rows {
+            claimed.push(claimed_row(row)?);
+        }
+        Ok(claimed)
     }
 
     async fn saga_commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>> {
@@ -501,12 +602,13 @@ impl Store for PostgresStore {
                UPDATE sagas s SET status = c.status, state = c.state::json, updated_at = c.now, \
                  event_seq = s.event_seq + c.event_count, \
                  completed_at = CASE WHEN c.terminal THEN c.now ELSE NULL END, \
-                 run_at = CASE WHEN c.release THEN c.run_at ELSE s.run_at END, \
                  lease_owner = CASE WHEN c.release THEN NULL ELSE s.lease_owner END, \
-                 lease_expires_at = CASE WHEN c.release THEN NULL ELSE s.lease_expires_at END \
-               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::bigint[], $8::bool[], $9::bigint[]) \
-                    AS c(id, token, status, state, event_count, release, run_at, terminal, now) \
-               WHERE s.id = c.id AND s.fencing_token = c.token \
+                 lease_expires_at = CASE WHEN c.release THEN NULL ELSE s.lease_expires_at END, \
+                 run_at = CASE WHEN NOT c.release THEN s.run_at \
+                               WHEN s.wake_seq <> c.wake_seen THEN LEAST(c.run_at, c.now) ELSE c.run_at END \
+               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::bigint[], $8::bool[], $9::bigint[], $20::bigint[], $21::bool[]) \
+                    AS c(id, token, status, state, event_count, release, run_at, terminal, now, wake_seen, cancel_seen) \
+               WHERE s.id = c.id AND s.fencing_token = c.token AND (s.cancel_requested_at IS NULL OR c.cancel_seen) \
                RETURNING s.id, s.fencing_token, s.event_seq), \
              e AS ( \
                INSERT INTO saga_events (saga_id, seq, tenant_id, kind, step, attempt, worker, data, at) \
@@ -535,6 +637,8 @@ impl Store for PostgresStore {
         .bind(batch.events.worker)
         .bind(batch.events.data)
         .bind(batch.events.at)
+        .bind(batch.wake_seen)
+        .bind(batch.cancel_seen)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -544,11 +648,33 @@ impl Store for PostgresStore {
             let token: i64 = row.try_get(1).map_err(db)?;
             committed.insert((id, token));
         }
+        // The rare rows not written: fenced, or a cancel request the driver has yet to act on.
+        let missing: Vec<Uuid> =
+            commits.iter().filter(|c| !committed.contains(&(c.id, c.fencing_token))).map(|c| c.id).collect();
+        let mut cancels = std::collections::HashMap::new();
+        if !missing.is_empty() {
+            let rows = sqlx::query(
+                "SELECT id, fencing_token, cancel_requested_at FROM sagas \
+                 WHERE id = ANY($1) AND cancel_requested_at IS NOT NULL",
+            )
+            .bind(&missing)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            for row in &rows {
+                let id: Uuid = row.try_get(0).map_err(db)?;
+                let token: i64 = row.try_get(1).map_err(db)?;
+                let at: i64 = row.try_get(2).map_err(db)?;
+                cancels.insert((id, token), at);
+            }
+        }
         Ok(commits
             .iter()
             .map(|c| {
                 if committed.contains(&(c.id, c.fencing_token)) {
                     CommitOutcome::Committed
+                } else if let Some(&at_ms) = cancels.get(&(c.id, c.fencing_token)) {
+                    CommitOutcome::CancelRequested { at_ms }
                 } else {
                     CommitOutcome::Fenced
                 }
@@ -646,9 +772,160 @@ impl Store for PostgresStore {
         Ok(record)
     }
 
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord> {
+        let row = sqlx::query(&format!(
+            "UPDATE sagas s SET cancel_requested_at = COALESCE(s.cancel_requested_at, $2), \
+               wake_seq = s.wake_seq + 1, updated_at = $2, \
+               run_at = CASE WHEN s.lease_owner IS NULL THEN LEAST(s.run_at, $2) ELSE s.run_at END \
+             WHERE s.id = $1 AND s.status IN ('PENDING', 'EXECUTING', 'COMPENSATING') \
+             RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        match row {
+            Some(row) => {
+                self.work.notify_one();
+                self.announce.request();
+                rows::saga(&row)
+            }
+            None => {
+                let existing = self.saga_get(id).await?;
+                Err(StoreError::Conflict(format!("saga is {}", existing.status.as_str())))
+            }
+        }
+    }
+
+    async fn signal_send(&self, id: Uuid, name: &str, payload: &Value, now_ms: i64) -> StoreResult<SignalRecord> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Wake first: it locks the saga row, so a terminal saga gets nothing buffered.
+        if !Self::wake(&mut tx, id, now_ms).await? {
+            drop(tx);
+            let existing = self.saga_get(id).await?;
+            return Err(StoreError::Conflict(format!("saga is {}", existing.status.as_str())));
+        }
+        let signal_id: i64 = sqlx::query_scalar(
+            "INSERT INTO saga_signals (saga_id, tenant_id, name, payload, received_at) \
+             SELECT id, tenant_id, $2, $3, $4 FROM sagas WHERE id = $1 RETURNING id",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(Json(payload))
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        self.work.notify_one();
+        self.announce.request();
+        Ok(SignalRecord { id: signal_id, name: name.to_string(), payload: payload.clone(), received_at_ms: now_ms })
+    }
+
+    async fn signal_find(&self, id: Uuid, name: &str, consumed: &[i64]) -> StoreResult<Option<SignalRecord>> {
+        let row = sqlx::query(
+            "SELECT id, name, payload, received_at FROM saga_signals \
+             WHERE saga_id = $1 AND name = $2 AND NOT (id = ANY($3)) ORDER BY id LIMIT 1",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(consumed)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|row| {
+            let payload: Json<Value> = row.try_get("payload").map_err(db)?;
+            Ok(SignalRecord {
+                id: row.try_get("id").map_err(db)?,
+                name: row.try_get("name").map_err(db)?,
+                payload: payload.0,
+                received_at_ms: row.try_get("received_at").map_err(db)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn callback_register(&self, params: CallbackRegister) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO saga_callbacks (token_hash, saga_id, tenant_id, step, attempt, heartbeat_timeout_ms, \
+                                         deadline_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7 + $6, $7)",
+        )
+        .bind(&params.token_hash)
+        .bind(params.saga_id)
+        .bind(&params.tenant_id)
+        .bind(&params.step)
+        .bind(params.attempt as i32)
+        .bind(params.heartbeat_timeout_ms)
+        .bind(params.now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn callback_complete(&self, token_hash: &str, result: &Value, now_ms: i64) -> StoreResult<Uuid> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let saga_id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE saga_callbacks SET result = $2, completed_at = $3 \
+             WHERE token_hash = $1 AND completed_at IS NULL RETURNING saga_id",
+        )
+        .bind(token_hash)
+        .bind(Json(result))
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let saga_id = saga_id.ok_or(StoreError::NotFound)?;
+        Self::wake(&mut tx, saga_id, now_ms).await?;
+        tx.commit().await.map_err(db)?;
+        self.work.notify_one();
+        self.announce.request();
+        Ok(saga_id)
+    }
+
+    async fn callback_heartbeat(&self, token_hash: &str, now_ms: i64) -> StoreResult<()> {
+        let updated = sqlx::query(
+            "UPDATE saga_callbacks SET deadline_at = $2 + heartbeat_timeout_ms \
+             WHERE token_hash = $1 AND completed_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>> {
+        let row = sqlx::query(
+            "SELECT result, deadline_at FROM saga_callbacks WHERE saga_id = $1 AND step = $2 AND attempt = $3 \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(id)
+        .bind(step)
+        .bind(attempt as i32)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|row| {
+            let result: Option<Json<Value>> = row.try_get("result").map_err(db)?;
+            Ok(CallbackRecord { result: result.map(|r| r.0), deadline_at_ms: row.try_get("deadline_at").map_err(db)? })
+        })
+        .transpose()
+    }
+
     fn work_signal(&self) -> WorkSignal {
         self.work.clone()
     }
+}
+
+fn claimed_row(row: &sqlx::postgres::PgRow) -> StoreResult<Claimed> {
+    Ok(Claimed { record: rows::saga(row)?, previous_owner: row.try_get("previous_owner").map_err(db)? })
 }
 
 fn definition_row(row: &sqlx::postgres::PgRow) -> StoreResult<DefinitionRecord> {

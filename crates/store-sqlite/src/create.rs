@@ -113,12 +113,16 @@ async fn create_one(conn: &mut SqliteConnection, params: &SagaCreate) -> StoreRe
             return Ok(SagaCreated::VersionMoved);
         }
     }
+    if params.concurrency.is_some() && params.lease.is_some() {
+        return Err(StoreError::Conflict("a saga with a concurrency key waits for admission; it cannot be created leased".into()));
+    }
     let id = params.id.to_string();
     let lease_expires_at = params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms);
     let row = sqlx::query(&format!(
         "INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
-         fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, lease_owner, lease_expires_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?) RETURNING {SAGA_COLUMNS}"
+         fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, lease_owner, lease_expires_at, \
+         deadline_at, concurrency_key, concurrency_limit) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SAGA_COLUMNS}"
     ))
     .bind(&id)
     .bind(&params.tenant_id)
@@ -136,6 +140,9 @@ async fn create_one(conn: &mut SqliteConnection, params: &SagaCreate) -> StoreRe
     .bind(params.now_ms)
     .bind(params.lease.as_ref().map(|l| l.worker_id.clone()))
     .bind(lease_expires_at)
+    .bind(params.state.deadline_at_ms)
+    .bind(params.concurrency.as_ref().map(|c| c.0.clone()))
+    .bind(params.concurrency.as_ref().map(|c| i64::from(c.1)))
     .fetch_one(&mut *conn)
     .await
     .map_err(db)?;

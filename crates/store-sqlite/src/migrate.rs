@@ -4,7 +4,10 @@ use saga_store::{SchemaStatus, StoreError, StoreResult};
 use sqlx::SqlitePool;
 
 /// `(version, name, sql)`, in order.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "engine", include_str!("../migrations/0001_engine.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "engine", include_str!("../migrations/0001_engine.sql")),
+    (2, "control", include_str!("../migrations/0002_control.sql")),
+];
 
 fn latest() -> i64 {
     MIGRATIONS.last().map(|m| m.0).unwrap_or(0)

@@ -7,7 +7,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 pub const SAGA_COLUMNS: &str = "id, tenant_id, definition, version, status, input, state, priority, run_at, \
-     lease_owner, lease_expires_at, fencing_token, created_at, updated_at, completed_at, previous_owner";
+     lease_owner, lease_expires_at, fencing_token, created_at, updated_at, completed_at, previous_owner, \
+     cancel_requested_at, wake_seq, concurrency_key";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -35,6 +36,9 @@ pub fn saga(row: &SqliteRow) -> StoreResult<SagaRecord> {
         created_at_ms: row.try_get("created_at").map_err(StoreError::backend)?,
         updated_at_ms: row.try_get("updated_at").map_err(StoreError::backend)?,
         completed_at_ms: row.try_get("completed_at").map_err(StoreError::backend)?,
+        cancel_requested_at_ms: row.try_get("cancel_requested_at").map_err(StoreError::backend)?,
+        wake_seq: row.try_get("wake_seq").map_err(StoreError::backend)?,
+        concurrency_key: row.try_get("concurrency_key").map_err(StoreError::backend)?,
     })
 }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::HistoryEvent;
 use saga_store::{
-    ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
+    CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
     SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError, StoreResult,
-    WorkSignal,
+    SignalRecord, WorkSignal, PRIORITY_STEP_MS,
 };
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -64,6 +64,21 @@ impl SqliteStore {
         let work: WorkSignal = Arc::new(tokio::sync::Notify::new());
         let (creates, create_task) = CreateBatcher::start(writer.clone(), work.clone());
         Ok(SqliteStore { writer, reader, work, creates, create_task })
+    }
+
+    /// See the PostgreSQL store's `wake`.
+    async fn wake(conn: &mut sqlx::SqliteConnection, id: Uuid, now_ms: i64) -> StoreResult<bool> {
+        let woken = sqlx::query(
+            "UPDATE sagas SET wake_seq = wake_seq + 1, updated_at = ?1, \
+               run_at = CASE WHEN lease_owner IS NULL THEN MIN(run_at, ?1) ELSE run_at END \
+             WHERE id = ?2 AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING')",
+        )
+        .bind(now_ms)
+        .bind(id.to_string())
+        .execute(conn)
+        .await
+        .map_err(db)?;
+        Ok(woken.rows_affected() == 1)
     }
 
     pub(crate) async fn insert_events(
@@ -242,23 +257,62 @@ impl Store for SqliteStore {
 
     async fn saga_claim_due(&self, params: &ClaimParams) -> StoreResult<Vec<Claimed>> {
         let expires = params.now_ms + params.lease_ttl_ms;
-        let rows = sqlx::query(&format!(
-            "UPDATE sagas SET fencing_token = fencing_token + 1, previous_owner = lease_owner, lease_owner = ?, \
-             lease_expires_at = ?, run_at = ?, updated_at = ? \
-             WHERE id IN (SELECT id FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND run_at <= ? \
-                          ORDER BY priority DESC, run_at LIMIT ?) \
+        let limit = i64::from(params.limit.min(saga_store::CLAIM_BATCH_MAX));
+        // One writer connection: admission and claim in one transaction cannot race.
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let admitted = sqlx::query(&format!(
+            "WITH running AS ( \
+               SELECT concurrency_key AS key, count(*) AS n FROM sagas \
+               WHERE admitted AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND concurrency_key IS NOT NULL \
+               GROUP BY concurrency_key), \
+             waiting AS ( \
+               SELECT id, concurrency_key AS key, concurrency_limit AS lim, cancel_requested_at, deadline_at, \
+                      run_at - priority * {PRIORITY_STEP_MS} AS rank_at, \
+                      row_number() OVER (PARTITION BY concurrency_key \
+                                         ORDER BY run_at - priority * {PRIORITY_STEP_MS}) AS place \
+               FROM sagas \
+               WHERE concurrency_key IS NOT NULL AND NOT admitted AND status = 'PENDING' AND run_at <= ?1) \
+             UPDATE sagas SET admitted = 1, fencing_token = fencing_token + 1, previous_owner = lease_owner, \
+               lease_owner = ?2, lease_expires_at = ?3, run_at = ?3, updated_at = ?1 \
+             WHERE id IN (SELECT w.id FROM waiting w LEFT JOIN running r ON r.key = w.key \
+                          WHERE w.place <= w.lim - COALESCE(r.n, 0) OR w.cancel_requested_at IS NOT NULL \
+                                OR w.deadline_at <= ?1 \
+                          ORDER BY w.rank_at LIMIT ?4) \
              RETURNING {SAGA_COLUMNS}"
         ))
+        .bind(params.now_ms)
         .bind(&params.worker_id)
         .bind(expires)
-        .bind(expires)
-        .bind(params.now_ms)
-        .bind(params.now_ms)
-        .bind(i64::from(params.limit.min(saga_store::CLAIM_BATCH_MAX)))
-        .fetch_all(&self.writer)
+        .bind(limit)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        rows.iter()
+        let remaining = limit - admitted.len() as i64;
+        let rows = if remaining > 0 {
+            sqlx::query(&format!(
+                "UPDATE sagas SET fencing_token = fencing_token + 1, previous_owner = lease_owner, lease_owner = ?, \
+                 lease_expires_at = ?, run_at = ?, updated_at = ? \
+                 WHERE id IN (SELECT id FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') \
+                              AND (concurrency_key IS NULL OR admitted) AND run_at <= ? \
+                              ORDER BY run_at - priority * {PRIORITY_STEP_MS} LIMIT ?) \
+                 RETURNING {SAGA_COLUMNS}"
+            ))
+            .bind(&params.worker_id)
+            .bind(expires)
+            .bind(expires)
+            .bind(params.now_ms)
+            .bind(params.now_ms)
+            .bind(remaining)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?
+        } else {
+            Vec::new()
+        };
+        tx.commit().await.map_err(db)?;
+        admitted
+            .iter()
+            .chain(rows.iter())
             .map(|row| {
                 Ok(Claimed { record: rows::saga(row)?, previous_owner: row.try_get("previous_owner").map_err(db)? })
             })
@@ -277,10 +331,10 @@ impl Store for SqliteStore {
             let row = sqlx::query(
                 "UPDATE sagas SET status = ?, state = ?, updated_at = ?, event_seq = event_seq + ?, \
                  completed_at = CASE WHEN ? THEN ? ELSE NULL END, \
-                 run_at = CASE WHEN ? THEN ? ELSE run_at END, \
+                 run_at = CASE WHEN NOT ? THEN run_at WHEN wake_seq <> ? THEN MIN(?, ?) ELSE ? END, \
                  lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END, \
                  lease_expires_at = CASE WHEN ? THEN NULL ELSE lease_expires_at END \
-                 WHERE id = ? AND fencing_token = ? RETURNING event_seq",
+                 WHERE id = ? AND fencing_token = ? AND (cancel_requested_at IS NULL OR ?) RETURNING event_seq",
             )
             .bind(commit.state.status.as_str())
             .bind(json_text(&commit.state)?)
@@ -289,16 +343,30 @@ impl Store for SqliteStore {
             .bind(terminal)
             .bind(commit.now_ms)
             .bind(release)
+            .bind(commit.wake_seq_seen)
+            .bind(commit.run_at_ms)
+            .bind(commit.now_ms)
             .bind(commit.run_at_ms)
             .bind(release)
             .bind(release)
             .bind(&id)
             .bind(commit.fencing_token)
+            .bind(commit.state.cancel_requested_at_ms.is_some())
             .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
             let Some(row) = row else {
-                outcomes.push(CommitOutcome::Fenced);
+                let cancel: Option<Option<i64>> =
+                    sqlx::query_scalar("SELECT cancel_requested_at FROM sagas WHERE id = ? AND fencing_token = ?")
+                        .bind(&id)
+                        .bind(commit.fencing_token)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                outcomes.push(match cancel.flatten() {
+                    Some(at_ms) => CommitOutcome::CancelRequested { at_ms },
+                    None => CommitOutcome::Fenced,
+                });
                 continue;
             };
             let last_seq: i64 = row.try_get(0).map_err(db)?;
@@ -401,6 +469,153 @@ impl Store for SqliteStore {
             self.work.notify_one();
         }
         Ok(record)
+    }
+
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord> {
+        let row = sqlx::query(&format!(
+            "UPDATE sagas SET cancel_requested_at = COALESCE(cancel_requested_at, ?1), wake_seq = wake_seq + 1, \
+               updated_at = ?1, run_at = CASE WHEN lease_owner IS NULL THEN MIN(run_at, ?1) ELSE run_at END \
+             WHERE id = ?2 AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING') RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(now_ms)
+        .bind(id.to_string())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db)?;
+        match row {
+            Some(row) => {
+                self.work.notify_one();
+                rows::saga(&row)
+            }
+            None => {
+                let existing = self.saga_get(id).await?;
+                Err(StoreError::Conflict(format!("saga is {}", existing.status.as_str())))
+            }
+        }
+    }
+
+    async fn signal_send(&self, id: Uuid, name: &str, payload: &Value, now_ms: i64) -> StoreResult<SignalRecord> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        if !Self::wake(&mut tx, id, now_ms).await? {
+            drop(tx);
+            let existing = self.saga_get(id).await?;
+            return Err(StoreError::Conflict(format!("saga is {}", existing.status.as_str())));
+        }
+        let signal_id: i64 = sqlx::query_scalar(
+            "INSERT INTO saga_signals (saga_id, tenant_id, name, payload, received_at) \
+             SELECT id, tenant_id, ?, ?, ? FROM sagas WHERE id = ? RETURNING id",
+        )
+        .bind(name)
+        .bind(json_text(payload)?)
+        .bind(now_ms)
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        self.work.notify_one();
+        Ok(SignalRecord { id: signal_id, name: name.to_string(), payload: payload.clone(), received_at_ms: now_ms })
+    }
+
+    async fn signal_find(&self, id: Uuid, name: &str, consumed: &[i64]) -> StoreResult<Option<SignalRecord>> {
+        let consumed = json_text(&consumed)?;
+        let row = sqlx::query(
+            "SELECT id, name, payload, received_at FROM saga_signals \
+             WHERE saga_id = ? AND name = ? AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT 1",
+        )
+        .bind(id.to_string())
+        .bind(name)
+        .bind(consumed)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?;
+        row.map(|row| {
+            let payload: String = row.try_get("payload").map_err(db)?;
+            Ok(SignalRecord {
+                id: row.try_get("id").map_err(db)?,
+                name: row.try_get("name").map_err(db)?,
+                payload: serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                received_at_ms: row.try_get("received_at").map_err(db)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn callback_register(&self, params: CallbackRegister) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO saga_callbacks (token_hash, saga_id, tenant_id, step, attempt, heartbeat_timeout_ms, \
+                                         deadline_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7 + ?6, ?7)",
+        )
+        .bind(&params.token_hash)
+        .bind(params.saga_id.to_string())
+        .bind(&params.tenant_id)
+        .bind(&params.step)
+        .bind(i64::from(params.attempt))
+        .bind(params.heartbeat_timeout_ms)
+        .bind(params.now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn callback_complete(&self, token_hash: &str, result: &Value, now_ms: i64) -> StoreResult<Uuid> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let saga_id: Option<String> = sqlx::query_scalar(
+            "UPDATE saga_callbacks SET result = ?, completed_at = ? \
+             WHERE token_hash = ? AND completed_at IS NULL RETURNING saga_id",
+        )
+        .bind(json_text(result)?)
+        .bind(now_ms)
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let saga_id = saga_id.ok_or(StoreError::NotFound)?;
+        let saga_id = Uuid::parse_str(&saga_id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Self::wake(&mut tx, saga_id, now_ms).await?;
+        tx.commit().await.map_err(db)?;
+        self.work.notify_one();
+        Ok(saga_id)
+    }
+
+    async fn callback_heartbeat(&self, token_hash: &str, now_ms: i64) -> StoreResult<()> {
+        let updated = sqlx::query(
+            "UPDATE saga_callbacks SET deadline_at = ? + heartbeat_timeout_ms \
+             WHERE token_hash = ? AND completed_at IS NULL",
+        )
+        .bind(now_ms)
+        .bind(token_hash)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>> {
+        let row = sqlx::query(
+            "SELECT result, deadline_at FROM saga_callbacks WHERE saga_id = ? AND step = ? AND attempt = ? \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(id.to_string())
+        .bind(step)
+        .bind(i64::from(attempt))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?;
+        row.map(|row| {
+            let result: Option<String> = row.try_get("result").map_err(db)?;
+            let result = result
+                .map(|r| serde_json::from_str(&r))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok(CallbackRecord { result, deadline_at_ms: row.try_get("deadline_at").map_err(db)? })
+        })
+        .transpose()
     }
 
     fn work_signal(&self) -> WorkSignal {
