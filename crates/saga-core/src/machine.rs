@@ -678,7 +678,13 @@ impl SagaState {
             WaitKind::Signal { name } => json!({"signal": name, "until_ms": until_ms}),
             WaitKind::Callback => json!({"callback": true, "until_ms": until_ms}),
         };
-        transition.events.push(HistoryEvent::new("step_waiting", Some(&name), Some(attempt), waiting_for, started_at_ms));
+        transition.events.push(HistoryEvent::new(
+            "step_waiting",
+            Some(&name),
+            Some(attempt),
+            waiting_for,
+            started_at_ms,
+        ));
         self.wait = Some(Wait { step: index, attempt, kind, since_ms: started_at_ms, until_ms });
         Ok(transition)
     }
@@ -686,12 +692,26 @@ impl SagaState {
     /// Acts on a cancel request made at `requested_at_ms`: a saga going forward stops and
     /// compensates what may have happened (error kind `cancelled`). Past a succeeded pivot, or
     /// once compensating or terminal, the request is recorded and changes nothing else.
-    pub fn cancel(&mut self, definition: &Definition, requested_at_ms: i64, now_ms: i64) -> Transition {
+    ///
+    /// `completion_uncommitted`: the state just became `COMPLETED` by a last step that was in
+    /// flight when the cancel arrived, and that completion was never committed. The cancel then
+    /// still wins: every step is compensated (the caller drops the `saga_completed` event).
+    pub fn cancel(
+        &mut self,
+        definition: &Definition,
+        requested_at_ms: i64,
+        now_ms: i64,
+        completion_uncommitted: bool,
+    ) -> Transition {
         let mut transition = Transition::default();
         if self.cancel_requested_at_ms.is_some() {
             return transition;
         }
         self.cancel_requested_at_ms = Some(requested_at_ms);
+        if completion_uncommitted && self.status == SagaStatus::Completed && !self.pivot_passed(definition) {
+            self.status = SagaStatus::Executing;
+            self.error = None;
+        }
         let forward = matches!(self.status, SagaStatus::Pending | SagaStatus::Executing);
         let effective = forward && !self.pivot_passed(definition);
         let ignored = match () {

@@ -1,17 +1,25 @@
 //! Driving one claimed saga: run the next step, commit its transition, repeat — without
-//! re-claiming between steps — until the saga is terminal, waits for a retry, loses its lease,
-//! or the instance shuts down.
+//! re-claiming between steps — until the saga is terminal, waits (for a retry, a signal, a
+//! callback, an open circuit), loses its lease, or the instance shuts down.
+//!
+//! Design note. A waiting saga holds no lease and no worker slot: the driver commits the wait
+//! with the lease released and `run_at` at the wait's deadline (capped by the saga deadline).
+//! Deliveries (signals, callbacks, cancel requests) are written by the API and bump the saga's
+//! `wake_seq`, making an unleased saga due at once; a delivery that lands while this driver still
+//! holds the lease is caught by the commit itself, which compares `wake_seq` with the value seen
+//! at the claim. A cancel request is caught the same way: a commit whose state has not acted on
+//! it is refused, so the driver applies the cancel first.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use saga_core::template::TemplateContext;
-use saga_core::{Attempt, HistoryEvent, Next, Outcome, Phase, SagaState};
-use saga_store::{Claimed, CommitOutcome, LeaseRef, SagaCommit};
+use saga_core::{Action, Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaState, SagaStatus, WaitKind};
+use saga_store::{CallbackRegister, Claimed, CommitOutcome, LeaseRef, SagaCommit, SagaRecord, RUN_AT_NEVER_MS};
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::executor::AttemptContext;
+use crate::executor::{AttemptContext, AttemptResult};
 use crate::instance::Shared;
 use crate::metrics_names::{
     SAGA_DURATION_SECONDS, SAGA_LEASE_TAKEOVER_TOTAL, SAGA_RETRY_TOTAL, SAGA_STEP_DURATION_SECONDS, SAGA_TOTAL,
@@ -53,12 +61,28 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
         Err(e) => {
             tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
             let retry_at = shared.clock.now_ms() + DEFINITION_RETRY_MS;
-            let state = record.state.clone();
-            let _ = commit(shared, claimed, state, std::mem::take(&mut pending), Some(retry_at)).await;
+            // No definition, so no cancel handling either: commit exactly what was claimed.
+            let commit = SagaCommit {
+                id: record.id,
+                tenant_id: record.tenant_id.clone(),
+                fencing_token: record.fencing_token,
+                state: record.state.clone(),
+                run_at_ms: retry_at,
+                release_lease: true,
+                events: pending,
+                worker_id: shared.config.worker_id.clone(),
+                wake_seq_seen: record.wake_seq,
+                now_ms: shared.clock.now_ms(),
+            };
+            let _ = shared.committer.commit(commit).await;
             return;
         }
     };
     let mut state: SagaState = record.state.clone();
+    // A cancel requested while no driver held the saga (a pending retry, a wait, not started).
+    if let Some(at_ms) = record.cancel_requested_at_ms {
+        pending.extend(state.cancel(&definition, at_ms, shared.clock.now_ms(), false).events);
+    }
     let mut templates = TemplateContext {
         input: record.input.clone(),
         tenant_id: record.tenant_id.clone(),
@@ -75,74 +99,106 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
             hand_back(shared, claimed, &mut state, &mut pending).await;
             return;
         }
+        pending.extend(state.expire(&definition, shared.clock.now_ms()).events);
         let (phase, index, attempt) = match state.next() {
             Next::RunAction { step, attempt } => (Phase::Action, step, attempt),
             Next::RunCompensation { step, attempt } => (Phase::Compensation, step, attempt),
             Next::Terminal => {
-                tracing::error!(status = ?state.status, "claimed a saga with nothing to run");
-                let _ = commit(shared, claimed, state.clone(), std::mem::take(&mut pending), None).await;
+                // Settled without running anything (a cancel before the first step, a deadline
+                // with on_timeout: fail), or claimed with nothing to run.
+                if !state.status.is_terminal() {
+                    tracing::error!(status = ?state.status, "claimed a saga with nothing to run");
+                }
+                let events = std::mem::take(&mut pending);
+                if let Some((at, _)) = commit(shared, claimed, &definition, &mut state, events, None).await {
+                    if state.status.is_terminal() {
+                        finish(shared, claimed, state, at);
+                    }
+                }
                 return;
             }
         };
         let step = &definition.steps[index];
-        let action = match phase {
-            Phase::Action => &step.action,
-            Phase::Compensation => match &step.compensation {
-                Some(action) => action,
-                None => {
-                    tracing::error!(step = %step.name, "state machine asked for a compensation the step lacks");
-                    return;
-                }
-            },
-        };
         templates.step_outputs = state.step_outputs();
-        let ctx = AttemptContext {
-            saga_id: record.id,
-            tenant_id: record.tenant_id.clone(),
-            step: step.name.clone(),
-            phase,
-            attempt,
-            timeout_ms: step.timeout_ms,
-        };
         let started_ms = shared.clock.now_ms();
-        let outcome = shared
-            .executors
-            .run(action, &templates, &ctx)
-            .instrument(tracing::info_span!("step", step = %step.name, attempt, phase = ?phase))
+        let span = tracing::info_span!("step", step = %step.name, attempt, phase = ?phase);
+        let settled = settle(shared, claimed, &definition, &mut state, &templates, phase, index, attempt, &mut pending)
+            .instrument(span)
             .await;
         let now_ms = shared.clock.now_ms();
-        let outcome_label = match (&outcome, phase) {
-            (Outcome::Succeeded(_), Phase::Action) => "succeeded",
-            (Outcome::Succeeded(_), Phase::Compensation) => "compensated",
-            (Outcome::Failed { .. }, Phase::Action) => "failed",
-            (Outcome::Failed { .. }, Phase::Compensation) => "compensation_failed",
-        };
-        metrics::histogram!(SAGA_STEP_DURATION_SECONDS, "definition" => record.definition.clone(), "step" => step.name.clone(), "outcome" => outcome_label)
-            .record((now_ms - started_ms).max(0) as f64 / 1000.0);
-        if let Outcome::Failed { message, kind } = &outcome {
-            tracing::info!(step = %step.name, attempt, ?kind, %message, "attempt failed");
-        }
-        let finished =
-            Attempt { phase, step: index, attempt, outcome, started_at_ms: started_ms, finished_at_ms: now_ms };
-        let transition = match state.apply(&definition, finished, shared.jitter_sample()) {
-            Ok(t) => t,
-            Err(e) => {
-                // A broken engine invariant: stop driving; the lease lets another instance retry.
-                tracing::error!(error = %e, "state machine rejected an outcome");
-                return;
+        let (mut events, mut release_until) = match settled {
+            Settled::Stop => return,
+            Settled::Wait { kind, until_ms } => {
+                let transition = match state.begin_wait(&definition, kind, started_ms, until_ms) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(error = %e, "state machine refused a wait");
+                        return;
+                    }
+                };
+                let mut events = std::mem::take(&mut pending);
+                events.extend(transition.events);
+                (events, Some(until_ms.unwrap_or(RUN_AT_NEVER_MS)))
+            }
+            Settled::Deferred { endpoint, retry_after_ms } => {
+                let mut events = std::mem::take(&mut pending);
+                events.push(HistoryEvent::new(
+                    "step_deferred",
+                    Some(&step.name),
+                    Some(attempt),
+                    json!({"endpoint": endpoint, "retry_after_ms": retry_after_ms, "reason": "circuit open"}),
+                    now_ms,
+                ));
+                (events, Some(now_ms + retry_after_ms as i64))
+            }
+            Settled::Outcome(outcome) => {
+                let outcome_label = match (&outcome, phase) {
+                    (Outcome::Succeeded(_), Phase::Action) => "succeeded",
+                    (Outcome::Succeeded(_), Phase::Compensation) => "compensated",
+                    (Outcome::Failed { .. }, Phase::Action) => "failed",
+                    (Outcome::Failed { .. }, Phase::Compensation) => "compensation_failed",
+                };
+                metrics::histogram!(SAGA_STEP_DURATION_SECONDS, "definition" => record.definition.clone(), "step" => step.name.clone(), "outcome" => outcome_label)
+                    .record((now_ms - started_ms).max(0) as f64 / 1000.0);
+                if let Outcome::Failed { message, kind } = &outcome {
+                    tracing::info!(step = %step.name, attempt, ?kind, %message, "attempt failed");
+                }
+                let finished =
+                    Attempt { phase, step: index, attempt, outcome, started_at_ms: started_ms, finished_at_ms: now_ms };
+                let transition = match state.apply(&definition, finished, shared.jitter_sample()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // A broken engine invariant: stop driving; the lease lets another instance retry.
+                        tracing::error!(error = %e, "state machine rejected an outcome");
+                        return;
+                    }
+                };
+                let mut events = std::mem::take(&mut pending);
+                events.extend(transition.events);
+                if transition.retry_at_ms.is_some() {
+                    metrics::counter!(SAGA_RETRY_TOTAL, "definition" => record.definition.clone(), "step" => step.name.clone())
+                        .increment(1);
+                }
+                (events, transition.retry_at_ms)
             }
         };
-        let mut events = std::mem::take(&mut pending);
-        events.extend(transition.events);
-        if transition.retry_at_ms.is_some() {
-            metrics::counter!(SAGA_RETRY_TOTAL, "definition" => record.definition.clone(), "step" => step.name.clone())
-                .increment(1);
+        // The deadline may have passed while the attempt ran.
+        let expired = state.expire(&definition, now_ms);
+        if !expired.events.is_empty() {
+            events.extend(expired.events);
+            release_until = None;
         }
-        let Some(committed_at_ms) = commit(shared, claimed, state.clone(), events, transition.retry_at_ms).await else {
+        // Whatever the saga waits for, it is due again at its deadline at the latest.
+        let release_until = release_until.map(|at| state.deadline_at_ms.map_or(at, |deadline| at.min(deadline)));
+        let Some((committed_at_ms, released)) =
+            commit(shared, claimed, &definition, &mut state, events, release_until).await
+        else {
             return;
         };
-        if let Some(at) = transition.retry_at_ms {
-            shared.schedule_wake(at);
+        if let Some(at) = released {
+            if at < RUN_AT_NEVER_MS {
+                shared.schedule_wake(at);
+            }
             return;
         }
         if state.status.is_terminal() {
@@ -152,45 +208,264 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
     }
 }
 
-/// Commits a transition; `retry_at` hands the lease back until then. Returns the commit time, or
-/// None when the driver must stop (fenced or the store failed).
+/// How one step attempt was settled.
+enum Settled {
+    Outcome(Outcome),
+    /// Park the saga (lease released) until something arrives or `until_ms`.
+    Wait {
+        kind: WaitKind,
+        until_ms: Option<i64>,
+    },
+    /// The endpoint's circuit is open: not attempted.
+    Deferred {
+        endpoint: String,
+        retry_after_ms: u64,
+    },
+    /// The driver must stop (a store error); the lease will expire and the step run again.
+    Stop,
+}
+
+/// Runs, or settles from the store, one attempt: a signal step takes a buffered signal, an async
+/// step that is waiting reads its callback, anything else goes to an executor.
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    shared: &Shared,
+    claimed: &Claimed,
+    definition: &saga_core::Definition,
+    state: &mut SagaState,
+    templates: &TemplateContext,
+    phase: Phase,
+    index: usize,
+    attempt: u32,
+    pending: &mut Vec<HistoryEvent>,
+) -> Settled {
+    let record = &claimed.record;
+    let step = &definition.steps[index];
+    let now_ms = shared.clock.now_ms();
+    let waiting = state.wait.as_ref().filter(|w| w.step == index && w.attempt == attempt).cloned();
+    let action = match phase {
+        Phase::Action => &step.action,
+        Phase::Compensation => match &step.compensation {
+            Some(action) => action,
+            None => {
+                tracing::error!(step = %step.name, "state machine asked for a compensation the step lacks");
+                return Settled::Stop;
+            }
+        },
+    };
+    if let (Phase::Action, Action::Signal(signal)) = (phase, action) {
+        let found = match shared.store.signal_find(record.id, &signal.name, &state.consumed_signals).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "reading buffered signals failed");
+                return Settled::Stop;
+            }
+        };
+        if let Some(found) = found {
+            state.consumed_signals.push(found.id);
+            pending.push(HistoryEvent::new(
+                "signal_received",
+                Some(&step.name),
+                Some(attempt),
+                json!({"signal": found.name, "signal_id": found.id, "received_at_ms": found.received_at_ms}),
+                now_ms,
+            ));
+            return Settled::Outcome(Outcome::Succeeded(found.payload));
+        }
+        let until_ms = match &waiting {
+            Some(wait) => wait.until_ms,
+            None => signal.timeout_ms.map(|t| now_ms.saturating_add(t as i64)),
+        };
+        if until_ms.is_some_and(|until| until <= now_ms) {
+            let waited = signal.timeout_ms.map(saga_core::duration::format_ms).unwrap_or_default();
+            return Settled::Outcome(Outcome::Failed {
+                kind: FailureKind::TimedOut,
+                message: format!("signal {:?} did not arrive within {waited}", signal.name),
+            });
+        }
+        return Settled::Wait { kind: WaitKind::Signal { name: signal.name.clone() }, until_ms };
+    }
+    let is_async = matches!(action, Action::Http(http) if http.is_async) && phase == Phase::Action;
+    if is_async && waiting.is_some() {
+        return settle_callback(shared, record, &step.name, attempt, now_ms).await;
+    }
+    let mut timeout_ms = step.timeout_ms;
+    if phase == Phase::Action {
+        if let Some(deadline) = state.deadline_at_ms {
+            timeout_ms = timeout_ms.min((deadline - now_ms).max(1) as u64);
+        }
+    }
+    let mut ctx = AttemptContext {
+        saga_id: record.id,
+        tenant_id: record.tenant_id.clone(),
+        step: step.name.clone(),
+        phase,
+        attempt,
+        timeout_ms,
+        callback_url: None,
+    };
+    if is_async {
+        let token = callback_token();
+        let register = CallbackRegister {
+            token_hash: callback_token_hash(&token),
+            saga_id: record.id,
+            tenant_id: record.tenant_id.clone(),
+            step: step.name.clone(),
+            attempt,
+            heartbeat_timeout_ms: step.heartbeat_timeout_ms.map(|t| t as i64),
+            now_ms,
+        };
+        // Durable before dependent: the token exists before the participant can call back.
+        if let Err(e) = shared.store.callback_register(register).await {
+            tracing::error!(error = %e, "registering the callback token failed");
+            return Settled::Stop;
+        }
+        ctx.callback_url = Some(format!("{}/v1/callbacks/{token}", shared.config.public_url.trim_end_matches('/')));
+    }
+    match shared.executors.run(action, templates, &ctx).await {
+        AttemptResult::Finished(outcome) => Settled::Outcome(outcome),
+        AttemptResult::Accepted => Settled::Wait {
+            kind: WaitKind::Callback,
+            until_ms: step.heartbeat_timeout_ms.map(|t| now_ms.saturating_add(t as i64)),
+        },
+        AttemptResult::Deferred { endpoint, retry_after_ms } => Settled::Deferred { endpoint, retry_after_ms },
+    }
+}
+
+/// A parked async step was woken: its callback arrived, its heartbeat lapsed, or neither yet.
+async fn settle_callback(shared: &Shared, record: &SagaRecord, step: &str, attempt: u32, now_ms: i64) -> Settled {
+    let callback = match shared.store.callback_get(record.id, step, attempt).await {
+        Ok(callback) => callback,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the callback failed");
+            return Settled::Stop;
+        }
+    };
+    let Some(callback) = callback else {
+        return Settled::Outcome(Outcome::Failed {
+            kind: FailureKind::Retryable,
+            message: "the callback of this attempt is missing".into(),
+        });
+    };
+    if let Some(result) = callback.result {
+        return Settled::Outcome(callback_outcome(&result));
+    }
+    match callback.deadline_at_ms {
+        Some(deadline) if deadline <= now_ms => Settled::Outcome(Outcome::Failed {
+            kind: FailureKind::Retryable,
+            message: "no callback or heartbeat before the heartbeat timeout".into(),
+        }),
+        deadline => Settled::Wait { kind: WaitKind::Callback, until_ms: deadline },
+    }
+}
+
+/// `{"status":"succeeded","output":…}` or `{"status":"failed","error":…,"retryable":…}`
+/// (validated by the API before it was stored).
+fn callback_outcome(result: &serde_json::Value) -> Outcome {
+    if result.get("status").and_then(|s| s.as_str()) == Some("succeeded") {
+        return Outcome::Succeeded(result.get("output").cloned().unwrap_or(serde_json::Value::Null));
+    }
+    let message = result.get("error").and_then(|e| e.as_str()).unwrap_or("participant reported failure");
+    let retryable = result.get("retryable").and_then(|r| r.as_bool()).unwrap_or(false);
+    Outcome::Failed {
+        kind: if retryable { FailureKind::Retryable } else { FailureKind::NonRetryable },
+        message: format!("callback: {message}"),
+    }
+}
+
+/// A single-use callback token: 256 random bits, URL-safe.
+fn callback_token() -> String {
+    use base64::Engine;
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 32];
+    if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
+        // No OS randomness: fall back to two v4 UUIDs (also OS-random where available).
+        bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// How a callback token is stored (the token itself never is).
+pub fn callback_token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Commits a transition. `release_until` hands the lease back until then (a retry, a wait, a
+/// deferral); None keeps it. A cancel request the state has not acted on yet comes back as
+/// [`CommitOutcome::CancelRequested`]: the driver applies it and commits again (a step that was
+/// in flight has finished; it is compensated with the rest). Returns the commit time and the
+/// release actually committed, or None when the driver must stop (fenced or the store failed).
 async fn commit(
     shared: &Shared,
     claimed: &Claimed,
-    state: SagaState,
-    events: Vec<HistoryEvent>,
-    retry_at: Option<i64>,
-) -> Option<i64> {
-    let now_ms = shared.clock.now_ms();
-    let commit = SagaCommit {
-        id: claimed.record.id,
-        tenant_id: claimed.record.tenant_id.clone(),
-        fencing_token: claimed.record.fencing_token,
-        state,
-        run_at_ms: retry_at.unwrap_or(now_ms),
-        release_lease: retry_at.is_some(),
-        events,
-        worker_id: shared.config.worker_id.clone(),
-        now_ms,
-    };
-    match shared.committer.commit(commit).await {
-        Ok(CommitOutcome::Committed) => Some(now_ms),
-        Ok(CommitOutcome::Fenced) => {
-            tracing::warn!("commit fenced: another instance owns this saga");
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "commit failed; the lease will expire and the step run again");
-            None
+    definition: &saga_core::Definition,
+    state: &mut SagaState,
+    mut events: Vec<HistoryEvent>,
+    mut release_until: Option<i64>,
+) -> Option<(i64, Option<i64>)> {
+    // A second CancelRequested cannot happen once the state carries the request.
+    for _ in 0..2 {
+        let now_ms = shared.clock.now_ms();
+        let commit = SagaCommit {
+            id: claimed.record.id,
+            tenant_id: claimed.record.tenant_id.clone(),
+            fencing_token: claimed.record.fencing_token,
+            state: state.clone(),
+            run_at_ms: release_until.unwrap_or(now_ms),
+            release_lease: release_until.is_some(),
+            events: events.clone(),
+            worker_id: shared.config.worker_id.clone(),
+            wake_seq_seen: claimed.record.wake_seq,
+            now_ms,
+        };
+        match shared.committer.commit(commit).await {
+            Ok(CommitOutcome::Committed) => return Some((now_ms, release_until)),
+            Ok(CommitOutcome::Fenced) => {
+                tracing::warn!("commit fenced: another instance owns this saga");
+                return None;
+            }
+            Ok(CommitOutcome::CancelRequested { at_ms }) => {
+                let was_completed = state.status == SagaStatus::Completed;
+                let cancel = state.cancel(definition, at_ms, now_ms, true);
+                if was_completed && state.status != SagaStatus::Completed {
+                    events.retain(|e| e.kind != "saga_completed");
+                }
+                events.extend(cancel.events);
+                if state.status == SagaStatus::Compensating || state.status.is_terminal() {
+                    // Compensation starts now, with this driver.
+                    release_until = None;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; the lease will expire and the step run again");
+                return None;
+            }
         }
     }
+    tracing::error!("commit refused twice for a cancel request; the lease will expire");
+    None
 }
 
 /// At shutdown: keep what is already decided, hand the lease back so another instance resumes.
 async fn hand_back(shared: &Shared, claimed: &Claimed, state: &mut SagaState, pending: &mut Vec<HistoryEvent>) {
     let now_ms = shared.clock.now_ms();
     if !pending.is_empty() {
-        let _ = commit(shared, claimed, state.clone(), std::mem::take(pending), Some(now_ms)).await;
+        let commit = SagaCommit {
+            id: claimed.record.id,
+            tenant_id: claimed.record.tenant_id.clone(),
+            fencing_token: claimed.record.fencing_token,
+            state: state.clone(),
+            run_at_ms: now_ms,
+            release_lease: true,
+            events: std::mem::take(pending),
+            worker_id: shared.config.worker_id.clone(),
+            wake_seq_seen: claimed.record.wake_seq,
+            now_ms,
+        };
+        // A refused commit (fenced, or a cancel to act on) is fine: the next driver redoes it.
+        let _ = shared.committer.commit(commit).await;
         return;
     }
     let lease = LeaseRef { id: claimed.record.id, fencing_token: claimed.record.fencing_token };

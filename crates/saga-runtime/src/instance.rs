@@ -34,6 +34,8 @@ pub struct InstanceConfig {
     pub vars: Map<String, Value>,
     /// Seed for retry jitter; None draws one from the OS.
     pub seed: Option<u64>,
+    /// Base URL participants use for callbacks (`SAGAPLANE_PUBLIC_URL`).
+    pub public_url: String,
 }
 
 impl InstanceConfig {
@@ -45,6 +47,7 @@ impl InstanceConfig {
             poll_interval_ms: 1_000,
             vars: Map::new(),
             seed: None,
+            public_url: "http://127.0.0.1:8080".into(),
         }
     }
 }

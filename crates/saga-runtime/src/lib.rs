@@ -22,6 +22,8 @@ pub mod metrics_names;
 
 pub use clock::{Clock, SystemClock};
 pub use definitions::{DefinitionCache, DefinitionError};
+pub use driver::callback_token_hash;
+pub use executor::breaker::BreakerConfig;
 pub use executor::{builtin::BuiltinRegistry, Executors};
 pub use hub::TerminalHub;
 pub use instance::{Instance, InstanceConfig, InstanceHandle, Intake, Reservation};

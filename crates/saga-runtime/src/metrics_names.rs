@@ -8,6 +8,8 @@ pub const SAGA_LEASE_TAKEOVER_TOTAL: &str = "saga_lease_takeover_total";
 pub const SAGA_IN_FLIGHT: &str = "saga_in_flight";
 pub const SAGA_COMMIT_BATCH_SIZE: &str = "saga_commit_batch_size";
 pub const SAGA_CLAIMED_TOTAL: &str = "saga_claimed_total";
+pub const SAGA_CIRCUIT_OPEN: &str = "saga_circuit_open";
+pub const SAGA_CIRCUIT_DEFERRED_TOTAL: &str = "saga_circuit_deferred_total";
 
 /// Registers descriptions so `/metrics` shows HELP lines.
 pub fn describe() {
@@ -19,4 +21,6 @@ pub fn describe() {
     metrics::describe_gauge!(SAGA_IN_FLIGHT, "Sagas this instance is driving");
     metrics::describe_histogram!(SAGA_COMMIT_BATCH_SIZE, "Transitions per group commit");
     metrics::describe_counter!(SAGA_CLAIMED_TOTAL, "Sagas claimed by this instance");
+    metrics::describe_gauge!(SAGA_CIRCUIT_OPEN, "1 while a participant endpoint's circuit breaker is open");
+    metrics::describe_counter!(SAGA_CIRCUIT_DEFERRED_TOTAL, "Attempts put off because the endpoint's circuit was open");
 }

@@ -11,8 +11,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    CallbackRegister, ClaimParams, CommitOutcome, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, Store,
-    StoreError,
+    CallbackRegister, ClaimParams, CommitOutcome, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter,
+    SagaOperatorUpdate, Store, StoreError,
 };
 
 /// A failed conformance check.
@@ -575,13 +575,14 @@ async fn admission_never_exceeds_the_key_limit(store: Arc<dyn Store>) -> CheckRe
     for worker in 0..4 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.saga_claim_due(&ClaimParams {
-                worker_id: format!("w{worker}"),
-                limit: 10,
-                now_ms: 10,
-                lease_ttl_ms: 30_000,
-            })
-            .await
+            store
+                .saga_claim_due(&ClaimParams {
+                    worker_id: format!("w{worker}"),
+                    limit: 10,
+                    now_ms: 10,
+                    lease_ttl_ms: 30_000,
+                })
+                .await
         }));
     }
     let mut claimed = Vec::new();

@@ -186,7 +186,9 @@ pub enum CommitOutcome {
     Fenced,
     /// A cancel was requested that the committed state has not acted on yet (its
     /// `cancel_requested_at_ms` is None). Nothing was written; the driver still holds the lease.
-    CancelRequested { at_ms: i64 },
+    CancelRequested {
+        at_ms: i64,
+    },
 }
 
 /// A buffered signal.

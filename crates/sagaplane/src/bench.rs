@@ -82,7 +82,7 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
     let hub = saga_runtime::TerminalHub::default();
     let token = crate::run::generate_token();
     let definitions = crate::run::definition_cache(store.clone());
-    let instance = crate::run::start_instance(config, store.clone(), definitions.clone(), hub.clone());
+    let instance = crate::run::start_instance(config, store.clone(), definitions.clone(), hub.clone(), None);
     let state = server::AppState::new(
         store.clone(),
         Arc::new(saga_runtime::SystemClock),
@@ -199,6 +199,7 @@ impl Direct {
             request_hash: None,
             require_latest: false,
             lease: reservation.as_ref().map(saga_runtime::Reservation::lease),
+            concurrency: None,
             now_ms: saga_runtime::Clock::now_ms(&saga_runtime::SystemClock),
         };
         let saga_store::SagaCreated::Created(record) = self.store.saga_create(params).await? else {

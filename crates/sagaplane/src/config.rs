@@ -2,6 +2,7 @@
 //! `--config FILE`), then environment variables (API.md §1), then command-line flags.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -55,8 +56,11 @@ pub struct Config {
     pub vars: BTreeMap<String, String>,
     pub log_format: LogFormat,
     pub otlp_endpoint: Option<String>,
-    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
     pub public_url: Option<String>,
+    /// Consecutive retryable failures that open an endpoint's circuit (`SAGAPLANE_BREAKER_FAILURES`, 0 = off).
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open (`SAGAPLANE_BREAKER_COOLDOWN`).
+    pub breaker_cool_down_ms: u64,
     pub data_dir: PathBuf,
 }
 
@@ -71,6 +75,8 @@ struct FileConfig {
     lease_ttl: Option<String>,
     poll_interval: Option<String>,
     worker_concurrency: Option<u32>,
+    breaker_failures: Option<u32>,
+    breaker_cooldown: Option<String>,
     tenant_database_url: Option<String>,
     tenant_migrations_dir: Option<PathBuf>,
     crm_webhook_secret: Option<String>,
@@ -94,6 +100,8 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
 pub const LEASE_TTL_DEFAULT_MS: i64 = 30_000;
 pub const WORKER_CONCURRENCY_DEFAULT: u32 = 64;
 pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
+pub const BREAKER_FAILURES_DEFAULT: u32 = 5;
+pub const BREAKER_COOL_DOWN_DEFAULT_MS: u64 = 30_000;
 pub const WORKER_CONCURRENCY_MAX: u32 = 10_000;
 pub const DELIVERY_RETRY_SCHEDULE_DEFAULT: &str = "1m,2m,4m,8m,16m,32m,64m,128m";
 
@@ -156,6 +164,19 @@ impl Config {
         if !(1..=WORKER_CONCURRENCY_MAX).contains(&worker_concurrency) {
             bail!("SAGAPLANE_WORKER_CONCURRENCY must be from 1 to {WORKER_CONCURRENCY_MAX}");
         }
+        let breaker_failures = match get("SAGAPLANE_BREAKER_FAILURES") {
+            Some(text) => {
+                text.parse::<u32>().with_context(|| format!("SAGAPLANE_BREAKER_FAILURES: {text:?} is not a number"))?
+            }
+            None => file.breaker_failures.unwrap_or(BREAKER_FAILURES_DEFAULT),
+        };
+        let breaker_cool_down_ms = match get("SAGAPLANE_BREAKER_COOLDOWN").or(file.breaker_cooldown) {
+            Some(text) => parse_duration_ms("SAGAPLANE_BREAKER_COOLDOWN", &text)?,
+            None => BREAKER_COOL_DOWN_DEFAULT_MS,
+        };
+        if !(10..=86_400_000).contains(&breaker_cool_down_ms) {
+            bail!("SAGAPLANE_BREAKER_COOLDOWN must be from 10ms to 24h");
+        }
         let schedule = get("SAGAPLANE_DELIVERY_RETRY_SCHEDULE")
             .or(file.delivery_retry_schedule)
             .unwrap_or_else(|| DELIVERY_RETRY_SCHEDULE_DEFAULT.into());
@@ -203,14 +224,19 @@ impl Config {
             log_format,
             otlp_endpoint: get("SAGAPLANE_OTLP_ENDPOINT").or(file.otlp_endpoint),
             public_url: get("SAGAPLANE_PUBLIC_URL").or(file.public_url),
+            breaker_failures,
+            breaker_cool_down_ms,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".sagaplane")),
         })
     }
 
-    /// `SAGAPLANE_PUBLIC_URL`, or `http://<listen>`.
-    #[allow(dead_code)] // used by async callbacks (issue 3)
-    pub fn public_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+    /// `SAGAPLANE_PUBLIC_URL`, or `http://<the address actually bound>`.
+    pub fn public_url(&self, bound: Option<SocketAddr>) -> String {
+        match (&self.public_url, bound) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(address)) => format!("http://{address}"),
+            (None, None) => format!("http://{}", self.listen),
+        }
     }
 }
 

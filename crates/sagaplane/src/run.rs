@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use saga_runtime::{
-    BuiltinRegistry, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, SystemClock, TerminalHub,
+    BreakerConfig, BuiltinRegistry, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, SystemClock,
+    TerminalHub,
 };
 use saga_store::Store;
 use serde_json::Value;
@@ -64,13 +65,18 @@ pub fn start_instance(
     store: Arc<dyn Store>,
     definitions: Arc<DefinitionCache>,
     hub: TerminalHub,
+    bound: Option<SocketAddr>,
 ) -> InstanceHandle {
     let mut instance_config = InstanceConfig::new(config.worker_id.clone());
+    instance_config.public_url = config.public_url(bound);
     instance_config.concurrency = config.worker_concurrency;
     instance_config.lease_ttl_ms = config.lease_ttl_ms;
     instance_config.poll_interval_ms = config.poll_interval_ms;
     instance_config.vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    Instance::new(store, Arc::new(SystemClock), Executors::new(builtins()), definitions, instance_config, hub).start()
+    let breakers =
+        BreakerConfig { failures_to_open: config.breaker_failures, cool_down_ms: config.breaker_cool_down_ms };
+    let executors = Executors::with_breakers(builtins(), breakers);
+    Instance::new(store, Arc::new(SystemClock), executors, definitions, instance_config, hub).start()
 }
 
 /// Runs until SIGTERM/SIGINT, then drains.
@@ -87,7 +93,14 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         None => crate::config::Secret::new(""),
     };
     let definitions = definition_cache(store.clone());
-    let instance = plan.worker.then(|| start_instance(&config, store.clone(), definitions.clone(), hub.clone()));
+    // Bound before the worker starts, so callback URLs carry the real port (`--listen` may say 0).
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local: SocketAddr = listener.local_addr()?;
+    let bound = Some(local);
+    let instance = plan.worker.then(|| start_instance(&config, store.clone(), definitions.clone(), hub.clone(), bound));
+    let vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let mut state = server::AppState::new(
         store.clone(),
         Arc::new(SystemClock),
@@ -95,7 +108,8 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         definitions,
         Some(metrics),
         admin_token.expose(),
-    );
+    )
+    .with_vars(vars);
     if let Some(instance) = &instance {
         state = state.with_intake(instance.intake());
     }
@@ -105,10 +119,6 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     let ops_only = if !plan.api { Some(server::ops_router(state)) } else { None };
     let mut http = None;
     if let Some(router) = router.or(ops_only) {
-        let listener = tokio::net::TcpListener::bind(&config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let local: SocketAddr = listener.local_addr()?;
         tracing::info!(address = %local, "listening");
         if plan.dev_banner {
             println!("sagaplane dev: listening on http://{local}");
@@ -164,7 +174,7 @@ async fn shutdown_signal() {
 pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Result<()> {
     let _metrics = crate::telemetry::init_metrics()?;
     let store = open_and_migrate(database_url).await?;
-    let instance = start_instance(&config, store.clone(), definition_cache(store), TerminalHub::default());
+    let instance = start_instance(&config, store.clone(), definition_cache(store), TerminalHub::default(), None);
     println!("worker {} running", config.worker_id);
     shutdown_signal().await;
     tracing::info!("shutting down: no new claims, draining in-flight steps");

@@ -42,6 +42,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sagas/{id}"),
     ("get", "/v1/sagas/{id}/events"),
     ("post", "/v1/sagas/{id}/retry"),
+    ("post", "/v1/sagas/{id}/cancel"),
+    ("post", "/v1/sagas/{id}/signals/{name}"),
+    ("post", "/v1/callbacks/{token}"),
+    ("post", "/v1/callbacks/{token}/heartbeat"),
 ];
 
 /// The full API router.
@@ -54,7 +58,12 @@ pub fn router(state: AppState) -> Router {
         .route("/sagas/{id}", get(routes::sagas::get))
         .route("/sagas/{id}/events", get(routes::sagas::events))
         .route("/sagas/{id}/retry", post(routes::sagas::retry))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .route("/sagas/{id}/cancel", post(routes::control::cancel))
+        .route("/sagas/{id}/signals/{name}", post(routes::control::signal))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin))
+        // Added after the auth layer: the callback token is the capability (API.md §2).
+        .route("/callbacks/{token}", post(routes::control::callback))
+        .route("/callbacks/{token}/heartbeat", post(routes::control::heartbeat));
     Router::new()
         .route("/health", get(routes::ops::health))
         .route("/ready", get(routes::ops::ready))

@@ -106,12 +106,35 @@ pub fn document() -> Value {
                 "parameters": [path_param("id", "saga id (UUID)")],
                 "post": secured(json!({"summary": "Resume a FAILED saga", "responses": {"202": ok("resumed", "Saga"), "404": problem("unknown saga"), "409": problem("not FAILED")}})),
             },
+            "/v1/sagas/{id}/cancel": {
+                "parameters": [path_param("id", "saga id (UUID)")],
+                "post": secured(json!({"summary": "Cancel: stop going forward and compensate what may have happened (error kind cancelled)", "responses": {"202": ok("cancel requested", "Saga"), "404": problem("unknown saga"), "409": problem("terminal, or past a succeeded pivot")}})),
+            },
+            "/v1/sagas/{id}/signals/{name}": {
+                "parameters": [path_param("id", "saga id (UUID)"), path_param("name", "signal name a step of the saga waits for")],
+                "post": secured(json!({"summary": "Deliver a signal; buffered until the saga reaches the step, whose output it becomes",
+                    "requestBody": {"required": false, "content": {"application/json": {"schema": {}}}},
+                    "responses": {"202": {"description": "buffered"}, "400": problem("malformed JSON"), "404": problem("unknown saga"), "409": problem("saga is terminal"), "422": problem("no step waits for this signal")}})),
+            },
+            "/v1/callbacks/{token}": {
+                "parameters": [path_param("token", "the single-use token from X-Saga-Callback-Url")],
+                "post": {"summary": "Complete an async step (no bearer token: the callback token is the capability)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Callback"}}}},
+                    "responses": {"200": {"description": "recorded"}, "400": problem("malformed JSON"), "404": problem("unknown or already used token"), "422": problem("invalid callback")}},
+            },
+            "/v1/callbacks/{token}/heartbeat": {
+                "parameters": [path_param("token", "the single-use token from X-Saga-Callback-Url")],
+                "post": {"summary": "Extend the async step's heartbeat timeout", "responses": {"200": {"description": "extended"}, "404": problem("unknown or already used token")}},
+            },
         }
     })
 }
 
 fn schemas() -> Value {
     json!({
+        "Callback": {"type": "object", "required": ["status"], "properties": {
+            "status": {"enum": ["succeeded", "failed"]}, "output": {}, "error": {"type": "string"}, "retryable": {"type": "boolean"}
+        }},
         "Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
             "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
             "errors": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}}

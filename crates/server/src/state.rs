@@ -21,6 +21,8 @@ pub struct AppState {
     pub(crate) intake: Option<saga_runtime::Intake>,
     /// Becomes true at shutdown, so long-polls answer at once instead of holding up the drain.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// `SAGAPLANE_VAR_*`, for templates rendered at start (the concurrency key).
+    pub(crate) vars: serde_json::Map<String, serde_json::Value>,
 }
 
 impl AppState {
@@ -41,12 +43,19 @@ impl AppState {
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             intake: None,
             stopping: tokio::sync::watch::channel(false).1,
+            vars: serde_json::Map::new(),
         }
     }
 
     /// Long-polls end when `stopping` becomes true (graceful shutdown).
     pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         self.stopping = stopping;
+        self
+    }
+
+    /// Template variables (`vars.NAME`) for what the API renders itself.
+    pub fn with_vars(mut self, vars: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.vars = vars;
         self
     }
 

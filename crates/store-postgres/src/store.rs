@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::HistoryEvent;
 use saga_store::{
-    CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
-    SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError, StoreResult,
-    SignalRecord, WorkSignal, PRIORITY_STEP_MS,
+    CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord,
+    EventRecord, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord,
+    SchemaStatus, SignalRecord, Store, StoreError, StoreResult, WorkSignal, PRIORITY_STEP_MS,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -454,7 +454,9 @@ impl Store for PostgresStore {
         let created_data = json_text(&serde_json::json!({"definition": params.definition, "version": params.version}))?;
         // One statement: the saga, its first history row, and the wake-up for idle instances.
         if params.concurrency.is_some() && params.lease.is_some() {
-            return Err(StoreError::Conflict("a saga with a concurrency key waits for admission; it cannot be created leased".into()));
+            return Err(StoreError::Conflict(
+                "a saga with a concurrency key waits for admission; it cannot be created leased".into(),
+            ));
         }
         let row = sqlx::query(&format!(
             "WITH s AS ( \

@@ -114,7 +114,9 @@ async fn create_one(conn: &mut SqliteConnection, params: &SagaCreate) -> StoreRe
         }
     }
     if params.concurrency.is_some() && params.lease.is_some() {
-        return Err(StoreError::Conflict("a saga with a concurrency key waits for admission; it cannot be created leased".into()));
+        return Err(StoreError::Conflict(
+            "a saga with a concurrency key waits for admission; it cannot be created leased".into(),
+        ));
     }
     let id = params.id.to_string();
     let lease_expires_at = params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms);

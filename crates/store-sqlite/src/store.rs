@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::HistoryEvent;
 use saga_store::{
-    CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord, EventRecord, LeaseRef, SagaCommit,
-    SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, SchemaStatus, Store, StoreError, StoreResult,
-    SignalRecord, WorkSignal, PRIORITY_STEP_MS,
+    CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord,
+    EventRecord, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord,
+    SchemaStatus, SignalRecord, Store, StoreError, StoreResult, WorkSignal, PRIORITY_STEP_MS,
 };
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -609,10 +609,8 @@ impl Store for SqliteStore {
         .map_err(db)?;
         row.map(|row| {
             let result: Option<String> = row.try_get("result").map_err(db)?;
-            let result = result
-                .map(|r| serde_json::from_str(&r))
-                .transpose()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let result =
+                result.map(|r| serde_json::from_str(&r)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
             Ok(CallbackRecord { result, deadline_at_ms: row.try_get("deadline_at").map_err(db)? })
         })
         .transpose()

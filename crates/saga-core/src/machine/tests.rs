@@ -306,7 +306,7 @@ fn cancel_during_a_pending_retry_compensates_the_ambiguous_step_and_never_retrie
     state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
     let t = state.apply(&def, attempt_of(&state, fail(FailureKind::Retryable), 10), 0.5).expect("legal");
     assert!(t.retry_at_ms.is_some());
-    let t = state.cancel(&def, 20, 30);
+    let t = state.cancel(&def, 20, 30, false);
     assert_eq!(t.retry_at_ms, None);
     assert_eq!(t.events[0].kind, "cancel_requested");
     assert_eq!(state.status, SagaStatus::Compensating);
@@ -323,7 +323,7 @@ fn cancel_during_a_pending_retry_compensates_the_ambiguous_step_and_never_retrie
 fn cancel_of_a_pending_saga_compensates_nothing() {
     let def = definition(&[(true, 3, 3, false), (true, 3, 3, false)]);
     let mut state = SagaState::new(&def);
-    let t = state.cancel(&def, 5, 5);
+    let t = state.cancel(&def, 5, 5, false);
     assert_eq!(state.status, SagaStatus::Compensated);
     assert!(t.events.iter().any(|e| e.kind == "saga_compensated"));
     assert!(state.steps.iter().all(|s| s.status == StepStatus::Skipped));
@@ -335,7 +335,7 @@ fn cancel_past_a_succeeded_pivot_is_recorded_and_ignored() {
     let def = definition(&[(true, 3, 3, true), (true, 3, 3, false)]);
     let mut state = SagaState::new(&def);
     state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
-    let t = state.cancel(&def, 5, 5);
+    let t = state.cancel(&def, 5, 5, false);
     assert_eq!(state.status, SagaStatus::Executing);
     assert_eq!(t.events.len(), 1);
     assert_eq!(t.events[0].data["ignored"], json!("past a succeeded pivot"));
@@ -350,7 +350,7 @@ fn cancel_while_parked_on_a_callback_compensates_that_step() {
     assert_eq!(t.events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), vec!["step_started", "step_waiting"]);
     // Woken early with nothing arrived: re-parking records nothing new.
     assert!(state.begin_wait(&def, WaitKind::Callback, 20, Some(2_000)).expect("waitable").events.is_empty());
-    state.cancel(&def, 30, 30);
+    state.cancel(&def, 30, 30, false);
     assert!(state.wait.is_none());
     assert_eq!(state.next(), Next::RunCompensation { step: 1, attempt: 1 });
 }
@@ -393,4 +393,18 @@ fn deadline_compensates_or_fails_per_on_timeout() {
     assert_eq!(failing.deadline_at_ms, None);
     drive(&mut failing, &def, &mut std::iter::empty());
     assert_eq!(failing.status, SagaStatus::Completed);
+}
+
+#[test]
+fn cancel_wins_over_an_uncommitted_completion() {
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    state.apply(&def, attempt_of(&state, ok(), 2), 0.5).expect("legal");
+    assert_eq!(state.status, SagaStatus::Completed);
+    state.cancel(&def, 1, 5, true);
+    assert_eq!(state.status, SagaStatus::Compensating);
+    let events = drive(&mut state, &def, &mut std::iter::empty());
+    assert_eq!(kinds_for(&events, "step_compensated"), vec!["s1", "s0"]);
+    assert_eq!(state.error.as_ref().map(|e| (e.kind, e.step.clone())), Some((ErrorKind::Cancelled, None)));
 }

@@ -4,7 +4,7 @@
 use saga_core::{FailureKind, Outcome, Phase};
 use serde_json::Value;
 
-use super::AttemptContext;
+use super::{AttemptContext, AttemptResult};
 
 /// The most response body kept as step output.
 pub const RESPONSE_BODY_MAX_BYTES: usize = 1024 * 1024;
@@ -38,10 +38,10 @@ impl HttpExecutor {
         headers: &[(String, String)],
         body: Option<&Value>,
         ctx: &AttemptContext,
-    ) -> Outcome {
+    ) -> AttemptResult {
         let method = match reqwest::Method::from_bytes(method.as_bytes()) {
             Ok(m) => m,
-            Err(_) => return definite(format!("invalid method {method:?}")),
+            Err(_) => return AttemptResult::Finished(definite(format!("invalid method {method:?}"))),
         };
         let mut request = self
             .client
@@ -52,6 +52,9 @@ impl HttpExecutor {
             .header("X-Saga-Step", &ctx.step)
             .header("X-Saga-Attempt", ctx.attempt.to_string())
             .header("traceparent", traceparent(ctx));
+        if let Some(callback_url) = &ctx.callback_url {
+            request = request.header("X-Saga-Callback-Url", callback_url);
+        }
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -60,15 +63,20 @@ impl HttpExecutor {
         }
         let response = match request.send().await {
             Ok(r) => r,
-            Err(e) if e.is_builder() => return definite(format!("invalid request: {e}")),
-            Err(e) => return retryable(format!("request failed: {}", error_chain(&e))),
+            Err(e) if e.is_builder() => return AttemptResult::Finished(definite(format!("invalid request: {e}"))),
+            Err(e) => return AttemptResult::Finished(retryable(format!("request failed: {}", error_chain(&e)))),
         };
         let status = response.status();
         let bytes = match response.bytes().await {
             Ok(b) => b,
-            Err(e) => return retryable(format!("reading response failed: {}", error_chain(&e))),
+            Err(e) => {
+                return AttemptResult::Finished(retryable(format!("reading response failed: {}", error_chain(&e))))
+            }
         };
-        classify(status.as_u16(), &bytes, ctx.phase)
+        if status.as_u16() == 202 && ctx.callback_url.is_some() {
+            return AttemptResult::Accepted;
+        }
+        AttemptResult::Finished(classify(status.as_u16(), &bytes, ctx.phase))
     }
 }
 
@@ -84,7 +92,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Trace id from the saga id (one trace per saga), a fresh-enough span id per attempt.
-fn traceparent(ctx: &AttemptContext) -> String {
+pub(crate) fn traceparent(ctx: &AttemptContext) -> String {
     let span = (u64::from(ctx.attempt) << 32) ^ (ctx.saga_id.as_u128() as u64) ^ step_hash(&ctx.step);
     format!("00-{}-{:016x}-01", ctx.saga_id.simple(), span.max(1))
 }
@@ -138,7 +146,7 @@ mod tests {
         match outcome {
             Outcome::Succeeded(_) => "ok",
             Outcome::Failed { kind: FailureKind::Retryable, .. } => "retry",
-            Outcome::Failed { kind: FailureKind::NonRetryable, .. } => "definite",
+            Outcome::Failed { .. } => "definite",
         }
     }
 

@@ -1,18 +1,37 @@
 //! Step executors: run one attempt of an action or compensation and classify the result into
 //! [`Outcome`]: success, retryable (ambiguous) failure, or non-retryable (definite) failure.
 
+pub mod breaker;
 pub mod builtin;
+pub mod grpc;
 pub mod http;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use saga_core::template::{render_string, render_value, TemplateContext};
 use saga_core::{Action, FailureKind, Outcome, Phase};
 use serde_json::Value;
 use uuid::Uuid;
 
+use self::breaker::{Admission, BreakerConfig, Breakers};
 use self::builtin::BuiltinRegistry;
+use self::grpc::GrpcExecutor;
 use self::http::HttpExecutor;
+
+/// What came of asking an executor to run one attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttemptResult {
+    Finished(Outcome),
+    /// An `async: true` participant answered 202: the step waits for its callback.
+    Accepted,
+    /// Not attempted: the endpoint's circuit is open. Try again after this long; the step's
+    /// attempt was not spent.
+    Deferred {
+        endpoint: String,
+        retry_after_ms: u64,
+    },
+}
 
 /// Who is asking, for headers and logs.
 #[derive(Clone, Debug)]
@@ -23,6 +42,8 @@ pub struct AttemptContext {
     pub phase: Phase,
     pub attempt: u32,
     pub timeout_ms: u64,
+    /// `X-Saga-Callback-Url` for an async step's action.
+    pub callback_url: Option<String>,
 }
 
 impl AttemptContext {
@@ -41,55 +62,113 @@ impl AttemptContext {
 pub struct Executors {
     pub builtins: BuiltinRegistry,
     pub http: HttpExecutor,
+    pub grpc: GrpcExecutor,
+    pub breakers: Arc<Breakers>,
 }
 
 impl Executors {
     pub fn new(builtins: BuiltinRegistry) -> Self {
-        Executors { builtins, http: HttpExecutor::new() }
+        Self::with_breakers(builtins, BreakerConfig::default())
     }
 
-    /// Renders the action's templates and runs one attempt under its timeout.
-    pub async fn run(&self, action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -> Outcome {
+    pub fn with_breakers(builtins: BuiltinRegistry, breakers: BreakerConfig) -> Self {
+        Executors {
+            builtins,
+            http: HttpExecutor::new(),
+            grpc: GrpcExecutor::new(),
+            breakers: Arc::new(Breakers::new(breakers)),
+        }
+    }
+
+    /// Renders the action's templates and runs one attempt under its timeout, unless the
+    /// participant endpoint's circuit is open.
+    pub async fn run(&self, action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -> AttemptResult {
+        let prepared = match prepare(action, templates) {
+            Ok(prepared) => prepared,
+            Err(outcome) => return AttemptResult::Finished(outcome),
+        };
+        let endpoint = prepared.endpoint();
+        if let Some(endpoint) = &endpoint {
+            if let Admission::Wait { retry_after_ms } = self.breakers.admit(endpoint, Instant::now()) {
+                return AttemptResult::Deferred { endpoint: endpoint.clone(), retry_after_ms };
+            }
+        }
         let timeout = Duration::from_millis(ctx.timeout_ms);
         let attempt = async {
-            match action {
-                Action::Builtin(builtin) => {
-                    let input = match builtin.input.as_ref().map(|i| render_value(i, templates)).transpose() {
-                        Ok(input) => input.unwrap_or(Value::Null),
-                        Err(e) => return template_failure(e),
-                    };
-                    self.builtins.run(&builtin.name, input, ctx).await
+            match &prepared {
+                Prepared::Builtin { name, input } => {
+                    AttemptResult::Finished(self.builtins.run(name, input.clone(), ctx).await)
                 }
-                Action::Http(http) => {
-                    let url = match render_string(&http.url, templates) {
-                        Ok(url) => url,
-                        Err(e) => return template_failure(e),
-                    };
-                    let mut headers = Vec::with_capacity(http.headers.len());
-                    for (name, value) in &http.headers {
-                        match render_string(value, templates) {
-                            Ok(v) => headers.push((name.clone(), v)),
-                            Err(e) => return template_failure(e),
-                        }
-                    }
-                    let body = match http.body.as_ref().map(|b| render_value(b, templates)).transpose() {
-                        Ok(body) => body,
-                        Err(e) => return template_failure(e),
-                    };
-                    self.http.call(&http.method, &url, &headers, body.as_ref(), ctx).await
+                Prepared::Http { method, url, headers, body } => {
+                    self.http.call(method, url, headers, body.as_ref(), ctx).await
                 }
-                Action::Grpc(_) | Action::Signal(_) => Outcome::Failed {
-                    kind: FailureKind::NonRetryable,
-                    message: format!("{} actions are not supported by this build", action.kind()),
-                },
+                Prepared::Grpc { endpoint, service, input } => {
+                    AttemptResult::Finished(self.grpc.call(endpoint, service, input, ctx).await)
+                }
             }
         };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Failed {
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => AttemptResult::Finished(Outcome::Failed {
                 kind: FailureKind::Retryable,
                 message: format!("attempt timed out after {}", saga_core::duration::format_ms(ctx.timeout_ms)),
-            },
+            }),
+        };
+        if let Some(endpoint) = &endpoint {
+            let healthy =
+                !matches!(result, AttemptResult::Finished(Outcome::Failed { kind: FailureKind::Retryable, .. }));
+            self.breakers.record(endpoint, healthy, Instant::now());
+        }
+        result
+    }
+}
+
+/// An action with its templates rendered.
+enum Prepared {
+    Builtin { name: String, input: Value },
+    Http { method: String, url: String, headers: Vec<(String, String)>, body: Option<Value> },
+    Grpc { endpoint: String, service: String, input: Value },
+}
+
+impl Prepared {
+    /// The breaker key: `scheme://host:port` of an HTTP URL, or the gRPC endpoint.
+    fn endpoint(&self) -> Option<String> {
+        match self {
+            Prepared::Builtin { .. } => None,
+            Prepared::Http { url, .. } => {
+                let url = reqwest::Url::parse(url).ok()?;
+                Some(format!("{}://{}:{}", url.scheme(), url.host_str()?, url.port_or_known_default()?))
+            }
+            Prepared::Grpc { endpoint, .. } => Some(endpoint.clone()),
+        }
+    }
+}
+
+fn prepare(action: &Action, templates: &TemplateContext) -> Result<Prepared, Outcome> {
+    match action {
+        Action::Builtin(builtin) => {
+            let input =
+                builtin.input.as_ref().map(|i| render_value(i, templates)).transpose().map_err(template_failure)?;
+            Ok(Prepared::Builtin { name: builtin.name.clone(), input: input.unwrap_or(Value::Null) })
+        }
+        Action::Http(http) => {
+            let url = render_string(&http.url, templates).map_err(template_failure)?;
+            let mut headers = Vec::with_capacity(http.headers.len());
+            for (name, value) in &http.headers {
+                headers.push((name.clone(), render_string(value, templates).map_err(template_failure)?));
+            }
+            let body = http.body.as_ref().map(|b| render_value(b, templates)).transpose().map_err(template_failure)?;
+            Ok(Prepared::Http { method: http.method.clone(), url, headers, body })
+        }
+        Action::Grpc(grpc) => {
+            let endpoint = render_string(&grpc.endpoint, templates).map_err(template_failure)?;
+            let input =
+                grpc.input.as_ref().map(|i| render_value(i, templates)).transpose().map_err(template_failure)?;
+            Ok(Prepared::Grpc { endpoint, service: grpc.service.clone(), input: input.unwrap_or(Value::Null) })
+        }
+        // Signal steps are settled by the driver from the store; they never reach an executor.
+        Action::Signal(_) => {
+            Err(Outcome::Failed { kind: FailureKind::NonRetryable, message: "a signal step has no executor".into() })
         }
     }
 }

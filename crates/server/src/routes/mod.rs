@@ -1,5 +1,6 @@
 //! Route handlers, one module per resource.
 
+pub mod control;
 pub mod definitions;
 pub mod ops;
 pub mod sagas;

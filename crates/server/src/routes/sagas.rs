@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use saga_core::{Definition, SagaState, SagaStatus};
+use saga_core::{Definition, FieldError, SagaState, SagaStatus};
 use saga_runtime::DefinitionError;
 use saga_store::{SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, StoreError};
 use serde_json::{json, Map, Value};
@@ -28,11 +28,11 @@ pub const WAIT_RECHECK: Duration = Duration::from_millis(250);
 /// Saga priorities are clamped to this range.
 pub const PRIORITY_MAX: i64 = 1000;
 
-fn parse_id(text: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("saga {text:?} does not exist (not a UUID)")))
 }
 
-async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
+pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
     match state.store.saga_get(id).await {
         Ok(record) => Ok(record),
         Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("saga {id} does not exist"))),
@@ -186,23 +186,31 @@ pub async fn create(
     let request_hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));
     let mut use_hint = true;
     // A free local driver slot: the saga is created leased to this instance and started at once.
-    let reservation = state.intake.as_ref().and_then(saga_runtime::Intake::reserve);
+    let mut reservation = state.intake.as_ref().and_then(saga_runtime::Intake::reserve);
+    let id = Uuid::now_v7();
     let created = loop {
         let (version, definition, require_latest) =
             definition_for_start(&state, &request.definition, request.version, use_hint).await?;
+        let concurrency = concurrency_key(&state, &definition, &request, id)?;
+        if concurrency.is_some() {
+            // It must wait for a slot of its key: the claim admits it, not this instance directly.
+            reservation = None;
+        }
+        let now_ms = state.clock.now_ms();
         let params = SagaCreate {
-            id: Uuid::now_v7(),
+            id,
             definition: request.definition.clone(),
             version,
             tenant_id: request.tenant_id.clone(),
             input: request.input.clone(),
-            state: SagaState::new(&definition),
+            state: SagaState::started(&definition, now_ms),
             priority: request.priority,
             idempotency_key: key.as_ref().map(|k| format!("admin:{k}")),
             request_hash: Some(request_hash.clone()),
             require_latest,
             lease: reservation.as_ref().map(saga_runtime::Reservation::lease),
-            now_ms: state.clock.now_ms(),
+            concurrency,
+            now_ms,
         };
         match state.store.saga_create(params).await? {
             SagaCreated::VersionMoved if use_hint => use_hint = false,
@@ -236,6 +244,44 @@ pub async fn create(
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The longest rendered concurrency key.
+const CONCURRENCY_KEY_MAX_CHARS: usize = 255;
+
+/// Renders the definition's `concurrency.key` for this saga.
+fn concurrency_key(
+    state: &AppState,
+    definition: &saga_core::Definition,
+    request: &StartRequest,
+    id: Uuid,
+) -> Result<Option<(String, u32)>, ApiError> {
+    let Some(concurrency) = &definition.concurrency else {
+        return Ok(None);
+    };
+    let context = saga_core::template::TemplateContext {
+        input: request.input.clone(),
+        tenant_id: request.tenant_id.clone(),
+        saga_id: id.to_string(),
+        step_outputs: Map::new(),
+        vars: state.vars.clone(),
+    };
+    let key = saga_core::template::render_string(&concurrency.key, &context).map_err(|e| {
+        ApiError::validation(
+            "the concurrency key cannot be rendered for this saga",
+            vec![FieldError { path: "/input".into(), message: format!("concurrency.key: {e}") }],
+        )
+    })?;
+    if key.chars().count() > CONCURRENCY_KEY_MAX_CHARS {
+        return Err(ApiError::validation(
+            "the concurrency key is too long",
+            vec![FieldError {
+                path: "/input".into(),
+                message: format!("concurrency.key renders to more than {CONCURRENCY_KEY_MAX_CHARS} characters"),
+            }],
+        ));
+    }
+    Ok(Some((key, concurrency.limit)))
 }
 
 fn query_error(e: impl std::fmt::Display) -> ApiError {

@@ -1,0 +1,124 @@
+//! The `grpc` executor: calls `Participant.Execute` / `Participant.Compensate`
+//! (`proto/participant.proto`) with one HTTP/2 channel per endpoint (connection reuse), a
+//! per-attempt deadline, trace context in metadata, and the status table in the proto's comments.
+
+#[allow(clippy::all, clippy::unwrap_used, missing_docs)]
+pub mod participant_v1;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use saga_core::{FailureKind, Outcome, Phase};
+use serde_json::Value;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use self::participant_v1::participant_client::ParticipantClient;
+use self::participant_v1::StepRequest;
+use super::http::traceparent;
+use super::AttemptContext;
+
+/// The most channels kept; past it the cache starts again (endpoints are few in practice).
+const CHANNELS_MAX: usize = 1_024;
+
+/// Calls gRPC participants.
+#[derive(Clone, Default)]
+pub struct GrpcExecutor {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl GrpcExecutor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn channel(&self, endpoint: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().map_err(|_| "grpc channel cache poisoned".to_string())?;
+        if let Some(channel) = channels.get(endpoint) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| format!("invalid grpc endpoint {endpoint:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        if channels.len() >= CHANNELS_MAX {
+            channels.clear();
+        }
+        channels.insert(endpoint.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// One attempt against `endpoint`.
+    pub async fn call(&self, endpoint: &str, service: &str, input: &Value, ctx: &AttemptContext) -> Outcome {
+        let channel = match self.channel(endpoint) {
+            Ok(channel) => channel,
+            Err(message) => return Outcome::Failed { kind: FailureKind::NonRetryable, message },
+        };
+        let mut client = ParticipantClient::new(channel);
+        let message = StepRequest {
+            saga_id: ctx.saga_id.to_string(),
+            step: ctx.step.clone(),
+            attempt: ctx.attempt,
+            idempotency_key: ctx.idempotency_key(),
+            service: service.to_string(),
+            input_json: input.to_string(),
+            tenant_id: ctx.tenant_id.clone().unwrap_or_default(),
+        };
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(Duration::from_millis(ctx.timeout_ms));
+        let metadata = request.metadata_mut();
+        for (key, value) in [
+            ("traceparent", traceparent(ctx)),
+            ("x-saga-id", ctx.saga_id.to_string()),
+            ("x-saga-step", ctx.step.clone()),
+            ("x-saga-attempt", ctx.attempt.to_string()),
+        ] {
+            if let Ok(value) = value.parse() {
+                metadata.insert(key, value);
+            }
+        }
+        let reply = match ctx.phase {
+            Phase::Action => client.execute(request).await,
+            Phase::Compensation => client.compensate(request).await,
+        };
+        match reply {
+            Ok(reply) => {
+                let text = reply.into_inner().output_json;
+                if text.trim().is_empty() {
+                    return Outcome::Succeeded(Value::Null);
+                }
+                match serde_json::from_str(&text) {
+                    Ok(output) => Outcome::Succeeded(output),
+                    // The participant acted but its answer is unreadable: ambiguous.
+                    Err(e) => Outcome::Failed {
+                        kind: FailureKind::Retryable,
+                        message: format!("participant output is not JSON: {e}"),
+                    },
+                }
+            }
+            Err(status) => classify(status.code(), status.message(), ctx.phase),
+        }
+    }
+}
+
+/// The status table of `proto/participant.proto`.
+pub fn classify(code: Code, message: &str, phase: Phase) -> Outcome {
+    let text = if message.is_empty() {
+        format!("participant answered {code:?}")
+    } else {
+        format!("participant answered {code:?}: {message}")
+    };
+    match (code, phase) {
+        (Code::Ok, _) => Outcome::Succeeded(Value::Null),
+        (Code::NotFound, Phase::Compensation) => Outcome::Succeeded(Value::Null),
+        (Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted | Code::Internal, _) => {
+            Outcome::Failed { kind: FailureKind::Retryable, message: text }
+        }
+        _ => Outcome::Failed { kind: FailureKind::NonRetryable, message: text },
+    }
+}
+
+#[cfg(test)]
+mod tests;
