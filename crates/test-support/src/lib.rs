@@ -4,9 +4,11 @@
 
 pub mod app;
 pub mod db;
+pub mod grpc_participant;
 pub mod participant;
 
 pub use app::{App, Backend};
+pub use grpc_participant::GrpcParticipant;
 pub use participant::Participant;
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
