@@ -72,6 +72,21 @@ pub enum SagasCommand {
     Watch { id: String },
     /// Resume a FAILED saga.
     Retry { id: String },
+    /// Cancel a saga: it stops going forward and compensates what may have happened.
+    Cancel {
+        id: String,
+        /// Wait until the saga is terminal and show it.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Deliver a signal (buffered until the saga reaches the step waiting for it).
+    Signal {
+        id: String,
+        name: String,
+        /// Payload as JSON: the waiting step's output.
+        #[arg(long, default_value = "null")]
+        data: String,
+    },
 }
 
 struct Client {
@@ -196,19 +211,92 @@ fn terminal_code(saga: &Value) -> ExitCode {
     }
 }
 
+/// How often `watch` refreshes its progress bars.
+const WATCH_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Follows a saga until it is terminal: on a terminal, one live progress bar per step; otherwise
+/// (logs, CI) one line per change.
 async fn watch(client: &Client, id: &str) -> anyhow::Result<Value> {
-    let mut last = String::new();
-    loop {
-        let (_, saga) = client.send(client.request(reqwest::Method::GET, &format!("/v1/sagas/{id}?wait=10s"))).await?;
-        let line = progress_line(&saga);
-        if line != last {
-            eprintln!("{line}");
-            last = line;
-        }
-        if is_terminal(&saga) {
-            return Ok(saga);
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let mut last = String::new();
+        loop {
+            let (_, saga) =
+                client.send(client.request(reqwest::Method::GET, &format!("/v1/sagas/{id}?wait=10s"))).await?;
+            let line = progress_line(&saga);
+            if line != last {
+                eprintln!("{line}");
+                last = line;
+            }
+            if is_terminal(&saga) {
+                return Ok(saga);
+            }
         }
     }
+    let bars = StepBars::new();
+    loop {
+        let (_, saga) = client.send(client.request(reqwest::Method::GET, &format!("/v1/sagas/{id}"))).await?;
+        bars.show(&saga);
+        if is_terminal(&saga) {
+            bars.finish();
+            return Ok(saga);
+        }
+        tokio::time::sleep(WATCH_REFRESH).await;
+    }
+}
+
+/// A bar for the saga and one per step.
+struct StepBars {
+    multi: indicatif::MultiProgress,
+    saga: indicatif::ProgressBar,
+    steps: std::cell::RefCell<Vec<indicatif::ProgressBar>>,
+}
+
+impl StepBars {
+    fn new() -> Self {
+        let multi = indicatif::MultiProgress::new();
+        let saga = multi.add(indicatif::ProgressBar::new(100));
+        saga.set_style(bar_style("{prefix:>20} [{bar:30.cyan/blue}] {pos:>3}% {msg}"));
+        StepBars { multi, saga, steps: std::cell::RefCell::new(Vec::new()) }
+    }
+
+    fn show(&self, saga: &Value) {
+        let steps = saga["steps"].as_array().cloned().unwrap_or_default();
+        let mut bars = self.steps.borrow_mut();
+        while bars.len() < steps.len() {
+            let bar = self.multi.add(indicatif::ProgressBar::new(1));
+            bar.set_style(bar_style("{prefix:>20} [{bar:30.green/white}] {msg}"));
+            bars.push(bar);
+        }
+        self.saga.set_prefix(saga["definition"].as_str().unwrap_or("saga").to_string());
+        self.saga.set_position(saga["progress"]["percent"].as_u64().unwrap_or(0));
+        self.saga.set_message(saga["status"].as_str().unwrap_or("").to_string());
+        for (bar, step) in bars.iter().zip(&steps) {
+            let status = step["status"].as_str().unwrap_or("");
+            bar.set_prefix(step["name"].as_str().unwrap_or("").to_string());
+            bar.set_position(u64::from(matches!(status, "SUCCEEDED" | "COMPENSATED" | "SKIPPED")));
+            let mut message = status.to_string();
+            if step["attempts"].as_u64().unwrap_or(0) > 1 {
+                message.push_str(&format!(" (attempt {})", step["attempts"]));
+            }
+            if let Some(error) = step["error"].as_str() {
+                message.push_str(&format!(": {error}"));
+            }
+            bar.set_message(message);
+        }
+    }
+
+    fn finish(&self) {
+        self.saga.finish();
+        for bar in self.steps.borrow().iter() {
+            bar.finish();
+        }
+    }
+}
+
+fn bar_style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Result<ExitCode> {
@@ -254,6 +342,22 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
             let (_, saga) =
                 client.send(client.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry"))).await?;
             println!("{}", progress_line(&saga));
+        }
+        SagasCommand::Cancel { id, wait } => {
+            let (_, saga) =
+                client.send(client.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/cancel"))).await?;
+            println!("cancel requested: {}", progress_line(&saga));
+            if wait {
+                let done = watch(&client, &id).await?;
+                print_json(&done);
+            }
+        }
+        SagasCommand::Signal { id, name, data } => {
+            let payload: Value = serde_json::from_str(&data).context("--data is not valid JSON")?;
+            let request =
+                client.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/signals/{name}")).json(&payload);
+            let (_, body) = client.send(request).await?;
+            println!("signal {name} delivered to {id} (signal id {})", body["signal_id"]);
         }
     }
     Ok(ExitCode::SUCCESS)

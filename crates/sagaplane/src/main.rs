@@ -62,7 +62,7 @@ enum Command {
         #[command(flatten)]
         connection: client::Connection,
     },
-    /// Start, inspect and retry sagas.
+    /// Start, inspect, watch, cancel, signal and retry sagas.
     Sagas {
         #[command(subcommand)]
         command: client::SagasCommand,

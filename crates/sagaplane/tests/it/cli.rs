@@ -153,3 +153,36 @@ async fn migrate_creates_the_database_and_is_idempotent() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SAGAPLANE_DATABASE_URL is required"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_signal_cancel_and_watch() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let definition = serde_json::json!({"steps": [
+        {"name": "wait", "action": {"signal": {"name": "go"}}},
+        {"name": "after", "action": {"builtin": "core.echo", "input": {"got": "{{ steps.wait.output.n }}"}}},
+    ]});
+    assert_eq!(app.put_definition("gated", &definition).await.0, 201);
+    let signalled = app.start("gated", serde_json::json!({})).await;
+    let out =
+        tokio::task::block_in_place(|| client(&app, &["sagas", "signal", &signalled, "go", "--data", "{\"n\": 7}"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signal go delivered"));
+    let out = tokio::task::block_in_place(|| client(&app, &["sagas", "watch", &signalled]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saga: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(saga["output"]["after"]["got"], 7);
+    // An unknown signal name is a clear error and changes nothing.
+    let cancelled = app.start("gated", serde_json::json!({})).await;
+    let out = tokio::task::block_in_place(|| client(&app, &["sagas", "signal", &cancelled, "stop"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("422"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::block_in_place(|| client(&app, &["sagas", "cancel", &cancelled, "--wait"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json_start = stdout.find('{').expect("saga json");
+    let saga: serde_json::Value = serde_json::from_str(&stdout[json_start..]).expect("json");
+    assert_eq!(saga["status"], "COMPENSATED");
+    assert_eq!(saga["error"]["kind"], "cancelled");
+    let out = tokio::task::block_in_place(|| client(&app, &["sagas", "cancel", &cancelled]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("409"), "{}", String::from_utf8_lossy(&out.stderr));
+}
