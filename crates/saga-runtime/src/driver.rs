@@ -81,7 +81,11 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
     let mut state: SagaState = record.state.clone();
     // A cancel requested while no driver held the saga (a pending retry, a wait, not started).
     if let Some(at_ms) = record.cancel_requested_at_ms {
+        let wait_before = state.wait.clone();
         pending.extend(state.cancel(&definition, at_ms, shared.clock.now_ms(), false).events);
+        if !retire_abandoned_callback(shared, record, &definition, wait_before.as_ref(), &state).await {
+            return;
+        }
     }
     let mut templates = TemplateContext {
         input: record.input.clone(),
@@ -99,7 +103,11 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
             hand_back(shared, claimed, &mut state, &mut pending).await;
             return;
         }
+        let wait_before = state.wait.clone();
         pending.extend(state.expire(&definition, shared.clock.now_ms()).events);
+        if !retire_abandoned_callback(shared, record, &definition, wait_before.as_ref(), &state).await {
+            return;
+        }
         let (phase, index, attempt) = match state.next() {
             Next::RunAction { step, attempt } => (Phase::Action, step, attempt),
             Next::RunCompensation { step, attempt } => (Phase::Compensation, step, attempt),
@@ -204,6 +212,31 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
         if state.status.is_terminal() {
             finish(shared, claimed, state, committed_at_ms);
             return;
+        }
+    }
+}
+
+/// A cancel or the deadline ended a wait for a callback: retire its token so a late callback
+/// gets 404 rather than being accepted and ignored. False when the store failed.
+async fn retire_abandoned_callback(
+    shared: &Shared,
+    record: &SagaRecord,
+    definition: &saga_core::Definition,
+    before: Option<&saga_core::Wait>,
+    state: &SagaState,
+) -> bool {
+    let Some(wait) = before.filter(|w| w.kind == WaitKind::Callback) else {
+        return true;
+    };
+    if state.wait.is_some() {
+        return true;
+    }
+    let step = &definition.steps[wait.step].name;
+    match shared.store.callback_close(record.id, step, wait.attempt, shared.clock.now_ms()).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "retiring an abandoned callback token failed");
+            false
         }
     }
 }
@@ -351,10 +384,17 @@ async fn settle_callback(shared: &Shared, record: &SagaRecord, step: &str, attem
         return Settled::Outcome(callback_outcome(&result));
     }
     match callback.deadline_at_ms {
-        Some(deadline) if deadline <= now_ms => Settled::Outcome(Outcome::Failed {
-            kind: FailureKind::Retryable,
-            message: "no callback or heartbeat before the heartbeat timeout".into(),
-        }),
+        Some(deadline) if deadline <= now_ms => {
+            // The attempt is given up: its token must not complete a later attempt's wait.
+            if let Err(e) = shared.store.callback_close(record.id, step, attempt, now_ms).await {
+                tracing::error!(error = %e, "retiring the lapsed callback token failed");
+                return Settled::Stop;
+            }
+            Settled::Outcome(Outcome::Failed {
+                kind: FailureKind::Retryable,
+                message: "no callback or heartbeat before the heartbeat timeout".into(),
+            })
+        }
         deadline => Settled::Wait { kind: WaitKind::Callback, until_ms: deadline },
     }
 }

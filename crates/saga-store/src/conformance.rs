@@ -554,8 +554,25 @@ async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Store>) ->
     ensure!(matches!(store.callback_heartbeat("h1", 602).await, Err(StoreError::NotFound)), "heartbeat after use");
     ensure!(matches!(store.callback_complete("nope", &result, 603).await, Err(StoreError::NotFound)), "unknown");
     let done = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
-    ensure!(done.result == Some(result), "result: {done:?}");
+    ensure!(done.result.as_ref() == Some(&result), "result: {done:?}");
     ensure!(db(store.callback_get(id, "a", 2).await)?.is_none(), "other attempt");
+    // A retired token (heartbeat lapsed) no longer completes anything.
+    let mut second = CallbackRegister {
+        token_hash: "h2".into(),
+        saga_id: id,
+        tenant_id: None,
+        step: "a".into(),
+        attempt: 2,
+        heartbeat_timeout_ms: None,
+        now_ms: 700,
+    };
+    db(store.callback_register(second.clone()).await)?;
+    db(store.callback_close(id, "a", 2, 800).await)?;
+    ensure!(matches!(store.callback_complete("h2", &result, 900).await, Err(StoreError::NotFound)), "retired");
+    second.token_hash = "h3".into();
+    second.attempt = 3;
+    db(store.callback_register(second).await)?;
+    ensure!(db(store.callback_complete("h3", &result, 950).await)? == id, "closing attempt 2 left attempt 3 open");
     Ok(())
 }
 

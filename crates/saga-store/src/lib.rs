@@ -337,6 +337,9 @@ pub trait Store: Send + Sync + 'static {
     async fn callback_complete(&self, token_hash: &str, result: &Value, now_ms: i64) -> StoreResult<Uuid>;
     /// Moves an open callback's deadline to `now + heartbeat_timeout`; NotFound when unknown or used.
     async fn callback_heartbeat(&self, token_hash: &str, now_ms: i64) -> StoreResult<()>;
+    /// Retires the open callback tokens of a step attempt the saga no longer waits for (its
+    /// heartbeat lapsed, or the saga was cancelled or timed out): a late callback gets 404.
+    async fn callback_close(&self, id: Uuid, step: &str, attempt: u32, now_ms: i64) -> StoreResult<()>;
     /// The callback of one step attempt.
     async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>>;
 

@@ -903,6 +903,21 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn callback_close(&self, id: Uuid, step: &str, attempt: u32, now_ms: i64) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE saga_callbacks SET completed_at = $4 \
+             WHERE saga_id = $1 AND step = $2 AND attempt = $3 AND completed_at IS NULL",
+        )
+        .bind(id)
+        .bind(step)
+        .bind(attempt as i32)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>> {
         let row = sqlx::query(
             "SELECT result, deadline_at FROM saga_callbacks WHERE saga_id = $1 AND step = $2 AND attempt = $3 \

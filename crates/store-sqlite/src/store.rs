@@ -596,6 +596,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn callback_close(&self, id: Uuid, step: &str, attempt: u32, now_ms: i64) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE saga_callbacks SET completed_at = ? \
+             WHERE saga_id = ? AND step = ? AND attempt = ? AND completed_at IS NULL",
+        )
+        .bind(now_ms)
+        .bind(id.to_string())
+        .bind(step)
+        .bind(i64::from(attempt))
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>> {
         let row = sqlx::query(
             "SELECT result, deadline_at FROM saga_callbacks WHERE saga_id = ? AND step = ? AND attempt = ? \

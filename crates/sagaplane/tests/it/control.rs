@@ -203,6 +203,8 @@ async fn a_missed_heartbeat_is_retried_and_heartbeats_extend(backend: Backend) {
     // ...then they stop: the missed heartbeat is an ambiguous failure, retried with a new token.
     let second = callback_url(&participant, "/stacks", 1).await;
     assert_ne!(first, second, "each attempt has its own token");
+    let late = http.post(&first).json(&json!({"status": "succeeded"})).send().await.expect("late callback");
+    assert_eq!(late.status().as_u16(), 404, "the lapsed attempt's token is retired");
     let second_request = &participant.requests("/stacks")[1];
     assert_eq!(second_request.headers["x-saga-attempt"], "2");
     assert_eq!(second_request.headers["idempotency-key"], format!("{id}/provision/action"));
@@ -240,6 +242,9 @@ async fn cancel_during_an_async_step_compensates_it(backend: Backend) {
     assert_eq!(participant.requests("/unreserve").len(), 1);
     let types = app.event_types(&id).await;
     assert!(types.contains(&"cancel_requested".to_string()), "{types:?}");
+    let url = callback_url(&participant, "/stacks", 0).await;
+    let late = reqwest::Client::new().post(&url).json(&json!({"status": "succeeded"})).send().await.expect("late");
+    assert_eq!(late.status().as_u16(), 404, "a cancelled wait's token is retired");
     // Terminal now: a second cancel is refused.
     assert_eq!(post(&app, &format!("/v1/sagas/{id}/cancel"), None).await.0, 409);
     assert_eq!(post(&app, &format!("/v1/sagas/{}/cancel", uuid::Uuid::now_v7()), None).await.0, 404);
