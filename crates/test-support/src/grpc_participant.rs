@@ -14,6 +14,8 @@ use tonic::{Code, Request, Response, Status};
 #[derive(Clone, Debug)]
 pub struct GrpcSeen {
     pub method: &'static str,
+    /// The client's address: the same one on two calls means a reused connection.
+    pub peer: Option<std::net::SocketAddr>,
     pub request: StepRequest,
     pub metadata: HashMap<String, String>,
 }
@@ -50,10 +52,11 @@ impl Service {
                 tonic::metadata::KeyAndValueRef::Binary(..) => None,
             })
             .collect();
+        let peer = request.remote_addr();
         let Ok(mut inner) = self.inner.lock() else {
             return Err(Status::internal("poisoned"));
         };
-        inner.seen.push(GrpcSeen { method, request: request.into_inner(), metadata });
+        inner.seen.push(GrpcSeen { method, peer, request: request.into_inner(), metadata });
         let answer = match inner.scripts.get_mut(method) {
             Some(script) if script.len() > 1 => script.remove(0),
             Some(script) if script.len() == 1 => script[0].clone(),

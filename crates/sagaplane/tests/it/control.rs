@@ -374,6 +374,8 @@ async fn grpc_participants_follow_the_status_table(backend: Backend) {
     assert_eq!(serde_json::from_str::<Value>(&first.input_json).expect("json input"), json!({"amount": 40}));
     assert!(executes[0].metadata["traceparent"].starts_with("00-"), "{:?}", executes[0].metadata);
     assert_eq!(executes[0].metadata["x-saga-id"], id);
+    assert!(executes[0].peer.is_some());
+    assert!(executes.iter().all(|call| call.peer == executes[0].peer), "one connection per endpoint, reused");
     let compensations = grpc.calls("compensate");
     assert_eq!(compensations.len(), 1);
     assert_eq!(compensations[0].request.idempotency_key, format!("{id}/charge/compensation"));
