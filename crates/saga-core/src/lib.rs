@@ -10,6 +10,7 @@ pub mod definition;
 pub mod duration;
 pub mod machine;
 pub mod template;
+pub mod tenant;
 pub mod validate;
 
 pub use backoff::retry_delay_ms;

@@ -72,6 +72,7 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
                 events: pending,
                 worker_id: shared.config.worker_id.clone(),
                 wake_seq_seen: record.wake_seq,
+                tenant_change: None,
                 now_ms: shared.clock.now_ms(),
             };
             let _ = shared.committer.commit(commit).await;
@@ -448,6 +449,8 @@ async fn commit(
     // A second CancelRequested cannot happen once the state carries the request.
     for _ in 0..2 {
         let now_ms = shared.clock.now_ms();
+        let tenant_change =
+            shared.hook.as_ref().and_then(|hook| hook.tenant_change(&claimed.record, definition, state, &events));
         let commit = SagaCommit {
             id: claimed.record.id,
             tenant_id: claimed.record.tenant_id.clone(),
@@ -458,6 +461,7 @@ async fn commit(
             events: events.clone(),
             worker_id: shared.config.worker_id.clone(),
             wake_seq_seen: claimed.record.wake_seq,
+            tenant_change,
             now_ms,
         };
         match shared.committer.commit(commit).await {
@@ -502,6 +506,7 @@ async fn hand_back(shared: &Shared, claimed: &Claimed, state: &mut SagaState, pe
             events: std::mem::take(pending),
             worker_id: shared.config.worker_id.clone(),
             wake_seq_seen: claimed.record.wake_seq,
+            tenant_change: None,
             now_ms,
         };
         // A refused commit (fenced, or a cancel to act on) is fine: the next driver redoes it.

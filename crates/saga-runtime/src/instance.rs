@@ -72,6 +72,7 @@ pub(crate) struct Shared {
     pub wake: Notify,
     pub rng: Mutex<SmallRng>,
     pub shutting_down: Arc<AtomicBool>,
+    pub hook: Option<Arc<dyn crate::hook::TransitionHook>>,
 }
 
 impl Shared {
@@ -148,9 +149,18 @@ impl Instance {
             wake: Notify::new(),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            hook: None,
             config,
         });
         Instance { shared, committer_task }
+    }
+
+    /// Commits what `hook` derives from each transition together with it.
+    pub fn with_hook(mut self, hook: Arc<dyn crate::hook::TransitionHook>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.hook = Some(hook);
+        }
+        self
     }
 
     /// Starts the claim loop and the heartbeat.

@@ -16,6 +16,7 @@ pub mod committer;
 pub mod definitions;
 mod driver;
 pub mod executor;
+pub mod hook;
 pub mod hub;
 pub mod instance;
 pub mod metrics_names;
@@ -25,6 +26,7 @@ pub use definitions::{DefinitionCache, DefinitionError};
 pub use driver::callback_token_hash;
 pub use executor::breaker::BreakerConfig;
 pub use executor::{builtin::BuiltinRegistry, Executors};
+pub use hook::TransitionHook;
 pub use hub::TerminalHub;
 pub use instance::{Instance, InstanceConfig, InstanceHandle, Intake, Reservation};
 

@@ -120,6 +120,7 @@ fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events: Vec<Histo
         events,
         worker_id: "w1".into(),
         wake_seq_seen: 0,
+        tenant_change: None,
         now_ms,
     }
 }

@@ -11,11 +11,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use saga_core::tenant::{SlaTier, StorageMode, TenantStatus, Tier};
 use saga_core::{HistoryEvent, SagaState, SagaStatus};
 use serde_json::Value;
 use uuid::Uuid;
 
 pub mod conformance;
+pub mod tenant_storage;
 
 /// Limits named once.
 pub const LIST_LIMIT_DEFAULT: u32 = 50;
@@ -175,7 +177,69 @@ pub struct SagaCommit {
     /// The saga's `wake_seq` as the driver last saw it: when a release finds it moved (a
     /// signal or callback arrived meanwhile), the saga is due at once instead of at `run_at_ms`.
     pub wake_seq_seen: i64,
+    /// A tenant status change this transition causes, written in the same transaction (and only
+    /// if the transition itself is).
+    pub tenant_change: Option<TenantChange>,
     pub now_ms: i64,
+}
+
+/// A tenant status change, conditional on the tenant being in one of `from`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantChange {
+    pub tenant_id: String,
+    pub to: TenantStatus,
+    pub from: Vec<TenantStatus>,
+    /// Replaces the tenant's `error` (None clears it).
+    pub error: Option<Value>,
+    /// When set, replaces the tenant's `storage`.
+    pub storage: Option<Value>,
+    /// When set, replaces the tenant's `migrations`.
+    pub migrations: Option<Value>,
+}
+
+/// A tenant row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantRecord {
+    pub id: String,
+    pub name: String,
+    pub tier: Tier,
+    pub storage_mode: StorageMode,
+    pub sla_tier: SlaTier,
+    pub status: TenantStatus,
+    pub domains: Value,
+    pub contacts: Value,
+    pub metadata: Value,
+    /// `{backend, location}` once storage exists, else null.
+    pub storage: Value,
+    /// `[{service, version, applied_at}]`.
+    pub migrations: Value,
+    /// The saga that last changed it (provision, migrate, deprovision).
+    pub saga_id: Option<Uuid>,
+    pub error: Option<Value>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A tenant status change requested by an operator, optionally starting a saga in the same
+/// transaction (delete, migrate); [`StoreError::Conflict`] unless the tenant is in `from`.
+#[derive(Clone, Debug)]
+pub struct TenantTransition {
+    pub id: String,
+    pub to: TenantStatus,
+    pub from: Vec<TenantStatus>,
+    pub error: Option<Value>,
+    pub saga: Option<SagaCreate>,
+    pub now_ms: i64,
+}
+
+/// Filters of [`Store::tenant_list`].
+#[derive(Clone, Debug, Default)]
+pub struct TenantFilter {
+    pub status: Option<TenantStatus>,
+    pub tier: Option<Tier>,
+    /// Page after this id (ascending ids).
+    pub after_id: Option<String>,
+    pub limit: u32,
 }
 
 /// Outcome of one commit in a batch.
@@ -342,6 +406,14 @@ pub trait Store: Send + Sync + 'static {
     async fn callback_close(&self, id: Uuid, step: &str, attempt: u32, now_ms: i64) -> StoreResult<()>;
     /// The callback of one step attempt.
     async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>>;
+
+    /// Creates a tenant (status `PROVISIONING`) and its provisioning saga in one transaction;
+    /// [`StoreError::Conflict`] when the id exists.
+    async fn tenant_create(&self, tenant: TenantRecord, saga: SagaCreate) -> StoreResult<(TenantRecord, SagaRecord)>;
+    async fn tenant_get(&self, id: &str) -> StoreResult<TenantRecord>;
+    async fn tenant_list(&self, filter: &TenantFilter) -> StoreResult<Vec<TenantRecord>>;
+    /// A conditional status change (and maybe a saga) by an operator.
+    async fn tenant_transition(&self, transition: TenantTransition) -> StoreResult<(TenantRecord, Option<SagaRecord>)>;
 
     /// Notified when new work may be due (a saga was created or handed back).
     fn work_signal(&self) -> WorkSignal;

@@ -1,7 +1,8 @@
 //! Decoding PostgreSQL rows into store records.
 
+use saga_core::tenant::{SlaTier, StorageMode, TenantStatus, Tier};
 use saga_core::{SagaState, SagaStatus};
-use saga_store::{EventRecord, SagaRecord, StoreError, StoreResult};
+use saga_store::{EventRecord, SagaRecord, StoreError, StoreResult, TenantRecord};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -52,5 +53,38 @@ pub fn event(row: &PgRow) -> StoreResult<EventRecord> {
         worker: row.try_get("worker").map_err(db)?,
         data: data.0,
         at_ms: row.try_get("at").map_err(db)?,
+    })
+}
+
+pub const TENANT_COLUMNS: &str = "t.id, t.name, t.tier, t.storage_mode, t.sla_tier, t.status, t.domains, t.contacts, \
+     t.metadata, t.storage, t.migrations, t.saga_id, t.error, t.created_at, t.updated_at";
+
+fn parsed<T>(row: &PgRow, column: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
+    let text: String = row.try_get(column).map_err(db)?;
+    parse(&text).ok_or_else(|| StoreError::Corrupt(format!("tenant {column} {text:?}")))
+}
+
+pub fn tenant(row: &PgRow) -> StoreResult<TenantRecord> {
+    let json = |column: &str| -> StoreResult<Value> {
+        let value: Json<Value> = row.try_get(column).map_err(db)?;
+        Ok(value.0)
+    };
+    let error: Option<Json<Value>> = row.try_get("error").map_err(db)?;
+    Ok(TenantRecord {
+        id: row.try_get("id").map_err(db)?,
+        name: row.try_get("name").map_err(db)?,
+        tier: parsed(row, "tier", Tier::parse)?,
+        storage_mode: parsed(row, "storage_mode", StorageMode::parse)?,
+        sla_tier: parsed(row, "sla_tier", SlaTier::parse)?,
+        status: parsed(row, "status", TenantStatus::parse)?,
+        domains: json("domains")?,
+        contacts: json("contacts")?,
+        metadata: json("metadata")?,
+        storage: json("storage")?,
+        migrations: json("migrations")?,
+        saga_id: row.try_get("saga_id").map_err(db)?,
+        error: error.map(|e| e.0),
+        created_at_ms: row.try_get("created_at").map_err(db)?,
+        updated_at_ms: row.try_get("updated_at").map_err(db)?,
     })
 }

@@ -9,7 +9,8 @@ use saga_core::HistoryEvent;
 use saga_store::{
     CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord,
     EventRecord, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord,
-    SchemaStatus, SignalRecord, Store, StoreError, StoreResult, WorkSignal, PRIORITY_STEP_MS,
+    SchemaStatus, SignalRecord, Store, StoreError, StoreResult, TenantChange, TenantFilter, TenantRecord,
+    TenantTransition, WorkSignal, PRIORITY_STEP_MS,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -18,7 +19,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::migrate;
-use crate::rows::{self, SAGA_COLUMNS};
+use crate::rows::{self, SAGA_COLUMNS, TENANT_COLUMNS};
 
 /// The channel idle instances listen on.
 pub const WORK_CHANNEL: &str = "sagaplane_work";
@@ -153,6 +154,36 @@ impl EventColumns {
     }
 }
 
+/// Tenant status changes riding on a commit batch, as parallel arrays.
+#[derive(Default)]
+struct TenantChangeColumns {
+    saga_ids: Vec<Uuid>,
+    tokens: Vec<i64>,
+    tenant_ids: Vec<String>,
+    to: Vec<String>,
+    /// Comma-separated statuses the tenant may come from.
+    from: Vec<String>,
+    errors: Vec<Option<String>>,
+    storages: Vec<Option<String>>,
+    migrations: Vec<Option<String>>,
+    nows: Vec<i64>,
+}
+
+impl TenantChangeColumns {
+    fn push(&mut self, commit: &SagaCommit, change: &TenantChange) -> StoreResult<()> {
+        self.saga_ids.push(commit.id);
+        self.tokens.push(commit.fencing_token);
+        self.tenant_ids.push(change.tenant_id.clone());
+        self.to.push(change.to.as_str().to_string());
+        self.from.push(change.from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","));
+        self.errors.push(change.error.as_ref().map(json_text).transpose()?);
+        self.storages.push(change.storage.as_ref().map(json_text).transpose()?);
+        self.migrations.push(change.migrations.as_ref().map(json_text).transpose()?);
+        self.nows.push(commit.now_ms);
+        Ok(())
+    }
+}
+
 /// A commit batch as parallel arrays for `UNNEST`.
 struct CommitColumns {
     ids: Vec<Uuid>,
@@ -166,6 +197,7 @@ struct CommitColumns {
     nows: Vec<i64>,
     wake_seen: Vec<i64>,
     cancel_seen: Vec<bool>,
+    tenants: TenantChangeColumns,
     /// Per history row: its saga, the token it is fenced on, and its distance from the saga's
     /// new last `seq` (the last event of a commit is 0).
     event_saga_ids: Vec<Uuid>,
@@ -189,6 +221,7 @@ impl CommitColumns {
             nows: Vec::with_capacity(n),
             wake_seen: Vec::with_capacity(n),
             cancel_seen: Vec::with_capacity(n),
+            tenants: TenantChangeColumns::default(),
             event_saga_ids: Vec::new(),
             event_tokens: Vec::new(),
             event_from_end: Vec::new(),
@@ -208,6 +241,9 @@ impl CommitColumns {
             batch.nows.push(commit.now_ms);
             batch.wake_seen.push(commit.wake_seq_seen);
             batch.cancel_seen.push(commit.state.cancel_requested_at_ms.is_some());
+            if let Some(change) = &commit.tenant_change {
+                batch.tenants.push(commit, change)?;
+            }
             for offset in 0..count {
                 batch.event_saga_ids.push(commit.id);
                 batch.event_tokens.push(commit.fencing_token);
@@ -451,50 +487,7 @@ impl Store for PostgresStore {
     }
 
     async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated> {
-        let created_data = json_text(&serde_json::json!({"definition": params.definition, "version": params.version}))?;
-        // One statement: the saga, its first history row, and the wake-up for idle instances.
-        if params.concurrency.is_some() && params.lease.is_some() {
-            return Err(StoreError::Conflict(
-                "a saga with a concurrency key waits for admission; it cannot be created leased".into(),
-            ));
-        }
-        let row = sqlx::query(&format!(
-            "WITH s AS ( \
-               INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
-                                  fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, \
-                                  lease_owner, lease_expires_at, deadline_at, concurrency_key, concurrency_limit) \
-               SELECT $1, $2, $3, $4, $5, $6, $7::json, $8, COALESCE($15, $9), $16, 1, $10, $11, $9, $9, $14, $15, \
-                      $17, $18, $19 \
-               WHERE NOT $13 OR $4 = (SELECT MAX(version) FROM definitions WHERE name = $3) \
-               ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
-             e AS (INSERT INTO saga_events (saga_id, seq, tenant_id, kind, data, at) \
-                   SELECT id, 1, tenant_id, 'saga_created', $12::jsonb, $9 FROM s), \
-             k AS (INSERT INTO concurrency_keys (key) SELECT concurrency_key FROM s WHERE concurrency_key IS NOT NULL \
-                   ON CONFLICT DO NOTHING) \
-             SELECT {SAGA_COLUMNS} FROM s"
-        ))
-        .bind(params.id)
-        .bind(&params.tenant_id)
-        .bind(&params.definition)
-        .bind(params.version)
-        .bind(params.state.status.as_str())
-        .bind(Json(&params.input))
-        .bind(json_text(&params.state)?)
-        .bind(params.priority)
-        .bind(params.now_ms)
-        .bind(&params.idempotency_key)
-        .bind(&params.request_hash)
-        .bind(created_data)
-        .bind(params.require_latest)
-        .bind(params.lease.as_ref().map(|l| l.worker_id.clone()))
-        .bind(params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms))
-        .bind(if params.lease.is_some() { 1i64 } else { 0i64 })
-        .bind(params.state.deadline_at_ms)
-        .bind(params.concurrency.as_ref().map(|c| c.0.clone()))
-        .bind(params.concurrency.as_ref().map(|c| c.1 as i32))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+        let row = insert_saga(&self.pool, &params).await?;
         if let Some(row) = row {
             let record = rows::saga(&row)?;
             if params.lease.is_none() {
@@ -617,7 +610,15 @@ impl Store for PostgresStore {
                SELECT ev.saga_id, u.event_seq - ev.from_end, ev.tenant_id, ev.kind, ev.step, ev.attempt, ev.worker, ev.data::jsonb, ev.at \
                FROM UNNEST($10::uuid[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[], $19::bigint[]) \
                     AS ev(saga_id, token, from_end, tenant_id, kind, step, attempt, worker, data, at) \
-               JOIN u ON u.id = ev.saga_id AND u.fencing_token = ev.token) \
+               JOIN u ON u.id = ev.saga_id AND u.fencing_token = ev.token), \
+             t AS ( \
+               UPDATE tenants tn SET status = tc.to_status, error = tc.error::jsonb, updated_at = tc.now, \
+                 storage = COALESCE(tc.storage::jsonb, tn.storage), \
+                 migrations = COALESCE(tc.migrations::jsonb, tn.migrations) \
+               FROM UNNEST($22::uuid[], $23::bigint[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::bigint[]) \
+                    AS tc(saga_id, token, tenant_id, to_status, allowed, error, storage, migrations, now) \
+               JOIN u ON u.id = tc.saga_id AND u.fencing_token = tc.token \
+               WHERE tn.id = tc.tenant_id AND tn.status = ANY(string_to_array(tc.allowed, ','))) \
              SELECT id, fencing_token FROM u",
         )
         .bind(batch.ids)
@@ -641,6 +642,15 @@ impl Store for PostgresStore {
         .bind(batch.events.at)
         .bind(batch.wake_seen)
         .bind(batch.cancel_seen)
+        .bind(batch.tenants.saga_ids)
+        .bind(batch.tenants.tokens)
+        .bind(batch.tenants.tenant_ids)
+        .bind(batch.tenants.to)
+        .bind(batch.tenants.from)
+        .bind(batch.tenants.errors)
+        .bind(batch.tenants.storages)
+        .bind(batch.tenants.migrations)
+        .bind(batch.tenants.nows)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -936,9 +946,171 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    async fn tenant_create(&self, tenant: TenantRecord, saga: SagaCreate) -> StoreResult<(TenantRecord, SagaRecord)> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO tenants AS t (id, name, tier, storage_mode, sla_tier, status, domains, contacts, metadata, \
+                                       storage, migrations, saga_id, error, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+             ON CONFLICT (id) DO NOTHING RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(&tenant.id)
+        .bind(&tenant.name)
+        .bind(tenant.tier.as_str())
+        .bind(tenant.storage_mode.as_str())
+        .bind(tenant.sla_tier.as_str())
+        .bind(tenant.status.as_str())
+        .bind(Json(&tenant.domains))
+        .bind(Json(&tenant.contacts))
+        .bind(Json(&tenant.metadata))
+        .bind(Json(&tenant.storage))
+        .bind(Json(&tenant.migrations))
+        .bind(saga.id)
+        .bind(tenant.error.as_ref().map(Json))
+        .bind(tenant.created_at_ms)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict(format!("tenant {:?} exists", tenant.id)));
+        };
+        let record = rows::tenant(&row)?;
+        let saga_row = insert_saga(&mut *tx, &saga)
+            .await?
+            .ok_or_else(|| StoreError::Conflict("the provisioning saga's idempotency key is taken".into()))?;
+        let saga_record = rows::saga(&saga_row)?;
+        tx.commit().await.map_err(db)?;
+        self.work.notify_one();
+        self.announce.request();
+        Ok((record, saga_record))
+    }
+
+    async fn tenant_get(&self, id: &str) -> StoreResult<TenantRecord> {
+        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants t WHERE t.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        rows::tenant(&row)
+    }
+
+    async fn tenant_list(&self, filter: &TenantFilter) -> StoreResult<Vec<TenantRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants t \
+             WHERE ($1::text IS NULL OR t.status = $1) AND ($2::text IS NULL OR t.tier = $2) \
+               AND ($3::text IS NULL OR t.id > $3) \
+             ORDER BY t.id LIMIT $4"
+        ))
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.tier.map(|t| t.as_str()))
+        .bind(&filter.after_id)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(rows::tenant).collect()
+    }
+
+    async fn tenant_transition(&self, transition: TenantTransition) -> StoreResult<(TenantRecord, Option<SagaRecord>)> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let from: Vec<&str> = transition.from.iter().map(|s| s.as_str()).collect();
+        let row = sqlx::query(&format!(
+            "UPDATE tenants t SET status = $2, error = $3, updated_at = $4, saga_id = COALESCE($5, t.saga_id) \
+             WHERE t.id = $1 AND t.status = ANY($6) RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(&transition.id)
+        .bind(transition.to.as_str())
+        .bind(transition.error.as_ref().map(Json))
+        .bind(transition.now_ms)
+        .bind(transition.saga.as_ref().map(|s| s.id))
+        .bind(&from)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            drop(tx);
+            let existing = self.tenant_get(&transition.id).await?;
+            return Err(StoreError::Conflict(format!(
+                "tenant is {}; it cannot become {}",
+                existing.status.as_str(),
+                transition.to.as_str()
+            )));
+        };
+        let record = rows::tenant(&row)?;
+        let saga = match &transition.saga {
+            Some(saga) => {
+                let saga_row = insert_saga(&mut *tx, saga)
+                    .await?
+                    .ok_or_else(|| StoreError::Conflict("the saga's idempotency key is taken".into()))?;
+                Some(rows::saga(&saga_row)?)
+            }
+            None => None,
+        };
+        tx.commit().await.map_err(db)?;
+        if saga.is_some() {
+            self.work.notify_one();
+            self.announce.request();
+        }
+        Ok((record, saga))
+    }
+
     fn work_signal(&self) -> WorkSignal {
         self.work.clone()
     }
+}
+
+/// The saga, its first history row and its concurrency key, in one statement; None when the
+/// idempotency key exists or `require_latest` failed.
+async fn insert_saga<'e>(
+    executor: impl sqlx::Executor<'e, Database = Postgres>,
+    params: &SagaCreate,
+) -> StoreResult<Option<sqlx::postgres::PgRow>> {
+    let created_data = json_text(&serde_json::json!({"definition": params.definition, "version": params.version}))?;
+    // One statement: the saga, its first history row, and the wake-up for idle instances.
+    if params.concurrency.is_some() && params.lease.is_some() {
+        return Err(StoreError::Conflict(
+            "a saga with a concurrency key waits for admission; it cannot be created leased".into(),
+        ));
+    }
+    let row = sqlx::query(&format!(
+        "WITH s AS ( \
+               INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
+                                  fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, \
+                                  lease_owner, lease_expires_at, deadline_at, concurrency_key, concurrency_limit) \
+               SELECT $1, $2, $3, $4, $5, $6, $7::json, $8, COALESCE($15, $9), $16, 1, $10, $11, $9, $9, $14, $15, \
+                      $17, $18, $19 \
+               WHERE NOT $13 OR $4 = (SELECT MAX(version) FROM definitions WHERE name = $3) \
+               ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
+             e AS (INSERT INTO saga_events (saga_id, seq, tenant_id, kind, data, at) \
+                   SELECT id, 1, tenant_id, 'saga_created', $12::jsonb, $9 FROM s), \
+             k AS (INSERT INTO concurrency_keys (key) SELECT concurrency_key FROM s WHERE concurrency_key IS NOT NULL \
+                   ON CONFLICT DO NOTHING) \
+             SELECT {SAGA_COLUMNS} FROM s"
+    ))
+    .bind(params.id)
+    .bind(&params.tenant_id)
+    .bind(&params.definition)
+    .bind(params.version)
+    .bind(params.state.status.as_str())
+    .bind(Json(&params.input))
+    .bind(json_text(&params.state)?)
+    .bind(params.priority)
+    .bind(params.now_ms)
+    .bind(&params.idempotency_key)
+    .bind(&params.request_hash)
+    .bind(created_data)
+    .bind(params.require_latest)
+    .bind(params.lease.as_ref().map(|l| l.worker_id.clone()))
+    .bind(params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms))
+    .bind(if params.lease.is_some() { 1i64 } else { 0i64 })
+    .bind(params.state.deadline_at_ms)
+    .bind(params.concurrency.as_ref().map(|c| c.0.clone()))
+    .bind(params.concurrency.as_ref().map(|c| c.1 as i32))
+    .fetch_optional(executor)
+    .await
+    .map_err(db)?;
+    Ok(row)
 }
 
 fn claimed_row(row: &sqlx::postgres::PgRow) -> StoreResult<Claimed> {

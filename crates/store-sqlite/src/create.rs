@@ -85,7 +85,7 @@ async fn write_batch(writer: &SqlitePool, batch: &[SagaCreate]) -> StoreResult<V
 }
 
 /// One create inside the batch's transaction (so a key reused within one batch replays).
-async fn create_one(conn: &mut SqliteConnection, params: &SagaCreate) -> StoreResult<SagaCreated> {
+pub(crate) async fn create_one(conn: &mut SqliteConnection, params: &SagaCreate) -> StoreResult<SagaCreated> {
     if let Some(key) = &params.idempotency_key {
         let existing =
             sqlx::query(&format!("SELECT {SAGA_COLUMNS}, request_hash FROM sagas WHERE idempotency_key = ?"))

@@ -1,7 +1,8 @@
 //! Decoding SQLite rows into store records.
 
+use saga_core::tenant::{SlaTier, StorageMode, TenantStatus, Tier};
 use saga_core::{SagaState, SagaStatus};
-use saga_store::{EventRecord, SagaRecord, StoreError, StoreResult};
+use saga_store::{EventRecord, SagaRecord, StoreError, StoreResult, TenantRecord};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -53,5 +54,39 @@ pub fn event(row: &SqliteRow) -> StoreResult<EventRecord> {
         worker: row.try_get("worker").map_err(StoreError::backend)?,
         data: serde_json::from_str(&data).map_err(|e| corrupt("event data", e))?,
         at_ms: row.try_get("at").map_err(StoreError::backend)?,
+    })
+}
+
+pub const TENANT_COLUMNS: &str = "id, name, tier, storage_mode, sla_tier, status, domains, contacts, metadata, \
+     storage, migrations, saga_id, error, created_at, updated_at";
+
+fn parsed<T>(row: &SqliteRow, column: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
+    let text: String = row.try_get(column).map_err(StoreError::backend)?;
+    parse(&text).ok_or_else(|| corrupt(&format!("tenant {column}"), &text))
+}
+
+pub fn tenant(row: &SqliteRow) -> StoreResult<TenantRecord> {
+    let json = |column: &str| -> StoreResult<serde_json::Value> {
+        let text: String = row.try_get(column).map_err(StoreError::backend)?;
+        serde_json::from_str(&text).map_err(|e| corrupt(&format!("tenant {column}"), e))
+    };
+    let saga_id: Option<String> = row.try_get("saga_id").map_err(StoreError::backend)?;
+    let error: Option<String> = row.try_get("error").map_err(StoreError::backend)?;
+    Ok(TenantRecord {
+        id: row.try_get("id").map_err(StoreError::backend)?,
+        name: row.try_get("name").map_err(StoreError::backend)?,
+        tier: parsed(row, "tier", Tier::parse)?,
+        storage_mode: parsed(row, "storage_mode", StorageMode::parse)?,
+        sla_tier: parsed(row, "sla_tier", SlaTier::parse)?,
+        status: parsed(row, "status", TenantStatus::parse)?,
+        domains: json("domains")?,
+        contacts: json("contacts")?,
+        metadata: json("metadata")?,
+        storage: json("storage")?,
+        migrations: json("migrations")?,
+        saga_id: saga_id.map(|id| Uuid::parse_str(&id)).transpose().map_err(|e| corrupt("tenant saga_id", e))?,
+        error: error.map(|e| serde_json::from_str(&e)).transpose().map_err(|e| corrupt("tenant error", e))?,
+        created_at_ms: row.try_get("created_at").map_err(StoreError::backend)?,
+        updated_at_ms: row.try_get("updated_at").map_err(StoreError::backend)?,
     })
 }

@@ -9,7 +9,8 @@ use saga_core::HistoryEvent;
 use saga_store::{
     CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord,
     EventRecord, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord,
-    SchemaStatus, SignalRecord, Store, StoreError, StoreResult, WorkSignal, PRIORITY_STEP_MS,
+    SchemaStatus, SignalRecord, Store, StoreError, StoreResult, TenantFilter, TenantRecord, TenantTransition,
+    WorkSignal, PRIORITY_STEP_MS,
 };
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -18,7 +19,7 @@ use uuid::Uuid;
 
 use crate::create::CreateBatcher;
 use crate::migrate;
-use crate::rows::{self, SAGA_COLUMNS};
+use crate::rows::{self, SAGA_COLUMNS, TENANT_COLUMNS};
 
 const READERS_MAX: u32 = 4;
 
@@ -371,6 +372,24 @@ impl Store for SqliteStore {
             };
             let last_seq: i64 = row.try_get(0).map_err(db)?;
             let first_seq = last_seq - commit.events.len() as i64 + 1;
+            if let Some(change) = &commit.tenant_change {
+                let from: Vec<&str> = change.from.iter().map(|s| s.as_str()).collect();
+                sqlx::query(
+                    "UPDATE tenants SET status = ?, error = ?, updated_at = ?, storage = COALESCE(?, storage), \
+                     migrations = COALESCE(?, migrations) \
+                     WHERE id = ? AND status IN (SELECT value FROM json_each(?))",
+                )
+                .bind(change.to.as_str())
+                .bind(change.error.as_ref().map(json_text).transpose()?)
+                .bind(commit.now_ms)
+                .bind(change.storage.as_ref().map(json_text).transpose()?)
+                .bind(change.migrations.as_ref().map(json_text).transpose()?)
+                .bind(&change.tenant_id)
+                .bind(json_text(&from)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
             Self::insert_events(
                 &mut tx,
                 &id,
@@ -629,6 +648,110 @@ impl Store for SqliteStore {
             Ok(CallbackRecord { result, deadline_at_ms: row.try_get("deadline_at").map_err(db)? })
         })
         .transpose()
+    }
+
+    async fn tenant_create(&self, tenant: TenantRecord, saga: SagaCreate) -> StoreResult<(TenantRecord, SagaRecord)> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO tenants (id, name, tier, storage_mode, sla_tier, status, domains, contacts, metadata, \
+                                  storage, migrations, saga_id, error, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14) \
+             ON CONFLICT (id) DO NOTHING RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(&tenant.id)
+        .bind(&tenant.name)
+        .bind(tenant.tier.as_str())
+        .bind(tenant.storage_mode.as_str())
+        .bind(tenant.sla_tier.as_str())
+        .bind(tenant.status.as_str())
+        .bind(json_text(&tenant.domains)?)
+        .bind(json_text(&tenant.contacts)?)
+        .bind(json_text(&tenant.metadata)?)
+        .bind(json_text(&tenant.storage)?)
+        .bind(json_text(&tenant.migrations)?)
+        .bind(saga.id.to_string())
+        .bind(tenant.error.as_ref().map(json_text).transpose()?)
+        .bind(tenant.created_at_ms)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict(format!("tenant {:?} exists", tenant.id)));
+        };
+        let record = rows::tenant(&row)?;
+        let saga_record = match crate::create::create_one(&mut tx, &saga).await? {
+            SagaCreated::Created(record) => record,
+            _ => return Err(StoreError::Conflict("the provisioning saga's idempotency key is taken".into())),
+        };
+        tx.commit().await.map_err(db)?;
+        self.work.notify_one();
+        Ok((record, saga_record))
+    }
+
+    async fn tenant_get(&self, id: &str) -> StoreResult<TenantRecord> {
+        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        rows::tenant(&row)
+    }
+
+    async fn tenant_list(&self, filter: &TenantFilter) -> StoreResult<Vec<TenantRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants \
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR tier = ?2) AND (?3 IS NULL OR id > ?3) \
+             ORDER BY id LIMIT ?4"
+        ))
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.tier.map(|t| t.as_str()))
+        .bind(&filter.after_id)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.iter().map(rows::tenant).collect()
+    }
+
+    async fn tenant_transition(&self, transition: TenantTransition) -> StoreResult<(TenantRecord, Option<SagaRecord>)> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let from: Vec<&str> = transition.from.iter().map(|s| s.as_str()).collect();
+        let row = sqlx::query(&format!(
+            "UPDATE tenants SET status = ?2, error = ?3, updated_at = ?4, saga_id = COALESCE(?5, saga_id) \
+             WHERE id = ?1 AND status IN (SELECT value FROM json_each(?6)) RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(&transition.id)
+        .bind(transition.to.as_str())
+        .bind(transition.error.as_ref().map(json_text).transpose()?)
+        .bind(transition.now_ms)
+        .bind(transition.saga.as_ref().map(|s| s.id.to_string()))
+        .bind(json_text(&from)?)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            drop(tx);
+            let existing = self.tenant_get(&transition.id).await?;
+            return Err(StoreError::Conflict(format!(
+                "tenant is {}; it cannot become {}",
+                existing.status.as_str(),
+                transition.to.as_str()
+            )));
+        };
+        let record = rows::tenant(&row)?;
+        let saga = match &transition.saga {
+            Some(saga) => match crate::create::create_one(&mut tx, saga).await? {
+                SagaCreated::Created(record) => Some(record),
+                _ => return Err(StoreError::Conflict("the saga's idempotency key is taken".into())),
+            },
+            None => None,
+        };
+        tx.commit().await.map_err(db)?;
+        if saga.is_some() {
+            self.work.notify_one();
+        }
+        Ok((record, saga))
     }
 
     fn work_signal(&self) -> WorkSignal {

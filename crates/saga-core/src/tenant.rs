@@ -1,0 +1,152 @@
+//! The tenant model of API.md §6: tiers, storage modes, SLA tiers, and the status machine — the
+//! one place that says which status may follow which. Every writer of a tenant's status (the API
+//! for suspend/resume, the saga hook for provisioning steps) asks [`TenantStatus::may_become`],
+//! and stores make the write conditional on the allowed sources, so an illegal transition is
+//! refused rather than written.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == text)
+            }
+
+            /// The accepted values, for error messages.
+            pub fn expected() -> String {
+                Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// Isolation tier.
+    Tier { Pooled = "pooled", Bridge = "bridge", Silo = "silo" }
+);
+
+text_enum!(
+    /// Where a tenant's data lives.
+    StorageMode { Pooled = "pooled", Schema = "schema", Database = "database" }
+);
+
+text_enum!(
+    /// Service level.
+    SlaTier { Basic = "basic", Standard = "standard", Premium = "premium" }
+);
+
+text_enum!(
+    /// Lifecycle status.
+    TenantStatus {
+        Provisioning = "PROVISIONING",
+        Migrating = "MIGRATING",
+        Active = "ACTIVE",
+        ProvisionError = "PROVISION_ERROR",
+        MigrationError = "MIGRATION_ERROR",
+        Suspended = "SUSPENDED",
+        Deprovisioning = "DEPROVISIONING",
+        Deleted = "DELETED",
+    }
+);
+
+impl Tier {
+    /// The storage mode a tier gets unless the request says otherwise.
+    pub fn default_storage_mode(self) -> StorageMode {
+        match self {
+            Tier::Pooled => StorageMode::Pooled,
+            Tier::Bridge => StorageMode::Schema,
+            Tier::Silo => StorageMode::Database,
+        }
+    }
+}
+
+impl TenantStatus {
+    /// The legal transitions (API.md §6):
+    /// `PROVISIONING → MIGRATING → ACTIVE`; failures `PROVISION_ERROR`, `MIGRATION_ERROR`;
+    /// `ACTIVE ⇄ SUSPENDED`; a migration (`tenant.migrate`) takes `ACTIVE` or `MIGRATION_ERROR`
+    /// through `MIGRATING`; anything but `DELETED` may start `DEPROVISIONING → DELETED`.
+    pub fn may_become(self, next: TenantStatus) -> bool {
+        use TenantStatus::*;
+        matches!(
+            (self, next),
+            (Provisioning, Migrating | ProvisionError | Active)
+                | (Migrating, Active | MigrationError | ProvisionError)
+                | (Active, Suspended | Migrating)
+                | (Suspended, Active)
+                | (MigrationError, Migrating)
+                | (Provisioning | Migrating | Active | Suspended | ProvisionError | MigrationError, Deprovisioning)
+                | (Deprovisioning, Deleted)
+        )
+    }
+
+    /// Every status that may become `next`: the condition of a store write.
+    pub fn sources_of(next: TenantStatus) -> Vec<TenantStatus> {
+        Self::ALL.iter().copied().filter(|from| from.may_become(next)).collect()
+    }
+}
+
+/// Tenant ids: `^[a-z][a-z0-9-]{1,61}[a-z0-9]$` (3 to 63 characters).
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    if !(3..=63).contains(&bytes.len()) || !bytes[0].is_ascii_lowercase() {
+        return false;
+    }
+    let last = bytes[bytes.len() - 1];
+    (last.is_ascii_lowercase() || last.is_ascii_digit())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// The SQL-safe name derived from a valid tenant id: `tenant_<id with - as _>` (at most 70
+/// characters of `[a-z0-9_]`, so always a valid unquoted PostgreSQL identifier; still quoted).
+pub fn tenant_object_name(id: &str) -> String {
+    format!("tenant_{}", id.replace('-', "_"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for good in ["abc", "acme-corp", "a1b", "t-1-2", &format!("a{}", "b".repeat(62))] {
+            assert!(is_valid_tenant_id(good), "{good}");
+        }
+        for bad in ["Bad", "a", "ab-", "1ab", "x;drop table t", &"a".repeat(70), "", "a_b", "ab c", "-ab"] {
+            assert!(!is_valid_tenant_id(bad), "{bad}");
+        }
+        assert_eq!(tenant_object_name("acme-corp"), "tenant_acme_corp");
+    }
+
+    #[test]
+    fn status_machine() {
+        use TenantStatus::*;
+        assert!(Provisioning.may_become(Migrating));
+        assert!(Migrating.may_become(Active));
+        assert!(Active.may_become(Suspended) && Suspended.may_become(Active));
+        assert!(!Suspended.may_become(Migrating), "a suspended tenant is not migrated");
+        assert!(!Deleted.may_become(Active), "deleted is final");
+        assert!(!Provisioning.may_become(Suspended));
+        assert!(!Deprovisioning.may_become(Active));
+        assert!(ALL_NEVER_SELF.iter().all(|s| !s.may_become(*s)));
+        assert_eq!(TenantStatus::sources_of(Deleted), vec![Deprovisioning]);
+        assert_eq!(Tier::Bridge.default_storage_mode(), StorageMode::Schema);
+        assert_eq!(TenantStatus::parse("ACTIVE"), Some(Active));
+    }
+
+    const ALL_NEVER_SELF: &[TenantStatus] = TenantStatus::ALL;
+}
