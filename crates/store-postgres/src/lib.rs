@@ -5,9 +5,12 @@
 //! and one multi-row history `INSERT`); heartbeats renew every lease an instance holds in one
 //! statement. `LISTEN/NOTIFY` on `sagaplane_work` wakes idle instances; polling remains the
 //! fallback, so the store keeps to what distributed PostgreSQL-compatible engines offer.
+//! [`tenant_storage`] provisions tenants' schemas, databases and pooled tables.
 
 mod migrate;
 mod rows;
 mod store;
+pub mod tenant_storage;
 
 pub use store::{PostgresStore, POOL_CONNECTIONS_MAX, WORK_CHANNEL};
+pub use tenant_storage::PgTenantStorage;

@@ -1,0 +1,449 @@
+//! Tenant storage on PostgreSQL, through the admin connection `SAGAPLANE_TENANT_DATABASE_URL`.
+//!
+//! Design note. Every tenant gets a login role `tenant_<id>` (ids are validated, and every
+//! identifier is still quoted) that can reach its own storage and nothing else:
+//! - `schema`: schema `tenant_<id>` owned by the role; PUBLIC has no rights on it, so another
+//!   tenant's role is denied.
+//! - `database`: database `tenant_<id>` owned by the role, CONNECT revoked from PUBLIC.
+//! - `pooled`: shared tables in schema `sagaplane_pooled` carrying `tenant_id`, under a
+//!   row-level-security policy keyed on the session setting `sagaplane.tenant_id` (set for the
+//!   role at login) *and* bound to the role, so a tenant that changes the setting still sees only
+//!   its own rows.
+//!
+//! Migrations run as the tenant's role (objects end up owned by it), each file in its own
+//! transaction together with its record in `sagaplane_migrations` (service, version, name,
+//! checksum); the table is locked first, so two drivers of one tenant cannot interleave. Every
+//! operation is idempotent: "already exists" / "does not exist" are success, so a step re-run
+//! after a crash between its effect and its commit creates nothing twice.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use saga_core::tenant::{tenant_object_name, StorageMode};
+use saga_store::tenant_storage::{AppliedMigration, Migration, TenantStorage, TenantStorageError};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+
+/// The schema of pooled tenants' shared tables.
+pub const POOLED_SCHEMA: &str = "sagaplane_pooled";
+/// The session setting the pooled tables' policy is keyed on.
+pub const TENANT_SETTING: &str = "sagaplane.tenant_id";
+const POOL_CONNECTIONS_MAX: u32 = 8;
+
+/// Tenant storage on one PostgreSQL server.
+pub struct PgTenantStorage {
+    admin: PgPool,
+    options: PgConnectOptions,
+}
+
+/// `"name"`, with embedded quotes doubled (names here are validated already; this is the
+/// second line of defence).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'`, with embedded quotes doubled.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn backend(e: sqlx::Error) -> TenantStorageError {
+    TenantStorageError::Backend(e.to_string())
+}
+
+/// SQLSTATEs that mean "it is there already" / "it is gone already".
+fn is_code(e: &sqlx::Error, codes: &[&str]) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| codes.contains(&c.as_ref())))
+}
+
+/// A failure inside a migration: definite, unless the connection itself broke.
+fn migration_error(service: &str, file: &str, e: sqlx::Error) -> TenantStorageError {
+    match e {
+        sqlx::Error::Database(db) => TenantStorageError::MigrationFailed {
+            service: service.into(),
+            file: file.into(),
+            message: db.message().to_string(),
+        },
+        other => TenantStorageError::Backend(other.to_string()),
+    }
+}
+
+impl PgTenantStorage {
+    pub async fn connect(url: &str) -> Result<Self, TenantStorageError> {
+        let options = PgConnectOptions::from_str(url).map_err(backend)?;
+        let admin = PgPoolOptions::new()
+            .max_connections(POOL_CONNECTIONS_MAX)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(backend)?;
+        Ok(PgTenantStorage { admin, options })
+    }
+
+    /// The admin pool (tests use it to inspect the catalog).
+    pub fn admin(&self) -> &PgPool {
+        &self.admin
+    }
+
+    async fn ensure_role(&self, role: &str) -> Result<(), TenantStorageError> {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&self.admin)
+            .await
+            .map_err(backend)?;
+        if !exists {
+            // No password: credentials are issued out of band; NOINHERIT keeps it to its own rights.
+            let created =
+                sqlx::query(&format!("CREATE ROLE {} LOGIN NOINHERIT", quote_ident(role))).execute(&self.admin).await;
+            match created {
+                Ok(_) => {}
+                Err(e) if is_code(&e, &["42710", "23505"]) => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        // The admin acts as the role to create and migrate its objects.
+        sqlx::raw_sql(&format!("GRANT {} TO CURRENT_USER", quote_ident(role)))
+            .execute(&self.admin)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn drop_role(&self, role: &str) -> Result<(), TenantStorageError> {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&self.admin)
+            .await
+            .map_err(backend)?;
+        if !exists {
+            return Ok(());
+        }
+        // Privileges it was granted on shared objects go with it.
+        sqlx::raw_sql(&format!("DROP OWNED BY {}", quote_ident(role))).execute(&self.admin).await.map_err(backend)?;
+        match sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {}", quote_ident(role))).execute(&self.admin).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_code(&e, &["42704"]) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn database_connection(&self, database: &str) -> Result<PgConnection, TenantStorageError> {
+        PgConnection::connect_with(&self.options.clone().database(database)).await.map_err(backend)
+    }
+
+    async fn create_pooled_schema(&self) -> Result<(), TenantStorageError> {
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; \
+             REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
+             CREATE TABLE IF NOT EXISTS {schema}.sagaplane_migrations ( \
+               service TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL, \
+               applied_at BIGINT NOT NULL, PRIMARY KEY (service, version));",
+            schema = quote_ident(POOLED_SCHEMA)
+        );
+        match sqlx::raw_sql(&sql).execute(&self.admin).await {
+            Ok(_) => Ok(()),
+            // Two tenants provisioning at once race on the catalog; the loser's work exists.
+            Err(e) if is_code(&e, &["42P06", "42P07", "23505"]) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Row-level security on every shared table with a `tenant_id` column, and the tenant
+    /// role's rights on them. Re-run after each pooled migration (new tables).
+    async fn secure_pooled_tables(&self, role: &str) -> Result<(), TenantStorageError> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> 'sagaplane_migrations' \
+               AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' \
+                           AND NOT a.attisdropped)",
+        )
+        .bind(POOLED_SCHEMA)
+        .fetch_all(&self.admin)
+        .await
+        .map_err(backend)?;
+        let schema = quote_ident(POOLED_SCHEMA);
+        let mut sql = format!("GRANT USAGE ON SCHEMA {schema} TO {role_q};", role_q = quote_ident(role));
+        for table in &tables {
+            let qualified = format!("{schema}.{}", quote_ident(table));
+            let has_policy: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = $1 AND tablename = $2 \
+                                AND policyname = 'tenant_isolation')",
+            )
+            .bind(POOLED_SCHEMA)
+            .bind(table)
+            .fetch_one(&self.admin)
+            .await
+            .map_err(backend)?;
+            sql.push_str(&format!("ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY;"));
+            if !has_policy {
+                // The setting picks the tenant; the role must be that tenant's.
+                let condition = format!(
+                    "tenant_id = current_setting({setting}, true) \
+                     AND current_user = 'tenant_' || replace(tenant_id, '-', '_')",
+                    setting = quote_literal(TENANT_SETTING)
+                );
+                sql.push_str(&format!(
+                    "CREATE POLICY tenant_isolation ON {qualified} USING ({condition}) WITH CHECK ({condition});"
+                ));
+            }
+            sql.push_str(&format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON {qualified} TO {role_q};",
+                role_q = quote_ident(role)
+            ));
+        }
+        match sqlx::raw_sql(&sql).execute(&self.admin).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_code(&e, &["42710"]) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
+/// Applies what is not yet recorded, one transaction per file (as `role` when given), in
+/// `search_path` = `schema`.
+async fn apply_in(
+    conn: &mut PgConnection,
+    schema: &str,
+    role: Option<&str>,
+    migrations: &[Migration],
+    now_ms: i64,
+) -> Result<Vec<AppliedMigration>, TenantStorageError> {
+    let table = format!("{}.sagaplane_migrations", quote_ident(schema));
+    let mut sorted: Vec<&Migration> = migrations.iter().collect();
+    sorted.sort_by(|a, b| (&a.service, a.version).cmp(&(&b.service, b.version)));
+    for migration in sorted {
+        let file = format!("{:04}_{}.sql", migration.version, migration.name);
+        let mut tx = conn.begin().await.map_err(backend)?;
+        if let Some(role) = role {
+            let set_role = format!("SET LOCAL ROLE {}", quote_ident(role));
+            sqlx::Executor::execute(&mut *tx, set_role.as_str()).await.map_err(backend)?;
+        }
+        let prepare = format!("SET LOCAL search_path = {}; LOCK TABLE {table} IN EXCLUSIVE MODE", quote_ident(schema));
+        sqlx::Executor::execute(&mut *tx, prepare.as_str()).await.map_err(backend)?;
+        let applied: Option<String> =
+            sqlx::query_scalar(&format!("SELECT checksum FROM {table} WHERE service = $1 AND version = $2"))
+                .bind(&migration.service)
+                .bind(migration.version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        match applied {
+            Some(checksum) if checksum == migration.checksum => continue,
+            Some(checksum) => {
+                return Err(TenantStorageError::ChecksumMismatch {
+                    service: migration.service.clone(),
+                    file,
+                    applied: checksum,
+                    found: migration.checksum.clone(),
+                })
+            }
+            None => {}
+        }
+        sqlx::Executor::execute(&mut *tx, migration.sql.as_str())
+            .await
+            .map_err(|e| migration_error(&migration.service, &file, e))?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} (service, version, name, checksum, applied_at) VALUES ($1, $2, $3, $4, $5)"
+        ))
+        .bind(&migration.service)
+        .bind(migration.version)
+        .bind(&migration.name)
+        .bind(&migration.checksum)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| migration_error(&migration.service, &file, e))?;
+        tx.commit().await.map_err(backend)?;
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT service, version, name, checksum, applied_at FROM {table} ORDER BY service, version"
+    ))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(backend)?;
+    rows.iter()
+        .map(|row| {
+            Ok(AppliedMigration {
+                service: row.try_get("service").map_err(backend)?,
+                version: row.try_get("version").map_err(backend)?,
+                name: row.try_get("name").map_err(backend)?,
+                checksum: row.try_get("checksum").map_err(backend)?,
+                applied_at_ms: row.try_get("applied_at").map_err(backend)?,
+            })
+        })
+        .collect()
+}
+
+fn migrations_table_sql(schema: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}.sagaplane_migrations ( \
+           service TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL, \
+           applied_at BIGINT NOT NULL, PRIMARY KEY (service, version))",
+        quote_ident(schema)
+    )
+}
+
+#[async_trait]
+impl TenantStorage for PgTenantStorage {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn supports(&self, _mode: StorageMode) -> bool {
+        true
+    }
+
+    async fn storage_create(&self, tenant_id: &str, mode: StorageMode) -> Result<Value, TenantStorageError> {
+        let name = tenant_object_name(tenant_id);
+        self.ensure_role(&name).await?;
+        match mode {
+            StorageMode::Schema => {
+                let sql = format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}; \
+                     REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
+                     SET LOCAL ROLE {role}; {table}",
+                    schema = quote_ident(&name),
+                    role = quote_ident(&name),
+                    table = migrations_table_sql(&name)
+                );
+                let mut tx = self.admin.begin().await.map_err(backend)?;
+                match sqlx::Executor::execute(&mut *tx, sql.as_str()).await {
+                    Ok(_) => tx.commit().await.map_err(backend)?,
+                    Err(e) if is_code(&e, &["42P06", "42P07", "23505"]) => {}
+                    Err(e) => return Err(backend(e)),
+                }
+                Ok(json!({"backend": "postgres", "location": format!("schema {name}")}))
+            }
+            StorageMode::Database => {
+                let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&self.admin)
+                    .await
+                    .map_err(backend)?;
+                if !exists {
+                    let created = sqlx::raw_sql(&format!(
+                        "CREATE DATABASE {db} OWNER {role}",
+                        db = quote_ident(&name),
+                        role = quote_ident(&name)
+                    ))
+                    .execute(&self.admin)
+                    .await;
+                    match created {
+                        Ok(_) => {}
+                        Err(e) if is_code(&e, &["42P04", "23505"]) => {}
+                        Err(e) => return Err(backend(e)),
+                    }
+                }
+                sqlx::raw_sql(&format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(&name)))
+                    .execute(&self.admin)
+                    .await
+                    .map_err(backend)?;
+                let mut conn = self.database_connection(&name).await?;
+                let sql = format!("SET ROLE {}; {}; RESET ROLE", quote_ident(&name), migrations_table_sql("public"));
+                sqlx::Executor::execute(&mut conn, sql.as_str()).await.map_err(backend)?;
+                Ok(json!({"backend": "postgres", "location": format!("database {name}")}))
+            }
+            StorageMode::Pooled => {
+                self.create_pooled_schema().await?;
+                sqlx::raw_sql(&format!(
+                    "ALTER ROLE {} SET {} = {}",
+                    quote_ident(&name),
+                    TENANT_SETTING,
+                    quote_literal(tenant_id)
+                ))
+                .execute(&self.admin)
+                .await
+                .map_err(backend)?;
+                self.secure_pooled_tables(&name).await?;
+                Ok(
+                    json!({"backend": "postgres", "location": format!("pooled schema {POOLED_SCHEMA}, tenant_id {tenant_id}")}),
+                )
+            }
+        }
+    }
+
+    async fn storage_drop(&self, tenant_id: &str, mode: StorageMode) -> Result<(), TenantStorageError> {
+        let name = tenant_object_name(tenant_id);
+        match mode {
+            StorageMode::Schema => {
+                sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&name)))
+                    .execute(&self.admin)
+                    .await
+                    .map_err(backend)?;
+            }
+            StorageMode::Database => {
+                sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name)))
+                    .execute(&self.admin)
+                    .await
+                    .map_err(backend)?;
+            }
+            StorageMode::Pooled => {
+                // The tenant's rows in every shared table, then its rights.
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relkind = 'r' \
+                       AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' \
+                                   AND NOT a.attisdropped)",
+                )
+                .bind(POOLED_SCHEMA)
+                .fetch_all(&self.admin)
+                .await
+                .map_err(backend)?;
+                for table in tables {
+                    sqlx::query(&format!(
+                        "DELETE FROM {}.{} WHERE tenant_id = $1",
+                        quote_ident(POOLED_SCHEMA),
+                        quote_ident(&table)
+                    ))
+                    .bind(tenant_id)
+                    .execute(&self.admin)
+                    .await
+                    .map_err(backend)?;
+                }
+            }
+        }
+        self.drop_role(&name).await
+    }
+
+    async fn migrations_apply(
+        &self,
+        tenant_id: &str,
+        mode: StorageMode,
+        migrations: &[Migration],
+        now_ms: i64,
+    ) -> Result<Vec<AppliedMigration>, TenantStorageError> {
+        let name = tenant_object_name(tenant_id);
+        match mode {
+            StorageMode::Schema => {
+                let mut conn = self.admin.acquire().await.map_err(backend)?;
+                apply_in(&mut conn, &name, Some(&name), migrations, now_ms).await
+            }
+            StorageMode::Database => {
+                let mut conn = self.database_connection(&name).await?;
+                let applied = apply_in(&mut conn, "public", Some(&name), migrations, now_ms).await;
+                let _ = conn.close().await;
+                applied
+            }
+            StorageMode::Pooled => {
+                // Shared tables: migrated once for every pooled tenant, by the admin (owner).
+                let mut conn = self.admin.acquire().await.map_err(backend)?;
+                let applied = apply_in(&mut conn, POOLED_SCHEMA, None, migrations, now_ms).await?;
+                drop(conn);
+                self.secure_pooled_tables(&name).await?;
+                Ok(applied)
+            }
+        }
+    }
+
+    async fn access_set(&self, tenant_id: &str, _mode: StorageMode, enabled: bool) -> Result<(), TenantStorageError> {
+        let name = tenant_object_name(tenant_id);
+        let login = if enabled { "LOGIN" } else { "NOLOGIN" };
+        match sqlx::raw_sql(&format!("ALTER ROLE {} {login}", quote_ident(&name))).execute(&self.admin).await {
+            Ok(_) => Ok(()),
+            // No role (storage never created or already dropped): nothing to allow or stop.
+            Err(e) if is_code(&e, &["42704"]) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
