@@ -91,6 +91,8 @@ impl TenantStatus {
                 | (MigrationError, Migrating)
                 | (Provisioning | Migrating | Active | Suspended | ProvisionError | MigrationError, Deprovisioning)
                 | (Deprovisioning, Deleted)
+                // A deletion whose saga stopped short is started again.
+                | (Deprovisioning, Deprovisioning)
         )
     }
 
@@ -142,7 +144,7 @@ mod tests {
         assert!(!Deleted.may_become(Active), "deleted is final");
         assert!(!Provisioning.may_become(Suspended));
         assert!(!Deprovisioning.may_become(Active));
-        assert!(ALL_NEVER_SELF.iter().all(|s| !s.may_become(*s)));
+        assert!(ALL_NEVER_SELF.iter().filter(|s| **s != Deprovisioning).all(|s| !s.may_become(*s)));
         assert_eq!(TenantStatus::sources_of(Deleted), vec![Deprovisioning]);
         assert_eq!(Tier::Bridge.default_storage_mode(), StorageMode::Schema);
         assert_eq!(TenantStatus::parse("ACTIVE"), Some(Active));

@@ -232,6 +232,47 @@ pub struct TenantTransition {
     pub now_ms: i64,
 }
 
+/// Fields `PATCH /v1/tenants/{id}` may change (None: unchanged).
+#[derive(Clone, Debug, Default)]
+pub struct TenantPatch {
+    pub name: Option<String>,
+    pub sla_tier: Option<SlaTier>,
+    pub domains: Option<Value>,
+    pub contacts: Option<Value>,
+    pub metadata: Option<Value>,
+}
+
+/// A tenant API key; the token itself is never stored, only its SHA-256.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantKeyRecord {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub name: String,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// A tenant's user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantUserRecord {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Result of [`Store::webhook_claim`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum WebhookClaim {
+    /// First time: process it, then [`Store::webhook_complete`].
+    New,
+    /// Seen before: the first answer (None while the first delivery is still being processed).
+    Seen(Option<Value>),
+}
+
 /// Filters of [`Store::tenant_list`].
 #[derive(Clone, Debug, Default)]
 pub struct TenantFilter {
@@ -414,6 +455,30 @@ pub trait Store: Send + Sync + 'static {
     async fn tenant_list(&self, filter: &TenantFilter) -> StoreResult<Vec<TenantRecord>>;
     /// A conditional status change (and maybe a saga) by an operator.
     async fn tenant_transition(&self, transition: TenantTransition) -> StoreResult<(TenantRecord, Option<SagaRecord>)>;
+    async fn tenant_patch(&self, id: &str, patch: &TenantPatch, now_ms: i64) -> StoreResult<TenantRecord>;
+
+    /// Stores a key under the SHA-256 of its token.
+    async fn tenant_key_create(&self, key: &TenantKeyRecord, token_hash: &str) -> StoreResult<()>;
+    /// The unrevoked key with this token hash.
+    async fn tenant_key_by_hash(&self, token_hash: &str) -> StoreResult<Option<TenantKeyRecord>>;
+    /// [`StoreError::NotFound`] unless the tenant has this key unrevoked.
+    async fn tenant_key_revoke(&self, tenant_id: &str, key_id: Uuid, now_ms: i64) -> StoreResult<()>;
+    /// Revokes every key of the tenant; returns how many.
+    async fn tenant_keys_revoke_all(&self, tenant_id: &str, now_ms: i64) -> StoreResult<u64>;
+
+    /// [`StoreError::Conflict`] when the tenant has a user with this email.
+    async fn tenant_user_create(&self, user: &TenantUserRecord) -> StoreResult<()>;
+    async fn tenant_user_list(&self, tenant_id: &str) -> StoreResult<Vec<TenantUserRecord>>;
+    /// Replaces email, name and role; NotFound / Conflict (email taken).
+    async fn tenant_user_update(&self, user: &TenantUserRecord) -> StoreResult<()>;
+    async fn tenant_user_delete(&self, tenant_id: &str, user_id: Uuid) -> StoreResult<()>;
+
+    /// Records an inbound webhook id, or reports it seen with its first answer.
+    async fn webhook_claim(&self, source: &str, webhook_id: &str, now_ms: i64) -> StoreResult<WebhookClaim>;
+    /// The answer replays of this webhook id get.
+    async fn webhook_complete(&self, source: &str, webhook_id: &str, response: &Value) -> StoreResult<()>;
+    /// Forgets a claim whose processing failed, so a redelivery is processed afresh.
+    async fn webhook_release(&self, source: &str, webhook_id: &str) -> StoreResult<()>;
 
     /// Notified when new work may be due (a saga was created or handed back).
     fn work_signal(&self) -> WorkSignal;

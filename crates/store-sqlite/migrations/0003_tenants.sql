@@ -18,3 +18,32 @@ CREATE TABLE tenants (
     updated_at   INTEGER  NOT NULL
 );
 CREATE INDEX tenants_by_status ON tenants (status, id);
+
+CREATE TABLE tenant_api_keys (
+    id         TEXT    PRIMARY KEY,
+    tenant_id  TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    token_hash TEXT    NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX tenant_api_keys_by_tenant ON tenant_api_keys (tenant_id);
+
+CREATE TABLE tenant_users (
+    id         TEXT    PRIMARY KEY,
+    tenant_id  TEXT    NOT NULL,
+    email      TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    role       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (tenant_id, email)
+);
+
+CREATE TABLE webhook_receipts (
+    source      TEXT    NOT NULL,
+    webhook_id  TEXT    NOT NULL,
+    response    TEXT,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (source, webhook_id)
+);

@@ -1,0 +1,199 @@
+//! The built-in tenant sagas: ordinary definitions (readable in the API and the dashboard) whose
+//! steps are tenant builtins. Operators may extend `tenant.provision` with their own steps by
+//! PUTting a new version; [`check_extension`] refuses one that drops or reorders a built-in step.
+
+use saga_core::{Action, Definition, FieldError};
+use saga_store::{Store, StoreError};
+use serde_json::{json, Value};
+
+pub const PROVISION: &str = "tenant.provision";
+pub const DEPROVISION: &str = "tenant.deprovision";
+pub const MIGRATE: &str = "tenant.migrate";
+
+/// Builtin step names.
+pub mod steps {
+    pub const RECORD: &str = "tenant.record";
+    pub const STORAGE_CREATE: &str = "tenant.storage.create";
+    pub const STORAGE_DROP: &str = "tenant.storage.drop";
+    pub const MIGRATIONS_APPLY: &str = "tenant.migrations.apply";
+    pub const ACTIVATE: &str = "tenant.activate";
+    pub const ACCESS_SUSPEND: &str = "tenant.access.suspend";
+    pub const ACCESS_RESUME: &str = "tenant.access.resume";
+    pub const KEYS_REVOKE: &str = "tenant.keys.revoke";
+    pub const FINALIZE_DELETE: &str = "tenant.deprovision.finalize";
+    pub const ALL: &[&str] = &[
+        RECORD,
+        STORAGE_CREATE,
+        STORAGE_DROP,
+        MIGRATIONS_APPLY,
+        ACTIVATE,
+        ACCESS_SUSPEND,
+        ACCESS_RESUME,
+        KEYS_REVOKE,
+        FINALIZE_DELETE,
+    ];
+}
+
+fn retry() -> Value {
+    json!({"max_attempts": 5, "initial_interval": "500ms", "multiplier": 2.0, "max_interval": "10s", "jitter": 0.1})
+}
+
+/// `(name, document)` of every built-in tenant saga.
+pub fn builtin_documents() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            PROVISION,
+            json!({
+                "name": PROVISION,
+                "defaults": {"timeout": "5m", "retry": retry()},
+                "steps": [
+                    {"name": "record", "action": {"builtin": steps::RECORD}},
+                    {"name": "storage", "action": {"builtin": steps::STORAGE_CREATE},
+                     "compensation": {"builtin": steps::STORAGE_DROP}},
+                    {"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY}},
+                    {"name": "activate", "action": {"builtin": steps::ACTIVATE}},
+                ]
+            }),
+        ),
+        (
+            DEPROVISION,
+            json!({
+                "name": DEPROVISION,
+                "defaults": {"timeout": "5m", "retry": retry()},
+                "steps": [
+                    {"name": "suspend_access", "action": {"builtin": steps::ACCESS_SUSPEND},
+                     "compensation": {"builtin": steps::ACCESS_RESUME}},
+                    {"name": "drop_storage", "pivot": true, "action": {"builtin": steps::STORAGE_DROP}},
+                    {"name": "revoke_keys", "action": {"builtin": steps::KEYS_REVOKE}},
+                    {"name": "finalize", "action": {"builtin": steps::FINALIZE_DELETE}},
+                ]
+            }),
+        ),
+        (
+            MIGRATE,
+            json!({
+                "name": MIGRATE,
+                "defaults": {"timeout": "10m", "retry": retry()},
+                "steps": [
+                    {"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY,
+                                                      "input": {"service": "{{ input.service | default(none) }}"}}},
+                    {"name": "activate", "action": {"builtin": steps::ACTIVATE}},
+                ]
+            }),
+        ),
+    ]
+}
+
+/// Stores each built-in definition that has no version yet (an operator's extension of
+/// `tenant.provision` is never overwritten by a restart).
+pub async fn install(store: &dyn Store, now_ms: i64) -> Result<(), StoreError> {
+    for (name, document) in builtin_documents() {
+        match store.definition_get(name, None).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound) => {
+                store.definition_put(name, &document, now_ms).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn builtin_of(action: &Action) -> Option<&str> {
+    match action {
+        Action::Builtin(builtin) => Some(builtin.name.as_str()),
+        _ => None,
+    }
+}
+
+/// A new version of a built-in tenant saga must keep its built-in steps, in order (other
+/// steps may go around them). Other definitions may not use the tenant builtins at all: they
+/// change tenant storage and status only inside the sagas built for it.
+pub fn check_extension(name: &str, definition: &Definition) -> Vec<FieldError> {
+    let used: Vec<(usize, &str)> =
+        definition.steps.iter().enumerate().filter_map(|(i, s)| builtin_of(&s.action).map(|b| (i, b))).collect();
+    let Some((_, required)) = builtin_documents().into_iter().find(|(n, _)| *n == name) else {
+        return used
+            .iter()
+            .filter(|(_, b)| b.starts_with("tenant."))
+            .map(|(i, b)| FieldError {
+                path: format!("/steps/{i}/action"),
+                message: format!("{b} is a tenant builtin; it may only be used by the built-in tenant sagas"),
+            })
+            .collect();
+    };
+    let expected: Vec<String> = required["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["action"]["builtin"].as_str().map(str::to_string))
+        .collect();
+    let found: Vec<&str> = used.iter().map(|(_, b)| *b).filter(|b| b.starts_with("tenant.")).collect();
+    if found != expected {
+        return vec![FieldError {
+            path: "/steps".into(),
+            message: format!(
+                "{name} must keep its built-in steps in this order: {}; found {}",
+                expected.join(", "),
+                if found.is_empty() { "none".to_string() } else { found.join(", ") }
+            ),
+        }];
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(name: &str, document: &Value) -> Definition {
+        let mut builtins: Vec<&str> = steps::ALL.to_vec();
+        builtins.push("core.echo");
+        saga_core::validate_definition(name, document, &builtins).expect("valid")
+    }
+
+    #[test]
+    fn builtins_validate_and_pass_their_own_check() {
+        for (name, document) in builtin_documents() {
+            let definition = validate(name, &document);
+            assert!(check_extension(name, &definition).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_extension_keeps_the_builtin_steps() {
+        let (_, mut document) = builtin_documents().remove(0);
+        let steps = document["steps"].as_array_mut().expect("steps");
+        steps.insert(3, json!({"name": "idp_realm", "action": {"builtin": "core.echo"}}));
+        assert!(check_extension(PROVISION, &validate(PROVISION, &document)).is_empty());
+        steps_without(&mut document, "migrations");
+        let errors = check_extension(PROVISION, &validate(PROVISION, &document));
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "/steps");
+        let other = json!({"steps": [{"name": "sneaky", "action": {"builtin": steps::STORAGE_DROP}}]});
+        assert_eq!(check_extension("custom", &validate("custom", &other))[0].path, "/steps/0/action");
+    }
+
+    #[test]
+    fn the_optional_service_input_renders_to_null_when_absent() {
+        let mut context = saga_core::template::TemplateContext {
+            input: json!({}),
+            tenant_id: Some("acme".into()),
+            saga_id: "s".into(),
+            step_outputs: serde_json::Map::new(),
+            vars: serde_json::Map::new(),
+        };
+        let template = json!({"service": "{{ input.service | default(none) }}"});
+        let rendered = saga_core::template::render_value(&template, &context).expect("renders");
+        assert_eq!(rendered, json!({"service": null}));
+        context.input = json!({"service": "accounts"});
+        let rendered = saga_core::template::render_value(&template, &context).expect("renders");
+        assert_eq!(rendered, json!({"service": "accounts"}));
+    }
+
+    fn steps_without(document: &mut Value, step: &str) {
+        if let Some(steps) = document["steps"].as_array_mut() {
+            steps.retain(|s| s["name"] != step);
+        }
+    }
+}

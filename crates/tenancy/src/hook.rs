@@ -1,0 +1,92 @@
+//! What the built-in tenant sagas' transitions mean for the tenant's status, committed in the
+//! same transaction as the transition (see `saga_runtime::TransitionHook`). Every change is
+//! conditional on the statuses [`TenantStatus::sources_of`] allows.
+//!
+//! | saga | transition | tenant |
+//! | --- | --- | --- |
+//! | provision, migrate | migrations step starts | `MIGRATING` (storage recorded) |
+//! | provision, migrate | completed | `ACTIVE` (storage, migrations recorded) |
+//! | provision | compensating / compensated / failed | `PROVISION_ERROR` with the error |
+//! | migrate (or provision past storage) | failed in the migrations step | `MIGRATION_ERROR` |
+//! | deprovision | completed | `DELETED` |
+
+use saga_core::tenant::TenantStatus;
+use saga_core::{Action, Definition, HistoryEvent, SagaState, SagaStatus, StepStatus};
+use saga_runtime::TransitionHook;
+use saga_store::{SagaRecord, TenantChange};
+use serde_json::{json, Value};
+
+use crate::definitions::{steps, DEPROVISION, MIGRATE, PROVISION};
+
+/// The tenant status hook.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TenantHook;
+
+fn step_with_builtin(definition: &Definition, builtin: &str) -> Option<usize> {
+    definition.steps.iter().position(|s| matches!(&s.action, Action::Builtin(b) if b.name == builtin))
+}
+
+fn change(tenant_id: &str, to: TenantStatus, error: Option<Value>) -> TenantChange {
+    TenantChange {
+        tenant_id: tenant_id.to_string(),
+        to,
+        from: TenantStatus::sources_of(to),
+        error,
+        storage: None,
+        migrations: None,
+    }
+}
+
+fn output_of(state: &SagaState, index: Option<usize>) -> Option<Value> {
+    index.and_then(|i| state.steps.get(i)).and_then(|s| s.output.clone())
+}
+
+impl TransitionHook for TenantHook {
+    fn tenant_change(
+        &self,
+        record: &SagaRecord,
+        definition: &Definition,
+        state: &SagaState,
+        events: &[HistoryEvent],
+    ) -> Option<TenantChange> {
+        let tenant_id = record.tenant_id.as_deref()?;
+        let name = definition.name.as_str();
+        if ![PROVISION, MIGRATE, DEPROVISION].contains(&name) {
+            return None;
+        }
+        let storage_step = step_with_builtin(definition, steps::STORAGE_CREATE);
+        let migrations_step = step_with_builtin(definition, steps::MIGRATIONS_APPLY);
+        let storage = output_of(state, storage_step);
+        let migrations = output_of(state, migrations_step).and_then(|o| o.get("migrations").cloned());
+        let error = state.error.as_ref().map(|e| json!({"step": e.step, "kind": e.kind, "message": e.message}));
+        match (name, state.status) {
+            (DEPROVISION, SagaStatus::Completed) => Some(change(tenant_id, TenantStatus::Deleted, None)),
+            (DEPROVISION, _) => None,
+            (_, SagaStatus::Completed) => Some(TenantChange {
+                storage,
+                migrations,
+                ..change(tenant_id, TenantStatus::Active, None)
+            }),
+            (_, SagaStatus::Compensating | SagaStatus::Compensated | SagaStatus::Failed) => {
+                let failed_in_migrations = migrations_step
+                    .and_then(|i| state.steps.get(i))
+                    .is_some_and(|s| s.status == StepStatus::Failed && state.error.as_ref().is_some_and(|e| e.step.as_deref() == Some(s.name.as_str())));
+                let storage_kept = storage_step.is_none_or(|i| state.steps[i].status == StepStatus::Succeeded);
+                let to = if name == MIGRATE || (failed_in_migrations && storage_kept && state.status == SagaStatus::Failed) {
+                    TenantStatus::MigrationError
+                } else {
+                    TenantStatus::ProvisionError
+                };
+                Some(TenantChange { storage, ..change(tenant_id, to, error) })
+            }
+            (_, SagaStatus::Executing) => {
+                let migrations_started = migrations_step.is_some_and(|i| {
+                    let step = &definition.steps[i].name;
+                    events.iter().any(|e| e.kind == "step_started" && e.step.as_deref() == Some(step.as_str()))
+                });
+                migrations_started.then(|| TenantChange { storage, ..change(tenant_id, TenantStatus::Migrating, None) })
+            }
+            _ => None,
+        }
+    }
+}

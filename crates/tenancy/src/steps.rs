@@ -1,0 +1,222 @@
+//! The tenant builtins the built-in sagas are made of. Each works on the saga's `tenant_id`,
+//! is idempotent (a re-run after a crash succeeds and creates nothing twice), and reports a
+//! definite failure for what retrying cannot fix (an unsupported mode, a failing or edited
+//! migration) and a retryable one when the database was unavailable.
+
+use std::sync::Arc;
+
+use saga_core::tenant::StorageMode;
+use saga_core::{FailureKind, Outcome};
+use saga_runtime::executor::AttemptContext;
+use saga_runtime::{BuiltinRegistry, Clock};
+use saga_store::tenant_storage::{AppliedMigration, TenantStorage, TenantStorageError};
+use saga_store::{Store, StoreError, TenantRecord};
+use serde_json::{json, Value};
+
+use crate::definitions::steps;
+use crate::migrations::MigrationSource;
+
+/// What the tenant steps work with.
+pub struct TenantSteps {
+    pub store: Arc<dyn Store>,
+    pub storage: Arc<dyn TenantStorage>,
+    pub migrations: MigrationSource,
+    pub clock: Arc<dyn Clock>,
+}
+
+fn definite(message: impl Into<String>) -> Outcome {
+    Outcome::Failed { kind: FailureKind::NonRetryable, message: message.into() }
+}
+
+fn retryable(message: impl Into<String>) -> Outcome {
+    Outcome::Failed { kind: FailureKind::Retryable, message: message.into() }
+}
+
+fn storage_failure(e: TenantStorageError) -> Outcome {
+    if e.is_retryable() {
+        retryable(e.to_string())
+    } else {
+        definite(e.to_string())
+    }
+}
+
+/// `[{service, version, applied_at}]`: the latest applied version per service.
+pub fn latest_per_service(applied: &[AppliedMigration]) -> Value {
+    let mut latest: std::collections::BTreeMap<&str, &AppliedMigration> = std::collections::BTreeMap::new();
+    for migration in applied {
+        let entry = latest.entry(migration.service.as_str()).or_insert(migration);
+        if migration.version > entry.version {
+            *entry = migration;
+        }
+    }
+    Value::Array(
+        latest
+            .values()
+            .map(|m| json!({"service": m.service, "version": m.version, "applied_at_ms": m.applied_at_ms}))
+            .collect(),
+    )
+}
+
+impl TenantSteps {
+    async fn tenant(&self, ctx: &AttemptContext) -> Result<TenantRecord, Outcome> {
+        let Some(id) = ctx.tenant_id.as_deref() else {
+            return Err(definite("a tenant step needs a saga with a tenant_id"));
+        };
+        match self.store.tenant_get(id).await {
+            Ok(tenant) => Ok(tenant),
+            Err(StoreError::NotFound) => Err(definite(format!("tenant {id:?} does not exist"))),
+            Err(e) => Err(retryable(format!("reading tenant {id:?}: {e}"))),
+        }
+    }
+
+    async fn record(&self, ctx: AttemptContext) -> Outcome {
+        match self.tenant(&ctx).await {
+            Ok(tenant) => Outcome::Succeeded(json!({
+                "tenant_id": tenant.id,
+                "tier": tenant.tier.as_str(),
+                "storage_mode": tenant.storage_mode.as_str(),
+            })),
+            Err(outcome) => outcome,
+        }
+    }
+
+    async fn storage_create(&self, ctx: AttemptContext) -> Outcome {
+        let tenant = match self.tenant(&ctx).await {
+            Ok(tenant) => tenant,
+            Err(outcome) => return outcome,
+        };
+        match self.storage.storage_create(&tenant.id, tenant.storage_mode).await {
+            Ok(location) => Outcome::Succeeded(location),
+            Err(e) => storage_failure(e),
+        }
+    }
+
+    async fn storage_drop(&self, ctx: AttemptContext) -> Outcome {
+        let tenant = match self.tenant(&ctx).await {
+            Ok(tenant) => tenant,
+            Err(outcome) => return outcome,
+        };
+        match self.storage.storage_drop(&tenant.id, tenant.storage_mode).await {
+            Ok(()) => Outcome::Succeeded(json!({"dropped": true})),
+            Err(e) => storage_failure(e),
+        }
+    }
+
+    async fn migrations_apply(&self, input: Value, ctx: AttemptContext) -> Outcome {
+        let tenant = match self.tenant(&ctx).await {
+            Ok(tenant) => tenant,
+            Err(outcome) => return outcome,
+        };
+        let service = input.get("service").and_then(Value::as_str);
+        // Read each time: a fixed file is picked up by retry-migration without a restart.
+        let migrations = match self.migrations.migrations(service) {
+            Ok(migrations) => migrations,
+            Err(e) => return definite(e.to_string()),
+        };
+        if let Some(service) = service {
+            if migrations.is_empty() {
+                return definite(format!("there is no tenant migration service {service:?}"));
+            }
+        }
+        let now_ms = self.clock.now_ms();
+        match self.storage.migrations_apply(&tenant.id, tenant.storage_mode, &migrations, now_ms).await {
+            Ok(applied) => Outcome::Succeeded(json!({"migrations": latest_per_service(&applied)})),
+            Err(e) => storage_failure(e),
+        }
+    }
+
+    async fn access_set(&self, ctx: AttemptContext, enabled: bool) -> Outcome {
+        let tenant = match self.tenant(&ctx).await {
+            Ok(tenant) => tenant,
+            Err(outcome) => return outcome,
+        };
+        match self.storage.access_set(&tenant.id, tenant.storage_mode, enabled).await {
+            Ok(()) => Outcome::Succeeded(json!({"access": if enabled { "enabled" } else { "disabled" }})),
+            Err(e) => storage_failure(e),
+        }
+    }
+
+    /// Registers every tenant builtin.
+    pub fn register(self: Arc<Self>, registry: &mut BuiltinRegistry) {
+        let this = self.clone();
+        registry.register(
+            steps::RECORD,
+            Arc::new(move |_, ctx| {
+                let this = this.clone();
+                Box::pin(async move { this.record(ctx).await })
+            }),
+        );
+        let this = self.clone();
+        registry.register(
+            steps::STORAGE_CREATE,
+            Arc::new(move |_, ctx| {
+                let this = this.clone();
+                Box::pin(async move { this.storage_create(ctx).await })
+            }),
+        );
+        let this = self.clone();
+        registry.register(
+            steps::STORAGE_DROP,
+            Arc::new(move |_, ctx| {
+                let this = this.clone();
+                Box::pin(async move { this.storage_drop(ctx).await })
+            }),
+        );
+        let this = self.clone();
+        registry.register(
+            steps::MIGRATIONS_APPLY,
+            Arc::new(move |input, ctx| {
+                let this = this.clone();
+                Box::pin(async move { this.migrations_apply(input, ctx).await })
+            }),
+        );
+        let this = self.clone();
+        registry.register(
+            steps::ACCESS_SUSPEND,
+            Arc::new(move |_, ctx| {
+                let this = this.clone();
+                Box::pin(async move { this.access_set(ctx, false).await })
+            }),
+        );
+        let this = self.clone();
+        registry.register(
+            steps::ACCESS_RESUME,
+            Arc::new(move |_, ctx| {
+                let this = this.clone();
+                Box::pin(async move { this.access_set(ctx, true).await })
+            }),
+        );
+        // The status changes of these two are the hook's (committed with the step).
+        registry.register(
+            steps::ACTIVATE,
+            Arc::new(|_, _| Box::pin(async move { Outcome::Succeeded(json!({"status": "ACTIVE"})) })),
+        );
+        registry.register(
+            steps::FINALIZE_DELETE,
+            Arc::new(|_, _| Box::pin(async move { Outcome::Succeeded(json!({"status": "DELETED"})) })),
+        );
+        let this = self;
+        registry.register(
+            steps::KEYS_REVOKE,
+            Arc::new(move |_, ctx| {
+                let this = this.clone();
+                Box::pin(async move { this.keys_revoke(ctx).await })
+            }),
+        );
+    }
+
+    async fn keys_revoke(&self, ctx: AttemptContext) -> Outcome {
+        let Some(id) = ctx.tenant_id.as_deref() else {
+            return definite("a tenant step needs a saga with a tenant_id");
+        };
+        match self.store.tenant_keys_revoke_all(id, self.clock.now_ms()).await {
+            Ok(revoked) => Outcome::Succeeded(json!({"revoked": revoked})),
+            Err(e) => retryable(format!("revoking keys: {e}")),
+        }
+    }
+}
+
+/// True when `mode` is worth offering on this storage (for request validation).
+pub fn mode_supported(storage: &dyn TenantStorage, mode: StorageMode) -> bool {
+    storage.supports(mode)
+}
