@@ -82,7 +82,7 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
     let hub = saga_runtime::TerminalHub::default();
     let token = crate::run::generate_token();
     let definitions = crate::run::definition_cache(store.clone());
-    let instance = crate::run::start_instance(config, store.clone(), definitions.clone(), hub.clone(), None);
+    let instance = crate::run::start_instance(config, store.clone(), definitions.clone(), hub.clone(), None, None);
     let state = server::AppState::new(
         store.clone(),
         Arc::new(saga_runtime::SystemClock),

@@ -45,11 +45,8 @@ pub struct Config {
     /// Fallback claim poll when no notification arrives (`SAGAPLANE_POLL_INTERVAL`).
     pub poll_interval_ms: u64,
     pub worker_concurrency: u32,
-    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
     pub tenant_database_url: Option<String>,
-    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
     pub tenant_migrations_dir: Option<PathBuf>,
-    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
     pub crm_webhook_secret: Option<Secret>,
     #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
     pub delivery_retry_schedule_ms: Vec<u64>,

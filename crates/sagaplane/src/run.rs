@@ -9,10 +9,12 @@ use saga_runtime::{
     BreakerConfig, BuiltinRegistry, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, SystemClock,
     TerminalHub,
 };
+use saga_store::tenant_storage::TenantStorage;
 use saga_store::Store;
 use serde_json::Value;
-use store_postgres::PostgresStore;
-use store_sqlite::SqliteStore;
+use store_postgres::{PgTenantStorage, PostgresStore};
+use store_sqlite::{SqliteStore, SqliteTenantStorage};
+use tenancy::{MigrationSource, TenantHook, TenantSteps};
 
 use crate::config::Config;
 
@@ -51,13 +53,69 @@ pub struct Plan {
     pub dev_banner: bool,
 }
 
-pub fn builtins() -> BuiltinRegistry {
-    BuiltinRegistry::with_core()
+/// The core builtins and, when tenant storage is available, the tenant steps.
+pub fn builtins(tenant_steps: Option<Arc<TenantSteps>>) -> BuiltinRegistry {
+    let mut registry = BuiltinRegistry::with_core();
+    if let Some(steps) = tenant_steps {
+        steps.register(&mut registry);
+    }
+    registry
+}
+
+/// Every builtin name definitions may use (validation does not depend on what this process runs).
+pub fn builtin_names() -> Vec<String> {
+    let mut names: Vec<String> = builtins(None).names().into_iter().map(str::to_string).collect();
+    names.extend(tenancy::definitions::steps::ALL.iter().map(|s| s.to_string()));
+    names
 }
 
 /// The definition cache the API and the worker of one process share.
 pub fn definition_cache(store: Arc<dyn Store>) -> Arc<DefinitionCache> {
-    Arc::new(DefinitionCache::new(store, builtins().names().into_iter().map(str::to_string).collect()))
+    Arc::new(DefinitionCache::new(store, builtin_names()))
+}
+
+/// Where tenants' data lives: `SAGAPLANE_TENANT_DATABASE_URL`, else the control-plane database;
+/// on SQLite, one file per tenant next to the control-plane file.
+pub async fn open_tenant_storage(config: &Config, database_url: &str) -> anyhow::Result<Arc<dyn TenantStorage>> {
+    let url = config.tenant_database_url.clone().unwrap_or_else(|| database_url.to_string());
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let storage = PgTenantStorage::connect(&url).await.context("connecting to the tenant PostgreSQL")?;
+        return Ok(Arc::new(storage));
+    }
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        bail!("SAGAPLANE_TENANT_DATABASE_URL must start with postgres:// or sqlite://");
+    };
+    let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
+    let dir = file.parent().map(|p| p.join("tenants")).unwrap_or_else(|| "tenants".into());
+    Ok(Arc::new(SqliteTenantStorage::new(dir)))
+}
+
+/// The tenant parts of one process.
+#[derive(Clone)]
+pub struct TenantParts {
+    pub storage: Arc<dyn TenantStorage>,
+    pub migrations: MigrationSource,
+}
+
+impl TenantParts {
+    pub fn steps(&self, store: Arc<dyn Store>) -> Arc<TenantSteps> {
+        Arc::new(TenantSteps {
+            store,
+            storage: self.storage.clone(),
+            migrations: self.migrations.clone(),
+            clock: Arc::new(SystemClock),
+        })
+    }
+}
+
+/// Tenant storage, migrations and the built-in tenant sagas, ready.
+pub async fn prepare_tenancy(config: &Config, database_url: &str, store: &dyn Store) -> anyhow::Result<TenantParts> {
+    tenancy::definitions::install(store, saga_runtime::Clock::now_ms(&SystemClock))
+        .await
+        .context("installing the built-in tenant sagas")?;
+    let storage = open_tenant_storage(config, database_url).await?;
+    let migrations = MigrationSource::new(config.tenant_migrations_dir.clone());
+    Ok(TenantParts { storage, migrations })
 }
 
 pub fn start_instance(
@@ -66,6 +124,7 @@ pub fn start_instance(
     definitions: Arc<DefinitionCache>,
     hub: TerminalHub,
     bound: Option<SocketAddr>,
+    tenants: Option<&TenantParts>,
 ) -> InstanceHandle {
     let mut instance_config = InstanceConfig::new(config.worker_id.clone());
     instance_config.public_url = config.public_url(bound);
@@ -75,8 +134,11 @@ pub fn start_instance(
     instance_config.vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let breakers =
         BreakerConfig { failures_to_open: config.breaker_failures, cool_down_ms: config.breaker_cool_down_ms };
-    let executors = Executors::with_breakers(builtins(), breakers);
-    Instance::new(store, Arc::new(SystemClock), executors, definitions, instance_config, hub).start()
+    let steps = tenants.map(|t| t.steps(store.clone()));
+    let executors = Executors::with_breakers(builtins(steps), breakers);
+    Instance::new(store, Arc::new(SystemClock), executors, definitions, instance_config, hub)
+        .with_hook(Arc::new(TenantHook))
+        .start()
 }
 
 /// Runs until SIGTERM/SIGINT, then drains.
@@ -86,6 +148,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         tracing::warn!("SAGAPLANE_OTLP_ENDPOINT is set, but trace export is not built yet; traces stay in the logs");
     }
     let store = open_and_migrate(database_url).await?;
+    let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
     let hub = TerminalHub::default();
     let admin_token = match &config.admin_token {
         Some(token) => token.clone(),
@@ -99,7 +162,9 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         .with_context(|| format!("listening on {}", config.listen))?;
     let local: SocketAddr = listener.local_addr()?;
     let bound = Some(local);
-    let instance = plan.worker.then(|| start_instance(&config, store.clone(), definitions.clone(), hub.clone(), bound));
+    let instance = plan
+        .worker
+        .then(|| start_instance(&config, store.clone(), definitions.clone(), hub.clone(), bound, Some(&tenants)));
     let vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let mut state = server::AppState::new(
         store.clone(),
@@ -109,14 +174,19 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         Some(metrics),
         admin_token.expose(),
     )
-    .with_vars(vars);
+    .with_vars(vars)
+    .with_tenancy(server::Tenancy {
+        storage: tenants.storage.clone(),
+        migrations: tenants.migrations.clone(),
+        crm_secret: config.crm_webhook_secret.as_ref().map(|s| s.expose().to_string()),
+    });
     if let Some(instance) = &instance {
         state = state.with_intake(instance.intake());
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     state = state.with_shutdown(stop_rx.clone());
     let router = if plan.api { Some(server::router(state.clone())) } else { None };
-    let ops_only = if !plan.api { Some(server::ops_router(state)) } else { None };
+    let ops_only = if !plan.api { Some(server::ops_router(state.clone())) } else { None };
     let mut http = None;
     if let Some(router) = router.or(ops_only) {
         tracing::info!(address = %local, "listening");
@@ -125,6 +195,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
             println!("admin token: {}", admin_token.expose());
             println!("dashboard: http://{local}/ui/");
             println!("database: {database_url}");
+            onboard_demo_tenant(&state).await;
         } else {
             println!("listening on http://{local}");
         }
@@ -170,11 +241,23 @@ async fn shutdown_signal() {
     }
 }
 
+/// `sagaplane dev` onboards a demo tenant (its own SQLite database) on a fresh data directory.
+async fn onboard_demo_tenant(state: &server::AppState) {
+    let demo = serde_json::json!({"id": "demo", "name": "Demo tenant", "tier": "silo", "sla_tier": "basic"});
+    match server::onboard(state, &demo).await {
+        Ok((_, body)) => println!("demo tenant: demo (provisioning; saga {})", body["saga_id"].as_str().unwrap_or("")),
+        Err(server::ApiError::Conflict(_)) => println!("demo tenant: demo (exists)"),
+        Err(e) => tracing::warn!(error = %e, "could not onboard the demo tenant"),
+    }
+}
+
 /// A worker with no HTTP listener at all.
 pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Result<()> {
     let _metrics = crate::telemetry::init_metrics()?;
     let store = open_and_migrate(database_url).await?;
-    let instance = start_instance(&config, store.clone(), definition_cache(store), TerminalHub::default(), None);
+    let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
+    let instance =
+        start_instance(&config, store.clone(), definition_cache(store), TerminalHub::default(), None, Some(&tenants));
     println!("worker {} running", config.worker_id);
     shutdown_signal().await;
     tracing::info!("shutting down: no new claims, draining in-flight steps");

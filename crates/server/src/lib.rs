@@ -14,12 +14,13 @@ mod views;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
-pub use state::AppState;
+pub use routes::tenants::onboard;
+pub use state::{AppState, Tenancy};
 
 /// Request bodies over this size get 413.
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
@@ -46,6 +47,25 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/sagas/{id}/signals/{name}"),
     ("post", "/v1/callbacks/{token}"),
     ("post", "/v1/callbacks/{token}/heartbeat"),
+    ("get", "/v1/tenants"),
+    ("post", "/v1/tenants"),
+    ("get", "/v1/tenants/{id}"),
+    ("patch", "/v1/tenants/{id}"),
+    ("delete", "/v1/tenants/{id}"),
+    ("get", "/v1/tenants/{id}/provisioning-status"),
+    ("post", "/v1/tenants/{id}/cancel-provisioning"),
+    ("post", "/v1/tenants/{id}/retry-migration"),
+    ("post", "/v1/tenants/{id}/suspend"),
+    ("post", "/v1/tenants/{id}/resume"),
+    ("get", "/v1/tenants/{id}/users"),
+    ("post", "/v1/tenants/{id}/users"),
+    ("put", "/v1/tenants/{id}/users/{user_id}"),
+    ("delete", "/v1/tenants/{id}/users/{user_id}"),
+    ("post", "/v1/tenants/{id}/api-keys"),
+    ("delete", "/v1/tenants/{id}/api-keys/{key_id}"),
+    ("get", "/v1/migrations"),
+    ("post", "/v1/migrations/rollout"),
+    ("post", "/v1/webhooks/crm"),
 ];
 
 /// The full API router.
@@ -60,10 +80,28 @@ pub fn router(state: AppState) -> Router {
         .route("/sagas/{id}/retry", post(routes::sagas::retry))
         .route("/sagas/{id}/cancel", post(routes::control::cancel))
         .route("/sagas/{id}/signals/{name}", post(routes::control::signal))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin))
+        .route("/tenants", get(routes::tenants::list).post(routes::tenants::create))
+        .route("/tenants/{id}", get(routes::tenants::get).patch(routes::tenants::patch).delete(routes::tenants::delete))
+        .route("/tenants/{id}/provisioning-status", get(routes::tenants::provisioning_status))
+        .route("/tenants/{id}/cancel-provisioning", post(routes::tenants::cancel_provisioning))
+        .route("/tenants/{id}/retry-migration", post(routes::tenants::retry_migration))
+        .route("/tenants/{id}/suspend", post(routes::tenants::suspend))
+        .route("/tenants/{id}/resume", post(routes::tenants::resume))
+        .route("/tenants/{id}/users", get(routes::tenants::users_list).post(routes::tenants::users_create))
+        .route(
+            "/tenants/{id}/users/{user_id}",
+            put(routes::tenants::users_update).delete(routes::tenants::users_delete),
+        )
+        .route("/tenants/{id}/api-keys", post(routes::tenants::keys_create))
+        .route("/tenants/{id}/api-keys/{key_id}", delete(routes::tenants::keys_delete))
+        .route("/migrations", get(routes::tenants::migrations))
+        .route("/migrations/rollout", post(routes::tenants::rollout))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         // Added after the auth layer: the callback token is the capability (API.md §2).
         .route("/callbacks/{token}", post(routes::control::callback))
-        .route("/callbacks/{token}/heartbeat", post(routes::control::heartbeat));
+        .route("/callbacks/{token}/heartbeat", post(routes::control::heartbeat))
+        // Verified by its signature instead of a bearer token.
+        .route("/webhooks/crm", post(routes::tenants::crm_webhook));
     Router::new()
         .route("/health", get(routes::ops::health))
         .route("/ready", get(routes::ops::ready))

@@ -38,7 +38,7 @@ pub fn document() -> Value {
         query_param("tenant_id", "tenant id"),
     ];
     saga_list_params.extend(list_params.clone());
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {"title": "Sagaplane", "version": env!("CARGO_PKG_VERSION"), "description": "Durable saga orchestrator and tenant control plane"},
         "components": {
@@ -127,11 +127,29 @@ pub fn document() -> Value {
                 "post": {"summary": "Extend the async step's heartbeat timeout", "responses": {"200": {"description": "extended"}, "404": problem("unknown or already used token")}},
             },
         }
-    })
+    });
+    if let (Some(paths), Value::Object(tenants)) = (document["paths"].as_object_mut(), tenant_paths()) {
+        paths.extend(tenants);
+    }
+    document
 }
 
 fn schemas() -> Value {
     json!({
+        "CreateTenant": {"type": "object", "required": ["id", "name"], "properties": {
+            "id": {"type": "string", "pattern": "^[a-z][a-z0-9-]{1,61}[a-z0-9]$"}, "name": {"type": "string"},
+            "tier": {"enum": ["pooled", "bridge", "silo"]}, "storage_mode": {"enum": ["pooled", "schema", "database"]},
+            "sla_tier": {"enum": ["basic", "standard", "premium"]}, "domains": {"type": "array", "items": {"type": "string"}},
+            "contacts": {"type": "array", "items": {"type": "object"}}, "metadata": {"type": "object"}
+        }},
+        "Tenant": {"type": "object", "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "tier": {"type": "string"}, "storage_mode": {"type": "string"},
+            "sla_tier": {"type": "string"}, "status": {"enum": ["PROVISIONING", "MIGRATING", "ACTIVE", "PROVISION_ERROR", "MIGRATION_ERROR", "SUSPENDED", "DEPROVISIONING", "DELETED"]},
+            "domains": {"type": "array"}, "contacts": {"type": "array"}, "metadata": {"type": "object"}, "storage": {},
+            "migrations": {"type": "array"}, "saga_id": {"type": ["string", "null"]}, "error": {}, "created_at": {"type": "string"}, "updated_at": {"type": "string"}
+        }},
+        "TenantList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}, "next_cursor": {"type": ["string", "null"]}}},
+        "TenantAccepted": {"type": "object", "properties": {"tenant": {"$ref": "#/components/schemas/Tenant"}, "saga_id": {"type": "string"}}},
         "Callback": {"type": "object", "required": ["status"], "properties": {
             "status": {"enum": ["succeeded", "failed"]}, "output": {}, "error": {"type": "string"}, "retryable": {"type": "boolean"}
         }},
@@ -172,6 +190,74 @@ fn schemas() -> Value {
             "worker": {"type": ["string", "null"]}, "data": {}, "at": {"type": "string"}
         }},
         "EventList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_cursor": {"type": ["string", "null"]}}},
+    })
+}
+
+/// The tenant control-plane paths (API.md §6, §7), merged into the document.
+fn tenant_paths() -> Value {
+    json!({
+            "/v1/tenants": {
+                "parameters": [query_param("status", "filter by status"), query_param("tier", "filter by tier"), query_param("limit", "page size"), query_param("cursor", "next_cursor of the previous page")],
+                "get": secured(json!({"summary": "Tenants (a tenant key sees a list of one)", "responses": {"200": ok("tenants", "TenantList")}})),
+                "post": secured(json!({"summary": "Onboard a tenant: record it and start tenant.provision (admin)",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTenant"}}}},
+                    "responses": {"202": ok("provisioning started", "TenantAccepted"), "200": ok("idempotent replay", "TenantAccepted"), "409": problem("id exists"), "422": problem("invalid tenant")}})),
+            },
+            "/v1/tenants/{id}": {
+                "parameters": [path_param("id", "tenant id")],
+                "get": secured(json!({"summary": "One tenant", "responses": {"200": ok("tenant", "Tenant"), "404": problem("unknown tenant")}})),
+                "patch": secured(json!({"summary": "Change name, sla_tier, domains, contacts, metadata", "responses": {"200": ok("tenant", "Tenant"), "422": problem("invalid patch")}})),
+                "delete": secured(json!({"summary": "Deprovision: drop storage, revoke keys; the record stays DELETED (admin)", "responses": {"202": {"description": "deprovisioning started"}, "409": problem("not in a state that can be deleted")}})),
+            },
+            "/v1/tenants/{id}/provisioning-status": {
+                "parameters": [path_param("id", "tenant id")],
+                "get": secured(json!({"summary": "Status of the tenant and its latest saga", "responses": {"200": {"description": "{status, saga_id, saga_status, progress, current_step}"}}})),
+            },
+            "/v1/tenants/{id}/cancel-provisioning": {
+                "parameters": [path_param("id", "tenant id")],
+                "post": secured(json!({"summary": "Cancel provisioning: compensate what was created (admin)", "responses": {"202": {"description": "cancel requested"}, "409": problem("not provisioning")}})),
+            },
+            "/v1/tenants/{id}/retry-migration": {
+                "parameters": [path_param("id", "tenant id")],
+                "post": secured(json!({"summary": "Resume migrations of a tenant in MIGRATION_ERROR (admin)", "responses": {"202": {"description": "tenant.migrate started"}, "409": problem("not MIGRATION_ERROR")}})),
+            },
+            "/v1/tenants/{id}/suspend": {
+                "parameters": [path_param("id", "tenant id")],
+                "post": secured(json!({"summary": "ACTIVE -> SUSPENDED; the tenant's database role can no longer log in (admin)", "responses": {"200": ok("tenant", "Tenant"), "409": problem("not ACTIVE")}})),
+            },
+            "/v1/tenants/{id}/resume": {
+                "parameters": [path_param("id", "tenant id")],
+                "post": secured(json!({"summary": "SUSPENDED -> ACTIVE (admin)", "responses": {"200": ok("tenant", "Tenant"), "409": problem("not SUSPENDED")}})),
+            },
+            "/v1/tenants/{id}/users": {
+                "parameters": [path_param("id", "tenant id")],
+                "get": secured(json!({"summary": "The tenant's users", "responses": {"200": {"description": "{items}"}}})),
+                "post": secured(json!({"summary": "Add a user {email, name, role: admin|member}", "responses": {"201": {"description": "user"}, "409": problem("email taken"), "422": problem("invalid user")}})),
+            },
+            "/v1/tenants/{id}/users/{user_id}": {
+                "parameters": [path_param("id", "tenant id"), path_param("user_id", "user id")],
+                "put": secured(json!({"summary": "Replace a user", "responses": {"200": {"description": "user"}, "404": problem("unknown user")}})),
+                "delete": secured(json!({"summary": "Remove a user", "responses": {"204": {"description": "removed"}, "404": problem("unknown user")}})),
+            },
+            "/v1/tenants/{id}/api-keys": {
+                "parameters": [path_param("id", "tenant id")],
+                "post": secured(json!({"summary": "Create a tenant API key; the token is shown once", "responses": {"201": {"description": "{id, name, token}"}}})),
+            },
+            "/v1/tenants/{id}/api-keys/{key_id}": {
+                "parameters": [path_param("id", "tenant id"), path_param("key_id", "key id")],
+                "delete": secured(json!({"summary": "Revoke a key", "responses": {"204": {"description": "revoked"}, "404": problem("unknown key")}})),
+            },
+            "/v1/migrations": {
+                "get": secured(json!({"summary": "Tenant migration sets per service (admin)", "responses": {"200": {"description": "{services}"}}})),
+            },
+            "/v1/migrations/rollout": {
+                "post": secured(json!({"summary": "Start tenant.migrate for every ACTIVE tenant behind, at most `concurrency` at once (admin)", "responses": {"202": {"description": "{rollout_id, sagas}"}, "422": problem("invalid rollout")}})),
+            },
+            "/v1/webhooks/crm": {
+                "post": {"summary": "CRM ingress (Standard Webhooks signature, 5-minute window, dedupe by webhook-id)",
+                    "responses": {"202": ok("provisioning started", "TenantAccepted"), "200": {"description": "replay: the first result"}, "401": problem("bad signature or stale timestamp"), "404": problem("not configured")}},
+            },
     })
 }
 

@@ -23,6 +23,17 @@ pub struct AppState {
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     /// `SAGAPLANE_VAR_*`, for templates rendered at start (the concurrency key).
     pub(crate) vars: serde_json::Map<String, serde_json::Value>,
+    /// Tenant storage and migrations, for request validation and `/v1/migrations`.
+    pub(crate) tenancy: Option<Tenancy>,
+}
+
+/// What the tenant routes need beyond the store.
+#[derive(Clone)]
+pub struct Tenancy {
+    pub storage: Arc<dyn saga_store::tenant_storage::TenantStorage>,
+    pub migrations: tenancy::MigrationSource,
+    /// `SAGAPLANE_CRM_WEBHOOK_SECRET`; None disables `/v1/webhooks/crm` (404).
+    pub crm_secret: Option<String>,
 }
 
 impl AppState {
@@ -44,6 +55,7 @@ impl AppState {
             intake: None,
             stopping: tokio::sync::watch::channel(false).1,
             vars: serde_json::Map::new(),
+            tenancy: None,
         }
     }
 
@@ -56,6 +68,12 @@ impl AppState {
     /// Template variables (`vars.NAME`) for what the API renders itself.
     pub fn with_vars(mut self, vars: serde_json::Map<String, serde_json::Value>) -> Self {
         self.vars = vars;
+        self
+    }
+
+    /// Enables the tenant routes.
+    pub fn with_tenancy(mut self, tenancy: Tenancy) -> Self {
+        self.tenancy = Some(tenancy);
         self
     }
 

@@ -74,3 +74,49 @@ pub fn event(record: &EventRecord) -> Value {
         "at": timestamp(record.at_ms),
     })
 }
+
+/// API.md §6 `Tenant`.
+pub fn tenant(record: &saga_store::TenantRecord) -> Value {
+    let migrations: Vec<Value> = record
+        .migrations
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            json!({
+                "service": m["service"],
+                "version": m["version"],
+                "applied_at": m["applied_at_ms"].as_i64().map(timestamp).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    json!({
+        "id": record.id,
+        "name": record.name,
+        "tier": record.tier.as_str(),
+        "storage_mode": record.storage_mode.as_str(),
+        "sla_tier": record.sla_tier.as_str(),
+        "status": record.status.as_str(),
+        "domains": record.domains,
+        "contacts": record.contacts,
+        "metadata": record.metadata,
+        "storage": record.storage,
+        "migrations": migrations,
+        "saga_id": record.saga_id,
+        "error": record.error,
+        "created_at": timestamp(record.created_at_ms),
+        "updated_at": timestamp(record.updated_at_ms),
+    })
+}
+
+pub fn tenant_user(record: &saga_store::TenantUserRecord) -> Value {
+    json!({
+        "id": record.id,
+        "tenant_id": record.tenant_id,
+        "email": record.email,
+        "name": record.name,
+        "role": record.role,
+        "created_at": timestamp(record.created_at_ms),
+        "updated_at": timestamp(record.updated_at_ms),
+    })
+}

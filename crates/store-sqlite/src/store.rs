@@ -979,6 +979,11 @@ fn definition_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<DefinitionRecord
     })
 }
 
+fn uuid_column(row: &sqlx::sqlite::SqliteRow, column: &str) -> StoreResult<Uuid> {
+    let text: String = row.try_get(column).map_err(db)?;
+    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -987,9 +992,4 @@ mod tests {
             assert_eq!(saga_core::SagaStatus::parse(status).map(|s| s.as_str()), Some(status));
         }
     }
-}
-
-fn uuid_column(row: &sqlx::sqlite::SqliteRow, column: &str) -> StoreResult<Uuid> {
-    let text: String = row.try_get(column).map_err(db)?;
-    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }

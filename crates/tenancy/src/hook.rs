@@ -62,17 +62,18 @@ impl TransitionHook for TenantHook {
         match (name, state.status) {
             (DEPROVISION, SagaStatus::Completed) => Some(change(tenant_id, TenantStatus::Deleted, None)),
             (DEPROVISION, _) => None,
-            (_, SagaStatus::Completed) => Some(TenantChange {
-                storage,
-                migrations,
-                ..change(tenant_id, TenantStatus::Active, None)
-            }),
+            (_, SagaStatus::Completed) => {
+                Some(TenantChange { storage, migrations, ..change(tenant_id, TenantStatus::Active, None) })
+            }
             (_, SagaStatus::Compensating | SagaStatus::Compensated | SagaStatus::Failed) => {
-                let failed_in_migrations = migrations_step
-                    .and_then(|i| state.steps.get(i))
-                    .is_some_and(|s| s.status == StepStatus::Failed && state.error.as_ref().is_some_and(|e| e.step.as_deref() == Some(s.name.as_str())));
+                let failed_in_migrations = migrations_step.and_then(|i| state.steps.get(i)).is_some_and(|s| {
+                    s.status == StepStatus::Failed
+                        && state.error.as_ref().is_some_and(|e| e.step.as_deref() == Some(s.name.as_str()))
+                });
                 let storage_kept = storage_step.is_none_or(|i| state.steps[i].status == StepStatus::Succeeded);
-                let to = if name == MIGRATE || (failed_in_migrations && storage_kept && state.status == SagaStatus::Failed) {
+                let to = if name == MIGRATE
+                    || (failed_in_migrations && storage_kept && state.status == SagaStatus::Failed)
+                {
                     TenantStatus::MigrationError
                 } else {
                     TenantStatus::ProvisionError

@@ -11,8 +11,16 @@ use sha2::{Digest, Sha256};
 /// The built-in sample set (portable SQL).
 const SAMPLE: &[(&str, &str, &str)] = &[
     ("accounts", "0001_create_accounts.sql", include_str!("../sample-migrations/accounts/0001_create_accounts.sql")),
-    ("accounts", "0002_add_account_email.sql", include_str!("../sample-migrations/accounts/0002_add_account_email.sql")),
-    ("locations", "0001_create_locations.sql", include_str!("../sample-migrations/locations/0001_create_locations.sql")),
+    (
+        "accounts",
+        "0002_add_account_email.sql",
+        include_str!("../sample-migrations/accounts/0002_add_account_email.sql"),
+    ),
+    (
+        "locations",
+        "0001_create_locations.sql",
+        include_str!("../sample-migrations/locations/0001_create_locations.sql"),
+    ),
 ];
 
 /// Limits on a migration set.
@@ -91,7 +99,12 @@ impl MigrationSource {
             None => {
                 for (service, file, sql) in SAMPLE {
                     let path = format!("(built-in)/{service}/{file}");
-                    services.entry(service.to_string()).or_default().push(migration(service, file, sql.as_bytes(), &path)?);
+                    services.entry(service.to_string()).or_default().push(migration(
+                        service,
+                        file,
+                        sql.as_bytes(),
+                        &path,
+                    )?);
                 }
             }
             Some(dir) => load_dir(dir, &mut services)?,
@@ -102,10 +115,7 @@ impl MigrationSource {
             if let Some(pair) = migrations.windows(2).find(|w| w[0].version == w[1].version) {
                 return Err(MigrationSetError::Invalid {
                     path: format!("{service}/"),
-                    message: format!(
-                        "version {} appears twice ({}, {})",
-                        pair[0].version, pair[0].name, pair[1].name
-                    ),
+                    message: format!("version {} appears twice ({}, {})", pair[0].version, pair[0].name, pair[1].name),
                 });
             }
             sets.push(ServiceMigrations { service, migrations });
@@ -129,8 +139,10 @@ fn unreadable(path: &Path, e: std::io::Error) -> MigrationSetError {
 }
 
 fn load_dir(dir: &Path, services: &mut BTreeMap<String, Vec<Migration>>) -> Result<(), MigrationSetError> {
-    let mut entries: Vec<_> =
-        std::fs::read_dir(dir).map_err(|e| unreadable(dir, e))?.collect::<Result<_, _>>().map_err(|e| unreadable(dir, e))?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| unreadable(dir, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| unreadable(dir, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();

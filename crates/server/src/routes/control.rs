@@ -6,18 +6,25 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use saga_core::{Action, FieldError};
 use saga_store::StoreError;
 use serde_json::{json, Map, Value};
 
 use super::sagas::{definition, load, parse_id};
+use crate::auth::Principal;
 use crate::error::{body_rejection, ApiError};
 use crate::state::AppState;
 use crate::views;
 
 /// `POST /v1/sagas/{id}/cancel`: 202 with the saga; 409 when terminal or past a succeeded pivot.
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require_admin()?;
     let id = parse_id(&id)?;
     let record = load(&state, id).await?;
     if record.status.is_terminal() {
@@ -45,9 +52,11 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
 /// the saga reaches the step that waits for `name`.
 pub async fn signal(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((id, name)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require_admin()?;
     let id = parse_id(&id)?;
     let body = body.map_err(body_rejection)?;
     let payload: Value = if body.iter().all(u8::is_ascii_whitespace) {

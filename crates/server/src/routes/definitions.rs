@@ -5,20 +5,23 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use saga_core::DocumentFormat;
 use serde_json::{json, Value};
 
+use crate::auth::Principal;
 use crate::error::{body_rejection, ApiError};
 use crate::state::AppState;
 use crate::views;
 
 pub async fn put(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require_admin()?;
     let body = body.map_err(body_rejection)?;
     let format = match super::content_type(&headers).as_deref() {
         None | Some("application/json") => DocumentFormat::Json,
@@ -31,20 +34,33 @@ pub async fn put(
         }
     };
     let document = saga_core::parse_document(&body, format).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    saga_core::validate_definition(&name, &document, &state.builtin_names())
+    let definition = saga_core::validate_definition(&name, &document, &state.builtin_names())
         .map_err(|errors| ApiError::validation(format!("definition {name:?} is invalid"), errors))?;
+    let errors = tenancy::definitions::check_extension(&name, &definition);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(format!("definition {name:?} is invalid"), errors));
+    }
     let put = state.store.definition_put(&name, &document, state.clock.now_ms()).await?;
     state.definitions.note_latest(&name, put.record.version);
     let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(views::definition(&put.record))).into_response())
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
     let items: Vec<Value> = state.store.definition_list().await?.iter().map(views::definition).collect();
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
-pub async fn latest(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn latest(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
     match state.store.definition_get(&name, None).await {
         Ok(record) => Ok(Json(views::definition(&record))),
         Err(saga_store::StoreError::NotFound) => Err(ApiError::NotFound(format!("definition {name:?} does not exist"))),
@@ -54,8 +70,10 @@ pub async fn latest(State(state): State<AppState>, Path(name): Path<String>) -> 
 
 pub async fn version(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
     let number: i32 = version
         .parse()
         .ok()

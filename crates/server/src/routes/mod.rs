@@ -4,6 +4,7 @@ pub mod control;
 pub mod definitions;
 pub mod ops;
 pub mod sagas;
+pub mod tenants;
 
 use axum::http::HeaderMap;
 

@@ -9,7 +9,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use saga_core::{Definition, FieldError, SagaState, SagaStatus};
 use saga_runtime::DefinitionError;
 use saga_store::{SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, StoreError};
@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::auth::Principal;
 use crate::error::{body_rejection, ApiError};
 use crate::state::AppState;
 use crate::views;
@@ -38,6 +39,15 @@ pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiEr
         Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("saga {id} does not exist"))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// [`load`], as 404 when a tenant key asks for another tenant's saga.
+pub(crate) async fn load_visible(state: &AppState, principal: &Principal, id: Uuid) -> Result<SagaRecord, ApiError> {
+    let record = load(state, id).await?;
+    if !principal.sees_saga(record.tenant_id.as_deref()) {
+        return Err(ApiError::NotFound(format!("saga {id} does not exist")));
+    }
+    Ok(record)
 }
 
 /// The validated definition of `(name, version)` (latest when `version` is None).
@@ -155,7 +165,7 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
     Ok(StartRequest { definition, version, input, tenant_id, priority })
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -170,10 +180,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require_admin()?;
     let key = idempotency_key(&headers)?;
     // `?wait=`: answer once the saga is terminal (or the wait is over), like `sagas start --wait`.
     let wait = parse_wait(&query)?;
@@ -341,20 +353,22 @@ async fn wait_terminal(
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let Some(wait) = parse_wait(&query)? else {
-        return Ok(Json(views::saga(&load(&state, id).await?)));
+        return Ok(Json(views::saga(&load_visible(&state, &principal, id).await?)));
     };
     let terminal = state.hub.subscribe();
-    let record = load(&state, id).await?;
+    let record = load_visible(&state, &principal, id).await?;
     Ok(Json(views::saga(&wait_terminal(&state, record, terminal, wait).await?)))
 }
 
 pub async fn list(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     for key in query.keys() {
@@ -376,10 +390,18 @@ pub async fn list(
         None => None,
         Some(c) => Some(Uuid::parse_str(c).map_err(|_| query_error("cursor is not one this API returned"))?),
     };
+    let mut tenant_id = query.get("tenant_id").cloned();
+    if let Some(scope) = principal.tenant_scope() {
+        // A tenant key lists its own tenant's sagas only.
+        if tenant_id.as_deref().is_some_and(|t| t != scope) {
+            return Ok(Json(json!({"items": [], "next_cursor": null})));
+        }
+        tenant_id = Some(scope.to_string());
+    }
     let filter = SagaFilter {
         status,
         definition: query.get("definition").cloned(),
-        tenant_id: query.get("tenant_id").cloned(),
+        tenant_id,
         before_id,
         limit: saga_store::clamp_limit(limit),
     };
@@ -392,11 +414,12 @@ pub async fn list(
 
 pub async fn events(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    load(&state, id).await?;
+    load_visible(&state, &principal, id).await?;
     let after = match query.get("cursor") {
         None => 0,
         Some(c) => c.parse::<i64>().map_err(|_| query_error("cursor is not one this API returned"))?,
@@ -412,7 +435,12 @@ pub async fn events(
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 
-pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn retry(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require_admin()?;
     let id = parse_id(&id)?;
     let record = load(&state, id).await?;
     if record.status != SagaStatus::Failed {
