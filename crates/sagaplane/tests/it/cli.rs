@@ -92,6 +92,14 @@ async fn dev_comes_up_with_nothing_installed_and_prints_token_and_dashboard() {
     })
     .await
     .expect("dev printed its banner");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    let drain = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest
+    });
     let (url, token, dashboard) = (url.expect("url"), token.expect("token"), dashboard.expect("dashboard"));
     assert_eq!(dashboard, format!("{url}/ui/"));
     assert!(data_dir.join("sagaplane.db").exists(), "SQLite file under --data-dir");
@@ -119,12 +127,24 @@ async fn dev_comes_up_with_nothing_installed_and_prints_token_and_dashboard() {
         .await
         .expect("json");
     assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    let demo = test_support::eventually("the demo tenant ACTIVE", std::time::Duration::from_secs(30), || async {
+        let tenant: serde_json::Value =
+            http.get(format!("{url}/v1/tenants/demo")).bearer_auth(&token).send().await.ok()?.json().await.ok()?;
+        (tenant["status"] == "ACTIVE").then_some(tenant)
+    })
+    .await;
+    assert_eq!(demo["storage_mode"], "database");
+    assert_eq!(demo["storage"]["backend"], "sqlite");
     let pid = child.id().expect("pid");
     let status = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().expect("kill");
     assert!(status.success());
     let exit =
         tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await.expect("exits").expect("status");
     assert!(exit.success(), "SIGINT must exit 0: {exit:?}");
+    let rest = drain.await.expect("drain");
+    assert!(rest.iter().any(|l| l.starts_with("demo tenant: demo")), "dev onboards a demo tenant");
+    // The demo tenant reached ACTIVE with its own SQLite file.
+    assert!(data_dir.join("tenants").join("tenant_demo.db").exists(), "the demo tenant's database");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,13 +155,13 @@ async fn migrate_creates_the_database_and_is_idempotent() {
             Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", &url).output().expect("run migrate")
         });
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 2 (sqlite)");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 3 (sqlite)");
     }
     let pg = test_support::db::fresh_postgres().await;
     let out = tokio::task::block_in_place(|| {
         Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", &pg).output().expect("run migrate")
     });
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 2 (postgres)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 3 (postgres)");
     let out = tokio::task::block_in_place(|| {
         Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", "mysql://nope").output().expect("run migrate")
     });
