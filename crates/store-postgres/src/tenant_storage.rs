@@ -6,9 +6,10 @@
 //!   tenant's role is denied.
 //! - `database`: database `tenant_<id>` owned by the role, CONNECT revoked from PUBLIC.
 //! - `pooled`: shared tables in schema `sagaplane_pooled` carrying `tenant_id`, under a
-//!   row-level-security policy keyed on the session setting `sagaplane.tenant_id` (set for the
-//!   role at login) *and* bound to the role, so a tenant that changes the setting still sees only
-//!   its own rows.
+//!   row-level-security policy keyed on the session setting `sagaplane.tenant_id` (the tenant's
+//!   sessions `SET` it; PostgreSQL 15 does not let a non-superuser pin a custom setting to a role)
+//!   *and* bound to the role, so a tenant that sets another tenant's id still sees only its own
+//!   rows.
 //!
 //! Migrations run as the tenant's role (objects end up owned by it), each file in its own
 //! transaction together with its record in `sagaplane_migrations` (service, version, name,
@@ -93,9 +94,10 @@ impl PgTenantStorage {
             .await
             .map_err(backend)?;
         if !exists {
-            // No password: credentials are issued out of band; NOINHERIT keeps it to its own rights.
-            let created =
-                sqlx::query(&format!("CREATE ROLE {} LOGIN NOINHERIT", quote_ident(role))).execute(&self.admin).await;
+            // No password: credentials are issued out of band. It is granted no memberships, so it
+            // has exactly the rights on its own storage (plus, as a database's owner, PG15's
+            // implicit pg_database_owner, which needs INHERIT).
+            let created = sqlx::query(&format!("CREATE ROLE {} LOGIN", quote_ident(role))).execute(&self.admin).await;
             match created {
                 Ok(_) => {}
                 Err(e) if is_code(&e, &["42710", "23505"]) => {}
@@ -346,15 +348,6 @@ impl TenantStorage for PgTenantStorage {
             }
             StorageMode::Pooled => {
                 self.create_pooled_schema().await?;
-                sqlx::raw_sql(&format!(
-                    "ALTER ROLE {} SET {} = {}",
-                    quote_ident(&name),
-                    TENANT_SETTING,
-                    quote_literal(tenant_id)
-                ))
-                .execute(&self.admin)
-                .await
-                .map_err(backend)?;
                 self.secure_pooled_tables(&name).await?;
                 Ok(
                     json!({"backend": "postgres", "location": format!("pooled schema {POOLED_SCHEMA}, tenant_id {tenant_id}")}),

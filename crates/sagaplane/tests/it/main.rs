@@ -6,6 +6,7 @@ mod cli;
 mod control;
 mod crash;
 mod sagas;
+mod tenants;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sagaplane");
 

@@ -1,0 +1,431 @@
+//! The tenant control plane through the real binary on PostgreSQL: storage modes checked in the
+//! catalog, cross-tenant isolation with real roles, delete, migrations (broken, fixed, edited),
+//! bad input, and CRM webhooks. Tenant ids carry a random suffix: roles and databases are
+//! cluster-wide, and tests run in parallel.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, Row};
+use test_support::{eventually, App, Backend};
+
+use crate::BIN;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+async fn create(app: &App, body: Value) -> (u16, Value) {
+    let (status, _, body) = app.send(app.request(Method::POST, "/v1/tenants").json(&body)).await;
+    (status, body)
+}
+
+/// Waits until the tenant has one of `statuses`, and returns it.
+pub async fn until_status(app: &App, id: &str, statuses: &[&str]) -> Value {
+    eventually(&format!("tenant {id} in {statuses:?}"), WAIT, || async {
+        let (status, _, tenant) = app.send(app.request(Method::GET, &format!("/v1/tenants/{id}"))).await;
+        (status == 200 && statuses.iter().any(|s| tenant["status"] == *s)).then_some(tenant)
+    })
+    .await
+}
+
+async fn admin_connection(app: &App) -> PgConnection {
+    PgConnection::connect(&app.database_url).await.expect("admin connection")
+}
+
+async fn exists(conn: &mut PgConnection, sql: &str, name: &str) -> bool {
+    sqlx::query_scalar::<_, bool>(sql).bind(name).fetch_one(conn).await.expect("catalog query")
+}
+
+const ROLE: &str = "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)";
+const SCHEMA: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)";
+const DATABASE: &str = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)";
+
+/// Runs `sql` as `role` in a transaction that is rolled back; returns rows or the SQLSTATE.
+async fn as_role(conn: &mut PgConnection, role: &str, setting: Option<&str>, sql: &str) -> Result<Vec<String>, String> {
+    let mut tx = conn.begin().await.expect("begin");
+    sqlx::Executor::execute(&mut *tx, format!("SET LOCAL ROLE \"{role}\"").as_str()).await.expect("set role");
+    if let Some(tenant) = setting {
+        sqlx::Executor::execute(&mut *tx, format!("SET LOCAL sagaplane.tenant_id = '{tenant}'").as_str())
+            .await
+            .expect("set tenant");
+    }
+    let result = sqlx::query(sql).fetch_all(&mut *tx).await;
+    let _ = tx.rollback().await;
+    match result {
+        Ok(rows) => Ok(rows.iter().map(|r| r.try_get::<String, _>(0).unwrap_or_default()).collect()),
+        Err(sqlx::Error::Database(e)) => Err(e.code().map(|c| c.to_string()).unwrap_or_default()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_modes_create_exactly_their_objects_isolate_tenants_and_delete_cleanly() {
+    let app = App::spawn(BIN, Backend::Postgres, &[]).await;
+    let s = suffix();
+    let tenants = [
+        (format!("sch-a-{s}"), "bridge", "schema"),
+        (format!("sch-b-{s}"), "bridge", "schema"),
+        (format!("db-a-{s}"), "silo", "database"),
+        (format!("pool-a-{s}"), "pooled", "pooled"),
+        (format!("pool-b-{s}"), "pooled", "pooled"),
+    ];
+    for (id, tier, mode) in &tenants {
+        let (status, body) = create(&app, json!({"id": id, "name": format!("Tenant {id}"), "tier": tier})).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["tenant"]["storage_mode"], *mode, "{tier} defaults to {mode}");
+        assert_eq!(body["tenant"]["status"], "PROVISIONING");
+        assert!(body["saga_id"].is_string());
+    }
+    for (id, _, _) in &tenants {
+        let tenant = until_status(&app, id, &["ACTIVE", "PROVISION_ERROR"]).await;
+        assert_eq!(tenant["status"], "ACTIVE", "{tenant}");
+        let versions: Vec<(String, i64)> = tenant["migrations"]
+            .as_array()
+            .expect("migrations")
+            .iter()
+            .map(|m| (m["service"].as_str().unwrap_or("").to_string(), m["version"].as_i64().unwrap_or(0)))
+            .collect();
+        assert_eq!(versions, vec![("accounts".to_string(), 2), ("locations".to_string(), 1)], "{tenant}");
+        let (_, _, status) = app.send(app.request(Method::GET, &format!("/v1/tenants/{id}/provisioning-status"))).await;
+        assert_eq!(status["saga_status"], "COMPLETED", "{status}");
+        assert_eq!(status["progress"]["percent"], 100);
+    }
+    let role = |id: &str| format!("tenant_{}", id.replace('-', "_"));
+    let (sch_a, sch_b, db_a, pool_a, pool_b) =
+        (role(&tenants[0].0), role(&tenants[1].0), role(&tenants[2].0), role(&tenants[3].0), role(&tenants[4].0));
+    let mut conn = admin_connection(&app).await;
+
+    // schema: a schema owned by the tenant's role, holding the migrated tables.
+    for name in [&sch_a, &sch_b] {
+        assert!(exists(&mut conn, ROLE, name).await, "role {name}");
+        let owner: String =
+            sqlx::query_scalar("SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1")
+                .bind(name)
+                .fetch_one(&mut conn)
+                .await
+                .expect("schema owner");
+        assert_eq!(&owner, name, "schema {name} owned by its role");
+        let mut tables: Vec<String> =
+            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY tablename")
+                .bind(name)
+                .fetch_all(&mut conn)
+                .await
+                .expect("tables");
+        tables.sort();
+        assert_eq!(tables, vec!["accounts", "locations", "sagaplane_migrations"]);
+    }
+    assert!(!exists(&mut conn, SCHEMA, &db_a).await, "database mode makes no schema in the control database");
+    // The tenant uses its own storage...
+    let own = as_role(
+        &mut conn,
+        &sch_a,
+        None,
+        &format!(
+            "INSERT INTO {sch_a}.accounts (id, tenant_id, name, email) VALUES (1, 'a', 'x', 'x@a.io') RETURNING name"
+        ),
+    )
+    .await;
+    assert_eq!(own, Ok(vec!["x".to_string()]));
+    // ...and is denied another tenant's.
+    let other = as_role(&mut conn, &sch_a, None, &format!("SELECT name FROM {sch_b}.accounts")).await;
+    assert_eq!(other, Err("42501".to_string()), "cross-tenant SELECT on schema mode must be denied");
+
+    // database: its own database owned by its role; other tenants cannot connect.
+    assert!(exists(&mut conn, DATABASE, &db_a).await, "database {db_a}");
+    let owner: String = sqlx::query_scalar("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1")
+        .bind(&db_a)
+        .fetch_one(&mut conn)
+        .await
+        .expect("db owner");
+    assert_eq!(owner, db_a);
+    let can_connect = |who: &str| format!("SELECT has_database_privilege('{who}', '{db_a}', 'CONNECT')::text");
+    let (mine, theirs) = (
+        sqlx::query_scalar::<_, String>(&can_connect(&db_a)).fetch_one(&mut conn).await.expect("priv"),
+        sqlx::query_scalar::<_, String>(&can_connect(&sch_a)).fetch_one(&mut conn).await.expect("priv"),
+    );
+    assert_eq!((mine.as_str(), theirs.as_str()), ("true", "false"), "only the owner may connect");
+    let tenant_db_url = {
+        let mut url = reqwest::Url::parse(&app.database_url).expect("url");
+        url.set_path(&format!("/{db_a}"));
+        url.to_string()
+    };
+    let mut tenant_db = PgConnection::connect(&tenant_db_url).await.expect("tenant database");
+    let rows = as_role(
+        &mut tenant_db,
+        &db_a,
+        None,
+        "SELECT version::text FROM sagaplane_migrations ORDER BY service, version",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        Ok(vec!["1".to_string(), "2".to_string(), "1".to_string()]),
+        "migrations recorded in its database"
+    );
+
+    // pooled: shared tables under row-level security, one role per tenant.
+    assert!(exists(&mut conn, ROLE, &pool_a).await && exists(&mut conn, ROLE, &pool_b).await);
+    let policies: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_policies WHERE schemaname = 'sagaplane_pooled' AND policyname = 'tenant_isolation'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("policies");
+    assert_eq!(policies, 2, "accounts and locations are guarded");
+    for (role, id) in [(&pool_a, &tenants[3].0), (&pool_b, &tenants[4].0)] {
+        let inserted = as_role(
+            &mut conn,
+            role,
+            Some(id),
+            &format!("INSERT INTO sagaplane_pooled.accounts (id, tenant_id, name) VALUES ({}, '{id}', '{id}') RETURNING name", if role == &pool_a { 1 } else { 2 }),
+        )
+        .await;
+        assert_eq!(inserted, Ok(vec![id.clone()]), "{role} writes its own rows");
+    }
+    // Commit one row per tenant for the cross-tenant reads.
+    for (role, id, n) in [(&pool_a, &tenants[3].0, 10), (&pool_b, &tenants[4].0, 20)] {
+        let mut tx = conn.begin().await.expect("begin");
+        sqlx::Executor::execute(
+            &mut *tx,
+            format!("SET LOCAL ROLE \"{role}\"; SET LOCAL sagaplane.tenant_id = '{id}'").as_str(),
+        )
+        .await
+        .expect("set");
+        sqlx::query(&format!(
+            "INSERT INTO sagaplane_pooled.accounts (id, tenant_id, name) VALUES ({n}, '{id}', 'kept')"
+        ))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+        tx.commit().await.expect("commit");
+    }
+    let mine =
+        as_role(&mut conn, &pool_a, Some(&tenants[3].0), "SELECT tenant_id FROM sagaplane_pooled.accounts").await;
+    assert_eq!(mine, Ok(vec![tenants[3].0.clone()]), "RLS shows only its own rows");
+    let spoofed = as_role(
+        &mut conn,
+        &pool_a,
+        Some(&tenants[4].0),
+        &format!("SELECT tenant_id FROM sagaplane_pooled.accounts WHERE tenant_id = '{}'", tenants[4].0),
+    )
+    .await;
+    assert_eq!(spoofed, Ok(vec![]), "setting another tenant's id reveals nothing");
+    let forged = as_role(
+        &mut conn,
+        &pool_a,
+        Some(&tenants[3].0),
+        &format!(
+            "INSERT INTO sagaplane_pooled.accounts (id, tenant_id, name) VALUES (99, '{}', 'x') RETURNING name",
+            tenants[4].0
+        ),
+    )
+    .await;
+    assert_eq!(forged, Err("42501".to_string()), "writing another tenant's rows is refused");
+
+    // Delete: storage gone, roles gone, records kept as DELETED.
+    for (id, _, _) in &tenants {
+        let (status, _, body) = app.send(app.request(Method::DELETE, &format!("/v1/tenants/{id}"))).await;
+        assert_eq!(status, 202, "{body}");
+        assert!(body["saga_id"].is_string());
+    }
+    for (id, _, _) in &tenants {
+        let tenant = until_status(&app, id, &["DELETED"]).await;
+        assert_eq!(tenant["name"], format!("Tenant {id}"), "the record stays");
+    }
+    for name in [&sch_a, &sch_b, &db_a, &pool_a, &pool_b] {
+        assert!(!exists(&mut conn, ROLE, name).await, "role {name} dropped");
+        assert!(!exists(&mut conn, SCHEMA, name).await, "schema {name} dropped");
+        assert!(!exists(&mut conn, DATABASE, name).await, "database {name} dropped");
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sagaplane_pooled.accounts")
+        .fetch_one(&mut conn)
+        .await
+        .expect("pooled rows");
+    assert_eq!(left, 0, "the pooled tenants' rows are gone");
+    // A deleted tenant cannot be deleted again, suspended or resumed.
+    let (status, _, _) = app.send(app.request(Method::DELETE, &format!("/v1/tenants/{}", tenants[0].0))).await;
+    assert_eq!(status, 409);
+    let (status, _, _) = app.send(app.request(Method::POST, &format!("/v1/tenants/{}/suspend", tenants[0].0))).await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tenant_input_creates_nothing_anywhere() {
+    let app = App::spawn(BIN, Backend::Postgres, &[]).await;
+    let long = "a".repeat(70);
+    let cases = [
+        json!({"id": "Bad", "name": "x"}),
+        json!({"id": "a", "name": "x"}),
+        json!({"id": "x;drop table t", "name": "x"}),
+        json!({"id": long, "name": "x"}),
+        json!({"id": "ok-id", "name": "x", "tier": "gold"}),
+        json!({"id": "ok-id", "name": "x", "storage_mode": "files"}),
+        json!({"id": "ok-id", "name": ""}),
+        json!({"id": "ok-id"}),
+        json!({"id": "ok-id", "name": "x", "contacts": [{"name": "a", "email": "not-an-email", "role": "ops"}]}),
+        json!({"id": "ok-id", "name": "x", "domains": ["bad domain"]}),
+        json!({"id": "ok-id", "name": "x", "extra": 1}),
+        json!(["not", "an", "object"]),
+    ];
+    for case in &cases {
+        let (status, body) = create(&app, case.clone()).await;
+        assert_eq!(status, 422, "{case}: {body}");
+        assert!(body["errors"].as_array().is_some_and(|e| !e.is_empty()), "{body}");
+    }
+    let (status, _, body) = app
+        .send(app.request(Method::POST, "/v1/tenants").header("content-type", "application/json").body("{nope"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (_, _, list) = app.send(app.request(Method::GET, "/v1/tenants")).await;
+    assert_eq!(list["items"], json!([]), "no tenant recorded");
+    let (_, _, sagas) = app.send(app.request(Method::GET, "/v1/sagas")).await;
+    assert_eq!(sagas["items"], json!([]), "no saga started");
+    let mut conn = admin_connection(&app).await;
+    for name in ["tenant_bad", "tenant_a", "tenant_x;drop table t", &format!("tenant_{long}"), "tenant_ok_id"] {
+        assert!(!exists(&mut conn, ROLE, name).await, "no role {name}");
+        assert!(!exists(&mut conn, SCHEMA, name).await, "no schema {name}");
+        assert!(!exists(&mut conn, DATABASE, name).await, "no database {name}");
+    }
+    // A valid tenant, then the same id again: 409, and still one tenant.
+    let id = format!("dup-{}", suffix());
+    assert_eq!(create(&app, json!({"id": id, "name": "x", "tier": "bridge"})).await.0, 202);
+    assert_eq!(create(&app, json!({"id": id, "name": "y", "tier": "bridge"})).await.0, 409);
+    let (_, _, list) = app.send(app.request(Method::GET, "/v1/tenants")).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    until_status(&app, &id, &["ACTIVE"]).await;
+}
+
+fn write(dir: &std::path::Path, file: &str, sql: &str) {
+    let path = dir.join(file);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    std::fs::write(path, sql).expect("write migration");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_migration_is_fixed_and_retried_and_an_edited_one_is_refused() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-tenant-migrations-{}", uuid::Uuid::now_v7()));
+    write(&dir, "billing/0001_create_invoices.sql", "CREATE TABLE invoices (id INTEGER PRIMARY KEY, total INTEGER);");
+    let app =
+        App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
+    let id = format!("mig-{}", suffix());
+    assert_eq!(create(&app, json!({"id": id, "name": "Migrating Co", "tier": "bridge"})).await.0, 202);
+    let tenant = until_status(&app, &id, &["ACTIVE"]).await;
+    assert_eq!(tenant["migrations"][0]["version"], 1);
+
+    // A broken second migration, rolled out: MIGRATION_ERROR naming the file and the database's message.
+    write(
+        &dir,
+        "billing/0002_add_currency.sql",
+        "ALTER TABLE invoices ADD COLUMN currency TEXT REFERENCES nowhere (code);",
+    );
+    let (_, _, listing) = app.send(app.request(Method::GET, "/v1/migrations")).await;
+    assert_eq!(listing["services"][0]["latest_version"], 2, "{listing}");
+    let (status, _, rollout) =
+        app.send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({"concurrency": 2}))).await;
+    assert_eq!(status, 202, "{rollout}");
+    assert_eq!(rollout["sagas"].as_array().map(Vec::len), Some(1), "{rollout}");
+    let failed = until_status(&app, &id, &["MIGRATION_ERROR"]).await;
+    let message = failed["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(message.contains("0002_add_currency.sql"), "names the file: {message}");
+    assert!(message.contains("nowhere"), "carries the database's message: {message}");
+    let mut conn = admin_connection(&app).await;
+    let schema = format!("tenant_{}", id.replace('-', "_"));
+    let columns: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'invoices' AND column_name = 'currency'",
+    )
+    .bind(&schema)
+    .fetch_one(&mut conn)
+    .await
+    .expect("columns");
+    assert_eq!(columns, 0, "the failed migration left nothing behind");
+    // Retry before fixing: fails the same way; fix the file; retry: ACTIVE at version 2.
+    write(
+        &dir,
+        "billing/0002_add_currency.sql",
+        "ALTER TABLE invoices ADD COLUMN currency TEXT NOT NULL DEFAULT 'EUR';",
+    );
+    let (status, _, body) = app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/retry-migration"))).await;
+    assert_eq!(status, 202, "{body}");
+    let fixed = until_status(&app, &id, &["ACTIVE", "MIGRATION_ERROR"]).await;
+    assert_eq!(fixed["status"], "ACTIVE", "{fixed}");
+    assert_eq!(fixed["migrations"][0]["version"], 2, "{fixed}");
+    assert_eq!(fixed["error"], Value::Null);
+    let (status, _, _) = app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/retry-migration"))).await;
+    assert_eq!(status, 409, "only from MIGRATION_ERROR");
+
+    // An applied migration edited afterwards is refused, clearly.
+    write(&dir, "billing/0001_create_invoices.sql", "CREATE TABLE invoices (id BIGINT PRIMARY KEY);");
+    write(&dir, "billing/0003_add_due_date.sql", "ALTER TABLE invoices ADD COLUMN due_date TEXT;");
+    let (status, _, _) = app.send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({}))).await;
+    assert_eq!(status, 202);
+    let refused = until_status(&app, &id, &["MIGRATION_ERROR"]).await;
+    let message = refused["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("0001_create_invoices.sql") && message.contains("edited"), "{message}");
+    let recorded: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.sagaplane_migrations"))
+        .fetch_one(&mut conn)
+        .await
+        .expect("recorded");
+    assert_eq!(recorded, 2, "nothing past the edited file was applied");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn webhook_secret() -> String {
+    use base64::Engine;
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes()))
+}
+
+async fn crm(app: &App, secret: &str, id: &str, timestamp: i64, body: &Value, tamper: bool) -> (u16, Value) {
+    let payload = body.to_string();
+    let mut signature =
+        standardwebhooks::Webhook::new(secret).expect("secret").sign(id, timestamp, payload.as_bytes()).expect("sign");
+    if tamper {
+        signature = format!("{}x", &signature[..signature.len() - 1]);
+    }
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/webhooks/crm", app.url))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(payload)
+        .send()
+        .await
+        .expect("webhook");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_webhooks_are_verified_and_deduplicated() {
+    let secret = webhook_secret();
+    let app = App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_CRM_WEBHOOK_SECRET", secret.clone())]).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let id = format!("crm-{}", suffix());
+    let event =
+        json!({"type": "customer.created", "data": {"tenant": {"id": id, "name": "From CRM", "tier": "bridge"}}});
+    assert_eq!(crm(&app, &secret, "msg_bad", now, &event, true).await.0, 401, "bad signature");
+    assert_eq!(crm(&app, &secret, "msg_old", now - 400, &event, false).await.0, 401, "stale timestamp");
+    assert_eq!(crm(&app, &webhook_secret(), "msg_other", now, &event, false).await.0, 401, "another secret");
+    let (_, _, list) = app.send(app.request(Method::GET, "/v1/tenants")).await;
+    assert_eq!(list["items"], json!([]), "refused webhooks create nothing");
+    let (status, first) = crm(&app, &secret, "msg_1", now, &event, false).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["tenant"]["id"], id);
+    let (status, replay) = crm(&app, &secret, "msg_1", now, &event, false).await;
+    assert_eq!(status, 200, "a replay answers 200");
+    assert_eq!(replay, first, "with the first result");
+    let (_, _, list) = app.send(app.request(Method::GET, "/v1/tenants")).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "and no second tenant");
+    // Valid signature, unsupported event: a clear 422, and its replay the same.
+    let other = json!({"type": "customer.deleted", "data": {}});
+    assert_eq!(crm(&app, &secret, "msg_2", now, &other, false).await.0, 422);
+    assert_eq!(crm(&app, &secret, "msg_2", now, &other, false).await.0, 422);
+    until_status(&app, &id, &["ACTIVE"]).await;
+    // Without a secret the endpoint does not exist.
+    let plain = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    assert_eq!(crm(&plain, &secret, "msg_1", now, &event, false).await.0, 404);
+}
