@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
+use saga_core::tenant::TenantStatus;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -79,10 +80,15 @@ pub async fn authenticate(
     let principal = if constant_time_eq(&Sha256::digest(presented.as_bytes()), &state.admin_token_sha256) {
         Principal::Admin
     } else if presented.starts_with(TENANT_TOKEN_PREFIX) && presented.len() <= 128 {
-        match state.store.tenant_key_by_hash(&token_hash(presented)).await? {
-            Some(key) => Principal::Tenant { tenant_id: key.tenant_id },
-            None => return Err(ApiError::Unauthorized),
+        let Some(key) = state.store.tenant_key_by_hash(&token_hash(presented)).await? else {
+            return Err(ApiError::Unauthorized);
+        };
+        // A suspended or deleted tenant's keys open nothing.
+        let tenant = state.store.tenant_get(&key.tenant_id).await?;
+        if matches!(tenant.status, TenantStatus::Suspended | TenantStatus::Deprovisioning | TenantStatus::Deleted) {
+            return Err(ApiError::Forbidden(format!("tenant {} is {}", tenant.id, tenant.status.as_str())));
         }
+        Principal::Tenant { tenant_id: key.tenant_id }
     } else {
         return Err(ApiError::Unauthorized);
     };

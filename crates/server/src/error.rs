@@ -13,6 +13,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or unknown bearer token")]
     Unauthorized,
+    /// A signed request (webhook) whose signature or timestamp does not verify.
+    #[error("{0}")]
+    BadSignature(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -50,7 +53,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -67,6 +70,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::BadSignature(_) => "bad-signature",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed(_) => "method-not-allowed",
@@ -93,6 +97,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let self_kind = if matches!(self, ApiError::Unauthorized) { Kind::Bearer } else { Kind::Other };
         if let ApiError::Internal(cause) = &self {
             tracing::error!(%cause, "internal error");
         }
@@ -110,11 +115,17 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
-        if status == StatusCode::UNAUTHORIZED {
+        if matches!(self_kind, Kind::Bearer) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         response
     }
+}
+
+/// Whether a 401 asks for a bearer token (webhooks ask for a signature instead).
+enum Kind {
+    Bearer,
+    Other,
 }
 
 /// Maps a body-read rejection (size limit included) to a problem.

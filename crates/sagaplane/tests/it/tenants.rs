@@ -429,3 +429,140 @@ async fn crm_webhooks_are_verified_and_deduplicated() {
     let plain = App::spawn(BIN, Backend::Sqlite, &[]).await;
     assert_eq!(crm(&plain, &secret, "msg_1", now, &event, false).await.0, 404);
 }
+
+/// Tenant routes a tenant key may use on its own tenant; every other `/v1` route is admin-only.
+const TENANT_ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/tenants"),
+    ("get", "/v1/tenants/{id}"),
+    ("patch", "/v1/tenants/{id}"),
+    ("get", "/v1/tenants/{id}/provisioning-status"),
+    ("get", "/v1/tenants/{id}/users"),
+    ("post", "/v1/tenants/{id}/users"),
+    ("put", "/v1/tenants/{id}/users/{user_id}"),
+    ("delete", "/v1/tenants/{id}/users/{user_id}"),
+    ("post", "/v1/tenants/{id}/api-keys"),
+    ("delete", "/v1/tenants/{id}/api-keys/{key_id}"),
+    ("get", "/v1/sagas"),
+    ("get", "/v1/sagas/{id}"),
+    ("get", "/v1/sagas/{id}/events"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_authorizes_admin_own_tenant_and_other_tenant_keys() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[("SAGAPLANE_CRM_WEBHOOK_SECRET", webhook_secret())]).await;
+    let (a, b) = (format!("own-{}", suffix()), format!("other-{}", suffix()));
+    let mut sagas = std::collections::HashMap::new();
+    for id in [&a, &b] {
+        let (status, body) = create(&app, json!({"id": id, "name": id, "tier": "silo"})).await;
+        assert_eq!(status, 202, "{body}");
+        sagas.insert(id.clone(), body["saga_id"].as_str().expect("saga").to_string());
+        until_status(&app, id, &["ACTIVE"]).await;
+    }
+    let key = |id: &str| {
+        let app = &app;
+        let id = id.to_string();
+        async move {
+            let (status, _, body) = app
+                .send(app.request(Method::POST, &format!("/v1/tenants/{id}/api-keys")).json(&json!({"name": "ci"})))
+                .await;
+            assert_eq!(status, 201, "{body}");
+            assert!(body["token"].as_str().is_some_and(|t| t.starts_with("sptk_")), "{body}");
+            body
+        }
+    };
+    let (key_a, key_b, spare_a) = (key(&a).await, key(&b).await, key(&a).await);
+    let (token_a, token_b) = (key_a["token"].as_str().expect("token"), key_b["token"].as_str().expect("token"));
+    let (status, _, user) = app
+        .send(
+            app.request(Method::POST, &format!("/v1/tenants/{a}/users")).json(&json!({"email": "u@a.io", "name": "U"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{user}");
+
+    let (_, _, spec) = app.send(app.request(Method::GET, "/openapi.json")).await;
+    let mut routes: Vec<(String, String)> = Vec::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                routes.push((method.to_string(), path.clone()));
+            }
+        }
+    }
+    assert_eq!(routes.len(), 37, "every route is documented (server::ROUTES has the same count)");
+    let concrete = |path: &str| {
+        let id = if path.starts_with("/v1/sagas/") { sagas[&a].clone() } else { a.clone() };
+        path.replace("{id}", &id)
+            .replace("{name}", "tenant.provision")
+            .replace("{version}", "1")
+            .replace("{token}", "not-a-token")
+            .replace("{user_id}", user["id"].as_str().unwrap_or(""))
+            .replace("{key_id}", spare_a["id"].as_str().unwrap_or(""))
+    };
+    let public = |path: &str| {
+        !path.starts_with("/v1/") || path.starts_with("/v1/callbacks/") || path.starts_with("/v1/webhooks/")
+    };
+    let http = reqwest::Client::new();
+    let call = |method: &str, path: &str, token: Option<&str>| {
+        let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("method");
+        let mut request = http.request(method.clone(), format!("{}{}", app.url, concrete(path)));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if [Method::POST, Method::PUT, Method::PATCH].contains(&method) {
+            request = request.json(&json!({}));
+        }
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Every non-public route refuses a missing or unknown token.
+    for (method, path) in &routes {
+        if public(path) {
+            continue;
+        }
+        assert_eq!(call(method, path, None).await.0, 401, "{method} {path} without a token");
+        assert_eq!(call(method, path, Some("sptk_unknown")).await.0, 401, "{method} {path} with an unknown key");
+    }
+    // The other tenant's key: admin-only routes 403; tenant A's resources 404; lists hold only B.
+    for (method, path) in &routes {
+        if public(path) {
+            continue;
+        }
+        let (status, body) = call(method, path, Some(token_b)).await;
+        let tenant_route = TENANT_ROUTES.contains(&(method.as_str(), path.as_str()));
+        match (tenant_route, path.contains("{id}")) {
+            (false, _) => assert_eq!(status, 403, "{method} {path} with another tenant's key: {body}"),
+            (true, true) => assert_eq!(status, 404, "{method} {path} with another tenant's key: {body}"),
+            (true, false) => {
+                assert_eq!(status, 200, "{method} {path}");
+                let text = body.to_string();
+                assert!(!text.contains(&a), "{path} leaks tenant {a} to {b}: {text}");
+            }
+        }
+    }
+    // The tenant's own key: its own resources yes, admin-only routes 403.
+    for (method, path) in &routes {
+        if public(path) {
+            continue;
+        }
+        let (status, body) = call(method, path, Some(token_a)).await;
+        if TENANT_ROUTES.contains(&(method.as_str(), path.as_str())) {
+            assert!(![401, 403, 404].contains(&status), "{method} {path} with its own key: {status} {body}");
+        } else {
+            assert_eq!(status, 403, "{method} {path} is admin-only: {body}");
+        }
+    }
+    // The admin: everything is reachable (destructive routes last, on tenant A).
+    for (method, path) in routes.iter().filter(|(_, path)| !public(path)) {
+        let (status, body) = call(method, path, Some(test_support::app::TOKEN)).await;
+        assert!(![401, 403].contains(&status), "{method} {path} as admin: {status} {body}");
+    }
+    // A revoked key stops working.
+    let (status, _, _) = app
+        .send(app.request(Method::DELETE, &format!("/v1/tenants/{b}/api-keys/{}", key_b["id"].as_str().unwrap_or(""))))
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(call("get", "/v1/tenants", Some(token_b)).await.0, 401, "revoked");
+}

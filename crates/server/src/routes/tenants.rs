@@ -925,13 +925,15 @@ pub async fn crm_webhook(
     // Signature (constant-time) and the 5-minute timestamp window, by the Standard Webhooks crate.
     if let Err(e) = verifier.verify(&body, &headers) {
         tracing::info!(error = %e, "CRM webhook refused");
-        return Err(ApiError::Unauthorized);
+        return Err(ApiError::BadSignature(format!(
+            "the webhook signature does not verify ({e}); Standard Webhooks headers with a timestamp within 5 minutes are required"
+        )));
     }
     let webhook_id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 255)
-        .ok_or(ApiError::Unauthorized)?
+        .ok_or_else(|| ApiError::BadSignature("webhook-id is missing or longer than 255 characters".into()))?
         .to_string();
     match state.store.webhook_claim(CRM_SOURCE, &webhook_id, state.clock.now_ms()).await? {
         WebhookClaim::Seen(Some(first)) => {
