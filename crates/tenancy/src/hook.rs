@@ -4,7 +4,8 @@
 //!
 //! | saga | transition | tenant |
 //! | --- | --- | --- |
-//! | provision, migrate | migrations step starts | `MIGRATING` (storage recorded) |
+//! | provision | storage step succeeded | `MIGRATING` (storage recorded) |
+//! | migrate | (the API sets `MIGRATING` when it starts the saga) | |
 //! | provision, migrate | completed | `ACTIVE` (storage, migrations recorded) |
 //! | provision | compensating / compensated / failed | `PROVISION_ERROR` with the error |
 //! | migrate (or provision past storage) | failed in the migrations step | `MIGRATION_ERROR` |
@@ -81,11 +82,13 @@ impl TransitionHook for TenantHook {
                 Some(TenantChange { storage, ..change(tenant_id, to, error) })
             }
             (_, SagaStatus::Executing) => {
-                let migrations_started = migrations_step.is_some_and(|i| {
+                // Storage is ready and committed: the tenant is migrating from here on (this is
+                // committed before the migrations step runs, so the status shows it meanwhile).
+                let storage_done = storage_step.is_some_and(|i| {
                     let step = &definition.steps[i].name;
-                    events.iter().any(|e| e.kind == "step_started" && e.step.as_deref() == Some(step.as_str()))
+                    events.iter().any(|e| e.kind == "step_succeeded" && e.step.as_deref() == Some(step.as_str()))
                 });
-                migrations_started.then(|| TenantChange { storage, ..change(tenant_id, TenantStatus::Migrating, None) })
+                storage_done.then(|| TenantChange { storage, ..change(tenant_id, TenantStatus::Migrating, None) })
             }
             _ => None,
         }

@@ -566,3 +566,85 @@ async fn every_route_authorizes_admin_own_tenant_and_other_tenant_keys() {
     assert_eq!(status, 204);
     assert_eq!(call("get", "/v1/tenants", Some(token_b)).await.0, 401, "revoked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_resume_and_cancel_provisioning() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-slow-migrations-{}", uuid::Uuid::now_v7()));
+    // A slow migration keeps provisioning in flight long enough to cancel it.
+    write(&dir, "slow/0001_wait.sql", "SELECT pg_sleep(1.5); CREATE TABLE waited (id INTEGER);");
+    let app = App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
+    let mut conn = admin_connection(&app).await;
+
+    // Suspend: the role cannot log in; resume: it can again. Wrong states: 409.
+    let id = format!("sus-{}", suffix());
+    let role = format!("tenant_{}", id.replace('-', "_"));
+    assert_eq!(create(&app, json!({"id": id, "name": "Suspendable", "tier": "bridge"})).await.0, 202);
+    until_status(&app, &id, &["ACTIVE"]).await;
+    assert!(can_login(&mut conn, &role).await);
+    let (status, _, body) = app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/suspend"))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("SUSPENDED")), "{body}");
+    assert!(!can_login(&mut conn, &role).await, "a suspended tenant's role cannot log in");
+    assert_eq!(app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/suspend"))).await.0, 409);
+    let (status, _, body) = app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/resume"))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ACTIVE")), "{body}");
+    assert!(can_login(&mut conn, &role).await);
+    assert_eq!(app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/resume"))).await.0, 409);
+
+    // Cancel while provisioning: what was created is removed; PROVISION_ERROR with the reason.
+    let id = format!("cancel-{}", suffix());
+    let schema = format!("tenant_{}", id.replace('-', "_"));
+    assert_eq!(create(&app, json!({"id": id, "name": "Cancelled", "tier": "bridge"})).await.0, 202);
+    until_status(&app, &id, &["MIGRATING"]).await;
+    assert!(exists(&mut conn, SCHEMA, &schema).await, "storage exists before the cancel");
+    let (status, _, body) = app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/cancel-provisioning"))).await;
+    assert_eq!(status, 202, "{body}");
+    let tenant = until_status(&app, &id, &["PROVISION_ERROR"]).await;
+    assert_eq!(tenant["error"]["kind"], "cancelled", "{tenant}");
+    assert!(!exists(&mut conn, SCHEMA, &schema).await, "the schema it created is gone");
+    assert!(!exists(&mut conn, ROLE, &schema).await, "the role it created is gone");
+    let (status, _, _) = app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/cancel-provisioning"))).await;
+    assert_eq!(status, 409, "nothing left to cancel");
+    // A failed tenant can still be deleted (its record ends DELETED).
+    assert_eq!(app.send(app.request(Method::DELETE, &format!("/v1/tenants/{id}"))).await.0, 202);
+    until_status(&app, &id, &["DELETED"]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_extend_provisioning_but_cannot_drop_builtin_steps() {
+    let participant = test_support::Participant::start().await;
+    let app = App::spawn(BIN, Backend::Sqlite, &[("SAGAPLANE_VAR_IDP", participant.url.clone())]).await;
+    let (status, _, builtin) = app.send(app.request(Method::GET, "/v1/definitions/tenant.provision")).await;
+    assert_eq!(status, 200, "the built-in saga is an ordinary, readable definition");
+    let mut extended = builtin["definition"].clone();
+    let steps = extended["steps"].as_array_mut().expect("steps");
+    steps.insert(
+        3,
+        json!({"name": "idp_realm",
+               "action": {"http": {"method": "POST", "url": "{{ vars.IDP }}/realms", "body": {"realm": "{{ tenant_id }}"}}},
+               "compensation": {"http": {"method": "DELETE", "url": "{{ vars.IDP }}/realms/{{ tenant_id }}"}}}),
+    );
+    let (status, body) = app.put_definition("tenant.provision", &extended).await;
+    assert_eq!(status, 201, "{body}");
+    let mut dropped = extended.clone();
+    dropped["steps"].as_array_mut().expect("steps").retain(|s| s["name"] != "migrations");
+    let (status, body) = app.put_definition("tenant.provision", &dropped).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["path"], "/steps");
+    let sneaky = json!({"steps": [{"name": "drop", "action": {"builtin": "tenant.storage.drop"}}]});
+    assert_eq!(app.put_definition("sneaky", &sneaky).await.0, 422, "tenant builtins stay in tenant sagas");
+    let id = format!("ext-{}", suffix());
+    assert_eq!(create(&app, json!({"id": id, "name": "Extended", "tier": "silo"})).await.0, 202);
+    until_status(&app, &id, &["ACTIVE"]).await;
+    let realm = participant.requests("/realms");
+    assert_eq!(realm.len(), 1, "the operator's step ran");
+    assert_eq!(realm[0].body, json!({"realm": id}));
+}
+
+async fn can_login(conn: &mut PgConnection, role: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_one(conn)
+        .await
+        .expect("role")
+}
