@@ -572,7 +572,8 @@ async fn suspend_resume_and_cancel_provisioning() {
     let dir = std::env::temp_dir().join(format!("sagaplane-slow-migrations-{}", uuid::Uuid::now_v7()));
     // A slow migration keeps provisioning in flight long enough to cancel it.
     write(&dir, "slow/0001_wait.sql", "SELECT pg_sleep(1.5); CREATE TABLE waited (id INTEGER);");
-    let app = App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
+    let app =
+        App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
     let mut conn = admin_connection(&app).await;
 
     // Suspend: the role cannot log in; resume: it can again. Wrong states: 409.
@@ -647,4 +648,59 @@ async fn can_login(conn: &mut PgConnection, role: &str) -> bool {
         .fetch_one(conn)
         .await
         .expect("role")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-crash-migrations-{}", uuid::Uuid::now_v7()));
+    write(&dir, "app/0001_first.sql", "CREATE TABLE first_table (id INTEGER);");
+    write(&dir, "app/0002_slow.sql", "SELECT pg_sleep(2); CREATE TABLE slow_table (id INTEGER);");
+    write(&dir, "app/0003_last.sql", "CREATE TABLE last_table (id INTEGER);");
+    let database_url = Backend::Postgres.fresh_url().await;
+    let env = [
+        ("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string()),
+        ("SAGAPLANE_LEASE_TTL", "1s".to_string()),
+        ("SAGAPLANE_POLL_INTERVAL", "100ms".to_string()),
+    ];
+    let mut doomed = App::spawn_on(BIN, &database_url, &["server"], &env).await;
+    let survivor = App::spawn_on(BIN, &database_url, &["server"], &env).await;
+    let id = format!("crash-{}", suffix());
+    let schema = format!("tenant_{}", id.replace('-', "_"));
+    // Created through the doomed instance, which drives it at once (claim on create).
+    assert_eq!(create(&doomed, json!({"id": id, "name": "Crashy", "tier": "bridge"})).await.0, 202);
+    until_status(&survivor, &id, &["MIGRATING"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    doomed.child_mut().kill().await.expect("SIGKILL mid-migration");
+    let tenant = until_status(&survivor, &id, &["ACTIVE", "PROVISION_ERROR", "MIGRATION_ERROR"]).await;
+    assert_eq!(tenant["status"], "ACTIVE", "{tenant}");
+    assert_eq!(tenant["migrations"][0]["version"], 3, "{tenant}");
+    let mut conn = PgConnection::connect(&database_url).await.expect("admin");
+    let recorded: Vec<i64> =
+        sqlx::query_scalar(&format!("SELECT version FROM {schema}.sagaplane_migrations ORDER BY version"))
+            .fetch_all(&mut conn)
+            .await
+            .expect("recorded");
+    assert_eq!(recorded, vec![1, 2, 3], "each migration recorded once");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY tablename")
+            .bind(&schema)
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables");
+    assert_eq!(tables, vec!["first_table", "last_table", "sagaplane_migrations", "slow_table"]);
+    let schemas: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(&schema)
+        .fetch_one(&mut conn)
+        .await
+        .expect("schemas");
+    assert_eq!(schemas, 1);
+    let saga_id = tenant["saga_id"].as_str().expect("saga");
+    let (_, _, events) = survivor.send(survivor.request(Method::GET, &format!("/v1/sagas/{saga_id}/events"))).await;
+    let takeover = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["type"] == "lease_acquired" && e["data"]["takeover"] == json!(true));
+    assert!(takeover, "the survivor took the saga over: {events}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
