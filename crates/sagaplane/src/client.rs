@@ -89,14 +89,14 @@ pub enum SagasCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(connection: &Connection) -> Self {
+    pub(crate) fn new(connection: &Connection) -> Self {
         Client {
             http: reqwest::Client::new(),
             base: connection.url.trim_end_matches('/').to_string(),
@@ -104,7 +104,7 @@ impl Client {
         }
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let request = self.http.request(method, format!("{}{}", self.base, path));
         match &self.token {
             Some(token) => request.bearer_auth(token),
@@ -112,7 +112,7 @@ impl Client {
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
         let response = request.send().await.with_context(|| format!("cannot reach {}", self.base))?;
         let status = response.status().as_u16();
         let text = response.text().await.context("reading response")?;
@@ -145,7 +145,7 @@ fn describe_problem(status: u16, body: &Value) -> String {
     text
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
 }
 

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod run;
 mod telemetry;
+mod tenant_client;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,6 +67,13 @@ enum Command {
     Sagas {
         #[command(subcommand)]
         command: client::SagasCommand,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Onboard, inspect, suspend, migrate and offboard tenants.
+    Tenants {
+        #[command(subcommand)]
+        command: tenant_client::TenantsCommand,
         #[command(flatten)]
         connection: client::Connection,
     },
@@ -145,6 +153,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Definitions { command, connection } => return client::definitions(command, connection).await,
         Command::Sagas { command, connection } => return client::sagas(command, connection).await,
+        Command::Tenants { command, connection } => return tenant_client::tenants(command, connection).await,
     }
     Ok(ExitCode::SUCCESS)
 }

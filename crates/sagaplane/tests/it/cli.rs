@@ -206,3 +206,45 @@ async fn sagas_signal_cancel_and_watch() {
     let out = tokio::task::block_in_place(|| client(&app, &["sagas", "cancel", &cancelled]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("409"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_create_list_show_suspend_resume_delete() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let out = tokio::task::block_in_place(|| {
+        client(
+            &app,
+            &["tenants", "create", "cli-co", "--name", "CLI Co", "--tier", "silo", "--domain", "cli.example.com"],
+        )
+    });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cli-co") && stdout.contains("ACTIVE"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cli-co: ACTIVE"), "progress lines while provisioning");
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "list"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cli-co"));
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "show", "cli-co"]));
+    let tenant: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(tenant["domains"], serde_json::json!(["cli.example.com"]));
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "suspend", "cli-co"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUSPENDED"));
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "resume", "cli-co"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ACTIVE"));
+    // A clear message for a bad id, and for schema mode on the embedded default.
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "create", "Bad", "--name", "x"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("422"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::block_in_place(|| {
+        client(&app, &["tenants", "create", "sch-co", "--name", "x", "--tier", "bridge"])
+    });
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs PostgreSQL")
+            || String::from_utf8_lossy(&out.stderr).contains("SAGAPLANE_TENANT_DATABASE_URL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "delete", "cli-co"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "show", "cli-co"]));
+    let tenant: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(tenant["status"], "DELETED");
+}

@@ -1,0 +1,224 @@
+//! `sagaplane tenants …`: the tenant lifecycle over the HTTP API, with progress while a tenant
+//! provisions, migrates or is deleted.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::client::{print_json, Client, Connection};
+
+#[derive(Subcommand, Debug)]
+pub enum TenantsCommand {
+    /// Onboard a tenant and follow its provisioning.
+    Create {
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// pooled (default), bridge or silo.
+        #[arg(long)]
+        tier: Option<String>,
+        /// pooled, schema or database (default: by tier).
+        #[arg(long)]
+        storage_mode: Option<String>,
+        /// basic, standard (default) or premium.
+        #[arg(long)]
+        sla_tier: Option<String>,
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Return at once instead of following the provisioning.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+    },
+    /// Show one tenant.
+    Show { id: String },
+    /// Deprovision a tenant (its record stays, DELETED).
+    Delete {
+        id: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// ACTIVE → SUSPENDED: the tenant's keys and database role stop working.
+    Suspend { id: String },
+    /// SUSPENDED → ACTIVE.
+    Resume { id: String },
+    /// Migrate: with an id, resume a tenant in MIGRATION_ERROR; without, roll migrations out to
+    /// every ACTIVE tenant that is behind.
+    Migrate {
+        id: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+        /// Tenants migrated at once by a rollout.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+const SETTLED: &[&str] = &["ACTIVE", "PROVISION_ERROR", "MIGRATION_ERROR", "SUSPENDED", "DELETED"];
+const REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
+fn line(tenant: &Value) -> String {
+    format!(
+        "{:<30} {:<16} {:<8} {:<9} {}",
+        tenant["id"].as_str().unwrap_or(""),
+        tenant["status"].as_str().unwrap_or(""),
+        tenant["tier"].as_str().unwrap_or(""),
+        tenant["storage_mode"].as_str().unwrap_or(""),
+        tenant["name"].as_str().unwrap_or("")
+    )
+}
+
+/// Follows a tenant's latest saga until the tenant settles; a progress bar on a terminal, a
+/// line per change otherwise. Exit 0 when it ends in `success`.
+async fn follow(client: &Client, id: &str, success: &str) -> anyhow::Result<ExitCode> {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:>24} [{bar:30.cyan/blue}] {pos:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(id.to_string());
+        bar
+    });
+    let mut last = String::new();
+    loop {
+        let (_, status) =
+            client.send(client.request(reqwest::Method::GET, &format!("/v1/tenants/{id}/provisioning-status"))).await?;
+        let tenant_status = status["status"].as_str().unwrap_or("").to_string();
+        let message = format!(
+            "{tenant_status} {}",
+            status["current_step"].as_str().map(|s| format!("(step {s})")).unwrap_or_default()
+        );
+        match &bar {
+            Some(bar) => {
+                bar.set_position(status["progress"]["percent"].as_u64().unwrap_or(0));
+                bar.set_message(message.clone());
+            }
+            None if message != last => eprintln!("{id}: {message}"),
+            None => {}
+        }
+        last = message;
+        let saga_done = matches!(status["saga_status"].as_str(), Some("COMPLETED" | "COMPENSATED" | "FAILED") | None);
+        if SETTLED.contains(&tenant_status.as_str()) && saga_done {
+            if let Some(bar) = &bar {
+                bar.finish();
+            }
+            if let Some(error) = status["error"].as_object() {
+                eprintln!("error: {}", error.get("message").and_then(Value::as_str).unwrap_or(""));
+            }
+            return Ok(if tenant_status == success { ExitCode::SUCCESS } else { ExitCode::from(2) });
+        }
+        tokio::time::sleep(REFRESH).await;
+    }
+}
+
+pub async fn tenants(command: TenantsCommand, connection: Connection) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&connection);
+    match command {
+        TenantsCommand::Create { id, name, tier, storage_mode, sla_tier, domains, no_wait } => {
+            let mut body = json!({"id": id, "name": name});
+            for (key, value) in [("tier", tier), ("storage_mode", storage_mode), ("sla_tier", sla_tier)] {
+                if let Some(value) = value {
+                    body[key] = json!(value);
+                }
+            }
+            if !domains.is_empty() {
+                body["domains"] = json!(domains);
+            }
+            let (_, created) = client.send(client.request(reqwest::Method::POST, "/v1/tenants").json(&body)).await?;
+            println!("tenant {id} provisioning (saga {})", created["saga_id"].as_str().unwrap_or(""));
+            if !no_wait {
+                let code = follow(&client, &id, "ACTIVE").await?;
+                let (_, tenant) =
+                    client.send(client.request(reqwest::Method::GET, &format!("/v1/tenants/{id}"))).await?;
+                println!("{}", line(&tenant));
+                return Ok(code);
+            }
+        }
+        TenantsCommand::List { status, tier } => {
+            let mut query = Vec::new();
+            query.extend(status.map(|s| ("status", s)));
+            query.extend(tier.map(|t| ("tier", t)));
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut page = query.clone();
+                page.extend(cursor.clone().map(|c| ("cursor", c)));
+                page.push(("limit", "500".to_string()));
+                let (_, body) = client.send(client.request(reqwest::Method::GET, "/v1/tenants").query(&page)).await?;
+                for tenant in body["items"].as_array().into_iter().flatten() {
+                    println!("{}", line(tenant));
+                }
+                match body["next_cursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_string()),
+                    None => break,
+                }
+            }
+        }
+        TenantsCommand::Show { id } => {
+            let (_, tenant) = client.send(client.request(reqwest::Method::GET, &format!("/v1/tenants/{id}"))).await?;
+            print_json(&tenant);
+        }
+        TenantsCommand::Delete { id, no_wait } => {
+            let (_, body) = client.send(client.request(reqwest::Method::DELETE, &format!("/v1/tenants/{id}"))).await?;
+            println!("tenant {id} deprovisioning (saga {})", body["saga_id"].as_str().unwrap_or(""));
+            if !no_wait {
+                return follow(&client, &id, "DELETED").await;
+            }
+        }
+        TenantsCommand::Suspend { id } => {
+            let (_, tenant) =
+                client.send(client.request(reqwest::Method::POST, &format!("/v1/tenants/{id}/suspend"))).await?;
+            println!("{}", line(&tenant));
+        }
+        TenantsCommand::Resume { id } => {
+            let (_, tenant) =
+                client.send(client.request(reqwest::Method::POST, &format!("/v1/tenants/{id}/resume"))).await?;
+            println!("{}", line(&tenant));
+        }
+        TenantsCommand::Migrate { id: Some(id), no_wait, .. } => {
+            client.send(client.request(reqwest::Method::POST, &format!("/v1/tenants/{id}/retry-migration"))).await?;
+            println!("tenant {id} migrating");
+            if !no_wait {
+                return follow(&client, &id, "ACTIVE").await;
+            }
+        }
+        TenantsCommand::Migrate { id: None, service, concurrency, no_wait } => {
+            let body = json!({"service": service, "concurrency": concurrency});
+            let (_, rollout) =
+                client.send(client.request(reqwest::Method::POST, "/v1/migrations/rollout").json(&body)).await?;
+            let sagas = rollout["sagas"].as_array().cloned().unwrap_or_default();
+            println!(
+                "rollout {} started for {} tenant(s), {} at a time",
+                rollout["rollout_id"].as_str().unwrap_or(""),
+                sagas.len(),
+                rollout["concurrency"]
+            );
+            if !no_wait {
+                let mut failed = 0;
+                for saga in &sagas {
+                    let id = saga["tenant_id"].as_str().context("tenant_id in the rollout")?;
+                    if follow(&client, id, "ACTIVE").await? != ExitCode::SUCCESS {
+                        failed += 1;
+                    }
+                }
+                println!("rollout done: {} migrated, {failed} failed", sagas.len() - failed);
+                if failed > 0 {
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
