@@ -2,6 +2,7 @@
 //! configuration and telemetry. The only crate that names concrete stores.
 
 mod bench;
+mod bench_tenants;
 mod client;
 mod config;
 mod run;
@@ -56,6 +57,8 @@ enum Command {
     Migrate,
     /// Load generator: saga3 or saga3-fail against --url, or an in-process instance.
     Bench(bench::BenchArgs),
+    /// Provisioning benchmark: onboard -n tenants through an in-process server on SAGAPLANE_DATABASE_URL.
+    BenchTenants(bench_tenants::TenantBenchArgs),
     /// Manage saga definitions.
     Definitions {
         #[command(subcommand)]
@@ -150,6 +153,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => {
             let config = load(Overrides::default())?;
             return bench::run(args, config).await;
+        }
+        Command::BenchTenants(args) => {
+            let config = load(Overrides::default())?;
+            telemetry::init_logs(config.log_format);
+            return bench_tenants::run(args, config).await;
         }
         Command::Definitions { command, connection } => return client::definitions(command, connection).await,
         Command::Sagas { command, connection } => return client::sagas(command, connection).await,
