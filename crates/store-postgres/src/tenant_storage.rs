@@ -165,7 +165,7 @@ impl PgTenantStorage {
         .await
         .map_err(backend)?;
         let schema = quote_ident(POOLED_SCHEMA);
-        let mut sql = format!("GRANT USAGE ON SCHEMA {schema} TO {role_q};", role_q = quote_ident(role));
+        let role_q = quote_ident(role);
         for table in &tables {
             let qualified = format!("{schema}.{}", quote_ident(table));
             let has_policy: bool = sqlx::query_scalar(
@@ -177,28 +177,36 @@ impl PgTenantStorage {
             .fetch_one(&self.admin)
             .await
             .map_err(backend)?;
-            sql.push_str(&format!("ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY;"));
-            if !has_policy {
-                // The setting picks the tenant; the role must be that tenant's.
-                let condition = format!(
-                    "tenant_id = current_setting({setting}, true) \
-                     AND current_user = 'tenant_' || replace(tenant_id, '-', '_')",
-                    setting = quote_literal(TENANT_SETTING)
-                );
-                sql.push_str(&format!(
-                    "CREATE POLICY tenant_isolation ON {qualified} USING ({condition}) WITH CHECK ({condition});"
-                ));
+            if has_policy {
+                continue;
             }
-            sql.push_str(&format!(
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON {qualified} TO {role_q};",
-                role_q = quote_ident(role)
+            // The setting picks the tenant; the role must be that tenant's. Its own statement: a
+            // concurrent provisioning may create the same policy first (42710), which is fine.
+            let condition = format!(
+                "tenant_id = current_setting({setting}, true) \
+                 AND current_user = 'tenant_' || replace(tenant_id, '-', '_')",
+                setting = quote_literal(TENANT_SETTING)
+            );
+            let sql = format!(
+                "ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY; \
+                 CREATE POLICY tenant_isolation ON {qualified} USING ({condition}) WITH CHECK ({condition});"
+            );
+            match sqlx::raw_sql(&sql).execute(&self.admin).await {
+                Ok(_) => {}
+                Err(e) if is_code(&e, &["42710"]) => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        // The grants always run (never skipped with a policy that already existed).
+        let mut grants = format!("GRANT USAGE ON SCHEMA {schema} TO {role_q};");
+        for table in &tables {
+            grants.push_str(&format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.{} TO {role_q};",
+                quote_ident(table)
             ));
         }
-        match sqlx::raw_sql(&sql).execute(&self.admin).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_code(&e, &["42710"]) => Ok(()),
-            Err(e) => Err(backend(e)),
-        }
+        sqlx::raw_sql(&grants).execute(&self.admin).await.map_err(backend)?;
+        Ok(())
     }
 }
 

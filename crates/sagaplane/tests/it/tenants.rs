@@ -704,3 +704,59 @@ async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
     assert!(takeover, "the survivor took the saga over: {events}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_migrates_the_tenants_behind_within_its_concurrency_limit() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-rollout-migrations-{}", uuid::Uuid::now_v7()));
+    write(&dir, "app/0001_init.sql", "CREATE TABLE things (id INTEGER);");
+    let app =
+        App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
+    let s = suffix();
+    let ids: Vec<String> = (0..3).map(|n| format!("roll-{n}-{s}")).collect();
+    for id in &ids {
+        assert_eq!(create(&app, json!({"id": id, "name": id, "tier": "bridge"})).await.0, 202);
+    }
+    for id in &ids {
+        until_status(&app, id, &["ACTIVE"]).await;
+    }
+    write(&dir, "app/0002_slow.sql", "SELECT pg_sleep(0.4); ALTER TABLE things ADD COLUMN label TEXT;");
+    let (status, _, rollout) = app
+        .send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({"service": "app", "concurrency": 1})))
+        .await;
+    assert_eq!(status, 202, "{rollout}");
+    assert_eq!(rollout["sagas"].as_array().map(Vec::len), Some(3), "every tenant behind: {rollout}");
+    // At most one tenant.migrate saga runs at a time; all end ACTIVE at version 2.
+    let mut most = 0;
+    loop {
+        // Running = holding a lease (a saga waiting for its slot holds none).
+        let (_, _, listed) = app.send(app.request(Method::GET, "/v1/sagas?definition=tenant.migrate")).await;
+        let running = listed["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|saga| {
+                !saga["lease_owner"].is_null()
+                    && ["PENDING", "EXECUTING"].contains(&saga["status"].as_str().unwrap_or(""))
+            })
+            .count();
+        most = most.max(running);
+        let (_, _, done) =
+            app.send(app.request(Method::GET, "/v1/sagas?definition=tenant.migrate&status=COMPLETED")).await;
+        if done["items"].as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(most, 1, "the rollout's concurrency limit held");
+    for id in &ids {
+        let tenant = until_status(&app, id, &["ACTIVE"]).await;
+        assert_eq!(tenant["migrations"][0]["version"], 2, "{tenant}");
+    }
+    // Nobody is behind any more: a second rollout starts nothing.
+    let (_, _, again) = app.send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({}))).await;
+    assert_eq!(again["sagas"], json!([]));
+    let (status, _, body) =
+        app.send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({"service": "nope"}))).await;
+    assert_eq!(status, 422, "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
