@@ -654,7 +654,8 @@ async fn can_login(conn: &mut PgConnection, role: &str) -> bool {
 async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
     let dir = std::env::temp_dir().join(format!("sagaplane-crash-migrations-{}", uuid::Uuid::now_v7()));
     write(&dir, "app/0001_first.sql", "CREATE TABLE first_table (id INTEGER);");
-    write(&dir, "app/0002_slow.sql", "SELECT pg_sleep(2); CREATE TABLE slow_table (id INTEGER);");
+    // Long enough that the kill lands inside it even on a loaded machine.
+    write(&dir, "app/0002_slow.sql", "SELECT pg_sleep(5); CREATE TABLE slow_table (id INTEGER);");
     write(&dir, "app/0003_last.sql", "CREATE TABLE last_table (id INTEGER);");
     let database_url = Backend::Postgres.fresh_url().await;
     let env = [
@@ -669,8 +670,10 @@ async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
     // Created through the doomed instance, which drives it at once (claim on create).
     assert_eq!(create(&doomed, json!({"id": id, "name": "Crashy", "tier": "bridge"})).await.0, 202);
     until_status(&survivor, &id, &["MIGRATING"]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     doomed.child_mut().kill().await.expect("SIGKILL mid-migration");
+    let (_, _, during) = survivor.send(survivor.request(Method::GET, &format!("/v1/tenants/{id}"))).await;
+    assert_eq!(during["status"], "MIGRATING", "killed while migrating: {during}");
     let tenant = until_status(&survivor, &id, &["ACTIVE", "PROVISION_ERROR", "MIGRATION_ERROR"]).await;
     assert_eq!(tenant["status"], "ACTIVE", "{tenant}");
     assert_eq!(tenant["migrations"][0]["version"], 3, "{tenant}");
