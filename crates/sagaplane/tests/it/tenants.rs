@@ -663,14 +663,29 @@ async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
         ("SAGAPLANE_LEASE_TTL", "1s".to_string()),
         ("SAGAPLANE_POLL_INTERVAL", "100ms".to_string()),
     ];
-    let mut doomed = App::spawn_on(BIN, &database_url, &["server"], &env).await;
-    let survivor = App::spawn_on(BIN, &database_url, &["server"], &env).await;
+    let with_name = |name: &str| {
+        let mut env = env.to_vec();
+        env.push(("SAGAPLANE_WORKER_ID", name.to_string()));
+        env
+    };
+    let mut first = Some(App::spawn_on(BIN, &database_url, &["server"], &with_name("first")).await);
+    let mut second = Some(App::spawn_on(BIN, &database_url, &["server"], &with_name("second")).await);
     let id = format!("crash-{}", suffix());
     let schema = format!("tenant_{}", id.replace('-', "_"));
-    // Created through the doomed instance, which drives it at once (claim on create).
-    assert_eq!(create(&doomed, json!({"id": id, "name": "Crashy", "tier": "bridge"})).await.0, 202);
-    until_status(&survivor, &id, &["MIGRATING"]).await;
+    let api = first.as_ref().expect("first");
+    let (status, created) = create(api, json!({"id": id, "name": "Crashy", "tier": "bridge"})).await;
+    assert_eq!(status, 202, "{created}");
+    let saga_id = created["saga_id"].as_str().expect("saga").to_string();
+    until_status(api, &id, &["MIGRATING"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill whichever instance drives the saga, in the middle of the 5 s migration.
+    let (_, _, saga) = api.send(api.request(Method::GET, &format!("/v1/sagas/{saga_id}"))).await;
+    let owner = saga["lease_owner"].as_str().expect("a driver holds the saga").to_string();
+    let (mut doomed, survivor) = if owner == "first" {
+        (first.take().expect("first"), second.take().expect("second"))
+    } else {
+        (second.take().expect("second"), first.take().expect("first"))
+    };
     doomed.child_mut().kill().await.expect("SIGKILL mid-migration");
     let (_, _, during) = survivor.send(survivor.request(Method::GET, &format!("/v1/tenants/{id}"))).await;
     assert_eq!(during["status"], "MIGRATING", "killed while migrating: {during}");
@@ -697,7 +712,6 @@ async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
         .await
         .expect("schemas");
     assert_eq!(schemas, 1);
-    let saga_id = tenant["saga_id"].as_str().expect("saga");
     let (_, _, events) = survivor.send(survivor.request(Method::GET, &format!("/v1/sagas/{saga_id}/events"))).await;
     let takeover = events["items"]
         .as_array()
