@@ -31,6 +31,29 @@ pub struct AppliedMigration {
     pub applied_at_ms: i64,
 }
 
+impl Migration {
+    /// `0002_add_users.sql`, for messages.
+    pub fn file_name(&self) -> String {
+        format!("{:04}_{}.sql", self.version, self.name)
+    }
+
+    /// Given the checksum recorded for this migration in a tenant's storage (if any): `Ok(true)`
+    /// when it is applied already, `Ok(false)` when it is still to apply, and an error when the
+    /// file was edited after it was applied.
+    pub fn is_applied(&self, recorded: Option<&str>) -> Result<bool, TenantStorageError> {
+        match recorded {
+            None => Ok(false),
+            Some(checksum) if checksum == self.checksum => Ok(true),
+            Some(checksum) => Err(TenantStorageError::ChecksumMismatch {
+                service: self.service.clone(),
+                file: self.file_name(),
+                applied: checksum.to_string(),
+                found: self.checksum.clone(),
+            }),
+        }
+    }
+}
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TenantStorageError {

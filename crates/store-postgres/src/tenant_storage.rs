@@ -223,7 +223,7 @@ async fn apply_in(
     let mut sorted: Vec<&Migration> = migrations.iter().collect();
     sorted.sort_by(|a, b| (&a.service, a.version).cmp(&(&b.service, b.version)));
     for migration in sorted {
-        let file = format!("{:04}_{}.sql", migration.version, migration.name);
+        let file = migration.file_name();
         let mut tx = conn.begin().await.map_err(backend)?;
         if let Some(role) = role {
             let set_role = format!("SET LOCAL ROLE {}", quote_ident(role));
@@ -238,17 +238,8 @@ async fn apply_in(
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(backend)?;
-        match applied {
-            Some(checksum) if checksum == migration.checksum => continue,
-            Some(checksum) => {
-                return Err(TenantStorageError::ChecksumMismatch {
-                    service: migration.service.clone(),
-                    file,
-                    applied: checksum,
-                    found: migration.checksum.clone(),
-                })
-            }
-            None => {}
+        if migration.is_applied(applied.as_deref())? {
+            continue;
         }
         sqlx::Executor::execute(&mut *tx, migration.sql.as_str())
             .await

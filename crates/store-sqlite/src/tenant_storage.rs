@@ -101,7 +101,7 @@ impl TenantStorage for SqliteTenantStorage {
         let mut sorted: Vec<&Migration> = migrations.iter().collect();
         sorted.sort_by(|a, b| (&a.service, a.version).cmp(&(&b.service, b.version)));
         for migration in sorted {
-            let file = format!("{:04}_{}.sql", migration.version, migration.name);
+            let file = migration.file_name();
             // IMMEDIATE: the write lock first, so two writers of one tenant cannot interleave.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
             let applied: Option<String> =
@@ -111,17 +111,8 @@ impl TenantStorage for SqliteTenantStorage {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(backend)?;
-            match applied {
-                Some(checksum) if checksum == migration.checksum => continue,
-                Some(checksum) => {
-                    return Err(TenantStorageError::ChecksumMismatch {
-                        service: migration.service.clone(),
-                        file,
-                        applied: checksum,
-                        found: migration.checksum.clone(),
-                    })
-                }
-                None => {}
+            if migration.is_applied(applied.as_deref())? {
+                continue;
             }
             if let Err(e) = sqlx::Executor::execute(&mut *tx, migration.sql.as_str()).await {
                 return Err(TenantStorageError::MigrationFailed {

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use saga_core::tenant::StorageMode;
 use saga_core::{FailureKind, Outcome};
 use saga_runtime::executor::AttemptContext;
 use saga_runtime::{BuiltinRegistry, Clock};
@@ -138,71 +137,20 @@ impl TenantSteps {
 
     /// Registers every tenant builtin.
     pub fn register(self: Arc<Self>, registry: &mut BuiltinRegistry) {
-        let this = self.clone();
-        registry.register(
-            steps::RECORD,
-            Arc::new(move |_, ctx| {
-                let this = this.clone();
-                Box::pin(async move { this.record(ctx).await })
-            }),
-        );
-        let this = self.clone();
-        registry.register(
-            steps::STORAGE_CREATE,
-            Arc::new(move |_, ctx| {
-                let this = this.clone();
-                Box::pin(async move { this.storage_create(ctx).await })
-            }),
-        );
-        let this = self.clone();
-        registry.register(
-            steps::STORAGE_DROP,
-            Arc::new(move |_, ctx| {
-                let this = this.clone();
-                Box::pin(async move { this.storage_drop(ctx).await })
-            }),
-        );
-        let this = self.clone();
-        registry.register(
-            steps::MIGRATIONS_APPLY,
-            Arc::new(move |input, ctx| {
-                let this = this.clone();
-                Box::pin(async move { this.migrations_apply(input, ctx).await })
-            }),
-        );
-        let this = self.clone();
-        registry.register(
-            steps::ACCESS_SUSPEND,
-            Arc::new(move |_, ctx| {
-                let this = this.clone();
-                Box::pin(async move { this.access_set(ctx, false).await })
-            }),
-        );
-        let this = self.clone();
-        registry.register(
-            steps::ACCESS_RESUME,
-            Arc::new(move |_, ctx| {
-                let this = this.clone();
-                Box::pin(async move { this.access_set(ctx, true).await })
-            }),
-        );
+        add(registry, steps::RECORD, &self, |this, _, ctx| async move { this.record(ctx).await });
+        add(registry, steps::STORAGE_CREATE, &self, |this, _, ctx| async move { this.storage_create(ctx).await });
+        add(registry, steps::STORAGE_DROP, &self, |this, _, ctx| async move { this.storage_drop(ctx).await });
+        add(registry, steps::MIGRATIONS_APPLY, &self, |this, input, ctx| async move {
+            this.migrations_apply(input, ctx).await
+        });
+        add(registry, steps::ACCESS_SUSPEND, &self, |this, _, ctx| async move { this.access_set(ctx, false).await });
+        add(registry, steps::ACCESS_RESUME, &self, |this, _, ctx| async move { this.access_set(ctx, true).await });
+        add(registry, steps::KEYS_REVOKE, &self, |this, _, ctx| async move { this.keys_revoke(ctx).await });
         // The status changes of these two are the hook's (committed with the step).
-        registry.register(
-            steps::ACTIVATE,
-            Arc::new(|_, _| Box::pin(async move { Outcome::Succeeded(json!({"status": "ACTIVE"})) })),
-        );
-        registry.register(
-            steps::FINALIZE_DELETE,
-            Arc::new(|_, _| Box::pin(async move { Outcome::Succeeded(json!({"status": "DELETED"})) })),
-        );
-        let this = self;
-        registry.register(
-            steps::KEYS_REVOKE,
-            Arc::new(move |_, ctx| {
-                let this = this.clone();
-                Box::pin(async move { this.keys_revoke(ctx).await })
-            }),
-        );
+        add(registry, steps::ACTIVATE, &self, |_, _, _| async move { Outcome::Succeeded(json!({"status": "ACTIVE"})) });
+        add(registry, steps::FINALIZE_DELETE, &self, |_, _, _| async move {
+            Outcome::Succeeded(json!({"status": "DELETED"}))
+        });
     }
 
     async fn keys_revoke(&self, ctx: AttemptContext) -> Outcome {
@@ -216,7 +164,12 @@ impl TenantSteps {
     }
 }
 
-/// True when `mode` is worth offering on this storage (for request validation).
-pub fn mode_supported(storage: &dyn TenantStorage, mode: StorageMode) -> bool {
-    storage.supports(mode)
+/// Registers one step that runs `step` with the shared [`TenantSteps`].
+fn add<F, Fut>(registry: &mut BuiltinRegistry, name: &str, this: &Arc<TenantSteps>, step: F)
+where
+    F: Fn(Arc<TenantSteps>, Value, AttemptContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let this = this.clone();
+    registry.register(name, Arc::new(move |input, ctx| Box::pin(step(this.clone(), input, ctx))));
 }
