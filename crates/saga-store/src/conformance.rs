@@ -591,6 +591,8 @@ async fn admission_never_exceeds_the_key_limit(store: Arc<dyn Store>) -> CheckRe
         }
     }
     let free = create(store.as_ref(), 1).await?;
+    let filter = SagaFilter { limit: 100, concurrency_key: Some("tenant-a".into()), ..Default::default() };
+    ensure!(db(store.saga_list(&filter).await)?.len() == 6, "listing by concurrency key");
     // Several claimers at once: the key's two slots are shared among them, never exceeded.
     let mut tasks = Vec::new();
     for worker in 0..4 {

@@ -345,6 +345,8 @@ pub struct SagaFilter {
     pub status: Option<SagaStatus>,
     pub definition: Option<String>,
     pub tenant_id: Option<String>,
+    /// Sagas sharing this concurrency key (e.g. one migration rollout).
+    pub concurrency_key: Option<String>,
     /// Page after this id (ids are UUIDv7, listed newest first).
     pub before_id: Option<Uuid>,
     pub limit: u32,

@@ -124,6 +124,45 @@ async fn follow(client: &Client, id: &str, success: &str) -> anyhow::Result<Exit
     }
 }
 
+/// Follows a migration rollout until every saga of it has ended.
+async fn follow_rollout(client: &Client, rollout_id: &str) -> anyhow::Result<ExitCode> {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = terminal.then(indicatif::ProgressBar::no_length);
+    if let Some(bar) = &bar {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("rollout [{bar:30.cyan/blue}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+    }
+    let mut last = String::new();
+    loop {
+        let (_, progress) =
+            client.send(client.request(reqwest::Method::GET, &format!("/v1/migrations/rollouts/{rollout_id}"))).await?;
+        let statuses = progress["statuses"].to_string();
+        match &bar {
+            Some(bar) => {
+                bar.set_length(progress["total"].as_u64().unwrap_or(0));
+                bar.set_position(progress["finished"].as_u64().unwrap_or(0));
+                bar.set_message(statuses.clone());
+            }
+            None if statuses != last => eprintln!("rollout {rollout_id}: {statuses}"),
+            None => {}
+        }
+        last = statuses;
+        if progress["done"] == json!(true) {
+            if let Some(bar) = &bar {
+                bar.finish();
+            }
+            let completed = progress["statuses"]["COMPLETED"].as_u64().unwrap_or(0);
+            let total = progress["total"].as_u64().unwrap_or(0);
+            println!("rollout done: {completed} of {total} tenant(s) migrated");
+            return Ok(if completed == total { ExitCode::SUCCESS } else { ExitCode::from(2) });
+        }
+        tokio::time::sleep(REFRESH).await;
+    }
+}
+
 pub async fn tenants(command: TenantsCommand, connection: Connection) -> anyhow::Result<ExitCode> {
     let client = Client::new(&connection);
     match command {
@@ -205,18 +244,9 @@ pub async fn tenants(command: TenantsCommand, connection: Connection) -> anyhow:
                 sagas.len(),
                 rollout["concurrency"]
             );
-            if !no_wait {
-                let mut failed = 0;
-                for saga in &sagas {
-                    let id = saga["tenant_id"].as_str().context("tenant_id in the rollout")?;
-                    if follow(&client, id, "ACTIVE").await? != ExitCode::SUCCESS {
-                        failed += 1;
-                    }
-                }
-                println!("rollout done: {} migrated, {failed} failed", sagas.len() - failed);
-                if failed > 0 {
-                    return Ok(ExitCode::from(2));
-                }
+            if !no_wait && !sagas.is_empty() {
+                let rollout_id = rollout["rollout_id"].as_str().context("rollout_id")?.to_string();
+                return follow_rollout(&client, &rollout_id).await;
             }
         }
     }

@@ -65,6 +65,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/tenants/{id}/api-keys/{key_id}"),
     ("get", "/v1/migrations"),
     ("post", "/v1/migrations/rollout"),
+    ("get", "/v1/migrations/rollouts/{rollout_id}"),
     ("post", "/v1/webhooks/crm"),
 ];
 
@@ -96,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{id}/api-keys/{key_id}", delete(routes::tenants::keys_delete))
         .route("/migrations", get(routes::tenants::migrations))
         .route("/migrations/rollout", post(routes::tenants::rollout))
+        .route("/migrations/rollouts/{rollout_id}", get(routes::tenants::rollout_progress))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         // Added after the auth layer: the callback token is the capability (API.md §2).
         .route("/callbacks/{token}", post(routes::control::callback))

@@ -254,6 +254,10 @@ fn tenant_paths() -> Value {
             "/v1/migrations/rollout": {
                 "post": secured(json!({"summary": "Start tenant.migrate for every ACTIVE tenant behind, at most `concurrency` at once (admin)", "responses": {"202": {"description": "{rollout_id, sagas}"}, "422": problem("invalid rollout")}})),
             },
+            "/v1/migrations/rollouts/{rollout_id}": {
+                "parameters": [path_param("rollout_id", "rollout_id from POST /v1/migrations/rollout")],
+                "get": secured(json!({"summary": "A rollout's progress: sagas by status (admin)", "responses": {"200": {"description": "{rollout_id, total, finished, done, statuses, sagas}"}, "404": problem("unknown rollout")}})),
+            },
             "/v1/webhooks/crm": {
                 "post": {"summary": "CRM ingress (Standard Webhooks signature, 5-minute window, dedupe by webhook-id)",
                     "responses": {"202": ok("provisioning started", "TenantAccepted"), "200": {"description": "replay: the first result"}, "401": problem("bad signature or stale timestamp"), "404": problem("not configured")}},

@@ -531,6 +531,9 @@ impl Store for PostgresStore {
         if let Some(tenant) = &filter.tenant_id {
             query.push(" AND s.tenant_id = ").push_bind(tenant.clone());
         }
+        if let Some(key) = &filter.concurrency_key {
+            query.push(" AND s.concurrency_key = ").push_bind(key.clone());
+        }
         if let Some(before) = filter.before_id {
             query.push(" AND s.id < ").push_bind(before);
         }

@@ -222,6 +222,9 @@ impl Store for SqliteStore {
         if filter.tenant_id.is_some() {
             sql.push_str(" AND tenant_id = ?");
         }
+        if filter.concurrency_key.is_some() {
+            sql.push_str(" AND concurrency_key = ?");
+        }
         if filter.before_id.is_some() {
             sql.push_str(" AND id < ?");
         }
@@ -235,6 +238,9 @@ impl Store for SqliteStore {
         }
         if let Some(tenant) = &filter.tenant_id {
             query = query.bind(tenant);
+        }
+        if let Some(key) = &filter.concurrency_key {
+            query = query.bind(key);
         }
         if let Some(before) = filter.before_id {
             query = query.bind(before.to_string());

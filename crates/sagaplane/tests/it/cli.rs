@@ -248,3 +248,24 @@ async fn tenants_create_list_show_suspend_resume_delete() {
     let tenant: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(tenant["status"], "DELETED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_migrate_rolls_out_and_follows_to_the_end() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-cli-migrations-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(dir.join("notes")).expect("dir");
+    std::fs::write(dir.join("notes/0001_create_notes.sql"), "CREATE TABLE notes (id INTEGER);").expect("write");
+    let app = App::spawn(BIN, Backend::Sqlite, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
+    let out =
+        tokio::task::block_in_place(|| client(&app, &["tenants", "create", "mig-co", "--name", "M", "--tier", "silo"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.join("notes/0002_add_body.sql"), "ALTER TABLE notes ADD COLUMN body TEXT;").expect("write");
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "migrate", "--concurrency", "2"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("started for 1 tenant(s), 2 at a time"), "{stdout}");
+    assert!(stdout.contains("rollout done: 1 of 1 tenant(s) migrated"), "{stdout}");
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "show", "mig-co"]));
+    let tenant: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(tenant["migrations"][0]["version"], 2, "{tenant}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

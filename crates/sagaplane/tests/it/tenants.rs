@@ -488,7 +488,7 @@ async fn every_route_authorizes_admin_own_tenant_and_other_tenant_keys() {
             }
         }
     }
-    assert_eq!(routes.len(), 37, "every route is documented (server::ROUTES has the same count)");
+    assert_eq!(routes.len(), 38, "every route is documented (server::ROUTES has the same count)");
     let concrete = |path: &str| {
         let id = if path.starts_with("/v1/sagas/") { sagas[&a].clone() } else { a.clone() };
         path.replace("{id}", &id)
@@ -497,6 +497,7 @@ async fn every_route_authorizes_admin_own_tenant_and_other_tenant_keys() {
             .replace("{token}", "not-a-token")
             .replace("{user_id}", user["id"].as_str().unwrap_or(""))
             .replace("{key_id}", spare_a["id"].as_str().unwrap_or(""))
+            .replace("{rollout_id}", &uuid::Uuid::now_v7().to_string())
     };
     let public = |path: &str| {
         !path.starts_with("/v1/") || path.starts_with("/v1/callbacks/") || path.starts_with("/v1/webhooks/")
@@ -765,6 +766,14 @@ async fn a_rollout_migrates_the_tenants_behind_within_its_concurrency_limit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(most, 1, "the rollout's concurrency limit held");
+    let rollout_id = rollout["rollout_id"].as_str().expect("rollout id");
+    let (status, _, progress) =
+        app.send(app.request(Method::GET, &format!("/v1/migrations/rollouts/{rollout_id}"))).await;
+    assert_eq!(status, 200, "{progress}");
+    assert_eq!((progress["total"].as_u64(), progress["done"].as_bool()), (Some(3), Some(true)), "{progress}");
+    assert_eq!(progress["statuses"]["COMPLETED"], 3);
+    let unknown = uuid::Uuid::now_v7();
+    assert_eq!(app.send(app.request(Method::GET, &format!("/v1/migrations/rollouts/{unknown}"))).await.0, 404);
     for id in &ids {
         let tenant = until_status(&app, id, &["ACTIVE"]).await;
         assert_eq!(tenant["migrations"][0]["version"], 2, "{tenant}");

@@ -402,6 +402,7 @@ pub async fn list(
         status,
         definition: query.get("definition").cloned(),
         tenant_id,
+        concurrency_key: None,
         before_id,
         limit: saga_store::clamp_limit(limit),
     };

@@ -907,6 +907,55 @@ pub async fn rollout(
         .into_response())
 }
 
+/// The most sagas a rollout's progress lists.
+const ROLLOUT_PROGRESS_MAX: usize = 10_000;
+
+/// `GET /v1/migrations/rollouts/{rollout_id}`: how far a rollout is, from its sagas.
+pub async fn rollout_progress(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(rollout_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    tenancy(&state)?;
+    let rollout_id = parse_uuid(&rollout_id, "rollout")?;
+    let mut sagas = Vec::new();
+    let mut before_id = None;
+    loop {
+        let filter = saga_store::SagaFilter {
+            concurrency_key: Some(format!("rollout:{rollout_id}")),
+            before_id,
+            limit: saga_store::LIST_LIMIT_MAX,
+            ..Default::default()
+        };
+        let page = state.store.saga_list(&filter).await?;
+        before_id = page.last().map(|s| s.id);
+        let full = page.len() == saga_store::LIST_LIMIT_MAX as usize;
+        sagas.extend(page);
+        if !full || sagas.len() >= ROLLOUT_PROGRESS_MAX {
+            break;
+        }
+    }
+    if sagas.is_empty() {
+        return Err(ApiError::NotFound(format!("rollout {rollout_id} does not exist")));
+    }
+    let mut statuses: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for saga in &sagas {
+        *statuses.entry(saga.status.as_str()).or_default() += 1;
+    }
+    let finished = sagas.iter().filter(|s| s.status.is_terminal()).count();
+    let items: Vec<Value> =
+        sagas.iter().map(|s| json!({"tenant_id": s.tenant_id, "saga_id": s.id, "status": s.status.as_str()})).collect();
+    Ok(Json(json!({
+        "rollout_id": rollout_id,
+        "total": sagas.len(),
+        "finished": finished,
+        "done": finished == sagas.len(),
+        "statuses": statuses,
+        "sagas": items,
+    })))
+}
+
 /// The `webhook-id` dedupe source of the CRM webhook.
 const CRM_SOURCE: &str = "crm";
 
