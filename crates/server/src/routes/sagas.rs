@@ -95,14 +95,6 @@ struct StartRequest {
     priority: i32,
 }
 
-fn is_valid_tenant_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    (3..=63).contains(&b.len())
-        && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[b.len() - 1] != b'-'
-}
-
 fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
     let Value::Object(map) = body else {
         return Err(ApiError::field("", "must be a JSON object"));
@@ -142,7 +134,7 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
     };
     let tenant_id = match map.get("tenant_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if is_valid_tenant_id(s) => Some(s.clone()),
+        Some(Value::String(s)) if saga_core::tenant::is_valid_tenant_id(s) => Some(s.clone()),
         Some(_) => {
             error("/tenant_id", "must match ^[a-z][a-z0-9-]{1,61}[a-z0-9]$");
             None

@@ -267,6 +267,25 @@ async fn tenant_saga(
     })
 }
 
+/// Moves tenant `id` to `to` (only from `from`) and starts the built-in saga `definition` for it
+/// in the same transaction; 409 when the tenant is in another status.
+async fn start_tenant_saga(
+    state: &AppState,
+    id: &str,
+    (to, from): (TenantStatus, Vec<TenantStatus>),
+    definition: &str,
+    input: Value,
+    concurrency: Option<(String, u32)>,
+) -> Result<(TenantRecord, saga_store::SagaRecord), ApiError> {
+    let saga = tenant_saga(state, definition, id, input, concurrency).await?;
+    let transition =
+        TenantTransition { id: id.to_string(), to, from, error: None, saga: Some(saga), now_ms: state.clock.now_ms() };
+    match state.store.tenant_transition(transition).await? {
+        (tenant, Some(saga)) => Ok((tenant, saga)),
+        (_, None) => Err(ApiError::Internal("the tenant moved but its saga was not started".into())),
+    }
+}
+
 /// Creates a tenant and starts its provisioning: the body of `POST /v1/tenants` (also used by
 /// the CRM webhook and `sagaplane dev`'s demo tenant). Returns `202 {tenant, saga_id}`.
 pub async fn onboard(state: &AppState, body: &Value) -> Result<(StatusCode, Value), ApiError> {
@@ -444,13 +463,6 @@ pub async fn patch(
     Ok(Json(views::tenant(&updated)))
 }
 
-fn conflict(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Conflict(message) => ApiError::Conflict(message),
-        other => other.into(),
-    }
-}
-
 pub async fn delete(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -469,18 +481,10 @@ pub async fn delete(
             }
         }
     }
-    let saga = tenant_saga(&state, tenancy::definitions::DEPROVISION, &id, json!({"tenant_id": id}), None).await?;
-    let transition = TenantTransition {
-        id: id.clone(),
-        to: TenantStatus::Deprovisioning,
-        from: TenantStatus::sources_of(TenantStatus::Deprovisioning),
-        error: None,
-        saga: Some(saga),
-        now_ms: state.clock.now_ms(),
-    };
-    let (_, saga) = state.store.tenant_transition(transition).await.map_err(conflict)?;
-    let saga_id = saga.map(|s| s.id);
-    Ok((StatusCode::ACCEPTED, Json(json!({"saga_id": saga_id}))).into_response())
+    let to = (TenantStatus::Deprovisioning, TenantStatus::sources_of(TenantStatus::Deprovisioning));
+    let input = json!({"tenant_id": id});
+    let (_, saga) = start_tenant_saga(&state, &id, to, tenancy::definitions::DEPROVISION, input, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"saga_id": saga.id}))).into_response())
 }
 
 pub async fn provisioning_status(
@@ -519,7 +523,7 @@ pub async fn cancel_provisioning(
     if !provisioning || saga.definition != tenancy::definitions::PROVISION || saga.status.is_terminal() {
         return Err(ApiError::Conflict(format!("tenant is {}; it is not provisioning", tenant.status.as_str())));
     }
-    let updated = state.store.saga_cancel_request(saga.id, state.clock.now_ms()).await.map_err(conflict)?;
+    let updated = state.store.saga_cancel_request(saga.id, state.clock.now_ms()).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"saga_id": updated.id, "status": "cancel requested"}))).into_response())
 }
 
@@ -536,18 +540,10 @@ pub async fn retry_migration(
             tenant.status.as_str()
         )));
     }
-    let saga = tenant_saga(&state, tenancy::definitions::MIGRATE, &id, json!({"tenant_id": id}), None).await?;
-    let transition = TenantTransition {
-        id: id.clone(),
-        to: TenantStatus::Migrating,
-        from: vec![TenantStatus::MigrationError],
-        error: None,
-        saga: Some(saga),
-        now_ms: state.clock.now_ms(),
-    };
-    let (tenant, saga) = state.store.tenant_transition(transition).await.map_err(conflict)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"tenant": views::tenant(&tenant), "saga_id": saga.map(|s| s.id)})))
-        .into_response())
+    let to = (TenantStatus::Migrating, vec![TenantStatus::MigrationError]);
+    let input = json!({"tenant_id": id});
+    let (tenant, saga) = start_tenant_saga(&state, &id, to, tenancy::definitions::MIGRATE, input, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"tenant": views::tenant(&tenant), "saga_id": saga.id}))).into_response())
 }
 
 async fn set_access(
@@ -581,7 +577,7 @@ async fn set_access(
         saga: None,
         now_ms: state.clock.now_ms(),
     };
-    let (updated, _) = state.store.tenant_transition(transition).await.map_err(conflict)?;
+    let (updated, _) = state.store.tenant_transition(transition).await?;
     Ok(Json(views::tenant(&updated)))
 }
 
@@ -666,7 +662,7 @@ pub async fn users_create(
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     };
-    state.store.tenant_user_create(&user).await.map_err(conflict)?;
+    state.store.tenant_user_create(&user).await?;
     Ok((StatusCode::CREATED, Json(views::tenant_user(&user))).into_response())
 }
 
@@ -694,7 +690,7 @@ pub async fn users_update(
     match state.store.tenant_user_update(&user).await {
         Ok(()) => Ok(Json(views::tenant_user(&user))),
         Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("user {user_id} does not exist"))),
-        Err(e) => Err(conflict(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -875,28 +871,20 @@ pub async fn rollout(
                 break;
             }
             // The limit is a concurrency key shared by this rollout's sagas, enforced by the claim.
-            let saga = tenant_saga(
+            let started_saga = start_tenant_saga(
                 &state,
-                tenancy::definitions::MIGRATE,
                 &tenant.id,
+                (TenantStatus::Migrating, vec![TenantStatus::Active]),
+                tenancy::definitions::MIGRATE,
                 json!({"tenant_id": tenant.id, "service": service, "rollout_id": rollout_id}),
                 Some((format!("rollout:{rollout_id}"), concurrency)),
             )
-            .await?;
-            let transition = TenantTransition {
-                id: tenant.id.clone(),
-                to: TenantStatus::Migrating,
-                from: vec![TenantStatus::Active],
-                error: None,
-                saga: Some(saga),
-                now_ms: state.clock.now_ms(),
-            };
-            match state.store.tenant_transition(transition).await {
-                Ok((_, Some(saga))) => started.push(json!({"tenant_id": tenant.id, "saga_id": saga.id})),
-                Ok((_, None)) => {}
+            .await;
+            match started_saga {
+                Ok((_, saga)) => started.push(json!({"tenant_id": tenant.id, "saga_id": saga.id})),
                 // It stopped being ACTIVE meanwhile: not part of this rollout.
-                Err(StoreError::Conflict(_)) => {}
-                Err(e) => return Err(e.into()),
+                Err(ApiError::Conflict(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         if page.len() < saga_store::LIST_LIMIT_MAX as usize {
