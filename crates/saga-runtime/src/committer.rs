@@ -13,7 +13,9 @@ use crate::metrics_names::SAGA_COMMIT_BATCH_SIZE;
 /// How many transitions may wait for the committer before drivers block.
 pub const COMMIT_QUEUE_MAX: usize = 4096;
 
-type Reply = oneshot::Sender<Result<CommitOutcome, String>>;
+/// The outcome, with the commit handed back (a driver whose commit was refused for a cancel
+/// request reuses its history rows instead of having cloned them up front).
+type Reply = oneshot::Sender<Result<(CommitOutcome, SagaCommit), String>>;
 
 /// A handle drivers use to commit transitions.
 #[derive(Clone)]
@@ -29,8 +31,9 @@ impl Committer {
         (Committer { sender }, task)
     }
 
-    /// Commits one transition; resolves once it is durable (or fenced, or failed).
-    pub async fn commit(&self, commit: SagaCommit) -> Result<CommitOutcome, String> {
+    /// Commits one transition; resolves once it is durable (or fenced, or refused, or failed),
+    /// handing the commit back.
+    pub async fn commit(&self, commit: SagaCommit) -> Result<(CommitOutcome, SagaCommit), String> {
         let (reply, answer) = oneshot::channel();
         self.sender.send((commit, reply)).await.map_err(|_| "committer stopped".to_string())?;
         answer.await.map_err(|_| "committer dropped the commit".to_string())?
@@ -51,8 +54,8 @@ async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(SagaCommit, Re
         metrics::histogram!(SAGA_COMMIT_BATCH_SIZE).record(commits.len() as f64);
         match store.saga_commit_batch(&commits).await {
             Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+                for ((reply, outcome), commit) in replies.into_iter().zip(outcomes).zip(commits) {
+                    let _ = reply.send(Ok((outcome, commit)));
                 }
             }
             Err(e) => {

@@ -458,19 +458,20 @@ async fn commit(
             state: state.clone(),
             run_at_ms: release_until.unwrap_or(now_ms),
             release_lease: release_until.is_some(),
-            events: events.clone(),
+            events,
             worker_id: shared.config.worker_id.clone(),
             wake_seq_seen: claimed.record.wake_seq,
             tenant_change,
             now_ms,
         };
         match shared.committer.commit(commit).await {
-            Ok(CommitOutcome::Committed) => return Some((now_ms, release_until)),
-            Ok(CommitOutcome::Fenced) => {
+            Ok((CommitOutcome::Committed, _)) => return Some((now_ms, release_until)),
+            Ok((CommitOutcome::Fenced, _)) => {
                 tracing::warn!("commit fenced: another instance owns this saga");
                 return None;
             }
-            Ok(CommitOutcome::CancelRequested { at_ms }) => {
+            Ok((CommitOutcome::CancelRequested { at_ms }, refused)) => {
+                events = refused.events;
                 let was_completed = state.status == SagaStatus::Completed;
                 let cancel = state.cancel(definition, at_ms, now_ms, true);
                 if was_completed && state.status != SagaStatus::Completed {
