@@ -571,8 +571,8 @@ async fn every_route_authorizes_admin_own_tenant_and_other_tenant_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_resume_and_cancel_provisioning() {
     let dir = std::env::temp_dir().join(format!("sagaplane-slow-migrations-{}", uuid::Uuid::now_v7()));
-    // A slow migration keeps provisioning in flight long enough to cancel it.
-    write(&dir, "slow/0001_wait.sql", "SELECT pg_sleep(1.5); CREATE TABLE waited (id INTEGER);");
+    // A slow migration keeps provisioning in flight long enough to cancel it, even under load.
+    write(&dir, "slow/0001_wait.sql", "SELECT pg_sleep(4); CREATE TABLE waited (id INTEGER);");
     let app =
         App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
     let mut conn = admin_connection(&app).await;
