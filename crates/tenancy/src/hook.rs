@@ -7,7 +7,7 @@
 //! | provision | storage step succeeded | `MIGRATING` (storage recorded) |
 //! | migrate | (the API sets `MIGRATING` when it starts the saga) | |
 //! | provision, migrate | completed | `ACTIVE` (storage, migrations recorded) |
-//! | provision | compensating / compensated / failed | `PROVISION_ERROR` with the error |
+//! | provision | compensated / failed (once compensation is over: storage is gone when it says so) | `PROVISION_ERROR` with the error |
 //! | migrate (or provision past storage) | failed in the migrations step | `MIGRATION_ERROR` |
 //! | deprovision | completed | `DELETED` |
 
@@ -66,7 +66,10 @@ impl TransitionHook for TenantHook {
             (_, SagaStatus::Completed) => {
                 Some(TenantChange { storage, migrations, ..change(tenant_id, TenantStatus::Active, None) })
             }
-            (_, SagaStatus::Compensating | SagaStatus::Compensated | SagaStatus::Failed) => {
+            // While compensating, the tenant keeps its in-progress status (provisioning-status shows
+            // `COMPENSATING`): an error status is only shown once the undo is over, so a client
+            // that sees `PROVISION_ERROR` can rely on the storage being gone.
+            (_, SagaStatus::Compensated | SagaStatus::Failed) => {
                 let failed_in_migrations = migrations_step.and_then(|i| state.steps.get(i)).is_some_and(|s| {
                     s.status == StepStatus::Failed
                         && state.error.as_ref().is_some_and(|e| e.step.as_deref() == Some(s.name.as_str()))

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use saga_core::tenant::{is_valid_tenant_id, SlaTier, StorageMode, TenantStatus, Tier};
-use saga_core::{FieldError, SagaState};
+use saga_core::{FieldError, SagaState, SagaStatus};
 use saga_store::{
     SagaCreate, StoreError, TenantFilter, TenantKeyRecord, TenantPatch, TenantRecord, TenantTransition,
     TenantUserRecord, WebhookClaim,
@@ -522,6 +522,9 @@ pub async fn cancel_provisioning(
     let provisioning = matches!(tenant.status, TenantStatus::Provisioning | TenantStatus::Migrating);
     if !provisioning || saga.definition != tenancy::definitions::PROVISION || saga.status.is_terminal() {
         return Err(ApiError::Conflict(format!("tenant is {}; it is not provisioning", tenant.status.as_str())));
+    }
+    if saga.status == SagaStatus::Compensating {
+        return Err(ApiError::Conflict("its provisioning is already being undone".into()));
     }
     let updated = state.store.saga_cancel_request(saga.id, state.clock.now_ms()).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"saga_id": updated.id, "status": "cancel requested"}))).into_response())
