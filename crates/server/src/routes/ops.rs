@@ -55,3 +55,27 @@ pub async fn not_found(uri: Uri) -> ApiError {
 pub async fn method_not_allowed(uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("method not allowed on {}", uri.path()))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ROUTES;
+
+    /// Every API path the dashboard calls (its `'/v1/…'` literals are route templates, filled
+    /// by the script; a query string is dropped) is a route the server has.
+    #[test]
+    fn the_dashboard_only_calls_routes_that_exist() {
+        let html = include_str!("../ui.html");
+        let called: Vec<&str> = html
+            .match_indices("'/v1/")
+            .map(|(at, _)| {
+                let literal = &html[at + 1..];
+                let literal = &literal[..literal.find('\'').unwrap_or(literal.len())];
+                literal.split('?').next().unwrap_or(literal)
+            })
+            .collect();
+        assert!(called.len() >= 10, "found {called:?}");
+        for path in called {
+            assert!(ROUTES.iter().any(|(_, route)| *route == path), "the dashboard calls {path}, which is no route");
+        }
+    }
+}
