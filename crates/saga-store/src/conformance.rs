@@ -50,6 +50,7 @@ where
     run!(create_for_latest_refuses_a_moved_version);
     run!(create_with_a_lease_is_claimed_already);
     run!(concurrent_creates_with_one_key_make_one_saga);
+    run!(concurrent_mixed_creates_each_get_their_own_outcome);
     run!(claim_sets_lease_and_bumps_token);
     run!(stale_token_write_is_rejected);
     run!(expired_lease_is_claimable);
@@ -244,6 +245,100 @@ async fn concurrent_creates_with_one_key_make_one_saga(store: Arc<dyn Store>) ->
         }
     }
     ensure!(created == 1 && ids.len() == 1, "created {created}, distinct ids {}", ids.len());
+    Ok(())
+}
+
+/// Many different creates at once (a store may write concurrent creates together): each gets
+/// the outcome it would get alone, and one that cannot be written (a duplicate id) fails alone.
+async fn concurrent_mixed_creates_each_get_their_own_outcome(store: Arc<dyn Store>) -> CheckResult {
+    let doc = json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
+    db(store.definition_put("conformance", &doc, 1).await)?;
+    db(store.definition_put("conformance", &json!({"steps": []}), 2).await)?;
+    let mut taken = create_params(1);
+    taken.idempotency_key = Some("admin:taken".into());
+    taken.request_hash = Some("h".into());
+    let SagaCreated::Created(existing) = db(store.saga_create(taken.clone()).await)? else {
+        return Err("setup create not Created".into());
+    };
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Expect {
+        Created,
+        Leased,
+        Keyed,
+        Replayed,
+        KeyConflict,
+        VersionMoved,
+        Error,
+    }
+    let mut cases = Vec::new();
+    for n in 0..60 {
+        let mut params = create_params(10 + n);
+        let expect = match n % 7 {
+            0 => Expect::Created,
+            1 => {
+                params.lease = Some(crate::LeaseGrant { worker_id: "w1".into(), lease_ttl_ms: 30_000 });
+                Expect::Leased
+            }
+            2 => {
+                params.concurrency = Some((format!("key-{}", n % 2), 1));
+                Expect::Keyed
+            }
+            3 => {
+                params.idempotency_key = taken.idempotency_key.clone();
+                params.request_hash = taken.request_hash.clone();
+                Expect::Replayed
+            }
+            4 => {
+                params.idempotency_key = taken.idempotency_key.clone();
+                params.request_hash = Some("other".into());
+                Expect::KeyConflict
+            }
+            5 => {
+                params.require_latest = true;
+                Expect::VersionMoved
+            }
+            _ => {
+                params.id = existing.id;
+                Expect::Error
+            }
+        };
+        cases.push((params, expect));
+    }
+    let tasks: Vec<_> = cases
+        .iter()
+        .map(|(params, _)| {
+            let (store, params) = (store.clone(), params.clone());
+            tokio::spawn(async move { store.saga_create(params).await })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for (task, (params, expect)) in tasks.into_iter().zip(&cases) {
+        let outcome = task.await.map_err(|e| format!("creator panicked: {e}"))?;
+        let fine = match (expect, &outcome) {
+            (Expect::Created, Ok(SagaCreated::Created(r))) => r.id == params.id && r.lease_owner.is_none(),
+            (Expect::Leased, Ok(SagaCreated::Created(r))) => {
+                r.fencing_token == 1 && r.lease_owner.as_deref() == Some("w1")
+            }
+            (Expect::Keyed, Ok(SagaCreated::Created(r))) => {
+                r.concurrency_key == params.concurrency.as_ref().map(|c| c.0.clone())
+            }
+            (Expect::Replayed, Ok(SagaCreated::Replayed(r))) => r.id == existing.id,
+            (Expect::KeyConflict, Ok(SagaCreated::KeyConflict)) => true,
+            (Expect::VersionMoved, Ok(SagaCreated::VersionMoved)) => true,
+            (Expect::Error, Err(_)) => true,
+            _ => false,
+        };
+        ensure!(fine, "{expect:?} got {outcome:?}");
+        if let Ok(SagaCreated::Created(r)) = outcome {
+            created.push(r.id);
+        }
+    }
+    ensure!(created.len() == 9 * 3, "created {}", created.len());
+    for id in created {
+        let events = db(store.saga_events(id, 0, 10).await)?;
+        ensure!(events.len() == 1 && events[0].kind == "saga_created", "{id}: {events:?}");
+    }
+    ensure!(db(store.saga_get(existing.id).await)? == existing, "the duplicate id changed the existing saga");
     Ok(())
 }
 

@@ -3,10 +3,12 @@
 //! Claims are one `FOR UPDATE SKIP LOCKED` statement that bumps the fencing token; a batch of
 //! drivers' transitions is one transaction of two statements (a fenced `UPDATE … FROM UNNEST`
 //! and one multi-row history `INSERT`); heartbeats renew every lease an instance holds in one
-//! statement. `LISTEN/NOTIFY` on `sagaplane_work` wakes idle instances; polling remains the
+//! statement. Concurrent creates are likewise one multi-row statement (module `creates`).
+//! `LISTEN/NOTIFY` on `sagaplane_work` wakes idle instances; polling remains the
 //! fallback, so the store keeps to what distributed PostgreSQL-compatible engines offer.
 //! [`tenant_storage`] provisions tenants' schemas, databases and pooled tables.
 
+mod creates;
 mod migrate;
 mod rows;
 mod store;

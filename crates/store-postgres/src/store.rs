@@ -18,6 +18,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
+use crate::creates::Creator;
 use crate::migrate;
 use crate::rows::{self, SAGA_COLUMNS, TENANT_COLUMNS};
 
@@ -31,14 +32,17 @@ pub struct PostgresStore {
     pool: PgPool,
     work: WorkSignal,
     announce: Announcer,
+    creator: Creator,
     listener: tokio::task::JoinHandle<()>,
     announcer: tokio::task::JoinHandle<()>,
+    create_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.listener.abort();
         self.announcer.abort();
+        self.create_writer.abort();
     }
 }
 
@@ -276,7 +280,8 @@ impl PostgresStore {
         let listener = tokio::spawn(listen(pool.clone(), work.clone()));
         let announce = Announcer::new();
         let announcer = tokio::spawn(announce.clone().run(pool.clone()));
-        Ok(PostgresStore { pool, work, announce, listener, announcer })
+        let (creator, create_writer) = Creator::start(pool.clone());
+        Ok(PostgresStore { pool, work, announce, creator, listener, announcer, create_writer })
     }
 
     /// Admits waiting sagas of concurrency keys that have a free slot, leased to the claimer.
@@ -487,23 +492,26 @@ impl Store for PostgresStore {
     }
 
     async fn saga_create(&self, params: SagaCreate) -> StoreResult<SagaCreated> {
-        let row = insert_saga(&self.pool, &params).await?;
+        let (key, hash, require_latest) =
+            (params.idempotency_key.clone(), params.request_hash.clone(), params.require_latest);
+        let leased = params.lease.is_some();
+        let row = self.creator.create(params).await?;
         if let Some(row) = row {
             let record = rows::saga(&row)?;
-            if params.lease.is_none() {
+            if !leased {
                 self.work.notify_one();
                 self.announce.request();
             }
             return Ok(SagaCreated::Created(record));
         }
-        if let Some(key) = params.idempotency_key.as_deref() {
+        if let Some(key) = key.as_deref() {
             match self.saga_by_key(key).await? {
-                Some((existing, hash)) if hash == params.request_hash => return Ok(SagaCreated::Replayed(existing)),
+                Some((existing, stored)) if stored == hash => return Ok(SagaCreated::Replayed(existing)),
                 Some(_) => return Ok(SagaCreated::KeyConflict),
                 None => {}
             }
         }
-        if params.require_latest {
+        if require_latest {
             return Ok(SagaCreated::VersionMoved);
         }
         Err(StoreError::Conflict("the saga was neither created nor found by its key".into()))
@@ -1278,51 +1286,7 @@ async fn insert_saga<'e>(
     executor: impl sqlx::Executor<'e, Database = Postgres>,
     params: &SagaCreate,
 ) -> StoreResult<Option<sqlx::postgres::PgRow>> {
-    let created_data = json_text(&serde_json::json!({"definition": params.definition, "version": params.version}))?;
-    // One statement: the saga, its first history row, and the wake-up for idle instances.
-    if params.concurrency.is_some() && params.lease.is_some() {
-        return Err(StoreError::Conflict(
-            "a saga with a concurrency key waits for admission; it cannot be created leased".into(),
-        ));
-    }
-    let row = sqlx::query(&format!(
-        "WITH s AS ( \
-               INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
-                                  fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, \
-                                  lease_owner, lease_expires_at, deadline_at, concurrency_key, concurrency_limit) \
-               SELECT $1, $2, $3, $4, $5, $6, $7::json, $8, COALESCE($15, $9), $16, 1, $10, $11, $9, $9, $14, $15, \
-                      $17, $18, $19 \
-               WHERE NOT $13 OR $4 = (SELECT MAX(version) FROM definitions WHERE name = $3) \
-               ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
-             e AS (INSERT INTO saga_events (saga_id, seq, tenant_id, kind, data, at) \
-                   SELECT id, 1, tenant_id, 'saga_created', $12::jsonb, $9 FROM s), \
-             k AS (INSERT INTO concurrency_keys (key) SELECT concurrency_key FROM s WHERE concurrency_key IS NOT NULL \
-                   ON CONFLICT DO NOTHING) \
-             SELECT {SAGA_COLUMNS} FROM s"
-    ))
-    .bind(params.id)
-    .bind(&params.tenant_id)
-    .bind(&params.definition)
-    .bind(params.version)
-    .bind(params.state.status.as_str())
-    .bind(Json(&params.input))
-    .bind(json_text(&params.state)?)
-    .bind(params.priority)
-    .bind(params.now_ms)
-    .bind(&params.idempotency_key)
-    .bind(&params.request_hash)
-    .bind(created_data)
-    .bind(params.require_latest)
-    .bind(params.lease.as_ref().map(|l| l.worker_id.clone()))
-    .bind(params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms))
-    .bind(if params.lease.is_some() { 1i64 } else { 0i64 })
-    .bind(params.state.deadline_at_ms)
-    .bind(params.concurrency.as_ref().map(|c| c.0.clone()))
-    .bind(params.concurrency.as_ref().map(|c| c.1 as i32))
-    .fetch_optional(executor)
-    .await
-    .map_err(db)?;
-    Ok(row)
+    Ok(crate::creates::insert(executor, &[params]).await?.remove(&params.id))
 }
 
 fn claimed_row(row: &sqlx::postgres::PgRow) -> StoreResult<Claimed> {

@@ -50,26 +50,32 @@ async fn run(writer: SqlitePool, work: WorkSignal, mut receiver: mpsc::Receiver<
             }
         }
         let (params, replies): (Vec<SagaCreate>, Vec<_>) = batch.into_iter().unzip();
-        match write_batch(&writer, &params).await {
-            Ok(outcomes) => {
-                let wake = outcomes
-                    .iter()
-                    .zip(&params)
-                    .any(|(o, p)| matches!(o, SagaCreated::Created(_)) && p.lease.is_none());
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-                if wake {
-                    work.notify_one();
-                }
-            }
+        let outcomes: Vec<StoreResult<SagaCreated>> = match write_batch(&writer, &params).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) if params.len() == 1 => vec![Err(e)],
             Err(e) => {
-                tracing::error!(error = %e, batch = params.len(), "creating sagas failed");
-                let message = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::backend(std::io::Error::other(message.clone()))));
+                // The transaction rolled back whole: write each create in its own, so one that
+                // cannot be written fails alone.
+                tracing::warn!(error = %e, batch = params.len(), "batched create failed; writing each on its own");
+                let mut each = Vec::with_capacity(params.len());
+                for one in &params {
+                    each.push(write_batch(&writer, std::slice::from_ref(one)).await.and_then(|mut o| {
+                        o.pop().ok_or_else(|| StoreError::Corrupt("a create wrote no outcome".into()))
+                    }));
                 }
+                each
             }
+        };
+        let wake =
+            outcomes.iter().zip(&params).any(|(o, p)| matches!(o, Ok(SagaCreated::Created(_))) && p.lease.is_none());
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            if let Err(e) = &outcome {
+                tracing::error!(error = %e, "creating a saga failed");
+            }
+            let _ = reply.send(outcome);
+        }
+        if wake {
+            work.notify_one();
         }
     }
 }
