@@ -277,7 +277,24 @@ async fn run(
         }
         while drivers.try_join_next().is_some() {}
         let available = permits.available_permits().min(CLAIM_BATCH_MAX as usize);
-        if claim_now && available > 0 {
+        if claim_now && available == 0 {
+            // Work may be waiting and every slot is busy: claim as soon as a driver finishes
+            // (without this, a notification that arrived now was spent, and the work waited
+            // for the next poll).
+            saturated = true;
+        }
+        // The slots are taken before the claim: the API's reservations draw on the same
+        // permits meanwhile, and a claimed saga without a slot would sit until its lease expired.
+        let slots = if claim_now && available > 0 {
+            permits.clone().try_acquire_many_owned(available as u32).ok()
+        } else {
+            None
+        };
+        if claim_now && available > 0 && slots.is_none() {
+            // A reservation took a slot in between: try again at once with what is left.
+            continue;
+        }
+        if let Some(mut slots) = slots {
             let params = ClaimParams {
                 worker_id: shared.config.worker_id.clone(),
                 limit: available as u32,
@@ -290,12 +307,15 @@ async fn run(
                     saturated = claimed.len() == available;
                     metrics::counter!(SAGA_CLAIMED_TOTAL).increment(claimed.len() as u64);
                     for claim in claimed {
-                        let Ok(permit) = permits.clone().try_acquire_owned() else {
-                            tracing::error!(saga_id = %claim.record.id, "claimed more sagas than free permits; its lease will expire");
+                        // At most `available` rows come back, one slot each.
+                        let Some(permit) = slots.split(1) else {
+                            tracing::error!(saga_id = %claim.record.id, "claimed more sagas than requested; its lease will expire");
                             continue;
                         };
                         spawn_driver(&shared, permit, &mut drivers, claim);
                     }
+                    // The slots not used go back here.
+                    drop(slots);
                     if saturated && permits.available_permits() > 0 {
                         continue;
                     }

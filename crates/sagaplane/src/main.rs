@@ -152,6 +152,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             let config = load(Overrides::default())?;
+            telemetry::init_logs_at(config.log_format, "warn");
             return bench::run(args, config).await;
         }
         Command::BenchTenants(args) => {

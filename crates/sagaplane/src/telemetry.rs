@@ -9,7 +9,13 @@ use crate::config::LogFormat;
 
 /// Installs the log subscriber. `RUST_LOG` refines the default `info` level.
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    init_logs_at(format, "info,sqlx=warn,tower_http=warn");
+}
+
+/// Logs to stderr at `default` unless `RUST_LOG` says otherwise (benchmarks keep to warnings,
+/// so their report stays readable and anything that went wrong still shows).
+pub fn init_logs_at(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),

@@ -272,6 +272,25 @@ async fn start_and_wait_in_one_request(backend: Backend) {
 }
 on_both_backends!(start_and_wait_in_one_request);
 
+/// Work that arrives while every driver slot is busy starts when a slot frees, not at the next
+/// poll: with one slot and a one-minute poll, the second saga follows the first at once.
+async fn work_waiting_for_a_slot_starts_when_one_frees(backend: Backend) {
+    let env = [("SAGAPLANE_WORKER_CONCURRENCY", "1".to_string()), ("SAGAPLANE_POLL_INTERVAL", "60s".to_string())];
+    let app = App::spawn(BIN, backend, &env).await;
+    let sleep =
+        |duration: &str| json!([{"name": "nap", "action": {"builtin": "core.sleep", "input": {"duration": duration}}}]);
+    app.put_definition("nap", &fast_definition(sleep("700ms"))).await;
+    let first = app.start("nap", json!({})).await;
+    let second = app.start("nap", json!({})).await;
+    let started = std::time::Instant::now();
+    let saga = app.wait_terminal(&second, Duration::from_secs(30)).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(app.saga(&first).await["status"], "COMPLETED");
+    // Without the fix this waits for the 60 s poll; 30 s leaves any slow machine room.
+    assert!(started.elapsed() < Duration::from_secs(30), "the second saga waited {:?}", started.elapsed());
+}
+on_both_backends!(work_waiting_for_a_slot_starts_when_one_frees);
+
 async fn a_scheduled_retry_survives_a_restart(backend: Backend) {
     let participant = Participant::start().await;
     participant.script("/flaky", vec![(503, json!({})), (200, json!({"ok": true}))]);
