@@ -283,18 +283,7 @@ async fn run(
             // for the next poll).
             saturated = true;
         }
-        // The slots are taken before the claim: the API's reservations draw on the same
-        // permits meanwhile, and a claimed saga without a slot would sit until its lease expired.
-        let slots = if claim_now && available > 0 {
-            permits.clone().try_acquire_many_owned(available as u32).ok()
-        } else {
-            None
-        };
-        if claim_now && available > 0 && slots.is_none() {
-            // A reservation took a slot in between: try again at once with what is left.
-            continue;
-        }
-        if let Some(mut slots) = slots {
+        if claim_now && available > 0 {
             let params = ClaimParams {
                 worker_id: shared.config.worker_id.clone(),
                 limit: available as u32,
@@ -306,16 +295,26 @@ async fn run(
                     failures = 0;
                     saturated = claimed.len() == available;
                     metrics::counter!(SAGA_CLAIMED_TOTAL).increment(claimed.len() as u64);
+                    let mut no_slot = Vec::new();
                     for claim in claimed {
-                        // At most `available` rows come back, one slot each.
-                        let Some(permit) = slots.split(1) else {
-                            tracing::error!(saga_id = %claim.record.id, "claimed more sagas than requested; its lease will expire");
-                            continue;
-                        };
-                        spawn_driver(&shared, permit, &mut drivers, claim);
+                        // The API's reservations draw on the same slots while the claim runs
+                        // (the claim does not hold them, so new sagas keep starting at once).
+                        match permits.clone().try_acquire_owned() {
+                            Ok(permit) => spawn_driver(&shared, permit, &mut drivers, claim),
+                            Err(_) => no_slot
+                                .push(LeaseRef { id: claim.record.id, fencing_token: claim.record.fencing_token }),
+                        }
                     }
-                    // The slots not used go back here.
-                    drop(slots);
+                    if !no_slot.is_empty() {
+                        // Claimed, but a reservation took its slot meanwhile: hand the lease
+                        // straight back (due now) rather than leave the saga to wait for its
+                        // lease to expire, and claim again when a slot frees.
+                        saturated = true;
+                        let now = shared.clock.now_ms();
+                        if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &no_slot, now).await {
+                            tracing::warn!(error = %e, sagas = no_slot.len(), "handing back claimed sagas failed; their leases will expire");
+                        }
+                    }
                     if saturated && permits.available_permits() > 0 {
                         continue;
                     }

@@ -27,7 +27,7 @@ pub use driver::callback_token_hash;
 pub use executor::breaker::BreakerConfig;
 pub use executor::{builtin::BuiltinRegistry, Executors};
 pub use hook::TransitionHook;
-pub use hub::TerminalHub;
+pub use hub::{TerminalHub, TerminalWatch};
 pub use instance::{Instance, InstanceConfig, InstanceHandle, Intake, Reservation};
 
 /// Names of the built-in steps that always exist.

@@ -184,11 +184,12 @@ impl Direct {
 
     async fn one(&self, n: usize) -> anyhow::Result<(String, Duration)> {
         let started = Instant::now();
-        let mut terminal = self.hub.subscribe();
+        let id = uuid::Uuid::now_v7();
+        let mut terminal = self.hub.watch(id);
         // The same path as the API: claim on create when a local driver slot is free.
         let reservation = self.intake.reserve();
         let params = saga_store::SagaCreate {
-            id: uuid::Uuid::now_v7(),
+            id,
             definition: self.definition.name.clone(),
             version: self.version,
             tenant_id: None,
@@ -208,12 +209,8 @@ impl Direct {
         if let Some(reservation) = reservation {
             reservation.start(record.clone()).await;
         }
-        loop {
-            let done = tokio::time::timeout(Duration::from_secs(60), terminal.recv()).await??;
-            if done.id == record.id {
-                return Ok((done.status.as_str().to_string(), started.elapsed()));
-            }
-        }
+        let done = tokio::time::timeout(Duration::from_secs(60), terminal.done()).await?;
+        Ok((done.status.as_str().to_string(), started.elapsed()))
     }
 }
 

@@ -181,7 +181,6 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     // `?wait=`: answer once the saga is terminal (or the wait is over), like `sagas start --wait`.
     let wait = parse_wait(&query)?;
-    let terminal = wait.map(|_| state.hub.subscribe());
     let body = body.map_err(body_rejection)?;
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
@@ -192,6 +191,8 @@ pub async fn create(
     // A free local driver slot: the saga is created leased to this instance and started at once.
     let mut reservation = state.intake.as_ref().and_then(saga_runtime::Intake::reserve);
     let id = Uuid::now_v7();
+    // Registered before the saga exists, so its end cannot slip past the wait.
+    let terminal = wait.map(|_| state.hub.watch(id));
     let created = loop {
         let (version, definition, require_latest) =
             definition_for_start(&state, &request.definition, request.version, use_hint).await?;
@@ -304,13 +305,13 @@ fn parse_wait(query: &HashMap<String, String>) -> Result<Option<Duration>, ApiEr
 }
 
 /// Long poll: returns as soon as the saga is terminal, or `record` (re-read) when the wait is
-/// over. Local drivers publish the committed final record on `terminal` (subscribed before the
+/// over. Local drivers publish the committed final record on `terminal` (registered before the
 /// caller's first read, so nothing is missed); sagas finished by other instances are caught by
 /// the periodic re-read.
 async fn wait_terminal(
     state: &AppState,
     mut record: SagaRecord,
-    mut terminal: tokio::sync::broadcast::Receiver<Arc<SagaRecord>>,
+    mut terminal: saga_runtime::TerminalWatch,
     wait: Duration,
 ) -> Result<SagaRecord, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
@@ -323,21 +324,19 @@ async fn wait_terminal(
             return Ok(record);
         }
         let until = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
-        loop {
-            tokio::select! {
-                received = tokio::time::timeout_at(until, terminal.recv()) => match received {
-                    Ok(Ok(done)) if done.id == record.id => return Ok(done.as_ref().clone()),
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(_)) | Err(_) => break,
-                },
-                // Shutting down: answer with what we have; the client may ask again elsewhere.
-                // A closed channel means nobody will ever stop this process: wait on.
-                _ = async {
-                    if stopping.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                } => break,
+        tokio::select! {
+            received = tokio::time::timeout_at(until, terminal.done()) => {
+                if let Ok(done) = received {
+                    return Ok(done.as_ref().clone());
+                }
             }
+            // Shutting down: answer with what we have; the client may ask again elsewhere.
+            // A closed channel means nobody will ever stop this process: wait on.
+            _ = async {
+                if stopping.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {}
         }
         record = load(state, record.id).await?;
     }
@@ -353,7 +352,7 @@ pub async fn get(
     let Some(wait) = parse_wait(&query)? else {
         return Ok(Json(views::saga(&load_visible(&state, &principal, id).await?)));
     };
-    let terminal = state.hub.subscribe();
+    let terminal = state.hub.watch(id);
     let record = load_visible(&state, &principal, id).await?;
     Ok(Json(views::saga(&wait_terminal(&state, record, terminal, wait).await?)))
 }
