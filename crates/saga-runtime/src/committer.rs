@@ -41,15 +41,8 @@ impl Committer {
 }
 
 async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(SagaCommit, Reply)>) {
-    while let Some(first) = receiver.recv().await {
-        // Everything that queued while the previous batch committed joins this one.
-        let mut batch = vec![first];
-        while batch.len() < COMMIT_BATCH_MAX {
-            match receiver.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+    // Everything that queued while the previous batch committed joins the next one.
+    while let Some(batch) = saga_store::next_batch(&mut receiver, COMMIT_BATCH_MAX).await {
         let (commits, replies): (Vec<SagaCommit>, Vec<Reply>) = batch.into_iter().unzip();
         metrics::histogram!(SAGA_COMMIT_BATCH_SIZE).record(commits.len() as f64);
         match store.saga_commit_batch(&commits).await {

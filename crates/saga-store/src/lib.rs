@@ -490,3 +490,18 @@ pub trait Store: Send + Sync + 'static {
 pub fn clamp_limit(limit: Option<u32>) -> u32 {
     limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX)
 }
+
+/// Group commit's batching: waits for one queued item, then takes whatever else is already
+/// queued, up to `max` (no waiting to fill a batch, so a lone item goes at once). None when
+/// every sender is gone. Used by the runtime's committer and the stores' create writers.
+pub async fn next_batch<T>(receiver: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let first = receiver.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match receiver.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}

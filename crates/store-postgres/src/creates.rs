@@ -62,14 +62,7 @@ pub fn check(params: &SagaCreate) -> StoreResult<()> {
 }
 
 async fn run(pool: PgPool, mut receiver: mpsc::Receiver<(SagaCreate, Reply)>) {
-    while let Some(first) = receiver.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < CREATE_BATCH_MAX {
-            match receiver.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = saga_store::next_batch(&mut receiver, CREATE_BATCH_MAX).await {
         let (creates, replies): (Vec<SagaCreate>, Vec<Reply>) = batch.into_iter().unzip();
         let all: Vec<&SagaCreate> = creates.iter().collect();
         match insert(&pool, &all).await {

@@ -41,14 +41,7 @@ fn stopped() -> StoreError {
 }
 
 async fn run(writer: SqlitePool, work: WorkSignal, mut receiver: mpsc::Receiver<Request>) {
-    while let Some(first) = receiver.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < CREATE_BATCH_MAX {
-            match receiver.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = saga_store::next_batch(&mut receiver, CREATE_BATCH_MAX).await {
         let (params, replies): (Vec<SagaCreate>, Vec<_>) = batch.into_iter().unzip();
         let outcomes: Vec<StoreResult<SagaCreated>> = match write_batch(&writer, &params).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
