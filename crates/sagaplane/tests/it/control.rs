@@ -188,13 +188,14 @@ async fn a_missed_heartbeat_is_retried_and_heartbeats_extend(backend: Backend) {
     let participant = Participant::start().await;
     participant.script("/stacks", vec![(202, json!({}))]);
     let app = app_with(backend, &participant).await;
-    app.put_definition("provision", &async_definition(Some("700ms"))).await;
+    // A 1.5 s heartbeat timeout against a heartbeat every 200 ms: a slow machine has 1.3 s of room.
+    app.put_definition("provision", &async_definition(Some("1500ms"))).await;
     let id = app.start("provision", json!({})).await;
     let first = callback_url(&participant, "/stacks", 0).await;
     // Heartbeats keep attempt 1 alive well past one heartbeat timeout...
     let http = reqwest::Client::new();
     let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(1_600) {
+    while started.elapsed() < Duration::from_millis(3_300) {
         let status = http.post(format!("{first}/heartbeat")).send().await.expect("heartbeat").status();
         assert_eq!(status, 200);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -317,17 +318,22 @@ async fn a_deadline_that_passes_while_no_instance_runs_is_enforced_at_restart(ba
     let mut app = App::spawn_on(BIN, &database_url, &["server"], &env).await;
     for (name, on_timeout) in [("deadline-compensate", "compensate"), ("deadline-fail", "fail")] {
         let mut definition = approval_definition(None);
-        definition["timeout"] = json!("1500ms");
+        // Long enough that a slow machine gets both sagas waiting before it passes.
+        definition["timeout"] = json!("3s");
         definition["on_timeout"] = json!(on_timeout);
         assert_eq!(app.put_definition(name, &definition).await.0, 201);
     }
+    // Both deadlines fall between `before` + 3 s and `after` + 3 s.
+    let before = Instant::now();
     let compensate = app.start("deadline-compensate", json!({"sleep": "1ms"})).await;
     let fail = app.start("deadline-fail", json!({"sleep": "1ms"})).await;
+    let after = Instant::now();
     until_event(&app, &compensate, "step_waiting").await;
     until_event(&app, &fail, "step_waiting").await;
     // Every instance goes down; the deadline passes while nothing runs.
     app.child_mut().kill().await.expect("kill");
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(before.elapsed() < Duration::from_secs(3), "set-up outlasted the deadline; nothing was tested");
+    tokio::time::sleep_until((after + Duration::from_millis(3_500)).into()).await;
     assert!(participant.requests("/undo-prepare").is_empty(), "nothing ran while down");
     let app = App::spawn_on(BIN, &database_url, &["server"], &env).await;
     let saga = app.wait_terminal(&compensate, TERMINAL_WAIT).await;
