@@ -262,19 +262,21 @@ async fn cancel_during_a_pending_retry_never_runs_that_retry(backend: Backend) {
          "compensation": {"http": {"method": "POST", "url": "{{ vars.P }}/undo-first"}}},
         {"name": "flaky", "action": {"http": {"method": "POST", "url": "{{ vars.P }}/flaky"}},
          "compensation": {"http": {"method": "POST", "url": "{{ vars.P }}/undo-flaky"}},
-         "retry": {"max_attempts": 5, "initial_interval": "1500ms", "max_interval": "2s", "jitter": 0.0}},
+         "retry": {"max_attempts": 5, "initial_interval": "4s", "max_interval": "4s", "jitter": 0.0}},
     ]));
     definition["name"] = json!("flaky");
     let (status, body) = app.put_definition("flaky", &definition).await;
     assert_eq!(status, 201, "{body}");
     let id = app.start("flaky", json!({})).await;
     until_event(&app, &id, "step_retry_scheduled").await;
+    // The retry is due 4 s after it was scheduled, which was before this instant.
+    let scheduled_by = Instant::now();
     assert_eq!(post(&app, &format!("/v1/sagas/{id}/cancel"), None).await.0, 202);
     let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
     assert_eq!(saga["status"], "COMPENSATED", "{saga}");
     assert_eq!(saga["error"]["kind"], "cancelled");
     // Past the retry's due time: it never ran.
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    tokio::time::sleep_until((scheduled_by + Duration::from_millis(4_500)).into()).await;
     assert_eq!(participant.requests("/flaky").len(), 1, "the cancelled retry ran");
     assert_eq!(participant.requests("/undo-flaky").len(), 1, "the ambiguous step is compensated");
     assert_eq!(participant.requests("/undo-first").len(), 1);
