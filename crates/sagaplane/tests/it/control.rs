@@ -448,7 +448,8 @@ async fn the_circuit_breaker_opens_defers_and_closes() {
         &[
             ("SAGAPLANE_VAR_P", participant.url.clone()),
             ("SAGAPLANE_BREAKER_FAILURES", "3".into()),
-            ("SAGAPLANE_BREAKER_COOLDOWN", "1s".into()),
+            // Room for the checks below to finish before the half-open probe.
+            ("SAGAPLANE_BREAKER_COOLDOWN", "3s".into()),
         ],
     )
     .await;
