@@ -746,6 +746,22 @@ async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn Store>) 
     };
     // priority 10 is worth 10 s: ahead of its peers, behind work 50 s older.
     ensure!(order == vec![old, high_id, low_id], "claim order: {order:?}");
+    // The claim bounds its scan at `claim_horizon_ms`: the lowest priority is still claimed the
+    // moment it is due, and a saga parked for good never is.
+    let mut lowest = create_params(70_000);
+    lowest.priority = -(crate::PRIORITY_MAX as i32);
+    let lowest_id = lowest.id;
+    db(store.saga_create(lowest).await)?;
+    let mut parked = claim_one(store.as_ref(), 70_000).await?;
+    ensure!(parked.record.id == lowest_id, "the lowest priority, due, was not claimed");
+    parked.record.state.status = SagaStatus::Executing;
+    let mut park = commit(lowest_id, parked.record.fencing_token, parked.record.state.clone(), 70_001, vec![]);
+    park.run_at_ms = crate::RUN_AT_NEVER_MS;
+    park.release_lease = true;
+    ensure!(db(store.saga_commit_batch(&[park]).await)? == vec![CommitOutcome::Committed], "park");
+    let later = db(store.saga_claim_due(&claim("w9", 10, 10_000_000_000)).await)?;
+    // (The sagas claimed above come back: their leases have long expired.)
+    ensure!(later.iter().all(|c| c.record.id != lowest_id), "a parked saga was claimed");
     Ok(())
 }
 

@@ -576,7 +576,7 @@ impl Store for PostgresStore {
             "WITH due AS ( \
                SELECT id FROM sagas \
                WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND (concurrency_key IS NULL OR admitted) \
-                 AND run_at <= $1 \
+                 AND run_at <= $1 AND run_at - priority::bigint * {PRIORITY_STEP_MS} <= $5 \
                ORDER BY run_at - priority::bigint * {PRIORITY_STEP_MS} LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE sagas s SET fencing_token = s.fencing_token + 1, previous_owner = s.lease_owner, \
                lease_owner = $3, lease_expires_at = $4, run_at = $4, updated_at = $1 \
@@ -587,6 +587,7 @@ impl Store for PostgresStore {
         .bind(i64::from(remaining))
         .bind(&params.worker_id)
         .bind(expires)
+        .bind(saga_store::claim_horizon_ms(params.now_ms))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;

@@ -301,6 +301,7 @@ impl Store for SqliteStore {
                  lease_expires_at = ?, run_at = ?, updated_at = ? \
                  WHERE id IN (SELECT id FROM sagas WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') \
                               AND (concurrency_key IS NULL OR admitted) AND run_at <= ? \
+                              AND run_at - priority * {PRIORITY_STEP_MS} <= ? \
                               ORDER BY run_at - priority * {PRIORITY_STEP_MS} LIMIT ?) \
                  RETURNING {SAGA_COLUMNS}"
             ))
@@ -309,6 +310,7 @@ impl Store for SqliteStore {
             .bind(expires)
             .bind(params.now_ms)
             .bind(params.now_ms)
+            .bind(saga_store::claim_horizon_ms(params.now_ms))
             .bind(remaining)
             .fetch_all(&mut *tx)
             .await

@@ -26,8 +26,8 @@ use crate::views;
 pub const IDEMPOTENCY_KEY_MAX_CHARS: usize = 255;
 /// How often a long-poll re-reads the store (for sagas other instances drive).
 pub const WAIT_RECHECK: Duration = Duration::from_millis(250);
-/// Saga priorities are clamped to this range.
-pub const PRIORITY_MAX: i64 = 1000;
+/// Saga priorities lie in `-PRIORITY_MAX..=PRIORITY_MAX`.
+pub use saga_store::PRIORITY_MAX;
 
 pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("saga {text:?} does not exist (not a UUID)")))
