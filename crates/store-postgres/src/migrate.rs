@@ -9,6 +9,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "engine", include_str!("../migrations/0001_engine.sql")),
     (2, "control", include_str!("../migrations/0002_control.sql")),
     (3, "tenants", include_str!("../migrations/0003_tenants.sql")),
+    (4, "indexes", include_str!("../migrations/0004_indexes.sql")),
 ];
 
 fn latest() -> i64 {
