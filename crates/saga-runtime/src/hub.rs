@@ -49,7 +49,7 @@ impl TerminalHub {
         TerminalWatch { hub: self.clone(), id, key, receiver }
     }
 
-    /// How many sagas have waiters (for tests and metrics).
+    /// How many sagas have waiters.
     pub fn watched(&self) -> usize {
         self.waiters.lock().map(|w| w.len()).unwrap_or(0)
     }

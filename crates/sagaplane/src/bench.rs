@@ -92,8 +92,17 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
         &token,
     )
     .with_intake(instance.intake());
+    let (url, stop, server) = serve_on_loopback(state).await?;
+    Ok(Embedded { url, token, backend, stop, server, instance, store, hub, definitions })
+}
+
+/// The API on a free loopback port, in the background, for an in-process benchmark: its base
+/// URL, the switch that stops it (send `true`) and the task to await afterwards.
+pub(crate) async fn serve_on_loopback(
+    state: server::AppState,
+) -> anyhow::Result<(String, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
+    let url = format!("http://{}", listener.local_addr()?);
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
     let router = server::router(state);
     let server = tokio::spawn(async move {
@@ -104,7 +113,7 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
             eprintln!("bench server failed: {e}");
         }
     });
-    Ok(Embedded { url: format!("http://{address}"), token, backend, stop, server, instance, store, hub, definitions })
+    Ok((url, stop, server))
 }
 
 /// Runs the workload and prints the numbers.

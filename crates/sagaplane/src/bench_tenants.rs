@@ -102,18 +102,7 @@ pub async fn run(args: TenantBenchArgs, config: Config) -> anyhow::Result<ExitCo
                 crm_secret: None,
             });
     let migrations = tenants.migrations.migrations(None)?.len();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-    let router = server::router(state);
-    let server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = server::serve(listener, router, shutdown).await {
-            eprintln!("bench server failed: {e}");
-        }
-    });
+    let (base, stop, server) = crate::bench::serve_on_loopback(state).await?;
     let run = Arc::new(Run {
         client: reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?,
         base,

@@ -87,13 +87,16 @@ impl PgTenantStorage {
         &self.admin
     }
 
-    async fn ensure_role(&self, role: &str) -> Result<(), TenantStorageError> {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+    async fn role_exists(&self, role: &str) -> Result<bool, TenantStorageError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
             .bind(role)
             .fetch_one(&self.admin)
             .await
-            .map_err(backend)?;
-        if !exists {
+            .map_err(backend)
+    }
+
+    async fn ensure_role(&self, role: &str) -> Result<(), TenantStorageError> {
+        if !self.role_exists(role).await? {
             // No password: credentials are issued out of band. It is granted no memberships, so it
             // has exactly the rights on its own storage (plus, as a database's owner, PG15's
             // implicit pg_database_owner, which needs INHERIT).
@@ -113,12 +116,7 @@ impl PgTenantStorage {
     }
 
     async fn drop_role(&self, role: &str) -> Result<(), TenantStorageError> {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(role)
-            .fetch_one(&self.admin)
-            .await
-            .map_err(backend)?;
-        if !exists {
+        if !self.role_exists(role).await? {
             return Ok(());
         }
         // Privileges it was granted on shared objects go with it.

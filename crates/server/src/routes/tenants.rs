@@ -110,15 +110,21 @@ fn check_name(name: Option<String>, errors: &mut Errors, required: bool) -> Opti
     }
 }
 
-fn check_domains(value: Option<&Value>, errors: &mut Errors) -> Option<Value> {
-    let value = value?;
+/// The items of a list field, with "not an array" and "too many" reported at `path`.
+fn list_items<'a>(value: &'a Value, path: &str, shape: &str, errors: &mut Errors) -> Option<&'a Vec<Value>> {
     let Some(items) = value.as_array() else {
-        errors.add("/domains", "must be an array of domain names");
+        errors.add(path, format!("must be an array of {shape}"));
         return None;
     };
     if items.len() > LIST_ITEMS_MAX {
-        errors.add("/domains", format!("at most {LIST_ITEMS_MAX} domains"));
+        errors.add(path, format!("at most {LIST_ITEMS_MAX} items"));
     }
+    Some(items)
+}
+
+fn check_domains(value: Option<&Value>, errors: &mut Errors) -> Option<Value> {
+    let value = value?;
+    let items = list_items(value, "/domains", "domain names", errors)?;
     for (i, item) in items.iter().enumerate() {
         let ok = item.as_str().is_some_and(|d| {
             !d.is_empty()
@@ -136,13 +142,7 @@ fn check_domains(value: Option<&Value>, errors: &mut Errors) -> Option<Value> {
 
 fn check_contacts(value: Option<&Value>, errors: &mut Errors) -> Option<Value> {
     let value = value?;
-    let Some(items) = value.as_array() else {
-        errors.add("/contacts", "must be an array of {name, email, role}");
-        return None;
-    };
-    if items.len() > LIST_ITEMS_MAX {
-        errors.add("/contacts", format!("at most {LIST_ITEMS_MAX} contacts"));
-    }
+    let items = list_items(value, "/contacts", "{name, email, role}", errors)?;
     for (i, item) in items.iter().enumerate() {
         let Some(contact) = item.as_object() else {
             errors.add(&format!("/contacts/{i}"), "must be an object {name, email, role}");
