@@ -34,6 +34,18 @@ pub enum OnTimeout {
     Fail,
 }
 
+/// What happens when a step fails for good (a definite failure, or its retries ran out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Compensate what may have happened, in reverse order (the default).
+    #[default]
+    Compensate,
+    /// Fail forward: the saga ends `FAILED` with nothing compensated, for an operator to fix the
+    /// cause and `retry` from this step. A cancel or the saga deadline still compensates.
+    Fail,
+}
+
 /// At most `limit` running sagas per rendered `key`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Concurrency {
@@ -52,6 +64,9 @@ pub struct StepDefinition {
     pub retry: RetryPolicy,
     pub compensation_retry: RetryPolicy,
     pub pivot: bool,
+    /// What this step's own failure does to the saga.
+    #[serde(default)]
+    pub on_failure: OnFailure,
     pub heartbeat_timeout_ms: Option<u64>,
 }
 

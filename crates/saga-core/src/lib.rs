@@ -15,8 +15,8 @@ pub mod validate;
 
 pub use backoff::retry_delay_ms;
 pub use definition::{
-    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnTimeout, RetryPolicy, SignalAction,
-    StepDefinition,
+    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout, RetryPolicy,
+    SignalAction, StepDefinition,
 };
 pub use machine::{
     Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaError, SagaState, SagaStatus, StepState, StepStatus,

@@ -10,13 +10,15 @@
 //! *definite* failure (the participant says it did nothing) is not compensated; steps never
 //! attempted become `SKIPPED`. Compensations run from the highest index down, and a step that is
 //! `COMPENSATED` never becomes eligible again, so nothing is compensated twice. Once a `pivot`
-//! step has succeeded, failures leave the saga `FAILED` for an operator instead of compensating.
+//! step has succeeded, failures leave the saga `FAILED` for an operator instead of compensating;
+//! so does the failure of a step marked `on_failure: fail` (a cancel or the deadline still
+//! compensates it).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::backoff::retry_delay_ms;
-use crate::definition::{Definition, OnTimeout};
+use crate::definition::{Definition, OnFailure, OnTimeout};
 
 /// Saga status (API.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -502,15 +504,16 @@ impl SagaState {
             }
         }
         let error = SagaError { step: Some(self.steps[index].name.clone()), kind, message };
-        if self.pivot_passed(definition) {
+        let pivot_passed = self.pivot_passed(definition);
+        let fails_forward = definition.steps[index].on_failure == OnFailure::Fail;
+        if pivot_passed || fails_forward {
             self.status = SagaStatus::Failed;
-            events.push(HistoryEvent::new(
-                "saga_failed",
-                error.step.as_deref(),
-                None,
-                json!({"error": error, "pivot_passed": true}),
-                now_ms,
-            ));
+            let data = if pivot_passed {
+                json!({"error": error, "pivot_passed": true})
+            } else {
+                json!({"error": error, "on_failure": "fail"})
+            };
+            events.push(HistoryEvent::new("saga_failed", error.step.as_deref(), None, data, now_ms));
             self.error = Some(error);
         } else {
             self.status = SagaStatus::Compensating;

@@ -73,6 +73,20 @@ impl Tier {
             Tier::Silo => StorageMode::Database,
         }
     }
+
+    /// The storage mode a tier gets on a storage that offers only `offered`: the tier's own
+    /// default where offered, else the most isolated mode offered (database, schema, pooled).
+    /// `None` only when nothing is offered. A default must work on the default store, so on the
+    /// embedded SQLite storage (database only) every tier gets `database`.
+    pub fn storage_mode_among(self, offered: &[StorageMode]) -> Option<StorageMode> {
+        let preferred = self.default_storage_mode();
+        if offered.contains(&preferred) {
+            return Some(preferred);
+        }
+        [StorageMode::Database, StorageMode::Schema, StorageMode::Pooled]
+            .into_iter()
+            .find(|mode| offered.contains(mode))
+    }
 }
 
 impl TenantStatus {
@@ -148,6 +162,22 @@ mod tests {
         assert_eq!(TenantStatus::sources_of(Deleted), vec![Deprovisioning]);
         assert_eq!(Tier::Bridge.default_storage_mode(), StorageMode::Schema);
         assert_eq!(TenantStatus::parse("ACTIVE"), Some(Active));
+    }
+
+    #[test]
+    fn storage_mode_among_what_is_offered() {
+        use StorageMode::*;
+        let check = |tier: Tier, offered: &[StorageMode], expect: Option<StorageMode>| {
+            assert_eq!(tier.storage_mode_among(offered), expect, "{tier:?} among {offered:?}");
+        };
+        check(Tier::Pooled, &[Pooled, Schema, Database], Some(Pooled));
+        check(Tier::Bridge, &[Pooled, Schema, Database], Some(Schema));
+        check(Tier::Silo, &[Pooled, Schema, Database], Some(Database));
+        check(Tier::Pooled, &[Database], Some(Database));
+        check(Tier::Bridge, &[Database], Some(Database));
+        check(Tier::Silo, &[Database], Some(Database));
+        check(Tier::Silo, &[Pooled, Schema], Some(Schema));
+        check(Tier::Pooled, &[], None);
     }
 
     const ALL_NEVER_SELF: &[TenantStatus] = TenantStatus::ALL;

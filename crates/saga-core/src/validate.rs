@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 
 use crate::definition::{
-    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnTimeout, RetryPolicy, SignalAction,
-    StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
+    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout, RetryPolicy,
+    SignalAction, StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
 };
 use crate::{duration, is_valid_definition_name, is_valid_step_name, template, RETRY_ATTEMPTS_MAX, STEPS_MAX};
 
@@ -317,6 +317,7 @@ impl Checker<'_> {
                 "retry",
                 "compensation_retry",
                 "pivot",
+                "on_failure",
                 "heartbeat_timeout",
             ],
         );
@@ -366,6 +367,18 @@ impl Checker<'_> {
                 false
             }
         };
+        let on_failure = match map.get("on_failure") {
+            None => OnFailure::Compensate,
+            Some(v) => match self.string(&pointer(path, "on_failure"), v) {
+                Some("compensate") => OnFailure::Compensate,
+                Some("fail") => OnFailure::Fail,
+                Some(other) => {
+                    self.error(&pointer(path, "on_failure"), format!("{other:?} is not one of: compensate, fail"));
+                    OnFailure::Compensate
+                }
+                None => OnFailure::Compensate,
+            },
+        };
         let compensation = match compensation {
             Some(Some(action)) => Some(action),
             Some(None) => return None,
@@ -379,6 +392,7 @@ impl Checker<'_> {
             retry,
             compensation_retry,
             pivot,
+            on_failure,
             heartbeat_timeout_ms,
         })
     }

@@ -69,6 +69,7 @@ where
     run!(priority_goes_first_but_old_work_is_not_starved);
     run!(tenants_are_created_with_their_saga_and_change_status_conditionally);
     run!(tenant_changes_commit_with_the_transition_or_not_at_all);
+    run!(an_operator_update_changes_its_tenant_with_it_or_not_at_all);
     run!(tenant_keys_users_and_webhook_receipts);
     failures
 }
@@ -532,6 +533,7 @@ async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResult {
         expected_status: SagaStatus::Failed,
         state: record.state.clone(),
         events: vec![HistoryEvent::new("saga_retried", None, None, json!(null), 5)],
+        tenant_change: None,
         now_ms: 5,
     };
     ensure!(
@@ -841,6 +843,42 @@ async fn tenants_are_created_with_their_saga_and_change_status_conditionally(sto
         .tenant_patch("beta", &crate::TenantPatch { name: Some("Beta".into()), ..Default::default() }, 6)
         .await)?;
     ensure!(patched.name == "Beta" && patched.domains == json!(["a.example.com"]), "patch: {patched:?}");
+    Ok(())
+}
+
+async fn an_operator_update_changes_its_tenant_with_it_or_not_at_all(store: Arc<dyn Store>) -> CheckResult {
+    use saga_core::tenant::TenantStatus;
+    let (_, saga) = db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0)).await)?;
+    let mut state = saga.state.clone();
+    state.status = SagaStatus::Executing;
+    let update = |from: Vec<TenantStatus>| SagaOperatorUpdate {
+        id: saga.id,
+        tenant_id: Some("acme".into()),
+        expected_status: SagaStatus::Pending,
+        state: state.clone(),
+        events: vec![HistoryEvent::new("saga_retried", None, None, json!(null), 5)],
+        tenant_change: Some(crate::TenantChange {
+            tenant_id: "acme".into(),
+            to: TenantStatus::Migrating,
+            from,
+            error: None,
+            storage: None,
+            migrations: None,
+        }),
+        now_ms: 5,
+    };
+    let events_before = db(store.saga_events(saga.id, 0, 10).await)?.len();
+    // The tenant is PROVISIONING, not SUSPENDED: neither the saga nor the tenant changes.
+    let refused = store.saga_operator_update(update(vec![TenantStatus::Suspended])).await;
+    ensure!(matches!(refused, Err(StoreError::Conflict(_))), "tenant in another status: {refused:?}");
+    let unchanged = db(store.saga_get(saga.id).await)?;
+    ensure!(unchanged.status == SagaStatus::Pending, "the saga was written: {unchanged:?}");
+    ensure!(db(store.saga_events(saga.id, 0, 10).await)?.len() == events_before, "history was written");
+    ensure!(db(store.tenant_get("acme").await)?.status == TenantStatus::Provisioning, "tenant moved");
+    let updated = db(store.saga_operator_update(update(TenantStatus::sources_of(TenantStatus::Migrating))).await)?;
+    ensure!(updated.status == SagaStatus::Executing, "saga updated: {updated:?}");
+    let moved = db(store.tenant_get("acme").await)?;
+    ensure!(moved.status == TenantStatus::Migrating && moved.updated_at_ms == 5, "tenant moved with it: {moved:?}");
     Ok(())
 }
 

@@ -346,6 +346,10 @@ pub struct SagaOperatorUpdate {
     pub expected_status: SagaStatus,
     pub state: SagaState,
     pub events: Vec<HistoryEvent>,
+    /// A tenant status change the update causes (an operator retry of a tenant saga), written in
+    /// the same transaction; when the tenant is not in one of its `from` statuses, nothing is
+    /// written and the update fails with [`StoreError::Conflict`].
+    pub tenant_change: Option<TenantChange>,
     pub now_ms: i64,
 }
 

@@ -175,6 +175,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         admin_token.expose(),
     )
     .with_vars(vars)
+    .with_hook(Arc::new(TenantHook))
     .with_tenancy(server::Tenancy {
         storage: tenants.storage.clone(),
         migrations: tenants.migrations.clone(),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use saga_runtime::{Clock, DefinitionCache, TerminalHub};
+use saga_runtime::{Clock, DefinitionCache, TerminalHub, TransitionHook};
 use saga_store::Store;
 use sha2::{Digest, Sha256};
 
@@ -25,6 +25,9 @@ pub struct AppState {
     pub(crate) vars: serde_json::Map<String, serde_json::Value>,
     /// Tenant storage and migrations, for request validation and `/v1/migrations`.
     pub(crate) tenancy: Option<Tenancy>,
+    /// What an operator's change to a saga means beyond it (a tenant saga's retry moves its
+    /// tenant): the same hook the worker commits transitions with.
+    pub(crate) hook: Option<Arc<dyn TransitionHook>>,
 }
 
 /// What the tenant routes need beyond the store.
@@ -56,7 +59,14 @@ impl AppState {
             stopping: tokio::sync::watch::channel(false).1,
             vars: serde_json::Map::new(),
             tenancy: None,
+            hook: None,
         }
+    }
+
+    /// Commits what `hook` derives from an operator's change together with it.
+    pub fn with_hook(mut self, hook: Arc<dyn TransitionHook>) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// Long-polls end when `stopping` becomes true (graceful shutdown).

@@ -777,6 +777,31 @@ impl Store for PostgresStore {
         let Some(row) = row else {
             return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
         };
+        if let Some(change) = &update.tenant_change {
+            let from: Vec<&str> = change.from.iter().map(|s| s.as_str()).collect();
+            let changed = sqlx::query(
+                "UPDATE tenants t SET status = $2, error = $3, updated_at = $4, storage = COALESCE($5, t.storage), \
+                   migrations = COALESCE($6, t.migrations) \
+                 WHERE t.id = $1 AND t.status = ANY($7)",
+            )
+            .bind(&change.tenant_id)
+            .bind(change.to.as_str())
+            .bind(change.error.as_ref().map(Json))
+            .bind(update.now_ms)
+            .bind(change.storage.as_ref().map(Json))
+            .bind(change.migrations.as_ref().map(Json))
+            .bind(&from)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            if changed.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "tenant {:?} is not in a status that may become {}",
+                    change.tenant_id,
+                    change.to.as_str()
+                )));
+            }
+        }
         let last_seq: i64 = row.try_get("event_seq").map_err(db)?;
         let mut events = EventColumns::default();
         events.push_all(

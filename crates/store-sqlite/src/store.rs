@@ -9,8 +9,8 @@ use saga_core::HistoryEvent;
 use saga_store::{
     CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord,
     EventRecord, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord,
-    SchemaStatus, SignalRecord, Store, StoreError, StoreResult, TenantFilter, TenantKeyRecord, TenantPatch,
-    TenantRecord, TenantTransition, TenantUserRecord, WebhookClaim, WorkSignal, PRIORITY_STEP_MS,
+    SchemaStatus, SignalRecord, Store, StoreError, StoreResult, TenantChange, TenantFilter, TenantKeyRecord,
+    TenantPatch, TenantRecord, TenantTransition, TenantUserRecord, WebhookClaim, WorkSignal, PRIORITY_STEP_MS,
 };
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -80,6 +80,31 @@ impl SqliteStore {
         .await
         .map_err(db)?;
         Ok(woken.rows_affected() == 1)
+    }
+
+    /// Writes `change` if the tenant is in one of its `from` statuses; returns the rows changed.
+    async fn tenant_change_apply(
+        conn: &mut sqlx::SqliteConnection,
+        change: &TenantChange,
+        now_ms: i64,
+    ) -> StoreResult<u64> {
+        let from: Vec<&str> = change.from.iter().map(|s| s.as_str()).collect();
+        let changed = sqlx::query(
+            "UPDATE tenants SET status = ?, error = ?, updated_at = ?, storage = COALESCE(?, storage), \
+             migrations = COALESCE(?, migrations) \
+             WHERE id = ? AND status IN (SELECT value FROM json_each(?))",
+        )
+        .bind(change.to.as_str())
+        .bind(change.error.as_ref().map(json_text).transpose()?)
+        .bind(now_ms)
+        .bind(change.storage.as_ref().map(json_text).transpose()?)
+        .bind(change.migrations.as_ref().map(json_text).transpose()?)
+        .bind(&change.tenant_id)
+        .bind(json_text(&from)?)
+        .execute(conn)
+        .await
+        .map_err(db)?;
+        Ok(changed.rows_affected())
     }
 
     pub(crate) async fn insert_events(
@@ -381,22 +406,7 @@ impl Store for SqliteStore {
             let last_seq: i64 = row.try_get(0).map_err(db)?;
             let first_seq = last_seq - commit.events.len() as i64 + 1;
             if let Some(change) = &commit.tenant_change {
-                let from: Vec<&str> = change.from.iter().map(|s| s.as_str()).collect();
-                sqlx::query(
-                    "UPDATE tenants SET status = ?, error = ?, updated_at = ?, storage = COALESCE(?, storage), \
-                     migrations = COALESCE(?, migrations) \
-                     WHERE id = ? AND status IN (SELECT value FROM json_each(?))",
-                )
-                .bind(change.to.as_str())
-                .bind(change.error.as_ref().map(json_text).transpose()?)
-                .bind(commit.now_ms)
-                .bind(change.storage.as_ref().map(json_text).transpose()?)
-                .bind(change.migrations.as_ref().map(json_text).transpose()?)
-                .bind(&change.tenant_id)
-                .bind(json_text(&from)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+                Self::tenant_change_apply(&mut tx, change, commit.now_ms).await?;
             }
             Self::insert_events(
                 &mut tx,
@@ -487,6 +497,15 @@ impl Store for SqliteStore {
         let Some(row) = row else {
             return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
         };
+        if let Some(change) = &update.tenant_change {
+            if Self::tenant_change_apply(&mut tx, change, update.now_ms).await? == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "tenant {:?} is not in a status that may become {}",
+                    change.tenant_id,
+                    change.to.as_str()
+                )));
+            }
+        }
         let last_seq: i64 = row.try_get("event_seq").map_err(db)?;
         let first_seq = last_seq - update.events.len() as i64 + 1;
         Self::insert_events(&mut tx, &id, update.tenant_id.as_deref(), first_seq, None, &update.events).await?;

@@ -50,7 +50,9 @@ pub fn builtin_documents() -> Vec<(&'static str, Value)> {
                     {"name": "record", "action": {"builtin": steps::RECORD}},
                     {"name": "storage", "action": {"builtin": steps::STORAGE_CREATE},
                      "compensation": {"builtin": steps::STORAGE_DROP}},
-                    {"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY}},
+                    // A failing migration leaves the storage in place (MIGRATION_ERROR) for an
+                    // operator to fix the file and retry this saga from here.
+                    {"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY}, "on_failure": "fail"},
                     {"name": "activate", "action": {"builtin": steps::ACTIVATE}},
                 ]
             }),
@@ -76,7 +78,8 @@ pub fn builtin_documents() -> Vec<(&'static str, Value)> {
                 "defaults": {"timeout": "10m", "retry": retry()},
                 "steps": [
                     {"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY,
-                                                      "input": {"service": "{{ input.service | default(none) }}"}}},
+                                                      "input": {"service": "{{ input.service | default(none) }}"}},
+                     "on_failure": "fail"},
                     {"name": "activate", "action": {"builtin": steps::ACTIVATE}},
                 ]
             }),
@@ -84,11 +87,27 @@ pub fn builtin_documents() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// Stores each built-in definition that has no version yet (an operator's extension of
-/// `tenant.provision` is never overwritten by a restart).
+/// The built-in document as earlier releases installed it: before `on_failure: fail` on the
+/// migrations steps (a failing onboarding migration compensated everything then).
+fn earlier_document(document: &Value) -> Value {
+    let mut earlier = document.clone();
+    for step in earlier["steps"].as_array_mut().into_iter().flatten() {
+        if let Some(step) = step.as_object_mut() {
+            step.remove("on_failure");
+        }
+    }
+    earlier
+}
+
+/// Stores each built-in definition that has no version yet, and upgrades one whose latest
+/// version is an earlier release's built-in document. An operator's extension of
+/// `tenant.provision` is never overwritten by a restart.
 pub async fn install(store: &dyn Store, now_ms: i64) -> Result<(), StoreError> {
     for (name, document) in builtin_documents() {
         match store.definition_get(name, None).await {
+            Ok(latest) if latest.document == earlier_document(&document) && latest.document != document => {
+                store.definition_put(name, &document, now_ms).await?;
+            }
             Ok(_) => {}
             Err(StoreError::NotFound) => {
                 store.definition_put(name, &document, now_ms).await?;

@@ -9,6 +9,7 @@
 //! | provision, migrate | completed | `ACTIVE` (storage, migrations recorded) |
 //! | provision | compensated / failed (once compensation is over: storage is gone when it says so) | `PROVISION_ERROR` with the error |
 //! | migrate (or provision past storage) | failed in the migrations step | `MIGRATION_ERROR` |
+//! | provision, migrate | retried by an operator (forward, storage kept) | `MIGRATING` |
 //! | deprovision | completed | `DELETED` |
 
 use saga_core::tenant::TenantStatus;
@@ -83,6 +84,12 @@ impl TransitionHook for TenantHook {
                     TenantStatus::ProvisionError
                 };
                 Some(TenantChange { storage, ..change(tenant_id, to, error) })
+            }
+            (_, SagaStatus::Executing) if events.iter().any(|e| e.kind == "saga_retried") => {
+                // An operator's retry of a saga that failed forward (a migration fixed, e.g.):
+                // the tenant is migrating again, from the step that failed.
+                let storage_kept = storage_step.is_none_or(|i| state.steps[i].status == StepStatus::Succeeded);
+                storage_kept.then(|| change(tenant_id, TenantStatus::Migrating, None))
             }
             (_, SagaStatus::Executing) => {
                 // Storage is ready and committed: the tenant is migrating from here on (this is

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::definition::{Action, BuiltinAction, OnTimeout, RetryPolicy, StepDefinition};
+use crate::definition::{Action, BuiltinAction, OnFailure, OnTimeout, RetryPolicy, StepDefinition};
 
 fn policy(max_attempts: u32) -> RetryPolicy {
     RetryPolicy { max_attempts, initial_interval_ms: 100, multiplier: 2.0, max_interval_ms: 1_000, jitter: 0.0 }
@@ -32,6 +32,7 @@ fn definition(shape: &[(bool, u32, u32, bool)]) -> Definition {
                 retry: policy(attempts),
                 compensation_retry: policy(comp_attempts),
                 pivot,
+                on_failure: OnFailure::Compensate,
                 heartbeat_timeout_ms: None,
             })
             .collect(),
@@ -211,6 +212,44 @@ fn failure_after_pivot_fails_forward_and_retry_resumes_forward() {
 }
 
 #[test]
+fn a_step_that_fails_forward_leaves_failed_and_retry_resumes_at_it() {
+    let mut def = definition(&[(true, 1, 1, false), (true, 2, 1, false), (true, 1, 1, false)]);
+    def.steps[1].on_failure = OnFailure::Fail;
+    for failure in [FailureKind::NonRetryable, FailureKind::Retryable] {
+        let mut state = SagaState::new(&def);
+        let mut outcomes = vec![ok(), fail(failure), fail(failure)].into_iter();
+        let events = drive(&mut state, &def, &mut outcomes);
+        assert_eq!(state.status, SagaStatus::Failed, "{failure:?}");
+        assert!(kinds_for(&events, "step_compensated").is_empty(), "nothing undone: {failure:?}");
+        assert_eq!(state.steps[0].status, StepStatus::Succeeded);
+        assert_eq!(state.steps[1].status, StepStatus::Failed);
+        assert_eq!(state.steps[2].status, StepStatus::Skipped);
+        let failed = events.iter().find(|e| e.kind == "saga_failed").expect("saga_failed");
+        assert_eq!(failed.data["on_failure"], json!("fail"));
+        assert_eq!(state.error.as_ref().and_then(|e| e.step.clone()), Some("s1".to_string()));
+        let retried = state.retry_by_operator(&def, 100).expect("retryable");
+        assert_eq!(retried.events[0].step.as_deref(), Some("s1"), "resumes at the failed step");
+        assert_eq!(state.next(), Next::RunAction { step: 1, attempt: 1 });
+        let events = drive(&mut state, &def, &mut std::iter::empty());
+        assert_eq!(state.status, SagaStatus::Completed);
+        assert_eq!(kinds_for(&events, "step_succeeded"), vec!["s1", "s2"], "s0 is not run again");
+    }
+}
+
+#[test]
+fn a_cancel_still_compensates_a_step_that_fails_forward() {
+    let mut def = definition(&[(true, 1, 1, false), (true, 1, 1, false)]);
+    def.steps[1].on_failure = OnFailure::Fail;
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    state.cancel(&def, 5, 5, false);
+    assert_eq!(state.status, SagaStatus::Compensating);
+    let events = drive(&mut state, &def, &mut std::iter::empty());
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(kinds_for(&events, "step_compensated"), vec!["s0"]);
+}
+
+#[test]
 fn only_failed_sagas_can_be_retried() {
     let def = definition(&[(false, 1, 1, false)]);
     let mut state = SagaState::new(&def);
@@ -267,9 +306,13 @@ proptest! {
     #[test]
     fn every_saga_terminates_and_compensates_exactly_what_happened(
         shape in arb_shape(),
+        fails_forward in prop::collection::vec(prop::bool::weighted(0.15), 7),
         outcomes in prop::collection::vec(arb_outcome(), 0..40),
     ) {
-        let def = definition(&shape);
+        let mut def = definition(&shape);
+        for (step, fails_forward) in def.steps.iter_mut().zip(fails_forward) {
+            step.on_failure = if fails_forward { OnFailure::Fail } else { OnFailure::Compensate };
+        }
         let mut state = SagaState::new(&def);
         let mut iter = outcomes.into_iter();
         let mut events = drive(&mut state, &def, &mut iter);

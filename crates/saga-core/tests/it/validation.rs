@@ -61,6 +61,7 @@ fn reports_every_error_with_its_path() {
                 {"name": "a", "action": {"builtin": "core.nope"}, "retry": {"max_attempts": 0, "jitter": 2}},
                 {"name": "bad name", "action": {"http": {"url": "{{ input. }}"}}},
                 {"name": "c", "action": {"frobnicate": {}}, "pivot": "yes"},
+                {"name": "d", "action": {"builtin": "core.echo"}, "on_failure": "retry"},
             ]
         }),
         &[
@@ -74,6 +75,7 @@ fn reports_every_error_with_its_path() {
             ("/steps/2/action/http/url", "does not compile"),
             ("/steps/3/action", "exactly one action kind"),
             ("/steps/3/pivot", "true or false"),
+            ("/steps/4/on_failure", "not one of: compensate, fail"),
         ],
     );
 }

@@ -786,3 +786,115 @@ async fn a_rollout_migrates_the_tenants_behind_within_its_concurrency_limit() {
     assert_eq!(status, 422, "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_store_every_default_tenant_works() {
+    let secret = webhook_secret();
+    let app = App::spawn(BIN, Backend::Sqlite, &[("SAGAPLANE_CRM_WEBHOOK_SECRET", secret.clone())]).await;
+    // No tier, no storage mode: pooled tier, and the storage mode the embedded store offers.
+    let (status, body) = create(&app, json!({"id": "acme", "name": "Acme"})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (body["tenant"]["tier"].as_str(), body["tenant"]["storage_mode"].as_str()),
+        (Some("pooled"), Some("database"))
+    );
+    for tier in ["bridge", "silo"] {
+        let (status, body) = create(&app, json!({"id": format!("{tier}-co"), "name": tier, "tier": tier})).await;
+        assert_eq!((status, body["tenant"]["storage_mode"].as_str()), (202, Some("database")), "{body}");
+    }
+    // A mode asked for explicitly that this storage lacks: 422 naming what it offers; nothing made.
+    for mode in ["schema", "pooled"] {
+        let (status, body) = create(&app, json!({"id": "explicit", "name": "x", "storage_mode": mode})).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["errors"][0]["path"], "/storage_mode", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or("");
+        assert!(message.contains(mode) && message.contains("offers: database"), "{message}");
+    }
+    assert_eq!(app.send(app.request(Method::GET, "/v1/tenants/explicit")).await.0, 404);
+    // A CRM webhook whose tenant names no tier.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let event = json!({"type": "customer.created", "data": {"tenant": {"id": "from-crm", "name": "From CRM"}}});
+    let (status, body) = crm(&app, &secret, "msg_default", now, &event, false).await;
+    assert_eq!((status, body["tenant"]["storage_mode"].as_str()), (202, Some("database")), "{body}");
+    for id in ["acme", "bridge-co", "silo-co", "from-crm"] {
+        let tenant = until_status(&app, id, &["ACTIVE", "PROVISION_ERROR", "MIGRATION_ERROR"]).await;
+        assert_eq!(tenant["status"], "ACTIVE", "{tenant}");
+        assert_eq!(tenant["storage"]["backend"], "sqlite", "{tenant}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_that_fails_during_onboarding_keeps_the_storage_for_a_retry() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-onboarding-migrations-{}", uuid::Uuid::now_v7()));
+    write(&dir, "billing/0001_create_invoices.sql", "CREATE TABLE invoices (id INTEGER PRIMARY KEY);");
+    write(
+        &dir,
+        "billing/0002_add_currency.sql",
+        "ALTER TABLE invoices ADD COLUMN currency TEXT REFERENCES nowhere (code);",
+    );
+    let app =
+        App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
+    let mut conn = admin_connection(&app).await;
+    let id = format!("onb-{}", suffix());
+    let schema = format!("tenant_{}", id.replace('-', "_"));
+    let (status, created) = create(&app, json!({"id": id, "name": "Onboarding Co", "tier": "bridge"})).await;
+    assert_eq!(status, 202, "{created}");
+    let provision_saga = created["saga_id"].as_str().expect("saga id").to_string();
+
+    // MIGRATION_ERROR, not PROVISION_ERROR: storage kept, the first migration still there.
+    let failed = until_status(&app, &id, &["MIGRATION_ERROR", "PROVISION_ERROR", "ACTIVE"]).await;
+    assert_eq!(failed["status"], "MIGRATION_ERROR", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("0002_add_currency.sql") && message.contains("nowhere"), "file and db message: {message}");
+    assert_eq!(failed["error"]["step"], "migrations", "{failed}");
+    assert!(exists(&mut conn, SCHEMA, &schema).await, "the schema is kept");
+    assert!(exists(&mut conn, ROLE, &schema).await, "the role is kept");
+    assert_eq!(recorded_versions(&mut conn, &schema).await, vec![1], "the first migration stays applied");
+    // The onboarding saga itself failed forward: nothing compensated, an operator's to retry.
+    let saga = app.saga(&provision_saga).await;
+    assert_eq!(saga["status"], "FAILED", "{saga}");
+    let history = app.event_types(&provision_saga).await;
+    assert!(!history.iter().any(|t| t == "step_compensated"), "nothing undone: {history:?}");
+
+    // Fix the file; retry-migration resumes the same saga at the failed migration.
+    write(
+        &dir,
+        "billing/0002_add_currency.sql",
+        "ALTER TABLE invoices ADD COLUMN currency TEXT NOT NULL DEFAULT 'EUR';",
+    );
+    let (status, _, body) = app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/retry-migration"))).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["saga_id"].as_str(), Some(provision_saga.as_str()), "the onboarding saga is retried: {body}");
+    let active = until_status(&app, &id, &["ACTIVE", "MIGRATION_ERROR"]).await;
+    assert_eq!(active["status"], "ACTIVE", "{active}");
+    assert_eq!(active["migrations"][0]["version"], 2, "{active}");
+    assert_eq!(active["error"], Value::Null);
+    assert_eq!(recorded_versions(&mut conn, &schema).await, vec![1, 2], "each migration recorded once");
+    let history = app.event_types(&provision_saga).await;
+    let retried = history.iter().position(|t| t == "saga_retried").expect("saga_retried in history");
+    assert!(history[retried..].iter().any(|t| t == "saga_completed"), "{history:?}");
+    assert_eq!(
+        history.iter().filter(|t| *t == "step_succeeded").count(),
+        4,
+        "record, storage, migrations, activate once: {history:?}"
+    );
+
+    // DELETE of a MIGRATION_ERROR tenant drops what was made.
+    write(&dir, "billing/0003_broken.sql", "ALTER TABLE nowhere ADD COLUMN x INTEGER;");
+    let other = format!("onb-del-{}", suffix());
+    let other_schema = format!("tenant_{}", other.replace('-', "_"));
+    assert_eq!(create(&app, json!({"id": other, "name": "Deleted Co", "tier": "bridge"})).await.0, 202);
+    let failed = until_status(&app, &other, &["MIGRATION_ERROR", "PROVISION_ERROR", "ACTIVE"]).await;
+    assert_eq!(failed["status"], "MIGRATION_ERROR", "{failed}");
+    assert!(exists(&mut conn, SCHEMA, &other_schema).await);
+    assert_eq!(app.send(app.request(Method::DELETE, &format!("/v1/tenants/{other}"))).await.0, 202);
+    until_status(&app, &other, &["DELETED"]).await;
+    assert!(!exists(&mut conn, SCHEMA, &other_schema).await, "the schema is dropped");
+    assert!(!exists(&mut conn, ROLE, &other_schema).await, "the role is dropped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn recorded_versions(conn: &mut PgConnection, schema: &str) -> Vec<i64> {
+    let sql = format!("SELECT version::bigint FROM {schema}.sagaplane_migrations ORDER BY version");
+    sqlx::query_scalar::<_, i64>(&sql).fetch_all(conn).await.expect("recorded migrations")
+}

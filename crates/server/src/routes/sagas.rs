@@ -427,6 +427,34 @@ pub async fn events(
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 
+/// An operator's retry of a `FAILED` saga, with the tenant change it causes (a tenant saga's
+/// retry moves its tenant back to `MIGRATING`) in the same transaction.
+pub(crate) async fn operator_retry(state: &AppState, record: &SagaRecord) -> Result<SagaRecord, ApiError> {
+    let (_, definition) = definition(state, &record.definition, Some(record.version)).await?;
+    let mut saga_state = record.state.clone();
+    let now_ms = state.clock.now_ms();
+    let transition =
+        saga_state.retry_by_operator(&definition, now_ms).map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let tenant_change =
+        state.hook.as_ref().and_then(|hook| hook.tenant_change(record, &definition, &saga_state, &transition.events));
+    let updated = state
+        .store
+        .saga_operator_update(SagaOperatorUpdate {
+            id: record.id,
+            tenant_id: record.tenant_id.clone(),
+            expected_status: SagaStatus::Failed,
+            state: saga_state,
+            events: transition.events,
+            tenant_change,
+            now_ms,
+        })
+        .await?;
+    if updated.status.is_terminal() {
+        state.hub.publish(updated.clone());
+    }
+    Ok(updated)
+}
+
 pub async fn retry(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -441,24 +469,6 @@ pub async fn retry(
             record.status.as_str()
         )));
     }
-    let (_, definition) = definition(&state, &record.definition, Some(record.version)).await?;
-    let mut saga_state = record.state.clone();
-    let now_ms = state.clock.now_ms();
-    let transition =
-        saga_state.retry_by_operator(&definition, now_ms).map_err(|e| ApiError::Conflict(e.to_string()))?;
-    let updated = state
-        .store
-        .saga_operator_update(SagaOperatorUpdate {
-            id,
-            tenant_id: record.tenant_id.clone(),
-            expected_status: SagaStatus::Failed,
-            state: saga_state,
-            events: transition.events,
-            now_ms,
-        })
-        .await?;
-    if updated.status.is_terminal() {
-        state.hub.publish(updated.clone());
-    }
+    let updated = operator_retry(&state, &record).await?;
     Ok((StatusCode::ACCEPTED, Json(views::saga(&updated))).into_response())
 }

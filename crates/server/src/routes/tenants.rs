@@ -213,18 +213,38 @@ fn parse_tenant(body: &Value, tenancy: &Tenancy) -> Result<TenantRequest, ApiErr
     let contacts = check_contacts(map.get("contacts"), &mut errors);
     let metadata = check_metadata(map.get("metadata"), &mut errors);
     let tier = tier.unwrap_or(Tier::Pooled);
-    let storage_mode = storage_mode.unwrap_or_else(|| tier.default_storage_mode());
-    if !tenancy.storage.supports(storage_mode) {
-        errors.add(
-            "/storage_mode",
-            format!(
-                "storage mode {} is not available on the {} tenant storage; the embedded SQLite default \
-                 offers database (set SAGAPLANE_TENANT_DATABASE_URL to a PostgreSQL server for schema and pooled)",
-                storage_mode.as_str(),
-                tenancy.storage.backend_name()
-            ),
-        );
-    }
+    let offered: Vec<StorageMode> =
+        StorageMode::ALL.iter().copied().filter(|mode| tenancy.storage.supports(*mode)).collect();
+    let offered_list = offered.iter().map(|mode| mode.as_str()).collect::<Vec<_>>().join(", ");
+    let storage_mode = match storage_mode {
+        Some(mode) if !offered.contains(&mode) => {
+            errors.add(
+                "/storage_mode",
+                format!(
+                    "storage mode {} is not offered by the {} tenant storage, which offers: {offered_list}{}",
+                    mode.as_str(),
+                    tenancy.storage.backend_name(),
+                    if offered.contains(&StorageMode::Schema) {
+                        ""
+                    } else {
+                        " (set SAGAPLANE_TENANT_DATABASE_URL to a PostgreSQL server for schema and pooled)"
+                    }
+                ),
+            );
+            mode
+        }
+        Some(mode) => mode,
+        None => match tier.storage_mode_among(&offered) {
+            Some(mode) => mode,
+            None => {
+                errors.add(
+                    "/storage_mode",
+                    format!("the {} tenant storage offers no storage mode", tenancy.storage.backend_name()),
+                );
+                tier.default_storage_mode()
+            }
+        },
+    };
     let (Some(id), Some(name), true) = (id, name, errors.0.is_empty()) else {
         return Err(ApiError::validation("the tenant is invalid", errors.0));
     };
@@ -543,10 +563,26 @@ pub async fn retry_migration(
             tenant.status.as_str()
         )));
     }
-    let to = (TenantStatus::Migrating, vec![TenantStatus::MigrationError]);
-    let input = json!({"tenant_id": id});
-    let (tenant, saga) = start_tenant_saga(&state, &id, to, tenancy::definitions::MIGRATE, input, None).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"tenant": views::tenant(&tenant), "saga_id": saga.id}))).into_response())
+    // The saga that failed in its migrations step (onboarding or a rollout) failed forward and
+    // waits for an operator: retrying it resumes from the failed migration, so its history tells
+    // the whole story. A tenant whose failed saga cannot be resumed gets a new migration saga.
+    let failed = match tenant.saga_id {
+        Some(saga_id) => Some(load(&state, saga_id).await?).filter(|saga| saga.status == SagaStatus::Failed),
+        None => None,
+    };
+    let (tenant, saga_id) = match failed {
+        Some(saga) => {
+            let retried = super::sagas::operator_retry(&state, &saga).await?;
+            (load_tenant(&state, &principal, &id).await?, retried.id)
+        }
+        None => {
+            let to = (TenantStatus::Migrating, vec![TenantStatus::MigrationError]);
+            let input = json!({"tenant_id": id});
+            let (tenant, saga) = start_tenant_saga(&state, &id, to, tenancy::definitions::MIGRATE, input, None).await?;
+            (tenant, saga.id)
+        }
+    };
+    Ok((StatusCode::ACCEPTED, Json(json!({"tenant": views::tenant(&tenant), "saga_id": saga_id}))).into_response())
 }
 
 async fn set_access(
