@@ -155,7 +155,12 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
                     "step_deferred",
                     Some(&step.name),
                     Some(attempt),
-                    json!({"endpoint": endpoint, "retry_after_ms": retry_after_ms, "reason": "circuit open"}),
+                    json!({
+                        "endpoint": endpoint,
+                        "retry_after_ms": retry_after_ms,
+                        "until_ms": now_ms + retry_after_ms as i64,
+                        "reason": "circuit open",
+                    }),
                     now_ms,
                 ));
                 (events, Some(now_ms + retry_after_ms as i64))

@@ -64,13 +64,18 @@ pub fn definition(record: &DefinitionRecord) -> Value {
 }
 
 pub fn event(record: &EventRecord) -> Value {
+    let mut data = record.data.clone();
+    // A time the engine records in epoch ms is shown as RFC 3339 beside it.
+    if let Some(until_ms) = data.get("until_ms").and_then(Value::as_i64) {
+        data["until"] = timestamp(until_ms);
+    }
     json!({
         "seq": record.seq,
         "type": record.kind,
         "step": record.step,
         "attempt": record.attempt,
         "worker": record.worker,
-        "data": record.data,
+        "data": data,
         "at": timestamp(record.at_ms),
     })
 }

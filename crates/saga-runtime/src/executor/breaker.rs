@@ -1,9 +1,12 @@
 //! Circuit breakers, one per participant endpoint (`scheme://host:port` or a gRPC endpoint),
 //! per instance.
 //!
-//! Design note. After `failures_to_open` consecutive retryable failures (5xx, timeouts,
-//! connection errors, the gRPC codes that are retried) an endpoint's circuit opens for
-//! `cool_down_ms`. While it is open, attempts against it are not made at all: the driver
+//! Design note. Once retryable failures (5xx, timeouts, connection errors, the gRPC codes that
+//! are retried) of `failures_to_open` *distinct sagas* have followed each other with no healthy
+//! answer in between, an endpoint's circuit opens for `cool_down_ms`. One saga's own retries
+//! count once: a single saga's retry policy is the user's word on how often to try, and a
+//! breaker that tripped on it would replace a 100 ms backoff with the cool-down. An outage shows
+//! as many sagas failing, and that is what opens the circuit. While it is open, attempts against it are not made at all: the driver
 //! reschedules the saga for when the circuit may close, without spending one of the step's
 //! attempts — so a participant outage does not burn every waiting saga through its retry budget
 //! into compensation. After the cool-down one attempt goes through as a probe (half-open);
@@ -15,12 +18,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use uuid::Uuid;
+
 use crate::metrics_names::{SAGA_CIRCUIT_DEFERRED_TOTAL, SAGA_CIRCUIT_OPEN};
 
 /// When a circuit opens and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BreakerConfig {
-    /// Consecutive retryable failures that open the circuit; 0 disables breakers.
+    /// Distinct sagas whose retryable failures, with no healthy answer in between, open the
+    /// circuit; 0 disables breakers.
     pub failures_to_open: u32,
     pub cool_down_ms: u64,
 }
@@ -34,10 +40,12 @@ impl Default for BreakerConfig {
 /// The most endpoints tracked; past it, closed circuits are forgotten.
 const ENDPOINTS_MAX: usize = 10_000;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Circuit {
+    /// `failing`: the sagas that failed since the last healthy answer (at most
+    /// `failures_to_open` of them, each once).
     Closed {
-        failures: u32,
+        failing: Vec<Uuid>,
     },
     Open {
         until: Instant,
@@ -79,7 +87,7 @@ impl Breakers {
             return Admission::Go;
         };
         let cool_down = Duration::from_millis(self.config.cool_down_ms);
-        let circuit = circuits.get(endpoint).copied().unwrap_or(Circuit::Closed { failures: 0 });
+        let circuit = circuits.get(endpoint).cloned().unwrap_or(Circuit::Closed { failing: Vec::new() });
         let (next, admission) = match circuit {
             Circuit::Closed { .. } => (circuit, Admission::Go),
             Circuit::Open { until } if now >= until => (Circuit::HalfOpen { since: now }, Admission::Go),
@@ -97,33 +105,39 @@ impl Breakers {
         admission
     }
 
-    /// Reports how an admitted attempt ended: `healthy` unless it failed retryably.
-    pub fn record(&self, endpoint: &str, healthy: bool, now: Instant) {
+    /// Reports how saga `saga_id`'s admitted attempt ended: `healthy` unless it failed retryably.
+    pub fn record(&self, endpoint: &str, saga_id: Uuid, healthy: bool, now: Instant) {
         if self.config.failures_to_open == 0 {
             return;
         }
         let Ok(mut circuits) = self.circuits.lock() else {
             return;
         };
-        let circuit = circuits.get(endpoint).copied().unwrap_or(Circuit::Closed { failures: 0 });
+        let circuit = circuits.get(endpoint).cloned().unwrap_or(Circuit::Closed { failing: Vec::new() });
         let cool_down = Duration::from_millis(self.config.cool_down_ms);
+        let was_open = !matches!(circuit, Circuit::Closed { .. });
         let next = match (circuit, healthy) {
-            (_, true) => Circuit::Closed { failures: 0 },
-            (Circuit::Closed { failures }, false) if failures + 1 >= self.config.failures_to_open => {
-                Circuit::Open { until: now + cool_down }
+            (_, true) => Circuit::Closed { failing: Vec::new() },
+            (Circuit::Closed { mut failing }, false) => {
+                if !failing.contains(&saga_id) {
+                    failing.push(saga_id);
+                }
+                if failing.len() >= self.config.failures_to_open as usize {
+                    Circuit::Open { until: now + cool_down }
+                } else {
+                    Circuit::Closed { failing }
+                }
             }
-            (Circuit::Closed { failures }, false) => Circuit::Closed { failures: failures + 1 },
             (Circuit::HalfOpen { .. }, false) => Circuit::Open { until: now + cool_down },
             (Circuit::Open { until }, false) => Circuit::Open { until },
         };
-        let was_open = !matches!(circuit, Circuit::Closed { .. });
         let is_open = !matches!(next, Circuit::Closed { .. });
         if was_open != is_open {
             tracing::warn!(endpoint, open = is_open, "circuit breaker {}", if is_open { "opened" } else { "closed" });
             metrics::gauge!(SAGA_CIRCUIT_OPEN, "endpoint" => endpoint.to_string()).set(if is_open { 1.0 } else { 0.0 });
         }
         if circuits.len() >= ENDPOINTS_MAX {
-            circuits.retain(|_, c| !matches!(c, Circuit::Closed { failures: 0 }));
+            circuits.retain(|_, c| !matches!(c, Circuit::Closed { failing } if failing.is_empty()));
         }
         circuits.insert(endpoint.to_string(), next);
     }
@@ -137,19 +151,24 @@ fn wait(duration: Duration) -> Admission {
 mod tests {
     use super::*;
 
+    fn sagas(n: usize) -> Vec<Uuid> {
+        (0..n).map(|_| Uuid::new_v4()).collect()
+    }
+
     #[test]
-    fn opens_after_consecutive_failures_probes_and_closes() {
+    fn opens_after_failures_of_distinct_sagas_probes_and_closes() {
         let breakers = Breakers::new(BreakerConfig { failures_to_open: 3, cool_down_ms: 1_000 });
         let t0 = Instant::now();
-        for _ in 0..2 {
+        let ids = sagas(3);
+        for id in &ids[..2] {
             assert_eq!(breakers.admit("e", t0), Admission::Go);
-            breakers.record("e", false, t0);
+            breakers.record("e", *id, false, t0);
         }
         // A success in between resets the count.
-        breakers.record("e", true, t0);
-        for _ in 0..3 {
+        breakers.record("e", ids[2], true, t0);
+        for id in &ids {
             assert_eq!(breakers.admit("e", t0), Admission::Go);
-            breakers.record("e", false, t0);
+            breakers.record("e", *id, false, t0);
         }
         assert_eq!(breakers.admit("e", t0 + Duration::from_millis(400)), Admission::Wait { retry_after_ms: 600 });
         assert_eq!(breakers.admit("other", t0), Admission::Go, "circuits are per endpoint");
@@ -158,21 +177,34 @@ mod tests {
         assert_eq!(breakers.admit("e", t1), Admission::Go);
         assert!(matches!(breakers.admit("e", t1), Admission::Wait { .. }));
         // The probe fails: open again for a full cool-down.
-        breakers.record("e", false, t1);
+        breakers.record("e", ids[0], false, t1);
         assert_eq!(breakers.admit("e", t1 + Duration::from_millis(999)), Admission::Wait { retry_after_ms: 1 });
         let t2 = t1 + Duration::from_millis(1_000);
         assert_eq!(breakers.admit("e", t2), Admission::Go);
-        breakers.record("e", true, t2);
+        breakers.record("e", ids[0], true, t2);
         assert_eq!(breakers.admit("e", t2), Admission::Go);
         assert_eq!(breakers.admit("e", t2), Admission::Go, "closed again");
+    }
+
+    #[test]
+    fn one_sagas_own_retries_count_once() {
+        let breakers = Breakers::new(BreakerConfig { failures_to_open: 2, cool_down_ms: 1_000 });
+        let now = Instant::now();
+        let ids = sagas(2);
+        for _ in 0..20 {
+            assert_eq!(breakers.admit("e", now), Admission::Go, "one saga's retries never open it");
+            breakers.record("e", ids[0], false, now);
+        }
+        breakers.record("e", ids[1], false, now);
+        assert!(matches!(breakers.admit("e", now), Admission::Wait { .. }), "a second saga failing does");
     }
 
     #[test]
     fn zero_threshold_disables() {
         let breakers = Breakers::new(BreakerConfig { failures_to_open: 0, cool_down_ms: 1_000 });
         let now = Instant::now();
-        for _ in 0..10 {
-            breakers.record("e", false, now);
+        for id in sagas(10) {
+            breakers.record("e", id, false, now);
         }
         assert_eq!(breakers.admit("e", now), Admission::Go);
     }

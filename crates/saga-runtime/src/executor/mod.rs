@@ -117,7 +117,7 @@ impl Executors {
         if let Some(endpoint) = &endpoint {
             let healthy =
                 !matches!(result, AttemptResult::Finished(Outcome::Failed { kind: FailureKind::Retryable, .. }));
-            self.breakers.record(endpoint, healthy, Instant::now());
+            self.breakers.record(endpoint, ctx.saga_id, healthy, Instant::now());
         }
         result
     }

@@ -229,16 +229,17 @@ async fn tenants_create_list_show_suspend_resume_delete() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("SUSPENDED"));
     let out = tokio::task::block_in_place(|| client(&app, &["tenants", "resume", "cli-co"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ACTIVE"));
-    // A clear message for a bad id, and for schema mode on the embedded default.
+    // A clear message for a bad id, and for schema mode asked for on the embedded default.
     let out = tokio::task::block_in_place(|| client(&app, &["tenants", "create", "Bad", "--name", "x"]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("422"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = tokio::task::block_in_place(|| {
-        client(&app, &["tenants", "create", "sch-co", "--name", "x", "--tier", "bridge"])
+        client(&app, &["tenants", "create", "sch-co", "--name", "x", "--storage-mode", "schema"])
     });
+    assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("needs PostgreSQL")
-            || String::from_utf8_lossy(&out.stderr).contains("SAGAPLANE_TENANT_DATABASE_URL"),
+        String::from_utf8_lossy(&out.stderr).contains("offers: database")
+            && String::from_utf8_lossy(&out.stderr).contains("SAGAPLANE_TENANT_DATABASE_URL"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -439,7 +439,36 @@ async fn a_tenants_backlog_does_not_delay_another_tenant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_circuit_breaker_opens_defers_and_closes() {
+async fn one_sagas_retries_keep_their_own_schedule_under_the_default_breaker() {
+    let participant = Participant::start().await;
+    let answers = [500, 429, 408, 425, 502, 200];
+    participant.script("/flaky", answers.iter().map(|s| (*s, json!({"answer": s}))).collect());
+    // Every breaker setting at its default (5 failures, 30 s cool-down).
+    let app = App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_VAR_P", participant.url.clone())]).await;
+    let mut definition = fast_definition(json!([
+        {"name": "call", "action": {"http": {"method": "POST", "url": "{{ vars.P }}/flaky"}},
+         "retry": {"max_attempts": 6, "initial_interval": "100ms", "multiplier": 1.0, "jitter": 0.0}},
+    ]));
+    definition["name"] = json!("flaky");
+    assert_eq!(app.put_definition("flaky", &definition).await.0, 201);
+    let id = app.start("flaky", json!({})).await;
+    let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(saga["steps"][0]["attempts"], 6, "{saga}");
+    let history = app.event_types(&id).await;
+    assert!(!history.iter().any(|t| t == "step_deferred"), "one saga's retries never open the circuit: {history:?}");
+    // The retry policy says 100 ms between attempts; a breaker cool-down would be 30 s.
+    let requests = participant.requests("/flaky");
+    assert_eq!(requests.len(), 6);
+    for pair in requests.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(90), "retried before its backoff: {gap:?}");
+        assert!(gap < Duration::from_secs(5), "a gap of {gap:?} is not the 100 ms the policy asks for");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_opens_on_distinct_sagas_defers_and_closes() {
     let participant = Participant::start().await;
     participant.script("/down", vec![(503, json!({}))]);
     let app = App::spawn(
@@ -455,29 +484,60 @@ async fn the_circuit_breaker_opens_defers_and_closes() {
     .await;
     let mut definition = fast_definition(json!([
         {"name": "call", "action": {"http": {"method": "POST", "url": "{{ vars.P }}/down"}},
-         "retry": {"max_attempts": 6, "initial_interval": "50ms", "multiplier": 1.0, "jitter": 0.0}},
+         "retry": {"max_attempts": 20, "initial_interval": "200ms", "multiplier": 1.0, "jitter": 0.0}},
     ]));
     definition["name"] = json!("breaker");
     let (status, body) = app.put_definition("breaker", &definition).await;
     assert_eq!(status, 201, "{body}");
-    let id = app.start("breaker", json!({})).await;
-    until_event(&app, &id, "step_deferred").await;
-    // Open: the saga is rescheduled instead of spending its attempts.
-    let saga = app.saga(&id).await;
-    assert_eq!(saga["status"], "EXECUTING", "{saga}");
-    assert_eq!(saga["steps"][0]["attempts"], 3, "attempts spent only before the circuit opened");
-    let metrics = reqwest::get(format!("{}/metrics", app.url)).await.expect("metrics").text().await.expect("text");
+    let first = app.start("breaker", json!({})).await;
+    // One saga alone retries on its own schedule: its failures count once.
+    eventually("the first saga retried", TERMINAL_WAIT, || async {
+        (app.saga(&first).await["steps"][0]["attempts"].as_u64() >= Some(4)).then_some(())
+    })
+    .await;
+    assert!(!app.event_types(&first).await.iter().any(|t| t == "step_deferred"), "opened by one saga");
+    // Two more sagas fail: three distinct sagas open the circuit.
+    let ids = [first, app.start("breaker", json!({})).await, app.start("breaker", json!({})).await];
+    let deferred = eventually("a deferred step", TERMINAL_WAIT, || async {
+        for id in &ids {
+            let events = app.events(id).await;
+            if let Some(event) = events.into_iter().find(|e| e["type"] == "step_deferred") {
+                return Some(event);
+            }
+        }
+        None
+    })
+    .await;
     let endpoint = participant.url.clone();
+    assert_eq!(deferred["data"]["endpoint"], json!(endpoint), "{deferred}");
+    assert!(deferred["data"]["until"].is_string(), "says until when: {deferred}");
+    // Open: no attempt is made, and no attempt is spent.
+    let attempts_at_open: Vec<Value> = {
+        let mut attempts = Vec::new();
+        for id in &ids {
+            attempts.push(app.saga(id).await["steps"][0]["attempts"].clone());
+        }
+        attempts
+    };
+    let requests_at_open = participant.requests("/down").len();
+    let metrics = reqwest::get(format!("{}/metrics", app.url)).await.expect("metrics").text().await.expect("text");
     assert!(
         metrics.lines().any(|l| l.starts_with("saga_circuit_open") && l.contains(&endpoint) && l.ends_with(" 1")),
         "open circuit not in metrics"
     );
-    // The participant heals; after the cool-down a probe closes the circuit.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(participant.requests("/down").len(), requests_at_open, "no attempt while open");
+    for (id, attempts) in ids.iter().zip(&attempts_at_open) {
+        let saga = app.saga(id).await;
+        assert_eq!(saga["status"], "EXECUTING", "{saga}");
+        assert_eq!(&saga["steps"][0]["attempts"], attempts, "no attempt spent while open");
+    }
+    // The participant heals; after the cool-down a probe closes the circuit and all complete.
     participant.script("/down", vec![(200, json!({"ok": true}))]);
-    let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
-    assert_eq!(saga["status"], "COMPLETED", "{saga}");
-    assert_eq!(saga["steps"][0]["attempts"], 4);
-    assert_eq!(participant.requests("/down").len(), 4, "no attempt while open");
+    for id in &ids {
+        let saga = app.wait_terminal(id, TERMINAL_WAIT).await;
+        assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    }
     let metrics = reqwest::get(format!("{}/metrics", app.url)).await.expect("metrics").text().await.expect("text");
     assert!(
         metrics.lines().any(|l| l.starts_with("saga_circuit_open") && l.contains(&endpoint) && l.ends_with(" 0")),
