@@ -66,10 +66,24 @@ impl DefinitionCache {
                 }
             })?;
         let parsed = Arc::new(parsed);
+        crate::metrics_names::register_definition(&parsed);
         if let Ok(mut versions) = self.versions.lock() {
             versions.insert((name.to_string(), record.version), parsed.clone());
         }
         Ok((record.version, parsed))
+    }
+
+    /// Loads the latest version of every stored definition (so their metrics exist from the
+    /// first scrape). A definition that no longer validates is skipped: it fails where it is used.
+    pub async fn warm(&self) -> Result<usize, StoreError> {
+        let mut loaded = 0;
+        for record in self.store.definition_list().await? {
+            if self.get(&record.name, Some(record.version)).await.is_ok() {
+                self.note_latest(&record.name, record.version);
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
     }
 
     /// The latest version seen for `name`, when it is cached (a hint; see the module doc).

@@ -24,3 +24,41 @@ pub fn describe() {
     metrics::describe_gauge!(SAGA_CIRCUIT_OPEN, "1 while a participant endpoint's circuit breaker is open");
     metrics::describe_counter!(SAGA_CIRCUIT_DEFERRED_TOTAL, "Attempts put off because the endpoint's circuit was open");
 }
+
+/// Registers the series that carry no labels at 0, so the first scrape shows them (an alert on
+/// `increase(saga_lease_takeover_total[5m])` sees 0, not "no data", until the first takeover).
+pub fn register_engine() {
+    metrics::counter!(SAGA_LEASE_TAKEOVER_TOTAL).increment(0);
+    metrics::counter!(SAGA_CLAIMED_TOTAL).increment(0);
+    metrics::gauge!(SAGA_IN_FLIGHT).increment(0.0);
+    let _ = metrics::histogram!(SAGA_COMMIT_BATCH_SIZE);
+}
+
+/// The terminal statuses `saga_total` counts.
+const TERMINAL_STATUSES: [&str; 3] = ["COMPLETED", "COMPENSATED", "FAILED"];
+
+/// Registers a definition's series at 0: its terminal counts, its durations, and each step's
+/// retries and attempt durations. Called when a definition version is first loaded.
+pub fn register_definition(definition: &saga_core::Definition) {
+    let name = definition.name.clone();
+    for status in TERMINAL_STATUSES {
+        metrics::counter!(SAGA_TOTAL, "definition" => name.clone(), "status" => status).increment(0);
+    }
+    let _ = metrics::histogram!(SAGA_DURATION_SECONDS, "definition" => name.clone());
+    for step in &definition.steps {
+        metrics::counter!(SAGA_RETRY_TOTAL, "definition" => name.clone(), "step" => step.name.clone()).increment(0);
+        let outcomes: &[&str] = if step.compensation.is_some() {
+            &["succeeded", "failed", "compensated", "compensation_failed"]
+        } else {
+            &["succeeded", "failed"]
+        };
+        for outcome in outcomes {
+            let _ = metrics::histogram!(
+                SAGA_STEP_DURATION_SECONDS,
+                "definition" => name.clone(),
+                "step" => step.name.clone(),
+                "outcome" => *outcome
+            );
+        }
+    }
+}

@@ -156,6 +156,10 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         None => crate::config::Secret::new(""),
     };
     let definitions = definition_cache(store.clone());
+    // Every stored definition's series exist (at 0) from the first scrape.
+    if let Err(e) = definitions.warm().await {
+        tracing::warn!(error = %e, "could not load the stored definitions at start");
+    }
     // Bound before the worker starts, so callback URLs carry the real port (`--listen` may say 0).
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

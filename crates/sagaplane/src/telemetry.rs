@@ -34,6 +34,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     saga_runtime::metrics_names::describe();
+    saga_runtime::metrics_names::register_engine();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {

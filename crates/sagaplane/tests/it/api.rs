@@ -124,6 +124,39 @@ async fn auth_and_ops_routes(backend: Backend) {
 }
 on_both_backends!(auth_and_ops_routes);
 
+/// Every metric API.md §5 names, from the first scrape of a fresh instance (counters at 0).
+async fn every_named_metric_is_exported_from_the_first_scrape(backend: Backend) {
+    let app = App::spawn(BIN, backend, &[]).await;
+    let text = app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+    let series = |prefix: &str| text.lines().filter(|l| !l.starts_with('#') && l.starts_with(prefix)).count();
+    for name in [
+        "saga_total{",
+        "saga_duration_seconds_bucket{",
+        "saga_step_duration_seconds_bucket{",
+        "saga_retry_total{",
+        "saga_lease_takeover_total ",
+        "saga_in_flight ",
+    ] {
+        assert!(series(name) > 0, "{name} missing from the first scrape:\n{text}");
+    }
+    for line in [
+        "saga_lease_takeover_total 0",
+        "saga_in_flight 0",
+        "saga_total{definition=\"tenant.provision\",status=\"FAILED\"} 0",
+        "saga_retry_total{definition=\"tenant.provision\",step=\"migrations\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    // A definition applied later has its series from the moment it is loaded.
+    app.put_definition("late", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
+    let id = app.start("late", json!({})).await;
+    app.wait_terminal(&id, std::time::Duration::from_secs(30)).await;
+    let text = app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+    assert!(text.contains("saga_total{definition=\"late\",status=\"COMPLETED\"} 1"), "{text}");
+    assert!(text.contains("saga_total{definition=\"late\",status=\"FAILED\"} 0"), "{text}");
+}
+on_both_backends!(every_named_metric_is_exported_from_the_first_scrape);
+
 async fn lists_filter_and_page(backend: Backend) {
     let app = App::spawn(BIN, backend, &[]).await;
     app.put_definition("one", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
