@@ -3,7 +3,9 @@
 //!
 //! A string that is exactly one expression (`"{{ input.count }}"`) renders to the expression's
 //! native JSON value, so numbers and objects pass through unchanged; any other string with
-//! template syntax renders to a string. Undefined names are errors, never silent empty strings.
+//! template syntax renders to a string. Undefined names are errors, never silent empty strings,
+//! and the error names the template, where it sits in the value, and the undefined name with
+//! what to do about it (`vars.PAYMENTS is not set; start the server with SAGAPLANE_VAR_PAYMENTS`).
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Map, Value};
@@ -39,8 +41,39 @@ impl TemplateContext {
 
 /// A template that failed to compile or render.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TemplateError(String);
+#[error("{}", self.describe())]
+pub struct TemplateError {
+    /// Where the failing string sits inside the rendered value (`/customer/id`), or empty.
+    pub path: String,
+    /// The failing template text, when one string failed.
+    pub template: Option<String>,
+    pub message: String,
+}
+
+impl TemplateError {
+    fn new(message: impl Into<String>) -> Self {
+        TemplateError { path: String::new(), template: None, message: message.into() }
+    }
+
+    fn in_template(mut self, template: &str) -> Self {
+        self.template = Some(template.to_string());
+        self
+    }
+
+    /// Prepends one level of the value's structure to the path.
+    fn under(mut self, segment: &str) -> Self {
+        self.path = format!("/{}{}", segment.replace('~', "~0").replace('/', "~1"), self.path);
+        self
+    }
+
+    fn describe(&self) -> String {
+        match &self.template {
+            Some(template) if self.path.is_empty() => format!("{template:?}: {}", self.message),
+            Some(template) => format!("{} {template:?}: {}", self.path, self.message),
+            None => self.message.clone(),
+        }
+    }
+}
 
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
@@ -65,10 +98,102 @@ pub fn check(text: &str) -> Result<(), TemplateError> {
     }
     let env = environment();
     if let Some(expr) = sole_expression(text) {
-        env.compile_expression(expr).map(|_| ()).map_err(|e| TemplateError(e.to_string()))
+        env.compile_expression(expr).map(|_| ()).map_err(|e| TemplateError::new(e.to_string()))
     } else {
-        env.template_from_str(text).map(|_| ()).map_err(|e| TemplateError(e.to_string()))
+        env.template_from_str(text).map(|_| ()).map_err(|e| TemplateError::new(e.to_string()))
     }
+}
+
+/// Every dotted name `text` looks up (`vars.PAYMENTS`, `steps.a.output.id`, `input.x`), sorted;
+/// empty when it has no template syntax or does not compile.
+pub fn references(text: &str) -> Vec<String> {
+    if !has_syntax(text) {
+        return Vec::new();
+    }
+    let env = environment();
+    let found = match sole_expression(text) {
+        Some(expr) => env.compile_expression(expr).map(|e| e.undeclared_variables(true)),
+        None => env.template_from_str(text).map(|t| t.undeclared_variables(true)),
+    };
+    let mut names: Vec<String> = found.map(|set| set.into_iter().collect()).unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Every `vars.NAME` the strings of `document` refer to, as `(JSON Pointer, NAME)`.
+pub fn var_references(document: &Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    collect_var_references(document, String::new(), &mut found);
+    found
+}
+
+fn collect_var_references(value: &Value, path: String, found: &mut Vec<(String, String)>) {
+    match value {
+        Value::String(text) => {
+            for name in references(text) {
+                if let Some(var) = name.strip_prefix("vars.") {
+                    let var = var.split('.').next().unwrap_or(var).to_string();
+                    if !found.iter().any(|(p, v)| *p == path && *v == var) {
+                        found.push((path.clone(), var));
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_var_references(item, format!("{path}/{i}"), found);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let segment = key.replace('~', "~0").replace('/', "~1");
+                collect_var_references(item, format!("{path}/{segment}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Why `name` (a dotted reference) is undefined in `context`, or None when it resolves.
+fn undefined_reason(name: &str, context: &Value) -> Option<String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let mut current = context;
+    for (depth, part) in parts.iter().enumerate() {
+        match current.get(part) {
+            Some(next) => current = next,
+            None => return Some(explain(&parts, depth)),
+        }
+    }
+    None
+}
+
+/// The message for `parts` failing to resolve at `parts[depth]`.
+fn explain(parts: &[&str], depth: usize) -> String {
+    let name = parts.join(".");
+    let missing = |from: usize| parts[from.min(depth)..=depth].join(".");
+    match parts {
+        ["vars", var, ..] if depth == 1 => format!("vars.{var} is not set; start the server with SAGAPLANE_VAR_{var}"),
+        ["steps", step, ..] if depth <= 2 => format!(
+            "{name} is undefined: step {step} has no output here (a template sees only the steps that succeeded before it)"
+        ),
+        ["steps", step, ..] => format!("{name} is undefined: step {step}'s output has no {}", missing(3)),
+        ["input", ..] => format!("{name} is undefined: the saga's input has no {}", missing(1)),
+        [first, ..] if depth == 0 => format!(
+            "{first} is undefined; templates see input, tenant_id, saga.id, steps.<name>.output and vars.<NAME>"
+        ),
+        _ => format!("{name} is undefined: {} does not exist", parts[..=depth].join(".")),
+    }
+}
+
+/// Replaces minijinja's "undefined value" with the name that is undefined and why.
+fn name_the_undefined(error: minijinja::Error, text: &str, ctx: &minijinja::Value) -> TemplateError {
+    if error.kind() == minijinja::ErrorKind::UndefinedError {
+        let context = serde_json::to_value(ctx).unwrap_or(Value::Null);
+        if let Some(reason) = references(text).iter().find_map(|name| undefined_reason(name, &context)) {
+            return TemplateError::new(reason).in_template(text);
+        }
+    }
+    TemplateError::new(error.to_string()).in_template(text)
 }
 
 /// Renders every string in `value` against `context`.
@@ -101,13 +226,16 @@ fn contains_syntax(value: &Value) -> bool {
 fn render_tree(env: &Environment<'_>, value: &Value, ctx: &minijinja::Value) -> Result<Value, TemplateError> {
     match value {
         Value::String(s) if has_syntax(s) => render_text(env, s, ctx),
-        Value::Array(items) => {
-            items.iter().map(|v| render_tree(env, v, ctx)).collect::<Result<_, _>>().map(Value::Array)
-        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| render_tree(env, v, ctx).map_err(|e| e.under(&i.to_string())))
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
         Value::Object(map) => {
             let mut out = Map::with_capacity(map.len());
             for (k, v) in map {
-                out.insert(k.clone(), render_tree(env, v, ctx)?);
+                out.insert(k.clone(), render_tree(env, v, ctx).map_err(|e| e.under(k))?);
             }
             Ok(Value::Object(out))
         }
@@ -117,14 +245,16 @@ fn render_tree(env: &Environment<'_>, value: &Value, ctx: &minijinja::Value) -> 
 
 fn render_text(env: &Environment<'_>, text: &str, ctx: &minijinja::Value) -> Result<Value, TemplateError> {
     if let Some(expr) = sole_expression(text) {
-        let compiled = env.compile_expression(expr).map_err(|e| TemplateError(e.to_string()))?;
-        let result = compiled.eval(ctx).map_err(|e| TemplateError(e.to_string()))?;
+        let compiled = env.compile_expression(expr).map_err(|e| TemplateError::new(e.to_string()).in_template(text))?;
+        let result = compiled.eval(ctx).map_err(|e| name_the_undefined(e, text, ctx))?;
         if result.is_undefined() {
-            return Err(TemplateError(format!("{expr} is undefined")));
+            let context = serde_json::to_value(ctx).unwrap_or(Value::Null);
+            let reason = references(text).iter().find_map(|name| undefined_reason(name, &context));
+            return Err(TemplateError::new(reason.unwrap_or_else(|| format!("{expr} is undefined"))).in_template(text));
         }
-        return serde_json::to_value(&result).map_err(|e| TemplateError(e.to_string()));
+        return serde_json::to_value(&result).map_err(|e| TemplateError::new(e.to_string()).in_template(text));
     }
-    env.render_str(text, ctx).map(Value::String).map_err(|e| TemplateError(e.to_string()))
+    env.render_str(text, ctx).map(Value::String).map_err(|e| name_the_undefined(e, text, ctx))
 }
 
 #[cfg(test)]

@@ -170,6 +170,13 @@ pub async fn definitions(command: DefinitionsCommand, connection: Connection) ->
             let (status, body) = client.send(request).await?;
             let verb = if status == 201 { "created" } else { "unchanged" };
             println!("definition {name} v{} {verb}", body["version"]);
+            for warning in body["warnings"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "warning: {}: {}",
+                    warning["path"].as_str().unwrap_or(""),
+                    warning["message"].as_str().unwrap_or("")
+                );
+            }
         }
         DefinitionsCommand::List => {
             let (_, body) = client.send(client.request(reqwest::Method::GET, "/v1/definitions")).await?;

@@ -37,6 +37,50 @@ fn undefined_is_an_error() {
     assert!(render_value(&json!("x{{ steps.nope.output.id }}"), &context()).is_err());
 }
 
+fn check_error(template: Value, expected: &str) {
+    let error = render_value(&template, &context()).expect_err("must not render");
+    assert_eq!(error.to_string(), expected);
+}
+
+#[test]
+fn an_undefined_name_is_named_with_where_it_sits_and_what_to_do() {
+    check_error(
+        json!("{{ vars.PAYMENTS }}/charges"),
+        r#""{{ vars.PAYMENTS }}/charges": vars.PAYMENTS is not set; start the server with SAGAPLANE_VAR_PAYMENTS"#,
+    );
+    check_error(
+        json!({"customer": {"id": "{{ input.customer.id }}"}}),
+        r#"/customer/id "{{ input.customer.id }}": input.customer.id is undefined: the saga's input has no customer"#,
+    );
+    check_error(
+        json!(["ok", "{{ steps.charge.output.id }}"]),
+        r#"/1 "{{ steps.charge.output.id }}": steps.charge.output.id is undefined: step charge has no output here (a template sees only the steps that succeeded before it)"#,
+    );
+    check_error(
+        json!("{{ steps.create_order.output.missing }}"),
+        r#""{{ steps.create_order.output.missing }}": steps.create_order.output.missing is undefined: step create_order's output has no missing"#,
+    );
+    check_error(
+        json!("x-{{ nope }}"),
+        r#""x-{{ nope }}": nope is undefined; templates see input, tenant_id, saga.id, steps.<name>.output and vars.<NAME>"#,
+    );
+}
+
+#[test]
+fn var_references_are_found_with_their_pointer() {
+    let document = json!({"steps": [
+        {"name": "a", "action": {"http": {"url": "{{ vars.ORDERS }}/x", "body": {"k": "{{ vars.KEY | upper }}-{{ input.x }}"}}}},
+        {"name": "b", "action": {"builtin": "core.echo", "input": "{{ input.y }}"}},
+    ]});
+    assert_eq!(
+        var_references(&document),
+        vec![
+            ("/steps/0/action/http/body/k".to_string(), "KEY".to_string()),
+            ("/steps/0/action/http/url".to_string(), "ORDERS".to_string()),
+        ]
+    );
+}
+
 #[test]
 fn check_rejects_broken_syntax() {
     assert!(check("{{ input. }}").is_err());

@@ -9,7 +9,7 @@ pub mod http;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use saga_core::template::{render_string, render_value, TemplateContext};
+use saga_core::template::{render_string, render_value, TemplateContext, TemplateError};
 use saga_core::{Action, FailureKind, Outcome, Phase};
 use serde_json::Value;
 use uuid::Uuid;
@@ -83,7 +83,7 @@ impl Executors {
     /// Renders the action's templates and runs one attempt under its timeout, unless the
     /// participant endpoint's circuit is open.
     pub async fn run(&self, action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -> AttemptResult {
-        let prepared = match prepare(action, templates) {
+        let prepared = match prepare(action, templates, ctx) {
             Ok(prepared) => prepared,
             Err(outcome) => return AttemptResult::Finished(outcome),
         };
@@ -144,26 +144,33 @@ impl Prepared {
     }
 }
 
-fn prepare(action: &Action, templates: &TemplateContext) -> Result<Prepared, Outcome> {
+fn prepare(action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -> Result<Prepared, Outcome> {
+    let failed = |field: String| move |e| template_failure(ctx, action.kind(), &field, e);
     match action {
         Action::Builtin(builtin) => {
-            let input =
-                builtin.input.as_ref().map(|i| render_value(i, templates)).transpose().map_err(template_failure)?;
+            let input = builtin
+                .input
+                .as_ref()
+                .map(|i| render_value(i, templates))
+                .transpose()
+                .map_err(failed("input".into()))?;
             Ok(Prepared::Builtin { name: builtin.name.clone(), input: input.unwrap_or(Value::Null) })
         }
         Action::Http(http) => {
-            let url = render_string(&http.url, templates).map_err(template_failure)?;
+            let url = render_string(&http.url, templates).map_err(failed("url".into()))?;
             let mut headers = Vec::with_capacity(http.headers.len());
             for (name, value) in &http.headers {
-                headers.push((name.clone(), render_string(value, templates).map_err(template_failure)?));
+                headers
+                    .push((name.clone(), render_string(value, templates).map_err(failed(format!("headers.{name}")))?));
             }
-            let body = http.body.as_ref().map(|b| render_value(b, templates)).transpose().map_err(template_failure)?;
+            let body =
+                http.body.as_ref().map(|b| render_value(b, templates)).transpose().map_err(failed("body".into()))?;
             Ok(Prepared::Http { method: http.method.clone(), url, headers, body })
         }
         Action::Grpc(grpc) => {
-            let endpoint = render_string(&grpc.endpoint, templates).map_err(template_failure)?;
+            let endpoint = render_string(&grpc.endpoint, templates).map_err(failed("endpoint".into()))?;
             let input =
-                grpc.input.as_ref().map(|i| render_value(i, templates)).transpose().map_err(template_failure)?;
+                grpc.input.as_ref().map(|i| render_value(i, templates)).transpose().map_err(failed("input".into()))?;
             Ok(Prepared::Grpc { endpoint, service: grpc.service.clone(), input: input.unwrap_or(Value::Null) })
         }
         // Signal steps are settled by the driver from the store; they never reach an executor.
@@ -173,7 +180,21 @@ fn prepare(action: &Action, templates: &TemplateContext) -> Result<Prepared, Out
     }
 }
 
-/// A template that cannot render means nothing was sent: a definite failure.
-fn template_failure(error: saga_core::template::TemplateError) -> Outcome {
-    Outcome::Failed { kind: FailureKind::NonRetryable, message: format!("template error: {error}") }
+/// A template that cannot render means nothing was sent: a definite failure. The message names
+/// the step, the field, the template and the undefined name:
+/// `template error in step charge, action http.url "{{ vars.PAYMENTS }}/charges": vars.PAYMENTS
+/// is not set; start the server with SAGAPLANE_VAR_PAYMENTS`.
+fn template_failure(ctx: &AttemptContext, kind: &str, field: &str, error: TemplateError) -> Outcome {
+    let phase = match ctx.phase {
+        Phase::Action => "action",
+        Phase::Compensation => "compensation",
+    };
+    let field = format!("{kind}.{field}{}", error.path.replace('/', "."));
+    let message = match &error.template {
+        Some(template) => {
+            format!("template error in step {}, {phase} {field} {template:?}: {}", ctx.step, error.message)
+        }
+        None => format!("template error in step {}, {phase} {field}: {}", ctx.step, error.message),
+    };
+    Outcome::Failed { kind: FailureKind::NonRetryable, message }
 }

@@ -270,3 +270,44 @@ async fn tenants_migrate_rolls_out_and_follows_to_the_end() {
     assert_eq!(tenant["migrations"][0]["version"], 2, "{tenant}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The README's own `order.yaml`, as a new user copies it.
+fn readme_order_yaml() -> String {
+    let readme = include_str!("../../../../README.md");
+    let start = readme.find("cat > order.yaml <<'YAML'\n").expect("the README writes order.yaml");
+    let body = &readme[start..];
+    let body = &body[body.find('\n').expect("newline") + 1..];
+    body[..body.find("\nYAML\n").expect("end of order.yaml")].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_order_without_its_variable_is_warned_about_and_fails_naming_the_cause() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let dir = std::env::temp_dir().join(format!("sagaplane-cli-order-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("order.yaml");
+    std::fs::write(&file, readme_order_yaml()).expect("write");
+    let path = file.to_str().expect("utf-8 path");
+    let out = tokio::task::block_in_place(|| client(&app, &["definitions", "apply", "-f", path]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: /steps/1/action/http/url: vars.PAYMENTS is not set on this server")
+            && stderr.contains("SAGAPLANE_VAR_PAYMENTS"),
+        "{stderr}"
+    );
+    let out = tokio::task::block_in_place(|| {
+        client(&app, &["sagas", "start", "order", "--input", r#"{"sku":"A-1","amount":40}"#, "--wait"])
+    });
+    let saga: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(saga["status"], "COMPENSATED", "{saga}");
+    assert_eq!(saga["error"]["step"], "charge", "{saga}");
+    assert_eq!(
+        saga["error"]["message"],
+        "template error in step charge, action http.url \"{{ vars.PAYMENTS }}/charges\": vars.PAYMENTS is not set; \
+         start the server with SAGAPLANE_VAR_PAYMENTS",
+        "{saga}"
+    );
+    assert_eq!(saga["steps"][0]["status"], "COMPENSATED", "the reservation is undone: {saga}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,7 +43,27 @@ pub async fn put(
     let put = state.store.definition_put(&name, &document, state.clock.now_ms()).await?;
     state.definitions.note_latest(&name, put.record.version);
     let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(views::definition(&put.record))).into_response())
+    let mut answer = views::definition(&put.record);
+    answer["warnings"] = Value::Array(unset_var_warnings(&document, &state.vars));
+    Ok((status, Json(answer)).into_response())
+}
+
+/// `{path, message}` for every `vars.NAME` the document uses that this server does not have: the
+/// definition is stored (a worker elsewhere may have the variable), but a saga rendering it here
+/// would fail.
+fn unset_var_warnings(document: &Value, vars: &serde_json::Map<String, Value>) -> Vec<Value> {
+    saga_core::template::var_references(document)
+        .into_iter()
+        .filter(|(_, name)| !vars.contains_key(name))
+        .map(|(path, name)| {
+            json!({
+                "path": path,
+                "message": format!(
+                    "vars.{name} is not set on this server; start it with SAGAPLANE_VAR_{name}, or sagas fail at this step"
+                ),
+            })
+        })
+        .collect()
 }
 
 pub async fn list(
