@@ -327,7 +327,7 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
         }
         SagasCommand::List { status, definition, tenant_id, limit } => {
             let mut query = vec![("limit", limit.to_string())];
-            query.extend(status.map(|s| ("status", s)));
+            query.extend(status.map(|s| ("status", s.to_ascii_uppercase())));
             query.extend(definition.map(|d| ("definition", d)));
             query.extend(tenant_id.map(|t| ("tenant_id", t)));
             let (_, body) = client.send(client.request(reqwest::Method::GET, "/v1/sagas").query(&query)).await?;

@@ -188,7 +188,7 @@ pub async fn tenants(command: TenantsCommand, connection: Connection) -> anyhow:
         }
         TenantsCommand::List { status, tier } => {
             let mut query = Vec::new();
-            query.extend(status.map(|s| ("status", s)));
+            query.extend(status.map(|s| ("status", s.to_ascii_uppercase())));
             query.extend(tier.map(|t| ("tier", t)));
             let mut cursor: Option<String> = None;
             loop {

@@ -3,6 +3,7 @@
 //!
 //! Only this crate knows HTTP. Handlers validate everything before touching the store, so bad
 //! input gets a 4xx and changes nothing; a 500 says nothing internal and the cause is logged once.
+#![recursion_limit = "256"]
 
 mod auth;
 pub mod error;

@@ -1,7 +1,19 @@
 //! The OpenAPI 3.1 document of every route, written out by hand (see ARCHITECTURE.md for why
-//! not a derive crate); a test checks it against [`crate::ROUTES`].
+//! not a derive crate); a test checks it against [`crate::ROUTES`], and the test suite runs a
+//! schema-based fuzzer (schemathesis) against a real instance: every constraint the server checks
+//! and every status a route can answer is stated here.
 
 use serde_json::{json, Value};
+
+/// Patterns the server checks, stated once.
+const TENANT_ID_PATTERN: &str = "^[a-z][a-z0-9-]{1,61}[a-z0-9]$";
+const DEFINITION_NAME_PATTERN: &str = "^[a-z][a-z0-9_.-]{0,99}$";
+/// A `?wait=`: digits and one unit.
+const WAIT_PATTERN: &str = "^[0-9]{1,9}(ms|s|m|h)$";
+/// Non-blank text (names): at least one character that is not white space.
+const NON_BLANK_PATTERN: &str = "[^\\s\\u0085]";
+const DOMAIN_PATTERN: &str = "^[A-Za-z0-9-]([A-Za-z0-9.-]{0,251}[A-Za-z0-9-])?$";
+const EMAIL_PATTERN: &str = "^[^@\\s\\u0085]+@[^@\\s\\u0085]*\\.[^@\\s\\u0085]*$";
 
 fn problem(description: &str) -> Value {
     json!({"description": description, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
@@ -11,164 +23,282 @@ fn ok(description: &str, schema: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
 }
 
-fn path_param(name: &str, description: &str) -> Value {
-    json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
+fn body(schema: &str, required: bool) -> Value {
+    json!({"required": required, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
 }
 
-fn query_param(name: &str, description: &str) -> Value {
-    json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": "string"}})
+fn path_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": schema})
+}
+
+fn query_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
+}
+
+/// `schema`, or null (the server reads a null optional field as absent).
+fn nullable(schema: Value) -> Value {
+    json!({"anyOf": [{"type": "null"}, schema]})
+}
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn uuid() -> Value {
+    json!({"type": "string", "format": "uuid"})
+}
+
+fn tenant_id() -> Value {
+    json!({"type": "string", "pattern": TENANT_ID_PATTERN})
+}
+
+fn limit_param() -> Value {
+    query_param(
+        "limit",
+        "page size (default 50; values above 500 are capped at 500)",
+        json!({"type": "integer", "minimum": 1, "maximum": super::routes::QUERY_LIMIT_MAX}),
+    )
+}
+
+fn idempotency_key_header() -> Value {
+    json!({"name": "Idempotency-Key", "in": "header", "required": false,
+           "description": "the same key with the same body returns the original resource (200)",
+           "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"}})
 }
 
 fn secured(mut operation: Value) -> Value {
     operation["security"] = json!([{"bearer": []}]);
     let responses = &mut operation["responses"];
     responses["401"] = problem("missing or unknown bearer token");
+    responses["403"] = problem("a tenant key on a route or tenant it has no right to");
     operation
+}
+
+/// Adds the statuses every operation of a kind can answer: 400 and 413 where there is a request
+/// body, 400 where there are query parameters (unknown or invalid ones are refused), 404 where a
+/// path parameter names a resource.
+fn complete_responses(paths: &mut serde_json::Map<String, Value>) {
+    for (path, item) in paths.iter_mut() {
+        let has_path_params = path.contains('{');
+        let shared_query = item["parameters"].as_array().is_some_and(|p| p.iter().any(|p| p["in"] == "query"));
+        let Some(item) = item.as_object_mut() else { continue };
+        for (method, operation) in item.iter_mut() {
+            if method == "parameters" || !path.starts_with("/v1/") {
+                continue;
+            }
+            let has_query = shared_query
+                || operation["parameters"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["in"] == "query" || p["in"] == "header"));
+            let has_body = operation.get("requestBody").is_some();
+            let responses = &mut operation["responses"];
+            if (has_body || has_query) && responses.get("400").is_none() {
+                responses["400"] = problem("malformed request: invalid JSON body, query parameter or header");
+            }
+            if has_body && responses.get("413").is_none() {
+                responses["413"] = problem("body over 1 MiB");
+            }
+            if has_path_params && responses.get("404").is_none() {
+                responses["404"] = problem("no such resource (or not visible to this token)");
+            }
+        }
+    }
 }
 
 /// The document served at `/openapi.json`.
 pub fn document() -> Value {
-    let list_params = vec![
-        query_param("limit", "page size (default 50, at most 500)"),
-        query_param("cursor", "next_cursor of the previous page"),
-    ];
-    let mut saga_list_params = vec![
-        query_param("status", "PENDING, EXECUTING, COMPLETED, COMPENSATING, COMPENSATED or FAILED"),
-        query_param("definition", "definition name"),
-        query_param("tenant_id", "tenant id"),
-    ];
-    saga_list_params.extend(list_params.clone());
-    let mut document = json!({
+    let saga_id = || path_param("id", "saga id", uuid());
+    let mut paths = json!({
+        "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+        "/ready": {"get": {"summary": "Readiness: the store answers and its schema is current", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/ui/": {"get": {"summary": "Dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+        "/v1/definitions": {"get": secured(json!({
+            "summary": "Latest version of every definition",
+            "responses": {"200": ok("definitions", "DefinitionList")}
+        }))},
+        "/v1/definitions/{name}": {
+            "parameters": [path_param("name", "definition name", json!({"type": "string", "pattern": DEFINITION_NAME_PATTERN}))],
+            "get": secured(json!({"summary": "Latest version", "responses": {"200": ok("definition", "Definition")}})),
+            "put": secured(json!({
+                "summary": "Create a new version (201) unless identical to the latest (200); `warnings` names vars.* this server lacks",
+                "requestBody": {"required": true, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/DefinitionDocument"}},
+                    "application/yaml": {"schema": {"$ref": "#/components/schemas/DefinitionDocument"}}}},
+                "responses": {
+                    "200": ok("identical to the latest version", "Definition"),
+                    "201": ok("new version", "Definition"),
+                    "400": problem("malformed JSON or YAML"),
+                    "415": problem("unsupported content type"),
+                    "422": problem("invalid definition (unknown builtin, template that does not compile, duplicate step, …); errors[] has each problem with its JSON Pointer"),
+                }
+            })),
+        },
+        "/v1/definitions/{name}/versions/{version}": {
+            "parameters": [
+                path_param("name", "definition name", json!({"type": "string", "pattern": DEFINITION_NAME_PATTERN})),
+                path_param("version", "version number", json!({"type": "integer", "minimum": 1, "maximum": i32::MAX})),
+            ],
+            "get": secured(json!({"summary": "One version", "responses": {"200": ok("definition", "Definition"), "400": problem("the version is not a positive integer")}})),
+        },
+        "/v1/sagas": {
+            "get": secured(json!({"summary": "List sagas, newest first",
+                "parameters": [
+                    query_param("status", "saga status", json!({"$ref": "#/components/schemas/SagaStatus"})),
+                    query_param("definition", "definition name", string()),
+                    query_param("tenant_id", "tenant id", string()),
+                    limit_param(),
+                    query_param("cursor", "next_cursor of the previous page", uuid()),
+                ],
+                "responses": {"200": ok("a page", "SagaList")}})),
+            "post": secured(json!({
+                "summary": "Start a saga",
+                "parameters": [idempotency_key_header(), query_param("wait", "answer once the saga is terminal, waiting at most this long (at most 60s)", json!({"type": "string", "pattern": WAIT_PATTERN}))],
+                "requestBody": body("StartSaga", true),
+                "responses": {
+                    "201": ok("started", "Saga"),
+                    "200": ok("replayed (header Idempotent-Replayed: true)", "Saga"),
+                    "409": problem("Idempotency-Key reused with a different body"),
+                    "422": problem("invalid request, unknown definition or version, or a concurrency key that does not render"),
+                }
+            })),
+        },
+        "/v1/sagas/{id}": {
+            "parameters": [saga_id()],
+            "get": secured(json!({"summary": "One saga",
+                "parameters": [query_param("wait", "long-poll up to this long (at most 60s) until the saga is terminal", json!({"type": "string", "pattern": WAIT_PATTERN}))],
+                "responses": {"200": ok("saga", "Saga")}})),
+        },
+        "/v1/sagas/{id}/events": {
+            "parameters": [saga_id()],
+            "get": secured(json!({"summary": "History, oldest first",
+                "parameters": [limit_param(), query_param("cursor", "next_cursor of the previous page", json!({"type": "integer", "minimum": 0, "maximum": i64::MAX}))],
+                "responses": {"200": ok("events", "EventList")}})),
+        },
+        "/v1/sagas/{id}/retry": {
+            "parameters": [saga_id()],
+            "post": secured(json!({"summary": "Resume a FAILED saga (a tenant saga's retry moves its tenant back to MIGRATING)", "responses": {"202": ok("resumed", "Saga"), "409": problem("not FAILED")}})),
+        },
+        "/v1/sagas/{id}/cancel": {
+            "parameters": [saga_id()],
+            "post": secured(json!({"summary": "Cancel: stop going forward and compensate what may have happened (error kind cancelled)", "responses": {"202": ok("cancel requested", "Saga"), "409": problem("terminal, or past a succeeded pivot")}})),
+        },
+        "/v1/sagas/{id}/signals/{name}": {
+            "parameters": [saga_id(), path_param("name", "signal name a step of the saga waits for", string())],
+            "post": secured(json!({"summary": "Deliver a signal; buffered until the saga reaches the step, whose output it becomes",
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {}}}},
+                "responses": {"202": {"description": "buffered"}, "409": problem("saga is terminal"), "422": problem("no step of the saga waits for this signal")}})),
+        },
+        "/v1/callbacks/{token}": {
+            "parameters": [path_param("token", "the single-use token from X-Saga-Callback-Url", string())],
+            "post": {"summary": "Complete an async step (no bearer token: the callback token is the capability)",
+                "requestBody": body("Callback", true),
+                "responses": {"200": {"description": "recorded"}, "404": problem("unknown or already used token"), "422": problem("invalid callback")}},
+        },
+        "/v1/callbacks/{token}/heartbeat": {
+            "parameters": [path_param("token", "the single-use token from X-Saga-Callback-Url", string())],
+            "post": {"summary": "Extend the async step's heartbeat timeout", "responses": {"200": {"description": "extended"}, "404": problem("unknown or already used token")}},
+        },
+    });
+    if let (Some(paths), Value::Object(tenants)) = (paths.as_object_mut(), tenant_paths()) {
+        paths.extend(tenants);
+        complete_responses(paths);
+    }
+    json!({
         "openapi": "3.1.0",
         "info": {"title": "Sagaplane", "version": env!("CARGO_PKG_VERSION"), "description": "Durable saga orchestrator and tenant control plane"},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": schemas(),
         },
-        "paths": {
-            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-            "/ready": {"get": {"summary": "Readiness: the store answers and its schema is current", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-            "/ui/": {"get": {"summary": "Dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
-            "/v1/definitions": {"get": secured(json!({
-                "summary": "Latest version of every definition",
-                "responses": {"200": ok("definitions", "DefinitionList")}
-            }))},
-            "/v1/definitions/{name}": {
-                "parameters": [path_param("name", "definition name, ^[a-z][a-z0-9_.-]{0,99}$")],
-                "get": secured(json!({"summary": "Latest version", "responses": {"200": ok("definition", "Definition"), "404": problem("unknown definition")}})),
-                "put": secured(json!({
-                    "summary": "Create a new version (201) unless identical to the latest (200)",
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DefinitionDocument"}}, "application/yaml": {"schema": {"$ref": "#/components/schemas/DefinitionDocument"}}}},
-                    "responses": {
-                        "200": ok("identical to the latest version", "Definition"),
-                        "201": ok("new version", "Definition"),
-                        "400": problem("malformed JSON or YAML"),
-                        "413": problem("body over 1 MiB"),
-                        "415": problem("unsupported content type"),
-                        "422": problem("invalid definition; errors[] has every problem with its JSON Pointer"),
-                    }
-                })),
-            },
-            "/v1/definitions/{name}/versions/{version}": {
-                "parameters": [path_param("name", "definition name"), path_param("version", "version number")],
-                "get": secured(json!({"summary": "One version", "responses": {"200": ok("definition", "Definition"), "400": problem("bad version"), "404": problem("unknown version")}})),
-            },
-            "/v1/sagas": {
-                "get": secured(json!({"summary": "List sagas, newest first", "parameters": saga_list_params, "responses": {"200": ok("a page", "SagaList"), "400": problem("bad filter")}})),
-                "post": secured(json!({
-                    "summary": "Start a saga",
-                    "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}},
-                        query_param("wait", "answer once the saga is terminal, waiting at most this long (at most 60s)")
-                    ],
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StartSaga"}}}},
-                    "responses": {
-                        "201": ok("started", "Saga"),
-                        "200": ok("replayed (header Idempotent-Replayed: true)", "Saga"),
-                        "400": problem("malformed body or Idempotency-Key"),
-                        "409": problem("Idempotency-Key reused with a different body"),
-                        "413": problem("body over 1 MiB"),
-                        "422": problem("invalid request or unknown definition"),
-                    }
-                })),
-            },
-            "/v1/sagas/{id}": {
-                "parameters": [path_param("id", "saga id (UUID)"), query_param("wait", "long-poll up to this duration (at most 60s) until the saga is terminal")],
-                "get": secured(json!({"summary": "One saga", "responses": {"200": ok("saga", "Saga"), "404": problem("unknown saga")}})),
-            },
-            "/v1/sagas/{id}/events": {
-                "parameters": [path_param("id", "saga id (UUID)"), query_param("limit", "page size"), query_param("cursor", "next_cursor of the previous page")],
-                "get": secured(json!({"summary": "History, oldest first", "responses": {"200": ok("events", "EventList"), "404": problem("unknown saga")}})),
-            },
-            "/v1/sagas/{id}/retry": {
-                "parameters": [path_param("id", "saga id (UUID)")],
-                "post": secured(json!({"summary": "Resume a FAILED saga", "responses": {"202": ok("resumed", "Saga"), "404": problem("unknown saga"), "409": problem("not FAILED")}})),
-            },
-            "/v1/sagas/{id}/cancel": {
-                "parameters": [path_param("id", "saga id (UUID)")],
-                "post": secured(json!({"summary": "Cancel: stop going forward and compensate what may have happened (error kind cancelled)", "responses": {"202": ok("cancel requested", "Saga"), "404": problem("unknown saga"), "409": problem("terminal, or past a succeeded pivot")}})),
-            },
-            "/v1/sagas/{id}/signals/{name}": {
-                "parameters": [path_param("id", "saga id (UUID)"), path_param("name", "signal name a step of the saga waits for")],
-                "post": secured(json!({"summary": "Deliver a signal; buffered until the saga reaches the step, whose output it becomes",
-                    "requestBody": {"required": false, "content": {"application/json": {"schema": {}}}},
-                    "responses": {"202": {"description": "buffered"}, "400": problem("malformed JSON"), "404": problem("unknown saga"), "409": problem("saga is terminal"), "422": problem("no step waits for this signal")}})),
-            },
-            "/v1/callbacks/{token}": {
-                "parameters": [path_param("token", "the single-use token from X-Saga-Callback-Url")],
-                "post": {"summary": "Complete an async step (no bearer token: the callback token is the capability)",
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Callback"}}}},
-                    "responses": {"200": {"description": "recorded"}, "400": problem("malformed JSON"), "404": problem("unknown or already used token"), "422": problem("invalid callback")}},
-            },
-            "/v1/callbacks/{token}/heartbeat": {
-                "parameters": [path_param("token", "the single-use token from X-Saga-Callback-Url")],
-                "post": {"summary": "Extend the async step's heartbeat timeout", "responses": {"200": {"description": "extended"}, "404": problem("unknown or already used token")}},
-            },
-        }
-    });
-    if let (Some(paths), Value::Object(tenants)) = (document["paths"].as_object_mut(), tenant_paths()) {
-        paths.extend(tenants);
-    }
-    document
+        "paths": paths,
+    })
 }
 
 fn schemas() -> Value {
+    let name = json!({"type": "string", "maxLength": 200, "pattern": NON_BLANK_PATTERN});
+    let contact = json!({"type": "object", "additionalProperties": false, "required": ["name", "email", "role"], "properties": {
+        "name": {"type": "string", "maxLength": 254, "pattern": NON_BLANK_PATTERN},
+        "email": {"type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN},
+        "role": {"type": "string", "maxLength": 254, "pattern": NON_BLANK_PATTERN},
+    }});
+    let domains = json!({"type": "array", "maxItems": 50, "items": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": DOMAIN_PATTERN}});
+    let contacts = json!({"type": "array", "maxItems": 50, "items": contact});
+    let metadata = json!({"type": "object", "description": "at most 16 KiB of JSON"});
+    let duration = json!({"type": "string", "description": "a duration: 250ms, 5s, 2m, 1h"});
+    let retry = json!({"type": "object", "additionalProperties": false, "properties": {
+        "max_attempts": {"type": "integer", "minimum": 1}, "initial_interval": duration, "multiplier": {"type": "number", "minimum": 1},
+        "max_interval": duration, "jitter": {"type": "number", "minimum": 0, "maximum": 1}}});
     json!({
-        "CreateTenant": {"type": "object", "required": ["id", "name"], "properties": {
-            "id": {"type": "string", "pattern": "^[a-z][a-z0-9-]{1,61}[a-z0-9]$"}, "name": {"type": "string"},
-            "tier": {"enum": ["pooled", "bridge", "silo"]}, "storage_mode": {"enum": ["pooled", "schema", "database"]},
-            "sla_tier": {"enum": ["basic", "standard", "premium"]}, "domains": {"type": "array", "items": {"type": "string"}},
-            "contacts": {"type": "array", "items": {"type": "object"}}, "metadata": {"type": "object"}
+        "SagaStatus": {"enum": ["PENDING", "EXECUTING", "COMPLETED", "COMPENSATING", "COMPENSATED", "FAILED"]},
+        "TenantStatus": {"enum": ["PROVISIONING", "MIGRATING", "ACTIVE", "PROVISION_ERROR", "MIGRATION_ERROR", "SUSPENDED", "DEPROVISIONING", "DELETED"]},
+        "Tier": {"enum": ["pooled", "bridge", "silo"]},
+        "StorageMode": {"enum": ["pooled", "schema", "database"]},
+        "SlaTier": {"enum": ["basic", "standard", "premium"]},
+        "CreateTenant": {"type": "object", "additionalProperties": false, "required": ["id", "name"], "properties": {
+            "id": tenant_id(), "name": name,
+            "tier": nullable(json!({"$ref": "#/components/schemas/Tier"})),
+            "storage_mode": nullable(json!({"$ref": "#/components/schemas/StorageMode", "description": "defaults by tier where the tenant storage offers it; the embedded SQLite storage offers only database"})),
+            "sla_tier": nullable(json!({"$ref": "#/components/schemas/SlaTier"})),
+            "domains": domains, "contacts": contacts, "metadata": metadata
+        }},
+        "PatchTenant": {"type": "object", "additionalProperties": false, "properties": {
+            "name": nullable(name.clone()), "sla_tier": nullable(json!({"$ref": "#/components/schemas/SlaTier"})),
+            "domains": domains, "contacts": contacts, "metadata": metadata
+        }},
+        "TenantUser": {"type": "object", "additionalProperties": false, "required": ["email", "name"], "properties": {
+            "email": {"type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN}, "name": name, "role": nullable(json!({"enum": ["admin", "member"]}))
+        }},
+        "CreateApiKey": {"type": "object", "additionalProperties": false, "properties": {"name": nullable(name.clone())}},
+        "Rollout": {"type": "object", "additionalProperties": false, "properties": {
+            "service": {"type": ["string", "null"], "description": "one service's migrations; all when absent or null"},
+            "concurrency": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000}
         }},
         "Tenant": {"type": "object", "properties": {
             "id": {"type": "string"}, "name": {"type": "string"}, "tier": {"type": "string"}, "storage_mode": {"type": "string"},
-            "sla_tier": {"type": "string"}, "status": {"enum": ["PROVISIONING", "MIGRATING", "ACTIVE", "PROVISION_ERROR", "MIGRATION_ERROR", "SUSPENDED", "DEPROVISIONING", "DELETED"]},
+            "sla_tier": {"type": "string"}, "status": {"$ref": "#/components/schemas/TenantStatus"},
             "domains": {"type": "array"}, "contacts": {"type": "array"}, "metadata": {"type": "object"}, "storage": {},
             "migrations": {"type": "array"}, "saga_id": {"type": ["string", "null"]}, "error": {}, "created_at": {"type": "string"}, "updated_at": {"type": "string"}
         }},
         "TenantList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}, "next_cursor": {"type": ["string", "null"]}}},
         "TenantAccepted": {"type": "object", "properties": {"tenant": {"$ref": "#/components/schemas/Tenant"}, "saga_id": {"type": "string"}}},
-        "Callback": {"type": "object", "required": ["status"], "properties": {
-            "status": {"enum": ["succeeded", "failed"]}, "output": {}, "error": {"type": "string"}, "retryable": {"type": "boolean"}
-        }},
+        "Callback": {"oneOf": [
+            {"type": "object", "additionalProperties": false, "required": ["status"], "properties": {
+                "status": {"const": "succeeded"}, "output": {"description": "the step's output (any JSON)"}}},
+            {"type": "object", "additionalProperties": false, "required": ["status"], "properties": {
+                "status": {"const": "failed"}, "error": {"type": "string"},
+                "retryable": {"type": "boolean", "description": "false (default): a definite failure; true: retried like a 5xx"}}},
+        ]},
         "Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
             "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
             "errors": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}}
         }},
         "DefinitionDocument": {"type": "object", "required": ["steps"], "properties": {
-            "name": {"type": "string"}, "timeout": {"type": "string"}, "on_timeout": {"enum": ["compensate", "fail"]},
-            "defaults": {"type": "object"}, "concurrency": {"type": "object"},
-            "steps": {"type": "array", "items": {"type": "object", "required": ["name", "action"]}}
+            "name": {"type": "string", "pattern": DEFINITION_NAME_PATTERN}, "description": {"type": "string"},
+            "timeout": duration, "on_timeout": {"enum": ["compensate", "fail"]},
+            "defaults": {"type": "object", "properties": {"timeout": duration, "retry": retry, "compensation_retry": retry}},
+            "concurrency": {"type": "object", "required": ["key", "limit"], "properties": {"key": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}}},
+            "steps": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name", "action"], "properties": {
+                "name": {"type": "string"}, "description": {"type": "string"},
+                "action": {"type": "object", "description": "exactly one of http, grpc, builtin, signal"},
+                "compensation": {"type": ["object", "null"]}, "timeout": duration, "heartbeat_timeout": duration,
+                "retry": retry, "compensation_retry": retry, "pivot": {"type": "boolean"},
+                "on_failure": {"enum": ["compensate", "fail"], "description": "fail: the saga fails forward to FAILED for an operator's retry instead of compensating"}
+            }}}
         }},
         "Definition": {"type": "object", "properties": {
             "name": {"type": "string"}, "version": {"type": "integer"}, "definition": {"$ref": "#/components/schemas/DefinitionDocument"},
-            "created_at": {"type": "string", "format": "date-time"}
+            "created_at": {"type": "string", "format": "date-time"},
+            "warnings": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}}
         }},
         "DefinitionList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Definition"}}, "next_cursor": {"type": ["string", "null"]}}},
-        "StartSaga": {"type": "object", "required": ["definition"], "properties": {
-            "definition": {"type": "string"}, "version": {"type": "integer"}, "input": {}, "tenant_id": {"type": ["string", "null"]}, "priority": {"type": "integer"}
+        "StartSaga": {"type": "object", "additionalProperties": false, "required": ["definition"], "properties": {
+            "definition": {"type": "string", "pattern": DEFINITION_NAME_PATTERN},
+            "version": {"type": ["integer", "null"], "minimum": 1, "maximum": i32::MAX},
+            "input": {"description": "any JSON; {} when absent"},
+            "tenant_id": {"oneOf": [{"type": "null"}, tenant_id()]},
+            "priority": {"type": ["integer", "null"], "minimum": -1000, "maximum": 1000}
         }},
         "Step": {"type": "object", "properties": {
             "name": {"type": "string"}, "status": {"enum": ["PENDING", "EXECUTING", "SUCCEEDED", "FAILED", "COMPENSATING", "COMPENSATED", "COMPENSATION_FAILED", "SKIPPED"]},
@@ -177,7 +307,7 @@ fn schemas() -> Value {
         }},
         "Saga": {"type": "object", "properties": {
             "id": {"type": "string", "format": "uuid"}, "definition": {"type": "string"}, "version": {"type": "integer"},
-            "status": {"enum": ["PENDING", "EXECUTING", "COMPLETED", "COMPENSATING", "COMPENSATED", "FAILED"]},
+            "status": {"$ref": "#/components/schemas/SagaStatus"},
             "tenant_id": {"type": ["string", "null"]}, "input": {}, "output": {},
             "error": {"type": ["object", "null"], "properties": {"step": {"type": ["string", "null"]}, "kind": {"type": "string"}, "message": {"type": "string"}}},
             "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
@@ -195,73 +325,97 @@ fn schemas() -> Value {
 
 /// The tenant control-plane paths (API.md §6, §7), merged into the document.
 fn tenant_paths() -> Value {
+    let id = || path_param("id", "tenant id", tenant_id());
     json!({
-            "/v1/tenants": {
-                "parameters": [query_param("status", "filter by status"), query_param("tier", "filter by tier"), query_param("limit", "page size"), query_param("cursor", "next_cursor of the previous page")],
-                "get": secured(json!({"summary": "Tenants (a tenant key sees a list of one)", "responses": {"200": ok("tenants", "TenantList")}})),
-                "post": secured(json!({"summary": "Onboard a tenant: record it and start tenant.provision (admin)",
-                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}}],
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTenant"}}}},
-                    "responses": {"202": ok("provisioning started", "TenantAccepted"), "200": ok("idempotent replay", "TenantAccepted"), "409": problem("id exists"), "422": problem("invalid tenant")}})),
-            },
-            "/v1/tenants/{id}": {
-                "parameters": [path_param("id", "tenant id")],
-                "get": secured(json!({"summary": "One tenant", "responses": {"200": ok("tenant", "Tenant"), "404": problem("unknown tenant")}})),
-                "patch": secured(json!({"summary": "Change name, sla_tier, domains, contacts, metadata", "responses": {"200": ok("tenant", "Tenant"), "422": problem("invalid patch")}})),
-                "delete": secured(json!({"summary": "Deprovision: drop storage, revoke keys; the record stays DELETED (admin)", "responses": {"202": {"description": "deprovisioning started"}, "409": problem("not in a state that can be deleted")}})),
-            },
-            "/v1/tenants/{id}/provisioning-status": {
-                "parameters": [path_param("id", "tenant id")],
-                "get": secured(json!({"summary": "Status of the tenant and its latest saga", "responses": {"200": {"description": "{status, saga_id, saga_status, progress, current_step}"}}})),
-            },
-            "/v1/tenants/{id}/cancel-provisioning": {
-                "parameters": [path_param("id", "tenant id")],
-                "post": secured(json!({"summary": "Cancel provisioning: compensate what was created (admin)", "responses": {"202": {"description": "cancel requested"}, "409": problem("not provisioning")}})),
-            },
-            "/v1/tenants/{id}/retry-migration": {
-                "parameters": [path_param("id", "tenant id")],
-                "post": secured(json!({"summary": "Resume migrations of a tenant in MIGRATION_ERROR (admin)", "responses": {"202": {"description": "tenant.migrate started"}, "409": problem("not MIGRATION_ERROR")}})),
-            },
-            "/v1/tenants/{id}/suspend": {
-                "parameters": [path_param("id", "tenant id")],
-                "post": secured(json!({"summary": "ACTIVE -> SUSPENDED; the tenant's database role can no longer log in (admin)", "responses": {"200": ok("tenant", "Tenant"), "409": problem("not ACTIVE")}})),
-            },
-            "/v1/tenants/{id}/resume": {
-                "parameters": [path_param("id", "tenant id")],
-                "post": secured(json!({"summary": "SUSPENDED -> ACTIVE (admin)", "responses": {"200": ok("tenant", "Tenant"), "409": problem("not SUSPENDED")}})),
-            },
-            "/v1/tenants/{id}/users": {
-                "parameters": [path_param("id", "tenant id")],
-                "get": secured(json!({"summary": "The tenant's users", "responses": {"200": {"description": "{items}"}}})),
-                "post": secured(json!({"summary": "Add a user {email, name, role: admin|member}", "responses": {"201": {"description": "user"}, "409": problem("email taken"), "422": problem("invalid user")}})),
-            },
-            "/v1/tenants/{id}/users/{user_id}": {
-                "parameters": [path_param("id", "tenant id"), path_param("user_id", "user id")],
-                "put": secured(json!({"summary": "Replace a user", "responses": {"200": {"description": "user"}, "404": problem("unknown user")}})),
-                "delete": secured(json!({"summary": "Remove a user", "responses": {"204": {"description": "removed"}, "404": problem("unknown user")}})),
-            },
-            "/v1/tenants/{id}/api-keys": {
-                "parameters": [path_param("id", "tenant id")],
-                "post": secured(json!({"summary": "Create a tenant API key; the token is shown once", "responses": {"201": {"description": "{id, name, token}"}}})),
-            },
-            "/v1/tenants/{id}/api-keys/{key_id}": {
-                "parameters": [path_param("id", "tenant id"), path_param("key_id", "key id")],
-                "delete": secured(json!({"summary": "Revoke a key", "responses": {"204": {"description": "revoked"}, "404": problem("unknown key")}})),
-            },
-            "/v1/migrations": {
-                "get": secured(json!({"summary": "Tenant migration sets per service (admin)", "responses": {"200": {"description": "{services}"}}})),
-            },
-            "/v1/migrations/rollout": {
-                "post": secured(json!({"summary": "Start tenant.migrate for every ACTIVE tenant behind, at most `concurrency` at once (admin)", "responses": {"202": {"description": "{rollout_id, sagas}"}, "422": problem("invalid rollout")}})),
-            },
-            "/v1/migrations/rollouts/{rollout_id}": {
-                "parameters": [path_param("rollout_id", "rollout_id from POST /v1/migrations/rollout")],
-                "get": secured(json!({"summary": "A rollout's progress: sagas by status (admin)", "responses": {"200": {"description": "{rollout_id, total, finished, done, statuses, sagas}"}, "404": problem("unknown rollout")}})),
-            },
-            "/v1/webhooks/crm": {
-                "post": {"summary": "CRM ingress (Standard Webhooks signature, 5-minute window, dedupe by webhook-id)",
-                    "responses": {"202": ok("provisioning started", "TenantAccepted"), "200": {"description": "replay: the first result"}, "401": problem("bad signature or stale timestamp"), "404": problem("not configured")}},
-            },
+        "/v1/tenants": {
+            "get": secured(json!({"summary": "Tenants (a tenant key sees a list of one)",
+                "parameters": [
+                    query_param("status", "filter by status", json!({"$ref": "#/components/schemas/TenantStatus"})),
+                    query_param("tier", "filter by tier", json!({"$ref": "#/components/schemas/Tier"})),
+                    limit_param(),
+                    query_param("cursor", "next_cursor of the previous page", string()),
+                ],
+                "responses": {"200": ok("tenants", "TenantList")}})),
+            "post": secured(json!({"summary": "Onboard a tenant: record it and start tenant.provision (admin)",
+                "parameters": [idempotency_key_header()],
+                "requestBody": body("CreateTenant", true),
+                "responses": {"202": ok("provisioning started", "TenantAccepted"), "200": ok("idempotent replay", "TenantAccepted"),
+                    "409": problem("the id exists, or the Idempotency-Key was used with another body"),
+                    "422": problem("invalid tenant, or a storage mode the tenant storage does not offer (the message lists those it does)")}})),
+        },
+        "/v1/tenants/{id}": {
+            "parameters": [id()],
+            "get": secured(json!({"summary": "One tenant", "responses": {"200": ok("tenant", "Tenant")}})),
+            "patch": secured(json!({"summary": "Change name, sla_tier, domains, contacts, metadata",
+                "requestBody": body("PatchTenant", true),
+                "responses": {"200": ok("tenant", "Tenant"), "409": problem("tenant is DELETED"), "422": problem("invalid patch")}})),
+            "delete": secured(json!({"summary": "Deprovision: drop storage, revoke keys; the record stays DELETED (admin)", "responses": {"202": {"description": "{saga_id}"}, "409": problem("provisioning still running, or already deleted")}})),
+        },
+        "/v1/tenants/{id}/provisioning-status": {
+            "parameters": [id()],
+            "get": secured(json!({"summary": "Status of the tenant and its latest saga", "responses": {"200": {"description": "{status, saga_id, saga_status, progress, current_step}"}}})),
+        },
+        "/v1/tenants/{id}/cancel-provisioning": {
+            "parameters": [id()],
+            "post": secured(json!({"summary": "Cancel provisioning: compensate what was created (admin)", "responses": {"202": {"description": "cancel requested"}, "409": problem("not provisioning")}})),
+        },
+        "/v1/tenants/{id}/retry-migration": {
+            "parameters": [id()],
+            "post": secured(json!({"summary": "Resume the failed migration of a tenant in MIGRATION_ERROR: an operator retry of the saga that failed (admin)", "responses": {"202": {"description": "{tenant, saga_id}"}, "409": problem("not MIGRATION_ERROR")}})),
+        },
+        "/v1/tenants/{id}/suspend": {
+            "parameters": [id()],
+            "post": secured(json!({"summary": "ACTIVE -> SUSPENDED; the tenant's database role can no longer log in (admin)", "responses": {"200": ok("tenant", "Tenant"), "409": problem("not ACTIVE")}})),
+        },
+        "/v1/tenants/{id}/resume": {
+            "parameters": [id()],
+            "post": secured(json!({"summary": "SUSPENDED -> ACTIVE (admin)", "responses": {"200": ok("tenant", "Tenant"), "409": problem("not SUSPENDED")}})),
+        },
+        "/v1/tenants/{id}/users": {
+            "parameters": [id()],
+            "get": secured(json!({"summary": "The tenant's users", "responses": {"200": {"description": "{items}"}}})),
+            "post": secured(json!({"summary": "Add a user {email, name, role: admin|member}", "requestBody": body("TenantUser", true),
+                "responses": {"201": {"description": "user"}, "409": problem("email taken, or tenant DELETED"), "422": problem("invalid user")}})),
+        },
+        "/v1/tenants/{id}/users/{user_id}": {
+            "parameters": [id(), path_param("user_id", "user id", uuid())],
+            "put": secured(json!({"summary": "Replace a user", "requestBody": body("TenantUser", true),
+                "responses": {"200": {"description": "user"}, "409": problem("email taken, or tenant DELETED"), "422": problem("invalid user")}})),
+            "delete": secured(json!({"summary": "Remove a user", "responses": {"204": {"description": "removed"}, "409": problem("tenant DELETED")}})),
+        },
+        "/v1/tenants/{id}/api-keys": {
+            "parameters": [id()],
+            "post": secured(json!({"summary": "Create a tenant API key; the token is shown once", "requestBody": body("CreateApiKey", false),
+                "responses": {"201": {"description": "{id, name, token}"}, "409": problem("tenant DELETED"), "422": problem("invalid key request")}})),
+        },
+        "/v1/tenants/{id}/api-keys/{key_id}": {
+            "parameters": [id(), path_param("key_id", "key id", uuid())],
+            "delete": secured(json!({"summary": "Revoke a key", "responses": {"204": {"description": "revoked"}, "409": problem("tenant DELETED")}})),
+        },
+        "/v1/migrations": {
+            "get": secured(json!({"summary": "Tenant migration sets per service (admin)", "responses": {"200": {"description": "{services}"}, "503": problem("the migrations folder cannot be read")}})),
+        },
+        "/v1/migrations/rollout": {
+            "post": secured(json!({"summary": "Start tenant.migrate for every ACTIVE tenant behind, at most `concurrency` at once (admin); no body = every service",
+                "requestBody": body("Rollout", false),
+                "responses": {"202": {"description": "{rollout_id, sagas}"}, "422": problem("invalid rollout, or no such service"), "503": problem("the migrations folder cannot be read")}})),
+        },
+        "/v1/migrations/rollouts/{rollout_id}": {
+            "parameters": [path_param("rollout_id", "rollout_id from POST /v1/migrations/rollout", uuid())],
+            "get": secured(json!({"summary": "A rollout's progress: sagas by status (admin)", "responses": {"200": {"description": "{rollout_id, total, finished, done, statuses, sagas}"}}})),
+        },
+        "/v1/webhooks/crm": {
+            "post": {"summary": "CRM ingress (Standard Webhooks signature, 5-minute window, dedupe by webhook-id)",
+                "parameters": [
+                    {"name": "webhook-id", "in": "header", "required": true, "schema": string()},
+                    {"name": "webhook-timestamp", "in": "header", "required": true, "schema": string()},
+                    {"name": "webhook-signature", "in": "header", "required": true, "schema": string()},
+                ],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"type": {"const": "customer.created"}, "data": {"type": "object", "properties": {"tenant": {"$ref": "#/components/schemas/CreateTenant"}}}}}}}},
+                "responses": {"202": ok("provisioning started", "TenantAccepted"), "200": {"description": "replay: the first result"},
+                    "401": problem("bad or missing signature, or stale timestamp"), "404": problem("not configured (SAGAPLANE_CRM_WEBHOOK_SECRET unset)"),
+                    "409": problem("the tenant id exists"), "422": problem("unsupported event type or invalid tenant")}},
+        },
     })
 }
 

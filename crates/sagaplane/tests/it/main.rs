@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod control;
 mod crash;
+mod fuzz;
 mod sagas;
 mod tenants;
 

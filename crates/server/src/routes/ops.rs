@@ -36,8 +36,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-pub async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
+/// The document, with the storage modes this server's tenant storage offers (so a client, and
+/// the fuzzer in the test suite, never sends a mode the server must refuse).
+pub async fn openapi(State(state): State<AppState>) -> Json<Value> {
+    let mut document = crate::openapi::document();
+    if let Some(tenancy) = &state.tenancy {
+        let offered: Vec<&str> = saga_core::tenant::StorageMode::ALL
+            .iter()
+            .filter(|mode| tenancy.storage.supports(**mode))
+            .map(|mode| mode.as_str())
+            .collect();
+        document["components"]["schemas"]["StorageMode"]["enum"] = json!(offered);
+    }
+    Json(document)
 }
 
 pub async fn ui_redirect() -> Redirect {

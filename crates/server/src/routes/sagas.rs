@@ -124,7 +124,7 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
     };
     let version = match map.get("version") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_i64() {
+        Some(v) => match super::json_integer(v) {
             Some(n) if (1..=i64::from(i32::MAX)).contains(&n) => Some(n as i32),
             _ => {
                 error("/version", "must be a positive integer");
@@ -142,7 +142,7 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
     };
     let priority = match map.get("priority") {
         None | Some(Value::Null) => 0,
-        Some(v) => match v.as_i64() {
+        Some(v) => match super::json_integer(v) {
             Some(n) if (-PRIORITY_MAX..=PRIORITY_MAX).contains(&n) => n as i32,
             _ => {
                 error("/priority", "must be an integer from -1000 to 1000");
@@ -161,7 +161,11 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| key.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::BadRequest("Idempotency-Key must be visible ASCII, without spaces".into()))?;
     if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_MAX_CHARS {
         return Err(ApiError::BadRequest(format!(
             "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} characters"
@@ -293,15 +297,27 @@ fn query_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(format!("invalid query: {e}"))
 }
 
+/// `?wait=`: digits and one unit (`250ms`, `10s`, `1m`), as the OpenAPI document's pattern says;
+/// anything over 60 s waits 60 s.
 fn parse_wait(query: &HashMap<String, String>) -> Result<Option<Duration>, ApiError> {
-    query
-        .get("wait")
-        .map(|text| {
-            saga_core::duration::parse_ms(text)
-                .map(|ms| Duration::from_millis(ms).min(crate::WAIT_MAX))
-                .map_err(query_error)
-        })
-        .transpose()
+    if let Some(key) = query.keys().find(|key| *key != "wait") {
+        return Err(query_error(format!("unknown parameter {key:?}; expected wait")));
+    }
+    let Some(text) = query.get("wait") else {
+        return Ok(None);
+    };
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let unit_ms: u64 = match &text[digits..] {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => 0,
+    };
+    match text[..digits].parse::<u64>() {
+        Ok(n) if unit_ms > 0 && digits <= 9 => Ok(Some(Duration::from_millis(n * unit_ms).min(crate::WAIT_MAX))),
+        _ => Err(query_error(format!("wait {text:?} must be digits and a unit: ms, s, m or h (e.g. 10s)"))),
+    }
 }
 
 /// Long poll: returns as soon as the saga is terminal, or `record` (re-read) when the wait is
@@ -369,14 +385,13 @@ pub async fn list(
     }
     let status = match query.get("status") {
         None => None,
-        Some(s) => Some(
-            SagaStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| query_error(format!("unknown status {s:?}")))?,
-        ),
+        Some(s) => Some(SagaStatus::parse(s).ok_or_else(|| {
+            query_error(format!(
+                "unknown status {s:?}; expected PENDING, EXECUTING, COMPLETED, COMPENSATING, COMPENSATED or FAILED"
+            ))
+        })?),
     };
-    let limit = match query.get("limit") {
-        None => None,
-        Some(l) => Some(l.parse::<u32>().map_err(|_| query_error("limit must be a positive integer"))?),
-    };
+    let limit = super::query_limit(query.get("limit"))?;
     let before_id = match query.get("cursor") {
         None => None,
         Some(c) => Some(Uuid::parse_str(c).map_err(|_| query_error("cursor is not one this API returned"))?),
@@ -412,14 +427,20 @@ pub async fn events(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     load_visible(&state, &principal, id).await?;
+    for key in query.keys() {
+        if !["limit", "cursor"].contains(&key.as_str()) {
+            return Err(query_error(format!("unknown parameter {key:?}")));
+        }
+    }
     let after = match query.get("cursor") {
         None => 0,
-        Some(c) => c.parse::<i64>().map_err(|_| query_error("cursor is not one this API returned"))?,
+        Some(c) => c
+            .parse::<u64>()
+            .ok()
+            .and_then(|c| i64::try_from(c).ok())
+            .ok_or_else(|| query_error("cursor is not one this API returned"))?,
     };
-    let limit = match query.get("limit") {
-        None => None,
-        Some(l) => Some(l.parse::<u32>().map_err(|_| query_error("limit must be a positive integer"))?),
-    };
+    let limit = super::query_limit(query.get("limit"))?;
     let limit = saga_store::clamp_limit(limit.or(Some(saga_store::LIST_LIMIT_MAX)));
     let records = state.store.saga_events(id, after, limit).await?;
     let next_cursor = (records.len() == limit as usize).then(|| records.last().map(|r| r.seq.to_string())).flatten();

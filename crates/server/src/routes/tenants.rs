@@ -92,7 +92,7 @@ fn enum_field<T>(
 
 fn check_name(name: Option<String>, errors: &mut Errors, required: bool) -> Option<String> {
     match name {
-        Some(name) if name.trim().is_empty() => {
+        Some(name) if is_blank(&name) => {
             errors.add("/name", "must not be empty");
             None
         }
@@ -155,7 +155,7 @@ fn check_contacts(value: Option<&Value>, errors: &mut Errors) -> Option<Value> {
         }
         for key in ["name", "email", "role"] {
             match contact.get(key) {
-                Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= EMAIL_MAX_CHARS => {
+                Some(Value::String(s)) if !is_blank(s) && s.chars().count() <= EMAIL_MAX_CHARS => {
                     if key == "email" && !is_email(s) {
                         errors.add(&format!("/contacts/{i}/email"), "must be an email address");
                     }
@@ -171,7 +171,17 @@ fn is_email(text: &str) -> bool {
     let Some((local, domain)) = text.split_once('@') else {
         return false;
     };
-    !local.is_empty() && domain.contains('.') && !text.contains(char::is_whitespace) && text.len() <= EMAIL_MAX_CHARS
+    !local.is_empty() && domain.contains('.') && !text.contains(is_space) && text.chars().count() <= EMAIL_MAX_CHARS
+}
+
+/// White space as both Rust and the OpenAPI document's patterns (ECMAScript `\s`) see it, so
+/// the schema's `\S` and the server agree on what is blank.
+fn is_space(c: char) -> bool {
+    c.is_whitespace() || c == '\u{feff}'
+}
+
+fn is_blank(text: &str) -> bool {
+    text.chars().all(is_space)
 }
 
 fn check_metadata(value: Option<&Value>, errors: &mut Errors) -> Option<Value> {
@@ -407,10 +417,9 @@ pub async fn list(
     }
     let status = match query.get("status") {
         None => None,
-        Some(s) => Some(
-            TenantStatus::parse(&s.to_ascii_uppercase())
-                .ok_or_else(|| ApiError::BadRequest(format!("invalid query: unknown status {s:?}")))?,
-        ),
+        Some(s) => Some(TenantStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!("invalid query: unknown status {s:?}; expected {}", TenantStatus::expected()))
+        })?),
     };
     let tier = match query.get("tier") {
         None => None,
@@ -418,6 +427,7 @@ pub async fn list(
             Some(Tier::parse(t).ok_or_else(|| ApiError::BadRequest(format!("invalid query: unknown tier {t:?}")))?)
         }
     };
+    let limit = super::query_limit(query.get("limit"))?;
     if let Some(scope) = principal.tenant_scope() {
         // A tenant key sees a list of one.
         let tenant = load_tenant(&state, &principal, scope).await?;
@@ -425,13 +435,6 @@ pub async fn list(
         let items: Vec<Value> = if matches { vec![views::tenant(&tenant)] } else { Vec::new() };
         return Ok(Json(json!({"items": items, "next_cursor": null})));
     }
-    let limit = match query.get("limit") {
-        None => None,
-        Some(l) => Some(
-            l.parse::<u32>()
-                .map_err(|_| ApiError::BadRequest("invalid query: limit must be a positive integer".into()))?,
-        ),
-    };
     let filter =
         TenantFilter { status, tier, after_id: query.get("cursor").cloned(), limit: saga_store::clamp_limit(limit) };
     let records = state.store.tenant_list(&filter).await?;
@@ -861,7 +864,11 @@ pub async fn rollout(
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let tenancy = tenancy(&state)?;
-    let body = parse_body(body)?;
+    // No body is the same as `{}`: every service, the default concurrency.
+    let body = match body {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => json!({}),
+        body => parse_body(body)?,
+    };
     let Some(map) = body.as_object() else {
         return Err(ApiError::field("", "the body must be a JSON object {service?, concurrency?}"));
     };
@@ -874,7 +881,7 @@ pub async fn rollout(
     let service = string_field(map, "service", &mut errors);
     let concurrency = match map.get("concurrency") {
         None | Some(Value::Null) => ROLLOUT_CONCURRENCY_DEFAULT,
-        Some(v) => match v.as_u64().filter(|c| (1..=1_000).contains(c)) {
+        Some(v) => match super::json_integer(v).filter(|c| (1..=1_000).contains(c)) {
             Some(c) => c as u32,
             None => {
                 errors.add("/concurrency", "must be an integer from 1 to 1000");
