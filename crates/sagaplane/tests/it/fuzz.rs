@@ -33,7 +33,9 @@ async fn schemathesis_finds_no_server_error_and_no_contract_mismatch() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/schemathesis.toml");
     let mut command = Command::new(&st);
     command.args(["--config-file", config, "run", &format!("{}/openapi.json", app.url)]);
-    command.args(["--header", &format!("Authorization: Bearer {}", test_support::app::TOKEN), "--workers", "2"]);
+    command.args(["--header", &format!("Authorization: Bearer {}", test_support::app::TOKEN), "--workers", "1"]);
+    // One worker: as fast on two cores, and schemathesis once failed inside its own generator with
+    // two worker threads (every case passing).
     command.args(["--no-color"]);
     if let Ok(seed) = std::env::var("SAGAPLANE_FUZZ_SEED") {
         command.args(["--seed", &seed]);
