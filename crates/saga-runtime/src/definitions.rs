@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use saga_core::Definition;
-use saga_store::{Store, StoreError};
+use saga_store::{EngineStore, StoreError};
 
 /// Why a definition could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -22,14 +22,14 @@ pub enum DefinitionError {
 
 /// The cache.
 pub struct DefinitionCache {
-    store: Arc<dyn Store>,
+    store: Arc<dyn EngineStore>,
     builtins: Vec<String>,
     versions: Mutex<HashMap<(String, i32), Arc<Definition>>>,
     latest: Mutex<HashMap<String, i32>>,
 }
 
 impl DefinitionCache {
-    pub fn new(store: Arc<dyn Store>, builtins: Vec<String>) -> Self {
+    pub fn new(store: Arc<dyn EngineStore>, builtins: Vec<String>) -> Self {
         DefinitionCache { store, builtins, versions: Mutex::new(HashMap::new()), latest: Mutex::new(HashMap::new()) }
     }
 

@@ -20,10 +20,10 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::executor::{AttemptContext, AttemptResult};
-use crate::instance::Shared;
 use crate::metrics_names::{
     SAGA_DURATION_SECONDS, SAGA_LEASE_TAKEOVER_TOTAL, SAGA_RETRY_TOTAL, SAGA_STEP_DURATION_SECONDS, SAGA_TOTAL,
 };
+use crate::shared::Shared;
 
 /// How long a saga waits before another try when its definition cannot be loaded.
 const DEFINITION_RETRY_MS: i64 = 60_000;

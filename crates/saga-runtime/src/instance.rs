@@ -7,19 +7,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use saga_store::{ClaimParams, Claimed, LeaseGrant, LeaseRef, SagaRecord, Store, CLAIM_BATCH_MAX};
+use rand::SeedableRng;
+use saga_store::{ClaimParams, Claimed, EngineStore, LeaseRef, SagaCreates, CLAIM_BATCH_MAX};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::committer::Committer;
 use crate::definitions::DefinitionCache;
 use crate::executor::Executors;
 use crate::hub::TerminalHub;
+use crate::intake::{Intake, LocalSlots};
 use crate::metrics_names::{SAGA_CLAIMED_TOTAL, SAGA_IN_FLIGHT};
+use crate::shared::{HeldLease, Shared};
 
 /// Settings of one instance.
 #[derive(Clone, Debug)]
@@ -52,55 +53,11 @@ impl InstanceConfig {
     }
 }
 
-/// A lease this instance holds, shared with its driver.
-pub(crate) struct HeldLease {
-    pub fencing_token: i64,
-    pub lost: Arc<AtomicBool>,
-}
-
-/// State shared by the claim loop, the heartbeat and the drivers.
-pub(crate) struct Shared {
-    pub store: Arc<dyn Store>,
-    pub clock: Arc<dyn Clock>,
-    pub executors: Executors,
-    pub config: InstanceConfig,
-    pub hub: TerminalHub,
-    pub committer: Committer,
-    pub held: Mutex<HashMap<Uuid, HeldLease>>,
-    pub definitions: Arc<DefinitionCache>,
-    pub timers: Mutex<BinaryHeap<Reverse<i64>>>,
-    pub wake: Notify,
-    pub rng: Mutex<SmallRng>,
-    pub shutting_down: Arc<AtomicBool>,
-    pub hook: Option<Arc<dyn crate::hook::TransitionHook>>,
-}
-
-impl Shared {
-    pub fn jitter_sample(&self) -> f64 {
-        match self.rng.lock() {
-            Ok(mut rng) => rng.random::<f64>(),
-            Err(_) => 0.5,
-        }
-    }
-
-    pub fn schedule_wake(&self, at_ms: i64) {
-        if let Ok(mut timers) = self.timers.lock() {
-            timers.push(Reverse(at_ms));
-        }
-        self.wake.notify_one();
-    }
-
-    pub fn forget_lease(&self, id: Uuid) {
-        if let Ok(mut held) = self.held.lock() {
-            held.remove(&id);
-        }
-    }
-}
-
 /// An orchestrator instance, ready to start.
 pub struct Instance {
     shared: Arc<Shared>,
     committer_task: tokio::task::JoinHandle<()>,
+    creates: SagaCreates,
 }
 
 /// A running instance.
@@ -111,7 +68,8 @@ pub struct InstanceHandle {
 }
 
 impl InstanceHandle {
-    /// A handle for handing newly created sagas to this instance.
+    /// Where new sagas enter: created leased to this instance and started at once while it has
+    /// a free slot.
     pub fn intake(&self) -> Intake {
         self.intake.clone()
     }
@@ -128,7 +86,7 @@ impl InstanceHandle {
 impl Instance {
     /// `definitions` should be the cache the API uses too, so each version is validated once.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn EngineStore>,
         clock: Arc<dyn Clock>,
         executors: Executors,
         definitions: Arc<DefinitionCache>,
@@ -136,6 +94,7 @@ impl Instance {
         hub: TerminalHub,
     ) -> Self {
         let (committer, committer_task) = Committer::start(store.clone());
+        let (creates, _create_writer) = SagaCreates::start(store.clone());
         let seed = config.seed.unwrap_or_else(os_seed);
         let shared = Arc::new(Shared {
             store,
@@ -152,7 +111,7 @@ impl Instance {
             hook: None,
             config,
         });
-        Instance { shared, committer_task }
+        Instance { shared, committer_task, creates }
     }
 
     /// Commits what `hook` derives from each transition together with it.
@@ -168,7 +127,7 @@ impl Instance {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(self.shared.config.concurrency.max(1) as usize));
         let (sender, handed) = mpsc::unbounded_channel();
-        let intake = Intake {
+        let slots = LocalSlots {
             shutting_down: self.shared.shutting_down.clone(),
             worker_id: self.shared.config.worker_id.clone(),
             lease_ttl_ms: self.shared.config.lease_ttl_ms,
@@ -177,61 +136,9 @@ impl Instance {
             permits: permits.clone(),
             sender,
         };
+        let intake = Intake::with_instance(self.creates, slots);
         let task = tokio::spawn(run(self.shared, self.committer_task, permits, handed, shutdown_rx));
         InstanceHandle { shutdown, task, intake }
-    }
-}
-
-/// Lets the API hand a saga it just created straight to this instance: the saga is inserted
-/// already leased to this worker (fencing token 1), so no claim statement, no notification and
-/// no claim-loop wake-up stand between creation and the first step. If the instance dies, the
-/// lease expires and another instance takes the saga over, exactly as after a claim.
-#[derive(Clone)]
-pub struct Intake {
-    // Not `Shared`: an intake held by the API must not keep the committer alive at shutdown.
-    shutting_down: Arc<AtomicBool>,
-    worker_id: String,
-    lease_ttl_ms: i64,
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    permits: Arc<Semaphore>,
-    sender: mpsc::UnboundedSender<(Claimed, OwnedSemaphorePermit)>,
-}
-
-impl Intake {
-    /// A free driver slot, if any (none while shutting down).
-    pub fn reserve(&self) -> Option<Reservation> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return None;
-        }
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        Some(Reservation { permit, intake: self.clone() })
-    }
-}
-
-/// A reserved driver slot; dropping it frees the slot.
-pub struct Reservation {
-    permit: OwnedSemaphorePermit,
-    intake: Intake,
-}
-
-impl Reservation {
-    /// The lease to create the saga with.
-    pub fn lease(&self) -> LeaseGrant {
-        LeaseGrant { worker_id: self.intake.worker_id.clone(), lease_ttl_ms: self.intake.lease_ttl_ms }
-    }
-
-    /// Hands a saga created with [`Reservation::lease`] to its driver.
-    pub async fn start(self, record: SagaRecord) {
-        let intake = self.intake;
-        let lease = LeaseRef { id: record.id, fencing_token: record.fencing_token };
-        let claim = Claimed { record, previous_owner: None };
-        if intake.sender.send((claim, self.permit)).is_err() {
-            // The instance has stopped: hand the lease back so another instance starts it now.
-            if let Err(e) = intake.store.lease_release(&intake.worker_id, &[lease], intake.clock.now_ms()).await {
-                tracing::warn!(error = %e, "handing back a new saga's lease failed; it will expire");
-            }
-        }
     }
 }
 

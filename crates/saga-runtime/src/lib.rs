@@ -19,7 +19,9 @@ pub mod executor;
 pub mod hook;
 pub mod hub;
 pub mod instance;
+pub mod intake;
 pub mod metrics_names;
+mod shared;
 
 pub use clock::{Clock, SystemClock};
 pub use definitions::{DefinitionCache, DefinitionError};
@@ -28,7 +30,8 @@ pub use executor::breaker::BreakerConfig;
 pub use executor::{builtin::BuiltinRegistry, Executors};
 pub use hook::TransitionHook;
 pub use hub::{TerminalHub, TerminalWatch};
-pub use instance::{Instance, InstanceConfig, InstanceHandle, Intake, Reservation};
+pub use instance::{Instance, InstanceConfig, InstanceHandle};
+pub use intake::Intake;
 
 /// Names of the built-in steps that always exist.
 pub const CORE_BUILTINS: &[&str] = &["core.echo", "core.fail", "core.sleep"];

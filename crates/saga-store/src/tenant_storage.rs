@@ -7,7 +7,7 @@
 //! commit succeeds and creates nothing twice.
 
 use async_trait::async_trait;
-use saga_core::tenant::StorageMode;
+pub use saga_core::tenant::StorageMode;
 use serde_json::Value;
 
 /// One tenant migration file: `<service>/<version>_<name>.sql`.

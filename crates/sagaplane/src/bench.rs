@@ -38,7 +38,7 @@ pub struct BenchArgs {
     url: Option<String>,
     #[arg(long, env = "SAGAPLANE_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Skip HTTP: start sagas through the store and wait on the in-process terminal feed, to
+    /// Skip HTTP: start sagas through the intake and wait on the in-process terminal feed, to
     /// measure the engine alone (in-process instance only).
     #[arg(long, conflicts_with = "url")]
     direct: bool,
@@ -63,7 +63,6 @@ struct Embedded {
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     instance: saga_runtime::InstanceHandle,
-    store: Arc<dyn saga_store::Store>,
     hub: saga_runtime::TerminalHub,
     definitions: Arc<saga_runtime::DefinitionCache>,
 }
@@ -93,7 +92,7 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
     )
     .with_intake(instance.intake());
     let (url, stop, server) = serve_on_loopback(state).await?;
-    Ok(Embedded { url, token, backend, stop, server, instance, store, hub, definitions })
+    Ok(Embedded { url, token, backend, stop, server, instance, hub, definitions })
 }
 
 /// The API on a free loopback port, in the background, for an in-process benchmark: its base
@@ -172,7 +171,6 @@ struct Load {
 
 /// Starting sagas without HTTP (`--direct`).
 struct Direct {
-    store: Arc<dyn saga_store::Store>,
     hub: saga_runtime::TerminalHub,
     intake: saga_runtime::Intake,
     definition: Arc<saga_core::Definition>,
@@ -182,13 +180,7 @@ struct Direct {
 impl Direct {
     async fn new(embedded: &Embedded, name: &str) -> anyhow::Result<Direct> {
         let (version, definition) = embedded.definitions.get(name, None).await?;
-        Ok(Direct {
-            store: embedded.store.clone(),
-            hub: embedded.hub.clone(),
-            intake: embedded.instance.intake(),
-            definition,
-            version,
-        })
+        Ok(Direct { hub: embedded.hub.clone(), intake: embedded.instance.intake(), definition, version })
     }
 
     async fn one(&self, n: usize) -> anyhow::Result<(String, Duration)> {
@@ -196,7 +188,6 @@ impl Direct {
         let id = uuid::Uuid::now_v7();
         let mut terminal = self.hub.watch(id);
         // The same path as the API: claim on create when a local driver slot is free.
-        let reservation = self.intake.reserve();
         let params = saga_store::SagaCreate {
             id,
             definition: self.definition.name.clone(),
@@ -208,16 +199,13 @@ impl Direct {
             idempotency_key: None,
             request_hash: None,
             require_latest: false,
-            lease: reservation.as_ref().map(saga_runtime::Reservation::lease),
+            lease: None,
             concurrency: None,
             now_ms: saga_runtime::Clock::now_ms(&saga_runtime::SystemClock),
         };
-        let saga_store::SagaCreated::Created(record) = self.store.saga_create(params).await? else {
+        let saga_store::SagaCreated::Created(_) = self.intake.create(params).await? else {
             bail!("saga not created");
         };
-        if let Some(reservation) = reservation {
-            reservation.start(record.clone()).await;
-        }
         let done = tokio::time::timeout(Duration::from_secs(60), terminal.done()).await?;
         Ok((done.status.as_str().to_string(), started.elapsed()))
     }

@@ -56,7 +56,7 @@ fn limit_param() -> Value {
     query_param(
         "limit",
         "page size (default 50; values above 500 are capped at 500)",
-        json!({"type": "integer", "minimum": 1, "maximum": super::routes::QUERY_LIMIT_MAX}),
+        json!({"type": "integer", "minimum": 1, "maximum": super::routes::common::QUERY_LIMIT_MAX}),
     )
 }
 

@@ -17,8 +17,8 @@ pub struct AppState {
     pub definitions: Arc<DefinitionCache>,
     pub metrics: Option<PrometheusHandle>,
     pub(crate) admin_token_sha256: [u8; 32],
-    /// The in-process worker, when this process runs one: new sagas go straight to it.
-    pub(crate) intake: Option<saga_runtime::Intake>,
+    /// Where new sagas enter the engine (straight to the in-process worker when there is one).
+    pub(crate) intake: saga_runtime::Intake,
     /// Becomes true at shutdown, so long-polls answer at once instead of holding up the drain.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     /// `SAGAPLANE_VAR_*`, for templates rendered at start (the concurrency key).
@@ -49,13 +49,13 @@ impl AppState {
         admin_token: &str,
     ) -> Self {
         AppState {
+            intake: saga_runtime::Intake::without_instance(store.clone()),
             store,
             clock,
             hub,
             definitions,
             metrics,
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
-            intake: None,
             stopping: tokio::sync::watch::channel(false).1,
             vars: serde_json::Map::new(),
             tenancy: None,
@@ -87,9 +87,10 @@ impl AppState {
         self
     }
 
-    /// Hands sagas this API creates straight to the local worker (claim on create).
+    /// Hands sagas this API creates straight to the local worker (claim on create). Must be
+    /// called inside a Tokio runtime (it starts the create writer).
     pub fn with_intake(mut self, intake: saga_runtime::Intake) -> Self {
-        self.intake = Some(intake);
+        self.intake = intake;
         self
     }
 

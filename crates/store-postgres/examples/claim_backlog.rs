@@ -14,7 +14,8 @@
 
 use std::time::{Duration, Instant};
 
-use saga_store::{ClaimParams, SagaCreate, SagaCreated, Store, RUN_AT_NEVER_MS};
+use saga_store::prelude::*;
+use saga_store::{ClaimParams, SagaCreate, SagaCreated, RUN_AT_NEVER_MS};
 use store_postgres::PostgresStore;
 
 const ROUNDS: usize = 200;
@@ -104,7 +105,7 @@ async fn run(url: &str, max: i64) -> Result<(), Box<dyn std::error::Error>> {
                 concurrency: None,
                 now_ms: now_ms(),
             };
-            let SagaCreated::Created(created) = store.saga_create(params).await? else {
+            let SagaCreated::Created(created) = saga_store::creates::create_one(&store, params).await? else {
                 return Err("the due saga was not created".into());
             };
             let started = Instant::now();

@@ -1,14 +1,14 @@
-//! PostgreSQL implementation of [`saga_store::Store`], for many orchestrator instances.
+//! PostgreSQL implementation of the store traits ([`saga_store::Store`]), for many orchestrator
+//! instances; each concern in its own file under `store/`.
 //!
 //! Claims are one `FOR UPDATE SKIP LOCKED` statement that bumps the fencing token; a batch of
 //! drivers' transitions is one transaction of two statements (a fenced `UPDATE … FROM UNNEST`
 //! and one multi-row history `INSERT`); heartbeats renew every lease an instance holds in one
-//! statement. Concurrent creates are likewise one multi-row statement (module `creates`).
+//! statement. A batch of creates is likewise one multi-row statement.
 //! `LISTEN/NOTIFY` on `sagaplane_work` wakes idle instances; polling remains the
 //! fallback, so the store keeps to what distributed PostgreSQL-compatible engines offer.
 //! [`tenant_storage`] provisions tenants' schemas, databases and pooled tables.
 
-mod creates;
 mod migrate;
 mod rows;
 mod store;

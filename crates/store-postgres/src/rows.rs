@@ -12,8 +12,12 @@ pub const SAGA_COLUMNS: &str = "s.id, s.tenant_id, s.definition, s.version, s.st
      s.run_at, s.lease_owner, s.lease_expires_at, s.fencing_token, s.created_at, s.updated_at, s.completed_at, s.previous_owner, \
      s.cancel_requested_at, s.wake_seq, s.concurrency_key";
 
-fn db(e: sqlx::Error) -> StoreError {
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
     StoreError::backend(e)
+}
+
+pub(crate) fn json_text(value: &impl serde::Serialize) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 pub fn saga(row: &PgRow) -> StoreResult<SagaRecord> {

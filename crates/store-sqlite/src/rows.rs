@@ -11,6 +11,19 @@ pub const SAGA_COLUMNS: &str = "id, tenant_id, definition, version, status, inpu
      lease_owner, lease_expires_at, fencing_token, created_at, updated_at, completed_at, previous_owner, \
      cancel_requested_at, wake_seq, concurrency_key";
 
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+pub(crate) fn json_text(value: &impl serde::Serialize) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn uuid_column(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
+    let text: String = row.try_get(column).map_err(db)?;
+    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }

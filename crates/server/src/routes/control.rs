@@ -12,9 +12,9 @@ use saga_core::{Action, FieldError};
 use saga_store::StoreError;
 use serde_json::{json, Map, Value};
 
-use super::sagas::{definition, load, parse_id};
 use crate::auth::Principal;
 use crate::error::{body_rejection, ApiError};
+use crate::routes::common::{definition, load, parse_id};
 use crate::state::AppState;
 use crate::views;
 

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Principal;
 use crate::error::{body_rejection, ApiError};
+use crate::routes::common::page;
 use crate::state::AppState;
 use crate::views;
 
@@ -23,7 +24,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let body = body.map_err(body_rejection)?;
-    let format = match super::content_type(&headers).as_deref() {
+    let format = match crate::routes::common::content_type(&headers).as_deref() {
         None | Some("application/json") => DocumentFormat::Json,
         Some(t) if t.ends_with("+json") => DocumentFormat::Json,
         Some("application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml") => DocumentFormat::Yaml,
@@ -71,8 +72,7 @@ pub async fn list(
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let items: Vec<Value> = state.store.definition_list().await?.iter().map(views::definition).collect();
-    Ok(Json(json!({"items": items, "next_cursor": null})))
+    Ok(page(state.store.definition_list().await?.iter().map(views::definition).collect(), None))
 }
 
 pub async fn latest(

@@ -11,62 +11,23 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use saga_core::{Definition, FieldError, SagaState, SagaStatus};
-use saga_runtime::DefinitionError;
-use saga_store::{SagaCreate, SagaCreated, SagaFilter, SagaOperatorUpdate, SagaRecord, StoreError};
-use serde_json::{json, Map, Value};
+use saga_store::{SagaCreate, SagaCreated, SagaFilter, SagaRecord};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::{body_rejection, ApiError};
+use crate::routes::common::{
+    definition, idempotency_key, load, load_visible, operator_retry, page, page_of, parse_id, query_error,
+};
 use crate::state::AppState;
 use crate::views;
 
-/// The longest `Idempotency-Key` accepted.
-pub const IDEMPOTENCY_KEY_MAX_CHARS: usize = 255;
 /// How often a long-poll re-reads the store (for sagas other instances drive).
 pub const WAIT_RECHECK: Duration = Duration::from_millis(250);
 /// Saga priorities lie in `-PRIORITY_MAX..=PRIORITY_MAX`.
 pub use saga_store::PRIORITY_MAX;
-
-pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("saga {text:?} does not exist (not a UUID)")))
-}
-
-pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
-    match state.store.saga_get(id).await {
-        Ok(record) => Ok(record),
-        Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("saga {id} does not exist"))),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// [`load`], as 404 when a tenant key asks for another tenant's saga.
-pub(crate) async fn load_visible(state: &AppState, principal: &Principal, id: Uuid) -> Result<SagaRecord, ApiError> {
-    let record = load(state, id).await?;
-    if !principal.sees_saga(record.tenant_id.as_deref()) {
-        return Err(ApiError::NotFound(format!("saga {id} does not exist")));
-    }
-    Ok(record)
-}
-
-/// The validated definition of `(name, version)` (latest when `version` is None).
-pub(crate) async fn definition(
-    state: &AppState,
-    name: &str,
-    version: Option<i32>,
-) -> Result<(i32, Arc<Definition>), ApiError> {
-    state.definitions.get(name, version).await.map_err(|e| match e {
-        DefinitionError::NotFound { version: Some(v), .. } => {
-            ApiError::field("/version", format!("definition {name:?} has no version {v}"))
-        }
-        DefinitionError::NotFound { version: None, .. } => {
-            ApiError::field("/definition", format!("definition {name:?} does not exist"))
-        }
-        DefinitionError::Invalid { .. } => ApiError::Internal(e.to_string()),
-        DefinitionError::Store(e) => e.into(),
-    })
-}
 
 /// The definition a new saga should run: the requested version, or the latest (from the hint
 /// when possible; the store re-checks it is still the latest). The bool says "must be latest".
@@ -124,7 +85,7 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
     };
     let version = match map.get("version") {
         None | Some(Value::Null) => None,
-        Some(v) => match super::json_integer(v) {
+        Some(v) => match crate::routes::common::json_integer(v) {
             Some(n) if (1..=i64::from(i32::MAX)).contains(&n) => Some(n as i32),
             _ => {
                 error("/version", "must be a positive integer");
@@ -142,7 +103,7 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
     };
     let priority = match map.get("priority") {
         None | Some(Value::Null) => 0,
-        Some(v) => match super::json_integer(v) {
+        Some(v) => match crate::routes::common::json_integer(v) {
             Some(n) if (-PRIORITY_MAX..=PRIORITY_MAX).contains(&n) => n as i32,
             _ => {
                 error("/priority", "must be an integer from -1000 to 1000");
@@ -155,23 +116,6 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
         return Err(ApiError::validation("the saga request is invalid", errors));
     }
     Ok(StartRequest { definition, version, input, tenant_id, priority })
-}
-
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|key| key.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| ApiError::BadRequest("Idempotency-Key must be visible ASCII, without spaces".into()))?;
-    if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_MAX_CHARS {
-        return Err(ApiError::BadRequest(format!(
-            "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} characters"
-        )));
-    }
-    Ok(Some(key.to_string()))
 }
 
 pub async fn create(
@@ -192,8 +136,6 @@ pub async fn create(
     // serde_json maps keep keys sorted, so this hash is canonical for equal JSON.
     let request_hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));
     let mut use_hint = true;
-    // A free local driver slot: the saga is created leased to this instance and started at once.
-    let mut reservation = state.intake.as_ref().and_then(saga_runtime::Intake::reserve);
     let id = Uuid::now_v7();
     // Registered before the saga exists, so its end cannot slip past the wait.
     let terminal = wait.map(|_| state.hub.watch(id));
@@ -201,10 +143,6 @@ pub async fn create(
         let (version, definition, require_latest) =
             definition_for_start(&state, &request.definition, request.version, use_hint).await?;
         let concurrency = concurrency_key(&state, &definition, &request, id)?;
-        if concurrency.is_some() {
-            // It must wait for a slot of its key: the claim admits it, not this instance directly.
-            reservation = None;
-        }
         let now_ms = state.clock.now_ms();
         let params = SagaCreate {
             id,
@@ -217,11 +155,11 @@ pub async fn create(
             idempotency_key: key.as_ref().map(|k| format!("admin:{k}")),
             request_hash: Some(request_hash.clone()),
             require_latest,
-            lease: reservation.as_ref().map(saga_runtime::Reservation::lease),
+            lease: None,
             concurrency,
             now_ms,
         };
-        match state.store.saga_create(params).await? {
+        match state.intake.create(params).await? {
             SagaCreated::VersionMoved if use_hint => use_hint = false,
             SagaCreated::VersionMoved => {
                 return Err(ApiError::Conflict(format!("definition {:?} is changing; try again", request.definition)))
@@ -230,12 +168,7 @@ pub async fn create(
         }
     };
     let (status, record, replayed) = match created {
-        SagaCreated::Created(record) => {
-            if let Some(reservation) = reservation {
-                reservation.start(record.clone()).await;
-            }
-            (StatusCode::CREATED, record, false)
-        }
+        SagaCreated::Created(record) => (StatusCode::CREATED, record, false),
         SagaCreated::Replayed(record) => (StatusCode::OK, record, true),
         SagaCreated::KeyConflict => {
             return Err(ApiError::Conflict("this Idempotency-Key was used with a different request body".into()))
@@ -291,10 +224,6 @@ fn concurrency_key(
         ));
     }
     Ok(Some((key, concurrency.limit)))
-}
-
-fn query_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::BadRequest(format!("invalid query: {e}"))
 }
 
 /// `?wait=`: digits and one unit (`250ms`, `10s`, `1m`), as the OpenAPI document's pattern says;
@@ -391,7 +320,7 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = super::query_limit(query.get("limit"))?;
+    let limit = crate::routes::common::query_limit(query.get("limit"))?;
     let before_id = match query.get("cursor") {
         None => None,
         Some(c) => Some(Uuid::parse_str(c).map_err(|_| query_error("cursor is not one this API returned"))?),
@@ -400,7 +329,7 @@ pub async fn list(
     if let Some(scope) = principal.tenant_scope() {
         // A tenant key lists its own tenant's sagas only.
         if tenant_id.as_deref().is_some_and(|t| t != scope) {
-            return Ok(Json(json!({"items": [], "next_cursor": null})));
+            return Ok(page(Vec::new(), None));
         }
         tenant_id = Some(scope.to_string());
     }
@@ -413,10 +342,7 @@ pub async fn list(
         limit: saga_store::clamp_limit(limit),
     };
     let records = state.store.saga_list(&filter).await?;
-    let next_cursor =
-        (records.len() == filter.limit as usize).then(|| records.last().map(|r| r.id.to_string())).flatten();
-    let items: Vec<Value> = records.iter().map(views::saga).collect();
-    Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
+    Ok(page_of(&records, filter.limit, views::saga, |r| r.id.to_string()))
 }
 
 pub async fn events(
@@ -440,40 +366,10 @@ pub async fn events(
             .and_then(|c| i64::try_from(c).ok())
             .ok_or_else(|| query_error("cursor is not one this API returned"))?,
     };
-    let limit = super::query_limit(query.get("limit"))?;
+    let limit = crate::routes::common::query_limit(query.get("limit"))?;
     let limit = saga_store::clamp_limit(limit.or(Some(saga_store::LIST_LIMIT_MAX)));
     let records = state.store.saga_events(id, after, limit).await?;
-    let next_cursor = (records.len() == limit as usize).then(|| records.last().map(|r| r.seq.to_string())).flatten();
-    let items: Vec<Value> = records.iter().map(views::event).collect();
-    Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
-}
-
-/// An operator's retry of a `FAILED` saga, with the tenant change it causes (a tenant saga's
-/// retry moves its tenant back to `MIGRATING`) in the same transaction.
-pub(crate) async fn operator_retry(state: &AppState, record: &SagaRecord) -> Result<SagaRecord, ApiError> {
-    let (_, definition) = definition(state, &record.definition, Some(record.version)).await?;
-    let mut saga_state = record.state.clone();
-    let now_ms = state.clock.now_ms();
-    let transition =
-        saga_state.retry_by_operator(&definition, now_ms).map_err(|e| ApiError::Conflict(e.to_string()))?;
-    let tenant_change =
-        state.hook.as_ref().and_then(|hook| hook.tenant_change(record, &definition, &saga_state, &transition.events));
-    let updated = state
-        .store
-        .saga_operator_update(SagaOperatorUpdate {
-            id: record.id,
-            tenant_id: record.tenant_id.clone(),
-            expected_status: SagaStatus::Failed,
-            state: saga_state,
-            events: transition.events,
-            tenant_change,
-            now_ms,
-        })
-        .await?;
-    if updated.status.is_terminal() {
-        state.hub.publish(updated.clone());
-    }
-    Ok(updated)
+    Ok(page_of(&records, limit, views::event, |r| r.seq.to_string()))
 }
 
 pub async fn retry(

@@ -1,35 +1,50 @@
-//! The store conformance suite against PostgreSQL: a fresh database per check.
+//! The conformance suites against PostgreSQL, one test per check: the store on a fresh database
+//! per check, and tenant storage in every mode (schema, database, pooled) on a fresh database
+//! per check (tenant roles are cluster-wide; each check uses its own tenant id).
 //!
 //! Needs a PostgreSQL server: `SAGAPLANE_TEST_DATABASE_URL` (default
-//! `postgres://sagaplane:sagaplane@127.0.0.1:5432/postgres`), a role that may create databases.
-//! `scripts/test` starts one.
+//! `postgres://sagaplane:sagaplane@127.0.0.1:5432/postgres`), a role that may create databases
+//! and roles. `scripts/test` starts one.
 
 use std::str::FromStr;
 use std::sync::Arc;
 
-use saga_store::Store;
+use saga_store::tenant_storage::TenantStorage;
+use saga_store::{SchemaStore, Store};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::ConnectOptions;
-use store_postgres::PostgresStore;
+use store_postgres::{PgTenantStorage, PostgresStore};
 
 fn admin_url() -> String {
     std::env::var("SAGAPLANE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://sagaplane:sagaplane@127.0.0.1:5432/postgres".into())
 }
 
-async fn fresh() -> Arc<dyn Store> {
+/// A new, empty database; its URL.
+async fn fresh_database(prefix: &str) -> String {
     let admin = PgConnectOptions::from_str(&admin_url()).expect("test database url");
     let mut conn = admin.connect().await.expect("connect to test PostgreSQL (is it running? see scripts/test)");
-    let name = format!("conformance_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-    let url = admin.database(&name).to_url_lossy().to_string();
-    let store = PostgresStore::connect(&url, 8).await.expect("connect store");
+    admin.database(&name).to_url_lossy().to_string()
+}
+
+async fn fresh_store() -> Arc<dyn Store> {
+    let store = PostgresStore::connect(&fresh_database("conformance").await, 8).await.expect("connect store");
     store.migrate(0).await.expect("migrate");
     Arc::new(store)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conformance() {
-    let failures = saga_store::conformance::run_all(fresh).await;
-    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
+async fn fresh_tenant_storage() -> Arc<dyn TenantStorage> {
+    let url = fresh_database("conformance_tenants").await;
+    Arc::new(PgTenantStorage::connect(&url).await.expect("connect tenant storage"))
 }
+
+saga_store::store_conformance!(fresh_store);
+
+saga_store::tenant_storage_conformance!(
+    fresh_tenant_storage,
+    schema: Schema,
+    database: Database,
+    pooled: Pooled,
+);

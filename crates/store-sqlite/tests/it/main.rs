@@ -1,21 +1,30 @@
-//! The store conformance suite against SQLite (a fresh database file per check).
+//! The conformance suites against SQLite, one test per check: the store on a fresh database file
+//! per check, and tenant storage (`database` mode: one file per tenant) in a fresh directory.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use saga_store::Store;
-use store_sqlite::SqliteStore;
+use saga_store::tenant_storage::TenantStorage;
+use saga_store::{SchemaStore, Store};
+use store_sqlite::{SqliteStore, SqliteTenantStorage};
 
-async fn fresh() -> Arc<dyn Store> {
-    let dir = std::env::temp_dir().join(format!("sagaplane-conformance-{}", uuid::Uuid::now_v7()));
+fn fresh_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let url = format!("sqlite://{}", dir.join("test.db").display());
+    dir
+}
+
+async fn fresh_store() -> Arc<dyn Store> {
+    let url = format!("sqlite://{}", fresh_dir("sagaplane-conformance").join("test.db").display());
     let store = SqliteStore::connect(&url).await.expect("open sqlite");
     store.migrate(0).await.expect("migrate");
     Arc::new(store)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conformance() {
-    let failures = saga_store::conformance::run_all(fresh).await;
-    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
+async fn fresh_tenant_storage() -> Arc<dyn TenantStorage> {
+    Arc::new(SqliteTenantStorage::new(fresh_dir("sagaplane-tenant-conformance")))
 }
+
+saga_store::store_conformance!(fresh_store);
+
+saga_store::tenant_storage_conformance!(fresh_tenant_storage, database: Database);

@@ -1,78 +1,19 @@
-//! The conformance suite every [`Store`] backend runs (River's `riverdrivertest` idea): the same
-//! checks, against a fresh, migrated store each time. Backends call [`run_all`] from their own
-//! integration tests with a factory for fresh stores.
+//! Checks of the engine's store: definitions, creates, claims, commits, leases, cancel,
+//! signals, callbacks, admission and priority.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::Arc;
 
 use saga_core::{Definition, HistoryEvent, SagaState, SagaStatus};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::{db, ensure, CheckResult};
+use crate::creates::create_one;
 use crate::{
-    CallbackRegister, ClaimParams, CommitOutcome, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaFilter,
-    SagaOperatorUpdate, Store, StoreError,
+    CallbackRegister, ClaimParams, CommitOutcome, LeaseRef, SagaCommit, SagaCreate, SagaCreated, SagaCreates,
+    SagaFilter, SagaOperatorUpdate, Store, StoreError,
 };
-
-/// A failed conformance check.
-pub type CheckResult = Result<(), String>;
-
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)*) => {
-        if !$cond {
-            return Err(format!($($arg)*));
-        }
-    };
-}
-
-fn db<T>(result: Result<T, StoreError>) -> Result<T, String> {
-    result.map_err(|e| format!("store error: {e}"))
-}
-
-/// Runs every check, each against a fresh store from `fresh`. Returns all failures.
-pub async fn run_all<F, Fut>(fresh: F) -> Vec<String>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn Store>>,
-{
-    let mut failures = Vec::new();
-    macro_rules! run {
-        ($check:ident) => {
-            if let Err(e) = $check(fresh().await).await {
-                failures.push(format!("{}: {}", stringify!($check), e));
-            }
-        };
-    }
-    run!(migrations_are_idempotent);
-    run!(definitions_version_on_change_only);
-    run!(sagas_create_idempotently);
-    run!(create_for_latest_refuses_a_moved_version);
-    run!(create_with_a_lease_is_claimed_already);
-    run!(concurrent_creates_with_one_key_make_one_saga);
-    run!(concurrent_mixed_creates_each_get_their_own_outcome);
-    run!(claim_sets_lease_and_bumps_token);
-    run!(stale_token_write_is_rejected);
-    run!(expired_lease_is_claimable);
-    run!(concurrent_claimers_never_share_a_saga);
-    run!(commits_append_history_and_schedule);
-    run!(heartbeat_renews_and_reports_lost_leases);
-    run!(released_lease_is_claimable_at_once);
-    run!(list_filters_and_pages);
-    run!(operator_update_is_conditional);
-    run!(cancel_request_stops_unacknowledged_commits);
-    run!(cancel_request_wakes_a_parked_saga_and_refuses_terminal);
-    run!(signals_are_buffered_in_order_and_wake);
-    run!(a_delivery_during_a_lease_makes_the_parked_saga_due);
-    run!(callbacks_complete_once_and_heartbeats_extend);
-    run!(admission_never_exceeds_the_key_limit);
-    run!(priority_goes_first_but_old_work_is_not_starved);
-    run!(tenants_are_created_with_their_saga_and_change_status_conditionally);
-    run!(tenant_changes_commit_with_the_transition_or_not_at_all);
-    run!(an_operator_update_changes_its_tenant_with_it_or_not_at_all);
-    run!(tenant_keys_users_and_webhook_receipts);
-    failures
-}
 
 fn definition() -> Definition {
     let doc = json!({"steps": [
@@ -85,7 +26,7 @@ fn definition() -> Definition {
     }
 }
 
-fn create_params(now_ms: i64) -> SagaCreate {
+pub(super) fn create_params(now_ms: i64) -> SagaCreate {
     SagaCreate {
         id: Uuid::now_v7(),
         definition: "conformance".into(),
@@ -104,7 +45,7 @@ fn create_params(now_ms: i64) -> SagaCreate {
 }
 
 async fn create(store: &dyn Store, now_ms: i64) -> Result<Uuid, String> {
-    match db(store.saga_create(create_params(now_ms)).await)? {
+    match db(create_one(store, create_params(now_ms)).await)? {
         SagaCreated::Created(record) => Ok(record.id),
         other => Err(format!("expected Created, got {other:?}")),
     }
@@ -114,7 +55,7 @@ fn claim(worker: &str, limit: u32, now_ms: i64) -> ClaimParams {
     ClaimParams { worker_id: worker.into(), limit, now_ms, lease_ttl_ms: 30_000 }
 }
 
-fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events: Vec<HistoryEvent>) -> SagaCommit {
+pub(super) fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events: Vec<HistoryEvent>) -> SagaCommit {
     SagaCommit {
         id,
         tenant_id: None,
@@ -130,7 +71,7 @@ fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events: Vec<Histo
     }
 }
 
-async fn migrations_are_idempotent(store: Arc<dyn Store>) -> CheckResult {
+pub async fn migrations_are_idempotent(store: Arc<dyn Store>) -> CheckResult {
     let first = db(store.migrate(0).await)?;
     let second = db(store.migrate(0).await)?;
     ensure!(first == second, "migrate twice changed status: {first:?} vs {second:?}");
@@ -138,7 +79,7 @@ async fn migrations_are_idempotent(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-async fn definitions_version_on_change_only(store: Arc<dyn Store>) -> CheckResult {
+pub async fn definitions_version_on_change_only(store: Arc<dyn Store>) -> CheckResult {
     let v1 = json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
     let v2 = json!({"steps": [{"name": "b", "action": {"builtin": "core.echo"}}]});
     let put = db(store.definition_put("d", &v1, 1).await)?;
@@ -158,22 +99,22 @@ async fn definitions_version_on_change_only(store: Arc<dyn Store>) -> CheckResul
     Ok(())
 }
 
-async fn sagas_create_idempotently(store: Arc<dyn Store>) -> CheckResult {
+pub async fn sagas_create_idempotently(store: Arc<dyn Store>) -> CheckResult {
     let mut params = create_params(10);
     params.idempotency_key = Some("admin:k1".into());
     params.request_hash = Some("h1".into());
-    let SagaCreated::Created(first) = db(store.saga_create(params.clone()).await)? else {
+    let SagaCreated::Created(first) = db(create_one(&*store, params.clone()).await)? else {
         return Err("first create not Created".into());
     };
     ensure!(first.status == SagaStatus::Pending && first.fencing_token == 0, "new saga: {first:?}");
     let mut replay = params.clone();
     replay.id = Uuid::now_v7();
-    match db(store.saga_create(replay.clone()).await)? {
+    match db(create_one(&*store, replay.clone()).await)? {
         SagaCreated::Replayed(record) => ensure!(record.id == first.id, "replayed another saga"),
         other => return Err(format!("replay: {other:?}")),
     }
     replay.request_hash = Some("h2".into());
-    let conflict = db(store.saga_create(replay).await)?;
+    let conflict = db(create_one(&*store, replay).await)?;
     ensure!(conflict == SagaCreated::KeyConflict, "different body: {conflict:?}");
     let events = db(store.saga_events(first.id, 0, 100).await)?;
     ensure!(events.len() == 1 && events[0].kind == "saga_created", "events: {events:?}");
@@ -182,27 +123,27 @@ async fn sagas_create_idempotently(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-async fn create_for_latest_refuses_a_moved_version(store: Arc<dyn Store>) -> CheckResult {
+pub async fn create_for_latest_refuses_a_moved_version(store: Arc<dyn Store>) -> CheckResult {
     let doc = json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
     db(store.definition_put("conformance", &doc, 1).await)?;
     let mut params = create_params(2);
     params.require_latest = true;
-    let first = db(store.saga_create(params.clone()).await)?;
+    let first = db(create_one(&*store, params.clone()).await)?;
     ensure!(matches!(first, SagaCreated::Created(_)), "v1 is latest: {first:?}");
     db(store.definition_put("conformance", &json!({"steps": []}), 3).await)?;
     params.id = Uuid::now_v7();
-    let moved = db(store.saga_create(params.clone()).await)?;
+    let moved = db(create_one(&*store, params.clone()).await)?;
     ensure!(moved == SagaCreated::VersionMoved, "v2 exists: {moved:?}");
     params.require_latest = false;
-    let pinned = db(store.saga_create(params).await)?;
+    let pinned = db(create_one(&*store, params).await)?;
     ensure!(matches!(pinned, SagaCreated::Created(_)), "explicit v1: {pinned:?}");
     Ok(())
 }
 
-async fn create_with_a_lease_is_claimed_already(store: Arc<dyn Store>) -> CheckResult {
+pub async fn create_with_a_lease_is_claimed_already(store: Arc<dyn Store>) -> CheckResult {
     let mut params = create_params(100);
     params.lease = Some(crate::LeaseGrant { worker_id: "w1".into(), lease_ttl_ms: 30_000 });
-    let SagaCreated::Created(record) = db(store.saga_create(params).await)? else {
+    let SagaCreated::Created(record) = db(create_one(&*store, params).await)? else {
         return Err("not created".into());
     };
     ensure!(record.fencing_token == 1, "token: {}", record.fencing_token);
@@ -220,15 +161,16 @@ async fn create_with_a_lease_is_claimed_already(store: Arc<dyn Store>) -> CheckR
     Ok(())
 }
 
-async fn concurrent_creates_with_one_key_make_one_saga(store: Arc<dyn Store>) -> CheckResult {
+pub async fn concurrent_creates_with_one_key_make_one_saga(store: Arc<dyn Store>) -> CheckResult {
     let mut tasks = Vec::new();
     for _ in 0..16 {
-        let store = store.clone();
+        // Each its own writer, as if on its own instance: the key is unique across transactions.
+        let (creates, _writer) = SagaCreates::start(store.clone());
         tasks.push(tokio::spawn(async move {
             let mut params = create_params(1);
             params.idempotency_key = Some("admin:same".into());
             params.request_hash = Some("h".into());
-            db(store.saga_create(params).await)
+            db(creates.create(params).await)
         }));
     }
     let mut ids = HashSet::new();
@@ -251,14 +193,14 @@ async fn concurrent_creates_with_one_key_make_one_saga(store: Arc<dyn Store>) ->
 
 /// Many different creates at once (a store may write concurrent creates together): each gets
 /// the outcome it would get alone, and one that cannot be written (a duplicate id) fails alone.
-async fn concurrent_mixed_creates_each_get_their_own_outcome(store: Arc<dyn Store>) -> CheckResult {
+pub async fn concurrent_mixed_creates_each_get_their_own_outcome(store: Arc<dyn Store>) -> CheckResult {
     let doc = json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
     db(store.definition_put("conformance", &doc, 1).await)?;
     db(store.definition_put("conformance", &json!({"steps": []}), 2).await)?;
     let mut taken = create_params(1);
     taken.idempotency_key = Some("admin:taken".into());
     taken.request_hash = Some("h".into());
-    let SagaCreated::Created(existing) = db(store.saga_create(taken.clone()).await)? else {
+    let SagaCreated::Created(existing) = db(create_one(&*store, taken.clone()).await)? else {
         return Err("setup create not Created".into());
     };
     #[derive(Clone, Copy, Debug, PartialEq)]
@@ -305,11 +247,13 @@ async fn concurrent_mixed_creates_each_get_their_own_outcome(store: Arc<dyn Stor
         };
         cases.push((params, expect));
     }
+    // One writer for all: concurrent creates share its batches.
+    let (creates, _writer) = SagaCreates::start(store.clone());
     let tasks: Vec<_> = cases
         .iter()
         .map(|(params, _)| {
-            let (store, params) = (store.clone(), params.clone());
-            tokio::spawn(async move { store.saga_create(params).await })
+            let (creates, params) = (creates.clone(), params.clone());
+            tokio::spawn(async move { creates.create(params).await })
         })
         .collect();
     let mut created = Vec::new();
@@ -343,7 +287,7 @@ async fn concurrent_mixed_creates_each_get_their_own_outcome(store: Arc<dyn Stor
     Ok(())
 }
 
-async fn claim_sets_lease_and_bumps_token(store: Arc<dyn Store>) -> CheckResult {
+pub async fn claim_sets_lease_and_bumps_token(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 100).await?;
     ensure!(db(store.saga_claim_due(&claim("w1", 10, 99)).await)?.is_empty(), "claimed before due");
     let claimed = db(store.saga_claim_due(&claim("w1", 10, 100)).await)?;
@@ -356,7 +300,7 @@ async fn claim_sets_lease_and_bumps_token(store: Arc<dyn Store>) -> CheckResult 
     Ok(())
 }
 
-async fn stale_token_write_is_rejected(store: Arc<dyn Store>) -> CheckResult {
+pub async fn stale_token_write_is_rejected(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let first = db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
     let second = db(store.saga_claim_due(&claim("w2", 1, 40_000)).await)?;
@@ -388,7 +332,7 @@ async fn stale_token_write_is_rejected(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-async fn expired_lease_is_claimable(store: Arc<dyn Store>) -> CheckResult {
+pub async fn expired_lease_is_claimable(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
     ensure!(db(store.saga_claim_due(&claim("w2", 1, 29_999)).await)?.is_empty(), "claimed before expiry");
@@ -399,7 +343,7 @@ async fn expired_lease_is_claimable(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-async fn concurrent_claimers_never_share_a_saga(store: Arc<dyn Store>) -> CheckResult {
+pub async fn concurrent_claimers_never_share_a_saga(store: Arc<dyn Store>) -> CheckResult {
     let total = 200;
     for _ in 0..total {
         create(store.as_ref(), 0).await?;
@@ -429,7 +373,7 @@ async fn concurrent_claimers_never_share_a_saga(store: Arc<dyn Store>) -> CheckR
     Ok(())
 }
 
-async fn commits_append_history_and_schedule(store: Arc<dyn Store>) -> CheckResult {
+pub async fn commits_append_history_and_schedule(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
     let token = claimed.first().map(|c| c.record.fencing_token).ok_or("not claimed")?;
@@ -465,7 +409,7 @@ async fn commits_append_history_and_schedule(store: Arc<dyn Store>) -> CheckResu
     Ok(())
 }
 
-async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn Store>) -> CheckResult {
+pub async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn Store>) -> CheckResult {
     let a = create(store.as_ref(), 0).await?;
     let b = create(store.as_ref(), 0).await?;
     let claimed = db(store.saga_claim_due(&claim("w1", 2, 0)).await)?;
@@ -483,7 +427,7 @@ async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn Store>) -> Chec
     Ok(())
 }
 
-async fn released_lease_is_claimable_at_once(store: Arc<dyn Store>) -> CheckResult {
+pub async fn released_lease_is_claimable_at_once(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
     let lease = LeaseRef { id, fencing_token: claimed.first().map(|c| c.record.fencing_token).ok_or("not claimed")? };
@@ -493,7 +437,7 @@ async fn released_lease_is_claimable_at_once(store: Arc<dyn Store>) -> CheckResu
     Ok(())
 }
 
-async fn list_filters_and_pages(store: Arc<dyn Store>) -> CheckResult {
+pub async fn list_filters_and_pages(store: Arc<dyn Store>) -> CheckResult {
     let mut ids = Vec::new();
     for i in 0..5 {
         let mut params = create_params(i);
@@ -502,7 +446,7 @@ async fn list_filters_and_pages(store: Arc<dyn Store>) -> CheckResult {
             params.definition = "other".into();
         }
         ids.push(params.id);
-        db(store.saga_create(params).await)?;
+        db(create_one(&*store, params).await)?;
     }
     let page1 = db(store.saga_list(&SagaFilter { limit: 2, ..Default::default() }).await)?;
     let page1_ids: Vec<Uuid> = page1.iter().map(|r| r.id).collect();
@@ -524,7 +468,7 @@ async fn list_filters_and_pages(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResult {
+pub async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let record = db(store.saga_get(id).await)?;
     let update = SagaOperatorUpdate {
@@ -550,11 +494,11 @@ async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-async fn claim_one(store: &dyn Store, now_ms: i64) -> Result<crate::Claimed, String> {
+pub(super) async fn claim_one(store: &dyn Store, now_ms: i64) -> Result<crate::Claimed, String> {
     db(store.saga_claim_due(&claim("w1", 1, now_ms)).await)?.into_iter().next().ok_or_else(|| "nothing claimed".into())
 }
 
-async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn Store>) -> CheckResult {
+pub async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = claim_one(store.as_ref(), 0).await?;
     let token = claimed.record.fencing_token;
@@ -575,7 +519,7 @@ async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn Store>) -> C
     Ok(())
 }
 
-async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<dyn Store>) -> CheckResult {
+pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = claim_one(store.as_ref(), 0).await?;
     let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 5, vec![]);
@@ -600,7 +544,7 @@ async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<dyn 
     }
 }
 
-async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn Store>) -> CheckResult {
+pub async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let first = db(store.signal_send(id, "approval", &json!({"ok": 1}), 10).await)?;
     let second = db(store.signal_send(id, "approval", &json!({"ok": 2}), 11).await)?;
@@ -617,7 +561,7 @@ async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn Store>) -> CheckR
     }
 }
 
-async fn a_delivery_during_a_lease_makes_the_parked_saga_due(store: Arc<dyn Store>) -> CheckResult {
+pub async fn a_delivery_during_a_lease_makes_the_parked_saga_due(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = claim_one(store.as_ref(), 0).await?;
     // The driver decided to wait (having seen wake_seq 0); a signal lands before its commit.
@@ -632,7 +576,7 @@ async fn a_delivery_during_a_lease_makes_the_parked_saga_due(store: Arc<dyn Stor
     Ok(())
 }
 
-async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Store>) -> CheckResult {
+pub async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Store>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let register = CallbackRegister {
         token_hash: "h1".into(),
@@ -677,12 +621,12 @@ async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Store>) ->
     Ok(())
 }
 
-async fn admission_never_exceeds_the_key_limit(store: Arc<dyn Store>) -> CheckResult {
+pub async fn admission_never_exceeds_the_key_limit(store: Arc<dyn Store>) -> CheckResult {
     let mut keyed = Vec::new();
     for _ in 0..6 {
         let mut params = create_params(0);
         params.concurrency = Some(("tenant-a".into(), 2));
-        match db(store.saga_create(params).await)? {
+        match db(create_one(&*store, params).await)? {
             SagaCreated::Created(record) => keyed.push(record.id),
             other => return Err(format!("create: {other:?}")),
         }
@@ -729,16 +673,16 @@ async fn admission_never_exceeds_the_key_limit(store: Arc<dyn Store>) -> CheckRe
     Ok(())
 }
 
-async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn Store>) -> CheckResult {
+pub async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn Store>) -> CheckResult {
     let old = create(store.as_ref(), 0).await?;
     let mut low = create_params(50_000);
     low.priority = 0;
     let low_id = low.id;
-    db(store.saga_create(low).await)?;
+    db(create_one(&*store, low).await)?;
     let mut high = create_params(50_000);
     high.priority = 10;
     let high_id = high.id;
-    db(store.saga_create(high).await)?;
+    db(create_one(&*store, high).await)?;
     let order: Vec<Uuid> = {
         let mut order = Vec::new();
         for _ in 0..3 {
@@ -753,7 +697,7 @@ async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn Store>) 
     let mut lowest = create_params(70_000);
     lowest.priority = -(crate::PRIORITY_MAX as i32);
     let lowest_id = lowest.id;
-    db(store.saga_create(lowest).await)?;
+    db(create_one(&*store, lowest).await)?;
     let mut parked = claim_one(store.as_ref(), 70_000).await?;
     ensure!(parked.record.id == lowest_id, "the lowest priority, due, was not claimed");
     parked.record.state.status = SagaStatus::Executing;
@@ -764,202 +708,5 @@ async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn Store>) 
     let later = db(store.saga_claim_due(&claim("w9", 10, 10_000_000_000)).await)?;
     // (The sagas claimed above come back: their leases have long expired.)
     ensure!(later.iter().all(|c| c.record.id != lowest_id), "a parked saga was claimed");
-    Ok(())
-}
-
-fn tenant(id: &str, now_ms: i64) -> crate::TenantRecord {
-    use saga_core::tenant::{SlaTier, StorageMode, TenantStatus, Tier};
-    crate::TenantRecord {
-        id: id.into(),
-        name: format!("Tenant {id}"),
-        tier: Tier::Bridge,
-        storage_mode: StorageMode::Schema,
-        sla_tier: SlaTier::Standard,
-        status: TenantStatus::Provisioning,
-        domains: json!(["a.example.com"]),
-        contacts: json!([]),
-        metadata: json!({"plan": "x"}),
-        storage: serde_json::Value::Null,
-        migrations: json!([]),
-        saga_id: None,
-        error: None,
-        created_at_ms: now_ms,
-        updated_at_ms: now_ms,
-    }
-}
-
-fn tenant_saga(id: &str, now_ms: i64) -> SagaCreate {
-    SagaCreate { tenant_id: Some(id.into()), ..create_params(now_ms) }
-}
-
-async fn tenants_are_created_with_their_saga_and_change_status_conditionally(store: Arc<dyn Store>) -> CheckResult {
-    use saga_core::tenant::TenantStatus;
-    let saga = tenant_saga("acme", 1);
-    let saga_id = saga.id;
-    let (created, saga_record) = db(store.tenant_create(tenant("acme", 1), saga).await)?;
-    ensure!(created.saga_id == Some(saga_id) && saga_record.id == saga_id, "saga linked: {created:?}");
-    ensure!(saga_record.tenant_id.as_deref() == Some("acme"), "saga carries the tenant");
-    let again = store.tenant_create(tenant("acme", 2), tenant_saga("acme", 2)).await;
-    ensure!(matches!(again, Err(StoreError::Conflict(_))), "duplicate id: {again:?}");
-    let sagas = db(store.saga_list(&SagaFilter { limit: 10, ..Default::default() }).await)?;
-    ensure!(sagas.len() == 1, "a refused tenant starts no saga ({} sagas)", sagas.len());
-    ensure!(matches!(store.tenant_get("nope").await, Err(StoreError::NotFound)), "unknown tenant");
-    db(store.tenant_create(tenant("beta", 3), tenant_saga("beta", 3)).await)?;
-    let page = db(store.tenant_list(&crate::TenantFilter { limit: 1, ..Default::default() }).await)?;
-    ensure!(page.len() == 1 && page[0].id == "acme", "first page: {page:?}");
-    let next = db(store
-        .tenant_list(&crate::TenantFilter { limit: 10, after_id: Some("acme".into()), ..Default::default() })
-        .await)?;
-    ensure!(next.len() == 1 && next[0].id == "beta", "second page: {next:?}");
-    // Illegal source: refused, nothing written, no saga started.
-    let refused = store
-        .tenant_transition(crate::TenantTransition {
-            id: "acme".into(),
-            to: TenantStatus::Suspended,
-            from: vec![TenantStatus::Active],
-            error: None,
-            saga: Some(tenant_saga("acme", 4)),
-            now_ms: 4,
-        })
-        .await;
-    ensure!(matches!(refused, Err(StoreError::Conflict(_))), "from PROVISIONING to SUSPENDED: {refused:?}");
-    let sagas = db(store.saga_list(&SagaFilter { limit: 10, ..Default::default() }).await)?;
-    ensure!(sagas.len() == 2, "the refused transition started no saga");
-    let saga = tenant_saga("acme", 5);
-    let deprovision_id = saga.id;
-    let (moved, started) = db(store
-        .tenant_transition(crate::TenantTransition {
-            id: "acme".into(),
-            to: TenantStatus::Deprovisioning,
-            from: TenantStatus::sources_of(TenantStatus::Deprovisioning),
-            error: None,
-            saga: Some(saga),
-            now_ms: 5,
-        })
-        .await)?;
-    ensure!(moved.status == TenantStatus::Deprovisioning, "moved: {moved:?}");
-    ensure!(moved.saga_id == Some(deprovision_id) && started.map(|s| s.id) == Some(deprovision_id), "saga linked");
-    let patched = db(store
-        .tenant_patch("beta", &crate::TenantPatch { name: Some("Beta".into()), ..Default::default() }, 6)
-        .await)?;
-    ensure!(patched.name == "Beta" && patched.domains == json!(["a.example.com"]), "patch: {patched:?}");
-    Ok(())
-}
-
-async fn an_operator_update_changes_its_tenant_with_it_or_not_at_all(store: Arc<dyn Store>) -> CheckResult {
-    use saga_core::tenant::TenantStatus;
-    let (_, saga) = db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0)).await)?;
-    let mut state = saga.state.clone();
-    state.status = SagaStatus::Executing;
-    let update = |from: Vec<TenantStatus>| SagaOperatorUpdate {
-        id: saga.id,
-        tenant_id: Some("acme".into()),
-        expected_status: SagaStatus::Pending,
-        state: state.clone(),
-        events: vec![HistoryEvent::new("saga_retried", None, None, json!(null), 5)],
-        tenant_change: Some(crate::TenantChange {
-            tenant_id: "acme".into(),
-            to: TenantStatus::Migrating,
-            from,
-            error: None,
-            storage: None,
-            migrations: None,
-        }),
-        now_ms: 5,
-    };
-    let events_before = db(store.saga_events(saga.id, 0, 10).await)?.len();
-    // The tenant is PROVISIONING, not SUSPENDED: neither the saga nor the tenant changes.
-    let refused = store.saga_operator_update(update(vec![TenantStatus::Suspended])).await;
-    ensure!(matches!(refused, Err(StoreError::Conflict(_))), "tenant in another status: {refused:?}");
-    let unchanged = db(store.saga_get(saga.id).await)?;
-    ensure!(unchanged.status == SagaStatus::Pending, "the saga was written: {unchanged:?}");
-    ensure!(db(store.saga_events(saga.id, 0, 10).await)?.len() == events_before, "history was written");
-    ensure!(db(store.tenant_get("acme").await)?.status == TenantStatus::Provisioning, "tenant moved");
-    let updated = db(store.saga_operator_update(update(TenantStatus::sources_of(TenantStatus::Migrating))).await)?;
-    ensure!(updated.status == SagaStatus::Executing, "saga updated: {updated:?}");
-    let moved = db(store.tenant_get("acme").await)?;
-    ensure!(moved.status == TenantStatus::Migrating && moved.updated_at_ms == 5, "tenant moved with it: {moved:?}");
-    Ok(())
-}
-
-async fn tenant_changes_commit_with_the_transition_or_not_at_all(store: Arc<dyn Store>) -> CheckResult {
-    use saga_core::tenant::TenantStatus;
-    let (_, saga) = db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0)).await)?;
-    let claimed = claim_one(store.as_ref(), 0).await?;
-    ensure!(claimed.record.id == saga.id, "claimed the tenant's saga");
-    let change = |to: TenantStatus| crate::TenantChange {
-        tenant_id: "acme".into(),
-        to,
-        from: TenantStatus::sources_of(to),
-        error: None,
-        storage: Some(json!({"backend": "postgres", "location": "schema tenant_acme"})),
-        migrations: None,
-    };
-    // A fenced (stale) commit changes nothing, tenant included.
-    let mut stale = commit(saga.id, claimed.record.fencing_token - 1, claimed.record.state.clone(), 1, vec![]);
-    stale.tenant_change = Some(change(TenantStatus::Migrating));
-    ensure!(db(store.saga_commit_batch(&[stale]).await)? == vec![CommitOutcome::Fenced], "stale commit");
-    ensure!(db(store.tenant_get("acme").await)?.status == TenantStatus::Provisioning, "fenced commit moved the tenant");
-    let mut good = commit(saga.id, claimed.record.fencing_token, claimed.record.state.clone(), 2, vec![]);
-    good.tenant_change = Some(change(TenantStatus::Migrating));
-    ensure!(db(store.saga_commit_batch(&[good]).await)? == vec![CommitOutcome::Committed], "commit");
-    let tenant = db(store.tenant_get("acme").await)?;
-    ensure!(tenant.status == TenantStatus::Migrating, "status: {:?}", tenant.status);
-    ensure!(tenant.storage["location"] == "schema tenant_acme", "storage: {:?}", tenant.storage);
-    // A change whose source does not match is skipped, while the saga transition commits.
-    let mut illegal = commit(saga.id, claimed.record.fencing_token, claimed.record.state.clone(), 3, vec![]);
-    illegal.tenant_change = Some(change(TenantStatus::Deleted));
-    ensure!(db(store.saga_commit_batch(&[illegal]).await)? == vec![CommitOutcome::Committed], "commit");
-    ensure!(db(store.tenant_get("acme").await)?.status == TenantStatus::Migrating, "MIGRATING may not become DELETED");
-    Ok(())
-}
-
-async fn tenant_keys_users_and_webhook_receipts(store: Arc<dyn Store>) -> CheckResult {
-    let key = crate::TenantKeyRecord {
-        id: Uuid::now_v7(),
-        tenant_id: "acme".into(),
-        name: "ci".into(),
-        created_at_ms: 1,
-        revoked_at_ms: None,
-    };
-    db(store.tenant_key_create(&key, "hash-1").await)?;
-    let found = db(store.tenant_key_by_hash("hash-1").await)?.ok_or("key not found by hash")?;
-    ensure!(found.tenant_id == "acme" && found.id == key.id, "found: {found:?}");
-    ensure!(db(store.tenant_key_by_hash("hash-2").await)?.is_none(), "unknown hash");
-    ensure!(matches!(store.tenant_key_revoke("other", key.id, 2).await, Err(StoreError::NotFound)), "other tenant");
-    db(store.tenant_key_revoke("acme", key.id, 2).await)?;
-    ensure!(db(store.tenant_key_by_hash("hash-1").await)?.is_none(), "revoked key still found");
-    let second = crate::TenantKeyRecord { id: Uuid::now_v7(), ..key.clone() };
-    db(store.tenant_key_create(&second, "hash-3").await)?;
-    ensure!(db(store.tenant_keys_revoke_all("acme", 3).await)? == 1, "revoke all");
-    let user = crate::TenantUserRecord {
-        id: Uuid::now_v7(),
-        tenant_id: "acme".into(),
-        email: "a@acme.io".into(),
-        name: "A".into(),
-        role: "admin".into(),
-        created_at_ms: 1,
-        updated_at_ms: 1,
-    };
-    db(store.tenant_user_create(&user).await)?;
-    let twin = crate::TenantUserRecord { id: Uuid::now_v7(), ..user.clone() };
-    ensure!(matches!(store.tenant_user_create(&twin).await, Err(StoreError::Conflict(_))), "same email");
-    let renamed = crate::TenantUserRecord { name: "Ann".into(), ..user.clone() };
-    db(store.tenant_user_update(&renamed).await)?;
-    let users = db(store.tenant_user_list("acme").await)?;
-    ensure!(users.len() == 1 && users[0].name == "Ann", "users: {users:?}");
-    db(store.tenant_user_delete("acme", user.id).await)?;
-    ensure!(matches!(store.tenant_user_delete("acme", user.id).await, Err(StoreError::NotFound)), "deleted twice");
-    ensure!(db(store.webhook_claim("crm", "m1", 1).await)? == crate::WebhookClaim::New, "first claim");
-    ensure!(db(store.webhook_claim("crm", "m1", 2).await)? == crate::WebhookClaim::Seen(None), "in progress");
-    db(store.webhook_complete("crm", "m1", &json!({"ok": 1})).await)?;
-    ensure!(
-        db(store.webhook_claim("crm", "m1", 3).await)? == crate::WebhookClaim::Seen(Some(json!({"ok": 1}))),
-        "seen"
-    );
-    ensure!(db(store.webhook_claim("crm", "m2", 4).await)? == crate::WebhookClaim::New, "another id");
-    db(store.webhook_release("crm", "m2").await)?;
-    ensure!(db(store.webhook_claim("crm", "m2", 5).await)? == crate::WebhookClaim::New, "released, claimable again");
-    ensure!(db(store.webhook_claim("other", "m1", 6).await)? == crate::WebhookClaim::New, "ids are per source");
     Ok(())
 }

@@ -1,91 +1,22 @@
-//! Group commit for saga creation: concurrent `saga_create` calls are written as one multi-row
-//! statement (one round trip, one transaction, one WAL flush), the way the runtime's committer
-//! batches step transitions. Measured on saga3, creates were one transaction per saga while
-//! the steps of ~28 sagas shared one; see docs/benchmarks.md.
+//! Saga inserts as one multi-row statement (one round trip, one transaction, one WAL flush) for
+//! a whole batch of creates ([`saga_store::SagaCreates`] gathers them). Measured on saga3,
+//! creates were one transaction per saga while the steps of ~28 sagas shared one; see
+//! docs/benchmarks.md.
 //!
 //! Semantics are exactly those of one `INSERT` per saga: a saga whose idempotency key is taken
 //! (by an earlier saga or by another one in the same batch) or whose definition version is no
-//! longer the latest is not inserted and its caller falls back to the same lookups as before.
-//! When idle a lone create is written at once. If the batch statement fails (nothing of it is
-//! committed: it is one statement), each create is retried on its own so one bad row cannot
-//! fail its neighbours.
+//! longer the latest is not inserted (no row comes back for it).
 
 use std::collections::HashMap;
 
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::Row;
 use uuid::Uuid;
 
+use saga_store::creates::check;
 use saga_store::{SagaCreate, StoreError, StoreResult};
 
 use crate::rows::SAGA_COLUMNS;
-
-/// The most creates one statement carries.
-pub const CREATE_BATCH_MAX: usize = 256;
-/// How many creates may wait for the writer before callers block.
-const CREATE_QUEUE_MAX: usize = 4096;
-
-type Reply = oneshot::Sender<StoreResult<Option<PgRow>>>;
-
-/// A handle that writes creates in batches.
-#[derive(Clone)]
-pub struct Creator {
-    sender: mpsc::Sender<(SagaCreate, Reply)>,
-}
-
-impl Creator {
-    /// Starts the writer task; it ends when every handle is dropped.
-    pub fn start(pool: PgPool) -> (Creator, tokio::task::JoinHandle<()>) {
-        let (sender, receiver) = mpsc::channel(CREATE_QUEUE_MAX);
-        (Creator { sender }, tokio::spawn(run(pool, receiver)))
-    }
-
-    /// Inserts the saga with whatever else is queued; `None` when it was not inserted (its
-    /// idempotency key is taken, or `require_latest` and the version moved).
-    pub async fn create(&self, params: SagaCreate) -> StoreResult<Option<PgRow>> {
-        check(&params)?;
-        let (reply, answer) = oneshot::channel();
-        self.sender.send((params, reply)).await.map_err(|_| StoreError::Backend("the create writer stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Backend("the create writer dropped a create".into()))?
-    }
-}
-
-/// What a create may not combine, refused before it is queued.
-pub fn check(params: &SagaCreate) -> StoreResult<()> {
-    if params.concurrency.is_some() && params.lease.is_some() {
-        return Err(StoreError::Conflict(
-            "a saga with a concurrency key waits for admission; it cannot be created leased".into(),
-        ));
-    }
-    Ok(())
-}
-
-async fn run(pool: PgPool, mut receiver: mpsc::Receiver<(SagaCreate, Reply)>) {
-    while let Some(batch) = saga_store::next_batch(&mut receiver, CREATE_BATCH_MAX).await {
-        let (creates, replies): (Vec<SagaCreate>, Vec<Reply>) = batch.into_iter().unzip();
-        let all: Vec<&SagaCreate> = creates.iter().collect();
-        match insert(&pool, &all).await {
-            Ok(mut rows) => {
-                for (create, reply) in creates.iter().zip(replies) {
-                    let _ = reply.send(Ok(rows.remove(&create.id)));
-                }
-            }
-            Err(e) if creates.len() == 1 => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(e));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, batch = creates.len(), "batched create failed; writing each on its own");
-                for (create, reply) in creates.iter().zip(replies) {
-                    let single = insert(&pool, &[create]).await;
-                    let _ = reply.send(single.map(|mut rows| rows.remove(&create.id)));
-                }
-            }
-        }
-    }
-}
 
 /// Columns of the creates, as parallel arrays for one `UNNEST`.
 #[derive(Default)]

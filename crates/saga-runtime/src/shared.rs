@@ -1,0 +1,65 @@
+//! What the claim loop, the heartbeat and the drivers of one instance share: the store, the
+//! clock, the executors, the committer, the leases held, the local retry timers.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::SmallRng;
+use rand::Rng;
+use saga_store::EngineStore;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::committer::Committer;
+use crate::definitions::DefinitionCache;
+use crate::executor::Executors;
+use crate::hub::TerminalHub;
+use crate::instance::InstanceConfig;
+
+/// A lease this instance holds, shared with its driver.
+pub(crate) struct HeldLease {
+    pub fencing_token: i64,
+    pub lost: Arc<AtomicBool>,
+}
+
+/// State shared by the claim loop, the heartbeat and the drivers.
+pub(crate) struct Shared {
+    pub store: Arc<dyn EngineStore>,
+    pub clock: Arc<dyn Clock>,
+    pub executors: Executors,
+    pub config: InstanceConfig,
+    pub hub: TerminalHub,
+    pub committer: Committer,
+    pub held: Mutex<HashMap<Uuid, HeldLease>>,
+    pub definitions: Arc<DefinitionCache>,
+    pub timers: Mutex<BinaryHeap<Reverse<i64>>>,
+    pub wake: Notify,
+    pub rng: Mutex<SmallRng>,
+    pub shutting_down: Arc<AtomicBool>,
+    pub hook: Option<Arc<dyn crate::hook::TransitionHook>>,
+}
+
+impl Shared {
+    pub fn jitter_sample(&self) -> f64 {
+        match self.rng.lock() {
+            Ok(mut rng) => rng.random::<f64>(),
+            Err(_) => 0.5,
+        }
+    }
+
+    pub fn schedule_wake(&self, at_ms: i64) {
+        if let Ok(mut timers) = self.timers.lock() {
+            timers.push(Reverse(at_ms));
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn forget_lease(&self, id: Uuid) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&id);
+        }
+    }
+}

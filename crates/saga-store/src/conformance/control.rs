@@ -1,0 +1,209 @@
+//! Checks of the control plane's store: tenants created with their saga, status changes that
+//! commit with the saga's transition or not at all, keys, users and webhook receipts.
+
+use std::sync::Arc;
+
+use saga_core::{HistoryEvent, SagaStatus};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::engine::{claim_one, commit, create_params};
+use super::{db, ensure, CheckResult};
+use crate::{CommitOutcome, SagaCreate, SagaFilter, SagaOperatorUpdate, Store, StoreError};
+
+fn tenant(id: &str, now_ms: i64) -> crate::TenantRecord {
+    use saga_core::tenant::{SlaTier, StorageMode, TenantStatus, Tier};
+    crate::TenantRecord {
+        id: id.into(),
+        name: format!("Tenant {id}"),
+        tier: Tier::Bridge,
+        storage_mode: StorageMode::Schema,
+        sla_tier: SlaTier::Standard,
+        status: TenantStatus::Provisioning,
+        domains: json!(["a.example.com"]),
+        contacts: json!([]),
+        metadata: json!({"plan": "x"}),
+        storage: serde_json::Value::Null,
+        migrations: json!([]),
+        saga_id: None,
+        error: None,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    }
+}
+
+fn tenant_saga(id: &str, now_ms: i64) -> SagaCreate {
+    SagaCreate { tenant_id: Some(id.into()), ..create_params(now_ms) }
+}
+
+pub async fn tenants_are_created_with_their_saga_and_change_status_conditionally(store: Arc<dyn Store>) -> CheckResult {
+    use saga_core::tenant::TenantStatus;
+    let saga = tenant_saga("acme", 1);
+    let saga_id = saga.id;
+    let (created, saga_record) = db(store.tenant_create(tenant("acme", 1), saga).await)?;
+    ensure!(created.saga_id == Some(saga_id) && saga_record.id == saga_id, "saga linked: {created:?}");
+    ensure!(saga_record.tenant_id.as_deref() == Some("acme"), "saga carries the tenant");
+    let again = store.tenant_create(tenant("acme", 2), tenant_saga("acme", 2)).await;
+    ensure!(matches!(again, Err(StoreError::Conflict(_))), "duplicate id: {again:?}");
+    let sagas = db(store.saga_list(&SagaFilter { limit: 10, ..Default::default() }).await)?;
+    ensure!(sagas.len() == 1, "a refused tenant starts no saga ({} sagas)", sagas.len());
+    ensure!(matches!(store.tenant_get("nope").await, Err(StoreError::NotFound)), "unknown tenant");
+    db(store.tenant_create(tenant("beta", 3), tenant_saga("beta", 3)).await)?;
+    let page = db(store.tenant_list(&crate::TenantFilter { limit: 1, ..Default::default() }).await)?;
+    ensure!(page.len() == 1 && page[0].id == "acme", "first page: {page:?}");
+    let next = db(store
+        .tenant_list(&crate::TenantFilter { limit: 10, after_id: Some("acme".into()), ..Default::default() })
+        .await)?;
+    ensure!(next.len() == 1 && next[0].id == "beta", "second page: {next:?}");
+    // Illegal source: refused, nothing written, no saga started.
+    let refused = store
+        .tenant_transition(crate::TenantTransition {
+            id: "acme".into(),
+            to: TenantStatus::Suspended,
+            from: vec![TenantStatus::Active],
+            error: None,
+            saga: Some(tenant_saga("acme", 4)),
+            now_ms: 4,
+        })
+        .await;
+    ensure!(matches!(refused, Err(StoreError::Conflict(_))), "from PROVISIONING to SUSPENDED: {refused:?}");
+    let sagas = db(store.saga_list(&SagaFilter { limit: 10, ..Default::default() }).await)?;
+    ensure!(sagas.len() == 2, "the refused transition started no saga");
+    let saga = tenant_saga("acme", 5);
+    let deprovision_id = saga.id;
+    let (moved, started) = db(store
+        .tenant_transition(crate::TenantTransition {
+            id: "acme".into(),
+            to: TenantStatus::Deprovisioning,
+            from: TenantStatus::sources_of(TenantStatus::Deprovisioning),
+            error: None,
+            saga: Some(saga),
+            now_ms: 5,
+        })
+        .await)?;
+    ensure!(moved.status == TenantStatus::Deprovisioning, "moved: {moved:?}");
+    ensure!(moved.saga_id == Some(deprovision_id) && started.map(|s| s.id) == Some(deprovision_id), "saga linked");
+    let patched = db(store
+        .tenant_patch("beta", &crate::TenantPatch { name: Some("Beta".into()), ..Default::default() }, 6)
+        .await)?;
+    ensure!(patched.name == "Beta" && patched.domains == json!(["a.example.com"]), "patch: {patched:?}");
+    Ok(())
+}
+
+pub async fn an_operator_update_changes_its_tenant_with_it_or_not_at_all(store: Arc<dyn Store>) -> CheckResult {
+    use saga_core::tenant::TenantStatus;
+    let (_, saga) = db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0)).await)?;
+    let mut state = saga.state.clone();
+    state.status = SagaStatus::Executing;
+    let update = |from: Vec<TenantStatus>| SagaOperatorUpdate {
+        id: saga.id,
+        tenant_id: Some("acme".into()),
+        expected_status: SagaStatus::Pending,
+        state: state.clone(),
+        events: vec![HistoryEvent::new("saga_retried", None, None, json!(null), 5)],
+        tenant_change: Some(crate::TenantChange {
+            tenant_id: "acme".into(),
+            to: TenantStatus::Migrating,
+            from,
+            error: None,
+            storage: None,
+            migrations: None,
+        }),
+        now_ms: 5,
+    };
+    let events_before = db(store.saga_events(saga.id, 0, 10).await)?.len();
+    // The tenant is PROVISIONING, not SUSPENDED: neither the saga nor the tenant changes.
+    let refused = store.saga_operator_update(update(vec![TenantStatus::Suspended])).await;
+    ensure!(matches!(refused, Err(StoreError::Conflict(_))), "tenant in another status: {refused:?}");
+    let unchanged = db(store.saga_get(saga.id).await)?;
+    ensure!(unchanged.status == SagaStatus::Pending, "the saga was written: {unchanged:?}");
+    ensure!(db(store.saga_events(saga.id, 0, 10).await)?.len() == events_before, "history was written");
+    ensure!(db(store.tenant_get("acme").await)?.status == TenantStatus::Provisioning, "tenant moved");
+    let updated = db(store.saga_operator_update(update(TenantStatus::sources_of(TenantStatus::Migrating))).await)?;
+    ensure!(updated.status == SagaStatus::Executing, "saga updated: {updated:?}");
+    let moved = db(store.tenant_get("acme").await)?;
+    ensure!(moved.status == TenantStatus::Migrating && moved.updated_at_ms == 5, "tenant moved with it: {moved:?}");
+    Ok(())
+}
+
+pub async fn tenant_changes_commit_with_the_transition_or_not_at_all(store: Arc<dyn Store>) -> CheckResult {
+    use saga_core::tenant::TenantStatus;
+    let (_, saga) = db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0)).await)?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    ensure!(claimed.record.id == saga.id, "claimed the tenant's saga");
+    let change = |to: TenantStatus| crate::TenantChange {
+        tenant_id: "acme".into(),
+        to,
+        from: TenantStatus::sources_of(to),
+        error: None,
+        storage: Some(json!({"backend": "postgres", "location": "schema tenant_acme"})),
+        migrations: None,
+    };
+    // A fenced (stale) commit changes nothing, tenant included.
+    let mut stale = commit(saga.id, claimed.record.fencing_token - 1, claimed.record.state.clone(), 1, vec![]);
+    stale.tenant_change = Some(change(TenantStatus::Migrating));
+    ensure!(db(store.saga_commit_batch(&[stale]).await)? == vec![CommitOutcome::Fenced], "stale commit");
+    ensure!(db(store.tenant_get("acme").await)?.status == TenantStatus::Provisioning, "fenced commit moved the tenant");
+    let mut good = commit(saga.id, claimed.record.fencing_token, claimed.record.state.clone(), 2, vec![]);
+    good.tenant_change = Some(change(TenantStatus::Migrating));
+    ensure!(db(store.saga_commit_batch(&[good]).await)? == vec![CommitOutcome::Committed], "commit");
+    let tenant = db(store.tenant_get("acme").await)?;
+    ensure!(tenant.status == TenantStatus::Migrating, "status: {:?}", tenant.status);
+    ensure!(tenant.storage["location"] == "schema tenant_acme", "storage: {:?}", tenant.storage);
+    // A change whose source does not match is skipped, while the saga transition commits.
+    let mut illegal = commit(saga.id, claimed.record.fencing_token, claimed.record.state.clone(), 3, vec![]);
+    illegal.tenant_change = Some(change(TenantStatus::Deleted));
+    ensure!(db(store.saga_commit_batch(&[illegal]).await)? == vec![CommitOutcome::Committed], "commit");
+    ensure!(db(store.tenant_get("acme").await)?.status == TenantStatus::Migrating, "MIGRATING may not become DELETED");
+    Ok(())
+}
+
+pub async fn tenant_keys_users_and_webhook_receipts(store: Arc<dyn Store>) -> CheckResult {
+    let key = crate::TenantKeyRecord {
+        id: Uuid::now_v7(),
+        tenant_id: "acme".into(),
+        name: "ci".into(),
+        created_at_ms: 1,
+        revoked_at_ms: None,
+    };
+    db(store.tenant_key_create(&key, "hash-1").await)?;
+    let found = db(store.tenant_key_by_hash("hash-1").await)?.ok_or("key not found by hash")?;
+    ensure!(found.tenant_id == "acme" && found.id == key.id, "found: {found:?}");
+    ensure!(db(store.tenant_key_by_hash("hash-2").await)?.is_none(), "unknown hash");
+    ensure!(matches!(store.tenant_key_revoke("other", key.id, 2).await, Err(StoreError::NotFound)), "other tenant");
+    db(store.tenant_key_revoke("acme", key.id, 2).await)?;
+    ensure!(db(store.tenant_key_by_hash("hash-1").await)?.is_none(), "revoked key still found");
+    let second = crate::TenantKeyRecord { id: Uuid::now_v7(), ..key.clone() };
+    db(store.tenant_key_create(&second, "hash-3").await)?;
+    ensure!(db(store.tenant_keys_revoke_all("acme", 3).await)? == 1, "revoke all");
+    let user = crate::TenantUserRecord {
+        id: Uuid::now_v7(),
+        tenant_id: "acme".into(),
+        email: "a@acme.io".into(),
+        name: "A".into(),
+        role: "admin".into(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    db(store.tenant_user_create(&user).await)?;
+    let twin = crate::TenantUserRecord { id: Uuid::now_v7(), ..user.clone() };
+    ensure!(matches!(store.tenant_user_create(&twin).await, Err(StoreError::Conflict(_))), "same email");
+    let renamed = crate::TenantUserRecord { name: "Ann".into(), ..user.clone() };
+    db(store.tenant_user_update(&renamed).await)?;
+    let users = db(store.tenant_user_list("acme").await)?;
+    ensure!(users.len() == 1 && users[0].name == "Ann", "users: {users:?}");
+    db(store.tenant_user_delete("acme", user.id).await)?;
+    ensure!(matches!(store.tenant_user_delete("acme", user.id).await, Err(StoreError::NotFound)), "deleted twice");
+    ensure!(db(store.webhook_claim("crm", "m1", 1).await)? == crate::WebhookClaim::New, "first claim");
+    ensure!(db(store.webhook_claim("crm", "m1", 2).await)? == crate::WebhookClaim::Seen(None), "in progress");
+    db(store.webhook_complete("crm", "m1", &json!({"ok": 1})).await)?;
+    ensure!(
+        db(store.webhook_claim("crm", "m1", 3).await)? == crate::WebhookClaim::Seen(Some(json!({"ok": 1}))),
+        "seen"
+    );
+    ensure!(db(store.webhook_claim("crm", "m2", 4).await)? == crate::WebhookClaim::New, "another id");
+    db(store.webhook_release("crm", "m2").await)?;
+    ensure!(db(store.webhook_claim("crm", "m2", 5).await)? == crate::WebhookClaim::New, "released, claimable again");
+    ensure!(db(store.webhook_claim("other", "m1", 6).await)? == crate::WebhookClaim::New, "ids are per source");
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The conformance suites every backend runs (River's `riverdrivertest` idea): the same checks
+//! against a fresh, migrated store each time, each check its own test so one failure hides no
+//! other and one check runs alone by name (`cargo nextest run -E 'test(claim_sets_lease)'`).
+//!
+//! A backend's integration tests instantiate them with a factory for fresh stores:
+//! `saga_store::store_conformance!(fresh_store);` makes the module `store_conformance` with one
+//! test per check of [`engine`] and [`control`]; `saga_store::tenant_storage_conformance!(fresh,
+//! schema: Schema, …)` makes `tenant_storage_conformance::<mode>::<check>` for
+//! each storage mode the backend offers (see [`tenant_storage`]).
+
+pub mod control;
+pub mod engine;
+pub mod tenant_storage;
+
+pub use control::*;
+pub use engine::*;
+
+/// A failed conformance check.
+pub type CheckResult = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            return Err(format!($($arg)*));
+        }
+    };
+}
+pub(crate) use ensure;
+
+pub(crate) fn db<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T, String> {
+    result.map_err(|e| format!("store error: {e}"))
+}
+
+/// One test per [`crate::Store`] check, in a module `store_conformance`; `$fresh` is an async
+/// fn in the calling module returning a fresh, migrated `Arc<dyn Store>`.
+#[macro_export]
+macro_rules! store_conformance {
+    ($fresh:ident) => {
+        $crate::store_conformance!(@tests $fresh;
+            migrations_are_idempotent,
+            definitions_version_on_change_only,
+            sagas_create_idempotently,
+            create_for_latest_refuses_a_moved_version,
+            create_with_a_lease_is_claimed_already,
+            concurrent_creates_with_one_key_make_one_saga,
+            concurrent_mixed_creates_each_get_their_own_outcome,
+            claim_sets_lease_and_bumps_token,
+            stale_token_write_is_rejected,
+            expired_lease_is_claimable,
+            concurrent_claimers_never_share_a_saga,
+            commits_append_history_and_schedule,
+            heartbeat_renews_and_reports_lost_leases,
+            released_lease_is_claimable_at_once,
+            list_filters_and_pages,
+            operator_update_is_conditional,
+            cancel_request_stops_unacknowledged_commits,
+            cancel_request_wakes_a_parked_saga_and_refuses_terminal,
+            signals_are_buffered_in_order_and_wake,
+            a_delivery_during_a_lease_makes_the_parked_saga_due,
+            callbacks_complete_once_and_heartbeats_extend,
+            admission_never_exceeds_the_key_limit,
+            priority_goes_first_but_old_work_is_not_starved,
+            tenants_are_created_with_their_saga_and_change_status_conditionally,
+            tenant_changes_commit_with_the_transition_or_not_at_all,
+            an_operator_update_changes_its_tenant_with_it_or_not_at_all,
+            tenant_keys_users_and_webhook_receipts,
+        );
+    };
+    (@tests $fresh:ident; $($check:ident),* $(,)?) => {
+        mod store_conformance {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let store = super::$fresh().await;
+                    if let Err(failure) = $crate::conformance::$check(store).await {
+                        panic!("{}: {failure}", stringify!($check));
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// One test per [`crate::tenant_storage::TenantStorage`] check and storage mode, in modules
+/// `tenant_storage_conformance::<mode>`; `$fresh` is an async fn in the calling module returning
+/// a fresh `Arc<dyn TenantStorage>`. Name every mode the backend offers.
+#[macro_export]
+macro_rules! tenant_storage_conformance {
+    ($fresh:ident, $($mode_name:ident: $variant:ident),+ $(,)?) => {
+        mod tenant_storage_conformance {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn modes_it_does_not_offer_are_refused() {
+                let offered = [$($crate::tenant_storage::StorageMode::$variant),+];
+                let storage = super::$fresh().await;
+                if let Err(failure) =
+                    $crate::conformance::tenant_storage::modes_it_does_not_offer_are_refused(storage, &offered).await
+                {
+                    panic!("modes_it_does_not_offer_are_refused: {failure}");
+                }
+            }
+            $(
+                $crate::tenant_storage_conformance!(@mode $fresh, $mode_name, $crate::tenant_storage::StorageMode::$variant;
+                    storage_is_made_once_and_dropped_idempotently,
+                    migrations_apply_in_order_and_are_recorded_once,
+                    an_edited_migration_is_refused,
+                    a_failed_migration_keeps_nothing_and_can_be_retried,
+                    access_can_be_stopped_and_restored,
+                );
+            )+
+        }
+    };
+    (@mode $fresh:ident, $mode_name:ident, $mode:expr; $($check:ident),* $(,)?) => {
+        mod $mode_name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let storage = super::super::$fresh().await;
+                    if let Err(failure) = $crate::conformance::tenant_storage::$check(storage, $mode).await {
+                        panic!("{}: {failure}", stringify!($check));
+                    }
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,168 @@
+//! What every route file shares: ids and bodies parsed the same way, load-or-404, the query
+//! rules (`?limit=`), the `{items, next_cursor}` page envelope, the Idempotency-Key header, a
+//! saga's definition, and an operator's retry of a saga (used by the saga and tenant routes).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::Json;
+use saga_core::{Definition, SagaStatus};
+use saga_runtime::DefinitionError;
+use saga_store::{SagaOperatorUpdate, SagaRecord, StoreError};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::error::{body_rejection, ApiError};
+use crate::state::AppState;
+
+/// The request's content type, lowercased, without parameters.
+pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+/// The largest `?limit=` accepted (anything above `LIST_LIMIT_MAX` is capped to it).
+pub(crate) const QUERY_LIMIT_MAX: u64 = i32::MAX as u64;
+
+/// `?limit=`: an integer from 1 to [`QUERY_LIMIT_MAX`] (values above 500 are capped at 500), as
+/// the OpenAPI document says.
+pub(crate) fn query_limit(text: Option<&String>) -> Result<Option<u32>, crate::error::ApiError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    match text.parse::<u64>() {
+        Ok(n) if (1..=QUERY_LIMIT_MAX).contains(&n) => Ok(Some(n.min(u64::from(saga_store::LIST_LIMIT_MAX)) as u32)),
+        _ => Err(crate::error::ApiError::BadRequest(format!(
+            "invalid query: limit must be an integer from 1 to {QUERY_LIMIT_MAX} (values above {} are capped)",
+            saga_store::LIST_LIMIT_MAX
+        ))),
+    }
+}
+
+/// A JSON number that is an integer, written `3` or `3.0` (JSON Schema's `integer` admits both).
+pub(crate) fn json_integer(value: &serde_json::Value) -> Option<i64> {
+    value.as_i64().or_else(|| {
+        value.as_f64().filter(|f| f.fract() == 0.0 && (i64::MIN as f64..=i64::MAX as f64).contains(f)).map(|f| f as i64)
+    })
+}
+
+/// One page of a list: `{items, next_cursor}` (API.md §2); `next_cursor` is null on the last page.
+pub(crate) fn page(items: Vec<Value>, next_cursor: Option<String>) -> Json<Value> {
+    Json(json!({"items": items, "next_cursor": next_cursor}))
+}
+
+/// A page of `records` fetched with `limit`: a full page may have a successor, whose cursor is
+/// the last record's.
+pub(crate) fn page_of<T>(
+    records: &[T],
+    limit: u32,
+    view: impl Fn(&T) -> Value,
+    cursor: impl Fn(&T) -> String,
+) -> Json<Value> {
+    let next_cursor = if records.len() == limit as usize { records.last().map(cursor) } else { None };
+    page(records.iter().map(view).collect(), next_cursor)
+}
+
+pub(crate) fn query_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(format!("invalid query: {e}"))
+}
+
+pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("saga {text:?} does not exist (not a UUID)")))
+}
+
+pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<SagaRecord, ApiError> {
+    match state.store.saga_get(id).await {
+        Ok(record) => Ok(record),
+        Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("saga {id} does not exist"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`load`], as 404 when a tenant key asks for another tenant's saga.
+pub(crate) async fn load_visible(state: &AppState, principal: &Principal, id: Uuid) -> Result<SagaRecord, ApiError> {
+    let record = load(state, id).await?;
+    if !principal.sees_saga(record.tenant_id.as_deref()) {
+        return Err(ApiError::NotFound(format!("saga {id} does not exist")));
+    }
+    Ok(record)
+}
+
+/// The validated definition of `(name, version)` (latest when `version` is None).
+pub(crate) async fn definition(
+    state: &AppState,
+    name: &str,
+    version: Option<i32>,
+) -> Result<(i32, Arc<Definition>), ApiError> {
+    state.definitions.get(name, version).await.map_err(|e| match e {
+        DefinitionError::NotFound { version: Some(v), .. } => {
+            ApiError::field("/version", format!("definition {name:?} has no version {v}"))
+        }
+        DefinitionError::NotFound { version: None, .. } => {
+            ApiError::field("/definition", format!("definition {name:?} does not exist"))
+        }
+        DefinitionError::Invalid { .. } => ApiError::Internal(e.to_string()),
+        DefinitionError::Store(e) => e.into(),
+    })
+}
+
+/// The longest `Idempotency-Key` accepted.
+pub const IDEMPOTENCY_KEY_MAX_CHARS: usize = 255;
+
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| key.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::BadRequest("Idempotency-Key must be visible ASCII, without spaces".into()))?;
+    if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_MAX_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} characters"
+        )));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// An operator's retry of a `FAILED` saga, with the tenant change it causes (a tenant saga's
+/// retry moves its tenant back to `MIGRATING`) in the same transaction.
+pub(crate) async fn operator_retry(state: &AppState, record: &SagaRecord) -> Result<SagaRecord, ApiError> {
+    let (_, definition) = definition(state, &record.definition, Some(record.version)).await?;
+    let mut saga_state = record.state.clone();
+    let now_ms = state.clock.now_ms();
+    let transition =
+        saga_state.retry_by_operator(&definition, now_ms).map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let tenant_change =
+        state.hook.as_ref().and_then(|hook| hook.tenant_change(record, &definition, &saga_state, &transition.events));
+    let updated = state
+        .store
+        .saga_operator_update(SagaOperatorUpdate {
+            id: record.id,
+            tenant_id: record.tenant_id.clone(),
+            expected_status: SagaStatus::Failed,
+            state: saga_state,
+            events: transition.events,
+            tenant_change,
+            now_ms,
+        })
+        .await?;
+    if updated.status.is_terminal() {
+        state.hub.publish(updated.clone());
+    }
+    Ok(updated)
+}
+
+pub(crate) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = body.map_err(body_rejection)?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+pub(crate) fn parse_uuid(text: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("{what} {text:?} does not exist")))
+}

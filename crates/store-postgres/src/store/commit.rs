@@ -1,0 +1,293 @@
+//! Drivers' transitions: a batch is one transaction of two statements — a fenced
+//! `UPDATE … FROM UNNEST` of the sagas (with any tenant change they cause) and one multi-row
+//! history `INSERT`.
+
+use saga_core::HistoryEvent;
+use saga_store::{CommitOutcome, SagaCommit, StoreResult, TenantChange};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::PostgresStore;
+use crate::rows::{db, json_text};
+
+/// Columns of pending history rows, as parallel arrays for one `UNNEST` insert.
+#[derive(Default)]
+pub(super) struct EventColumns {
+    saga_id: Vec<Uuid>,
+    seq: Vec<i64>,
+    tenant_id: Vec<Option<String>>,
+    kind: Vec<String>,
+    step: Vec<Option<String>>,
+    attempt: Vec<Option<i32>>,
+    worker: Vec<Option<String>>,
+    data: Vec<String>,
+    at: Vec<i64>,
+}
+
+impl EventColumns {
+    pub(super) fn push_all(
+        &mut self,
+        saga_id: Uuid,
+        tenant_id: Option<&str>,
+        first_seq: i64,
+        worker: Option<&str>,
+        events: &[HistoryEvent],
+    ) -> StoreResult<()> {
+        for (offset, event) in events.iter().enumerate() {
+            self.saga_id.push(saga_id);
+            self.seq.push(first_seq + offset as i64);
+            self.tenant_id.push(tenant_id.map(str::to_string));
+            self.kind.push(event.kind.clone());
+            self.step.push(event.step.clone());
+            self.attempt.push(event.attempt.map(|a| a as i32));
+            self.worker.push(worker.map(str::to_string));
+            self.data.push(json_text(&event.data)?);
+            self.at.push(event.at_ms);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn insert(self, conn: &mut sqlx::PgConnection) -> StoreResult<()> {
+        if self.saga_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO saga_events (saga_id, seq, tenant_id, kind, step, attempt, worker, data, at) \
+             SELECT saga_id, seq, tenant_id, kind, step, attempt, worker, data::jsonb, at \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::bigint[]) \
+                  AS u(saga_id, seq, tenant_id, kind, step, attempt, worker, data, at)",
+        )
+        .bind(self.saga_id)
+        .bind(self.seq)
+        .bind(self.tenant_id)
+        .bind(self.kind)
+        .bind(self.step)
+        .bind(self.attempt)
+        .bind(self.worker)
+        .bind(self.data)
+        .bind(self.at)
+        .execute(conn)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+}
+
+/// Tenant status changes riding on a commit batch, as parallel arrays.
+#[derive(Default)]
+struct TenantChangeColumns {
+    saga_ids: Vec<Uuid>,
+    tokens: Vec<i64>,
+    tenant_ids: Vec<String>,
+    to: Vec<String>,
+    /// Comma-separated statuses the tenant may come from.
+    from: Vec<String>,
+    errors: Vec<Option<String>>,
+    storages: Vec<Option<String>>,
+    migrations: Vec<Option<String>>,
+    nows: Vec<i64>,
+}
+
+impl TenantChangeColumns {
+    fn push(&mut self, commit: &SagaCommit, change: &TenantChange) -> StoreResult<()> {
+        self.saga_ids.push(commit.id);
+        self.tokens.push(commit.fencing_token);
+        self.tenant_ids.push(change.tenant_id.clone());
+        self.to.push(change.to.as_str().to_string());
+        self.from.push(change.from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","));
+        self.errors.push(change.error.as_ref().map(json_text).transpose()?);
+        self.storages.push(change.storage.as_ref().map(json_text).transpose()?);
+        self.migrations.push(change.migrations.as_ref().map(json_text).transpose()?);
+        self.nows.push(commit.now_ms);
+        Ok(())
+    }
+}
+
+/// A commit batch as parallel arrays for `UNNEST`.
+struct CommitColumns {
+    ids: Vec<Uuid>,
+    tokens: Vec<i64>,
+    statuses: Vec<String>,
+    states: Vec<String>,
+    event_counts: Vec<i64>,
+    releases: Vec<bool>,
+    run_ats: Vec<i64>,
+    terminals: Vec<bool>,
+    nows: Vec<i64>,
+    wake_seen: Vec<i64>,
+    cancel_seen: Vec<bool>,
+    tenants: TenantChangeColumns,
+    /// Per history row: its saga, the token it is fenced on, and its distance from the saga's
+    /// new last `seq` (the last event of a commit is 0).
+    event_saga_ids: Vec<Uuid>,
+    event_tokens: Vec<i64>,
+    event_from_end: Vec<i64>,
+    events: EventColumns,
+}
+
+impl CommitColumns {
+    fn build(commits: &[SagaCommit]) -> StoreResult<Self> {
+        let n = commits.len();
+        let mut batch = CommitColumns {
+            ids: Vec::with_capacity(n),
+            tokens: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            event_counts: Vec::with_capacity(n),
+            releases: Vec::with_capacity(n),
+            run_ats: Vec::with_capacity(n),
+            terminals: Vec::with_capacity(n),
+            nows: Vec::with_capacity(n),
+            wake_seen: Vec::with_capacity(n),
+            cancel_seen: Vec::with_capacity(n),
+            tenants: TenantChangeColumns::default(),
+            event_saga_ids: Vec::new(),
+            event_tokens: Vec::new(),
+            event_from_end: Vec::new(),
+            events: EventColumns::default(),
+        };
+        for commit in commits {
+            let terminal = commit.state.status.is_terminal();
+            let count = commit.events.len() as i64;
+            batch.ids.push(commit.id);
+            batch.tokens.push(commit.fencing_token);
+            batch.statuses.push(commit.state.status.as_str().to_string());
+            batch.states.push(json_text(&commit.state)?);
+            batch.event_counts.push(count);
+            batch.releases.push(commit.release_lease || terminal);
+            batch.run_ats.push(commit.run_at_ms);
+            batch.terminals.push(terminal);
+            batch.nows.push(commit.now_ms);
+            batch.wake_seen.push(commit.wake_seq_seen);
+            batch.cancel_seen.push(commit.state.cancel_requested_at_ms.is_some());
+            if let Some(change) = &commit.tenant_change {
+                batch.tenants.push(commit, change)?;
+            }
+            for offset in 0..count {
+                batch.event_saga_ids.push(commit.id);
+                batch.event_tokens.push(commit.fencing_token);
+                batch.event_from_end.push(count - 1 - offset);
+            }
+            // `seq` is computed in SQL; the placeholder here is unused.
+            batch.events.push_all(
+                commit.id,
+                commit.tenant_id.as_deref(),
+                0,
+                Some(&commit.worker_id),
+                &commit.events,
+            )?;
+        }
+        Ok(batch)
+    }
+}
+
+impl PostgresStore {
+    pub(super) async fn commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = CommitColumns::build(commits)?;
+        // One statement, so one round trip and one commit for the whole batch: the fenced update,
+        // and the history rows of exactly the commits whose token still matched.
+        let rows = sqlx::query(
+            "WITH u AS ( \
+               UPDATE sagas s SET status = c.status, state = c.state::json, updated_at = c.now, \
+                 event_seq = s.event_seq + c.event_count, \
+                 completed_at = CASE WHEN c.terminal THEN c.now ELSE NULL END, \
+                 lease_owner = CASE WHEN c.release THEN NULL ELSE s.lease_owner END, \
+                 lease_expires_at = CASE WHEN c.release THEN NULL ELSE s.lease_expires_at END, \
+                 run_at = CASE WHEN NOT c.release THEN s.run_at \
+                               WHEN s.wake_seq <> c.wake_seen THEN LEAST(c.run_at, c.now) ELSE c.run_at END \
+               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::bigint[], $8::bool[], $9::bigint[], $20::bigint[], $21::bool[]) \
+                    AS c(id, token, status, state, event_count, release, run_at, terminal, now, wake_seen, cancel_seen) \
+               WHERE s.id = c.id AND s.fencing_token = c.token AND (s.cancel_requested_at IS NULL OR c.cancel_seen) \
+               RETURNING s.id, s.fencing_token, s.event_seq), \
+             e AS ( \
+               INSERT INTO saga_events (saga_id, seq, tenant_id, kind, step, attempt, worker, data, at) \
+               SELECT ev.saga_id, u.event_seq - ev.from_end, ev.tenant_id, ev.kind, ev.step, ev.attempt, ev.worker, ev.data::jsonb, ev.at \
+               FROM UNNEST($10::uuid[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[], $19::bigint[]) \
+                    AS ev(saga_id, token, from_end, tenant_id, kind, step, attempt, worker, data, at) \
+               JOIN u ON u.id = ev.saga_id AND u.fencing_token = ev.token), \
+             t AS ( \
+               UPDATE tenants tn SET status = tc.to_status, error = tc.error::jsonb, updated_at = tc.now, \
+                 storage = COALESCE(tc.storage::jsonb, tn.storage), \
+                 migrations = COALESCE(tc.migrations::jsonb, tn.migrations) \
+               FROM UNNEST($22::uuid[], $23::bigint[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::bigint[]) \
+                    AS tc(saga_id, token, tenant_id, to_status, allowed, error, storage, migrations, now) \
+               JOIN u ON u.id = tc.saga_id AND u.fencing_token = tc.token \
+               WHERE tn.id = tc.tenant_id AND tn.status = ANY(string_to_array(tc.allowed, ','))) \
+             SELECT id, fencing_token FROM u",
+        )
+        .bind(batch.ids)
+        .bind(batch.tokens)
+        .bind(batch.statuses)
+        .bind(batch.states)
+        .bind(batch.event_counts)
+        .bind(batch.releases)
+        .bind(batch.run_ats)
+        .bind(batch.terminals)
+        .bind(batch.nows)
+        .bind(batch.event_saga_ids)
+        .bind(batch.event_tokens)
+        .bind(batch.event_from_end)
+        .bind(batch.events.tenant_id)
+        .bind(batch.events.kind)
+        .bind(batch.events.step)
+        .bind(batch.events.attempt)
+        .bind(batch.events.worker)
+        .bind(batch.events.data)
+        .bind(batch.events.at)
+        .bind(batch.wake_seen)
+        .bind(batch.cancel_seen)
+        .bind(batch.tenants.saga_ids)
+        .bind(batch.tenants.tokens)
+        .bind(batch.tenants.tenant_ids)
+        .bind(batch.tenants.to)
+        .bind(batch.tenants.from)
+        .bind(batch.tenants.errors)
+        .bind(batch.tenants.storages)
+        .bind(batch.tenants.migrations)
+        .bind(batch.tenants.nows)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut committed = std::collections::HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let id: Uuid = row.try_get(0).map_err(db)?;
+            let token: i64 = row.try_get(1).map_err(db)?;
+            committed.insert((id, token));
+        }
+        // The rare rows not written: fenced, or a cancel request the driver has yet to act on.
+        let missing: Vec<Uuid> =
+            commits.iter().filter(|c| !committed.contains(&(c.id, c.fencing_token))).map(|c| c.id).collect();
+        let mut cancels = std::collections::HashMap::new();
+        if !missing.is_empty() {
+            let rows = sqlx::query(
+                "SELECT id, fencing_token, cancel_requested_at FROM sagas \
+                 WHERE id = ANY($1) AND cancel_requested_at IS NOT NULL",
+            )
+            .bind(&missing)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            for row in &rows {
+                let id: Uuid = row.try_get(0).map_err(db)?;
+                let token: i64 = row.try_get(1).map_err(db)?;
+                let at: i64 = row.try_get(2).map_err(db)?;
+                cancels.insert((id, token), at);
+            }
+        }
+        Ok(commits
+            .iter()
+            .map(|c| {
+                if committed.contains(&(c.id, c.fencing_token)) {
+                    CommitOutcome::Committed
+                } else if let Some(&at_ms) = cancels.get(&(c.id, c.fencing_token)) {
+                    CommitOutcome::CancelRequested { at_ms }
+                } else {
+                    CommitOutcome::Fenced
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,207 @@
+//! Tenant API keys (stored as SHA-256 of the token), tenant users, inbound webhook receipts.
+
+use async_trait::async_trait;
+use saga_store::{
+    StoreError, StoreResult, TenantAccessStore, TenantKeyRecord, TenantUserRecord, WebhookClaim, WebhookStore,
+};
+use serde_json::Value;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::SqliteStore;
+use crate::rows::{db, json_text, uuid_column};
+
+#[async_trait]
+impl TenantAccessStore for SqliteStore {
+    async fn tenant_key_create(&self, key: &TenantKeyRecord, token_hash: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO tenant_api_keys (id, tenant_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(key.id.to_string())
+        .bind(&key.tenant_id)
+        .bind(&key.name)
+        .bind(token_hash)
+        .bind(key.created_at_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn tenant_key_by_hash(&self, token_hash: &str) -> StoreResult<Option<TenantKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, name, created_at, revoked_at FROM tenant_api_keys \
+             WHERE token_hash = ?1 AND revoked_at IS NULL",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?;
+        row.map(|row| {
+            Ok(TenantKeyRecord {
+                id: uuid_column(&row, "id")?,
+                tenant_id: row.try_get("tenant_id").map_err(db)?,
+                name: row.try_get("name").map_err(db)?,
+                created_at_ms: row.try_get("created_at").map_err(db)?,
+                revoked_at_ms: row.try_get("revoked_at").map_err(db)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn tenant_key_revoke(&self, tenant_id: &str, key_id: Uuid, now_ms: i64) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE tenant_api_keys SET revoked_at = ?3 WHERE tenant_id = ?1 AND id = ?2 AND revoked_at IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(key_id.to_string())
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn tenant_keys_revoke_all(&self, tenant_id: &str, now_ms: i64) -> StoreResult<u64> {
+        let done =
+            sqlx::query("UPDATE tenant_api_keys SET revoked_at = ?2 WHERE tenant_id = ?1 AND revoked_at IS NULL")
+                .bind(tenant_id)
+                .bind(now_ms)
+                .execute(&self.writer)
+                .await
+                .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn tenant_user_create(&self, user: &TenantUserRecord) -> StoreResult<()> {
+        let done = sqlx::query(
+            "INSERT INTO tenant_users (id, tenant_id, email, name, role, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (tenant_id, email) DO NOTHING",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.tenant_id)
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(&user.role)
+        .bind(user.created_at_ms)
+        .bind(user.updated_at_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("the tenant has a user with email {:?}", user.email)));
+        }
+        Ok(())
+    }
+
+    async fn tenant_user_list(&self, tenant_id: &str) -> StoreResult<Vec<TenantUserRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, email, name, role, created_at, updated_at FROM tenant_users \
+             WHERE tenant_id = ?1 ORDER BY email LIMIT 10000",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok(TenantUserRecord {
+                    id: uuid_column(row, "id")?,
+                    tenant_id: row.try_get("tenant_id").map_err(db)?,
+                    email: row.try_get("email").map_err(db)?,
+                    name: row.try_get("name").map_err(db)?,
+                    role: row.try_get("role").map_err(db)?,
+                    created_at_ms: row.try_get("created_at").map_err(db)?,
+                    updated_at_ms: row.try_get("updated_at").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn tenant_user_update(&self, user: &TenantUserRecord) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE tenant_users SET email = ?3, name = ?4, role = ?5, updated_at = ?6 WHERE tenant_id = ?1 AND id = ?2",
+        )
+        .bind(&user.tenant_id)
+        .bind(user.id.to_string())
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(&user.role)
+        .bind(user.updated_at_ms)
+        .execute(&self.writer)
+        .await;
+        match done {
+            Ok(done) if done.rows_affected() == 0 => Err(StoreError::NotFound),
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Conflict(format!("the tenant has a user with email {:?}", user.email)))
+            }
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    async fn tenant_user_delete(&self, tenant_id: &str, user_id: Uuid) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM tenant_users WHERE tenant_id = ?1 AND id = ?2")
+            .bind(tenant_id)
+            .bind(user_id.to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WebhookStore for SqliteStore {
+    async fn webhook_claim(&self, source: &str, webhook_id: &str, now_ms: i64) -> StoreResult<WebhookClaim> {
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_receipts (source, webhook_id, received_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(source)
+        .bind(webhook_id)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(WebhookClaim::New);
+        }
+        let response: Option<Option<String>> =
+            sqlx::query_scalar("SELECT response FROM webhook_receipts WHERE source = ?1 AND webhook_id = ?2")
+                .bind(source)
+                .bind(webhook_id)
+                .fetch_optional(&self.writer)
+                .await
+                .map_err(db)?;
+        let response = response.flatten().map(|r| serde_json::from_str(&r)).transpose();
+        Ok(WebhookClaim::Seen(response.map_err(|e| StoreError::Corrupt(e.to_string()))?))
+    }
+
+    async fn webhook_complete(&self, source: &str, webhook_id: &str, response: &Value) -> StoreResult<()> {
+        sqlx::query("UPDATE webhook_receipts SET response = ?3 WHERE source = ?1 AND webhook_id = ?2")
+            .bind(source)
+            .bind(webhook_id)
+            .bind(json_text(response)?)
+            .execute(&self.writer)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn webhook_release(&self, source: &str, webhook_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM webhook_receipts WHERE source = ?1 AND webhook_id = ?2 AND response IS NULL")
+            .bind(source)
+            .bind(webhook_id)
+            .execute(&self.writer)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}

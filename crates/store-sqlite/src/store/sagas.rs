@@ -1,0 +1,165 @@
+//! Sagas as records: batched inserts (see [`super::creates`]), reads, history, an operator's
+//! retry and cancel requests.
+
+use async_trait::async_trait;
+use saga_store::{
+    EventRecord, SagaCreate, SagaFilter, SagaOperatorUpdate, SagaRecord, SagaStore, StoreError, StoreResult,
+};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::commit::tenant_change_apply;
+use super::history::insert_events;
+use super::{creates, SqliteStore};
+use crate::rows::{self, db, json_text, SAGA_COLUMNS};
+
+#[async_trait]
+impl SagaStore for SqliteStore {
+    async fn saga_insert_batch(&self, creates: &[SagaCreate]) -> StoreResult<Vec<Option<SagaRecord>>> {
+        let records = creates::insert_batch(&self.writer, creates).await?;
+        if records.iter().zip(creates).any(|(record, create)| record.is_some() && create.lease.is_none()) {
+            self.work.notify_one();
+        }
+        Ok(records)
+    }
+
+    async fn saga_by_idempotency_key(&self, key: &str) -> StoreResult<Option<(SagaRecord, Option<String>)>> {
+        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS}, request_hash FROM sagas WHERE idempotency_key = ?"))
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db)?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let hash: Option<String> = row.try_get("request_hash").map_err(db)?;
+                Ok(Some((rows::saga(&row)?, hash)))
+            }
+        }
+    }
+
+    async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord> {
+        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        rows::saga(&row)
+    }
+
+    async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>> {
+        let mut sql = format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE 1 = 1");
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if filter.definition.is_some() {
+            sql.push_str(" AND definition = ?");
+        }
+        if filter.tenant_id.is_some() {
+            sql.push_str(" AND tenant_id = ?");
+        }
+        if filter.concurrency_key.is_some() {
+            sql.push_str(" AND concurrency_key = ?");
+        }
+        if filter.before_id.is_some() {
+            sql.push_str(" AND id < ?");
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let mut query = sqlx::query(&sql);
+        if let Some(status) = filter.status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(definition) = &filter.definition {
+            query = query.bind(definition);
+        }
+        if let Some(tenant) = &filter.tenant_id {
+            query = query.bind(tenant);
+        }
+        if let Some(key) = &filter.concurrency_key {
+            query = query.bind(key);
+        }
+        if let Some(before) = filter.before_id {
+            query = query.bind(before.to_string());
+        }
+        let rows = query.bind(i64::from(filter.limit)).fetch_all(&self.reader).await.map_err(db)?;
+        rows.iter().map(rows::saga).collect()
+    }
+
+    async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, step, attempt, worker, data, at FROM saga_events WHERE saga_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.iter().map(rows::event).collect()
+    }
+
+    async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
+        let id = update.id.to_string();
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let row = sqlx::query(&format!(
+            "UPDATE sagas SET status = ?, state = ?, updated_at = ?, run_at = ?, completed_at = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, event_seq = event_seq + ? \
+             WHERE id = ? AND status = ? AND lease_owner IS NULL RETURNING {SAGA_COLUMNS}, event_seq"
+        ))
+        .bind(update.state.status.as_str())
+        .bind(json_text(&update.state)?)
+        .bind(update.now_ms)
+        .bind(update.now_ms)
+        .bind(update.events.len() as i64)
+        .bind(&id)
+        .bind(update.expected_status.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
+        };
+        if let Some(change) = &update.tenant_change {
+            if tenant_change_apply(&mut tx, change, update.now_ms).await? == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "tenant {:?} is not in a status that may become {}",
+                    change.tenant_id,
+                    change.to.as_str()
+                )));
+            }
+        }
+        let last_seq: i64 = row.try_get("event_seq").map_err(db)?;
+        let first_seq = last_seq - update.events.len() as i64 + 1;
+        insert_events(&mut tx, &id, update.tenant_id.as_deref(), first_seq, None, &update.events).await?;
+        let record = rows::saga(&row)?;
+        tx.commit().await.map_err(db)?;
+        if !record.status.is_terminal() {
+            self.work.notify_one();
+        }
+        Ok(record)
+    }
+
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord> {
+        let row = sqlx::query(&format!(
+            "UPDATE sagas SET cancel_requested_at = COALESCE(cancel_requested_at, ?1), wake_seq = wake_seq + 1, \
+               updated_at = ?1, run_at = CASE WHEN lease_owner IS NULL THEN MIN(run_at, ?1) ELSE run_at END \
+             WHERE id = ?2 AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING') RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(now_ms)
+        .bind(id.to_string())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db)?;
+        match row {
+            Some(row) => {
+                self.work.notify_one();
+                rows::saga(&row)
+            }
+            None => {
+                let existing = self.saga_get(id).await?;
+                Err(StoreError::Conflict(format!("saga is {}", existing.status.as_str())))
+            }
+        }
+    }
+}
