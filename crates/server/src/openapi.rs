@@ -438,4 +438,41 @@ mod tests {
             .unwrap_or(0);
         assert_eq!(documented, crate::ROUTES.len(), "OpenAPI documents routes that do not exist");
     }
+
+    /// The operations `docs/api.md` describes: its `### `METHOD /path`` headings.
+    fn reference_headings(reference: &str) -> Vec<(String, String)> {
+        reference
+            .lines()
+            .filter_map(|line| line.strip_prefix("### `")?.strip_suffix('`'))
+            .filter_map(|heading| heading.split_once(' '))
+            .map(|(method, path)| (method.to_ascii_lowercase(), path.to_string()))
+            .collect()
+    }
+
+    /// The user's API reference covers every operation of `/openapi.json`, and names none that
+    /// does not exist: adding a route without documenting it fails here.
+    #[test]
+    fn the_api_reference_documents_every_operation() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md");
+        let reference = std::fs::read_to_string(path).expect("docs/api.md");
+        let headings = reference_headings(&reference);
+        let doc = super::document();
+        let mut operations = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys().filter(|k| *k != "parameters") {
+                operations.push((method.clone(), path.clone()));
+            }
+        }
+        let undocumented: Vec<_> = operations.iter().filter(|op| !headings.contains(op)).collect();
+        assert!(undocumented.is_empty(), "docs/api.md has no `### `METHOD /path`` section for {undocumented:?}");
+        let stale: Vec<_> = headings.iter().filter(|h| !operations.contains(h)).collect();
+        assert!(stale.is_empty(), "docs/api.md documents operations /openapi.json lacks: {stale:?}");
+    }
+
+    #[test]
+    fn an_undocumented_operation_is_reported() {
+        let headings = reference_headings("# API\n\n### `GET /v1/sagas`\nList.\n### `POST /v1/sagas`\n");
+        assert_eq!(headings, vec![("get".into(), "/v1/sagas".into()), ("post".into(), "/v1/sagas".into())]);
+        assert!(!headings.contains(&("get".to_string(), "/v1/sagas/{id}".to_string())));
+    }
 }

@@ -117,8 +117,12 @@ async fn auth_and_ops_routes(backend: Backend) {
     app.put_definition("echo", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
     let id = app.start("echo", json!({})).await;
     app.wait_terminal(&id, std::time::Duration::from_secs(30)).await;
-    let text = app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
-    assert!(text.contains("saga_total{definition=\"echo\",status=\"COMPLETED\"} 1"), "{text}");
+    // The driver counts the saga just after its terminal commit, which a reader may see first.
+    let text = test_support::eventually("saga_total to count the saga", std::time::Duration::from_secs(10), || async {
+        let text = app.http.get(format!("{}/metrics", app.url)).send().await.ok()?.text().await.ok()?;
+        text.contains("saga_total{definition=\"echo\",status=\"COMPLETED\"} 1").then_some(text)
+    })
+    .await;
     assert!(text.contains("saga_step_duration_seconds_bucket"), "{text}");
     assert!(text.contains("saga_in_flight"), "{text}");
 }
