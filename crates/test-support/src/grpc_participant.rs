@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use saga_runtime::executor::grpc::participant_v1::participant_server::{Participant, ParticipantServer};
-use saga_runtime::executor::grpc::participant_v1::{StepReply, StepRequest};
+use participant_proto::v1::participant_server::{Participant, ParticipantServer};
+use participant_proto::v1::{StepReply, StepRequest};
 use serde_json::Value;
 use tonic::{Code, Request, Response, Status};
 

@@ -2,9 +2,6 @@
 //! (`proto/participant.proto`) with one HTTP/2 channel per endpoint (connection reuse), a
 //! per-attempt deadline, trace context in metadata, and the status table in the proto's comments.
 
-#[allow(clippy::all, clippy::unwrap_used, missing_docs)]
-pub mod participant_v1;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,10 +11,10 @@ use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use self::participant_v1::participant_client::ParticipantClient;
-use self::participant_v1::StepRequest;
 use super::http::traceparent;
 use super::AttemptContext;
+use participant_proto::v1::participant_client::ParticipantClient;
+use participant_proto::v1::StepRequest;
 
 /// The most channels kept; past it the cache starts again (endpoints are few in practice).
 const CHANNELS_MAX: usize = 1_024;
