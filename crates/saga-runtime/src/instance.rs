@@ -9,49 +9,18 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use saga_store::{ClaimParams, Claimed, EngineStore, LeaseRef, SagaCreates, CLAIM_BATCH_MAX};
-use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
 use crate::committer::Committer;
+pub use crate::config::InstanceConfig;
 use crate::definitions::DefinitionCache;
 use crate::executor::Executors;
 use crate::hub::TerminalHub;
 use crate::intake::{Intake, LocalSlots};
 use crate::metrics_names::{SAGA_CLAIMED_TOTAL, SAGA_IN_FLIGHT};
 use crate::shared::{HeldLease, Shared};
-
-/// Settings of one instance.
-#[derive(Clone, Debug)]
-pub struct InstanceConfig {
-    pub worker_id: String,
-    /// Sagas driven at once.
-    pub concurrency: u32,
-    pub lease_ttl_ms: i64,
-    /// Fallback poll when no notification arrives.
-    pub poll_interval_ms: u64,
-    /// `SAGAPLANE_VAR_*` values for templates.
-    pub vars: Map<String, Value>,
-    /// Seed for retry jitter; None draws one from the OS.
-    pub seed: Option<u64>,
-    /// Base URL participants use for callbacks (`SAGAPLANE_PUBLIC_URL`).
-    pub public_url: String,
-}
-
-impl InstanceConfig {
-    pub fn new(worker_id: impl Into<String>) -> Self {
-        InstanceConfig {
-            worker_id: worker_id.into(),
-            concurrency: 64,
-            lease_ttl_ms: 30_000,
-            poll_interval_ms: 1_000,
-            vars: Map::new(),
-            seed: None,
-            public_url: "http://127.0.0.1:8080".into(),
-        }
-    }
-}
 
 /// An orchestrator instance, ready to start.
 pub struct Instance {

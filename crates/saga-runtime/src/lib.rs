@@ -13,6 +13,7 @@
 
 pub mod clock;
 pub mod committer;
+mod config;
 pub mod definitions;
 mod driver;
 pub mod executor;

@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::committer::Committer;
+use crate::config::InstanceConfig;
 use crate::definitions::DefinitionCache;
 use crate::executor::Executors;
 use crate::hub::TerminalHub;
-use crate::instance::InstanceConfig;
 
 /// A lease this instance holds, shared with its driver.
 pub(crate) struct HeldLease {
