@@ -89,6 +89,28 @@ pub struct SagaCreate {
     pub now_ms: i64,
 }
 
+impl SagaCreate {
+    /// A saga of `definition` at `version` with a new id, no tenant, priority 0, no idempotency
+    /// key, not leased, no concurrency key: set the other fields with struct update syntax.
+    pub fn new(definition: &str, version: i32, input: Value, state: SagaState, now_ms: i64) -> Self {
+        SagaCreate {
+            id: Uuid::now_v7(),
+            definition: definition.to_string(),
+            version,
+            tenant_id: None,
+            input,
+            state,
+            priority: 0,
+            idempotency_key: None,
+            request_hash: None,
+            require_latest: false,
+            lease: None,
+            concurrency: None,
+            now_ms,
+        }
+    }
+}
+
 /// A lease granted at creation.
 #[derive(Clone, Debug)]
 pub struct LeaseGrant {

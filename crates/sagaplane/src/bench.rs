@@ -188,20 +188,11 @@ impl Direct {
         let id = uuid::Uuid::now_v7();
         let mut terminal = self.hub.watch(id);
         // The same path as the API: claim on create when a local driver slot is free.
+        let state = saga_core::SagaState::new(&self.definition);
+        let now_ms = saga_runtime::Clock::now_ms(&saga_runtime::SystemClock);
         let params = saga_store::SagaCreate {
             id,
-            definition: self.definition.name.clone(),
-            version: self.version,
-            tenant_id: None,
-            input: json!({"n": n}),
-            state: saga_core::SagaState::new(&self.definition),
-            priority: 0,
-            idempotency_key: None,
-            request_hash: None,
-            require_latest: false,
-            lease: None,
-            concurrency: None,
-            now_ms: saga_runtime::Clock::now_ms(&saga_runtime::SystemClock),
+            ..saga_store::SagaCreate::new(&self.definition.name, self.version, json!({"n": n}), state, now_ms)
         };
         let saga_store::SagaCreated::Created(_) = self.intake.create(params).await? else {
             bail!("saga not created");

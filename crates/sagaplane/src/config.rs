@@ -246,6 +246,30 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 mod tests {
     use super::*;
 
+    /// Every `SAGAPLANE_*` variable the binary reads is in the operations guide's table.
+    #[test]
+    fn every_environment_variable_is_documented() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let guide = std::fs::read_to_string(root.join("../../docs/operations.md")).expect("docs/operations.md");
+        let mut missing = Vec::new();
+        for file in ["src/config.rs", "src/client.rs", "src/main.rs"] {
+            let source = std::fs::read_to_string(root.join(file)).expect("source");
+            for (at, _) in source.match_indices("\"SAGAPLANE_") {
+                let name: String =
+                    source[at + 1..].chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect();
+                let documented = if name.starts_with("SAGAPLANE_VAR_") {
+                    guide.contains("`SAGAPLANE_VAR_<NAME>`")
+                } else {
+                    guide.contains(&format!("`{name}`"))
+                };
+                if !documented && !missing.contains(&name) {
+                    missing.push(name);
+                }
+            }
+        }
+        assert!(missing.is_empty(), "docs/operations.md does not document {missing:?}");
+    }
+
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }

@@ -90,21 +90,8 @@ async fn run(url: &str, max: i64) -> Result<(), Box<dyn std::error::Error>> {
         }
         let mut due = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {
-            let params = SagaCreate {
-                id: uuid::Uuid::now_v7(),
-                definition: "backlog".into(),
-                version: 1,
-                tenant_id: None,
-                input: serde_json::json!({}),
-                state: saga_core::SagaState::new(&definition),
-                priority: 0,
-                idempotency_key: None,
-                request_hash: None,
-                require_latest: false,
-                lease: None,
-                concurrency: None,
-                now_ms: now_ms(),
-            };
+            let state = saga_core::SagaState::new(&definition);
+            let params = SagaCreate::new("backlog", 1, serde_json::json!({}), state, now_ms());
             let SagaCreated::Created(created) = saga_store::creates::create_one(&store, params).await? else {
                 return Err("the due saga was not created".into());
             };

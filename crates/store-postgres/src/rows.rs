@@ -16,6 +16,14 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
     StoreError::backend(e)
 }
 
+/// [`StoreError::NotFound`] unless the statement changed a row.
+pub(crate) fn changed_one(rows_affected: u64) -> StoreResult<()> {
+    if rows_affected == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
 pub(crate) fn json_text(value: &impl serde::Serialize) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

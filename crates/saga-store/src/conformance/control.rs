@@ -7,7 +7,7 @@ use saga_core::{HistoryEvent, SagaStatus};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::engine::{claim_one, commit, create_params};
+use super::fixtures::{claim_one, commit, create_params};
 use super::{db, ensure, CheckResult};
 use crate::{CommitOutcome, SagaCreate, SagaFilter, SagaOperatorUpdate, Store, StoreError};
 

@@ -8,12 +8,17 @@
 //! schema: Schema, …)` makes `tenant_storage_conformance::<mode>::<check>` for
 //! each storage mode the backend offers (see [`tenant_storage`]).
 
+pub mod claims;
 pub mod control;
-pub mod engine;
+mod fixtures;
+pub mod sagas;
+pub mod signals;
 pub mod tenant_storage;
 
+pub use claims::*;
 pub use control::*;
-pub use engine::*;
+pub use sagas::*;
+pub use signals::*;
 
 /// A failed conformance check.
 pub type CheckResult = Result<(), String>;

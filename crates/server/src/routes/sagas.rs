@@ -144,20 +144,16 @@ pub async fn create(
             definition_for_start(&state, &request.definition, request.version, use_hint).await?;
         let concurrency = concurrency_key(&state, &definition, &request, id)?;
         let now_ms = state.clock.now_ms();
+        let saga_state = SagaState::started(&definition, now_ms);
         let params = SagaCreate {
             id,
-            definition: request.definition.clone(),
-            version,
             tenant_id: request.tenant_id.clone(),
-            input: request.input.clone(),
-            state: SagaState::started(&definition, now_ms),
             priority: request.priority,
             idempotency_key: key.as_ref().map(|k| format!("admin:{k}")),
             request_hash: Some(request_hash.clone()),
             require_latest,
-            lease: None,
             concurrency,
-            now_ms,
+            ..SagaCreate::new(&request.definition, version, request.input.clone(), saga_state, now_ms)
         };
         match state.intake.create(params).await? {
             SagaCreated::VersionMoved if use_hint => use_hint = false,

@@ -10,7 +10,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::PostgresStore;
-use crate::rows::db;
+use crate::rows::{changed_one, db};
 
 #[async_trait]
 impl TenantAccessStore for PostgresStore {
@@ -60,10 +60,7 @@ impl TenantAccessStore for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        changed_one(done.rows_affected())
     }
 
     async fn tenant_keys_revoke_all(&self, tenant_id: &str, now_ms: i64) -> StoreResult<u64> {
@@ -151,10 +148,7 @@ impl TenantAccessStore for PostgresStore {
             .execute(&self.pool)
             .await
             .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        changed_one(done.rows_affected())
     }
 }
 

@@ -8,7 +8,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::PostgresStore;
-use crate::rows::db;
+use crate::rows::{changed_one, db};
 
 #[async_trait]
 impl SignalStore for PostgresStore {
@@ -107,10 +107,7 @@ impl SignalStore for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        changed_one(updated.rows_affected())
     }
 
     async fn callback_close(&self, id: Uuid, step: &str, attempt: u32, now_ms: i64) -> StoreResult<()> {

@@ -9,7 +9,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use crate::rows::{db, json_text, uuid_column};
+use crate::rows::{changed_one, db, json_text, uuid_column};
 
 #[async_trait]
 impl TenantAccessStore for SqliteStore {
@@ -59,10 +59,7 @@ impl TenantAccessStore for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        changed_one(done.rows_affected())
     }
 
     async fn tenant_keys_revoke_all(&self, tenant_id: &str, now_ms: i64) -> StoreResult<u64> {
@@ -150,10 +147,7 @@ impl TenantAccessStore for SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        changed_one(done.rows_affected())
     }
 }
 

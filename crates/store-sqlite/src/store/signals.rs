@@ -7,7 +7,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use crate::rows::{db, json_text};
+use crate::rows::{changed_one, db, json_text};
 
 #[async_trait]
 impl SignalStore for SqliteStore {
@@ -107,10 +107,7 @@ impl SignalStore for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(db)?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        changed_one(updated.rows_affected())
     }
 
     async fn callback_close(&self, id: Uuid, step: &str, attempt: u32, now_ms: i64) -> StoreResult<()> {

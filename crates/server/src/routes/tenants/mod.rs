@@ -23,7 +23,6 @@ use saga_core::tenant::{is_valid_tenant_id, TenantStatus};
 use saga_core::SagaState;
 use saga_store::{SagaCreate, StoreError, TenantRecord, TenantTransition};
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -67,19 +66,9 @@ async fn tenant_saga(
     let (version, definition) = definition(state, name, None).await?;
     let now_ms = state.clock.now_ms();
     Ok(SagaCreate {
-        id: Uuid::now_v7(),
-        definition: name.to_string(),
-        version,
         tenant_id: Some(tenant_id.to_string()),
-        input,
-        state: SagaState::started(&definition, now_ms),
-        priority: 0,
-        idempotency_key: None,
-        request_hash: None,
-        require_latest: false,
-        lease: None,
         concurrency,
-        now_ms,
+        ..SagaCreate::new(name, version, input, SagaState::started(&definition, now_ms), now_ms)
     })
 }
 

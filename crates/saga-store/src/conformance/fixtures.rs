@@ -1,0 +1,55 @@
+//! What the checks build on: a two-step definition, create parameters, claims and commits.
+
+use saga_core::{Definition, HistoryEvent, SagaState};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::db;
+use crate::creates::create_one;
+use crate::{ClaimParams, SagaCommit, SagaCreate, SagaCreated, Store};
+
+pub(super) fn definition() -> Definition {
+    let doc = json!({"steps": [
+        {"name": "a", "action": {"builtin": "core.echo"}},
+        {"name": "b", "action": {"builtin": "core.echo"}},
+    ]});
+    match saga_core::validate_definition("conformance", &doc, &["core.echo"]) {
+        Ok(def) => def,
+        Err(errors) => panic!("conformance definition is invalid: {errors:?}"),
+    }
+}
+
+pub(super) fn create_params(now_ms: i64) -> SagaCreate {
+    SagaCreate::new("conformance", 1, json!({"n": 1}), SagaState::new(&definition()), now_ms)
+}
+
+pub(super) async fn create(store: &dyn Store, now_ms: i64) -> Result<Uuid, String> {
+    match db(create_one(store, create_params(now_ms)).await)? {
+        SagaCreated::Created(record) => Ok(record.id),
+        other => Err(format!("expected Created, got {other:?}")),
+    }
+}
+
+pub(super) fn claim(worker: &str, limit: u32, now_ms: i64) -> ClaimParams {
+    ClaimParams { worker_id: worker.into(), limit, now_ms, lease_ttl_ms: 30_000 }
+}
+
+pub(super) fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events: Vec<HistoryEvent>) -> SagaCommit {
+    SagaCommit {
+        id,
+        tenant_id: None,
+        fencing_token: token,
+        state,
+        run_at_ms: now_ms,
+        release_lease: false,
+        events,
+        worker_id: "w1".into(),
+        wake_seq_seen: 0,
+        tenant_change: None,
+        now_ms,
+    }
+}
+
+pub(super) async fn claim_one(store: &dyn Store, now_ms: i64) -> Result<crate::Claimed, String> {
+    db(store.saga_claim_due(&claim("w1", 1, now_ms)).await)?.into_iter().next().ok_or_else(|| "nothing claimed".into())
+}

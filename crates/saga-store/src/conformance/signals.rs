@@ -1,0 +1,135 @@
+//! Checks of what arrives from outside while a saga runs or waits: cancel requests, signals,
+//! callbacks and their heartbeats.
+
+use std::sync::Arc;
+
+use saga_core::SagaStatus;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::fixtures::*;
+use super::{db, ensure, CheckResult};
+use crate::{CallbackRegister, CommitOutcome, Store, StoreError};
+
+pub async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    let token = claimed.record.fencing_token;
+    let requested = db(store.saga_cancel_request(id, 10).await)?;
+    ensure!(requested.cancel_requested_at_ms == Some(10), "cancel not recorded: {requested:?}");
+    ensure!(requested.lease_owner.as_deref() == Some("w1"), "the driver keeps its lease");
+    let mut state = claimed.record.state.clone();
+    state.status = SagaStatus::Completed;
+    let outcome = db(store.saga_commit_batch(&[commit(id, token, state.clone(), 20, vec![])]).await)?;
+    ensure!(outcome == vec![CommitOutcome::CancelRequested { at_ms: 10 }], "outcome: {outcome:?}");
+    ensure!(db(store.saga_get(id).await)?.status == SagaStatus::Pending, "nothing written");
+    // A second request keeps the first time.
+    ensure!(db(store.saga_cancel_request(id, 15).await)?.cancel_requested_at_ms == Some(10), "time moved");
+    state.status = SagaStatus::Compensated;
+    state.cancel_requested_at_ms = Some(10);
+    let outcome = db(store.saga_commit_batch(&[commit(id, token, state, 30, vec![])]).await)?;
+    ensure!(outcome == vec![CommitOutcome::Committed], "acknowledged commit: {outcome:?}");
+    Ok(())
+}
+
+pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 5, vec![]);
+    park.release_lease = true;
+    park.run_at_ms = crate::RUN_AT_NEVER_MS;
+    ensure!(db(store.saga_commit_batch(&[park]).await)? == vec![CommitOutcome::Committed], "park");
+    ensure!(db(store.saga_claim_due(&claim("w1", 1, 100)).await)?.is_empty(), "parked saga claimed");
+    db(store.saga_cancel_request(id, 100).await)?;
+    let again = claim_one(store.as_ref(), 100).await?;
+    ensure!(again.record.cancel_requested_at_ms == Some(100), "claim shows the request");
+    let mut state = again.record.state.clone();
+    state.status = SagaStatus::Compensated;
+    state.cancel_requested_at_ms = Some(100);
+    db(store.saga_commit_batch(&[commit(id, again.record.fencing_token, state, 110, vec![])]).await)?;
+    match store.saga_cancel_request(id, 120).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => return Err(format!("cancel of a terminal saga: {other:?}")),
+    }
+    match store.saga_cancel_request(Uuid::now_v7(), 120).await {
+        Err(StoreError::NotFound) => Ok(()),
+        other => Err(format!("cancel of an unknown saga: {other:?}")),
+    }
+}
+
+pub async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let first = db(store.signal_send(id, "approval", &json!({"ok": 1}), 10).await)?;
+    let second = db(store.signal_send(id, "approval", &json!({"ok": 2}), 11).await)?;
+    db(store.signal_send(id, "other", &json!(null), 12).await)?;
+    let found = db(store.signal_find(id, "approval", &[]).await)?.ok_or("first signal missing")?;
+    ensure!(found.id == first.id && found.payload == json!({"ok": 1}), "found: {found:?}");
+    let next = db(store.signal_find(id, "approval", &[first.id]).await)?.ok_or("second signal missing")?;
+    ensure!(next.id == second.id, "next: {next:?}");
+    ensure!(db(store.signal_find(id, "approval", &[first.id, second.id]).await)?.is_none(), "all consumed");
+    ensure!(db(store.saga_get(id).await)?.wake_seq == 3, "wake_seq not bumped per signal");
+    match store.signal_send(Uuid::now_v7(), "approval", &json!(null), 13).await {
+        Err(StoreError::NotFound) => Ok(()),
+        other => Err(format!("signal to an unknown saga: {other:?}")),
+    }
+}
+
+pub async fn a_delivery_during_a_lease_makes_the_parked_saga_due(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    // The driver decided to wait (having seen wake_seq 0); a signal lands before its commit.
+    db(store.signal_send(id, "go", &json!(1), 5).await)?;
+    let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 6, vec![]);
+    park.release_lease = true;
+    park.run_at_ms = crate::RUN_AT_NEVER_MS;
+    park.wake_seq_seen = claimed.record.wake_seq;
+    ensure!(db(store.saga_commit_batch(&[park]).await)? == vec![CommitOutcome::Committed], "park");
+    let record = db(store.saga_get(id).await)?;
+    ensure!(record.run_at_ms == 6, "the late delivery must make the saga due now, run_at {}", record.run_at_ms);
+    Ok(())
+}
+
+pub async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Store>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let register = CallbackRegister {
+        token_hash: "h1".into(),
+        saga_id: id,
+        tenant_id: None,
+        step: "a".into(),
+        attempt: 1,
+        heartbeat_timeout_ms: Some(1_000),
+        now_ms: 10,
+    };
+    db(store.callback_register(register).await)?;
+    let open = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
+    ensure!(open.result.is_none() && open.deadline_at_ms == Some(1_010), "open: {open:?}");
+    db(store.callback_heartbeat("h1", 500).await)?;
+    let beat = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
+    ensure!(beat.deadline_at_ms == Some(1_500), "heartbeat did not extend: {beat:?}");
+    let result = json!({"status": "succeeded", "output": {"x": 1}});
+    ensure!(db(store.callback_complete("h1", &result, 600).await)? == id, "wrong saga");
+    ensure!(matches!(store.callback_complete("h1", &result, 601).await, Err(StoreError::NotFound)), "reused");
+    ensure!(matches!(store.callback_heartbeat("h1", 602).await, Err(StoreError::NotFound)), "heartbeat after use");
+    ensure!(matches!(store.callback_complete("nope", &result, 603).await, Err(StoreError::NotFound)), "unknown");
+    let done = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
+    ensure!(done.result.as_ref() == Some(&result), "result: {done:?}");
+    ensure!(db(store.callback_get(id, "a", 2).await)?.is_none(), "other attempt");
+    // A retired token (heartbeat lapsed) no longer completes anything.
+    let mut second = CallbackRegister {
+        token_hash: "h2".into(),
+        saga_id: id,
+        tenant_id: None,
+        step: "a".into(),
+        attempt: 2,
+        heartbeat_timeout_ms: None,
+        now_ms: 700,
+    };
+    db(store.callback_register(second.clone()).await)?;
+    db(store.callback_close(id, "a", 2, 800).await)?;
+    ensure!(matches!(store.callback_complete("h2", &result, 900).await, Err(StoreError::NotFound)), "retired");
+    second.token_hash = "h3".into();
+    second.attempt = 3;
+    db(store.callback_register(second).await)?;
+    ensure!(db(store.callback_complete("h3", &result, 950).await)? == id, "closing attempt 2 left attempt 3 open");
+    Ok(())
+}
