@@ -257,6 +257,9 @@ mod tests {
             for (at, _) in source.match_indices("\"SAGAPLANE_") {
                 let name: String =
                     source[at + 1..].chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect();
+                if name == "SAGAPLANE_" {
+                    continue; // a prefix being matched, not a variable
+                }
                 let documented = if name.starts_with("SAGAPLANE_VAR_") {
                     guide.contains("`SAGAPLANE_VAR_<NAME>`")
                 } else {
