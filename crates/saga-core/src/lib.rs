@@ -11,6 +11,7 @@ pub mod duration;
 pub mod machine;
 pub mod template;
 pub mod tenant;
+pub mod text;
 pub mod validate;
 
 pub use backoff::retry_delay_ms;

@@ -31,9 +31,11 @@ impl BatchWrite for CommitWriter {
 
 impl Committer {
     /// Starts the committer task; it ends when every `Committer` handle is dropped. A batch that
-    /// fails fails every driver in it (each stops; its lease lets the saga be taken over).
+    /// fails is written again one transition at a time, so one transition the database refuses
+    /// fails only its own driver (which stops; its lease lets the saga be taken over); while the
+    /// database is unreachable every driver of the batch gets that error at once.
     pub fn start(store: Arc<dyn EngineStore>) -> (Committer, tokio::task::JoinHandle<()>) {
-        let (batcher, task) = Batcher::start(CommitWriter(store), OnBatchError::FailAll);
+        let (batcher, task) = Batcher::start(CommitWriter(store), OnBatchError::WriteEachAlone);
         (Committer { batcher }, task)
     }
 

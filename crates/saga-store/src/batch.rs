@@ -29,7 +29,8 @@ pub trait BatchWrite: Send + Sync + 'static {
 pub enum OnBatchError {
     /// Every caller gets the batch's error.
     FailAll,
-    /// Each item is written again on its own, so one item that cannot be written fails alone.
+    /// Each item is written again on its own, so one item that cannot be written fails alone
+    /// (unless the database is unavailable: then every caller gets that error at once).
     WriteEachAlone,
 }
 
@@ -81,11 +82,20 @@ async fn run<W: BatchWrite>(writer: W, on_error: OnBatchError, mut receiver: mps
                     let _ = reply.send(Err(StoreError::Corrupt(message.clone())));
                 }
             }
-            Err(e) if items.len() == 1 || on_error == OnBatchError::FailAll => {
+            // Unreachable: each alone would wait out the same outage, one after another.
+            Err(e)
+                if items.len() == 1 || on_error == OnBatchError::FailAll || matches!(e, StoreError::Unavailable(_)) =>
+            {
                 tracing::error!(error = %e, batch = items.len(), "batched write failed");
+                let unavailable = matches!(e, StoreError::Unavailable(_));
                 let message = e.to_string();
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::backend(std::io::Error::other(message.clone()))));
+                    let error = std::io::Error::other(message.clone());
+                    let _ = reply.send(Err(if unavailable {
+                        StoreError::unavailable(error)
+                    } else {
+                        StoreError::backend(error)
+                    }));
                 }
             }
             Err(e) => {
@@ -113,4 +123,76 @@ pub async fn next_batch<T>(receiver: &mut mpsc::Receiver<T>, max: usize) -> Opti
         }
     }
     Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Doubles each number; a batch holding a negative one fails whole, like a transaction with
+    /// one row the database refuses. `down` makes every write fail as unreachable.
+    struct Doubler {
+        writes: Arc<AtomicUsize>,
+        down: bool,
+    }
+
+    #[async_trait]
+    impl BatchWrite for Doubler {
+        type Item = i64;
+        type Output = i64;
+
+        async fn write(&self, batch: &[i64]) -> StoreResult<Vec<i64>> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            if self.down {
+                return Err(StoreError::unavailable(std::io::Error::other("connection refused")));
+            }
+            if batch.iter().any(|n| *n < 0) {
+                return Err(StoreError::backend(std::io::Error::other("refused row")));
+            }
+            Ok(batch.iter().map(|n| n * 2).collect())
+        }
+    }
+
+    /// Submits `items` at once (so they share batches) and collects each caller's answer.
+    async fn submit_all(on_error: OnBatchError, down: bool, items: Vec<i64>) -> (Vec<StoreResult<i64>>, usize) {
+        let writes = Arc::new(AtomicUsize::new(0));
+        let (batcher, task) = Batcher::start(Doubler { writes: writes.clone(), down }, on_error);
+        let calls: Vec<_> = items
+            .into_iter()
+            .map(|n| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.submit(n).await.map(|(output, item)| output + item - item) })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.expect("caller"));
+        }
+        drop(batcher);
+        task.await.expect("writer");
+        (answers, writes.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_refused_item_fails_alone_when_written_each_alone() {
+        let (answers, _) = submit_all(OnBatchError::WriteEachAlone, false, vec![1, 2, -3, 4]).await;
+        let doubled: Vec<Option<i64>> = answers.iter().map(|a| a.as_ref().ok().copied()).collect();
+        assert_eq!(doubled, vec![Some(2), Some(4), None, Some(8)]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_batch_fails_every_caller_with_fail_all() {
+        let (answers, _) = submit_all(OnBatchError::FailAll, false, vec![1, -2, 3]).await;
+        assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unreachable_database_is_not_retried_item_by_item() {
+        let (answers, writes) = submit_all(OnBatchError::WriteEachAlone, true, (1..=50).collect()).await;
+        assert!(answers.iter().all(|a| matches!(a, Err(StoreError::Unavailable(_)))), "{answers:?}");
+        assert!(writes < 50, "{writes} writes for 50 items: the outage was retried item by item");
+    }
 }

@@ -53,11 +53,19 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database could not be reached (connection refused or lost, pool exhausted): nothing
+    /// about the request itself is wrong, and trying again alone would fail the same way.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
     pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Backend(Box::new(error))
+    }
+
+    pub fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable(Box::new(error))
     }
 }
 

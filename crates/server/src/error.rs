@@ -89,6 +89,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::Conflict(detail) => ApiError::Conflict(detail),
+            StoreError::Unavailable(_) => ApiError::Unavailable("the database is unavailable; try again".into()),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -12,8 +12,16 @@ pub const SAGA_COLUMNS: &str = "s.id, s.tenant_id, s.definition, s.version, s.st
      s.run_at, s.lease_owner, s.lease_expires_at, s.fencing_token, s.created_at, s.updated_at, s.completed_at, s.previous_owner, \
      s.cancel_requested_at, s.wake_seq, s.concurrency_key";
 
+/// A database error at the store boundary: unreachable or a statement that failed.
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
-    StoreError::backend(e)
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::unavailable(e),
+        e => StoreError::backend(e),
+    }
 }
 
 /// [`StoreError::NotFound`] unless the statement changed a row.

@@ -11,8 +11,16 @@ pub const SAGA_COLUMNS: &str = "id, tenant_id, definition, version, status, inpu
      lease_owner, lease_expires_at, fencing_token, created_at, updated_at, completed_at, previous_owner, \
      cancel_requested_at, wake_seq, concurrency_key";
 
+/// A database error at the store boundary: unreachable or a statement that failed.
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
-    StoreError::backend(e)
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::unavailable(e),
+        e => StoreError::backend(e),
+    }
 }
 
 /// [`StoreError::NotFound`] unless the statement changed a row.

@@ -26,6 +26,8 @@ pub struct Seen {
 #[derive(Default)]
 struct Inner {
     scripts: HashMap<String, Vec<(u16, Value)>>,
+    /// Per path, one raw answer (any bytes, not necessarily JSON or UTF-8), always.
+    raw: HashMap<String, (u16, Vec<u8>)>,
     /// Per path, delays for the next requests (consumed in turn).
     delays: HashMap<String, Vec<std::time::Duration>>,
     seen: Vec<Seen>,
@@ -56,6 +58,13 @@ impl Participant {
     pub fn script(&self, path: &str, responses: Vec<(u16, Value)>) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.scripts.insert(path.to_string(), responses);
+        }
+    }
+
+    /// Answers `path` with exactly these bytes (as `application/json`), every time.
+    pub fn script_raw(&self, path: &str, status: u16, body: &[u8]) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.raw.insert(path.to_string(), (status, body.to_vec()));
         }
     }
 
@@ -98,6 +107,11 @@ async fn handle(
         let Ok(mut inner) = inner.lock() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
+        if let Some((status, bytes)) = inner.raw.get(&path).cloned() {
+            inner.seen.push(seen);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response();
+        }
         let answer = match inner.scripts.get_mut(&path) {
             Some(script) if script.len() > 1 => script.remove(0),
             Some(script) if script.len() == 1 => script[0].clone(),

@@ -119,7 +119,11 @@ impl Executors {
                 !matches!(result, AttemptResult::Finished(Outcome::Failed { kind: FailureKind::Retryable, .. }));
             self.breakers.record(endpoint, ctx.saga_id, healthy, Instant::now());
         }
-        result
+        // What a participant answered is stored as it is, except NUL (no store keeps it).
+        match result {
+            AttemptResult::Finished(outcome) => AttemptResult::Finished(outcome.sanitized()),
+            other => other,
+        }
     }
 }
 

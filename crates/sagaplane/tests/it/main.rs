@@ -6,6 +6,7 @@ mod cli;
 mod control;
 mod crash;
 mod fuzz;
+mod hardening;
 mod sagas;
 mod tenants;
 

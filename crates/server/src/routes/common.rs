@@ -159,8 +159,24 @@ pub(crate) async fn operator_retry(state: &AppState, record: &SagaRecord) -> Res
 }
 
 pub(crate) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let body = body.map_err(body_rejection)?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    json_body(&body.map_err(body_rejection)?)
+}
+
+/// A JSON request body. A string holding NUL (`\u0000`) is refused (400): no store keeps it, and
+/// a value the server would store differently from what was sent must not be accepted.
+pub(crate) fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    refuse_nul(&value)?;
+    Ok(value)
+}
+
+/// 400 when a string or key of `value` holds NUL.
+pub(crate) fn refuse_nul(value: &Value) -> Result<(), ApiError> {
+    if saga_core::text::contains_nul(value) {
+        return Err(ApiError::BadRequest("JSON strings may not contain the NUL character (\\u0000)".into()));
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_uuid(text: &str, what: &str) -> Result<Uuid, ApiError> {

@@ -59,11 +59,8 @@ pub async fn signal(
     principal.require_admin()?;
     let id = parse_id(&id)?;
     let body = body.map_err(body_rejection)?;
-    let payload: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
-    };
+    let payload: Value =
+        if body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { crate::routes::common::json_body(&body)? };
     let record = load(&state, id).await?;
     let (_, definition) = definition(&state, &record.definition, Some(record.version)).await?;
     let waits_for: Vec<&str> = definition
@@ -178,9 +175,10 @@ pub async fn callback(
 ) -> Result<Response, ApiError> {
     let hash = token_hash(&token)?;
     let body = body.map_err(body_rejection)?;
+    // A participant's answer: NUL is replaced (as in its HTTP answers), not refused.
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
-    let result = parse_callback(&value)?;
+    let result = parse_callback(&saga_core::text::sanitize_value(value))?;
     match state.store.callback_complete(&hash, &result, state.clock.now_ms()).await {
         Ok(saga_id) => Ok((StatusCode::OK, Json(json!({"saga_id": saga_id, "accepted": true}))).into_response()),
         Err(StoreError::NotFound) => Err(unknown_token()),

@@ -35,6 +35,7 @@ pub async fn put(
         }
     };
     let document = saga_core::parse_document(&body, format).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    crate::routes::common::refuse_nul(&document)?;
     let definition = saga_core::validate_definition(&name, &document, &state.builtin_names())
         .map_err(|errors| ApiError::validation(format!("definition {name:?} is invalid"), errors))?;
     let errors = tenancy::definitions::check_extension(&name, &definition);

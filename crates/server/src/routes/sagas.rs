@@ -130,8 +130,7 @@ pub async fn create(
     // `?wait=`: answer once the saga is terminal (or the wait is over), like `sagas start --wait`.
     let wait = parse_wait(&query)?;
     let body = body.map_err(body_rejection)?;
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let value: Value = crate::routes::common::json_body(&body)?;
     let request = parse_start(&value)?;
     // serde_json maps keep keys sorted, so this hash is canonical for equal JSON.
     let request_hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));

@@ -82,8 +82,7 @@ pub async fn crm_webhook(
 }
 
 pub(super) async fn handle_crm_event(state: &AppState, body: &[u8]) -> Result<(StatusCode, Value), ApiError> {
-    let event: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let event: Value = crate::routes::common::json_body(body)?;
     match event["type"].as_str() {
         Some("customer.created") => {}
         Some(other) => {

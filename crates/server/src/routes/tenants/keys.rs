@@ -36,11 +36,8 @@ pub async fn keys_create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     live_tenant(&state, &principal, &id).await?;
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
-    };
+    let body: Value =
+        if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { crate::routes::common::json_body(&body)? };
     let Some(map) = body.as_object() else {
         return Err(ApiError::field("", "the body must be a JSON object {name?}"));
     };

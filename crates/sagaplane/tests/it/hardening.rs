@@ -1,0 +1,100 @@
+//! What bad input and hostile participants can do: each test is one defect that was real.
+
+use serde_json::{json, Value};
+use test_support::app::fast_definition;
+use test_support::{App, Backend, Participant};
+
+use crate::{on_both_backends, BIN};
+
+const TERMINAL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn app_with(backend: Backend, participant: &Participant) -> App {
+    App::spawn(BIN, backend, &[("SAGAPLANE_VAR_P", participant.url.clone())]).await
+}
+
+fn http_step(name: &str, path: &str) -> Value {
+    json!({"name": name, "action": {"http": {"method": "POST", "url": format!("{{{{ vars.P }}}}{path}")}},
+           "compensation": {"http": {"method": "POST", "url": format!("{{{{ vars.P }}}}{path}/undo")}}})
+}
+
+/// A NUL byte in a participant's answer (PostgreSQL's `jsonb` refuses it) used to make the saga's
+/// commit fail, over and over, and take the other sagas of its commit batch down with it. Now
+/// NUL becomes U+FFFD at the boundary, and every saga ends.
+async fn nul_bytes_from_participants_are_stored_and_stall_nothing(backend: Backend) {
+    let participant = Participant::start().await;
+    participant.script_raw("/declines", 400, b"declined: bad\x00byte");
+    participant.script_raw("/answers", 200, br#"{"v": "a\u0000b", "k\u0000": 1}"#);
+    let app = app_with(backend, &participant).await;
+    app.put_definition("declined", &fast_definition(json!([http_step("a", "/a"), http_step("b", "/declines")]))).await;
+    app.put_definition("answered", &fast_definition(json!([http_step("x", "/answers")]))).await;
+    app.put_definition("plain", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
+    let declined = app.start("declined", json!({})).await;
+    let answered = app.start("answered", json!({})).await;
+    let plain: Vec<String> = futures::future::join_all((0..20).map(|_| app.start("plain", json!({})))).await;
+
+    let saga = app.wait_terminal(&declined, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPENSATED", "{saga}");
+    let message = saga["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("bad\u{FFFD}byte"), "{message}");
+    assert!(app.event_types(&declined).await.contains(&"step_failed".to_string()));
+    let saga = app.wait_terminal(&answered, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(saga["output"]["x"], json!({"v": "a\u{FFFD}b", "k\u{FFFD}": 1}));
+    for id in plain {
+        assert_eq!(app.wait_terminal(&id, TERMINAL_WAIT).await["status"], "COMPLETED");
+    }
+}
+on_both_backends!(nul_bytes_from_participants_are_stored_and_stall_nothing);
+
+/// Operators' JSON with NUL is refused with 400 and nothing is written (it used to be a 500 on
+/// PostgreSQL after the request had been half accepted); a participant's callback is cleaned.
+async fn nul_in_api_bodies_is_refused_and_in_callbacks_replaced(backend: Backend) {
+    let participant = Participant::start().await;
+    participant.script("/later", vec![(202, json!({}))]);
+    let app = app_with(backend, &participant).await;
+    let waits = json!([{"name": "w", "action": {"signal": {"name": "go"}}}]);
+    app.put_definition("waits", &fast_definition(waits)).await;
+    let asynchronous = json!([{"name": "a", "action": {"http": {"method": "POST", "url": "{{ vars.P }}/later", "async": true}},
+                               "heartbeat_timeout": "30s"}]);
+    app.put_definition("later", &fast_definition(asynchronous)).await;
+
+    let (status, _, body) = app
+        .send(
+            app.request(reqwest::Method::POST, "/v1/sagas")
+                .json(&json!({"definition": "waits", "input": {"x": "a\u{0}"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap_or_default().contains("NUL"), "{body}");
+    let (_, _, list) = app.send(app.request(reqwest::Method::GET, "/v1/sagas?definition=waits")).await;
+    assert_eq!(list["items"], json!([]), "a refused start created a saga");
+    let (status, _, body) = app
+        .send(app.request(reqwest::Method::PUT, "/v1/definitions/nul").json(&fast_definition(json!([
+            {"name": "e", "action": {"builtin": "core.echo", "input": {"t": "\u{0}"}}}
+        ]))))
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let id = app.start("waits", json!({})).await;
+    let signal = app.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/signals/go")).json(&json!({"v": "\u{0}"}));
+    let (status, _, body) = app.send(signal).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _, _) = app
+        .send(app.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/signals/go")).json(&json!({"v": 1})))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(app.wait_terminal(&id, TERMINAL_WAIT).await["status"], "COMPLETED");
+
+    let id = app.start("later", json!({})).await;
+    let url = test_support::eventually("the async request", TERMINAL_WAIT, || async {
+        participant.requests("/later").first().map(|seen| seen.headers["x-saga-callback-url"].clone())
+    })
+    .await;
+    let callback = json!({"status": "succeeded", "output": {"v": "x\u{0}y"}});
+    let response = app.http.post(&url).json(&callback).send().await.expect("callback");
+    assert_eq!(response.status().as_u16(), 200);
+    let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(saga["output"]["a"], json!({"v": "x\u{FFFD}y"}));
+}
+on_both_backends!(nul_in_api_bodies_is_refused_and_in_callbacks_replaced);
