@@ -183,6 +183,24 @@ pub struct TenantChange {
     pub migrations: Option<Value>,
 }
 
+impl TenantChange {
+    /// The history row a commit writes for this change: `tenant_status_changed` when the tenant
+    /// was in one of `from` (so it changed), `tenant_change_refused` when it was not (`found` is
+    /// the status it was in, None when the tenant does not exist). Every store writes exactly this.
+    pub fn recorded(&self, applied: bool, found: Option<&str>, now_ms: i64) -> HistoryEvent {
+        let kind = if applied { TENANT_STATUS_CHANGED } else { TENANT_CHANGE_REFUSED };
+        let from: Vec<&str> = self.from.iter().map(|s| s.as_str()).collect();
+        let data =
+            serde_json::json!({"tenant_id": self.tenant_id, "to": self.to.as_str(), "from": from, "found": found});
+        HistoryEvent::new(kind, None, None, data, now_ms)
+    }
+}
+
+/// History row: a transition moved its tenant (same transaction).
+pub const TENANT_STATUS_CHANGED: &str = "tenant_status_changed";
+/// History row: a transition's tenant change was not applied, the tenant being in another status.
+pub const TENANT_CHANGE_REFUSED: &str = "tenant_change_refused";
+
 /// Outcome of one commit in a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {

@@ -10,6 +10,11 @@ pub const PROVISION: &str = "tenant.provision";
 pub const DEPROVISION: &str = "tenant.deprovision";
 pub const MIGRATE: &str = "tenant.migrate";
 
+/// True for the built-in tenant sagas, which only the tenant lifecycle may start.
+pub fn is_tenant_saga(name: &str) -> bool {
+    [PROVISION, DEPROVISION, MIGRATE].contains(&name)
+}
+
 /// Builtin step names.
 pub mod steps {
     pub const RECORD: &str = "tenant.record";
@@ -125,40 +130,67 @@ fn builtin_of(action: &Action) -> Option<&str> {
     }
 }
 
-/// A new version of a built-in tenant saga must keep its built-in steps, in order (other
-/// steps may go around them). Other definitions may not use the tenant builtins at all: they
-/// change tenant storage and status only inside the sagas built for it.
+/// Where a definition uses tenant builtins: `(path, builtin)` for every action and compensation,
+/// in step order.
+fn tenant_builtins(definition: &Definition) -> Vec<(String, &str)> {
+    let mut used = Vec::new();
+    for (i, step) in definition.steps.iter().enumerate() {
+        if let Some(builtin) = builtin_of(&step.action).filter(|b| b.starts_with("tenant.")) {
+            used.push((format!("/steps/{i}/action"), builtin));
+        }
+        if let Some(builtin) = step.compensation.as_ref().and_then(builtin_of).filter(|b| b.starts_with("tenant.")) {
+            used.push((format!("/steps/{i}/compensation"), builtin));
+        }
+    }
+    used
+}
+
+/// A new version of a built-in tenant saga must keep its built-in steps, in order, with their
+/// compensations (other steps may go around them, using no tenant builtin). Other definitions may
+/// not use the tenant builtins at all, as actions or as compensations.
 pub fn check_extension(name: &str, definition: &Definition) -> Vec<FieldError> {
-    let used: Vec<(usize, &str)> =
-        definition.steps.iter().enumerate().filter_map(|(i, s)| builtin_of(&s.action).map(|b| (i, b))).collect();
+    let used = tenant_builtins(definition);
     let Some((_, required)) = builtin_documents().into_iter().find(|(n, _)| *n == name) else {
         return used
-            .iter()
-            .filter(|(_, b)| b.starts_with("tenant."))
-            .map(|(i, b)| FieldError {
-                path: format!("/steps/{i}/action"),
-                message: format!("{b} is a tenant builtin; it may only be used by the built-in tenant sagas"),
+            .into_iter()
+            .map(|(path, builtin)| FieldError {
+                path,
+                message: format!("{builtin} is a tenant builtin; it may only be used by the built-in tenant sagas"),
             })
             .collect();
     };
-    let expected: Vec<String> = required["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["action"]["builtin"].as_str().map(str::to_string))
-        .collect();
-    let found: Vec<&str> = used.iter().map(|(_, b)| *b).filter(|b| b.starts_with("tenant.")).collect();
+    let mut expected: Vec<(String, &str)> = Vec::new();
+    for step in required["steps"].as_array().into_iter().flatten() {
+        for kind in ["action", "compensation"] {
+            if let Some(builtin) = step[kind]["builtin"].as_str().filter(|b| b.starts_with("tenant.")) {
+                expected.push((kind.to_string(), builtin));
+            }
+        }
+    }
+    let found: Vec<(String, &str)> = used.iter().map(|(path, b)| (kind_of(path), *b)).collect();
     if found != expected {
+        let list = |items: &[(String, &str)]| {
+            if items.is_empty() {
+                "none".to_string()
+            } else {
+                items.iter().map(|(kind, b)| format!("{b} ({kind})")).collect::<Vec<_>>().join(", ")
+            }
+        };
         return vec![FieldError {
             path: "/steps".into(),
             message: format!(
-                "{name} must keep its built-in steps in this order: {}; found {}",
-                expected.join(", "),
-                if found.is_empty() { "none".to_string() } else { found.join(", ") }
+                "{name} must keep its built-in steps and compensations in this order: {}; found {}",
+                list(&expected),
+                list(&found)
             ),
         }];
     }
     Vec::new()
+}
+
+/// `action` or `compensation`, from a path made by [`tenant_builtins`].
+fn kind_of(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or_default().to_string()
 }
 
 #[cfg(test)]

@@ -155,6 +155,40 @@ pub async fn tenant_changes_commit_with_the_transition_or_not_at_all(store: Arc<
     illegal.tenant_change = Some(change(TenantStatus::Deleted));
     ensure!(db(store.saga_commit_batch(&[illegal]).await)? == vec![CommitOutcome::Committed], "commit");
     ensure!(db(store.tenant_get("acme").await)?.status == TenantStatus::Migrating, "MIGRATING may not become DELETED");
+    // Neither is silent: each change is the last history row of its commit, applied or refused,
+    // with the status the tenant was found in; the stale commit wrote none.
+    let mut illegal_with_events = commit(
+        saga.id,
+        claimed.record.fencing_token,
+        claimed.record.state.clone(),
+        4,
+        vec![HistoryEvent::new("step_succeeded", Some("record".into()), Some(1), json!({}), 4)],
+    );
+    illegal_with_events.tenant_change = Some(change(TenantStatus::Deleted));
+    ensure!(db(store.saga_commit_batch(&[illegal_with_events]).await)? == vec![CommitOutcome::Committed], "commit");
+    let events = db(store.saga_events(saga.id, 0, 100).await)?;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    ensure!(
+        kinds
+            == vec![
+                "saga_created",
+                "tenant_status_changed",
+                "tenant_change_refused",
+                "step_succeeded",
+                "tenant_change_refused"
+            ],
+        "history: {kinds:?}"
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    ensure!(seqs == vec![1, 2, 3, 4, 5], "seqs: {seqs:?}");
+    let applied = &events[1].data;
+    ensure!(
+        applied["tenant_id"] == "acme" && applied["to"] == "MIGRATING" && applied["found"] == "PROVISIONING",
+        "applied change: {applied}"
+    );
+    let refused = &events[2].data;
+    ensure!(refused["to"] == "DELETED" && refused["found"] == "MIGRATING", "refused change: {refused}");
+    ensure!(refused["from"].as_array().is_some_and(|from| !from.is_empty()), "refused change: {refused}");
     Ok(())
 }
 

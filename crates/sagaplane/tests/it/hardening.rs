@@ -98,3 +98,72 @@ async fn nul_in_api_bodies_is_refused_and_in_callbacks_replaced(backend: Backend
     assert_eq!(saga["output"]["a"], json!({"v": "x\u{FFFD}y"}));
 }
 on_both_backends!(nul_in_api_bodies_is_refused_and_in_callbacks_replaced);
+
+/// Tenant builtins reach tenant storage with the server's admin rights, so only the tenant
+/// lifecycle may run them: a definition could once hide one in a compensation, and
+/// `POST /v1/sagas` started the built-in tenant sagas for any `tenant_id` — moving a tenant
+/// outside its lifecycle. Both are refused now, and every tenant change a saga makes (or is
+/// refused) is in its history.
+async fn tenant_builtins_stay_inside_the_tenant_lifecycle(backend: Backend) {
+    let app = App::spawn(BIN, backend, &[]).await;
+    let hidden = json!({"steps": [
+        {"name": "harmless", "action": {"builtin": "core.echo"}, "compensation": {"builtin": "tenant.storage.drop"}},
+    ]});
+    let (status, body) = app.put_definition("sneaky", &hidden).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["path"], "/steps/0/compensation", "{body}");
+    let (status, _, _) = app.send(app.request(reqwest::Method::GET, "/v1/definitions/sneaky")).await;
+    assert_eq!(status, 404, "the refused definition was stored");
+
+    // An extension of tenant.provision may add steps, not change the built-in compensations.
+    let (_, _, latest) = app.send(app.request(reqwest::Method::GET, "/v1/definitions/tenant.provision")).await;
+    let mut stripped = latest["definition"].clone();
+    let steps = stripped["steps"].as_array_mut().expect("steps");
+    let storage = steps.iter_mut().find(|s| s["name"] == "storage").expect("storage step");
+    storage.as_object_mut().expect("step").remove("compensation");
+    let (status, body) = app.put_definition("tenant.provision", &stripped).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap_or_default().contains("compensation"), "{body}");
+    let mut extended = latest["definition"].clone();
+    extended["steps"].as_array_mut().expect("steps").push(json!({"name": "crm", "action": {"builtin": "core.echo"}}));
+    let (status, body) = app.put_definition("tenant.provision", &extended).await;
+    assert_eq!(status, 201, "an extension that keeps the built-in steps: {body}");
+
+    for name in ["tenant.provision", "tenant.deprovision", "tenant.migrate"] {
+        let start = json!({"definition": name, "tenant_id": "victim", "input": {"tenant_id": "victim"}});
+        let (status, _, body) = app.send(app.request(reqwest::Method::POST, "/v1/sagas").json(&start)).await;
+        assert_eq!(status, 422, "{name}: {body}");
+        assert_eq!(body["errors"][0]["path"], "/definition", "{body}");
+    }
+    let (_, _, list) = app.send(app.request(reqwest::Method::GET, "/v1/sagas?tenant_id=victim")).await;
+    assert_eq!(list["items"], json!([]), "a tenant saga was started directly");
+
+    // Onboarding through the lifecycle: each status change is in the saga's history.
+    let body = json!({"id": "acme", "name": "Acme"});
+    let (status, _, accepted) = app.send(app.request(reqwest::Method::POST, "/v1/tenants").json(&body)).await;
+    assert_eq!(status, 202, "{accepted}");
+    let saga_id = accepted["saga_id"].as_str().expect("saga id").to_string();
+    let saga = app.wait_terminal(&saga_id, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    let changes: Vec<(String, String)> = app
+        .events(&saga_id)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "tenant_status_changed" || e["type"] == "tenant_change_refused")
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["data"]["to"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            ("tenant_status_changed".to_string(), "MIGRATING".to_string()),
+            ("tenant_status_changed".to_string(), "ACTIVE".to_string())
+        ],
+        "the history records the tenant's changes"
+    );
+}
+on_both_backends!(tenant_builtins_stay_inside_the_tenant_lifecycle);

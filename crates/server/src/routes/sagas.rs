@@ -69,6 +69,17 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
         }
     }
     let definition = match map.get("definition") {
+        Some(Value::String(s)) if tenancy::definitions::is_tenant_saga(s) => {
+            error(
+                "/definition",
+                &format!(
+                    "{s} is a tenant saga: the tenant lifecycle starts it (POST /v1/tenants, DELETE /v1/tenants/{{id}}, \
+                     POST /v1/migrations/rollout, retry-migration), with the tenant's status changed in the same \
+                     transaction; it cannot be started here"
+                ),
+            );
+            String::new()
+        }
         Some(Value::String(s)) if saga_core::is_valid_definition_name(s) => s.clone(),
         Some(Value::String(_)) => {
             error("/definition", "is not a valid definition name");

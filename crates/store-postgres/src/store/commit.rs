@@ -86,6 +86,9 @@ struct TenantChangeColumns {
     storages: Vec<Option<String>>,
     migrations: Vec<Option<String>>,
     nows: Vec<i64>,
+    /// For the history row recording the change: the saga's tenant and the driver.
+    saga_tenant_ids: Vec<Option<String>>,
+    workers: Vec<String>,
 }
 
 impl TenantChangeColumns {
@@ -99,6 +102,8 @@ impl TenantChangeColumns {
         self.storages.push(change.storage.as_ref().map(json_text).transpose()?);
         self.migrations.push(change.migrations.as_ref().map(json_text).transpose()?);
         self.nows.push(commit.now_ms);
+        self.saga_tenant_ids.push(commit.tenant_id.clone());
+        self.workers.push(commit.worker_id.clone());
         Ok(())
     }
 }
@@ -149,11 +154,13 @@ impl CommitColumns {
         for commit in commits {
             let terminal = commit.state.status.is_terminal();
             let count = commit.events.len() as i64;
+            // A tenant change is recorded as one more history row, the commit's last.
+            let extra = i64::from(commit.tenant_change.is_some());
             batch.ids.push(commit.id);
             batch.tokens.push(commit.fencing_token);
             batch.statuses.push(commit.state.status.as_str().to_string());
             batch.states.push(json_text(&commit.state)?);
-            batch.event_counts.push(count);
+            batch.event_counts.push(count + extra);
             batch.releases.push(commit.release_lease || terminal);
             batch.run_ats.push(commit.run_at_ms);
             batch.terminals.push(terminal);
@@ -166,7 +173,7 @@ impl CommitColumns {
             for offset in 0..count {
                 batch.event_saga_ids.push(commit.id);
                 batch.event_tokens.push(commit.fencing_token);
-                batch.event_from_end.push(count - 1 - offset);
+                batch.event_from_end.push(count - 1 - offset + extra);
             }
             // `seq` is computed in SQL; the placeholder here is unused.
             batch.events.push_all(
@@ -208,15 +215,32 @@ impl PostgresStore {
                FROM UNNEST($10::uuid[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[], $19::bigint[]) \
                     AS ev(saga_id, token, from_end, tenant_id, kind, step, attempt, worker, data, at) \
                JOIN u ON u.id = ev.saga_id AND u.fencing_token = ev.token), \
+             tc AS ( \
+               SELECT c.*, tn.status AS found FROM UNNEST($22::uuid[], $23::bigint[], $24::text[], $25::text[], $26::text[], \
+                                      $27::text[], $28::text[], $29::text[], $30::bigint[], $31::text[], $32::text[]) \
+                    AS c(saga_id, token, tenant_id, to_status, allowed, error, storage, migrations, now, saga_tenant, worker) \
+               JOIN u ON u.id = c.saga_id AND u.fencing_token = c.token \
+               LEFT JOIN tenants tn ON tn.id = c.tenant_id), \
              t AS ( \
                UPDATE tenants tn SET status = tc.to_status, error = tc.error::jsonb, updated_at = tc.now, \
                  storage = COALESCE(tc.storage::jsonb, tn.storage), \
                  migrations = COALESCE(tc.migrations::jsonb, tn.migrations) \
-               FROM UNNEST($22::uuid[], $23::bigint[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::bigint[]) \
-                    AS tc(saga_id, token, tenant_id, to_status, allowed, error, storage, migrations, now) \
-               JOIN u ON u.id = tc.saga_id AND u.fencing_token = tc.token \
-               WHERE tn.id = tc.tenant_id AND tn.status = ANY(string_to_array(tc.allowed, ','))) \
-             SELECT id, fencing_token FROM u",
+               FROM tc \
+               WHERE tn.id = tc.tenant_id AND tn.status = ANY(string_to_array(tc.allowed, ',')) \
+               RETURNING tc.saga_id), \
+             r AS ( \
+               INSERT INTO saga_events (saga_id, seq, tenant_id, kind, step, attempt, worker, data, at) \
+               SELECT tc.saga_id, u.event_seq, tc.saga_tenant, \
+                      CASE WHEN t.saga_id IS NULL THEN 'tenant_change_refused' ELSE 'tenant_status_changed' END, \
+                      NULL, NULL, tc.worker, \
+                      jsonb_build_object('tenant_id', tc.tenant_id, 'to', tc.to_status, \
+                                         'from', to_jsonb(string_to_array(tc.allowed, ',')), 'found', tc.found), \
+                      tc.now \
+               FROM tc JOIN u ON u.id = tc.saga_id LEFT JOIN t ON t.saga_id = tc.saga_id \
+               RETURNING saga_id, kind) \
+             SELECT u.id, u.fencing_token, \
+                    EXISTS (SELECT 1 FROM r WHERE r.saga_id = u.id AND r.kind = 'tenant_change_refused') AS refused \
+             FROM u",
         )
         .bind(batch.ids)
         .bind(batch.tokens)
@@ -248,6 +272,8 @@ impl PostgresStore {
         .bind(batch.tenants.storages)
         .bind(batch.tenants.migrations)
         .bind(batch.tenants.nows)
+        .bind(batch.tenants.saga_tenant_ids)
+        .bind(batch.tenants.workers)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -255,6 +281,9 @@ impl PostgresStore {
         for row in &rows {
             let id: Uuid = row.try_get(0).map_err(db)?;
             let token: i64 = row.try_get(1).map_err(db)?;
+            if row.try_get::<bool, _>(2).map_err(db)? {
+                tracing::warn!(saga_id = %id, "the tenant status change of this transition was refused: the tenant is in another status (recorded as tenant_change_refused)");
+            }
             committed.insert((id, token));
         }
         // The rare rows not written: fenced, or a cancel request the driver has yet to act on.

@@ -18,6 +18,8 @@ impl SqliteStore {
             let release = commit.release_lease || terminal;
             released |= commit.release_lease && !terminal;
             let id = commit.id.to_string();
+            // A tenant change is recorded as one more history row, the commit's last.
+            let count = commit.events.len() as i64 + i64::from(commit.tenant_change.is_some());
             let row = sqlx::query(
                 "UPDATE sagas SET status = ?, state = ?, updated_at = ?, event_seq = event_seq + ?, \
                  completed_at = CASE WHEN ? THEN ? ELSE NULL END, \
@@ -29,7 +31,7 @@ impl SqliteStore {
             .bind(commit.state.status.as_str())
             .bind(json_text(&commit.state)?)
             .bind(commit.now_ms)
-            .bind(commit.events.len() as i64)
+            .bind(count)
             .bind(terminal)
             .bind(commit.now_ms)
             .bind(release)
@@ -60,10 +62,7 @@ impl SqliteStore {
                 continue;
             };
             let last_seq: i64 = row.try_get(0).map_err(db)?;
-            let first_seq = last_seq - commit.events.len() as i64 + 1;
-            if let Some(change) = &commit.tenant_change {
-                tenant_change_apply(&mut tx, change, commit.now_ms).await?;
-            }
+            let first_seq = last_seq - count + 1;
             insert_events(
                 &mut tx,
                 &id,
@@ -73,6 +72,20 @@ impl SqliteStore {
                 &commit.events,
             )
             .await?;
+            if let Some(change) = &commit.tenant_change {
+                let found: Option<String> = sqlx::query_scalar("SELECT status FROM tenants WHERE id = ?")
+                    .bind(&change.tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                let applied = tenant_change_apply(&mut tx, change, commit.now_ms).await? > 0;
+                if !applied {
+                    tracing::warn!(saga_id = %commit.id, "the tenant status change of this transition was refused: the tenant is in another status (recorded as tenant_change_refused)");
+                }
+                let event = change.recorded(applied, found.as_deref(), commit.now_ms);
+                insert_events(&mut tx, &id, commit.tenant_id.as_deref(), last_seq, Some(&commit.worker_id), &[event])
+                    .await?;
+            }
             outcomes.push(CommitOutcome::Committed);
         }
         tx.commit().await.map_err(db)?;
