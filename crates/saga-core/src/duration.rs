@@ -3,6 +3,15 @@
 use std::time::Duration;
 
 /// Parses a humantime duration into milliseconds.
+/// The longest duration a definition may name (timeouts, retry intervals, signal waits): ten
+/// years. Anything longer is a typo, and millisecond arithmetic on time stamps must not overflow.
+pub const DURATION_MAX_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// Milliseconds as a signed offset for time stamps, saturating rather than wrapping.
+pub fn signed_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
 pub fn parse_ms(text: &str) -> Result<u64, String> {
     let duration: Duration = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
     u64::try_from(duration.as_millis()).map_err(|_| "duration is too large".to_string())

@@ -292,7 +292,7 @@ fn record_failure(
         return None;
     }
     let delay_ms = retry_delay_ms(policy, attempt, jitter_sample);
-    let due_ms = now_ms + delay_ms as i64;
+    let due_ms = now_ms.saturating_add(crate::duration::signed_ms(delay_ms));
     events.push(HistoryEvent::new(
         "step_retry_scheduled",
         Some(step),
@@ -337,7 +337,7 @@ impl SagaState {
     /// A new saga created at `now_ms`, with its deadline when the definition has a `timeout`.
     pub fn started(definition: &Definition, now_ms: i64) -> Self {
         let mut state = SagaState::new(definition);
-        state.deadline_at_ms = definition.timeout_ms.map(|t| now_ms.saturating_add(t as i64));
+        state.deadline_at_ms = definition.timeout_ms.map(|t| now_ms.saturating_add(crate::duration::signed_ms(t)));
         state
     }
 

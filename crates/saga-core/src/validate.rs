@@ -121,6 +121,10 @@ impl Checker<'_> {
                 self.error(path, "must be longer than zero");
                 None
             }
+            Ok(ms) if ms > duration::DURATION_MAX_MS => {
+                self.error(path, format!("must be at most {}", duration::format_ms(duration::DURATION_MAX_MS)));
+                None
+            }
             Ok(ms) => Some(ms),
             Err(e) => {
                 self.error(path, format!("invalid duration {text:?}: {e} (examples: 250ms, 5s, 2m)"));

@@ -158,12 +158,12 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
                     json!({
                         "endpoint": endpoint,
                         "retry_after_ms": retry_after_ms,
-                        "until_ms": now_ms + retry_after_ms as i64,
+                        "until_ms": now_ms.saturating_add(saga_core::duration::signed_ms(retry_after_ms)),
                         "reason": "circuit open",
                     }),
                     now_ms,
                 ));
-                (events, Some(now_ms + retry_after_ms as i64))
+                (events, Some(now_ms.saturating_add(saga_core::duration::signed_ms(retry_after_ms))))
             }
             Settled::Outcome(outcome) => {
                 let outcome_label = match (&outcome, phase) {
@@ -313,7 +313,7 @@ async fn settle(
         }
         let until_ms = match &waiting {
             Some(wait) => wait.until_ms,
-            None => signal.timeout_ms.map(|t| now_ms.saturating_add(t as i64)),
+            None => signal.timeout_ms.map(|t| now_ms.saturating_add(saga_core::duration::signed_ms(t))),
         };
         if until_ms.is_some_and(|until| until <= now_ms) {
             let waited = signal.timeout_ms.map(saga_core::duration::format_ms).unwrap_or_default();
@@ -351,7 +351,7 @@ async fn settle(
             tenant_id: record.tenant_id.clone(),
             step: step.name.clone(),
             attempt,
-            heartbeat_timeout_ms: step.heartbeat_timeout_ms.map(|t| t as i64),
+            heartbeat_timeout_ms: step.heartbeat_timeout_ms.map(saga_core::duration::signed_ms),
             now_ms,
         };
         // Durable before dependent: the token exists before the participant can call back.
@@ -365,7 +365,7 @@ async fn settle(
         AttemptResult::Finished(outcome) => Settled::Outcome(outcome),
         AttemptResult::Accepted => Settled::Wait {
             kind: WaitKind::Callback,
-            until_ms: step.heartbeat_timeout_ms.map(|t| now_ms.saturating_add(t as i64)),
+            until_ms: step.heartbeat_timeout_ms.map(|t| now_ms.saturating_add(saga_core::duration::signed_ms(t))),
         },
         AttemptResult::Deferred { endpoint, retry_after_ms } => Settled::Deferred { endpoint, retry_after_ms },
     }

@@ -162,7 +162,7 @@ pub async fn tenant_changes_commit_with_the_transition_or_not_at_all(store: Arc<
         claimed.record.fencing_token,
         claimed.record.state.clone(),
         4,
-        vec![HistoryEvent::new("step_succeeded", Some("record".into()), Some(1), json!({}), 4)],
+        vec![HistoryEvent::new("step_succeeded", Some("record"), Some(1), json!({}), 4)],
     );
     illegal_with_events.tenant_change = Some(change(TenantStatus::Deleted));
     ensure!(db(store.saga_commit_batch(&[illegal_with_events]).await)? == vec![CommitOutcome::Committed], "commit");

@@ -167,3 +167,61 @@ async fn tenant_builtins_stay_inside_the_tenant_lifecycle(backend: Backend) {
     );
 }
 on_both_backends!(tenant_builtins_stay_inside_the_tenant_lifecycle);
+
+/// Durations were milliseconds cast to `i64`: a timeout of 300,000,000 years wrapped to a
+/// deadline in the past and the saga timed out at once. Definitions now bound every duration
+/// (ten years), and time arithmetic saturates.
+#[tokio::test]
+async fn durations_beyond_ten_years_are_refused_not_wrapped() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let steps = json!([{"name": "w", "action": {"signal": {"name": "go"}}}]);
+    for (path, document) in [
+        ("/timeout", json!({"timeout": "300000000y", "steps": steps})),
+        (
+            "/steps/0/timeout",
+            json!({"steps": [{"name": "e", "action": {"builtin": "core.echo"}, "timeout": "300000000y"}]}),
+        ),
+        (
+            "/defaults/retry/max_interval",
+            json!({"defaults": {"retry": {"max_interval": "300000000y"}}, "steps": steps}),
+        ),
+        (
+            "/steps/0/action/signal/timeout",
+            json!({"steps": [{"name": "w", "action": {"signal": {"name": "go", "timeout": "300000000y"}}}]}),
+        ),
+    ] {
+        let (status, body) = app.put_definition("long", &document).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        assert_eq!(body["errors"][0]["path"], path, "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap_or_default().contains("at most"), "{body}");
+    }
+    // Ten years is still a valid deadline: the saga waits instead of timing out.
+    let (status, body) = app.put_definition("long", &json!({"timeout": "3650d", "steps": steps})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = app.start("long", json!({})).await;
+    let (_, _, saga) = app.send(app.request(reqwest::Method::GET, &format!("/v1/sagas/{id}?wait=1s"))).await;
+    assert!(saga["status"] == "PENDING" || saga["status"] == "EXECUTING", "{saga}");
+}
+
+/// The dashboard page had no security headers: any site could frame it (clickjacking an
+/// operator whose token is in the page) and nothing limited what scripts it could run.
+#[tokio::test]
+async fn the_dashboard_forbids_framing_and_foreign_scripts() {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let response = app.http.get(format!("{}/ui/", app.url)).send().await.expect("ui");
+    assert_eq!(response.status().as_u16(), 200);
+    let header =
+        |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    let policy = header("content-security-policy");
+    assert!(policy.contains("frame-ancestors 'none'") && policy.contains("default-src 'none'"), "{policy}");
+    assert!(!policy.contains("script-src 'unsafe-inline'"), "{policy}");
+    let page = response.text().await.expect("page");
+    let script = page.split_once("<script>").and_then(|(_, rest)| rest.split_once("</script>")).map(|(s, _)| s);
+    let hash =
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.expect("inline script").as_bytes()));
+    assert!(policy.contains(&format!("script-src 'sha256-{hash}'")), "the page's own script must run: {policy}");
+}
