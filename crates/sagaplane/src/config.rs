@@ -102,6 +102,22 @@ pub const BREAKER_COOL_DOWN_DEFAULT_MS: u64 = 30_000;
 pub const WORKER_CONCURRENCY_MAX: u32 = 10_000;
 pub const DELIVERY_RETRY_SCHEDULE_DEFAULT: &str = "1m,2m,4m,8m,16m,32m,64m,128m";
 
+/// A connection URL fit to print or log: the password (if any) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -245,6 +261,20 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_printed_urls() {
+        for (url, shown) in [
+            ("postgres://app:s3cr%40t@db:5432/sagaplane", "postgres://app:***@db:5432/sagaplane"),
+            ("postgres://app:p@ss@db/x?sslmode=require", "postgres://app:***@db/x?sslmode=require"),
+            ("postgres://app@db/x", "postgres://app@db/x"),
+            ("postgres://db/x", "postgres://db/x"),
+            ("sqlite://.sagaplane/sagaplane.db", "sqlite://.sagaplane/sagaplane.db"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 
     /// Every `SAGAPLANE_*` variable the binary reads is in the operations guide's table.
     #[test]

@@ -199,7 +199,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
             println!("sagaplane dev: listening on http://{local}");
             println!("admin token: {}", admin_token.expose());
             println!("dashboard: http://{local}/ui/");
-            println!("database: {database_url}");
+            println!("database: {}", crate::config::redact_url(database_url));
             onboard_demo_tenant(&state).await;
         } else {
             println!("listening on http://{local}");

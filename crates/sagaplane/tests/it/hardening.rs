@@ -225,3 +225,48 @@ async fn the_dashboard_forbids_framing_and_foreign_scripts() {
         base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.expect("inline script").as_bytes()));
     assert!(policy.contains(&format!("script-src 'sha256-{hash}'")), "the page's own script must run: {policy}");
 }
+
+/// `sagaplane dev` printed its database URL whole, password included, to a terminal that may be
+/// shared or recorded.
+#[tokio::test]
+async fn dev_never_prints_the_database_password() {
+    use tokio::io::AsyncBufReadExt;
+    let url = test_support::db::fresh_postgres().await;
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':').map(|(_, password)| password.to_string()));
+    let password = password.expect("the test database URL has a password");
+    let data_dir = std::env::temp_dir().join(format!("sagaplane-dev-{}", uuid::Uuid::now_v7()));
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SAGAPLANE_DATABASE_URL", &url)
+        .env("SAGAPLANE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn dev");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let printed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut printed = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.starts_with("database:");
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+        printed
+    })
+    .await
+    .expect("dev printed its banner");
+    let database = printed.iter().find(|l| l.starts_with("database:")).expect("a database line");
+    assert!(database.contains(":***@"), "{database}");
+    assert!(!printed.iter().any(|line| line.contains(&format!(":{password}@"))), "{printed:?}");
+    let _ = child.start_kill();
+}
