@@ -75,10 +75,33 @@ impl TemplateError {
     }
 }
 
+/// The most work one template may do (minijinja instructions per render): far beyond any
+/// real template, and a few milliseconds of CPU at most — a loop over a loop runs out instead
+/// of holding a worker thread for minutes.
+pub const TEMPLATE_FUEL_MAX: u64 = 200_000;
+/// The largest text one template may render.
+pub const TEMPLATE_OUTPUT_MAX_BYTES: usize = 1024 * 1024;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(TEMPLATE_FUEL_MAX));
     env
+}
+
+/// Refuses a rendered value larger than [`TEMPLATE_OUTPUT_MAX_BYTES`].
+fn bounded(text: &str, rendered: Value) -> Result<Value, TemplateError> {
+    let size = match &rendered {
+        Value::String(s) => s.len(),
+        other => other.to_string().len(),
+    };
+    if size > TEMPLATE_OUTPUT_MAX_BYTES {
+        return Err(TemplateError::new(format!(
+            "the template renders {size} bytes, more than the {TEMPLATE_OUTPUT_MAX_BYTES} allowed"
+        ))
+        .in_template(text));
+    }
+    Ok(rendered)
 }
 
 fn has_syntax(text: &str) -> bool {
@@ -187,6 +210,12 @@ fn explain(parts: &[&str], depth: usize) -> String {
 
 /// Replaces minijinja's "undefined value" with the name that is undefined and why.
 fn name_the_undefined(error: minijinja::Error, text: &str, ctx: &minijinja::Value) -> TemplateError {
+    if error.kind() == minijinja::ErrorKind::OutOfFuel {
+        return TemplateError::new(format!(
+            "the template does too much work (more than {TEMPLATE_FUEL_MAX} steps; a loop too large?)"
+        ))
+        .in_template(text);
+    }
     if error.kind() == minijinja::ErrorKind::UndefinedError {
         let context = serde_json::to_value(ctx).unwrap_or(Value::Null);
         if let Some(reason) = references(text).iter().find_map(|name| undefined_reason(name, &context)) {
@@ -211,6 +240,19 @@ pub fn render_string(text: &str, context: &TemplateContext) -> Result<String, Te
     match render_value(&Value::String(text.to_string()), context)? {
         Value::String(s) => Ok(s),
         other => Ok(other.to_string()),
+    }
+}
+
+/// True when rendering `action` runs a template at all.
+pub fn action_has_templates(action: &crate::Action) -> bool {
+    let optional = |value: &Option<Value>| value.as_ref().is_some_and(contains_syntax);
+    match action {
+        crate::Action::Builtin(builtin) => optional(&builtin.input),
+        crate::Action::Http(http) => {
+            has_syntax(&http.url) || http.headers.values().any(|v| has_syntax(v)) || optional(&http.body)
+        }
+        crate::Action::Grpc(grpc) => has_syntax(&grpc.endpoint) || optional(&grpc.input),
+        crate::Action::Signal(_) => false,
     }
 }
 
@@ -252,9 +294,11 @@ fn render_text(env: &Environment<'_>, text: &str, ctx: &minijinja::Value) -> Res
             let reason = references(text).iter().find_map(|name| undefined_reason(name, &context));
             return Err(TemplateError::new(reason.unwrap_or_else(|| format!("{expr} is undefined"))).in_template(text));
         }
-        return serde_json::to_value(&result).map_err(|e| TemplateError::new(e.to_string()).in_template(text));
+        let value = serde_json::to_value(&result).map_err(|e| TemplateError::new(e.to_string()).in_template(text))?;
+        return bounded(text, value);
     }
-    env.render_str(text, ctx).map(Value::String).map_err(|e| name_the_undefined(e, text, ctx))
+    let rendered = env.render_str(text, ctx).map(Value::String).map_err(|e| name_the_undefined(e, text, ctx))?;
+    bounded(text, rendered)
 }
 
 #[cfg(test)]

@@ -87,3 +87,18 @@ fn check_rejects_broken_syntax() {
     assert!(check("{% if %}").is_err());
     assert!(check("no template").is_ok());
 }
+
+#[test]
+fn runaway_templates_stop_with_a_clear_error() {
+    let nested = "{% for i in range(1000) %}{% for j in range(1000) %}x{% endfor %}{% endfor %}";
+    let started = std::time::Instant::now();
+    let error = render_string(nested, &context()).expect_err("a million iterations");
+    assert!(error.message.contains("too much work"), "{}", error.message);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+    let wide = "{{ 'x' * 2000000 }}";
+    let error = render_value(&json!({"big": wide}), &context()).expect_err("two million bytes");
+    assert!(error.message.contains("more than"), "{}", error.message);
+    // Real templates stay far below both limits.
+    let loop_of_steps = "{% for k in range(200) %}{{ k }},{% endfor %}";
+    assert!(render_string(loop_of_steps, &context()).is_ok());
+}

@@ -270,3 +270,31 @@ async fn dev_never_prints_the_database_password() {
     assert!(!printed.iter().any(|line| line.contains(&format!(":{password}@"))), "{printed:?}");
     let _ = child.start_kill();
 }
+
+/// A template with a loop in a loop ran unbounded on an async worker thread before the step's
+/// timeout applied, stalling heartbeats of every saga on that instance. Templates now run out
+/// of fuel (and off the async threads): the step fails definitely, naming the cause, and the
+/// other sagas never notice.
+async fn runaway_templates_fail_their_step_and_nothing_else(backend: Backend) {
+    let app = App::spawn(BIN, backend, &[]).await;
+    let nested = "{% for i in range(100000) %}{% for j in range(100000) %}{{ i * j }}{% endfor %}{% endfor %}";
+    let runaway = json!([
+        {"name": "first", "action": {"builtin": "core.echo"}, "compensation": {"builtin": "core.echo"}},
+        {"name": "render", "action": {"builtin": "core.echo", "input": {"text": nested}}},
+    ]);
+    app.put_definition("runaway", &fast_definition(runaway)).await;
+    app.put_definition("plain", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
+    let started = std::time::Instant::now();
+    let id = app.start("runaway", json!({})).await;
+    let plain: Vec<String> = futures::future::join_all((0..10).map(|_| app.start("plain", json!({})))).await;
+    let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPENSATED", "{saga}");
+    assert_eq!(saga["error"]["kind"], "non_retryable", "{saga}");
+    let message = saga["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("template error in step render") && message.contains("too much work"), "{message}");
+    for id in plain {
+        assert_eq!(app.wait_terminal(&id, TERMINAL_WAIT).await["status"], "COMPLETED");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+on_both_backends!(runaway_templates_fail_their_step_and_nothing_else);
