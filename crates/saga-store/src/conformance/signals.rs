@@ -131,5 +131,27 @@ pub async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Store>
     second.attempt = 3;
     db(store.callback_register(second).await)?;
     ensure!(db(store.callback_complete("h3", &result, 950).await)? == id, "closing attempt 2 left attempt 3 open");
+    // Past its heartbeat deadline a callback is lost even before the driver retires it: neither
+    // a heartbeat revives it nor a late completion beats the deadline.
+    let lapsing = CallbackRegister {
+        token_hash: "h4".into(),
+        saga_id: id,
+        tenant_id: None,
+        step: "a".into(),
+        attempt: 4,
+        heartbeat_timeout_ms: Some(100),
+        now_ms: 1_000,
+    };
+    db(store.callback_register(lapsing).await)?;
+    ensure!(
+        matches!(store.callback_heartbeat("h4", 1_100).await, Err(StoreError::NotFound)),
+        "heartbeat at the deadline"
+    );
+    ensure!(
+        matches!(store.callback_complete("h4", &result, 1_200).await, Err(StoreError::NotFound)),
+        "late completion"
+    );
+    let lapsed = db(store.callback_get(id, "a", 4).await)?.ok_or("callback missing")?;
+    ensure!(lapsed.result.is_none() && lapsed.deadline_at_ms == Some(1_100), "a lapsed callback changed: {lapsed:?}");
     Ok(())
 }

@@ -82,7 +82,8 @@ impl SignalStore for PostgresStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let saga_id: Option<Uuid> = sqlx::query_scalar(
             "UPDATE saga_callbacks SET result = $2, completed_at = $3 \
-             WHERE token_hash = $1 AND completed_at IS NULL RETURNING saga_id",
+             WHERE token_hash = $1 AND completed_at IS NULL AND (deadline_at IS NULL OR deadline_at > $3) \
+             RETURNING saga_id",
         )
         .bind(token_hash)
         .bind(Json(result))
@@ -100,7 +101,7 @@ impl SignalStore for PostgresStore {
     async fn callback_heartbeat(&self, token_hash: &str, now_ms: i64) -> StoreResult<()> {
         let updated = sqlx::query(
             "UPDATE saga_callbacks SET deadline_at = $2 + heartbeat_timeout_ms \
-             WHERE token_hash = $1 AND completed_at IS NULL",
+             WHERE token_hash = $1 AND completed_at IS NULL AND (deadline_at IS NULL OR deadline_at > $2)",
         )
         .bind(token_hash)
         .bind(now_ms)

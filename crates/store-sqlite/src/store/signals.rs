@@ -80,8 +80,9 @@ impl SignalStore for SqliteStore {
     async fn callback_complete(&self, token_hash: &str, result: &Value, now_ms: i64) -> StoreResult<Uuid> {
         let mut tx = self.writer.begin().await.map_err(db)?;
         let saga_id: Option<String> = sqlx::query_scalar(
-            "UPDATE saga_callbacks SET result = ?, completed_at = ? \
-             WHERE token_hash = ? AND completed_at IS NULL RETURNING saga_id",
+            "UPDATE saga_callbacks SET result = ?1, completed_at = ?2 \
+             WHERE token_hash = ?3 AND completed_at IS NULL AND (deadline_at IS NULL OR deadline_at > ?2) \
+             RETURNING saga_id",
         )
         .bind(json_text(result)?)
         .bind(now_ms)
@@ -99,8 +100,8 @@ impl SignalStore for SqliteStore {
 
     async fn callback_heartbeat(&self, token_hash: &str, now_ms: i64) -> StoreResult<()> {
         let updated = sqlx::query(
-            "UPDATE saga_callbacks SET deadline_at = ? + heartbeat_timeout_ms \
-             WHERE token_hash = ? AND completed_at IS NULL",
+            "UPDATE saga_callbacks SET deadline_at = ?1 + heartbeat_timeout_ms \
+             WHERE token_hash = ?2 AND completed_at IS NULL AND (deadline_at IS NULL OR deadline_at > ?1)",
         )
         .bind(now_ms)
         .bind(token_hash)
