@@ -96,6 +96,9 @@ pub struct TenantFilter {
     pub limit: u32,
 }
 
+/// The most unrevoked API keys one tenant may hold.
+pub const TENANT_KEYS_MAX: u32 = 20;
+
 /// Tenant records and their operator-driven transitions.
 #[async_trait]
 pub trait TenantStore: Send + Sync + 'static {
@@ -112,7 +115,8 @@ pub trait TenantStore: Send + Sync + 'static {
 /// Who may act for a tenant: its API keys and its users.
 #[async_trait]
 pub trait TenantAccessStore: Send + Sync + 'static {
-    /// Stores a key under the SHA-256 of its token.
+    /// Stores a key under the SHA-256 of its token; [`crate::StoreError::Conflict`] when the
+    /// tenant already has [`TENANT_KEYS_MAX`] unrevoked keys (checked and written atomically).
     async fn tenant_key_create(&self, key: &TenantKeyRecord, token_hash: &str) -> StoreResult<()>;
     /// The unrevoked key with this token hash.
     async fn tenant_key_by_hash(&self, token_hash: &str) -> StoreResult<Option<TenantKeyRecord>>;
@@ -124,6 +128,8 @@ pub trait TenantAccessStore: Send + Sync + 'static {
     /// [`crate::StoreError::Conflict`] when the tenant has a user with this email.
     async fn tenant_user_create(&self, user: &TenantUserRecord) -> StoreResult<()>;
     async fn tenant_user_list(&self, tenant_id: &str) -> StoreResult<Vec<TenantUserRecord>>;
+    /// One user of the tenant.
+    async fn tenant_user_get(&self, tenant_id: &str, user_id: Uuid) -> StoreResult<Option<TenantUserRecord>>;
     /// Replaces email, name and role; NotFound / Conflict (email taken).
     async fn tenant_user_update(&self, user: &TenantUserRecord) -> StoreResult<()>;
     async fn tenant_user_delete(&self, tenant_id: &str, user_id: Uuid) -> StoreResult<()>;

@@ -192,6 +192,40 @@ pub async fn tenant_changes_commit_with_the_transition_or_not_at_all(store: Arc<
     Ok(())
 }
 
+/// A tenant holds at most `TENANT_KEYS_MAX` unrevoked keys, even when creators race; a revoked
+/// key frees its place.
+pub async fn tenant_keys_are_capped_per_tenant(store: Arc<dyn Store>) -> CheckResult {
+    db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0)).await)?;
+    let key = |n: u32| crate::TenantKeyRecord {
+        id: Uuid::now_v7(),
+        tenant_id: "acme".into(),
+        name: format!("k{n}"),
+        created_at_ms: i64::from(n),
+        revoked_at_ms: None,
+    };
+    let attempts = crate::TENANT_KEYS_MAX + 10;
+    let tasks: Vec<_> = (0..attempts)
+        .map(|n| {
+            let (store, key) = (store.clone(), key(n));
+            tokio::spawn(async move { store.tenant_key_create(&key, &format!("hash-{n}")).await.map(|()| key.id) })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for task in tasks {
+        match task.await.map_err(|e| format!("creator panicked: {e}"))? {
+            Ok(id) => created.push(id),
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(format!("store error: {e}")),
+        }
+    }
+    ensure!(created.len() == crate::TENANT_KEYS_MAX as usize, "{} keys created", created.len());
+    db(store.tenant_key_revoke("acme", created[0], 1).await)?;
+    db(store.tenant_key_create(&key(999), "hash-999").await)?;
+    let refused = store.tenant_key_create(&key(1000), "hash-1000").await;
+    ensure!(matches!(refused, Err(StoreError::Conflict(_))), "over the cap: {refused:?}");
+    Ok(())
+}
+
 pub async fn tenant_keys_users_and_webhook_receipts(store: Arc<dyn Store>) -> CheckResult {
     let key = crate::TenantKeyRecord {
         id: Uuid::now_v7(),
@@ -226,7 +260,10 @@ pub async fn tenant_keys_users_and_webhook_receipts(store: Arc<dyn Store>) -> Ch
     db(store.tenant_user_update(&renamed).await)?;
     let users = db(store.tenant_user_list("acme").await)?;
     ensure!(users.len() == 1 && users[0].name == "Ann", "users: {users:?}");
+    ensure!(db(store.tenant_user_get("acme", user.id).await)? == Some(renamed.clone()), "get: the renamed user");
+    ensure!(db(store.tenant_user_get("other", user.id).await)?.is_none(), "get: another tenant's user");
     db(store.tenant_user_delete("acme", user.id).await)?;
+    ensure!(db(store.tenant_user_get("acme", user.id).await)?.is_none(), "get: a deleted user");
     ensure!(matches!(store.tenant_user_delete("acme", user.id).await, Err(StoreError::NotFound)), "deleted twice");
     ensure!(db(store.webhook_claim("crm", "m1", 1).await)? == crate::WebhookClaim::New, "first claim");
     ensure!(db(store.webhook_claim("crm", "m1", 2).await)? == crate::WebhookClaim::Seen(None), "in progress");

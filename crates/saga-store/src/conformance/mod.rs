@@ -69,6 +69,7 @@ macro_rules! store_conformance {
             tenant_changes_commit_with_the_transition_or_not_at_all,
             an_operator_update_changes_its_tenant_with_it_or_not_at_all,
             tenant_keys_users_and_webhook_receipts,
+            tenant_keys_are_capped_per_tenant,
         );
     };
     (@tests $fresh:ident; $($check:ident),* $(,)?) => {

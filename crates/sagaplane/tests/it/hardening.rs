@@ -298,3 +298,69 @@ async fn runaway_templates_fail_their_step_and_nothing_else(backend: Backend) {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
 }
 on_both_backends!(runaway_templates_fail_their_step_and_nothing_else);
+
+/// A tenant key could raise its own SLA tier, make admin users and mint keys without end. What a
+/// tenant may change about itself is now a decision per field (docs/security.md has the matrix).
+#[tokio::test]
+async fn a_tenant_key_changes_only_what_is_the_tenants() {
+    use reqwest::Method;
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let (status, _, _) =
+        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": "acme", "name": "Acme"}))).await;
+    assert_eq!(status, 202);
+    crate::tenants::until_status(&app, "acme", &["ACTIVE"]).await;
+    let (status, _, key) =
+        app.send(app.request(Method::POST, "/v1/tenants/acme/api-keys").json(&json!({"name": "first"}))).await;
+    assert_eq!(status, 201, "{key}");
+    let token = key["token"].as_str().expect("token").to_string();
+    let as_tenant =
+        |method: Method, path: &str| app.http.request(method, format!("{}{path}", app.url)).bearer_auth(&token);
+
+    // Its own name, domains, contacts, metadata: yes. Its SLA tier: the operator's.
+    let (status, _, body) =
+        app.send(as_tenant(Method::PATCH, "/v1/tenants/acme").json(&json!({"name": "Acme Inc"}))).await;
+    assert_eq!((status, body["name"].clone()), (200, json!("Acme Inc")), "{body}");
+    let (status, _, body) =
+        app.send(as_tenant(Method::PATCH, "/v1/tenants/acme").json(&json!({"sla_tier": "premium"}))).await;
+    assert_eq!(status, 403, "{body}");
+    let (_, _, tenant) = app.send(app.request(Method::GET, "/v1/tenants/acme")).await;
+    assert_eq!(tenant["sla_tier"], "standard", "a refused patch changed the tier");
+    let (status, _, _) =
+        app.send(app.request(Method::PATCH, "/v1/tenants/acme").json(&json!({"sla_tier": "premium"}))).await;
+    assert_eq!(status, 200, "the operator sets the tier");
+
+    // Member users: yes. Admin users: made, changed and removed by the operator only.
+    let member = json!({"email": "m@acme.example", "name": "M", "role": "member"});
+    let (status, _, created) = app.send(as_tenant(Method::POST, "/v1/tenants/acme/users").json(&member)).await;
+    assert_eq!(status, 201, "{created}");
+    let member_id = created["id"].as_str().expect("id").to_string();
+    let admin = json!({"email": "a@acme.example", "name": "A", "role": "admin"});
+    let (status, _, body) = app.send(as_tenant(Method::POST, "/v1/tenants/acme/users").json(&admin)).await;
+    assert_eq!(status, 403, "{body}");
+    let promote = json!({"email": "m@acme.example", "name": "M", "role": "admin"});
+    let (status, _, body) =
+        app.send(as_tenant(Method::PUT, &format!("/v1/tenants/acme/users/{member_id}")).json(&promote)).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, operator_admin) = app.send(app.request(Method::POST, "/v1/tenants/acme/users").json(&admin)).await;
+    assert_eq!(status, 201);
+    let admin_id = operator_admin["id"].as_str().expect("id");
+    let (status, _, _) = app.send(as_tenant(Method::DELETE, &format!("/v1/tenants/acme/users/{admin_id}"))).await;
+    assert_eq!(status, 403, "a tenant key removed an admin user");
+    let (status, _, _) = app.send(as_tenant(Method::DELETE, &format!("/v1/tenants/acme/users/{member_id}"))).await;
+    assert_eq!(status, 204);
+
+    // Keys: at most TENANT_KEYS_MAX (20) unrevoked per tenant, whoever asks.
+    let mut created = 1;
+    loop {
+        let (status, _, body) =
+            app.send(as_tenant(Method::POST, "/v1/tenants/acme/api-keys").json(&json!({"name": "more"}))).await;
+        if status == 409 {
+            assert!(body["detail"].as_str().unwrap_or_default().contains("20 active API keys"), "{body}");
+            break;
+        }
+        assert_eq!(status, 201, "{body}");
+        created += 1;
+        assert!(created <= 20, "more than 20 keys were created");
+    }
+    assert_eq!(created, 20);
+}

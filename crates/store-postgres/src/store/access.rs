@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use saga_store::{
     StoreError, StoreResult, TenantAccessStore, TenantKeyRecord, TenantUserRecord, WebhookClaim, WebhookStore,
+    TENANT_KEYS_MAX,
 };
 use serde_json::Value;
 use sqlx::types::Json;
@@ -10,11 +11,27 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::PostgresStore;
-use crate::rows::{changed_one, db};
+use crate::rows::{self, changed_one, db, USER_COLUMNS};
 
 #[async_trait]
 impl TenantAccessStore for PostgresStore {
     async fn tenant_key_create(&self, key: &TenantKeyRecord, token_hash: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // The tenant's row serialises concurrent creators, so the count below cannot go stale.
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind(&key.tenant_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let active: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tenant_api_keys WHERE tenant_id = $1 AND revoked_at IS NULL")
+                .bind(&key.tenant_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        if active >= i64::from(TENANT_KEYS_MAX) {
+            return Err(keys_at_limit());
+        }
         sqlx::query(
             "INSERT INTO tenant_api_keys (id, tenant_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -23,9 +40,10 @@ impl TenantAccessStore for PostgresStore {
         .bind(&key.name)
         .bind(token_hash)
         .bind(key.created_at_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(())
     }
 
@@ -96,27 +114,24 @@ impl TenantAccessStore for PostgresStore {
     }
 
     async fn tenant_user_list(&self, tenant_id: &str) -> StoreResult<Vec<TenantUserRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, tenant_id, email, name, role, created_at, updated_at FROM tenant_users \
-             WHERE tenant_id = $1 ORDER BY email LIMIT 10000",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM tenant_users WHERE tenant_id = $1 ORDER BY email LIMIT 10000"
+        ))
         .bind(tenant_id)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                Ok(TenantUserRecord {
-                    id: row.try_get("id").map_err(db)?,
-                    tenant_id: row.try_get("tenant_id").map_err(db)?,
-                    email: row.try_get("email").map_err(db)?,
-                    name: row.try_get("name").map_err(db)?,
-                    role: row.try_get("role").map_err(db)?,
-                    created_at_ms: row.try_get("created_at").map_err(db)?,
-                    updated_at_ms: row.try_get("updated_at").map_err(db)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::tenant_user).collect()
+    }
+
+    async fn tenant_user_get(&self, tenant_id: &str, user_id: Uuid) -> StoreResult<Option<TenantUserRecord>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM tenant_users WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(rows::tenant_user).transpose()
     }
 
     async fn tenant_user_update(&self, user: &TenantUserRecord) -> StoreResult<()> {
@@ -198,4 +213,10 @@ impl WebhookStore for PostgresStore {
             .map_err(db)?;
         Ok(())
     }
+}
+
+fn keys_at_limit() -> StoreError {
+    StoreError::Conflict(format!(
+        "the tenant has {TENANT_KEYS_MAX} active API keys, the most it may hold; revoke one first"
+    ))
 }

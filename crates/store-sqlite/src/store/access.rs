@@ -3,17 +3,31 @@
 use async_trait::async_trait;
 use saga_store::{
     StoreError, StoreResult, TenantAccessStore, TenantKeyRecord, TenantUserRecord, WebhookClaim, WebhookStore,
+    TENANT_KEYS_MAX,
 };
 use serde_json::Value;
 use sqlx::Row;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use crate::rows::{changed_one, db, json_text, uuid_column};
+use crate::rows::{self, changed_one, db, json_text, uuid_column, USER_COLUMNS};
 
 #[async_trait]
 impl TenantAccessStore for SqliteStore {
     async fn tenant_key_create(&self, key: &TenantKeyRecord, token_hash: &str) -> StoreResult<()> {
+        // One writer: the count and the insert cannot interleave with another creator's.
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let active: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tenant_api_keys WHERE tenant_id = ?1 AND revoked_at IS NULL")
+                .bind(&key.tenant_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        if active >= i64::from(TENANT_KEYS_MAX) {
+            return Err(StoreError::Conflict(format!(
+                "the tenant has {TENANT_KEYS_MAX} active API keys, the most it may hold; revoke one first"
+            )));
+        }
         sqlx::query(
             "INSERT INTO tenant_api_keys (id, tenant_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
@@ -22,9 +36,10 @@ impl TenantAccessStore for SqliteStore {
         .bind(&key.name)
         .bind(token_hash)
         .bind(key.created_at_ms)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(())
     }
 
@@ -95,27 +110,24 @@ impl TenantAccessStore for SqliteStore {
     }
 
     async fn tenant_user_list(&self, tenant_id: &str) -> StoreResult<Vec<TenantUserRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, tenant_id, email, name, role, created_at, updated_at FROM tenant_users \
-             WHERE tenant_id = ?1 ORDER BY email LIMIT 10000",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM tenant_users WHERE tenant_id = ?1 ORDER BY email LIMIT 10000"
+        ))
         .bind(tenant_id)
         .fetch_all(&self.reader)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                Ok(TenantUserRecord {
-                    id: uuid_column(row, "id")?,
-                    tenant_id: row.try_get("tenant_id").map_err(db)?,
-                    email: row.try_get("email").map_err(db)?,
-                    name: row.try_get("name").map_err(db)?,
-                    role: row.try_get("role").map_err(db)?,
-                    created_at_ms: row.try_get("created_at").map_err(db)?,
-                    updated_at_ms: row.try_get("updated_at").map_err(db)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::tenant_user).collect()
+    }
+
+    async fn tenant_user_get(&self, tenant_id: &str, user_id: Uuid) -> StoreResult<Option<TenantUserRecord>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM tenant_users WHERE tenant_id = ?1 AND id = ?2"))
+            .bind(tenant_id)
+            .bind(user_id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(rows::tenant_user).transpose()
     }
 
     async fn tenant_user_update(&self, user: &TenantUserRecord) -> StoreResult<()> {

@@ -151,6 +151,11 @@ pub async fn patch(
     let tenant = load_tenant(&state, &principal, &id).await?;
     let body = parse_body(body)?;
     let patch = parse_patch(&body)?;
+    if patch.sla_tier.is_some() && principal.tenant_scope().is_some() {
+        return Err(ApiError::Forbidden(
+            "sla_tier is set by the operator; a tenant API key may change name, domains, contacts and metadata".into(),
+        ));
+    }
     if tenant.status == TenantStatus::Deleted {
         return Err(ApiError::Conflict("tenant is DELETED".into()));
     }

@@ -36,6 +36,7 @@ pub async fn users_create(
 ) -> Result<Response, ApiError> {
     live_tenant(&state, &principal, &id).await?;
     let (email, name, role) = parse_user(&parse_body(body)?)?;
+    may_grant(&principal, &role)?;
     let now_ms = state.clock.now_ms();
     let user = TenantUserRecord {
         id: Uuid::now_v7(),
@@ -61,11 +62,11 @@ pub async fn users_update(
     let (email, name, role) = parse_user(&parse_body(body)?)?;
     let existing = state
         .store
-        .tenant_user_list(&id)
+        .tenant_user_get(&id, user_id)
         .await?
-        .into_iter()
-        .find(|u| u.id == user_id)
         .ok_or_else(|| ApiError::NotFound(format!("user {user_id} does not exist")))?;
+    may_grant(&principal, &existing.role)?;
+    may_grant(&principal, &role)?;
     let user = TenantUserRecord { email, name, role, updated_at_ms: state.clock.now_ms(), ..existing };
     match state.store.tenant_user_update(&user).await {
         Ok(()) => Ok(Json(views::tenant_user(&user))),
@@ -81,9 +82,25 @@ pub async fn users_delete(
 ) -> Result<Response, ApiError> {
     live_tenant(&state, &principal, &id).await?;
     let user_id = parse_uuid(&user_id, "user")?;
+    if let Some(existing) = state.store.tenant_user_get(&id, user_id).await? {
+        may_grant(&principal, &existing.role)?;
+    }
     match state.store.tenant_user_delete(&id, user_id).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("user {user_id} does not exist"))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A tenant's `admin` users are the operator's to make, change and remove; a tenant key manages
+/// `member` users only (403 otherwise).
+fn may_grant(principal: &Principal, role: &str) -> Result<(), ApiError> {
+    if role == "admin" && principal.tenant_scope().is_some() {
+        return Err(ApiError::Forbidden(
+            "a tenant API key manages member users only; admin users are created, changed and removed with the \
+             platform-admin token"
+                .into(),
+        ));
+    }
+    Ok(())
 }
