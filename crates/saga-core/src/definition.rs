@@ -141,6 +141,9 @@ pub struct HttpAction {
     /// Template tree.
     pub body: Option<Value>,
     pub is_async: bool,
+    /// Follow redirects to the same origin (scheme, host, port); never to another.
+    #[serde(default)]
+    pub follow_redirects: bool,
 }
 
 /// A call to a gRPC participant.

@@ -435,7 +435,7 @@ impl Checker<'_> {
 
     fn http(&mut self, path: &str, value: &Value) -> Option<HttpAction> {
         let map = self.object(path, value)?;
-        self.unknown_keys(path, map, &["method", "url", "headers", "body", "async"]);
+        self.unknown_keys(path, map, &["method", "url", "headers", "body", "async", "follow_redirects"]);
         let method = match map.get("method") {
             None => Some("POST".to_string()),
             Some(v) => match self.string(&pointer(path, "method"), v) {
@@ -481,15 +481,21 @@ impl Checker<'_> {
         if let Some(body) = &body {
             self.template_tree(&pointer(path, "body"), body);
         }
-        let is_async = match map.get("async") {
+        let is_async = self.flag(path, map, "async");
+        let follow_redirects = self.flag(path, map, "follow_redirects");
+        Some(HttpAction { method: method?, url: url?, headers, body, is_async, follow_redirects })
+    }
+
+    /// An optional boolean field, false when absent.
+    fn flag(&mut self, path: &str, map: &serde_json::Map<String, Value>, key: &str) -> bool {
+        match map.get(key) {
             None => false,
             Some(Value::Bool(b)) => *b,
             Some(_) => {
-                self.error(&pointer(path, "async"), "must be true or false");
+                self.error(&pointer(path, key), "must be true or false");
                 false
             }
-        };
-        Some(HttpAction { method: method?, url: url?, headers, body, is_async })
+        }
     }
 
     fn grpc(&mut self, path: &str, value: &Value) -> Option<GrpcAction> {

@@ -28,6 +28,8 @@ struct Inner {
     scripts: HashMap<String, Vec<(u16, Value)>>,
     /// Per path, one raw answer (any bytes, not necessarily JSON or UTF-8), always.
     raw: HashMap<String, (u16, Vec<u8>)>,
+    /// Per path, a redirect to this location, always.
+    redirects: HashMap<String, (u16, String)>,
     /// Per path, delays for the next requests (consumed in turn).
     delays: HashMap<String, Vec<std::time::Duration>>,
     seen: Vec<Seen>,
@@ -65,6 +67,13 @@ impl Participant {
     pub fn script_raw(&self, path: &str, status: u16, body: &[u8]) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.raw.insert(path.to_string(), (status, body.to_vec()));
+        }
+    }
+
+    /// Answers `path` with a redirect (`status`, e.g. 302 or 307) to `location`, every time.
+    pub fn redirect(&self, path: &str, status: u16, location: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.redirects.insert(path.to_string(), (status, location.to_string()));
         }
     }
 
@@ -107,6 +116,11 @@ async fn handle(
         let Ok(mut inner) = inner.lock() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
+        if let Some((status, location)) = inner.redirects.get(&path).cloned() {
+            inner.seen.push(seen);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+            return (status, [(axum::http::header::LOCATION, location)]).into_response();
+        }
         if let Some((status, bytes)) = inner.raw.get(&path).cloned() {
             inner.seen.push(seen);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

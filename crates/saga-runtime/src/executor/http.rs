@@ -1,5 +1,9 @@
-//! The `http` executor (API.md §4): one shared client (connection reuse), the idempotency key
-//! and saga headers, a W3C `traceparent`, and the status-code table.
+//! The `http` executor (the participant contract in docs/definitions.md): shared clients
+//! (connection reuse), the idempotency key and saga headers, a W3C `traceparent`, and the
+//! status-code table. Redirects are not followed unless the step says `follow_redirects: true`,
+//! and then only to the same origin — the request carries the step's headers and, for async
+//! steps, the callback capability, which must not reach another host. An answer is read as a
+//! stream and refused past [`RESPONSE_BODY_MAX_BYTES`], so a participant cannot exhaust memory.
 
 use saga_core::{FailureKind, Outcome, Phase};
 use serde_json::Value;
@@ -9,10 +13,16 @@ use super::{AttemptContext, AttemptResult};
 /// The most response body kept as step output.
 pub const RESPONSE_BODY_MAX_BYTES: usize = 1024 * 1024;
 
+/// Redirects followed at most, within one origin.
+pub const REDIRECTS_MAX: usize = 5;
+
 /// Sends participant requests.
 #[derive(Clone)]
 pub struct HttpExecutor {
+    /// Follows no redirect.
     client: reqwest::Client,
+    /// Follows redirects within the request's origin, for steps that ask for it.
+    same_origin: reqwest::Client,
 }
 
 impl Default for HttpExecutor {
@@ -23,28 +33,36 @@ impl Default for HttpExecutor {
 
 impl HttpExecutor {
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .user_agent(concat!("sagaplane/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        HttpExecutor { client }
+        let build = |policy: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .user_agent(concat!("sagaplane/", env!("CARGO_PKG_VERSION")))
+                .redirect(policy)
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new())
+        };
+        let same_origin = reqwest::redirect::Policy::custom(|attempt| {
+            let origin = |url: &reqwest::Url| {
+                (url.scheme().to_string(), url.host_str().map(str::to_string), url.port_or_known_default())
+            };
+            let first = attempt.previous().first().map(origin);
+            if attempt.previous().len() > REDIRECTS_MAX || first != Some(origin(attempt.url())) {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        });
+        HttpExecutor { client: build(reqwest::redirect::Policy::none()), same_origin: build(same_origin) }
     }
 
-    pub async fn call(
-        &self,
-        method: &str,
-        url: &str,
-        headers: &[(String, String)],
-        body: Option<&Value>,
-        ctx: &AttemptContext,
-    ) -> AttemptResult {
+    pub async fn call(&self, request: HttpRequest<'_>, ctx: &AttemptContext) -> AttemptResult {
+        let HttpRequest { method, url, headers, body, follow_redirects } = request;
+        let client = if follow_redirects { &self.same_origin } else { &self.client };
         let method = match reqwest::Method::from_bytes(method.as_bytes()) {
             Ok(m) => m,
             Err(_) => return AttemptResult::Finished(definite(format!("invalid method {method:?}"))),
         };
-        let mut request = self
-            .client
+        let mut request = client
             .request(method, url)
             .timeout(std::time::Duration::from_millis(ctx.timeout_ms))
             .header("Idempotency-Key", ctx.idempotency_key())
@@ -67,17 +85,45 @@ impl HttpExecutor {
             Err(e) => return AttemptResult::Finished(retryable(format!("request failed: {}", error_chain(&e)))),
         };
         let status = response.status();
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                return AttemptResult::Finished(retryable(format!("reading response failed: {}", error_chain(&e))))
-            }
+        let bytes = match read_capped(response).await {
+            Ok(bytes) => bytes,
+            Err(outcome) => return AttemptResult::Finished(outcome),
         };
         if status.as_u16() == 202 && ctx.callback_url.is_some() {
             return AttemptResult::Accepted;
         }
         AttemptResult::Finished(classify(status.as_u16(), &bytes, ctx.phase))
     }
+}
+
+/// One HTTP attempt, rendered.
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: Option<&'a Value>,
+    pub follow_redirects: bool,
+}
+
+/// The answer's body, read chunk by chunk up to [`RESPONSE_BODY_MAX_BYTES`]; a longer one is a
+/// failed attempt (ambiguous: the participant may have acted) without reading the rest.
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, Outcome> {
+    if response.content_length().is_some_and(|length| length > RESPONSE_BODY_MAX_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() > RESPONSE_BODY_MAX_BYTES => return Err(too_large()),
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => return Ok(bytes),
+            Err(e) => return Err(retryable(format!("reading response failed: {}", error_chain(&e)))),
+        }
+    }
+}
+
+fn too_large() -> Outcome {
+    retryable(format!("the participant's answer is larger than {RESPONSE_BODY_MAX_BYTES} bytes; it was not read"))
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -134,6 +180,11 @@ pub fn classify(status: u16, body: &[u8], phase: Phase) -> Outcome {
         (404, Phase::Action) => definite(format!("participant answered 404{}", snippet(body))),
         (408 | 425 | 429 | 500..=599, _) => retryable(format!("participant answered {status}{}", snippet(body))),
         (400..=499, _) => definite(format!("participant answered {status}{}", snippet(body))),
+        (300..=399, _) => definite(format!(
+            "participant answered {status}, a redirect this step does not follow (only `follow_redirects: true` \
+             follows, within the same origin){}",
+            snippet(body)
+        )),
         _ => retryable(format!("participant answered unexpected {status}{}", snippet(body))),
     }
 }

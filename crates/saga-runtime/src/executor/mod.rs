@@ -99,8 +99,15 @@ impl Executors {
                 Prepared::Builtin { name, input } => {
                     AttemptResult::Finished(self.builtins.run(name, input.clone(), ctx).await)
                 }
-                Prepared::Http { method, url, headers, body } => {
-                    self.http.call(method, url, headers, body.as_ref(), ctx).await
+                Prepared::Http { method, url, headers, body, follow_redirects } => {
+                    let request = http::HttpRequest {
+                        method,
+                        url,
+                        headers,
+                        body: body.as_ref(),
+                        follow_redirects: *follow_redirects,
+                    };
+                    self.http.call(request, ctx).await
                 }
                 Prepared::Grpc { endpoint, service, input } => {
                     AttemptResult::Finished(self.grpc.call(endpoint, service, input, ctx).await)
@@ -130,7 +137,7 @@ impl Executors {
 /// An action with its templates rendered.
 enum Prepared {
     Builtin { name: String, input: Value },
-    Http { method: String, url: String, headers: Vec<(String, String)>, body: Option<Value> },
+    Http { method: String, url: String, headers: Vec<(String, String)>, body: Option<Value>, follow_redirects: bool },
     Grpc { endpoint: String, service: String, input: Value },
 }
 
@@ -186,7 +193,13 @@ fn prepare(action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -
             }
             let body =
                 http.body.as_ref().map(|b| render_value(b, templates)).transpose().map_err(failed("body".into()))?;
-            Ok(Prepared::Http { method: http.method.clone(), url, headers, body })
+            Ok(Prepared::Http {
+                method: http.method.clone(),
+                url,
+                headers,
+                body,
+                follow_redirects: http.follow_redirects,
+            })
         }
         Action::Grpc(grpc) => {
             let endpoint = render_string(&grpc.endpoint, templates).map_err(failed("endpoint".into()))?;

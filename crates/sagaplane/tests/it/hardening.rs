@@ -364,3 +364,41 @@ async fn a_tenant_key_changes_only_what_is_the_tenants() {
     }
     assert_eq!(created, 20);
 }
+
+/// HTTP steps read whole answers before any size check, and followed redirects anywhere —
+/// forwarding the step's headers and the async callback capability to another host. Now an
+/// answer over 1 MiB is refused unread, and a redirect is followed only when the step asks, and
+/// only within its origin.
+async fn http_steps_cap_answers_and_keep_requests_on_their_origin(backend: Backend) {
+    let participant = Participant::start().await;
+    let elsewhere = Participant::start().await;
+    participant.script_raw("/huge", 200, &vec![b'x'; 2 * 1024 * 1024]);
+    participant.redirect("/away", 307, &format!("{}/stolen", elsewhere.url));
+    participant.redirect("/moved", 307, &format!("{}/here", participant.url));
+    participant.script("/here", vec![(200, json!({"arrived": true}))]);
+    let app = app_with(backend, &participant).await;
+    let step = |name: &str, path: &str, follow: bool| {
+        json!({"name": name, "action": {"http": {"method": "POST", "url": format!("{{{{ vars.P }}}}{path}"),
+               "headers": {"Authorization": "Bearer secret-for-the-participant"}, "follow_redirects": follow}}})
+    };
+    app.put_definition("huge", &fast_definition(json!([step("get", "/huge", false)]))).await;
+    app.put_definition("away", &fast_definition(json!([step("go", "/away", false)]))).await;
+    app.put_definition("away-followed", &fast_definition(json!([step("go", "/away", true)]))).await;
+    app.put_definition("moved", &fast_definition(json!([step("go", "/moved", true)]))).await;
+
+    let saga = app.wait_terminal(&app.start("huge", json!({})).await, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPENSATED", "{saga}");
+    let message = saga["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("larger than 1048576 bytes"), "{message}");
+    for definition in ["away", "away-followed"] {
+        let saga = app.wait_terminal(&app.start(definition, json!({})).await, TERMINAL_WAIT).await;
+        assert_eq!(saga["status"], "COMPENSATED", "{definition}: {saga}");
+        assert_eq!(saga["error"]["kind"], "non_retryable", "{definition}: {saga}");
+        assert!(saga["error"]["message"].as_str().unwrap_or_default().contains("redirect"), "{saga}");
+    }
+    assert!(elsewhere.all_requests().is_empty(), "a request (and its headers) reached another origin");
+    let saga = app.wait_terminal(&app.start("moved", json!({})).await, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(saga["output"]["go"], json!({"arrived": true}));
+}
+on_both_backends!(http_steps_cap_answers_and_keep_requests_on_their_origin);
