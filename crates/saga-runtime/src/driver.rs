@@ -101,7 +101,7 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
             return;
         }
         if shared.shutting_down.load(Ordering::SeqCst) {
-            hand_back(shared, claimed, &mut state, &mut pending).await;
+            hand_back(shared, claimed, &definition, &mut state, &mut pending).await;
             return;
         }
         let wait_before = state.wait.clone();
@@ -499,9 +499,19 @@ async fn commit(
 }
 
 /// At shutdown: keep what is already decided, hand the lease back so another instance resumes.
-async fn hand_back(shared: &Shared, claimed: &Claimed, state: &mut SagaState, pending: &mut Vec<HistoryEvent>) {
+async fn hand_back(
+    shared: &Shared,
+    claimed: &Claimed,
+    definition: &saga_core::Definition,
+    state: &mut SagaState,
+    pending: &mut Vec<HistoryEvent>,
+) {
     let now_ms = shared.clock.now_ms();
     if !pending.is_empty() {
+        // What the pending transition means for the tenant travels with it, as in every commit
+        // (a cancel or deadline applied just before shutdown may end a tenant saga).
+        let tenant_change =
+            shared.hook.as_ref().and_then(|hook| hook.tenant_change(&claimed.record, definition, state, pending));
         let commit = SagaCommit {
             id: claimed.record.id,
             tenant_id: claimed.record.tenant_id.clone(),
@@ -512,7 +522,7 @@ async fn hand_back(shared: &Shared, claimed: &Claimed, state: &mut SagaState, pe
             events: std::mem::take(pending),
             worker_id: shared.config.worker_id.clone(),
             wake_seq_seen: claimed.record.wake_seq,
-            tenant_change: None,
+            tenant_change,
             now_ms,
         };
         // A refused commit (fenced, or a cancel to act on) is fine: the next driver redoes it.

@@ -99,6 +99,10 @@ pub struct TenantFilter {
 /// The most unrevoked API keys one tenant may hold.
 pub const TENANT_KEYS_MAX: u32 = 20;
 
+/// How long a webhook (or `Idempotency-Key`) claim whose request never answered — it crashed, or
+/// its process died — blocks a redelivery: after this a redelivery takes the claim over.
+pub const WEBHOOK_CLAIM_TTL_MS: i64 = 60_000;
+
 /// Tenant records and their operator-driven transitions.
 #[async_trait]
 pub trait TenantStore: Send + Sync + 'static {
@@ -138,7 +142,8 @@ pub trait TenantAccessStore: Send + Sync + 'static {
 /// Inbound webhook ids, remembered so a redelivery gets the first answer.
 #[async_trait]
 pub trait WebhookStore: Send + Sync + 'static {
-    /// Records an inbound webhook id, or reports it seen with its first answer.
+    /// Records an inbound webhook id, or reports it seen with its first answer. A claim with no
+    /// answer older than [`WEBHOOK_CLAIM_TTL_MS`] is taken over (New again).
     async fn webhook_claim(&self, source: &str, webhook_id: &str, now_ms: i64) -> StoreResult<WebhookClaim>;
     /// The answer replays of this webhook id get.
     async fn webhook_complete(&self, source: &str, webhook_id: &str, response: &Value) -> StoreResult<()>;

@@ -276,5 +276,22 @@ pub async fn tenant_keys_users_and_webhook_receipts(store: Arc<dyn Store>) -> Ch
     db(store.webhook_release("crm", "m2").await)?;
     ensure!(db(store.webhook_claim("crm", "m2", 5).await)? == crate::WebhookClaim::New, "released, claimable again");
     ensure!(db(store.webhook_claim("other", "m1", 6).await)? == crate::WebhookClaim::New, "ids are per source");
+    // A claim whose request never answered blocks redeliveries for the claim TTL only; an
+    // answered one is never taken over.
+    let ttl = crate::WEBHOOK_CLAIM_TTL_MS;
+    ensure!(db(store.webhook_claim("crm", "crashed", 100).await)? == crate::WebhookClaim::New, "first claim");
+    ensure!(
+        db(store.webhook_claim("crm", "crashed", 100 + ttl - 1).await)? == crate::WebhookClaim::Seen(None),
+        "within the TTL"
+    );
+    ensure!(db(store.webhook_claim("crm", "crashed", 100 + ttl).await)? == crate::WebhookClaim::New, "taken over");
+    ensure!(
+        db(store.webhook_claim("crm", "crashed", 100 + ttl + 1).await)? == crate::WebhookClaim::Seen(None),
+        "the new claim holds"
+    );
+    ensure!(
+        db(store.webhook_claim("crm", "m1", 10 * ttl).await)? == crate::WebhookClaim::Seen(Some(json!({"ok": 1}))),
+        "an answered claim is never taken over"
+    );
     Ok(())
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use saga_store::{
     StoreError, StoreResult, TenantAccessStore, TenantKeyRecord, TenantUserRecord, WebhookClaim, WebhookStore,
-    TENANT_KEYS_MAX,
+    TENANT_KEYS_MAX, WEBHOOK_CLAIM_TTL_MS,
 };
 use serde_json::Value;
 use sqlx::types::Json;
@@ -172,11 +172,13 @@ impl WebhookStore for PostgresStore {
     async fn webhook_claim(&self, source: &str, webhook_id: &str, now_ms: i64) -> StoreResult<WebhookClaim> {
         let inserted = sqlx::query(
             "INSERT INTO webhook_receipts (source, webhook_id, received_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT (source, webhook_id) DO UPDATE SET received_at = excluded.received_at \
+             WHERE webhook_receipts.response IS NULL AND webhook_receipts.received_at <= $3 - $4",
         )
         .bind(source)
         .bind(webhook_id)
         .bind(now_ms)
+        .bind(WEBHOOK_CLAIM_TTL_MS)
         .execute(&self.pool)
         .await
         .map_err(db)?;
