@@ -125,3 +125,30 @@ pub fn tenant_user(record: &saga_store::TenantUserRecord) -> Value {
         "updated_at": timestamp(record.updated_at_ms),
     })
 }
+
+/// What a tenant key is shown of a view: the same, less what belongs to the operator's side —
+/// the workers' host names (`lease_owner`, an event's `worker` and `previous_owner`) and where
+/// its storage sits on the server (the `location` of a `{backend, location}` storage descriptor:
+/// a path or a database name).
+pub fn for_tenant(mut view: Value) -> Value {
+    strip_operator_fields(&mut view);
+    view
+}
+
+fn strip_operator_fields(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.remove("lease_owner");
+            map.remove("worker");
+            map.remove("previous_owner");
+            // A storage descriptor `{backend, location}`, wherever it appears (the tenant's
+            // `storage`, the storage step's output).
+            if map.contains_key("backend") {
+                map.remove("location");
+            }
+            map.values_mut().for_each(strip_operator_fields);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_operator_fields),
+        _ => {}
+    }
+}

@@ -26,6 +26,9 @@ use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
+/// How often a forced `DROP DATABASE` is tried again while a closing session blocks it.
+const DROP_RETRIES_MAX: u32 = 20;
+
 /// The schema of pooled tenants' shared tables.
 pub const POOLED_SCHEMA: &str = "sagaplane_pooled";
 /// The session setting the pooled tables' policy is keyed on.
@@ -340,7 +343,11 @@ impl TenantStorage for PgTenantStorage {
                     .map_err(backend)?;
                 let mut conn = self.database_connection(&name).await?;
                 let sql = format!("SET ROLE {}; {}; RESET ROLE", quote_ident(&name), migrations_table_sql("public"));
-                sqlx::Executor::execute(&mut conn, sql.as_str()).await.map_err(backend)?;
+                let made = sqlx::Executor::execute(&mut conn, sql.as_str()).await.map_err(backend);
+                // Closed, not dropped: a session left to linger in the tenant's database would
+                // stand in the way of dropping it.
+                let _ = conn.close().await;
+                made?;
                 Ok(json!({"backend": "postgres", "location": format!("database {name}")}))
             }
             StorageMode::Pooled => {
@@ -363,10 +370,20 @@ impl TenantStorage for PgTenantStorage {
                     .map_err(backend)?;
             }
             StorageMode::Database => {
-                sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name)))
-                    .execute(&self.admin)
-                    .await
-                    .map_err(backend)?;
+                // A session that is still closing can make the forced drop fail for a moment
+                // (42501: not allowed to terminate it); it is gone within milliseconds.
+                let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name));
+                let mut tries = 0;
+                loop {
+                    match sqlx::raw_sql(&drop).execute(&self.admin).await {
+                        Ok(_) => break,
+                        Err(e) if is_code(&e, &["42501"]) && tries < DROP_RETRIES_MAX => {
+                            tries += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(backend(e)),
+                    }
+                }
             }
             StorageMode::Pooled => {
                 // The tenant's rows in every shared table, then its rights.

@@ -214,7 +214,7 @@ mod tests {
             (503, Phase::Action, "retry"),
             (400, Phase::Action, "definite"),
             (409, Phase::Compensation, "definite"),
-            (302, Phase::Action, "retry"),
+            (302, Phase::Action, "definite"),
         ];
         for (status, phase, expected) in cases {
             assert_eq!(kind(&classify(status, b"", phase)), expected, "{status} {phase:?}");

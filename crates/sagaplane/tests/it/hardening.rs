@@ -402,3 +402,40 @@ async fn http_steps_cap_answers_and_keep_requests_on_their_origin(backend: Backe
     assert_eq!(saga["output"]["go"], json!({"arrived": true}));
 }
 on_both_backends!(http_steps_cap_answers_and_keep_requests_on_their_origin);
+
+/// Tenant keys were shown the server's side: the absolute path of their SQLite file (or the
+/// database name), and the host names of the workers in `lease_owner` and in the history.
+#[tokio::test]
+async fn tenant_keys_see_their_data_not_the_servers_layout() {
+    use reqwest::Method;
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let (_, _, accepted) =
+        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": "acme", "name": "Acme"}))).await;
+    let saga_id = accepted["saga_id"].as_str().expect("saga id").to_string();
+    crate::tenants::until_status(&app, "acme", &["ACTIVE"]).await;
+    let (_, _, key) = app.send(app.request(Method::POST, "/v1/tenants/acme/api-keys").json(&json!({}))).await;
+    let token = key["token"].as_str().expect("token").to_string();
+    let as_tenant = |path: &str| app.http.get(format!("{}{path}", app.url)).bearer_auth(&token);
+
+    let (_, _, operator_view) = app.send(app.request(Method::GET, "/v1/tenants/acme")).await;
+    assert!(operator_view["storage"]["location"].is_string(), "the operator sees where: {operator_view}");
+    let events = app.events(&saga_id).await;
+    assert!(events.iter().any(|e| e["worker"].is_string()), "the operator sees the workers");
+
+    for path in [
+        "/v1/tenants/acme",
+        "/v1/tenants",
+        &format!("/v1/sagas/{saga_id}"),
+        "/v1/sagas",
+        &format!("/v1/sagas/{saga_id}/events"),
+    ] {
+        let (status, _, body) = app.send(as_tenant(path)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let text = body.to_string();
+        for hidden in ["\"location\"", "\"lease_owner\"", "\"worker\"", "\"previous_owner\""] {
+            assert!(!text.contains(hidden), "{path} shows {hidden} to a tenant key: {text}");
+        }
+    }
+    let (_, _, tenant_view) = app.send(as_tenant("/v1/tenants/acme")).await;
+    assert_eq!(tenant_view["storage"]["backend"], "sqlite", "{tenant_view}");
+}

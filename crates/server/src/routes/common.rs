@@ -50,6 +50,16 @@ pub(crate) fn json_integer(value: &serde_json::Value) -> Option<i64> {
     })
 }
 
+/// `view` as `principal` may see it: whole for the operator, [`crate::views::for_tenant`] for a
+/// tenant key.
+pub(crate) fn seen_by(principal: &Principal, view: Value) -> Value {
+    if principal.tenant_scope().is_some() {
+        crate::views::for_tenant(view)
+    } else {
+        view
+    }
+}
+
 /// One page of a list: `{items, next_cursor}` (API.md §2); `next_cursor` is null on the last page.
 pub(crate) fn page(items: Vec<Value>, next_cursor: Option<String>) -> Json<Value> {
     Json(json!({"items": items, "next_cursor": next_cursor}))

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{body_rejection, ApiError};
 use crate::routes::common::{
-    definition, idempotency_key, load, load_visible, operator_retry, page, page_of, parse_id, query_error,
+    definition, idempotency_key, load, load_visible, operator_retry, page, page_of, parse_id, query_error, seen_by,
 };
 use crate::state::AppState;
 use crate::views;
@@ -301,11 +301,11 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let Some(wait) = parse_wait(&query)? else {
-        return Ok(Json(views::saga(&load_visible(&state, &principal, id).await?)));
+        return Ok(Json(seen_by(&principal, views::saga(&load_visible(&state, &principal, id).await?))));
     };
     let terminal = state.hub.watch(id);
     let record = load_visible(&state, &principal, id).await?;
-    Ok(Json(views::saga(&wait_terminal(&state, record, terminal, wait).await?)))
+    Ok(Json(seen_by(&principal, views::saga(&wait_terminal(&state, record, terminal, wait).await?))))
 }
 
 pub async fn list(
@@ -348,7 +348,7 @@ pub async fn list(
         limit: saga_store::clamp_limit(limit),
     };
     let records = state.store.saga_list(&filter).await?;
-    Ok(page_of(&records, filter.limit, views::saga, |r| r.id.to_string()))
+    Ok(page_of(&records, filter.limit, |r| seen_by(&principal, views::saga(r)), |r| r.id.to_string()))
 }
 
 pub async fn events(
@@ -375,7 +375,7 @@ pub async fn events(
     let limit = crate::routes::common::query_limit(query.get("limit"))?;
     let limit = saga_store::clamp_limit(limit.or(Some(saga_store::LIST_LIMIT_MAX)));
     let records = state.store.saga_events(id, after, limit).await?;
-    Ok(page_of(&records, limit, views::event, |r| r.seq.to_string()))
+    Ok(page_of(&records, limit, |r| seen_by(&principal, views::event(r)), |r| r.seq.to_string()))
 }
 
 pub async fn retry(

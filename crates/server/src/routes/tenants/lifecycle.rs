@@ -18,7 +18,7 @@ use super::requests::*;
 use super::*;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::routes::common::{load, page, page_of, parse_body};
+use crate::routes::common::{load, page, page_of, parse_body, seen_by};
 use crate::state::AppState;
 use crate::views;
 
@@ -125,7 +125,7 @@ pub async fn list(
         // A tenant key sees a list of one.
         let tenant = load_tenant(&state, &principal, scope).await?;
         let matches = status.is_none_or(|s| s == tenant.status) && tier.is_none_or(|t| t == tenant.tier);
-        let items: Vec<Value> = if matches { vec![views::tenant(&tenant)] } else { Vec::new() };
+        let items: Vec<Value> = if matches { vec![views::for_tenant(views::tenant(&tenant))] } else { Vec::new() };
         return Ok(page(items, None));
     }
     let filter =
@@ -139,7 +139,7 @@ pub async fn get(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(views::tenant(&load_tenant(&state, &principal, &id).await?)))
+    Ok(Json(seen_by(&principal, views::tenant(&load_tenant(&state, &principal, &id).await?))))
 }
 
 pub async fn patch(
@@ -160,7 +160,7 @@ pub async fn patch(
         return Err(ApiError::Conflict("tenant is DELETED".into()));
     }
     let updated = state.store.tenant_patch(&id, &patch, state.clock.now_ms()).await?;
-    Ok(Json(views::tenant(&updated)))
+    Ok(Json(seen_by(&principal, views::tenant(&updated))))
 }
 
 pub async fn delete(
