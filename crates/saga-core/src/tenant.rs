@@ -127,10 +127,23 @@ pub fn is_valid_tenant_id(id: &str) -> bool {
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
-/// The SQL-safe name derived from a valid tenant id: `tenant_<id with - as _>` (at most 70
-/// characters of `[a-z0-9_]`, so always a valid unquoted PostgreSQL identifier; still quoted).
+/// PostgreSQL's identifier limit: longer names are silently cut to this many bytes.
+pub const OBJECT_NAME_MAX: usize = 63;
+
+/// The SQL-safe name derived from a valid tenant id: `tenant_<id with - as _>` when that fits in
+/// [`OBJECT_NAME_MAX`] bytes (ids up to 56 characters); otherwise its first 50 characters, `_`,
+/// and 12 hex digits of the SHA-256 of the id — so two long ids sharing a prefix never share a
+/// role, schema or database (PostgreSQL would have cut both to the same 63 bytes). Always
+/// `[a-z0-9_]`, a valid unquoted identifier (still quoted). The pooled tables' row-level policy
+/// derives the same name in SQL (store-postgres `tenant_storage`).
 pub fn tenant_object_name(id: &str) -> String {
-    format!("tenant_{}", id.replace('-', "_"))
+    use sha2::{Digest, Sha256};
+    let plain = format!("tenant_{}", id.replace('-', "_"));
+    if plain.len() <= OBJECT_NAME_MAX {
+        return plain;
+    }
+    let digest: String = Sha256::digest(id.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{}_{digest}", &plain[..50])
 }
 
 #[cfg(test)]
@@ -146,6 +159,17 @@ mod tests {
             assert!(!is_valid_tenant_id(bad), "{bad}");
         }
         assert_eq!(tenant_object_name("acme-corp"), "tenant_acme_corp");
+        let fits = format!("a{}", "b".repeat(55));
+        assert_eq!(tenant_object_name(&fits), format!("tenant_{fits}"), "56 characters still fit");
+        let long_a = format!("a{}x", "b".repeat(61));
+        let long_b = format!("a{}y", "b".repeat(61));
+        let (name_a, name_b) = (tenant_object_name(&long_a), tenant_object_name(&long_b));
+        assert!(name_a.len() <= OBJECT_NAME_MAX && name_b.len() <= OBJECT_NAME_MAX, "{name_a} {name_b}");
+        assert_ne!(name_a, name_b, "long ids sharing a prefix must not share a name");
+        assert!(
+            name_a.starts_with("tenant_abbb")
+                && name_a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        );
     }
 
     #[test]

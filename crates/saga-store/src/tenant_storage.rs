@@ -66,6 +66,10 @@ pub enum TenantStorageError {
     /// An already-applied migration's file was edited afterwards.
     #[error("migration {service}/{file} was edited after it was applied (checksum {applied} recorded, {found} found)")]
     ChecksumMismatch { service: String, file: String, applied: String, found: String },
+    /// A role, schema or database of the tenant's name exists that was not made for this tenant:
+    /// it is never adopted (nor dropped).
+    #[error("{0}")]
+    Foreign(String),
     /// The database could not be reached or failed for a reason worth retrying.
     #[error("tenant storage error: {0}")]
     Backend(String),

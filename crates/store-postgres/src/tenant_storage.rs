@@ -26,6 +26,35 @@ use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
+/// `saga_core::tenant::tenant_object_name(tenant_id)` in SQL, for the pooled tables' policy: the
+/// plain name when it fits in 63 bytes, else its first 50 characters, `_` and 12 hex digits of
+/// the id's SHA-256 (a unit test checks the two agree).
+pub const ROLE_OF_ROW_SQL: &str = "(CASE WHEN length('tenant_' || replace(tenant_id, '-', '_')) <= 63 \
+     THEN 'tenant_' || replace(tenant_id, '-', '_') \
+     ELSE left('tenant_' || replace(tenant_id, '-', '_'), 50) || '_' || \
+          left(encode(sha256(convert_to(tenant_id, 'UTF8')), 'hex'), 12) END)";
+
+/// Which catalog an owned object is in.
+#[derive(Clone, Copy)]
+enum OwnedObject {
+    Schema,
+    Database,
+}
+
+impl OwnedObject {
+    fn noun(self) -> &'static str {
+        match self {
+            OwnedObject::Schema => "schema",
+            OwnedObject::Database => "database",
+        }
+    }
+}
+
+/// The comment that marks a role as made by Sagaplane for this tenant.
+fn role_marker_text(tenant_id: &str) -> String {
+    format!("sagaplane tenant {tenant_id}")
+}
+
 /// How often a forced `DROP DATABASE` is tried again while a closing session blocks it.
 const DROP_RETRIES_MAX: u32 = 20;
 
@@ -90,25 +119,68 @@ impl PgTenantStorage {
         &self.admin
     }
 
-    async fn role_exists(&self, role: &str) -> Result<bool, TenantStorageError> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+    /// The role's comment when it exists: `Some(Some(marker))` for a role Sagaplane made.
+    async fn role_marker(&self, role: &str) -> Result<Option<Option<String>>, TenantStorageError> {
+        sqlx::query_scalar("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1")
             .bind(role)
-            .fetch_one(&self.admin)
+            .fetch_optional(&self.admin)
             .await
             .map_err(backend)
     }
 
-    async fn ensure_role(&self, role: &str) -> Result<(), TenantStorageError> {
-        if !self.role_exists(role).await? {
+    /// The owner of a schema or database named `name`, when it exists.
+    async fn owner_of(&self, catalog: OwnedObject, name: &str) -> Result<Option<String>, TenantStorageError> {
+        let sql = match catalog {
+            OwnedObject::Schema => "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1",
+            OwnedObject::Database => "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+        };
+        sqlx::query_scalar(sql).bind(name).fetch_optional(&self.admin).await.map_err(backend)
+    }
+
+    /// Refuses a schema or database of the tenant's name that its role does not own: it was not
+    /// made for this tenant, and adopting it would hand the tenant someone else's data.
+    async fn refuse_foreign(
+        &self,
+        catalog: OwnedObject,
+        name: &str,
+        tenant_id: &str,
+    ) -> Result<(), TenantStorageError> {
+        match self.owner_of(catalog, name).await? {
+            Some(owner) if owner != name => Err(TenantStorageError::Foreign(format!(
+                "a {} named {name} exists, owned by {owner}, that Sagaplane did not make for tenant {tenant_id}; \
+                 it is left untouched",
+                catalog.noun()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates the tenant's login role, marked as made for `tenant_id` in the same transaction;
+    /// an existing role is adopted only when it carries that mark.
+    async fn ensure_role(&self, role: &str, tenant_id: &str) -> Result<(), TenantStorageError> {
+        let marker = role_marker_text(tenant_id);
+        if self.role_marker(role).await?.is_none() {
             // No password: credentials are issued out of band. It is granted no memberships, so it
             // has exactly the rights on its own storage (plus, as a database's owner, PG15's
             // implicit pg_database_owner, which needs INHERIT).
-            let created = sqlx::query(&format!("CREATE ROLE {} LOGIN", quote_ident(role))).execute(&self.admin).await;
-            match created {
-                Ok(_) => {}
+            let sql = format!(
+                "CREATE ROLE {role_q} LOGIN; COMMENT ON ROLE {role_q} IS {marker_q}",
+                role_q = quote_ident(role),
+                marker_q = quote_literal(&marker)
+            );
+            let mut tx = self.admin.begin().await.map_err(backend)?;
+            match sqlx::Executor::execute(&mut *tx, sql.as_str()).await {
+                Ok(_) => tx.commit().await.map_err(backend)?,
+                // Made concurrently (by another attempt of this tenant's saga, or by someone else).
                 Err(e) if is_code(&e, &["42710", "23505"]) => {}
                 Err(e) => return Err(backend(e)),
             }
+        }
+        match self.role_marker(role).await? {
+            Some(Some(found)) if found == marker => {}
+            _ => return Err(TenantStorageError::Foreign(format!(
+                "a role named {role} exists that Sagaplane did not make for tenant {tenant_id}; it is left untouched"
+            ))),
         }
         // The admin acts as the role to create and migrate its objects.
         sqlx::raw_sql(&format!("GRANT {} TO CURRENT_USER", quote_ident(role)))
@@ -118,9 +190,16 @@ impl PgTenantStorage {
         Ok(())
     }
 
-    async fn drop_role(&self, role: &str) -> Result<(), TenantStorageError> {
-        if !self.role_exists(role).await? {
-            return Ok(());
+    async fn drop_role(&self, role: &str, tenant_id: &str) -> Result<(), TenantStorageError> {
+        match self.role_marker(role).await? {
+            None => return Ok(()),
+            // Marked for another tenant (or by someone else): never ours to drop. An unmarked role
+            // is one made before roles were marked, by this tenant's own provisioning.
+            Some(Some(found)) if found != role_marker_text(tenant_id) => {
+                tracing::warn!(role, tenant_id, "not dropping a role Sagaplane did not make for this tenant");
+                return Ok(());
+            }
+            Some(_) => {}
         }
         // Privileges it was granted on shared objects go with it.
         sqlx::raw_sql(&format!("DROP OWNED BY {}", quote_ident(role))).execute(&self.admin).await.map_err(backend)?;
@@ -184,9 +263,9 @@ impl PgTenantStorage {
             // The setting picks the tenant; the role must be that tenant's. Its own statement: a
             // concurrent provisioning may create the same policy first (42710), which is fine.
             let condition = format!(
-                "tenant_id = current_setting({setting}, true) \
-                 AND current_user = 'tenant_' || replace(tenant_id, '-', '_')",
-                setting = quote_literal(TENANT_SETTING)
+                "tenant_id = current_setting({setting}, true) AND current_user = {role_of_row}",
+                setting = quote_literal(TENANT_SETTING),
+                role_of_row = ROLE_OF_ROW_SQL
             );
             let sql = format!(
                 "ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY; \
@@ -298,9 +377,10 @@ impl TenantStorage for PgTenantStorage {
 
     async fn storage_create(&self, tenant_id: &str, mode: StorageMode) -> Result<Value, TenantStorageError> {
         let name = tenant_object_name(tenant_id);
-        self.ensure_role(&name).await?;
+        self.ensure_role(&name, tenant_id).await?;
         match mode {
             StorageMode::Schema => {
+                self.refuse_foreign(OwnedObject::Schema, &name, tenant_id).await?;
                 let sql = format!(
                     "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}; \
                      REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
@@ -318,11 +398,8 @@ impl TenantStorage for PgTenantStorage {
                 Ok(json!({"backend": "postgres", "location": format!("schema {name}")}))
             }
             StorageMode::Database => {
-                let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                    .bind(&name)
-                    .fetch_one(&self.admin)
-                    .await
-                    .map_err(backend)?;
+                self.refuse_foreign(OwnedObject::Database, &name, tenant_id).await?;
+                let exists = self.owner_of(OwnedObject::Database, &name).await?.is_some();
                 if !exists {
                     let created = sqlx::raw_sql(&format!(
                         "CREATE DATABASE {db} OWNER {role}",
@@ -363,6 +440,12 @@ impl TenantStorage for PgTenantStorage {
     async fn storage_drop(&self, tenant_id: &str, mode: StorageMode) -> Result<(), TenantStorageError> {
         let name = tenant_object_name(tenant_id);
         match mode {
+            StorageMode::Schema if self.refuse_foreign(OwnedObject::Schema, &name, tenant_id).await.is_err() => {
+                tracing::warn!(schema = %name, tenant_id, "not dropping a schema this tenant's role does not own");
+            }
+            StorageMode::Database if self.refuse_foreign(OwnedObject::Database, &name, tenant_id).await.is_err() => {
+                tracing::warn!(database = %name, tenant_id, "not dropping a database this tenant's role does not own");
+            }
             StorageMode::Schema => {
                 sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&name)))
                     .execute(&self.admin)
@@ -410,7 +493,7 @@ impl TenantStorage for PgTenantStorage {
                 }
             }
         }
-        self.drop_role(&name).await
+        self.drop_role(&name, tenant_id).await
     }
 
     async fn migrations_apply(

@@ -439,3 +439,61 @@ async fn tenant_keys_see_their_data_not_the_servers_layout() {
     let (_, _, tenant_view) = app.send(as_tenant("/v1/tenants/acme")).await;
     assert_eq!(tenant_view["storage"]["backend"], "sqlite", "{tenant_view}");
 }
+
+/// Tenant ids may be 63 characters, so `tenant_<id>` reached 70 bytes and PostgreSQL cut it to 63:
+/// two long ids sharing a prefix shared one role and schema, and deleting one dropped the other's.
+/// And an existing role or schema of a tenant's name was adopted, whoever had made it. Now long
+/// names end in a hash of the id, and only what Sagaplane made for the tenant is used or dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_tenant_ids_never_share_storage_and_foreign_objects_are_never_adopted() {
+    use reqwest::Method;
+    use sqlx::Connection;
+    let app = App::spawn(BIN, Backend::Postgres, &[]).await;
+    let stem = format!("long-{}", uuid::Uuid::now_v7().simple());
+    let pad = |end: char| format!("{stem}{}{end}", "x".repeat(62 - stem.len()));
+    let (first, second) = (pad('a'), pad('b'));
+    assert_eq!((first.len(), second.len()), (63, 63));
+    for id in [&first, &second] {
+        let body = json!({"id": id, "name": "Long", "tier": "bridge"});
+        let (status, _, answer) = app.send(app.request(Method::POST, "/v1/tenants").json(&body)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    for id in [&first, &second] {
+        let tenant = crate::tenants::until_status(&app, id, &["ACTIVE", "PROVISION_ERROR"]).await;
+        assert_eq!(tenant["status"], "ACTIVE", "{tenant}");
+    }
+    let (name_a, name_b) =
+        (saga_core::tenant::tenant_object_name(&first), saga_core::tenant::tenant_object_name(&second));
+    assert_ne!(name_a, name_b);
+    let mut conn = sqlx::PgConnection::connect(&app.database_url).await.expect("admin connection");
+    let schema_exists = |name: String| {
+        let sql = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)";
+        sqlx::query_scalar::<_, bool>(sql).bind(name)
+    };
+    assert!(schema_exists(name_a.clone()).fetch_one(&mut conn).await.expect("query"), "{name_a}");
+    assert!(schema_exists(name_b.clone()).fetch_one(&mut conn).await.expect("query"), "{name_b}");
+    let (status, _, deleted) = app.send(app.request(Method::DELETE, &format!("/v1/tenants/{first}"))).await;
+    assert_eq!(status, 202, "{deleted}");
+    crate::tenants::until_status(&app, &first, &["DELETED"]).await;
+    assert!(!schema_exists(name_a).fetch_one(&mut conn).await.expect("query"), "the deleted tenant's schema stays");
+    assert!(schema_exists(name_b).fetch_one(&mut conn).await.expect("query"), "deleting one dropped the other's");
+
+    // A role someone else made under a tenant's name is refused, and left as it was.
+    let squatted = format!("sq-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
+    let role = saga_core::tenant::tenant_object_name(&squatted);
+    sqlx::query(&format!("CREATE ROLE \"{role}\" NOLOGIN")).execute(&mut conn).await.expect("squat");
+    let body = json!({"id": squatted, "name": "Squatted", "tier": "bridge"});
+    let (status, _, _) = app.send(app.request(Method::POST, "/v1/tenants").json(&body)).await;
+    assert_eq!(status, 202);
+    let tenant = crate::tenants::until_status(&app, &squatted, &["ACTIVE", "PROVISION_ERROR"]).await;
+    assert_eq!(tenant["status"], "PROVISION_ERROR", "{tenant}");
+    assert!(tenant["error"].to_string().contains("did not make"), "{tenant}");
+    let still: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1 AND NOT rolcanlogin)")
+            .bind(&role)
+            .fetch_one(&mut conn)
+            .await
+            .expect("query");
+    assert!(still, "the foreign role was changed or dropped");
+    sqlx::query(&format!("DROP ROLE \"{role}\"")).execute(&mut conn).await.expect("clean up");
+}

@@ -48,3 +48,27 @@ saga_store::tenant_storage_conformance!(
     database: Database,
     pooled: Pooled,
 );
+
+/// The pooled tables' row-level policy names a row's role in SQL; it must be the very name
+/// `tenant_object_name` gives that tenant's role, long ids included.
+#[tokio::test]
+async fn the_policy_derives_the_same_role_names_as_the_provisioner() {
+    let admin = PgConnectOptions::from_str(&admin_url()).expect("test database url");
+    let mut conn = sqlx::ConnectOptions::connect(&admin).await.expect("connect");
+    let ids = [
+        "acme".to_string(),
+        "acme-corp".to_string(),
+        format!("a{}", "b".repeat(55)),
+        format!("a{}x", "b".repeat(61)),
+        format!("a{}y", "b".repeat(61)),
+        format!("a-{}-z", "c-".repeat(29)),
+    ];
+    for id in ids {
+        let sql = format!(
+            "SELECT {} FROM (SELECT $1::text AS tenant_id) AS row",
+            store_postgres::tenant_storage::ROLE_OF_ROW_SQL
+        );
+        let in_sql: String = sqlx::query_scalar(&sql).bind(&id).fetch_one(&mut conn).await.expect("query");
+        assert_eq!(in_sql, saga_core::tenant::tenant_object_name(&id), "{id}");
+    }
+}
