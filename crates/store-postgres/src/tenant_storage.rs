@@ -178,9 +178,11 @@ impl PgTenantStorage {
         }
         match self.role_marker(role).await? {
             Some(Some(found)) if found == marker => {}
-            _ => return Err(TenantStorageError::Foreign(format!(
+            _ => {
+                return Err(TenantStorageError::Foreign(format!(
                 "a role named {role} exists that Sagaplane did not make for tenant {tenant_id}; it is left untouched"
-            ))),
+            )))
+            }
         }
         // The admin acts as the role to create and migrate its objects.
         sqlx::raw_sql(&format!("GRANT {} TO CURRENT_USER", quote_ident(role)))

@@ -138,8 +138,10 @@ async fn tenant_builtins_stay_inside_the_tenant_lifecycle(backend: Backend) {
     let (_, _, list) = app.send(app.request(reqwest::Method::GET, "/v1/sagas?tenant_id=victim")).await;
     assert_eq!(list["items"], json!([]), "a tenant saga was started directly");
 
-    // Onboarding through the lifecycle: each status change is in the saga's history.
-    let body = json!({"id": "acme", "name": "Acme"});
+    // Onboarding through the lifecycle: each status change is in the saga's history. (Tenant
+    // roles are cluster-wide on PostgreSQL: a fresh id, never one an earlier run left behind.)
+    let id = format!("acme-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let body = json!({"id": id, "name": "Acme"});
     let (status, _, accepted) = app.send(app.request(reqwest::Method::POST, "/v1/tenants").json(&body)).await;
     assert_eq!(status, 202, "{accepted}");
     let saga_id = accepted["saga_id"].as_str().expect("saga id").to_string();
