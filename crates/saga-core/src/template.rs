@@ -76,8 +76,8 @@ impl TemplateError {
 }
 
 /// The most work one template may do (minijinja instructions per render): far beyond any
-/// real template, and a few milliseconds of CPU at most — a loop over a loop runs out instead
-/// of holding a worker thread for minutes.
+/// real template, and milliseconds of CPU at most — a loop over a loop runs out instead of
+/// holding a worker thread for minutes, so rendering may stay on the async threads.
 pub const TEMPLATE_FUEL_MAX: u64 = 200_000;
 /// The largest text one template may render.
 pub const TEMPLATE_OUTPUT_MAX_BYTES: usize = 1024 * 1024;
@@ -240,19 +240,6 @@ pub fn render_string(text: &str, context: &TemplateContext) -> Result<String, Te
     match render_value(&Value::String(text.to_string()), context)? {
         Value::String(s) => Ok(s),
         other => Ok(other.to_string()),
-    }
-}
-
-/// True when rendering `action` runs a template at all.
-pub fn action_has_templates(action: &crate::Action) -> bool {
-    let optional = |value: &Option<Value>| value.as_ref().is_some_and(contains_syntax);
-    match action {
-        crate::Action::Builtin(builtin) => optional(&builtin.input),
-        crate::Action::Http(http) => {
-            has_syntax(&http.url) || http.headers.values().any(|v| has_syntax(v)) || optional(&http.body)
-        }
-        crate::Action::Grpc(grpc) => has_syntax(&grpc.endpoint) || optional(&grpc.input),
-        crate::Action::Signal(_) => false,
     }
 }
 
