@@ -188,16 +188,30 @@ impl CommitColumns {
     }
 }
 
-impl PostgresStore {
-    pub(super) async fn commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>> {
-        if commits.is_empty() {
-            return Ok(Vec::new());
-        }
-        let batch = CommitColumns::build(commits)?;
-        // One statement, so one round trip and one commit for the whole batch: the fenced update,
-        // and the history rows of exactly the commits whose token still matched.
-        let rows = sqlx::query(
-            "WITH u AS ( \
+/// The fenced update of a batch and its history rows, in one statement (`$1`–`$21`). The
+/// variant for batches that carry tenant changes adds them (`$22`–`$32`); a batch without any
+/// skips those CTEs (measured: they cost saga3 about 7% when always present).
+const COMMIT_SQL: &str = "WITH u AS ( \
+               UPDATE sagas s SET status = c.status, state = c.state::json, updated_at = c.now, \
+                 event_seq = s.event_seq + c.event_count, \
+                 completed_at = CASE WHEN c.terminal THEN c.now ELSE NULL END, \
+                 lease_owner = CASE WHEN c.release THEN NULL ELSE s.lease_owner END, \
+                 lease_expires_at = CASE WHEN c.release THEN NULL ELSE s.lease_expires_at END, \
+                 run_at = CASE WHEN NOT c.release THEN s.run_at \
+                               WHEN s.wake_seq <> c.wake_seen THEN LEAST(c.run_at, c.now) ELSE c.run_at END \
+               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::bigint[], $8::bool[], $9::bigint[], $20::bigint[], $21::bool[]) \
+                    AS c(id, token, status, state, event_count, release, run_at, terminal, now, wake_seen, cancel_seen) \
+               WHERE s.id = c.id AND s.fencing_token = c.token AND (s.cancel_requested_at IS NULL OR c.cancel_seen) \
+               RETURNING s.id, s.fencing_token, s.event_seq), \
+             e AS ( \
+               INSERT INTO saga_events (saga_id, seq, tenant_id, kind, step, attempt, worker, data, at) \
+               SELECT ev.saga_id, u.event_seq - ev.from_end, ev.tenant_id, ev.kind, ev.step, ev.attempt, ev.worker, ev.data::jsonb, ev.at \
+               FROM UNNEST($10::uuid[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[], $19::bigint[]) \
+                    AS ev(saga_id, token, from_end, tenant_id, kind, step, attempt, worker, data, at) \
+               JOIN u ON u.id = ev.saga_id AND u.fencing_token = ev.token) \
+             SELECT id, fencing_token, FALSE AS refused FROM u";
+
+const COMMIT_WITH_TENANTS_SQL: &str = "WITH u AS ( \
                UPDATE sagas s SET status = c.status, state = c.state::json, updated_at = c.now, \
                  event_seq = s.event_seq + c.event_count, \
                  completed_at = CASE WHEN c.terminal THEN c.now ELSE NULL END, \
@@ -240,43 +254,55 @@ impl PostgresStore {
                RETURNING saga_id, kind) \
              SELECT u.id, u.fencing_token, \
                     EXISTS (SELECT 1 FROM r WHERE r.saga_id = u.id AND r.kind = 'tenant_change_refused') AS refused \
-             FROM u",
-        )
-        .bind(batch.ids)
-        .bind(batch.tokens)
-        .bind(batch.statuses)
-        .bind(batch.states)
-        .bind(batch.event_counts)
-        .bind(batch.releases)
-        .bind(batch.run_ats)
-        .bind(batch.terminals)
-        .bind(batch.nows)
-        .bind(batch.event_saga_ids)
-        .bind(batch.event_tokens)
-        .bind(batch.event_from_end)
-        .bind(batch.events.tenant_id)
-        .bind(batch.events.kind)
-        .bind(batch.events.step)
-        .bind(batch.events.attempt)
-        .bind(batch.events.worker)
-        .bind(batch.events.data)
-        .bind(batch.events.at)
-        .bind(batch.wake_seen)
-        .bind(batch.cancel_seen)
-        .bind(batch.tenants.saga_ids)
-        .bind(batch.tenants.tokens)
-        .bind(batch.tenants.tenant_ids)
-        .bind(batch.tenants.to)
-        .bind(batch.tenants.from)
-        .bind(batch.tenants.errors)
-        .bind(batch.tenants.storages)
-        .bind(batch.tenants.migrations)
-        .bind(batch.tenants.nows)
-        .bind(batch.tenants.saga_tenant_ids)
-        .bind(batch.tenants.workers)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+             FROM u";
+
+impl PostgresStore {
+    pub(super) async fn commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = CommitColumns::build(commits)?;
+        let with_tenants = !batch.tenants.saga_ids.is_empty();
+        let sql = if with_tenants { COMMIT_WITH_TENANTS_SQL } else { COMMIT_SQL };
+        // One statement, so one round trip and one commit for the whole batch: the fenced update,
+        // and the history rows of exactly the commits whose token still matched.
+        let mut query = sqlx::query(sql)
+            .bind(batch.ids)
+            .bind(batch.tokens)
+            .bind(batch.statuses)
+            .bind(batch.states)
+            .bind(batch.event_counts)
+            .bind(batch.releases)
+            .bind(batch.run_ats)
+            .bind(batch.terminals)
+            .bind(batch.nows)
+            .bind(batch.event_saga_ids)
+            .bind(batch.event_tokens)
+            .bind(batch.event_from_end)
+            .bind(batch.events.tenant_id)
+            .bind(batch.events.kind)
+            .bind(batch.events.step)
+            .bind(batch.events.attempt)
+            .bind(batch.events.worker)
+            .bind(batch.events.data)
+            .bind(batch.events.at)
+            .bind(batch.wake_seen)
+            .bind(batch.cancel_seen);
+        if with_tenants {
+            query = query
+                .bind(batch.tenants.saga_ids)
+                .bind(batch.tenants.tokens)
+                .bind(batch.tenants.tenant_ids)
+                .bind(batch.tenants.to)
+                .bind(batch.tenants.from)
+                .bind(batch.tenants.errors)
+                .bind(batch.tenants.storages)
+                .bind(batch.tenants.migrations)
+                .bind(batch.tenants.nows)
+                .bind(batch.tenants.saga_tenant_ids)
+                .bind(batch.tenants.workers);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db)?;
         let mut committed = std::collections::HashSet::with_capacity(rows.len());
         for row in &rows {
             let id: Uuid = row.try_get(0).map_err(db)?;
