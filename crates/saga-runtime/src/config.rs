@@ -17,6 +17,9 @@ pub struct InstanceConfig {
     pub seed: Option<u64>,
     /// Base URL participants use for callbacks (`SAGAPLANE_PUBLIC_URL`).
     pub public_url: String,
+    /// How long a shutdown waits for running steps to finish before it stops their drivers and
+    /// hands their sagas back (`SAGAPLANE_SHUTDOWN_GRACE`).
+    pub shutdown_grace_ms: u64,
 }
 
 impl InstanceConfig {
@@ -29,6 +32,7 @@ impl InstanceConfig {
             vars: Map::new(),
             seed: None,
             public_url: "http://127.0.0.1:8080".into(),
+            shutdown_grace_ms: 30_000,
         }
     }
 }

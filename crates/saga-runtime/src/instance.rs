@@ -231,9 +231,18 @@ async fn run(
         drop(permit);
     }
     tracing::info!(in_flight = drivers.len(), "instance draining");
-    while drivers.join_next().await.is_some() {}
-    let _ = heartbeat.await;
+    let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
+    let drained = tokio::time::timeout(grace, async { while drivers.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        // A step that outlasts the grace (a long sleep, a hung participant) is stopped; its saga
+        // is handed back below and the next owner runs the attempt again with the same key.
+        tracing::warn!(in_flight = drivers.len(), "shutdown grace is over: stopping the remaining drivers");
+        drivers.abort_all();
+        while drivers.join_next().await.is_some() {}
+    }
+    // Leases of stopped drivers first: the heartbeat ends once no lease is held.
     release_all(&shared).await;
+    let _ = heartbeat.await;
     drop(shared);
     if let Err(e) = committer_task.await {
         tracing::warn!(error = %e, "committer ended abnormally");

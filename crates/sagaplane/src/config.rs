@@ -58,6 +58,7 @@ pub struct Config {
     pub breaker_failures: u32,
     /// How long an open circuit stays open (`SAGAPLANE_BREAKER_COOLDOWN`).
     pub breaker_cool_down_ms: u64,
+    pub shutdown_grace_ms: u64,
     pub data_dir: PathBuf,
 }
 
@@ -74,6 +75,7 @@ struct FileConfig {
     worker_concurrency: Option<u32>,
     breaker_failures: Option<u32>,
     breaker_cooldown: Option<String>,
+    shutdown_grace: Option<String>,
     tenant_database_url: Option<String>,
     tenant_migrations_dir: Option<PathBuf>,
     crm_webhook_secret: Option<String>,
@@ -99,6 +101,7 @@ pub const WORKER_CONCURRENCY_DEFAULT: u32 = 64;
 pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
 pub const BREAKER_FAILURES_DEFAULT: u32 = 5;
 pub const BREAKER_COOL_DOWN_DEFAULT_MS: u64 = 30_000;
+pub const SHUTDOWN_GRACE_DEFAULT_MS: u64 = 30_000;
 pub const WORKER_CONCURRENCY_MAX: u32 = 10_000;
 pub const DELIVERY_RETRY_SCHEDULE_DEFAULT: &str = "1m,2m,4m,8m,16m,32m,64m,128m";
 
@@ -190,6 +193,13 @@ impl Config {
         if !(10..=86_400_000).contains(&breaker_cool_down_ms) {
             bail!("SAGAPLANE_BREAKER_COOLDOWN must be from 10ms to 24h");
         }
+        let shutdown_grace_ms = match get("SAGAPLANE_SHUTDOWN_GRACE").or(file.shutdown_grace) {
+            Some(text) => parse_duration_ms("SAGAPLANE_SHUTDOWN_GRACE", &text)?,
+            None => SHUTDOWN_GRACE_DEFAULT_MS,
+        };
+        if shutdown_grace_ms > 3_600_000 {
+            bail!("SAGAPLANE_SHUTDOWN_GRACE must be at most 1h");
+        }
         let schedule = get("SAGAPLANE_DELIVERY_RETRY_SCHEDULE")
             .or(file.delivery_retry_schedule)
             .unwrap_or_else(|| DELIVERY_RETRY_SCHEDULE_DEFAULT.into());
@@ -239,6 +249,7 @@ impl Config {
             public_url: get("SAGAPLANE_PUBLIC_URL").or(file.public_url),
             breaker_failures,
             breaker_cool_down_ms,
+            shutdown_grace_ms,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".sagaplane")),
         })
     }

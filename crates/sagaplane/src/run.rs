@@ -130,6 +130,7 @@ pub fn start_instance(
     instance_config.public_url = config.public_url(bound);
     instance_config.concurrency = config.worker_concurrency;
     instance_config.lease_ttl_ms = config.lease_ttl_ms;
+    instance_config.shutdown_grace_ms = config.shutdown_grace_ms;
     instance_config.poll_interval_ms = config.poll_interval_ms;
     instance_config.vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let breakers =
@@ -214,10 +215,12 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     }
     shutdown_signal().await;
     tracing::info!("shutting down: no new claims, draining in-flight steps");
-    let _ = stop_tx.send(true);
+    // The API keeps serving while the worker drains (bounded by the shutdown grace): an async
+    // participant's callback or heartbeat during the drain is accepted, not refused.
     if let Some(instance) = instance {
         instance.shutdown().await;
     }
+    let _ = stop_tx.send(true);
     if let Some(http) = http {
         http.await.context("HTTP task")?.context("HTTP server")?;
     }

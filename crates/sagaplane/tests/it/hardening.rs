@@ -499,3 +499,62 @@ async fn long_tenant_ids_never_share_storage_and_foreign_objects_are_never_adopt
     assert!(still, "the foreign role was changed or dropped");
     sqlx::query(&format!("DROP ROLE \"{role}\"")).execute(&mut conn).await.expect("clean up");
 }
+
+/// SIGTERM waited for every running step — a one-hour `core.sleep` held the process for an hour —
+/// and closed the listener first, so an async participant calling back during the drain was
+/// refused. Now the drain is bounded (`SAGAPLANE_SHUTDOWN_GRACE`), the API answers until the
+/// worker is done, the stopped step's saga is handed back, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_and_accepts_callbacks_while_draining() {
+    use sqlx::Connection;
+    let participant = Participant::start().await;
+    participant.script("/later", vec![(202, json!({}))]);
+    let env = [("SAGAPLANE_VAR_P", participant.url.clone()), ("SAGAPLANE_SHUTDOWN_GRACE", "2s".to_string())];
+    let mut app = App::spawn(BIN, Backend::Sqlite, &env).await;
+    let sleeper = json!([{"name": "nap", "action": {"builtin": "core.sleep", "input": {"duration": "1h"}}}]);
+    app.put_definition("sleeper", &json!({"steps": sleeper})).await;
+    let later = json!([{"name": "a", "action": {"http": {"method": "POST", "url": "{{ vars.P }}/later", "async": true}},
+                        "heartbeat_timeout": "1h"}]);
+    app.put_definition("later", &fast_definition(later)).await;
+    let sleeping = app.start("sleeper", json!({})).await;
+    let waiting = app.start("later", json!({})).await;
+    let url = test_support::eventually("the async request", TERMINAL_WAIT, || async {
+        participant.requests("/later").first().map(|seen| seen.headers["x-saga-callback-url"].clone())
+    })
+    .await;
+    test_support::eventually("the sleeper to run", TERMINAL_WAIT, || async {
+        // Held by the worker, its attempt running (a step's start is committed with its result).
+        app.saga(&sleeping).await["lease_owner"].is_string().then_some(())
+    })
+    .await;
+
+    let pid = app.child_mut().id().expect("pid");
+    let started = std::time::Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill").success());
+    // During the drain the API still answers the participant.
+    let callback = json!({"status": "succeeded", "output": {"done": true}});
+    let answer = app.http.post(&url).json(&callback).send().await.expect("the callback reached the server");
+    assert_eq!(answer.status().as_u16(), 200, "a callback during the drain");
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(20), app.child_mut().wait())
+        .await
+        .expect("the drain is bounded by the grace, not by the one-hour step")
+        .expect("exit");
+    assert!(exit.success(), "SIGTERM must exit 0, got {exit:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
+
+    // The stopped step's saga was handed back (due now, for the next instance); the callback's
+    // result is kept for the waiting saga.
+    let mut conn = sqlx::SqliteConnection::connect(&app.database_url).await.expect("sqlite");
+    let lease: Option<String> = sqlx::query_scalar("SELECT lease_owner FROM sagas WHERE id = ?")
+        .bind(&sleeping)
+        .fetch_one(&mut conn)
+        .await
+        .expect("row");
+    assert_eq!(lease, None, "the sleeping saga's lease was handed back");
+    let stored: Option<String> = sqlx::query_scalar("SELECT result FROM saga_callbacks WHERE saga_id = ?")
+        .bind(&waiting)
+        .fetch_one(&mut conn)
+        .await
+        .expect("callback row");
+    assert!(stored.is_some_and(|r| r.contains("done")), "the callback's result was stored");
+}
