@@ -59,6 +59,8 @@ pub struct Config {
     /// How long an open circuit stays open (`SAGAPLANE_BREAKER_COOLDOWN`).
     pub breaker_cool_down_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// Networks `http` and `grpc` steps may not reach (`SAGAPLANE_HTTP_DENY`).
+    pub http_deny: saga_runtime::executor::deny::AddressDenyList,
     pub data_dir: PathBuf,
 }
 
@@ -76,6 +78,7 @@ struct FileConfig {
     breaker_failures: Option<u32>,
     breaker_cooldown: Option<String>,
     shutdown_grace: Option<String>,
+    http_deny: Option<String>,
     tenant_database_url: Option<String>,
     tenant_migrations_dir: Option<PathBuf>,
     crm_webhook_secret: Option<String>,
@@ -200,6 +203,9 @@ impl Config {
         if shutdown_grace_ms > 3_600_000 {
             bail!("SAGAPLANE_SHUTDOWN_GRACE must be at most 1h");
         }
+        let http_deny = get("SAGAPLANE_HTTP_DENY").or(file.http_deny).unwrap_or_default();
+        let http_deny = saga_runtime::executor::deny::AddressDenyList::parse(&http_deny)
+            .map_err(|e| anyhow::anyhow!("SAGAPLANE_HTTP_DENY: {e}"))?;
         let schedule = get("SAGAPLANE_DELIVERY_RETRY_SCHEDULE")
             .or(file.delivery_retry_schedule)
             .unwrap_or_else(|| DELIVERY_RETRY_SCHEDULE_DEFAULT.into());
@@ -250,6 +256,7 @@ impl Config {
             breaker_failures,
             breaker_cool_down_ms,
             shutdown_grace_ms,
+            http_deny,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".sagaplane")),
         })
     }

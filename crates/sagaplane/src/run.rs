@@ -136,7 +136,7 @@ pub fn start_instance(
     let breakers =
         BreakerConfig { failures_to_open: config.breaker_failures, cool_down_ms: config.breaker_cool_down_ms };
     let steps = tenants.map(|t| t.steps(store.clone()));
-    let executors = Executors::with_breakers(builtins(steps), breakers);
+    let executors = Executors::with_breakers(builtins(steps), breakers).with_deny(config.http_deny.clone());
     Instance::new(store, Arc::new(SystemClock), executors, definitions, instance_config, hub)
         .with_hook(Arc::new(TenantHook))
         .start()

@@ -4,10 +4,13 @@
 //! and then only to the same origin — the request carries the step's headers and, for async
 //! steps, the callback capability, which must not reach another host. An answer is read as a
 //! stream and refused past [`RESPONSE_BODY_MAX_BYTES`], so a participant cannot exhaust memory.
+//! With a deny-list (`SAGAPLANE_HTTP_DENY`) every connection's address is checked first
+//! ([`super::deny`]); a refused one fails the attempt definitely, nothing sent.
 
 use saga_core::{FailureKind, Outcome, Phase};
 use serde_json::Value;
 
+use super::deny::{denied_in, AddressDenyList, DenyingResolver};
 use super::{AttemptContext, AttemptResult};
 
 /// The most response body kept as step output.
@@ -23,6 +26,7 @@ pub struct HttpExecutor {
     client: reqwest::Client,
     /// Follows redirects within the request's origin, for steps that ask for it.
     same_origin: reqwest::Client,
+    deny: AddressDenyList,
 }
 
 impl Default for HttpExecutor {
@@ -33,13 +37,20 @@ impl Default for HttpExecutor {
 
 impl HttpExecutor {
     pub fn new() -> Self {
+        Self::with_deny(AddressDenyList::default())
+    }
+
+    /// Clients that connect to no address in `deny`.
+    pub fn with_deny(deny: AddressDenyList) -> Self {
         let build = |policy: reqwest::redirect::Policy| {
-            reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .user_agent(concat!("sagaplane/", env!("CARGO_PKG_VERSION")))
-                .redirect(policy)
-                .build()
-                .unwrap_or_else(|_| reqwest::Client::new())
+                .redirect(policy);
+            if !deny.is_empty() {
+                builder = builder.dns_resolver(std::sync::Arc::new(DenyingResolver(deny.clone())));
+            }
+            builder.build().unwrap_or_else(|_| reqwest::Client::new())
         };
         let same_origin = reqwest::redirect::Policy::custom(|attempt| {
             let origin = |url: &reqwest::Url| {
@@ -52,7 +63,7 @@ impl HttpExecutor {
                 attempt.follow()
             }
         });
-        HttpExecutor { client: build(reqwest::redirect::Policy::none()), same_origin: build(same_origin) }
+        HttpExecutor { client: build(reqwest::redirect::Policy::none()), same_origin: build(same_origin), deny }
     }
 
     pub async fn call(&self, request: HttpRequest<'_>, ctx: &AttemptContext) -> AttemptResult {
@@ -62,6 +73,10 @@ impl HttpExecutor {
             Ok(m) => m,
             Err(_) => return AttemptResult::Finished(definite(format!("invalid method {method:?}"))),
         };
+        // A literal address never reaches the resolver; a redirect stays on this origin.
+        if let Some(denied) = self.denied_literal(url) {
+            return AttemptResult::Finished(definite(denied));
+        }
         let mut request = client
             .request(method, url)
             .timeout(std::time::Duration::from_millis(ctx.timeout_ms))
@@ -82,6 +97,10 @@ impl HttpExecutor {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_builder() => return AttemptResult::Finished(definite(format!("invalid request: {e}"))),
+            Err(e) if denied_in(&e).is_some() => {
+                let message = denied_in(&e).map(ToString::to_string).unwrap_or_default();
+                return AttemptResult::Finished(definite(message));
+            }
             Err(e) => return AttemptResult::Finished(retryable(format!("request failed: {}", error_chain(&e)))),
         };
         let status = response.status();
@@ -93,6 +112,16 @@ impl HttpExecutor {
             return AttemptResult::Accepted;
         }
         AttemptResult::Finished(classify(status.as_u16(), &bytes, ctx.phase))
+    }
+}
+
+impl HttpExecutor {
+    fn denied_literal(&self, url: &str) -> Option<String> {
+        if self.deny.is_empty() {
+            return None;
+        }
+        let url = reqwest::Url::parse(url).ok()?;
+        self.deny.check_literal(url.host_str()?).err().map(|denied| denied.to_string())
     }
 }
 

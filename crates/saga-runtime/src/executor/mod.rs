@@ -3,6 +3,7 @@
 
 pub mod breaker;
 pub mod builtin;
+pub mod deny;
 pub mod grpc;
 pub mod http;
 
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use self::breaker::{Admission, BreakerConfig, Breakers};
 use self::builtin::BuiltinRegistry;
+use self::deny::AddressDenyList;
 use self::grpc::GrpcExecutor;
 use self::http::HttpExecutor;
 
@@ -78,6 +80,13 @@ impl Executors {
             grpc: GrpcExecutor::new(),
             breakers: Arc::new(Breakers::new(breakers)),
         }
+    }
+
+    /// Keeps `http` and `grpc` steps off the networks in `deny` (`SAGAPLANE_HTTP_DENY`).
+    pub fn with_deny(mut self, deny: AddressDenyList) -> Self {
+        self.http = HttpExecutor::with_deny(deny.clone());
+        self.grpc = GrpcExecutor::with_deny(deny);
+        self
     }
 
     /// Renders the action's templates and runs one attempt under its timeout, unless the

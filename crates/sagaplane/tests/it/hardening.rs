@@ -558,3 +558,64 @@ async fn shutdown_is_bounded_and_accepts_callbacks_while_draining() {
         .expect("callback row");
     assert!(stored.is_some_and(|r| r.contains("done")), "the callback's result was stored");
 }
+
+/// Nothing kept steps off internal addresses: a URL templated from a saga's input could reach
+/// the cloud metadata address or any internal service. Now `SAGAPLANE_HTTP_DENY` lists networks
+/// steps may not connect to — checked on the resolved address, so a name is refused like a
+/// literal — and such an attempt fails definitely with nothing sent.
+async fn denied_networks_are_never_reached_by_steps(backend: Backend) {
+    use test_support::GrpcParticipant;
+    let participant = Participant::start().await;
+    participant.script("/ok", vec![(200, json!({"reached": true}))]);
+    let grpc = GrpcParticipant::start().await;
+    let by_name = |url: &str| url.replace("127.0.0.1", "localhost");
+    let env = |deny: &str| {
+        vec![
+            ("SAGAPLANE_VAR_P", participant.url.clone()),
+            ("SAGAPLANE_VAR_BY_NAME", by_name(&participant.url)),
+            ("SAGAPLANE_VAR_GRPC", by_name(&grpc.endpoint)),
+            ("SAGAPLANE_HTTP_DENY", deny.to_string()),
+        ]
+    };
+    let http = |url: &str| json!([{"name": "call", "action": {"http": {"method": "POST", "url": url}}}]);
+    let grpc_step = json!([{"name": "call", "action": {"grpc": {"endpoint": "{{ vars.GRPC }}", "service": "s"}}}]);
+
+    let app = App::spawn(BIN, backend, &env("127.0.0.0/8, ::1")).await;
+    app.put_definition("literal", &fast_definition(http("{{ vars.P }}/ok"))).await;
+    app.put_definition("named", &fast_definition(http("{{ vars.BY_NAME }}/ok"))).await;
+    app.put_definition("grpc", &fast_definition(grpc_step.clone())).await;
+    for definition in ["literal", "named", "grpc"] {
+        let saga = app.wait_terminal(&app.start(definition, json!({})).await, TERMINAL_WAIT).await;
+        assert_eq!(saga["status"], "COMPENSATED", "{definition}: {saga}");
+        assert_eq!(saga["error"]["kind"], "non_retryable", "{definition}: {saga}");
+        let message = saga["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("SAGAPLANE_HTTP_DENY"), "{definition}: {message}");
+        assert_eq!(saga["steps"][0]["attempts"], 1, "a definite failure is not retried: {saga}");
+    }
+    assert!(participant.all_requests().is_empty(), "a denied address was reached");
+    assert!(grpc.calls("execute").is_empty(), "a denied gRPC endpoint was reached");
+    drop(app);
+
+    // A list that does not cover the address changes nothing, for names and literals alike.
+    let app = App::spawn(BIN, backend, &env("10.0.0.0/8, 169.254.169.254")).await;
+    app.put_definition("named", &fast_definition(http("{{ vars.BY_NAME }}/ok"))).await;
+    app.put_definition("grpc", &fast_definition(grpc_step)).await;
+    let saga = app.wait_terminal(&app.start("named", json!({})).await, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(saga["output"]["call"], json!({"reached": true}));
+    let saga = app.wait_terminal(&app.start("grpc", json!({})).await, TERMINAL_WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(grpc.calls("execute").len(), 1);
+
+    // A list that is not one is refused at start, naming the bad entry.
+    let output = std::process::Command::new(BIN)
+        .args(["server"])
+        .env("SAGAPLANE_HTTP_DENY", "10.0.0.0/8, internal")
+        .env("SAGAPLANE_ADMIN_TOKEN", "t")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SAGAPLANE_HTTP_DENY") && stderr.contains("\"internal\""), "{stderr}");
+}
+on_both_backends!(denied_networks_are_never_reached_by_steps);

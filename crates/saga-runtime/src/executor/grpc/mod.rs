@@ -1,6 +1,8 @@
 //! The `grpc` executor: calls `Participant.Execute` / `Participant.Compensate`
 //! (`proto/participant.proto`) with one HTTP/2 channel per endpoint (connection reuse), a
 //! per-attempt deadline, trace context in metadata, and the status table in the proto's comments.
+//! With a deny-list (`SAGAPLANE_HTTP_DENY`) channels connect through [`denying_connector`], and
+//! an attempt whose endpoint resolves only into denied networks fails definitely, nothing sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,7 @@ use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use super::deny::{denied_in, AddressDenyList};
 use super::http::traceparent;
 use super::AttemptContext;
 use participant_proto::v1::participant_client::ParticipantClient;
@@ -23,6 +26,7 @@ const CHANNELS_MAX: usize = 1_024;
 #[derive(Clone, Default)]
 pub struct GrpcExecutor {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    deny: AddressDenyList,
 }
 
 impl GrpcExecutor {
@@ -30,16 +34,25 @@ impl GrpcExecutor {
         Self::default()
     }
 
+    /// Channels that connect to no address in `deny`.
+    pub fn with_deny(deny: AddressDenyList) -> Self {
+        GrpcExecutor { channels: Arc::default(), deny }
+    }
+
     fn channel(&self, endpoint: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().map_err(|_| "grpc channel cache poisoned".to_string())?;
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(endpoint.to_string())
+        let settings = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| format!("invalid grpc endpoint {endpoint:?}: {e}"))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = if self.deny.is_empty() {
+            settings.connect_lazy()
+        } else {
+            settings.connect_with_connector_lazy(denying_connector(self.deny.clone()))
+        };
         if channels.len() >= CHANNELS_MAX {
             channels.clear();
         }
@@ -49,6 +62,9 @@ impl GrpcExecutor {
 
     /// One attempt against `endpoint`.
     pub async fn call(&self, endpoint: &str, service: &str, input: &Value, ctx: &AttemptContext) -> Outcome {
+        if let Some(message) = self.denied(endpoint).await {
+            return Outcome::Failed { kind: FailureKind::NonRetryable, message };
+        }
         let channel = match self.channel(endpoint) {
             Ok(channel) => channel,
             Err(message) => return Outcome::Failed { kind: FailureKind::NonRetryable, message },
@@ -98,6 +114,50 @@ impl GrpcExecutor {
             Err(status) => classify(status.code(), status.message(), ctx.phase),
         }
     }
+}
+
+impl GrpcExecutor {
+    /// Why `endpoint` may not be called, when every address it resolves to is denied. (The
+    /// connector checks again at connect time, so a name re-pointed later is refused there.)
+    async fn denied(&self, endpoint: &str) -> Option<String> {
+        if self.deny.is_empty() {
+            return None;
+        }
+        let uri: tonic::transport::Uri = endpoint.parse().ok()?;
+        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+        let error = self.deny.resolve(uri.host()?, port).await.err()?;
+        denied_in(&error).map(ToString::to_string)
+    }
+}
+
+/// Connects a channel to the first allowed address of its endpoint's host.
+fn denying_connector(
+    deny: AddressDenyList,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send {
+    tower::service_fn(move |uri: tonic::transport::Uri| {
+        let deny = deny.clone();
+        async move {
+            let host = uri.host().ok_or_else(|| std::io::Error::other("grpc endpoint has no host"))?;
+            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+            let mut last_error = std::io::Error::other("no address to connect to");
+            for address in deny.resolve(host, port).await? {
+                match tokio::net::TcpStream::connect(address).await {
+                    Ok(stream) => {
+                        stream.set_nodelay(true)?;
+                        return Ok(hyper_util::rt::TokioIo::new(stream));
+                    }
+                    Err(error) => last_error = error,
+                }
+            }
+            Err(last_error)
+        }
+    })
 }
 
 /// The status table of `proto/participant.proto`.
