@@ -28,6 +28,8 @@ pub struct AppState {
     /// What an operator's change to a saga means beyond it (a tenant saga's retry moves its
     /// tenant): the same hook the worker commits transitions with.
     pub(crate) hook: Option<Arc<dyn TransitionHook>>,
+    /// What authentication remembers about tenant tokens.
+    pub(crate) key_lookups: Arc<crate::auth::KeyLookups>,
 }
 
 /// What the tenant routes need beyond the store.
@@ -60,6 +62,7 @@ impl AppState {
             vars: serde_json::Map::new(),
             tenancy: None,
             hook: None,
+            key_lookups: Arc::new(crate::auth::KeyLookups::new()),
         }
     }
 

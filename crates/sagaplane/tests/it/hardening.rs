@@ -619,3 +619,33 @@ async fn denied_networks_are_never_reached_by_steps(backend: Backend) {
     assert!(stderr.contains("SAGAPLANE_HTTP_DENY") && stderr.contains("\"internal\""), "{stderr}");
 }
 on_both_backends!(denied_networks_are_never_reached_by_steps);
+
+/// Every `Bearer sptk_…` token, however bogus, cost a database lookup. Now a token found unknown
+/// is answered from memory for a minute, and lookups run a few at a time; real keys still work.
+#[tokio::test]
+async fn bogus_tenant_tokens_cost_one_lookup_each() {
+    use reqwest::Method;
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let bogus = format!("sptk_{}", uuid::Uuid::now_v7().simple());
+    for _ in 0..20 {
+        let (status, _, body) = app.send(app.http.get(format!("{}/v1/sagas", app.url)).bearer_auth(&bogus)).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let metric = |text: &str, result: &str| -> u64 {
+        let line = format!("saga_auth_tenant_key_lookups_total{{result=\"{result}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.trim().parse().ok()).unwrap_or(u64::MAX)
+    };
+    let text = app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+    assert_eq!(metric(&text, "unknown"), 1, "one lookup for the bogus token: {text}");
+    assert_eq!(metric(&text, "unknown_remembered"), 19, "{text}");
+
+    let (_, _, _) =
+        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": "acme", "name": "Acme"}))).await;
+    crate::tenants::until_status(&app, "acme", &["ACTIVE"]).await;
+    let (_, _, key) = app.send(app.request(Method::POST, "/v1/tenants/acme/api-keys").json(&json!({}))).await;
+    let token = key["token"].as_str().expect("token").to_string();
+    let (status, _, body) = app.send(app.http.get(format!("{}/v1/tenants/acme", app.url)).bearer_auth(&token)).await;
+    assert_eq!(status, 200, "a real key works: {body}");
+    let text = app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+    assert_eq!(metric(&text, "found"), 1, "{text}");
+}
