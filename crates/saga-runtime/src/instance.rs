@@ -78,6 +78,7 @@ impl Instance {
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             shutting_down: Arc::new(AtomicBool::new(false)),
             hook: None,
+            abandoned: Mutex::new(Vec::new()),
             config,
         });
         Instance { shared, committer_task, creates }
@@ -125,11 +126,66 @@ fn spawn_driver(shared: &Arc<Shared>, permit: OwnedSemaphorePermit, drivers: &mu
     metrics::gauge!(SAGA_IN_FLIGHT).increment(1.0);
     let shared = shared.clone();
     drivers.spawn(async move {
+        let lease = LeaseRef { id: claim.record.id, fencing_token: claim.record.fencing_token };
+        let guard = DriverGuard { shared: shared.clone(), lease, finished: false };
         crate::driver::drive(shared.clone(), claim, lost).await;
-        metrics::gauge!(SAGA_IN_FLIGHT).decrement(1.0);
+        guard.finish();
         drop(permit);
         shared.wake.notify_one();
     });
+}
+
+/// How long a saga whose driver stopped abnormally (a panic in the engine) waits before it is
+/// driven again, so a saga that trips a bug does not spin.
+pub const ABANDONED_RETRY_MS: i64 = 60_000;
+
+/// Makes sure a driver that ends without finishing — it panicked — gives its lease up: the
+/// heartbeat would otherwise renew it for as long as the process lives, and the saga would never
+/// move again. (At shutdown an aborted driver's lease stays held: `release_all` hands it back.)
+struct DriverGuard {
+    shared: Arc<Shared>,
+    lease: LeaseRef,
+    finished: bool,
+}
+
+impl DriverGuard {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(SAGA_IN_FLIGHT).decrement(1.0);
+        if self.finished || self.shared.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::error!(
+            saga_id = %self.lease.id,
+            retry_in_ms = ABANDONED_RETRY_MS,
+            "the saga's driver stopped abnormally; its lease is given up and the saga driven again later"
+        );
+        self.shared.forget_lease(self.lease.id);
+        if let Ok(mut abandoned) = self.shared.abandoned.lock() {
+            abandoned.push(self.lease);
+        }
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Gives up the leases of drivers that stopped abnormally (see [`DriverGuard`]).
+async fn release_abandoned(shared: &Shared) {
+    let leases: Vec<LeaseRef> = match shared.abandoned.lock() {
+        Ok(mut abandoned) => abandoned.drain(..).collect(),
+        Err(_) => return,
+    };
+    if leases.is_empty() {
+        return;
+    }
+    let run_at_ms = shared.clock.now_ms().saturating_add(ABANDONED_RETRY_MS);
+    if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &leases, run_at_ms).await {
+        tracing::warn!(error = %e, sagas = leases.len(), "giving up abandoned leases failed; they will expire");
+    }
 }
 
 async fn run(
@@ -152,6 +208,7 @@ async fn run(
             break;
         }
         while drivers.try_join_next().is_some() {}
+        release_abandoned(&shared).await;
         let available = permits.available_permits().min(CLAIM_BATCH_MAX as usize);
         if claim_now && available == 0 {
             // Work may be waiting and every slot is busy: claim as soon as a driver finishes
@@ -241,6 +298,7 @@ async fn run(
         while drivers.join_next().await.is_some() {}
     }
     // Leases of stopped drivers first: the heartbeat ends once no lease is held.
+    release_abandoned(&shared).await;
     release_all(&shared).await;
     let _ = heartbeat.await;
     drop(shared);

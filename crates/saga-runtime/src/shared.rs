@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub rng: Mutex<SmallRng>,
     pub shutting_down: Arc<AtomicBool>,
     pub hook: Option<Arc<dyn crate::hook::TransitionHook>>,
+    /// Leases of drivers that stopped abnormally, for the claim loop to give up.
+    pub abandoned: Mutex<Vec<saga_store::LeaseRef>>,
 }
 
 impl Shared {

@@ -109,7 +109,16 @@ impl Executors {
         let attempt = async {
             match &prepared {
                 Prepared::Builtin { name, input } => {
-                    AttemptResult::Finished(self.builtins.run(name, input.clone(), ctx).await)
+                    // A builtin is code in this process: its panic is a failed attempt (ambiguous,
+                    // it may have acted), not the end of the driver.
+                    let run = std::panic::AssertUnwindSafe(self.builtins.run(name, input.clone(), ctx));
+                    match futures::FutureExt::catch_unwind(run).await {
+                        Ok(outcome) => AttemptResult::Finished(outcome),
+                        Err(payload) => AttemptResult::Finished(Outcome::Failed {
+                            kind: FailureKind::Retryable,
+                            message: format!("builtin {name} panicked: {}", panic_message(payload.as_ref())),
+                        }),
+                    }
                 }
                 Prepared::Http { method, url, headers, body, follow_redirects } => {
                     let request = http::HttpRequest {
@@ -143,6 +152,15 @@ impl Executors {
             AttemptResult::Finished(outcome) => AttemptResult::Finished(outcome.sanitized()),
             other => other,
         }
+    }
+}
+
+/// The text a panic was raised with.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(text), _) => text,
+        (_, Some(text)) => text,
+        _ => "a panic without a message",
     }
 }
 
