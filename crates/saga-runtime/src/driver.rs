@@ -8,7 +8,9 @@
 //! `wake_seq`, making an unleased saga due at once; a delivery that lands while this driver still
 //! holds the lease is caught by the commit itself, which compares `wake_seq` with the value seen
 //! at the claim. A cancel request is caught the same way: a commit whose state has not acted on
-//! it is refused, so the driver applies the cancel first.
+//! it is refused, so the driver applies the cancel first. A long action attempt in flight does
+//! not wait for that: the heartbeat reports cancel requests on held sagas, and the attempt is
+//! interrupted (an ambiguous failure, compensated with the rest).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use saga_core::template::TemplateContext;
 use saga_core::{Action, Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaState, SagaStatus, WaitKind};
 use saga_store::{CallbackRegister, Claimed, CommitOutcome, LeaseRef, SagaCommit, SagaRecord, RUN_AT_NEVER_MS};
 use serde_json::json;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::executor::{AttemptContext, AttemptResult};
@@ -28,7 +31,12 @@ use crate::shared::Shared;
 /// How long a saga waits before another try when its definition cannot be loaded.
 const DEFINITION_RETRY_MS: i64 = 60_000;
 
-pub(crate) async fn drive(shared: Arc<Shared>, claimed: Claimed, lost: Arc<AtomicBool>) {
+pub(crate) async fn drive(
+    shared: Arc<Shared>,
+    claimed: Claimed,
+    lost: Arc<AtomicBool>,
+    mut cancelled: watch::Receiver<Option<i64>>,
+) {
     let record = &claimed.record;
     let span = tracing::info_span!(
         "saga",
@@ -38,11 +46,16 @@ pub(crate) async fn drive(shared: Arc<Shared>, claimed: Claimed, lost: Arc<Atomi
         token = record.fencing_token,
     );
     let id = record.id;
-    drive_inner(&shared, &claimed, &lost).instrument(span).await;
+    drive_inner(&shared, &claimed, &lost, &mut cancelled).instrument(span).await;
     shared.forget_lease(id);
 }
 
-async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
+async fn drive_inner(
+    shared: &Shared,
+    claimed: &Claimed,
+    lost: &AtomicBool,
+    cancelled: &mut watch::Receiver<Option<i64>>,
+) {
     let record = &claimed.record;
     let takeover = claimed.previous_owner.is_some();
     if takeover {
@@ -131,12 +144,23 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
         templates.step_outputs = state.step_outputs();
         let started_ms = shared.clock.now_ms();
         let span = tracing::info_span!("step", step = %step.name, attempt, phase = ?phase);
-        let settled = settle(shared, claimed, &definition, &mut state, &templates, phase, index, attempt, &mut pending)
-            .instrument(span)
-            .await;
+        let attempt_run = Run { phase, index, attempt };
+        let settled =
+            settle(shared, claimed, &definition, &mut state, &templates, attempt_run, &mut pending, cancelled)
+                .instrument(span)
+                .await;
         let now_ms = shared.clock.now_ms();
+        // An attempt a cancel interrupted is a failed attempt — ambiguous, the participant may
+        // have acted — and the cancel is applied with it, so the step is compensated too.
+        let (settled, interrupted_by) = match settled {
+            Settled::Interrupted { cancel_at_ms } => {
+                let message = "interrupted by a cancel request; the participant may have acted".to_string();
+                (Settled::Outcome(Outcome::Failed { kind: FailureKind::Retryable, message }), Some(cancel_at_ms))
+            }
+            settled => (settled, None),
+        };
         let (mut events, mut release_until) = match settled {
-            Settled::Stop => return,
+            Settled::Stop | Settled::Interrupted { .. } => return,
             Settled::Wait { kind, until_ms } => {
                 let transition = match state.begin_wait(&definition, kind, started_ms, until_ms) {
                     Ok(t) => t,
@@ -196,6 +220,10 @@ async fn drive_inner(shared: &Shared, claimed: &Claimed, lost: &AtomicBool) {
                 (events, transition.retry_at_ms)
             }
         };
+        if let Some(cancel_at_ms) = interrupted_by {
+            events.extend(state.cancel(&definition, cancel_at_ms, now_ms, false).events);
+            release_until = None;
+        }
         // The deadline may have passed while the attempt ran.
         let expired = state.expire(&definition, now_ms);
         if !expired.events.is_empty() {
@@ -260,8 +288,20 @@ enum Settled {
         endpoint: String,
         retry_after_ms: u64,
     },
+    /// A cancel was requested while the action attempt ran; it was stopped.
+    Interrupted {
+        cancel_at_ms: i64,
+    },
     /// The driver must stop (a store error); the lease will expire and the step run again.
     Stop,
+}
+
+/// Which attempt to run.
+#[derive(Clone, Copy)]
+struct Run {
+    phase: Phase,
+    index: usize,
+    attempt: u32,
 }
 
 /// Runs, or settles from the store, one attempt: a signal step takes a buffered signal, an async
@@ -273,11 +313,11 @@ async fn settle(
     definition: &saga_core::Definition,
     state: &mut SagaState,
     templates: &TemplateContext,
-    phase: Phase,
-    index: usize,
-    attempt: u32,
+    run: Run,
     pending: &mut Vec<HistoryEvent>,
+    cancelled: &mut watch::Receiver<Option<i64>>,
 ) -> Settled {
+    let Run { phase, index, attempt } = run;
     let record = &claimed.record;
     let step = &definition.steps[index];
     let now_ms = shared.clock.now_ms();
@@ -361,13 +401,33 @@ async fn settle(
         }
         ctx.callback_url = Some(format!("{}/v1/callbacks/{token}", shared.config.public_url.trim_end_matches('/')));
     }
-    match shared.executors.run(action, templates, &ctx).await {
+    // Only a forward attempt a cancel would still stop is interrupted: a compensation always
+    // runs to its end, and past a pivot (or once acted on) a cancel changes nothing.
+    let interruptible = phase == Phase::Action && state.cancel_requested_at_ms.is_none();
+    let result = if interruptible {
+        tokio::select! {
+            result = shared.executors.run(action, templates, &ctx) => result,
+            cancel_at_ms = cancel_requested(cancelled) => return Settled::Interrupted { cancel_at_ms },
+        }
+    } else {
+        shared.executors.run(action, templates, &ctx).await
+    };
+    match result {
         AttemptResult::Finished(outcome) => Settled::Outcome(outcome),
         AttemptResult::Accepted => Settled::Wait {
             kind: WaitKind::Callback,
             until_ms: step.heartbeat_timeout_ms.map(|t| now_ms.saturating_add(saga_core::duration::signed_ms(t))),
         },
         AttemptResult::Deferred { endpoint, retry_after_ms } => Settled::Deferred { endpoint, retry_after_ms },
+    }
+}
+
+/// When a cancel request reaches this driver (through the heartbeat); never, if none does.
+async fn cancel_requested(cancelled: &mut watch::Receiver<Option<i64>>) -> i64 {
+    let requested = cancelled.wait_for(Option::is_some).await.ok().and_then(|at_ms| *at_ms);
+    match requested {
+        Some(at_ms) => at_ms,
+        None => std::future::pending().await,
     }
 }
 

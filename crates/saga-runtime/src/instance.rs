@@ -120,15 +120,19 @@ fn os_seed() -> u64 {
 
 fn spawn_driver(shared: &Arc<Shared>, permit: OwnedSemaphorePermit, drivers: &mut JoinSet<()>, claim: Claimed) {
     let lost = Arc::new(AtomicBool::new(false));
+    let (cancel, cancelled) = watch::channel(None);
     if let Ok(mut held) = shared.held.lock() {
-        held.insert(claim.record.id, HeldLease { fencing_token: claim.record.fencing_token, lost: lost.clone() });
+        held.insert(
+            claim.record.id,
+            HeldLease { fencing_token: claim.record.fencing_token, lost: lost.clone(), cancel },
+        );
     }
     metrics::gauge!(SAGA_IN_FLIGHT).increment(1.0);
     let shared = shared.clone();
     drivers.spawn(async move {
         let lease = LeaseRef { id: claim.record.id, fencing_token: claim.record.fencing_token };
         let guard = DriverGuard { shared: shared.clone(), lease, finished: false };
-        crate::driver::drive(shared.clone(), claim, lost).await;
+        crate::driver::drive(shared.clone(), claim, lost, cancelled).await;
         guard.finish();
         drop(permit);
         shared.wake.notify_one();
@@ -328,12 +332,15 @@ fn next_sleep_ms(shared: &Shared, backoff_ms: u64) -> u64 {
     sleep_ms.max(backoff_ms)
 }
 
-/// Renews every held lease in one statement, every third of the TTL.
+/// Renews every held lease in one statement, every third of the TTL — sooner again after a
+/// failed renewal, so one failure (a deadlock the store could not retry away, a slow moment)
+/// never costs a healthy driver its saga. Also passes cancel requests on to their drivers.
 async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let interval = Duration::from_millis((shared.config.lease_ttl_ms / 3).max(10) as u64);
+    let mut wait = interval;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() && shared.held.lock().map(|h| h.is_empty()).unwrap_or(true) {
@@ -351,17 +358,25 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
         let now = shared.clock.now_ms();
         match shared.store.lease_renew(&shared.config.worker_id, &leases, now, shared.config.lease_ttl_ms).await {
-            Ok(lost) => {
-                if let Ok(held) = shared.held.lock() {
-                    for id in lost {
-                        if let Some(lease) = held.get(&id) {
-                            tracing::warn!(saga_id = %id, "lease lost; stopping its driver");
-                            lease.lost.store(true, Ordering::SeqCst);
-                        }
+            Ok(renewal) => {
+                wait = interval;
+                let Ok(held) = shared.held.lock() else { return };
+                for id in renewal.lost {
+                    if let Some(lease) = held.get(&id) {
+                        tracing::warn!(saga_id = %id, "lease lost; stopping its driver");
+                        lease.lost.store(true, Ordering::SeqCst);
+                    }
+                }
+                for (id, at_ms) in renewal.cancel_requested {
+                    if let Some(lease) = held.get(&id) {
+                        lease.cancel.send_if_modified(|seen| seen.replace(at_ms).is_none());
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; leases may expire"),
+            Err(e) => {
+                wait = (interval / 4).max(Duration::from_millis(10));
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "heartbeat failed; trying again soon");
+            }
         }
     }
 }

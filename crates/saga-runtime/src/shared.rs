@@ -23,6 +23,9 @@ use crate::hub::TerminalHub;
 pub(crate) struct HeldLease {
     pub fencing_token: i64,
     pub lost: Arc<AtomicBool>,
+    /// When a cancel was requested, as the heartbeat found it: the driver interrupts a running
+    /// action attempt.
+    pub cancel: tokio::sync::watch::Sender<Option<i64>>,
 }
 
 /// State shared by the claim loop, the heartbeat and the drivers.

@@ -286,6 +286,15 @@ pub struct EventRecord {
     pub at_ms: i64,
 }
 
+/// What a heartbeat learned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseRenewal {
+    /// Leases this worker no longer holds (fenced or taken over).
+    pub lost: Vec<Uuid>,
+    /// Renewed leases whose saga has a cancel request, with when it was made.
+    pub cancel_requested: Vec<(Uuid, i64)>,
+}
+
 /// A lease this worker holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LeaseRef {
@@ -350,14 +359,16 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn saga_claim_due(&self, params: &ClaimParams) -> StoreResult<Vec<Claimed>>;
     /// Commits many drivers' transitions in one transaction; each is fenced on its own.
     async fn saga_commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>>;
-    /// Renews every lease in one statement; returns the ones this worker no longer holds.
+    /// Renews every lease in one statement (rows locked in id order, so it cannot deadlock with
+    /// a commit batch); reports the leases this worker no longer holds and the held sagas with a
+    /// cancel request, so a driver can interrupt a long attempt.
     async fn lease_renew(
         &self,
         worker_id: &str,
         leases: &[LeaseRef],
         now_ms: i64,
         lease_ttl_ms: i64,
-    ) -> StoreResult<Vec<Uuid>>;
+    ) -> StoreResult<LeaseRenewal>;
     /// Hands leases back so another instance can claim the sagas at once.
     async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()>;
     /// Notified when new work may be due (a saga was created or handed back).

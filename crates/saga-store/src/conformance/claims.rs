@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use saga_core::{HistoryEvent, SagaStatus};
+use saga_core::{HistoryEvent, SagaState, SagaStatus};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -141,14 +141,23 @@ pub async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn Store>) -> 
     let leases: Vec<LeaseRef> =
         claimed.iter().map(|c| LeaseRef { id: c.record.id, fencing_token: c.record.fencing_token }).collect();
     ensure!(leases.len() == 2, "claimed {}", leases.len());
-    let lost = db(store.lease_renew("w1", &leases, 20_000, 30_000).await)?;
-    ensure!(lost.is_empty(), "lost on renew: {lost:?}");
+    let renewal = db(store.lease_renew("w1", &leases, 20_000, 30_000).await)?;
+    ensure!(renewal.lost.is_empty(), "lost on renew: {renewal:?}");
+    ensure!(renewal.cancel_requested.is_empty(), "no cancel yet: {renewal:?}");
     ensure!(db(store.saga_claim_due(&claim("w2", 2, 40_000)).await)?.is_empty(), "renewed lease expired early");
-    let taken = db(store.saga_claim_due(&claim("w2", 1, 50_000)).await)?;
+    // A cancel request on a held saga is reported, so its driver can interrupt a long attempt.
+    db(store.saga_cancel_request(a, 45_000).await)?;
+    let renewal = db(store.lease_renew("w1", &leases, 45_001, 30_000).await)?;
+    ensure!(renewal.cancel_requested == vec![(a, 45_000)], "cancel: {renewal:?}");
+    let taken = db(store.saga_claim_due(&claim("w2", 1, 80_000)).await)?;
     let taken_id = taken.first().map(|c| c.record.id).ok_or("nothing expired")?;
     ensure!(taken_id == a || taken_id == b, "unknown saga");
-    let lost = db(store.lease_renew("w1", &leases, 50_001, 30_000).await)?;
-    ensure!(lost == vec![taken_id], "lost: {lost:?}");
+    let renewal = db(store.lease_renew("w1", &leases, 80_001, 30_000).await)?;
+    ensure!(renewal.lost == vec![taken_id], "lost: {renewal:?}");
+    ensure!(
+        !renewal.cancel_requested.iter().any(|(id, _)| *id == taken_id),
+        "a lost lease reports nothing: {renewal:?}"
+    );
     Ok(())
 }
 
@@ -249,5 +258,62 @@ pub async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn Stor
     let later = db(store.saga_claim_due(&claim("w9", 10, 10_000_000_000)).await)?;
     // (The sagas claimed above come back: their leases have long expired.)
     ensure!(later.iter().all(|c| c.record.id != lowest_id), "a parked saga was claimed");
+    Ok(())
+}
+
+/// Heartbeats, hand-backs and commit batches over the same sagas, with their leases listed in
+/// opposite orders, all at once: every multi-row write locks in id order, so none deadlocks (a
+/// failed heartbeat can cost a healthy driver its saga).
+pub async fn concurrent_lease_writes_never_deadlock(store: Arc<dyn Store>) -> CheckResult {
+    const SAGAS: usize = 64;
+    const ROUNDS: usize = 25;
+    for _ in 0..SAGAS {
+        create(store.as_ref(), 0).await?;
+    }
+    let claimed = db(store.saga_claim_due(&claim("w1", SAGAS as u32, 0)).await)?;
+    ensure!(claimed.len() == SAGAS, "claimed {}", claimed.len());
+    let ascending: Vec<LeaseRef> = {
+        let mut leases: Vec<LeaseRef> =
+            claimed.iter().map(|c| LeaseRef { id: c.record.id, fencing_token: c.record.fencing_token }).collect();
+        leases.sort_by_key(|lease| lease.id);
+        leases
+    };
+    let descending: Vec<LeaseRef> = ascending.iter().rev().copied().collect();
+    let commits: Vec<_> = descending
+        .iter()
+        .map(|lease| commit(lease.id, lease.fencing_token, SagaState::new(&definition()), 10, Vec::new()))
+        .collect();
+    let renew = |leases: Vec<LeaseRef>| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let renewal = store.lease_renew("w1", &leases, 10 + round as i64, 30_000).await;
+                let renewal = renewal.map_err(|e| format!("heartbeat failed: {e}"))?;
+                if !renewal.lost.is_empty() {
+                    return Err(format!("leases lost: {:?}", renewal.lost));
+                }
+            }
+            Ok::<(), String>(())
+        })
+    };
+    let committing = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                let outcomes = store.saga_commit_batch(&commits).await.map_err(|e| format!("commit failed: {e}"))?;
+                if outcomes.iter().any(|o| *o != CommitOutcome::Committed) {
+                    return Err(format!("not committed: {outcomes:?}"));
+                }
+            }
+            Ok::<(), String>(())
+        })
+    };
+    let tasks = [renew(ascending.clone()), renew(descending), committing];
+    for task in tasks {
+        task.await.map_err(|e| format!("task: {e}"))??;
+    }
+    db(store.lease_release("w1", &ascending, 100).await)?;
+    let again = db(store.saga_claim_due(&claim("w2", SAGAS as u32, 100)).await)?;
+    ensure!(again.len() == SAGAS, "released and claimable: {}", again.len());
     Ok(())
 }

@@ -55,6 +55,7 @@ macro_rules! store_conformance {
             concurrent_claimers_never_share_a_saga,
             commits_append_history_and_schedule,
             heartbeat_renews_and_reports_lost_leases,
+            concurrent_lease_writes_never_deadlock,
             released_lease_is_claimable_at_once,
             list_filters_and_pages,
             operator_update_is_conditional,

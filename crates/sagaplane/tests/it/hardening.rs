@@ -649,3 +649,46 @@ async fn bogus_tenant_tokens_cost_one_lookup_each() {
     let text = app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
     assert_eq!(metric(&text, "found"), 1, "{text}");
 }
+
+/// A cancel waited for the attempt in flight: a one-hour `core.sleep` or a participant that never
+/// answers held it for as long. Now the heartbeat carries the request to the driver, which
+/// interrupts the attempt (an ambiguous failure) and compensates it with the rest, in reverse.
+async fn a_cancel_interrupts_a_long_attempt(backend: Backend) {
+    use std::time::{Duration, Instant};
+    let participant = Participant::start().await;
+    participant.delay("/hang", vec![Duration::from_secs(3_600)]);
+    let env = [("SAGAPLANE_VAR_P", participant.url.clone()), ("SAGAPLANE_LEASE_TTL", "3s".to_string())];
+    let app = App::spawn(BIN, backend, &env).await;
+    let mut hung = fast_definition(json!([http_step("reserve", "/reserve"), http_step("charge", "/hang")]));
+    hung["defaults"]["timeout"] = json!("2h");
+    app.put_definition("hung", &hung).await;
+    let sleeper = json!([http_step("reserve", "/reserve"),
+                         {"name": "nap", "action": {"builtin": "core.sleep", "input": {"duration": "1h"}}, "timeout": "2h"}]);
+    app.put_definition("sleeper", &fast_definition(sleeper)).await;
+
+    for (definition, reached) in [("hung", "/hang"), ("sleeper", "/reserve")] {
+        let id = app.start(definition, json!({})).await;
+        let deadline = Instant::now() + TERMINAL_WAIT;
+        while participant.requests(reached).is_empty() {
+            assert!(Instant::now() < deadline, "{definition}: the long step never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cancelled_at = Instant::now();
+        let (status, _, body) = app.send(app.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/cancel"))).await;
+        assert_eq!(status, 202, "{body}");
+        let saga = app.wait_terminal(&id, TERMINAL_WAIT).await;
+        let took = cancelled_at.elapsed();
+        assert!(took < Duration::from_secs(15), "{definition}: the cancel waited {took:?} for the attempt");
+        assert_eq!(saga["status"], "COMPENSATED", "{definition}: {saga}");
+        assert_eq!(saga["error"]["kind"], "cancelled", "{definition}: {saga}");
+        assert_eq!(saga["steps"][1]["status"], "COMPENSATED", "the interrupted step is compensated: {saga}");
+        let message = saga["steps"][1]["error"].as_str().unwrap_or_default();
+        assert!(message.contains("interrupted by a cancel request"), "{definition}: {saga}");
+    }
+    // Reverse order, each once: the hung charge's undo before the reservation's.
+    let undos: Vec<String> =
+        participant.all_requests().into_iter().map(|seen| seen.path).filter(|path| path.ends_with("/undo")).collect();
+    assert_eq!(undos, vec!["/hang/undo", "/reserve/undo", "/reserve/undo"], "{undos:?}");
+}
+on_both_backends!(a_cancel_interrupts_a_long_attempt);

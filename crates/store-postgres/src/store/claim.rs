@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 use saga_store::{
-    ClaimParams, Claimed, CommitOutcome, LeaseRef, LeaseStore, SagaCommit, StoreResult, WorkSignal, PRIORITY_STEP_MS,
+    ClaimParams, Claimed, CommitOutcome, LeaseRef, LeaseRenewal, LeaseStore, SagaCommit, StoreResult, WorkSignal,
+    PRIORITY_STEP_MS,
 };
 use sqlx::Row;
 use uuid::Uuid;
@@ -56,47 +57,74 @@ impl LeaseStore for PostgresStore {
         leases: &[LeaseRef],
         now_ms: i64,
         lease_ttl_ms: i64,
-    ) -> StoreResult<Vec<Uuid>> {
+    ) -> StoreResult<LeaseRenewal> {
         if leases.is_empty() {
-            return Ok(Vec::new());
+            return Ok(LeaseRenewal::default());
         }
-        let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
-        let tokens: Vec<i64> = leases.iter().map(|l| l.fencing_token).collect();
-        let expires = now_ms + lease_ttl_ms;
-        let renewed: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE sagas s SET lease_expires_at = $1, run_at = $1 \
-             FROM UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
-             WHERE s.id = u.id AND s.fencing_token = u.token AND s.lease_owner = $4 RETURNING s.id",
-        )
-        .bind(expires)
-        .bind(ids)
-        .bind(tokens)
-        .bind(worker_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        let renewed: std::collections::HashSet<Uuid> = renewed.into_iter().collect();
-        Ok(leases.iter().map(|l| l.id).filter(|id| !renewed.contains(id)).collect())
+        let (ids, tokens) = by_id(leases);
+        let expires = now_ms.saturating_add(lease_ttl_ms);
+        // A heartbeat never waits for a row lock: a saga whose row a commit batch holds right
+        // now is skipped this round (its driver is alive; the next heartbeat renews it), so a
+        // heartbeat and a group commit can never deadlock over the same sagas.
+        let renewed: Vec<(Uuid, Option<i64>)> = retry_deadlock(|| {
+            sqlx::query_as(
+                "WITH l AS MATERIALIZED ( \
+                   SELECT s.id FROM sagas s JOIN UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
+                     ON s.id = u.id AND s.fencing_token = u.token \
+                   WHERE s.lease_owner = $4 ORDER BY s.id FOR NO KEY UPDATE OF s SKIP LOCKED) \
+                 UPDATE sagas s SET lease_expires_at = $1, run_at = $1 FROM l WHERE s.id = l.id \
+                 RETURNING s.id, s.cancel_requested_at",
+            )
+            .bind(expires)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(worker_id)
+            .fetch_all(&self.pool)
+        })
+        .await?;
+        let renewed_ids: std::collections::HashSet<Uuid> = renewed.iter().map(|(id, _)| *id).collect();
+        let (missing, missing_tokens): (Vec<Uuid>, Vec<i64>) =
+            ids.iter().zip(&tokens).filter(|(id, _)| !renewed_ids.contains(id)).map(|(id, t)| (*id, *t)).unzip();
+        let lost = if missing.is_empty() {
+            Vec::new()
+        } else {
+            // Not renewed: lost, unless the row was only skipped and is still this lease's.
+            sqlx::query_scalar(
+                "SELECT u.id FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, token) \
+                 LEFT JOIN sagas s ON s.id = u.id AND s.fencing_token = u.token AND s.lease_owner = $3 \
+                 WHERE s.id IS NULL",
+            )
+            .bind(&missing)
+            .bind(&missing_tokens)
+            .bind(worker_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+        };
+        let cancel_requested = renewed.into_iter().filter_map(|(id, at)| at.map(|at| (id, at))).collect();
+        Ok(LeaseRenewal { lost, cancel_requested })
     }
 
     async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()> {
         if leases.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
-        let tokens: Vec<i64> = leases.iter().map(|l| l.fencing_token).collect();
-        sqlx::query(
-            "UPDATE sagas s SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 \
-             FROM UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
-             WHERE s.id = u.id AND s.fencing_token = u.token AND s.lease_owner = $4",
-        )
-        .bind(now_ms)
-        .bind(ids)
-        .bind(tokens)
-        .bind(worker_id)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        let (ids, tokens) = by_id(leases);
+        retry_deadlock(|| {
+            sqlx::query(
+                "WITH l AS MATERIALIZED ( \
+                   SELECT s.id FROM sagas s JOIN UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
+                     ON s.id = u.id AND s.fencing_token = u.token \
+                   WHERE s.lease_owner = $4 ORDER BY s.id FOR NO KEY UPDATE OF s) \
+                 UPDATE sagas s SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 FROM l WHERE s.id = l.id",
+            )
+            .bind(now_ms)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(worker_id)
+            .execute(&self.pool)
+        })
+        .await?;
         self.announce.request();
         Ok(())
     }
@@ -174,4 +202,36 @@ impl PostgresStore {
 
 fn claimed_row(row: &sqlx::postgres::PgRow) -> StoreResult<Claimed> {
     Ok(Claimed { record: rows::saga(row)?, previous_owner: row.try_get("previous_owner").map_err(db)? })
+}
+
+/// Leases as id and token columns, in id order (the order rows are locked in).
+fn by_id(leases: &[LeaseRef]) -> (Vec<Uuid>, Vec<i64>) {
+    let mut sorted = leases.to_vec();
+    sorted.sort_unstable_by_key(|lease| lease.id);
+    sorted.into_iter().map(|lease| (lease.id, lease.fencing_token)).unzip()
+}
+
+/// Deadlocks (`40P01`) and serialization failures (`40001`) retried at most this often.
+const DEADLOCK_RETRIES_MAX: u32 = 3;
+
+/// Runs a statement again when PostgreSQL aborted it to break a deadlock: the statement is
+/// atomic, so nothing of the aborted run remains.
+pub(crate) async fn retry_deadlock<T, F, Fut>(mut statement: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match statement().await {
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("40P01" | "40001")) && tries < DEADLOCK_RETRIES_MAX =>
+            {
+                tries += 1;
+                tracing::info!(code = ?e.code(), tries, "statement aborted by a deadlock; running it again");
+                tokio::time::sleep(std::time::Duration::from_millis(5 << tries)).await;
+            }
+            result => return result.map_err(db),
+        }
+    }
 }

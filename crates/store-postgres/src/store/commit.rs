@@ -151,7 +151,11 @@ impl CommitColumns {
             event_from_end: Vec::new(),
             events: EventColumns::default(),
         };
-        for commit in commits {
+        // In id order, the order the statement then tends to lock rows in (as the heartbeat
+        // does): a batch that still deadlocks fails whole and the committer writes each alone.
+        let mut sorted: Vec<&SagaCommit> = commits.iter().collect();
+        sorted.sort_unstable_by_key(|commit| commit.id);
+        for commit in sorted {
             let terminal = commit.state.status.is_terminal();
             let count = commit.events.len() as i64;
             // A tenant change is recorded as one more history row, the commit's last.

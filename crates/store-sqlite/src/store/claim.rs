@@ -3,10 +3,10 @@
 
 use async_trait::async_trait;
 use saga_store::{
-    ClaimParams, Claimed, CommitOutcome, LeaseRef, LeaseStore, SagaCommit, StoreResult, WorkSignal, PRIORITY_STEP_MS,
+    ClaimParams, Claimed, CommitOutcome, LeaseRef, LeaseRenewal, LeaseStore, SagaCommit, StoreResult, WorkSignal,
+    PRIORITY_STEP_MS,
 };
 use sqlx::Row;
-use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::rows::{self, db, SAGA_COLUMNS};
@@ -89,28 +89,31 @@ impl LeaseStore for SqliteStore {
         leases: &[LeaseRef],
         now_ms: i64,
         lease_ttl_ms: i64,
-    ) -> StoreResult<Vec<Uuid>> {
-        let expires = now_ms + lease_ttl_ms;
-        let mut lost = Vec::new();
+    ) -> StoreResult<LeaseRenewal> {
+        let expires = now_ms.saturating_add(lease_ttl_ms);
+        let mut renewal = LeaseRenewal::default();
         let mut tx = self.writer.begin().await.map_err(db)?;
         for lease in leases {
-            let result = sqlx::query(
-                "UPDATE sagas SET lease_expires_at = ?, run_at = ? WHERE id = ? AND fencing_token = ? AND lease_owner = ?",
+            let renewed: Option<Option<i64>> = sqlx::query_scalar(
+                "UPDATE sagas SET lease_expires_at = ?, run_at = ? WHERE id = ? AND fencing_token = ? AND lease_owner = ? \
+                 RETURNING cancel_requested_at",
             )
             .bind(expires)
             .bind(expires)
             .bind(lease.id.to_string())
             .bind(lease.fencing_token)
             .bind(worker_id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
-            if result.rows_affected() == 0 {
-                lost.push(lease.id);
+            match renewed {
+                None => renewal.lost.push(lease.id),
+                Some(Some(at_ms)) => renewal.cancel_requested.push((lease.id, at_ms)),
+                Some(None) => {}
             }
         }
         tx.commit().await.map_err(db)?;
-        Ok(lost)
+        Ok(renewal)
     }
 
     async fn lease_release(&self, worker_id: &str, leases: &[LeaseRef], now_ms: i64) -> StoreResult<()> {
