@@ -11,11 +11,18 @@
 //!   *and* bound to the role, so a tenant that sets another tenant's id still sees only its own
 //!   rows.
 //!
-//! Migrations run as the tenant's role (objects end up owned by it), each file in its own
-//! transaction together with its record in `sagaplane_migrations` (service, version, name,
-//! checksum); the table is locked first, so two drivers of one tenant cannot interleave. Every
-//! operation is idempotent: "already exists" / "does not exist" are success, so a step re-run
-//! after a crash between its effect and its commit creates nothing twice.
+//! Migrations of `schema` and `database` tenants run on a session that *is* the tenant: a login
+//! role `tmigr_<id>` that is a member of the tenant's role and nothing else, logged in with a
+//! single-use password (set just before, cleared just after, valid for minutes). Each file runs
+//! under `SET LOCAL ROLE` of the tenant's role, so its objects are the tenant's; a trigger or
+//! function the tenant planted in its storage that runs during a migration — even one that
+//! says `RESET ROLE` — has the tenant's rights, never the admin's. The record of what was applied
+//! (service, version, name, checksum) is kept out of the tenant's reach, in a table of the
+//! admin-owned schema `sagaplane_tenancy` that the migration role may read and append to but not
+//! change, and on which the tenant can plant nothing; it is written in the same transaction as
+//! the file and locked first, so two drivers of one tenant cannot interleave. Every operation is
+//! idempotent: "already exists" / "does not exist" are success, so a step re-run after a crash
+//! between its effect and its commit creates nothing twice.
 
 use std::str::FromStr;
 
@@ -53,6 +60,19 @@ impl OwnedObject {
 /// The comment that marks a role as made by Sagaplane for this tenant.
 fn role_marker_text(tenant_id: &str) -> String {
     format!("sagaplane tenant {tenant_id}")
+}
+
+/// The admin-owned schema holding tenants' migration records.
+pub const BOOKKEEPING_SCHEMA: &str = "sagaplane_tenancy";
+
+/// How long a migration role's single-use password is valid, at most.
+const MIGRATOR_PASSWORD_VALID_S: i64 = 300;
+
+/// The login role that runs `tenant_id`'s migrations: `tenant_object_name` with `tmigr_` in
+/// place of `tenant_` (same length, so it fits; a different prefix, so it never names a tenant).
+pub fn migrator_name(tenant_id: &str) -> String {
+    let name = tenant_object_name(tenant_id);
+    format!("tmigr_{}", name.strip_prefix("tenant_").unwrap_or(&name))
 }
 
 /// How often a forced `DROP DATABASE` is tried again while a closing session blocks it.
@@ -184,12 +204,104 @@ impl PgTenantStorage {
             )))
             }
         }
-        // The admin acts as the role to create and migrate its objects.
+        // The admin acts as the role to create its storage (migrations run as the migrator).
         sqlx::raw_sql(&format!("GRANT {} TO CURRENT_USER", quote_ident(role)))
             .execute(&self.admin)
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    /// The tenant's migration role: a login role whose only membership is the tenant's role,
+    /// marked like it. No password until a migration logs in.
+    async fn ensure_migrator(&self, role: &str, tenant_id: &str) -> Result<String, TenantStorageError> {
+        let migrator = migrator_name(tenant_id);
+        let marker = role_marker_text(tenant_id);
+        if self.role_marker(&migrator).await?.is_none() {
+            let sql = format!(
+                "CREATE ROLE {m} LOGIN; COMMENT ON ROLE {m} IS {marker_q}; GRANT {role_q} TO {m}",
+                m = quote_ident(&migrator),
+                marker_q = quote_literal(&marker),
+                role_q = quote_ident(role)
+            );
+            let mut tx = self.admin.begin().await.map_err(backend)?;
+            match sqlx::Executor::execute(&mut *tx, sql.as_str()).await {
+                Ok(_) => tx.commit().await.map_err(backend)?,
+                Err(e) if is_code(&e, &["42710", "23505"]) => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        match self.role_marker(&migrator).await? {
+            Some(Some(found)) if found == marker => Ok(migrator),
+            _ => Err(TenantStorageError::Foreign(format!(
+                "a role named {migrator} exists that Sagaplane did not make for tenant {tenant_id}; it is left untouched"
+            ))),
+        }
+    }
+
+    /// A session logged in as the tenant's migration role, in `database`: its password is set
+    /// for this login only and cleared once the session is open.
+    async fn migrator_session(
+        &self,
+        tenant_id: &str,
+        database: Option<&str>,
+    ) -> Result<PgConnection, TenantStorageError> {
+        let role = tenant_object_name(tenant_id);
+        let migrator = self.ensure_migrator(&role, tenant_id).await?;
+        let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        // VALID UNTIL takes a literal, so the statement is built in SQL, where the clock is.
+        let set = format!(
+            "DO $sp$ BEGIN EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L VALID UNTIL %L', {m}, {p}, \
+             now() + make_interval(secs => {MIGRATOR_PASSWORD_VALID_S})); END $sp$",
+            m = quote_literal(&migrator),
+            p = quote_literal(&password),
+        );
+        sqlx::raw_sql(&set).execute(&self.admin).await.map_err(backend)?;
+        let mut options = self.options.clone().username(&migrator).password(&password);
+        if let Some(database) = database {
+            options = options.database(database);
+        }
+        let session = PgConnection::connect_with(&options).await;
+        let clear = format!("ALTER ROLE {} PASSWORD NULL", quote_ident(&migrator));
+        sqlx::raw_sql(&clear).execute(&self.admin).await.map_err(backend)?;
+        let mut session = session.map_err(|e| {
+            TenantStorageError::Backend(format!(
+                "cannot log in as the tenant's migration role {migrator} ({e}); tenant migrations run as the tenant, \
+                 so PostgreSQL must accept password logins for it on the host and port of SAGAPLANE_TENANT_DATABASE_URL"
+            ))
+        })?;
+        sqlx::Executor::execute(&mut session, "SET search_path = pg_catalog, pg_temp").await.map_err(backend)?;
+        Ok(session)
+    }
+
+    /// The admin-owned table recording a tenant's migrations (in the admin's connection's
+    /// database), readable and appendable by the migration role only.
+    async fn ensure_bookkeeping(
+        conn: &mut PgConnection,
+        table_name: &str,
+        migrator: &str,
+    ) -> Result<String, TenantStorageError> {
+        let schema = quote_ident(BOOKKEEPING_SCHEMA);
+        let table = format!("{schema}.{}", quote_ident(table_name));
+        let m = quote_ident(migrator);
+        let sql = format!(
+            "SET search_path = pg_catalog, pg_temp; \
+             CREATE SCHEMA IF NOT EXISTS {schema}; REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
+             CREATE TABLE IF NOT EXISTS {table} ( \
+               service TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL, \
+               applied_at BIGINT NOT NULL, PRIMARY KEY (service, version)); \
+             GRANT USAGE ON SCHEMA {schema} TO {m}; GRANT SELECT, INSERT ON {table} TO {m};"
+        );
+        match sqlx::Executor::execute(&mut *conn, sql.as_str()).await {
+            Ok(_) => Ok(table),
+            // Two tenants' first migrations race on the shared schema; the loser's work exists.
+            Err(e) if is_code(&e, &["42P06", "42P07", "23505"]) => {
+                let grants = format!("GRANT USAGE ON SCHEMA {schema} TO {m}; GRANT SELECT, INSERT ON {table} TO {m};");
+                sqlx::Executor::execute(&mut *conn, grants.as_str()).await.map_err(backend)?;
+                Ok(table)
+            }
+            Err(e) => Err(backend(e)),
+        }
     }
 
     async fn drop_role(&self, role: &str, tenant_id: &str) -> Result<(), TenantStorageError> {
@@ -202,6 +314,23 @@ impl PgTenantStorage {
                 return Ok(());
             }
             Some(_) => {}
+        }
+        // The migration role first (it holds grants on the bookkeeping), then the tenant's.
+        let migrator = migrator_name(tenant_id);
+        if let Some(Some(found)) = self.role_marker(&migrator).await? {
+            if found == role_marker_text(tenant_id) {
+                // It owns nothing; its one grant outside the tenant's storage is on the schema of
+                // the records (PostgreSQL 15 gives its creator no membership for DROP OWNED).
+                let drop = format!(
+                    "DO $sp$ BEGIN IF to_regnamespace({schema}) IS NOT NULL THEN \
+                       EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', {schema}, {m_literal}); END IF; END $sp$; \
+                     DROP ROLE IF EXISTS {m}",
+                    schema = quote_literal(BOOKKEEPING_SCHEMA),
+                    m_literal = quote_literal(&migrator),
+                    m = quote_ident(&migrator)
+                );
+                sqlx::raw_sql(&drop).execute(&self.admin).await.map_err(backend)?;
+            }
         }
         // Privileges it was granted on shared objects go with it.
         sqlx::raw_sql(&format!("DROP OWNED BY {}", quote_ident(role))).execute(&self.admin).await.map_err(backend)?;
@@ -292,27 +421,22 @@ impl PgTenantStorage {
     }
 }
 
-/// Applies what is not yet recorded, one transaction per file (as `role` when given), in
-/// `search_path` = `schema`.
+/// Applies what is not yet recorded in `table`, one transaction per file (as `role` when given),
+/// in `search_path` = `schema`. The record is inserted first: a second driver of the same tenant
+/// inserting the same one waits on it, then finds it applied.
 async fn apply_in(
     conn: &mut PgConnection,
     schema: &str,
     role: Option<&str>,
+    table: &str,
     migrations: &[Migration],
     now_ms: i64,
 ) -> Result<Vec<AppliedMigration>, TenantStorageError> {
-    let table = format!("{}.sagaplane_migrations", quote_ident(schema));
     let mut sorted: Vec<&Migration> = migrations.iter().collect();
     sorted.sort_by(|a, b| (&a.service, a.version).cmp(&(&b.service, b.version)));
     for migration in sorted {
         let file = migration.file_name();
         let mut tx = conn.begin().await.map_err(backend)?;
-        if let Some(role) = role {
-            let set_role = format!("SET LOCAL ROLE {}", quote_ident(role));
-            sqlx::Executor::execute(&mut *tx, set_role.as_str()).await.map_err(backend)?;
-        }
-        let prepare = format!("SET LOCAL search_path = {}; LOCK TABLE {table} IN EXCLUSIVE MODE", quote_ident(schema));
-        sqlx::Executor::execute(&mut *tx, prepare.as_str()).await.map_err(backend)?;
         let applied: Option<String> =
             sqlx::query_scalar(&format!("SELECT checksum FROM {table} WHERE service = $1 AND version = $2"))
                 .bind(&migration.service)
@@ -323,10 +447,7 @@ async fn apply_in(
         if migration.is_applied(applied.as_deref())? {
             continue;
         }
-        sqlx::Executor::execute(&mut *tx, migration.sql.as_str())
-            .await
-            .map_err(|e| migration_error(&migration.service, &file, e))?;
-        sqlx::query(&format!(
+        let recorded = sqlx::query(&format!(
             "INSERT INTO {table} (service, version, name, checksum, applied_at) VALUES ($1, $2, $3, $4, $5)"
         ))
         .bind(&migration.service)
@@ -335,10 +456,35 @@ async fn apply_in(
         .bind(&migration.checksum)
         .bind(now_ms)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| migration_error(&migration.service, &file, e))?;
-        tx.commit().await.map_err(backend)?;
+        .await;
+        match recorded {
+            Ok(_) => {}
+            // Applied meanwhile by another driver of this tenant: check it is this very file.
+            Err(e) if is_code(&e, &["23505"]) => {
+                drop(tx);
+                let applied: Option<String> =
+                    sqlx::query_scalar(&format!("SELECT checksum FROM {table} WHERE service = $1 AND version = $2"))
+                        .bind(&migration.service)
+                        .bind(migration.version)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(backend)?;
+                migration.is_applied(applied.as_deref())?;
+                continue;
+            }
+            Err(e) => return Err(backend(e)),
+        }
+        let mut prepare = format!("SET LOCAL search_path = {}, pg_catalog, pg_temp;", quote_ident(schema));
+        if let Some(role) = role {
+            prepare.push_str(&format!("SET LOCAL ROLE {};", quote_ident(role)));
+        }
+        sqlx::Executor::execute(&mut *tx, prepare.as_str()).await.map_err(backend)?;
+        sqlx::Executor::execute(&mut *tx, migration.sql.as_str())
+            .await
+            .map_err(|e| migration_error(&migration.service, &file, e))?;
+        tx.commit().await.map_err(|e| migration_error(&migration.service, &file, e))?;
     }
+    sqlx::Executor::execute(&mut *conn, "RESET ROLE; SET search_path = pg_catalog, pg_temp").await.map_err(backend)?;
     let rows = sqlx::query(&format!(
         "SELECT service, version, name, checksum, applied_at FROM {table} ORDER BY service, version"
     ))
@@ -358,13 +504,30 @@ async fn apply_in(
         .collect()
 }
 
-fn migrations_table_sql(schema: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {}.sagaplane_migrations ( \
-           service TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL, \
-           applied_at BIGINT NOT NULL, PRIMARY KEY (service, version))",
-        quote_ident(schema)
-    )
+/// Records kept by earlier releases in the tenant's own `sagaplane_migrations` (in `schema`)
+/// are carried over once, read with the migration role's (the tenant's) rights.
+async fn adopt_old_records(conn: &mut PgConnection, schema: &str, table: &str) -> Result<(), TenantStorageError> {
+    let old = format!("{}.sagaplane_migrations", quote_ident(schema));
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&old)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if !exists {
+        return Ok(());
+    }
+    let empty: bool = sqlx::query_scalar(&format!("SELECT NOT EXISTS (SELECT 1 FROM {table})"))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if empty {
+        let copy = format!(
+            "INSERT INTO {table} (service, version, name, checksum, applied_at) \
+             SELECT service, version, name, checksum, applied_at FROM {old} ON CONFLICT DO NOTHING"
+        );
+        sqlx::Executor::execute(&mut *conn, copy.as_str()).await.map_err(backend)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -385,11 +548,9 @@ impl TenantStorage for PgTenantStorage {
                 self.refuse_foreign(OwnedObject::Schema, &name, tenant_id).await?;
                 let sql = format!(
                     "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}; \
-                     REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
-                     SET LOCAL ROLE {role}; {table}",
+                     REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;",
                     schema = quote_ident(&name),
                     role = quote_ident(&name),
-                    table = migrations_table_sql(&name)
                 );
                 let mut tx = self.admin.begin().await.map_err(backend)?;
                 match sqlx::Executor::execute(&mut *tx, sql.as_str()).await {
@@ -397,6 +558,9 @@ impl TenantStorage for PgTenantStorage {
                     Err(e) if is_code(&e, &["42P06", "42P07", "23505"]) => {}
                     Err(e) => return Err(backend(e)),
                 }
+                let migrator = self.ensure_migrator(&name, tenant_id).await?;
+                let mut conn = self.admin.acquire().await.map_err(backend)?;
+                Self::ensure_bookkeeping(&mut conn, &name, &migrator).await?;
                 Ok(json!({"backend": "postgres", "location": format!("schema {name}")}))
             }
             StorageMode::Database => {
@@ -420,9 +584,9 @@ impl TenantStorage for PgTenantStorage {
                     .execute(&self.admin)
                     .await
                     .map_err(backend)?;
+                let migrator = self.ensure_migrator(&name, tenant_id).await?;
                 let mut conn = self.database_connection(&name).await?;
-                let sql = format!("SET ROLE {}; {}; RESET ROLE", quote_ident(&name), migrations_table_sql("public"));
-                let made = sqlx::Executor::execute(&mut conn, sql.as_str()).await.map_err(backend);
+                let made = Self::ensure_bookkeeping(&mut conn, "migrations", &migrator).await;
                 // Closed, not dropped: a session left to linger in the tenant's database would
                 // stand in the way of dropping it.
                 let _ = conn.close().await;
@@ -449,10 +613,12 @@ impl TenantStorage for PgTenantStorage {
                 tracing::warn!(database = %name, tenant_id, "not dropping a database this tenant's role does not own");
             }
             StorageMode::Schema => {
-                sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&name)))
-                    .execute(&self.admin)
-                    .await
-                    .map_err(backend)?;
+                let drop = format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; DROP TABLE IF EXISTS {records}.{schema}",
+                    schema = quote_ident(&name),
+                    records = quote_ident(BOOKKEEPING_SCHEMA)
+                );
+                sqlx::raw_sql(&drop).execute(&self.admin).await.map_err(backend)?;
             }
             StorageMode::Database => {
                 // A session that is still closing can make the forced drop fail for a moment
@@ -508,19 +674,42 @@ impl TenantStorage for PgTenantStorage {
         let name = tenant_object_name(tenant_id);
         match mode {
             StorageMode::Schema => {
-                let mut conn = self.admin.acquire().await.map_err(backend)?;
-                apply_in(&mut conn, &name, Some(&name), migrations, now_ms).await
+                let migrator = self.ensure_migrator(&name, tenant_id).await?;
+                let table = {
+                    let mut admin = self.admin.acquire().await.map_err(backend)?;
+                    Self::ensure_bookkeeping(&mut admin, &name, &migrator).await?
+                };
+                let mut session = self.migrator_session(tenant_id, None).await?;
+                let applied = async {
+                    adopt_old_records(&mut session, &name, &table).await?;
+                    apply_in(&mut session, &name, Some(&name), &table, migrations, now_ms).await
+                }
+                .await;
+                let _ = session.close().await;
+                applied
             }
             StorageMode::Database => {
-                let mut conn = self.database_connection(&name).await?;
-                let applied = apply_in(&mut conn, "public", Some(&name), migrations, now_ms).await;
-                let _ = conn.close().await;
+                let migrator = self.ensure_migrator(&name, tenant_id).await?;
+                let table = {
+                    let mut admin = self.database_connection(&name).await?;
+                    let table = Self::ensure_bookkeeping(&mut admin, "migrations", &migrator).await;
+                    let _ = admin.close().await;
+                    table?
+                };
+                let mut session = self.migrator_session(tenant_id, Some(&name)).await?;
+                let applied = async {
+                    adopt_old_records(&mut session, "public", &table).await?;
+                    apply_in(&mut session, "public", Some(&name), &table, migrations, now_ms).await
+                }
+                .await;
+                let _ = session.close().await;
                 applied
             }
             StorageMode::Pooled => {
                 // Shared tables: migrated once for every pooled tenant, by the admin (owner).
                 let mut conn = self.admin.acquire().await.map_err(backend)?;
-                let applied = apply_in(&mut conn, POOLED_SCHEMA, None, migrations, now_ms).await?;
+                let table = format!("{}.sagaplane_migrations", quote_ident(POOLED_SCHEMA));
+                let applied = apply_in(&mut conn, POOLED_SCHEMA, None, &table, migrations, now_ms).await?;
                 drop(conn);
                 self.secure_pooled_tables(&name).await?;
                 Ok(applied)

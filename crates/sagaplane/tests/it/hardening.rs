@@ -692,3 +692,81 @@ async fn a_cancel_interrupts_a_long_attempt(backend: Backend) {
     assert_eq!(undos, vec!["/hang/undo", "/reserve/undo", "/reserve/undo"], "{undos:?}");
 }
 on_both_backends!(a_cancel_interrupts_a_long_attempt);
+
+/// Tenant migrations ran on the admin's connection under `SET ROLE`, with their records in a
+/// table the tenant owned: a trigger the tenant planted could `RESET ROLE` and act as the admin,
+/// or rewrite its recorded checksums. Now they run on a session that logs in as the tenant's
+/// migration role, and the records sit where the tenant can neither write nor plant anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_planted_by_a_tenant_never_runs_as_the_admin() {
+    use crate::tenants::{admin_connection, suffix, until_status, write};
+    use reqwest::Method;
+    let dir = std::env::temp_dir().join(format!("sagaplane-planted-{}", uuid::Uuid::now_v7()));
+    write(&dir, "notes/0001_create_notes.sql", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);");
+    let app =
+        App::spawn(BIN, Backend::Postgres, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
+    let id = format!("plant-{}", suffix());
+    let (status, _, body) = app
+        .send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": id, "name": "Planter", "tier": "bridge"})))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    until_status(&app, &id, &["ACTIVE"]).await;
+    let role = format!("tenant_{}", id.replace('-', "_"));
+    let evil = format!("evil_{}", uuid::Uuid::now_v7().simple());
+
+    // The tenant, with its own role's rights, plants a trigger on its table that tries to become
+    // whoever runs the session, and records who that was.
+    let mut conn = admin_connection(&app).await;
+    let plant = format!(
+        "SET ROLE \"{role}\"; SET search_path = \"{role}\"; \
+         CREATE TABLE witness (session_user_name TEXT, reset_to TEXT); \
+         CREATE FUNCTION plant() RETURNS trigger LANGUAGE plpgsql AS $fn$ \
+         BEGIN \
+           EXECUTE 'RESET ROLE'; \
+           INSERT INTO witness VALUES (session_user::text, current_user::text); \
+           BEGIN EXECUTE 'CREATE ROLE {evil}'; EXCEPTION WHEN others THEN NULL; END; \
+           RETURN NEW; \
+         END $fn$; \
+         CREATE TRIGGER planted BEFORE INSERT ON notes FOR EACH ROW EXECUTE FUNCTION plant(); \
+         RESET ROLE; RESET search_path;"
+    );
+    sqlx::raw_sql(&plant).execute(&mut conn).await.expect("the tenant plants its trigger");
+    // Its records are out of its reach: it can neither plant on them nor rewrite them.
+    for attempt in [
+        format!("CREATE TRIGGER planted AFTER INSERT ON sagaplane_tenancy.\"{role}\" FOR EACH ROW EXECUTE FUNCTION \"{role}\".plant()"),
+        format!("UPDATE sagaplane_tenancy.\"{role}\" SET checksum = 'forged'"),
+    ] {
+        let as_tenant = format!("SET ROLE \"{role}\"; {attempt}");
+        let result = sqlx::raw_sql(&as_tenant).execute(&mut conn).await;
+        assert!(result.is_err(), "the tenant could: {attempt}");
+        sqlx::raw_sql("RESET ROLE").execute(&mut conn).await.expect("reset");
+    }
+
+    // A migration that fires the trigger, rolled out.
+    write(&dir, "notes/0002_seed_notes.sql", "INSERT INTO notes VALUES (1, 'hello');");
+    let (status, _, body) = app.send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({}))).await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = std::time::Instant::now() + TERMINAL_WAIT;
+    let tenant = loop {
+        let tenant = until_status(&app, &id, &["ACTIVE", "MIGRATION_ERROR"]).await;
+        if tenant["migrations"][0]["version"] == 2 || tenant["status"] == "MIGRATION_ERROR" {
+            break tenant;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rollout never reached the tenant: {tenant}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(tenant["status"], "ACTIVE", "{tenant}");
+    let witness: Vec<(String, String)> =
+        sqlx::query_as(&format!("SELECT session_user_name, reset_to FROM \"{role}\".witness"))
+            .fetch_all(&mut conn)
+            .await
+            .expect("witness");
+    let migrator = format!("tmigr_{}", id.replace('-', "_"));
+    assert_eq!(witness, vec![(migrator.clone(), migrator)], "the trigger ran as the tenant's migration role");
+    let escalated: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(&evil)
+        .fetch_one(&mut conn)
+        .await
+        .expect("roles");
+    assert!(!escalated, "the tenant's trigger created a role with the admin's rights");
+}

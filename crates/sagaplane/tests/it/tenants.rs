@@ -14,7 +14,7 @@ use crate::BIN;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn suffix() -> String {
+pub fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
@@ -32,7 +32,7 @@ pub async fn until_status(app: &App, id: &str, statuses: &[&str]) -> Value {
     .await
 }
 
-async fn admin_connection(app: &App) -> PgConnection {
+pub async fn admin_connection(app: &App) -> PgConnection {
     PgConnection::connect(&app.database_url).await.expect("admin connection")
 }
 
@@ -116,7 +116,12 @@ async fn storage_modes_create_exactly_their_objects_isolate_tenants_and_delete_c
                 .await
                 .expect("tables");
         tables.sort();
-        assert_eq!(tables, vec!["accounts", "locations", "sagaplane_migrations"]);
+        assert_eq!(tables, vec!["accounts", "locations"], "the records are kept out of the tenant's schema");
+        let recorded: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM sagaplane_tenancy.{name}"))
+            .fetch_one(&mut conn)
+            .await
+            .expect("records");
+        assert_eq!(recorded, 3, "migrations recorded where the tenant cannot write");
     }
     assert!(!exists(&mut conn, SCHEMA, &db_a).await, "database mode makes no schema in the control database");
     // The tenant uses its own storage...
@@ -154,18 +159,16 @@ async fn storage_modes_create_exactly_their_objects_isolate_tenants_and_delete_c
         url.to_string()
     };
     let mut tenant_db = PgConnection::connect(&tenant_db_url).await.expect("tenant database");
-    let rows = as_role(
-        &mut tenant_db,
-        &db_a,
-        None,
-        "SELECT version::text FROM sagaplane_migrations ORDER BY service, version",
-    )
-    .await;
-    assert_eq!(
-        rows,
-        Ok(vec!["1".to_string(), "2".to_string(), "1".to_string()]),
-        "migrations recorded in its database"
-    );
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT version::text FROM sagaplane_tenancy.migrations ORDER BY service, version")
+            .fetch_all(&mut tenant_db)
+            .await
+            .expect("records");
+    assert_eq!(rows, vec!["1".to_string(), "2".to_string(), "1".to_string()], "migrations recorded in its database");
+    let tampered =
+        as_role(&mut tenant_db, &db_a, None, "UPDATE sagaplane_tenancy.migrations SET checksum = 'x' RETURNING 'x'")
+            .await;
+    assert!(tampered.is_err(), "the tenant cannot rewrite its records: {tampered:?}");
 
     // pooled: shared tables under row-level security, one role per tenant.
     assert!(exists(&mut conn, ROLE, &pool_a).await && exists(&mut conn, ROLE, &pool_b).await);
@@ -299,7 +302,7 @@ async fn bad_tenant_input_creates_nothing_anywhere() {
     until_status(&app, &id, &["ACTIVE"]).await;
 }
 
-fn write(dir: &std::path::Path, file: &str, sql: &str) {
+pub fn write(dir: &std::path::Path, file: &str, sql: &str) {
     let path = dir.join(file);
     std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
     std::fs::write(path, sql).expect("write migration");
@@ -365,7 +368,7 @@ async fn a_broken_migration_is_fixed_and_retried_and_an_edited_one_is_refused() 
     let refused = until_status(&app, &id, &["MIGRATION_ERROR"]).await;
     let message = refused["error"]["message"].as_str().unwrap_or("");
     assert!(message.contains("0001_create_invoices.sql") && message.contains("edited"), "{message}");
-    let recorded: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.sagaplane_migrations"))
+    let recorded: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM sagaplane_tenancy.{schema}"))
         .fetch_one(&mut conn)
         .await
         .expect("recorded");
@@ -695,7 +698,7 @@ async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
     assert_eq!(tenant["migrations"][0]["version"], 3, "{tenant}");
     let mut conn = PgConnection::connect(&database_url).await.expect("admin");
     let recorded: Vec<i64> =
-        sqlx::query_scalar(&format!("SELECT version FROM {schema}.sagaplane_migrations ORDER BY version"))
+        sqlx::query_scalar(&format!("SELECT version FROM sagaplane_tenancy.{schema} ORDER BY version"))
             .fetch_all(&mut conn)
             .await
             .expect("recorded");
@@ -706,7 +709,7 @@ async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
             .fetch_all(&mut conn)
             .await
             .expect("tables");
-    assert_eq!(tables, vec!["first_table", "last_table", "sagaplane_migrations", "slow_table"]);
+    assert_eq!(tables, vec!["first_table", "last_table", "slow_table"]);
     let schemas: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
         .bind(&schema)
         .fetch_one(&mut conn)
@@ -895,6 +898,6 @@ async fn a_migration_that_fails_during_onboarding_keeps_the_storage_for_a_retry(
 }
 
 async fn recorded_versions(conn: &mut PgConnection, schema: &str) -> Vec<i64> {
-    let sql = format!("SELECT version::bigint FROM {schema}.sagaplane_migrations ORDER BY version");
+    let sql = format!("SELECT version::bigint FROM sagaplane_tenancy.{schema} ORDER BY version");
     sqlx::query_scalar::<_, i64>(&sql).fetch_all(conn).await.expect("recorded migrations")
 }
