@@ -2,7 +2,9 @@
 //! worker) on `SAGAPLANE_DATABASE_URL` with its tenant storage, onboards `-n` tenants through
 //! `POST /v1/tenants`, `-c` at a time, follows each provisioning saga to its end, and prints
 //! tenants/s, start-to-ACTIVE latency and, from the sagas' step timings, where the time went
-//! (the slowest step).
+//! (the slowest step). With `--rollout`, the tenants get a migrations folder of the benchmark's
+//! own; once they are onboarded a second file is added and rolled out to all of them, and the
+//! time to the rollout's answer and to its end is printed.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -27,6 +29,9 @@ pub struct TenantBenchArgs {
     /// Tier of every tenant: bridge (schema mode), silo (database), pooled.
     #[arg(long, default_value = "bridge")]
     tier: String,
+    /// Then roll a new migration out to every tenant, this many at a time.
+    #[arg(long)]
+    rollout: Option<u32>,
 }
 
 struct Run {
@@ -86,6 +91,17 @@ pub async fn run(args: TenantBenchArgs, config: Config) -> anyhow::Result<ExitCo
     }
     let database_url =
         config.database_url.clone().context("SAGAPLANE_DATABASE_URL is required (postgres:// for schema mode)")?;
+    let mut config = config;
+    let rollout_dir = match args.rollout {
+        Some(_) => {
+            let dir = std::env::temp_dir().join(format!("sagaplane-bench-rollout-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(dir.join("bench"))?;
+            std::fs::write(dir.join("bench/0001_create_items.sql"), "CREATE TABLE items (id BIGINT PRIMARY KEY);")?;
+            config.tenant_migrations_dir = Some(dir.clone());
+            Some(dir)
+        }
+        None => None,
+    };
     let store = crate::run::open_and_migrate(&database_url).await?;
     let tenants = crate::run::prepare_tenancy(&config, &database_url, store.as_ref()).await?;
     let hub = saga_runtime::TerminalHub::default();
@@ -149,9 +165,16 @@ pub async fn run(args: TenantBenchArgs, config: Config) -> anyhow::Result<ExitCo
             }
         }
     }
+    let rolled = match (&rollout_dir, args.rollout) {
+        (Some(dir), Some(concurrency)) => Some(roll_out(&run, dir, concurrency).await?),
+        _ => None,
+    };
     let _ = stop.send(true);
     instance.shutdown().await;
     let _ = server.await;
+    if let Some(dir) = &rollout_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     let mut latencies: Vec<f64> = results.iter().map(|(_, _, d)| d.as_secs_f64() * 1000.0).collect();
     latencies.sort_by(f64::total_cmp);
@@ -201,5 +224,81 @@ pub async fn run(args: TenantBenchArgs, config: Config) -> anyhow::Result<ExitCo
         percentile(&latencies, 99.0),
         slowest.0
     );
-    Ok(if completed == results.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let mut rolled_out_all = true;
+    if let Some(rolled) = rolled {
+        println!(
+            "rolled a migration out to {} of {} tenants in {:.2}s ({:.1} tenants/s): answered in {:.0} ms, \
+             every tenant saga started after {:.2}s",
+            rolled.completed,
+            rolled.total,
+            rolled.done.as_secs_f64(),
+            rolled.total as f64 / rolled.done.as_secs_f64(),
+            rolled.answered.as_secs_f64() * 1000.0,
+            rolled.fanned_out.as_secs_f64()
+        );
+        println!(
+            "RESULT workload=rollout backend={} n={} c={} answer_ms={:.0} fan_out_s={:.2} done_s={:.2}",
+            store.backend_name(),
+            rolled.total,
+            args.rollout.unwrap_or_default(),
+            rolled.answered.as_secs_f64() * 1000.0,
+            rolled.fanned_out.as_secs_f64(),
+            rolled.done.as_secs_f64()
+        );
+        rolled_out_all = rolled.completed == results.len() as u64;
+    }
+    Ok(if completed == results.len() && rolled_out_all { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// What a rollout over the benchmark's tenants took.
+struct Rolled {
+    answered: Duration,
+    fanned_out: Duration,
+    done: Duration,
+    total: u64,
+    completed: u64,
+}
+
+/// Adds a migration, rolls it out and follows the rollout to its end.
+async fn roll_out(run: &Run, dir: &std::path::Path, concurrency: u32) -> anyhow::Result<Rolled> {
+    std::fs::write(dir.join("bench/0002_add_label.sql"), "ALTER TABLE items ADD COLUMN label TEXT;")?;
+    let started = Instant::now();
+    let response = run
+        .client
+        .post(format!("{}/v1/migrations/rollout", run.base))
+        .bearer_auth(&run.token)
+        .json(&json!({"concurrency": concurrency}))
+        .send()
+        .await?;
+    let answered = started.elapsed();
+    if response.status().as_u16() != 202 {
+        let status = response.status();
+        bail!("rollout: {status} {}", response.text().await.unwrap_or_default());
+    }
+    let accepted: Value = response.json().await?;
+    let rollout_id = accepted["rollout_id"].as_str().context("no rollout id")?.to_string();
+    let mut fanned_out = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let progress: Value = run
+            .client
+            .get(format!("{}/v1/migrations/rollouts/{rollout_id}", run.base))
+            .bearer_auth(&run.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if fanned_out.is_none() && progress["fan_out"]["status"] == json!("COMPLETED") {
+            fanned_out = Some(started.elapsed());
+        }
+        if progress["done"] == json!(true) {
+            return Ok(Rolled {
+                answered,
+                fanned_out: fanned_out.unwrap_or_else(|| started.elapsed()),
+                done: started.elapsed(),
+                total: progress["total"].as_u64().unwrap_or(0),
+                completed: progress["statuses"]["COMPLETED"].as_u64().unwrap_or(0),
+            });
+        }
+    }
 }

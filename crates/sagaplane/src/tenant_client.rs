@@ -156,6 +156,11 @@ async fn follow_rollout(client: &Client, rollout_id: &str) -> anyhow::Result<Exi
             }
             let completed = progress["statuses"]["COMPLETED"].as_u64().unwrap_or(0);
             let total = progress["total"].as_u64().unwrap_or(0);
+            if progress["fan_out"]["status"] != json!("COMPLETED") {
+                let error = progress["fan_out"]["error"].as_str().unwrap_or("no error recorded");
+                println!("rollout stopped before every tenant was started ({total} were): {error}");
+                return Ok(ExitCode::from(2));
+            }
             println!("rollout done: {completed} of {total} tenant(s) migrated");
             return Ok(if completed == total { ExitCode::SUCCESS } else { ExitCode::from(2) });
         }
@@ -237,15 +242,13 @@ pub async fn tenants(command: TenantsCommand, connection: Connection) -> anyhow:
             let body = json!({"service": service, "concurrency": concurrency});
             let (_, rollout) =
                 client.send(client.request(reqwest::Method::POST, "/v1/migrations/rollout").json(&body)).await?;
-            let sagas = rollout["sagas"].as_array().cloned().unwrap_or_default();
+            let rollout_id = rollout["rollout_id"].as_str().context("rollout_id")?.to_string();
             println!(
-                "rollout {} started for {} tenant(s), {} at a time",
-                rollout["rollout_id"].as_str().unwrap_or(""),
-                sagas.len(),
+                "rollout {rollout_id} started: every tenant behind migrates, {} at a time \
+                 (progress: GET /v1/migrations/rollouts/{rollout_id})",
                 rollout["concurrency"]
             );
-            if !no_wait && !sagas.is_empty() {
-                let rollout_id = rollout["rollout_id"].as_str().context("rollout_id")?.to_string();
+            if !no_wait {
                 return follow_rollout(&client, &rollout_id).await;
             }
         }

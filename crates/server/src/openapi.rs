@@ -398,11 +398,11 @@ fn tenant_paths() -> Value {
         "/v1/migrations/rollout": {
             "post": secured(json!({"summary": "Start tenant.migrate for every ACTIVE tenant behind, at most `concurrency` at once (admin); no body = every service",
                 "requestBody": body("Rollout", false),
-                "responses": {"202": {"description": "{rollout_id, sagas}"}, "422": problem("invalid rollout, or no such service"), "503": problem("the migrations folder cannot be read")}})),
+                "responses": {"202": {"description": "{rollout_id, saga_id, concurrency, sagas: [], progress}: the rollout saga started; tenant sagas start in the background"}, "422": problem("invalid rollout, or no such service"), "503": problem("the migrations folder cannot be read")}})),
         },
         "/v1/migrations/rollouts/{rollout_id}": {
             "parameters": [path_param("rollout_id", "rollout_id from POST /v1/migrations/rollout", uuid())],
-            "get": secured(json!({"summary": "A rollout's progress: sagas by status (admin)", "responses": {"200": {"description": "{rollout_id, total, finished, done, statuses, sagas}"}}})),
+            "get": secured(json!({"summary": "A rollout's progress: sagas by status (admin)", "responses": {"200": {"description": "{rollout_id, fan_out, total, finished, done, statuses, sagas}"}, "404": problem("unknown rollout")}})),
         },
         "/v1/webhooks/crm": {
             "post": {"summary": "CRM ingress (Standard Webhooks signature, 5-minute window, dedupe by webhook-id)",

@@ -9,10 +9,12 @@ use serde_json::{json, Value};
 pub const PROVISION: &str = "tenant.provision";
 pub const DEPROVISION: &str = "tenant.deprovision";
 pub const MIGRATE: &str = "tenant.migrate";
+/// A rollout: starts one `tenant.migrate` saga per tenant behind, durably, in the background.
+pub const ROLLOUT: &str = "tenant.rollout";
 
 /// True for the built-in tenant sagas, which only the tenant lifecycle may start.
 pub fn is_tenant_saga(name: &str) -> bool {
-    [PROVISION, DEPROVISION, MIGRATE].contains(&name)
+    [PROVISION, DEPROVISION, MIGRATE, ROLLOUT].contains(&name)
 }
 
 /// Builtin step names.
@@ -26,6 +28,7 @@ pub mod steps {
     pub const ACCESS_RESUME: &str = "tenant.access.resume";
     pub const KEYS_REVOKE: &str = "tenant.keys.revoke";
     pub const FINALIZE_DELETE: &str = "tenant.deprovision.finalize";
+    pub const ROLLOUT_FAN_OUT: &str = "tenant.rollout.fan_out";
     pub const ALL: &[&str] = &[
         RECORD,
         STORAGE_CREATE,
@@ -36,6 +39,7 @@ pub mod steps {
         ACCESS_RESUME,
         KEYS_REVOKE,
         FINALIZE_DELETE,
+        ROLLOUT_FAN_OUT,
     ];
 }
 
@@ -86,6 +90,20 @@ pub fn builtin_documents() -> Vec<(&'static str, Value)> {
                                                       "input": {"service": "{{ input.service | default(none) }}"}},
                      "on_failure": "fail"},
                     {"name": "activate", "action": {"builtin": steps::ACTIVATE}},
+                ]
+            }),
+        ),
+        (
+            ROLLOUT,
+            json!({
+                "name": ROLLOUT,
+                // Starting sagas for a large fleet takes a while; a re-run (after a crash or a
+                // retry) skips the tenants it already moved, so it never starts one twice.
+                "defaults": {"timeout": "1h", "retry": retry()},
+                "steps": [
+                    {"name": "fan_out", "action": {"builtin": steps::ROLLOUT_FAN_OUT,
+                                                   "input": {"service": "{{ input.service | default(none) }}",
+                                                             "concurrency": "{{ input.concurrency }}"}}},
                 ]
             }),
         ),

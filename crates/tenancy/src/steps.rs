@@ -1,18 +1,20 @@
 //! The tenant builtins the built-in sagas are made of. Each works on the saga's `tenant_id`,
 //! is idempotent (a re-run after a crash succeeds and creates nothing twice), and reports a
 //! definite failure for what retrying cannot fix (an unsupported mode, a failing or edited
-//! migration) and a retryable one when the database was unavailable.
+//! migration) and a retryable one when the database was unavailable. The rollout's fan-out
+//! works on no tenant: it starts the `tenant.migrate` sagas of a fleet.
 
 use std::sync::Arc;
 
-use saga_core::{FailureKind, Outcome};
+use saga_core::tenant::TenantStatus;
+use saga_core::{Definition, FailureKind, Outcome, SagaState};
 use saga_runtime::executor::AttemptContext;
 use saga_runtime::{BuiltinRegistry, Clock};
 use saga_store::tenant_storage::{AppliedMigration, TenantStorage, TenantStorageError};
-use saga_store::{Store, StoreError, TenantRecord};
+use saga_store::{SagaCreate, Store, StoreError, TenantFilter, TenantRecord, TenantTransition};
 use serde_json::{json, Value};
 
-use crate::definitions::steps;
+use crate::definitions::{steps, MIGRATE};
 use crate::migrations::MigrationSource;
 
 /// What the tenant steps work with.
@@ -146,6 +148,9 @@ impl TenantSteps {
         add(registry, steps::ACCESS_SUSPEND, &self, |this, _, ctx| async move { this.access_set(ctx, false).await });
         add(registry, steps::ACCESS_RESUME, &self, |this, _, ctx| async move { this.access_set(ctx, true).await });
         add(registry, steps::KEYS_REVOKE, &self, |this, _, ctx| async move { this.keys_revoke(ctx).await });
+        add(registry, steps::ROLLOUT_FAN_OUT, &self, |this, input, ctx| async move {
+            this.rollout_fan_out(input, ctx).await
+        });
         // The status changes of these two are the hook's (committed with the step).
         add(registry, steps::ACTIVATE, &self, |_, _, _| async move { Outcome::Succeeded(json!({"status": "ACTIVE"})) });
         add(registry, steps::FINALIZE_DELETE, &self, |_, _, _| async move {
@@ -172,4 +177,97 @@ where
 {
     let this = this.clone();
     registry.register(name, Arc::new(move |input, ctx| Box::pin(step(this.clone(), input, ctx))));
+}
+
+/// The tenants one rollout starts sagas for, at most.
+pub const ROLLOUT_TENANTS_MAX: u64 = 100_000;
+
+impl TenantSteps {
+    /// A rollout's fan-out: one `tenant.migrate` saga per ACTIVE tenant behind, each started
+    /// with its move to `MIGRATING` in one transaction, all under the rollout's concurrency key
+    /// (`rollout:<rollout saga id>`). Idempotent: a tenant already moved is no longer ACTIVE.
+    async fn rollout_fan_out(&self, input: Value, ctx: AttemptContext) -> Outcome {
+        let service = input.get("service").and_then(Value::as_str);
+        let Some(concurrency) = input.get("concurrency").and_then(Value::as_u64).and_then(|c| u32::try_from(c).ok())
+        else {
+            return definite("a rollout needs a concurrency from 1 to 1000");
+        };
+        let sets = match self.migrations.load() {
+            Ok(sets) => {
+                sets.into_iter().filter(|set| service.is_none_or(|name| name == set.service)).collect::<Vec<_>>()
+            }
+            Err(e) => return definite(e.to_string()),
+        };
+        let (version, definition) = match self.migrate_definition().await {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        let key = format!("rollout:{}", ctx.saga_id);
+        let (mut started, mut moved_meanwhile) = (0u64, 0u64);
+        let mut after_id = None;
+        loop {
+            let filter = TenantFilter {
+                status: Some(TenantStatus::Active),
+                tier: None,
+                after_id: after_id.clone(),
+                limit: saga_store::LIST_LIMIT_MAX,
+            };
+            let page = match self.store.tenant_list(&filter).await {
+                Ok(page) => page,
+                Err(e) => return retryable(format!("listing tenants: {e}")),
+            };
+            let Some(last) = page.last() else { break };
+            after_id = Some(last.id.clone());
+            for tenant in page.iter().filter(|t| crate::migrations::is_behind(&t.migrations, &sets)) {
+                if started >= ROLLOUT_TENANTS_MAX {
+                    break;
+                }
+                let now_ms = self.clock.now_ms();
+                let saga = SagaCreate {
+                    tenant_id: Some(tenant.id.clone()),
+                    concurrency: Some((key.clone(), concurrency)),
+                    ..SagaCreate::new(
+                        MIGRATE,
+                        version,
+                        json!({"tenant_id": tenant.id, "service": service, "rollout_id": ctx.saga_id}),
+                        SagaState::started(&definition, now_ms),
+                        now_ms,
+                    )
+                };
+                let transition = TenantTransition {
+                    id: tenant.id.clone(),
+                    to: TenantStatus::Migrating,
+                    from: vec![TenantStatus::Active],
+                    error: None,
+                    saga: Some(saga),
+                    now_ms,
+                };
+                match self.store.tenant_transition(transition).await {
+                    Ok(_) => started += 1,
+                    // It stopped being ACTIVE meanwhile: not part of this rollout.
+                    Err(StoreError::Conflict(_)) => moved_meanwhile += 1,
+                    Err(e) => return retryable(format!("starting the migration of tenant {}: {e}", tenant.id)),
+                }
+            }
+            if page.len() < saga_store::LIST_LIMIT_MAX as usize || started >= ROLLOUT_TENANTS_MAX {
+                break;
+            }
+        }
+        Outcome::Succeeded(json!({"started": started, "moved_meanwhile": moved_meanwhile}))
+    }
+
+    /// The latest `tenant.migrate`, validated.
+    async fn migrate_definition(&self) -> Result<(i32, Definition), Outcome> {
+        let record = match self.store.definition_get(MIGRATE, None).await {
+            Ok(record) => record,
+            Err(e) => return Err(retryable(format!("reading {MIGRATE}: {e}"))),
+        };
+        let mut builtins: Vec<&str> = steps::ALL.to_vec();
+        let core = BuiltinRegistry::with_core();
+        builtins.extend(core.names());
+        match saga_core::validate_definition(MIGRATE, &record.document, &builtins) {
+            Ok(definition) => Ok((record.version, definition)),
+            Err(errors) => Err(definite(format!("the stored {MIGRATE} is invalid: {errors:?}"))),
+        }
+    }
 }

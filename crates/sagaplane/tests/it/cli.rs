@@ -263,7 +263,7 @@ async fn tenants_migrate_rolls_out_and_follows_to_the_end() {
     let out = tokio::task::block_in_place(|| client(&app, &["tenants", "migrate", "--concurrency", "2"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("started for 1 tenant(s), 2 at a time"), "{stdout}");
+    assert!(stdout.contains("started: every tenant behind migrates, 2 at a time"), "{stdout}");
     assert!(stdout.contains("rollout done: 1 of 1 tenant(s) migrated"), "{stdout}");
     let out = tokio::task::block_in_place(|| client(&app, &["tenants", "show", "mig-co"]));
     let tenant: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");

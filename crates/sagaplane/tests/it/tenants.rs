@@ -302,6 +302,24 @@ async fn bad_tenant_input_creates_nothing_anywhere() {
     until_status(&app, &id, &["ACTIVE"]).await;
 }
 
+/// The progress of the rollout `accepted` answered for, once its fan-out and every tenant saga
+/// it started have ended.
+pub async fn until_rollout_done(app: &App, accepted: &Value) -> Value {
+    let rollout_id = accepted["rollout_id"].as_str().expect("rollout id");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _, progress) =
+            app.send(app.request(Method::GET, &format!("/v1/migrations/rollouts/{rollout_id}"))).await;
+        assert_eq!(status, 200, "{progress}");
+        if progress["done"] == json!(true) {
+            assert_eq!(progress["fan_out"]["status"], "COMPLETED", "{progress}");
+            return progress;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rollout never finished: {progress}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn write(dir: &std::path::Path, file: &str, sql: &str) {
     let path = dir.join(file);
     std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
@@ -330,7 +348,8 @@ async fn a_broken_migration_is_fixed_and_retried_and_an_edited_one_is_refused() 
     let (status, _, rollout) =
         app.send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({"concurrency": 2}))).await;
     assert_eq!(status, 202, "{rollout}");
-    assert_eq!(rollout["sagas"].as_array().map(Vec::len), Some(1), "{rollout}");
+    let progress = until_rollout_done(&app, &rollout).await;
+    assert_eq!(progress["total"], 1, "{progress}");
     let failed = until_status(&app, &id, &["MIGRATION_ERROR"]).await;
     let message = failed["error"]["message"].as_str().unwrap_or("").to_string();
     assert!(message.contains("0002_add_currency.sql"), "names the file: {message}");
@@ -745,7 +764,9 @@ async fn a_rollout_migrates_the_tenants_behind_within_its_concurrency_limit() {
         .send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({"service": "app", "concurrency": 1})))
         .await;
     assert_eq!(status, 202, "{rollout}");
-    assert_eq!(rollout["sagas"].as_array().map(Vec::len), Some(3), "every tenant behind: {rollout}");
+    // The answer comes at once: the rollout is a saga of its own that starts the tenants' sagas.
+    assert_eq!(rollout["saga_id"], rollout["rollout_id"], "{rollout}");
+    assert_eq!(rollout["sagas"], json!([]), "{rollout}");
     // At most one tenant.migrate saga runs at a time; all end ACTIVE at version 2.
     let mut most = 0;
     loop {
@@ -783,7 +804,8 @@ async fn a_rollout_migrates_the_tenants_behind_within_its_concurrency_limit() {
     }
     // Nobody is behind any more: a second rollout starts nothing.
     let (_, _, again) = app.send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({}))).await;
-    assert_eq!(again["sagas"], json!([]));
+    let progress = until_rollout_done(&app, &again).await;
+    assert_eq!((progress["total"].as_u64(), progress["fan_out"]["started"].as_u64()), (Some(0), Some(0)), "{progress}");
     let (status, _, body) =
         app.send(app.request(Method::POST, "/v1/migrations/rollout").json(&json!({"service": "nope"}))).await;
     assert_eq!(status, 422, "{body}");

@@ -1,5 +1,7 @@
-//! Tenant migrations across the fleet: `GET /v1/migrations`, `POST /v1/migrations/rollout`
-//! (one `tenant.migrate` saga per tenant behind, under one concurrency key) and its progress.
+//! Tenant migrations across the fleet: `GET /v1/migrations`, `POST /v1/migrations/rollout` and
+//! its progress. A rollout is a saga of its own (`tenant.rollout`, whose id is the rollout's):
+//! the request only starts it and answers at once; its fan-out step starts one `tenant.migrate`
+//! saga per tenant behind, under one concurrency key, durably — a crash midway resumes it.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -7,8 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use saga_core::tenant::TenantStatus;
-use saga_store::{TenantFilter, TenantRecord};
+use saga_core::SagaState;
+use saga_store::{SagaCreate, SagaCreated};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -16,11 +18,8 @@ use super::requests::*;
 use super::*;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::routes::common::{parse_body, parse_uuid};
+use crate::routes::common::{definition, parse_body, parse_uuid};
 use crate::state::AppState;
-
-/// The tenants a rollout starts at most.
-pub(super) const ROLLOUT_TENANTS_MAX: u32 = 10_000;
 
 pub(super) const ROLLOUT_CONCURRENCY_DEFAULT: u32 = 4;
 
@@ -44,21 +43,6 @@ pub async fn migrations(
         })
         .collect();
     Ok(Json(json!({"services": services})))
-}
-
-/// True when the tenant's recorded versions are behind the set's latest for any of `sets`.
-pub(super) fn is_behind(tenant: &TenantRecord, sets: &[tenancy::ServiceMigrations]) -> bool {
-    sets.iter().any(|set| {
-        let recorded = tenant
-            .migrations
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["service"] == json!(set.service))
-            .and_then(|m| m["version"].as_i64())
-            .unwrap_or(0);
-        recorded < set.latest_version()
-    })
 }
 
 pub async fn rollout(
@@ -104,45 +88,33 @@ pub async fn rollout(
         return Err(ApiError::validation("the rollout is invalid", errors.0));
     }
     let rollout_id = Uuid::now_v7();
-    let mut started = Vec::new();
-    let mut after_id = None;
-    loop {
-        let filter = TenantFilter {
-            status: Some(TenantStatus::Active),
-            tier: None,
-            after_id: after_id.clone(),
-            limit: saga_store::LIST_LIMIT_MAX,
-        };
-        let page = state.store.tenant_list(&filter).await?;
-        let Some(last) = page.last() else { break };
-        after_id = Some(last.id.clone());
-        for tenant in page.iter().filter(|t| is_behind(t, &sets)) {
-            if started.len() as u32 >= ROLLOUT_TENANTS_MAX {
-                break;
-            }
-            // The limit is a concurrency key shared by this rollout's sagas, enforced by the claim.
-            let started_saga = start_tenant_saga(
-                &state,
-                &tenant.id,
-                (TenantStatus::Migrating, vec![TenantStatus::Active]),
-                tenancy::definitions::MIGRATE,
-                json!({"tenant_id": tenant.id, "service": service, "rollout_id": rollout_id}),
-                Some((format!("rollout:{rollout_id}"), concurrency)),
-            )
-            .await;
-            match started_saga {
-                Ok((_, saga)) => started.push(json!({"tenant_id": tenant.id, "saga_id": saga.id})),
-                // It stopped being ACTIVE meanwhile: not part of this rollout.
-                Err(ApiError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if page.len() < saga_store::LIST_LIMIT_MAX as usize {
-            break;
-        }
+    let (version, definition) = definition(&state, tenancy::definitions::ROLLOUT, None).await?;
+    let now_ms = state.clock.now_ms();
+    let input = json!({"service": service, "concurrency": concurrency});
+    let create = SagaCreate {
+        id: rollout_id,
+        ..SagaCreate::new(
+            tenancy::definitions::ROLLOUT,
+            version,
+            input,
+            SagaState::started(&definition, now_ms),
+            now_ms,
+        )
+    };
+    match state.intake.create(create).await? {
+        SagaCreated::Created(_) => {}
+        other => return Err(ApiError::Internal(format!("the rollout saga was not created: {other:?}"))),
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"rollout_id": rollout_id, "concurrency": concurrency, "sagas": started})))
-        .into_response())
+    // `sagas` stays for clients of the synchronous rollout: the tenant sagas start in the
+    // background, so it is empty here; the progress route lists them.
+    let body = json!({
+        "rollout_id": rollout_id,
+        "saga_id": rollout_id,
+        "concurrency": concurrency,
+        "sagas": [],
+        "progress": format!("/v1/migrations/rollouts/{rollout_id}"),
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// The most sagas a rollout's progress lists.
@@ -157,6 +129,13 @@ pub async fn rollout_progress(
     principal.require_admin()?;
     tenancy(&state)?;
     let rollout_id = parse_uuid(&rollout_id, "rollout")?;
+    let fan_out = match state.store.saga_get(rollout_id).await {
+        Ok(saga) if saga.definition == tenancy::definitions::ROLLOUT => saga,
+        Ok(_) | Err(saga_store::StoreError::NotFound) => {
+            return Err(ApiError::NotFound(format!("rollout {rollout_id} does not exist")))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut sagas = Vec::new();
     let mut before_id = None;
     loop {
@@ -174,9 +153,6 @@ pub async fn rollout_progress(
             break;
         }
     }
-    if sagas.is_empty() {
-        return Err(ApiError::NotFound(format!("rollout {rollout_id} does not exist")));
-    }
     let mut statuses: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for saga in &sagas {
         *statuses.entry(saga.status.as_str()).or_default() += 1;
@@ -184,11 +160,19 @@ pub async fn rollout_progress(
     let finished = sagas.iter().filter(|s| s.status.is_terminal()).count();
     let items: Vec<Value> =
         sagas.iter().map(|s| json!({"tenant_id": s.tenant_id, "saga_id": s.id, "status": s.status.as_str()})).collect();
+    let fanned_out = fan_out.status.is_terminal();
+    let fan_out_view = json!({
+        "saga_id": fan_out.id,
+        "status": fan_out.status.as_str(),
+        "started": fan_out.state.steps.first().and_then(|s| s.output.as_ref()).and_then(|o| o.get("started").cloned()),
+        "error": fan_out.state.error.as_ref().map(|e| e.message.clone()),
+    });
     Ok(Json(json!({
         "rollout_id": rollout_id,
+        "fan_out": fan_out_view,
         "total": sagas.len(),
         "finished": finished,
-        "done": finished == sagas.len(),
+        "done": fanned_out && finished == sagas.len(),
         "statuses": statuses,
         "sagas": items,
     })))
