@@ -193,6 +193,21 @@ fn load_dir(dir: &Path, services: &mut BTreeMap<String, Vec<Migration>>) -> Resu
     Ok(())
 }
 
+/// True when the tenant's recorded versions (`[{service, version}]`) are behind the latest of
+/// any of `sets`.
+pub fn is_behind(recorded: &serde_json::Value, sets: &[ServiceMigrations]) -> bool {
+    sets.iter().any(|set| {
+        let version = recorded
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["service"] == serde_json::json!(set.service))
+            .and_then(|m| m["version"].as_i64())
+            .unwrap_or(0);
+        version < set.latest_version()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,19 +245,4 @@ mod tests {
         assert!(matches!(source.load(), Err(MigrationSetError::Invalid { .. })), "duplicate version");
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-/// True when the tenant's recorded versions (`[{service, version}]`) are behind the latest of
-/// any of `sets`.
-pub fn is_behind(recorded: &serde_json::Value, sets: &[ServiceMigrations]) -> bool {
-    sets.iter().any(|set| {
-        let version = recorded
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["service"] == serde_json::json!(set.service))
-            .and_then(|m| m["version"].as_i64())
-            .unwrap_or(0);
-        version < set.latest_version()
-    })
 }
