@@ -7,6 +7,7 @@ mod control;
 mod crash;
 mod fuzz;
 mod hardening;
+mod restart;
 mod sagas;
 mod tenants;
 
