@@ -275,7 +275,9 @@ impl PgTenantStorage {
     }
 
     /// The admin-owned table recording a tenant's migrations (in the admin's connection's
-    /// database), readable and appendable by the migration role only.
+    /// database), readable and appendable by the migration role only. The schema is made once;
+    /// `USAGE` on it is everyone's (it only resolves names — every table in it has its own
+    /// grants), so provisionings never queue on one catalog row to grant it.
     async fn ensure_bookkeeping(
         conn: &mut PgConnection,
         table_name: &str,
@@ -284,20 +286,35 @@ impl PgTenantStorage {
         let schema = quote_ident(BOOKKEEPING_SCHEMA);
         let table = format!("{schema}.{}", quote_ident(table_name));
         let m = quote_ident(migrator);
+        sqlx::Executor::execute(&mut *conn, "SET search_path = pg_catalog, pg_temp").await.map_err(backend)?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+            .bind(BOOKKEEPING_SCHEMA)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+        if !exists {
+            let sql = format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
+                 GRANT USAGE ON SCHEMA {schema} TO PUBLIC;"
+            );
+            match sqlx::Executor::execute(&mut *conn, sql.as_str()).await {
+                Ok(_) => {}
+                // Two tenants' first provisionings race on it; the loser's work exists.
+                Err(e) if is_code(&e, &["42P06", "23505", "XX000"]) => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
         let sql = format!(
-            "SET search_path = pg_catalog, pg_temp; \
-             CREATE SCHEMA IF NOT EXISTS {schema}; REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
-             CREATE TABLE IF NOT EXISTS {table} ( \
+            "CREATE TABLE IF NOT EXISTS {table} ( \
                service TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL, \
                applied_at BIGINT NOT NULL, PRIMARY KEY (service, version)); \
-             GRANT USAGE ON SCHEMA {schema} TO {m}; GRANT SELECT, INSERT ON {table} TO {m};"
+             GRANT SELECT, INSERT ON {table} TO {m};"
         );
         match sqlx::Executor::execute(&mut *conn, sql.as_str()).await {
             Ok(_) => Ok(table),
-            // Two tenants' first migrations race on the shared schema; the loser's work exists.
-            Err(e) if is_code(&e, &["42P06", "42P07", "23505"]) => {
-                let grants = format!("GRANT USAGE ON SCHEMA {schema} TO {m}; GRANT SELECT, INSERT ON {table} TO {m};");
-                sqlx::Executor::execute(&mut *conn, grants.as_str()).await.map_err(backend)?;
+            Err(e) if is_code(&e, &["42P07", "23505"]) => {
+                let grant = format!("GRANT SELECT, INSERT ON {table} TO {m};");
+                sqlx::Executor::execute(&mut *conn, grant.as_str()).await.map_err(backend)?;
                 Ok(table)
             }
             Err(e) => Err(backend(e)),
@@ -319,16 +336,10 @@ impl PgTenantStorage {
         let migrator = migrator_name(tenant_id);
         if let Some(Some(found)) = self.role_marker(&migrator).await? {
             if found == role_marker_text(tenant_id) {
-                // It owns nothing; its one grant outside the tenant's storage is on the schema of
-                // the records (PostgreSQL 15 gives its creator no membership for DROP OWNED).
-                let drop = format!(
-                    "DO $sp$ BEGIN IF to_regnamespace({schema}) IS NOT NULL THEN \
-                       EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', {schema}, {m_literal}); END IF; END $sp$; \
-                     DROP ROLE IF EXISTS {m}",
-                    schema = quote_literal(BOOKKEEPING_SCHEMA),
-                    m_literal = quote_literal(&migrator),
-                    m = quote_ident(&migrator)
-                );
+                // It owns nothing; its one grant outside the tenant's storage was on its record
+                // table, dropped with the storage (PostgreSQL 15 gives its creator no membership
+                // for DROP OWNED).
+                let drop = format!("DROP ROLE IF EXISTS {}", quote_ident(&migrator));
                 sqlx::raw_sql(&drop).execute(&self.admin).await.map_err(backend)?;
             }
         }
