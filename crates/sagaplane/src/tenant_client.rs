@@ -161,6 +161,10 @@ async fn follow_rollout(client: &Client, rollout_id: &str) -> anyhow::Result<Exi
                 println!("rollout stopped before every tenant was started ({total} were): {error}");
                 return Ok(ExitCode::from(2));
             }
+            if total == 0 {
+                println!("rollout done: no tenant was behind");
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("rollout done: {completed} of {total} tenant(s) migrated");
             return Ok(if completed == total { ExitCode::SUCCESS } else { ExitCode::from(2) });
         }
