@@ -52,7 +52,7 @@ async fn bad_input_is_refused_and_nothing_is_stored(backend: Backend) {
         definitions["items"].as_array().into_iter().flatten().filter_map(|d| d["name"].as_str()).collect();
     assert_eq!(
         stored,
-        vec!["tenant.deprovision", "tenant.migrate", "tenant.provision"],
+        vec!["tenant.deprovision", "tenant.migrate", "tenant.provision", "tenant.rollout"],
         "only the built-ins: nothing stored"
     );
 
@@ -191,7 +191,7 @@ async fn lists_filter_and_page(backend: Backend) {
     let (_, _, capped) = app.send(get("/v1/sagas?limit=100000")).await;
     assert_eq!(capped["items"].as_array().map(Vec::len), Some(5));
     let (_, _, definitions) = app.send(get("/v1/definitions")).await;
-    assert_eq!(definitions["items"].as_array().map(Vec::len), Some(2 + 3), "two plus the built-in tenant sagas");
+    assert_eq!(definitions["items"].as_array().map(Vec::len), Some(2 + 4), "two plus the built-in tenant sagas");
     let (s, _, v1) = app.send(get("/v1/definitions/one/versions/1")).await;
     assert_eq!((s, v1["version"].clone()), (200, json!(1)));
     // The same document in YAML is identical: 200, no new version.
