@@ -448,13 +448,7 @@ async fn apply_in(
     for migration in sorted {
         let file = migration.file_name();
         let mut tx = conn.begin().await.map_err(backend)?;
-        let applied: Option<String> =
-            sqlx::query_scalar(&format!("SELECT checksum FROM {table} WHERE service = $1 AND version = $2"))
-                .bind(&migration.service)
-                .bind(migration.version)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
+        let applied = recorded_checksum(&mut tx, table, migration).await?;
         if migration.is_applied(applied.as_deref())? {
             continue;
         }
@@ -473,13 +467,7 @@ async fn apply_in(
             // Applied meanwhile by another driver of this tenant: check it is this very file.
             Err(e) if is_code(&e, &["23505"]) => {
                 drop(tx);
-                let applied: Option<String> =
-                    sqlx::query_scalar(&format!("SELECT checksum FROM {table} WHERE service = $1 AND version = $2"))
-                        .bind(&migration.service)
-                        .bind(migration.version)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(backend)?;
+                let applied = recorded_checksum(&mut *conn, table, migration).await?;
                 migration.is_applied(applied.as_deref())?;
                 continue;
             }
@@ -513,6 +501,20 @@ async fn apply_in(
             })
         })
         .collect()
+}
+
+/// The checksum recorded for `migration` in `table`, if it was applied.
+async fn recorded_checksum(
+    conn: &mut PgConnection,
+    table: &str,
+    migration: &Migration,
+) -> Result<Option<String>, TenantStorageError> {
+    sqlx::query_scalar(&format!("SELECT checksum FROM {table} WHERE service = $1 AND version = $2"))
+        .bind(&migration.service)
+        .bind(migration.version)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)
 }
 
 /// Records kept by earlier releases in the tenant's own `sagaplane_migrations` (in `schema`)

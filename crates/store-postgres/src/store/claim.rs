@@ -10,6 +10,21 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::PostgresStore;
+
+/// `l`: the rows of this worker's leases (`$2` ids, `$3` tokens, `$4` worker), locked in id
+/// order — the order every multi-row write of `sagas` takes — with an optional `SKIP LOCKED`.
+macro_rules! leases_locked_in_id_order {
+    ($skip:literal) => {
+        concat!(
+            "WITH l AS MATERIALIZED ( \
+               SELECT s.id FROM sagas s JOIN UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
+                 ON s.id = u.id AND s.fencing_token = u.token \
+               WHERE s.lease_owner = $4 ORDER BY s.id FOR NO KEY UPDATE OF s ",
+            $skip,
+            ") "
+        )
+    };
+}
 use crate::rows::{self, db, SAGA_COLUMNS};
 
 #[async_trait]
@@ -67,14 +82,11 @@ impl LeaseStore for PostgresStore {
         // now is skipped this round (its driver is alive; the next heartbeat renews it), so a
         // heartbeat and a group commit can never deadlock over the same sagas.
         let renewed: Vec<(Uuid, Option<i64>)> = retry_deadlock(|| {
-            sqlx::query_as(
-                "WITH l AS MATERIALIZED ( \
-                   SELECT s.id FROM sagas s JOIN UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
-                     ON s.id = u.id AND s.fencing_token = u.token \
-                   WHERE s.lease_owner = $4 ORDER BY s.id FOR NO KEY UPDATE OF s SKIP LOCKED) \
-                 UPDATE sagas s SET lease_expires_at = $1, run_at = $1 FROM l WHERE s.id = l.id \
-                 RETURNING s.id, s.cancel_requested_at",
-            )
+            sqlx::query_as(concat!(
+                leases_locked_in_id_order!("SKIP LOCKED"),
+                "UPDATE sagas s SET lease_expires_at = $1, run_at = $1 FROM l WHERE s.id = l.id \
+                     RETURNING s.id, s.cancel_requested_at"
+            ))
             .bind(expires)
             .bind(&ids)
             .bind(&tokens)
@@ -111,13 +123,10 @@ impl LeaseStore for PostgresStore {
         }
         let (ids, tokens) = by_id(leases);
         retry_deadlock(|| {
-            sqlx::query(
-                "WITH l AS MATERIALIZED ( \
-                   SELECT s.id FROM sagas s JOIN UNNEST($2::uuid[], $3::bigint[]) AS u(id, token) \
-                     ON s.id = u.id AND s.fencing_token = u.token \
-                   WHERE s.lease_owner = $4 ORDER BY s.id FOR NO KEY UPDATE OF s) \
-                 UPDATE sagas s SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 FROM l WHERE s.id = l.id",
-            )
+            sqlx::query(concat!(
+                leases_locked_in_id_order!(""),
+                "UPDATE sagas s SET lease_owner = NULL, lease_expires_at = NULL, run_at = $1 FROM l WHERE s.id = l.id"
+            ))
             .bind(now_ms)
             .bind(&ids)
             .bind(&tokens)
