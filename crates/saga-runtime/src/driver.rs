@@ -86,6 +86,7 @@ async fn drive_inner(
                 worker_id: shared.config.worker_id.clone(),
                 wake_seq_seen: record.wake_seq,
                 tenant_change: None,
+                outbox: Vec::new(),
                 now_ms: shared.clock.now_ms(),
             };
             let _ = shared.committer.commit(commit).await;
@@ -516,6 +517,7 @@ async fn commit(
         let now_ms = shared.clock.now_ms();
         let tenant_change =
             shared.hook.as_ref().and_then(|hook| hook.tenant_change(&claimed.record, definition, state, &events));
+        let outbox = crate::outbox::events_of(&claimed.record, definition, state, &events);
         let commit = SagaCommit {
             id: claimed.record.id,
             tenant_id: claimed.record.tenant_id.clone(),
@@ -527,6 +529,7 @@ async fn commit(
             worker_id: shared.config.worker_id.clone(),
             wake_seq_seen: claimed.record.wake_seq,
             tenant_change,
+            outbox,
             now_ms,
         };
         match shared.committer.commit(commit).await {
@@ -572,6 +575,7 @@ async fn hand_back(
         // (a cancel or deadline applied just before shutdown may end a tenant saga).
         let tenant_change =
             shared.hook.as_ref().and_then(|hook| hook.tenant_change(&claimed.record, definition, state, pending));
+        let outbox = crate::outbox::events_of(&claimed.record, definition, state, pending);
         let commit = SagaCommit {
             id: claimed.record.id,
             tenant_id: claimed.record.tenant_id.clone(),
@@ -583,6 +587,7 @@ async fn hand_back(
             worker_id: shared.config.worker_id.clone(),
             wake_seq_seen: claimed.record.wake_seq,
             tenant_change,
+            outbox,
             now_ms,
         };
         // A refused commit (fenced, or a cancel to act on) is fine: the next driver redoes it.

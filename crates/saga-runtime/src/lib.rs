@@ -22,6 +22,7 @@ pub mod hub;
 pub mod instance;
 pub mod intake;
 pub mod metrics_names;
+mod outbox;
 mod shared;
 
 pub use clock::{Clock, SystemClock};

@@ -42,6 +42,8 @@ pub struct TenantTransition {
     pub from: Vec<TenantStatus>,
     pub error: Option<Value>,
     pub saga: Option<SagaCreate>,
+    /// The event reporting the change, written in the same transaction.
+    pub event: Option<crate::OutboxEvent>,
     pub now_ms: i64,
 }
 

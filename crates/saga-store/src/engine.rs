@@ -166,6 +166,9 @@ pub struct SagaCommit {
     /// A tenant status change this transition causes, written in the same transaction (and only
     /// if the transition itself is).
     pub tenant_change: Option<TenantChange>,
+    /// Events this transition reports (a terminal status, `core.emit`), written with it and only
+    /// if it is (API.md §7).
+    pub outbox: Vec<crate::OutboxEvent>,
     pub now_ms: i64,
 }
 
@@ -181,6 +184,8 @@ pub struct TenantChange {
     pub storage: Option<Value>,
     /// When set, replaces the tenant's `migrations`.
     pub migrations: Option<Value>,
+    /// The event reporting the change, written only if the change is applied.
+    pub event: Option<crate::OutboxEvent>,
 }
 
 impl TenantChange {

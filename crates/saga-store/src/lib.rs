@@ -1,6 +1,6 @@
 //! The store interfaces: everything Sagaplane persists, sized by concern — the engine's
 //! ([`engine`], what `saga-runtime` needs and nothing more), the control plane's ([`control`]),
-//! tenant storage ([`tenant_storage`]) — plus the one batching primitive ([`batch`]), saga
+//! tenant storage ([`tenant_storage`]), outbound delivery's ([`delivery`]) — plus the one batching primitive ([`batch`]), saga
 //! creation shared by every backend ([`creates`]), and the conformance suites every backend
 //! runs ([`conformance`]). The PostgreSQL and SQLite crates implement these traits; only the
 //! binary names them.
@@ -11,12 +11,14 @@ pub mod batch;
 pub mod conformance;
 pub mod control;
 pub mod creates;
+pub mod delivery;
 pub mod engine;
 pub mod tenant_storage;
 
 pub use batch::{next_batch, BatchWrite, Batcher, OnBatchError, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 pub use control::*;
 pub use creates::SagaCreates;
+pub use delivery::*;
 pub use engine::*;
 
 /// Limits named once.
@@ -83,9 +85,9 @@ pub trait SchemaStore: Send + Sync + 'static {
 }
 
 /// Everything Sagaplane persists: what the binary opens and the server holds.
-pub trait Store: SchemaStore + EngineStore + ControlStore {}
+pub trait Store: SchemaStore + EngineStore + ControlStore + DeliveryStore {}
 
-impl<T: SchemaStore + EngineStore + ControlStore + ?Sized> Store for T {}
+impl<T: SchemaStore + EngineStore + ControlStore + DeliveryStore + ?Sized> Store for T {}
 
 /// Clamps a user's `?limit=`.
 pub fn clamp_limit(limit: Option<u32>) -> u32 {
@@ -95,7 +97,7 @@ pub fn clamp_limit(limit: Option<u32>) -> u32 {
 /// The store traits, for `use saga_store::prelude::*` where their methods are called.
 pub mod prelude {
     pub use crate::{
-        ControlStore, DefinitionStore, EngineStore, LeaseStore, SagaStore, SchemaStore, SignalStore, Store,
-        TenantAccessStore, TenantStore, WebhookStore,
+        ControlStore, DefinitionStore, DeliveryStore, EngineStore, LeaseStore, SagaStore, SchemaStore, SignalStore,
+        Store, TenantAccessStore, TenantStore, WebhookStore,
     };
 }

@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "control", include_str!("../migrations/0002_control.sql")),
     (3, "tenants", include_str!("../migrations/0003_tenants.sql")),
     (4, "indexes", include_str!("../migrations/0004_indexes.sql")),
+    (5, "delivery", include_str!("../migrations/0005_delivery.sql")),
 ];
 
 fn latest() -> i64 {

@@ -36,6 +36,7 @@ fn change(tenant_id: &str, to: TenantStatus, error: Option<Value>) -> TenantChan
         error,
         storage: None,
         migrations: None,
+        event: None,
     }
 }
 

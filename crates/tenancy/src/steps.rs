@@ -240,6 +240,7 @@ impl TenantSteps {
                     from: vec![TenantStatus::Active],
                     error: None,
                     saga: Some(saga),
+                    event: None,
                     now_ms,
                 };
                 match self.store.tenant_transition(transition).await {

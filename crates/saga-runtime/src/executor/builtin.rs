@@ -1,4 +1,5 @@
-//! Native steps registered by name: `core.echo`, `core.fail`, `core.sleep`, and any the
+//! Native steps registered by name: `core.echo`, `core.fail`, `core.sleep`, `core.emit` (a
+//! custom outbound event, written by the step's commit — see `crate::outbox`), and any the
 //! embedding crate adds (the tenant steps).
 
 use std::collections::BTreeMap;
@@ -24,6 +25,28 @@ pub struct BuiltinRegistry {
     steps: BTreeMap<String, BuiltinFn>,
 }
 
+/// The builtin that emits a custom event: `input: {type, data}`.
+pub const EMIT: &str = "core.emit";
+
+/// The longest type name `core.emit` accepts.
+pub const EVENT_TYPE_MAX: usize = 100;
+
+/// Why `event_type` cannot be a custom event's type, if it cannot: it contains a dot and does
+/// not start with `tenant.` or `saga.` (those are Sagaplane's own), at most 100 characters of
+/// `[a-z0-9_.-]`.
+pub fn custom_event_type_error(event_type: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c);
+    if event_type.len() > EVENT_TYPE_MAX || !event_type.chars().all(allowed) || !event_type.contains('.') {
+        return Some(format!(
+            "event type {event_type:?} must be at most {EVENT_TYPE_MAX} characters of a-z, 0-9, _ . - and contain a dot"
+        ));
+    }
+    if event_type.starts_with("tenant.") || event_type.starts_with("saga.") || event_type.starts_with("subscription.") {
+        return Some(format!("event type {event_type:?} is Sagaplane's own (tenant., saga., subscription.)"));
+    }
+    None
+}
+
 /// The longest `core.sleep` accepts.
 pub const SLEEP_MAX_MS: u64 = 24 * 3600 * 1000;
 
@@ -34,6 +57,7 @@ impl BuiltinRegistry {
         registry.register("core.echo", Arc::new(|input, _| Box::pin(async move { Outcome::Succeeded(input) })));
         registry.register("core.fail", Arc::new(|input, _| Box::pin(async move { core_fail(&input) })));
         registry.register("core.sleep", Arc::new(|input, _| Box::pin(core_sleep(input))));
+        registry.register(EMIT, Arc::new(|input, _| Box::pin(async move { core_emit(input) })));
         registry
     }
 
@@ -56,6 +80,16 @@ impl BuiltinRegistry {
 fn core_fail(input: &Value) -> Outcome {
     let message = input.get("message").and_then(Value::as_str).unwrap_or("core.fail").to_string();
     Outcome::Failed { kind: FailureKind::NonRetryable, message }
+}
+
+/// Checks the event and hands it to the commit as the step's output.
+fn core_emit(input: Value) -> Outcome {
+    let event_type = input.get("type").and_then(Value::as_str).unwrap_or_default();
+    if let Some(message) = custom_event_type_error(event_type) {
+        return Outcome::Failed { kind: FailureKind::NonRetryable, message: format!("core.emit: {message}") };
+    }
+    let data = input.get("data").cloned().unwrap_or(Value::Null);
+    Outcome::Succeeded(json!({"type": event_type, "data": data}))
 }
 
 async fn core_sleep(input: Value) -> Outcome {

@@ -11,7 +11,7 @@ use super::fixtures::{claim_one, commit, create_params};
 use super::{db, ensure, CheckResult};
 use crate::{CommitOutcome, SagaCreate, SagaFilter, SagaOperatorUpdate, Store, StoreError};
 
-fn tenant(id: &str, now_ms: i64) -> crate::TenantRecord {
+pub(super) fn tenant(id: &str, now_ms: i64) -> crate::TenantRecord {
     use saga_core::tenant::{SlaTier, StorageMode, TenantStatus, Tier};
     crate::TenantRecord {
         id: id.into(),
@@ -32,7 +32,7 @@ fn tenant(id: &str, now_ms: i64) -> crate::TenantRecord {
     }
 }
 
-fn tenant_saga(id: &str, now_ms: i64) -> SagaCreate {
+pub(super) fn tenant_saga(id: &str, now_ms: i64) -> SagaCreate {
     SagaCreate { tenant_id: Some(id.into()), ..create_params(now_ms) }
 }
 
@@ -63,6 +63,7 @@ pub async fn tenants_are_created_with_their_saga_and_change_status_conditionally
             from: vec![TenantStatus::Active],
             error: None,
             saga: Some(tenant_saga("acme", 4)),
+            event: None,
             now_ms: 4,
         })
         .await;
@@ -78,6 +79,7 @@ pub async fn tenants_are_created_with_their_saga_and_change_status_conditionally
             from: TenantStatus::sources_of(TenantStatus::Deprovisioning),
             error: None,
             saga: Some(saga),
+            event: None,
             now_ms: 5,
         })
         .await)?;
@@ -108,6 +110,7 @@ pub async fn an_operator_update_changes_its_tenant_with_it_or_not_at_all(store: 
             error: None,
             storage: None,
             migrations: None,
+            event: None,
         }),
         now_ms: 5,
     };
@@ -138,6 +141,7 @@ pub async fn tenant_changes_commit_with_the_transition_or_not_at_all(store: Arc<
         error: None,
         storage: Some(json!({"backend": "postgres", "location": "schema tenant_acme"})),
         migrations: None,
+        event: None,
     };
     // A fenced (stale) commit changes nothing, tenant included.
     let mut stale = commit(saga.id, claimed.record.fencing_token - 1, claimed.record.state.clone(), 1, vec![]);

@@ -46,6 +46,7 @@ pub(super) fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events
         worker_id: "w1".into(),
         wake_seq_seen: 0,
         tenant_change: None,
+        outbox: Vec::new(),
         now_ms,
     }
 }

@@ -4,12 +4,13 @@
 //!
 //! A backend's integration tests instantiate them with a factory for fresh stores:
 //! `saga_store::store_conformance!(fresh_store);` makes the module `store_conformance` with one
-//! test per check of [`engine`] and [`control`]; `saga_store::tenant_storage_conformance!(fresh,
+//! test per check of the engine's, the control plane's and delivery's ([`delivery`]) stores; `saga_store::tenant_storage_conformance!(fresh,
 //! schema: Schema, …)` makes `tenant_storage_conformance::<mode>::<check>` for
 //! each storage mode the backend offers (see [`tenant_storage`]).
 
 pub mod claims;
 pub mod control;
+pub mod delivery;
 mod fixtures;
 pub mod sagas;
 pub mod signals;
@@ -17,6 +18,7 @@ pub mod tenant_storage;
 
 pub use claims::*;
 pub use control::*;
+pub use delivery::*;
 pub use sagas::*;
 pub use signals::*;
 
@@ -71,6 +73,12 @@ macro_rules! store_conformance {
             an_operator_update_changes_its_tenant_with_it_or_not_at_all,
             tenant_keys_users_and_webhook_receipts,
             tenant_keys_are_capped_per_tenant,
+            subscriptions_are_stored_patched_rotated_and_deleted,
+            events_reach_exactly_the_subscriptions_that_want_them,
+            a_transitions_events_are_written_with_it_or_not_at_all,
+            a_refused_tenant_change_emits_nothing,
+            deliveries_are_claimed_newest_first_once_and_fenced,
+            failed_attempts_retry_then_die_and_are_replayed_and_recovered,
         );
     };
     (@tests $fresh:ident; $($check:ident),* $(,)?) => {

@@ -3,10 +3,11 @@
 //! changes and their history rows.
 
 use saga_core::HistoryEvent;
-use saga_store::{CommitOutcome, SagaCommit, StoreResult, TenantChange};
+use saga_store::{CommitOutcome, OutboxEvent, SagaCommit, StoreResult, TenantChange};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::delivery::OutboxColumns;
 use super::PostgresStore;
 use crate::rows::{db, json_text};
 
@@ -122,6 +123,11 @@ struct CommitColumns {
     wake_seen: Vec<i64>,
     cancel_seen: Vec<bool>,
     tenants: TenantChangeColumns,
+    /// Outbox events, with the commit each belongs to and whether it reports a tenant change.
+    outbox: OutboxColumns,
+    outbox_saga_ids: Vec<Uuid>,
+    outbox_tokens: Vec<i64>,
+    outbox_on_change: Vec<bool>,
     /// Per history row: its saga, the token it is fenced on, and its distance from the saga's
     /// new last `seq` (the last event of a commit is 0).
     event_saga_ids: Vec<Uuid>,
@@ -131,6 +137,14 @@ struct CommitColumns {
 }
 
 impl CommitColumns {
+    fn push_outbox(&mut self, commit: &SagaCommit, event: &OutboxEvent, on_change: bool) -> StoreResult<()> {
+        self.outbox.push(event)?;
+        self.outbox_saga_ids.push(commit.id);
+        self.outbox_tokens.push(commit.fencing_token);
+        self.outbox_on_change.push(on_change);
+        Ok(())
+    }
+
     fn build(commits: &[SagaCommit]) -> StoreResult<Self> {
         let n = commits.len();
         let mut batch = CommitColumns {
@@ -146,6 +160,10 @@ impl CommitColumns {
             wake_seen: Vec::with_capacity(n),
             cancel_seen: Vec::with_capacity(n),
             tenants: TenantChangeColumns::default(),
+            outbox: OutboxColumns::default(),
+            outbox_saga_ids: Vec::new(),
+            outbox_tokens: Vec::new(),
+            outbox_on_change: Vec::new(),
             event_saga_ids: Vec::new(),
             event_tokens: Vec::new(),
             event_from_end: Vec::new(),
@@ -173,6 +191,12 @@ impl CommitColumns {
             batch.cancel_seen.push(commit.state.cancel_requested_at_ms.is_some());
             if let Some(change) = &commit.tenant_change {
                 batch.tenants.push(commit, change)?;
+                if let Some(event) = &change.event {
+                    batch.push_outbox(commit, event, true)?;
+                }
+            }
+            for event in &commit.outbox {
+                batch.push_outbox(commit, event, false)?;
             }
             for offset in 0..count {
                 batch.event_saga_ids.push(commit.id);
@@ -216,14 +240,9 @@ macro_rules! commit_head {
     };
 }
 
-/// The fenced update of a batch and its history rows, in one statement (`$1`–`$21`). The
-/// variant for batches that carry tenant changes adds them (`$22`–`$32`); a batch without any
-/// skips those CTEs (measured: they cost saga3 about 7% when always present).
-const COMMIT_SQL: &str = concat!(commit_head!(), " SELECT id, fencing_token, FALSE AS refused FROM u");
-
-const COMMIT_WITH_TENANTS_SQL: &str = concat!(
-    commit_head!(),
-    ", \
+/// The tenant changes riding on a batch (`$22`–`$32`): each applied only when the tenant is in
+/// one of its allowed statuses, and recorded either way.
+const TENANT_CTES: &str = ", \
              tc AS ( \
                SELECT c.*, tn.status AS found FROM UNNEST($22::uuid[], $23::bigint[], $24::text[], $25::text[], $26::text[], \
                                       $27::text[], $28::text[], $29::text[], $30::bigint[], $31::text[], $32::text[]) \
@@ -246,11 +265,61 @@ const COMMIT_WITH_TENANTS_SQL: &str = concat!(
                                          'from', to_jsonb(string_to_array(tc.allowed, ',')), 'found', tc.found), \
                       tc.now \
                FROM tc JOIN u ON u.id = tc.saga_id LEFT JOIN t ON t.saga_id = tc.saga_id \
-               RETURNING saga_id, kind) \
-             SELECT u.id, u.fencing_token, \
+               RETURNING saga_id, kind)";
+
+const PLAIN_RESULT: &str = " SELECT id, fencing_token, FALSE AS refused FROM u";
+
+const TENANT_RESULT: &str = " SELECT u.id, u.fencing_token, \
                     EXISTS (SELECT 1 FROM r WHERE r.saga_id = u.id AND r.kind = 'tenant_change_refused') AS refused \
-             FROM u"
-);
+             FROM u";
+
+/// The outbox of a batch (8 arrays from `$first`): events of the commits that were written, a
+/// tenant change's event only if the change was applied, fanned out to the subscriptions.
+fn outbox_ctes(first: u32, with_tenants: bool) -> String {
+    let p: Vec<u32> = (first..first + 8).collect();
+    let applied = if with_tenants { " OR EXISTS (SELECT 1 FROM t WHERE t.saga_id = e.saga_id)" } else { "" };
+    format!(
+        ", ev AS ( \
+           SELECT e.id, e.type, e.tenant_id, e.data, e.at \
+           FROM UNNEST(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::bigint[], ${}::uuid[], ${}::bigint[], ${}::bool[]) \
+                AS e(id, type, tenant_id, data, at, saga_id, token, on_change) \
+           JOIN u ON u.id = e.saga_id AND u.fencing_token = e.token \
+           WHERE NOT e.on_change{applied}), {}",
+        p[0],
+        p[1],
+        p[2],
+        p[3],
+        p[4],
+        p[5],
+        p[6],
+        p[7],
+        super::delivery::outbox_fan_out!()
+    )
+}
+
+/// The statement for a batch: the fenced update and history (`$1`–`$21`), plus the tenant
+/// changes and the outbox only in batches that carry them (measured: the tenant CTEs cost saga3
+/// about 7% when always present).
+fn commit_sql(with_tenants: bool, with_outbox: bool) -> &'static str {
+    static VARIANTS: [std::sync::OnceLock<String>; 4] = [
+        std::sync::OnceLock::new(),
+        std::sync::OnceLock::new(),
+        std::sync::OnceLock::new(),
+        std::sync::OnceLock::new(),
+    ];
+    let index = usize::from(with_tenants) * 2 + usize::from(with_outbox);
+    VARIANTS[index].get_or_init(|| {
+        let mut sql = commit_head!().to_string();
+        if with_tenants {
+            sql.push_str(TENANT_CTES);
+        }
+        if with_outbox {
+            sql.push_str(&outbox_ctes(if with_tenants { 33 } else { 22 }, with_tenants));
+        }
+        sql.push_str(if with_tenants { TENANT_RESULT } else { PLAIN_RESULT });
+        sql
+    })
+}
 
 impl PostgresStore {
     pub(super) async fn commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>> {
@@ -259,7 +328,8 @@ impl PostgresStore {
         }
         let batch = CommitColumns::build(commits)?;
         let with_tenants = !batch.tenants.saga_ids.is_empty();
-        let sql = if with_tenants { COMMIT_WITH_TENANTS_SQL } else { COMMIT_SQL };
+        let with_outbox = !batch.outbox.ids.is_empty();
+        let sql = commit_sql(with_tenants, with_outbox);
         // One statement, so one round trip and one commit for the whole batch: the fenced update,
         // and the history rows of exactly the commits whose token still matched.
         let mut query = sqlx::query(sql)
@@ -297,6 +367,17 @@ impl PostgresStore {
                 .bind(batch.tenants.nows)
                 .bind(batch.tenants.saga_tenant_ids)
                 .bind(batch.tenants.workers);
+        }
+        if with_outbox {
+            query = query
+                .bind(batch.outbox.ids)
+                .bind(batch.outbox.types)
+                .bind(batch.outbox.tenant_ids)
+                .bind(batch.outbox.data)
+                .bind(batch.outbox.ats)
+                .bind(batch.outbox_saga_ids)
+                .bind(batch.outbox_tokens)
+                .bind(batch.outbox_on_change);
         }
         let rows = query.fetch_all(&self.pool).await.map_err(db)?;
         let mut committed = std::collections::HashSet::with_capacity(rows.len());

@@ -22,6 +22,7 @@ mod claim;
 mod commit;
 pub(crate) mod creates;
 mod definitions;
+mod delivery;
 mod sagas;
 mod signals;
 mod tenants;

@@ -113,6 +113,9 @@ impl TenantStore for PostgresStore {
             }
             None => None,
         };
+        if let Some(event) = &transition.event {
+            super::delivery::fan_out(&mut tx, std::slice::from_ref(event)).await?;
+        }
         tx.commit().await.map_err(db)?;
         if saga.is_some() {
             self.announce_work();

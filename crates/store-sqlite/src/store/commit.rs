@@ -72,6 +72,7 @@ impl SqliteStore {
                 &commit.events,
             )
             .await?;
+            super::delivery::fan_out(&mut tx, &commit.outbox).await?;
             if let Some(change) = &commit.tenant_change {
                 let found: Option<String> = sqlx::query_scalar("SELECT status FROM tenants WHERE id = ?")
                     .bind(&change.tenant_id)
@@ -81,6 +82,9 @@ impl SqliteStore {
                 let applied = tenant_change_apply(&mut tx, change, commit.now_ms).await? > 0;
                 if !applied {
                     tracing::warn!(saga_id = %commit.id, "the tenant status change of this transition was refused: the tenant is in another status (recorded as tenant_change_refused)");
+                }
+                if let (true, Some(event)) = (applied, &change.event) {
+                    super::delivery::fan_out(&mut tx, std::slice::from_ref(event)).await?;
                 }
                 let event = change.recorded(applied, found.as_deref(), commit.now_ms);
                 insert_events(&mut tx, &id, commit.tenant_id.as_deref(), last_seq, Some(&commit.worker_id), &[event])

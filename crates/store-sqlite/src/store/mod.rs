@@ -22,6 +22,7 @@ mod claim;
 mod commit;
 pub(crate) mod creates;
 mod definitions;
+mod delivery;
 mod history;
 mod sagas;
 mod signals;

@@ -294,6 +294,7 @@ pub(super) async fn set_access(
         from: vec![tenant.status],
         error: None,
         saga: None,
+        event: None,
         now_ms: state.clock.now_ms(),
     };
     let (updated, _) = state.store.tenant_transition(transition).await?;

@@ -83,8 +83,15 @@ async fn start_tenant_saga(
     concurrency: Option<(String, u32)>,
 ) -> Result<(TenantRecord, saga_store::SagaRecord), ApiError> {
     let saga = tenant_saga(state, definition, id, input, concurrency).await?;
-    let transition =
-        TenantTransition { id: id.to_string(), to, from, error: None, saga: Some(saga), now_ms: state.clock.now_ms() };
+    let transition = TenantTransition {
+        id: id.to_string(),
+        to,
+        from,
+        error: None,
+        saga: Some(saga),
+        event: None,
+        now_ms: state.clock.now_ms(),
+    };
     match state.store.tenant_transition(transition).await? {
         (tenant, Some(saga)) => Ok((tenant, saga)),
         (_, None) => Err(ApiError::Internal("the tenant moved but its saga was not started".into())),

@@ -1,0 +1,248 @@
+//! Checks of outbound delivery: subscriptions, the outbox fan-out (with a change or not at all),
+//! claims of due deliveries (newest first, once, fenced), attempts, replay and recovery.
+
+use std::sync::Arc;
+
+use saga_core::tenant::TenantStatus;
+use saga_core::SagaState;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::fixtures::{claim_one, commit, create, definition};
+use super::{db, ensure, CheckResult};
+use crate::{
+    CommitOutcome, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryStatus,
+    Destination, OutboxEvent, Store, StoreError, SubscriptionPatch, SubscriptionRecord, SubscriptionStatus,
+};
+
+fn subscription(url: &str, events: &[&str], tenant: Option<&str>, now_ms: i64) -> SubscriptionRecord {
+    SubscriptionRecord {
+        id: Uuid::now_v7(),
+        destination: Destination::Url(url.into()),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        tenant_id: tenant.map(str::to_string),
+        status: SubscriptionStatus::Active,
+        rate_limit_per_s: None,
+        secret: format!("whsec_{}", Uuid::now_v7().simple()),
+        previous_secret: None,
+        previous_secret_until_ms: None,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    }
+}
+
+fn claim(worker: &str, limit: u32, now_ms: i64) -> DeliveryClaimParams {
+    DeliveryClaimParams {
+        worker_id: worker.into(),
+        limit,
+        now_ms,
+        lease_ttl_ms: 30_000,
+        skip_subscriptions: Vec::new(),
+    }
+}
+
+async fn deliveries_of(store: &dyn Store, subscription: Uuid) -> Result<Vec<crate::DeliveryRecord>, String> {
+    let filter = DeliveryFilter { subscription_id: Some(subscription), limit: 100, ..Default::default() };
+    db(store.delivery_list(&filter).await)
+}
+
+pub async fn subscriptions_are_stored_patched_rotated_and_deleted(store: Arc<dyn Store>) -> CheckResult {
+    let mut nats = subscription("unused", &["tenant.activated"], Some("acme"), 1);
+    nats.destination = Destination::Nats { url: "nats://127.0.0.1:4222".into(), subject: "events.acme".into() };
+    let web = subscription("http://127.0.0.1:9/hook", &["*"], None, 2);
+    db(store.subscription_create(&nats).await)?;
+    db(store.subscription_create(&web).await)?;
+    ensure!(db(store.subscription_get(nats.id).await)? == nats, "read back as written");
+    let all = db(store.subscription_list(&crate::SubscriptionFilter { limit: 10, ..Default::default() }).await)?;
+    ensure!(all.len() == 2 && all[0].id == web.id, "newest first: {all:?}");
+    let filter = crate::SubscriptionFilter { tenant_id: Some("acme".into()), limit: 10, ..Default::default() };
+    ensure!(db(store.subscription_list(&filter).await)?.len() == 1, "by tenant");
+    let patch = SubscriptionPatch {
+        events: Some(vec!["saga.failed".into()]),
+        status: Some(SubscriptionStatus::Disabled),
+        rate_limit_per_s: Some(Some(5)),
+    };
+    let patched = db(store.subscription_patch(web.id, &patch, 3).await)?;
+    ensure!(patched.events == vec!["saga.failed"] && patched.status == SubscriptionStatus::Disabled, "{patched:?}");
+    ensure!(patched.rate_limit_per_s == Some(5) && patched.updated_at_ms == 3, "{patched:?}");
+    let cleared = SubscriptionPatch { rate_limit_per_s: Some(None), ..Default::default() };
+    ensure!(db(store.subscription_patch(web.id, &cleared, 4).await)?.rate_limit_per_s.is_none(), "limit removed");
+    let rotated = db(store.subscription_rotate_secret(web.id, "whsec_new", 86_400_004, 4).await)?;
+    ensure!(
+        rotated.secret == "whsec_new" && rotated.previous_secret.as_deref() == Some(web.secret.as_str()),
+        "rotated"
+    );
+    ensure!(rotated.previous_secret_until_ms == Some(86_400_004), "{rotated:?}");
+    db(store.subscription_delete(web.id, 5).await)?;
+    ensure!(matches!(store.subscription_get(web.id).await, Err(StoreError::NotFound)), "deleted");
+    ensure!(matches!(store.subscription_delete(web.id, 6).await, Err(StoreError::NotFound)), "deleted twice");
+    Ok(())
+}
+
+pub async fn events_reach_exactly_the_subscriptions_that_want_them(store: Arc<dyn Store>) -> CheckResult {
+    let every = subscription("http://a", &["*"], None, 1);
+    let failures = subscription("http://b", &["saga.failed"], None, 1);
+    let acme = subscription("http://c", &["*"], Some("acme"), 1);
+    let mut off = subscription("http://d", &["*"], None, 1);
+    off.status = SubscriptionStatus::Disabled;
+    for s in [&every, &failures, &acme, &off] {
+        db(store.subscription_create(s).await)?;
+    }
+    let acme_done = OutboxEvent::new("saga.completed", Some("acme"), json!({"n": 1}), 10);
+    let beta_failed = OutboxEvent::new("saga.failed", Some("beta"), json!({"n": 2}), 11);
+    let nobody = OutboxEvent::new("order.shipped", Some("beta"), json!({}), 12);
+    db(store.events_append(&[acme_done.clone(), beta_failed.clone()]).await)?;
+    db(store.subscription_delete(every.id, 13).await)?;
+    db(store.events_append(&[nobody]).await)?;
+    let event_ids = |ds: Vec<crate::DeliveryRecord>| ds.into_iter().map(|d| d.event_id).collect::<Vec<_>>();
+    let to_failures = event_ids(deliveries_of(store.as_ref(), failures.id).await?);
+    ensure!(to_failures == vec![beta_failed.id], "exact type: {to_failures:?}");
+    let to_acme = event_ids(deliveries_of(store.as_ref(), acme.id).await?);
+    ensure!(to_acme == vec![acme_done.id], "a tenant's subscription gets its tenant's events only: {to_acme:?}");
+    ensure!(deliveries_of(store.as_ref(), off.id).await?.is_empty(), "a disabled subscription gets nothing");
+    let every_ones = deliveries_of(store.as_ref(), every.id).await?;
+    ensure!(every_ones.len() == 2, "{every_ones:?}");
+    ensure!(every_ones.iter().all(|d| d.status == DeliveryStatus::Dead), "deleted subscription's deliveries end dead");
+    let pending = DeliveryFilter { status: Some(DeliveryStatus::Pending), limit: 100, ..Default::default() };
+    ensure!(db(store.delivery_list(&pending).await)?.len() == 2, "nobody wanted order.shipped after the delete");
+    let delivery = &deliveries_of(store.as_ref(), acme.id).await?[0];
+    ensure!(delivery.event_type == "saga.completed" && delivery.tenant_id.as_deref() == Some("acme"), "{delivery:?}");
+    ensure!(delivery.attempts == 0 && delivery.next_attempt_at_ms == 10, "due at the event's time: {delivery:?}");
+    Ok(())
+}
+
+pub async fn a_transitions_events_are_written_with_it_or_not_at_all(store: Arc<dyn Store>) -> CheckResult {
+    let every = subscription("http://a", &["*"], None, 0);
+    db(store.subscription_create(&every).await)?;
+    create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    let mut written = commit(claimed.record.id, claimed.record.fencing_token, SagaState::new(&definition()), 5, vec![]);
+    written.outbox = vec![OutboxEvent::new("order.placed", None, json!({"n": 1}), 5)];
+    let mut stale = written.clone();
+    stale.fencing_token += 7;
+    stale.outbox = vec![OutboxEvent::new("order.placed", None, json!({"n": 2}), 5)];
+    let outcomes = db(store.saga_commit_batch(&[written.clone(), stale]).await)?;
+    ensure!(outcomes == vec![CommitOutcome::Committed, CommitOutcome::Fenced], "{outcomes:?}");
+    let delivered: Vec<Uuid> = deliveries_of(store.as_ref(), every.id).await?.into_iter().map(|d| d.event_id).collect();
+    ensure!(delivered == vec![written.outbox[0].id], "only the written commit's event: {delivered:?}");
+    Ok(())
+}
+
+pub async fn a_refused_tenant_change_emits_nothing(store: Arc<dyn Store>) -> CheckResult {
+    let every = subscription("http://a", &["*"], None, 0);
+    db(store.subscription_create(&every).await)?;
+    let tenant = super::control::tenant("acme", 0);
+    let (_, saga) = db(store.tenant_create(tenant, super::control::tenant_saga("acme", 0)).await)?;
+    let claimed = claim_one(store.as_ref(), 1).await?;
+    ensure!(claimed.record.id == saga.id, "claimed the tenant's saga");
+    let change = |to: TenantStatus, event_type: &str| crate::TenantChange {
+        tenant_id: "acme".into(),
+        to,
+        from: vec![TenantStatus::Provisioning],
+        error: None,
+        storage: None,
+        migrations: None,
+        event: Some(OutboxEvent::new(event_type, Some("acme"), json!({}), 2)),
+    };
+    let mut refused = commit(claimed.record.id, claimed.record.fencing_token, claimed.record.state.clone(), 2, vec![]);
+    // The tenant is PROVISIONING: a change allowed only from ACTIVE is refused, and so is its event.
+    refused.tenant_change = Some(crate::TenantChange {
+        from: vec![TenantStatus::Active],
+        ..change(TenantStatus::Suspended, "tenant.suspended")
+    });
+    db(store.saga_commit_batch(&[refused]).await)?;
+    ensure!(deliveries_of(store.as_ref(), every.id).await?.is_empty(), "a refused change emitted an event");
+    let mut applied = commit(claimed.record.id, claimed.record.fencing_token, claimed.record.state.clone(), 3, vec![]);
+    applied.tenant_change = Some(change(TenantStatus::Migrating, "tenant.migrating"));
+    db(store.saga_commit_batch(&[applied]).await)?;
+    let delivered = deliveries_of(store.as_ref(), every.id).await?;
+    ensure!(delivered.len() == 1 && delivered[0].event_type == "tenant.migrating", "{delivered:?}");
+    Ok(())
+}
+
+pub async fn deliveries_are_claimed_newest_first_once_and_fenced(store: Arc<dyn Store>) -> CheckResult {
+    let fast = subscription("http://fast", &["*"], None, 0);
+    let slow = subscription("http://slow", &["*"], None, 0);
+    db(store.subscription_create(&fast).await)?;
+    db(store.subscription_create(&slow).await)?;
+    let events: Vec<OutboxEvent> =
+        (0..3).map(|n| OutboxEvent::new("order.placed", None, json!({"n": n}), 100 + n)).collect();
+    db(store.events_append(&events).await)?;
+    ensure!(db(store.delivery_claim_due(&claim("w1", 10, 99)).await)?.is_empty(), "claimed before due");
+    let mut skip_slow = claim("w1", 2, 200);
+    skip_slow.skip_subscriptions = vec![slow.id];
+    let first = db(store.delivery_claim_due(&skip_slow).await)?;
+    let numbers: Vec<i64> = first.iter().filter_map(|c| c.event_data["n"].as_i64()).collect();
+    ensure!(numbers == vec![2, 1], "newest first, skipped subscription left out: {numbers:?}");
+    ensure!(first.iter().all(|c| c.subscription.id == fast.id && c.event_at_ms >= 101), "{first:?}");
+    let rest = db(store.delivery_claim_due(&claim("w2", 10, 200)).await)?;
+    ensure!(rest.len() == 4, "the others, once each: {}", rest.len());
+    ensure!(db(store.delivery_claim_due(&claim("w3", 10, 200)).await)?.is_empty(), "nothing claimed twice");
+    // The lease ends: claimed again with a new token; the old claimant's attempt is refused.
+    let stale = &first[0];
+    let again = db(store.delivery_claim_due(&claim("w2", 10, 200 + 30_000)).await)?;
+    let taken = again.iter().find(|c| c.delivery.id == stale.delivery.id).ok_or("lease did not end")?;
+    ensure!(taken.fencing_token > stale.fencing_token, "token bumped");
+    let attempt = |c: &crate::ClaimedDelivery, status: DeliveryStatus, at_ms: i64| DeliveryAttemptResult {
+        id: c.delivery.id,
+        fencing_token: c.fencing_token,
+        status,
+        next_attempt_at_ms: at_ms + 60_000,
+        attempt: DeliveryAttemptRecord { n: 0, at_ms, status_code: Some(200), error: None, duration_ms: 3 },
+    };
+    ensure!(!db(store.delivery_attempt_record(&attempt(stale, DeliveryStatus::Succeeded, 30_300)).await)?, "fenced");
+    ensure!(db(store.delivery_attempt_record(&attempt(taken, DeliveryStatus::Succeeded, 30_300)).await)?, "recorded");
+    let (record, attempts) = db(store.delivery_get(taken.delivery.id).await)?;
+    ensure!(record.status == DeliveryStatus::Succeeded && record.delivered_at_ms == Some(30_300), "{record:?}");
+    ensure!(attempts.len() == 1 && attempts[0].n == 1 && attempts[0].status_code == Some(200), "{attempts:?}");
+    Ok(())
+}
+
+pub async fn failed_attempts_retry_then_die_and_are_replayed_and_recovered(store: Arc<dyn Store>) -> CheckResult {
+    let hook = subscription("http://down", &["*"], None, 0);
+    db(store.subscription_create(&hook).await)?;
+    let events: Vec<OutboxEvent> =
+        (0..2).map(|n| OutboxEvent::new("order.placed", None, json!({"n": n}), 10 + n)).collect();
+    db(store.events_append(&events).await)?;
+    let fail = |c: &crate::ClaimedDelivery, status: DeliveryStatus, at_ms: i64| DeliveryAttemptResult {
+        id: c.delivery.id,
+        fencing_token: c.fencing_token,
+        status,
+        next_attempt_at_ms: at_ms + 1_000,
+        attempt: DeliveryAttemptRecord {
+            n: 0,
+            at_ms,
+            status_code: Some(503),
+            error: Some("participant answered 503".into()),
+            duration_ms: 4,
+        },
+    };
+    let claimed = db(store.delivery_claim_due(&claim("w1", 10, 100)).await)?;
+    ensure!(claimed.len() == 2, "both due");
+    for c in &claimed {
+        ensure!(db(store.delivery_attempt_record(&fail(c, DeliveryStatus::Pending, 100)).await)?, "retry recorded");
+    }
+    ensure!(db(store.delivery_claim_due(&claim("w1", 10, 1_099)).await)?.is_empty(), "not due before the retry");
+    let again = db(store.delivery_claim_due(&claim("w1", 10, 1_100)).await)?;
+    for c in &again {
+        ensure!(db(store.delivery_attempt_record(&fail(c, DeliveryStatus::Dead, 1_100)).await)?, "dead recorded");
+    }
+    let (dead, attempts) = db(store.delivery_get(again[0].delivery.id).await)?;
+    ensure!(dead.status == DeliveryStatus::Dead && dead.attempts == 2, "{dead:?}");
+    ensure!(dead.last_error.as_deref() == Some("participant answered 503"), "{dead:?}");
+    ensure!(attempts.iter().map(|a| a.n).collect::<Vec<_>>() == vec![1, 2], "{attempts:?}");
+    ensure!(
+        db(store.delivery_claim_due(&claim("w1", 10, 999_999)).await)?.is_empty(),
+        "a dead delivery is not claimed"
+    );
+    let replayed = db(store.delivery_replay(dead.id, 2_000).await)?;
+    ensure!(replayed.status == DeliveryStatus::Pending && replayed.attempts_before_replay == 2, "{replayed:?}");
+    ensure!(matches!(store.delivery_replay(dead.id, 2_001).await, Err(StoreError::Conflict(_))), "only dead ones");
+    let recovered = db(store.deliveries_recover(hook.id, 11, 2_100).await)?;
+    let other = again.iter().find(|c| c.delivery.id != dead.id).ok_or("the other delivery")?;
+    ensure!(recovered == u64::from(other.delivery.created_at_ms >= 11), "recovered since: {recovered}");
+    ensure!(db(store.deliveries_recover(hook.id, 0, 2_200).await)? <= 1, "only dead ones recover");
+    let due = db(store.delivery_claim_due(&claim("w1", 10, 2_200)).await)?;
+    ensure!(due.len() == 2, "both due again: {}", due.len());
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! Outbound delivery's store interface (API.md §7): subscriptions, the outbox of events and the
+//! deliveries made of them, claimed by dispatchers like sagas are by drivers.
+//!
+//! Design note. An event is written in the same transaction as the change it reports — a saga
+//! reaching a terminal status (it rides on the engine's commit as [`OutboxEvent`]s), a tenant
+//! moving (only if the move is applied), a custom event of `core.emit` — and only when some active
+//! subscription wants it: each such subscription gets a `pending` delivery in that transaction.
+//! So a change that rolls back emits nothing, and nothing committed is without its deliveries. A
+//! dispatcher claims due deliveries (`SKIP LOCKED`, a lease, a fencing token bumped per claim —
+//! two dispatchers never run the same attempt), newest event first, leaving out subscriptions it
+//! already has enough in flight for; it records each attempt fenced on its token.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::StoreResult;
+
+/// Subscriptions listed at most per page, and deliveries.
+pub const DELIVERY_CLAIM_MAX: u32 = 256;
+
+/// An event about to be written with the change it reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEvent {
+    /// Also the `webhook-id` of every delivery of it, on every attempt and replay.
+    pub id: Uuid,
+    pub event_type: String,
+    /// Whose event it is: tenant-scoped subscriptions see only their tenant's.
+    pub tenant_id: Option<String>,
+    pub data: Value,
+    pub at_ms: i64,
+}
+
+impl OutboxEvent {
+    pub fn new(event_type: &str, tenant_id: Option<&str>, data: Value, at_ms: i64) -> Self {
+        OutboxEvent {
+            id: Uuid::now_v7(),
+            event_type: event_type.to_string(),
+            tenant_id: tenant_id.map(str::to_string),
+            data,
+            at_ms,
+        }
+    }
+}
+
+/// Where a subscription's events go: exactly one of an HTTP(S) URL or a NATS JetStream subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Url(String),
+    Nats { url: String, subject: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscriptionStatus {
+    Active,
+    Disabled,
+}
+
+impl SubscriptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(SubscriptionStatus::Active),
+            "disabled" => Some(SubscriptionStatus::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// A subscription row. `secret` is what deliveries are signed with; `previous_secret` signs too
+/// until `previous_secret_until_ms` (a rotation's overlap).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriptionRecord {
+    pub id: Uuid,
+    pub destination: Destination,
+    /// `["*"]` or exact event types.
+    pub events: Vec<String>,
+    /// None: the admin's, sees every event.
+    pub tenant_id: Option<String>,
+    pub status: SubscriptionStatus,
+    pub rate_limit_per_s: Option<u32>,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_until_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Fields a PATCH may change (None: unchanged).
+#[derive(Clone, Debug, Default)]
+pub struct SubscriptionPatch {
+    pub events: Option<Vec<String>>,
+    pub status: Option<SubscriptionStatus>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit_per_s: Option<Option<u32>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(DeliveryStatus::Pending),
+            "succeeded" => Some(DeliveryStatus::Succeeded),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// A delivery row: one event to one subscription.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeliveryRecord {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub subscription_id: Uuid,
+    pub event_type: String,
+    pub tenant_id: Option<String>,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    /// Attempts made before the last replay or recovery: the schedule starts again after them.
+    pub attempts_before_replay: u32,
+    pub next_attempt_at_ms: i64,
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+}
+
+/// One attempt, as recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeliveryAttemptRecord {
+    pub n: u32,
+    pub at_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// `GET /v1/deliveries` filters.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    pub subscription_id: Option<Uuid>,
+    /// A tenant key sees its tenant's deliveries only.
+    pub tenant_id: Option<String>,
+    /// Page backwards from this id (newest first).
+    pub before_id: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// `GET /v1/subscriptions` filters.
+#[derive(Clone, Debug, Default)]
+pub struct SubscriptionFilter {
+    pub tenant_id: Option<String>,
+    pub before_id: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// A claim of due deliveries.
+#[derive(Clone, Debug)]
+pub struct DeliveryClaimParams {
+    pub worker_id: String,
+    pub limit: u32,
+    pub now_ms: i64,
+    pub lease_ttl_ms: i64,
+    /// Subscriptions this dispatcher has enough in flight for: none of theirs is claimed.
+    pub skip_subscriptions: Vec<Uuid>,
+}
+
+/// A claimed delivery with what sending it needs.
+#[derive(Clone, Debug)]
+pub struct ClaimedDelivery {
+    pub delivery: DeliveryRecord,
+    pub fencing_token: i64,
+    pub event_data: Value,
+    pub event_at_ms: i64,
+    pub subscription: SubscriptionRecord,
+}
+
+/// What came of an attempt, to record.
+#[derive(Clone, Debug)]
+pub struct DeliveryAttemptResult {
+    pub id: Uuid,
+    pub fencing_token: i64,
+    /// `Succeeded`, `Dead`, or `Pending` with `next_attempt_at_ms`.
+    pub status: DeliveryStatus,
+    pub next_attempt_at_ms: i64,
+    pub attempt: DeliveryAttemptRecord,
+}
+
+#[async_trait]
+pub trait DeliveryStore: Send + Sync + 'static {
+    async fn subscription_create(&self, subscription: &SubscriptionRecord) -> StoreResult<()>;
+    async fn subscription_get(&self, id: Uuid) -> StoreResult<SubscriptionRecord>;
+    async fn subscription_list(&self, filter: &SubscriptionFilter) -> StoreResult<Vec<SubscriptionRecord>>;
+    async fn subscription_patch(
+        &self,
+        id: Uuid,
+        patch: &SubscriptionPatch,
+        now_ms: i64,
+    ) -> StoreResult<SubscriptionRecord>;
+    /// Replaces the secret; the old one keeps signing until `previous_until_ms`.
+    async fn subscription_rotate_secret(
+        &self,
+        id: Uuid,
+        secret: &str,
+        previous_until_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<SubscriptionRecord>;
+    /// Deletes it; its pending deliveries end `dead` ("the subscription was deleted").
+    async fn subscription_delete(&self, id: Uuid, now_ms: i64) -> StoreResult<()>;
+    /// Writes events outside a saga commit (an operator's tenant change rides on its own
+    /// transaction instead), each with a delivery per active subscription that wants it.
+    async fn events_append(&self, events: &[OutboxEvent]) -> StoreResult<()>;
+    /// Claims due deliveries, newest event first: leased to `worker_id`, token bumped.
+    async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>>;
+    /// Records an attempt, fenced: false when another dispatcher has claimed it since.
+    async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool>;
+    async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)>;
+    async fn delivery_list(&self, filter: &DeliveryFilter) -> StoreResult<Vec<DeliveryRecord>>;
+    /// A `dead` delivery back to `pending`, due now, with a fresh attempt budget; Conflict
+    /// unless it is dead.
+    async fn delivery_replay(&self, id: Uuid, now_ms: i64) -> StoreResult<DeliveryRecord>;
+    /// Every `dead` delivery of a subscription created since `since_ms` back to `pending`.
+    async fn deliveries_recover(&self, subscription_id: Uuid, since_ms: i64, now_ms: i64) -> StoreResult<u64>;
+}

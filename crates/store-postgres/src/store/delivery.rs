@@ -1,0 +1,435 @@
+//! Outbound delivery: subscriptions, the outbox fan-out (events and their deliveries in the
+//! writer's statement), claims of due deliveries (`SKIP LOCKED`, fencing token) and attempts.
+
+use async_trait::async_trait;
+use saga_store::{
+    ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryRecord,
+    DeliveryStatus, DeliveryStore, Destination, OutboxEvent, StoreError, StoreResult, SubscriptionFilter,
+    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus,
+};
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::PostgresStore;
+use crate::rows::{changed_one, db, json_text};
+
+const SUBSCRIPTION_COLUMNS: &str = "id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
+     secret, previous_secret, previous_secret_until, created_at, updated_at";
+
+const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts, \
+     d.attempts_before_replay, d.next_attempt_at, d.last_error, d.created_at, d.delivered_at";
+
+/// The outbox fan-out for events `ev(id, type, tenant_id, data, at)` defined before it: each
+/// event that an active subscription wants is stored once, with one pending delivery per such
+/// subscription (ids keep the event's time prefix, so they sort by it).
+macro_rules! outbox_fan_out {
+    () => {
+        "m AS ( \
+           SELECT ev.id AS event_id, ev.type, ev.tenant_id, ev.at, s.id AS subscription_id FROM ev \
+           JOIN subscriptions s ON s.status = 'active' AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id) \
+                AND (s.events ? '*' OR s.events ? ev.type)), \
+         ei AS ( \
+           INSERT INTO events (id, type, tenant_id, data, created_at) \
+           SELECT ev.id, ev.type, ev.tenant_id, ev.data::jsonb, ev.at FROM ev \
+           WHERE EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id) RETURNING id), \
+         di AS ( \
+           INSERT INTO deliveries (id, event_id, subscription_id, event_type, tenant_id, status, next_attempt_at, created_at) \
+           SELECT (substr(m.event_id::text, 1, 14) || substr(gen_random_uuid()::text, 15))::uuid, \
+                  m.event_id, m.subscription_id, m.type, m.tenant_id, 'pending', m.at, m.at \
+           FROM m JOIN ei ON ei.id = m.event_id RETURNING id) "
+    };
+}
+pub(super) use outbox_fan_out;
+
+/// Outbox events as parallel arrays for `UNNEST`.
+#[derive(Default)]
+pub(super) struct OutboxColumns {
+    pub ids: Vec<Uuid>,
+    pub types: Vec<String>,
+    pub tenant_ids: Vec<Option<String>>,
+    pub data: Vec<String>,
+    pub ats: Vec<i64>,
+}
+
+impl OutboxColumns {
+    pub fn push(&mut self, event: &OutboxEvent) -> StoreResult<()> {
+        self.ids.push(event.id);
+        self.types.push(event.event_type.clone());
+        self.tenant_ids.push(event.tenant_id.clone());
+        self.data.push(json_text(&event.data)?);
+        self.ats.push(event.at_ms);
+        Ok(())
+    }
+}
+
+/// Writes each event an active subscription wants, with its deliveries, on `conn` (a writer's
+/// transaction, so with the change it reports).
+pub(super) async fn fan_out(conn: &mut sqlx::PgConnection, events: &[OutboxEvent]) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut columns = OutboxColumns::default();
+    for event in events {
+        columns.push(event)?;
+    }
+    sqlx::query(concat!(
+        "WITH ev AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+                     AS e(id, type, tenant_id, data, at)), ",
+        outbox_fan_out!(),
+        "SELECT count(*) FROM di"
+    ))
+    .bind(columns.ids)
+    .bind(columns.types)
+    .bind(columns.tenant_ids)
+    .bind(columns.data)
+    .bind(columns.ats)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+fn subscription(row: &PgRow) -> StoreResult<SubscriptionRecord> {
+    let url: Option<String> = row.try_get("url").map_err(db)?;
+    let nats_url: Option<String> = row.try_get("nats_url").map_err(db)?;
+    let nats_subject: Option<String> = row.try_get("nats_subject").map_err(db)?;
+    let destination = match (url, nats_url, nats_subject) {
+        (Some(url), _, _) => Destination::Url(url),
+        (None, Some(url), Some(subject)) => Destination::Nats { url, subject },
+        _ => return Err(StoreError::Corrupt("a subscription without a destination".into())),
+    };
+    let events: sqlx::types::Json<Vec<String>> = row.try_get("events").map_err(db)?;
+    let status: String = row.try_get("status").map_err(db)?;
+    let rate: Option<i32> = row.try_get("rate_limit_per_s").map_err(db)?;
+    Ok(SubscriptionRecord {
+        id: row.try_get("id").map_err(db)?,
+        destination,
+        events: events.0,
+        tenant_id: row.try_get("tenant_id").map_err(db)?,
+        status: SubscriptionStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("subscription status {status:?}")))?,
+        rate_limit_per_s: rate.map(|r| r.max(0) as u32),
+        secret: row.try_get("secret").map_err(db)?,
+        previous_secret: row.try_get("previous_secret").map_err(db)?,
+        previous_secret_until_ms: row.try_get("previous_secret_until").map_err(db)?,
+        created_at_ms: row.try_get("created_at").map_err(db)?,
+        updated_at_ms: row.try_get("updated_at").map_err(db)?,
+    })
+}
+
+fn delivery(row: &PgRow) -> StoreResult<DeliveryRecord> {
+    let status: String = row.try_get("status").map_err(db)?;
+    let attempts: i32 = row.try_get("attempts").map_err(db)?;
+    let before: i32 = row.try_get("attempts_before_replay").map_err(db)?;
+    Ok(DeliveryRecord {
+        id: row.try_get("id").map_err(db)?,
+        event_id: row.try_get("event_id").map_err(db)?,
+        subscription_id: row.try_get("subscription_id").map_err(db)?,
+        event_type: row.try_get("event_type").map_err(db)?,
+        tenant_id: row.try_get("tenant_id").map_err(db)?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,
+        attempts: attempts.max(0) as u32,
+        attempts_before_replay: before.max(0) as u32,
+        next_attempt_at_ms: row.try_get("next_attempt_at").map_err(db)?,
+        last_error: row.try_get("last_error").map_err(db)?,
+        created_at_ms: row.try_get("created_at").map_err(db)?,
+        delivered_at_ms: row.try_get("delivered_at").map_err(db)?,
+    })
+}
+
+fn destination_columns(destination: &Destination) -> (Option<&str>, Option<&str>, Option<&str>) {
+    match destination {
+        Destination::Url(url) => (Some(url), None, None),
+        Destination::Nats { url, subject } => (None, Some(url), Some(subject)),
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for PostgresStore {
+    async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
+        let (url, nats_url, nats_subject) = destination_columns(&s.destination);
+        sqlx::query(
+            "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
+               secret, previous_secret, previous_secret_until, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(s.id)
+        .bind(url)
+        .bind(nats_url)
+        .bind(nats_subject)
+        .bind(json_text(&s.events)?)
+        .bind(&s.tenant_id)
+        .bind(s.status.as_str())
+        .bind(s.rate_limit_per_s.map(|r| r as i32))
+        .bind(&s.secret)
+        .bind(&s.previous_secret)
+        .bind(s.previous_secret_until_ms)
+        .bind(s.created_at_ms)
+        .bind(s.updated_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn subscription_get(&self, id: Uuid) -> StoreResult<SubscriptionRecord> {
+        let row = sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(subscription).unwrap_or(Err(StoreError::NotFound))
+    }
+
+    async fn subscription_list(&self, filter: &SubscriptionFilter) -> StoreResult<Vec<SubscriptionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions \
+             WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(&filter.tenant_id)
+        .bind(filter.before_id)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(subscription).collect()
+    }
+
+    async fn subscription_patch(
+        &self,
+        id: Uuid,
+        patch: &SubscriptionPatch,
+        now_ms: i64,
+    ) -> StoreResult<SubscriptionRecord> {
+        let events = patch.events.as_ref().map(json_text).transpose()?;
+        let row = sqlx::query(&format!(
+            "UPDATE subscriptions SET events = COALESCE($2::jsonb, events), status = COALESCE($3, status), \
+               rate_limit_per_s = CASE WHEN $4 THEN $5 ELSE rate_limit_per_s END, updated_at = $6 \
+             WHERE id = $1 RETURNING {SUBSCRIPTION_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(events)
+        .bind(patch.status.map(SubscriptionStatus::as_str))
+        .bind(patch.rate_limit_per_s.is_some())
+        .bind(patch.rate_limit_per_s.flatten().map(|r| r as i32))
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(subscription).unwrap_or(Err(StoreError::NotFound))
+    }
+
+    async fn subscription_rotate_secret(
+        &self,
+        id: Uuid,
+        secret: &str,
+        previous_until_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<SubscriptionRecord> {
+        let row = sqlx::query(&format!(
+            "UPDATE subscriptions SET previous_secret = secret, previous_secret_until = $3, secret = $2, updated_at = $4 \
+             WHERE id = $1 RETURNING {SUBSCRIPTION_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(secret)
+        .bind(previous_until_ms)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(subscription).unwrap_or(Err(StoreError::NotFound))
+    }
+
+    async fn subscription_delete(&self, id: Uuid, now_ms: i64) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let deleted =
+            sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
+        changed_one(deleted.rows_affected())?;
+        sqlx::query(
+            "UPDATE deliveries SET status = 'dead', last_error = 'the subscription was deleted', lease_owner = NULL, \
+               next_attempt_at = $2 WHERE subscription_id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn events_append(&self, events: &[OutboxEvent]) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        fan_out(&mut conn, events).await
+    }
+
+    async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>> {
+        let rows = sqlx::query(&format!(
+            "WITH due AS ( \
+               SELECT d.id FROM deliveries d \
+               WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND d.subscription_id <> ALL($4::uuid[]) \
+               ORDER BY d.created_at DESC LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE deliveries d SET lease_owner = $3, next_attempt_at = $1 + $5, fencing_token = d.fencing_token + 1 \
+             FROM due WHERE d.id = due.id \
+             RETURNING {DELIVERY_COLUMNS}, d.fencing_token"
+        ))
+        .bind(params.now_ms)
+        .bind(i64::from(params.limit.min(saga_store::DELIVERY_CLAIM_MAX)))
+        .bind(&params.worker_id)
+        .bind(&params.skip_subscriptions)
+        .bind(params.lease_ttl_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            claimed.push((delivery(row)?, row.try_get::<i64, _>("fencing_token").map_err(db)?));
+        }
+        // RETURNING keeps no order: newest event first, as claimed.
+        claimed.sort_by_key(|(d, _)| std::cmp::Reverse((d.created_at_ms, d.id)));
+        let event_ids: Vec<Uuid> = claimed.iter().map(|(d, _)| d.event_id).collect();
+        let subscription_ids: Vec<Uuid> = claimed.iter().map(|(d, _)| d.subscription_id).collect();
+        let events: std::collections::HashMap<Uuid, (serde_json::Value, i64)> =
+            sqlx::query("SELECT id, data, created_at FROM events WHERE id = ANY($1)")
+                .bind(&event_ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|row| {
+                    let data: sqlx::types::Json<serde_json::Value> = row.try_get("data").map_err(db)?;
+                    Ok((row.try_get("id").map_err(db)?, (data.0, row.try_get("created_at").map_err(db)?)))
+                })
+                .collect::<StoreResult<_>>()?;
+        let subscriptions: std::collections::HashMap<Uuid, SubscriptionRecord> =
+            sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ANY($1)"))
+                .bind(&subscription_ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|row| subscription(row).map(|s| (s.id, s)))
+                .collect::<StoreResult<_>>()?;
+        Ok(claimed
+            .into_iter()
+            .filter_map(|(delivery, fencing_token)| {
+                let (event_data, event_at_ms) = events.get(&delivery.event_id)?.clone();
+                let subscription = subscriptions.get(&delivery.subscription_id)?.clone();
+                Some(ClaimedDelivery { delivery, fencing_token, event_data, event_at_ms, subscription })
+            })
+            .collect())
+    }
+
+    async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool> {
+        let attempt = &result.attempt;
+        let recorded: Option<Uuid> = sqlx::query_scalar(
+            "WITH d AS ( \
+               UPDATE deliveries SET status = $3, attempts = attempts + 1, next_attempt_at = $4, last_error = $5, \
+                 delivered_at = CASE WHEN $3 = 'succeeded' THEN $6 ELSE delivered_at END, lease_owner = NULL \
+               WHERE id = $1 AND fencing_token = $2 RETURNING id, attempts) \
+             INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, duration_ms) \
+             SELECT id, attempts, $6, $7, $5, $8 FROM d RETURNING delivery_id",
+        )
+        .bind(result.id)
+        .bind(result.fencing_token)
+        .bind(result.status.as_str())
+        .bind(result.next_attempt_at_ms)
+        .bind(&attempt.error)
+        .bind(attempt.at_ms)
+        .bind(attempt.status_code.map(i32::from))
+        .bind(attempt.duration_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(recorded.is_some())
+    }
+
+    async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)> {
+        let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        let record = row.as_ref().map(delivery).unwrap_or(Err(StoreError::NotFound))?;
+        let attempts = sqlx::query(
+            "SELECT n, at, status_code, error, duration_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY n",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|row| {
+            let n: i32 = row.try_get("n").map_err(db)?;
+            let code: Option<i32> = row.try_get("status_code").map_err(db)?;
+            Ok(DeliveryAttemptRecord {
+                n: n.max(0) as u32,
+                at_ms: row.try_get("at").map_err(db)?,
+                status_code: code.and_then(|c| u16::try_from(c).ok()),
+                error: row.try_get("error").map_err(db)?,
+                duration_ms: row.try_get("duration_ms").map_err(db)?,
+            })
+        })
+        .collect::<StoreResult<_>>()?;
+        Ok((record, attempts))
+    }
+
+    async fn delivery_list(&self, filter: &DeliveryFilter) -> StoreResult<Vec<DeliveryRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
+             WHERE ($1::text IS NULL OR d.status = $1) AND ($2::uuid IS NULL OR d.subscription_id = $2) \
+               AND ($3::text IS NULL OR d.tenant_id = $3) AND ($4::uuid IS NULL OR d.id < $4) \
+             ORDER BY d.id DESC LIMIT $5"
+        ))
+        .bind(filter.status.map(DeliveryStatus::as_str))
+        .bind(filter.subscription_id)
+        .bind(&filter.tenant_id)
+        .bind(filter.before_id)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(delivery).collect()
+    }
+
+    async fn delivery_replay(&self, id: Uuid, now_ms: i64) -> StoreResult<DeliveryRecord> {
+        let row = sqlx::query(&format!(
+            "UPDATE deliveries d SET status = 'pending', next_attempt_at = $2, attempts_before_replay = d.attempts, \
+               lease_owner = NULL WHERE d.id = $1 AND d.status = 'dead' RETURNING {DELIVERY_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        match row {
+            Some(row) => delivery(&row),
+            None => {
+                let (existing, _) = self.delivery_get(id).await?;
+                Err(StoreError::Conflict(format!(
+                    "delivery is {}, only a dead one is replayed",
+                    existing.status.as_str()
+                )))
+            }
+        }
+    }
+
+    async fn deliveries_recover(&self, subscription_id: Uuid, since_ms: i64, now_ms: i64) -> StoreResult<u64> {
+        let recovered = sqlx::query(
+            "UPDATE deliveries d SET status = 'pending', next_attempt_at = $3, attempts_before_replay = d.attempts, \
+               lease_owner = NULL WHERE d.subscription_id = $1 AND d.status = 'dead' AND d.created_at >= $2",
+        )
+        .bind(subscription_id)
+        .bind(since_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(recovered.rows_affected())
+    }
+}
