@@ -48,7 +48,7 @@ pub struct Config {
     pub tenant_database_url: Option<String>,
     pub tenant_migrations_dir: Option<PathBuf>,
     pub crm_webhook_secret: Option<Secret>,
-    #[allow(dead_code)] // read by the tenancy and delivery subsystems (issues 3 and 4)
+    /// Waits between a delivery's attempts (`SAGAPLANE_DELIVERY_RETRY_SCHEDULE`).
     pub delivery_retry_schedule_ms: Vec<u64>,
     pub vars: BTreeMap<String, String>,
     pub log_format: LogFormat,

@@ -142,6 +142,13 @@ pub fn start_instance(
         .start()
 }
 
+/// The outbox's dispatcher (every process that runs a worker runs one; claims keep them apart).
+pub fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::DispatcherHandle {
+    let schedule = delivery::RetrySchedule::new(config.delivery_retry_schedule_ms.clone());
+    let dispatcher_config = delivery::DispatcherConfig::new(config.worker_id.clone(), schedule);
+    delivery::Dispatcher::new(store, dispatcher_config).start()
+}
+
 /// Runs until SIGTERM/SIGINT, then drains.
 pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
@@ -170,6 +177,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     let instance = plan
         .worker
         .then(|| start_instance(&config, store.clone(), definitions.clone(), hub.clone(), bound, Some(&tenants)));
+    let dispatcher = plan.worker.then(|| start_dispatcher(&config, store.clone()));
     let vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let mut state = server::AppState::new(
         store.clone(),
@@ -220,6 +228,9 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     if let Some(instance) = instance {
         instance.shutdown().await;
     }
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.shutdown().await;
+    }
     let _ = stop_tx.send(true);
     if let Some(http) = http {
         http.await.context("HTTP task")?.context("HTTP server")?;
@@ -264,12 +275,14 @@ pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Re
     let _metrics = crate::telemetry::init_metrics()?;
     let store = open_and_migrate(database_url).await?;
     let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
+    let dispatcher = start_dispatcher(&config, store.clone());
     let instance =
         start_instance(&config, store.clone(), definition_cache(store), TerminalHub::default(), None, Some(&tenants));
     println!("worker {} running", config.worker_id);
     shutdown_signal().await;
     tracing::info!("shutting down: no new claims, draining in-flight steps");
     instance.shutdown().await;
+    dispatcher.shutdown().await;
     tracing::info!("bye");
     Ok(())
 }

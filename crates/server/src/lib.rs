@@ -67,6 +67,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/migrations"),
     ("post", "/v1/migrations/rollout"),
     ("get", "/v1/migrations/rollouts/{rollout_id}"),
+    ("get", "/v1/subscriptions"),
+    ("post", "/v1/subscriptions"),
+    ("get", "/v1/subscriptions/{id}"),
+    ("patch", "/v1/subscriptions/{id}"),
+    ("delete", "/v1/subscriptions/{id}"),
+    ("post", "/v1/subscriptions/{id}/rotate-secret"),
+    ("post", "/v1/subscriptions/{id}/recover"),
+    ("get", "/v1/deliveries"),
+    ("get", "/v1/deliveries/{id}"),
+    ("post", "/v1/deliveries/{id}/replay"),
     ("post", "/v1/webhooks/crm"),
 ];
 
@@ -99,6 +109,16 @@ pub fn router(state: AppState) -> Router {
         .route("/migrations", get(routes::tenants::migrations))
         .route("/migrations/rollout", post(routes::tenants::rollout))
         .route("/migrations/rollouts/{rollout_id}", get(routes::tenants::rollout_progress))
+        .route("/subscriptions", get(routes::deliveries::list).post(routes::deliveries::create))
+        .route(
+            "/subscriptions/{id}",
+            get(routes::deliveries::get).patch(routes::deliveries::patch).delete(routes::deliveries::delete),
+        )
+        .route("/subscriptions/{id}/rotate-secret", post(routes::deliveries::rotate_secret))
+        .route("/subscriptions/{id}/recover", post(routes::deliveries::recover))
+        .route("/deliveries", get(routes::deliveries::deliveries))
+        .route("/deliveries/{id}", get(routes::deliveries::delivery))
+        .route("/deliveries/{id}/replay", post(routes::deliveries::replay))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         // Added after the auth layer: the callback token is the capability (API.md §2).
         .route("/callbacks/{token}", post(routes::control::callback))

@@ -251,6 +251,24 @@ fn schemas() -> Value {
             "email": {"type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN}, "name": name, "role": nullable(json!({"enum": ["admin", "member"]}))
         }},
         "CreateApiKey": {"type": "object", "additionalProperties": false, "properties": {"name": nullable(name.clone())}},
+        "CreateSubscription": {"type": "object", "additionalProperties": false, "required": ["url", "events"], "properties": {
+            "url": {"type": "string", "maxLength": 2048, "pattern": "^https?://[A-Za-z0-9.-]+(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[^\\s]*)?$",
+                    "description": "http(s) URL the events are POSTed to (NATS JetStream destinations are not available in this release)"},
+            "events": {"type": "array", "minItems": 1, "maxItems": 100, "items": {"$ref": "#/components/schemas/EventFilter"}},
+            "rate_limit_per_s": {"type": ["integer", "null"], "minimum": 1, "maximum": 10000},
+            "tenant_id": {"anyOf": [{"type": "null"}, {"type": "string", "pattern": TENANT_ID_PATTERN}],
+                          "description": "admin only: a subscription scoped to one tenant's events"}
+        }},
+        "EventFilter": {"type": "string", "maxLength": 100, "pattern": "^(\\*|[a-z0-9_-]+(\\.[a-z0-9_-]+)+)$",
+                        "description": "\"*\", one of Sagaplane's event types, or a custom type (a dot; not tenant./saga./subscription.)"},
+        "PatchSubscription": {"type": "object", "additionalProperties": false, "properties": {
+            "events": {"type": "array", "minItems": 1, "maxItems": 100, "items": {"$ref": "#/components/schemas/EventFilter"}},
+            "status": {"type": "string", "enum": ["active", "disabled"]},
+            "rate_limit_per_s": {"type": ["integer", "null"], "minimum": 1, "maximum": 10000}
+        }},
+        "Recover": {"type": "object", "required": ["since"], "properties": {
+            "since": {"type": "string", "format": "date-time", "description": "dead deliveries of events since then go back to pending"}
+        }},
         "Rollout": {"type": "object", "additionalProperties": false, "properties": {
             "service": {"type": ["string", "null"], "description": "one service's migrations; all when absent or null"},
             "concurrency": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000}
@@ -403,6 +421,42 @@ fn tenant_paths() -> Value {
         "/v1/migrations/rollouts/{rollout_id}": {
             "parameters": [path_param("rollout_id", "rollout_id from POST /v1/migrations/rollout", uuid())],
             "get": secured(json!({"summary": "A rollout's progress: sagas by status (admin)", "responses": {"200": {"description": "{rollout_id, fan_out, total, finished, done, statuses, sagas}"}, "404": problem("unknown rollout")}})),
+        },
+        "/v1/subscriptions": {
+            "get": secured(json!({"summary": "Subscriptions (a tenant key sees its tenant's)", "parameters": [limit_param(), query_param("cursor", "next_cursor of the previous page", uuid())],
+                "responses": {"200": {"description": "{items, next_cursor}"}}})),
+            "post": secured(json!({"summary": "Subscribe a URL to events; the secret is in this answer only", "requestBody": body("CreateSubscription", true),
+                "responses": {"201": {"description": "{id, url, nats, events, tenant_id, status, rate_limit_per_s, created_at, updated_at, secret}"}, "422": problem("invalid subscription")}})),
+        },
+        "/v1/subscriptions/{id}": {
+            "parameters": [path_param("id", "subscription id", uuid())],
+            "get": secured(json!({"summary": "A subscription (never its secret)", "responses": {"200": {"description": "subscription"}}})),
+            "patch": secured(json!({"summary": "Change events, status or rate limit", "requestBody": body("PatchSubscription", true),
+                "responses": {"200": {"description": "subscription"}, "422": problem("invalid change")}})),
+            "delete": secured(json!({"summary": "Delete; its pending deliveries end dead", "responses": {"204": {"description": "deleted"}}})),
+        },
+        "/v1/subscriptions/{id}/rotate-secret": {
+            "parameters": [path_param("id", "subscription id", uuid())],
+            "post": secured(json!({"summary": "A new secret; for 24 h deliveries are signed by the old one too", "responses": {"200": {"description": "{secret, previous_secret_valid_until}"}}})),
+        },
+        "/v1/subscriptions/{id}/recover": {
+            "parameters": [path_param("id", "subscription id", uuid())],
+            "post": secured(json!({"summary": "Every dead delivery of it since a time goes back to pending", "requestBody": body("Recover", true),
+                "responses": {"202": {"description": "{replayed}"}, "422": problem("since is not a time")}})),
+        },
+        "/v1/deliveries": {
+            "get": secured(json!({"summary": "Deliveries, newest first (a tenant key sees its subscriptions')",
+                "parameters": [query_param("status", "pending | succeeded | dead", json!({"type": "string", "enum": ["pending", "succeeded", "dead"]})),
+                               query_param("subscription_id", "one subscription's", uuid()), limit_param(), query_param("cursor", "next_cursor of the previous page", uuid())],
+                "responses": {"200": {"description": "{items, next_cursor}"}}})),
+        },
+        "/v1/deliveries/{id}": {
+            "parameters": [path_param("id", "delivery id", uuid())],
+            "get": secured(json!({"summary": "A delivery with each attempt's status code, error and duration", "responses": {"200": {"description": "delivery with attempts"}}})),
+        },
+        "/v1/deliveries/{id}/replay": {
+            "parameters": [path_param("id", "delivery id", uuid())],
+            "post": secured(json!({"summary": "A dead delivery goes out again (same webhook-id)", "responses": {"202": {"description": "delivery"}, "409": problem("the delivery is not dead")}})),
         },
         "/v1/webhooks/crm": {
             "post": {"summary": "CRM ingress (Standard Webhooks signature, 5-minute window, dedupe by webhook-id)",

@@ -1,4 +1,5 @@
-//! JSON shapes of API.md (saga, definition, event) built from store records.
+//! JSON shapes of API.md (saga, definition, event, tenant, subscription, delivery) built from
+//! store records.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use saga_store::{DefinitionRecord, EventRecord, SagaRecord};
@@ -151,4 +152,53 @@ fn strip_operator_fields(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(strip_operator_fields),
         _ => {}
     }
+}
+
+/// A subscription as API.md §7 shows it: never its secret.
+pub fn subscription(record: &saga_store::SubscriptionRecord) -> Value {
+    let (url, nats) = match &record.destination {
+        saga_store::Destination::Url(url) => (json!(url), Value::Null),
+        saga_store::Destination::Nats { url, subject } => (Value::Null, json!({"url": url, "subject": subject})),
+    };
+    json!({
+        "id": record.id,
+        "url": url,
+        "nats": nats,
+        "events": record.events,
+        "tenant_id": record.tenant_id,
+        "status": record.status.as_str(),
+        "rate_limit_per_s": record.rate_limit_per_s,
+        "created_at": timestamp(record.created_at_ms),
+        "updated_at": timestamp(record.updated_at_ms),
+    })
+}
+
+pub fn delivery(record: &saga_store::DeliveryRecord) -> Value {
+    json!({
+        "id": record.id,
+        "event_id": record.event_id,
+        "subscription_id": record.subscription_id,
+        "event_type": record.event_type,
+        "tenant_id": record.tenant_id,
+        "status": record.status.as_str(),
+        "attempts": record.attempts,
+        "next_attempt_at": if record.status == saga_store::DeliveryStatus::Pending {
+            timestamp(record.next_attempt_at_ms)
+        } else {
+            Value::Null
+        },
+        "last_error": record.last_error,
+        "created_at": timestamp(record.created_at_ms),
+        "delivered_at": optional_timestamp(record.delivered_at_ms),
+    })
+}
+
+pub fn delivery_attempt(record: &saga_store::DeliveryAttemptRecord) -> Value {
+    json!({
+        "n": record.n,
+        "at": timestamp(record.at_ms),
+        "status_code": record.status_code,
+        "error": record.error,
+        "duration_ms": record.duration_ms,
+    })
 }

@@ -62,7 +62,8 @@ impl TransitionHook for TenantHook {
         let storage = output_of(state, storage_step);
         let migrations = output_of(state, migrations_step).and_then(|o| o.get("migrations").cloned());
         let error = state.error.as_ref().map(|e| json!({"step": e.step, "kind": e.kind, "message": e.message}));
-        match (name, state.status) {
+        let at_ms = events.last().map_or(record.updated_at_ms, |e| e.at_ms);
+        let change = match (name, state.status) {
             (DEPROVISION, SagaStatus::Completed) => Some(change(tenant_id, TenantStatus::Deleted, None)),
             (DEPROVISION, _) => None,
             (_, SagaStatus::Completed) => {
@@ -102,6 +103,29 @@ impl TransitionHook for TenantHook {
                 storage_done.then(|| TenantChange { storage, ..change(tenant_id, TenantStatus::Migrating, None) })
             }
             _ => None,
-        }
+        };
+        change.map(|change| reported(change, record, name, at_ms))
     }
+}
+
+/// The event a tenant change reports (API.md §7), written only if the change is applied.
+fn reported(mut change: TenantChange, record: &SagaRecord, saga: &str, at_ms: i64) -> TenantChange {
+    let event_type = match (change.to, saga) {
+        (TenantStatus::Active, PROVISION) => Some("tenant.activated"),
+        (TenantStatus::Active, _) => Some("tenant.migrated"),
+        (TenantStatus::ProvisionError, _) => Some("tenant.provision_failed"),
+        (TenantStatus::MigrationError, _) => Some("tenant.migration_failed"),
+        (TenantStatus::Deleted, _) => Some("tenant.deleted"),
+        _ => None,
+    };
+    change.event = event_type.map(|event_type| {
+        let data = json!({
+            "tenant_id": change.tenant_id,
+            "status": change.to.as_str(),
+            "saga_id": record.id,
+            "error": change.error,
+        });
+        saga_store::OutboxEvent::new(event_type, Some(&change.tenant_id), data, at_ms)
+    });
+    change
 }

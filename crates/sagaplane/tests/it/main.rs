@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod control;
 mod crash;
+mod delivery;
 mod fuzz;
 mod hardening;
 mod restart;

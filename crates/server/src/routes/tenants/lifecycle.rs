@@ -294,7 +294,12 @@ pub(super) async fn set_access(
         from: vec![tenant.status],
         error: None,
         saga: None,
-        event: None,
+        event: Some(saga_store::OutboxEvent::new(
+            if enabled { "tenant.resumed" } else { "tenant.suspended" },
+            Some(id),
+            serde_json::json!({"tenant_id": id, "status": to.as_str()}),
+            state.clock.now_ms(),
+        )),
         now_ms: state.clock.now_ms(),
     };
     let (updated, _) = state.store.tenant_transition(transition).await?;

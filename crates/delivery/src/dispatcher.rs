@@ -1,0 +1,274 @@
+//! The dispatcher: claims due deliveries and sends them, each attempt its own task.
+//!
+//! Design note. Safe to run in every instance at once: a claim leases deliveries (`SKIP
+//! LOCKED`, a fencing token bumped per claim) and an attempt is recorded only under its token,
+//! so two dispatchers never run the same attempt and a crashed one's deliveries are claimed
+//! again when their lease ends (at least once, same `webhook-id`). One destination never holds
+//! up the others: at most [`DispatcherConfig::per_subscription_max`] attempts per subscription
+//! are in flight, and a claim leaves out the subscriptions at that cap, so a slow or failing
+//! endpoint fills only its own slots.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use saga_store::{
+    ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryStatus, DeliveryStore,
+    Destination,
+};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::schedule::RetrySchedule;
+use crate::send::{self, Attempted};
+
+/// Settings of one dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    pub worker_id: String,
+    pub schedule: RetrySchedule,
+    /// One attempt's time limit.
+    pub attempt_timeout_ms: u64,
+    /// Attempts in flight at once.
+    pub concurrency: u32,
+    /// Attempts in flight at once for one subscription.
+    pub per_subscription_max: u32,
+    /// How long a claim holds a delivery; a dispatcher that dies lets it go after this.
+    pub lease_ttl_ms: i64,
+    /// How often due deliveries are looked for.
+    pub poll_interval_ms: u64,
+}
+
+impl DispatcherConfig {
+    pub fn new(worker_id: impl Into<String>, schedule: RetrySchedule) -> Self {
+        DispatcherConfig {
+            worker_id: worker_id.into(),
+            schedule,
+            attempt_timeout_ms: 10_000,
+            concurrency: 32,
+            per_subscription_max: 4,
+            lease_ttl_ms: 60_000,
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+/// Delivers the outbox.
+pub struct Dispatcher {
+    store: Arc<dyn DeliveryStore>,
+    config: DispatcherConfig,
+    client: reqwest::Client,
+}
+
+/// A running dispatcher.
+pub struct DispatcherHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DispatcherHandle {
+    /// Stops claiming, lets attempts in flight finish (at most one attempt timeout), and waits.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "the dispatcher ended abnormally");
+        }
+    }
+}
+
+struct Inner {
+    store: Arc<dyn DeliveryStore>,
+    config: DispatcherConfig,
+    client: reqwest::Client,
+    /// Attempts in flight per subscription.
+    in_flight: Mutex<HashMap<Uuid, u32>>,
+    finished: Notify,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn DeliveryStore>, config: DispatcherConfig) -> Self {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(16)
+            .user_agent(concat!("sagaplane/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Dispatcher { store, config, client }
+    }
+
+    pub fn start(self) -> DispatcherHandle {
+        let (stop, stopped) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            store: self.store,
+            config: self.config,
+            client: self.client,
+            in_flight: Mutex::new(HashMap::new()),
+            finished: Notify::new(),
+        });
+        DispatcherHandle { stop, task: tokio::spawn(run(inner, stopped)) }
+    }
+}
+
+async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    let mut attempts = JoinSet::new();
+    // Claimed for a subscription already at its cap: started as its attempts finish (well within
+    // the claim's lease: at most `per_subscription_max` wait behind as many attempts).
+    let mut waiting: HashMap<Uuid, VecDeque<ClaimedDelivery>> = HashMap::new();
+    let poll = Duration::from_millis(inner.config.poll_interval_ms.max(10));
+    let mut failures = 0u32;
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        while attempts.try_join_next().is_some() {}
+        start_waiting(&inner, &mut waiting, &mut attempts);
+        let queued: usize = waiting.values().map(VecDeque::len).sum();
+        let free = (inner.config.concurrency as usize).saturating_sub(attempts.len() + queued);
+        let mut full = false;
+        if free > 0 {
+            match claim(&inner, &waiting, free as u32).await {
+                Ok(claimed) => {
+                    failures = 0;
+                    full = claimed.len() == free;
+                    for delivery in claimed {
+                        waiting.entry(delivery.subscription.id).or_default().push_back(delivery);
+                    }
+                    start_waiting(&inner, &mut waiting, &mut attempts);
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "claiming deliveries failed; backing off");
+                }
+            }
+        }
+        if full && attempts.len() < inner.config.concurrency as usize {
+            continue;
+        }
+        let wait = if failures > 0 { poll * 2u32.saturating_pow(failures.min(5)) } else { poll };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = inner.finished.notified() => {}
+            _ = stopped.changed() => {}
+        }
+    }
+    let drain = Duration::from_millis(inner.config.attempt_timeout_ms.saturating_add(1_000));
+    if tokio::time::timeout(drain, async { while attempts.join_next().await.is_some() {} }).await.is_err() {
+        // Their leases end and another dispatcher sends them again, same webhook-id.
+        attempts.abort_all();
+    }
+}
+
+/// Starts the waiting deliveries of every subscription with a free slot.
+fn start_waiting(
+    inner: &Arc<Inner>,
+    waiting: &mut HashMap<Uuid, VecDeque<ClaimedDelivery>>,
+    attempts: &mut JoinSet<()>,
+) {
+    let Ok(mut in_flight) = inner.in_flight.lock() else { return };
+    for (subscription, queue) in waiting.iter_mut() {
+        let running = in_flight.entry(*subscription).or_insert(0);
+        while *running < inner.config.per_subscription_max {
+            let Some(delivery) = queue.pop_front() else { break };
+            *running += 1;
+            let inner = inner.clone();
+            attempts.spawn(async move { attempt(&inner, delivery).await });
+        }
+    }
+    waiting.retain(|_, queue| !queue.is_empty());
+    in_flight.retain(|_, running| *running > 0);
+}
+
+/// Claims up to `limit`, leaving out subscriptions with a full slot count (running and waiting).
+async fn claim(
+    inner: &Inner,
+    waiting: &HashMap<Uuid, VecDeque<ClaimedDelivery>>,
+    limit: u32,
+) -> saga_store::StoreResult<Vec<ClaimedDelivery>> {
+    let skip_subscriptions = match inner.in_flight.lock() {
+        Ok(in_flight) => {
+            let mut busy: HashMap<Uuid, usize> = in_flight.iter().map(|(id, n)| (*id, *n as usize)).collect();
+            for (id, queue) in waiting {
+                *busy.entry(*id).or_insert(0) += queue.len();
+            }
+            busy.into_iter()
+                .filter(|(_, n)| *n >= inner.config.per_subscription_max as usize)
+                .map(|(id, _)| id)
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    let params = DeliveryClaimParams {
+        worker_id: inner.config.worker_id.clone(),
+        limit,
+        now_ms: now_ms(),
+        lease_ttl_ms: inner.config.lease_ttl_ms,
+        skip_subscriptions,
+    };
+    inner.store.delivery_claim_due(&params).await
+}
+
+/// Sends one delivery and records what came of it.
+async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
+    let started_ms = now_ms();
+    let attempted = match &claimed.subscription.destination {
+        Destination::Url(url) => {
+            let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
+            send::webhook(&inner.client, &claimed, url, started_ms, timeout).await
+        }
+        Destination::Nats { .. } => Attempted {
+            delivered: false,
+            status_code: None,
+            error: Some("NATS destinations are not delivered by this release".into()),
+            retry_after_ms: None,
+            duration_ms: 0,
+        },
+    };
+    let round_attempt = claimed.delivery.attempts.saturating_sub(claimed.delivery.attempts_before_replay) + 1;
+    let finished_ms = now_ms();
+    let (status, next_attempt_at_ms) = if attempted.delivered {
+        (DeliveryStatus::Succeeded, finished_ms)
+    } else {
+        inner.config.schedule.after_failure(round_attempt, finished_ms, attempted.retry_after_ms)
+    };
+    let result = DeliveryAttemptResult {
+        id: claimed.delivery.id,
+        fencing_token: claimed.fencing_token,
+        status,
+        next_attempt_at_ms,
+        attempt: DeliveryAttemptRecord {
+            n: round_attempt,
+            at_ms: started_ms,
+            status_code: attempted.status_code,
+            error: attempted.error.clone(),
+            duration_ms: attempted.duration_ms,
+        },
+    };
+    match inner.store.delivery_attempt_record(&result).await {
+        Ok(true) => {
+            if status == DeliveryStatus::Dead {
+                tracing::warn!(delivery_id = %claimed.delivery.id, subscription_id = %claimed.subscription.id,
+                    error = attempted.error.as_deref().unwrap_or(""), "delivery is dead after its last attempt");
+            }
+        }
+        Ok(false) => {
+            tracing::info!(delivery_id = %claimed.delivery.id, "attempt not recorded: the delivery was claimed again")
+        }
+        Err(e) => {
+            tracing::warn!(delivery_id = %claimed.delivery.id, error = %e, "recording an attempt failed; the delivery will be sent again")
+        }
+    }
+    if let Ok(mut in_flight) = inner.in_flight.lock() {
+        if let Some(n) = in_flight.get_mut(&claimed.subscription.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                in_flight.remove(&claimed.subscription.id);
+            }
+        }
+    }
+    inner.finished.notify_one();
+}

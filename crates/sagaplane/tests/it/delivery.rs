@@ -1,0 +1,258 @@
+//! Events out: real receivers on loopback get the outbox's events, signed, retried on the
+//! schedule, dead after it, replayed and recovered; tenants see only their own.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use test_support::app::fast_definition;
+use test_support::participant::Seen;
+use test_support::{App, Backend, Participant};
+
+use crate::{on_both_backends, BIN};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn app_with(backend: Backend) -> App {
+    App::spawn(BIN, backend, &[("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "150ms,150ms".to_string())]).await
+}
+
+async fn subscribe(app: &App, body: Value) -> Value {
+    let (status, _, created) = app.send(app.request(reqwest::Method::POST, "/v1/subscriptions").json(&body)).await;
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
+/// The requests `path` got, once there are at least `n`.
+async fn received(receiver: &Participant, path: &str, n: usize) -> Vec<Seen> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = receiver.requests(path);
+        if seen.len() >= n {
+            return seen;
+        }
+        let types: Vec<&Value> = seen.iter().map(|s| &s.body["type"]).collect();
+        assert!(Instant::now() < deadline, "{path} got {} of {n} deliveries: {types:?}", seen.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The signature a receiver checks: `v1,` HMAC of `id.timestamp.body` by `secret`, among the
+/// space-separated ones sent.
+fn signed_by(seen: &Seen, secret: &str) -> bool {
+    let id = &seen.headers["webhook-id"];
+    let timestamp: i64 = seen.headers["webhook-timestamp"].parse().expect("timestamp");
+    let body = serde_json::to_vec(&seen.body).expect("body");
+    let expected = standardwebhooks::Webhook::new(secret).expect("secret").sign(id, timestamp, &body).expect("sign");
+    seen.headers["webhook-signature"].split(' ').any(|s| s == expected)
+}
+
+async fn delivery_of(app: &App, subscription: &str, status: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let path = format!("/v1/deliveries?subscription_id={subscription}&status={status}");
+        let (_, _, page) = app.send(app.request(reqwest::Method::GET, &path)).await;
+        if let Some(first) = page["items"].as_array().and_then(|items| items.first()) {
+            return first.clone();
+        }
+        assert!(Instant::now() < deadline, "no {status} delivery for {subscription}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn events_reach_subscribers_signed(backend: Backend) {
+    let receiver = Participant::start().await;
+    let app = app_with(backend).await;
+    let hook = format!("{}/hook", receiver.url);
+    let created = subscribe(&app, json!({"url": hook, "events": ["saga.completed", "order.placed"]})).await;
+    let secret = created["secret"].as_str().expect("secret shown at creation").to_string();
+    assert!(secret.starts_with("whsec_"), "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let (_, _, shown) = app.send(app.request(reqwest::Method::GET, &format!("/v1/subscriptions/{id}"))).await;
+    assert!(shown.get("secret").is_none() && !shown.to_string().contains(&secret), "never shown again: {shown}");
+
+    let steps = json!([{"name": "emit", "action": {"builtin": "core.emit",
+                                                   "input": {"type": "order.placed", "data": {"n": "{{ input.n }}"}}}}]);
+    app.put_definition("placing", &fast_definition(steps)).await;
+    let saga_id = app.start("placing", json!({"n": 7})).await;
+    assert_eq!(app.wait_terminal(&saga_id, WAIT).await["status"], "COMPLETED");
+    let seen = received(&receiver, "/hook", 2).await;
+    let by_type = |t: &str| seen.iter().find(|s| s.body["type"] == t).unwrap_or_else(|| panic!("no {t}: {seen:?}"));
+    assert_eq!(by_type("order.placed").body["data"], json!({"n": 7}));
+    let completed = by_type("saga.completed");
+    assert_eq!(completed.body["data"]["saga_id"], saga_id);
+    assert_eq!(completed.body["data"]["status"], "COMPLETED");
+    for s in &seen {
+        assert!(signed_by(s, &secret), "signature does not verify: {:?}", s.headers);
+        assert!(s.body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", s.body);
+    }
+    let delivery = delivery_of(&app, &id, "succeeded").await;
+    let event_id = delivery["event_id"].as_str().unwrap_or_default();
+    assert!(seen.iter().any(|s| s.headers["webhook-id"] == event_id), "webhook-id is the event id: {delivery}");
+
+    // Rotation: for the overlap, deliveries carry both signatures.
+    let (status, _, rotated) =
+        app.send(app.request(reqwest::Method::POST, &format!("/v1/subscriptions/{id}/rotate-secret"))).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().expect("new secret").to_string();
+    let again = app.start("placing", json!({"n": 8})).await;
+    app.wait_terminal(&again, WAIT).await;
+    let seen = received(&receiver, "/hook", 4).await;
+    let latest = seen.iter().find(|s| s.body["data"]["n"] == 8).expect("the second order");
+    assert!(signed_by(latest, &new_secret) && signed_by(latest, &secret), "both secrets sign during the overlap");
+
+    // Bad input: a clear 422, nothing stored.
+    for bad in [
+        json!({"url": "ftp://example.com/x", "events": ["*"]}),
+        json!({"url": hook, "events": ["tenant.nonsense"]}),
+        json!({"url": hook, "events": ["nodot"]}),
+        json!({"url": hook, "events": []}),
+        json!({"url": hook, "nats": {"url": "nats://127.0.0.1:4222", "subject": "s"}, "events": ["*"]}),
+        json!({"events": ["*"]}),
+        json!({"url": hook, "events": ["*"], "secret": "whsec_mine"}),
+    ] {
+        let (status, _, body) = app.send(app.request(reqwest::Method::POST, "/v1/subscriptions").json(&bad)).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+    let (_, _, listed) = app.send(app.request(reqwest::Method::GET, "/v1/subscriptions")).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{listed}");
+}
+on_both_backends!(events_reach_subscribers_signed);
+
+async fn failing_receivers_are_retried_then_dead_then_replayed(backend: Backend) {
+    let receiver = Participant::start().await;
+    receiver.script("/flaky", vec![(503, json!({})), (503, json!({})), (200, json!({}))]);
+    receiver.script("/down", vec![(500, json!({"error": "still down"}))]);
+    let app = app_with(backend).await;
+    let flaky = subscribe(&app, json!({"url": format!("{}/flaky", receiver.url), "events": ["saga.completed"]})).await;
+    let down = subscribe(&app, json!({"url": format!("{}/down", receiver.url), "events": ["*"]})).await;
+    app.put_definition("one", &fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]))).await;
+    let saga_id = app.start("one", json!({})).await;
+    app.wait_terminal(&saga_id, WAIT).await;
+
+    // Down for the first two attempts: the third gets it, with the same webhook-id each time.
+    let seen = received(&receiver, "/flaky", 3).await;
+    let ids: Vec<&str> = seen.iter().map(|s| s.headers["webhook-id"].as_str()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "one webhook-id: {ids:?}");
+    let flaky_id = flaky["id"].as_str().expect("id");
+    let delivered = delivery_of(&app, flaky_id, "succeeded").await;
+    let path = format!("/v1/deliveries/{}", delivered["id"].as_str().expect("id"));
+    let (_, _, detail) = app.send(app.request(reqwest::Method::GET, &path)).await;
+    let codes: Vec<Value> =
+        detail["attempts"].as_array().expect("attempts").iter().map(|a| a["status_code"].clone()).collect();
+    assert_eq!(codes, vec![json!(503), json!(503), json!(200)], "{detail}");
+
+    // Never recovers: dead after exactly the schedule (2 retries = 3 attempts).
+    let down_id = down["id"].as_str().expect("id");
+    let dead = delivery_of(&app, down_id, "dead").await;
+    assert_eq!(dead["attempts"], 3, "{dead}");
+    assert!(dead["last_error"].as_str().unwrap_or("").contains("500"), "{dead}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(receiver.requests("/down").len(), 3, "nothing after dead");
+    // It recovers; the operator replays the dead delivery: delivered, same webhook-id.
+    receiver.script("/down", vec![(204, json!(null))]);
+    let replay = format!("/v1/deliveries/{}/replay", dead["id"].as_str().expect("id"));
+    let (status, _, body) = app.send(app.request(reqwest::Method::POST, &replay)).await;
+    assert_eq!(status, 202, "{body}");
+    let seen = received(&receiver, "/down", 4).await;
+    assert_eq!(seen[3].headers["webhook-id"], seen[0].headers["webhook-id"]);
+    delivery_of(&app, down_id, "succeeded").await;
+    let (status, _, _) = app.send(app.request(reqwest::Method::POST, &replay)).await;
+    assert_eq!(status, 409, "only a dead delivery is replayed");
+
+    // Recover: every dead delivery of a subscription since a time.
+    receiver.script("/down", vec![(500, json!({}))]);
+    let second = app.start("one", json!({})).await;
+    app.wait_terminal(&second, WAIT).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, _, page) = app
+            .send(app.request(reqwest::Method::GET, &format!("/v1/deliveries?subscription_id={down_id}&status=dead")))
+            .await;
+        if page["items"].as_array().map(Vec::len) == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second delivery never died: {page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    receiver.script("/down", vec![(200, json!({}))]);
+    let body = json!({"since": "2020-01-01T00:00:00Z"});
+    let (status, _, recovered) =
+        app.send(app.request(reqwest::Method::POST, &format!("/v1/subscriptions/{down_id}/recover")).json(&body)).await;
+    assert_eq!((status, recovered["replayed"].clone()), (202, json!(1)), "{recovered}");
+    received(&receiver, "/down", 8).await;
+}
+on_both_backends!(failing_receivers_are_retried_then_dead_then_replayed);
+
+/// A tenant's subscription receives its tenant's events only, and tenants see only their own
+/// subscriptions and deliveries; tenant status changes are events too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_get_only_their_own_events() {
+    use reqwest::Method;
+    let receiver = Participant::start().await;
+    let app = app_with(Backend::Sqlite).await;
+    let admin_all = subscribe(&app, json!({"url": format!("{}/admin", receiver.url), "events": ["*"]})).await;
+    let mut tokens = Vec::new();
+    for tenant in ["acme", "beta"] {
+        let (status, _, body) =
+            app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": tenant, "name": tenant}))).await;
+        assert_eq!(status, 202, "{body}");
+        crate::tenants::until_status(&app, tenant, &["ACTIVE"]).await;
+        let (_, _, key) =
+            app.send(app.request(Method::POST, &format!("/v1/tenants/{tenant}/api-keys")).json(&json!({}))).await;
+        tokens.push(key["token"].as_str().expect("token").to_string());
+    }
+    let as_tenant = |token: &str, method: Method, path: &str| {
+        app.http.request(method, format!("{}{path}", app.url)).bearer_auth(token.to_string())
+    };
+    let (status, _, acme_sub) = app
+        .send(
+            as_tenant(&tokens[0], Method::POST, "/v1/subscriptions")
+                .json(&json!({"url": format!("{}/acme", receiver.url), "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{acme_sub}");
+    assert_eq!(acme_sub["tenant_id"], "acme");
+    let acme_sub_id = acme_sub["id"].as_str().expect("id").to_string();
+    let (status, _, _) =
+        app.send(as_tenant(&tokens[1], Method::GET, &format!("/v1/subscriptions/{acme_sub_id}"))).await;
+    assert_eq!(status, 404, "another tenant's subscription does not exist for beta");
+    let (_, _, beta_list) = app.send(as_tenant(&tokens[1], Method::GET, "/v1/subscriptions")).await;
+    assert_eq!(beta_list["items"], json!([]));
+    let (_, _, beta_deliveries) = app.send(as_tenant(&tokens[1], Method::GET, "/v1/deliveries")).await;
+    assert_eq!(beta_deliveries["items"], json!([]), "the admin's deliveries of beta's events are not beta's");
+
+    app.put_definition("one", &fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]))).await;
+    for tenant in ["acme", "beta"] {
+        let body = json!({"definition": "one", "input": {}, "tenant_id": tenant});
+        let (status, _, saga) = app.send(app.request(Method::POST, "/v1/sagas?wait=10s").json(&body)).await;
+        assert!(status == 200 || status == 201, "{saga}");
+    }
+    let (status, _, _) = app.send(app.request(Method::POST, "/v1/tenants/beta/suspend")).await;
+    assert_eq!(status, 200);
+    // The admin's `*` sees both tenants' sagas and beta's suspension; acme's sees acme's saga only.
+    // Two onboardings (tenant.activated, and their tenant.provision sagas' saga.completed), two
+    // sagas, one suspension.
+    let admin_seen = received(&receiver, "/admin", 7).await;
+    let count = |t: &str| admin_seen.iter().filter(|s| s.body["type"] == t).count();
+    let counts = (count("tenant.activated"), count("saga.completed"), count("tenant.suspended"));
+    assert_eq!(counts, (2, 4, 1), "{:?}", admin_seen.iter().map(|s| &s.body).collect::<Vec<_>>());
+    let acme_seen = received(&receiver, "/acme", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acme_seen_now = receiver.requests("/acme");
+    assert_eq!(acme_seen_now.len(), acme_seen.len());
+    assert!(
+        acme_seen_now.iter().all(|s| s.body["data"]["tenant_id"] == "acme"),
+        "{:?}",
+        acme_seen_now.iter().map(|s| &s.body).collect::<Vec<_>>()
+    );
+    let (status, _, _) = app.send(as_tenant(&tokens[1], Method::GET, "/v1/deliveries")).await;
+    assert_eq!(status, 403, "a suspended tenant's key opens nothing");
+    let (_, _, acme_deliveries) = app.send(as_tenant(&tokens[0], Method::GET, "/v1/deliveries")).await;
+    assert!(
+        acme_deliveries["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty() && items.iter().all(|d| d["subscription_id"] == acme_sub["id"])),
+        "{acme_deliveries}"
+    );
+    let _ = admin_all;
+}
