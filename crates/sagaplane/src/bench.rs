@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// measure the engine alone (in-process instance only).
     #[arg(long, conflicts_with = "url")]
     direct: bool,
+    /// Also subscribe a fast local receiver to every event (`*`) and measure the deliveries:
+    /// the engine's throughput with the outbox busy, and deliveries/s (in-process instance only).
+    #[arg(long, conflicts_with = "url")]
+    subscribe: bool,
 }
 
 fn definition(workload: Workload) -> (&'static str, Value, &'static str) {
@@ -63,11 +67,12 @@ struct Embedded {
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     instance: saga_runtime::InstanceHandle,
+    dispatcher: Option<delivery::DispatcherHandle>,
     hub: saga_runtime::TerminalHub,
     definitions: Arc<saga_runtime::DefinitionCache>,
 }
 
-async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
+async fn start_embedded(config: &Config, subscribe: bool) -> anyhow::Result<Embedded> {
     let url = match &config.database_url {
         Some(url) => url.clone(),
         None => {
@@ -82,6 +87,7 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
     let token = crate::run::generate_token();
     let definitions = crate::run::definition_cache(store.clone());
     let instance = crate::run::start_instance(config, store.clone(), definitions.clone(), hub.clone(), None, None);
+    let dispatcher = subscribe.then(|| crate::run::start_dispatcher(config, store.clone()));
     let state = server::AppState::new(
         store.clone(),
         Arc::new(saga_runtime::SystemClock),
@@ -92,7 +98,7 @@ async fn start_embedded(config: &Config) -> anyhow::Result<Embedded> {
     )
     .with_intake(instance.intake());
     let (url, stop, server) = serve_on_loopback(state).await?;
-    Ok(Embedded { url, token, backend, stop, server, instance, hub, definitions })
+    Ok(Embedded { url, token, backend, stop, server, instance, dispatcher, hub, definitions })
 }
 
 /// The API on a free loopback port, in the background, for an in-process benchmark: its base
@@ -122,7 +128,7 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     }
     let embedded = match &args.url {
         Some(_) => None,
-        None => Some(start_embedded(&config).await?),
+        None => Some(start_embedded(&config, args.subscribe).await?),
     };
     let (base, token, backend) = match &embedded {
         Some(e) => (e.url.clone(), Some(e.token.clone()), e.backend.clone()),
@@ -142,6 +148,10 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
         (Some(e), true) => Some(Direct::new(e, name).await?),
         _ => None,
     };
+    let receiver = match args.subscribe {
+        true => Some(Receiver::start(&client, &base, token.as_deref()).await?),
+        false => None,
+    };
     let shared = Arc::new(Load { client, base, token, name, direct, counter: AtomicUsize::new(0) });
     // Warm-up: connections, caches, JIT-free but page-cache-warm database.
     let warmup = args.concurrency.min(args.count);
@@ -151,9 +161,15 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     let results = drive(shared.clone(), args.count, args.concurrency).await?;
     let elapsed = started.elapsed();
     report(&args, &backend, expected, &results, elapsed);
+    if let Some(receiver) = &receiver {
+        receiver.report(&backend, warmup + args.count, started).await;
+    }
     if let Some(embedded) = embedded {
         let _ = embedded.stop.send(true);
         embedded.instance.shutdown().await;
+        if let Some(dispatcher) = embedded.dispatcher {
+            dispatcher.shutdown().await;
+        }
         let _ = embedded.server.await;
     }
     let all_expected = results.iter().all(|(status, _)| status == expected);
@@ -296,4 +312,67 @@ fn report(args: &BenchArgs, backend: &str, expected: &str, results: &[(String, D
         results.len(),
         args.concurrency
     );
+}
+
+/// A fast local webhook receiver subscribed to every event: answers 204 and counts.
+struct Receiver {
+    received: Arc<AtomicUsize>,
+    last_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(client: &reqwest::Client, base: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let received = Arc::new(AtomicUsize::new(0));
+        let last_at = Arc::new(std::sync::Mutex::new(None));
+        let (count, last) = (received.clone(), last_at.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let (count, last) = (count.clone(), last.clone());
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut last) = last.lock() {
+                        *last = Some(Instant::now());
+                    }
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let mut request = client.post(format!("{base}/v1/subscriptions")).json(&json!({"url": url, "events": ["*"]}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.context("subscribing the receiver")?;
+        if response.status().as_u16() != 201 {
+            bail!("subscribing: {} {}", response.status(), response.text().await.unwrap_or_default());
+        }
+        Ok(Receiver { received, last_at, _server: server })
+    }
+
+    /// Waits (at most 5 minutes) for `expected` deliveries and prints the rate since `started`.
+    async fn report(&self, backend: &str, expected: usize, started: Instant) {
+        let finished_engine = Instant::now();
+        let deadline = finished_engine + Duration::from_secs(300);
+        while self.received.load(Ordering::SeqCst) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let received = self.received.load(Ordering::SeqCst);
+        let last = self.last_at.lock().ok().and_then(|l| *l).unwrap_or(finished_engine);
+        let span = last.saturating_duration_since(started).as_secs_f64().max(0.001);
+        let lag_ms = last.saturating_duration_since(finished_engine).as_secs_f64() * 1000.0;
+        println!(
+            "  deliveries   {received} of {expected} received ({:.1}/s); the last {lag_ms:.0} ms after the last saga",
+            received as f64 / span
+        );
+        println!(
+            "RESULT workload=deliveries backend={backend} n={expected} deliveries_per_s={:.1} lag_ms={lag_ms:.0} received={received}",
+            received as f64 / span
+        );
+    }
 }
