@@ -231,7 +231,8 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// Writes events outside a saga commit (an operator's tenant change rides on its own
     /// transaction instead), each with a delivery per active subscription that wants it.
     async fn events_append(&self, events: &[OutboxEvent]) -> StoreResult<()>;
-    /// Claims due deliveries, newest event first: leased to `worker_id`, token bumped.
+    /// Claims due deliveries of active subscriptions, newest event first: leased to
+    /// `worker_id`, token bumped. A disabled subscription's deliveries wait until it is active.
     async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>>;
     /// Records an attempt, fenced: false when another dispatcher has claimed it since.
     async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool>;

@@ -270,6 +270,7 @@ impl DeliveryStore for PostgresStore {
             "WITH due AS ( \
                SELECT d.id FROM deliveries d \
                WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND d.subscription_id <> ALL($4::uuid[]) \
+                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.status = 'active') \
                ORDER BY d.created_at DESC LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE deliveries d SET lease_owner = $3, next_attempt_at = $1 + $5, fencing_token = d.fencing_token + 1 \
              FROM due WHERE d.id = due.id \

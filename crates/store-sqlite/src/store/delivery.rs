@@ -258,6 +258,7 @@ impl DeliveryStore for SqliteStore {
              WHERE id IN ( \
                SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 \
                  AND subscription_id NOT IN (SELECT value FROM json_each(?4)) \
+                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = subscription_id AND s.status = 'active') \
                ORDER BY created_at DESC LIMIT ?2) \
              RETURNING {DELIVERY_COLUMNS}, fencing_token"
         ))
