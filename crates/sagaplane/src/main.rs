@@ -5,6 +5,7 @@ mod bench;
 mod bench_tenants;
 mod client;
 mod config;
+mod delivery_client;
 mod run;
 mod telemetry;
 mod tenant_client;
@@ -63,6 +64,20 @@ enum Command {
     Definitions {
         #[command(subcommand)]
         command: client::DefinitionsCommand,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Subscribe URLs to events; rotate secrets.
+    Subscriptions {
+        #[command(subcommand)]
+        command: delivery_client::SubscriptionsCommand,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Outbound deliveries: list, show, replay a dead one, recover a subscription's.
+    Deliveries {
+        #[command(subcommand)]
+        command: delivery_client::DeliveriesCommand,
         #[command(flatten)]
         connection: client::Connection,
     },
@@ -162,6 +177,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Definitions { command, connection } => return client::definitions(command, connection).await,
         Command::Sagas { command, connection } => return client::sagas(command, connection).await,
+        Command::Subscriptions { command, connection } => {
+            return delivery_client::subscriptions(command, connection).await
+        }
+        Command::Deliveries { command, connection } => return delivery_client::deliveries(command, connection).await,
         Command::Tenants { command, connection } => return tenant_client::tenants(command, connection).await,
     }
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
 //! The client subcommands against a running server.
 
 use std::process::Command;
+use std::time::Duration;
 
 use test_support::{App, Backend};
 
@@ -310,4 +311,53 @@ async fn the_readme_order_without_its_variable_is_warned_about_and_fails_naming_
     );
     assert_eq!(saga["steps"][0]["status"], "COMPENSATED", "the reservation is undone: {saga}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_and_deliveries_from_the_command_line() {
+    let receiver = test_support::Participant::start().await;
+    receiver.script("/hook", vec![(500, serde_json::json!({}))]);
+    let app = App::spawn(BIN, Backend::Sqlite, &[("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "100ms".to_string())]).await;
+    let hook = format!("{}/hook", receiver.url);
+    let run = |args: &[&str]| {
+        let out = tokio::task::block_in_place(|| client(&app, args));
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let created: serde_json::Value =
+        serde_json::from_str(&run(&["subscriptions", "create", &hook, "--events", "saga.completed"])).expect("json");
+    assert!(created["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")), "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let listed: serde_json::Value = serde_json::from_str(&run(&["subscriptions", "list"])).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert!(listed[0].get("secret").is_none(), "{listed}");
+
+    // A saga's event to a receiver that fails: dead after two attempts, then replayed.
+    let document =
+        test_support::app::fast_definition(serde_json::json!([{"name": "a", "action": {"builtin": "core.echo"}}]));
+    app.put_definition("one", &document).await;
+    app.wait_terminal(&app.start("one", serde_json::json!({})).await, Duration::from_secs(30)).await;
+    let dead = test_support::eventually("a dead delivery", Duration::from_secs(30), || async {
+        let listed: serde_json::Value = serde_json::from_str(&run(&["deliveries", "list", "--status", "dead"])).ok()?;
+        listed.as_array()?.first().cloned()
+    })
+    .await;
+    let delivery_id = dead["id"].as_str().expect("id").to_string();
+    let shown: serde_json::Value = serde_json::from_str(&run(&["deliveries", "show", &delivery_id])).expect("json");
+    assert_eq!(shown["attempts"].as_array().map(Vec::len), Some(2), "{shown}");
+    receiver.script("/hook", vec![(200, serde_json::json!({}))]);
+    assert!(run(&["deliveries", "replay", &delivery_id]).contains("pending again"));
+    test_support::eventually("the replay delivered", Duration::from_secs(30), || async {
+        let listed: serde_json::Value =
+            serde_json::from_str(&run(&["deliveries", "list", "--status", "succeeded"])).ok()?;
+        (listed.as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    assert!(run(&["deliveries", "recover", &id, "--since", "2020-01-01T00:00:00Z"]).contains("0 dead deliveries"));
+    let rotated: serde_json::Value = serde_json::from_str(&run(&["subscriptions", "rotate", &id])).expect("json");
+    assert!(rotated["secret"].as_str().is_some_and(|s| s != created["secret"].as_str().unwrap_or("")), "{rotated}");
+    assert!(run(&["subscriptions", "delete", &id]).contains("deleted"));
+    let out = tokio::task::block_in_place(|| client(&app, &["subscriptions", "create", "ftp://nope", "--events", "*"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/url"), "{}", String::from_utf8_lossy(&out.stderr));
 }
