@@ -38,6 +38,8 @@ pub struct DispatcherConfig {
     pub lease_ttl_ms: i64,
     /// How often due deliveries are looked for.
     pub poll_interval_ms: u64,
+    /// Networks webhooks may not reach (`SAGAPLANE_HTTP_DENY`, as for steps).
+    pub deny: saga_runtime::executor::deny::AddressDenyList,
 }
 
 impl DispatcherConfig {
@@ -50,6 +52,7 @@ impl DispatcherConfig {
             per_subscription_max: 4,
             lease_ttl_ms: 60_000,
             poll_interval_ms: 250,
+            deny: saga_runtime::executor::deny::AddressDenyList::default(),
         }
     }
 }
@@ -92,12 +95,15 @@ fn now_ms() -> i64 {
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn DeliveryStore>, config: DispatcherConfig) -> Self {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(16)
             .user_agent(concat!("sagaplane/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .redirect(reqwest::redirect::Policy::none());
+        if !config.deny.is_empty() {
+            let resolver = saga_runtime::executor::deny::DenyingResolver(config.deny.clone());
+            builder = builder.dns_resolver(Arc::new(resolver));
+        }
+        let client = builder.build().unwrap_or_else(|_| reqwest::Client::new());
         Dispatcher { store, config, client }
     }
 
@@ -216,12 +222,23 @@ async fn claim(
 async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
     let started_ms = now_ms();
     let attempted = match &claimed.subscription.destination {
-        Destination::Url(url) => {
-            let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
-            send::webhook(&inner.client, &claimed, url, started_ms, timeout).await
-        }
+        Destination::Url(url) => match denied_literal(&inner.config.deny, url) {
+            Some(error) => Attempted {
+                delivered: false,
+                definite: true,
+                status_code: None,
+                error: Some(error),
+                retry_after_ms: None,
+                duration_ms: 0,
+            },
+            None => {
+                let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
+                send::webhook(&inner.client, &claimed, url, started_ms, timeout).await
+            }
+        },
         Destination::Nats { .. } => Attempted {
             delivered: false,
+            definite: false,
             status_code: None,
             error: Some("NATS destinations are not delivered by this release".into()),
             retry_after_ms: None,
@@ -232,6 +249,9 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
     let finished_ms = now_ms();
     let (status, next_attempt_at_ms) = if attempted.delivered {
         (DeliveryStatus::Succeeded, finished_ms)
+    } else if attempted.definite {
+        // Retrying cannot help (a denied address): dead now, for a replay once it is fixed.
+        (DeliveryStatus::Dead, finished_ms)
     } else {
         inner.config.schedule.after_failure(round_attempt, finished_ms, attempted.retry_after_ms)
     };
@@ -271,4 +291,14 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
         }
     }
     inner.finished.notify_one();
+}
+
+/// The deny-list's refusal of a URL whose host is a literal address (names are checked by the
+/// client's resolver at connect time).
+fn denied_literal(deny: &saga_runtime::executor::deny::AddressDenyList, url: &str) -> Option<String> {
+    if deny.is_empty() {
+        return None;
+    }
+    let parsed = reqwest::Url::parse(url).ok()?;
+    deny.check_literal(parsed.host_str()?).err().map(|denied| denied.to_string())
 }

@@ -16,6 +16,8 @@ pub const ERROR_BODY_MAX_BYTES: usize = 200;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attempted {
     pub delivered: bool,
+    /// A failure retrying cannot fix (the address is denied): the delivery is dead at once.
+    pub definite: bool,
     pub status_code: Option<u16>,
     pub error: Option<String>,
     pub retry_after_ms: Option<u64>,
@@ -78,12 +80,20 @@ pub async fn webhook(
         Err(e) if e.is_timeout() => {
             return failed(None, format!("no answer within {}ms", timeout.as_millis()), None, started)
         }
-        Err(e) => return failed(None, format!("request failed: {}", chain(&e)), None, started),
+        Err(e) => {
+            if let Some(denied) = saga_runtime::executor::deny::denied_in(&e) {
+                let mut attempted = failed(None, denied.to_string(), None, started);
+                attempted.definite = true;
+                return attempted;
+            }
+            return failed(None, format!("request failed: {}", chain(&e)), None, started);
+        }
     };
     let status = response.status().as_u16();
     if response.status().is_success() {
         return Attempted {
             delivered: true,
+            definite: false,
             status_code: Some(status),
             error: None,
             retry_after_ms: None,
@@ -109,7 +119,14 @@ pub async fn webhook(
 }
 
 fn failed(status_code: Option<u16>, error: String, retry_after_ms: Option<u64>, started: Instant) -> Attempted {
-    Attempted { delivered: false, status_code, error: Some(error), retry_after_ms, duration_ms: elapsed_ms(started) }
+    Attempted {
+        delivered: false,
+        definite: false,
+        status_code,
+        error: Some(error),
+        retry_after_ms,
+        duration_ms: elapsed_ms(started),
+    }
 }
 
 fn elapsed_ms(started: Instant) -> i64 {

@@ -145,7 +145,8 @@ pub fn start_instance(
 /// The outbox's dispatcher (every process that runs a worker runs one; claims keep them apart).
 pub fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::DispatcherHandle {
     let schedule = delivery::RetrySchedule::new(config.delivery_retry_schedule_ms.clone());
-    let dispatcher_config = delivery::DispatcherConfig::new(config.worker_id.clone(), schedule);
+    let mut dispatcher_config = delivery::DispatcherConfig::new(config.worker_id.clone(), schedule);
+    dispatcher_config.deny = config.http_deny.clone();
     delivery::Dispatcher::new(store, dispatcher_config).start()
 }
 

@@ -100,9 +100,10 @@ pub fn denied_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a
     None
 }
 
-/// reqwest's resolver with the deny-list applied to every name it resolves.
+/// reqwest's resolver with the deny-list applied to every name it resolves (steps, and the
+/// delivery dispatcher's webhooks).
 #[derive(Clone)]
-pub(crate) struct DenyingResolver(pub AddressDenyList);
+pub struct DenyingResolver(pub AddressDenyList);
 
 impl reqwest::dns::Resolve for DenyingResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {

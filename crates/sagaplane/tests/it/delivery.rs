@@ -256,3 +256,27 @@ async fn tenants_get_only_their_own_events() {
     );
     let _ = admin_all;
 }
+
+/// `SAGAPLANE_HTTP_DENY` keeps webhooks off listed networks as it keeps steps: a subscription
+/// pointed at a denied address (literal or by name) is never reached, and its delivery is dead
+/// at once (retrying cannot help), ready for a replay once the address is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_addresses_are_never_delivered_to() {
+    let receiver = Participant::start().await;
+    let env = [
+        ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "100ms".to_string()),
+        ("SAGAPLANE_HTTP_DENY", "127.0.0.0/8,::1".to_string()),
+    ];
+    let app = App::spawn(BIN, Backend::Sqlite, &env).await;
+    let literal = subscribe(&app, json!({"url": format!("{}/hook", receiver.url), "events": ["*"]})).await;
+    let by_name = receiver.url.replace("127.0.0.1", "localhost");
+    let named = subscribe(&app, json!({"url": format!("{by_name}/hook"), "events": ["*"]})).await;
+    app.put_definition("one", &fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]))).await;
+    app.wait_terminal(&app.start("one", json!({})).await, WAIT).await;
+    for subscription in [&literal, &named] {
+        let dead = delivery_of(&app, subscription["id"].as_str().expect("id"), "dead").await;
+        assert_eq!(dead["attempts"], 1, "dead at once: {dead}");
+        assert!(dead["last_error"].as_str().unwrap_or("").contains("SAGAPLANE_HTTP_DENY"), "{dead}");
+    }
+    assert!(receiver.all_requests().is_empty(), "a denied address was reached");
+}
