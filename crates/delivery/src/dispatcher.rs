@@ -121,6 +121,8 @@ impl Dispatcher {
 }
 
 async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    crate::metrics::describe();
+    let backlog = tokio::spawn(refresh_backlog(inner.clone(), stopped.clone()));
     let mut attempts = JoinSet::new();
     // Claimed for a subscription already at its cap: started as its attempts finish (well within
     // the claim's lease: at most `per_subscription_max` wait behind as many attempts).
@@ -166,6 +168,25 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     if tokio::time::timeout(drain, async { while attempts.join_next().await.is_some() {} }).await.is_err() {
         // Their leases end and another dispatcher sends them again, same webhook-id.
         attempts.abort_all();
+    }
+    let _ = backlog.await;
+}
+
+/// Keeps the backlog gauges current until the dispatcher stops.
+async fn refresh_backlog(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    let mut reported = Vec::new();
+    loop {
+        match inner.store.delivery_backlog().await {
+            Ok(backlog) => reported = crate::metrics::backlog(&backlog, &reported, now_ms()),
+            Err(e) => tracing::debug!(error = %e, "reading the delivery backlog failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(crate::metrics::BACKLOG_REFRESH) => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
     }
 }
 
@@ -268,6 +289,12 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             duration_ms: attempted.duration_ms,
         },
     };
+    let outcome = match status {
+        DeliveryStatus::Succeeded => "delivered",
+        DeliveryStatus::Pending => "retried",
+        DeliveryStatus::Dead => "dead",
+    };
+    crate::metrics::attempt(&claimed.subscription.id.to_string(), outcome, attempted.duration_ms);
     match inner.store.delivery_attempt_record(&result).await {
         Ok(true) => {
             if status == DeliveryStatus::Dead {

@@ -5,6 +5,7 @@
 //! events are written by the engine's commits and the tenant lifecycle, never here.
 
 pub mod dispatcher;
+pub mod metrics;
 pub mod schedule;
 pub mod secret;
 pub mod send;

@@ -196,6 +196,15 @@ pub struct ClaimedDelivery {
     pub subscription: SubscriptionRecord,
 }
 
+/// Pending deliveries of one subscription, for the backlog gauges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryBacklog {
+    pub subscription_id: Uuid,
+    pub pending: u64,
+    /// When the oldest pending delivery's event happened.
+    pub oldest_created_at_ms: i64,
+}
+
 /// What came of an attempt, to record.
 #[derive(Clone, Debug)]
 pub struct DeliveryAttemptResult {
@@ -243,4 +252,6 @@ pub trait DeliveryStore: Send + Sync + 'static {
     async fn delivery_replay(&self, id: Uuid, now_ms: i64) -> StoreResult<DeliveryRecord>;
     /// Every `dead` delivery of a subscription created since `since_ms` back to `pending`.
     async fn deliveries_recover(&self, subscription_id: Uuid, since_ms: i64, now_ms: i64) -> StoreResult<u64>;
+    /// Pending deliveries per subscription (those with any).
+    async fn delivery_backlog(&self) -> StoreResult<Vec<DeliveryBacklog>>;
 }

@@ -105,6 +105,10 @@ pub async fn events_reach_exactly_the_subscriptions_that_want_them(store: Arc<dy
     ensure!(every_ones.iter().all(|d| d.status == DeliveryStatus::Dead), "deleted subscription's deliveries end dead");
     let pending = DeliveryFilter { status: Some(DeliveryStatus::Pending), limit: 100, ..Default::default() };
     ensure!(db(store.delivery_list(&pending).await)?.len() == 2, "nobody wanted order.shipped after the delete");
+    let backlog = db(store.delivery_backlog().await)?;
+    let of = |id: Uuid| backlog.iter().find(|b| b.subscription_id == id).map(|b| (b.pending, b.oldest_created_at_ms));
+    ensure!(of(failures.id) == Some((1, 11)) && of(acme.id) == Some((1, 10)), "backlog: {backlog:?}");
+    ensure!(of(every.id).is_none() && of(off.id).is_none(), "only subscriptions with pending ones: {backlog:?}");
     let delivery = &deliveries_of(store.as_ref(), acme.id).await?[0];
     ensure!(delivery.event_type == "saga.completed" && delivery.tenant_id.as_deref() == Some("acme"), "{delivery:?}");
     ensure!(delivery.attempts == 0 && delivery.next_attempt_at_ms == 10, "due at the event's time: {delivery:?}");

@@ -148,6 +148,19 @@ async fn failing_receivers_are_retried_then_dead_then_replayed(backend: Backend)
     assert!(dead["last_error"].as_str().unwrap_or("").contains("500"), "{dead}");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(receiver.requests("/down").len(), 3, "nothing after dead");
+    let metrics =
+        app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+    let counted = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("saga_delivery_attempts_total{")
+                    && l.contains(&format!("subscription=\"{down_id}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!((counted("retried"), counted("dead")), (Some(2), Some(1)), "per-destination attempt counts");
     // It recovers; the operator replays the dead delivery: delivered, same webhook-id.
     receiver.script("/down", vec![(204, json!(null))]);
     let replay = format!("/v1/deliveries/{}/replay", dead["id"].as_str().expect("id"));

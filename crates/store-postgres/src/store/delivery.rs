@@ -420,6 +420,24 @@ impl DeliveryStore for PostgresStore {
         }
     }
 
+    async fn delivery_backlog(&self) -> StoreResult<Vec<saga_store::DeliveryBacklog>> {
+        let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+            "SELECT subscription_id, count(*), min(created_at) FROM deliveries WHERE status = 'pending' \
+             GROUP BY subscription_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(subscription_id, pending, oldest)| saga_store::DeliveryBacklog {
+                subscription_id,
+                pending: u64::try_from(pending).unwrap_or(0),
+                oldest_created_at_ms: oldest,
+            })
+            .collect())
+    }
+
     async fn deliveries_recover(&self, subscription_id: Uuid, since_ms: i64, now_ms: i64) -> StoreResult<u64> {
         let recovered = sqlx::query(
             "UPDATE deliveries d SET status = 'pending', next_attempt_at = $3, attempts_before_replay = d.attempts, \

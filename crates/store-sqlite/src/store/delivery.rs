@@ -403,6 +403,26 @@ impl DeliveryStore for SqliteStore {
         Ok(record)
     }
 
+    async fn delivery_backlog(&self) -> StoreResult<Vec<saga_store::DeliveryBacklog>> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT subscription_id, count(*), min(created_at) FROM deliveries WHERE status = 'pending' \
+             GROUP BY subscription_id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(subscription_id, pending, oldest)| {
+                Ok(saga_store::DeliveryBacklog {
+                    subscription_id: Uuid::parse_str(&subscription_id)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    pending: u64::try_from(pending).unwrap_or(0),
+                    oldest_created_at_ms: oldest,
+                })
+            })
+            .collect()
+    }
+
     async fn deliveries_recover(&self, subscription_id: Uuid, since_ms: i64, now_ms: i64) -> StoreResult<u64> {
         let recovered = sqlx::query(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3, attempts_before_replay = attempts, \
