@@ -293,3 +293,26 @@ async fn denied_addresses_are_never_delivered_to() {
     }
     assert!(receiver.all_requests().is_empty(), "a denied address was reached");
 }
+
+/// An instance SIGKILLed while a delivery is in flight loses nothing: when its claim ends,
+/// another instance sends the delivery again, with the same webhook-id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_in_flight_survives_its_instance_being_killed() {
+    let receiver = Participant::start().await;
+    receiver.delay("/slow", vec![Duration::from_secs(60)]);
+    let database_url = Backend::Postgres.fresh_url().await;
+    let env = [("SAGAPLANE_LEASE_TTL", "2s".to_string())];
+    let mut doomed = App::spawn_on(BIN, &database_url, &["server"], &env).await;
+    subscribe(&doomed, json!({"url": format!("{}/slow", receiver.url), "events": ["saga.completed"]})).await;
+    doomed.put_definition("one", &fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]))).await;
+    doomed.wait_terminal(&doomed.start("one", json!({})).await, WAIT).await;
+    let first = received(&receiver, "/slow", 1).await;
+    doomed.child_mut().start_kill().expect("SIGKILL");
+    let _ = doomed.child_mut().wait().await;
+
+    let survivor = App::spawn_on(BIN, &database_url, &["server"], &env).await;
+    let again = received(&receiver, "/slow", 2).await;
+    assert_eq!(again[1].headers["webhook-id"], first[0].headers["webhook-id"], "the same event, the same id");
+    let (_, _, page) = survivor.send(survivor.request(reqwest::Method::GET, "/v1/deliveries?status=succeeded")).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+}
