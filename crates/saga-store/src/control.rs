@@ -110,7 +110,13 @@ pub const WEBHOOK_CLAIM_TTL_MS: i64 = 60_000;
 pub trait TenantStore: Send + Sync + 'static {
     /// Creates a tenant (status `PROVISIONING`) and its provisioning saga in one transaction;
     /// [`crate::StoreError::Conflict`] when the id exists.
-    async fn tenant_create(&self, tenant: TenantRecord, saga: SagaCreate) -> StoreResult<(TenantRecord, SagaRecord)>;
+    /// Creates the tenant with its provisioning saga and the event reporting it, in one transaction.
+    async fn tenant_create(
+        &self,
+        tenant: TenantRecord,
+        saga: SagaCreate,
+        event: Option<crate::OutboxEvent>,
+    ) -> StoreResult<(TenantRecord, SagaRecord)>;
     async fn tenant_get(&self, id: &str) -> StoreResult<TenantRecord>;
     async fn tenant_list(&self, filter: &TenantFilter) -> StoreResult<Vec<TenantRecord>>;
     /// A conditional status change (and maybe a saga) by an operator.

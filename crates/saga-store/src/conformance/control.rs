@@ -40,15 +40,15 @@ pub async fn tenants_are_created_with_their_saga_and_change_status_conditionally
     use saga_core::tenant::TenantStatus;
     let saga = tenant_saga("acme", 1);
     let saga_id = saga.id;
-    let (created, saga_record) = db(store.tenant_create(tenant("acme", 1), saga).await)?;
+    let (created, saga_record) = db(store.tenant_create(tenant("acme", 1), saga, None).await)?;
     ensure!(created.saga_id == Some(saga_id) && saga_record.id == saga_id, "saga linked: {created:?}");
     ensure!(saga_record.tenant_id.as_deref() == Some("acme"), "saga carries the tenant");
-    let again = store.tenant_create(tenant("acme", 2), tenant_saga("acme", 2)).await;
+    let again = store.tenant_create(tenant("acme", 2), tenant_saga("acme", 2), None).await;
     ensure!(matches!(again, Err(StoreError::Conflict(_))), "duplicate id: {again:?}");
     let sagas = db(store.saga_list(&SagaFilter { limit: 10, ..Default::default() }).await)?;
     ensure!(sagas.len() == 1, "a refused tenant starts no saga ({} sagas)", sagas.len());
     ensure!(matches!(store.tenant_get("nope").await, Err(StoreError::NotFound)), "unknown tenant");
-    db(store.tenant_create(tenant("beta", 3), tenant_saga("beta", 3)).await)?;
+    db(store.tenant_create(tenant("beta", 3), tenant_saga("beta", 3), None).await)?;
     let page = db(store.tenant_list(&crate::TenantFilter { limit: 1, ..Default::default() }).await)?;
     ensure!(page.len() == 1 && page[0].id == "acme", "first page: {page:?}");
     let next = db(store
@@ -94,7 +94,7 @@ pub async fn tenants_are_created_with_their_saga_and_change_status_conditionally
 
 pub async fn an_operator_update_changes_its_tenant_with_it_or_not_at_all(store: Arc<dyn Store>) -> CheckResult {
     use saga_core::tenant::TenantStatus;
-    let (_, saga) = db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0)).await)?;
+    let (_, saga) = db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0), None).await)?;
     let mut state = saga.state.clone();
     state.status = SagaStatus::Executing;
     let update = |from: Vec<TenantStatus>| SagaOperatorUpdate {
@@ -131,7 +131,7 @@ pub async fn an_operator_update_changes_its_tenant_with_it_or_not_at_all(store: 
 
 pub async fn tenant_changes_commit_with_the_transition_or_not_at_all(store: Arc<dyn Store>) -> CheckResult {
     use saga_core::tenant::TenantStatus;
-    let (_, saga) = db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0)).await)?;
+    let (_, saga) = db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0), None).await)?;
     let claimed = claim_one(store.as_ref(), 0).await?;
     ensure!(claimed.record.id == saga.id, "claimed the tenant's saga");
     let change = |to: TenantStatus| crate::TenantChange {
@@ -199,7 +199,7 @@ pub async fn tenant_changes_commit_with_the_transition_or_not_at_all(store: Arc<
 /// A tenant holds at most `TENANT_KEYS_MAX` unrevoked keys, even when creators race; a revoked
 /// key frees its place.
 pub async fn tenant_keys_are_capped_per_tenant(store: Arc<dyn Store>) -> CheckResult {
-    db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0)).await)?;
+    db(store.tenant_create(tenant("acme", 0), tenant_saga("acme", 0), None).await)?;
     let key = |n: u32| crate::TenantKeyRecord {
         id: Uuid::now_v7(),
         tenant_id: "acme".into(),

@@ -136,7 +136,7 @@ pub async fn a_refused_tenant_change_emits_nothing(store: Arc<dyn Store>) -> Che
     let every = subscription("http://a", &["*"], None, 0);
     db(store.subscription_create(&every).await)?;
     let tenant = super::control::tenant("acme", 0);
-    let (_, saga) = db(store.tenant_create(tenant, super::control::tenant_saga("acme", 0)).await)?;
+    let (_, saga) = db(store.tenant_create(tenant, super::control::tenant_saga("acme", 0), None).await)?;
     let claimed = claim_one(store.as_ref(), 1).await?;
     ensure!(claimed.record.id == saga.id, "claimed the tenant's saga");
     let change = |to: TenantStatus, event_type: &str| crate::TenantChange {

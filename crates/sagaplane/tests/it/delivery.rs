@@ -243,12 +243,13 @@ async fn tenants_get_only_their_own_events() {
     let (status, _, _) = app.send(app.request(Method::POST, "/v1/tenants/beta/suspend")).await;
     assert_eq!(status, 200);
     // The admin's `*` sees both tenants' sagas and beta's suspension; acme's sees acme's saga only.
-    // Two onboardings (tenant.activated, and their tenant.provision sagas' saga.completed), two
-    // sagas, one suspension.
-    let admin_seen = received(&receiver, "/admin", 7).await;
+    // Two onboardings (tenant.provisioning, tenant.activated, and their tenant.provision sagas'
+    // saga.completed), two sagas, one suspension.
+    let admin_seen = received(&receiver, "/admin", 9).await;
     let count = |t: &str| admin_seen.iter().filter(|s| s.body["type"] == t).count();
-    let counts = (count("tenant.activated"), count("saga.completed"), count("tenant.suspended"));
-    assert_eq!(counts, (2, 4, 1), "{:?}", admin_seen.iter().map(|s| &s.body).collect::<Vec<_>>());
+    let counts =
+        (count("tenant.provisioning"), count("tenant.activated"), count("saga.completed"), count("tenant.suspended"));
+    assert_eq!(counts, (2, 2, 4, 1), "{:?}", admin_seen.iter().map(|s| &s.body).collect::<Vec<_>>());
     let acme_seen = received(&receiver, "/acme", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let acme_seen_now = receiver.requests("/acme");

@@ -26,6 +26,7 @@ use crate::views;
 
 /// The event types Sagaplane itself emits; other types are custom (`core.emit`).
 pub const EVENT_TYPES: &[&str] = &[
+    "tenant.provisioning",
     "tenant.activated",
     "tenant.provision_failed",
     "tenant.migration_failed",

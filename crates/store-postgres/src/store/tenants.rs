@@ -13,7 +13,12 @@ use crate::rows::{self, db, TENANT_COLUMNS};
 
 #[async_trait]
 impl TenantStore for PostgresStore {
-    async fn tenant_create(&self, tenant: TenantRecord, saga: SagaCreate) -> StoreResult<(TenantRecord, SagaRecord)> {
+    async fn tenant_create(
+        &self,
+        tenant: TenantRecord,
+        saga: SagaCreate,
+        event: Option<saga_store::OutboxEvent>,
+    ) -> StoreResult<(TenantRecord, SagaRecord)> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let row = sqlx::query(&format!(
             "INSERT INTO tenants AS t (id, name, tier, storage_mode, sla_tier, status, domains, contacts, metadata, \
@@ -46,6 +51,9 @@ impl TenantStore for PostgresStore {
             .await?
             .ok_or_else(|| StoreError::Conflict("the provisioning saga's idempotency key is taken".into()))?;
         let saga_record = rows::saga(&saga_row)?;
+        if let Some(event) = &event {
+            super::delivery::fan_out(&mut tx, std::slice::from_ref(event)).await?;
+        }
         tx.commit().await.map_err(db)?;
         self.announce_work();
         Ok((record, saga_record))

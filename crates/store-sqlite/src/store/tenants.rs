@@ -11,7 +11,12 @@ use crate::rows::{self, db, json_text, TENANT_COLUMNS};
 
 #[async_trait]
 impl TenantStore for SqliteStore {
-    async fn tenant_create(&self, tenant: TenantRecord, saga: SagaCreate) -> StoreResult<(TenantRecord, SagaRecord)> {
+    async fn tenant_create(
+        &self,
+        tenant: TenantRecord,
+        saga: SagaCreate,
+        event: Option<saga_store::OutboxEvent>,
+    ) -> StoreResult<(TenantRecord, SagaRecord)> {
         let mut tx = self.writer.begin().await.map_err(db)?;
         let row = sqlx::query(&format!(
             "INSERT INTO tenants (id, name, tier, storage_mode, sla_tier, status, domains, contacts, metadata, \
@@ -43,6 +48,9 @@ impl TenantStore for SqliteStore {
         let saga_record = creates::insert_one(&mut tx, &saga)
             .await?
             .ok_or_else(|| StoreError::Conflict("the provisioning saga's idempotency key is taken".into()))?;
+        if let Some(event) = &event {
+            super::delivery::fan_out(&mut tx, std::slice::from_ref(event)).await?;
+        }
         tx.commit().await.map_err(db)?;
         self.work.notify_one();
         Ok((record, saga_record))

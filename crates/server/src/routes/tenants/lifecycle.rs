@@ -47,7 +47,13 @@ pub async fn onboard(state: &AppState, body: &Value) -> Result<(StatusCode, Valu
     };
     let saga = tenant_saga(state, tenancy::definitions::PROVISION, &request.id, json!({"tenant_id": request.id}), None)
         .await?;
-    match state.store.tenant_create(record, saga).await {
+    let event = saga_store::OutboxEvent::new(
+        "tenant.provisioning",
+        Some(&request.id),
+        json!({"tenant_id": request.id, "status": "PROVISIONING", "saga_id": saga.id}),
+        now_ms,
+    );
+    match state.store.tenant_create(record, saga, Some(event)).await {
         Ok((tenant, saga)) => Ok((StatusCode::ACCEPTED, json!({"tenant": views::tenant(&tenant), "saga_id": saga.id}))),
         Err(StoreError::Conflict(_)) => Err(ApiError::Conflict(format!("tenant {:?} already exists", request.id))),
         Err(e) => Err(e.into()),
