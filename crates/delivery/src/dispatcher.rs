@@ -80,8 +80,22 @@ impl DispatcherHandle {
     }
 }
 
+/// Records attempts group-committed: whatever finished while the last batch was written.
+struct AttemptWriter(Arc<dyn DeliveryStore>);
+
+#[async_trait::async_trait]
+impl saga_store::BatchWrite for AttemptWriter {
+    type Item = DeliveryAttemptResult;
+    type Output = bool;
+
+    async fn write(&self, batch: &[DeliveryAttemptResult]) -> saga_store::StoreResult<Vec<bool>> {
+        self.0.delivery_attempts_record(batch).await
+    }
+}
+
 struct Inner {
     store: Arc<dyn DeliveryStore>,
+    records: saga_store::Batcher<AttemptWriter>,
     config: DispatcherConfig,
     client: reqwest::Client,
     /// Attempts in flight per subscription.
@@ -109,7 +123,10 @@ impl Dispatcher {
 
     pub fn start(self) -> DispatcherHandle {
         let (stop, stopped) = watch::channel(false);
+        let (records, _writer) =
+            saga_store::Batcher::start(AttemptWriter(self.store.clone()), saga_store::OnBatchError::WriteEachAlone);
         let inner = Arc::new(Inner {
+            records,
             store: self.store,
             config: self.config,
             client: self.client,
@@ -295,7 +312,7 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
         DeliveryStatus::Dead => "dead",
     };
     crate::metrics::attempt(&claimed.subscription.id.to_string(), outcome, attempted.duration_ms);
-    match inner.store.delivery_attempt_record(&result).await {
+    match inner.records.submit(result).await.map(|(recorded, _)| recorded) {
         Ok(true) => {
             if status == DeliveryStatus::Dead {
                 tracing::warn!(delivery_id = %claimed.delivery.id, subscription_id = %claimed.subscription.id,

@@ -243,8 +243,14 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// Claims due deliveries of active subscriptions, newest event first: leased to
     /// `worker_id`, token bumped. A disabled subscription's deliveries wait until it is active.
     async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>>;
-    /// Records an attempt, fenced: false when another dispatcher has claimed it since.
-    async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool>;
+    /// Records attempts in one transaction, each fenced on its token: false for one that
+    /// another dispatcher has claimed since.
+    async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>>;
+    /// [`Self::delivery_attempts_record`] of one.
+    async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool> {
+        let recorded = self.delivery_attempts_record(std::slice::from_ref(result)).await?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
     async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)>;
     async fn delivery_list(&self, filter: &DeliveryFilter) -> StoreResult<Vec<DeliveryRecord>>;
     /// A `dead` delivery back to `pending`, due now, with a fresh attempt budget; Conflict

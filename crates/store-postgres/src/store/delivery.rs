@@ -326,28 +326,47 @@ impl DeliveryStore for PostgresStore {
             .collect())
     }
 
-    async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool> {
-        let attempt = &result.attempt;
-        let recorded: Option<Uuid> = sqlx::query_scalar(
-            "WITH d AS ( \
-               UPDATE deliveries SET status = $3, attempts = attempts + 1, next_attempt_at = $4, last_error = $5, \
-                 delivered_at = CASE WHEN $3 = 'succeeded' THEN $6 ELSE delivered_at END, lease_owner = NULL \
-               WHERE id = $1 AND fencing_token = $2 RETURNING id, attempts) \
-             INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, duration_ms) \
-             SELECT id, attempts, $6, $7, $5, $8 FROM d RETURNING delivery_id",
+    async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        // In id order, like every multi-row write.
+        let mut sorted: Vec<&DeliveryAttemptResult> = results.iter().collect();
+        sorted.sort_unstable_by_key(|r| r.id);
+        let ids: Vec<Uuid> = sorted.iter().map(|r| r.id).collect();
+        let tokens: Vec<i64> = sorted.iter().map(|r| r.fencing_token).collect();
+        let statuses: Vec<&str> = sorted.iter().map(|r| r.status.as_str()).collect();
+        let next: Vec<i64> = sorted.iter().map(|r| r.next_attempt_at_ms).collect();
+        let errors: Vec<Option<String>> = sorted.iter().map(|r| r.attempt.error.clone()).collect();
+        let ats: Vec<i64> = sorted.iter().map(|r| r.attempt.at_ms).collect();
+        let codes: Vec<Option<i32>> = sorted.iter().map(|r| r.attempt.status_code.map(i32::from)).collect();
+        let durations: Vec<i64> = sorted.iter().map(|r| r.attempt.duration_ms).collect();
+        let recorded: Vec<Uuid> = sqlx::query_scalar(
+            "WITH r AS (SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], \
+                                             $6::bigint[], $7::int4[], $8::bigint[]) \
+                        AS r(id, token, status, next_at, error, at, code, duration)), \
+               d AS ( \
+                 UPDATE deliveries d SET status = r.status, attempts = d.attempts + 1, next_attempt_at = r.next_at, \
+                   last_error = r.error, lease_owner = NULL, \
+                   delivered_at = CASE WHEN r.status = 'succeeded' THEN r.at ELSE d.delivered_at END \
+                 FROM r WHERE d.id = r.id AND d.fencing_token = r.token RETURNING d.id, d.attempts), \
+               i AS ( \
+                 INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, duration_ms) \
+                 SELECT d.id, d.attempts, r.at, r.code, r.error, r.duration FROM d JOIN r ON r.id = d.id) \
+             SELECT id FROM d",
         )
-        .bind(result.id)
-        .bind(result.fencing_token)
-        .bind(result.status.as_str())
-        .bind(result.next_attempt_at_ms)
-        .bind(&attempt.error)
-        .bind(attempt.at_ms)
-        .bind(attempt.status_code.map(i32::from))
-        .bind(attempt.duration_ms)
-        .fetch_optional(&self.pool)
+        .bind(ids)
+        .bind(tokens)
+        .bind(statuses)
+        .bind(next)
+        .bind(errors)
+        .bind(ats)
+        .bind(codes)
+        .bind(durations)
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(recorded.is_some())
+        Ok(results.iter().map(|r| recorded.contains(&r.id)).collect())
     }
 
     async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)> {

@@ -66,6 +66,40 @@ pub(super) async fn fan_out(conn: &mut SqliteConnection, events: &[OutboxEvent])
     Ok(())
 }
 
+/// One attempt, fenced on its token, in the writer's transaction: false when fenced.
+async fn record_attempt(conn: &mut SqliteConnection, result: &DeliveryAttemptResult) -> StoreResult<bool> {
+    let attempt = &result.attempt;
+    let n: Option<i64> = sqlx::query_scalar(
+        "UPDATE deliveries SET status = ?3, attempts = attempts + 1, next_attempt_at = ?4, last_error = ?5, \
+           delivered_at = CASE WHEN ?3 = 'succeeded' THEN ?6 ELSE delivered_at END, lease_owner = NULL \
+         WHERE id = ?1 AND fencing_token = ?2 RETURNING attempts",
+    )
+    .bind(result.id.to_string())
+    .bind(result.fencing_token)
+    .bind(result.status.as_str())
+    .bind(result.next_attempt_at_ms)
+    .bind(&attempt.error)
+    .bind(attempt.at_ms)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    let Some(n) = n else { return Ok(false) };
+    sqlx::query(
+        "INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, duration_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(result.id.to_string())
+    .bind(n)
+    .bind(attempt.at_ms)
+    .bind(attempt.status_code.map(i64::from))
+    .bind(&attempt.error)
+    .bind(attempt.duration_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(true)
+}
+
 fn subscription(row: &SqliteRow) -> StoreResult<SubscriptionRecord> {
     let url: Option<String> = row.try_get("url").map_err(db)?;
     let nats_url: Option<String> = row.try_get("nats_url").map_err(db)?;
@@ -300,39 +334,14 @@ impl DeliveryStore for SqliteStore {
         Ok(claimed)
     }
 
-    async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool> {
-        let attempt = &result.attempt;
+    async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>> {
         let mut tx = self.writer.begin().await.map_err(db)?;
-        let n: Option<i64> = sqlx::query_scalar(
-            "UPDATE deliveries SET status = ?3, attempts = attempts + 1, next_attempt_at = ?4, last_error = ?5, \
-               delivered_at = CASE WHEN ?3 = 'succeeded' THEN ?6 ELSE delivered_at END, lease_owner = NULL \
-             WHERE id = ?1 AND fencing_token = ?2 RETURNING attempts",
-        )
-        .bind(result.id.to_string())
-        .bind(result.fencing_token)
-        .bind(result.status.as_str())
-        .bind(result.next_attempt_at_ms)
-        .bind(&attempt.error)
-        .bind(attempt.at_ms)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-        let Some(n) = n else { return Ok(false) };
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, duration_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(result.id.to_string())
-        .bind(n)
-        .bind(attempt.at_ms)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(&attempt.error)
-        .bind(attempt.duration_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+        let mut recorded = Vec::with_capacity(results.len());
+        for result in results {
+            recorded.push(record_attempt(&mut tx, result).await?);
+        }
         tx.commit().await.map_err(db)?;
-        Ok(true)
+        Ok(recorded)
     }
 
     async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)> {
