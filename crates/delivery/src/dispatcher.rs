@@ -283,6 +283,8 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             duration_ms: 0,
         },
     };
+    // The destination's slot frees as soon as it has answered; recording waits for its batch.
+    release_slot(inner, claimed.subscription.id);
     let round_attempt = claimed.delivery.attempts.saturating_sub(claimed.delivery.attempts_before_replay) + 1;
     let finished_ms = now_ms();
     let (status, next_attempt_at_ms) = if attempted.delivered {
@@ -326,11 +328,14 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             tracing::warn!(delivery_id = %claimed.delivery.id, error = %e, "recording an attempt failed; the delivery will be sent again")
         }
     }
+}
+
+fn release_slot(inner: &Inner, subscription: Uuid) {
     if let Ok(mut in_flight) = inner.in_flight.lock() {
-        if let Some(n) = in_flight.get_mut(&claimed.subscription.id) {
+        if let Some(n) = in_flight.get_mut(&subscription) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                in_flight.remove(&claimed.subscription.id);
+                in_flight.remove(&subscription);
             }
         }
     }
