@@ -100,6 +100,8 @@ struct Inner {
     client: reqwest::Client,
     /// Attempts in flight per subscription.
     in_flight: Mutex<HashMap<Uuid, u32>>,
+    /// Rate limits' token buckets, per subscription that has one.
+    rate_buckets: Mutex<HashMap<Uuid, RateBucket>>,
     finished: Notify,
 }
 
@@ -131,6 +133,7 @@ impl Dispatcher {
             config: self.config,
             client: self.client,
             in_flight: Mutex::new(HashMap::new()),
+            rate_buckets: Mutex::new(HashMap::new()),
             finished: Notify::new(),
         });
         DispatcherHandle { stop, task: tokio::spawn(run(inner, stopped)) }
@@ -214,9 +217,18 @@ fn start_waiting(
     attempts: &mut JoinSet<()>,
 ) {
     let Ok(mut in_flight) = inner.in_flight.lock() else { return };
+    let Ok(mut buckets) = inner.rate_buckets.lock() else { return };
+    let now = std::time::Instant::now();
     for (subscription, queue) in waiting.iter_mut() {
         let running = in_flight.entry(*subscription).or_insert(0);
         while *running < inner.config.per_subscription_max {
+            let Some(front) = queue.front() else { break };
+            if let Some(per_s) = front.subscription.rate_limit_per_s {
+                if !buckets.entry(*subscription).or_insert_with(|| RateBucket::new(per_s, now)).take(per_s, now) {
+                    // Over its rate: it waits here (within its lease) for the next round.
+                    break;
+                }
+            }
             let Some(delivery) = queue.pop_front() else { break };
             *running += 1;
             let inner = inner.clone();
@@ -225,6 +237,33 @@ fn start_waiting(
     }
     waiting.retain(|_, queue| !queue.is_empty());
     in_flight.retain(|_, running| *running > 0);
+}
+
+/// A subscription's `rate_limit_per_s`, per process: a token bucket holding at most one second's
+/// worth of attempts.
+struct RateBucket {
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl RateBucket {
+    fn new(per_s: u32, now: std::time::Instant) -> Self {
+        RateBucket { tokens: f64::from(per_s.max(1)), refilled: now }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self, per_s: u32, now: std::time::Instant) -> bool {
+        let rate = f64::from(per_s.max(1));
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Claims up to `limit`, leaving out subscriptions with a full slot count (running and waiting).
@@ -350,4 +389,22 @@ fn denied_literal(deny: &saga_runtime::executor::deny::AddressDenyList, url: &st
     }
     let parsed = reqwest::Url::parse(url).ok()?;
     deny.check_literal(parsed.host_str()?).err().map(|denied| denied.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateBucket;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_rate_limit_allows_a_seconds_burst_then_paces() {
+        let start = Instant::now();
+        let mut bucket = RateBucket::new(2, start);
+        assert!(bucket.take(2, start) && bucket.take(2, start), "one second's worth at once");
+        assert!(!bucket.take(2, start), "then none");
+        assert!(!bucket.take(2, start + Duration::from_millis(400)));
+        assert!(bucket.take(2, start + Duration::from_millis(500)), "one every half second at 2/s");
+        assert!(bucket.take(2, start + Duration::from_secs(10)) && bucket.take(2, start + Duration::from_secs(10)));
+        assert!(!bucket.take(2, start + Duration::from_secs(10)), "idle time saves at most a second's worth");
+    }
 }

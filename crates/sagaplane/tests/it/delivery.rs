@@ -318,3 +318,21 @@ async fn a_delivery_in_flight_survives_its_instance_being_killed() {
     // At least once: whoever answered last records it delivered (a retry may still be under way).
     delivery_of(&survivor, subscription["id"].as_str().expect("id"), "succeeded").await;
 }
+
+/// `rate_limit_per_s` paces a subscription's deliveries (per process): a second's worth at once,
+/// then one every 1/rate seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_paces_a_subscriptions_deliveries() {
+    let receiver = Participant::start().await;
+    let app = app_with(Backend::Sqlite).await;
+    let body = json!({"url": format!("{}/paced", receiver.url), "events": ["saga.completed"], "rate_limit_per_s": 2});
+    subscribe(&app, body).await;
+    app.put_definition("one", &fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]))).await;
+    for _ in 0..6 {
+        app.wait_terminal(&app.start("one", json!({})).await, WAIT).await;
+    }
+    let seen = received(&receiver, "/paced", 6).await;
+    let span = seen[5].at.duration_since(seen[0].at);
+    // 2 at once, then 4 more at 2/s: about 2 s.
+    assert!(span >= Duration::from_millis(1_500), "six deliveries at 2/s took {span:?}");
+}
