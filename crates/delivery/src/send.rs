@@ -86,7 +86,12 @@ pub async fn webhook(
                 attempted.definite = true;
                 return attempted;
             }
-            return failed(None, format!("request failed: {}", chain(&e)), None, started);
+            return failed(
+                None,
+                format!("request failed: {}", saga_runtime::executor::http::error_chain(&e)),
+                None,
+                started,
+            );
         }
     };
     let status = response.status().as_u16();
@@ -131,17 +136,6 @@ fn failed(status_code: Option<u16>, error: String, retry_after_ms: Option<u64>, 
 
 fn elapsed_ms(started: Instant) -> i64 {
     i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// `Retry-After` as seconds or an HTTP date, in milliseconds from `now_ms`.

@@ -50,6 +50,25 @@ pub enum Destination {
     Nats { url: String, subject: String },
 }
 
+impl Destination {
+    /// As the stores keep it: `(url, nats_url, nats_subject)`, exactly one destination set.
+    pub fn columns(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        match self {
+            Destination::Url(url) => (Some(url), None, None),
+            Destination::Nats { url, subject } => (None, Some(url), Some(subject)),
+        }
+    }
+
+    /// Back from [`Self::columns`]; None when no destination is set (a corrupt row).
+    pub fn from_columns(url: Option<String>, nats_url: Option<String>, nats_subject: Option<String>) -> Option<Self> {
+        match (url, nats_url, nats_subject) {
+            (Some(url), _, _) => Some(Destination::Url(url)),
+            (None, Some(url), Some(subject)) => Some(Destination::Nats { url, subject }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubscriptionStatus {
     Active,

@@ -155,7 +155,8 @@ fn too_large() -> Outcome {
     retryable(format!("the participant's answer is larger than {RESPONSE_BODY_MAX_BYTES} bytes; it was not read"))
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error with its sources, `outer: inner: …` (reqwest's own message hides the cause).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

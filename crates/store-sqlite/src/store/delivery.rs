@@ -104,11 +104,8 @@ fn subscription(row: &SqliteRow) -> StoreResult<SubscriptionRecord> {
     let url: Option<String> = row.try_get("url").map_err(db)?;
     let nats_url: Option<String> = row.try_get("nats_url").map_err(db)?;
     let nats_subject: Option<String> = row.try_get("nats_subject").map_err(db)?;
-    let destination = match (url, nats_url, nats_subject) {
-        (Some(url), _, _) => Destination::Url(url),
-        (None, Some(url), Some(subject)) => Destination::Nats { url, subject },
-        _ => return Err(StoreError::Corrupt("a subscription without a destination".into())),
-    };
+    let destination = Destination::from_columns(url, nats_url, nats_subject)
+        .ok_or_else(|| StoreError::Corrupt("a subscription without a destination".into()))?;
     let events: String = row.try_get("events").map_err(db)?;
     let status: String = row.try_get("status").map_err(db)?;
     let rate: Option<i64> = row.try_get("rate_limit_per_s").map_err(db)?;
@@ -149,17 +146,10 @@ fn delivery(row: &SqliteRow) -> StoreResult<DeliveryRecord> {
     })
 }
 
-fn destination_columns(destination: &Destination) -> (Option<&str>, Option<&str>, Option<&str>) {
-    match destination {
-        Destination::Url(url) => (Some(url), None, None),
-        Destination::Nats { url, subject } => (None, Some(url), Some(subject)),
-    }
-}
-
 #[async_trait]
 impl DeliveryStore for SqliteStore {
     async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
-        let (url, nats_url, nats_subject) = destination_columns(&s.destination);
+        let (url, nats_url, nats_subject) = s.destination.columns();
         sqlx::query(
             "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
                secret, previous_secret, previous_secret_until, created_at, updated_at) \
