@@ -299,7 +299,7 @@ async fn claim(
 async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
     let started_ms = now_ms();
     let attempted = match &claimed.subscription.destination {
-        Destination::Url(url) => match denied_literal(&inner.config.deny, url) {
+        Destination::Url(url) => match inner.config.deny.denied_url(url) {
             Some(error) => Attempted {
                 delivered: false,
                 definite: true,
@@ -379,16 +379,6 @@ fn release_slot(inner: &Inner, subscription: Uuid) {
         }
     }
     inner.finished.notify_one();
-}
-
-/// The deny-list's refusal of a URL whose host is a literal address (names are checked by the
-/// client's resolver at connect time).
-fn denied_literal(deny: &saga_runtime::executor::deny::AddressDenyList, url: &str) -> Option<String> {
-    if deny.is_empty() {
-        return None;
-    }
-    let parsed = reqwest::Url::parse(url).ok()?;
-    deny.check_literal(parsed.host_str()?).err().map(|denied| denied.to_string())
 }
 
 #[cfg(test)]

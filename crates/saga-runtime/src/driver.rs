@@ -483,14 +483,19 @@ fn callback_outcome(result: &serde_json::Value) -> Outcome {
 /// A single-use callback token: 256 random bits, URL-safe.
 fn callback_token() -> String {
     use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_256_bits())
+}
+
+/// 256 bits from the OS: callback tokens, tenant API tokens, subscription secrets. Without OS
+/// randomness, two v4 UUIDs (also OS-random where available).
+pub fn random_256_bits() -> [u8; 32] {
     use rand::TryRngCore;
     let mut bytes = [0u8; 32];
     if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
-        // No OS randomness: fall back to two v4 UUIDs (also OS-random where available).
         bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    bytes
 }
 
 /// How a callback token is stored (the token itself never is).

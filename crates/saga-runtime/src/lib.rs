@@ -27,7 +27,7 @@ mod shared;
 
 pub use clock::{Clock, SystemClock};
 pub use definitions::{DefinitionCache, DefinitionError};
-pub use driver::callback_token_hash;
+pub use driver::{callback_token_hash, random_256_bits};
 pub use executor::breaker::BreakerConfig;
 pub use executor::{builtin::BuiltinRegistry, Executors};
 pub use hook::TransitionHook;

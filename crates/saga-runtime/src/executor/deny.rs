@@ -83,6 +83,18 @@ impl AddressDenyList {
     }
 }
 
+impl AddressDenyList {
+    /// Why `url` may not be requested, when its host is a literal address in the list (a host
+    /// name is checked by the resolver at connect time).
+    pub fn denied_url(&self, url: &str) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        let url = reqwest::Url::parse(url).ok()?;
+        self.check_literal(url.host_str()?).err().map(|denied| denied.to_string())
+    }
+}
+
 /// The deny-list's refusal somewhere in `error`'s source chain.
 pub fn denied_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a AddressDenied> {
     let mut current = Some(error);

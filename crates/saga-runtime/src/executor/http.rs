@@ -74,7 +74,7 @@ impl HttpExecutor {
             Err(_) => return AttemptResult::Finished(definite(format!("invalid method {method:?}"))),
         };
         // A literal address never reaches the resolver; a redirect stays on this origin.
-        if let Some(denied) = self.denied_literal(url) {
+        if let Some(denied) = self.deny.denied_url(url) {
             return AttemptResult::Finished(definite(denied));
         }
         let mut request = client
@@ -112,16 +112,6 @@ impl HttpExecutor {
             return AttemptResult::Accepted;
         }
         AttemptResult::Finished(classify(status.as_u16(), &bytes, ctx.phase))
-    }
-}
-
-impl HttpExecutor {
-    fn denied_literal(&self, url: &str) -> Option<String> {
-        if self.deny.is_empty() {
-            return None;
-        }
-        let url = reqwest::Url::parse(url).ok()?;
-        self.deny.check_literal(url.host_str()?).err().map(|denied| denied.to_string())
     }
 }
 

@@ -20,13 +20,8 @@ use crate::views;
 /// A tenant API token: a recognisable prefix and 256 random bits.
 pub(super) fn new_tenant_token() -> String {
     use base64::Engine;
-    use rand::TryRngCore;
-    let mut bytes = [0u8; 32];
-    if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
-        bytes[..16].copy_from_slice(Uuid::new_v4().as_bytes());
-        bytes[16..].copy_from_slice(Uuid::new_v4().as_bytes());
-    }
-    format!("{TENANT_TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(saga_runtime::random_256_bits());
+    format!("{TENANT_TOKEN_PREFIX}{encoded}")
 }
 
 pub async fn keys_create(
