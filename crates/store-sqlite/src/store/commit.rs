@@ -13,6 +13,8 @@ impl SqliteStore {
         let mut outcomes = Vec::with_capacity(commits.len());
         let mut released = false;
         let mut tx = self.writer.begin().await.map_err(db)?;
+        // The events of the commits written, fanned out once for the whole batch.
+        let mut outbox = Vec::new();
         for commit in commits {
             let terminal = commit.state.status.is_terminal();
             let release = commit.release_lease || terminal;
@@ -72,7 +74,7 @@ impl SqliteStore {
                 &commit.events,
             )
             .await?;
-            super::delivery::fan_out(&mut tx, &commit.outbox).await?;
+            outbox.extend(commit.outbox.iter().cloned());
             if let Some(change) = &commit.tenant_change {
                 let found: Option<String> = sqlx::query_scalar("SELECT status FROM tenants WHERE id = ?")
                     .bind(&change.tenant_id)
@@ -84,7 +86,7 @@ impl SqliteStore {
                     tracing::warn!(saga_id = %commit.id, "the tenant status change of this transition was refused: the tenant is in another status (recorded as tenant_change_refused)");
                 }
                 if let (true, Some(event)) = (applied, &change.event) {
-                    super::delivery::fan_out(&mut tx, std::slice::from_ref(event)).await?;
+                    outbox.push(event.clone());
                 }
                 let event = change.recorded(applied, found.as_deref(), commit.now_ms);
                 insert_events(&mut tx, &id, commit.tenant_id.as_deref(), last_seq, Some(&commit.worker_id), &[event])
@@ -92,6 +94,7 @@ impl SqliteStore {
             }
             outcomes.push(CommitOutcome::Committed);
         }
+        super::delivery::fan_out(&mut tx, &outbox).await?;
         tx.commit().await.map_err(db)?;
         if released {
             self.work.notify_one();

@@ -24,17 +24,33 @@ const DELIVERY_COLUMNS: &str = "id, event_id, subscription_id, event_type, tenan
 /// Writes each event an active subscription wants, with one pending delivery per such
 /// subscription, on the writer's transaction `conn` (so with the change it reports).
 pub(super) async fn fan_out(conn: &mut SqliteConnection, events: &[OutboxEvent]) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // The active subscriptions, read once: with none (the common case) that is all it costs.
+    let active: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT id, tenant_id, events FROM subscriptions WHERE status = 'active'")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+    if active.is_empty() {
+        return Ok(());
+    }
+    let active: Vec<(String, Option<String>, Vec<String>)> = active
+        .into_iter()
+        .map(|(id, tenant, filters)| {
+            let filters: Vec<String> =
+                serde_json::from_str(&filters).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok((id, tenant, filters))
+        })
+        .collect::<StoreResult<_>>()?;
     for event in events {
-        let wanting: Vec<String> = sqlx::query_scalar(
-            "SELECT s.id FROM subscriptions s WHERE s.status = 'active' \
-               AND (s.tenant_id IS NULL OR s.tenant_id = ?1) \
-               AND EXISTS (SELECT 1 FROM json_each(s.events) WHERE value IN ('*', ?2))",
-        )
-        .bind(&event.tenant_id)
-        .bind(&event.event_type)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?;
+        let wanting: Vec<&String> = active
+            .iter()
+            .filter(|(_, tenant, _)| tenant.is_none() || tenant.as_deref() == event.tenant_id.as_deref())
+            .filter(|(_, _, filters)| filters.iter().any(|f| f == "*" || *f == event.event_type))
+            .map(|(id, _, _)| id)
+            .collect();
         if wanting.is_empty() {
             continue;
         }
