@@ -98,6 +98,7 @@ struct Inner {
     records: saga_store::Batcher<AttemptWriter>,
     config: DispatcherConfig,
     client: reqwest::Client,
+    nats: crate::nats::NatsConnections,
     /// Attempts in flight per subscription.
     in_flight: Mutex<HashMap<Uuid, u32>>,
     /// Rate limits' token buckets, per subscription that has one.
@@ -132,6 +133,7 @@ impl Dispatcher {
             store: self.store,
             config: self.config,
             client: self.client,
+            nats: crate::nats::NatsConnections::default(),
             in_flight: Mutex::new(HashMap::new()),
             rate_buckets: Mutex::new(HashMap::new()),
             finished: Notify::new(),
@@ -313,14 +315,11 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
                 send::webhook(&inner.client, &claimed, url, started_ms, timeout).await
             }
         },
-        Destination::Nats { .. } => Attempted {
-            delivered: false,
-            definite: false,
-            status_code: None,
-            error: Some("NATS destinations are not delivered by this release".into()),
-            retry_after_ms: None,
-            duration_ms: 0,
-        },
+        Destination::Nats { url, subject } => {
+            let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
+            let destination = (url.as_str(), subject.as_str());
+            crate::nats::publish(&inner.nats, &inner.config.deny, &claimed, destination, started_ms, timeout).await
+        }
     };
     // The destination's slot frees as soon as it has answered; recording waits for its batch.
     release_slot(inner, claimed.subscription.id);

@@ -6,6 +6,7 @@
 
 pub mod dispatcher;
 pub mod metrics;
+pub mod nats;
 pub mod schedule;
 pub mod secret;
 pub mod send;

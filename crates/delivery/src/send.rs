@@ -123,7 +123,7 @@ pub async fn webhook(
     failed(Some(status), error, retry_after_ms, started)
 }
 
-fn failed(status_code: Option<u16>, error: String, retry_after_ms: Option<u64>, started: Instant) -> Attempted {
+pub fn failed(status_code: Option<u16>, error: String, retry_after_ms: Option<u64>, started: Instant) -> Attempted {
     Attempted {
         delivered: false,
         definite: false,
@@ -134,7 +134,7 @@ fn failed(status_code: Option<u16>, error: String, retry_after_ms: Option<u64>, 
     }
 }
 
-fn elapsed_ms(started: Instant) -> i64 {
+pub fn elapsed_ms(started: Instant) -> i64 {
     i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 

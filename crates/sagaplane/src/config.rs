@@ -50,6 +50,15 @@ pub struct Config {
     pub crm_webhook_secret: Option<Secret>,
     /// Waits between a delivery's attempts (`SAGAPLANE_DELIVERY_RETRY_SCHEDULE`).
     pub delivery_retry_schedule_ms: Vec<u64>,
+    /// One delivery attempt's time limit (`SAGAPLANE_DELIVERY_TIMEOUT`).
+    pub delivery_timeout_ms: u64,
+    /// A subscription failing for this long without a success is disabled
+    /// (`SAGAPLANE_DELIVERY_DISABLE_AFTER`).
+    pub delivery_disable_after_ms: u64,
+    /// Where tenants onboarded through the CRM webhook report their outcome
+    /// (`SAGAPLANE_CRM_CALLBACK_URL`), signed with `crm_callback_secret`.
+    pub crm_callback_url: Option<String>,
+    pub crm_callback_secret: Option<Secret>,
     pub vars: BTreeMap<String, String>,
     pub log_format: LogFormat,
     pub otlp_endpoint: Option<String>,
@@ -83,6 +92,10 @@ struct FileConfig {
     tenant_migrations_dir: Option<PathBuf>,
     crm_webhook_secret: Option<String>,
     delivery_retry_schedule: Option<String>,
+    delivery_timeout: Option<String>,
+    delivery_disable_after: Option<String>,
+    crm_callback_url: Option<String>,
+    crm_callback_secret: Option<String>,
     log_format: Option<String>,
     otlp_endpoint: Option<String>,
     public_url: Option<String>,
@@ -107,6 +120,8 @@ pub const BREAKER_COOL_DOWN_DEFAULT_MS: u64 = 30_000;
 pub const SHUTDOWN_GRACE_DEFAULT_MS: u64 = 30_000;
 pub const WORKER_CONCURRENCY_MAX: u32 = 10_000;
 pub const DELIVERY_RETRY_SCHEDULE_DEFAULT: &str = "1m,2m,4m,8m,16m,32m,64m,128m";
+pub const DELIVERY_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+pub const DELIVERY_DISABLE_AFTER_DEFAULT_MS: u64 = 5 * 24 * 3_600_000;
 
 /// A connection URL fit to print or log: the password (if any) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
@@ -209,6 +224,36 @@ impl Config {
         let schedule = get("SAGAPLANE_DELIVERY_RETRY_SCHEDULE")
             .or(file.delivery_retry_schedule)
             .unwrap_or_else(|| DELIVERY_RETRY_SCHEDULE_DEFAULT.into());
+        let delivery_timeout_ms = match get("SAGAPLANE_DELIVERY_TIMEOUT").or(file.delivery_timeout) {
+            Some(text) => parse_duration_ms("SAGAPLANE_DELIVERY_TIMEOUT", &text)?,
+            None => DELIVERY_TIMEOUT_DEFAULT_MS,
+        };
+        if !(100..=300_000).contains(&delivery_timeout_ms) {
+            bail!("SAGAPLANE_DELIVERY_TIMEOUT must be from 100ms to 5m");
+        }
+        let delivery_disable_after_ms = match get("SAGAPLANE_DELIVERY_DISABLE_AFTER").or(file.delivery_disable_after) {
+            Some(text) => parse_duration_ms("SAGAPLANE_DELIVERY_DISABLE_AFTER", &text)?,
+            None => DELIVERY_DISABLE_AFTER_DEFAULT_MS,
+        };
+        if delivery_disable_after_ms < 1_000 {
+            bail!("SAGAPLANE_DELIVERY_DISABLE_AFTER must be at least 1s");
+        }
+        let crm_callback_url = get("SAGAPLANE_CRM_CALLBACK_URL").or(file.crm_callback_url);
+        let crm_callback_secret = get("SAGAPLANE_CRM_CALLBACK_SECRET").or(file.crm_callback_secret);
+        if let Some(url) = &crm_callback_url {
+            let parsed =
+                reqwest::Url::parse(url).ok().filter(|u| ["http", "https"].contains(&u.scheme()) && u.has_host());
+            if parsed.is_none() {
+                bail!("SAGAPLANE_CRM_CALLBACK_URL must be an http(s) URL, not {url:?}");
+            }
+            match crm_callback_secret.as_deref().map(delivery::secret::secret_error) {
+                Some(None) => {}
+                Some(Some(error)) => bail!("SAGAPLANE_CRM_CALLBACK_SECRET {error}"),
+                None => bail!(
+                    "SAGAPLANE_CRM_CALLBACK_URL needs SAGAPLANE_CRM_CALLBACK_SECRET (whsec_<base64>) to sign with"
+                ),
+            }
+        }
         let crm_webhook_secret = get("SAGAPLANE_CRM_WEBHOOK_SECRET").or(file.crm_webhook_secret);
         if let Some(secret) = &crm_webhook_secret {
             if !secret.starts_with("whsec_") {
@@ -249,6 +294,10 @@ impl Config {
                 .or(file.tenant_migrations_dir),
             crm_webhook_secret: crm_webhook_secret.map(Secret::new),
             delivery_retry_schedule_ms: parse_schedule(&schedule)?,
+            delivery_timeout_ms,
+            delivery_disable_after_ms,
+            crm_callback_url,
+            crm_callback_secret: crm_callback_secret.map(Secret::new),
             vars,
             log_format,
             otlp_endpoint: get("SAGAPLANE_OTLP_ENDPOINT").or(file.otlp_endpoint),

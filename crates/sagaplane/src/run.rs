@@ -147,6 +147,7 @@ pub fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::Dis
     let schedule = delivery::RetrySchedule::new(config.delivery_retry_schedule_ms.clone());
     let mut dispatcher_config = delivery::DispatcherConfig::new(config.worker_id.clone(), schedule);
     dispatcher_config.deny = config.http_deny.clone();
+    dispatcher_config.attempt_timeout_ms = config.delivery_timeout_ms;
     // One knob for how soon a dead process's work is taken over: sagas and deliveries alike.
     dispatcher_config.lease_ttl_ms = config.lease_ttl_ms;
     delivery::Dispatcher::new(store, dispatcher_config).start()

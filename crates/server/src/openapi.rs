@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 const TENANT_ID_PATTERN: &str = "^[a-z][a-z0-9-]{1,61}[a-z0-9]$";
 const DEFINITION_NAME_PATTERN: &str = "^[a-z][a-z0-9_.-]{0,99}$";
 /// A `?wait=`: digits and one unit.
+/// A host name or IPv4 address with an optional port (1–65535), as subscription URLs give it.
+const HOST_AND_PORT_PATTERN: &str =
+    "[A-Za-z0-9.-]+(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?";
 const WAIT_PATTERN: &str = "^[0-9]{1,9}(ms|s|m|h)$";
 /// Non-blank text (names): at least one character that is not white space.
 const NON_BLANK_PATTERN: &str = "[^\\s\\u0085]";
@@ -251,9 +254,16 @@ fn schemas() -> Value {
             "email": {"type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN}, "name": name, "role": nullable(json!({"enum": ["admin", "member"]}))
         }},
         "CreateApiKey": {"type": "object", "additionalProperties": false, "properties": {"name": nullable(name.clone())}},
-        "CreateSubscription": {"type": "object", "additionalProperties": false, "required": ["url", "events"], "properties": {
-            "url": {"type": "string", "maxLength": 2048, "pattern": "^https?://[A-Za-z0-9.-]+(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[^\\s]*)?$",
-                    "description": "http(s) URL the events are POSTed to (NATS JetStream destinations are not available in this release)"},
+        "CreateSubscription": {"type": "object", "additionalProperties": false, "required": ["events"],
+                               "oneOf": [{"required": ["url"]}, {"required": ["nats"]}], "properties": {
+            "url": {"type": "string", "maxLength": 2048, "pattern": format!("^https?://{HOST_AND_PORT_PATTERN}(/[^\\s]*)?$"),
+                    "description": "http(s) URL the events are POSTed to; give this or nats"},
+            "nats": {"type": "object", "additionalProperties": false, "required": ["url", "subject"],
+                     "description": "a NATS JetStream subject the events are published to; give this or url", "properties": {
+                "url": {"type": "string", "maxLength": 2048, "pattern": format!("^(nats|tls)://{HOST_AND_PORT_PATTERN}$")},
+                "subject": {"type": "string", "maxLength": 255, "pattern": "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$",
+                            "description": "a subject a JetStream stream listens on (no wildcards)"}
+            }},
             "events": {"type": "array", "minItems": 1, "maxItems": 100, "items": {"$ref": "#/components/schemas/EventFilter"}},
             "rate_limit_per_s": {"type": ["integer", "null"], "minimum": 1, "maximum": 10000},
             "tenant_id": {"anyOf": [{"type": "null"}, {"type": "string", "pattern": TENANT_ID_PATTERN}],

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod db;
 pub mod grpc_participant;
+pub mod nats;
 pub mod participant;
 
 pub use app::{App, Backend};

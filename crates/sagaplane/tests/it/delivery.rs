@@ -336,3 +336,94 @@ async fn a_rate_limit_paces_a_subscriptions_deliveries() {
     // 2 at once, then 4 more at 2/s: about 2 s.
     assert!(span >= Duration::from_millis(1_500), "six deliveries at 2/s took {span:?}");
 }
+
+/// The deliveries of a subscription in `status`, once there are `n`.
+async fn deliveries_of(app: &App, subscription: &str, status: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let path = format!("/v1/deliveries?subscription_id={subscription}&status={status}");
+        let (_, _, page) = app.send(app.request(reqwest::Method::GET, &path)).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if items.len() >= n {
+            return items;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} {status} deliveries for {subscription}", items.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// NATS JetStream: each event is published with `Nats-Msg-Id` = its id and the webhook
+/// signature headers, and succeeds on the stream's ack. When the ack is lost (the connection is
+/// cut after the server stored the message), the retry carries the same id and JetStream keeps
+/// one copy. A subject no stream listens on fails like an unreachable URL and ends dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_streams_get_each_event_once() {
+    let mut stream = test_support::nats::TestStream::create().await;
+    let proxy = test_support::nats::CuttingProxy::start(&stream.url).await;
+    let env = [
+        ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "150ms,150ms".to_string()),
+        ("SAGAPLANE_DELIVERY_TIMEOUT", "2s".to_string()),
+    ];
+    let app = App::spawn(BIN, Backend::Postgres, &env).await;
+    let destination = json!({"url": proxy.url, "subject": stream.subject});
+    let created = subscribe(&app, json!({"nats": destination, "events": ["order.placed"]})).await;
+    assert_eq!(created["nats"], destination, "{created}");
+    assert!(created["url"].is_null(), "{created}");
+    let subscription = created["id"].as_str().expect("id").to_string();
+    let secret = created["secret"].as_str().expect("secret").to_string();
+    let nowhere = json!({"url": stream.url, "subject": format!("{}.nobody", stream.subject)});
+    let unheard = subscribe(&app, json!({"nats": nowhere, "events": ["order.placed"]})).await;
+
+    let steps = json!([{"name": "emit", "action": {"builtin": "core.emit",
+                                                   "input": {"type": "order.placed", "data": {"n": "{{ input.n }}"}}}}]);
+    app.put_definition("placing", &fast_definition(steps)).await;
+    app.wait_terminal(&app.start("placing", json!({"n": 1})).await, WAIT).await;
+    let first = deliveries_of(&app, &subscription, "succeeded", 1).await;
+    let messages = stream.messages().await;
+    assert_eq!(messages.len(), 1);
+    let message = &messages[0];
+    let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_string()).unwrap_or_default();
+    assert_eq!(header("Nats-Msg-Id"), first[0]["event_id"].as_str().unwrap_or_default());
+    assert_eq!(header("webhook-id"), header("Nats-Msg-Id"));
+    let body: Value = serde_json::from_slice(&message.payload).expect("a JSON body");
+    assert_eq!((&body["type"], &body["data"]), (&json!("order.placed"), &json!({"n": 1})), "{body}");
+    let timestamp: i64 = header("webhook-timestamp").parse().expect("timestamp");
+    let signed = standardwebhooks::Webhook::new(&secret)
+        .expect("secret")
+        .sign(&header("webhook-id"), timestamp, &message.payload)
+        .expect("sign");
+    assert_eq!(header("webhook-signature"), signed, "signed as a webhook is");
+
+    // The ack of the next publish is lost: the attempt fails, the retry is a duplicate.
+    proxy.cut_next_publish();
+    app.wait_terminal(&app.start("placing", json!({"n": 2})).await, WAIT).await;
+    let delivered = deliveries_of(&app, &subscription, "succeeded", 2).await;
+    let second = delivered.iter().find(|d| d["id"] != first[0]["id"]).expect("the second delivery");
+    let path = format!("/v1/deliveries/{}", second["id"].as_str().unwrap_or_default());
+    let (_, _, shown) = app.send(app.request(reqwest::Method::GET, &path)).await;
+    assert_eq!(shown["attempts_made"], 2, "one lost ack, one retry: {shown}");
+    assert!(shown["attempts"][0]["error"].as_str().is_some_and(|e| !e.is_empty()), "{shown}");
+    let messages = stream.messages().await;
+    let ids: Vec<String> =
+        messages.iter().filter_map(|m| m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string())).collect();
+    assert_eq!(ids.len(), 2, "each event stored once, whatever the retries: {ids:?}");
+    assert_eq!(ids[1], second["event_id"].as_str().unwrap_or_default());
+
+    // No stream on the subject: every attempt fails, then dead.
+    let dead = deliveries_of(&app, unheard["id"].as_str().expect("id"), "dead", 2).await;
+    assert!(dead.iter().all(|d| d["attempts"] == 3 && d["last_error"].as_str().is_some()), "{dead:?}");
+
+    for bad in [
+        json!({"nats": {"url": "http://127.0.0.1:4222", "subject": "a.b"}, "events": ["*"]}),
+        json!({"nats": {"url": stream.url, "subject": "a.*"}, "events": ["*"]}),
+        json!({"nats": {"url": stream.url, "subject": "a..b"}, "events": ["*"]}),
+        json!({"nats": {"url": stream.url}, "events": ["*"]}),
+        json!({"nats": {"url": stream.url, "subject": "a", "stream": "x"}, "events": ["*"]}),
+        json!({"nats": "nats://127.0.0.1:4222", "events": ["*"]}),
+    ] {
+        let (status, _, body) = app.send(app.request(reqwest::Method::POST, "/v1/subscriptions").json(&bad)).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+    let (_, _, listed) = app.send(app.request(reqwest::Method::GET, "/v1/subscriptions")).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(2), "nothing stored: {listed}");
+}

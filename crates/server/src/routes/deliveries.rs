@@ -96,6 +96,52 @@ fn url_field(value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
     Some(text.to_string())
 }
 
+/// The longest NATS subject.
+pub const NATS_SUBJECT_MAX: usize = 255;
+
+/// `{url: "nats://host:port", subject}`: a JetStream stream must listen on the subject.
+fn nats_field(value: &Value, errors: &mut Vec<FieldError>) -> Option<Destination> {
+    let Some(map) = value.as_object() else {
+        add(errors, "/nats", "must be an object {url, subject}");
+        return None;
+    };
+    for key in map.keys().filter(|key| !["url", "subject"].contains(&key.as_str())) {
+        add(errors, &format!("/nats/{key}"), "unknown field; expected url and subject");
+    }
+    let url = map.get("url").and_then(Value::as_str).filter(|url| url.len() <= SUBSCRIPTION_URL_MAX);
+    let url = match url.filter(|url| delivery::nats::host_and_port(url).is_some()) {
+        Some(url) => Some(url.to_string()),
+        None => {
+            add(errors, "/nats/url", "must be a NATS server URL: nats://host:port (or tls://host:port)");
+            None
+        }
+    };
+    let subject = map.get("subject").and_then(Value::as_str).filter(|subject| is_publish_subject(subject));
+    let subject = match subject {
+        Some(subject) => Some(subject.to_string()),
+        None => {
+            add(
+                errors,
+                "/nats/subject",
+                format!(
+                    "must be a NATS subject of at most {NATS_SUBJECT_MAX} characters: dot-separated tokens, \
+                     no spaces, no wildcards (* or >)"
+                ),
+            );
+            None
+        }
+    };
+    Some(Destination::Nats { url: url?, subject: subject? })
+}
+
+/// A subject one can publish to: non-empty tokens, no whitespace or wildcards.
+fn is_publish_subject(subject: &str) -> bool {
+    subject.len() <= NATS_SUBJECT_MAX
+        && subject.split('.').all(|token| {
+            !token.is_empty() && !token.chars().any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
+        })
+}
+
 fn rate_limit_field(value: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<Option<u32>> {
     match value {
         None => None,
@@ -133,10 +179,7 @@ pub async fn create(
     }
     let destination = match (map.get("url"), map.get("nats")) {
         (Some(url), None) => url_field(url, &mut errors).map(Destination::Url),
-        (None, Some(_)) => {
-            add(&mut errors, "/nats", "NATS JetStream destinations are not available in this release; use url");
-            None
-        }
+        (None, Some(nats)) => nats_field(nats, &mut errors),
         (Some(_), Some(_)) => {
             add(&mut errors, "", "give exactly one destination: url or nats, not both");
             None
