@@ -29,6 +29,9 @@ pub struct OutboxEvent {
     pub tenant_id: Option<String>,
     pub data: Value,
     pub at_ms: i64,
+    /// Addressed to this subscription alone (whatever its filters), e.g. the CRM's outcome
+    /// callback; None: to every active subscription that wants it.
+    pub to_subscription: Option<Uuid>,
 }
 
 impl OutboxEvent {
@@ -39,6 +42,24 @@ impl OutboxEvent {
             tenant_id: tenant_id.map(str::to_string),
             data,
             at_ms,
+            to_subscription: None,
+        }
+    }
+
+    /// The same event addressed to one subscription alone.
+    pub fn to(mut self, subscription: Uuid) -> Self {
+        self.to_subscription = Some(subscription);
+        self
+    }
+
+    /// Whether `subscription` gets a delivery of it (the subscription being active).
+    pub fn is_for(&self, subscription: Uuid, tenant_id: Option<&str>, events: &[String]) -> bool {
+        match self.to_subscription {
+            Some(to) => to == subscription,
+            None => {
+                (tenant_id.is_none() || tenant_id == self.tenant_id.as_deref())
+                    && events.iter().any(|filter| filter == "*" || *filter == self.event_type)
+            }
         }
     }
 }
@@ -238,6 +259,9 @@ pub struct DeliveryAttemptResult {
 #[async_trait]
 pub trait DeliveryStore: Send + Sync + 'static {
     async fn subscription_create(&self, subscription: &SubscriptionRecord) -> StoreResult<()>;
+    /// Creates it, or — when one with its id exists — replaces its destination, filters, scope,
+    /// status and secret (a subscription that configuration owns, like the CRM callback's).
+    async fn subscription_put(&self, subscription: &SubscriptionRecord) -> StoreResult<()>;
     async fn subscription_get(&self, id: Uuid) -> StoreResult<SubscriptionRecord>;
     async fn subscription_list(&self, filter: &SubscriptionFilter) -> StoreResult<Vec<SubscriptionRecord>>;
     async fn subscription_patch(

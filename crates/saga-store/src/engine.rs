@@ -184,8 +184,8 @@ pub struct TenantChange {
     pub storage: Option<Value>,
     /// When set, replaces the tenant's `migrations`.
     pub migrations: Option<Value>,
-    /// The event reporting the change, written only if the change is applied.
-    pub event: Option<crate::OutboxEvent>,
+    /// The events reporting the change, written only if the change is applied.
+    pub outbox: Vec<crate::OutboxEvent>,
 }
 
 impl TenantChange {

@@ -153,6 +153,43 @@ pub fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::Dis
     delivery::Dispatcher::new(store, dispatcher_config).start()
 }
 
+/// The CRM callback's subscription (`SAGAPLANE_CRM_CALLBACK_URL`): made or brought up to date
+/// at start; disabled (its pending callbacks kept) when the URL is no longer set.
+async fn configure_crm_callback(config: &Config, store: &dyn Store) -> anyhow::Result<()> {
+    use saga_store::{StoreError, SubscriptionPatch, SubscriptionRecord, SubscriptionStatus};
+    let id = tenancy::hook::CRM_CALLBACK_SUBSCRIPTION_ID;
+    let (Some(url), Some(secret)) = (&config.crm_callback_url, &config.crm_callback_secret) else {
+        match store.subscription_get(id).await {
+            Ok(existing) if existing.status == SubscriptionStatus::Active => {
+                let patch = SubscriptionPatch { status: Some(SubscriptionStatus::Disabled), ..Default::default() };
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                store.subscription_patch(id, &patch, now_ms).await.context("disabling the CRM callback")?;
+                tracing::info!("SAGAPLANE_CRM_CALLBACK_URL is not set: the CRM callback subscription is disabled");
+            }
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e).context("reading the CRM callback subscription"),
+        }
+        return Ok(());
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let subscription = SubscriptionRecord {
+        id,
+        destination: saga_store::Destination::Url(url.clone()),
+        // No filters: it receives only the outcome events addressed to it.
+        events: Vec::new(),
+        tenant_id: None,
+        status: SubscriptionStatus::Active,
+        rate_limit_per_s: None,
+        secret: secret.expose().to_string(),
+        previous_secret: None,
+        previous_secret_until_ms: None,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    };
+    store.subscription_put(&subscription).await.context("storing the CRM callback subscription")?;
+    Ok(())
+}
+
 /// Runs until SIGTERM/SIGINT, then drains.
 pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
@@ -161,6 +198,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     }
     let store = open_and_migrate(database_url).await?;
     let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
+    configure_crm_callback(&config, store.as_ref()).await?;
     let hub = TerminalHub::default();
     let admin_token = match &config.admin_token {
         Some(token) => token.clone(),
@@ -267,7 +305,7 @@ async fn shutdown_signal() {
 /// `sagaplane dev` onboards a demo tenant (its own SQLite database) on a fresh data directory.
 async fn onboard_demo_tenant(state: &server::AppState) {
     let demo = serde_json::json!({"id": "demo", "name": "Demo tenant", "tier": "silo", "sla_tier": "basic"});
-    match server::onboard(state, &demo).await {
+    match server::onboard(state, &demo, None).await {
         Ok((_, body)) => println!("demo tenant: demo (provisioning; saga {})", body["saga_id"].as_str().unwrap_or("")),
         Err(server::ApiError::Conflict(_)) => println!("demo tenant: demo (exists)"),
         Err(e) => tracing::warn!(error = %e, "could not onboard the demo tenant"),
@@ -279,6 +317,7 @@ pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Re
     let _metrics = crate::telemetry::init_metrics()?;
     let store = open_and_migrate(database_url).await?;
     let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
+    configure_crm_callback(&config, store.as_ref()).await?;
     let dispatcher = start_dispatcher(&config, store.clone());
     let instance =
         start_instance(&config, store.clone(), definition_cache(store), TerminalHub::default(), None, Some(&tenants));

@@ -36,7 +36,7 @@ fn change(tenant_id: &str, to: TenantStatus, error: Option<Value>) -> TenantChan
         error,
         storage: None,
         migrations: None,
-        event: None,
+        outbox: Vec::new(),
     }
 }
 
@@ -118,14 +118,28 @@ fn reported(mut change: TenantChange, record: &SagaRecord, saga: &str, at_ms: i6
         (TenantStatus::Deleted, _) => Some("tenant.deleted"),
         _ => None,
     };
-    change.event = event_type.map(|event_type| {
-        let data = json!({
-            "tenant_id": change.tenant_id,
-            "status": change.to.as_str(),
-            "saga_id": record.id,
-            "error": change.error,
-        });
-        saga_store::OutboxEvent::new(event_type, Some(&change.tenant_id), data, at_ms)
+    let Some(event_type) = event_type else { return change };
+    let data = json!({
+        "tenant_id": change.tenant_id,
+        "status": change.to.as_str(),
+        "saga_id": record.id,
+        "error": change.error,
     });
+    let event = saga_store::OutboxEvent::new(event_type, Some(&change.tenant_id), data, at_ms);
+    // A tenant the CRM onboarded tells the CRM how it went (its own delivery, its own event id).
+    let outcome = ["tenant.activated", "tenant.provision_failed", "tenant.migration_failed"].contains(&event_type);
+    if outcome && saga == PROVISION && record.input.get("origin").and_then(Value::as_str) == Some(ORIGIN_CRM) {
+        let mut callback = event.clone().to(CRM_CALLBACK_SUBSCRIPTION_ID);
+        callback.id = uuid::Uuid::now_v7();
+        change.outbox.push(callback);
+    }
+    change.outbox.push(event);
     change
 }
+
+/// The provision saga's `input.origin` for a tenant onboarded through `/v1/webhooks/crm`.
+pub const ORIGIN_CRM: &str = "crm";
+
+/// The subscription that carries CRM outcome callbacks (`SAGAPLANE_CRM_CALLBACK_URL`): made at
+/// start, it has no event filters and receives only the events addressed to it.
+pub const CRM_CALLBACK_SUBSCRIPTION_ID: uuid::Uuid = uuid::Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0c12);

@@ -110,7 +110,7 @@ pub async fn an_operator_update_changes_its_tenant_with_it_or_not_at_all(store: 
             error: None,
             storage: None,
             migrations: None,
-            event: None,
+            outbox: Vec::new(),
         }),
         now_ms: 5,
     };
@@ -141,7 +141,7 @@ pub async fn tenant_changes_commit_with_the_transition_or_not_at_all(store: Arc<
         error: None,
         storage: Some(json!({"backend": "postgres", "location": "schema tenant_acme"})),
         migrations: None,
-        event: None,
+        outbox: Vec::new(),
     };
     // A fenced (stale) commit changes nothing, tenant included.
     let mut stale = commit(saga.id, claimed.record.fencing_token - 1, claimed.record.state.clone(), 1, vec![]);

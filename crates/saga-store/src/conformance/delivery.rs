@@ -146,7 +146,7 @@ pub async fn a_refused_tenant_change_emits_nothing(store: Arc<dyn Store>) -> Che
         error: None,
         storage: None,
         migrations: None,
-        event: Some(OutboxEvent::new(event_type, Some("acme"), json!({}), 2)),
+        outbox: vec![OutboxEvent::new(event_type, Some("acme"), json!({}), 2)],
     };
     let mut refused = commit(claimed.record.id, claimed.record.fencing_token, claimed.record.state.clone(), 2, vec![]);
     // The tenant is PROVISIONING: a change allowed only from ACTIVE is refused, and so is its event.
@@ -266,5 +266,47 @@ pub async fn failed_attempts_retry_then_die_and_are_replayed_and_recovered(store
     ensure!(db(store.deliveries_recover(hook.id, 0, 2_200).await)? <= 1, "only dead ones recover");
     let due = db(store.delivery_claim_due(&claim("w1", 10, 2_200)).await)?;
     ensure!(due.len() == 2, "both due again: {}", due.len());
+    Ok(())
+}
+
+pub async fn addressed_events_reach_their_subscription_alone(store: Arc<dyn Store>) -> CheckResult {
+    let every = subscription("http://every", &["*"], None, 0);
+    db(store.subscription_create(&every).await)?;
+    let mut owned = subscription("http://crm/old", &[], None, 0);
+    db(store.subscription_put(&owned).await)?;
+    owned.destination = Destination::Url("http://crm/new".into());
+    owned.secret = "whsec_replaced".into();
+    owned.updated_at_ms = 5;
+    db(store.subscription_put(&owned).await)?;
+    let read = db(store.subscription_get(owned.id).await)?;
+    ensure!(read == owned, "a put replaces the destination and secret, keeps the id: {read:?}");
+
+    let broadcast = OutboxEvent::new("order.placed", None, json!({"n": 1}), 10);
+    let addressed = OutboxEvent::new("tenant.activated", Some("acme"), json!({"n": 2}), 11).to(owned.id);
+    db(store.events_append(&[broadcast.clone(), addressed.clone()]).await)?;
+    // And through a saga's commit, as the tenant lifecycle writes them.
+    create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    let mut written =
+        commit(claimed.record.id, claimed.record.fencing_token, SagaState::new(&definition()), 12, vec![]);
+    let committed = OutboxEvent::new("order.placed", None, json!({"n": 3}), 12).to(owned.id);
+    written.outbox = vec![committed.clone()];
+    db(store.saga_commit_batch(&[written]).await)?;
+
+    let events_of = |ds: Vec<crate::DeliveryRecord>| {
+        let mut ids: Vec<Uuid> = ds.into_iter().map(|d| d.event_id).collect();
+        ids.sort();
+        ids
+    };
+    let to_owned = events_of(deliveries_of(store.as_ref(), owned.id).await?);
+    ensure!(to_owned == vec![addressed.id, committed.id], "the addressed events only, filters or not: {to_owned:?}");
+    let to_every = events_of(deliveries_of(store.as_ref(), every.id).await?);
+    ensure!(to_every == vec![broadcast.id], "nobody else gets an addressed event: {to_every:?}");
+
+    let patch = SubscriptionPatch { status: Some(SubscriptionStatus::Disabled), ..Default::default() };
+    db(store.subscription_patch(owned.id, &patch, 13).await)?;
+    let late = OutboxEvent::new("tenant.activated", Some("acme"), json!({}), 14).to(owned.id);
+    db(store.events_append(&[late]).await)?;
+    ensure!(deliveries_of(store.as_ref(), owned.id).await?.len() == 2, "a disabled subscription gets nothing");
     Ok(())
 }

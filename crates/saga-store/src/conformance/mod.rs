@@ -77,6 +77,7 @@ macro_rules! store_conformance {
             events_reach_exactly_the_subscriptions_that_want_them,
             a_transitions_events_are_written_with_it_or_not_at_all,
             a_refused_tenant_change_emits_nothing,
+            addressed_events_reach_their_subscription_alone,
             deliveries_are_claimed_newest_first_once_and_fenced,
             failed_attempts_retry_then_die_and_are_replayed_and_recovered,
         );

@@ -452,6 +452,94 @@ async fn crm_webhooks_are_verified_and_deduplicated() {
     assert_eq!(crm(&plain, &secret, "msg_1", now, &event, false).await.0, 404);
 }
 
+/// A tenant onboarded through the CRM webhook reports its outcome to `SAGAPLANE_CRM_CALLBACK_URL`,
+/// signed with `SAGAPLANE_CRM_CALLBACK_SECRET`, through the outbox (retried while the CRM is
+/// down, same `webhook-id`); tenants created otherwise report nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_onboarded_tenants_report_their_outcome_to_the_crm() {
+    let crm_side = test_support::Participant::start().await;
+    crm_side.script("/callback", vec![(503, json!({})), (200, json!({}))]);
+    let idp = test_support::Participant::start().await;
+    let (inbound, outbound) = (webhook_secret(), webhook_secret());
+    let env = [
+        ("SAGAPLANE_CRM_WEBHOOK_SECRET", inbound.clone()),
+        ("SAGAPLANE_CRM_CALLBACK_URL", format!("{}/callback", crm_side.url)),
+        ("SAGAPLANE_CRM_CALLBACK_SECRET", outbound.clone()),
+        ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "200ms,200ms".to_string()),
+        ("SAGAPLANE_VAR_IDP", idp.url.clone()),
+    ];
+    let app = App::spawn(BIN, Backend::Sqlite, &env).await;
+    // Provisioning calls an identity provider that refuses one of the tenants.
+    let (_, _, builtin) = app.send(app.request(Method::GET, "/v1/definitions/tenant.provision")).await;
+    let mut extended = builtin["definition"].clone();
+    extended["steps"].as_array_mut().expect("steps").insert(
+        3,
+        json!({"name": "idp_realm", "action": {"http": {"method": "POST", "url": "{{ vars.IDP }}/realms/{{ tenant_id }}"}}}),
+    );
+    assert_eq!(app.put_definition("tenant.provision", &extended).await.0, 201);
+    let (good, bad, plain) = (format!("won-{}", suffix()), format!("lost-{}", suffix()), format!("own-{}", suffix()));
+    idp.script(&format!("/realms/{bad}"), vec![(400, json!({"error": "realm refused"}))]);
+    let (_, _, everything) = app
+        .send(
+            app.request(Method::POST, "/v1/subscriptions")
+                .json(&json!({"url": format!("{}/all", crm_side.url), "events": ["*"]})),
+        )
+        .await;
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    for (n, id) in [&good, &bad].into_iter().enumerate() {
+        let event = json!({"type": "customer.created", "data": {"tenant": {"id": id, "name": "From CRM"}}});
+        assert_eq!(crm(&app, &inbound, &format!("msg_{n}"), now, &event, false).await.0, 202);
+    }
+    assert_eq!(create(&app, json!({"id": plain, "name": "Not from the CRM"})).await.0, 202);
+    until_status(&app, &good, &["ACTIVE"]).await;
+    until_status(&app, &bad, &["PROVISION_ERROR"]).await;
+    until_status(&app, &plain, &["ACTIVE"]).await;
+
+    let callbacks = eventually("both outcomes delivered", WAIT, || async {
+        let seen = crm_side.requests("/callback");
+        (seen.len() >= 3).then_some(seen)
+    })
+    .await;
+    let outcome = |tenant: &str| {
+        let mut of: Vec<_> = callbacks.iter().filter(|s| s.body["data"]["tenant_id"] == tenant).collect();
+        of.dedup_by(|a, b| a.headers["webhook-id"] == b.headers["webhook-id"]);
+        of
+    };
+    let won = outcome(&good);
+    assert_eq!(won.len(), 1, "one event, however many attempts: {callbacks:?}");
+    let lost = outcome(&bad);
+    assert_eq!(lost.len(), 1, "{callbacks:?}");
+    let types: std::collections::BTreeSet<_> =
+        [&won[0].body["type"], &lost[0].body["type"]].into_iter().map(|t| t.as_str().unwrap_or_default()).collect();
+    assert_eq!(types, ["tenant.activated", "tenant.provision_failed"].into_iter().collect(), "{callbacks:?}");
+    assert_eq!(callbacks.len(), 3, "the first attempt was refused and retried, same id: {callbacks:?}");
+    for seen in &callbacks {
+        let id = &seen.headers["webhook-id"];
+        let timestamp: i64 = seen.headers["webhook-timestamp"].parse().expect("timestamp");
+        let body = serde_json::to_vec(&seen.body).expect("body");
+        let signed =
+            standardwebhooks::Webhook::new(&outbound).expect("secret").sign(id, timestamp, &body).expect("sign");
+        assert_eq!(seen.headers["webhook-signature"], signed, "signed with the callback secret");
+    }
+    assert!(outcome(&plain).is_empty(), "a tenant created through the API is not the CRM's");
+
+    // The admin's own subscription still gets every tenant event once, not the CRM's copies.
+    let subscription = everything["id"].as_str().expect("id");
+    let all = eventually("the admin subscription's activations", WAIT, || async {
+        let path = format!("/v1/deliveries?subscription_id={subscription}&status=succeeded&limit=100");
+        let (_, _, page) = app.send(app.request(Method::GET, &path)).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        let activated = items.iter().filter(|d| d["event_type"] == "tenant.activated").count();
+        (activated >= 2).then_some(items)
+    })
+    .await;
+    let activated = all.iter().filter(|d| d["event_type"] == "tenant.activated").count();
+    assert_eq!(activated, 2, "good and plain, once each: {all:?}");
+    let (_, _, listed) = app.send(app.request(Method::GET, "/v1/subscriptions")).await;
+    assert!(listed.to_string().contains("/callback"), "the CRM callback is a subscription the admin can see: {listed}");
+}
+
 /// Tenant routes a tenant key may use on its own tenant; every other `/v1` route is admin-only.
 const TENANT_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/tenants"),

@@ -191,7 +191,7 @@ impl CommitColumns {
             batch.cancel_seen.push(commit.state.cancel_requested_at_ms.is_some());
             if let Some(change) = &commit.tenant_change {
                 batch.tenants.push(commit, change)?;
-                if let Some(event) = &change.event {
+                for event in &change.outbox {
                     batch.push_outbox(commit, event, true)?;
                 }
             }
@@ -273,16 +273,17 @@ const TENANT_RESULT: &str = " SELECT u.id, u.fencing_token, \
                     EXISTS (SELECT 1 FROM r WHERE r.saga_id = u.id AND r.kind = 'tenant_change_refused') AS refused \
              FROM u";
 
-/// The outbox of a batch (8 arrays from `$first`): events of the commits that were written, a
-/// tenant change's event only if the change was applied, fanned out to the subscriptions.
+/// The outbox of a batch (9 arrays from `$first`): events of the commits that were written, a
+/// tenant change's events only if the change was applied, fanned out to the subscriptions.
 fn outbox_ctes(first: u32, with_tenants: bool) -> String {
-    let p: Vec<u32> = (first..first + 8).collect();
+    let p: Vec<u32> = (first..first + 9).collect();
     let applied = if with_tenants { " OR EXISTS (SELECT 1 FROM t WHERE t.saga_id = e.saga_id)" } else { "" };
     format!(
         ", ev AS ( \
-           SELECT e.id, e.type, e.tenant_id, e.data, e.at \
-           FROM UNNEST(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::bigint[], ${}::uuid[], ${}::bigint[], ${}::bool[]) \
-                AS e(id, type, tenant_id, data, at, saga_id, token, on_change) \
+           SELECT e.id, e.type, e.tenant_id, e.data, e.at, e.to_subscription \
+           FROM UNNEST(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::bigint[], ${}::uuid[], ${}::uuid[], \
+                       ${}::bigint[], ${}::bool[]) \
+                AS e(id, type, tenant_id, data, at, to_subscription, saga_id, token, on_change) \
            JOIN u ON u.id = e.saga_id AND u.fencing_token = e.token \
            WHERE NOT e.on_change{applied}), {}",
         p[0],
@@ -293,6 +294,7 @@ fn outbox_ctes(first: u32, with_tenants: bool) -> String {
         p[5],
         p[6],
         p[7],
+        p[8],
         super::delivery::outbox_fan_out!()
     )
 }
@@ -375,6 +377,7 @@ impl PostgresStore {
                 .bind(batch.outbox.tenant_ids)
                 .bind(batch.outbox.data)
                 .bind(batch.outbox.ats)
+                .bind(batch.outbox.to_subscriptions)
                 .bind(batch.outbox_saga_ids)
                 .bind(batch.outbox_tokens)
                 .bind(batch.outbox_on_change);

@@ -27,8 +27,10 @@ macro_rules! outbox_fan_out {
     () => {
         "m AS ( \
            SELECT ev.id AS event_id, ev.type, ev.tenant_id, ev.at, s.id AS subscription_id FROM ev \
-           JOIN subscriptions s ON s.status = 'active' AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id) \
-                AND (s.events ? '*' OR s.events ? ev.type)), \
+           JOIN subscriptions s ON s.status = 'active' AND ( \
+                s.id = ev.to_subscription \
+                OR (ev.to_subscription IS NULL AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id) \
+                    AND (s.events ? '*' OR s.events ? ev.type)))), \
          ei AS ( \
            INSERT INTO events (id, type, tenant_id, data, created_at) \
            SELECT ev.id, ev.type, ev.tenant_id, ev.data::jsonb, ev.at FROM ev \
@@ -50,6 +52,7 @@ pub(super) struct OutboxColumns {
     pub tenant_ids: Vec<Option<String>>,
     pub data: Vec<String>,
     pub ats: Vec<i64>,
+    pub to_subscriptions: Vec<Option<Uuid>>,
 }
 
 impl OutboxColumns {
@@ -59,6 +62,7 @@ impl OutboxColumns {
         self.tenant_ids.push(event.tenant_id.clone());
         self.data.push(json_text(&event.data)?);
         self.ats.push(event.at_ms);
+        self.to_subscriptions.push(event.to_subscription);
         Ok(())
     }
 }
@@ -74,8 +78,8 @@ pub(super) async fn fan_out(conn: &mut sqlx::PgConnection, events: &[OutboxEvent
         columns.push(event)?;
     }
     sqlx::query(concat!(
-        "WITH ev AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
-                     AS e(id, type, tenant_id, data, at)), ",
+        "WITH ev AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::uuid[]) \
+                     AS e(id, type, tenant_id, data, at, to_subscription)), ",
         outbox_fan_out!(),
         "SELECT count(*) FROM di"
     ))
@@ -84,6 +88,7 @@ pub(super) async fn fan_out(conn: &mut sqlx::PgConnection, events: &[OutboxEvent
     .bind(columns.tenant_ids)
     .bind(columns.data)
     .bind(columns.ats)
+    .bind(columns.to_subscriptions)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
@@ -136,15 +141,20 @@ fn delivery(row: &PgRow) -> StoreResult<DeliveryRecord> {
     })
 }
 
-#[async_trait]
-impl DeliveryStore for PostgresStore {
-    async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
+/// The subscription's fields a [`DeliveryStore::subscription_put`] of an existing one replaces.
+const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = excluded.url, nats_url = excluded.nats_url, \
+     nats_subject = excluded.nats_subject, events = excluded.events, tenant_id = excluded.tenant_id, \
+     status = excluded.status, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
+     updated_at = excluded.updated_at";
+
+impl PostgresStore {
+    async fn subscription_insert(&self, s: &SubscriptionRecord, on_conflict: &str) -> StoreResult<()> {
         let (url, nats_url, nats_subject) = s.destination.columns();
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
                secret, previous_secret, previous_secret_until, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13){on_conflict}"
+        ))
         .bind(s.id)
         .bind(url)
         .bind(nats_url)
@@ -162,6 +172,17 @@ impl DeliveryStore for PostgresStore {
         .await
         .map_err(db)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for PostgresStore {
+    async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
+        self.subscription_insert(s, "").await
+    }
+
+    async fn subscription_put(&self, s: &SubscriptionRecord) -> StoreResult<()> {
+        self.subscription_insert(s, SUBSCRIPTION_REPLACE).await
     }
 
     async fn subscription_get(&self, id: Uuid) -> StoreResult<SubscriptionRecord> {

@@ -85,8 +85,8 @@ impl SqliteStore {
                 if !applied {
                     tracing::warn!(saga_id = %commit.id, "the tenant status change of this transition was refused: the tenant is in another status (recorded as tenant_change_refused)");
                 }
-                if let (true, Some(event)) = (applied, &change.event) {
-                    outbox.push(event.clone());
+                if applied {
+                    outbox.extend(change.outbox.iter().cloned());
                 }
                 let event = change.recorded(applied, found.as_deref(), commit.now_ms);
                 insert_events(&mut tx, &id, commit.tenant_id.as_deref(), last_seq, Some(&commit.worker_id), &[event])

@@ -47,8 +47,9 @@ pub(super) async fn fan_out(conn: &mut SqliteConnection, events: &[OutboxEvent])
     for event in events {
         let wanting: Vec<&String> = active
             .iter()
-            .filter(|(_, tenant, _)| tenant.is_none() || tenant.as_deref() == event.tenant_id.as_deref())
-            .filter(|(_, _, filters)| filters.iter().any(|f| f == "*" || *f == event.event_type))
+            .filter(|(id, tenant, filters)| {
+                Uuid::parse_str(id).is_ok_and(|id| event.is_for(id, tenant.as_deref(), filters))
+            })
             .map(|(id, _, _)| id)
             .collect();
         if wanting.is_empty() {
@@ -162,15 +163,20 @@ fn delivery(row: &SqliteRow) -> StoreResult<DeliveryRecord> {
     })
 }
 
-#[async_trait]
-impl DeliveryStore for SqliteStore {
-    async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
+/// The subscription's fields a [`DeliveryStore::subscription_put`] of an existing one replaces.
+const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = excluded.url, nats_url = excluded.nats_url, \
+     nats_subject = excluded.nats_subject, events = excluded.events, tenant_id = excluded.tenant_id, \
+     status = excluded.status, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
+     updated_at = excluded.updated_at";
+
+impl SqliteStore {
+    async fn subscription_insert(&self, s: &SubscriptionRecord, on_conflict: &str) -> StoreResult<()> {
         let (url, nats_url, nats_subject) = s.destination.columns();
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
                secret, previous_secret, previous_secret_until, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13){on_conflict}"
+        ))
         .bind(s.id.to_string())
         .bind(url)
         .bind(nats_url)
@@ -188,6 +194,17 @@ impl DeliveryStore for SqliteStore {
         .await
         .map_err(db)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
+        self.subscription_insert(s, "").await
+    }
+
+    async fn subscription_put(&self, s: &SubscriptionRecord) -> StoreResult<()> {
+        self.subscription_insert(s, SUBSCRIPTION_REPLACE).await
     }
 
     async fn subscription_get(&self, id: Uuid) -> StoreResult<SubscriptionRecord> {

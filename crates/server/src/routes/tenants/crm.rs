@@ -94,7 +94,7 @@ pub(super) async fn handle_crm_event(state: &AppState, body: &[u8]) -> Result<(S
         None => return Err(ApiError::field("/type", "is required")),
     }
     let tenant = event.pointer("/data/tenant").ok_or_else(|| ApiError::field("/data/tenant", "is required"))?;
-    onboard(state, tenant).await.map_err(|e| match e {
+    onboard(state, tenant, Some(tenancy::hook::ORIGIN_CRM)).await.map_err(|e| match e {
         // Field paths point into the webhook body.
         ApiError::Validation { detail, errors } => ApiError::Validation {
             detail,

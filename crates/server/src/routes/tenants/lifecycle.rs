@@ -24,7 +24,8 @@ use crate::views;
 
 /// Creates a tenant and starts its provisioning: the body of `POST /v1/tenants` (also used by
 /// the CRM webhook and `sagaplane dev`'s demo tenant). Returns `202 {tenant, saga_id}`.
-pub async fn onboard(state: &AppState, body: &Value) -> Result<(StatusCode, Value), ApiError> {
+/// Creates the tenant and its provision saga; `origin` (e.g. the CRM) goes into the saga's input.
+pub async fn onboard(state: &AppState, body: &Value, origin: Option<&str>) -> Result<(StatusCode, Value), ApiError> {
     let tenancy = tenancy(state)?;
     let request = parse_tenant(body, tenancy)?;
     let now_ms = state.clock.now_ms();
@@ -45,8 +46,11 @@ pub async fn onboard(state: &AppState, body: &Value) -> Result<(StatusCode, Valu
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     };
-    let saga = tenant_saga(state, tenancy::definitions::PROVISION, &request.id, json!({"tenant_id": request.id}), None)
-        .await?;
+    let mut input = json!({"tenant_id": request.id});
+    if let Some(origin) = origin {
+        input["origin"] = json!(origin);
+    }
+    let saga = tenant_saga(state, tenancy::definitions::PROVISION, &request.id, input, None).await?;
     let event = saga_store::OutboxEvent::new(
         "tenant.provisioning",
         Some(&request.id),
@@ -74,7 +78,7 @@ pub async fn create(
     let body = parse_body(body)?;
     let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
     let Some(key) = key else {
-        let (status, value) = onboard(&state, &body).await?;
+        let (status, value) = onboard(&state, &body, None).await?;
         return Ok((status, Json(value)).into_response());
     };
     match state.store.webhook_claim(IDEMPOTENCY_SOURCE, &key, state.clock.now_ms()).await? {
@@ -89,7 +93,7 @@ pub async fn create(
         WebhookClaim::Seen(None) => {
             Err(ApiError::Conflict("a request with this Idempotency-Key is in progress".into()))
         }
-        WebhookClaim::New => match onboard(&state, &body).await {
+        WebhookClaim::New => match onboard(&state, &body, None).await {
             Ok((status, value)) => {
                 let first = json!({"request_hash": hash, "response": value});
                 state.store.webhook_complete(IDEMPOTENCY_SOURCE, &key, &first).await?;
