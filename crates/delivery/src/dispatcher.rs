@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryStatus, DeliveryStore,
-    Destination,
+    Destination, OutboxEvent, SubscriptionRecord,
 };
+use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -40,6 +41,13 @@ pub struct DispatcherConfig {
     pub poll_interval_ms: u64,
     /// Networks webhooks may not reach (`SAGAPLANE_HTTP_DENY`, as for steps).
     pub deny: saga_runtime::executor::deny::AddressDenyList,
+    /// A subscription whose attempts have all failed for this long is disabled
+    /// (`SAGAPLANE_DELIVERY_DISABLE_AFTER`).
+    pub disable_after_ms: u64,
+    /// Consecutive failed attempts that open a destination's breaker (0: never).
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps the destination's deliveries waiting.
+    pub breaker_cool_down_ms: u64,
 }
 
 impl DispatcherConfig {
@@ -53,6 +61,9 @@ impl DispatcherConfig {
             lease_ttl_ms: 60_000,
             poll_interval_ms: 250,
             deny: saga_runtime::executor::deny::AddressDenyList::default(),
+            disable_after_ms: 5 * 24 * 3_600_000,
+            breaker_failures: 5,
+            breaker_cool_down_ms: 30_000,
         }
     }
 }
@@ -101,6 +112,8 @@ struct Inner {
     nats: crate::nats::NatsConnections,
     /// Attempts in flight per subscription.
     in_flight: Mutex<HashMap<Uuid, u32>>,
+    /// Destinations' breakers.
+    breakers: Mutex<crate::breaker::Breakers>,
     /// Rate limits' token buckets, per subscription that has one.
     rate_buckets: Mutex<HashMap<Uuid, RateBucket>>,
     finished: Notify,
@@ -135,6 +148,7 @@ impl Dispatcher {
             client: self.client,
             nats: crate::nats::NatsConnections::default(),
             in_flight: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(crate::breaker::Breakers::default()),
             rate_buckets: Mutex::new(HashMap::new()),
             finished: Notify::new(),
         });
@@ -194,7 +208,8 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     let _ = backlog.await;
 }
 
-/// Keeps the backlog gauges current until the dispatcher stops.
+/// Keeps the backlog gauges current, and disables subscriptions failing for too long, until the
+/// dispatcher stops.
 async fn refresh_backlog(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     let mut reported = Vec::new();
     loop {
@@ -202,6 +217,7 @@ async fn refresh_backlog(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) 
             Ok(backlog) => reported = crate::metrics::backlog(&backlog, &reported, now_ms()),
             Err(e) => tracing::debug!(error = %e, "reading the delivery backlog failed"),
         }
+        disable_failing(&inner).await;
         tokio::select! {
             _ = tokio::time::sleep(crate::metrics::BACKLOG_REFRESH) => {}
             _ = stopped.changed() => return,
@@ -212,6 +228,48 @@ async fn refresh_backlog(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) 
     }
 }
 
+/// Disables the subscriptions whose attempts have all failed for `disable_after_ms`, each
+/// reported as `subscription.disabled` to the other subscriptions of its scope.
+async fn disable_failing(inner: &Inner) {
+    let now = now_ms();
+    let after_ms = inner.config.disable_after_ms;
+    let before = now.saturating_sub(i64::try_from(after_ms).unwrap_or(i64::MAX));
+    let report = move |subscription: &SubscriptionRecord| {
+        let (url, nats) = match &subscription.destination {
+            Destination::Url(url) => (json!(url), Value::Null),
+            Destination::Nats { url, subject } => (Value::Null, json!({"url": url, "subject": subject})),
+        };
+        let data = json!({
+            "subscription_id": subscription.id,
+            "url": url,
+            "nats": nats,
+            "tenant_id": subscription.tenant_id,
+            "failing_since": subscription.failing_since_ms.and_then(chrono::DateTime::from_timestamp_millis),
+            "reason": format!("every delivery attempt failed for {}", humantime_ms(after_ms)),
+        });
+        OutboxEvent::new("subscription.disabled", subscription.tenant_id.as_deref(), data, now)
+    };
+    match inner.store.subscriptions_disable_failing(before, now, &report).await {
+        Ok(disabled) => {
+            for subscription in disabled {
+                tracing::warn!(subscription_id = %subscription.id, failing_since_ms = subscription.failing_since_ms,
+                    "subscription disabled: every delivery attempt failed for SAGAPLANE_DELIVERY_DISABLE_AFTER");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "disabling failing subscriptions failed"),
+    }
+}
+
+/// `432000000` → `5d`, for messages.
+fn humantime_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    UNITS
+        .iter()
+        .find(|(unit, _)| ms >= *unit && ms % unit == 0)
+        .map(|(unit, suffix)| format!("{}{suffix}", ms / unit))
+        .unwrap_or_else(|| format!("{ms}ms"))
+}
+
 /// Starts the waiting deliveries of every subscription with a free slot.
 fn start_waiting(
     inner: &Arc<Inner>,
@@ -220,11 +278,18 @@ fn start_waiting(
 ) {
     let Ok(mut in_flight) = inner.in_flight.lock() else { return };
     let Ok(mut buckets) = inner.rate_buckets.lock() else { return };
+    let Ok(mut breakers) = inner.breakers.lock() else { return };
     let now = std::time::Instant::now();
     for (subscription, queue) in waiting.iter_mut() {
         let running = in_flight.entry(*subscription).or_insert(0);
         while *running < inner.config.per_subscription_max {
             let Some(front) = queue.front() else { break };
+            if !breakers.allows(*subscription, now) {
+                // Its breaker opened after the claim: these wait for their lease to end and are
+                // claimed again once it lets attempts through (no attempt spent).
+                queue.clear();
+                break;
+            }
             if let Some(per_s) = front.subscription.rate_limit_per_s {
                 if !buckets.entry(*subscription).or_insert_with(|| RateBucket::new(per_s, now)).take(per_s, now) {
                     // Over its rate: it waits here (within its lease) for the next round.
@@ -274,7 +339,7 @@ async fn claim(
     waiting: &HashMap<Uuid, VecDeque<ClaimedDelivery>>,
     limit: u32,
 ) -> saga_store::StoreResult<Vec<ClaimedDelivery>> {
-    let skip_subscriptions = match inner.in_flight.lock() {
+    let mut skip_subscriptions: Vec<Uuid> = match inner.in_flight.lock() {
         Ok(in_flight) => {
             let mut busy: HashMap<Uuid, usize> = in_flight.iter().map(|(id, n)| (*id, *n as usize)).collect();
             for (id, queue) in waiting {
@@ -287,6 +352,9 @@ async fn claim(
         }
         Err(_) => Vec::new(),
     };
+    if let Ok(breakers) = inner.breakers.lock() {
+        skip_subscriptions.extend(breakers.holding(std::time::Instant::now()));
+    }
     let params = DeliveryClaimParams {
         worker_id: inner.config.worker_id.clone(),
         limit,
@@ -321,6 +389,7 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             crate::nats::publish(&inner.nats, &inner.config.deny, &claimed, destination, started_ms, timeout).await
         }
     };
+    breaker_record(inner, &claimed, &attempted);
     // The destination's slot frees as soon as it has answered; recording waits for its batch.
     release_slot(inner, claimed.subscription.id);
     let round_attempt = claimed.delivery.attempts.saturating_sub(claimed.delivery.attempts_before_replay) + 1;
@@ -365,6 +434,29 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
         Err(e) => {
             tracing::warn!(delivery_id = %claimed.delivery.id, error = %e, "recording an attempt failed; the delivery will be sent again")
         }
+    }
+}
+
+/// Feeds the attempt to its destination's breaker (a denied address is not the destination's
+/// failure: nothing was sent).
+fn breaker_record(inner: &Inner, claimed: &ClaimedDelivery, attempted: &Attempted) {
+    if attempted.definite {
+        return;
+    }
+    let settings = (inner.config.breaker_failures, Duration::from_millis(inner.config.breaker_cool_down_ms));
+    let subscription = claimed.subscription.id;
+    let change = match inner.breakers.lock() {
+        Ok(mut breakers) => breakers.record(subscription, attempted.delivered, settings, std::time::Instant::now()),
+        Err(_) => return,
+    };
+    match change {
+        crate::breaker::BreakerChange::Opened => {
+            tracing::warn!(subscription_id = %subscription, cool_down_ms = inner.config.breaker_cool_down_ms,
+                error = attempted.error.as_deref().unwrap_or(""), "destination failing: its breaker opened");
+            crate::metrics::breaker(&subscription.to_string(), true);
+        }
+        crate::breaker::BreakerChange::Closed => crate::metrics::breaker(&subscription.to_string(), false),
+        crate::breaker::BreakerChange::None => {}
     }
 }
 

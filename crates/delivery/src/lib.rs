@@ -4,6 +4,7 @@
 //! Subscriptions, events and deliveries themselves are the store's (`saga_store::delivery`);
 //! events are written by the engine's commits and the tenant lifecycle, never here.
 
+pub mod breaker;
 pub mod dispatcher;
 pub mod metrics;
 pub mod nats;

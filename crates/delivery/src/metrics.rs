@@ -15,6 +15,9 @@ pub const PENDING: &str = "saga_delivery_pending";
 /// `saga_delivery_oldest_pending_age_seconds{subscription}`.
 pub const OLDEST_PENDING_AGE_SECONDS: &str = "saga_delivery_oldest_pending_age_seconds";
 
+/// `saga_delivery_breaker_open{subscription}`: 1 while its breaker is open (this process's).
+pub const BREAKER_OPEN: &str = "saga_delivery_breaker_open";
+
 /// How often the backlog gauges are refreshed.
 pub const BACKLOG_REFRESH: Duration = Duration::from_secs(5);
 
@@ -23,6 +26,11 @@ pub fn describe() {
     metrics::describe_histogram!(ATTEMPT_DURATION_SECONDS, "One delivery attempt's duration");
     metrics::describe_gauge!(PENDING, "Deliveries waiting to be sent, by destination");
     metrics::describe_gauge!(OLDEST_PENDING_AGE_SECONDS, "Age of the oldest pending delivery's event");
+    metrics::describe_gauge!(BREAKER_OPEN, "1 while a destination's breaker is open in this process");
+}
+
+pub fn breaker(subscription: &str, open: bool) {
+    metrics::gauge!(BREAKER_OPEN, "subscription" => subscription.to_string()).set(if open { 1.0 } else { 0.0 });
 }
 
 pub fn attempt(subscription: &str, outcome: &'static str, duration_ms: i64) {

@@ -128,6 +128,8 @@ pub struct SubscriptionRecord {
     pub secret: String,
     pub previous_secret: Option<String>,
     pub previous_secret_until_ms: Option<i64>,
+    /// When its attempts began failing with no success since (None: the last one succeeded).
+    pub failing_since_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -264,6 +266,7 @@ pub trait DeliveryStore: Send + Sync + 'static {
     async fn subscription_put(&self, subscription: &SubscriptionRecord) -> StoreResult<()>;
     async fn subscription_get(&self, id: Uuid) -> StoreResult<SubscriptionRecord>;
     async fn subscription_list(&self, filter: &SubscriptionFilter) -> StoreResult<Vec<SubscriptionRecord>>;
+    /// Setting `status: active` forgets its failures (`failing_since_ms` back to None).
     async fn subscription_patch(
         &self,
         id: Uuid,
@@ -287,7 +290,8 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// `worker_id`, token bumped. A disabled subscription's deliveries wait until it is active.
     async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>>;
     /// Records attempts in one transaction, each fenced on its token: false for one that
-    /// another dispatcher has claimed since.
+    /// another dispatcher has claimed since. A success clears its subscription's
+    /// `failing_since_ms`; a failure sets it unless it is set.
     async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>>;
     /// [`Self::delivery_attempts_record`] of one.
     async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool> {
@@ -303,4 +307,13 @@ pub trait DeliveryStore: Send + Sync + 'static {
     async fn deliveries_recover(&self, subscription_id: Uuid, since_ms: i64, now_ms: i64) -> StoreResult<u64>;
     /// Pending deliveries per subscription (those with any).
     async fn delivery_backlog(&self) -> StoreResult<Vec<DeliveryBacklog>>;
+    /// Disables every active subscription failing since `failing_since_before_ms` or earlier and,
+    /// in the same transaction, writes the event `report` makes of each (fanned out like any
+    /// other). Returns the subscriptions it disabled: two sweeps at once disable each only once.
+    async fn subscriptions_disable_failing(
+        &self,
+        failing_since_before_ms: i64,
+        now_ms: i64,
+        report: &(dyn for<'a> Fn(&'a SubscriptionRecord) -> OutboxEvent + Send + Sync),
+    ) -> StoreResult<Vec<SubscriptionRecord>>;
 }

@@ -148,6 +148,10 @@ pub fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::Dis
     let mut dispatcher_config = delivery::DispatcherConfig::new(config.worker_id.clone(), schedule);
     dispatcher_config.deny = config.http_deny.clone();
     dispatcher_config.attempt_timeout_ms = config.delivery_timeout_ms;
+    dispatcher_config.disable_after_ms = config.delivery_disable_after_ms;
+    // Destinations' breakers open and cool down like steps' endpoints do.
+    dispatcher_config.breaker_failures = config.breaker_failures;
+    dispatcher_config.breaker_cool_down_ms = config.breaker_cool_down_ms;
     // One knob for how soon a dead process's work is taken over: sagas and deliveries alike.
     dispatcher_config.lease_ttl_ms = config.lease_ttl_ms;
     delivery::Dispatcher::new(store, dispatcher_config).start()
@@ -183,6 +187,7 @@ async fn configure_crm_callback(config: &Config, store: &dyn Store) -> anyhow::R
         secret: secret.expose().to_string(),
         previous_secret: None,
         previous_secret_until_ms: None,
+        failing_since_ms: None,
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     };

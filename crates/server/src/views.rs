@@ -168,6 +168,7 @@ pub fn subscription(record: &saga_store::SubscriptionRecord) -> Value {
         "tenant_id": record.tenant_id,
         "status": record.status.as_str(),
         "rate_limit_per_s": record.rate_limit_per_s,
+        "failing_since": record.failing_since_ms.map(timestamp),
         "created_at": timestamp(record.created_at_ms),
         "updated_at": timestamp(record.updated_at_ms),
     })

@@ -26,6 +26,7 @@ fn subscription(url: &str, events: &[&str], tenant: Option<&str>, now_ms: i64) -
         secret: format!("whsec_{}", Uuid::now_v7().simple()),
         previous_secret: None,
         previous_secret_until_ms: None,
+        failing_since_ms: None,
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     }

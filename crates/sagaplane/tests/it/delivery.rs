@@ -363,6 +363,8 @@ async fn nats_streams_get_each_event_once() {
     let env = [
         ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "150ms,150ms".to_string()),
         ("SAGAPLANE_DELIVERY_TIMEOUT", "2s".to_string()),
+        // The subject without a stream fails every attempt: no breaker holding it up here.
+        ("SAGAPLANE_BREAKER_FAILURES", "0".to_string()),
     ];
     let app = App::spawn(BIN, Backend::Postgres, &env).await;
     let destination = json!({"url": proxy.url, "subject": stream.subject});
@@ -426,4 +428,57 @@ async fn nats_streams_get_each_event_once() {
     }
     let (_, _, listed) = app.send(app.request(reqwest::Method::GET, "/v1/subscriptions")).await;
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(2), "nothing stored: {listed}");
+}
+
+/// A destination that fails every attempt: after `SAGAPLANE_BREAKER_FAILURES` in a row its
+/// breaker holds its deliveries for the cool-down (no attempt spent), and once it has failed for
+/// `SAGAPLANE_DELIVERY_DISABLE_AFTER` the subscription is disabled and `subscription.disabled`
+/// reaches the other subscriptions. Set active again, it starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_destination_is_held_by_its_breaker_then_disabled() {
+    let receiver = Participant::start().await;
+    receiver.script("/down", vec![(500, json!({"error": "down"}))]);
+    let env = [
+        ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms".to_string()),
+        ("SAGAPLANE_BREAKER_FAILURES", "3".to_string()),
+        ("SAGAPLANE_BREAKER_COOLDOWN", "1500ms".to_string()),
+        ("SAGAPLANE_DELIVERY_DISABLE_AFTER", "2s".to_string()),
+    ];
+    let app = App::spawn(BIN, Backend::Sqlite, &env).await;
+    let down = subscribe(&app, json!({"url": format!("{}/down", receiver.url), "events": ["saga.completed"]})).await;
+    let down_id = down["id"].as_str().expect("id").to_string();
+    subscribe(&app, json!({"url": format!("{}/watch", receiver.url), "events": ["subscription.disabled"]})).await;
+    app.put_definition("one", &fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]))).await;
+    app.wait_terminal(&app.start("one", json!({})).await, WAIT).await;
+
+    let notice = received(&receiver, "/watch", 1).await;
+    assert_eq!(notice[0].body["type"], "subscription.disabled");
+    assert_eq!(notice[0].body["data"]["subscription_id"], down_id.as_str(), "{}", notice[0].body);
+    let (_, _, shown) = app.send(app.request(reqwest::Method::GET, &format!("/v1/subscriptions/{down_id}"))).await;
+    assert_eq!(shown["status"], "disabled", "{shown}");
+    assert!(shown["failing_since"].is_string(), "{shown}");
+
+    let delivery = delivery_of(&app, &down_id, "pending").await;
+    let path = format!("/v1/deliveries/{}", delivery["id"].as_str().unwrap_or_default());
+    let (_, _, detail) = app.send(app.request(reqwest::Method::GET, &path)).await;
+    let at: Vec<i64> = detail["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            chrono::DateTime::parse_from_rfc3339(a["at"].as_str().unwrap_or_default()).expect("at").timestamp_millis()
+        })
+        .collect();
+    assert!(at.len() >= 4, "{detail}");
+    assert!(at[3] - at[2] >= 1_400, "the breaker held the fourth attempt for its cool-down: {at:?}");
+    assert!(at[1] - at[0] < 1_400, "the first ones kept the schedule: {at:?}");
+    let attempts_when_disabled = at.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, _, again) = app.send(app.request(reqwest::Method::GET, &path)).await;
+    assert_eq!(again["attempts"].as_array().map(Vec::len), Some(attempts_when_disabled), "a disabled one waits");
+
+    let patch = json!({"status": "active"});
+    let (status, _, revived) =
+        app.send(app.request(reqwest::Method::PATCH, &format!("/v1/subscriptions/{down_id}")).json(&patch)).await;
+    assert_eq!((status, &revived["status"], &revived["failing_since"]), (200, &json!("active"), &Value::Null));
 }

@@ -37,6 +37,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "saga.completed",
     "saga.compensated",
     "saga.failed",
+    "subscription.disabled",
 ];
 
 /// Event filters a subscription may hold.
@@ -219,6 +220,7 @@ pub async fn create(
         secret: delivery::new_secret(),
         previous_secret: None,
         previous_secret_until_ms: None,
+        failing_since_ms: None,
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     };

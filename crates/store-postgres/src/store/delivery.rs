@@ -15,7 +15,7 @@ use super::PostgresStore;
 use crate::rows::{changed_one, db, json_text};
 
 const SUBSCRIPTION_COLUMNS: &str = "id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
-     secret, previous_secret, previous_secret_until, created_at, updated_at";
+     secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at";
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts, \
      d.attempts_before_replay, d.next_attempt_at, d.last_error, d.created_at, d.delivered_at";
@@ -116,6 +116,7 @@ fn subscription(row: &PgRow) -> StoreResult<SubscriptionRecord> {
         previous_secret: row.try_get("previous_secret").map_err(db)?,
         previous_secret_until_ms: row.try_get("previous_secret_until").map_err(db)?,
         created_at_ms: row.try_get("created_at").map_err(db)?,
+        failing_since_ms: row.try_get("failing_since").map_err(db)?,
         updated_at_ms: row.try_get("updated_at").map_err(db)?,
     })
 }
@@ -145,15 +146,15 @@ fn delivery(row: &PgRow) -> StoreResult<DeliveryRecord> {
 const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = excluded.url, nats_url = excluded.nats_url, \
      nats_subject = excluded.nats_subject, events = excluded.events, tenant_id = excluded.tenant_id, \
      status = excluded.status, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
-     updated_at = excluded.updated_at";
+     failing_since = NULL, updated_at = excluded.updated_at";
 
 impl PostgresStore {
     async fn subscription_insert(&self, s: &SubscriptionRecord, on_conflict: &str) -> StoreResult<()> {
         let (url, nats_url, nats_subject) = s.destination.columns();
         sqlx::query(&format!(
             "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
-               secret, previous_secret, previous_secret_until, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13){on_conflict}"
+               secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $14, $12, $13){on_conflict}"
         ))
         .bind(s.id)
         .bind(url)
@@ -168,6 +169,7 @@ impl PostgresStore {
         .bind(s.previous_secret_until_ms)
         .bind(s.created_at_ms)
         .bind(s.updated_at_ms)
+        .bind(s.failing_since_ms)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -217,6 +219,7 @@ impl DeliveryStore for PostgresStore {
         let events = patch.events.as_ref().map(json_text).transpose()?;
         let row = sqlx::query(&format!(
             "UPDATE subscriptions SET events = COALESCE($2::jsonb, events), status = COALESCE($3, status), \
+               failing_since = CASE WHEN $3 = 'active' THEN NULL ELSE failing_since END, \
                rate_limit_per_s = CASE WHEN $4 THEN $5 ELSE rate_limit_per_s END, updated_at = $6 \
              WHERE id = $1 RETURNING {SUBSCRIPTION_COLUMNS}"
         ))
@@ -360,10 +363,17 @@ impl DeliveryStore for PostgresStore {
                  UPDATE deliveries d SET status = r.status, attempts = d.attempts + 1, next_attempt_at = r.next_at, \
                    last_error = r.error, lease_owner = NULL, \
                    delivered_at = CASE WHEN r.status = 'succeeded' THEN r.at ELSE d.delivered_at END \
-                 FROM r WHERE d.id = r.id AND d.fencing_token = r.token RETURNING d.id, d.attempts), \
+                 FROM r WHERE d.id = r.id AND d.fencing_token = r.token RETURNING d.id, d.attempts, d.subscription_id), \
                i AS ( \
                  INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, duration_ms) \
-                 SELECT d.id, d.attempts, r.at, r.code, r.error, r.duration FROM d JOIN r ON r.id = d.id) \
+                 SELECT d.id, d.attempts, r.at, r.code, r.error, r.duration FROM d JOIN r ON r.id = d.id), \
+               h AS ( \
+                 SELECT d.subscription_id, bool_or(r.status = 'succeeded') AS ok, min(r.at) AS first_at \
+                 FROM d JOIN r ON r.id = d.id GROUP BY d.subscription_id), \
+               s AS ( \
+                 UPDATE subscriptions s SET failing_since = CASE WHEN h.ok THEN NULL ELSE h.first_at END FROM h \
+                 WHERE s.id = h.subscription_id \
+                   AND CASE WHEN h.ok THEN s.failing_since IS NOT NULL ELSE s.failing_since IS NULL END) \
              SELECT id FROM d",
         )
         .bind(ids)
@@ -480,5 +490,28 @@ impl DeliveryStore for PostgresStore {
         .await
         .map_err(db)?;
         Ok(recovered.rows_affected())
+    }
+
+    async fn subscriptions_disable_failing(
+        &self,
+        failing_since_before_ms: i64,
+        now_ms: i64,
+        report: &(dyn for<'a> Fn(&'a SubscriptionRecord) -> OutboxEvent + Send + Sync),
+    ) -> StoreResult<Vec<SubscriptionRecord>> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows = sqlx::query(&format!(
+            "UPDATE subscriptions SET status = 'disabled', updated_at = $2 \
+             WHERE status = 'active' AND failing_since <= $1 RETURNING {SUBSCRIPTION_COLUMNS}"
+        ))
+        .bind(failing_since_before_ms)
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let disabled = rows.iter().map(subscription).collect::<StoreResult<Vec<_>>>()?;
+        let events: Vec<OutboxEvent> = disabled.iter().map(|s| report(s)).collect();
+        fan_out(&mut tx, &events).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(disabled)
     }
 }

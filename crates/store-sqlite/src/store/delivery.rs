@@ -16,7 +16,7 @@ use super::SqliteStore;
 use crate::rows::{changed_one, db, json_text, uuid_column};
 
 const SUBSCRIPTION_COLUMNS: &str = "id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
-     secret, previous_secret, previous_secret_until, created_at, updated_at";
+     secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at";
 
 const DELIVERY_COLUMNS: &str = "id, event_id, subscription_id, event_type, tenant_id, status, attempts, \
      attempts_before_replay, next_attempt_at, last_error, created_at, delivered_at";
@@ -86,10 +86,10 @@ pub(super) async fn fan_out(conn: &mut SqliteConnection, events: &[OutboxEvent])
 /// One attempt, fenced on its token, in the writer's transaction: false when fenced.
 async fn record_attempt(conn: &mut SqliteConnection, result: &DeliveryAttemptResult) -> StoreResult<bool> {
     let attempt = &result.attempt;
-    let n: Option<i64> = sqlx::query_scalar(
+    let updated: Option<(i64, String)> = sqlx::query_as(
         "UPDATE deliveries SET status = ?3, attempts = attempts + 1, next_attempt_at = ?4, last_error = ?5, \
            delivered_at = CASE WHEN ?3 = 'succeeded' THEN ?6 ELSE delivered_at END, lease_owner = NULL \
-         WHERE id = ?1 AND fencing_token = ?2 RETURNING attempts",
+         WHERE id = ?1 AND fencing_token = ?2 RETURNING attempts, subscription_id",
     )
     .bind(result.id.to_string())
     .bind(result.fencing_token)
@@ -100,7 +100,14 @@ async fn record_attempt(conn: &mut SqliteConnection, result: &DeliveryAttemptRes
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-    let Some(n) = n else { return Ok(false) };
+    let Some((n, subscription_id)) = updated else { return Ok(false) };
+    // Only a change of health writes the subscription.
+    let health = if result.status == DeliveryStatus::Succeeded {
+        "UPDATE subscriptions SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL AND ?2 IS NOT NULL"
+    } else {
+        "UPDATE subscriptions SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL"
+    };
+    sqlx::query(health).bind(&subscription_id).bind(attempt.at_ms).execute(&mut *conn).await.map_err(db)?;
     sqlx::query(
         "INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, duration_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -138,6 +145,7 @@ fn subscription(row: &SqliteRow) -> StoreResult<SubscriptionRecord> {
         previous_secret: row.try_get("previous_secret").map_err(db)?,
         previous_secret_until_ms: row.try_get("previous_secret_until").map_err(db)?,
         created_at_ms: row.try_get("created_at").map_err(db)?,
+        failing_since_ms: row.try_get("failing_since").map_err(db)?,
         updated_at_ms: row.try_get("updated_at").map_err(db)?,
     })
 }
@@ -167,15 +175,15 @@ fn delivery(row: &SqliteRow) -> StoreResult<DeliveryRecord> {
 const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = excluded.url, nats_url = excluded.nats_url, \
      nats_subject = excluded.nats_subject, events = excluded.events, tenant_id = excluded.tenant_id, \
      status = excluded.status, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
-     updated_at = excluded.updated_at";
+     failing_since = NULL, updated_at = excluded.updated_at";
 
 impl SqliteStore {
     async fn subscription_insert(&self, s: &SubscriptionRecord, on_conflict: &str) -> StoreResult<()> {
         let (url, nats_url, nats_subject) = s.destination.columns();
         sqlx::query(&format!(
             "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
-               secret, previous_secret, previous_secret_until, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13){on_conflict}"
+               secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?14, ?12, ?13){on_conflict}"
         ))
         .bind(s.id.to_string())
         .bind(url)
@@ -190,6 +198,7 @@ impl SqliteStore {
         .bind(s.previous_secret_until_ms)
         .bind(s.created_at_ms)
         .bind(s.updated_at_ms)
+        .bind(s.failing_since_ms)
         .execute(&self.writer)
         .await
         .map_err(db)?;
@@ -239,6 +248,7 @@ impl DeliveryStore for SqliteStore {
         let events = patch.events.as_ref().map(json_text).transpose()?;
         let changed = sqlx::query(
             "UPDATE subscriptions SET events = COALESCE(?2, events), status = COALESCE(?3, status), \
+               failing_since = CASE WHEN ?3 = 'active' THEN NULL ELSE failing_since END, \
                rate_limit_per_s = CASE WHEN ?4 THEN ?5 ELSE rate_limit_per_s END, updated_at = ?6 WHERE id = ?1",
         )
         .bind(id.to_string())
@@ -467,5 +477,28 @@ impl DeliveryStore for SqliteStore {
         .await
         .map_err(db)?;
         Ok(recovered.rows_affected())
+    }
+
+    async fn subscriptions_disable_failing(
+        &self,
+        failing_since_before_ms: i64,
+        now_ms: i64,
+        report: &(dyn for<'a> Fn(&'a SubscriptionRecord) -> OutboxEvent + Send + Sync),
+    ) -> StoreResult<Vec<SubscriptionRecord>> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let rows = sqlx::query(&format!(
+            "UPDATE subscriptions SET status = 'disabled', updated_at = ?2 \
+             WHERE status = 'active' AND failing_since <= ?1 RETURNING {SUBSCRIPTION_COLUMNS}"
+        ))
+        .bind(failing_since_before_ms)
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let disabled = rows.iter().map(subscription).collect::<StoreResult<Vec<_>>>()?;
+        let events: Vec<OutboxEvent> = disabled.iter().map(|s| report(s)).collect();
+        fan_out(&mut tx, &events).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(disabled)
     }
 }
