@@ -265,7 +265,7 @@ fn humantime_ms(ms: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
     UNITS
         .iter()
-        .find(|(unit, _)| ms >= *unit && ms % unit == 0)
+        .find(|(unit, _)| ms >= *unit && ms.is_multiple_of(*unit))
         .map(|(unit, suffix)| format!("{}{suffix}", ms / unit))
         .unwrap_or_else(|| format!("{ms}ms"))
 }

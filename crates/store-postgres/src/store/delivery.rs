@@ -509,7 +509,7 @@ impl DeliveryStore for PostgresStore {
         .await
         .map_err(db)?;
         let disabled = rows.iter().map(subscription).collect::<StoreResult<Vec<_>>>()?;
-        let events: Vec<OutboxEvent> = disabled.iter().map(|s| report(s)).collect();
+        let events: Vec<OutboxEvent> = disabled.iter().map(report).collect();
         fan_out(&mut tx, &events).await?;
         tx.commit().await.map_err(db)?;
         Ok(disabled)
