@@ -482,3 +482,43 @@ async fn a_failing_destination_is_held_by_its_breaker_then_disabled() {
         app.send(app.request(reqwest::Method::PATCH, &format!("/v1/subscriptions/{down_id}")).json(&patch)).await;
     assert_eq!((status, &revived["status"], &revived["failing_since"]), (200, &json!("active"), &Value::Null));
 }
+
+/// Two instances on one database share the outbox: every event is delivered once, and no two
+/// attempts of one delivery are ever in flight at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_send_one_delivery_at_once() {
+    const EVENTS: usize = 40;
+    const HOLD: Duration = Duration::from_millis(150);
+    let receiver = Participant::start().await;
+    receiver.delay("/both", vec![HOLD; EVENTS * 2]);
+    let database_url = Backend::Postgres.fresh_url().await;
+    let first = App::spawn_on(BIN, &database_url, &["server"], &[]).await;
+    let second = App::spawn_on(BIN, &database_url, &["server"], &[]).await;
+    let subscription =
+        subscribe(&first, json!({"url": format!("{}/both", receiver.url), "events": ["order.placed"]})).await;
+    let steps = json!([{"name": "emit", "action": {"builtin": "core.emit",
+                                                   "input": {"type": "order.placed", "data": {"n": "{{ input.n }}"}}}}]);
+    first.put_definition("placing", &fast_definition(steps)).await;
+    let mut sagas = Vec::new();
+    for n in 0..EVENTS {
+        let app = if n % 2 == 0 { &first } else { &second };
+        sagas.push(app.start("placing", json!({"n": n})).await);
+    }
+    for saga in &sagas {
+        first.wait_terminal(saga, WAIT).await;
+    }
+    deliveries_of(&first, subscription["id"].as_str().expect("id"), "succeeded", EVENTS).await;
+    let seen = receiver.requests("/both");
+    let mut by_id: std::collections::HashMap<&str, Vec<Instant>> = std::collections::HashMap::new();
+    for s in &seen {
+        by_id.entry(s.headers["webhook-id"].as_str()).or_default().push(s.at);
+    }
+    assert_eq!(by_id.len(), EVENTS, "every event arrived");
+    for (id, mut starts) in by_id {
+        starts.sort();
+        for pair in starts.windows(2) {
+            assert!(pair[1].duration_since(pair[0]) >= HOLD, "{id} was sent again while in flight");
+        }
+    }
+    assert_eq!(seen.len(), EVENTS, "with a healthy receiver and live leases, each exactly once");
+}
