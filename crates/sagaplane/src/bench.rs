@@ -46,6 +46,14 @@ pub struct BenchArgs {
     /// the engine's throughput with the outbox busy, and deliveries/s (in-process instance only).
     #[arg(long, conflicts_with = "url")]
     subscribe: bool,
+    /// With --subscribe: also subscribe a destination that never answers (each attempt waits
+    /// out SAGAPLANE_DELIVERY_TIMEOUT), to see whether it slows the healthy receiver.
+    #[arg(long, requires = "subscribe")]
+    failing_subscriber: bool,
+    /// Subscribe a NATS JetStream stream (made for the run on this server, e.g.
+    /// nats://127.0.0.1:4222) to every event and measure the deliveries (in-process instance only).
+    #[arg(long, conflicts_with_all = ["url", "subscribe"])]
+    subscribe_nats: Option<String>,
 }
 
 fn definition(workload: Workload) -> (&'static str, Value, &'static str) {
@@ -128,7 +136,7 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     }
     let embedded = match &args.url {
         Some(_) => None,
-        None => Some(start_embedded(&config, args.subscribe).await?),
+        None => Some(start_embedded(&config, args.subscribe || args.subscribe_nats.is_some()).await?),
     };
     let (base, token, backend) = match &embedded {
         Some(e) => (e.url.clone(), Some(e.token.clone()), e.backend.clone()),
@@ -149,8 +157,12 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let receiver = match args.subscribe {
-        true => Some(Receiver::start(&client, &base, token.as_deref()).await?),
+        true => Some(Receiver::start(&client, &base, token.as_deref(), args.failing_subscriber).await?),
         false => None,
+    };
+    let mut stream = match &args.subscribe_nats {
+        Some(nats_url) => Some(NatsReceiver::start(&client, &base, token.as_deref(), nats_url).await?),
+        None => None,
     };
     let shared = Arc::new(Load { client, base, token, name, direct, counter: AtomicUsize::new(0) });
     // Warm-up: connections, caches, JIT-free but page-cache-warm database.
@@ -163,6 +175,9 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     report(&args, &backend, expected, &results, elapsed);
     if let Some(receiver) = &receiver {
         receiver.report(&backend, warmup + args.count, started).await;
+    }
+    if let Some(stream) = &mut stream {
+        stream.report(&backend, warmup + args.count, started).await?;
     }
     if let Some(embedded) = embedded {
         let _ = embedded.stop.send(true);
@@ -314,45 +329,65 @@ fn report(args: &BenchArgs, backend: &str, expected: &str, results: &[(String, D
     );
 }
 
-/// A fast local webhook receiver subscribed to every event: answers 204 and counts.
+/// A fast local webhook receiver subscribed to every event: answers 204, counts, and keeps each
+/// delivery's latency (arrival minus the event's `timestamp`).
 struct Receiver {
     received: Arc<AtomicUsize>,
     last_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    latencies_ms: Arc<std::sync::Mutex<Vec<f64>>>,
     _server: tokio::task::JoinHandle<()>,
 }
 
+/// How long the failing subscriber holds each request (beyond any attempt timeout).
+const NEVER_ANSWERS: Duration = Duration::from_secs(3600);
+
 impl Receiver {
-    async fn start(client: &reqwest::Client, base: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    async fn start(
+        client: &reqwest::Client,
+        base: &str,
+        token: Option<&str>,
+        with_failing: bool,
+    ) -> anyhow::Result<Self> {
         let received = Arc::new(AtomicUsize::new(0));
         let last_at = Arc::new(std::sync::Mutex::new(None));
-        let (count, last) = (received.clone(), last_at.clone());
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move || {
-                let (count, last) = (count.clone(), last.clone());
-                async move {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    if let Ok(mut last) = last.lock() {
-                        *last = Some(Instant::now());
+        let latencies_ms = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (count, last, latencies) = (received.clone(), last_at.clone(), latencies_ms.clone());
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let (count, last, latencies) = (count.clone(), last.clone(), latencies.clone());
+                    async move {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut last) = last.lock() {
+                            *last = Some(Instant::now());
+                        }
+                        if let Some(latency) = latency_ms(&body) {
+                            if let Ok(mut latencies) = latencies.lock() {
+                                latencies.push(latency);
+                            }
+                        }
+                        axum::http::StatusCode::NO_CONTENT
                     }
+                }),
+            )
+            .route(
+                "/stuck",
+                axum::routing::post(|| async {
+                    tokio::time::sleep(NEVER_ANSWERS).await;
                     axum::http::StatusCode::NO_CONTENT
-                }
-            }),
-        );
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/hook", listener.local_addr()?);
+        let address = listener.local_addr()?;
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let mut request = client.post(format!("{base}/v1/subscriptions")).json(&json!({"url": url, "events": ["*"]}));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        subscribe(client, base, token, json!({"url": format!("http://{address}/hook"), "events": ["*"]})).await?;
+        if with_failing {
+            subscribe(client, base, token, json!({"url": format!("http://{address}/stuck"), "events": ["*"]})).await?;
         }
-        let response = request.send().await.context("subscribing the receiver")?;
-        if response.status().as_u16() != 201 {
-            bail!("subscribing: {} {}", response.status(), response.text().await.unwrap_or_default());
-        }
-        Ok(Receiver { received, last_at, _server: server })
+        Ok(Receiver { received, last_at, latencies_ms, _server: server })
     }
 
     /// Waits (at most 5 minutes) for `expected` deliveries and prints the rate since `started`.
@@ -366,13 +401,89 @@ impl Receiver {
         let last = self.last_at.lock().ok().and_then(|l| *l).unwrap_or(finished_engine);
         let span = last.saturating_duration_since(started).as_secs_f64().max(0.001);
         let lag_ms = last.saturating_duration_since(finished_engine).as_secs_f64() * 1000.0;
+        let mut latencies = self.latencies_ms.lock().map(|l| l.clone()).unwrap_or_default();
+        latencies.sort_by(f64::total_cmp);
+        let p50 = crate::bench_tenants::percentile(&latencies, 50.0);
+        let p99 = crate::bench_tenants::percentile(&latencies, 99.0);
         println!(
-            "  deliveries   {received} of {expected} received ({:.1}/s); the last {lag_ms:.0} ms after the last saga",
+            "  deliveries   {received} of {expected} received ({:.1}/s); the last {lag_ms:.0} ms after the last saga; \
+             event-to-receiver p50 {p50:.0} ms, p99 {p99:.0} ms",
             received as f64 / span
         );
         println!(
-            "RESULT workload=deliveries backend={backend} n={expected} deliveries_per_s={:.1} lag_ms={lag_ms:.0} received={received}",
+            "RESULT workload=deliveries backend={backend} n={expected} deliveries_per_s={:.1} lag_ms={lag_ms:.0} \
+             received={received} latency_p50_ms={p50:.0} latency_p99_ms={p99:.0}",
             received as f64 / span
         );
+    }
+}
+
+/// Milliseconds from a delivery body's event `timestamp` to now.
+fn latency_ms(body: &[u8]) -> Option<f64> {
+    let event: Value = serde_json::from_slice(body).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(event["timestamp"].as_str()?).ok()?;
+    Some((chrono::Utc::now().timestamp_millis() - at.timestamp_millis()) as f64)
+}
+
+async fn subscribe(client: &reqwest::Client, base: &str, token: Option<&str>, body: Value) -> anyhow::Result<()> {
+    let mut request = client.post(format!("{base}/v1/subscriptions")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.context("subscribing")?;
+    if response.status().as_u16() != 201 {
+        bail!("subscribing: {} {}", response.status(), response.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// A JetStream stream made for the run and subscribed to every event; counted from the stream.
+struct NatsReceiver {
+    stream: async_nats::jetstream::stream::Stream,
+    context: async_nats::jetstream::Context,
+    name: String,
+}
+
+impl NatsReceiver {
+    async fn start(client: &reqwest::Client, base: &str, token: Option<&str>, nats_url: &str) -> anyhow::Result<Self> {
+        let connection = async_nats::connect(nats_url).await.with_context(|| format!("connecting to {nats_url}"))?;
+        let context = async_nats::jetstream::new(connection);
+        let name = format!("SAGAPLANE_BENCH_{}", uuid::Uuid::now_v7().simple());
+        let subject = format!("sagaplane.bench.{}", uuid::Uuid::now_v7().simple());
+        let config = async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        };
+        let stream = context.create_stream(config).await.context("creating the bench stream")?;
+        subscribe(client, base, token, json!({"nats": {"url": nats_url, "subject": subject}, "events": ["*"]})).await?;
+        Ok(NatsReceiver { stream, context, name })
+    }
+
+    /// Waits (at most 5 minutes) for `expected` messages in the stream, prints the rate, and
+    /// deletes the stream.
+    async fn report(&mut self, backend: &str, expected: usize, started: Instant) -> anyhow::Result<()> {
+        let finished_engine = Instant::now();
+        let deadline = finished_engine + Duration::from_secs(300);
+        let mut stored = 0;
+        let mut last = finished_engine;
+        while Instant::now() < deadline {
+            let now_stored = usize::try_from(self.stream.info().await?.state.messages).unwrap_or(usize::MAX);
+            if now_stored > stored {
+                (stored, last) = (now_stored, Instant::now());
+            }
+            if stored >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let span = last.saturating_duration_since(started).as_secs_f64().max(0.001);
+        println!("  nats         {stored} of {expected} stored ({:.1}/s)", stored as f64 / span);
+        println!(
+            "RESULT workload=nats-deliveries backend={backend} n={expected} deliveries_per_s={:.1} stored={stored}",
+            stored as f64 / span
+        );
+        self.context.delete_stream(&self.name).await.context("deleting the bench stream")?;
+        Ok(())
     }
 }

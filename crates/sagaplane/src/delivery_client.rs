@@ -12,9 +12,12 @@ use crate::client::{print_json, Client, Connection};
 pub enum SubscriptionsCommand {
     /// Subscribe a URL to events; prints the secret (shown this once).
     Create {
-        /// The http(s) URL events are POSTed to.
+        /// The http(s) URL events are POSTed to, or a NATS server (nats://host:port) with --subject.
         #[arg(value_name = "URL")]
         endpoint: String,
+        /// With a nats:// URL: the JetStream subject events are published to.
+        #[arg(long)]
+        subject: Option<String>,
         /// Event types, comma-separated ("*" for every event).
         #[arg(long, default_value = "*")]
         events: String,
@@ -55,9 +58,16 @@ pub enum DeliveriesCommand {
 pub async fn subscriptions(command: SubscriptionsCommand, connection: Connection) -> anyhow::Result<ExitCode> {
     let client = Client::new(&connection);
     match command {
-        SubscriptionsCommand::Create { endpoint, events, rate_limit } => {
+        SubscriptionsCommand::Create { endpoint, subject, events, rate_limit } => {
             let events: Vec<&str> = events.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
-            let body = json!({"url": endpoint, "events": events, "rate_limit_per_s": rate_limit});
+            let is_nats = endpoint.starts_with("nats://") || endpoint.starts_with("tls://");
+            let mut body = json!({"events": events, "rate_limit_per_s": rate_limit});
+            match (is_nats, subject) {
+                (true, Some(subject)) => body["nats"] = json!({"url": endpoint, "subject": subject}),
+                (true, None) => anyhow::bail!("a NATS destination needs --subject (the JetStream subject to publish to)"),
+                (false, Some(_)) => anyhow::bail!("--subject goes with a nats:// URL"),
+                (false, None) => body["url"] = json!(endpoint),
+            }
             let (_, created) =
                 client.send(client.request(reqwest::Method::POST, "/v1/subscriptions").json(&body)).await?;
             print_json(&created);
