@@ -24,6 +24,9 @@ use uuid::Uuid;
 use crate::schedule::RetrySchedule;
 use crate::send::{self, Attempted};
 
+/// Claimed deliveries held at most, waiting for a slot of their destination.
+pub const WAITING_MAX: usize = 256;
+
 /// Settings of one dispatcher.
 #[derive(Clone, Debug)]
 pub struct DispatcherConfig {
@@ -160,8 +163,8 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     crate::metrics::describe();
     let backlog = tokio::spawn(refresh_backlog(inner.clone(), stopped.clone()));
     let mut attempts = JoinSet::new();
-    // Claimed for a subscription already at its cap: started as its attempts finish (well within
-    // the claim's lease: at most `per_subscription_max` wait behind as many attempts).
+    // Claimed for a subscription already at its cap: started as its attempts finish. A claim
+    // leaves out subscriptions with `per_subscription_max` running or waiting, so few wait.
     let mut waiting: HashMap<Uuid, VecDeque<ClaimedDelivery>> = HashMap::new();
     let poll = Duration::from_millis(inner.config.poll_interval_ms.max(10));
     let mut failures = 0u32;
@@ -171,8 +174,15 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
         }
         while attempts.try_join_next().is_some() {}
         start_waiting(&inner, &mut waiting, &mut attempts);
+        // Deliveries waiting for their own destination's slot do not take the others' capacity
+        // (a stuck destination's would, for as long as its attempts take); they are bounded by
+        // WAITING_MAX instead.
         let queued: usize = waiting.values().map(VecDeque::len).sum();
-        let free = (inner.config.concurrency as usize).saturating_sub(attempts.len() + queued);
+        let free = if queued >= WAITING_MAX {
+            0
+        } else {
+            (inner.config.concurrency as usize).saturating_sub(attempts.len()).min(WAITING_MAX - queued)
+        };
         let mut full = false;
         if free > 0 {
             match claim(&inner, &waiting, free as u32).await {
