@@ -64,7 +64,9 @@ pub async fn subscriptions(command: SubscriptionsCommand, connection: Connection
             let mut body = json!({"events": events, "rate_limit_per_s": rate_limit});
             match (is_nats, subject) {
                 (true, Some(subject)) => body["nats"] = json!({"url": endpoint, "subject": subject}),
-                (true, None) => anyhow::bail!("a NATS destination needs --subject (the JetStream subject to publish to)"),
+                (true, None) => {
+                    anyhow::bail!("a NATS destination needs --subject (the JetStream subject to publish to)")
+                }
                 (false, Some(_)) => anyhow::bail!("--subject goes with a nats:// URL"),
                 (false, None) => body["url"] = json!(endpoint),
             }
