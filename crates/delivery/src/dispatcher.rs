@@ -59,8 +59,8 @@ impl DispatcherConfig {
             worker_id: worker_id.into(),
             schedule,
             attempt_timeout_ms: 10_000,
-            concurrency: 32,
-            per_subscription_max: 4,
+            concurrency: 64,
+            per_subscription_max: 8,
             lease_ttl_ms: 60_000,
             poll_interval_ms: 250,
             deny: saga_runtime::executor::deny::AddressDenyList::default(),
@@ -168,6 +168,11 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     let mut waiting: HashMap<Uuid, VecDeque<ClaimedDelivery>> = HashMap::new();
     let poll = Duration::from_millis(inner.config.poll_interval_ms.max(10));
     let mut failures = 0u32;
+    // Subscriptions the last claim found work of or left out: when one of them has room again
+    // and nothing waiting, it is worth claiming before the next poll. Otherwise a finished
+    // attempt does not trigger a claim: claims come in batches, not one per delivery.
+    let mut hot: Vec<Uuid> = Vec::new();
+    let mut claim_now = true;
     loop {
         if *stopped.borrow() {
             break;
@@ -184,12 +189,14 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
             (inner.config.concurrency as usize).saturating_sub(attempts.len()).min(WAITING_MAX - queued)
         };
         let mut full = false;
-        if free > 0 {
+        if claim_now && free > 0 {
             match claim(&inner, &waiting, free as u32).await {
-                Ok(claimed) => {
+                Ok((claimed, skipped)) => {
                     failures = 0;
                     full = claimed.len() == free;
+                    hot = skipped;
                     for delivery in claimed {
+                        hot.push(delivery.subscription.id);
                         waiting.entry(delivery.subscription.id).or_default().push_back(delivery);
                     }
                     start_waiting(&inner, &mut waiting, &mut attempts);
@@ -201,14 +208,15 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
             }
         }
         if full && attempts.len() < inner.config.concurrency as usize {
+            claim_now = true;
             continue;
         }
         let wait = if failures > 0 { poll * 2u32.saturating_pow(failures.min(5)) } else { poll };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = inner.finished.notified() => {}
-            _ = stopped.changed() => {}
-        }
+        claim_now = tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = inner.finished.notified() => failures == 0 && has_room(&inner, &waiting, &hot),
+            _ = stopped.changed() => false,
+        };
     }
     let drain = Duration::from_millis(inner.config.attempt_timeout_ms.saturating_add(1_000));
     if tokio::time::timeout(drain, async { while attempts.join_next().await.is_some() {} }).await.is_err() {
@@ -343,12 +351,22 @@ impl RateBucket {
     }
 }
 
-/// Claims up to `limit`, leaving out subscriptions with a full slot count (running and waiting).
+/// Whether one of `hot` has a free slot and nothing waiting for it.
+fn has_room(inner: &Inner, waiting: &HashMap<Uuid, VecDeque<ClaimedDelivery>>, hot: &[Uuid]) -> bool {
+    let Ok(in_flight) = inner.in_flight.lock() else { return true };
+    hot.iter().any(|id| {
+        waiting.get(id).is_none_or(VecDeque::is_empty)
+            && in_flight.get(id).copied().unwrap_or(0) < inner.config.per_subscription_max
+    })
+}
+
+/// Claims up to `limit`, leaving out subscriptions with a full slot count (running and waiting)
+/// or a breaker holding them; returns what it claimed and whom it left out.
 async fn claim(
     inner: &Inner,
     waiting: &HashMap<Uuid, VecDeque<ClaimedDelivery>>,
     limit: u32,
-) -> saga_store::StoreResult<Vec<ClaimedDelivery>> {
+) -> saga_store::StoreResult<(Vec<ClaimedDelivery>, Vec<Uuid>)> {
     let mut skip_subscriptions: Vec<Uuid> = match inner.in_flight.lock() {
         Ok(in_flight) => {
             let mut busy: HashMap<Uuid, usize> = in_flight.iter().map(|(id, n)| (*id, *n as usize)).collect();
@@ -372,7 +390,8 @@ async fn claim(
         lease_ttl_ms: inner.config.lease_ttl_ms,
         skip_subscriptions,
     };
-    inner.store.delivery_claim_due(&params).await
+    let claimed = inner.store.delivery_claim_due(&params).await?;
+    Ok((claimed, params.skip_subscriptions))
 }
 
 /// Sends one delivery and records what came of it.

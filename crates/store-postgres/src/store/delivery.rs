@@ -33,7 +33,7 @@ macro_rules! outbox_fan_out {
                     AND (s.events ? '*' OR s.events ? ev.type)))), \
          ei AS ( \
            INSERT INTO events (id, type, tenant_id, data, created_at) \
-           SELECT ev.id, ev.type, ev.tenant_id, ev.data::jsonb, ev.at FROM ev \
+           SELECT ev.id, ev.type, ev.tenant_id, ev.data::json, ev.at FROM ev \
            WHERE EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id) RETURNING id), \
          di AS ( \
            INSERT INTO deliveries (id, event_id, subscription_id, event_type, tenant_id, status, next_attempt_at, created_at) \
