@@ -242,6 +242,10 @@ async fn tenants_get_only_their_own_events() {
     }
     let (status, _, _) = app.send(app.request(Method::POST, "/v1/tenants/beta/suspend")).await;
     assert_eq!(status, 200);
+    // Refused transitions roll back and emit nothing: no tenant.resumed, no second suspension.
+    for refused in ["/v1/tenants/acme/resume", "/v1/tenants/beta/suspend"] {
+        assert_eq!(app.send(app.request(Method::POST, refused)).await.0, 409, "{refused}");
+    }
     // The admin's `*` sees both tenants' sagas and beta's suspension; acme's sees acme's saga only.
     // Two onboardings (tenant.provisioning, tenant.activated, and their tenant.provision sagas'
     // saga.completed), two sagas, one suspension.
@@ -250,6 +254,14 @@ async fn tenants_get_only_their_own_events() {
     let counts =
         (count("tenant.provisioning"), count("tenant.activated"), count("saga.completed"), count("tenant.suspended"));
     assert_eq!(counts, (2, 2, 4, 1), "{:?}", admin_seen.iter().map(|s| &s.body).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin_now = receiver.requests("/admin");
+    assert_eq!(
+        admin_now.len(),
+        9,
+        "nothing for the refused transitions: {:?}",
+        admin_now.iter().map(|s| &s.body["type"]).collect::<Vec<_>>()
+    );
     let acme_seen = received(&receiver, "/acme", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let acme_seen_now = receiver.requests("/acme");
