@@ -11,6 +11,7 @@
 //! (and, across instances, the due index) brings it back. One heartbeat renews every lease the
 //! instance holds; a lease it lost stops that driver, and its writes would be fenced anyway.
 
+pub mod blockers;
 pub mod clock;
 pub mod committer;
 mod config;

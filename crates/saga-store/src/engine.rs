@@ -354,6 +354,39 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Records a cancel request on a saga that is not terminal and makes it due if no driver
     /// holds it. [`crate::StoreError::NotFound`]; [`crate::StoreError::Conflict`] when terminal.
     async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord>;
+    /// What the claim sees around one saga (`GET /v1/sagas/{id}/blockers`): its admission, its
+    /// key's holders, the queue of due sagas, its newest history event, its open callback.
+    async fn saga_queue_facts(&self, saga: &SagaRecord, now_ms: i64) -> StoreResult<SagaQueueFacts>;
+}
+
+/// The most concurrency-key holders [`SagaQueueFacts`] lists.
+pub const KEY_HOLDERS_MAX: u32 = 100;
+
+/// [`SagaStore::saga_queue_facts`]: read with the conditions the claim uses.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SagaQueueFacts {
+    /// It holds a slot of its concurrency key (true when it has no key).
+    pub admitted: bool,
+    /// Admitted, unfinished sagas of its key other than itself (at most [`KEY_HOLDERS_MAX`]).
+    pub key_holders: Vec<Uuid>,
+    /// Sagas a claim would take now (admitted, unfinished, `run_at` passed), and the oldest's
+    /// `run_at`.
+    pub due_count: u64,
+    pub oldest_due_at_ms: Option<i64>,
+    /// The saga's newest history event.
+    pub latest_event: Option<EventRecord>,
+    /// The open callback of the attempt it waits on, if it waits on one.
+    pub callback: Option<CallbackFacts>,
+}
+
+/// An open callback as the blockers show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallbackFacts {
+    /// When the attempt counts as lost unless a heartbeat moves it.
+    pub deadline_at_ms: Option<i64>,
+    /// The last heartbeat, if one arrived.
+    pub last_heartbeat_at_ms: Option<i64>,
+    pub created_at_ms: i64,
 }
 
 /// What drivers do: claim due sagas (admission under concurrency keys included), commit their

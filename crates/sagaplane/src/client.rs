@@ -68,6 +68,13 @@ pub enum SagasCommand {
         #[arg(long)]
         events: bool,
     },
+    /// Why a saga is not moving: everything that holds it now.
+    Why {
+        id: String,
+        /// Print the JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow a saga's progress until it is terminal.
     Watch { id: String },
     /// Resume a FAILED saga.
@@ -340,6 +347,15 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
             let (_, body) = client.send(client.request(reqwest::Method::GET, &path)).await?;
             print_json(&body);
         }
+        SagasCommand::Why { id, json } => {
+            let (_, body) =
+                client.send(client.request(reqwest::Method::GET, &format!("/v1/sagas/{id}/blockers"))).await?;
+            if json {
+                print_json(&body);
+            } else {
+                print!("{}", why_lines(&body));
+            }
+        }
         SagasCommand::Watch { id } => {
             let done = watch(&client, &id).await?;
             print_json(&done);
@@ -369,3 +385,21 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `sagas why`: the status, then one line per blocker.
+fn why_lines(body: &Value) -> String {
+    let status = body["status"].as_str().unwrap_or("?");
+    let mut out = format!("saga {} is {status}", body["saga_id"].as_str().unwrap_or("?"));
+    let blockers = body["blockers"].as_array().cloned().unwrap_or_default();
+    out.push_str(match (blockers.is_empty(), body["runnable"].as_bool()) {
+        (true, _) => ": nothing holds it (it has ended)\n",
+        (false, Some(true)) => ": runnable, only a free worker is missing\n",
+        (false, _) => ", held by:\n",
+    });
+    for blocker in &blockers {
+        let kind = blocker["kind"].as_str().unwrap_or("?");
+        out.push_str(&format!("  {kind:<12} {}\n", blocker["detail"].as_str().unwrap_or("")));
+    }
+    out
+}
+

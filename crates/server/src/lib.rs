@@ -43,6 +43,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/sagas"),
     ("get", "/v1/sagas/{id}"),
     ("get", "/v1/sagas/{id}/events"),
+    ("get", "/v1/sagas/{id}/blockers"),
     ("post", "/v1/sagas/{id}/retry"),
     ("post", "/v1/sagas/{id}/cancel"),
     ("post", "/v1/sagas/{id}/signals/{name}"),
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sagas", get(routes::sagas::list).post(routes::sagas::create))
         .route("/sagas/{id}", get(routes::sagas::get))
         .route("/sagas/{id}/events", get(routes::sagas::events))
+        .route("/sagas/{id}/blockers", get(routes::sagas::blockers))
         .route("/sagas/{id}/retry", post(routes::sagas::retry))
         .route("/sagas/{id}/cancel", post(routes::control::cancel))
         .route("/sagas/{id}/signals/{name}", post(routes::control::signal))

@@ -179,6 +179,11 @@ pub fn document() -> Value {
                 "parameters": [limit_param(), query_param("cursor", "next_cursor of the previous page", json!({"type": "integer", "minimum": 0, "maximum": i64::MAX}))],
                 "responses": {"200": ok("events", "EventList")}})),
         },
+        "/v1/sagas/{id}/blockers": {
+            "parameters": [saga_id()],
+            "get": secured(json!({"summary": "Everything that holds the saga now: backoff, signal, callback, concurrency, breaker, lease, deadline, queued, operator",
+                "responses": {"200": ok("blockers", "Blockers")}})),
+        },
         "/v1/sagas/{id}/retry": {
             "parameters": [saga_id()],
             "post": secured(json!({"summary": "Resume a FAILED saga (a tenant saga's retry moves its tenant back to MIGRATING)", "responses": {"202": ok("resumed", "Saga"), "409": problem("not FAILED")}})),
@@ -288,6 +293,12 @@ fn schemas() -> Value {
             "sla_tier": {"type": "string"}, "status": {"$ref": "#/components/schemas/TenantStatus"},
             "domains": {"type": "array"}, "contacts": {"type": "array"}, "metadata": {"type": "object"}, "storage": {},
             "migrations": {"type": "array"}, "saga_id": {"type": ["string", "null"]}, "error": {}, "created_at": {"type": "string"}, "updated_at": {"type": "string"}
+        }},
+        "Blockers": {"type": "object", "properties": {
+            "saga_id": {"type": "string"}, "status": {"type": "string"}, "runnable": {"type": "boolean"},
+            "blockers": {"type": "array", "items": {"type": "object", "properties": {
+                "kind": {"enum": ["backoff", "signal", "callback", "concurrency", "breaker", "lease", "deadline", "scheduled", "queued", "operator"]},
+                "detail": {"type": "string"}, "until": {"type": ["string", "null"]}}}}
         }},
         "TenantList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}, "next_cursor": {"type": ["string", "null"]}}},
         "TenantAccepted": {"type": "object", "properties": {"tenant": {"$ref": "#/components/schemas/Tenant"}, "saga_id": {"type": "string"}}},

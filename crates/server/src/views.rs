@@ -203,3 +203,79 @@ pub fn delivery_attempt(record: &saga_store::DeliveryAttemptRecord) -> Value {
         "duration_ms": record.duration_ms,
     })
 }
+
+/// `GET /v1/sagas/{id}/blockers`: `{saga_id, status, runnable, blockers: [{kind, detail, until?, …}]}`.
+pub fn blockers(record: &saga_store::SagaRecord, explained: &saga_runtime::blockers::Blockers) -> Value {
+    let at = |ms: i64| if ms >= saga_store::RUN_AT_NEVER_MS { Value::Null } else { timestamp(ms) };
+    let maybe = |ms: Option<i64>| ms.map_or(Value::Null, at);
+    let items: Vec<Value> = explained.blockers.iter().map(|blocker| blocker_view(blocker, &at, &maybe)).collect();
+    json!({
+        "saga_id": record.id,
+        "status": record.status.as_str(),
+        "runnable": explained.runnable,
+        "blockers": items,
+    })
+}
+
+fn blocker_view(
+    blocker: &saga_runtime::blockers::Blocker,
+    at: &dyn Fn(i64) -> Value,
+    maybe: &dyn Fn(Option<i64>) -> Value,
+) -> Value {
+    use saga_runtime::blockers::Blocker;
+    let when = |ms: i64| at(ms).as_str().map_or_else(|| "never".to_string(), str::to_string);
+    match blocker {
+        Blocker::Backoff { step, attempt, until_ms } => json!({
+            "kind": "backoff", "step": step, "attempt": attempt, "until": at(*until_ms),
+            "detail": format!("step {} retries (attempt {}) at {}", step.as_deref().unwrap_or("?"),
+                attempt.map_or_else(|| "?".to_string(), |a| a.to_string()), when(*until_ms)),
+        }),
+        Blocker::Signal { step, name, since_ms, until_ms } => json!({
+            "kind": "signal", "step": step, "name": name, "since": at(*since_ms), "until": maybe(*until_ms),
+            "detail": match until_ms {
+                Some(until) => format!("step {step} waits for the signal {name:?} until {}", when(*until)),
+                None => format!("step {step} waits for the signal {name:?} (POST /v1/sagas/{{id}}/signals/{name})"),
+            },
+        }),
+        Blocker::Callback { step, attempt, since_ms, last_heartbeat_ms, until_ms } => json!({
+            "kind": "callback", "step": step, "attempt": attempt, "since": at(*since_ms),
+            "last_heartbeat": maybe(*last_heartbeat_ms), "until": maybe(*until_ms),
+            "detail": format!("step {step} (attempt {attempt}) waits for its participant's callback{}{}",
+                last_heartbeat_ms.map_or_else(|| "; no heartbeat yet".to_string(), |h| format!("; last heartbeat {}", when(h))),
+                until_ms.map_or_else(String::new, |u| format!("; lost at {}", when(u)))),
+        }),
+        Blocker::Concurrency { key, limit, holders } => json!({
+            "kind": "concurrency", "key": key, "limit": limit, "holders": holders,
+            "detail": format!("concurrency key {key:?} is at its limit{}: it starts when one of {} running saga(s) ends",
+                limit.map_or_else(String::new, |l| format!(" of {l}")), holders.len()),
+        }),
+        Blocker::Breaker { step, endpoint, until_ms } => json!({
+            "kind": "breaker", "step": step, "endpoint": endpoint, "until": at(*until_ms),
+            "detail": format!("the breaker of {endpoint} is open: step {} is deferred until {}", step.as_deref().unwrap_or("?"), when(*until_ms)),
+        }),
+        Blocker::Lease { worker, until_ms } => json!({
+            "kind": "lease", "worker": worker, "until": at(*until_ms),
+            "detail": format!("worker {worker} is running it (lease until {}, renewed while it lives)", when(*until_ms)),
+        }),
+        Blocker::Deadline { until_ms } => json!({
+            "kind": "deadline", "until": at(*until_ms),
+            "detail": format!("nothing else wakes it before its deadline at {}", when(*until_ms)),
+        }),
+        Blocker::Scheduled { until_ms } => json!({
+            "kind": "scheduled", "until": at(*until_ms),
+            "detail": format!("due at {}", when(*until_ms)),
+        }),
+        Blocker::Queued { queue_depth, oldest_due_at_ms, expired_lease_of } => json!({
+            "kind": "queued", "queue_depth": queue_depth, "oldest_due_at": maybe(*oldest_due_at_ms),
+            "expired_lease_of": expired_lease_of,
+            "detail": format!("due now, waiting for a free worker: {queue_depth} saga(s) due{}{}",
+                oldest_due_at_ms.map_or_else(String::new, |o| format!(", the oldest since {}", when(o))),
+                expired_lease_of.as_ref().map_or_else(String::new, |w| format!("; the lease of {w} expired"))),
+        }),
+        Blocker::Operator { message } => json!({
+            "kind": "operator",
+            "detail": format!("FAILED{}: only POST /v1/sagas/{{id}}/retry moves it", message.as_ref().map_or_else(String::new, |m| format!(" ({m})"))),
+        }),
+    }
+}
+

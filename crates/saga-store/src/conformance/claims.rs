@@ -317,3 +317,36 @@ pub async fn concurrent_lease_writes_never_deadlock(store: Arc<dyn Store>) -> Ch
     ensure!(again.len() == SAGAS, "released and claimable: {}", again.len());
     Ok(())
 }
+
+pub async fn queue_facts_read_what_the_claim_reads(store: Arc<dyn Store>) -> CheckResult {
+    let mut keyed = Vec::new();
+    for _ in 0..3 {
+        let mut params = create_params(0);
+        params.concurrency = Some(("k".into(), 1));
+        match db(create_one(&*store, params).await)? {
+            SagaCreated::Created(record) => keyed.push(record),
+            other => return Err(format!("create: {other:?}")),
+        }
+    }
+    let free = create(store.as_ref(), 1).await?;
+    let facts = db(store.saga_queue_facts(&keyed[2], 5).await)?;
+    ensure!(!facts.admitted && facts.key_holders.is_empty(), "nobody admitted yet: {facts:?}");
+    ensure!(facts.due_count == 1 && facts.oldest_due_at_ms == Some(1), "only the unkeyed one is due: {facts:?}");
+    ensure!(facts.latest_event.as_ref().is_some_and(|e| e.kind == "saga_created"), "{facts:?}");
+    ensure!(facts.callback.is_none(), "no callback: {facts:?}");
+
+    let claimed = db(store.saga_claim_due(&claim("w1", 10, 10)).await)?;
+    ensure!(claimed.len() == 2, "one keyed saga admitted and the free one: {}", claimed.len());
+    let admitted: Vec<Uuid> =
+        claimed.iter().map(|c| c.record.id).filter(|id| keyed.iter().any(|k| k.id == *id)).collect();
+    ensure!(admitted.len() == 1, "{admitted:?}");
+    let waiting = keyed.iter().find(|k| k.id != admitted[0]).ok_or("a keyed saga waits")?;
+    let facts = db(store.saga_queue_facts(waiting, 10).await)?;
+    ensure!(!facts.admitted && facts.key_holders == admitted, "the admitted one holds the key: {facts:?}");
+    ensure!(facts.due_count == 0, "leased sagas are not due: {facts:?}");
+    let holder = db(store.saga_get(admitted[0]).await)?;
+    let facts = db(store.saga_queue_facts(&holder, 10).await)?;
+    ensure!(facts.admitted && facts.key_holders.is_empty(), "a holder is admitted, holders exclude it: {facts:?}");
+    let _ = free;
+    Ok(())
+}

@@ -67,6 +67,7 @@ macro_rules! store_conformance {
             a_delivery_during_a_lease_makes_the_parked_saga_due,
             callbacks_complete_once_and_heartbeats_extend,
             admission_never_exceeds_the_key_limit,
+            queue_facts_read_what_the_claim_reads,
             priority_goes_first_but_old_work_is_not_starved,
             tenants_are_created_with_their_saga_and_change_status_conditionally,
             tenant_changes_commit_with_the_transition_or_not_at_all,

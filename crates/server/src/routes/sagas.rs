@@ -395,3 +395,23 @@ pub async fn retry(
     let updated = operator_retry(&state, &record).await?;
     Ok((StatusCode::ACCEPTED, Json(views::saga(&updated))).into_response())
 }
+
+/// `GET /v1/sagas/{id}/blockers`: everything that holds the saga now (docs/api.md).
+pub async fn blockers(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let record = load_visible(&state, &principal, id).await?;
+    let now_ms = state.clock.now_ms();
+    let facts = state.store.saga_queue_facts(&record, now_ms).await?;
+    // The limit as the definition version the saga runs says it (a missing one: unknown).
+    let limit = match state.definitions.get(&record.definition, Some(record.version)).await {
+        Ok((_, definition)) => definition.concurrency.as_ref().map(|c| c.limit),
+        Err(_) => None,
+    };
+    let explained = saga_runtime::blockers::explain(&record, &facts, limit, now_ms);
+    Ok(Json(views::blockers(&record, &explained)))
+}
+

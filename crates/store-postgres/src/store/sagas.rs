@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use saga_store::{
+    CallbackFacts, SagaQueueFacts,
     EventRecord, SagaCreate, SagaFilter, SagaOperatorUpdate, SagaRecord, SagaStore, StoreError, StoreResult,
 };
 use sqlx::types::Json;
@@ -155,6 +156,83 @@ impl SagaStore for PostgresStore {
             self.announce_work();
         }
         Ok(record)
+    }
+
+    async fn saga_queue_facts(&self, saga: &SagaRecord, now_ms: i64) -> StoreResult<SagaQueueFacts> {
+        let (due_count, oldest_due_at_ms): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(run_at) FROM sagas \
+             WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND (concurrency_key IS NULL OR admitted) \
+               AND run_at <= $1",
+        )
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        let admitted: Option<bool> = sqlx::query_scalar("SELECT concurrency_key IS NULL OR admitted FROM sagas WHERE id = $1")
+            .bind(saga.id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        let key_holders = match &saga.concurrency_key {
+            Some(key) => sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM sagas WHERE concurrency_key = $1 AND admitted \
+                   AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND id <> $2 ORDER BY id LIMIT $3",
+            )
+            .bind(key)
+            .bind(saga.id)
+            .bind(i64::from(saga_store::KEY_HOLDERS_MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(Ok)
+            .collect::<StoreResult<Vec<Uuid>>>()?,
+            None => Vec::new(),
+        };
+        let latest_event = sqlx::query(
+            "SELECT seq, kind, step, attempt, worker, data, at FROM saga_events WHERE saga_id = $1 \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(saga.id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::event)
+        .transpose()?;
+        let callback = match &saga.state.wait {
+            Some(wait) if wait.kind == saga_core::WaitKind::Callback => {
+                let step = saga.state.steps.get(wait.step).map(|s| s.name.clone()).unwrap_or_default();
+                sqlx::query_as::<_, (Option<i64>, Option<i64>, i64)>(
+                    "SELECT deadline_at, heartbeat_timeout_ms, created_at FROM saga_callbacks \
+                     WHERE saga_id = $1 AND step = $2 AND attempt = $3 AND completed_at IS NULL \
+                     ORDER BY created_at DESC LIMIT 1",
+                )
+                .bind(saga.id)
+                .bind(step)
+                .bind(i64::from(wait.attempt))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?
+                .map(|(deadline_at_ms, heartbeat_timeout_ms, created_at_ms)| CallbackFacts {
+                    deadline_at_ms,
+                    last_heartbeat_at_ms: deadline_at_ms
+                        .zip(heartbeat_timeout_ms)
+                        .map(|(deadline, timeout)| deadline - timeout)
+                        .filter(|at| *at > created_at_ms),
+                    created_at_ms,
+                })
+            }
+            _ => None,
+        };
+        Ok(SagaQueueFacts {
+            admitted: admitted.unwrap_or(false),
+            key_holders,
+            due_count: u64::try_from(due_count).unwrap_or(0),
+            oldest_due_at_ms,
+            latest_event,
+            callback,
+        })
     }
 
     async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord> {
