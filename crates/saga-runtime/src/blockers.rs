@@ -64,7 +64,11 @@ pub fn explain(saga: &SagaRecord, facts: &SagaQueueFacts, key_limit: Option<u32>
     }
     if saga.run_at_ms <= now_ms {
         let expired_lease_of = saga.lease_owner.clone();
-        let queued = Blocker::Queued { queue_depth: facts.due_count, oldest_due_at_ms: facts.oldest_due_at_ms, expired_lease_of };
+        let queued = Blocker::Queued {
+            queue_depth: facts.due_count,
+            oldest_due_at_ms: facts.oldest_due_at_ms,
+            expired_lease_of,
+        };
         return Blockers { runnable: true, blockers: vec![queued] };
     }
     let mut blockers = vec![parked(saga, facts)];

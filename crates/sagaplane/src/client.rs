@@ -402,4 +402,3 @@ fn why_lines(body: &Value) -> String {
     }
     out
 }
-

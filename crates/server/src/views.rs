@@ -278,4 +278,3 @@ fn blocker_view(
         }),
     }
 }
-

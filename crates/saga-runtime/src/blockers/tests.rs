@@ -39,7 +39,8 @@ fn saga(change: impl FnOnce(&mut SagaRecord)) -> SagaRecord {
 }
 
 fn facts(change: impl FnOnce(&mut SagaQueueFacts)) -> SagaQueueFacts {
-    let mut facts = SagaQueueFacts { admitted: true, due_count: 3, oldest_due_at_ms: Some(NOW - 50), ..Default::default() };
+    let mut facts =
+        SagaQueueFacts { admitted: true, due_count: 3, oldest_due_at_ms: Some(NOW - 50), ..Default::default() };
     change(&mut facts);
     facts
 }
@@ -75,7 +76,8 @@ fn a_live_lease_holds_it_and_an_expired_one_leaves_it_queued() {
     check(leased(NOW + 10), facts(|_| {}), held(vec![Blocker::Lease { worker: "w1".into(), until_ms: NOW + 10 }]));
     let mut expired = leased(NOW - 10);
     expired.run_at_ms = NOW - 10;
-    let queued = Blocker::Queued { queue_depth: 3, oldest_due_at_ms: Some(NOW - 50), expired_lease_of: Some("w1".into()) };
+    let queued =
+        Blocker::Queued { queue_depth: 3, oldest_due_at_ms: Some(NOW - 50), expired_lease_of: Some("w1".into()) };
     check(expired, facts(|_| {}), Blockers { runnable: true, blockers: vec![queued] });
 }
 

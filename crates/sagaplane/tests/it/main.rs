@@ -2,6 +2,7 @@
 //! participant HTTP servers on loopback.
 
 mod api;
+mod blockers;
 mod cli;
 mod control;
 mod crash;

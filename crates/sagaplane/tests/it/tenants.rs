@@ -555,6 +555,7 @@ const TENANT_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sagas"),
     ("get", "/v1/sagas/{id}"),
     ("get", "/v1/sagas/{id}/events"),
+    ("get", "/v1/sagas/{id}/blockers"),
     ("get", "/v1/subscriptions"),
     ("post", "/v1/subscriptions"),
     ("get", "/v1/subscriptions/{id}"),
@@ -629,7 +630,7 @@ async fn every_route_authorizes_admin_own_tenant_and_other_tenant_keys() {
             }
         }
     }
-    assert_eq!(routes.len(), 48, "every route is documented (server::ROUTES has the same count)");
+    assert_eq!(routes.len(), 49, "every route is documented (server::ROUTES has the same count)");
     // Deletes last, so the routes after them still find what they name.
     routes.sort_by_key(|(method, _)| method == "delete");
     let concrete = |path: &str| {

@@ -414,4 +414,3 @@ pub async fn blockers(
     let explained = saga_runtime::blockers::explain(&record, &facts, limit, now_ms);
     Ok(Json(views::blockers(&record, &explained)))
 }
-

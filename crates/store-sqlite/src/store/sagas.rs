@@ -3,8 +3,8 @@
 
 use async_trait::async_trait;
 use saga_store::{
-    CallbackFacts, SagaQueueFacts,
-    EventRecord, SagaCreate, SagaFilter, SagaOperatorUpdate, SagaRecord, SagaStore, StoreError, StoreResult,
+    CallbackFacts, EventRecord, SagaCreate, SagaFilter, SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore,
+    StoreError, StoreResult,
 };
 use sqlx::Row;
 use uuid::Uuid;
@@ -151,11 +151,12 @@ impl SagaStore for SqliteStore {
         .fetch_one(&self.reader)
         .await
         .map_err(db)?;
-        let admitted: Option<bool> = sqlx::query_scalar("SELECT concurrency_key IS NULL OR admitted FROM sagas WHERE id = ?1")
-            .bind(saga.id.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(db)?;
+        let admitted: Option<bool> =
+            sqlx::query_scalar("SELECT concurrency_key IS NULL OR admitted FROM sagas WHERE id = ?1")
+                .bind(saga.id.to_string())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db)?;
         let key_holders = match &saga.concurrency_key {
             Some(key) => sqlx::query_scalar::<_, String>(
                 "SELECT id FROM sagas WHERE concurrency_key = ?1 AND admitted \
