@@ -19,7 +19,7 @@ use crate::definitions::DefinitionCache;
 use crate::executor::Executors;
 use crate::hub::TerminalHub;
 use crate::intake::{Intake, LocalSlots};
-use crate::metrics_names::{SAGA_CLAIMED_TOTAL, SAGA_IN_FLIGHT};
+use crate::metrics_names::{SAGA_CLAIMED_TOTAL, SAGA_CLAIM_DURATION_SECONDS, SAGA_IN_FLIGHT};
 use crate::shared::{HeldLease, Shared};
 
 /// An orchestrator instance, ready to start.
@@ -227,7 +227,11 @@ async fn run(
                 now_ms: shared.clock.now_ms(),
                 lease_ttl_ms: shared.config.lease_ttl_ms,
             };
-            match shared.store.saga_claim_due(&params).await {
+            // Metrics only: how long the claim statement took, on the monotonic clock.
+            let claim_started = std::time::Instant::now();
+            let result = shared.store.saga_claim_due(&params).await;
+            metrics::histogram!(SAGA_CLAIM_DURATION_SECONDS).record(claim_started.elapsed().as_secs_f64());
+            match result {
                 Ok(claimed) => {
                     failures = 0;
                     saturated = claimed.len() == available;

@@ -10,6 +10,12 @@ pub const SAGA_COMMIT_BATCH_SIZE: &str = "saga_commit_batch_size";
 pub const SAGA_CLAIMED_TOTAL: &str = "saga_claimed_total";
 pub const SAGA_CIRCUIT_OPEN: &str = "saga_circuit_open";
 pub const SAGA_CIRCUIT_DEFERRED_TOTAL: &str = "saga_circuit_deferred_total";
+pub const SAGA_CLAIM_DURATION_SECONDS: &str = "saga_claim_duration_seconds";
+/// Sagas due now (any instance may claim them), refreshed every few seconds.
+pub const SAGA_QUEUE_DEPTH: &str = "saga_queue_depth";
+pub const SAGA_OLDEST_DUE_AGE_SECONDS: &str = "saga_oldest_due_age_seconds";
+/// `{state="in_use|idle"}`: the store's connection pool(s) in this process.
+pub const SAGA_DB_POOL_CONNECTIONS: &str = "saga_db_pool_connections";
 
 /// Registers descriptions so `/metrics` shows HELP lines.
 pub fn describe() {
@@ -23,6 +29,10 @@ pub fn describe() {
     metrics::describe_counter!(SAGA_CLAIMED_TOTAL, "Sagas claimed by this instance");
     metrics::describe_gauge!(SAGA_CIRCUIT_OPEN, "1 while a participant endpoint's circuit breaker is open");
     metrics::describe_counter!(SAGA_CIRCUIT_DEFERRED_TOTAL, "Attempts put off because the endpoint's circuit was open");
+    metrics::describe_histogram!(SAGA_CLAIM_DURATION_SECONDS, "One claim statement's duration (this instance)");
+    metrics::describe_gauge!(SAGA_QUEUE_DEPTH, "Sagas due now, waiting for a worker (all instances)");
+    metrics::describe_gauge!(SAGA_OLDEST_DUE_AGE_SECONDS, "How long the oldest due saga has been due (0: none)");
+    metrics::describe_gauge!(SAGA_DB_POOL_CONNECTIONS, "The store's pooled connections in this process, by state");
 }
 
 /// Registers the series that carry no labels at 0, so the first scrape shows them (an alert on
@@ -32,6 +42,25 @@ pub fn register_engine() {
     metrics::counter!(SAGA_CLAIMED_TOTAL).increment(0);
     metrics::gauge!(SAGA_IN_FLIGHT).increment(0.0);
     let _ = metrics::histogram!(SAGA_COMMIT_BATCH_SIZE);
+    let _ = metrics::histogram!(SAGA_CLAIM_DURATION_SECONDS);
+    metrics::gauge!(SAGA_QUEUE_DEPTH).increment(0.0);
+    metrics::gauge!(SAGA_OLDEST_DUE_AGE_SECONDS).increment(0.0);
+    for state in ["in_use", "idle"] {
+        metrics::gauge!(SAGA_DB_POOL_CONNECTIONS, "state" => state).increment(0.0);
+    }
+}
+
+/// How often the store-wide gauges (queue depth, oldest due age, pool) are refreshed.
+pub const STORE_GAUGES_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sets the store-wide gauges from one reading.
+pub fn store_gauges(due: (u64, Option<i64>), pool: saga_store::PoolStatus, now_ms: i64) {
+    let (count, oldest_due_at_ms) = due;
+    metrics::gauge!(SAGA_QUEUE_DEPTH).set(count as f64);
+    let age_ms = oldest_due_at_ms.map_or(0, |at| now_ms.saturating_sub(at).max(0));
+    metrics::gauge!(SAGA_OLDEST_DUE_AGE_SECONDS).set(age_ms as f64 / 1000.0);
+    metrics::gauge!(SAGA_DB_POOL_CONNECTIONS, "state" => "in_use").set(f64::from(pool.in_use));
+    metrics::gauge!(SAGA_DB_POOL_CONNECTIONS, "state" => "idle").set(f64::from(pool.idle));
 }
 
 /// The terminal statuses `saga_total` counts.

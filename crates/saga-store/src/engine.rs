@@ -357,6 +357,9 @@ pub trait SagaStore: Send + Sync + 'static {
     /// What the claim sees around one saga (`GET /v1/sagas/{id}/blockers`): its admission, its
     /// key's holders, the queue of due sagas, its newest history event, its open callback.
     async fn saga_queue_facts(&self, saga: &SagaRecord, now_ms: i64) -> StoreResult<SagaQueueFacts>;
+    /// Sagas a claim would take at `now_ms` (admitted, unfinished, `run_at` passed): how many,
+    /// and the oldest one's `run_at` (the queue-depth metrics).
+    async fn saga_due_summary(&self, now_ms: i64) -> StoreResult<(u64, Option<i64>)>;
 }
 
 /// The most concurrency-key holders [`SagaQueueFacts`] lists.

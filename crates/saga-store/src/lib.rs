@@ -82,6 +82,15 @@ pub trait SchemaStore: Send + Sync + 'static {
     async fn migrate(&self, now_ms: i64) -> StoreResult<SchemaStatus>;
     /// Reports the schema version without changing anything.
     async fn schema_status(&self) -> StoreResult<SchemaStatus>;
+    /// The connection pool(s) now, for the `saga_db_pool_connections` gauges.
+    fn pool_status(&self) -> PoolStatus;
+}
+
+/// Connections of a store's pool(s).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub in_use: u32,
+    pub idle: u32,
 }
 
 /// Everything Sagaplane persists: what the binary opens and the server holds.

@@ -246,6 +246,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     state = state.with_shutdown(stop_rx.clone());
+    let _gauges = crate::telemetry::spawn_store_gauges(store.clone(), stop_rx.clone());
     let router = if plan.api { Some(server::router(state.clone())) } else { None };
     let ops_only = if !plan.api { Some(server::ops_router(state.clone())) } else { None };
     let mut http = None;
@@ -324,6 +325,8 @@ pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Re
     let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
     configure_crm_callback(&config, store.as_ref()).await?;
     let dispatcher = start_dispatcher(&config, store.clone());
+    let (_stop_gauges, gauges_stopped) = tokio::sync::watch::channel(false);
+    let _gauges = crate::telemetry::spawn_store_gauges(store.clone(), gauges_stopped);
     let instance =
         start_instance(&config, store.clone(), definition_cache(store), TerminalHub::default(), None, Some(&tenants));
     println!("worker {} running", config.worker_id);

@@ -35,6 +35,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?;
     saga_runtime::metrics_names::describe();
     saga_runtime::metrics_names::register_engine();
+    server::observe::describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -43,4 +44,28 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         }
     });
     Ok(handle)
+}
+
+/// Keeps the store-wide gauges (queue depth, oldest due age, connection pool) current until
+/// `stop` turns true.
+pub fn spawn_store_gauges(
+    store: std::sync::Arc<dyn saga_store::Store>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            match store.saga_due_summary(now_ms).await {
+                Ok(due) => saga_runtime::metrics_names::store_gauges(due, store.pool_status(), now_ms),
+                Err(e) => tracing::debug!(error = %e, "reading the queue depth failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(saga_runtime::metrics_names::STORE_GAUGES_REFRESH) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    })
 }

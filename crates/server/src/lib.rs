@@ -7,6 +7,7 @@
 
 mod auth;
 pub mod error;
+pub mod observe;
 pub mod openapi;
 mod routes;
 mod state;
@@ -135,6 +136,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ui", get(routes::ops::ui_redirect))
         .route("/ui/", get(routes::ops::ui))
         .nest("/v1", v1)
+        // After routing, so the route template is known (not the path: ids would explode it).
+        .route_layer(axum::middleware::from_fn(observe::http_request))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))

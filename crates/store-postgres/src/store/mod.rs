@@ -170,6 +170,12 @@ impl SchemaStore for PostgresStore {
         "postgres"
     }
 
+    fn pool_status(&self) -> saga_store::PoolStatus {
+        let size = self.pool.size();
+        let idle = self.pool.num_idle() as u32;
+        saga_store::PoolStatus { in_use: size.saturating_sub(idle), idle }
+    }
+
     async fn migrate(&self, now_ms: i64) -> StoreResult<SchemaStatus> {
         migrate::run(&self.pool, now_ms).await
     }

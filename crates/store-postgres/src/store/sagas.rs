@@ -158,8 +158,8 @@ impl SagaStore for PostgresStore {
         Ok(record)
     }
 
-    async fn saga_queue_facts(&self, saga: &SagaRecord, now_ms: i64) -> StoreResult<SagaQueueFacts> {
-        let (due_count, oldest_due_at_ms): (i64, Option<i64>) = sqlx::query_as(
+    async fn saga_due_summary(&self, now_ms: i64) -> StoreResult<(u64, Option<i64>)> {
+        let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
             "SELECT count(*), min(run_at) FROM sagas \
              WHERE status IN ('PENDING', 'EXECUTING', 'COMPENSATING') AND (concurrency_key IS NULL OR admitted) \
                AND run_at <= $1",
@@ -168,6 +168,11 @@ impl SagaStore for PostgresStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db)?;
+        Ok((u64::try_from(count).unwrap_or(0), oldest))
+    }
+
+    async fn saga_queue_facts(&self, saga: &SagaRecord, now_ms: i64) -> StoreResult<SagaQueueFacts> {
+        let (due_count, oldest_due_at_ms) = self.saga_due_summary(now_ms).await?;
         let admitted: Option<bool> =
             sqlx::query_scalar("SELECT concurrency_key IS NULL OR admitted FROM sagas WHERE id = $1")
                 .bind(saga.id)
@@ -229,7 +234,7 @@ impl SagaStore for PostgresStore {
         Ok(SagaQueueFacts {
             admitted: admitted.unwrap_or(false),
             key_holders,
-            due_count: u64::try_from(due_count).unwrap_or(0),
+            due_count,
             oldest_due_at_ms,
             latest_event,
             callback,

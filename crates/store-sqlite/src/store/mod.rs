@@ -64,6 +64,12 @@ impl SchemaStore for SqliteStore {
         "sqlite"
     }
 
+    fn pool_status(&self) -> saga_store::PoolStatus {
+        let size = self.writer.size() + self.reader.size();
+        let idle = self.writer.num_idle() as u32 + self.reader.num_idle() as u32;
+        saga_store::PoolStatus { in_use: size.saturating_sub(idle), idle }
+    }
+
     async fn migrate(&self, now_ms: i64) -> StoreResult<SchemaStatus> {
         migrate::run(&self.writer, now_ms).await
     }
