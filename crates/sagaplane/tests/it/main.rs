@@ -7,6 +7,7 @@ mod cli;
 mod control;
 mod crash;
 mod delivery;
+mod deploy;
 mod fuzz;
 mod hardening;
 mod restart;
