@@ -9,6 +9,7 @@ mod auth;
 pub mod error;
 pub mod observe;
 pub mod openapi;
+pub mod profile;
 mod routes;
 mod state;
 mod views;
@@ -35,6 +36,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/ready"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/debug/pprof/profile"),
     ("get", "/ui/"),
     ("get", "/v1/definitions"),
     ("get", "/v1/definitions/{name}"),
@@ -136,6 +138,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ui", get(routes::ops::ui_redirect))
         .route("/ui/", get(routes::ops::ui))
         .nest("/v1", v1)
+        .route(
+            "/debug/pprof/profile",
+            get(profile::profile).route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate)),
+        )
         // After routing, so the route template is known (not the path: ids would explode it).
         .route_layer(axum::middleware::from_fn(observe::http_request))
         .fallback(routes::ops::not_found)

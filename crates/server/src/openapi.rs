@@ -116,6 +116,14 @@ pub fn document() -> Value {
         "/ready": {"get": {"summary": "Readiness: the store answers and its schema is current", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/debug/pprof/profile": {"get": secured(json!({
+            "summary": "A CPU profile of this process (admin): pprof protobuf, or a flame graph SVG",
+            "parameters": [
+                query_param("seconds", "how long to sample (default 30)", json!({"type": "integer", "minimum": 1, "maximum": 60})),
+                query_param("format", "pprof (default) or svg", json!({"enum": ["pprof", "svg"]}))
+            ],
+            "responses": {"200": {"description": "application/octet-stream (pprof) or image/svg+xml"},
+                          "409": problem("a profile is being taken")}}))},
         "/ui/": {"get": {"summary": "Dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
         "/v1/definitions": {"get": secured(json!({
             "summary": "Latest version of every definition",

@@ -10,6 +10,7 @@ mod delivery;
 mod deploy;
 mod fuzz;
 mod hardening;
+mod profile;
 mod restart;
 mod sagas;
 mod tenants;
