@@ -9,6 +9,7 @@ mod delivery_client;
 mod run;
 mod telemetry;
 mod tenant_client;
+mod top;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -88,6 +89,8 @@ enum Command {
         #[command(flatten)]
         connection: client::Connection,
     },
+    /// A live view: throughput, in flight, queue depth, breakers, the sagas stalled longest.
+    Top(top::TopArgs),
     /// Onboard, inspect, suspend, migrate and offboard tenants.
     Tenants {
         #[command(subcommand)]
@@ -182,6 +185,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Deliveries { command, connection } => return delivery_client::deliveries(command, connection).await,
         Command::Tenants { command, connection } => return tenant_client::tenants(command, connection).await,
+        Command::Top(args) => return top::run(args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use serde_json::json;
 use test_support::{App, Backend};
 
 use crate::BIN;
@@ -360,4 +361,44 @@ async fn subscriptions_and_deliveries_from_the_command_line() {
     let out = tokio::task::block_in_place(|| client(&app, &["subscriptions", "create", "ftp://nope", "--events", "*"]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/url"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `sagaplane top --once`: one frame with the queue, breakers and the stalled sagas with what
+/// holds them; `GET /v1/sagas?order=stalled` lists unfinished sagas, least recently moved first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_the_queue_and_the_sagas_stalled_longest() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let waiting =
+        test_support::app::fast_definition(json!([{"name": "approve", "action": {"signal": {"name": "approval"}}}]));
+    app.put_definition("waiting", &waiting).await;
+    app.put_definition(
+        "done",
+        &test_support::app::fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}])),
+    )
+    .await;
+    let stalled = app.start("waiting", json!({})).await;
+    let finished = app.start("done", json!({})).await;
+    app.wait_terminal(&finished, std::time::Duration::from_secs(30)).await;
+    test_support::eventually("the saga waits", std::time::Duration::from_secs(30), || async {
+        let saga = app.saga(&stalled).await;
+        (saga["steps"][0]["status"] == "EXECUTING").then_some(())
+    })
+    .await;
+    let (status, _, page) = app.send(app.request(reqwest::Method::GET, "/v1/sagas?order=stalled")).await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&str> = page["items"].as_array().expect("items").iter().filter_map(|s| s["id"].as_str()).collect();
+    assert_eq!(ids, vec![stalled.as_str()], "unfinished only: {page}");
+    assert!(page["next_cursor"].is_null());
+    for bad in ["order=oldest", &format!("order=stalled&cursor={stalled}")] {
+        let (status, _, body) = app.send(app.request(reqwest::Method::GET, &format!("/v1/sagas?{bad}"))).await;
+        assert_eq!(status, 400, "a bad query: {bad}: {body}");
+    }
+
+    let out = client(&app, &["top", "--once"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for expected in ["throughput", "queue depth", "breakers     none open", &stalled, "signal", "\"approval\""] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains(&finished), "a finished saga is not stalled:\n{text}");
 }

@@ -314,7 +314,7 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     for key in query.keys() {
-        if !["status", "definition", "tenant_id", "limit", "cursor"].contains(&key.as_str()) {
+        if !["status", "definition", "tenant_id", "limit", "cursor", "order"].contains(&key.as_str()) {
             return Err(query_error(format!("unknown parameter {key:?}")));
         }
     }
@@ -339,6 +339,12 @@ pub async fn list(
         }
         tenant_id = Some(scope.to_string());
     }
+    let stalest_first = match query.get("order").map(String::as_str) {
+        None | Some("newest") => false,
+        Some("stalled") if before_id.is_none() => true,
+        Some("stalled") => return Err(query_error("order=stalled has one page: no cursor")),
+        Some(other) => return Err(query_error(format!("unknown order {other:?}; expected newest or stalled"))),
+    };
     let filter = SagaFilter {
         status,
         definition: query.get("definition").cloned(),
@@ -346,8 +352,12 @@ pub async fn list(
         concurrency_key: None,
         before_id,
         limit: saga_store::clamp_limit(limit),
+        stalest_first,
     };
     let records = state.store.saga_list(&filter).await?;
+    if stalest_first {
+        return Ok(page(records.iter().map(|r| seen_by(&principal, views::saga(r))).collect(), None));
+    }
     Ok(page_of(&records, filter.limit, |r| seen_by(&principal, views::saga(r)), |r| r.id.to_string()))
 }
 

@@ -73,10 +73,15 @@ impl SagaStore for PostgresStore {
         if let Some(key) = &filter.concurrency_key {
             query.push(" AND s.concurrency_key = ").push_bind(key.clone());
         }
-        if let Some(before) = filter.before_id {
-            query.push(" AND s.id < ").push_bind(before);
+        if filter.stalest_first {
+            query.push(" AND s.status IN ('PENDING', 'EXECUTING', 'COMPENSATING') ORDER BY s.updated_at, s.id LIMIT ");
+        } else {
+            if let Some(before) = filter.before_id {
+                query.push(" AND s.id < ").push_bind(before);
+            }
+            query.push(" ORDER BY s.id DESC LIMIT ");
         }
-        query.push(" ORDER BY s.id DESC LIMIT ").push_bind(i64::from(filter.limit));
+        query.push_bind(i64::from(filter.limit));
         let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
         rows.iter().map(rows::saga).collect()
     }

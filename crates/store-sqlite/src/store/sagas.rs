@@ -63,10 +63,15 @@ impl SagaStore for SqliteStore {
         if filter.concurrency_key.is_some() {
             sql.push_str(" AND concurrency_key = ?");
         }
-        if filter.before_id.is_some() {
+        let before_id = filter.before_id.filter(|_| !filter.stalest_first);
+        if before_id.is_some() {
             sql.push_str(" AND id < ?");
         }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        if filter.stalest_first {
+            sql.push_str(" AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING') ORDER BY updated_at, id LIMIT ?");
+        } else {
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+        }
         let mut query = sqlx::query(&sql);
         if let Some(status) = filter.status {
             query = query.bind(status.as_str());
@@ -80,7 +85,7 @@ impl SagaStore for SqliteStore {
         if let Some(key) = &filter.concurrency_key {
             query = query.bind(key);
         }
-        if let Some(before) = filter.before_id {
+        if let Some(before) = before_id {
             query = query.bind(before.to_string());
         }
         let rows = query.bind(i64::from(filter.limit)).fetch_all(&self.reader).await.map_err(db)?;
