@@ -20,6 +20,9 @@ pub struct InstanceConfig {
     /// How long a shutdown waits for running steps to finish before it stops their drivers and
     /// hands their sagas back (`SAGAPLANE_SHUTDOWN_GRACE`).
     pub shutdown_grace_ms: u64,
+    /// Export a span per saga and per attempt (`SAGAPLANE_OTLP_ENDPOINT` set; the binary
+    /// installs the exporter).
+    pub tracing: bool,
 }
 
 impl InstanceConfig {
@@ -33,6 +36,7 @@ impl InstanceConfig {
             seed: None,
             public_url: "http://127.0.0.1:8080".into(),
             shutdown_grace_ms: 30_000,
+            tracing: false,
         }
     }
 }

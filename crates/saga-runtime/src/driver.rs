@@ -41,6 +41,7 @@ pub(crate) async fn drive(
     let span = tracing::info_span!(
         "saga",
         saga_id = %record.id,
+        trace_id = %crate::trace::trace_id(record.id),
         tenant_id = record.tenant_id.as_deref().unwrap_or(""),
         definition = %record.definition,
         token = record.fencing_token,
@@ -383,6 +384,7 @@ async fn settle(
         attempt,
         timeout_ms,
         callback_url: None,
+        traceparent: None,
     };
     if is_async {
         let token = callback_token();
@@ -405,14 +407,39 @@ async fn settle(
     // Only a forward attempt a cancel would still stop is interrupted: a compensation always
     // runs to its end, and past a pivot (or once acted on) a cancel changes nothing.
     let interruptible = phase == Phase::Action && state.cancel_requested_at_ms.is_none();
+    let span = shared.config.tracing.then(|| {
+        crate::trace::attempt_span(&crate::trace::AttemptInfo {
+            saga_id: record.id,
+            definition: &record.definition,
+            step: &step.name,
+            phase,
+            attempt,
+            tenant_id: record.tenant_id.as_deref(),
+            worker: &shared.config.worker_id,
+        })
+    });
+    ctx.traceparent = span.as_ref().map(|s| s.traceparent.clone());
     let result = if interruptible {
         tokio::select! {
             result = shared.executors.run(action, templates, &ctx) => result,
-            cancel_at_ms = cancel_requested(cancelled) => return Settled::Interrupted { cancel_at_ms },
+            cancel_at_ms = cancel_requested(cancelled) => {
+                if let Some(span) = span {
+                    span.end(Some("interrupted by a cancel request"));
+                }
+                return Settled::Interrupted { cancel_at_ms };
+            }
         }
     } else {
         shared.executors.run(action, templates, &ctx).await
     };
+    if let Some(span) = span {
+        let error = match &result {
+            AttemptResult::Finished(Outcome::Failed { message, .. }) => Some(message.as_str()),
+            AttemptResult::Deferred { .. } => Some("deferred: the endpoint's circuit is open"),
+            _ => None,
+        };
+        span.end(error);
+    }
     match result {
         AttemptResult::Finished(outcome) => Settled::Outcome(outcome),
         AttemptResult::Accepted => Settled::Wait {
@@ -612,6 +639,17 @@ fn finish(shared: &Shared, claimed: &Claimed, state: SagaState, committed_at_ms:
     metrics::histogram!(SAGA_DURATION_SECONDS, "definition" => record.definition.clone())
         .record((committed_at_ms - record.created_at_ms).max(0) as f64 / 1000.0);
     tracing::info!(status = state.status.as_str(), "saga finished");
+    if shared.config.tracing {
+        crate::trace::root_span(&crate::trace::RootInfo {
+            saga_id: record.id,
+            definition: &record.definition,
+            tenant_id: record.tenant_id.as_deref(),
+            worker: &shared.config.worker_id,
+            status: state.status.as_str(),
+            created_at_ms: record.created_at_ms,
+            ended_at_ms: committed_at_ms,
+        });
+    }
     // The row as the commit left it: terminal, lease released.
     let mut snapshot = record.clone();
     snapshot.status = state.status;

@@ -25,6 +25,7 @@ pub mod intake;
 pub mod metrics_names;
 mod outbox;
 mod shared;
+pub mod trace;
 
 pub use clock::{Clock, SystemClock};
 pub use definitions::{DefinitionCache, DefinitionError};

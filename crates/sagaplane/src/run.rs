@@ -132,6 +132,7 @@ pub fn start_instance(
     instance_config.lease_ttl_ms = config.lease_ttl_ms;
     instance_config.shutdown_grace_ms = config.shutdown_grace_ms;
     instance_config.poll_interval_ms = config.poll_interval_ms;
+    instance_config.tracing = config.otlp_endpoint.is_some();
     instance_config.vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let breakers =
         BreakerConfig { failures_to_open: config.breaker_failures, cool_down_ms: config.breaker_cool_down_ms };
@@ -198,9 +199,7 @@ async fn configure_crm_callback(config: &Config, store: &dyn Store) -> anyhow::R
 /// Runs until SIGTERM/SIGINT, then drains.
 pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
-    if config.otlp_endpoint.is_some() {
-        tracing::warn!("SAGAPLANE_OTLP_ENDPOINT is set, but trace export is not built yet; traces stay in the logs");
-    }
+    let traces = config.otlp_endpoint.as_deref().map(crate::telemetry::init_traces).transpose()?;
     let store = open_and_migrate(database_url).await?;
     let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
     configure_crm_callback(&config, store.as_ref()).await?;
@@ -283,6 +282,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     if let Some(http) = http {
         http.await.context("HTTP task")?.context("HTTP server")?;
     }
+    crate::telemetry::shutdown_traces(traces);
     tracing::info!("bye");
     Ok(())
 }
@@ -321,6 +321,7 @@ async fn onboard_demo_tenant(state: &server::AppState) {
 /// A worker with no HTTP listener at all.
 pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Result<()> {
     let _metrics = crate::telemetry::init_metrics()?;
+    let traces = config.otlp_endpoint.as_deref().map(crate::telemetry::init_traces).transpose()?;
     let store = open_and_migrate(database_url).await?;
     let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
     configure_crm_callback(&config, store.as_ref()).await?;
@@ -334,6 +335,7 @@ pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Re
     tracing::info!("shutting down: no new claims, draining in-flight steps");
     instance.shutdown().await;
     dispatcher.shutdown().await;
+    crate::telemetry::shutdown_traces(traces);
     tracing::info!("bye");
     Ok(())
 }

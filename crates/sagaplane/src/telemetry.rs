@@ -69,3 +69,36 @@ pub fn spawn_store_gauges(
         }
     })
 }
+
+/// Exports traces over OTLP/gRPC to `endpoint` (`SAGAPLANE_OTLP_ENDPOINT`, e.g.
+/// `http://127.0.0.1:4317`), batched; saga root spans take the ids of `SagaIdGenerator`.
+pub fn init_traces(endpoint: &str) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig;
+    let parsed = reqwest::Url::parse(endpoint).ok().filter(|u| ["http", "https"].contains(&u.scheme()) && u.has_host());
+    if parsed.is_none() {
+        anyhow::bail!("SAGAPLANE_OTLP_ENDPOINT must be an http(s) URL of an OTLP/gRPC collector, not {endpoint:?}");
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| anyhow::anyhow!("SAGAPLANE_OTLP_ENDPOINT: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name("sagaplane").build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_id_generator(saga_runtime::trace::SagaIdGenerator::default())
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    tracing::info!(endpoint, "exporting traces over OTLP/gRPC");
+    Ok(provider)
+}
+
+/// Flushes the spans not yet exported and stops the exporter.
+pub fn shutdown_traces(provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
+    if let Some(provider) = provider {
+        if let Err(e) = tokio::task::block_in_place(|| provider.shutdown()) {
+            tracing::warn!(error = %e, "flushing traces at shutdown failed");
+        }
+    }
+}

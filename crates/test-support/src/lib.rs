@@ -6,6 +6,7 @@ pub mod app;
 pub mod db;
 pub mod grpc_participant;
 pub mod nats;
+pub mod otlp;
 pub mod participant;
 
 pub use app::{App, Backend};

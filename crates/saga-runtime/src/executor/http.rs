@@ -158,7 +158,12 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Trace id from the saga id (one trace per saga), a fresh-enough span id per attempt.
+/// The attempt span's context when traces are exported; otherwise one derived from the saga
+/// (trace id = saga id, as exported traces have it) and the attempt.
 pub(crate) fn traceparent(ctx: &AttemptContext) -> String {
+    if let Some(exported) = &ctx.traceparent {
+        return exported.clone();
+    }
     let span = (u64::from(ctx.attempt) << 32) ^ (ctx.saga_id.as_u128() as u64) ^ step_hash(&ctx.step);
     format!("00-{}-{:016x}-01", ctx.saga_id.simple(), span.max(1))
 }

@@ -46,6 +46,8 @@ pub struct AttemptContext {
     pub timeout_ms: u64,
     /// `X-Saga-Callback-Url` for an async step's action.
     pub callback_url: Option<String>,
+    /// W3C `traceparent` of this attempt's span, when traces are exported.
+    pub traceparent: Option<String>,
 }
 
 impl AttemptContext {

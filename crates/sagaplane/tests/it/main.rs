@@ -14,6 +14,7 @@ mod profile;
 mod restart;
 mod sagas;
 mod tenants;
+mod traces;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sagaplane");
 
