@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// nats://127.0.0.1:4222) to every event and measure the deliveries (in-process instance only).
     #[arg(long, conflicts_with_all = ["url", "subscribe"])]
     subscribe_nats: Option<String>,
+    /// Export traces to an OTLP/gRPC sink started in this process (counts the spans it gets),
+    /// to measure what tracing costs (in-process instance only).
+    #[arg(long, conflicts_with = "url")]
+    trace_sink: bool,
 }
 
 fn definition(workload: Workload) -> (&'static str, Value, &'static str) {
@@ -130,10 +134,21 @@ pub(crate) async fn serve_on_loopback(
 }
 
 /// Runs the workload and prints the numbers.
-pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
+pub async fn run(args: BenchArgs, mut config: Config) -> anyhow::Result<ExitCode> {
     if args.count == 0 || args.concurrency == 0 {
         bail!("-n and -c must be positive");
     }
+    let sink = match args.trace_sink {
+        true => Some(SpanSink::start().await?),
+        false => None,
+    };
+    if let Some(sink) = &sink {
+        config.otlp_endpoint = Some(sink.endpoint.clone());
+    }
+    let traces = match (&args.url, config.otlp_endpoint.as_deref()) {
+        (None, Some(endpoint)) => Some(crate::telemetry::init_traces(endpoint)?),
+        _ => None,
+    };
     let embedded = match &args.url {
         Some(_) => None,
         None => Some(start_embedded(&config, args.subscribe || args.subscribe_nats.is_some()).await?),
@@ -182,6 +197,12 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     if let Some(embedded) = embedded {
         let _ = embedded.stop.send(true);
         embedded.instance.shutdown().await;
+        crate::telemetry::shutdown_traces(traces);
+        if let Some(sink) = &sink {
+            let spans = sink.spans.load(Ordering::SeqCst);
+            println!("  traces       {spans} spans received by the in-process OTLP sink");
+            println!("RESULT workload=traces backend={backend} spans={spans}");
+        }
         if let Some(dispatcher) = embedded.dispatcher {
             dispatcher.shutdown().await;
         }
@@ -487,3 +508,48 @@ impl NatsReceiver {
         Ok(())
     }
 }
+
+/// An OTLP/gRPC trace receiver in the bench process: counts spans, keeps nothing.
+struct SpanSink {
+    endpoint: String,
+    spans: Arc<AtomicUsize>,
+}
+
+struct CountSpans(Arc<AtomicUsize>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for CountSpans {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Status,
+    > {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| r.scope_spans.iter())
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(spans, Ordering::SeqCst);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl SpanSink {
+    async fn start() -> anyhow::Result<SpanSink> {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let spans = Arc::new(AtomicUsize::new(0));
+        let service = TraceServiceServer::new(CountSpans(spans.clone()));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+        });
+        Ok(SpanSink { endpoint, spans })
+    }
+}
+

@@ -3,6 +3,7 @@
 
 mod api;
 mod blockers;
+mod browser;
 mod cli;
 mod control;
 mod crash;
