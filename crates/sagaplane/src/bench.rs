@@ -526,13 +526,8 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
         tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
         tonic::Status,
     > {
-        let spans: usize = request
-            .into_inner()
-            .resource_spans
-            .iter()
-            .flat_map(|r| r.scope_spans.iter())
-            .map(|s| s.spans.len())
-            .sum();
+        let spans: usize =
+            request.into_inner().resource_spans.iter().flat_map(|r| r.scope_spans.iter()).map(|s| s.spans.len()).sum();
         self.0.fetch_add(spans, Ordering::SeqCst);
         Ok(tonic::Response::new(Default::default()))
     }
@@ -552,4 +547,3 @@ impl SpanSink {
         Ok(SpanSink { endpoint, spans })
     }
 }
-

@@ -89,7 +89,10 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     ];
     let app = App::spawn(BIN, Backend::Sqlite, &env).await;
     let (_, _, subscription) = app
-        .send(app.request(reqwest::Method::POST, "/v1/subscriptions").json(&json!({"url": format!("{}/hook", participant.url), "events": ["saga.failed"]})))
+        .send(
+            app.request(reqwest::Method::POST, "/v1/subscriptions")
+                .json(&json!({"url": format!("{}/hook", participant.url), "events": ["saga.failed"]})),
+        )
         .await;
     app.put_definition(
         "order",
@@ -110,7 +113,13 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     let driver = chromedriver().await;
     let client = browser(&driver).await;
     client.goto(&format!("{}/ui/", app.url)).await.expect("open the dashboard");
-    client.find(Locator::Id("token")).await.expect("token field").send_keys(test_support::app::TOKEN).await.expect("type");
+    client
+        .find(Locator::Id("token"))
+        .await
+        .expect("token field")
+        .send_keys(test_support::app::TOKEN)
+        .await
+        .expect("type");
     client.find(Locator::Id("use-token")).await.expect("use").click().await.expect("click");
     client.goto(&format!("{}/ui/#/sagas?status=FAILED", app.url)).await.expect("failed sagas");
     until_text(&client, "table a", &failed).await;
@@ -121,10 +130,16 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     until_text(&client, "#saga-error", "ship").await;
     let bars = client.find_all(Locator::Css("#timeline rect.bar")).await.expect("bars");
     assert!(bars.len() >= 3, "a bar per attempt: {}", bars.len());
-    assert!(!client.find_all(Locator::Css("#timeline rect.failed")).await.expect("failed").is_empty(), "the failed attempt");
+    assert!(
+        !client.find_all(Locator::Css("#timeline rect.failed")).await.expect("failed").is_empty(),
+        "the failed attempt"
+    );
     screenshot(&client, "saga-failed").await;
     let url = client.current_url().await.expect("url").to_string();
-    assert!(url.contains(&format!("#/saga/{failed}")) && !url.contains(test_support::app::TOKEN), "shareable, no token: {url}");
+    assert!(
+        url.contains(&format!("#/saga/{failed}")) && !url.contains(test_support::app::TOKEN),
+        "shareable, no token: {url}"
+    );
 
     // Retry, and watch it complete (the page refreshes while it runs).
     client.find(Locator::Id("retry")).await.expect("retry").click().await.expect("click retry");
@@ -137,7 +152,10 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     let migrations = until_text(&client, "td .migrations", " v").await;
     let tenant: Value = app.send(app.request(reqwest::Method::GET, "/v1/tenants/acme")).await.2;
     let first = &tenant["migrations"][0];
-    assert!(migrations.contains(&format!("{} v{}", first["service"].as_str().unwrap_or("?"), first["version"])), "{migrations} vs {tenant}");
+    assert!(
+        migrations.contains(&format!("{} v{}", first["service"].as_str().unwrap_or("?"), first["version"])),
+        "{migrations} vs {tenant}"
+    );
     screenshot(&client, "tenants").await;
 
     // The failed saga's event went dead after two refused attempts: replay it from the page.
