@@ -277,7 +277,8 @@ pub struct SagaFilter {
     /// Page after this id (ids are UUIDv7, listed newest first).
     pub before_id: Option<Uuid>,
     pub limit: u32,
-    /// Unfinished sagas only, the longest without a transition first (`before_id` unused).
+    /// Unfinished sagas only, the longest without a transition first (`before_id` then pages
+    /// after that saga in this order).
     pub stalest_first: bool,
 }
 

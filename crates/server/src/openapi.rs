@@ -161,7 +161,7 @@ pub fn document() -> Value {
                     query_param("tenant_id", "tenant id", string()),
                     limit_param(),
                     query_param("cursor", "next_cursor of the previous page", uuid()),
-                    query_param("order", "newest (default), or stalled: unfinished sagas, the longest without a transition first (one page, no cursor)", json!({"enum": ["newest", "stalled"]})),
+                    query_param("order", "newest (default), or stalled: unfinished sagas, the longest without a transition first", json!({"enum": ["newest", "stalled"]})),
                 ],
                 "responses": {"200": ok("a page", "SagaList")}})),
             "post": secured(json!({

@@ -48,6 +48,7 @@ macro_rules! store_conformance {
             definitions_version_on_change_only,
             sagas_create_idempotently,
             create_for_latest_refuses_a_moved_version,
+            stalled_sagas_list_least_recently_moved_first_and_page,
             create_with_a_lease_is_claimed_already,
             concurrent_creates_with_one_key_make_one_saga,
             concurrent_mixed_creates_each_get_their_own_outcome,

@@ -285,3 +285,24 @@ pub async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResul
     ensure!(updated.status == SagaStatus::Executing && updated.run_at_ms == 5, "updated: {updated:?}");
     Ok(())
 }
+
+pub async fn stalled_sagas_list_least_recently_moved_first_and_page(store: Arc<dyn Store>) -> CheckResult {
+    // updated_at is each one's creation time: 10, 20, 30.
+    let longest = create(store.as_ref(), 10).await?;
+    let middle = create(store.as_ref(), 20).await?;
+    let latest = create(store.as_ref(), 30).await?;
+    // One finishes: it is stalled no more, however old.
+    let finished = create(store.as_ref(), 5).await?;
+    let claimed = db(store.saga_claim_due(&claim("w1", 10, 6)).await)?;
+    let done = claimed.iter().find(|c| c.record.id == finished).ok_or("the finished one was claimed")?;
+    let mut state = done.record.state.clone();
+    state.status = SagaStatus::Completed;
+    db(store.saga_commit_batch(&[commit(finished, done.record.fencing_token, state, 7, vec![])]).await)?;
+    let filter = SagaFilter { limit: 2, stalest_first: true, ..Default::default() };
+    let first: Vec<Uuid> = db(store.saga_list(&filter).await)?.into_iter().map(|r| r.id).collect();
+    ensure!(first == vec![longest, middle], "least recently moved first: {first:?}");
+    let next = SagaFilter { before_id: first.last().copied(), ..filter };
+    let second: Vec<Uuid> = db(store.saga_list(&next).await)?.into_iter().map(|r| r.id).collect();
+    ensure!(second == vec![latest], "the page after: {second:?}");
+    Ok(())
+}

@@ -341,8 +341,7 @@ pub async fn list(
     }
     let stalest_first = match query.get("order").map(String::as_str) {
         None | Some("newest") => false,
-        Some("stalled") if before_id.is_none() => true,
-        Some("stalled") => return Err(query_error("order=stalled has one page: no cursor")),
+        Some("stalled") => true,
         Some(other) => return Err(query_error(format!("unknown order {other:?}; expected newest or stalled"))),
     };
     let filter = SagaFilter {
@@ -355,9 +354,6 @@ pub async fn list(
         stalest_first,
     };
     let records = state.store.saga_list(&filter).await?;
-    if stalest_first {
-        return Ok(page(records.iter().map(|r| seen_by(&principal, views::saga(r))).collect(), None));
-    }
     Ok(page_of(&records, filter.limit, |r| seen_by(&principal, views::saga(r)), |r| r.id.to_string()))
 }
 

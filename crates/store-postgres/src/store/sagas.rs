@@ -74,7 +74,14 @@ impl SagaStore for PostgresStore {
             query.push(" AND s.concurrency_key = ").push_bind(key.clone());
         }
         if filter.stalest_first {
-            query.push(" AND s.status IN ('PENDING', 'EXECUTING', 'COMPENSATING') ORDER BY s.updated_at, s.id LIMIT ");
+            query.push(" AND s.status IN ('PENDING', 'EXECUTING', 'COMPENSATING')");
+            if let Some(after) = filter.before_id {
+                query
+                    .push(" AND (s.updated_at, s.id) > (SELECT a.updated_at, a.id FROM sagas a WHERE a.id = ")
+                    .push_bind(after)
+                    .push(")");
+            }
+            query.push(" ORDER BY s.updated_at, s.id LIMIT ");
         } else {
             if let Some(before) = filter.before_id {
                 query.push(" AND s.id < ").push_bind(before);

@@ -63,13 +63,17 @@ impl SagaStore for SqliteStore {
         if filter.concurrency_key.is_some() {
             sql.push_str(" AND concurrency_key = ?");
         }
-        let before_id = filter.before_id.filter(|_| !filter.stalest_first);
-        if before_id.is_some() {
-            sql.push_str(" AND id < ?");
-        }
+        let before_id = filter.before_id;
         if filter.stalest_first {
-            sql.push_str(" AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING') ORDER BY updated_at, id LIMIT ?");
+            sql.push_str(" AND status IN ('PENDING', 'EXECUTING', 'COMPENSATING')");
+            if before_id.is_some() {
+                sql.push_str(" AND (updated_at, id) > (SELECT a.updated_at, a.id FROM sagas a WHERE a.id = ?)");
+            }
+            sql.push_str(" ORDER BY updated_at, id LIMIT ?");
         } else {
+            if before_id.is_some() {
+                sql.push_str(" AND id < ?");
+            }
             sql.push_str(" ORDER BY id DESC LIMIT ?");
         }
         let mut query = sqlx::query(&sql);
