@@ -51,6 +51,14 @@ pub async fn profile(
     tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
     let report = guard.report().build().map_err(|e| ApiError::Internal(format!("building the profile: {e}")))?;
     drop(guard);
+    if svg && report.data.is_empty() {
+        // inferno draws nothing without samples: say so instead of answering an empty body.
+        let body = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\"><text x=\"10\" y=\"25\">\
+             no CPU samples in {seconds} s: the process was idle</text></svg>"
+        );
+        return Ok(([(header::CONTENT_TYPE, "image/svg+xml")], body).into_response());
+    }
     if svg {
         let mut body = Vec::new();
         report.flamegraph(&mut body).map_err(|e| ApiError::Internal(format!("drawing the flame graph: {e}")))?;
