@@ -395,6 +395,18 @@ pub struct CallbackFacts {
     pub created_at_ms: i64,
 }
 
+impl CallbackFacts {
+    /// From the callback row: a heartbeat sets `deadline = now + heartbeat_timeout`, so the last
+    /// one was at `deadline - heartbeat_timeout` if that is after the token was made.
+    pub fn from_columns(deadline_at_ms: Option<i64>, heartbeat_timeout_ms: Option<i64>, created_at_ms: i64) -> Self {
+        let last_heartbeat_at_ms = deadline_at_ms
+            .zip(heartbeat_timeout_ms)
+            .map(|(deadline, timeout)| deadline - timeout)
+            .filter(|at| *at > created_at_ms);
+        CallbackFacts { deadline_at_ms, last_heartbeat_at_ms, created_at_ms }
+    }
+}
+
 /// What drivers do: claim due sagas (admission under concurrency keys included), commit their
 /// transitions fenced by token, renew and hand back leases.
 #[async_trait]

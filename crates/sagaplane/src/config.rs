@@ -153,6 +153,35 @@ fn parse_duration_ms(what: &str, text: &str) -> anyhow::Result<u64> {
     saga_core::duration::parse_ms(text).map_err(|e| anyhow::anyhow!("{what}: invalid duration {text:?}: {e}"))
 }
 
+/// An absolute `http://` or `https://` URL with a host.
+fn is_http_url(text: &str) -> bool {
+    reqwest::Url::parse(text).is_ok_and(|u| ["http", "https"].contains(&u.scheme()) && u.has_host())
+}
+
+/// A duration setting (`value` from the environment or the file), else `default_ms`; refused
+/// outside `min_ms..=max_ms` with a message naming the setting and its range.
+fn duration_setting(
+    name: &str,
+    value: Option<String>,
+    default_ms: u64,
+    (min_ms, max_ms): (u64, u64),
+) -> anyhow::Result<u64> {
+    let ms = match value {
+        Some(text) => parse_duration_ms(name, &text)?,
+        None => default_ms,
+    };
+    if !(min_ms..=max_ms).contains(&ms) {
+        let show = saga_core::duration::format_ms;
+        if max_ms >= i64::MAX as u64 {
+            bail!("{name} must be at least {}", show(min_ms));
+        } else if min_ms == 0 {
+            bail!("{name} must be at most {}", show(max_ms));
+        }
+        bail!("{name} must be from {} to {}", show(min_ms), show(max_ms));
+    }
+    Ok(ms)
+}
+
 fn parse_schedule(text: &str) -> anyhow::Result<Vec<u64>> {
     text.split(',')
         .map(str::trim)
@@ -175,20 +204,12 @@ impl Config {
         };
         let get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
         let lease_ttl = get("SAGAPLANE_LEASE_TTL").or(file.lease_ttl);
-        let lease_ttl_ms = match lease_ttl {
-            Some(text) => parse_duration_ms("SAGAPLANE_LEASE_TTL", &text)? as i64,
-            None => LEASE_TTL_DEFAULT_MS,
-        };
-        if lease_ttl_ms < 300 {
-            bail!("SAGAPLANE_LEASE_TTL must be at least 300ms");
-        }
-        let poll_interval_ms = match get("SAGAPLANE_POLL_INTERVAL").or(file.poll_interval) {
-            Some(text) => parse_duration_ms("SAGAPLANE_POLL_INTERVAL", &text)?,
-            None => POLL_INTERVAL_DEFAULT_MS,
-        };
-        if !(10..=3_600_000).contains(&poll_interval_ms) {
-            bail!("SAGAPLANE_POLL_INTERVAL must be from 10ms to 1h");
-        }
+        let lease_ttl_ms =
+            duration_setting("SAGAPLANE_LEASE_TTL", lease_ttl, LEASE_TTL_DEFAULT_MS as u64, (300, i64::MAX as u64))?
+                as i64;
+        let poll_interval = get("SAGAPLANE_POLL_INTERVAL").or(file.poll_interval);
+        let poll_interval_ms =
+            duration_setting("SAGAPLANE_POLL_INTERVAL", poll_interval, POLL_INTERVAL_DEFAULT_MS, (10, 3_600_000))?;
         let worker_concurrency = match get("SAGAPLANE_WORKER_CONCURRENCY") {
             Some(text) => text
                 .parse::<u32>()
@@ -204,46 +225,32 @@ impl Config {
             }
             None => file.breaker_failures.unwrap_or(BREAKER_FAILURES_DEFAULT),
         };
-        let breaker_cool_down_ms = match get("SAGAPLANE_BREAKER_COOLDOWN").or(file.breaker_cooldown) {
-            Some(text) => parse_duration_ms("SAGAPLANE_BREAKER_COOLDOWN", &text)?,
-            None => BREAKER_COOL_DOWN_DEFAULT_MS,
-        };
-        if !(10..=86_400_000).contains(&breaker_cool_down_ms) {
-            bail!("SAGAPLANE_BREAKER_COOLDOWN must be from 10ms to 24h");
-        }
-        let shutdown_grace_ms = match get("SAGAPLANE_SHUTDOWN_GRACE").or(file.shutdown_grace) {
-            Some(text) => parse_duration_ms("SAGAPLANE_SHUTDOWN_GRACE", &text)?,
-            None => SHUTDOWN_GRACE_DEFAULT_MS,
-        };
-        if shutdown_grace_ms > 3_600_000 {
-            bail!("SAGAPLANE_SHUTDOWN_GRACE must be at most 1h");
-        }
+        let cool_down = get("SAGAPLANE_BREAKER_COOLDOWN").or(file.breaker_cooldown);
+        let breaker_cool_down_ms =
+            duration_setting("SAGAPLANE_BREAKER_COOLDOWN", cool_down, BREAKER_COOL_DOWN_DEFAULT_MS, (10, 86_400_000))?;
+        let grace = get("SAGAPLANE_SHUTDOWN_GRACE").or(file.shutdown_grace);
+        let shutdown_grace_ms =
+            duration_setting("SAGAPLANE_SHUTDOWN_GRACE", grace, SHUTDOWN_GRACE_DEFAULT_MS, (0, 3_600_000))?;
         let http_deny = get("SAGAPLANE_HTTP_DENY").or(file.http_deny).unwrap_or_default();
         let http_deny = saga_runtime::executor::deny::AddressDenyList::parse(&http_deny)
             .map_err(|e| anyhow::anyhow!("SAGAPLANE_HTTP_DENY: {e}"))?;
         let schedule = get("SAGAPLANE_DELIVERY_RETRY_SCHEDULE")
             .or(file.delivery_retry_schedule)
             .unwrap_or_else(|| DELIVERY_RETRY_SCHEDULE_DEFAULT.into());
-        let delivery_timeout_ms = match get("SAGAPLANE_DELIVERY_TIMEOUT").or(file.delivery_timeout) {
-            Some(text) => parse_duration_ms("SAGAPLANE_DELIVERY_TIMEOUT", &text)?,
-            None => DELIVERY_TIMEOUT_DEFAULT_MS,
-        };
-        if !(100..=300_000).contains(&delivery_timeout_ms) {
-            bail!("SAGAPLANE_DELIVERY_TIMEOUT must be from 100ms to 5m");
-        }
-        let delivery_disable_after_ms = match get("SAGAPLANE_DELIVERY_DISABLE_AFTER").or(file.delivery_disable_after) {
-            Some(text) => parse_duration_ms("SAGAPLANE_DELIVERY_DISABLE_AFTER", &text)?,
-            None => DELIVERY_DISABLE_AFTER_DEFAULT_MS,
-        };
-        if delivery_disable_after_ms < 1_000 {
-            bail!("SAGAPLANE_DELIVERY_DISABLE_AFTER must be at least 1s");
-        }
+        let timeout = get("SAGAPLANE_DELIVERY_TIMEOUT").or(file.delivery_timeout);
+        let delivery_timeout_ms =
+            duration_setting("SAGAPLANE_DELIVERY_TIMEOUT", timeout, DELIVERY_TIMEOUT_DEFAULT_MS, (100, 300_000))?;
+        let disable_after = get("SAGAPLANE_DELIVERY_DISABLE_AFTER").or(file.delivery_disable_after);
+        let delivery_disable_after_ms = duration_setting(
+            "SAGAPLANE_DELIVERY_DISABLE_AFTER",
+            disable_after,
+            DELIVERY_DISABLE_AFTER_DEFAULT_MS,
+            (1_000, u64::MAX),
+        )?;
         let crm_callback_url = get("SAGAPLANE_CRM_CALLBACK_URL").or(file.crm_callback_url);
         let crm_callback_secret = get("SAGAPLANE_CRM_CALLBACK_SECRET").or(file.crm_callback_secret);
         if let Some(url) = &crm_callback_url {
-            let parsed =
-                reqwest::Url::parse(url).ok().filter(|u| ["http", "https"].contains(&u.scheme()) && u.has_host());
-            if parsed.is_none() {
+            if !is_http_url(url) {
                 bail!("SAGAPLANE_CRM_CALLBACK_URL must be an http(s) URL, not {url:?}");
             }
             match crm_callback_secret.as_deref().map(delivery::secret::secret_error) {
@@ -253,6 +260,10 @@ impl Config {
                     "SAGAPLANE_CRM_CALLBACK_URL needs SAGAPLANE_CRM_CALLBACK_SECRET (whsec_<base64>) to sign with"
                 ),
             }
+        }
+        let otlp_endpoint = get("SAGAPLANE_OTLP_ENDPOINT").or(file.otlp_endpoint);
+        if let Some(endpoint) = otlp_endpoint.as_deref().filter(|e| !is_http_url(e)) {
+            bail!("SAGAPLANE_OTLP_ENDPOINT must be the http(s) URL of an OTLP/gRPC collector, not {endpoint:?}");
         }
         let crm_webhook_secret = get("SAGAPLANE_CRM_WEBHOOK_SECRET").or(file.crm_webhook_secret);
         if let Some(secret) = &crm_webhook_secret {
@@ -300,7 +311,7 @@ impl Config {
             crm_callback_secret: crm_callback_secret.map(Secret::new),
             vars,
             log_format,
-            otlp_endpoint: get("SAGAPLANE_OTLP_ENDPOINT").or(file.otlp_endpoint),
+            otlp_endpoint,
             public_url: get("SAGAPLANE_PUBLIC_URL").or(file.public_url),
             breaker_failures,
             breaker_cool_down_ms,
@@ -407,6 +418,10 @@ mod tests {
             ("SAGAPLANE_LOG_FORMAT", "xml"),
             ("SAGAPLANE_CRM_WEBHOOK_SECRET", "plain"),
             ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "1m,x"),
+            ("SAGAPLANE_DELIVERY_TIMEOUT", "50ms"),
+            ("SAGAPLANE_DELIVERY_DISABLE_AFTER", "10ms"),
+            ("SAGAPLANE_CRM_CALLBACK_URL", "ftp://crm"),
+            ("SAGAPLANE_OTLP_ENDPOINT", "localhost:4317"),
         ] {
             let error = Config::load(None, &env(&[(name, value)]), Overrides::default()).expect_err(name);
             assert!(format!("{error:#}").contains(name), "{error:#}");

@@ -232,14 +232,7 @@ impl SagaStore for PostgresStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db)?
-                .map(|(deadline_at_ms, heartbeat_timeout_ms, created_at_ms)| CallbackFacts {
-                    deadline_at_ms,
-                    last_heartbeat_at_ms: deadline_at_ms
-                        .zip(heartbeat_timeout_ms)
-                        .map(|(deadline, timeout)| deadline - timeout)
-                        .filter(|at| *at > created_at_ms),
-                    created_at_ms,
-                })
+                .map(|(deadline, timeout, created)| CallbackFacts::from_columns(deadline, timeout, created))
             }
             _ => None,
         };
