@@ -6,6 +6,7 @@
 //! so the runtime, the tests and a simulator all drive it the same way.
 
 pub mod backoff;
+pub mod bugs;
 pub mod definition;
 pub mod duration;
 pub mod machine;

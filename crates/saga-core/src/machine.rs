@@ -98,7 +98,7 @@ impl StepState {
     fn needs_compensation(&self) -> bool {
         match self.status {
             StepStatus::Succeeded | StepStatus::Compensating => true,
-            StepStatus::Failed => self.ambiguous,
+            StepStatus::Failed => self.ambiguous && !crate::bugs::skip_ambiguous_compensation(),
             _ => false,
         }
     }

@@ -406,7 +406,10 @@ async fn settle(
     }
     // Only a forward attempt a cancel would still stop is interrupted: a compensation always
     // runs to its end, and past a pivot (or once acted on) a cancel changes nothing.
-    let interruptible = phase == Phase::Action && state.cancel_requested_at_ms.is_none();
+    // (The pivot check was missing: a cancel past a pivot interrupted the attempt and left the
+    // saga FAILED — found by the simulator, seed 22.)
+    let interruptible =
+        phase == Phase::Action && state.cancel_requested_at_ms.is_none() && !state.pivot_passed(definition);
     let span = shared.config.tracing.then(|| {
         crate::trace::attempt_span(&crate::trace::AttemptInfo {
             saga_id: record.id,
@@ -421,6 +424,7 @@ async fn settle(
     ctx.traceparent = span.as_ref().map(|s| s.traceparent.clone());
     let result = if interruptible {
         tokio::select! {
+            biased;
             result = shared.executors.run(action, templates, &ctx) => result,
             cancel_at_ms = cancel_requested(cancelled) => {
                 if let Some(span) = span {
@@ -577,7 +581,11 @@ async fn commit(
                 if was_completed && state.status != SagaStatus::Completed {
                     events.retain(|e| e.kind != "saga_completed");
                 }
-                events.extend(cancel.events);
+                // The request came before the end this transition records: a terminal event
+                // stays the history's last (found by the simulator, seed 22).
+                let end =
+                    events.iter().position(|e| TERMINAL_EVENTS.contains(&e.kind.as_str())).unwrap_or(events.len());
+                events.splice(end..end, cancel.events);
                 if state.status == SagaStatus::Compensating || state.status.is_terminal() {
                     // Compensation starts now, with this driver.
                     release_until = None;
@@ -592,6 +600,9 @@ async fn commit(
     tracing::error!("commit refused twice for a cancel request; the lease will expire");
     None
 }
+
+/// The events that end a saga's history.
+const TERMINAL_EVENTS: [&str; 3] = ["saga_completed", "saga_compensated", "saga_failed"];
 
 /// At shutdown: keep what is already decided, hand the lease back so another instance resumes.
 async fn hand_back(

@@ -1,7 +1,7 @@
 //! One orchestrator instance: the claim loop, the heartbeat, local retry timers, shutdown.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,7 +71,7 @@ impl Instance {
             executors,
             hub,
             committer,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(BTreeMap::new()),
             definitions,
             timers: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
@@ -269,7 +269,9 @@ async fn run(
         claim_now = true;
         let backoff_ms = if failures > 0 { (100u64 << failures.min(6)).min(5_000) } else { 0 };
         let sleep_ms = next_sleep_ms(&shared, backoff_ms);
+        // `biased`: branches are polled in this order, not at random, so a run replays exactly.
         tokio::select! {
+            biased;
             _ = work.notified(), if failures == 0 => {}
             _ = shared.wake.notified(), if failures == 0 => {
                 // A driver finished or a retry timer was added: a claim is only worth it when
@@ -282,7 +284,7 @@ async fn run(
                 spawn_driver(&shared, permit, &mut drivers, claim);
                 claim_now = false;
             }
-            _ = shutdown.changed() => {}
+            _ = shutdown_asked(&mut shutdown) => {}
         }
     }
     shared.shutting_down.store(true, Ordering::SeqCst);
@@ -336,6 +338,16 @@ fn next_sleep_ms(shared: &Shared, backoff_ms: u64) -> u64 {
     sleep_ms.max(backoff_ms)
 }
 
+/// Resolves when a shutdown is asked for. A dropped [`InstanceHandle`] can never ask, so then
+/// this never resolves (it resolved at once, in a loop: a dropped handle left the claim loop
+/// claiming and the heartbeat spinning without pause — found by the simulator, which drops the
+/// handle of an instance it crashes).
+async fn shutdown_asked(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Renews every held lease in one statement, every third of the TTL — sooner again after a
 /// failed renewal, so one failure (a deadlock the store could not retry away, a slow moment)
 /// never costs a healthy driver its saga. Also passes cancel requests on to their drivers.
@@ -344,8 +356,9 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut wait = interval;
     loop {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => {}
+            _ = shutdown_asked(&mut shutdown) => {}
         }
         if *shutdown.borrow() && shared.held.lock().map(|h| h.is_empty()).unwrap_or(true) {
             return;
@@ -387,7 +400,10 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
 
 async fn release_all(shared: &Shared) {
     let leases: Vec<LeaseRef> = match shared.held.lock() {
-        Ok(mut held) => held.drain().map(|(id, l)| LeaseRef { id, fencing_token: l.fencing_token }).collect(),
+        Ok(mut held) => std::mem::take(&mut *held)
+            .into_iter()
+            .map(|(id, l)| LeaseRef { id, fencing_token: l.fencing_token })
+            .collect(),
         Err(_) => return,
     };
     if leases.is_empty() {

@@ -2,7 +2,7 @@
 //! clock, the executors, the committer, the leases held, the local retry timers.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +36,9 @@ pub(crate) struct Shared {
     pub config: InstanceConfig,
     pub hub: TerminalHub,
     pub committer: Committer,
-    pub held: Mutex<HashMap<Uuid, HeldLease>>,
+    /// By saga id: the heartbeat renews in id order, and an instance behaves the same on every
+    /// run (the simulator replays a seed exactly).
+    pub held: Mutex<BTreeMap<Uuid, HeldLease>>,
     pub definitions: Arc<DefinitionCache>,
     pub timers: Mutex<BinaryHeap<Reverse<i64>>>,
     pub wake: Notify,

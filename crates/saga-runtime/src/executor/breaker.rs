@@ -16,7 +16,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock: the simulator's paused time moves it.
+use tokio::time::Instant;
 
 use uuid::Uuid;
 

@@ -6,7 +6,14 @@
 //! stream and refused past [`RESPONSE_BODY_MAX_BYTES`], so a participant cannot exhaust memory.
 //! With a deny-list (`SAGAPLANE_HTTP_DENY`) every connection's address is checked first
 //! ([`super::deny`]); a refused one fails the attempt definitely, nothing sent.
+//!
+//! The requests go over the network unless the executor is given an [`HttpTransport`]: the
+//! simulator's participants live in its own process and answer through one, so a simulated run
+//! goes through the same status table, async acceptance and timeouts as a real one.
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use saga_core::{FailureKind, Outcome, Phase};
 use serde_json::Value;
 
@@ -27,6 +34,15 @@ pub struct HttpExecutor {
     /// Follows redirects within the request's origin, for steps that ask for it.
     same_origin: reqwest::Client,
     deny: AddressDenyList,
+    /// Where requests go instead of the network, when set.
+    transport: Option<Arc<dyn HttpTransport>>,
+}
+
+/// Delivers one rendered attempt and returns the participant's status and body; an `Err` is a
+/// connection that failed (no answer: retryable, ambiguous). Implemented by the simulator.
+#[async_trait]
+pub trait HttpTransport: Send + Sync + 'static {
+    async fn send(&self, request: &HttpRequest<'_>, ctx: &AttemptContext) -> Result<(u16, Vec<u8>), String>;
 }
 
 impl Default for HttpExecutor {
@@ -63,19 +79,47 @@ impl HttpExecutor {
                 attempt.follow()
             }
         });
-        HttpExecutor { client: build(reqwest::redirect::Policy::none()), same_origin: build(same_origin), deny }
+        HttpExecutor {
+            client: build(reqwest::redirect::Policy::none()),
+            same_origin: build(same_origin),
+            deny,
+            transport: None,
+        }
+    }
+
+    /// An executor whose requests go to `transport` instead of the network.
+    pub fn with_transport(transport: Arc<dyn HttpTransport>) -> Self {
+        HttpExecutor { transport: Some(transport), ..Self::new() }
     }
 
     pub async fn call(&self, request: HttpRequest<'_>, ctx: &AttemptContext) -> AttemptResult {
+        let answer = match &self.transport {
+            Some(transport) => {
+                transport.send(&request, ctx).await.map_err(|e| retryable(format!("request failed: {e}")))
+            }
+            None => self.send(request, ctx).await,
+        };
+        let (status, bytes) = match answer {
+            Ok(answer) => answer,
+            Err(outcome) => return AttemptResult::Finished(outcome),
+        };
+        if status == 202 && ctx.callback_url.is_some() {
+            return AttemptResult::Accepted;
+        }
+        AttemptResult::Finished(classify(status, &bytes, ctx.phase))
+    }
+
+    /// Sends the attempt over the network: the answer's status and body, or the failed attempt.
+    async fn send(&self, request: HttpRequest<'_>, ctx: &AttemptContext) -> Result<(u16, Vec<u8>), Outcome> {
         let HttpRequest { method, url, headers, body, follow_redirects } = request;
         let client = if follow_redirects { &self.same_origin } else { &self.client };
         let method = match reqwest::Method::from_bytes(method.as_bytes()) {
             Ok(m) => m,
-            Err(_) => return AttemptResult::Finished(definite(format!("invalid method {method:?}"))),
+            Err(_) => return Err(definite(format!("invalid method {method:?}"))),
         };
         // A literal address never reaches the resolver; a redirect stays on this origin.
         if let Some(denied) = self.deny.denied_url(url) {
-            return AttemptResult::Finished(definite(denied));
+            return Err(definite(denied));
         }
         let mut request = client
             .request(method, url)
@@ -96,22 +140,14 @@ impl HttpExecutor {
         }
         let response = match request.send().await {
             Ok(r) => r,
-            Err(e) if e.is_builder() => return AttemptResult::Finished(definite(format!("invalid request: {e}"))),
+            Err(e) if e.is_builder() => return Err(definite(format!("invalid request: {e}"))),
             Err(e) if denied_in(&e).is_some() => {
-                let message = denied_in(&e).map(ToString::to_string).unwrap_or_default();
-                return AttemptResult::Finished(definite(message));
+                return Err(definite(denied_in(&e).map(ToString::to_string).unwrap_or_default()));
             }
-            Err(e) => return AttemptResult::Finished(retryable(format!("request failed: {}", error_chain(&e)))),
+            Err(e) => return Err(retryable(format!("request failed: {}", error_chain(&e)))),
         };
-        let status = response.status();
-        let bytes = match read_capped(response).await {
-            Ok(bytes) => bytes,
-            Err(outcome) => return AttemptResult::Finished(outcome),
-        };
-        if status.as_u16() == 202 && ctx.callback_url.is_some() {
-            return AttemptResult::Accepted;
-        }
-        AttemptResult::Finished(classify(status.as_u16(), &bytes, ctx.phase))
+        let status = response.status().as_u16();
+        Ok((status, read_capped(response).await?))
     }
 }
 

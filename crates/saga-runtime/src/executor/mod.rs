@@ -8,7 +8,9 @@ pub mod grpc;
 pub mod http;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use saga_core::template::{render_string, render_value, TemplateContext, TemplateError};
 use saga_core::{Action, FailureKind, Outcome, Phase};
@@ -82,6 +84,13 @@ impl Executors {
             grpc: GrpcExecutor::new(),
             breakers: Arc::new(Breakers::new(breakers)),
         }
+    }
+
+    /// Sends `http` steps' requests to `transport` instead of the network (the simulator's
+    /// participants).
+    pub fn with_http_transport(mut self, transport: Arc<dyn http::HttpTransport>) -> Self {
+        self.http = HttpExecutor::with_transport(transport);
+        self
     }
 
     /// Keeps `http` and `grpc` steps off the networks in `deny` (`SAGAPLANE_HTTP_DENY`).

@@ -10,9 +10,9 @@ use uuid::Uuid;
 use super::fixtures::*;
 use super::{db, ensure, CheckResult};
 use crate::creates::create_one;
-use crate::{ClaimParams, CommitOutcome, LeaseRef, SagaCreated, SagaFilter, Store};
+use crate::{ClaimParams, CommitOutcome, EngineStore, LeaseRef, SagaCreated, SagaFilter};
 
-pub async fn claim_sets_lease_and_bumps_token(store: Arc<dyn Store>) -> CheckResult {
+pub async fn claim_sets_lease_and_bumps_token(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 100).await?;
     ensure!(db(store.saga_claim_due(&claim("w1", 10, 99)).await)?.is_empty(), "claimed before due");
     let claimed = db(store.saga_claim_due(&claim("w1", 10, 100)).await)?;
@@ -25,7 +25,7 @@ pub async fn claim_sets_lease_and_bumps_token(store: Arc<dyn Store>) -> CheckRes
     Ok(())
 }
 
-pub async fn stale_token_write_is_rejected(store: Arc<dyn Store>) -> CheckResult {
+pub async fn stale_token_write_is_rejected(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let first = db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
     let second = db(store.saga_claim_due(&claim("w2", 1, 40_000)).await)?;
@@ -57,7 +57,7 @@ pub async fn stale_token_write_is_rejected(store: Arc<dyn Store>) -> CheckResult
     Ok(())
 }
 
-pub async fn expired_lease_is_claimable(store: Arc<dyn Store>) -> CheckResult {
+pub async fn expired_lease_is_claimable(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
     ensure!(db(store.saga_claim_due(&claim("w2", 1, 29_999)).await)?.is_empty(), "claimed before expiry");
@@ -68,7 +68,7 @@ pub async fn expired_lease_is_claimable(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-pub async fn concurrent_claimers_never_share_a_saga(store: Arc<dyn Store>) -> CheckResult {
+pub async fn concurrent_claimers_never_share_a_saga(store: Arc<dyn EngineStore>) -> CheckResult {
     let total = 200;
     for _ in 0..total {
         create(store.as_ref(), 0).await?;
@@ -98,7 +98,7 @@ pub async fn concurrent_claimers_never_share_a_saga(store: Arc<dyn Store>) -> Ch
     Ok(())
 }
 
-pub async fn commits_append_history_and_schedule(store: Arc<dyn Store>) -> CheckResult {
+pub async fn commits_append_history_and_schedule(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
     let token = claimed.first().map(|c| c.record.fencing_token).ok_or("not claimed")?;
@@ -134,7 +134,7 @@ pub async fn commits_append_history_and_schedule(store: Arc<dyn Store>) -> Check
     Ok(())
 }
 
-pub async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn Store>) -> CheckResult {
+pub async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn EngineStore>) -> CheckResult {
     let a = create(store.as_ref(), 0).await?;
     let b = create(store.as_ref(), 0).await?;
     let claimed = db(store.saga_claim_due(&claim("w1", 2, 0)).await)?;
@@ -161,7 +161,7 @@ pub async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn Store>) -> 
     Ok(())
 }
 
-pub async fn released_lease_is_claimable_at_once(store: Arc<dyn Store>) -> CheckResult {
+pub async fn released_lease_is_claimable_at_once(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = db(store.saga_claim_due(&claim("w1", 1, 0)).await)?;
     let lease = LeaseRef { id, fencing_token: claimed.first().map(|c| c.record.fencing_token).ok_or("not claimed")? };
@@ -171,7 +171,7 @@ pub async fn released_lease_is_claimable_at_once(store: Arc<dyn Store>) -> Check
     Ok(())
 }
 
-pub async fn admission_never_exceeds_the_key_limit(store: Arc<dyn Store>) -> CheckResult {
+pub async fn admission_never_exceeds_the_key_limit(store: Arc<dyn EngineStore>) -> CheckResult {
     let mut keyed = Vec::new();
     for _ in 0..6 {
         let mut params = create_params(0);
@@ -223,7 +223,7 @@ pub async fn admission_never_exceeds_the_key_limit(store: Arc<dyn Store>) -> Che
     Ok(())
 }
 
-pub async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn Store>) -> CheckResult {
+pub async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn EngineStore>) -> CheckResult {
     let old = create(store.as_ref(), 0).await?;
     let mut low = create_params(50_000);
     low.priority = 0;
@@ -264,7 +264,7 @@ pub async fn priority_goes_first_but_old_work_is_not_starved(store: Arc<dyn Stor
 /// Heartbeats, hand-backs and commit batches over the same sagas, with their leases listed in
 /// opposite orders, all at once: every multi-row write locks in id order, so none deadlocks (a
 /// failed heartbeat can cost a healthy driver its saga).
-pub async fn concurrent_lease_writes_never_deadlock(store: Arc<dyn Store>) -> CheckResult {
+pub async fn concurrent_lease_writes_never_deadlock(store: Arc<dyn EngineStore>) -> CheckResult {
     const SAGAS: usize = 64;
     const ROUNDS: usize = 25;
     for _ in 0..SAGAS {
@@ -318,7 +318,7 @@ pub async fn concurrent_lease_writes_never_deadlock(store: Arc<dyn Store>) -> Ch
     Ok(())
 }
 
-pub async fn queue_facts_read_what_the_claim_reads(store: Arc<dyn Store>) -> CheckResult {
+pub async fn queue_facts_read_what_the_claim_reads(store: Arc<dyn EngineStore>) -> CheckResult {
     let mut keyed = Vec::new();
     for _ in 0..3 {
         let mut params = create_params(0);

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::db;
 use crate::creates::create_one;
-use crate::{ClaimParams, SagaCommit, SagaCreate, SagaCreated, Store};
+use crate::{ClaimParams, EngineStore, SagaCommit, SagaCreate, SagaCreated};
 
 pub(super) fn definition() -> Definition {
     let doc = json!({"steps": [
@@ -23,7 +23,7 @@ pub(super) fn create_params(now_ms: i64) -> SagaCreate {
     SagaCreate::new("conformance", 1, json!({"n": 1}), SagaState::new(&definition()), now_ms)
 }
 
-pub(super) async fn create(store: &dyn Store, now_ms: i64) -> Result<Uuid, String> {
+pub(super) async fn create(store: &dyn EngineStore, now_ms: i64) -> Result<Uuid, String> {
     match db(create_one(store, create_params(now_ms)).await)? {
         SagaCreated::Created(record) => Ok(record.id),
         other => Err(format!("expected Created, got {other:?}")),
@@ -51,6 +51,6 @@ pub(super) fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events
     }
 }
 
-pub(super) async fn claim_one(store: &dyn Store, now_ms: i64) -> Result<crate::Claimed, String> {
+pub(super) async fn claim_one(store: &dyn EngineStore, now_ms: i64) -> Result<crate::Claimed, String> {
     db(store.saga_claim_due(&claim("w1", 1, now_ms)).await)?.into_iter().next().ok_or_else(|| "nothing claimed".into())
 }

@@ -3,8 +3,9 @@
 //! other and one check runs alone by name (`cargo nextest run -E 'test(claim_sets_lease)'`).
 //!
 //! A backend's integration tests instantiate them with a factory for fresh stores:
-//! `saga_store::store_conformance!(fresh_store);` makes the module `store_conformance` with one
-//! test per check of the engine's, the control plane's and delivery's ([`delivery`]) stores; `saga_store::tenant_storage_conformance!(fresh,
+//! `saga_store::store_conformance!(fresh_store);` makes the modules `engine_conformance` (one
+//! test per check of the engine's store, which `engine_store_conformance!` makes alone) and
+//! `store_conformance` (the control plane's and delivery's ([`delivery`]) stores); `saga_store::tenant_storage_conformance!(fresh,
 //! schema: Schema, …)` makes `tenant_storage_conformance::<mode>::<check>` for
 //! each storage mode the backend offers (see [`tenant_storage`]).
 
@@ -38,13 +39,13 @@ pub(crate) fn db<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T, Str
     result.map_err(|e| format!("store error: {e}"))
 }
 
-/// One test per [`crate::Store`] check, in a module `store_conformance`; `$fresh` is an async
-/// fn in the calling module returning a fresh, migrated `Arc<dyn Store>`.
+/// One test per [`crate::EngineStore`] check, in a module `engine_conformance`; `$fresh` is an
+/// async fn in the calling module returning a fresh store as an `Arc` of `dyn EngineStore` or
+/// of any trait that extends it (the simulator's in-memory store runs exactly these).
 #[macro_export]
-macro_rules! store_conformance {
+macro_rules! engine_store_conformance {
     ($fresh:ident) => {
-        $crate::store_conformance!(@tests $fresh;
-            migrations_are_idempotent,
+        $crate::store_conformance!(@tests engine_conformance, $fresh;
             definitions_version_on_change_only,
             sagas_create_idempotently,
             create_for_latest_refuses_a_moved_version,
@@ -70,6 +71,20 @@ macro_rules! store_conformance {
             admission_never_exceeds_the_key_limit,
             queue_facts_read_what_the_claim_reads,
             priority_goes_first_but_old_work_is_not_starved,
+        );
+    };
+}
+
+/// One test per [`crate::Store`] check: the engine's (module `engine_conformance`, see
+/// [`engine_store_conformance!`]) and, in a module `store_conformance`, the schema's, the
+/// control plane's and delivery's ([`delivery`]); `$fresh` is an async fn in the calling module
+/// returning a fresh, migrated `Arc<dyn Store>`.
+#[macro_export]
+macro_rules! store_conformance {
+    ($fresh:ident) => {
+        $crate::engine_store_conformance!($fresh);
+        $crate::store_conformance!(@tests store_conformance, $fresh;
+            migrations_are_idempotent,
             tenants_are_created_with_their_saga_and_change_status_conditionally,
             tenant_changes_commit_with_the_transition_or_not_at_all,
             an_operator_update_changes_its_tenant_with_it_or_not_at_all,
@@ -84,8 +99,8 @@ macro_rules! store_conformance {
             failed_attempts_retry_then_die_and_are_replayed_and_recovered,
         );
     };
-    (@tests $fresh:ident; $($check:ident),* $(,)?) => {
-        mod store_conformance {
+    (@tests $module:ident, $fresh:ident; $($check:ident),* $(,)?) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $check() {

@@ -11,9 +11,9 @@ use uuid::Uuid;
 use super::fixtures::*;
 use super::{db, ensure, CheckResult};
 use crate::creates::create_one;
-use crate::{CommitOutcome, SagaCreated, SagaCreates, SagaFilter, SagaOperatorUpdate, Store, StoreError};
+use crate::{CommitOutcome, EngineStore, SagaCreated, SagaCreates, SagaFilter, SagaOperatorUpdate, StoreError};
 
-pub async fn migrations_are_idempotent(store: Arc<dyn Store>) -> CheckResult {
+pub async fn migrations_are_idempotent(store: Arc<dyn crate::Store>) -> CheckResult {
     let first = db(store.migrate(0).await)?;
     let second = db(store.migrate(0).await)?;
     ensure!(first == second, "migrate twice changed status: {first:?} vs {second:?}");
@@ -21,7 +21,7 @@ pub async fn migrations_are_idempotent(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-pub async fn definitions_version_on_change_only(store: Arc<dyn Store>) -> CheckResult {
+pub async fn definitions_version_on_change_only(store: Arc<dyn EngineStore>) -> CheckResult {
     let v1 = json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
     let v2 = json!({"steps": [{"name": "b", "action": {"builtin": "core.echo"}}]});
     let put = db(store.definition_put("d", &v1, 1).await)?;
@@ -41,7 +41,7 @@ pub async fn definitions_version_on_change_only(store: Arc<dyn Store>) -> CheckR
     Ok(())
 }
 
-pub async fn sagas_create_idempotently(store: Arc<dyn Store>) -> CheckResult {
+pub async fn sagas_create_idempotently(store: Arc<dyn EngineStore>) -> CheckResult {
     let mut params = create_params(10);
     params.idempotency_key = Some("admin:k1".into());
     params.request_hash = Some("h1".into());
@@ -65,7 +65,7 @@ pub async fn sagas_create_idempotently(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-pub async fn create_for_latest_refuses_a_moved_version(store: Arc<dyn Store>) -> CheckResult {
+pub async fn create_for_latest_refuses_a_moved_version(store: Arc<dyn EngineStore>) -> CheckResult {
     let doc = json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
     db(store.definition_put("conformance", &doc, 1).await)?;
     let mut params = create_params(2);
@@ -82,7 +82,7 @@ pub async fn create_for_latest_refuses_a_moved_version(store: Arc<dyn Store>) ->
     Ok(())
 }
 
-pub async fn create_with_a_lease_is_claimed_already(store: Arc<dyn Store>) -> CheckResult {
+pub async fn create_with_a_lease_is_claimed_already(store: Arc<dyn EngineStore>) -> CheckResult {
     let mut params = create_params(100);
     params.lease = Some(crate::LeaseGrant { worker_id: "w1".into(), lease_ttl_ms: 30_000 });
     let SagaCreated::Created(record) = db(create_one(&*store, params).await)? else {
@@ -103,7 +103,7 @@ pub async fn create_with_a_lease_is_claimed_already(store: Arc<dyn Store>) -> Ch
     Ok(())
 }
 
-pub async fn concurrent_creates_with_one_key_make_one_saga(store: Arc<dyn Store>) -> CheckResult {
+pub async fn concurrent_creates_with_one_key_make_one_saga(store: Arc<dyn EngineStore>) -> CheckResult {
     let mut tasks = Vec::new();
     for _ in 0..16 {
         // Each its own writer, as if on its own instance: the key is unique across transactions.
@@ -135,7 +135,7 @@ pub async fn concurrent_creates_with_one_key_make_one_saga(store: Arc<dyn Store>
 
 /// Many different creates at once (a store may write concurrent creates together): each gets
 /// the outcome it would get alone, and one that cannot be written (a duplicate id) fails alone.
-pub async fn concurrent_mixed_creates_each_get_their_own_outcome(store: Arc<dyn Store>) -> CheckResult {
+pub async fn concurrent_mixed_creates_each_get_their_own_outcome(store: Arc<dyn EngineStore>) -> CheckResult {
     let doc = json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
     db(store.definition_put("conformance", &doc, 1).await)?;
     db(store.definition_put("conformance", &json!({"steps": []}), 2).await)?;
@@ -229,7 +229,7 @@ pub async fn concurrent_mixed_creates_each_get_their_own_outcome(store: Arc<dyn 
     Ok(())
 }
 
-pub async fn list_filters_and_pages(store: Arc<dyn Store>) -> CheckResult {
+pub async fn list_filters_and_pages(store: Arc<dyn EngineStore>) -> CheckResult {
     let mut ids = Vec::new();
     for i in 0..5 {
         let mut params = create_params(i);
@@ -260,7 +260,7 @@ pub async fn list_filters_and_pages(store: Arc<dyn Store>) -> CheckResult {
     Ok(())
 }
 
-pub async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResult {
+pub async fn operator_update_is_conditional(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let record = db(store.saga_get(id).await)?;
     let update = SagaOperatorUpdate {
@@ -286,7 +286,7 @@ pub async fn operator_update_is_conditional(store: Arc<dyn Store>) -> CheckResul
     Ok(())
 }
 
-pub async fn stalled_sagas_list_least_recently_moved_first_and_page(store: Arc<dyn Store>) -> CheckResult {
+pub async fn stalled_sagas_list_least_recently_moved_first_and_page(store: Arc<dyn EngineStore>) -> CheckResult {
     // updated_at is each one's creation time: 10, 20, 30.
     let longest = create(store.as_ref(), 10).await?;
     let middle = create(store.as_ref(), 20).await?;

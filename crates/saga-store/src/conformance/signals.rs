@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::fixtures::*;
 use super::{db, ensure, CheckResult};
-use crate::{CallbackRegister, CommitOutcome, Store, StoreError};
+use crate::{CallbackRegister, CommitOutcome, EngineStore, StoreError};
 
-pub async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn Store>) -> CheckResult {
+pub async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = claim_one(store.as_ref(), 0).await?;
     let token = claimed.record.fencing_token;
@@ -32,7 +32,7 @@ pub async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn Store>) 
     Ok(())
 }
 
-pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<dyn Store>) -> CheckResult {
+pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = claim_one(store.as_ref(), 0).await?;
     let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 5, vec![]);
@@ -57,7 +57,7 @@ pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<
     }
 }
 
-pub async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn Store>) -> CheckResult {
+pub async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let first = db(store.signal_send(id, "approval", &json!({"ok": 1}), 10).await)?;
     let second = db(store.signal_send(id, "approval", &json!({"ok": 2}), 11).await)?;
@@ -74,7 +74,7 @@ pub async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn Store>) -> Ch
     }
 }
 
-pub async fn a_delivery_during_a_lease_makes_the_parked_saga_due(store: Arc<dyn Store>) -> CheckResult {
+pub async fn a_delivery_during_a_lease_makes_the_parked_saga_due(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let claimed = claim_one(store.as_ref(), 0).await?;
     // The driver decided to wait (having seen wake_seq 0); a signal lands before its commit.
@@ -89,7 +89,7 @@ pub async fn a_delivery_during_a_lease_makes_the_parked_saga_due(store: Arc<dyn 
     Ok(())
 }
 
-pub async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Store>) -> CheckResult {
+pub async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let register = CallbackRegister {
         token_hash: "h1".into(),

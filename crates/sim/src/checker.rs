@@ -1,0 +1,358 @@
+//! The invariant checker: reads everything a run left — the store's journal (every history row,
+//! admission and outbox event in write order), the final saga rows, and every participant's
+//! ledger — and asserts the engine's guarantees (DESIGN.md):
+//!
+//! - every saga ends (COMPLETED, COMPENSATED, or FAILED for an operator);
+//! - one driver per saga, no zombie commit: the fencing tokens of a saga's writes never go back;
+//! - the history is legal: it starts with `saga_created`, has exactly one terminal event, last,
+//!   matching the row, and no step compensated twice;
+//! - compensation covers exactly what may have happened: a COMPLETED saga's effects all stand
+//!   and none was undone; a COMPENSATED saga left no effect standing; a definitely refused step
+//!   is never compensated; compensations run in reverse step order, never before the action,
+//!   and never once a pivot has succeeded;
+//! - durable before dependent: a step's request reaches its participant only after the previous
+//!   step's success is written, and a compensation only after the later steps' compensations are;
+//! - concurrency limits: a key never has more admitted, unfinished sagas than its limit.
+
+use std::collections::BTreeMap;
+
+use saga_core::{Phase, SagaStatus};
+use saga_store::SagaRecord;
+use uuid::Uuid;
+
+use crate::memory::{JournalEntry, JournalKind};
+use crate::scenario::Scenario;
+use crate::world::{Effect, Request};
+
+/// One broken guarantee.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub guarantee: &'static str,
+    pub detail: String,
+    pub saga_id: Option<Uuid>,
+}
+
+impl Violation {
+    pub fn new(guarantee: &'static str, detail: impl Into<String>) -> Self {
+        Violation { guarantee, detail: detail.into(), saga_id: None }
+    }
+
+    fn of(saga_id: Uuid, guarantee: &'static str, detail: impl Into<String>) -> Self {
+        Violation { guarantee, detail: format!("saga {saga_id}: {}", detail.into()), saga_id: Some(saga_id) }
+    }
+}
+
+/// What a run left behind.
+pub struct Observation<'a> {
+    pub scenario: &'a Scenario,
+    pub journal: Vec<JournalEntry>,
+    pub sagas: BTreeMap<Uuid, SagaRecord>,
+    pub effects: &'a BTreeMap<(Uuid, String), Effect>,
+    pub requests: &'a [Request],
+}
+
+const TERMINAL_EVENTS: [&str; 3] = ["saga_completed", "saga_compensated", "saga_failed"];
+
+/// Every guarantee, checked.
+pub fn check(observation: &Observation<'_>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for saga in observation.sagas.values() {
+        if !saga.status.is_terminal() {
+            violations.push(Violation::of(saga.id, "every saga ends", format!("still {}", saga.status.as_str())));
+        }
+        check_history(observation, saga, &mut violations);
+        check_fencing(observation, saga.id, &mut violations);
+        check_effects(observation, saga, &mut violations);
+        check_durability(observation, saga, &mut violations);
+    }
+    check_concurrency(observation, &mut violations);
+    violations
+}
+
+/// The journal's history rows of one saga, with their journal numbers.
+fn events_of<'a>(
+    observation: &'a Observation<'_>,
+    saga_id: Uuid,
+) -> impl Iterator<Item = (u64, &'a saga_store::EventRecord, Option<i64>)> + 'a {
+    observation.journal.iter().filter(move |e| e.saga_id == saga_id).filter_map(|entry| match &entry.kind {
+        JournalKind::Event { event, fencing_token } => Some((entry.seq, event, *fencing_token)),
+        _ => None,
+    })
+}
+
+fn check_history(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
+    let events: Vec<_> = events_of(observation, saga.id).map(|(_, e, _)| e).collect();
+    if events.first().map(|e| e.kind.as_str()) != Some("saga_created") {
+        violations.push(Violation::of(saga.id, "legal history", "the history does not start with saga_created"));
+    }
+    let terminal: Vec<usize> =
+        events.iter().enumerate().filter(|(_, e)| TERMINAL_EVENTS.contains(&e.kind.as_str())).map(|(i, _)| i).collect();
+    if saga.status.is_terminal() {
+        let expected = match saga.status {
+            SagaStatus::Completed => "saga_completed",
+            SagaStatus::Compensated => "saga_compensated",
+            _ => "saga_failed",
+        };
+        if terminal.len() != 1 || terminal[0] + 1 != events.len() || events[terminal[0]].kind != expected {
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            violations.push(Violation::of(
+                saga.id,
+                "legal history",
+                format!(
+                    "a {} saga needs exactly one terminal event, {expected}, last: {kinds:?}",
+                    saga.status.as_str()
+                ),
+            ));
+        }
+    }
+    let mut compensated: BTreeMap<&str, usize> = BTreeMap::new();
+    for event in events.iter().filter(|e| e.kind == "step_compensated") {
+        *compensated.entry(event.step.as_deref().unwrap_or("")).or_default() += 1;
+    }
+    for (step, count) in compensated.into_iter().filter(|(_, n)| *n > 1) {
+        violations.push(Violation::of(
+            saga.id,
+            "never compensated twice",
+            format!("step {step} compensated {count} times"),
+        ));
+    }
+}
+
+fn check_fencing(observation: &Observation<'_>, saga_id: Uuid, violations: &mut Vec<Violation>) {
+    let mut highest: Option<(i64, &str)> = None;
+    for (seq, event, token) in events_of(observation, saga_id) {
+        let Some(token) = token else { continue };
+        let worker = event.worker.as_deref().unwrap_or("?");
+        if let Some((seen, by)) = highest {
+            if token < seen {
+                violations.push(Violation::of(
+                    saga_id,
+                    "no zombie commit",
+                    format!(
+                        "#{seq} {} written by {worker} with fencing token {token} after {by} wrote with {seen}",
+                        event.kind
+                    ),
+                ));
+                continue;
+            }
+        }
+        if highest.is_none_or(|(seen, _)| token > seen) {
+            highest = Some((token, worker));
+        }
+    }
+}
+
+/// The first request of each (step, phase) for a saga, by journal number.
+fn first_requests(observation: &Observation<'_>, saga_id: Uuid) -> BTreeMap<(String, bool), u64> {
+    let mut first = BTreeMap::new();
+    for request in observation.requests.iter().filter(|r| r.saga_id == saga_id) {
+        first.entry((request.step.clone(), request.phase == Phase::Compensation)).or_insert(request.seq);
+    }
+    first
+}
+
+fn check_effects(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
+    let Some(plan) = observation.scenario.definitions.iter().find(|d| d.name == saga.definition) else { return };
+    let first = first_requests(observation, saga.id);
+    let pivot_passed = events_of(observation, saga.id).any(|(_, e, _)| {
+        e.kind == "step_succeeded" && plan.steps.iter().any(|s| s.pivot && Some(&s.name) == e.step.as_ref())
+    });
+    let mut undo_order: Vec<(u64, usize)> = Vec::new();
+    for (index, step) in plan.steps.iter().enumerate() {
+        if step.participant.is_none() {
+            continue;
+        }
+        let effect = observation.effects.get(&(saga.id, step.name.clone())).cloned().unwrap_or_default();
+        let standing = effect.applied_seq.is_some() && !effect.undid;
+        let compensation_sent = first.get(&(step.name.clone(), true)).copied();
+        let action_sent = first.get(&(step.name.clone(), false)).copied();
+        match saga.status {
+            SagaStatus::Completed if !standing => violations.push(Violation::of(
+                saga.id,
+                "compensation covers exactly what happened",
+                format!("COMPLETED but the effect of step {} does not stand: {effect:?}", step.name),
+            )),
+            SagaStatus::Compensated if standing && step.compensated => violations.push(Violation::of(
+                saga.id,
+                "compensation covers exactly what happened",
+                format!("COMPENSATED but the effect of step {} was never undone: {effect:?}", step.name),
+            )),
+            _ => {}
+        }
+        if let Some(sent) = compensation_sent {
+            if effect.refused && effect.applied_seq.is_none() {
+                violations.push(Violation::of(
+                    saga.id,
+                    "compensation covers exactly what happened",
+                    format!("step {} was refused definitely, yet compensated", step.name),
+                ));
+            }
+            if action_sent.is_none_or(|action| action > sent) {
+                violations.push(Violation::of(
+                    saga.id,
+                    "never compensated before its action",
+                    format!("step {}: compensation #{sent} before any action request", step.name),
+                ));
+            }
+            if pivot_passed {
+                violations.push(Violation::of(
+                    saga.id,
+                    "nothing compensated past a pivot",
+                    format!("step {} compensated after a pivot succeeded", step.name),
+                ));
+            }
+            undo_order.push((sent, index));
+        }
+    }
+    undo_order.sort();
+    if undo_order.windows(2).any(|pair| pair[0].1 < pair[1].1) {
+        violations.push(Violation::of(
+            saga.id,
+            "compensation in reverse order",
+            format!("compensations began in step order {:?}", undo_order.iter().map(|(_, i)| i).collect::<Vec<_>>()),
+        ));
+    }
+}
+
+fn check_durability(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
+    let Some(plan) = observation.scenario.definitions.iter().find(|d| d.name == saga.definition) else { return };
+    let written = |kind: &str, step: &str, before: u64| {
+        events_of(observation, saga.id)
+            .any(|(seq, e, _)| seq < before && e.kind == kind && e.step.as_deref() == Some(step))
+    };
+    for request in observation.requests.iter().filter(|r| r.saga_id == saga.id) {
+        let Some(index) = plan.steps.iter().position(|s| s.name == request.step) else { continue };
+        match request.phase {
+            Phase::Action if index > 0 => {
+                let previous = &plan.steps[index - 1].name;
+                if !written("step_succeeded", previous, request.seq) {
+                    violations.push(Violation::of(
+                        saga.id,
+                        "durable before dependent",
+                        format!(
+                            "#{} action of {} sent before {previous}'s success was written",
+                            request.seq, request.step
+                        ),
+                    ));
+                }
+            }
+            Phase::Compensation => {
+                for later in &plan.steps[index + 1..] {
+                    let later_sent = observation.requests.iter().any(|r| {
+                        r.saga_id == saga.id
+                            && r.step == later.name
+                            && r.phase == Phase::Compensation
+                            && r.seq < request.seq
+                    });
+                    if later_sent && !written("step_compensated", &later.name, request.seq) {
+                        violations.push(Violation::of(
+                            saga.id,
+                            "durable before dependent",
+                            format!(
+                                "#{} compensation of {} sent before {}'s compensation was written",
+                                request.seq, request.step, later.name
+                            ),
+                        ));
+                    }
+                }
+            }
+            Phase::Action => {}
+        }
+    }
+}
+
+fn check_concurrency(observation: &Observation<'_>, violations: &mut Vec<Violation>) {
+    // Per key: the sagas admitted and not yet ended, as the journal goes.
+    let mut holding: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    for entry in &observation.journal {
+        match &entry.kind {
+            JournalKind::Admitted { key, limit } => {
+                let holders = holding.entry(key.clone()).or_default();
+                holders.push(entry.saga_id);
+                if holders.len() > *limit as usize {
+                    violations.push(Violation::of(
+                        entry.saga_id,
+                        "concurrency limit",
+                        format!(
+                            "#{} key {key} (limit {limit}) now has {} running: {holders:?}",
+                            entry.seq,
+                            holders.len()
+                        ),
+                    ));
+                }
+            }
+            JournalKind::Event { event, .. } if TERMINAL_EVENTS.contains(&event.kind.as_str()) => {
+                for holders in holding.values_mut() {
+                    holders.retain(|id| *id != entry.saga_id);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The run as text: the scenario, the violations, then per saga (those a violation names, or
+/// all when none does) every write and participant request in order.
+pub fn timeline(observation: &Observation<'_>, violations: &[Violation]) -> String {
+    let mut text = observation.scenario.describe();
+    let named: Vec<Uuid> = violations.iter().filter_map(|v| v.saga_id).collect();
+    for saga in observation.sagas.values() {
+        let shown = named.is_empty() || named.contains(&saga.id);
+        let plan = observation.scenario.definitions.iter().find(|d| d.name == saga.definition);
+        text.push_str(&format!(
+            "saga {} ({}) {}{}\n",
+            saga.id,
+            saga.definition,
+            saga.status.as_str(),
+            if shown { "" } else { " (timeline omitted)" }
+        ));
+        if !shown {
+            continue;
+        }
+        let mut lines: Vec<(u64, String)> = Vec::new();
+        for entry in observation.journal.iter().filter(|e| e.saga_id == saga.id) {
+            let line = match &entry.kind {
+                JournalKind::Event { event, fencing_token } => format!(
+                    "store   {:>8} ms  {:<24} step={:<4} attempt={:<2} by {} token {}  {}",
+                    event.at_ms - crate::world::EPOCH_MS,
+                    event.kind,
+                    event.step.as_deref().unwrap_or("-"),
+                    event.attempt.map_or("-".to_string(), |a| a.to_string()),
+                    event.worker.as_deref().unwrap_or("-"),
+                    fencing_token.map_or("-".to_string(), |t| t.to_string()),
+                    event.data
+                ),
+                JournalKind::Admitted { key, limit } => format!("store   admitted under key {key} (limit {limit})"),
+                JournalKind::Outbox { event_type } => format!("store   outbox event {event_type}"),
+            };
+            lines.push((entry.seq, line));
+        }
+        for request in observation.requests.iter().filter(|r| r.saga_id == saga.id) {
+            lines.push((
+                request.seq,
+                format!(
+                    "{:<7} {:?} of {} attempt {} (key {}) answered {}",
+                    request.participant,
+                    request.phase,
+                    request.step,
+                    request.attempt,
+                    request.idempotency_key,
+                    request.answer
+                ),
+            ));
+        }
+        if let Some(plan) = plan {
+            for step in &plan.steps {
+                if let Some(effect) = observation.effects.get(&(saga.id, step.name.clone())) {
+                    lines.push((u64::MAX, format!("effect  {}: {effect:?}", step.name)));
+                }
+            }
+        }
+        lines.sort_by_key(|(seq, _)| *seq);
+        for (seq, line) in lines {
+            let seq = if seq == u64::MAX { "end".to_string() } else { format!("#{seq}") };
+            text.push_str(&format!("  {seq:>6} {line}\n"));
+        }
+    }
+    text
+}

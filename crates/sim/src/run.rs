@@ -1,0 +1,426 @@
+//! One seeded run: build the scenario, start the instances on a single-threaded runtime with
+//! paused time, play the schedule (sagas, cancels, signals, crashes, pauses, restarts) while
+//! the participants and the store misbehave, then let everything calm down, wait for every saga
+//! to end, and hand what happened to the [`crate::checker`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use saga_core::{Definition, SagaState};
+use saga_runtime::{
+    BuiltinRegistry, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, Intake, TerminalHub,
+};
+use saga_store::{DefinitionStore, EngineStore, SagaCreate, SagaStore, SignalStore};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::checker::{self, Observation, Violation};
+use crate::memory::{MemoryStore, Sequencer, StoreBugs};
+use crate::scenario::{Dice, InstanceFault, Scenario};
+use crate::world::{CommitFaults, Link, LinkState, Network, Participants, SimClock, SimStore};
+
+/// Known bugs a run can be told to have, to prove the checker finds them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    pub store: StoreBugs,
+    /// A step that failed ambiguously is not compensated (saga-core, `sim-bugs` builds only).
+    pub skip_ambiguous_compensation: bool,
+}
+
+/// How long a run may take, in simulated time, before an unfinished saga is a violation.
+pub const RUN_LIMIT_MS: u64 = 30 * 60 * 1000;
+
+/// What one run did.
+#[derive(Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    pub sagas: usize,
+    pub participant_requests: usize,
+    pub journal_entries: usize,
+    /// Simulated time the run took.
+    pub simulated_ms: u64,
+    pub violations: Vec<Violation>,
+    /// The whole run as text: the scenario, then every write and request in order. Two runs of
+    /// one seed give the same text.
+    pub trace: String,
+}
+
+impl RunReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// A readable account of a failing run: the scenario, the violations, and the timeline of
+    /// each saga involved.
+    pub fn explain(&self) -> String {
+        let mut text = String::new();
+        for violation in &self.violations {
+            text.push_str(&format!("VIOLATION {}: {}\n", violation.guarantee, violation.detail));
+        }
+        text.push_str(&self.trace);
+        text
+    }
+}
+
+/// Runs `seed` to its end on a fresh single-threaded runtime with paused time.
+pub fn run_seed(seed: u64, bugs: Bugs) -> anyhow::Result<RunReport> {
+    if bugs.skip_ambiguous_compensation && !saga_core::bugs::set_skip_ambiguous_compensation(true) {
+        anyhow::bail!("this build has no bug switches in saga-core: build with `--features bugs`");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?;
+    let report = runtime.block_on(Run::new(seed, bugs).play());
+    // Tasks of dead instances never finish: dropping the runtime drops them.
+    drop(runtime);
+    saga_core::bugs::set_skip_ambiguous_compensation(false);
+    Ok(report)
+}
+
+/// One instance slot: the running process, if any, and its link.
+struct Slot {
+    handle: Option<InstanceHandle>,
+    link: Link,
+    generation: u32,
+}
+
+struct Run {
+    scenario: Scenario,
+    dice: Dice,
+    store: Arc<MemoryStore>,
+    clock: Arc<SimClock>,
+    participants: Arc<Participants>,
+    faults: Arc<CommitFaults>,
+    calm: Arc<AtomicBool>,
+    definitions: Vec<(i32, Definition)>,
+    slots: Vec<Slot>,
+    /// Saga ids in scenario order.
+    ids: Vec<Uuid>,
+    violations: Arc<Mutex<Vec<Violation>>>,
+}
+
+impl Run {
+    fn new(seed: u64, bugs: Bugs) -> Run {
+        let dice = Dice::new(seed);
+        let scenario = Scenario::generate(seed, &dice);
+        let sequencer = Sequencer::default();
+        let store = Arc::new(MemoryStore::new(sequencer.clone(), bugs.store));
+        let clock = Arc::new(SimClock::new());
+        let calm = Arc::new(AtomicBool::new(false));
+        let participants = Arc::new(Participants {
+            ledger: Mutex::default(),
+            misbehaviour: scenario.participants.clone(),
+            dice: dice.clone(),
+            calm: calm.clone(),
+            sequencer,
+            store: store.clone(),
+            clock: clock.clone(),
+        });
+        let faults = Arc::new(CommitFaults {
+            fail_before: scenario.commit_fail_before,
+            fail_after: scenario.commit_fail_after,
+            delay: scenario.commit_delay,
+            calm: calm.clone(),
+        });
+        Run {
+            scenario,
+            dice,
+            store,
+            clock,
+            participants,
+            faults,
+            calm,
+            definitions: Vec::new(),
+            slots: Vec::new(),
+            ids: Vec::new(),
+            violations: Arc::default(),
+        }
+    }
+
+    async fn play(mut self) -> RunReport {
+        if let Err(message) = self.define().await {
+            return self.report(vec![Violation::new("scenario", message)]);
+        }
+        for index in 0..self.scenario.instances {
+            let link = Link::new();
+            self.slots.push(Slot { handle: None, link, generation: 0 });
+            self.start(index);
+        }
+        let mut schedule = self.schedule();
+        schedule.sort_by_key(|(at_ms, order, _)| (*at_ms, *order));
+        let mut tasks = tokio::task::JoinSet::new();
+        let verbose = std::env::var_os("SIM_TRACE").is_some();
+        for (at_ms, _, step) in schedule {
+            self.sleep_until(at_ms).await;
+            if verbose {
+                eprintln!("{:>8} ms {step:?}", self.clock.elapsed_ms());
+            }
+            self.act(step, &mut tasks).await;
+        }
+        self.sleep_until(self.scenario.calm_at_ms).await;
+        self.calm_down();
+        let all_ended = self.wait_for_the_end().await;
+        for slot in &mut self.slots {
+            if let Some(handle) = slot.handle.take() {
+                handle.shutdown().await;
+            }
+        }
+        tasks.abort_all();
+        let mut violations = std::mem::take(&mut *self.violations.lock().unwrap_or_else(|p| p.into_inner()));
+        if !all_ended {
+            violations.push(Violation::new(
+                "every saga ends",
+                format!("sagas still unfinished after {} s of simulated time", RUN_LIMIT_MS / 1000),
+            ));
+        }
+        self.report(violations)
+    }
+
+    async fn define(&mut self) -> Result<(), String> {
+        let names: Vec<&str> = saga_runtime::CORE_BUILTINS.to_vec();
+        for plan in &self.scenario.definitions {
+            let put = self.store.definition_put(&plan.name, &plan.document, self.clock_now()).await;
+            let version = put.map_err(|e| format!("definition {}: {e}", plan.name))?.record.version;
+            let definition = saga_core::validate_definition(&plan.name, &plan.document, &names)
+                .map_err(|errors| format!("definition {} is invalid: {errors:?}", plan.name))?;
+            self.definitions.push((version, definition));
+        }
+        Ok(())
+    }
+
+    fn clock_now(&self) -> i64 {
+        saga_runtime::Clock::now_ms(self.clock.as_ref())
+    }
+
+    async fn sleep_until(&self, at_ms: u64) {
+        let now = self.clock.elapsed_ms();
+        if at_ms > now {
+            tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
+        }
+    }
+
+    /// Starts a new process in slot `index`.
+    fn start(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        slot.generation += 1;
+        slot.link = Link::new();
+        let worker_id = format!("w{index}.{}", slot.generation);
+        let store: Arc<dyn EngineStore> = Arc::new(SimStore {
+            inner: self.store.clone(),
+            link: slot.link.clone(),
+            dice: self.dice.clone(),
+            faults: self.faults.clone(),
+        });
+        let network = Arc::new(Network { participants: self.participants.clone(), link: slot.link.clone() });
+        let builtins = BuiltinRegistry::with_core();
+        let names = builtins.names().into_iter().map(str::to_string).collect();
+        let executors = Executors::new(builtins).with_http_transport(network);
+        let definitions = Arc::new(DefinitionCache::new(store.clone(), names));
+        let mut config = InstanceConfig::new(worker_id);
+        config.concurrency = self.dice.between(2, 16) as u32;
+        config.lease_ttl_ms = self.scenario.lease_ttl_ms;
+        config.poll_interval_ms = 500;
+        config.seed = Some(self.dice.between(0, u64::MAX - 1));
+        config.shutdown_grace_ms = 2_000;
+        let instance = Instance::new(store, self.clock.clone(), executors, definitions, config, TerminalHub::default());
+        slot.handle = Some(instance.start());
+    }
+
+    /// Everything the scenario makes happen, with its time and a tie-breaker.
+    fn schedule(&self) -> Vec<(u64, usize, Step)> {
+        let mut schedule = Vec::new();
+        for (n, saga) in self.scenario.sagas.iter().enumerate() {
+            schedule.push((saga.at_ms, schedule.len(), Step::Create(n)));
+            if let Some(at_ms) = saga.cancel_at_ms {
+                schedule.push((at_ms, schedule.len(), Step::Cancel(n)));
+            }
+            for at_ms in &saga.signals_at_ms {
+                schedule.push((*at_ms, schedule.len(), Step::Signal(n)));
+            }
+        }
+        for fault in &self.scenario.faults {
+            schedule.push((fault.at_ms, schedule.len(), Step::Fault(fault.instance, fault.fault)));
+        }
+        schedule
+    }
+
+    async fn act(&mut self, step: Step, tasks: &mut tokio::task::JoinSet<()>) {
+        match step {
+            Step::Create(n) => {
+                let (params, intake) = self.create(n);
+                self.ids.push(params.id);
+                tasks.spawn(async move {
+                    // A create that fails (its instance died) is simply not there: the checker
+                    // only judges sagas the store holds.
+                    let _ = intake.create(params).await;
+                });
+            }
+            Step::Cancel(n) => {
+                if let Some(id) = self.ids.get(n).copied() {
+                    let _ = self.store.saga_cancel_request(id, self.clock_now()).await;
+                }
+            }
+            Step::Signal(n) => {
+                if let Some(id) = self.ids.get(n).copied() {
+                    let _ = self.store.signal_send(id, "go", &json!({"n": n}), self.clock_now()).await;
+                }
+            }
+            Step::Fault(index, fault) => self.fault(index, fault, tasks).await,
+        }
+    }
+
+    /// Saga `n`'s create and the intake it goes through.
+    fn create(&self, n: usize) -> (SagaCreate, Intake) {
+        let plan = &self.scenario.sagas[n];
+        let (version, definition) = &self.definitions[plan.definition];
+        let now_ms = self.clock_now();
+        let id = uuid::Builder::from_unix_timestamp_millis(now_ms as u64, &self.dice.bytes::<10>()).into_uuid();
+        let params = SagaCreate {
+            id,
+            concurrency: definition.concurrency.as_ref().map(|c| (plan.key.clone(), c.limit)),
+            ..SagaCreate::new(
+                &definition.name,
+                *version,
+                json!({"n": n, "key": plan.key}),
+                SagaState::started(definition, now_ms),
+                now_ms,
+            )
+        };
+        let live = self.slots.iter().filter_map(|s| s.handle.as_ref()).collect::<Vec<_>>();
+        let intake = match live.get(self.dice.between(0, live.len().max(1) as u64 - 1) as usize) {
+            Some(handle) if plan.through_intake => handle.intake(),
+            _ => Intake::without_instance(self.store.clone()),
+        };
+        (params, intake)
+    }
+
+    async fn fault(&mut self, index: usize, fault: InstanceFault, tasks: &mut tokio::task::JoinSet<()>) {
+        if self.slots[index].handle.is_none() {
+            return;
+        }
+        match fault {
+            InstanceFault::Crash { restart_after_ms } => {
+                self.crash(index);
+                tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
+                self.start(index);
+            }
+            InstanceFault::Pause { for_ms } => {
+                let link = self.slots[index].link.clone();
+                link.set(LinkState::Paused);
+                tasks.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(for_ms)).await;
+                    if link.state() == LinkState::Paused {
+                        link.set(LinkState::Up);
+                    }
+                });
+            }
+            InstanceFault::Restart => {
+                let worker_id = format!("w{index}.{}", self.slots[index].generation);
+                self.slots[index].link.set(LinkState::Up);
+                if let Some(handle) = self.slots[index].handle.take() {
+                    handle.shutdown().await;
+                }
+                self.check_handed_back(&worker_id);
+                self.start(index);
+            }
+        }
+    }
+
+    fn crash(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        slot.link.set(LinkState::Dead);
+        // Its tasks live on, but nothing they send arrives: the process is gone.
+        drop(slot.handle.take());
+    }
+
+    /// A graceful stop hands every lease back (API.md §1): none may stay with the stopped worker.
+    fn check_handed_back(&self, worker_id: &str) {
+        let kept: Vec<Uuid> = self
+            .store
+            .sagas()
+            .into_iter()
+            .filter(|s| s.lease_owner.as_deref() == Some(worker_id))
+            .map(|s| s.id)
+            .collect();
+        if !kept.is_empty() {
+            let detail = format!("{worker_id} stopped gracefully but still holds the leases of {kept:?}");
+            self.violations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Violation::new("leases handed back", detail));
+        }
+    }
+
+    /// Faults stop: every process is up (a dead one restarted), participants and commits behave.
+    fn calm_down(&mut self) {
+        self.calm.store(true, Ordering::SeqCst);
+        for index in 0..self.slots.len() {
+            match self.slots[index].link.state() {
+                LinkState::Dead => self.start(index),
+                LinkState::Paused => self.slots[index].link.set(LinkState::Up),
+                LinkState::Up if self.slots[index].handle.is_none() => self.start(index),
+                LinkState::Up => {}
+            }
+        }
+    }
+
+    /// Waits (in simulated time) until every saga has ended; false if the limit passed first.
+    async fn wait_for_the_end(&self) -> bool {
+        let deadline = self.clock.elapsed_ms() + RUN_LIMIT_MS;
+        while self.clock.elapsed_ms() < deadline {
+            if self.store.sagas().iter().all(|s| s.status.is_terminal()) {
+                return true;
+            }
+            if std::env::var_os("SIM_TRACE").is_some() {
+                let open: Vec<String> = self
+                    .store
+                    .sagas()
+                    .iter()
+                    .filter(|s| !s.status.is_terminal())
+                    .map(|s| {
+                        format!(
+                            "{} {} {:?} run_at {}",
+                            s.id,
+                            s.status.as_str(),
+                            s.lease_owner,
+                            s.run_at_ms - crate::world::EPOCH_MS
+                        )
+                    })
+                    .collect();
+                eprintln!("{:>8} ms waiting for {open:?}", self.clock.elapsed_ms());
+            }
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+        }
+        false
+    }
+
+    fn report(&self, mut violations: Vec<Violation>) -> RunReport {
+        let ledger = self.participants.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let observation = Observation {
+            scenario: &self.scenario,
+            journal: self.store.journal(),
+            sagas: self.store.sagas().into_iter().map(|s| (s.id, s)).collect::<BTreeMap<_, _>>(),
+            effects: &ledger.effects,
+            requests: &ledger.requests,
+        };
+        violations.extend(checker::check(&observation));
+        RunReport {
+            seed: self.scenario.seed,
+            sagas: observation.sagas.len(),
+            participant_requests: ledger.requests.len(),
+            journal_entries: observation.journal.len(),
+            simulated_ms: self.clock.elapsed_ms(),
+            trace: checker::timeline(&observation, &violations),
+            violations,
+        }
+    }
+}
+
+/// One scheduled happening.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Create(usize),
+    Cancel(usize),
+    Signal(usize),
+    Fault(usize, InstanceFault),
+}

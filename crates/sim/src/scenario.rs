@@ -1,0 +1,304 @@
+//! What one seed asks for: the definitions, the sagas and when they start, the cancels and
+//! signals, the instances and what happens to them, and how often each part misbehaves. Every
+//! field comes from the seed's [`Dice`], in a fixed order, so a seed always means one scenario.
+
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// The seed's random numbers, shared by everything in a run. A single-threaded runtime with
+/// paused time polls tasks in one order on every run, so the draws come in one order too.
+#[derive(Clone)]
+pub struct Dice(Arc<Mutex<StdRng>>);
+
+impl Dice {
+    pub fn new(seed: u64) -> Self {
+        Dice(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        match self.0.lock() {
+            Ok(mut rng) => f(&mut rng),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&self, p: f64) -> bool {
+        p > 0.0 && self.with(|rng| rng.random::<f64>() < p)
+    }
+
+    /// A number in `low..=high`.
+    pub fn between(&self, low: u64, high: u64) -> u64 {
+        if high <= low {
+            return low;
+        }
+        self.with(|rng| rng.random_range(low..=high))
+    }
+
+    pub fn bytes<const N: usize>(&self) -> [u8; N] {
+        self.with(|rng| {
+            let mut bytes = [0u8; N];
+            rng.fill(&mut bytes[..]);
+            bytes
+        })
+    }
+}
+
+/// The participants a definition's steps talk to.
+pub const PARTICIPANTS: u64 = 3;
+
+/// One step as the scenario made it (the checker's view of the definition).
+#[derive(Clone, Debug)]
+pub struct StepPlan {
+    pub name: String,
+    /// `p0`, `p1`, …; None for a signal step.
+    pub participant: Option<String>,
+    pub compensated: bool,
+    pub is_async: bool,
+    pub pivot: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct DefinitionPlan {
+    pub name: String,
+    pub document: Value,
+    pub steps: Vec<StepPlan>,
+    /// `concurrency.limit` when the definition has a key.
+    pub concurrency_limit: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SagaPlan {
+    pub definition: usize,
+    pub at_ms: u64,
+    pub key: String,
+    /// Created through an instance's intake (leased to it when it has room) or left due for
+    /// any instance's claim.
+    pub through_intake: bool,
+    pub cancel_at_ms: Option<u64>,
+    pub signals_at_ms: Vec<u64>,
+}
+
+/// Something that happens to an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceFault {
+    /// The process dies (nothing it does reaches anyone any more) and a new one starts `restart_after_ms` later.
+    Crash { restart_after_ms: u64 },
+    /// It stops for this long (a GC pause, a frozen VM) and wakes as a possible zombie.
+    Pause { for_ms: u64 },
+    /// SIGTERM: it hands everything back, then a new one starts.
+    Restart,
+}
+
+#[derive(Clone, Debug)]
+pub struct FaultPlan {
+    pub at_ms: u64,
+    pub instance: usize,
+    pub fault: InstanceFault,
+}
+
+/// How often one participant misbehaves (per request, while the run is not calm).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Misbehaviour {
+    /// The first request for an effect is refused (a definite 4xx; the participant did nothing).
+    pub refuse: f64,
+    /// No answer: the connection fails before the request arrives.
+    pub unreachable: f64,
+    /// 503 before doing anything.
+    pub fail_before: f64,
+    /// Does the work, then answers 503 (ambiguous).
+    pub fail_after: f64,
+    /// Does the work and answers only after the attempt timed out.
+    pub hang: f64,
+    /// Does the work and answers late, within the timeout.
+    pub slow: f64,
+    /// A compensation is refused (definite): the saga ends FAILED for an operator.
+    pub refuse_compensation: f64,
+    /// An async participant calls back twice.
+    pub callback_twice: f64,
+    /// An async participant never calls back.
+    pub callback_never: f64,
+    /// An async participant reports a definite failure.
+    pub callback_fails: f64,
+    /// An async participant reports a retryable failure.
+    pub callback_retryable: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub seed: u64,
+    pub instances: usize,
+    pub lease_ttl_ms: i64,
+    pub definitions: Vec<DefinitionPlan>,
+    pub sagas: Vec<SagaPlan>,
+    pub faults: Vec<FaultPlan>,
+    pub participants: Vec<Misbehaviour>,
+    /// Per commit batch: fails before it is written, is written but its answer is lost, is delayed.
+    pub commit_fail_before: f64,
+    pub commit_fail_after: f64,
+    pub commit_delay: f64,
+    /// Faults stop here; afterwards everything behaves until every saga has ended.
+    pub calm_at_ms: u64,
+}
+
+impl Scenario {
+    /// The scenario of `seed`.
+    pub fn generate(seed: u64, dice: &Dice) -> Scenario {
+        let instances = dice.between(1, 3) as usize;
+        let lease_ttl_ms = [1_500, 3_000, 6_000][dice.between(0, 2) as usize];
+        let definitions = (0..dice.between(1, 3)).map(|n| definition(dice, n)).collect::<Vec<_>>();
+        let calm_at_ms = dice.between(10_000, 30_000);
+        let sagas = (0..dice.between(3, 24))
+            .map(|_| {
+                let definition = dice.between(0, definitions.len() as u64 - 1) as usize;
+                let at_ms = dice.between(0, calm_at_ms / 2);
+                let has_signal = definitions[definition].steps.iter().any(|s| s.participant.is_none());
+                SagaPlan {
+                    definition,
+                    at_ms,
+                    key: format!("k{}", dice.between(0, 2)),
+                    through_intake: dice.chance(0.7),
+                    cancel_at_ms: dice.chance(0.12).then(|| at_ms + dice.between(0, 8_000)),
+                    signals_at_ms: if has_signal {
+                        (0..dice.between(0, 2)).map(|_| at_ms + dice.between(0, 6_000)).collect()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect();
+        let faults = (0..dice.between(0, 4))
+            .map(|_| {
+                let fault = match dice.between(0, 2) {
+                    0 => InstanceFault::Crash { restart_after_ms: dice.between(0, 5_000) },
+                    1 => InstanceFault::Pause { for_ms: dice.between(100, 3 * lease_ttl_ms as u64) },
+                    _ => InstanceFault::Restart,
+                };
+                FaultPlan {
+                    at_ms: dice.between(0, calm_at_ms),
+                    instance: dice.between(0, instances as u64 - 1) as usize,
+                    fault,
+                }
+            })
+            .collect();
+        let participants = (0..PARTICIPANTS).map(|_| misbehaviour(dice)).collect();
+        Scenario {
+            seed,
+            instances,
+            lease_ttl_ms,
+            definitions,
+            sagas,
+            faults,
+            participants,
+            commit_fail_before: dice.between(0, 5) as f64 / 100.0,
+            commit_fail_after: dice.between(0, 3) as f64 / 100.0,
+            commit_delay: dice.between(0, 10) as f64 / 100.0,
+            calm_at_ms,
+        }
+    }
+
+    /// One line per part, for a failing run's report.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "seed {}: {} instance(s), lease ttl {} ms, {} saga(s), calm at {} ms, commits fail {:.2}/{:.2} (before/after), delayed {:.2}\n",
+            self.seed,
+            self.instances,
+            self.lease_ttl_ms,
+            self.sagas.len(),
+            self.calm_at_ms,
+            self.commit_fail_before,
+            self.commit_fail_after,
+            self.commit_delay
+        );
+        for definition in &self.definitions {
+            text.push_str(&format!("  definition {}: {}\n", definition.name, definition.document));
+        }
+        for fault in &self.faults {
+            text.push_str(&format!("  at {} ms instance {}: {:?}\n", fault.at_ms, fault.instance, fault.fault));
+        }
+        for (n, participant) in self.participants.iter().enumerate() {
+            text.push_str(&format!("  p{n}: {participant:?}\n"));
+        }
+        text
+    }
+}
+
+fn percent(dice: &Dice, max: u64) -> f64 {
+    dice.between(0, max) as f64 / 100.0
+}
+
+fn misbehaviour(dice: &Dice) -> Misbehaviour {
+    Misbehaviour {
+        refuse: percent(dice, 10),
+        unreachable: percent(dice, 5),
+        fail_before: percent(dice, 20),
+        fail_after: percent(dice, 10),
+        hang: percent(dice, 8),
+        slow: percent(dice, 20),
+        refuse_compensation: percent(dice, 2),
+        callback_twice: percent(dice, 20),
+        callback_never: percent(dice, 10),
+        callback_fails: percent(dice, 10),
+        callback_retryable: percent(dice, 10),
+    }
+}
+
+fn definition(dice: &Dice, n: u64) -> DefinitionPlan {
+    let name = format!("sim{n}");
+    let count = dice.between(1, 4);
+    let pivot_at = dice.chance(0.25).then(|| dice.between(0, count - 1));
+    let mut steps = Vec::new();
+    let mut documents = Vec::new();
+    for index in 0..count {
+        let step_name = format!("s{index}");
+        let pivot = pivot_at == Some(index);
+        if dice.chance(0.1) && !pivot {
+            let timeout_ms = dice.between(1_000, 6_000);
+            documents.push(
+                json!({"name": step_name, "action": {"signal": {"name": "go", "timeout": format!("{timeout_ms}ms")}}}),
+            );
+            steps.push(StepPlan { name: step_name, participant: None, compensated: false, is_async: false, pivot });
+            continue;
+        }
+        let participant = format!("p{}", dice.between(0, PARTICIPANTS - 1));
+        let is_async = dice.chance(0.2);
+        let compensated = dice.chance(0.85);
+        let mut action =
+            json!({"method": "POST", "url": format!("http://{participant}/act"), "body": {"n": "{{ input.n }}"}});
+        if is_async {
+            action["async"] = json!(true);
+        }
+        let mut document = json!({
+            "name": step_name,
+            "action": {"http": action},
+            "timeout": format!("{}ms", dice.between(300, 2_000)),
+            "retry": {"max_attempts": dice.between(1, 4), "initial_interval": format!("{}ms", dice.between(50, 1_000)), "multiplier": 2.0, "jitter": 0.2},
+        });
+        if compensated {
+            document["compensation"] = json!({"http": {"method": "POST", "url": format!("http://{participant}/undo")}});
+            document["compensation_retry"] =
+                json!({"max_attempts": 30, "initial_interval": "100ms", "multiplier": 2.0, "max_interval": "2s"});
+        }
+        if is_async {
+            document["heartbeat_timeout"] = json!(format!("{}ms", dice.between(500, 4_000)));
+        }
+        if pivot {
+            document["pivot"] = json!(true);
+        }
+        documents.push(document);
+        steps.push(StepPlan { name: step_name, participant: Some(participant), compensated, is_async, pivot });
+    }
+    let mut document = json!({"name": name, "steps": documents});
+    let concurrency_limit = dice.chance(0.3).then(|| dice.between(1, 2) as u32);
+    if let Some(limit) = concurrency_limit {
+        document["concurrency"] = json!({"key": "{{ input.key }}", "limit": limit});
+    }
+    if dice.chance(0.2) {
+        document["timeout"] = json!(format!("{}ms", dice.between(5_000, 40_000)));
+        document["on_timeout"] = json!(if dice.chance(0.5) { "compensate" } else { "fail" });
+    }
+    DefinitionPlan { name, document, steps, concurrency_limit }
+}
