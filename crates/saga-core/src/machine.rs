@@ -144,6 +144,19 @@ pub struct SagaState {
     /// Buffered signals already used as a step's output (their store ids).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumed_signals: Vec<i64>,
+    /// The fencing token of the driver whose commit wrote this state (0 before any). A driver
+    /// holding a token more than one above it was preceded by one that stopped without writing
+    /// anything, which may have sent the next action first (see [`Self::assume_attempt_in_flight`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub written_by_token: i64,
+    /// The driver that wrote this state kept the saga to run its next step: that step may have
+    /// been sent before the driver stopped, with no result written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writer_kept_lease: bool,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 /// A step attempt waiting for something outside the engine.
@@ -331,6 +344,8 @@ impl SagaState {
             deadline_at_ms: None,
             cancel_requested_at_ms: None,
             consumed_signals: Vec::new(),
+            written_by_token: 0,
+            writer_kept_lease: false,
         }
     }
 
@@ -733,6 +748,29 @@ impl SagaState {
             self.stop_forward(definition, ErrorKind::Cancelled, "cancelled by request".into(), now_ms, &mut transition);
         }
         transition
+    }
+
+    /// A driver that is about to stop the saga (a cancel, the deadline) right after taking it
+    /// from one that may have been running its next step ([`Self::next_step_may_be_running`])
+    /// cannot know whether that one had sent the action already: the step counts as started, so stopping now compensates it — a crash
+    /// mid-step is an ambiguous failure (API.md §5). Without this, a first attempt that went
+    /// out just before a crash was never compensated (found by the simulator, seed 32).
+    /// Whether a driver now holding `fencing_token` may have been preceded by one that sent the
+    /// next action and stopped before writing its result: the last writer kept the saga to go
+    /// on, or some driver held it after the last write and wrote nothing.
+    pub fn next_step_may_be_running(&self, fencing_token: i64) -> bool {
+        self.writer_kept_lease || fencing_token > self.written_by_token + 1
+    }
+
+    pub fn assume_attempt_in_flight(&mut self) {
+        if self.wait.is_some() || !matches!(self.status, SagaStatus::Pending | SagaStatus::Executing) {
+            return;
+        }
+        if let Next::RunAction { step, .. } = self.next() {
+            if self.steps[step].status == StepStatus::Pending {
+                self.steps[step].status = StepStatus::Executing;
+            }
+        }
     }
 
     /// Acts on the saga deadline once `now_ms` has reached it. `on_timeout: compensate` stops

@@ -12,7 +12,7 @@
 //! not wait for that: the heartbeat reports cancel requests on held sagas, and the attempt is
 //! interrupted (an ambiguous failure, compensated with the rest).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use saga_core::template::TemplateContext;
@@ -26,7 +26,7 @@ use crate::executor::{AttemptContext, AttemptResult};
 use crate::metrics_names::{
     SAGA_DURATION_SECONDS, SAGA_LEASE_TAKEOVER_TOTAL, SAGA_RETRY_TOTAL, SAGA_STEP_DURATION_SECONDS, SAGA_TOTAL,
 };
-use crate::shared::Shared;
+use crate::shared::{LeaseState, Shared};
 
 /// How long a saga waits before another try when its definition cannot be loaded.
 const DEFINITION_RETRY_MS: i64 = 60_000;
@@ -34,7 +34,7 @@ const DEFINITION_RETRY_MS: i64 = 60_000;
 pub(crate) async fn drive(
     shared: Arc<Shared>,
     claimed: Claimed,
-    lost: Arc<AtomicBool>,
+    lease: Arc<LeaseState>,
     mut cancelled: watch::Receiver<Option<i64>>,
 ) {
     let record = &claimed.record;
@@ -47,14 +47,14 @@ pub(crate) async fn drive(
         token = record.fencing_token,
     );
     let id = record.id;
-    drive_inner(&shared, &claimed, &lost, &mut cancelled).instrument(span).await;
-    shared.forget_lease(id);
+    drive_inner(&shared, &claimed, &lease, &mut cancelled).instrument(span).await;
+    shared.forget_lease(id, claimed.record.fencing_token);
 }
 
 async fn drive_inner(
     shared: &Shared,
     claimed: &Claimed,
-    lost: &AtomicBool,
+    lease: &LeaseState,
     cancelled: &mut watch::Receiver<Option<i64>>,
 ) {
     let record = &claimed.record;
@@ -95,11 +95,17 @@ async fn drive_inner(
         }
     };
     let mut state: SagaState = record.state.clone();
+    let now_ms = shared.clock.now_ms();
+    let stopping = record.cancel_requested_at_ms.is_some() || state.deadline_at_ms.is_some_and(|d| d <= now_ms);
+    if stopping && state.next_step_may_be_running(record.fencing_token) {
+        state.assume_attempt_in_flight();
+    }
     // A cancel requested while no driver held the saga (a pending retry, a wait, not started).
     if let Some(at_ms) = record.cancel_requested_at_ms {
         let wait_before = state.wait.clone();
         pending.extend(state.cancel(&definition, at_ms, shared.clock.now_ms(), false).events);
         if !retire_abandoned_callback(shared, record, &definition, wait_before.as_ref(), &state).await {
+            shared.hand_back_unsettled(lease_of(claimed));
             return;
         }
     }
@@ -111,8 +117,11 @@ async fn drive_inner(
         vars: shared.config.vars.clone(),
     };
     loop {
-        if lost.load(Ordering::SeqCst) {
-            tracing::warn!("lease lost; another instance drives this saga now");
+        if !lease.usable(shared.clock.now_ms()) {
+            tracing::warn!("lease lost or expired; another driver takes this saga over");
+            // Expired here, maybe renewed in the store meanwhile: give it up (fenced on the
+            // token, so this changes nothing once another driver has claimed the saga).
+            shared.hand_back_unsettled(lease_of(claimed));
             return;
         }
         if shared.shutting_down.load(Ordering::SeqCst) {
@@ -122,6 +131,7 @@ async fn drive_inner(
         let wait_before = state.wait.clone();
         pending.extend(state.expire(&definition, shared.clock.now_ms()).events);
         if !retire_abandoned_callback(shared, record, &definition, wait_before.as_ref(), &state).await {
+            shared.hand_back_unsettled(lease_of(claimed));
             return;
         }
         let (phase, index, attempt) = match state.next() {
@@ -162,7 +172,10 @@ async fn drive_inner(
             settled => (settled, None),
         };
         let (mut events, mut release_until) = match settled {
-            Settled::Stop | Settled::Interrupted { .. } => return,
+            Settled::Stop | Settled::Interrupted { .. } => {
+                shared.hand_back_unsettled(lease_of(claimed));
+                return;
+            }
             Settled::Wait { kind, until_ms } => {
                 let transition = match state.begin_wait(&definition, kind, started_ms, until_ms) {
                     Ok(t) => t,
@@ -385,6 +398,7 @@ async fn settle(
         timeout_ms,
         callback_url: None,
         traceparent: None,
+        fencing_token: record.fencing_token,
     };
     if is_async {
         let token = callback_token();
@@ -549,7 +563,9 @@ async fn commit(
     mut release_until: Option<i64>,
 ) -> Option<(i64, Option<i64>)> {
     // A second CancelRequested cannot happen once the state carries the request.
+    state.written_by_token = claimed.record.fencing_token;
     for _ in 0..2 {
+        state.writer_kept_lease = release_until.is_none() && !state.status.is_terminal();
         let now_ms = shared.clock.now_ms();
         let tenant_change =
             shared.hook.as_ref().and_then(|hook| hook.tenant_change(&claimed.record, definition, state, &events));
@@ -592,13 +608,18 @@ async fn commit(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "commit failed; the lease will expire and the step run again");
+                tracing::error!(error = %e, "commit failed; the lease is handed back and the step run again");
+                shared.hand_back_unsettled(lease_of(claimed));
                 return None;
             }
         }
     }
     tracing::error!("commit refused twice for a cancel request; the lease will expire");
     None
+}
+
+fn lease_of(claimed: &Claimed) -> saga_store::LeaseRef {
+    saga_store::LeaseRef { id: claimed.record.id, fencing_token: claimed.record.fencing_token }
 }
 
 /// The events that end a saga's history.
@@ -614,6 +635,8 @@ async fn hand_back(
 ) {
     let now_ms = shared.clock.now_ms();
     if !pending.is_empty() {
+        state.written_by_token = claimed.record.fencing_token;
+        state.writer_kept_lease = false;
         // What the pending transition means for the tenant travels with it, as in every commit
         // (a cancel or deadline applied just before shutdown may end a tenant saga).
         let tenant_change =

@@ -20,7 +20,7 @@ use crate::executor::Executors;
 use crate::hub::TerminalHub;
 use crate::intake::{Intake, LocalSlots};
 use crate::metrics_names::{SAGA_CLAIMED_TOTAL, SAGA_CLAIM_DURATION_SECONDS, SAGA_IN_FLIGHT};
-use crate::shared::{HeldLease, Shared};
+use crate::shared::{HeldLease, LeaseState, Shared};
 
 /// An orchestrator instance, ready to start.
 pub struct Instance {
@@ -31,7 +31,7 @@ pub struct Instance {
 
 /// A running instance.
 pub struct InstanceHandle {
-    shutdown: watch::Sender<bool>,
+    shutdown: StopSignal,
     task: tokio::task::JoinHandle<()>,
     intake: Intake,
 }
@@ -45,7 +45,7 @@ impl InstanceHandle {
 
     /// Stops claiming, lets drivers finish their current step, hands back leases, and waits.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.ask();
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "instance task failed");
         }
@@ -79,6 +79,7 @@ impl Instance {
             shutting_down: Arc::new(AtomicBool::new(false)),
             hook: None,
             abandoned: Mutex::new(Vec::new()),
+            unsettled: Mutex::new(Vec::new()),
             config,
         });
         Instance { shared, committer_task, creates }
@@ -94,7 +95,8 @@ impl Instance {
 
     /// Starts the claim loop and the heartbeat.
     pub fn start(self) -> InstanceHandle {
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shutdown = StopSignal::default();
+        let shutdown_rx = shutdown.clone();
         let permits = Arc::new(Semaphore::new(self.shared.config.concurrency.max(1) as usize));
         let (sender, handed) = mpsc::unbounded_channel();
         let slots = LocalSlots {
@@ -119,12 +121,13 @@ fn os_seed() -> u64 {
 }
 
 fn spawn_driver(shared: &Arc<Shared>, permit: OwnedSemaphorePermit, drivers: &mut JoinSet<()>, claim: Claimed) {
-    let lost = Arc::new(AtomicBool::new(false));
+    let expires_at_ms = claim.record.lease_expires_at_ms.unwrap_or_else(|| shared.clock.now_ms());
+    let lease_state = Arc::new(LeaseState::new(expires_at_ms));
     let (cancel, cancelled) = watch::channel(None);
     if let Ok(mut held) = shared.held.lock() {
         held.insert(
             claim.record.id,
-            HeldLease { fencing_token: claim.record.fencing_token, lost: lost.clone(), cancel },
+            HeldLease { fencing_token: claim.record.fencing_token, state: lease_state.clone(), cancel },
         );
     }
     metrics::gauge!(SAGA_IN_FLIGHT).increment(1.0);
@@ -132,7 +135,7 @@ fn spawn_driver(shared: &Arc<Shared>, permit: OwnedSemaphorePermit, drivers: &mu
     drivers.spawn(async move {
         let lease = LeaseRef { id: claim.record.id, fencing_token: claim.record.fencing_token };
         let guard = DriverGuard { shared: shared.clone(), lease, finished: false };
-        crate::driver::drive(shared.clone(), claim, lost, cancelled).await;
+        crate::driver::drive(shared.clone(), claim, lease_state, cancelled).await;
         guard.finish();
         drop(permit);
         shared.wake.notify_one();
@@ -169,7 +172,7 @@ impl Drop for DriverGuard {
             retry_in_ms = ABANDONED_RETRY_MS,
             "the saga's driver stopped abnormally; its lease is given up and the saga driven again later"
         );
-        self.shared.forget_lease(self.lease.id);
+        self.shared.forget_lease(self.lease.id, self.lease.fencing_token);
         if let Ok(mut abandoned) = self.shared.abandoned.lock() {
             abandoned.push(self.lease);
         }
@@ -178,26 +181,33 @@ impl Drop for DriverGuard {
 }
 
 /// Gives up the leases of drivers that stopped abnormally (see [`DriverGuard`]).
+/// Also hands back the leases of drivers that stopped on a store error, due after
+/// [`STORE_ERROR_RETRY_MS`].
 async fn release_abandoned(shared: &Shared) {
-    let leases: Vec<LeaseRef> = match shared.abandoned.lock() {
-        Ok(mut abandoned) => abandoned.drain(..).collect(),
-        Err(_) => return,
-    };
-    if leases.is_empty() {
-        return;
-    }
-    let run_at_ms = shared.clock.now_ms().saturating_add(ABANDONED_RETRY_MS);
-    if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &leases, run_at_ms).await {
-        tracing::warn!(error = %e, sagas = leases.len(), "giving up abandoned leases failed; they will expire");
+    for (list, delay_ms) in [(&shared.abandoned, ABANDONED_RETRY_MS), (&shared.unsettled, STORE_ERROR_RETRY_MS)] {
+        let leases: Vec<LeaseRef> = match list.lock() {
+            Ok(mut leases) => leases.drain(..).collect(),
+            Err(_) => continue,
+        };
+        if leases.is_empty() {
+            continue;
+        }
+        let run_at_ms = shared.clock.now_ms().saturating_add(delay_ms);
+        if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &leases, run_at_ms).await {
+            tracing::warn!(error = %e, sagas = leases.len(), "handing back leases failed; they will expire");
+        }
     }
 }
+
+/// How long a saga whose driver stopped on a store error waits before it is driven again.
+pub const STORE_ERROR_RETRY_MS: i64 = 1_000;
 
 async fn run(
     shared: Arc<Shared>,
     committer_task: tokio::task::JoinHandle<()>,
     permits: Arc<Semaphore>,
     mut handed: mpsc::UnboundedReceiver<(Claimed, OwnedSemaphorePermit)>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: StopSignal,
 ) {
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), shutdown.clone()));
     let mut drivers = JoinSet::new();
@@ -208,7 +218,7 @@ async fn run(
     let mut claim_now = true;
     tracing::info!(worker = %shared.config.worker_id, concurrency = shared.config.concurrency, "instance started");
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_asked() {
             break;
         }
         while drivers.try_join_next().is_some() {}
@@ -284,7 +294,7 @@ async fn run(
                 spawn_driver(&shared, permit, &mut drivers, claim);
                 claim_now = false;
             }
-            _ = shutdown_asked(&mut shutdown) => {}
+            _ = shutdown.asked() => {}
         }
     }
     shared.shutting_down.store(true, Ordering::SeqCst);
@@ -338,29 +348,58 @@ fn next_sleep_ms(shared: &Shared, backoff_ms: u64) -> u64 {
     sleep_ms.max(backoff_ms)
 }
 
-/// Resolves when a shutdown is asked for. A dropped [`InstanceHandle`] can never ask, so then
-/// this never resolves (it resolved at once, in a loop: a dropped handle left the claim loop
-/// claiming and the heartbeat spinning without pause — found by the simulator, which drops the
-/// handle of an instance it crashes).
-async fn shutdown_asked(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.changed().await.is_err() {
-        std::future::pending::<()>().await;
+/// A shutdown request: a flag and a notification. Not a watch channel: a watch wakes its
+/// receivers in a random order, and the simulator must replay a run exactly. A dropped
+/// [`InstanceHandle`] never asks (a closed watch channel used to resolve at once, in a loop: the
+/// claim loop claimed and the heartbeat spun without pause — found by the simulator).
+#[derive(Clone, Default)]
+struct StopSignal(Arc<StopState>);
+
+#[derive(Default)]
+struct StopState {
+    asked: AtomicBool,
+    notify: Notify,
+}
+
+impl StopSignal {
+    fn ask(&self) {
+        self.0.asked.store(true, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    fn is_asked(&self) -> bool {
+        self.0.asked.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a shutdown is asked for.
+    async fn asked(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_asked() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
 /// Renews every held lease in one statement, every third of the TTL — sooner again after a
 /// failed renewal, so one failure (a deadlock the store could not retry away, a slow moment)
 /// never costs a healthy driver its saga. Also passes cancel requests on to their drivers.
-async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn heartbeat(shared: Arc<Shared>, shutdown: StopSignal) {
     let interval = Duration::from_millis((shared.config.lease_ttl_ms / 3).max(10) as u64);
     let mut wait = interval;
     loop {
+        // Once asked, the heartbeat goes on at its pace until the drivers have drained.
+        let asked = shutdown.is_asked();
         tokio::select! {
             biased;
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown_asked(&mut shutdown) => {}
+            _ = shutdown.asked(), if !asked => {}
         }
-        if *shutdown.borrow() && shared.held.lock().map(|h| h.is_empty()).unwrap_or(true) {
+        if shutdown.is_asked() && shared.held.lock().map(|h| h.is_empty()).unwrap_or(true) {
             return;
         }
         let leases: Vec<LeaseRef> = match shared.held.lock() {
@@ -368,7 +407,7 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             Err(_) => return,
         };
         if leases.is_empty() {
-            if *shutdown.borrow() {
+            if shutdown.is_asked() {
                 return;
             }
             continue;
@@ -378,10 +417,20 @@ async fn heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             Ok(renewal) => {
                 wait = interval;
                 let Ok(held) = shared.held.lock() else { return };
+                for lease in &leases {
+                    match held.get(&lease.id) {
+                        Some(held)
+                            if held.fencing_token == lease.fencing_token && !renewal.lost.contains(&lease.id) =>
+                        {
+                            held.state.expires_at_ms.store(now + shared.config.lease_ttl_ms, Ordering::SeqCst);
+                        }
+                        _ => {}
+                    }
+                }
                 for id in renewal.lost {
                     if let Some(lease) = held.get(&id) {
                         tracing::warn!(saga_id = %id, "lease lost; stopping its driver");
-                        lease.lost.store(true, Ordering::SeqCst);
+                        lease.state.lost.store(true, Ordering::SeqCst);
                     }
                 }
                 for (id, at_ms) in renewal.cancel_requested {

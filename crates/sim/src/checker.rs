@@ -21,7 +21,7 @@ use saga_store::SagaRecord;
 use uuid::Uuid;
 
 use crate::memory::{JournalEntry, JournalKind};
-use crate::scenario::Scenario;
+use crate::scenario::{DefinitionPlan, Scenario};
 use crate::world::{Effect, Request};
 
 /// One broken guarantee.
@@ -142,10 +142,22 @@ fn check_fencing(observation: &Observation<'_>, saga_id: Uuid, violations: &mut 
     }
 }
 
-/// The first request of each (step, phase) for a saga, by journal number.
+/// A request from a driver that had been superseded when it arrived: a claim with a higher
+/// token came before it. Such a zombie's request cannot be prevented (it was on its way, or
+/// the driver was paused between deciding and sending); the engine's guarantees about the order
+/// of its decisions are judged on the live drivers' requests, while every effect, a zombie's
+/// included, must still be covered.
+fn stale(observation: &Observation<'_>, request: &Request) -> bool {
+    observation.journal.iter().take_while(|e| e.seq < request.seq).any(|e| {
+        e.saga_id == request.saga_id
+            && matches!(e.kind, JournalKind::Claimed { fencing_token, .. } if fencing_token > request.fencing_token)
+    })
+}
+
+/// The first live request of each (step, phase) for a saga, by journal number.
 fn first_requests(observation: &Observation<'_>, saga_id: Uuid) -> BTreeMap<(String, bool), u64> {
     let mut first = BTreeMap::new();
-    for request in observation.requests.iter().filter(|r| r.saga_id == saga_id) {
+    for request in observation.requests.iter().filter(|r| r.saga_id == saga_id && !stale(observation, r)) {
         first.entry((request.step.clone(), request.phase == Phase::Compensation)).or_insert(request.seq);
     }
     first
@@ -180,14 +192,16 @@ fn check_effects(observation: &Observation<'_>, saga: &SagaRecord, violations: &
             _ => {}
         }
         if let Some(sent) = compensation_sent {
-            if effect.refused && effect.applied_seq.is_none() {
+            if last_failure_definite(observation, saga.id, &step.name) {
                 violations.push(Violation::of(
                     saga.id,
                     "compensation covers exactly what happened",
-                    format!("step {} was refused definitely, yet compensated", step.name),
+                    format!("step {} failed definitely, yet it was compensated", step.name),
                 ));
             }
-            if action_sent.is_none_or(|action| action > sent) {
+            // Before any action request only for the step a stopped driver may have been running
+            // (the engine assumes it did, and compensates it).
+            if action_sent.is_none_or(|action| action > sent) && !assumed_in_flight(observation, saga.id, plan, index) {
                 violations.push(Violation::of(
                     saga.id,
                     "never compensated before its action",
@@ -212,6 +226,37 @@ fn check_effects(observation: &Observation<'_>, saga: &SagaRecord, violations: &
             format!("compensations began in step order {:?}", undo_order.iter().map(|(_, i)| i).collect::<Vec<_>>()),
         ));
     }
+}
+
+/// The step's last recorded action failure was definite (the participant said it did nothing).
+fn last_failure_definite(observation: &Observation<'_>, saga_id: Uuid, step: &str) -> bool {
+    events_of(observation, saga_id)
+        .filter(|(_, e, _)| e.kind == "step_failed" && e.step.as_deref() == Some(step))
+        .filter(|(_, e, _)| e.data.get("phase").and_then(|p| p.as_str()) == Some("action"))
+        .last()
+        .is_some_and(|(_, e, _)| e.data.get("retryable").and_then(|r| r.as_bool()) == Some(false))
+}
+
+/// Step `index` is the one a stopped driver may have been running when a new one stopped the
+/// saga: it was never started by a written attempt, it comes right after the last success, and
+/// it was compensated by a later driver than the one that wrote that success (the engine's
+/// `assume_attempt_in_flight`).
+fn assumed_in_flight(observation: &Observation<'_>, saga_id: Uuid, plan: &DefinitionPlan, index: usize) -> bool {
+    let name = &plan.steps[index].name;
+    let of_step = |kind: &str, step: &str| {
+        events_of(observation, saga_id)
+            .find(|(_, e, _)| e.kind == kind && e.step.as_deref() == Some(step))
+            .and_then(|(_, _, t)| t)
+    };
+    if of_step("step_started", name).is_some() {
+        return false;
+    }
+    let Some(compensated_by) = of_step("compensation_started", name) else { return false };
+    let succeeded_by = match index {
+        0 => Some(1),
+        _ => of_step("step_succeeded", &plan.steps[index - 1].name),
+    };
+    succeeded_by.is_some_and(|token| compensated_by > token)
 }
 
 fn check_durability(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
@@ -266,7 +311,8 @@ fn check_concurrency(observation: &Observation<'_>, violations: &mut Vec<Violati
     let mut holding: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
     for entry in &observation.journal {
         match &entry.kind {
-            JournalKind::Admitted { key, limit } => {
+            JournalKind::Admitted { to_settle: true, .. } => {}
+            JournalKind::Admitted { key, limit, .. } => {
                 let holders = holding.entry(key.clone()).or_default();
                 holders.push(entry.saga_id);
                 if holders.len() > *limit as usize {
@@ -322,8 +368,14 @@ pub fn timeline(observation: &Observation<'_>, violations: &[Violation]) -> Stri
                     fencing_token.map_or("-".to_string(), |t| t.to_string()),
                     event.data
                 ),
-                JournalKind::Admitted { key, limit } => format!("store   admitted under key {key} (limit {limit})"),
+                JournalKind::Admitted { key, limit, to_settle } => {
+                    let why = if *to_settle { ", over it only to settle" } else { "" };
+                    format!("store   admitted under key {key} (limit {limit}{why})")
+                }
                 JournalKind::Outbox { event_type } => format!("store   outbox event {event_type}"),
+                JournalKind::Claimed { fencing_token, worker } => {
+                    format!("store   claimed by {worker} with token {fencing_token}")
+                }
             };
             lines.push((entry.seq, line));
         }

@@ -32,6 +32,9 @@ pub struct Bugs {
 /// How long a run may take, in simulated time, before an unfinished saga is a violation.
 pub const RUN_LIMIT_MS: u64 = 30 * 60 * 1000;
 
+/// How long creates may take once the run is calm (a dead instance's never finish).
+const CREATES_SETTLE_MS: u64 = 60_000;
+
 /// What one run did.
 #[derive(Debug)]
 pub struct RunReport {
@@ -96,6 +99,8 @@ struct Run {
     slots: Vec<Slot>,
     /// Saga ids in scenario order.
     ids: Vec<Uuid>,
+    /// Creates under way (one through a paused instance waits; one through a dead one never ends).
+    creates: tokio::task::JoinSet<()>,
     violations: Arc<Mutex<Vec<Violation>>>,
 }
 
@@ -133,6 +138,7 @@ impl Run {
             definitions: Vec::new(),
             slots: Vec::new(),
             ids: Vec::new(),
+            creates: tokio::task::JoinSet::new(),
             violations: Arc::default(),
         }
     }
@@ -159,6 +165,11 @@ impl Run {
         }
         self.sleep_until(self.scenario.calm_at_ms).await;
         self.calm_down();
+        // Creates held up by a pause go through now; those sent to a dead instance never will.
+        let mut creates = std::mem::take(&mut self.creates);
+        let settled = async { while creates.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_millis(CREATES_SETTLE_MS), settled).await;
+        creates.abort_all();
         let all_ended = self.wait_for_the_end().await;
         for slot in &mut self.slots {
             if let Some(handle) = slot.handle.take() {
@@ -249,7 +260,7 @@ impl Run {
             Step::Create(n) => {
                 let (params, intake) = self.create(n);
                 self.ids.push(params.id);
-                tasks.spawn(async move {
+                self.creates.spawn(async move {
                     // A create that fails (its instance died) is simply not there: the checker
                     // only judges sagas the store holds.
                     let _ = intake.create(params).await;
@@ -333,13 +344,16 @@ impl Run {
         drop(slot.handle.take());
     }
 
-    /// A graceful stop hands every lease back (API.md §1): none may stay with the stopped worker.
+    /// A graceful stop hands every lease back (API.md §1): no unexpired one may stay with the
+    /// stopped worker (an expired one holds nothing: any instance may claim the saga).
     fn check_handed_back(&self, worker_id: &str) {
+        let now_ms = self.clock_now();
         let kept: Vec<Uuid> = self
             .store
             .sagas()
             .into_iter()
             .filter(|s| s.lease_owner.as_deref() == Some(worker_id))
+            .filter(|s| s.lease_expires_at_ms.is_some_and(|until| until > now_ms))
             .map(|s| s.id)
             .collect();
         if !kept.is_empty() {
@@ -410,7 +424,11 @@ impl Run {
             participant_requests: ledger.requests.len(),
             journal_entries: observation.journal.len(),
             simulated_ms: self.clock.elapsed_ms(),
-            trace: checker::timeline(&observation, &violations),
+            trace: if std::env::var_os("SIM_DUMP").is_some() {
+                checker::timeline(&observation, &[])
+            } else {
+                checker::timeline(&observation, &violations)
+            },
             violations,
         }
     }

@@ -18,7 +18,6 @@ use saga_store::{
     WorkSignal,
 };
 use serde_json::{json, Value};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::memory::{MemoryStore, Sequencer};
@@ -63,44 +62,43 @@ pub enum LinkState {
 }
 
 /// An instance's connection to the world. Everything it sends waits while it is paused and
-/// never arrives once it is dead; an answer coming back to it does the same.
-#[derive(Clone)]
-pub struct Link {
-    state: watch::Sender<LinkState>,
-}
+/// never arrives once it is dead; an answer coming back to it does the same. (A mutex and a
+/// `Notify`, not a watch channel: a watch wakes its waiters in a random order.)
+#[derive(Clone, Default)]
+pub struct Link(Arc<LinkInner>);
 
-impl Default for Link {
-    fn default() -> Self {
-        Self::new()
-    }
+#[derive(Default)]
+struct LinkInner {
+    state: Mutex<Option<LinkState>>,
+    changed: tokio::sync::Notify,
 }
 
 impl Link {
     pub fn new() -> Self {
-        Link { state: watch::Sender::new(LinkState::Up) }
+        Self::default()
     }
 
     pub fn set(&self, state: LinkState) {
-        self.state.send_replace(state);
+        if let Ok(mut current) = self.0.state.lock() {
+            *current = Some(state);
+        }
+        self.0.changed.notify_waiters();
     }
 
     pub fn state(&self) -> LinkState {
-        *self.state.borrow()
+        self.0.state.lock().ok().and_then(|s| *s).unwrap_or(LinkState::Up)
     }
 
     /// Returns once the instance is up; never while it is dead.
     pub async fn pass(&self) {
-        let mut watch = self.state.subscribe();
         loop {
-            let state = *watch.borrow_and_update();
-            match state {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.state() {
                 LinkState::Up => return,
                 LinkState::Dead => std::future::pending::<()>().await,
-                LinkState::Paused => {
-                    if watch.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
+                LinkState::Paused => changed.await,
             }
         }
     }
@@ -270,6 +268,8 @@ pub struct Request {
     pub attempt: u32,
     pub participant: String,
     pub idempotency_key: String,
+    /// The sending driver's `X-Saga-Fencing-Token`.
+    pub fencing_token: i64,
     pub answer: String,
 }
 
@@ -330,6 +330,7 @@ impl Participants {
             attempt: ctx.attempt,
             participant: format!("p{participant}"),
             idempotency_key: ctx.idempotency_key(),
+            fencing_token: ctx.fencing_token,
             answer: described,
         });
         (answer, delay)

@@ -128,6 +128,7 @@ impl HttpExecutor {
             .header("X-Saga-Id", ctx.saga_id.to_string())
             .header("X-Saga-Step", &ctx.step)
             .header("X-Saga-Attempt", ctx.attempt.to_string())
+            .header("X-Saga-Fencing-Token", ctx.fencing_token.to_string())
             .header("traceparent", traceparent(ctx));
         if let Some(callback_url) = &ctx.callback_url {
             request = request.header("X-Saga-Callback-Url", callback_url);

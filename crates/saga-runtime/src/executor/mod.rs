@@ -50,6 +50,9 @@ pub struct AttemptContext {
     pub callback_url: Option<String>,
     /// W3C `traceparent` of this attempt's span, when traces are exported.
     pub traceparent: Option<String>,
+    /// The sending driver's fencing token (`X-Saga-Fencing-Token`): it grows with every new
+    /// driver of the saga, so a participant can tell a stale driver's late request.
+    pub fencing_token: i64,
 }
 
 impl AttemptContext {

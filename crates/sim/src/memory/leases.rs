@@ -13,8 +13,9 @@ use uuid::Uuid;
 use super::{JournalKind, MemoryStore, Row, Tables};
 
 impl MemoryStore {
-    /// Sagas waiting for admission that may take a slot now, in claim order.
-    fn admissible(tables: &Tables, now_ms: i64) -> Vec<Uuid> {
+    /// Sagas waiting for admission that may take a slot now, in claim order, each with whether
+    /// it is let in over the limit only to settle (a cancel request, a passed deadline).
+    fn admissible(tables: &Tables, now_ms: i64) -> Vec<(Uuid, bool)> {
         let mut running: BTreeMap<&str, u32> = BTreeMap::new();
         for row in tables.sagas.values().filter(|r| r.admitted && r.is_active()) {
             if let Some(key) = &row.record.concurrency_key {
@@ -30,7 +31,7 @@ impl MemoryStore {
                 }
             }
         }
-        let mut eligible: Vec<&Row> = Vec::new();
+        let mut eligible: Vec<(&Row, bool)> = Vec::new();
         for (key, mut rows) in waiting {
             rows.sort_by_key(|r| (r.rank_at(), r.record.id));
             let held = running.get(key).copied().unwrap_or(0);
@@ -40,15 +41,15 @@ impl MemoryStore {
                 let must_settle = row.record.cancel_requested_at_ms.is_some()
                     || row.deadline_at_ms.is_some_and(|deadline| deadline <= now_ms);
                 if fits || must_settle {
-                    eligible.push(row);
+                    eligible.push((row, !fits));
                 }
             }
         }
-        eligible.sort_by_key(|r| (r.rank_at(), r.record.id));
-        eligible.into_iter().map(|r| r.record.id).collect()
+        eligible.sort_by_key(|(r, _)| (r.rank_at(), r.record.id));
+        eligible.into_iter().map(|(r, to_settle)| (r.record.id, to_settle)).collect()
     }
 
-    fn take_lease(tables: &mut Tables, id: Uuid, params: &ClaimParams) -> Option<Claimed> {
+    fn take_lease(&self, tables: &mut Tables, id: Uuid, params: &ClaimParams) -> Option<Claimed> {
         let expires = params.now_ms + params.lease_ttl_ms;
         let row = tables.sagas.get_mut(&id)?;
         row.previous_owner = row.record.lease_owner.take();
@@ -58,7 +59,10 @@ impl MemoryStore {
         record.lease_expires_at_ms = Some(expires);
         record.run_at_ms = expires;
         record.updated_at_ms = params.now_ms;
-        Some(Claimed { record: record.clone(), previous_owner: row.previous_owner.clone() })
+        let claimed = Claimed { record: record.clone(), previous_owner: row.previous_owner.clone() };
+        let kind = JournalKind::Claimed { fencing_token: record.fencing_token, worker: params.worker_id.clone() };
+        self.journal_push(tables, id, kind);
+        Some(claimed)
     }
 }
 
@@ -68,15 +72,16 @@ impl LeaseStore for MemoryStore {
         let limit = params.limit.min(saga_store::CLAIM_BATCH_MAX) as usize;
         let mut tables = self.tables()?;
         let mut claimed = Vec::new();
-        for id in Self::admissible(&tables, params.now_ms).into_iter().take(limit) {
+        for (id, to_settle) in Self::admissible(&tables, params.now_ms).into_iter().take(limit) {
             let Some(row) = tables.sagas.get_mut(&id) else { continue };
             row.admitted = true;
             let admission = JournalKind::Admitted {
                 key: row.record.concurrency_key.clone().unwrap_or_default(),
                 limit: row.concurrency_limit.unwrap_or(0),
+                to_settle,
             };
             self.journal_push(&mut tables, id, admission);
-            claimed.extend(Self::take_lease(&mut tables, id, params));
+            claimed.extend(self.take_lease(&mut tables, id, params));
         }
         let horizon = saga_store::claim_horizon_ms(params.now_ms);
         let mut due: Vec<&Row> = tables
@@ -88,7 +93,7 @@ impl LeaseStore for MemoryStore {
         due.sort_by_key(|r| (r.rank_at(), r.record.id));
         let due: Vec<Uuid> = due.into_iter().take(limit - claimed.len()).map(|r| r.record.id).collect();
         for id in due {
-            claimed.extend(Self::take_lease(&mut tables, id, params));
+            claimed.extend(self.take_lease(&mut tables, id, params));
         }
         Ok(claimed)
     }

@@ -58,10 +58,13 @@ pub struct JournalEntry {
 pub enum JournalKind {
     /// A history row, written by the driver holding `fencing_token` (None: not by a driver).
     Event { event: EventRecord, fencing_token: Option<i64> },
-    /// The claim admitted the saga under its concurrency key (`key`, `limit`).
-    Admitted { key: String, limit: u32 },
+    /// The claim admitted the saga under its concurrency key (`key`, `limit`); `to_settle`: over
+    /// the limit, only to act on its cancel request or passed deadline (it runs no step).
+    Admitted { key: String, limit: u32, to_settle: bool },
     /// An outbox event the saga's commit wrote.
     Outbox { event_type: String },
+    /// A driver claimed the saga (holding `fencing_token` from now on).
+    Claimed { fencing_token: i64, worker: String },
 }
 
 /// The store's data.
