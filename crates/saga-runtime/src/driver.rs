@@ -236,7 +236,7 @@ async fn drive_inner(
             }
         };
         if let Some(cancel_at_ms) = interrupted_by {
-            events.extend(state.cancel(&definition, cancel_at_ms, now_ms, false).events);
+            insert_before_end(&mut events, state.cancel(&definition, cancel_at_ms, now_ms, false).events);
             release_until = None;
         }
         // The deadline may have passed while the attempt ran.
@@ -597,11 +597,7 @@ async fn commit(
                 if was_completed && state.status != SagaStatus::Completed {
                     events.retain(|e| e.kind != "saga_completed");
                 }
-                // The request came before the end this transition records: a terminal event
-                // stays the history's last (found by the simulator, seed 22).
-                let end =
-                    events.iter().position(|e| TERMINAL_EVENTS.contains(&e.kind.as_str())).unwrap_or(events.len());
-                events.splice(end..end, cancel.events);
+                insert_before_end(&mut events, cancel.events);
                 if state.status == SagaStatus::Compensating || state.status.is_terminal() {
                     // Compensation starts now, with this driver.
                     release_until = None;
@@ -620,6 +616,14 @@ async fn commit(
 
 fn lease_of(claimed: &Claimed) -> saga_store::LeaseRef {
     saga_store::LeaseRef { id: claimed.record.id, fencing_token: claimed.record.fencing_token }
+}
+
+/// Adds `more` to a transition's events, before its terminal event if it has one: a cancel
+/// request acted on with the transition came before the end it records, and the terminal event
+/// stays the history's last (found by the simulator, seeds 22 and 6656).
+fn insert_before_end(events: &mut Vec<HistoryEvent>, more: Vec<HistoryEvent>) {
+    let end = events.iter().position(|e| TERMINAL_EVENTS.contains(&e.kind.as_str())).unwrap_or(events.len());
+    events.splice(end..end, more);
 }
 
 /// The events that end a saga's history.
@@ -657,7 +661,11 @@ async fn hand_back(
             now_ms,
         };
         // A refused commit (fenced, or a cancel to act on) is fine: the next driver redoes it.
-        let _ = shared.committer.commit(commit).await;
+        // A failed one still hands the lease back (found by the simulator, seed 2797).
+        match shared.committer.commit(commit).await {
+            Ok((CommitOutcome::CancelRequested { .. }, _)) | Err(_) => shared.hand_back_unsettled(lease_of(claimed)),
+            Ok(_) => {}
+        }
         return;
     }
     let lease = LeaseRef { id: claimed.record.id, fencing_token: claimed.record.fencing_token };
