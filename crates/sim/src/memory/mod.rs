@@ -366,10 +366,7 @@ impl SagaStore for MemoryStore {
         };
         let limit = filter.limit as usize;
         if filter.stalest_first {
-            let after = match filter.before_id {
-                Some(id) => Some(tables.sagas.get(&id).map(|r| (r.record.updated_at_ms, id))),
-                None => None,
-            };
+            let after = filter.before_id.map(|id| tables.sagas.get(&id).map(|r| (r.record.updated_at_ms, id)));
             let mut rows: Vec<&Row> = tables
                 .sagas
                 .values()
