@@ -171,7 +171,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("placing {} orders through {} Sagaplane instance(s)", args.orders, api.urls.len());
     let started = Instant::now();
     let placed = Arc::new(AtomicUsize::new(0));
-    let placing = tokio::spawn(place_orders(api.clone(), args.orders, args.concurrency, args.stock, placed.clone()));
+    // Keys unique to this run: a second run on the same database must place new orders, not
+    // get the first run's back as replays.
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let placing =
+        tokio::spawn(place_orders(api.clone(), run_id, args.orders, args.concurrency, args.stock, placed.clone()));
     if args.faults {
         inject_faults(&args, &api, &mut services, &mut orchestrators, &placed).await?;
     }
@@ -289,6 +293,7 @@ async fn put_definition(api: &Api, services: &[ServiceProcess]) -> anyhow::Resul
 /// order sent to an instance that died is placed again on another without a second saga.
 async fn place_orders(
     api: Arc<Api>,
+    run_id: String,
     count: usize,
     concurrency: usize,
     stock: Stock,
@@ -300,6 +305,7 @@ async fn place_orders(
         let permit = permits.clone().acquire_owned().await?;
         let api = api.clone();
         let placed = placed.clone();
+        let key = format!("order-{run_id}-{n}");
         tasks.spawn(async move {
             let _permit = permit;
             let sku = n % stock.skus.max(1) as usize;
@@ -307,7 +313,7 @@ async fn place_orders(
             let input = json!({"customer": format!("c-{}", n % stock.customers.max(1) as usize), "sku": format!("sku-{sku}"),
                                "qty": qty, "amount_cents": qty * 100 * (1 + sku as i64)});
             let body = json!({"definition": "order", "input": input});
-            let result = place_one(&api, n, &body).await;
+            let result = place_one(&api, n, &key, &body).await;
             placed.fetch_add(1, Ordering::SeqCst);
             result
         });
@@ -319,7 +325,7 @@ async fn place_orders(
     Ok(ids)
 }
 
-async fn place_one(api: &Api, n: usize, body: &Value) -> anyhow::Result<String> {
+async fn place_one(api: &Api, n: usize, key: &str, body: &Value) -> anyhow::Result<String> {
     for attempt in 0..100usize {
         let live = api.live();
         let instance = live[(n + attempt) % live.len()];
@@ -327,7 +333,7 @@ async fn place_one(api: &Api, n: usize, body: &Value) -> anyhow::Result<String> 
             .client
             .post(format!("{}/v1/sagas", api.urls[instance]))
             .bearer_auth(&api.token)
-            .header("Idempotency-Key", format!("order-{n}"))
+            .header("Idempotency-Key", key)
             .json(body);
         match request.send().await {
             Ok(response) if response.status().is_success() => {

@@ -111,6 +111,15 @@ impl GrpcExecutor {
                     },
                 }
             }
+            // A status tonic made from a connection or stream that failed (it carries that error
+            // as its source) is not the participant's answer: the call may have reached it or
+            // not — ambiguous, like a 5xx. (Read as the participant's `Unknown`, a participant
+            // killed mid-call was a definite failure and its effect went uncompensated — found
+            // by the shop example's reconciliation.)
+            Err(status) if std::error::Error::source(&status).is_some() => Outcome::Failed {
+                kind: FailureKind::Retryable,
+                message: format!("the call failed before an answer: {}", status.message()),
+            },
             Err(status) => classify(status.code(), status.message(), ctx.phase),
         }
     }
