@@ -29,6 +29,13 @@ pub async fn onboard(state: &AppState, body: &Value, origin: Option<&str>) -> Re
     let tenancy = tenancy(state)?;
     let request = parse_tenant(body, tenancy)?;
     let now_ms = state.clock.now_ms();
+    // The provision saga's input: what the operator's own steps may render (`{{ input.tier }}`).
+    let mut input = json!({
+        "tenant_id": request.id,
+        "tier": request.tier.as_str(),
+        "storage_mode": request.storage_mode.as_str(),
+        "sla_tier": request.sla_tier.as_str(),
+    });
     let record = TenantRecord {
         id: request.id.clone(),
         name: request.name,
@@ -46,7 +53,6 @@ pub async fn onboard(state: &AppState, body: &Value, origin: Option<&str>) -> Re
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     };
-    let mut input = json!({"tenant_id": request.id});
     if let Some(origin) = origin {
         input["origin"] = json!(origin);
     }
