@@ -228,7 +228,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
         children: Vec::new(),
     };
-    let suffix = demo.args.suffix.clone();
+    let mut suffix = demo.args.suffix.clone();
+    // Run again against the same Sagaplane: new customers, not the first run's.
+    if demo.api(reqwest::Method::GET, &format!("/v1/tenants/acme-silo{suffix}"), None).await.is_ok() {
+        suffix = format!("{suffix}-{:04x}", std::process::id() % 0x10000);
+        println!("the first run's customers exist; this run's ids end in {suffix}");
+    }
     let _ = std::fs::remove_dir_all(&demo.args.state_dir);
     std::fs::create_dir_all(&demo.args.state_dir)?;
     let id = |name: &str| format!("{name}{suffix}");
