@@ -51,6 +51,7 @@ async fn happy_path_passes_outputs_forward(backend: Backend) {
     assert_eq!(create[0].headers["x-saga-id"], id);
     assert_eq!(create[0].headers["x-saga-step"], "create_order");
     assert_eq!(create[0].headers["x-saga-attempt"], "1");
+    assert_eq!(create[0].headers["x-saga-fencing-token"], "1", "the first driver's token");
     assert!(create[0].headers["traceparent"].starts_with("00-"), "traceparent");
     let confirm = participant.requests("/orders/o-17/confirm");
     assert_eq!(confirm.len(), 1, "step output fed the next step's URL");

@@ -87,6 +87,7 @@ impl GrpcExecutor {
             ("x-saga-id", ctx.saga_id.to_string()),
             ("x-saga-step", ctx.step.clone()),
             ("x-saga-attempt", ctx.attempt.to_string()),
+            ("x-saga-fencing-token", ctx.fencing_token.to_string()),
         ] {
             if let Ok(value) = value.parse() {
                 metadata.insert(key, value);
