@@ -394,10 +394,28 @@ async fn claim(
     Ok((claimed, params.skip_subscriptions))
 }
 
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 /// Sends one delivery and records what came of it.
 async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
     let started_ms = now_ms();
+    let expires_at_ms = claimed.event_expires_at_ms;
+    let expired = expires_at_ms.is_some_and(|at| at <= started_ms);
     let attempted = match &claimed.subscription.destination {
+        // An expired event is not sent (its moment has passed, e.g. a tracking session ended):
+        // the delivery is dead, and the destination is not blamed for it.
+        _ if expired => Attempted {
+            delivered: false,
+            definite: true,
+            status_code: None,
+            error: Some(format!("the event expired at {}; not sent", rfc3339(expires_at_ms.unwrap_or_default()))),
+            retry_after_ms: None,
+            duration_ms: 0,
+        },
         Destination::Url(url) => match inner.config.deny.denied_url(url) {
             Some(error) => Attempted {
                 delivered: false,
@@ -418,7 +436,9 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             crate::nats::publish(&inner.nats, &inner.config.deny, &claimed, destination, started_ms, timeout).await
         }
     };
-    breaker_record(inner, &claimed, &attempted);
+    if !expired {
+        breaker_record(inner, &claimed, &attempted);
+    }
     // The destination's slot frees as soon as it has answered; recording waits for its batch.
     release_slot(inner, claimed.subscription.id);
     let round_attempt = claimed.delivery.attempts.saturating_sub(claimed.delivery.attempts_before_replay) + 1;
@@ -429,7 +449,13 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
         // Retrying cannot help (a denied address): dead now, for a replay once it is fixed.
         (DeliveryStatus::Dead, finished_ms)
     } else {
-        inner.config.schedule.after_failure(round_attempt, finished_ms, attempted.retry_after_ms)
+        match inner.config.schedule.after_failure(round_attempt, finished_ms, attempted.retry_after_ms) {
+            // The next attempt would come after the event expires: dead now, not retried.
+            (DeliveryStatus::Pending, next) if expires_at_ms.is_some_and(|at| next >= at) => {
+                (DeliveryStatus::Dead, finished_ms)
+            }
+            scheduled => scheduled,
+        }
     };
     let result = DeliveryAttemptResult {
         id: claimed.delivery.id,

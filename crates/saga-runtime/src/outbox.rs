@@ -47,7 +47,9 @@ pub(crate) fn events_of(
         if let (true, Some(output)) = (emits, output) {
             if let Some(event_type) = output.get("type").and_then(Value::as_str) {
                 let data = output.get("data").cloned().unwrap_or(Value::Null);
-                outbox.push(OutboxEvent::new(event_type, tenant, data, event.at_ms));
+                let mut emitted = OutboxEvent::new(event_type, tenant, data, event.at_ms);
+                emitted.expires_at_ms = output.get("expires_at_ms").and_then(Value::as_i64);
+                outbox.push(emitted);
             }
         }
     }

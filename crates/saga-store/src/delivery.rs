@@ -32,6 +32,8 @@ pub struct OutboxEvent {
     /// Addressed to this subscription alone (whatever its filters), e.g. the CRM's outcome
     /// callback; None: to every active subscription that wants it.
     pub to_subscription: Option<Uuid>,
+    /// After this, a delivery still pending is dead instead of sent (`core.emit`'s `expires_at`).
+    pub expires_at_ms: Option<i64>,
 }
 
 impl OutboxEvent {
@@ -43,6 +45,7 @@ impl OutboxEvent {
             data,
             at_ms,
             to_subscription: None,
+            expires_at_ms: None,
         }
     }
 
@@ -235,6 +238,8 @@ pub struct ClaimedDelivery {
     pub fencing_token: i64,
     pub event_data: Value,
     pub event_at_ms: i64,
+    /// When the event expires, if it does: due after that, the delivery is dead, not sent.
+    pub event_expires_at_ms: Option<i64>,
     pub subscription: SubscriptionRecord,
 }
 

@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "delivery", include_str!("../migrations/0005_delivery.sql")),
     (6, "subscription_health", include_str!("../migrations/0006_subscription_health.sql")),
     (7, "delivery_write_cost", include_str!("../migrations/0007_delivery_write_cost.sql")),
+    (8, "event_expiry", include_str!("../migrations/0008_event_expiry.sql")),
 ];
 
 fn latest() -> i64 {

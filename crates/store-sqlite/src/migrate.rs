@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "indexes", include_str!("../migrations/0004_indexes.sql")),
     (5, "delivery", include_str!("../migrations/0005_delivery.sql")),
     (6, "subscription_health", include_str!("../migrations/0006_subscription_health.sql")),
+    (7, "event_expiry", include_str!("../migrations/0007_event_expiry.sql")),
 ];
 
 fn latest() -> i64 {

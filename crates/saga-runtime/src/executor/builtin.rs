@@ -1,5 +1,6 @@
 //! Native steps registered by name: `core.echo`, `core.fail`, `core.sleep`, `core.emit` (a
-//! custom outbound event, written by the step's commit — see `crate::outbox`), and any the
+//! custom outbound event, written by the step's commit — see `crate::outbox` — that may expire),
+//! and any the
 //! embedding crate adds (the tenant steps).
 
 use std::collections::BTreeMap;
@@ -89,7 +90,26 @@ fn core_emit(input: Value) -> Outcome {
         return Outcome::Failed { kind: FailureKind::NonRetryable, message: format!("core.emit: {message}") };
     }
     let data = input.get("data").cloned().unwrap_or(Value::Null);
-    Outcome::Succeeded(json!({"type": event_type, "data": data}))
+    let mut output = json!({"type": event_type, "data": data});
+    // `expires_at` (RFC 3339): a delivery still pending then is dead instead of sent.
+    match input.get("expires_at") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(text)) => match humantime::parse_rfc3339_weak(text) {
+            Ok(at) => {
+                let ms = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+                output["expires_at_ms"] = json!(ms);
+            }
+            Err(e) => {
+                let message = format!("core.emit: expires_at {text:?} is not an RFC 3339 time: {e}");
+                return Outcome::Failed { kind: FailureKind::NonRetryable, message };
+            }
+        },
+        Some(other) => {
+            let message = format!("core.emit: expires_at must be an RFC 3339 time, not {other}");
+            return Outcome::Failed { kind: FailureKind::NonRetryable, message };
+        }
+    }
+    Outcome::Succeeded(output)
 }
 
 async fn core_sleep(input: Value) -> Outcome {

@@ -133,6 +133,32 @@ pub async fn a_transitions_events_are_written_with_it_or_not_at_all(store: Arc<d
     Ok(())
 }
 
+/// An event's expiry is stored with it, written by a transition or appended alone, and comes
+/// back with each claim of its deliveries (the dispatcher sends nothing once it has passed).
+pub async fn an_events_expiry_comes_back_with_its_claim(store: Arc<dyn Store>) -> CheckResult {
+    let every = subscription("http://a", &["*"], None, 0);
+    db(store.subscription_create(&every).await)?;
+    create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    let mut written = commit(claimed.record.id, claimed.record.fencing_token, SagaState::new(&definition()), 5, vec![]);
+    let mut expiring = OutboxEvent::new("location.updated", None, json!({"n": 1}), 5);
+    expiring.expires_at_ms = Some(600_005);
+    written.outbox = vec![expiring.clone()];
+    db(store.saga_commit_batch(&[written]).await)?;
+    let mut appended = OutboxEvent::new("location.updated", None, json!({"n": 2}), 6);
+    appended.expires_at_ms = Some(600_006);
+    let lasting = OutboxEvent::new("order.placed", None, json!({"n": 3}), 7);
+    db(store.events_append(&[appended.clone(), lasting.clone()]).await)?;
+    let deliveries = db(store.delivery_claim_due(&claim("w1", 10, 100)).await)?;
+    let expiry = |event: &OutboxEvent| {
+        deliveries.iter().find(|c| c.delivery.event_id == event.id).map(|c| c.event_expires_at_ms)
+    };
+    ensure!(expiry(&expiring) == Some(Some(600_005)), "a transition's event: {:?}", expiry(&expiring));
+    ensure!(expiry(&appended) == Some(Some(600_006)), "an appended event: {:?}", expiry(&appended));
+    ensure!(expiry(&lasting) == Some(None), "an event without expiry: {:?}", expiry(&lasting));
+    Ok(())
+}
+
 pub async fn a_refused_tenant_change_emits_nothing(store: Arc<dyn Store>) -> CheckResult {
     let every = subscription("http://a", &["*"], None, 0);
     db(store.subscription_create(&every).await)?;

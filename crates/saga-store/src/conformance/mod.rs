@@ -93,6 +93,7 @@ macro_rules! store_conformance {
             subscriptions_are_stored_patched_rotated_and_deleted,
             events_reach_exactly_the_subscriptions_that_want_them,
             a_transitions_events_are_written_with_it_or_not_at_all,
+            an_events_expiry_comes_back_with_its_claim,
             a_refused_tenant_change_emits_nothing,
             addressed_events_reach_their_subscription_alone,
             deliveries_are_claimed_newest_first_once_and_fenced,

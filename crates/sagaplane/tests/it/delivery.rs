@@ -534,3 +534,48 @@ async fn two_instances_never_send_one_delivery_at_once() {
     }
     assert_eq!(seen.len(), EVENTS, "with a healthy receiver and live leases, each exactly once");
 }
+
+/// `core.emit` with `expires_at`: an expired event is never sent (its delivery is dead, saying
+/// so), one still valid is delivered, and one that fails when its next attempt would come after
+/// it expires is dead at once instead of retried — the location app's rule for the updates of
+/// a tracking session that has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_event_is_not_sent_and_is_not_retried_past_its_expiry() {
+    let receiver = Participant::start().await;
+    receiver.script("/down", vec![(503, json!({"error": "down"}))]);
+    // Retries 10 s apart: longer than the third event lives.
+    let env = [("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "10s,10s".to_string())];
+    let app = App::spawn(BIN, Backend::Sqlite, &env).await;
+    let up = subscribe(&app, json!({"url": format!("{}/up", receiver.url), "events": ["location.updated"]})).await;
+    let down = subscribe(&app, json!({"url": format!("{}/down", receiver.url), "events": ["location.updated"]})).await;
+    let steps = json!([{"name": "emit", "action": {"builtin": "core.emit",
+        "input": {"type": "location.updated", "data": {"n": "{{ input.n }}"}, "expires_at": "{{ input.expires_at }}"}}}]);
+    app.put_definition("tracking", &fast_definition(steps)).await;
+    let stamp = |offset_s: i64| {
+        let at = std::time::SystemTime::now() + std::time::Duration::from_secs(offset_s.max(0) as u64)
+            - std::time::Duration::from_secs((-offset_s).max(0) as u64);
+        humantime::format_rfc3339_millis(at).to_string()
+    };
+    for (n, offset_s) in [(1, -3600), (2, 3600), (3, 5)] {
+        let id = app.start("tracking", json!({"n": n, "expires_at": stamp(offset_s)})).await;
+        assert_eq!(app.wait_terminal(&id, WAIT).await["status"], "COMPLETED");
+    }
+    // The valid one arrives; the expired one never does.
+    let seen = received(&receiver, "/up", 1).await;
+    let numbers: Vec<Value> = seen.iter().map(|s| s.body["data"]["n"].clone()).collect();
+    assert!(numbers.contains(&json!(2)) && numbers.contains(&json!(3)), "{numbers:?}");
+    assert!(!numbers.contains(&json!(1)), "an expired event was sent: {numbers:?}");
+    let up_id = up["id"].as_str().expect("id");
+    let dead = delivery_of(&app, up_id, "dead").await;
+    assert!(dead["last_error"].as_str().is_some_and(|e| e.contains("expired")), "{dead}");
+    assert_eq!(dead["attempts"], 1, "recorded once, nothing sent: {dead}");
+    // At the failing destination: the one that expires in 5 s failed once and is dead now (its
+    // retry would come after it expires); the one valid for an hour waits for its retry.
+    let down_id = down["id"].as_str().expect("id");
+    let dead = deliveries_of(&app, down_id, "dead", 2).await;
+    assert!(dead.iter().all(|d| d["attempts"] == 1), "{dead:?}");
+    let pending = delivery_of(&app, down_id, "pending").await;
+    assert_eq!(pending["attempts"], 1, "{pending}");
+    let hits = receiver.requests("/down").len();
+    assert_eq!(hits, 2, "the failing destination was tried for the two unexpired events only");
+}

@@ -273,17 +273,17 @@ const TENANT_RESULT: &str = " SELECT u.id, u.fencing_token, \
                     EXISTS (SELECT 1 FROM r WHERE r.saga_id = u.id AND r.kind = 'tenant_change_refused') AS refused \
              FROM u";
 
-/// The outbox of a batch (9 arrays from `$first`): events of the commits that were written, a
+/// The outbox of a batch (10 arrays from `$first`): events of the commits that were written, a
 /// tenant change's events only if the change was applied, fanned out to the subscriptions.
 fn outbox_ctes(first: u32, with_tenants: bool) -> String {
-    let p: Vec<u32> = (first..first + 9).collect();
+    let p: Vec<u32> = (first..first + 10).collect();
     let applied = if with_tenants { " OR EXISTS (SELECT 1 FROM t WHERE t.saga_id = e.saga_id)" } else { "" };
     format!(
         ", ev AS ( \
-           SELECT e.id, e.type, e.tenant_id, e.data, e.at, e.to_subscription \
+           SELECT e.id, e.type, e.tenant_id, e.data, e.at, e.to_subscription, e.expires_at \
            FROM UNNEST(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::bigint[], ${}::uuid[], ${}::uuid[], \
-                       ${}::bigint[], ${}::bool[]) \
-                AS e(id, type, tenant_id, data, at, to_subscription, saga_id, token, on_change) \
+                       ${}::bigint[], ${}::bool[], ${}::bigint[]) \
+                AS e(id, type, tenant_id, data, at, to_subscription, saga_id, token, on_change, expires_at) \
            JOIN u ON u.id = e.saga_id AND u.fencing_token = e.token \
            WHERE NOT e.on_change{applied}), {}",
         p[0],
@@ -295,6 +295,7 @@ fn outbox_ctes(first: u32, with_tenants: bool) -> String {
         p[6],
         p[7],
         p[8],
+        p[9],
         super::delivery::outbox_fan_out!()
     )
 }
@@ -380,7 +381,8 @@ impl PostgresStore {
                 .bind(batch.outbox.to_subscriptions)
                 .bind(batch.outbox_saga_ids)
                 .bind(batch.outbox_tokens)
-                .bind(batch.outbox_on_change);
+                .bind(batch.outbox_on_change)
+                .bind(batch.outbox.expires);
         }
         let rows = query.fetch_all(&self.pool).await.map_err(db)?;
         let mut committed = std::collections::HashSet::with_capacity(rows.len());

@@ -32,8 +32,8 @@ macro_rules! outbox_fan_out {
                 OR (ev.to_subscription IS NULL AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id) \
                     AND (s.events ? '*' OR s.events ? ev.type)))), \
          ei AS ( \
-           INSERT INTO events (id, type, tenant_id, data, created_at) \
-           SELECT ev.id, ev.type, ev.tenant_id, ev.data::json, ev.at FROM ev \
+           INSERT INTO events (id, type, tenant_id, data, created_at, expires_at) \
+           SELECT ev.id, ev.type, ev.tenant_id, ev.data::json, ev.at, ev.expires_at FROM ev \
            WHERE EXISTS (SELECT 1 FROM m WHERE m.event_id = ev.id) RETURNING id), \
          di AS ( \
            INSERT INTO deliveries (id, event_id, subscription_id, event_type, tenant_id, status, next_attempt_at, created_at) \
@@ -53,6 +53,7 @@ pub(super) struct OutboxColumns {
     pub data: Vec<String>,
     pub ats: Vec<i64>,
     pub to_subscriptions: Vec<Option<Uuid>>,
+    pub expires: Vec<Option<i64>>,
 }
 
 impl OutboxColumns {
@@ -63,6 +64,7 @@ impl OutboxColumns {
         self.data.push(json_text(&event.data)?);
         self.ats.push(event.at_ms);
         self.to_subscriptions.push(event.to_subscription);
+        self.expires.push(event.expires_at_ms);
         Ok(())
     }
 }
@@ -78,8 +80,9 @@ pub(super) async fn fan_out(conn: &mut sqlx::PgConnection, events: &[OutboxEvent
         columns.push(event)?;
     }
     sqlx::query(concat!(
-        "WITH ev AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::uuid[]) \
-                     AS e(id, type, tenant_id, data, at, to_subscription)), ",
+        "WITH ev AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::uuid[], \
+                                          $7::bigint[]) \
+                     AS e(id, type, tenant_id, data, at, to_subscription, expires_at)), ",
         outbox_fan_out!(),
         "SELECT count(*) FROM di"
     ))
@@ -89,6 +92,7 @@ pub(super) async fn fan_out(conn: &mut sqlx::PgConnection, events: &[OutboxEvent
     .bind(columns.data)
     .bind(columns.ats)
     .bind(columns.to_subscriptions)
+    .bind(columns.expires)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
@@ -309,8 +313,9 @@ impl DeliveryStore for PostgresStore {
         claimed.sort_by_key(|(d, _)| std::cmp::Reverse((d.created_at_ms, d.id)));
         let event_ids: Vec<Uuid> = claimed.iter().map(|(d, _)| d.event_id).collect();
         let subscription_ids: Vec<Uuid> = claimed.iter().map(|(d, _)| d.subscription_id).collect();
-        let events: std::collections::HashMap<Uuid, (serde_json::Value, i64)> =
-            sqlx::query("SELECT id, data, created_at FROM events WHERE id = ANY($1)")
+        type EventFacts = (serde_json::Value, i64, Option<i64>);
+        let events: std::collections::HashMap<Uuid, EventFacts> =
+            sqlx::query("SELECT id, data, created_at, expires_at FROM events WHERE id = ANY($1)")
                 .bind(&event_ids)
                 .fetch_all(&self.pool)
                 .await
@@ -318,7 +323,9 @@ impl DeliveryStore for PostgresStore {
                 .iter()
                 .map(|row| {
                     let data: sqlx::types::Json<serde_json::Value> = row.try_get("data").map_err(db)?;
-                    Ok((row.try_get("id").map_err(db)?, (data.0, row.try_get("created_at").map_err(db)?)))
+                    let facts =
+                        (data.0, row.try_get("created_at").map_err(db)?, row.try_get("expires_at").map_err(db)?);
+                    Ok((row.try_get("id").map_err(db)?, facts))
                 })
                 .collect::<StoreResult<_>>()?;
         let subscriptions: std::collections::HashMap<Uuid, SubscriptionRecord> =
@@ -333,9 +340,16 @@ impl DeliveryStore for PostgresStore {
         Ok(claimed
             .into_iter()
             .filter_map(|(delivery, fencing_token)| {
-                let (event_data, event_at_ms) = events.get(&delivery.event_id)?.clone();
+                let (event_data, event_at_ms, event_expires_at_ms) = events.get(&delivery.event_id)?.clone();
                 let subscription = subscriptions.get(&delivery.subscription_id)?.clone();
-                Some(ClaimedDelivery { delivery, fencing_token, event_data, event_at_ms, subscription })
+                Some(ClaimedDelivery {
+                    delivery,
+                    fencing_token,
+                    event_data,
+                    event_at_ms,
+                    event_expires_at_ms,
+                    subscription,
+                })
             })
             .collect())
     }

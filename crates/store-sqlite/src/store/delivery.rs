@@ -55,15 +55,18 @@ pub(super) async fn fan_out(conn: &mut SqliteConnection, events: &[OutboxEvent])
         if wanting.is_empty() {
             continue;
         }
-        sqlx::query("INSERT INTO events (id, type, tenant_id, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .bind(event.id.to_string())
-            .bind(&event.event_type)
-            .bind(&event.tenant_id)
-            .bind(json_text(&event.data)?)
-            .bind(event.at_ms)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO events (id, type, tenant_id, data, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(event.id.to_string())
+        .bind(&event.event_type)
+        .bind(&event.tenant_id)
+        .bind(json_text(&event.data)?)
+        .bind(event.at_ms)
+        .bind(event.expires_at_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
         for subscription_id in wanting {
             sqlx::query(
                 "INSERT INTO deliveries (id, event_id, subscription_id, event_type, tenant_id, status, next_attempt_at, \
@@ -341,7 +344,7 @@ impl DeliveryStore for SqliteStore {
         for row in &rows {
             let delivery = delivery(row)?;
             let fencing_token: i64 = row.try_get("fencing_token").map_err(db)?;
-            let event = sqlx::query("SELECT data, created_at FROM events WHERE id = ?1")
+            let event = sqlx::query("SELECT data, created_at, expires_at FROM events WHERE id = ?1")
                 .bind(delivery.event_id.to_string())
                 .fetch_optional(&mut *tx)
                 .await
@@ -358,6 +361,7 @@ impl DeliveryStore for SqliteStore {
                 fencing_token,
                 event_data: serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 event_at_ms: event.try_get("created_at").map_err(db)?,
+                event_expires_at_ms: event.try_get("expires_at").map_err(db)?,
                 subscription: subscription(&found)?,
             });
         }
