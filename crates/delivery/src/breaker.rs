@@ -54,6 +54,15 @@ impl Breakers {
             .collect()
     }
 
+    /// A probe that never reached the destination (an expired event, a denied address) decides
+    /// nothing: the breaker stays as it was, and the next attempt may probe. (Left probing, it
+    /// held the destination's deliveries for as long as the process lived.)
+    pub fn probe_undecided(&mut self, subscription: Uuid) {
+        if let Some(breaker) = self.by_subscription.get_mut(&subscription) {
+            breaker.probing = false;
+        }
+    }
+
     /// Records an attempt's outcome.
     pub fn record(
         &mut self,
@@ -86,6 +95,22 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_that_never_reached_the_destination_lets_the_next_one_probe() {
+        let mut breakers = Breakers::default();
+        let id = Uuid::nil();
+        let settings = (2, Duration::from_secs(30));
+        let now = Instant::now();
+        breakers.record(id, false, settings, now);
+        breakers.record(id, false, settings, now);
+        let later = now + Duration::from_secs(31);
+        assert!(breakers.allows(id, later), "half open: one probe");
+        assert!(!breakers.allows(id, later), "one at a time");
+        breakers.probe_undecided(id);
+        assert!(breakers.holding(later).is_empty(), "not held after an undecided probe");
+        assert!(breakers.allows(id, later), "the next attempt probes");
+    }
 
     #[test]
     fn failures_in_a_row_open_it_and_one_probe_decides() {

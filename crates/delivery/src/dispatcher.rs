@@ -436,13 +436,18 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             crate::nats::publish(&inner.nats, &inner.config.deny, &claimed, destination, started_ms, timeout).await
         }
     };
-    if !expired {
+    if expired || attempted.definite {
+        if let Ok(mut breakers) = inner.breakers.lock() {
+            breakers.probe_undecided(claimed.subscription.id);
+        }
+    } else {
         breaker_record(inner, &claimed, &attempted);
     }
     // The destination's slot frees as soon as it has answered; recording waits for its batch.
     release_slot(inner, claimed.subscription.id);
     let round_attempt = claimed.delivery.attempts.saturating_sub(claimed.delivery.attempts_before_replay) + 1;
     let finished_ms = now_ms();
+    let mut error = attempted.error.clone();
     let (status, next_attempt_at_ms) = if attempted.delivered {
         (DeliveryStatus::Succeeded, finished_ms)
     } else if attempted.definite {
@@ -452,6 +457,8 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
         match inner.config.schedule.after_failure(round_attempt, finished_ms, attempted.retry_after_ms) {
             // The next attempt would come after the event expires: dead now, not retried.
             (DeliveryStatus::Pending, next) if expires_at_ms.is_some_and(|at| next >= at) => {
+                let expiry = rfc3339(expires_at_ms.unwrap_or_default());
+                error = Some(format!("{}; not retried: the event expires at {expiry}", error.unwrap_or_default()));
                 (DeliveryStatus::Dead, finished_ms)
             }
             scheduled => scheduled,
@@ -466,7 +473,7 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             n: round_attempt,
             at_ms: started_ms,
             status_code: attempted.status_code,
-            error: attempted.error.clone(),
+            error: error.clone(),
             duration_ms: attempted.duration_ms,
         },
     };
