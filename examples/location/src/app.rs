@@ -168,6 +168,8 @@ async fn create_user(
         Ok(pool) => pool,
         Err(answer) => return answer,
     };
+    // Salted SHA-256 keeps the example small; a real app stores passwords with a slow KDF
+    // (argon2, scrypt) instead.
     let (id, salt) = (random_hex(), random_hex());
     let inserted = sqlx::query(
         "INSERT INTO app_users (tenant_id, id, email, password_salt, password_hash) VALUES ($1, $2, $3, $4, $5)",
