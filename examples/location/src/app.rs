@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -44,10 +44,13 @@ struct App {
     config: Config,
     client: reqwest::Client,
     admin: PgPool,
-    tenants: Mutex<BTreeMap<String, PgPool>>,
+    /// Held while a tenant's pool is made, so two first requests do not both issue a password.
+    tenants: tokio::sync::Mutex<BTreeMap<String, PgPool>>,
 }
 
 type Answer = (StatusCode, Json<Value>);
+/// A handler's result: the answer, or the error answer.
+type Handled = Result<Answer, Answer>;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Answer {
     (status, Json(json!({"error": message.into()})))
@@ -85,7 +88,8 @@ impl App {
         if !valid_tenant(tenant) {
             return Err(error(StatusCode::NOT_FOUND, "no such tenant"));
         }
-        if let Some(pool) = self.tenants.lock().unwrap_or_else(|p| p.into_inner()).get(tenant) {
+        let mut tenants = self.tenants.lock().await;
+        if let Some(pool) = tenants.get(tenant) {
             return Ok(pool.clone());
         }
         let role = format!("tenant_{}", tenant.replace('-', "_"));
@@ -101,7 +105,7 @@ impl App {
             .password(&password)
             .options([("search_path", POOLED_SCHEMA), (TENANT_SETTING, tenant)]);
         let pool = PgPoolOptions::new().max_connections(4).connect_with(options).await.map_err(internal)?;
-        self.tenants.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.to_string(), pool.clone());
+        tenants.insert(tenant.to_string(), pool.clone());
         Ok(pool)
     }
 
@@ -137,7 +141,7 @@ pub async fn router(config: Config) -> anyhow::Result<Router> {
         .send()
         .await?;
     anyhow::ensure!(put.status().is_success(), "PUT location.publish answered {}", put.status());
-    let app = Arc::new(App { config, client, admin, tenants: Mutex::default() });
+    let app = Arc::new(App { config, client, admin, tenants: Default::default() });
     Ok(Router::new()
         .route("/tenants/{tenant}/users", post(create_user))
         .route("/tenants/{tenant}/login", post(login))
@@ -155,23 +159,20 @@ async fn create_user(
     Path(tenant): Path<String>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> Answer {
+) -> Handled {
     let admin =
         headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", app.config.token));
     if !admin {
-        return error(StatusCode::UNAUTHORIZED, "creating users takes the admin token");
+        return Err(error(StatusCode::UNAUTHORIZED, "creating users takes the admin token"));
     }
     let (Some(email), Some(password)) = (body["email"].as_str(), body["password"].as_str()) else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "email and password are required");
+        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "email and password are required"));
     };
-    let pool = match app.tenant(&tenant).await {
-        Ok(pool) => pool,
-        Err(answer) => return answer,
-    };
+    let pool = app.tenant(&tenant).await?;
     // Salted SHA-256 keeps the example small; a real app stores passwords with a slow KDF
     // (argon2, scrypt) instead.
     let (id, salt) = (random_hex(), random_hex());
-    let inserted = sqlx::query(
+    sqlx::query(
         "INSERT INTO app_users (tenant_id, id, email, password_salt, password_hash) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&tenant)
@@ -180,34 +181,28 @@ async fn create_user(
     .bind(&salt)
     .bind(sha256(&format!("{salt}:{password}")))
     .execute(&pool)
-    .await;
-    match inserted {
-        Ok(_) => (StatusCode::CREATED, Json(json!({"id": id, "email": email}))),
-        Err(e) if e.to_string().contains("duplicate") => error(StatusCode::CONFLICT, "that email exists"),
-        Err(e) => internal(e),
-    }
+    .await
+    .map_err(|e| match e.to_string().contains("duplicate") {
+        true => error(StatusCode::CONFLICT, "that email exists"),
+        false => internal(e),
+    })?;
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "email": email}))))
 }
 
-async fn login(State(app): State<Arc<App>>, Path(tenant): Path<String>, Json(body): Json<Value>) -> Answer {
-    let pool = match app.tenant(&tenant).await {
-        Ok(pool) => pool,
-        Err(answer) => return answer,
-    };
+async fn login(State(app): State<Arc<App>>, Path(tenant): Path<String>, Json(body): Json<Value>) -> Handled {
+    let pool = app.tenant(&tenant).await?;
     let (email, password) = (body["email"].as_str().unwrap_or_default(), body["password"].as_str().unwrap_or_default());
     let user: Option<(String, String, String)> =
-        match sqlx::query_as("SELECT id, password_salt, password_hash FROM app_users WHERE email = $1")
+        sqlx::query_as("SELECT id, password_salt, password_hash FROM app_users WHERE email = $1")
             .bind(email)
             .fetch_optional(&pool)
             .await
-        {
-            Ok(user) => user,
-            Err(e) => return internal(e),
-        };
+            .map_err(internal)?;
     let Some((user_id, _, _)) = user.filter(|(_, salt, hash)| sha256(&format!("{salt}:{password}")) == *hash) else {
-        return error(StatusCode::UNAUTHORIZED, "wrong email or password");
+        return Err(error(StatusCode::UNAUTHORIZED, "wrong email or password"));
     };
     let (session_id, token) = (random_hex(), random_hex());
-    let created = sqlx::query(
+    sqlx::query(
         "INSERT INTO login_sessions (tenant_id, id, token_hash, user_id, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&tenant)
@@ -216,61 +211,49 @@ async fn login(State(app): State<Arc<App>>, Path(tenant): Path<String>, Json(bod
     .bind(&user_id)
     .bind(now_ms())
     .execute(&pool)
-    .await;
-    match created {
-        Ok(_) => (StatusCode::CREATED, Json(json!({"session_id": session_id, "token": token}))),
-        Err(e) => internal(e),
-    }
+    .await
+    .map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(json!({"session_id": session_id, "token": token}))))
 }
 
 /// The user's sessions, newest first.
-async fn sessions(State(app): State<Arc<App>>, Path(tenant): Path<String>, headers: HeaderMap) -> Answer {
-    let pool = match app.tenant(&tenant).await {
-        Ok(pool) => pool,
-        Err(answer) => return answer,
-    };
-    let (user_id, current) = match app.user(&pool, &headers).await {
-        Ok(user) => user,
-        Err(answer) => return answer,
-    };
-    let rows: Vec<(String, i64, Option<i64>)> = match sqlx::query_as(
+async fn sessions(State(app): State<Arc<App>>, Path(tenant): Path<String>, headers: HeaderMap) -> Handled {
+    let pool = app.tenant(&tenant).await?;
+    let (user_id, current) = app.user(&pool, &headers).await?;
+    let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
         "SELECT id, created_at, revoked_at FROM login_sessions WHERE user_id = $1 ORDER BY created_at DESC",
     )
     .bind(&user_id)
     .fetch_all(&pool)
     .await
-    {
-        Ok(rows) => rows,
-        Err(e) => return internal(e),
-    };
+    .map_err(internal)?;
     let items: Vec<Value> = rows
         .into_iter()
         .map(|(id, created_at, revoked_at)| json!({"id": id, "created_at": created_at, "revoked": revoked_at.is_some(), "current": id == current}))
         .collect();
-    (StatusCode::OK, Json(json!({"items": items})))
+    Ok((StatusCode::OK, Json(json!({"items": items}))))
 }
 
 /// Revokes one of the user's own sessions.
-async fn revoke(State(app): State<Arc<App>>, Path((tenant, id)): Path<(String, String)>, headers: HeaderMap) -> Answer {
-    let pool = match app.tenant(&tenant).await {
-        Ok(pool) => pool,
-        Err(answer) => return answer,
-    };
-    let (user_id, _) = match app.user(&pool, &headers).await {
-        Ok(user) => user,
-        Err(answer) => return answer,
-    };
-    match sqlx::query("UPDATE login_sessions SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL")
-        .bind(now_ms())
-        .bind(&id)
-        .bind(&user_id)
-        .execute(&pool)
-        .await
-    {
-        Ok(done) if done.rows_affected() == 1 => (StatusCode::OK, Json(json!({"revoked": id}))),
-        Ok(_) => error(StatusCode::NOT_FOUND, "no such session of yours"),
-        Err(e) => internal(e),
+async fn revoke(
+    State(app): State<Arc<App>>,
+    Path((tenant, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Handled {
+    let pool = app.tenant(&tenant).await?;
+    let (user_id, _) = app.user(&pool, &headers).await?;
+    let done =
+        sqlx::query("UPDATE login_sessions SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(&id)
+            .bind(&user_id)
+            .execute(&pool)
+            .await
+            .map_err(internal)?;
+    if done.rows_affected() == 0 {
+        return Err(error(StatusCode::NOT_FOUND, "no such session of yours"));
     }
+    Ok((StatusCode::OK, Json(json!({"revoked": id}))))
 }
 
 /// Starts a tracking session of the configured length (10 minutes), or shorter with
@@ -280,31 +263,25 @@ async fn start_tracking(
     Path(tenant): Path<String>,
     headers: HeaderMap,
     body: Option<Json<Value>>,
-) -> Answer {
+) -> Handled {
+    let pool = app.tenant(&tenant).await?;
+    let (user_id, _) = app.user(&pool, &headers).await?;
     let longest = app.config.tracking.as_millis() as i64;
     let length_ms = match body.as_ref().and_then(|b| b["duration"].as_str()) {
         None => longest,
         Some(text) => match humantime::parse_duration(text) {
             Ok(d) if (d.as_millis() as i64) <= longest => d.as_millis() as i64,
             _ => {
-                return error(
+                return Err(error(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     format!("duration must be at most {}", app.config.tracking),
-                )
+                ))
             }
         },
     };
-    let pool = match app.tenant(&tenant).await {
-        Ok(pool) => pool,
-        Err(answer) => return answer,
-    };
-    let (user_id, _) = match app.user(&pool, &headers).await {
-        Ok(user) => user,
-        Err(answer) => return answer,
-    };
     let (id, started_at) = (random_hex(), now_ms());
     let ends_at = started_at + length_ms;
-    match sqlx::query(
+    sqlx::query(
         "INSERT INTO tracking_sessions (tenant_id, id, user_id, started_at, ends_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&tenant)
@@ -314,10 +291,8 @@ async fn start_tracking(
     .bind(ends_at)
     .execute(&pool)
     .await
-    {
-        Ok(_) => (StatusCode::CREATED, Json(json!({"id": id, "ends_at": ends_at}))),
-        Err(e) => internal(e),
-    }
+    .map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "ends_at": ends_at}))))
 }
 
 /// Stores an update and hands it to Sagaplane; 409 once the tracking session has ended.
@@ -326,82 +301,59 @@ async fn post_location(
     Path((tenant, tracking_id)): Path<(String, String)>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> Answer {
-    let pool = match app.tenant(&tenant).await {
-        Ok(pool) => pool,
-        Err(answer) => return answer,
-    };
-    let (user_id, _) = match app.user(&pool, &headers).await {
-        Ok(user) => user,
-        Err(answer) => return answer,
-    };
+) -> Handled {
+    let pool = app.tenant(&tenant).await?;
+    let (user_id, _) = app.user(&pool, &headers).await?;
     let (Some(lat), Some(lon)) = (body["lat"].as_f64(), body["lon"].as_f64()) else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "lat and lon are required numbers");
+        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "lat and lon are required numbers"));
     };
-    let ends_at: Option<i64> =
-        match sqlx::query_scalar("SELECT ends_at FROM tracking_sessions WHERE id = $1 AND user_id = $2")
-            .bind(&tracking_id)
-            .bind(&user_id)
-            .fetch_optional(&pool)
-            .await
-        {
-            Ok(ends_at) => ends_at,
-            Err(e) => return internal(e),
-        };
-    let Some(ends_at) = ends_at else { return error(StatusCode::NOT_FOUND, "no such tracking session of yours") };
+    let ends_at: i64 = sqlx::query_scalar("SELECT ends_at FROM tracking_sessions WHERE id = $1 AND user_id = $2")
+        .bind(&tracking_id)
+        .bind(&user_id)
+        .fetch_optional(&pool)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "no such tracking session of yours"))?;
     let at = now_ms();
     if at >= ends_at {
-        return error(StatusCode::CONFLICT, "the tracking session has ended");
+        return Err(error(StatusCode::CONFLICT, "the tracking session has ended"));
     }
     let id = random_hex();
-    if let Err(e) =
-        sqlx::query("INSERT INTO locations (tenant_id, id, tracking_id, lat, lon, at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(&tenant)
-            .bind(&id)
-            .bind(&tracking_id)
-            .bind(lat)
-            .bind(lon)
-            .bind(at)
-            .execute(&pool)
-            .await
-    {
-        return internal(e);
-    }
+    sqlx::query("INSERT INTO locations (tenant_id, id, tracking_id, lat, lon, at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&tenant)
+        .bind(&id)
+        .bind(&tracking_id)
+        .bind(lat)
+        .bind(lon)
+        .bind(at)
+        .execute(&pool)
+        .await
+        .map_err(internal)?;
     let expires_at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ends_at as u64);
     let saga = json!({"definition": "location.publish", "tenant_id": tenant, "input": {
         "tracking_id": tracking_id, "location_id": id, "lat": lat, "lon": lon, "at": at,
         "expires_at": humantime::format_rfc3339_millis(expires_at).to_string()}});
-    let published = app
+    let response = app
         .client
         .post(format!("{}/v1/sagas", app.config.sagaplane))
         .bearer_auth(&app.config.token)
         .header("Idempotency-Key", format!("location-{tenant}-{id}"))
         .json(&saga)
         .send()
-        .await;
-    match published {
-        Ok(response) if response.status().is_success() => (StatusCode::CREATED, Json(json!({"id": id}))),
-        Ok(response) => error(StatusCode::BAD_GATEWAY, format!("Sagaplane answered {}", response.status())),
-        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        .await
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(error(StatusCode::BAD_GATEWAY, format!("Sagaplane answered {}", response.status())));
     }
+    Ok((StatusCode::CREATED, Json(json!({"id": id}))))
 }
 
 /// Every location the tenant's role can read (row-level security decides which).
-async fn locations(State(app): State<Arc<App>>, Path(tenant): Path<String>, headers: HeaderMap) -> Answer {
-    let pool = match app.tenant(&tenant).await {
-        Ok(pool) => pool,
-        Err(answer) => return answer,
-    };
-    if let Err(answer) = app.user(&pool, &headers).await {
-        return answer;
-    }
-    match sqlx::query_as::<_, (String, String)>("SELECT id, tenant_id FROM locations").fetch_all(&pool).await {
-        Ok(rows) => (
-            StatusCode::OK,
-            Json(
-                json!({"items": rows.into_iter().map(|(id, t)| json!({"id": id, "tenant_id": t})).collect::<Vec<_>>()}),
-            ),
-        ),
-        Err(e) => internal(e),
-    }
+async fn locations(State(app): State<Arc<App>>, Path(tenant): Path<String>, headers: HeaderMap) -> Handled {
+    let pool = app.tenant(&tenant).await?;
+    app.user(&pool, &headers).await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, tenant_id FROM locations").fetch_all(&pool).await.map_err(internal)?;
+    let items: Vec<Value> = rows.into_iter().map(|(id, tenant_id)| json!({"id": id, "tenant_id": tenant_id})).collect();
+    Ok((StatusCode::OK, Json(json!({"items": items}))))
 }

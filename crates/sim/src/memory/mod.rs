@@ -207,21 +207,19 @@ impl MemoryStore {
         }
     }
 
-    fn insert_one(&self, tables: &mut Tables, params: &SagaCreate) -> StoreResult<Option<SagaRecord>> {
+    /// One create of a batch already checked: None when its idempotency key is taken or the
+    /// version it requires is no longer the latest.
+    fn insert_one(&self, tables: &mut Tables, params: &SagaCreate) -> Option<SagaRecord> {
         if let Some(key) = &params.idempotency_key {
             if tables.idempotency_keys.contains_key(key) {
-                return Ok(None);
+                return None;
             }
         }
         if params.require_latest {
             let latest = tables.definitions.get(&params.definition).and_then(|v| v.last()).map(|d| d.version);
             if latest != Some(params.version) {
-                return Ok(None);
+                return None;
             }
-        }
-        saga_store::creates::check(params)?;
-        if tables.sagas.contains_key(&params.id) {
-            return Err(StoreError::Conflict(format!("saga {} exists", params.id)));
         }
         let lease_expires_at_ms = params.lease.as_ref().map(|l| params.now_ms + l.lease_ttl_ms);
         let record = SagaRecord {
@@ -266,7 +264,7 @@ impl MemoryStore {
             params.now_ms,
         );
         self.append(tables, params.id, None, None, &[created]);
-        Ok(Some(record))
+        Some(record)
     }
 }
 
@@ -317,24 +315,15 @@ impl DefinitionStore for MemoryStore {
 impl SagaStore for MemoryStore {
     async fn saga_insert_batch(&self, creates: &[SagaCreate]) -> StoreResult<Vec<Option<SagaRecord>>> {
         let mut tables = self.tables()?;
-        // One transaction: a failure writes nothing, so work on a copy.
-        let mut copy = Tables {
-            definitions: tables.definitions.clone(),
-            sagas: tables.sagas.clone(),
-            idempotency_keys: tables.idempotency_keys.clone(),
-            events: tables.events.clone(),
-            signals: Vec::new(),
-            callbacks: BTreeMap::new(),
-            journal: Vec::new(),
-        };
-        let mut records = Vec::with_capacity(creates.len());
+        // One transaction: whatever would fail the batch is found before anything is written.
+        let mut ids = std::collections::BTreeSet::new();
         for params in creates {
-            records.push(self.insert_one(&mut copy, params)?);
+            saga_store::creates::check(params)?;
+            if tables.sagas.contains_key(&params.id) || !ids.insert(params.id) {
+                return Err(StoreError::Conflict(format!("saga {} exists", params.id)));
+            }
         }
-        tables.sagas = copy.sagas;
-        tables.idempotency_keys = copy.idempotency_keys;
-        tables.events = copy.events;
-        tables.journal.extend(copy.journal);
+        let records = creates.iter().map(|params| self.insert_one(&mut tables, params)).collect::<Vec<_>>();
         drop(tables);
         if records.iter().zip(creates).any(|(record, create)| record.is_some() && create.lease.is_none()) {
             self.notify_work();
