@@ -33,6 +33,8 @@ pub struct SimClock {
 
 impl SimClock {
     pub fn new() -> Self {
+        // Outside a runtime this would read the wall clock, and no two runs would agree.
+        debug_assert!(tokio::runtime::Handle::try_current().is_ok(), "a SimClock is made inside the paused runtime");
         SimClock { start: tokio::time::Instant::now() }
     }
 
