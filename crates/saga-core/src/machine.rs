@@ -98,7 +98,7 @@ impl StepState {
     fn needs_compensation(&self) -> bool {
         match self.status {
             StepStatus::Succeeded | StepStatus::Compensating => true,
-            StepStatus::Failed => self.ambiguous && !crate::bugs::skip_ambiguous_compensation(),
+            StepStatus::Failed => self.ambiguous && !crate::bugs::active(crate::bugs::Bug::SkipAmbiguousCompensation),
             _ => false,
         }
     }
@@ -750,11 +750,6 @@ impl SagaState {
         transition
     }
 
-    /// A driver that is about to stop the saga (a cancel, the deadline) right after taking it
-    /// from one that may have been running its next step ([`Self::next_step_may_be_running`])
-    /// cannot know whether that one had sent the action already: the step counts as started, so stopping now compensates it — a crash
-    /// mid-step is an ambiguous failure (API.md §5). Without this, a first attempt that went
-    /// out just before a crash was never compensated (found by the simulator, seed 32).
     /// Whether a driver now holding `fencing_token` may have been preceded by one that sent the
     /// next action and stopped before writing its result: the last writer kept the saga to go
     /// on, or some driver held it after the last write and wrote nothing.
@@ -762,14 +757,62 @@ impl SagaState {
         self.writer_kept_lease || fencing_token > self.written_by_token + 1
     }
 
-    pub fn assume_attempt_in_flight(&mut self) {
-        if self.wait.is_some() || !matches!(self.status, SagaStatus::Pending | SagaStatus::Executing) {
-            return;
+    /// Called by a driver that has just claimed the saga with `fencing_token`: when a driver
+    /// before it may have sent the next action and stopped before writing anything
+    /// ([`Self::next_step_may_be_running`]), that step counts as started from now on — status
+    /// `EXECUTING` and a `step_assumed_started` event — so whatever stops the saga later (a
+    /// cancel, the deadline, a failure) compensates it as an ambiguous failure (API.md §5: a
+    /// crash mid-step is ambiguous). The mark is part of the state, so every later commit
+    /// carries it; the evidence it comes from does not survive a commit.
+    ///
+    /// Found by the simulator twice: seed 32 (the step was only assumed started when the driver
+    /// stopped the saga at once) and seed 1007979 (a driver that took over and handed the saga
+    /// back at shutdown, before its deadline, wrote a state without the evidence; the next one
+    /// compensated only the steps before, and the effect of the one in flight stayed).
+    pub fn adopt(&mut self, fencing_token: i64, now_ms: i64) -> Transition {
+        let mut transition = Transition::default();
+        if !self.next_step_may_be_running(fencing_token) || crate::bugs::active(crate::bugs::Bug::SkipAdoption) {
+            return transition;
         }
-        if let Next::RunAction { step, .. } = self.next() {
-            if self.steps[step].status == StepStatus::Pending {
-                self.steps[step].status = StepStatus::Executing;
-            }
+        if self.wait.is_some() || !matches!(self.status, SagaStatus::Pending | SagaStatus::Executing) {
+            return transition;
+        }
+        let Next::RunAction { step, attempt } = self.next() else { return transition };
+        let state = &mut self.steps[step];
+        if state.status != StepStatus::Pending {
+            // Attempted before (a written attempt, or an earlier adoption): already counted.
+            return transition;
+        }
+        state.status = StepStatus::Executing;
+        state.started_at_ms = Some(now_ms);
+        self.status = SagaStatus::Executing;
+        transition.events.push(HistoryEvent::new(
+            "step_assumed_started",
+            Some(&state.name),
+            Some(attempt),
+            json!({
+                "phase": "action",
+                "reason": "a driver before this one may have sent this attempt and stopped before writing its result",
+                "written_by_token": self.written_by_token,
+                "fencing_token": fencing_token,
+            }),
+            now_ms,
+        ));
+        transition
+    }
+
+    /// When a saga that waits until `at_ms` (a retry, a signal, a callback, an open circuit)
+    /// must be due again: at the deadline, if that comes first and the saga still goes forward.
+    /// A deadline that has passed changes nothing once the saga compensates or has ended;
+    /// capping by it then made a compensation deferred by an open circuit due at once, claimed
+    /// and deferred again in a loop (thousands of history rows a second; in the simulator a run
+    /// that never ended, seeds 504339, 2017925 and 3008223).
+    pub fn due_at_ms(&self, at_ms: i64) -> i64 {
+        let forward = matches!(self.status, SagaStatus::Pending | SagaStatus::Executing)
+            || crate::bugs::active(crate::bugs::Bug::CapByPassedDeadline);
+        match self.deadline_at_ms {
+            Some(deadline) if forward => at_ms.min(deadline),
+            _ => at_ms,
         }
     }
 

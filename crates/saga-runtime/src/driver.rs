@@ -95,11 +95,9 @@ async fn drive_inner(
         }
     };
     let mut state: SagaState = record.state.clone();
-    let now_ms = shared.clock.now_ms();
-    let stopping = record.cancel_requested_at_ms.is_some() || state.deadline_at_ms.is_some_and(|d| d <= now_ms);
-    if stopping && state.next_step_may_be_running(record.fencing_token) {
-        state.assume_attempt_in_flight();
-    }
+    // A step a driver before this one may have sent counts as started, in every state written
+    // from now on (see `SagaState::adopt`).
+    pending.extend(state.adopt(record.fencing_token, shared.clock.now_ms()).events);
     // A cancel requested while no driver held the saga (a pending retry, a wait, not started).
     if let Some(at_ms) = record.cancel_requested_at_ms {
         let wait_before = state.wait.clone();
@@ -245,8 +243,9 @@ async fn drive_inner(
             events.extend(expired.events);
             release_until = None;
         }
-        // Whatever the saga waits for, it is due again at its deadline at the latest.
-        let release_until = release_until.map(|at| state.deadline_at_ms.map_or(at, |deadline| at.min(deadline)));
+        // Whatever the saga waits for, it is due again at its deadline at the latest (while the
+        // deadline still matters).
+        let release_until = release_until.map(|at| state.due_at_ms(at));
         let Some((committed_at_ms, released)) =
             commit(shared, claimed, &definition, &mut state, events, release_until).await
         else {

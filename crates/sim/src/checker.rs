@@ -12,11 +12,13 @@
 //!   and never once a pivot has succeeded;
 //! - durable before dependent: a step's request reaches its participant only after the previous
 //!   step's success is written, and a compensation only after the later steps' compensations are;
+//! - no participant call without a durable attempt start: every action request is recorded as
+//!   a start of its step, by its sender or by the driver that took over from it;
 //! - concurrency limits: a key never has more admitted, unfinished sagas than its limit.
 
 use std::collections::BTreeMap;
 
-use saga_core::{Phase, SagaStatus};
+use saga_core::{Phase, SagaStatus, StepStatus};
 use saga_store::SagaRecord;
 use uuid::Uuid;
 
@@ -37,7 +39,7 @@ impl Violation {
         Violation { guarantee, detail: detail.into(), saga_id: None }
     }
 
-    fn of(saga_id: Uuid, guarantee: &'static str, detail: impl Into<String>) -> Self {
+    pub fn of(saga_id: Uuid, guarantee: &'static str, detail: impl Into<String>) -> Self {
         Violation { guarantee, detail: format!("saga {saga_id}: {}", detail.into()), saga_id: Some(saga_id) }
     }
 }
@@ -64,6 +66,7 @@ pub fn check(observation: &Observation<'_>) -> Vec<Violation> {
         check_fencing(observation, saga.id, &mut violations);
         check_effects(observation, saga, &mut violations);
         check_durability(observation, saga, &mut violations);
+        check_attempts_recorded(observation, saga, &mut violations);
     }
     check_concurrency(observation, &mut violations);
     violations
@@ -237,26 +240,49 @@ fn last_failure_definite(observation: &Observation<'_>, saga_id: Uuid, step: &st
         .is_some_and(|(_, e, _)| e.data.get("retryable").and_then(|r| r.as_bool()) == Some(false))
 }
 
-/// Step `index` is the one a stopped driver may have been running when a new one stopped the
-/// saga: it was never started by a written attempt, it comes right after the last success, and
-/// it was compensated by a later driver than the one that wrote that success (the engine's
-/// `assume_attempt_in_flight`).
+/// Step `index` was counted as started by a driver that took the saga over from one that may
+/// have sent it (`step_assumed_started`, the engine's `SagaState::adopt`): it may be compensated
+/// although no action request of it reached the participant.
 fn assumed_in_flight(observation: &Observation<'_>, saga_id: Uuid, plan: &DefinitionPlan, index: usize) -> bool {
     let name = &plan.steps[index].name;
-    let of_step = |kind: &str, step: &str| {
-        events_of(observation, saga_id)
-            .find(|(_, e, _)| e.kind == kind && e.step.as_deref() == Some(step))
-            .and_then(|(_, _, t)| t)
-    };
-    if of_step("step_started", name).is_some() {
-        return false;
+    events_of(observation, saga_id).any(|(_, e, _)| e.kind == "step_assumed_started" && e.step.as_ref() == Some(name))
+}
+
+/// No participant call without a durable attempt start: every action request a participant
+/// received — from a live driver or a zombie — is accounted for in the history by a
+/// `step_started` of its step (written by its sender) or a `step_assumed_started` (written by
+/// the driver that took over from a sender that stopped first), and the step does not end
+/// `PENDING` or `SKIPPED` ("never attempted"). Without it, whatever stops the saga treats the
+/// step as never run and leaves its effect in place (seed 1007979).
+fn check_attempts_recorded(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
+    let mut reported: Vec<&str> = Vec::new();
+    for request in observation.requests.iter().filter(|r| r.saga_id == saga.id && r.phase == Phase::Action) {
+        if reported.contains(&request.step.as_str()) {
+            continue;
+        }
+        let recorded = events_of(observation, saga.id).any(|(_, e, _)| {
+            matches!(e.kind.as_str(), "step_started" | "step_assumed_started") && e.step.as_ref() == Some(&request.step)
+        });
+        let final_status = saga.state.steps.iter().find(|s| s.name == request.step).map(|s| s.status);
+        let never_attempted = matches!(final_status, Some(StepStatus::Pending | StepStatus::Skipped));
+        if recorded && !never_attempted {
+            continue;
+        }
+        reported.push(&request.step);
+        let why = if recorded {
+            format!("yet the step ended {final_status:?}")
+        } else {
+            "and no start of the step was ever written".to_string()
+        };
+        violations.push(Violation::of(
+            saga.id,
+            "no participant call without a durable attempt start",
+            format!(
+                "#{} action of {} attempt {} (token {}) reached its participant, {why}",
+                request.seq, request.step, request.attempt, request.fencing_token
+            ),
+        ));
     }
-    let Some(compensated_by) = of_step("compensation_started", name) else { return false };
-    let succeeded_by = match index {
-        0 => Some(1),
-        _ => of_step("step_succeeded", &plan.steps[index - 1].name),
-    };
-    succeeded_by.is_some_and(|token| compensated_by > token)
 }
 
 fn check_durability(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
@@ -337,6 +363,9 @@ fn check_concurrency(observation: &Observation<'_>, violations: &mut Vec<Violati
     }
 }
 
+/// How many lines of a saga's timeline are shown at its start and at its end, at most.
+const TIMELINE_EDGE_LINES: usize = 200;
+
 /// The run as text: the scenario, the violations, then per saga (those a violation names, or
 /// all when none does) every write and participant request in order.
 pub fn timeline(observation: &Observation<'_>, violations: &[Violation]) -> String {
@@ -401,7 +430,15 @@ pub fn timeline(observation: &Observation<'_>, violations: &[Violation]) -> Stri
             }
         }
         lines.sort_by_key(|(seq, _)| *seq);
-        for (seq, line) in lines {
+        // A saga that spun wrote without end: its beginning and its end tell the story.
+        let omitted = lines.len().saturating_sub(2 * TIMELINE_EDGE_LINES);
+        for (n, (seq, line)) in lines.into_iter().enumerate() {
+            if omitted > 0 && (TIMELINE_EDGE_LINES..TIMELINE_EDGE_LINES + omitted).contains(&n) {
+                if n == TIMELINE_EDGE_LINES {
+                    text.push_str(&format!("  … {omitted} lines omitted …\n"));
+                }
+                continue;
+            }
             let seq = if seq == u64::MAX { "end".to_string() } else { format!("#{seq}") };
             text.push_str(&format!("  {seq:>6} {line}\n"));
         }

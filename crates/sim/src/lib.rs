@@ -7,8 +7,10 @@
 //!
 //! Layout: [`memory`] the store model; [`scenario`] what a seed asks for (definitions, sagas,
 //! faults); [`world`] the participants, the instances' links to the store and the network, and
-//! the faults they inject; [`run`] one seeded run; [`checker`] the invariants.
+//! the faults they inject; [`run`] one seeded run; [`budget`] the work a run may do before it
+//! counts as spinning; [`checker`] the invariants.
 
+pub mod budget;
 pub mod checker;
 pub mod memory;
 pub mod run;
@@ -16,4 +18,4 @@ pub mod scenario;
 pub mod world;
 
 pub use memory::{MemoryStore, Sequencer, StoreBugs};
-pub use run::{run_seed, Bugs, RunReport};
+pub use run::{run_seed, run_seed_with, Bugs, RunOptions, RunReport};

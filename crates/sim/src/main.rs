@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use sim::{run_seed, Bugs, StoreBugs};
+use sim::{run_seed_with, Bugs, RunOptions, StoreBugs};
 
 #[derive(Parser)]
 #[command(about = "Deterministic simulation of the Sagaplane engine")]
@@ -21,9 +21,14 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Re-introduce a known bug, to see the checker find it: unfenced-commits, leases-kept,
-    /// skip-ambiguous-compensation (the last needs `--features bugs`).
+    /// skip-ambiguous-compensation, skip-adoption, cap-by-passed-deadline (the last three need
+    /// `--features bugs`).
     #[arg(long)]
     bug: Vec<String>,
+    /// Store calls and participant requests one run may make before it counts as spinning
+    /// (a liveness violation).
+    #[arg(long, default_value_t = sim::budget::WORK_MAX)]
+    work_max: u64,
     /// Print the trace of every run, not only of a failing one.
     #[arg(long)]
     verbose: bool,
@@ -36,7 +41,12 @@ fn bugs(names: &[String]) -> anyhow::Result<Bugs> {
             "unfenced-commits" => bugs.store = StoreBugs { unfenced_commits: true, ..bugs.store },
             "leases-kept" => bugs.store = StoreBugs { leases_kept: true, ..bugs.store },
             "skip-ambiguous-compensation" => bugs.skip_ambiguous_compensation = true,
-            other => anyhow::bail!("unknown bug {other:?}: unfenced-commits, leases-kept, skip-ambiguous-compensation"),
+            "skip-adoption" => bugs.skip_adoption = true,
+            "cap-by-passed-deadline" => bugs.cap_by_passed_deadline = true,
+            other => anyhow::bail!(
+                "unknown bug {other:?}: unfenced-commits, leases-kept, skip-ambiguous-compensation, skip-adoption, \
+                 cap-by-passed-deadline"
+            ),
         }
     }
     Ok(bugs)
@@ -44,9 +54,9 @@ fn bugs(names: &[String]) -> anyhow::Result<Bugs> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bugs = bugs(&args.bug)?;
+    let options = RunOptions { bugs: bugs(&args.bug)?, work_max: args.work_max };
     if let (Some(seed), None) = (args.seed, args.seeds) {
-        let report = run_seed(seed, bugs)?;
+        let report = run_seed_with(seed, options)?;
         println!("{}", report.explain());
         return finish(&[report]);
     }
@@ -64,7 +74,7 @@ fn main() -> anyhow::Result<()> {
                 if seed >= end {
                     return;
                 }
-                let report = run_seed(seed, bugs);
+                let report = run_seed_with(seed, options);
                 let failed = report.as_ref().map_or(true, |r| !r.passed());
                 if let Ok(mut reports) = reports.lock() {
                     reports.push(report);
@@ -86,11 +96,16 @@ fn main() -> anyhow::Result<()> {
     let sagas: usize = reports.iter().map(|r| r.sagas).sum();
     let requests: usize = reports.iter().map(|r| r.participant_requests).sum();
     let simulated_s: u64 = reports.iter().map(|r| r.simulated_ms).sum::<u64>() / 1000;
+    let busiest = reports.iter().max_by_key(|r| r.work);
     println!(
-        "{} seeds in {:.1} s ({:.0} seeds/s): {sagas} sagas, {requests} participant requests, {simulated_s} s simulated",
+        "{} seeds in {:.1} s ({:.0} seeds/s): {sagas} sagas, {requests} participant requests, {simulated_s} s simulated; \
+         most work in one run: {} (seed {}, budget {})",
         reports.len(),
         elapsed.as_secs_f64(),
-        reports.len() as f64 / elapsed.as_secs_f64().max(1e-9)
+        reports.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        busiest.map_or(0, |r| r.work),
+        busiest.map_or(0, |r| r.seed),
+        args.work_max,
     );
     if args.verbose {
         for report in &reports {

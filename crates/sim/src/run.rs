@@ -16,6 +16,7 @@ use saga_store::{DefinitionStore, EngineStore, SagaCreate, SagaStore, SignalStor
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::budget::{Budget, WORK_MAX};
 use crate::checker::{self, Observation, Violation};
 use crate::memory::{MemoryStore, Sequencer, StoreBugs};
 use crate::scenario::{Dice, InstanceFault, Scenario};
@@ -27,6 +28,37 @@ pub struct Bugs {
     pub store: StoreBugs,
     /// A step that failed ambiguously is not compensated (saga-core, `sim-bugs` builds only).
     pub skip_ambiguous_compensation: bool,
+    /// A driver that takes over does not count its predecessor's possible attempt as started
+    /// (saga-core, `sim-bugs` builds only).
+    pub skip_adoption: bool,
+    /// A wake-up is capped by a deadline that has passed (saga-core, `sim-bugs` builds only).
+    pub cap_by_passed_deadline: bool,
+}
+
+impl Bugs {
+    /// The engine's switches, and whether this run wants each.
+    fn engine(&self) -> [(bool, saga_core::bugs::Bug); 3] {
+        use saga_core::bugs::Bug;
+        [
+            (self.skip_ambiguous_compensation, Bug::SkipAmbiguousCompensation),
+            (self.skip_adoption, Bug::SkipAdoption),
+            (self.cap_by_passed_deadline, Bug::CapByPassedDeadline),
+        ]
+    }
+}
+
+/// How a run is set up beyond its seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    pub bugs: Bugs,
+    /// Store calls and participant requests the run may make (see [`crate::budget`]).
+    pub work_max: u64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { bugs: Bugs::default(), work_max: WORK_MAX }
+    }
 }
 
 /// How long a run may take, in simulated time, before an unfinished saga is a violation.
@@ -42,6 +74,8 @@ pub struct RunReport {
     pub sagas: usize,
     pub participant_requests: usize,
     pub journal_entries: usize,
+    /// Store calls and participant requests made (the budget spent).
+    pub work: u64,
     /// Simulated time the run took.
     pub simulated_ms: u64,
     pub violations: Vec<Violation>,
@@ -69,17 +103,40 @@ impl RunReport {
 
 /// Runs `seed` to its end on a fresh single-threaded runtime with paused time.
 pub fn run_seed(seed: u64, bugs: Bugs) -> anyhow::Result<RunReport> {
-    if bugs.skip_ambiguous_compensation && !saga_core::bugs::set_skip_ambiguous_compensation(true) {
-        anyhow::bail!("this build has no bug switches in saga-core: build with `--features bugs`");
+    run_seed_with(seed, RunOptions { bugs, ..RunOptions::default() })
+}
+
+/// [`run_seed`] with every option. A run that spends its whole budget of work stops there and
+/// reports a liveness violation ("the engine makes progress").
+pub fn run_seed_with(seed: u64, options: RunOptions) -> anyhow::Result<RunReport> {
+    let bugs = options.bugs;
+    for (wanted, bug) in bugs.engine() {
+        if wanted && !saga_core::bugs::set(bug, true) {
+            anyhow::bail!("this build has no bug switches in saga-core: build with `--features bugs`");
+        }
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?;
     // `Run::new` reads the clock: inside `block_on`, so it reads the paused one. Made outside, it
     // read the wall clock, and the run's every time shifted by however long the runtime took to
     // start (seed 17 once ran 2 ms later the second time).
-    let report = runtime.block_on(async move { Run::new(seed, bugs).play().await });
+    let report = runtime.block_on(async move {
+        let mut run = Run::new(seed, options);
+        let budget = run.budget.clone();
+        let played = tokio::select! {
+            biased;
+            report = run.play() => Some(report),
+            () = budget.exhausted() => None,
+        };
+        match played {
+            Some(report) => report,
+            None => run.out_of_budget(),
+        }
+    });
     // Tasks of dead instances never finish: dropping the runtime drops them.
     drop(runtime);
-    saga_core::bugs::set_skip_ambiguous_compensation(false);
+    for (_, bug) in bugs.engine() {
+        saga_core::bugs::set(bug, false);
+    }
     Ok(report)
 }
 
@@ -105,10 +162,12 @@ struct Run {
     /// Creates under way (one through a paused instance waits; one through a dead one never ends).
     creates: tokio::task::JoinSet<()>,
     violations: Arc<Mutex<Vec<Violation>>>,
+    budget: Arc<Budget>,
 }
 
 impl Run {
-    fn new(seed: u64, bugs: Bugs) -> Run {
+    fn new(seed: u64, options: RunOptions) -> Run {
+        let bugs = options.bugs;
         let dice = Dice::new(seed);
         let scenario = Scenario::generate(seed, &dice);
         let sequencer = Sequencer::default();
@@ -143,10 +202,11 @@ impl Run {
             ids: Vec::new(),
             creates: tokio::task::JoinSet::new(),
             violations: Arc::default(),
+            budget: Arc::new(Budget::new(options.work_max)),
         }
     }
 
-    async fn play(mut self) -> RunReport {
+    async fn play(&mut self) -> RunReport {
         if let Err(message) = self.define().await {
             return self.report(vec![Violation::new("scenario", message)]);
         }
@@ -224,8 +284,13 @@ impl Run {
             link: slot.link.clone(),
             dice: self.dice.clone(),
             faults: self.faults.clone(),
+            budget: self.budget.clone(),
         });
-        let network = Arc::new(Network { participants: self.participants.clone(), link: slot.link.clone() });
+        let network = Arc::new(Network {
+            participants: self.participants.clone(),
+            link: slot.link.clone(),
+            budget: self.budget.clone(),
+        });
         let builtins = BuiltinRegistry::with_core();
         let names = builtins.names().into_iter().map(str::to_string).collect();
         let executors = Executors::new(builtins).with_http_transport(network);
@@ -411,6 +476,29 @@ impl Run {
         false
     }
 
+    /// The run spent its whole budget of work: something spins. Reported with the saga that
+    /// wrote the most, whose timeline shows the loop.
+    fn out_of_budget(&self) -> RunReport {
+        let mut writes: BTreeMap<Uuid, usize> = BTreeMap::new();
+        for entry in self.store.journal() {
+            *writes.entry(entry.saga_id).or_default() += 1;
+        }
+        let busiest = writes.into_iter().max_by_key(|(id, count)| (*count, std::cmp::Reverse(*id)));
+        let detail = format!(
+            "the run spent its budget of {} store calls and participant requests at {} ms of simulated time \
+             without every saga ending: something spins without time moving",
+            self.budget.limit(),
+            self.clock.elapsed_ms()
+        );
+        let violation = match busiest {
+            Some((id, count)) => {
+                Violation::of(id, "liveness", format!("{detail}; this saga has {count} journal entries"))
+            }
+            None => Violation::new("liveness", detail),
+        };
+        self.report(vec![violation])
+    }
+
     fn report(&self, mut violations: Vec<Violation>) -> RunReport {
         let ledger = self.participants.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let observation = Observation {
@@ -426,6 +514,7 @@ impl Run {
             sagas: observation.sagas.len(),
             participant_requests: ledger.requests.len(),
             journal_entries: observation.journal.len(),
+            work: self.budget.spent(),
             simulated_ms: self.clock.elapsed_ms(),
             trace: if std::env::var_os("SIM_DUMP").is_some() {
                 checker::timeline(&observation, &[])

@@ -20,6 +20,7 @@ use saga_store::{
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::budget::Budget;
 use crate::memory::{MemoryStore, Sequencer};
 use crate::scenario::{Dice, Misbehaviour};
 
@@ -120,10 +121,12 @@ pub struct SimStore {
     pub link: Link,
     pub dice: Dice,
     pub faults: Arc<CommitFaults>,
+    pub budget: Arc<Budget>,
 }
 
 impl SimStore {
     async fn call<T>(&self, request: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        self.budget.spend().await;
         self.link.pass().await;
         let answer = request.await;
         self.link.pass().await;
@@ -186,6 +189,7 @@ impl LeaseStore for SimStore {
     }
 
     async fn saga_commit_batch(&self, commits: &[SagaCommit]) -> StoreResult<Vec<CommitOutcome>> {
+        self.budget.spend().await;
         self.link.pass().await;
         let faulty = !self.faults.calm.load(Ordering::SeqCst);
         if faulty && self.dice.chance(self.faults.delay) {
@@ -445,11 +449,13 @@ impl Participants {
 pub struct Network {
     pub participants: Arc<Participants>,
     pub link: Link,
+    pub budget: Arc<Budget>,
 }
 
 #[async_trait]
 impl HttpTransport for Network {
     async fn send(&self, request: &HttpRequest<'_>, ctx: &AttemptContext) -> Result<(u16, Vec<u8>), String> {
+        self.budget.spend().await;
         self.link.pass().await;
         let Some(participant) = participant_of(request.url) else {
             return Ok((404, b"no such participant".to_vec()));

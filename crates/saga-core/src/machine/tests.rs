@@ -451,3 +451,67 @@ fn cancel_wins_over_an_uncommitted_completion() {
     assert_eq!(kinds_for(&events, "step_compensated"), vec!["s1", "s0"]);
     assert_eq!(state.error.as_ref().map(|e| (e.kind, e.step.clone())), Some((ErrorKind::Cancelled, None)));
 }
+
+/// A state as a driver with `token` wrote it, keeping the lease (`kept`) or not.
+fn written_by(mut state: SagaState, token: i64, kept: bool) -> SagaState {
+    state.written_by_token = token;
+    state.writer_kept_lease = kept;
+    state
+}
+
+#[test]
+fn a_driver_taking_over_counts_the_step_its_predecessor_may_have_sent() {
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    // Driver 1 wrote s0's success and went on to s1; driver 2 takes over.
+    let mut state = written_by(state, 1, true);
+    let t = state.adopt(2, 50);
+    assert_eq!(t.events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), vec!["step_assumed_started"]);
+    assert_eq!(t.events[0].step.as_deref(), Some("s1"));
+    assert_eq!(state.steps[1].status, StepStatus::Executing);
+    assert_eq!(state.steps[1].started_at_ms, Some(50));
+    // Running the same attempt itself resumes normally: attempt 1, with the same idempotency key.
+    assert_eq!(state.next(), Next::RunAction { step: 1, attempt: 1 });
+    // Written so (driver 2 hands the saga back, say), the mark survives without the evidence:
+    // the deadline passing later compensates s1 as an ambiguous failure.
+    let mut later = written_by(state.clone(), 2, false);
+    assert!(later.adopt(3, 60).events.is_empty(), "driver 3 has no evidence of its own");
+    later.cancel(&def, 70, 70, false);
+    assert!(later.steps[1].ambiguous);
+    let events = drive(&mut later, &def, &mut std::iter::empty());
+    assert_eq!(kinds_for(&events, "step_compensated"), vec!["s1", "s0"]);
+    assert_eq!(later.steps[2].status, StepStatus::Skipped);
+}
+
+#[test]
+fn a_driver_after_one_that_wrote_and_let_go_adopts_nothing() {
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    // Written by driver 4 with the lease released: driver 5 is the next to hold it.
+    let mut fresh = written_by(state.clone(), 4, false);
+    assert!(fresh.adopt(5, 10).events.is_empty());
+    assert_eq!(fresh.steps[1].status, StepStatus::Pending);
+    // Driver 5 held it and wrote nothing: driver 6 cannot know whether 5 sent s1.
+    assert_eq!(fresh.adopt(6, 10).events.len(), 1);
+    // A new saga claimed for the first time, and one parked on a wait, adopt nothing.
+    assert!(SagaState::new(&def).adopt(1, 0).events.is_empty());
+    let mut parked = written_by(state, 4, true);
+    parked.begin_wait(&def, WaitKind::Signal { name: "go".into() }, 10, None).expect("waitable");
+    assert!(parked.adopt(6, 20).events.is_empty());
+}
+
+#[test]
+fn a_passed_deadline_caps_wake_ups_only_while_going_forward() {
+    let mut def = definition(&[(true, 3, 3, false), (true, 3, 3, false)]);
+    def.timeout_ms = Some(100);
+    let mut state = SagaState::started(&def, 1_000);
+    assert_eq!(state.due_at_ms(5_000), 1_100, "a wait ends at the deadline at the latest");
+    assert_eq!(state.due_at_ms(1_050), 1_050);
+    state.apply(&def, attempt_of(&state, ok(), 1_000), 0.5).expect("legal");
+    state.expire(&def, 1_100);
+    assert_eq!(state.status, SagaStatus::Compensating);
+    // A compensation deferred past the deadline waits its whole time: not due at once, in a loop.
+    assert_eq!(state.due_at_ms(5_000), 5_000);
+}
