@@ -4,12 +4,14 @@
 
 pub mod app;
 pub mod db;
+pub mod effects;
 pub mod grpc_participant;
 pub mod nats;
 pub mod otlp;
 pub mod participant;
 
 pub use app::{App, Backend};
+pub use effects::EffectsParticipant;
 pub use grpc_participant::GrpcParticipant;
 pub use participant::Participant;
 

@@ -14,6 +14,7 @@ mod hardening;
 mod profile;
 mod restart;
 mod sagas;
+mod takeover;
 mod tenants;
 mod traces;
 
