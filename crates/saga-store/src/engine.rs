@@ -448,7 +448,10 @@ pub trait SignalStore: Send + Sync + 'static {
     /// Retires the open callback tokens of a step attempt the saga no longer waits for (its
     /// heartbeat lapsed, or the saga was cancelled or timed out): a late callback gets 404.
     async fn callback_close(&self, id: Uuid, step: &str, attempt: u32, now_ms: i64) -> StoreResult<()>;
-    /// The callback of one step attempt.
+    /// The callback of one step attempt. An attempt sent again by a driver that took over from
+    /// one that stopped after sending it has several tokens, each for the same work (one
+    /// idempotency key): the result of any of them settles the attempt; with none, the newest
+    /// token's deadline holds.
     async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>>;
 }
 

@@ -284,6 +284,8 @@ pub struct Request {
 pub struct Ledger {
     pub effects: BTreeMap<(Uuid, String), Effect>,
     pub requests: Vec<Request>,
+    /// Async attempts a participant has accepted and will call back: `(saga, step, attempt)`.
+    pub accepted: std::collections::BTreeSet<(Uuid, String, u32)>,
 }
 
 /// The participants `p0`, `p1`, … of a run.
@@ -462,9 +464,14 @@ impl HttpTransport for Network {
         };
         let (answer, delay) = self.participants.process(participant, ctx);
         if let (Answer::Status(202, _), Some(url)) = (&answer, &ctx.callback_url) {
-            let token = url.rsplit('/').next().unwrap_or_default().to_string();
-            let participants = self.participants.clone();
-            tokio::spawn(participants.settle_async(participant, ctx.saga_id, ctx.step.clone(), token));
+            // The same attempt again (sent by a driver that took over from one that had sent
+            // it): some participants call back every URL they were given, some only the first.
+            let first = self.participants.ledger().accepted.insert((ctx.saga_id, ctx.step.clone(), ctx.attempt));
+            if first || self.participants.dice.chance(0.5) {
+                let token = url.rsplit('/').next().unwrap_or_default().to_string();
+                let participants = self.participants.clone();
+                tokio::spawn(participants.settle_async(participant, ctx.saga_id, ctx.step.clone(), token));
+            }
         }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

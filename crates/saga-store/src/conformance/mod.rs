@@ -68,6 +68,7 @@ macro_rules! engine_store_conformance {
             signals_are_buffered_in_order_and_wake,
             a_delivery_during_a_lease_makes_the_parked_saga_due,
             callbacks_complete_once_and_heartbeats_extend,
+            a_callback_to_any_token_of_an_attempt_settles_it,
             admission_never_exceeds_the_key_limit,
             queue_facts_read_what_the_claim_reads,
             priority_goes_first_but_old_work_is_not_starved,

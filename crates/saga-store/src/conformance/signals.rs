@@ -155,3 +155,29 @@ pub async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Engine
     ensure!(lapsed.result.is_none() && lapsed.deadline_at_ms == Some(1_100), "a lapsed callback changed: {lapsed:?}");
     Ok(())
 }
+
+/// A driver that took a saga over sends the attempt its predecessor may have sent again, with a
+/// token of its own; a participant that calls back only the first token it was given still
+/// settles the attempt (before, the driver waited on its own token until the heartbeat
+/// timeout, or forever without one).
+pub async fn a_callback_to_any_token_of_an_attempt_settles_it(store: Arc<dyn EngineStore>) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let register = |token: &str, now_ms: i64| CallbackRegister {
+        token_hash: token.into(),
+        saga_id: id,
+        tenant_id: None,
+        step: "a".into(),
+        attempt: 1,
+        heartbeat_timeout_ms: Some(1_000),
+        now_ms,
+    };
+    db(store.callback_register(register("first", 10)).await)?;
+    db(store.callback_register(register("again", 20)).await)?;
+    let open = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
+    ensure!(open.result.is_none() && open.deadline_at_ms == Some(1_020), "the newest token's deadline: {open:?}");
+    let result = json!({"status": "succeeded", "output": {"x": 1}});
+    ensure!(db(store.callback_complete("first", &result, 30).await)? == id, "the first token still completes");
+    let settled = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
+    ensure!(settled.result.as_ref() == Some(&result), "the first token's result settles the attempt: {settled:?}");
+    Ok(())
+}
