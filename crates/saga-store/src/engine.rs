@@ -450,8 +450,8 @@ pub trait SignalStore: Send + Sync + 'static {
     async fn callback_close(&self, id: Uuid, step: &str, attempt: u32, now_ms: i64) -> StoreResult<()>;
     /// The callback of one step attempt. An attempt sent again by a driver that took over from
     /// one that stopped after sending it has several tokens, each for the same work (one
-    /// idempotency key): the result of any of them settles the attempt; with none, the newest
-    /// token's deadline holds.
+    /// idempotency key): the result of any of them settles the attempt; with none, the latest
+    /// heartbeat deadline among them holds (a heartbeat to any token keeps the attempt alive).
     async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>>;
 }
 

@@ -158,8 +158,8 @@ pub async fn callbacks_complete_once_and_heartbeats_extend(store: Arc<dyn Engine
 
 /// A driver that took a saga over sends the attempt its predecessor may have sent again, with a
 /// token of its own; a participant that calls back only the first token it was given still
-/// settles the attempt (before, the driver waited on its own token until the heartbeat
-/// timeout, or forever without one).
+/// settles the attempt, and its heartbeats keep the attempt alive (before, the driver waited on
+/// its own token until the heartbeat timeout, or forever without one).
 pub async fn a_callback_to_any_token_of_an_attempt_settles_it(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let register = |token: &str, now_ms: i64| CallbackRegister {
@@ -175,8 +175,11 @@ pub async fn a_callback_to_any_token_of_an_attempt_settles_it(store: Arc<dyn Eng
     db(store.callback_register(register("again", 20)).await)?;
     let open = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
     ensure!(open.result.is_none() && open.deadline_at_ms == Some(1_020), "the newest token's deadline: {open:?}");
+    db(store.callback_heartbeat("first", 500).await)?;
+    let beat = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
+    ensure!(beat.deadline_at_ms == Some(1_500), "a heartbeat to the first token keeps the attempt alive: {beat:?}");
     let result = json!({"status": "succeeded", "output": {"x": 1}});
-    ensure!(db(store.callback_complete("first", &result, 30).await)? == id, "the first token still completes");
+    ensure!(db(store.callback_complete("first", &result, 600).await)? == id, "the first token still completes");
     let settled = db(store.callback_get(id, "a", 1).await)?.ok_or("callback missing")?;
     ensure!(settled.result.as_ref() == Some(&result), "the first token's result settles the attempt: {settled:?}");
     Ok(())

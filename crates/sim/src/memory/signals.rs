@@ -117,7 +117,7 @@ impl SignalStore for MemoryStore {
             .callbacks
             .values()
             .filter(|c| c.saga_id == id && c.step == step && c.attempt == attempt)
-            .max_by_key(|c| (c.result.is_some(), c.created_at_ms))
+            .max_by_key(|c| (c.result.is_some(), c.deadline_at_ms, c.created_at_ms))
             .map(|c| CallbackRecord { result: c.result.clone(), deadline_at_ms: c.deadline_at_ms }))
     }
 }

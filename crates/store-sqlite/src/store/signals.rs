@@ -129,7 +129,7 @@ impl SignalStore for SqliteStore {
     async fn callback_get(&self, id: Uuid, step: &str, attempt: u32) -> StoreResult<Option<CallbackRecord>> {
         let row = sqlx::query(
             "SELECT result, deadline_at FROM saga_callbacks WHERE saga_id = ? AND step = ? AND attempt = ? \
-             ORDER BY (result IS NULL), created_at DESC LIMIT 1",
+             ORDER BY (result IS NULL), deadline_at DESC, created_at DESC LIMIT 1",
         )
         .bind(id.to_string())
         .bind(step)
