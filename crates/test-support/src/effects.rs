@@ -46,6 +46,8 @@ pub struct Held {
 struct Inner {
     effects: BTreeMap<(String, String), Effect>,
     outage: bool,
+    /// How long each action takes before it answers (after its effect).
+    action_delay: std::time::Duration,
     /// The step whose first action is held, and where to report it.
     hold: Option<(String, mpsc::UnboundedSender<Held>)>,
 }
@@ -81,6 +83,12 @@ impl EffectsParticipant {
         self.lock().outage = on;
     }
 
+    /// Every action takes this long to answer, its effect done first (a slow service: more
+    /// sagas are in the middle of a step at any moment).
+    pub fn set_action_delay(&self, delay: std::time::Duration) {
+        self.lock().action_delay = delay;
+    }
+
     /// Every step's effect, by `(saga id, step)`.
     pub fn effects(&self) -> BTreeMap<(String, String), Effect> {
         self.lock().effects.clone()
@@ -110,7 +118,7 @@ async fn act(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> Resp
     let Some(key) = saga_and_step(&headers) else {
         return (StatusCode::BAD_REQUEST, "X-Saga-Id and X-Saga-Step required").into_response();
     };
-    let held = {
+    let (held, delay) = {
         let mut inner = inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if inner.outage {
             return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "outage"}))).into_response();
@@ -123,12 +131,12 @@ async fn act(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> Resp
         }
         effect.applied = true;
         let hold_this = inner.hold.as_ref().is_some_and(|(step, _)| *step == key.1);
-        if hold_this {
-            inner.hold.take().map(|(_, report)| report)
-        } else {
-            None
-        }
+        let held = if hold_this { inner.hold.take().map(|(_, report)| report) } else { None };
+        (held, inner.action_delay)
     };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(report) = held {
         let (release, released) = oneshot::channel();
         if report.send(Held { saga_id: key.0.clone(), step: key.1.clone(), release }).is_ok() {
