@@ -66,7 +66,9 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let next = std::sync::atomic::AtomicU64::new(first);
     let end = first.saturating_add(count);
-    let reports = std::sync::Mutex::new(Vec::new());
+    // Only totals and failing reports are kept: a passing run's trace is dropped at once (200,000
+    // of them once filled 8 GB).
+    let totals = std::sync::Mutex::new(Totals::default());
     std::thread::scope(|scope| {
         for _ in 0..args.threads.max(1) {
             scope.spawn(|| loop {
@@ -76,8 +78,8 @@ fn main() -> anyhow::Result<()> {
                 }
                 let report = run_seed_with(seed, options);
                 let failed = report.as_ref().map_or(true, |r| !r.passed());
-                if let Ok(mut reports) = reports.lock() {
-                    reports.push(report);
+                if let Ok(mut totals) = totals.lock() {
+                    totals.add(report, args.verbose);
                 }
                 if failed {
                     // Stop handing out seeds: the first failure is what matters.
@@ -86,33 +88,63 @@ fn main() -> anyhow::Result<()> {
             });
         }
     });
-    let reports: Vec<_> = reports
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a run panicked"))?
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .context("a run could not start")?;
+    let totals = totals.into_inner().map_err(|_| anyhow::anyhow!("a run panicked"))?;
+    if let Some(error) = totals.error {
+        return Err(error).context("a run could not start");
+    }
     let elapsed = started.elapsed();
-    let sagas: usize = reports.iter().map(|r| r.sagas).sum();
-    let requests: usize = reports.iter().map(|r| r.participant_requests).sum();
-    let simulated_s: u64 = reports.iter().map(|r| r.simulated_ms).sum::<u64>() / 1000;
-    let busiest = reports.iter().max_by_key(|r| r.work);
     println!(
-        "{} seeds in {:.1} s ({:.0} seeds/s): {sagas} sagas, {requests} participant requests, {simulated_s} s simulated; \
+        "{} seeds in {:.1} s ({:.0} seeds/s): {} sagas, {} participant requests, {} s simulated; \
          most work in one run: {} (seed {}, budget {})",
-        reports.len(),
+        totals.seeds,
         elapsed.as_secs_f64(),
-        reports.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-        busiest.map_or(0, |r| r.work),
-        busiest.map_or(0, |r| r.seed),
+        totals.seeds as f64 / elapsed.as_secs_f64().max(1e-9),
+        totals.sagas,
+        totals.requests,
+        totals.simulated_ms / 1000,
+        totals.busiest.0,
+        totals.busiest.1,
         args.work_max,
     );
-    if args.verbose {
-        for report in &reports {
+    finish(&totals.failed)
+}
+
+/// What the runs of a many-seed search add up to.
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    sagas: usize,
+    requests: usize,
+    simulated_ms: u64,
+    /// The most work one run did, and its seed.
+    busiest: (u64, u64),
+    failed: Vec<sim::RunReport>,
+    error: Option<anyhow::Error>,
+}
+
+impl Totals {
+    fn add(&mut self, report: anyhow::Result<sim::RunReport>, verbose: bool) {
+        let report = match report {
+            Ok(report) => report,
+            Err(error) => {
+                self.error.get_or_insert(error);
+                return;
+            }
+        };
+        self.seeds += 1;
+        self.sagas += report.sagas;
+        self.requests += report.participant_requests;
+        self.simulated_ms += report.simulated_ms;
+        if report.work > self.busiest.0 {
+            self.busiest = (report.work, report.seed);
+        }
+        if verbose {
             println!("{}", report.trace);
         }
+        if !report.passed() {
+            self.failed.push(report);
+        }
     }
-    finish(&reports)
 }
 
 fn finish(reports: &[sim::RunReport]) -> anyhow::Result<()> {
