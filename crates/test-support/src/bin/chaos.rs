@@ -4,11 +4,13 @@
 //! one participant with effects (test-support's `EffectsParticipant`: idempotent effects, real
 //! undo, tombstones). Starts `--sagas` four-step sagas whose deadline (`--deadline`) is shorter
 //! than a takeover (`--lease-ttl`), `--rate` a second, each action taking `--step-ms` to answer
-//! (so many sagas are mid-step at any moment), and meanwhile SIGKILLs workers (restarted shortly after),
-//! freezes them with SIGSTOP past their lease (then SIGCONT: a zombie wakes), and terminates
-//! their database connections. Then waits for every saga to end and reconciles each with the
-//! participant's ledger: a COMPENSATED saga must leave no effect standing, a COMPLETED one must
-//! leave all four. Also reports the longest history, which shows a claim loop if there is one.
+//! (so many sagas are mid-step at any moment), and meanwhile SIGKILLs workers (restarted shortly
+//! after), freezes them with SIGSTOP past their lease (then SIGCONT: a zombie wakes), restarts
+//! them with SIGTERM (they hand their sagas back), makes the participant fail every action for a
+//! few seconds (circuits open, attempts are deferred), and terminates database connections.
+//! Then waits for every saga to end and reconciles each with the participant's ledger: a
+//! COMPENSATED saga must leave no effect standing, a COMPLETED one must leave all four. Also
+//! reports the longest history, which shows a claim loop if there is one.
 //!
 //! ```text
 //! cargo build --release -p sagaplane -p test-support
@@ -100,6 +102,8 @@ struct Tally {
     freezes: usize,
     connection_kills: usize,
     connection_kill_rounds: usize,
+    outages: usize,
+    graceful_restarts: usize,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +124,7 @@ async fn main() {
         println!(
             "run {} (seed {seed}, {:.0} s): {} sagas: {} COMPLETED, {} COMPENSATED, {} FAILED; \
              {} COMPENSATED with an effect left standing {:?}; {} COMPLETED with an effect missing {:?}; \
-             longest history {} rows; faults: {} SIGKILL, {} SIGSTOP, {} connections killed in {} rounds",
+             longest history {} rows; faults: {} SIGKILL, {} SIGSTOP, {} SIGTERM, {} outages, {} connections killed in {} rounds",
             run + 1,
             started.elapsed().as_secs_f64(),
             options.sagas,
@@ -134,6 +138,8 @@ async fn main() {
             tally.longest_history,
             tally.kills,
             tally.freezes,
+            tally.graceful_restarts,
+            tally.outages,
             tally.connection_kills,
             tally.connection_kill_rounds,
         );
@@ -217,7 +223,7 @@ async fn one_run(options: &Options, seed: u64) -> Tally {
     while !starter.is_finished() {
         tokio::time::sleep(Duration::from_millis(300 + dice.below(700))).await;
         let slot = dice.below(workers.len() as u64) as usize;
-        match dice.below(3) {
+        match dice.below(5) {
             0 => {
                 let (app, generation) = &mut workers[slot];
                 signal(app, "KILL");
@@ -233,6 +239,23 @@ async fn one_run(options: &Options, seed: u64) -> Tally {
                 tally.freezes += 1;
                 tokio::time::sleep(Duration::from_millis(1_000 + dice.below(7_000))).await;
                 signal(app, "CONT");
+            }
+            2 => {
+                // The participant fails every action for a while: circuits open, steps and
+                // compensations are deferred.
+                participant.set_outage(true);
+                tally.outages += 1;
+                tokio::time::sleep(Duration::from_millis(1_000 + dice.below(3_000))).await;
+                participant.set_outage(false);
+            }
+            3 => {
+                // SIGTERM: the worker hands its sagas back and exits; a new one takes its place.
+                let (app, generation) = &mut workers[slot];
+                signal(app, "TERM");
+                let _ = tokio::time::timeout(Duration::from_secs(30), app.child_mut().wait()).await;
+                tally.graceful_restarts += 1;
+                let next = *generation + 1;
+                workers[slot] = (worker(options, &database_url, slot, next).await, next);
             }
             _ => {
                 tally.connection_kill_rounds += 1;
