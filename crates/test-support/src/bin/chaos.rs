@@ -2,8 +2,10 @@
 //!
 //! Starts an API server and `--workers` worker processes on a fresh PostgreSQL database, and
 //! one participant with effects (test-support's `EffectsParticipant`: idempotent effects, real
-//! undo, tombstones). Starts `--sagas` four-step sagas whose deadline (`--deadline`) is shorter
-//! than a takeover (`--lease-ttl`), `--rate` a second, each action taking `--step-ms` to answer
+//! undo, tombstones). Starts `--sagas` four-step sagas with a deadline (`--deadline`, 3 s) a
+//! few lease TTLs long (`--lease-ttl`, 1 s: a worker taking a saga over often writes a hand-back
+//! or a deferral before the deadline passes; with `--lease-ttl 5s` the deadline passes before
+//! any takeover), `--rate` a second, each action taking `--step-ms` to answer
 //! (so many sagas are mid-step at any moment), and meanwhile SIGKILLs workers (restarted shortly
 //! after), freezes them with SIGSTOP past their lease (then SIGCONT: a zombie wakes), restarts
 //! them with SIGTERM (they hand their sagas back), makes the participant fail every action for a
@@ -44,7 +46,7 @@ fn options() -> Result<Options, String> {
         sagas: 1_500,
         workers: 3,
         deadline: "3s".into(),
-        lease_ttl: "5s".into(),
+        lease_ttl: "1s".into(),
         runs: 1,
         rate: 50,
         step_ms: 200,
