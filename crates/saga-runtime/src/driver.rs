@@ -107,6 +107,8 @@ async fn drive_inner(
             return;
         }
     }
+    // The status the store holds: a stop decided here is committed before it is acted on.
+    let mut durable_status = record.state.status;
     let mut templates = TemplateContext {
         input: record.input.clone(),
         tenant_id: record.tenant_id.clone(),
@@ -131,6 +133,18 @@ async fn drive_inner(
         if !retire_abandoned_callback(shared, record, &definition, wait_before.as_ref(), &state).await {
             shared.hand_back_unsettled(lease_of(claimed));
             return;
+        }
+        // Durable before dependent: a stop decided here (the deadline, a cancel found at the
+        // claim) is committed before the first compensation goes out. Sent first, by a driver
+        // that then stopped, the compensation of the last succeeded step was followed by the
+        // next driver's — which, finding a state still going forward, counted the step after it
+        // as possibly sent and compensated that one second: out of order (seed 381139409).
+        // Only stops pay this commit; they are rare.
+        if state.status != durable_status && matches!(state.next(), Next::RunCompensation { .. }) {
+            let events = std::mem::take(&mut pending);
+            if commit(shared, claimed, &definition, &mut state, events, None).await.is_none() {
+                return;
+            }
         }
         let (phase, index, attempt) = match state.next() {
             Next::RunAction { step, attempt } => (Phase::Action, step, attempt),
@@ -251,6 +265,7 @@ async fn drive_inner(
         else {
             return;
         };
+        durable_status = state.status;
         if let Some(at) = released {
             if at < RUN_AT_NEVER_MS {
                 shared.schedule_wake(at);

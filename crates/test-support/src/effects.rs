@@ -70,6 +70,16 @@ impl EffectsParticipant {
         EffectsParticipant { url, inner }
     }
 
+    /// A definition step named `name` whose action is `POST /act` here and whose compensation
+    /// is `POST /undo` here.
+    pub fn step(&self, name: &str) -> serde_json::Value {
+        json!({
+            "name": name,
+            "action": {"http": {"method": "POST", "url": format!("{}/act", self.url)}},
+            "compensation": {"http": {"method": "POST", "url": format!("{}/undo", self.url)}},
+        })
+    }
+
     /// The next action of `step` (of any saga) takes effect, then waits for the test to release
     /// it before answering; the receiver gets it. Only the first one is held.
     pub fn hold_after_effect(&self, step: &str) -> mpsc::UnboundedReceiver<Held> {

@@ -16,14 +16,8 @@ use crate::BIN;
 /// Three HTTP steps against `participant`, each undone by `/undo`, with the saga deadline
 /// `timeout`.
 fn three_steps(participant: &EffectsParticipant, timeout: &str) -> Value {
-    let step = |name: &str| {
-        json!({
-            "name": name,
-            "action": {"http": {"method": "POST", "url": format!("{}/act", participant.url)}},
-            "compensation": {"http": {"method": "POST", "url": format!("{}/undo", participant.url)}},
-        })
-    };
-    let mut definition = test_support::app::fast_definition(json!([step("s0"), step("s1"), step("s2")]));
+    let steps = ["s0", "s1", "s2"].map(|name| participant.step(name));
+    let mut definition = test_support::app::fast_definition(json!(steps));
     definition["timeout"] = json!(timeout);
     definition["on_timeout"] = json!("compensate");
     definition
@@ -171,12 +165,9 @@ async fn an_outage_past_the_deadline_is_waited_out_not_spun_on() {
     let env = [("SAGAPLANE_BREAKER_COOLDOWN", "3s".to_string())];
     let app = App::spawn(BIN, Backend::Sqlite, &env).await;
     let step = |name: &str, participant: &EffectsParticipant| {
-        json!({
-            "name": name,
-            "action": {"http": {"method": "POST", "url": format!("{}/act", participant.url)}},
-            "compensation": {"http": {"method": "POST", "url": format!("{}/undo", participant.url)}},
-            "retry": {"max_attempts": 20, "initial_interval": "200ms", "multiplier": 1.0},
-        })
+        let mut step = participant.step(name);
+        step["retry"] = json!({"max_attempts": 20, "initial_interval": "200ms", "multiplier": 1.0});
+        step
     };
     let mut definition = test_support::app::fast_definition(json!([step("s0", &healthy), step("s1", &failing)]));
     definition["timeout"] = json!("2s");

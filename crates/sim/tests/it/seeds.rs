@@ -33,9 +33,12 @@ fn a_few_hundred_seeds_keep_every_guarantee() {
 ///   at its deadline and left that step's effect in place.
 /// - 504339, 2017925, 3008223: a compensation deferred by an open circuit, past the saga's
 ///   deadline, was due again at once: claimed and deferred in a loop, with time standing still.
+/// - 381139409: a driver that found the deadline passed sent the compensation of the last
+///   succeeded step before committing the stop; it stopped, and the next driver compensated
+///   the step after that one first — out of order.
 #[test]
 fn the_seeds_that_found_bugs_keep_every_guarantee() {
-    for seed in [1007979, 504339, 2017925, 3008223] {
+    for seed in [1007979, 504339, 2017925, 3008223, 381139409] {
         let report = run_seed(seed, Bugs::default()).expect("the run starts");
         assert!(report.passed(), "seed {seed} broke a guarantee:\n{}", report.explain());
         assert!(report.work < sim::budget::WORK_MAX / 10, "seed {seed} did {} units of work", report.work);

@@ -152,14 +152,8 @@ async fn main() {
 }
 
 fn definition(participant: &EffectsParticipant, deadline: &str) -> Value {
-    let step = |name: &str| {
-        json!({
-            "name": name,
-            "action": {"http": {"method": "POST", "url": format!("{}/act", participant.url)}},
-            "compensation": {"http": {"method": "POST", "url": format!("{}/undo", participant.url)}},
-        })
-    };
-    let mut definition = test_support::app::fast_definition(json!([step("s0"), step("s1"), step("s2"), step("s3")]));
+    let steps = ["s0", "s1", "s2", "s3"].map(|name| participant.step(name));
+    let mut definition = test_support::app::fast_definition(json!(steps));
     definition["timeout"] = json!(deadline);
     definition["defaults"]["compensation_retry"]["max_attempts"] = json!(30);
     definition
