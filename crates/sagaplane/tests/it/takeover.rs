@@ -23,6 +23,7 @@ fn three_steps(participant: &EffectsParticipant, timeout: &str) -> Value {
     definition
 }
 
+/// A worker with a 2 s lease; `extra` adds settings or overrides these (the last value wins).
 async fn worker(database_url: &str, name: &str, extra: &[(&str, String)]) -> App {
     let mut env = vec![
         ("SAGAPLANE_WORKER_ID", name.to_string()),
@@ -115,9 +116,9 @@ async fn a_takeover_deferred_by_an_open_circuit_still_compensates_the_step_in_fl
     let database_url = test_support::db::fresh_postgres().await;
     let api = App::spawn_on(BIN, &database_url, &["server", "--no-worker"], &[]).await;
     let participant = EffectsParticipant::start().await;
-    // The deadline comes after the takeover (the 2 s lease) and before the circuit lets a call
-    // through again (10 s), so the taking-over worker writes only a deferral before it passes.
-    assert_eq!(api.put_definition("charge", &three_steps(&participant, "4s")).await.0, 201);
+    // The deadline comes after the takeover (worker-a's 4 s lease) and before worker-b's circuit
+    // lets a call through again (12 s), so worker-b writes only a deferral before it passes.
+    assert_eq!(api.put_definition("charge", &three_steps(&participant, "6s")).await.0, 201);
     let opener = json!({
         "steps": [{
             "name": "probe",
@@ -127,11 +128,12 @@ async fn a_takeover_deferred_by_an_open_circuit_still_compensates_the_step_in_fl
     });
     assert_eq!(api.put_definition("opener", &opener).await.0, 201);
     let mut held = participant.hold_after_effect("s1");
-    let mut doomed = worker(&database_url, "worker-a", &[]).await;
+    // A longer lease for worker-a: worker-b's circuit opens well before the victim is its.
+    let mut doomed = worker(&database_url, "worker-a", &[("SAGAPLANE_LEASE_TTL", "4s".to_string())]).await;
     let victim = api.start("charge", json!({})).await;
     assert_eq!(kill_after_effect(&mut held, &mut doomed).await, victim);
     participant.set_outage(true);
-    let breaker = [("SAGAPLANE_BREAKER_FAILURES", "1".to_string()), ("SAGAPLANE_BREAKER_COOLDOWN", "10s".to_string())];
+    let breaker = [("SAGAPLANE_BREAKER_FAILURES", "1".to_string()), ("SAGAPLANE_BREAKER_COOLDOWN", "12s".to_string())];
     let _survivor = worker(&database_url, "worker-b", &breaker).await;
     // One failed saga opens worker-b's circuit to the participant before the lease of the
     // victim expires.
