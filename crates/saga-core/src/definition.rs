@@ -77,7 +77,8 @@ pub struct RetryPolicy {
     pub initial_interval_ms: u64,
     pub multiplier: f64,
     pub max_interval_ms: u64,
-    /// Fraction in `[0, 1]`: each delay is scaled by a uniform factor in `[1 - jitter, 1 + jitter]`.
+    /// Fraction in `[0, 1]`: each delay is scaled by a uniform factor in `[1 - jitter, 1 +
+    /// jitter]`.
     pub jitter: f64,
 }
 
@@ -130,7 +131,7 @@ impl Action {
     }
 }
 
-/// An HTTP request to a participant (API.md §4).
+/// An HTTP request to a participant (docs/definitions.md, "The participant contract (HTTP)").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpAction {
     pub method: String,

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use crate::backoff::retry_delay_ms;
 use crate::definition::{Definition, OnFailure, OnTimeout};
 
-/// Saga status (API.md §5).
+/// Saga status (docs/api.md, "Sagas").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SagaStatus {
@@ -63,7 +63,7 @@ impl SagaStatus {
     }
 }
 
-/// Step status (API.md §5).
+/// Step status (docs/api.md, "Sagas").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StepStatus {
@@ -104,7 +104,7 @@ impl StepState {
     }
 }
 
-/// Why a saga stopped going forward (API.md §5 `error.kind`).
+/// Why a saga stopped going forward (docs/api.md, "Sagas": `error.kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -146,7 +146,8 @@ pub struct SagaState {
     pub consumed_signals: Vec<i64>,
     /// The fencing token of the driver whose commit wrote this state (0 before any). A driver
     /// holding a token more than one above it was preceded by one that stopped without writing
-    /// anything, which may have sent the next action first (see [`Self::assume_attempt_in_flight`]).
+    /// anything, which may have sent the next action first (see
+    /// [`Self::adopt`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub written_by_token: i64,
     /// The driver that wrote this state kept the saga to run its next step: that step may have
@@ -757,13 +758,13 @@ impl SagaState {
         self.writer_kept_lease || fencing_token > self.written_by_token + 1
     }
 
-    /// Called by a driver that has just claimed the saga with `fencing_token`: when a driver
-    /// before it may have sent the next action and stopped before writing anything
+    /// Called by a driver that has just claimed the saga with `fencing_token`: when a driver before
+    /// it may have sent the next action and stopped before writing anything
     /// ([`Self::next_step_may_be_running`]), that step counts as started from now on — status
-    /// `EXECUTING` and a `step_assumed_started` event — so whatever stops the saga later (a
-    /// cancel, the deadline, a failure) compensates it as an ambiguous failure (API.md §5: a
-    /// crash mid-step is ambiguous). The mark is part of the state, so every later commit
-    /// carries it; the evidence it comes from does not survive a commit.
+    /// `EXECUTING` and a `step_assumed_started` event — so whatever stops the saga later (a cancel,
+    /// the deadline, a failure) compensates it as an ambiguous failure (docs/api.md, "Sagas": a
+    /// crash mid-step is ambiguous). The mark is part of the state, so every later commit carries
+    /// it; the evidence it comes from does not survive a commit.
     ///
     /// Found by the simulator twice: seed 32 (the step was only assumed started when the driver
     /// stopped the saga at once) and seed 1007979 (a driver that took over and handed the saga

@@ -1,8 +1,8 @@
-//! The tenant model of API.md §6: tiers, storage modes, SLA tiers, and the status machine — the
-//! one place that says which status may follow which. Every writer of a tenant's status (the API
-//! for suspend/resume, the saga hook for provisioning steps) asks [`TenantStatus::may_become`],
-//! and stores make the write conditional on the allowed sources, so an illegal transition is
-//! refused rather than written.
+//! The tenant model of docs/api.md ("Tenants"): tiers, storage modes, SLA tiers, and the status
+//! machine — the one place that says which status may follow which. Every writer of a tenant's
+//! status (the API for suspend/resume, the saga hook for provisioning steps) asks
+//! [`TenantStatus::may_become`], and stores make the write conditional on the allowed sources, so
+//! an illegal transition is refused rather than written.
 
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +90,7 @@ impl Tier {
 }
 
 impl TenantStatus {
-    /// The legal transitions (API.md §6):
+    /// The legal transitions (docs/api.md, "Tenants"):
     /// `PROVISIONING → MIGRATING → ACTIVE`; failures `PROVISION_ERROR`, `MIGRATION_ERROR`;
     /// `ACTIVE ⇄ SUSPENDED`; a migration (`tenant.migrate`) takes `ACTIVE` or `MIGRATION_ERROR`
     /// through `MIGRATING`; anything but `DELETED` may start `DEPROVISIONING → DELETED`.

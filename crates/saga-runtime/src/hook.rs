@@ -1,5 +1,5 @@
-//! Writes that must commit together with a saga transition: the tenant status changes the
-//! tenant sagas cause (API.md §6). The embedding crate (`tenancy`) decides what a transition
+//! Writes that must commit together with a saga transition: the tenant status changes the tenant
+//! sagas cause (docs/api.md, "Tenants"). The embedding crate (`tenancy`) decides what a transition
 //! means for a tenant; the driver attaches it to the fenced commit, so the status changes in the
 //! same transaction as the step that caused it, or not at all.
 

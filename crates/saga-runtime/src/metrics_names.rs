@@ -1,4 +1,4 @@
-//! Metric names (API.md §5), defined once.
+//! Metric names (docs/api.md, "Sagas"), defined once.
 
 pub const SAGA_TOTAL: &str = "saga_total";
 pub const SAGA_DURATION_SECONDS: &str = "saga_duration_seconds";

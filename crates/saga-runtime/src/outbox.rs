@@ -1,6 +1,6 @@
-//! The events a saga transition reports (API.md §7), written by the commit that makes the
-//! transition: `saga.completed|compensated|failed` when the saga reaches that status, and the
-//! custom event of a `core.emit` step when the step succeeds. Written only if the commit is.
+//! The events a saga transition reports (docs/api.md, "Events out"), written by the commit that
+//! makes the transition: `saga.completed|compensated|failed` when the saga reaches that status, and
+//! the custom event of a `core.emit` step when the step succeeds. Written only if the commit is.
 
 use saga_core::{Action, Definition, HistoryEvent, SagaState};
 use saga_store::{OutboxEvent, SagaRecord};

@@ -1,5 +1,5 @@
-//! Outbound delivery's store interface (API.md §7): subscriptions, the outbox of events and the
-//! deliveries made of them, claimed by dispatchers like sagas are by drivers.
+//! Outbound delivery's store interface (docs/api.md, "Events out"): subscriptions, the outbox of
+//! events and the deliveries made of them, claimed by dispatchers like sagas are by drivers.
 //!
 //! Design note. An event is written in the same transaction as the change it reports — a saga
 //! reaching a terminal status (it rides on the engine's commit as [`OutboxEvent`]s), a tenant

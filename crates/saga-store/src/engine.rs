@@ -167,7 +167,7 @@ pub struct SagaCommit {
     /// if the transition itself is).
     pub tenant_change: Option<TenantChange>,
     /// Events this transition reports (a terminal status, `core.emit`), written with it and only
-    /// if it is (API.md §7).
+    /// if it is (docs/api.md, "Events out").
     pub outbox: Vec<crate::OutboxEvent>,
     pub now_ms: i64,
 }
@@ -443,7 +443,8 @@ pub trait SignalStore: Send + Sync + 'static {
     /// Stores the participant's result once and wakes the saga; [`crate::StoreError::NotFound`]
     /// when the token is unknown or already used. Returns the saga id.
     async fn callback_complete(&self, token_hash: &str, result: &Value, now_ms: i64) -> StoreResult<Uuid>;
-    /// Moves an open callback's deadline to `now + heartbeat_timeout`; NotFound when unknown or used.
+    /// Moves an open callback's deadline to `now + heartbeat_timeout`; NotFound when unknown or
+    /// used.
     async fn callback_heartbeat(&self, token_hash: &str, now_ms: i64) -> StoreResult<()>;
     /// Retires the open callback tokens of a step attempt the saga no longer waits for (its
     /// heartbeat lapsed, or the saga was cancelled or timed out): a late callback gets 404.

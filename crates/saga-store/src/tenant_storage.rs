@@ -1,7 +1,7 @@
-//! Tenant storage: what a backend must do to give a tenant its own place for data (API.md §6),
-//! and to run per-service tenant migrations there. PostgreSQL implements every mode (schema,
-//! database, pooled tables under row-level security); the embedded SQLite default implements
-//! `database` as one SQLite file per tenant.
+//! Tenant storage: what a backend must do to give a tenant its own place for data (docs/api.md,
+//! "Tenants"), and to run per-service tenant migrations there. PostgreSQL implements every mode
+//! (schema, database, pooled tables under row-level security); the embedded SQLite default
+//! implements `database` as one SQLite file per tenant.
 //!
 //! Every operation is idempotent: re-running it after a crash between its effect and the saga's
 //! commit succeeds and creates nothing twice.

@@ -1,5 +1,6 @@
-//! Configuration: one typed struct built once from defaults, then `sagaplane.toml` (or
-//! `--config FILE`), then environment variables (API.md §1), then command-line flags.
+//! Configuration: one typed struct built once from defaults, then `sagaplane.toml` (or `--config
+//! FILE`), then environment variables (docs/operations.md, "Configuration"), then command-line
+//! flags.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -63,7 +64,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub otlp_endpoint: Option<String>,
     pub public_url: Option<String>,
-    /// Consecutive retryable failures that open an endpoint's circuit (`SAGAPLANE_BREAKER_FAILURES`, 0 = off).
+    /// Consecutive retryable failures that open an endpoint's circuit
+    /// (`SAGAPLANE_BREAKER_FAILURES`, 0 = off).
     pub breaker_failures: u32,
     /// How long an open circuit stays open (`SAGAPLANE_BREAKER_COOLDOWN`).
     pub breaker_cool_down_ms: u64,

@@ -1,5 +1,5 @@
 //! `sagaplane subscriptions …` and `sagaplane deliveries …`: the outbound-delivery routes of
-//! API.md §7 from the command line.
+//! docs/api.md ("Events out") from the command line.
 
 use std::process::ExitCode;
 
@@ -12,7 +12,8 @@ use crate::client::{print_json, Client, Connection};
 pub enum SubscriptionsCommand {
     /// Subscribe a URL to events; prints the secret (shown this once).
     Create {
-        /// The http(s) URL events are POSTed to, or a NATS server (nats://host:port) with --subject.
+        /// The http(s) URL events are POSTed to, or a NATS server (nats://host:port) with
+        /// --subject.
         #[arg(value_name = "URL")]
         endpoint: String,
         /// With a nats:// URL: the JetStream subject events are published to.

@@ -125,7 +125,8 @@ pub fn router(state: AppState) -> Router {
         .route("/deliveries/{id}", get(routes::deliveries::delivery))
         .route("/deliveries/{id}/replay", post(routes::deliveries::replay))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        // Added after the auth layer: the callback token is the capability (API.md §2).
+        // Added after the auth layer: the callback token is the capability (docs/api.md,
+        // "Conventions").
         .route("/callbacks/{token}", post(routes::control::callback))
         .route("/callbacks/{token}/heartbeat", post(routes::control::heartbeat))
         // Verified by its signature instead of a bearer token.

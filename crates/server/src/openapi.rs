@@ -371,7 +371,8 @@ fn schemas() -> Value {
     })
 }
 
-/// The tenant control-plane paths (API.md §6, §7), merged into the document.
+/// The tenant control-plane paths (docs/api.md, "Tenants" and "Events out"), merged into the
+/// document.
 fn tenant_paths() -> Value {
     let id = || path_param("id", "tenant id", tenant_id());
     json!({

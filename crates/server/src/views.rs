@@ -1,4 +1,4 @@
-//! JSON shapes of API.md (saga, definition, event, tenant, subscription, delivery) built from
+//! JSON shapes of docs/api.md (saga, definition, event, tenant, subscription, delivery) built from
 //! store records.
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -81,7 +81,7 @@ pub fn event(record: &EventRecord) -> Value {
     })
 }
 
-/// API.md §6 `Tenant`.
+/// docs/api.md, "Tenants": `Tenant`.
 pub fn tenant(record: &saga_store::TenantRecord) -> Value {
     let migrations: Vec<Value> = record
         .migrations
@@ -154,7 +154,7 @@ fn strip_operator_fields(value: &mut Value) {
     }
 }
 
-/// A subscription as API.md §7 shows it: never its secret.
+/// A subscription as docs/api.md ("Events out") shows it: never its secret.
 pub fn subscription(record: &saga_store::SubscriptionRecord) -> Value {
     let (url, nats) = match &record.destination {
         saga_store::Destination::Url(url) => (json!(url), Value::Null),
@@ -204,7 +204,8 @@ pub fn delivery_attempt(record: &saga_store::DeliveryAttemptRecord) -> Value {
     })
 }
 
-/// `GET /v1/sagas/{id}/blockers`: `{saga_id, status, runnable, blockers: [{kind, detail, until?, …}]}`.
+/// `GET /v1/sagas/{id}/blockers`: `{saga_id, status, runnable, blockers: [{kind, detail, until?,
+/// …}]}`.
 pub fn blockers(record: &saga_store::SagaRecord, explained: &saga_runtime::blockers::Blockers) -> Value {
     let at = |ms: i64| if ms >= saga_store::RUN_AT_NEVER_MS { Value::Null } else { timestamp(ms) };
     let maybe = |ms: Option<i64>| ms.map_or(Value::Null, at);

@@ -1,6 +1,6 @@
 //! The invariant checker: reads everything a run left — the store's journal (every history row,
 //! admission and outbox event in write order), the final saga rows, and every participant's
-//! ledger — and asserts the engine's guarantees (DESIGN.md):
+//! ledger — and asserts the engine's guarantees (docs/design.md):
 //!
 //! - every saga ends (COMPLETED, COMPENSATED, or FAILED for an operator);
 //! - one driver per saga, no zombie commit: the fencing tokens of a saga's writes never go back;

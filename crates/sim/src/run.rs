@@ -412,8 +412,9 @@ impl Run {
         drop(slot.handle.take());
     }
 
-    /// A graceful stop hands every lease back (API.md §1): no unexpired one may stay with the
-    /// stopped worker (an expired one holds nothing: any instance may claim the saga).
+    /// A graceful stop hands every lease back (docs/operations.md, "Processes"): no unexpired one
+    /// may stay with the stopped worker (an expired one holds nothing: any instance may claim the
+    /// saga).
     fn check_handed_back(&self, worker_id: &str) {
         let now_ms = self.clock_now();
         let kept: Vec<Uuid> = self

@@ -1,5 +1,5 @@
-//! Claim latency against a growing backlog of parked sagas (DESIGN.md: "claim latency flat with
-//! 1,000,000 sagas waiting"). A benchmark, not a test: it prints numbers.
+//! Claim latency against a growing backlog of parked sagas (docs/design.md: "claim latency flat
+//! with 1,000,000 sagas waiting"). A benchmark, not a test: it prints numbers.
 //!
 //! ```sh
 //! cargo run --release -p store-postgres --example claim_backlog -- \

@@ -7,7 +7,8 @@
 //! | provision | storage step succeeded | `MIGRATING` (storage recorded) |
 //! | migrate | (the API sets `MIGRATING` when it starts the saga) | |
 //! | provision, migrate | completed | `ACTIVE` (storage, migrations recorded) |
-//! | provision | compensated / failed (once compensation is over: storage is gone when it says so) | `PROVISION_ERROR` with the error |
+//! | provision | compensated / failed (once compensation is over: storage is gone when it says so)
+//! | `PROVISION_ERROR` with the error |
 //! | migrate (or provision past storage) | failed in the migrations step | `MIGRATION_ERROR` |
 //! | provision, migrate | retried by an operator (forward, storage kept) | `MIGRATING` |
 //! | deprovision | completed | `DELETED` |
@@ -69,9 +70,9 @@ impl TransitionHook for TenantHook {
             (_, SagaStatus::Completed) => {
                 Some(TenantChange { storage, migrations, ..change(tenant_id, TenantStatus::Active, None) })
             }
-            // While compensating, the tenant keeps its in-progress status (provisioning-status shows
-            // `COMPENSATING`): an error status is only shown once the undo is over, so a client
-            // that sees `PROVISION_ERROR` can rely on the storage being gone.
+            // While compensating, the tenant keeps its in-progress status (provisioning-status
+            // shows `COMPENSATING`): an error status is only shown once the undo is over, so a
+            // client that sees `PROVISION_ERROR` can rely on the storage being gone.
             (_, SagaStatus::Compensated | SagaStatus::Failed) => {
                 let failed_in_migrations = migrations_step.and_then(|i| state.steps.get(i)).is_some_and(|s| {
                     s.status == StepStatus::Failed
@@ -108,7 +109,8 @@ impl TransitionHook for TenantHook {
     }
 }
 
-/// The event a tenant change reports (API.md §7), written only if the change is applied.
+/// The event a tenant change reports (docs/api.md, "Events out"), written only if the change is
+/// applied.
 fn reported(mut change: TenantChange, record: &SagaRecord, saga: &str, at_ms: i64) -> TenantChange {
     let event_type = match (change.to, saga) {
         (TenantStatus::Active, PROVISION) => Some("tenant.activated"),

@@ -1,4 +1,4 @@
-//! The tenant control plane on top of the saga engine (API.md §6): the built-in sagas
+//! The tenant control plane on top of the saga engine (docs/api.md, "Tenants"): the built-in sagas
 //! `tenant.provision`, `tenant.deprovision` and `tenant.migrate` ([`definitions`]), the tenant
 //! builtins they are made of ([`steps`]), per-service tenant migrations ([`migrations`]), and the
 //! hook that commits tenant status changes together with the saga transitions causing them

@@ -234,7 +234,7 @@ fn snippet(bytes: &[u8]) -> String {
     }
 }
 
-/// The status-code table of API.md §4.
+/// The status-code table of docs/definitions.md, "The participant contract (HTTP)".
 pub fn classify(status: u16, body: &[u8], phase: Phase) -> Outcome {
     match (status, phase) {
         (200..=299, _) => Outcome::Succeeded(body_value(body)),

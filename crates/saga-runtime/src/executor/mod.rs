@@ -56,7 +56,8 @@ pub struct AttemptContext {
 }
 
 impl AttemptContext {
-    /// `<saga_id>/<step>/action` or `/compensation`: stable across attempts (API.md §4).
+    /// `<saga_id>/<step>/action` or `/compensation`: stable across attempts (docs/definitions.md,
+    /// "The participant contract (HTTP)").
     pub fn idempotency_key(&self) -> String {
         let phase = match self.phase {
             Phase::Action => "action",

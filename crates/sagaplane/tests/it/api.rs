@@ -128,7 +128,8 @@ async fn auth_and_ops_routes(backend: Backend) {
 }
 on_both_backends!(auth_and_ops_routes);
 
-/// Every metric API.md §5 names, from the first scrape of a fresh instance (counters at 0).
+/// Every metric docs/api.md ("Sagas") names, from the first scrape of a fresh instance (counters at
+/// 0).
 async fn every_named_metric_is_exported_from_the_first_scrape(backend: Backend) {
     let app = App::spawn(BIN, backend, &[]).await;
     let text = app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");

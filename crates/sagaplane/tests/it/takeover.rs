@@ -1,7 +1,7 @@
 //! Crash tests on effects: a worker process is SIGKILLed after a participant has done a step's
 //! work and before the worker could write anything about it. Whatever happens next — the saga's
 //! deadline passes before another worker takes over, or the one that takes over is held back by
-//! an open circuit first — every effect that happened is compensated (DESIGN.md: "compensation
+//! an open circuit first — every effect that happened is compensated (docs/design.md: "compensation
 //! exactly covers what may have happened"), and a participant outage past a saga's deadline
 //! does not make the engine claim the saga in a loop.
 

@@ -60,7 +60,8 @@ pub(crate) fn seen_by(principal: &Principal, view: Value) -> Value {
     }
 }
 
-/// One page of a list: `{items, next_cursor}` (API.md §2); `next_cursor` is null on the last page.
+/// One page of a list: `{items, next_cursor}` (docs/api.md, "Conventions"); `next_cursor` is null
+/// on the last page.
 pub(crate) fn page(items: Vec<Value>, next_cursor: Option<String>) -> Json<Value> {
     Json(json!({"items": items, "next_cursor": next_cursor}))
 }

@@ -1,6 +1,6 @@
-//! Outbound delivery (API.md §7): subscriptions (the secret shown at creation and rotation
-//! only) and their deliveries, replay of a dead one and recovery of a subscription's dead ones.
-//! A tenant key creates and sees only its own tenant's subscriptions, and their deliveries.
+//! Outbound delivery (docs/api.md, "Events out"): subscriptions (the secret shown at creation and
+//! rotation only) and their deliveries, replay of a dead one and recovery of a subscription's dead
+//! ones. A tenant key creates and sees only its own tenant's subscriptions, and their deliveries.
 
 use std::collections::HashMap;
 

@@ -1,4 +1,4 @@
-//! The tenant lifecycle (API.md §6): create (onboarding), list, read, patch, delete
+//! The tenant lifecycle (docs/api.md, "Tenants"): create (onboarding), list, read, patch, delete
 //! (offboarding), provisioning status, cancel-provisioning, retry-migration, suspend and resume.
 
 use axum::body::Bytes;

@@ -1,7 +1,7 @@
 //! `/v1/tenants` (lifecycle, users, API keys), `/v1/migrations` and `/v1/webhooks/crm`
-//! (API.md §6, the inbound half of §7). Every tenant write either starts a built-in tenant saga
-//! (provision, deprovision, migrate) in the same transaction as the status change, or is a
-//! status change the status machine in `saga_core::tenant` allows.
+//! (docs/api.md, "Tenants", and the inbound half: "Webhooks in"). Every tenant write either starts
+//! a built-in tenant saga (provision, deprovision, migrate) in the same transaction as the status
+//! change, or is a status change the status machine in `saga_core::tenant` allows.
 
 mod crm;
 mod keys;
