@@ -23,6 +23,8 @@
 
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use test_support::{App, EffectsParticipant};
 
@@ -74,23 +76,6 @@ fn options() -> Result<Options, String> {
     Ok(options)
 }
 
-/// xorshift64*: the faults' choices, from `--seed` (printed, so a run's choices repeat; the
-/// timing of real processes does not).
-struct Dice(u64);
-
-impl Dice {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// What one run found.
 #[derive(Default)]
 struct Tally {
@@ -119,7 +104,7 @@ async fn main() {
     };
     let mut broken = false;
     for run in 0..options.runs {
-        let seed = options.seed.wrapping_add(run as u64).max(1);
+        let seed = options.seed.wrapping_add(run as u64);
         let started = Instant::now();
         let tally = one_run(&options, seed).await;
         broken |= !tally.effect_left_standing.is_empty() || !tally.effect_missing.is_empty();
@@ -175,7 +160,9 @@ fn signal(app: &mut App, name: &str) {
 }
 
 async fn one_run(options: &Options, seed: u64) -> Tally {
-    let mut dice = Dice(seed);
+    // The faults' choices come from `--seed` (printed, so a run's choices repeat; the timing of
+    // real processes does not).
+    let mut dice = SmallRng::seed_from_u64(seed);
     let mut tally = Tally::default();
     let database_url = test_support::db::fresh_postgres().await;
     let api = App::spawn_on(&options.binary, &database_url, &["server", "--no-worker"], &[]).await;
@@ -217,15 +204,15 @@ async fn one_run(options: &Options, seed: u64) -> Tally {
         })
     };
     while !starter.is_finished() {
-        tokio::time::sleep(Duration::from_millis(300 + dice.below(700))).await;
-        let slot = dice.below(workers.len() as u64) as usize;
-        match dice.below(5) {
+        tokio::time::sleep(Duration::from_millis(300 + dice.random_range(0..700))).await;
+        let slot = dice.random_range(0..workers.len() as u64) as usize;
+        match dice.random_range(0..5) {
             0 => {
                 let (app, generation) = &mut workers[slot];
                 signal(app, "KILL");
                 let _ = app.child_mut().wait().await;
                 tally.kills += 1;
-                tokio::time::sleep(Duration::from_millis(200 + dice.below(1_500))).await;
+                tokio::time::sleep(Duration::from_millis(200 + dice.random_range(0..1_500))).await;
                 let next = *generation + 1;
                 workers[slot] = (worker(options, &database_url, slot, next).await, next);
             }
@@ -233,7 +220,7 @@ async fn one_run(options: &Options, seed: u64) -> Tally {
                 let (app, _) = &mut workers[slot];
                 signal(app, "STOP");
                 tally.freezes += 1;
-                tokio::time::sleep(Duration::from_millis(1_000 + dice.below(7_000))).await;
+                tokio::time::sleep(Duration::from_millis(1_000 + dice.random_range(0..7_000))).await;
                 signal(app, "CONT");
             }
             2 => {
@@ -241,7 +228,7 @@ async fn one_run(options: &Options, seed: u64) -> Tally {
                 // compensations are deferred.
                 participant.set_outage(true);
                 tally.outages += 1;
-                tokio::time::sleep(Duration::from_millis(1_000 + dice.below(3_000))).await;
+                tokio::time::sleep(Duration::from_millis(1_000 + dice.random_range(0..3_000))).await;
                 participant.set_outage(false);
             }
             3 => {
