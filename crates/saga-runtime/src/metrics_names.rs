@@ -15,6 +15,9 @@ pub const SAGA_CLAIM_DURATION_SECONDS: &str = "saga_claim_duration_seconds";
 pub const SAGA_QUEUE_DEPTH: &str = "saga_queue_depth";
 pub const SAGA_OLDEST_DUE_AGE_SECONDS: &str = "saga_oldest_due_age_seconds";
 /// `{state="in_use|idle"}`: the store's connection pool(s) in this process.
+/// 1 while this instance polls for work because its `LISTEN` cannot hear (or there is none:
+/// a transaction pooler without `SAGAPLANE_LISTEN_URL`); 0 while notifications arrive.
+pub const SAGA_DB_WAKEUPS_POLLING: &str = "saga_db_wakeups_polling";
 pub const SAGA_DB_POOL_CONNECTIONS: &str = "saga_db_pool_connections";
 
 /// Registers descriptions so `/metrics` shows HELP lines.
@@ -33,6 +36,7 @@ pub fn describe() {
     metrics::describe_gauge!(SAGA_QUEUE_DEPTH, "Sagas due now, waiting for a worker (all instances)");
     metrics::describe_gauge!(SAGA_OLDEST_DUE_AGE_SECONDS, "How long the oldest due saga has been due (0: none)");
     metrics::describe_gauge!(SAGA_DB_POOL_CONNECTIONS, "The store's pooled connections in this process, by state");
+    metrics::describe_gauge!(SAGA_DB_WAKEUPS_POLLING, "1 while this instance polls for work because LISTEN cannot hear");
 }
 
 /// Registers the series that carry no labels at 0, so the first scrape shows them (an alert on
@@ -48,13 +52,21 @@ pub fn register_engine() {
     for state in ["in_use", "idle"] {
         metrics::gauge!(SAGA_DB_POOL_CONNECTIONS, "state" => state).increment(0.0);
     }
+    metrics::gauge!(SAGA_DB_WAKEUPS_POLLING).increment(0.0);
 }
 
 /// How often the store-wide gauges (queue depth, oldest due age, pool) are refreshed.
 pub const STORE_GAUGES_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sets the store-wide gauges from one reading.
-pub fn store_gauges(due: (u64, Option<i64>), pool: saga_store::PoolStatus, now_ms: i64) {
+pub fn store_gauges(
+    due: (u64, Option<i64>),
+    pool: saga_store::PoolStatus,
+    connection: &saga_store::ConnectionStatus,
+    now_ms: i64,
+) {
+    let polling = connection.wakeups.mode == saga_store::WakeupMode::Polling;
+    metrics::gauge!(SAGA_DB_WAKEUPS_POLLING).set(if polling { 1.0 } else { 0.0 });
     let (count, oldest_due_at_ms) = due;
     metrics::gauge!(SAGA_QUEUE_DEPTH).set(count as f64);
     let age_ms = oldest_due_at_ms.map_or(0, |at| now_ms.saturating_sub(at).max(0));

@@ -310,16 +310,84 @@ pub struct LeaseRef {
     pub fencing_token: i64,
 }
 
-/// Where the schema stands.
+/// Where the schema stands, next to what this binary needs and tolerates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchemaStatus {
+    /// The newest migration applied.
     pub applied: i64,
+    /// The newest migration this binary knows (it needs at least this).
     pub latest: i64,
+    /// Of the applied migrations newer than `latest`, the oldest binary (named by its `latest`)
+    /// the most demanding of them keeps working for; `0` when none is newer.
+    pub newer_requires: i64,
+}
+
+/// Whether this binary can serve on the schema (see [`SchemaStatus::support`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaSupport {
+    /// Exactly what this binary migrates to, or newer by migrations that keep working for it.
+    Supported,
+    /// Older than this binary needs (its migrations have not run).
+    Outdated,
+    /// A newer binary's migration this one does not keep working with.
+    TooNew,
 }
 
 impl SchemaStatus {
     pub fn is_current(&self) -> bool {
         self.applied == self.latest
+    }
+
+    pub fn support(&self) -> SchemaSupport {
+        if self.applied < self.latest {
+            SchemaSupport::Outdated
+        } else if self.newer_requires > self.latest {
+            SchemaSupport::TooNew
+        } else {
+            SchemaSupport::Supported
+        }
+    }
+}
+
+/// How an instance hears that other instances committed work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeupMode {
+    /// One process holds the database (SQLite): the worker is woken in-process.
+    InProcess,
+    /// `LISTEN` on a connection that is checked to hear.
+    Listen,
+    /// No working listener: idle instances look for work at least every second.
+    Polling,
+}
+
+impl WakeupMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeupMode::InProcess => "in_process",
+            WakeupMode::Listen => "listen",
+            WakeupMode::Polling => "polling",
+        }
+    }
+}
+
+/// The wakeup mode and, when polling, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WakeupStatus {
+    pub mode: WakeupMode,
+    pub reason: Option<String>,
+}
+
+/// How a store reaches its database, for `/v1/status` and the gauges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    /// `embedded`, `direct` or `transaction_pooler`.
+    pub route: &'static str,
+    pub wakeups: WakeupStatus,
+}
+
+impl ConnectionStatus {
+    pub fn embedded() -> Self {
+        ConnectionStatus { route: "embedded", wakeups: WakeupStatus { mode: WakeupMode::InProcess, reason: None } }
     }
 }
 

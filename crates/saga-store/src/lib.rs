@@ -84,6 +84,14 @@ pub trait SchemaStore: Send + Sync + 'static {
     async fn schema_status(&self) -> StoreResult<SchemaStatus>;
     /// The connection pool(s) now, for the `saga_db_pool_connections` gauges.
     fn pool_status(&self) -> PoolStatus;
+    /// How the database is reached and how wakeups arrive.
+    fn connection_status(&self) -> ConnectionStatus {
+        ConnectionStatus::embedded()
+    }
+    /// Whether the database takes writes now (`false`: a read-only server, e.g. a standby).
+    async fn writable(&self) -> StoreResult<bool> {
+        Ok(true)
+    }
 }
 
 /// Connections of a store's pool(s).

@@ -93,7 +93,7 @@ async fn start_embedded(config: &Config, subscribe: bool) -> anyhow::Result<Embe
             format!("sqlite://{}", dir.join("bench.db").display())
         }
     };
-    let store = crate::run::open_and_migrate(&url).await?;
+    let store = crate::run::open_and_migrate(&url, &config.database).await?;
     let backend = store.backend_name().to_string();
     let hub = saga_runtime::TerminalHub::default();
     let token = crate::run::generate_token();

@@ -103,7 +103,7 @@ pub async fn run(args: TenantBenchArgs, config: Config) -> anyhow::Result<ExitCo
         }
         None => None,
     };
-    let store = crate::run::open_and_migrate(&database_url).await?;
+    let store = crate::run::open_and_migrate(&database_url, &config.database).await?;
     let tenants = crate::run::prepare_tenancy(&config, &database_url, store.as_ref()).await?;
     let hub = saga_runtime::TerminalHub::default();
     let definitions = crate::run::definition_cache(store.clone());

@@ -35,10 +35,36 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// How the process reaches PostgreSQL beyond the URL (docs/operations.md, "Connections").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseSettings {
+    /// `SAGAPLANE_LISTEN_URL`: a direct connection for `LISTEN` when the URL is a pooler's.
+    pub listen_url: Option<String>,
+    /// `SAGAPLANE_DATABASE_POOL_SIZE`: the engine's pool.
+    pub pool_size: u32,
+    /// `SAGAPLANE_TENANT_POOL_SIZE`: the tenant admin pool.
+    pub tenant_pool_size: u32,
+    /// `SAGAPLANE_TENANT_SESSIONS_MAX`: sessions open at once in tenants' own databases or as
+    /// their migration roles.
+    pub tenant_sessions_max: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            listen_url: None,
+            pool_size: DATABASE_POOL_SIZE_DEFAULT,
+            tenant_pool_size: TENANT_POOL_SIZE_DEFAULT,
+            tenant_sessions_max: TENANT_SESSIONS_MAX_DEFAULT,
+        }
+    }
+}
+
 /// Every setting of the process.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database_url: Option<String>,
+    pub database: DatabaseSettings,
     pub listen: String,
     pub admin_token: Option<Secret>,
     pub worker_id: String,
@@ -80,6 +106,10 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     database_url: Option<String>,
+    listen_url: Option<String>,
+    database_pool_size: Option<u32>,
+    tenant_pool_size: Option<u32>,
+    tenant_sessions_max: Option<u32>,
     listen: Option<String>,
     admin_token: Option<String>,
     worker_id: Option<String>,
@@ -114,6 +144,11 @@ pub struct Overrides {
 }
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+pub const DATABASE_POOL_SIZE_DEFAULT: u32 = 24;
+pub const TENANT_POOL_SIZE_DEFAULT: u32 = 8;
+pub const TENANT_SESSIONS_MAX_DEFAULT: u32 = 4;
+/// The largest pool a setting may ask for.
+pub const POOL_SIZE_MAX: u32 = 1_000;
 pub const LEASE_TTL_DEFAULT_MS: i64 = 30_000;
 pub const WORKER_CONCURRENCY_DEFAULT: u32 = 64;
 pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
@@ -293,8 +328,34 @@ impl Config {
             .or_else(|| get("SAGAPLANE_LISTEN"))
             .or(file.listen)
             .unwrap_or_else(|| LISTEN_DEFAULT.into());
+        let count = |name: &str, file_value: Option<u32>, default: u32| -> anyhow::Result<u32> {
+            let value = match get(name) {
+                Some(text) => text.parse::<u32>().with_context(|| format!("{name}: {text:?} is not a number"))?,
+                None => file_value.unwrap_or(default),
+            };
+            if !(1..=POOL_SIZE_MAX).contains(&value) {
+                bail!("{name} must be from 1 to {POOL_SIZE_MAX}");
+            }
+            Ok(value)
+        };
+        let database = DatabaseSettings {
+            listen_url: get("SAGAPLANE_LISTEN_URL").or(file.listen_url),
+            pool_size: count("SAGAPLANE_DATABASE_POOL_SIZE", file.database_pool_size, DATABASE_POOL_SIZE_DEFAULT)?,
+            tenant_pool_size: count("SAGAPLANE_TENANT_POOL_SIZE", file.tenant_pool_size, TENANT_POOL_SIZE_DEFAULT)?,
+            tenant_sessions_max: count(
+                "SAGAPLANE_TENANT_SESSIONS_MAX",
+                file.tenant_sessions_max,
+                TENANT_SESSIONS_MAX_DEFAULT,
+            )?,
+        };
+        if let Some(url) = &database.listen_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                bail!("SAGAPLANE_LISTEN_URL must start with postgres://");
+            }
+        }
         Ok(Config {
             database_url: get("SAGAPLANE_DATABASE_URL").or(file.database_url),
+            database,
             listen,
             admin_token: get("SAGAPLANE_ADMIN_TOKEN").or(file.admin_token).map(Secret::new),
             worker_id: get("SAGAPLANE_WORKER_ID").or(file.worker_id).unwrap_or_else(default_worker_id),

@@ -161,7 +161,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(Overrides::default())?;
             telemetry::init_logs(config.log_format);
             let url = config.database_url.clone().context("SAGAPLANE_DATABASE_URL is required")?;
-            let store = run::open_store(&url).await?;
+            let store = run::open_store(&url, &config.database).await?;
             let status = store
                 .migrate(saga_runtime::Clock::now_ms(&saga_runtime::SystemClock))
                 .await

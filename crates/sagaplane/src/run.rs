@@ -16,14 +16,22 @@ use store_postgres::{PgTenantStorage, PostgresStore};
 use store_sqlite::{SqliteStore, SqliteTenantStorage};
 use tenancy::{MigrationSource, TenantHook, TenantSteps};
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseSettings};
 
 /// Opens the store a URL names: the only place concrete stores are chosen.
-pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(url: &str, database: &DatabaseSettings) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(url, store_postgres::POOL_CONNECTIONS_MAX)
-            .await
-            .context("connecting to PostgreSQL")?;
+        let settings = store_postgres::ConnectSettings {
+            url: url.to_string(),
+            listen_url: database.listen_url.clone(),
+            max_connections: database.pool_size,
+        };
+        let store = match PostgresStore::open(settings).await {
+            Ok(store) => store,
+            // The connection error itself (it names the URL, and TLS when it is TLS).
+            Err(saga_store::StoreError::Unavailable(cause)) => return Err(anyhow::Error::from_boxed(cause)),
+            Err(e) => return Err(anyhow::Error::from(e).context("connecting to PostgreSQL")),
+        };
         Ok(Arc::new(store))
     } else if let Some(path) = url.strip_prefix("sqlite://") {
         if let Some(parent) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent() {
@@ -38,8 +46,8 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// Opens and migrates the store.
-pub async fn open_and_migrate(url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    let store = open_store(url).await?;
+pub async fn open_and_migrate(url: &str, database: &DatabaseSettings) -> anyhow::Result<Arc<dyn Store>> {
+    let store = open_store(url, database).await?;
     let status = store.migrate(saga_runtime::Clock::now_ms(&SystemClock)).await.context("applying migrations")?;
     tracing::info!(backend = store.backend_name(), schema_version = status.applied, "store ready");
     Ok(store)
@@ -79,7 +87,10 @@ pub fn definition_cache(store: Arc<dyn Store>) -> Arc<DefinitionCache> {
 pub async fn open_tenant_storage(config: &Config, database_url: &str) -> anyhow::Result<Arc<dyn TenantStorage>> {
     let url = config.tenant_database_url.clone().unwrap_or_else(|| database_url.to_string());
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let storage = PgTenantStorage::connect(&url).await.context("connecting to the tenant PostgreSQL")?;
+        let storage =
+            PgTenantStorage::connect(&url, config.database.tenant_pool_size, config.database.tenant_sessions_max)
+                .await
+                .context("connecting to the tenant PostgreSQL")?;
         return Ok(Arc::new(storage));
     }
     let Some(path) = url.strip_prefix("sqlite://") else {
@@ -200,7 +211,7 @@ async fn configure_crm_callback(config: &Config, store: &dyn Store) -> anyhow::R
 pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let traces = config.otlp_endpoint.as_deref().map(crate::telemetry::init_traces).transpose()?;
-    let store = open_and_migrate(database_url).await?;
+    let store = open_and_migrate(database_url, &config.database).await?;
     let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
     configure_crm_callback(&config, store.as_ref()).await?;
     let hub = TerminalHub::default();
@@ -322,7 +333,7 @@ async fn onboard_demo_tenant(state: &server::AppState) {
 pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Result<()> {
     let _metrics = crate::telemetry::init_metrics()?;
     let traces = config.otlp_endpoint.as_deref().map(crate::telemetry::init_traces).transpose()?;
-    let store = open_and_migrate(database_url).await?;
+    let store = open_and_migrate(database_url, &config.database).await?;
     let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
     configure_crm_callback(&config, store.as_ref()).await?;
     let dispatcher = start_dispatcher(&config, store.clone());

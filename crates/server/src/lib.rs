@@ -38,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("get", "/debug/pprof/profile"),
     ("get", "/ui/"),
+    ("get", "/v1/status"),
     ("get", "/v1/definitions"),
     ("get", "/v1/definitions/{name}"),
     ("put", "/v1/definitions/{name}"),
@@ -87,6 +88,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// The full API router.
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
+        .route("/status", get(routes::ops::status))
         .route("/definitions", get(routes::definitions::list))
         .route("/definitions/{name}", get(routes::definitions::latest).put(routes::definitions::put))
         .route("/definitions/{name}/versions/{version}", get(routes::definitions::version))

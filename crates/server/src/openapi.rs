@@ -113,7 +113,7 @@ pub fn document() -> Value {
     let saga_id = || path_param("id", "saga id", uuid());
     let mut paths = json!({
         "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-        "/ready": {"get": {"summary": "Readiness: the store answers and its schema is current", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+        "/ready": {"get": {"summary": "Readiness: the store answers, takes writes, and its schema is one this binary supports", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready; `status` and `reason` say why"}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/debug/pprof/profile": {"get": secured(json!({
@@ -125,6 +125,11 @@ pub fn document() -> Value {
             "responses": {"200": {"description": "application/octet-stream (pprof) or image/svg+xml"},
                           "409": problem("a profile is being taken")}}))},
         "/ui/": {"get": {"summary": "Dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+        "/v1/status": {"get": secured(json!({
+            "summary": "The store, its schema, and how the database is reached (admin)",
+            "responses": {"200": {"description": "status", "content": {"application/json": {"schema": {"type": "object"}}}},
+                          "403": problem("a tenant key")}
+        }))},
         "/v1/definitions": {"get": secured(json!({
             "summary": "Latest version of every definition",
             "responses": {"200": ok("definitions", "DefinitionList")}

@@ -6,13 +6,18 @@
 //! and one multi-row history `INSERT`); heartbeats renew every lease an instance holds in one
 //! statement. A batch of creates is likewise one multi-row statement.
 //! `LISTEN/NOTIFY` on `sagaplane_work` wakes idle instances; polling remains the
-//! fallback, so the store keeps to what distributed PostgreSQL-compatible engines offer.
+//! fallback, so the store keeps to what distributed PostgreSQL-compatible engines offer
+//! ([`wakeups`]). [`connect`] reaches PostgreSQL over TLS, through PgBouncer's transaction
+//! pooling, and only ever onto the writable primary.
 //! [`tenant_storage`] provisions tenants' schemas, databases and pooled tables.
 
+pub mod connect;
 mod migrate;
 mod rows;
 mod store;
 pub mod tenant_storage;
+mod wakeups;
 
-pub use store::{PostgresStore, POOL_CONNECTIONS_MAX, WORK_CHANNEL};
+pub use connect::{ConnectError, Route};
+pub use store::{ConnectSettings, PostgresStore, POOL_CONNECTIONS_MAX, WORK_CHANNEL};
 pub use tenant_storage::PgTenantStorage;

@@ -20,6 +20,9 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => StoreError::unavailable(e),
+        // A read-only server (a demoted primary, a standby): the write goes nowhere; the
+        // connection is checked and dropped before reuse (crate::connect::PrimaryGuard).
+        e if crate::connect::is_read_only(&e) => StoreError::unavailable(e),
         e => StoreError::backend(e),
     }
 }

@@ -24,14 +24,14 @@
 //! idempotent: "already exists" / "does not exist" are success, so a step re-run after a crash
 //! between its effect and its commit creates nothing twice.
 
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use saga_core::tenant::{tenant_object_name, StorageMode};
 use saga_store::tenant_storage::{AppliedMigration, Migration, TenantStorage, TenantStorageError};
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool, Row};
+
+use crate::connect::{self, Db};
 
 /// `saga_core::tenant::tenant_object_name(tenant_id)` in SQL, for the pooled tables' policy: the
 /// plain name when it fits in 63 bytes, else its first 50 characters, `_` and 12 hex digits of
@@ -82,12 +82,40 @@ const DROP_RETRIES_MAX: u32 = 20;
 pub const POOLED_SCHEMA: &str = "sagaplane_pooled";
 /// The session setting the pooled tables' policy is keyed on.
 pub const TENANT_SETTING: &str = "sagaplane.tenant_id";
-const POOL_CONNECTIONS_MAX: u32 = 8;
+pub const TENANT_ADMIN_POOL_SIZE: u32 = 8;
 
 /// Tenant storage on one PostgreSQL server.
 pub struct PgTenantStorage {
-    admin: PgPool,
+    admin: Db,
     options: PgConnectOptions,
+    /// Bounds sessions in tenants' own databases and as their migration roles.
+    sessions: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// A session in a tenant's database or as its migration role, counted against
+/// `SAGAPLANE_TENANT_SESSIONS_MAX`.
+struct TenantSession {
+    conn: PgConnection,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for TenantSession {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for TenantSession {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl TenantSession {
+    async fn close(self) {
+        let _ = self.conn.close().await;
+    }
 }
 
 /// `"name"`, with embedded quotes doubled (names here are validated already; this is the
@@ -123,20 +151,28 @@ fn migration_error(service: &str, file: &str, e: sqlx::Error) -> TenantStorageEr
 }
 
 impl PgTenantStorage {
-    pub async fn connect(url: &str) -> Result<Self, TenantStorageError> {
-        let options = PgConnectOptions::from_str(url).map_err(backend)?;
-        let admin = PgPoolOptions::new()
-            .max_connections(POOL_CONNECTIONS_MAX)
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect_with(options.clone())
+    /// Connects the admin pool (`pool_size` connections) to `url`, over TLS when the URL says
+    /// so, through a transaction pooler when it is one. Tenant databases are reached with the
+    /// same options (TLS settings included), only the database name changed.
+    pub async fn connect(url: &str, pool_size: u32, sessions_max: u32) -> Result<Self, TenantStorageError> {
+        let admin = connect::open_pool(url, pool_size.max(1), connect::application::TENANT_ADMIN)
             .await
-            .map_err(backend)?;
-        Ok(PgTenantStorage { admin, options })
+            .map_err(|e| TenantStorageError::Backend(e.to_string()))?;
+        let options = admin.connect_options().clone().application_name(connect::application::TENANT_SESSION);
+        let sessions = std::sync::Arc::new(tokio::sync::Semaphore::new(sessions_max.max(1) as usize));
+        Ok(PgTenantStorage { admin, options, sessions })
+    }
+
+    /// Waits for a session slot, then opens a session with `options`.
+    async fn session(&self, options: &PgConnectOptions) -> Result<TenantSession, sqlx::Error> {
+        let permit = self.sessions.clone().acquire_owned().await.map_err(|_| sqlx::Error::PoolClosed)?;
+        let conn = PgConnection::connect_with(options).await?;
+        Ok(TenantSession { conn, _permit: permit })
     }
 
     /// The admin pool (tests use it to inspect the catalog).
     pub fn admin(&self) -> &PgPool {
-        &self.admin
+        self.admin.pool()
     }
 
     /// The role's comment when it exists: `Some(Some(marker))` for a role Sagaplane made.
@@ -206,7 +242,7 @@ impl PgTenantStorage {
         }
         // The admin acts as the role to create its storage (migrations run as the migrator).
         sqlx::raw_sql(&format!("GRANT {} TO CURRENT_USER", quote_ident(role)))
-            .execute(&self.admin)
+            .execute(self.admin.pool())
             .await
             .map_err(backend)?;
         Ok(())
@@ -232,11 +268,20 @@ impl PgTenantStorage {
             }
         }
         match self.role_marker(&migrator).await? {
-            Some(Some(found)) if found == marker => Ok(migrator),
-            _ => Err(TenantStorageError::Foreign(format!(
+            Some(Some(found)) if found == marker => {}
+            _ => {
+                return Err(TenantStorageError::Foreign(format!(
                 "a role named {migrator} exists that Sagaplane did not make for tenant {tenant_id}; it is left untouched"
-            ))),
+            )))
+            }
         }
+        // The admin may end the migration role's sessions: `DROP DATABASE … WITH (FORCE)` must,
+        // and a transaction pooler keeps them open on its side long after a migration.
+        sqlx::raw_sql(&format!("GRANT {} TO CURRENT_USER", quote_ident(&migrator)))
+            .execute(self.admin.pool())
+            .await
+            .map_err(backend)?;
+        Ok(migrator)
     }
 
     /// A session logged in as the tenant's migration role, in `database`: its password is set
@@ -245,7 +290,7 @@ impl PgTenantStorage {
         &self,
         tenant_id: &str,
         database: Option<&str>,
-    ) -> Result<PgConnection, TenantStorageError> {
+    ) -> Result<TenantSession, TenantStorageError> {
         let role = tenant_object_name(tenant_id);
         let migrator = self.ensure_migrator(&role, tenant_id).await?;
         let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
@@ -256,21 +301,20 @@ impl PgTenantStorage {
             m = quote_literal(&migrator),
             p = quote_literal(&password),
         );
-        sqlx::raw_sql(&set).execute(&self.admin).await.map_err(backend)?;
+        sqlx::raw_sql(&set).execute(self.admin.pool()).await.map_err(backend)?;
         let mut options = self.options.clone().username(&migrator).password(&password);
         if let Some(database) = database {
             options = options.database(database);
         }
-        let session = PgConnection::connect_with(&options).await;
+        let session = self.session(&options).await;
         let clear = format!("ALTER ROLE {} PASSWORD NULL", quote_ident(&migrator));
-        sqlx::raw_sql(&clear).execute(&self.admin).await.map_err(backend)?;
-        let mut session = session.map_err(|e| {
+        sqlx::raw_sql(&clear).execute(self.admin.pool()).await.map_err(backend)?;
+        let session = session.map_err(|e| {
             TenantStorageError::Backend(format!(
                 "cannot log in as the tenant's migration role {migrator} ({e}); tenant migrations run as the tenant, \
                  so PostgreSQL must accept password logins for it on the host and port of SAGAPLANE_TENANT_DATABASE_URL"
             ))
         })?;
-        sqlx::Executor::execute(&mut session, "SET search_path = pg_catalog, pg_temp").await.map_err(backend)?;
         Ok(session)
     }
 
@@ -286,15 +330,14 @@ impl PgTenantStorage {
         let schema = quote_ident(BOOKKEEPING_SCHEMA);
         let table = format!("{schema}.{}", quote_ident(table_name));
         let m = quote_ident(migrator);
-        sqlx::Executor::execute(&mut *conn, "SET search_path = pg_catalog, pg_temp").await.map_err(backend)?;
-        let exists: bool = sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
-            .bind(BOOKKEEPING_SCHEMA)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(backend)?;
+        let exists: bool = simple_scalar(
+            &mut *conn,
+            &format!("SELECT to_regnamespace({}) IS NOT NULL", quote_literal(BOOKKEEPING_SCHEMA)),
+        )
+        .await?;
         if !exists {
             let sql = format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}; REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
+                "{SAFE_SEARCH_PATH} CREATE SCHEMA IF NOT EXISTS {schema}; REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
                  GRANT USAGE ON SCHEMA {schema} TO PUBLIC;"
             );
             match sqlx::Executor::execute(&mut *conn, sql.as_str()).await {
@@ -305,7 +348,7 @@ impl PgTenantStorage {
             }
         }
         let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {table} ( \
+            "{SAFE_SEARCH_PATH} CREATE TABLE IF NOT EXISTS {table} ( \
                service TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL, \
                applied_at BIGINT NOT NULL, PRIMARY KEY (service, version)); \
              GRANT SELECT, INSERT ON {table} TO {m};"
@@ -313,7 +356,7 @@ impl PgTenantStorage {
         match sqlx::Executor::execute(&mut *conn, sql.as_str()).await {
             Ok(_) => Ok(table),
             Err(e) if is_code(&e, &["42P07", "23505"]) => {
-                let grant = format!("GRANT SELECT, INSERT ON {table} TO {m};");
+                let grant = format!("{SAFE_SEARCH_PATH} GRANT SELECT, INSERT ON {table} TO {m};");
                 sqlx::Executor::execute(&mut *conn, grant.as_str()).await.map_err(backend)?;
                 Ok(table)
             }
@@ -340,20 +383,20 @@ impl PgTenantStorage {
                 // table, dropped with the storage (PostgreSQL 15 gives its creator no membership
                 // for DROP OWNED).
                 let drop = format!("DROP ROLE IF EXISTS {}", quote_ident(&migrator));
-                sqlx::raw_sql(&drop).execute(&self.admin).await.map_err(backend)?;
+                sqlx::raw_sql(&drop).execute(self.admin.pool()).await.map_err(backend)?;
             }
         }
         // Privileges it was granted on shared objects go with it.
-        sqlx::raw_sql(&format!("DROP OWNED BY {}", quote_ident(role))).execute(&self.admin).await.map_err(backend)?;
-        match sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {}", quote_ident(role))).execute(&self.admin).await {
+        sqlx::raw_sql(&format!("DROP OWNED BY {}", quote_ident(role))).execute(self.admin.pool()).await.map_err(backend)?;
+        match sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {}", quote_ident(role))).execute(self.admin.pool()).await {
             Ok(_) => Ok(()),
             Err(e) if is_code(&e, &["42704"]) => Ok(()),
             Err(e) => Err(backend(e)),
         }
     }
 
-    async fn database_connection(&self, database: &str) -> Result<PgConnection, TenantStorageError> {
-        PgConnection::connect_with(&self.options.clone().database(database)).await.map_err(backend)
+    async fn database_connection(&self, database: &str) -> Result<TenantSession, TenantStorageError> {
+        self.session(&self.options.clone().database(database)).await.map_err(backend)
     }
 
     async fn create_pooled_schema(&self) -> Result<(), TenantStorageError> {
@@ -365,7 +408,7 @@ impl PgTenantStorage {
                applied_at BIGINT NOT NULL, PRIMARY KEY (service, version));",
             schema = quote_ident(POOLED_SCHEMA)
         );
-        match sqlx::raw_sql(&sql).execute(&self.admin).await {
+        match sqlx::raw_sql(&sql).execute(self.admin.pool()).await {
             Ok(_) => Ok(()),
             // Two tenants provisioning at once race on the catalog; the loser's work exists.
             Err(e) if is_code(&e, &["42P06", "42P07", "23505"]) => Ok(()),
@@ -413,7 +456,7 @@ impl PgTenantStorage {
                 "ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY; \
                  CREATE POLICY tenant_isolation ON {qualified} USING ({condition}) WITH CHECK ({condition});"
             );
-            match sqlx::raw_sql(&sql).execute(&self.admin).await {
+            match sqlx::raw_sql(&sql).execute(self.admin.pool()).await {
                 Ok(_) => {}
                 Err(e) if is_code(&e, &["42710"]) => {}
                 Err(e) => return Err(backend(e)),
@@ -427,7 +470,7 @@ impl PgTenantStorage {
                 quote_ident(table)
             ));
         }
-        sqlx::raw_sql(&grants).execute(&self.admin).await.map_err(backend)?;
+        sqlx::raw_sql(&grants).execute(self.admin.pool()).await.map_err(backend)?;
         Ok(())
     }
 }
@@ -460,6 +503,8 @@ async fn apply_in(
         .bind(&migration.name)
         .bind(&migration.checksum)
         .bind(now_ms)
+        // Unnamed: this session may be a transaction pooler's, whose servers are shared.
+        .persistent(false)
         .execute(&mut *tx)
         .await;
         match recorded {
@@ -483,13 +528,8 @@ async fn apply_in(
             .map_err(|e| migration_error(&migration.service, &file, e))?;
         tx.commit().await.map_err(|e| migration_error(&migration.service, &file, e))?;
     }
-    sqlx::Executor::execute(&mut *conn, "RESET ROLE; SET search_path = pg_catalog, pg_temp").await.map_err(backend)?;
-    let rows = sqlx::query(&format!(
-        "SELECT service, version, name, checksum, applied_at FROM {table} ORDER BY service, version"
-    ))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(backend)?;
+    let select = format!("SELECT service, version, name, checksum, applied_at FROM {table} ORDER BY service, version");
+    let rows = simple_rows(&mut *conn, &select).await.map_err(backend)?;
     rows.iter()
         .map(|row| {
             Ok(AppliedMigration {
@@ -509,30 +549,50 @@ async fn recorded_checksum(
     table: &str,
     migration: &Migration,
 ) -> Result<Option<String>, TenantStorageError> {
-    sqlx::query_scalar(&format!("SELECT checksum FROM {table} WHERE service = $1 AND version = $2"))
-        .bind(&migration.service)
-        .bind(migration.version)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)
+    let sql = format!(
+        "SELECT checksum FROM {table} WHERE service = {} AND version = {}",
+        quote_literal(&migration.service),
+        migration.version
+    );
+    let rows = simple_rows(&mut *conn, &sql).await.map_err(backend)?;
+    rows.first().map(|row| row.try_get(0)).transpose().map_err(backend)
+}
+
+/// Prefixed to the statements the admin and migration sessions send outside a migration: names
+/// resolve in `pg_catalog` only, for the one implicit transaction of that simple query — never a
+/// session-level `SET`, which behind a transaction pooler would reach other clients' statements.
+const SAFE_SEARCH_PATH: &str = "SET LOCAL search_path = pg_catalog, pg_temp;";
+
+/// The rows of a simple-protocol query (run with [`SAFE_SEARCH_PATH`]): no parameters, so no
+/// prepared statement — safe on a session that a transaction pooler may move between servers.
+fn simple_rows<'c>(
+    conn: &'c mut PgConnection,
+    sql: &'c str,
+) -> futures::future::BoxFuture<'c, Result<Vec<sqlx::postgres::PgRow>, sqlx::Error>> {
+    let sql = format!("{SAFE_SEARCH_PATH} {sql}");
+    Box::pin(async move { sqlx::Executor::fetch_all(conn, sql.as_str()).await })
+}
+
+/// One value from a simple-protocol query (see [`simple_rows`]).
+async fn simple_scalar<T>(conn: &mut PgConnection, sql: &str) -> Result<T, TenantStorageError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    let rows = simple_rows(conn, sql).await.map_err(backend)?;
+    let row = rows.first().ok_or_else(|| TenantStorageError::Backend(format!("no row from {sql}")))?;
+    row.try_get(0).map_err(backend)
 }
 
 /// Records kept by earlier releases in the tenant's own `sagaplane_migrations` (in `schema`)
 /// are carried over once, read with the migration role's (the tenant's) rights.
 async fn adopt_old_records(conn: &mut PgConnection, schema: &str, table: &str) -> Result<(), TenantStorageError> {
     let old = format!("{}.sagaplane_migrations", quote_ident(schema));
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&old)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(backend)?;
+    let exists: bool =
+        simple_scalar(&mut *conn, &format!("SELECT to_regclass({}) IS NOT NULL", quote_literal(&old))).await?;
     if !exists {
         return Ok(());
     }
-    let empty: bool = sqlx::query_scalar(&format!("SELECT NOT EXISTS (SELECT 1 FROM {table})"))
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(backend)?;
+    let empty: bool = simple_scalar(&mut *conn, &format!("SELECT NOT EXISTS (SELECT 1 FROM {table})")).await?;
     if empty {
         let copy = format!(
             "INSERT INTO {table} (service, version, name, checksum, applied_at) \
@@ -572,7 +632,7 @@ impl TenantStorage for PgTenantStorage {
                     Err(e) => return Err(backend(e)),
                 }
                 let migrator = self.ensure_migrator(&name, tenant_id).await?;
-                let mut conn = self.admin.acquire().await.map_err(backend)?;
+                let mut conn = self.admin.pool().acquire().await.map_err(backend)?;
                 Self::ensure_bookkeeping(&mut conn, &name, &migrator).await?;
                 Ok(json!({"backend": "postgres", "location": format!("schema {name}")}))
             }
@@ -585,7 +645,7 @@ impl TenantStorage for PgTenantStorage {
                         db = quote_ident(&name),
                         role = quote_ident(&name)
                     ))
-                    .execute(&self.admin)
+                    .execute(self.admin.pool())
                     .await;
                     match created {
                         Ok(_) => {}
@@ -594,7 +654,7 @@ impl TenantStorage for PgTenantStorage {
                     }
                 }
                 sqlx::raw_sql(&format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(&name)))
-                    .execute(&self.admin)
+                    .execute(self.admin.pool())
                     .await
                     .map_err(backend)?;
                 let migrator = self.ensure_migrator(&name, tenant_id).await?;
@@ -602,7 +662,7 @@ impl TenantStorage for PgTenantStorage {
                 let made = Self::ensure_bookkeeping(&mut conn, "migrations", &migrator).await;
                 // Closed, not dropped: a session left to linger in the tenant's database would
                 // stand in the way of dropping it.
-                let _ = conn.close().await;
+                conn.close().await;
                 made?;
                 Ok(json!({"backend": "postgres", "location": format!("database {name}")}))
             }
@@ -631,7 +691,7 @@ impl TenantStorage for PgTenantStorage {
                     schema = quote_ident(&name),
                     records = quote_ident(BOOKKEEPING_SCHEMA)
                 );
-                sqlx::raw_sql(&drop).execute(&self.admin).await.map_err(backend)?;
+                sqlx::raw_sql(&drop).execute(self.admin.pool()).await.map_err(backend)?;
             }
             StorageMode::Database => {
                 // A session that is still closing can make the forced drop fail for a moment
@@ -639,7 +699,7 @@ impl TenantStorage for PgTenantStorage {
                 let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name));
                 let mut tries = 0;
                 loop {
-                    match sqlx::raw_sql(&drop).execute(&self.admin).await {
+                    match sqlx::raw_sql(&drop).execute(self.admin.pool()).await {
                         Ok(_) => break,
                         Err(e) if is_code(&e, &["42501"]) && tries < DROP_RETRIES_MAX => {
                             tries += 1;
@@ -668,7 +728,7 @@ impl TenantStorage for PgTenantStorage {
                         quote_ident(&table)
                     ))
                     .bind(tenant_id)
-                    .execute(&self.admin)
+                    .execute(self.admin.pool())
                     .await
                     .map_err(backend)?;
                 }
@@ -689,7 +749,7 @@ impl TenantStorage for PgTenantStorage {
             StorageMode::Schema => {
                 let migrator = self.ensure_migrator(&name, tenant_id).await?;
                 let table = {
-                    let mut admin = self.admin.acquire().await.map_err(backend)?;
+                    let mut admin = self.admin.pool().acquire().await.map_err(backend)?;
                     Self::ensure_bookkeeping(&mut admin, &name, &migrator).await?
                 };
                 let mut session = self.migrator_session(tenant_id, None).await?;
@@ -698,7 +758,7 @@ impl TenantStorage for PgTenantStorage {
                     apply_in(&mut session, &name, Some(&name), &table, migrations, now_ms).await
                 }
                 .await;
-                let _ = session.close().await;
+                session.close().await;
                 applied
             }
             StorageMode::Database => {
@@ -706,7 +766,7 @@ impl TenantStorage for PgTenantStorage {
                 let table = {
                     let mut admin = self.database_connection(&name).await?;
                     let table = Self::ensure_bookkeeping(&mut admin, "migrations", &migrator).await;
-                    let _ = admin.close().await;
+                    admin.close().await;
                     table?
                 };
                 let mut session = self.migrator_session(tenant_id, Some(&name)).await?;
@@ -715,12 +775,12 @@ impl TenantStorage for PgTenantStorage {
                     apply_in(&mut session, "public", Some(&name), &table, migrations, now_ms).await
                 }
                 .await;
-                let _ = session.close().await;
+                session.close().await;
                 applied
             }
             StorageMode::Pooled => {
                 // Shared tables: migrated once for every pooled tenant, by the admin (owner).
-                let mut conn = self.admin.acquire().await.map_err(backend)?;
+                let mut conn = self.admin.pool().acquire().await.map_err(backend)?;
                 let table = format!("{}.sagaplane_migrations", quote_ident(POOLED_SCHEMA));
                 let applied = apply_in(&mut conn, POOLED_SCHEMA, None, &table, migrations, now_ms).await?;
                 drop(conn);
@@ -733,7 +793,7 @@ impl TenantStorage for PgTenantStorage {
     async fn access_set(&self, tenant_id: &str, _mode: StorageMode, enabled: bool) -> Result<(), TenantStorageError> {
         let name = tenant_object_name(tenant_id);
         let login = if enabled { "LOGIN" } else { "NOLOGIN" };
-        match sqlx::raw_sql(&format!("ALTER ROLE {} {login}", quote_ident(&name))).execute(&self.admin).await {
+        match sqlx::raw_sql(&format!("ALTER ROLE {} {login}", quote_ident(&name))).execute(self.admin.pool()).await {
             Ok(_) => Ok(()),
             // No role (storage never created or already dropped): nothing to allow or stop.
             Err(e) if is_code(&e, &["42704"]) => Ok(()),

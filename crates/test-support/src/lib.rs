@@ -3,6 +3,7 @@
 //! systems outside the project).
 
 pub mod app;
+pub mod clusters;
 pub mod db;
 pub mod effects;
 pub mod grpc_participant;

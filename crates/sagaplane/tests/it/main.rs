@@ -11,6 +11,7 @@ mod delivery;
 mod deploy;
 mod fuzz;
 mod hardening;
+mod production_pg;
 mod profile;
 mod restart;
 mod sagas;

@@ -1,11 +1,14 @@
 //! Operational endpoints: liveness, readiness, metrics, OpenAPI, the dashboard, fallbacks.
 
 use axum::extract::State;
+use axum::Extension;
+use saga_store::SchemaSupport;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -13,22 +16,69 @@ pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// `/ready`: 200 while the store answers, takes writes, and holds a schema this binary supports
+/// (its own, or newer by migrations that keep working for it — a rolling upgrade); else 503
+/// with the reason.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    match state.store.schema_status().await {
-        Ok(status) if status.is_current() => {
-            Json(json!({"status": "ready", "backend": state.store.backend_name(), "schema_version": status.applied}))
-                .into_response()
-        }
-        Ok(status) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "schema_outdated", "applied": status.applied, "latest": status.latest})),
-        )
-            .into_response(),
+    let not_ready = |body: Value| (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    let status = match state.store.schema_status().await {
+        Ok(status) => status,
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store_unavailable"}))).into_response()
+            return not_ready(json!({"status": "store_unavailable", "reason": "the database does not answer"}));
+        }
+    };
+    match state.store.writable().await {
+        Ok(true) => {}
+        Ok(false) => {
+            return not_ready(json!({"status": "no_writable_primary",
+                "reason": "the database answers read-only (a standby, or a primary being demoted)"}))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            return not_ready(json!({"status": "store_unavailable", "reason": "the database does not answer"}));
         }
     }
+    match status.support() {
+        SchemaSupport::Supported => Json(json!({
+            "status": "ready",
+            "backend": state.store.backend_name(),
+            "schema_version": status.applied,
+            "binary_schema_version": status.latest,
+        }))
+        .into_response(),
+        SchemaSupport::Outdated => not_ready(json!({
+            "status": "schema_outdated",
+            "applied": status.applied,
+            "latest": status.latest,
+            "reason": format!("the schema is at {} and this binary needs {}; run `sagaplane migrate` or start this binary with migrations", status.applied, status.latest),
+        })),
+        SchemaSupport::TooNew => not_ready(json!({
+            "status": "schema_too_new",
+            "applied": status.applied,
+            "latest": status.latest,
+            "requires": status.newer_requires,
+            "reason": format!("the schema is at {}, migrated by a newer binary that keeps working only with binaries from schema {} on; this binary knows {}", status.applied, status.newer_requires, status.latest),
+        })),
+    }
+}
+
+/// `GET /v1/status` (admin): the store, its schema, and how the database is reached.
+pub async fn status(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let schema = state.store.schema_status().await?;
+    let connection = state.store.connection_status();
+    let pool = state.store.pool_status();
+    Ok(Json(json!({
+        "backend": state.store.backend_name(),
+        "schema": {"applied": schema.applied, "binary": schema.latest, "supported": schema.support() == SchemaSupport::Supported},
+        "database": {
+            "route": connection.route,
+            "wakeups": connection.wakeups.mode.as_str(),
+            "wakeups_reason": connection.wakeups.reason,
+            "pool": {"in_use": pool.in_use, "idle": pool.idle},
+        },
+    })))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

@@ -16,7 +16,7 @@ use crate::rows::{self, changed_one, db, USER_COLUMNS};
 #[async_trait]
 impl TenantAccessStore for PostgresStore {
     async fn tenant_key_create(&self, key: &TenantKeyRecord, token_hash: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.db.begin().await.map_err(db)?;
         // The tenant's row serialises concurrent creators, so the count below cannot go stale.
         sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
             .bind(&key.tenant_id)
@@ -53,7 +53,7 @@ impl TenantAccessStore for PostgresStore {
              WHERE token_hash = $1 AND revoked_at IS NULL",
         )
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?;
         row.map(|row| {
@@ -75,7 +75,7 @@ impl TenantAccessStore for PostgresStore {
         .bind(tenant_id)
         .bind(key_id)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db)?;
         changed_one(done.rows_affected())
@@ -86,7 +86,7 @@ impl TenantAccessStore for PostgresStore {
             sqlx::query("UPDATE tenant_api_keys SET revoked_at = $2 WHERE tenant_id = $1 AND revoked_at IS NULL")
                 .bind(tenant_id)
                 .bind(now_ms)
-                .execute(&self.pool)
+                .execute(&self.db)
                 .await
                 .map_err(db)?;
         Ok(done.rows_affected())
@@ -104,7 +104,7 @@ impl TenantAccessStore for PostgresStore {
         .bind(&user.role)
         .bind(user.created_at_ms)
         .bind(user.updated_at_ms)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -118,7 +118,7 @@ impl TenantAccessStore for PostgresStore {
             "SELECT {USER_COLUMNS} FROM tenant_users WHERE tenant_id = $1 ORDER BY email LIMIT 10000"
         ))
         .bind(tenant_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         rows.iter().map(rows::tenant_user).collect()
@@ -128,7 +128,7 @@ impl TenantAccessStore for PostgresStore {
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM tenant_users WHERE tenant_id = $1 AND id = $2"))
             .bind(tenant_id)
             .bind(user_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await
             .map_err(db)?;
         row.as_ref().map(rows::tenant_user).transpose()
@@ -144,7 +144,7 @@ impl TenantAccessStore for PostgresStore {
         .bind(&user.name)
         .bind(&user.role)
         .bind(user.updated_at_ms)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await;
         match done {
             Ok(done) if done.rows_affected() == 0 => Err(StoreError::NotFound),
@@ -160,7 +160,7 @@ impl TenantAccessStore for PostgresStore {
         let done = sqlx::query("DELETE FROM tenant_users WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .map_err(db)?;
         changed_one(done.rows_affected())
@@ -179,7 +179,7 @@ impl WebhookStore for PostgresStore {
         .bind(webhook_id)
         .bind(now_ms)
         .bind(WEBHOOK_CLAIM_TTL_MS)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db)?;
         if inserted.rows_affected() == 1 {
@@ -189,7 +189,7 @@ impl WebhookStore for PostgresStore {
             sqlx::query_scalar("SELECT response FROM webhook_receipts WHERE source = $1 AND webhook_id = $2")
                 .bind(source)
                 .bind(webhook_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db)
                 .await
                 .map_err(db)?;
         Ok(WebhookClaim::Seen(response.flatten().map(|r| r.0)))
@@ -200,7 +200,7 @@ impl WebhookStore for PostgresStore {
             .bind(source)
             .bind(webhook_id)
             .bind(Json(response))
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .map_err(db)?;
         Ok(())
@@ -210,7 +210,7 @@ impl WebhookStore for PostgresStore {
         sqlx::query("DELETE FROM webhook_receipts WHERE source = $1 AND webhook_id = $2 AND response IS NULL")
             .bind(source)
             .bind(webhook_id)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .map_err(db)?;
         Ok(())

@@ -53,7 +53,7 @@ impl LeaseStore for PostgresStore {
         .bind(&params.worker_id)
         .bind(expires)
         .bind(saga_store::claim_horizon_ms(params.now_ms))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         for row in &rows {
@@ -91,7 +91,7 @@ impl LeaseStore for PostgresStore {
             .bind(&ids)
             .bind(&tokens)
             .bind(worker_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db)
         })
         .await?;
         let renewed_ids: std::collections::HashSet<Uuid> = renewed.iter().map(|(id, _)| *id).collect();
@@ -109,7 +109,7 @@ impl LeaseStore for PostgresStore {
             .bind(&missing)
             .bind(&missing_tokens)
             .bind(worker_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db)
             .await
             .map_err(db)?
         };
@@ -131,7 +131,7 @@ impl LeaseStore for PostgresStore {
             .bind(&ids)
             .bind(&tokens)
             .bind(worker_id)
-            .execute(&self.pool)
+            .execute(&self.db)
         })
         .await?;
         self.announce.request();
@@ -158,13 +158,13 @@ impl PostgresStore {
              WHERE concurrency_key IS NOT NULL AND NOT admitted AND status = 'PENDING' AND run_at <= $1 LIMIT 64",
         )
         .bind(params.now_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         if keys.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.db.begin().await.map_err(db)?;
         let locked: Vec<String> =
             sqlx::query_scalar("SELECT key FROM concurrency_keys WHERE key = ANY($1) FOR UPDATE SKIP LOCKED")
                 .bind(&keys)

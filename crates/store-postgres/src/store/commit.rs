@@ -384,7 +384,7 @@ impl PostgresStore {
                 .bind(batch.outbox_on_change)
                 .bind(batch.outbox.expires);
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(db)?;
+        let rows = query.fetch_all(&self.db).await.map_err(db)?;
         let mut committed = std::collections::HashSet::with_capacity(rows.len());
         for row in &rows {
             let id: Uuid = row.try_get(0).map_err(db)?;
@@ -404,7 +404,7 @@ impl PostgresStore {
                  WHERE id = ANY($1) AND cancel_requested_at IS NOT NULL",
             )
             .bind(&missing)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db)
             .await
             .map_err(db)?;
             for row in &rows {

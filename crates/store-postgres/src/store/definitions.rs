@@ -27,7 +27,7 @@ impl DefinitionStore for PostgresStore {
                     .bind(next_version)
                     .bind(Json(document))
                     .bind(now_ms)
-                    .execute(&self.pool)
+                    .execute(&self.db)
                     .await;
             match inserted {
                 Ok(_) => {
@@ -55,7 +55,7 @@ impl DefinitionStore for PostgresStore {
         )
         .bind(name)
         .bind(version)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?
         .ok_or(StoreError::NotFound)?;
@@ -66,7 +66,7 @@ impl DefinitionStore for PostgresStore {
         let rows = sqlx::query(
             "SELECT DISTINCT ON (name) name, version, document, created_at FROM definitions ORDER BY name, version DESC",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         rows.iter().map(definition_row).collect()

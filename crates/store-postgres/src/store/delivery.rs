@@ -71,7 +71,10 @@ impl OutboxColumns {
 
 /// Writes each event an active subscription wants, with its deliveries, on `conn` (a writer's
 /// transaction, so with the change it reports).
-pub(super) async fn fan_out(conn: &mut sqlx::PgConnection, events: &[OutboxEvent]) -> StoreResult<()> {
+pub(super) async fn fan_out<'c, E>(executor: E, events: &[OutboxEvent]) -> StoreResult<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
     if events.is_empty() {
         return Ok(());
     }
@@ -93,7 +96,7 @@ pub(super) async fn fan_out(conn: &mut sqlx::PgConnection, events: &[OutboxEvent
     .bind(columns.ats)
     .bind(columns.to_subscriptions)
     .bind(columns.expires)
-    .execute(&mut *conn)
+    .execute(executor)
     .await
     .map_err(db)?;
     Ok(())
@@ -174,7 +177,7 @@ impl PostgresStore {
         .bind(s.created_at_ms)
         .bind(s.updated_at_ms)
         .bind(s.failing_since_ms)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db)?;
         Ok(())
@@ -194,7 +197,7 @@ impl DeliveryStore for PostgresStore {
     async fn subscription_get(&self, id: Uuid) -> StoreResult<SubscriptionRecord> {
         let row = sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await
             .map_err(db)?;
         row.as_ref().map(subscription).unwrap_or(Err(StoreError::NotFound))
@@ -208,7 +211,7 @@ impl DeliveryStore for PostgresStore {
         .bind(&filter.tenant_id)
         .bind(filter.before_id)
         .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         rows.iter().map(subscription).collect()
@@ -233,7 +236,7 @@ impl DeliveryStore for PostgresStore {
         .bind(patch.rate_limit_per_s.is_some())
         .bind(patch.rate_limit_per_s.flatten().map(|r| r as i32))
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?;
         row.as_ref().map(subscription).unwrap_or(Err(StoreError::NotFound))
@@ -254,14 +257,14 @@ impl DeliveryStore for PostgresStore {
         .bind(secret)
         .bind(previous_until_ms)
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?;
         row.as_ref().map(subscription).unwrap_or(Err(StoreError::NotFound))
     }
 
     async fn subscription_delete(&self, id: Uuid, now_ms: i64) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.db.begin().await.map_err(db)?;
         let deleted =
             sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
         changed_one(deleted.rows_affected())?;
@@ -279,8 +282,7 @@ impl DeliveryStore for PostgresStore {
     }
 
     async fn events_append(&self, events: &[OutboxEvent]) -> StoreResult<()> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        fan_out(&mut conn, events).await
+        fan_out(&self.db, events).await
     }
 
     async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>> {
@@ -299,7 +301,7 @@ impl DeliveryStore for PostgresStore {
         .bind(&params.worker_id)
         .bind(&params.skip_subscriptions)
         .bind(params.lease_ttl_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         if rows.is_empty() {
@@ -317,7 +319,7 @@ impl DeliveryStore for PostgresStore {
         let events: std::collections::HashMap<Uuid, EventFacts> =
             sqlx::query("SELECT id, data, created_at, expires_at FROM events WHERE id = ANY($1)")
                 .bind(&event_ids)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db)
                 .await
                 .map_err(db)?
                 .iter()
@@ -331,7 +333,7 @@ impl DeliveryStore for PostgresStore {
         let subscriptions: std::collections::HashMap<Uuid, SubscriptionRecord> =
             sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ANY($1)"))
                 .bind(&subscription_ids)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db)
                 .await
                 .map_err(db)?
                 .iter()
@@ -398,7 +400,7 @@ impl DeliveryStore for PostgresStore {
         .bind(ats)
         .bind(codes)
         .bind(durations)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         Ok(results.iter().map(|r| recorded.contains(&r.id)).collect())
@@ -407,7 +409,7 @@ impl DeliveryStore for PostgresStore {
     async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)> {
         let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await
             .map_err(db)?;
         let record = row.as_ref().map(delivery).unwrap_or(Err(StoreError::NotFound))?;
@@ -415,7 +417,7 @@ impl DeliveryStore for PostgresStore {
             "SELECT n, at, status_code, error, duration_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY n",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?
         .iter()
@@ -446,7 +448,7 @@ impl DeliveryStore for PostgresStore {
         .bind(&filter.tenant_id)
         .bind(filter.before_id)
         .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         rows.iter().map(delivery).collect()
@@ -459,7 +461,7 @@ impl DeliveryStore for PostgresStore {
         ))
         .bind(id)
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?;
         match row {
@@ -479,7 +481,7 @@ impl DeliveryStore for PostgresStore {
             "SELECT subscription_id, count(*), min(created_at) FROM deliveries WHERE status = 'pending' \
              GROUP BY subscription_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         Ok(rows
@@ -500,7 +502,7 @@ impl DeliveryStore for PostgresStore {
         .bind(subscription_id)
         .bind(since_ms)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db)?;
         Ok(recovered.rows_affected())
@@ -512,7 +514,7 @@ impl DeliveryStore for PostgresStore {
         now_ms: i64,
         report: &(dyn for<'a> Fn(&'a SubscriptionRecord) -> OutboxEvent + Send + Sync),
     ) -> StoreResult<Vec<SubscriptionRecord>> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.db.begin().await.map_err(db)?;
         let rows = sqlx::query(&format!(
             "UPDATE subscriptions SET status = 'disabled', updated_at = $2 \
              WHERE status = 'active' AND failing_since <= $1 RETURNING {SUBSCRIPTION_COLUMNS}"
@@ -524,7 +526,7 @@ impl DeliveryStore for PostgresStore {
         .map_err(db)?;
         let disabled = rows.iter().map(subscription).collect::<StoreResult<Vec<_>>>()?;
         let events: Vec<OutboxEvent> = disabled.iter().map(report).collect();
-        fan_out(&mut tx, &events).await?;
+        fan_out(&mut *tx, &events).await?;
         tx.commit().await.map_err(db)?;
         Ok(disabled)
     }

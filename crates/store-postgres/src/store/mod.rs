@@ -4,18 +4,18 @@
 //! and callbacks), [`tenants`], [`access`] (tenant keys, users, webhook receipts). Queries live
 //! next to the method that runs them.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use saga_store::{SchemaStatus, SchemaStore, StoreResult, WorkSignal};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use saga_store::{SchemaStatus, SchemaStore, StoreError, StoreResult, WorkSignal};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::connect::{self, Db, Route};
 use crate::migrate;
 use crate::rows::db;
+use crate::wakeups::{self, Wakeups};
 
 mod access;
 mod claim;
@@ -29,14 +29,26 @@ mod tenants;
 
 /// The channel idle instances listen on.
 pub const WORK_CHANNEL: &str = "sagaplane_work";
-/// Default connection pool size.
+/// Default size of the engine's connection pool (`SAGAPLANE_DATABASE_POOL_SIZE`).
 pub const POOL_CONNECTIONS_MAX: u32 = 24;
+
+/// What [`PostgresStore::open`] connects to.
+#[derive(Clone, Debug)]
+pub struct ConnectSettings {
+    /// `SAGAPLANE_DATABASE_URL`: PostgreSQL itself, HAProxy, or a pooler such as PgBouncer.
+    pub url: String,
+    /// `SAGAPLANE_LISTEN_URL`: a direct connection for `LISTEN`, when `url` is a pooler's.
+    pub listen_url: Option<String>,
+    /// The engine pool's size.
+    pub max_connections: u32,
+}
 
 /// PostgreSQL-backed store.
 pub struct PostgresStore {
-    pool: PgPool,
+    db: Db,
     work: WorkSignal,
     announce: Announcer,
+    wakeups: Wakeups,
     listener: tokio::task::JoinHandle<()>,
     announcer: tokio::task::JoinHandle<()>,
 }
@@ -75,13 +87,13 @@ impl Announcer {
         self.wake.notify_one();
     }
 
-    async fn run(self, pool: PgPool) {
+    async fn run(self, db: Db) {
         loop {
             self.wake.notified().await;
             if !self.wanted.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 continue;
             }
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&pool).await {
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&db).await {
                 tracing::warn!(error = %e, "NOTIFY failed; other instances fall back to polling");
             }
             tokio::time::sleep(ANNOUNCE_INTERVAL).await;
@@ -90,20 +102,31 @@ impl Announcer {
 }
 
 impl PostgresStore {
-    /// Connects to a `postgres://` URL and starts listening for work notifications.
+    /// Connects to a `postgres://` URL (LISTEN on the same URL unless it is a transaction pooler's).
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
-        let options = PgConnectOptions::from_str(url).map_err(db)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+        Self::open(ConnectSettings { url: url.to_string(), listen_url: None, max_connections }).await
+    }
+
+    /// Connects, works out the route (direct or through a transaction pooler), and starts
+    /// listening for work notifications — or polling, when there is nothing to listen on.
+    pub async fn open(settings: ConnectSettings) -> StoreResult<Self> {
+        let db = connect::open_pool(&settings.url, settings.max_connections.max(2), connect::application::ENGINE)
             .await
-            .map_err(db)?;
+            .map_err(StoreError::unavailable)?;
+        let listen = match (&settings.listen_url, db.route()) {
+            (Some(url), _) => Ok(connect::options(url).map_err(StoreError::unavailable)?.application_name(connect::application::LISTEN)),
+            (None, Route::Direct) => Ok(db.connect_options().clone().application_name(connect::application::LISTEN)),
+            (None, Route::TransactionPooler) => Err("PostgreSQL is reached through a transaction pooler and \
+                 SAGAPLANE_LISTEN_URL (a direct connection for LISTEN) is not set"
+                .to_string()),
+        };
         let work: WorkSignal = Arc::new(tokio::sync::Notify::new());
-        let listener = tokio::spawn(listen(pool.clone(), work.clone()));
+        let wakeups = Wakeups::new();
+        let instance_token = Uuid::new_v4().simple().to_string();
+        let listener = tokio::spawn(wakeups::run(listen, db.clone(), work.clone(), wakeups.clone(), instance_token));
         let announce = Announcer::new();
-        let announcer = tokio::spawn(announce.clone().run(pool.clone()));
-        Ok(PostgresStore { pool, work, announce, listener, announcer })
+        let announcer = tokio::spawn(announce.clone().run(db.clone()));
+        Ok(PostgresStore { db, work, announce, wakeups, listener, announcer })
     }
 
     /// Bumps `wake_seq` and makes the saga due now unless a driver holds it (that driver sees the
@@ -130,37 +153,12 @@ impl PostgresStore {
 
     /// The underlying pool (for tests and tools).
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.db.pool()
     }
-}
 
-/// Relays `NOTIFY sagaplane_work` to the local work signal; reconnects on failure.
-async fn listen(pool: PgPool, work: WorkSignal) {
-    loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::warn!(error = %e, "LISTEN connection failed; polling continues");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(WORK_CHANNEL).await {
-            tracing::warn!(error = %e, "LISTEN failed; polling continues");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        loop {
-            match listener.recv().await {
-                Ok(_) => work.notify_one(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
-                    // Work may have been announced while disconnected.
-                    work.notify_one();
-                    break;
-                }
-            }
-        }
+    /// How statements reach PostgreSQL.
+    pub fn route(&self) -> Route {
+        self.db.route()
     }
 }
 
@@ -171,16 +169,29 @@ impl SchemaStore for PostgresStore {
     }
 
     fn pool_status(&self) -> saga_store::PoolStatus {
-        let size = self.pool.size();
-        let idle = self.pool.num_idle() as u32;
+        let size = self.db.pool().size();
+        let idle = self.db.pool().num_idle() as u32;
         saga_store::PoolStatus { in_use: size.saturating_sub(idle), idle }
     }
 
     async fn migrate(&self, now_ms: i64) -> StoreResult<SchemaStatus> {
-        migrate::run(&self.pool, now_ms).await
+        migrate::run(&self.db, now_ms).await
     }
 
     async fn schema_status(&self) -> StoreResult<SchemaStatus> {
-        migrate::status(&self.pool).await
+        migrate::status(&self.db).await
+    }
+
+    fn connection_status(&self) -> saga_store::ConnectionStatus {
+        saga_store::ConnectionStatus { route: self.db.route().as_str(), wakeups: self.wakeups.status() }
+    }
+
+    async fn writable(&self) -> StoreResult<bool> {
+        let read_only: bool =
+            sqlx::query_scalar("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'")
+                .fetch_one(&self.db)
+                .await
+                .map_err(db)?;
+        Ok(!read_only)
     }
 }

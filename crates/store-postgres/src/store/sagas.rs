@@ -18,7 +18,7 @@ use crate::rows::{self, db, json_text, SAGA_COLUMNS};
 impl SagaStore for PostgresStore {
     async fn saga_insert_batch(&self, creates: &[SagaCreate]) -> StoreResult<Vec<Option<SagaRecord>>> {
         let all: Vec<&SagaCreate> = creates.iter().collect();
-        let mut inserted = creates::insert(&self.pool, &all).await?;
+        let mut inserted = creates::insert(&self.db, &all).await?;
         let mut records = Vec::with_capacity(creates.len());
         let mut wake = false;
         for create in creates {
@@ -36,7 +36,7 @@ impl SagaStore for PostgresStore {
         let row =
             sqlx::query(&format!("SELECT {SAGA_COLUMNS}, s.request_hash FROM sagas s WHERE s.idempotency_key = $1"))
                 .bind(key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db)
                 .await
                 .map_err(db)?;
         match row {
@@ -51,7 +51,7 @@ impl SagaStore for PostgresStore {
     async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord> {
         let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM sagas s WHERE s.id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await
             .map_err(db)?
             .ok_or(StoreError::NotFound)?;
@@ -89,7 +89,7 @@ impl SagaStore for PostgresStore {
             query.push(" ORDER BY s.id DESC LIMIT ");
         }
         query.push_bind(i64::from(filter.limit));
-        let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
+        let rows = query.build().fetch_all(&self.db).await.map_err(db)?;
         rows.iter().map(rows::saga).collect()
     }
 
@@ -101,14 +101,14 @@ impl SagaStore for PostgresStore {
         .bind(id)
         .bind(after_seq)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         rows.iter().map(rows::event).collect()
     }
 
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.db.begin().await.map_err(db)?;
         let row = sqlx::query(&format!(
             "UPDATE sagas s SET status = $1, state = $2::json, updated_at = $3, run_at = $3, completed_at = NULL, \
                lease_owner = NULL, lease_expires_at = NULL, event_seq = s.event_seq + $4 \
@@ -177,7 +177,7 @@ impl SagaStore for PostgresStore {
                AND run_at <= $1",
         )
         .bind(now_ms)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await
         .map_err(db)?;
         Ok((u64::try_from(count).unwrap_or(0), oldest))
@@ -188,7 +188,7 @@ impl SagaStore for PostgresStore {
         let admitted: Option<bool> =
             sqlx::query_scalar("SELECT concurrency_key IS NULL OR admitted FROM sagas WHERE id = $1")
                 .bind(saga.id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db)
                 .await
                 .map_err(db)?;
         let key_holders = match &saga.concurrency_key {
@@ -199,7 +199,7 @@ impl SagaStore for PostgresStore {
             .bind(key)
             .bind(saga.id)
             .bind(i64::from(saga_store::KEY_HOLDERS_MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db)
             .await
             .map_err(db)?
             .into_iter()
@@ -212,7 +212,7 @@ impl SagaStore for PostgresStore {
              ORDER BY seq DESC LIMIT 1",
         )
         .bind(saga.id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?
         .as_ref()
@@ -229,7 +229,7 @@ impl SagaStore for PostgresStore {
                 .bind(saga.id)
                 .bind(step)
                 .bind(i64::from(wait.attempt))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db)
                 .await
                 .map_err(db)?
                 .map(|(deadline, timeout, created)| CallbackFacts::from_columns(deadline, timeout, created))
@@ -256,7 +256,7 @@ impl SagaStore for PostgresStore {
         ))
         .bind(id)
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?;
         match row {

@@ -13,7 +13,7 @@ use crate::rows::{changed_one, db};
 #[async_trait]
 impl SignalStore for PostgresStore {
     async fn signal_send(&self, id: Uuid, name: &str, payload: &Value, now_ms: i64) -> StoreResult<SignalRecord> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.db.begin().await.map_err(db)?;
         // Wake first: it locks the saga row, so a terminal saga gets nothing buffered.
         if !Self::wake(&mut tx, id, now_ms).await? {
             drop(tx);
@@ -44,7 +44,7 @@ impl SignalStore for PostgresStore {
         .bind(id)
         .bind(name)
         .bind(consumed)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?;
         row.map(|row| {
@@ -72,14 +72,14 @@ impl SignalStore for PostgresStore {
         .bind(params.attempt as i32)
         .bind(params.heartbeat_timeout_ms)
         .bind(params.now_ms)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db)?;
         Ok(())
     }
 
     async fn callback_complete(&self, token_hash: &str, result: &Value, now_ms: i64) -> StoreResult<Uuid> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.db.begin().await.map_err(db)?;
         let saga_id: Option<Uuid> = sqlx::query_scalar(
             "UPDATE saga_callbacks SET result = $2, completed_at = $3 \
              WHERE token_hash = $1 AND completed_at IS NULL AND (deadline_at IS NULL OR deadline_at > $3) \
@@ -105,7 +105,7 @@ impl SignalStore for PostgresStore {
         )
         .bind(token_hash)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db)?;
         changed_one(updated.rows_affected())
@@ -120,7 +120,7 @@ impl SignalStore for PostgresStore {
         .bind(step)
         .bind(attempt as i32)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await
         .map_err(db)?;
         Ok(())
@@ -134,7 +134,7 @@ impl SignalStore for PostgresStore {
         .bind(id)
         .bind(step)
         .bind(attempt as i32)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?;
         row.map(|row| {

@@ -19,7 +19,7 @@ impl TenantStore for PostgresStore {
         saga: SagaCreate,
         event: Option<saga_store::OutboxEvent>,
     ) -> StoreResult<(TenantRecord, SagaRecord)> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.db.begin().await.map_err(db)?;
         let row = sqlx::query(&format!(
             "INSERT INTO tenants AS t (id, name, tier, storage_mode, sla_tier, status, domains, contacts, metadata, \
                                        storage, migrations, saga_id, error, created_at, updated_at) \
@@ -52,7 +52,7 @@ impl TenantStore for PostgresStore {
             .ok_or_else(|| StoreError::Conflict("the provisioning saga's idempotency key is taken".into()))?;
         let saga_record = rows::saga(&saga_row)?;
         if let Some(event) = &event {
-            super::delivery::fan_out(&mut tx, std::slice::from_ref(event)).await?;
+            super::delivery::fan_out(&mut *tx, std::slice::from_ref(event)).await?;
         }
         tx.commit().await.map_err(db)?;
         self.announce_work();
@@ -62,7 +62,7 @@ impl TenantStore for PostgresStore {
     async fn tenant_get(&self, id: &str) -> StoreResult<TenantRecord> {
         let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants t WHERE t.id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await
             .map_err(db)?
             .ok_or(StoreError::NotFound)?;
@@ -80,14 +80,14 @@ impl TenantStore for PostgresStore {
         .bind(filter.tier.map(|t| t.as_str()))
         .bind(&filter.after_id)
         .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .map_err(db)?;
         rows.iter().map(rows::tenant).collect()
     }
 
     async fn tenant_transition(&self, transition: TenantTransition) -> StoreResult<(TenantRecord, Option<SagaRecord>)> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.db.begin().await.map_err(db)?;
         let from: Vec<&str> = transition.from.iter().map(|s| s.as_str()).collect();
         let row = sqlx::query(&format!(
             "UPDATE tenants t SET status = $2, error = $3, updated_at = $4, saga_id = COALESCE($5, t.saga_id) \
@@ -122,7 +122,7 @@ impl TenantStore for PostgresStore {
             None => None,
         };
         if let Some(event) = &transition.event {
-            super::delivery::fan_out(&mut tx, std::slice::from_ref(event)).await?;
+            super::delivery::fan_out(&mut *tx, std::slice::from_ref(event)).await?;
         }
         tx.commit().await.map_err(db)?;
         if saga.is_some() {
@@ -145,7 +145,7 @@ impl TenantStore for PostgresStore {
         .bind(patch.contacts.as_ref().map(Json))
         .bind(patch.metadata.as_ref().map(Json))
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(db)?
         .ok_or(StoreError::NotFound)?;

@@ -37,7 +37,7 @@ async fn fresh_store() -> Arc<dyn Store> {
 
 async fn fresh_tenant_storage() -> Arc<dyn TenantStorage> {
     let url = fresh_database("conformance_tenants").await;
-    Arc::new(PgTenantStorage::connect(&url).await.expect("connect tenant storage"))
+    Arc::new(PgTenantStorage::connect(&url, 8, 4).await.expect("connect tenant storage"))
 }
 
 saga_store::store_conformance!(fresh_store);
