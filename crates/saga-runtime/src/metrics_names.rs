@@ -36,7 +36,10 @@ pub fn describe() {
     metrics::describe_gauge!(SAGA_QUEUE_DEPTH, "Sagas due now, waiting for a worker (all instances)");
     metrics::describe_gauge!(SAGA_OLDEST_DUE_AGE_SECONDS, "How long the oldest due saga has been due (0: none)");
     metrics::describe_gauge!(SAGA_DB_POOL_CONNECTIONS, "The store's pooled connections in this process, by state");
-    metrics::describe_gauge!(SAGA_DB_WAKEUPS_POLLING, "1 while this instance polls for work because LISTEN cannot hear");
+    metrics::describe_gauge!(
+        SAGA_DB_WAKEUPS_POLLING,
+        "1 while this instance polls for work because LISTEN cannot hear"
+    );
 }
 
 /// Registers the series that carry no labels at 0, so the first scrape shows them (an alert on

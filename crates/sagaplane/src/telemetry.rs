@@ -56,7 +56,12 @@ pub fn spawn_store_gauges(
         loop {
             let now_ms = chrono::Utc::now().timestamp_millis();
             match store.saga_due_summary(now_ms).await {
-                Ok(due) => saga_runtime::metrics_names::store_gauges(due, store.pool_status(), &store.connection_status(), now_ms),
+                Ok(due) => saga_runtime::metrics_names::store_gauges(
+                    due,
+                    store.pool_status(),
+                    &store.connection_status(),
+                    now_ms,
+                ),
                 Err(e) => tracing::debug!(error = %e, "reading the queue depth failed"),
             }
             tokio::select! {

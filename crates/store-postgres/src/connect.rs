@@ -54,7 +54,7 @@ pub enum ConnectError {
     #[error("{url}: invalid connection URL")]
     Url { url: String, source: sqlx::Error },
     #[error("TLS to PostgreSQL at {url} failed ({hint})")]
-    Tls { url: String, hint: &'static str, source: sqlx::Error },
+    Tls { url: String, hint: String, source: sqlx::Error },
     #[error("cannot connect to PostgreSQL at {url}")]
     Unreachable { url: String, source: sqlx::Error },
 }
@@ -93,19 +93,35 @@ pub fn options(url: &str) -> Result<PgConnectOptions, ConnectError> {
 }
 
 fn url_names_param(url: &str, name: &str) -> bool {
-    url.split_once('?').is_some_and(|(_, query)| query.split('&').any(|pair| pair.split('=').next() == Some(name)))
+    url_param(url, name).is_some()
+}
+
+/// The value of query parameter `name` in `url` (as written; certificate paths need no decoding).
+fn url_param(url: &str, name: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| value.to_string())
+    })
 }
 
 /// Classifies a failed connection: TLS problems are said to be TLS problems.
 pub fn connect_error(url: &str, options: &PgConnectOptions, source: sqlx::Error) -> ConnectError {
-    let url = redacted(url);
+    let missing_file = ["sslrootcert", "sslcert", "sslkey"].into_iter().find_map(|name| {
+        url_param(url, name).filter(|path| !std::path::Path::new(path).exists()).map(|path| (name, path))
+    });
+    let url = redacted(&url);
+    if let (Some((name, path)), sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Configuration(_)) =
+        (&missing_file, &source)
+    {
+        let hint = format!("the certificate file {name}={path} does not exist");
+        return ConnectError::Tls { url, hint, source };
+    }
     let hint = match &source {
         sqlx::Error::Tls(_) => Some("the server's certificate, the CA in sslrootcert, or the client certificate"),
         sqlx::Error::Configuration(e) if mentions_tls(&e.to_string()) => Some("a certificate or key file"),
         sqlx::Error::Io(e) if mentions_tls(&e.to_string()) => Some("the TLS handshake"),
-        sqlx::Error::Database(e)
-            if e.code().as_deref() == Some("28000") && e.message().contains("no encryption") =>
-        {
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("28000") && e.message().contains("no encryption") => {
             Some("the server accepts TLS connections only; set sslmode=require or stronger")
         }
         _ if matches!(options.get_ssl_mode(), PgSslMode::VerifyCa | PgSslMode::VerifyFull)
@@ -116,7 +132,7 @@ pub fn connect_error(url: &str, options: &PgConnectOptions, source: sqlx::Error)
         _ => None,
     };
     match hint {
-        Some(hint) => ConnectError::Tls { url, hint, source },
+        Some(hint) => ConnectError::Tls { url, hint: hint.to_string(), source },
         None => ConnectError::Unreachable { url, source },
     }
 }
@@ -312,9 +328,7 @@ impl<'q, E: sqlx::Execute<'q, Postgres>> sqlx::Execute<'q, Postgres> for Unnamed
         self.0.statement()
     }
 
-    fn take_arguments(
-        &mut self,
-    ) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
+    fn take_arguments(&mut self) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
         self.0.take_arguments()
     }
 
@@ -390,7 +404,10 @@ mod tests {
 
     #[test]
     fn redacted_hides_only_the_password() {
-        assert_eq!(redacted("postgres://u:secret@h:5432/db?sslmode=require"), "postgres://u:***@h:5432/db?sslmode=require");
+        assert_eq!(
+            redacted("postgres://u:secret@h:5432/db?sslmode=require"),
+            "postgres://u:***@h:5432/db?sslmode=require"
+        );
         assert_eq!(redacted("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redacted("postgres://h/db"), "postgres://h/db");
         assert_eq!(redacted("postgresql://u:p%40ss@h/db"), "postgresql://u:***@h/db");

@@ -387,7 +387,10 @@ impl PgTenantStorage {
             }
         }
         // Privileges it was granted on shared objects go with it.
-        sqlx::raw_sql(&format!("DROP OWNED BY {}", quote_ident(role))).execute(self.admin.pool()).await.map_err(backend)?;
+        sqlx::raw_sql(&format!("DROP OWNED BY {}", quote_ident(role)))
+            .execute(self.admin.pool())
+            .await
+            .map_err(backend)?;
         match sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {}", quote_ident(role))).execute(self.admin.pool()).await {
             Ok(_) => Ok(()),
             Err(e) if is_code(&e, &["42704"]) => Ok(()),

@@ -59,14 +59,16 @@ pub async fn run(writer: &SqlitePool, now_ms: i64) -> StoreResult<SchemaStatus> 
         }
         let mut tx = writer.begin().await.map_err(StoreError::backend)?;
         sqlx::Executor::execute(&mut *tx, sql).await.map_err(StoreError::backend)?;
-        sqlx::query("INSERT INTO sagaplane_migrations (version, name, applied_at, compatible_from) VALUES (?, ?, ?, ?)")
-            .bind(version)
-            .bind(name)
-            .bind(now_ms)
-            .bind(compatible_from)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::backend)?;
+        sqlx::query(
+            "INSERT INTO sagaplane_migrations (version, name, applied_at, compatible_from) VALUES (?, ?, ?, ?)",
+        )
+        .bind(version)
+        .bind(name)
+        .bind(now_ms)
+        .bind(compatible_from)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::backend)?;
         tx.commit().await.map_err(StoreError::backend)?;
         tracing::info!(version, name, "applied sqlite migration");
     }
@@ -85,12 +87,11 @@ pub async fn status(pool: &SqlitePool) -> StoreResult<SchemaStatus> {
     }
     let applied = applied(pool).await?;
     // A record without a declaration (from a binary before them) works only for binaries that know it.
-    let (newer_requires,): (Option<i64>,) = sqlx::query_as(
-        "SELECT MAX(COALESCE(compatible_from, version)) FROM sagaplane_migrations WHERE version > ?",
-    )
-    .bind(latest)
-    .fetch_one(pool)
-    .await
-    .map_err(StoreError::backend)?;
+    let (newer_requires,): (Option<i64>,) =
+        sqlx::query_as("SELECT MAX(COALESCE(compatible_from, version)) FROM sagaplane_migrations WHERE version > ?")
+            .bind(latest)
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::backend)?;
     Ok(SchemaStatus { applied, latest, newer_requires: newer_requires.unwrap_or(0) })
 }

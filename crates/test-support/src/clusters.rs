@@ -82,11 +82,14 @@ pub struct Cluster {
 impl Cluster {
     /// Creates and starts cluster `name` on `port`: `settings` appended to `postgresql.conf`,
     /// `hba` as the whole of `pg_hba.conf` (a local-socket `trust` line for the `postgres` user
-    /// is kept first, for [`Cluster::psql`]). A cluster of that name left by an earlier run is
-    /// dropped first.
-    pub fn create(name: &str, port: u16, settings: &str, hba: &str) -> Cluster {
+    /// is kept first, for [`Cluster::psql`]), `files` (name, contents) installed in its config
+    /// directory. A cluster of that name left by an earlier run is dropped first.
+    pub fn create(name: &str, port: u16, settings: &str, hba: &str, files: &[(&str, String)]) -> Cluster {
         drop_cluster(name);
-        as_root("pg_createcluster", &[VERSION, name, "-p", &port.to_string(), "--", "--auth-local=peer", "--auth-host=scram-sha-256"]);
+        as_root(
+            "pg_createcluster",
+            &[VERSION, name, "-p", &port.to_string(), "--", "--auth-local=peer", "--auth-host=scram-sha-256"],
+        );
         let config_dir = PathBuf::from(format!("/etc/postgresql/{VERSION}/{name}"));
         let conf_path = config_dir.join("postgresql.conf");
         let mut conf = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
@@ -94,6 +97,9 @@ impl Cluster {
         conf.push_str(settings);
         write_as_root(&conf_path, &conf);
         write_as_root(&config_dir.join("pg_hba.conf"), &format!("local all postgres peer\n{hba}\n"));
+        for (file, contents) in files {
+            write_as_root(&config_dir.join(file), contents);
+        }
         as_root("pg_ctlcluster", &[VERSION, name, "start"]);
         wait_for_port(port, Duration::from_secs(30));
         Cluster { name: name.to_string(), port, config_dir }
@@ -101,23 +107,17 @@ impl Cluster {
 
     /// Runs SQL as the `postgres` superuser over the local socket; panics on failure.
     pub fn psql(&self, sql: &str) -> String {
-        let output = as_postgres("psql", &["-p", &self.port.to_string(), "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        self.psql_in("postgres", sql)
+    }
+
+    /// [`Cluster::psql`] in `database`.
+    pub fn psql_in(&self, database: &str, sql: &str) -> String {
+        let port = self.port.to_string();
+        let output = as_postgres("psql", &["-p", &port, "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .expect("run psql");
         assert!(output.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// The data directory's parent for files the cluster reads (certificates): the config dir.
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.config_dir.join(name)
-    }
-
-    /// Installs `text` as `name` in the cluster's config directory (owned by `postgres`, 0600).
-    pub fn install_file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.file(name);
-        write_as_root(&path, text);
-        path
     }
 }
 
@@ -137,17 +137,34 @@ fn drop_cluster(name: &str) {
 }
 
 /// A PgBouncer on `port` in front of `127.0.0.1:server_port`, every database (`* = …`),
-/// passwords checked against the server's own (`auth_type = scram-sha-256` with `auth_query` as
-/// the `postgres` user, so roles made at run time log in), with `pool_mode` and otherwise
-/// Debian's defaults (so it refuses unknown startup parameters and does not track named
-/// prepared statements). Killed on drop.
+/// passwords checked against the server's own (`auth_type = scram-sha-256`, `auth_query` through
+/// [`PGBOUNCER_AUTH_FUNCTION`] as the unprivileged `pgbouncer_auth`, so roles made at run time
+/// log in), with `pool_mode` and otherwise Debian's defaults (so it refuses unknown startup
+/// parameters and does not track named prepared statements). Killed on drop.
 pub struct PgBouncer {
     pub port: u16,
     child: std::process::Child,
     dir: PathBuf,
 }
 
+/// PgBouncer's documented way to look passwords up without a superuser: a `SECURITY DEFINER`
+/// function, made in `template1` by [`PgBouncer::prepare_cluster`] so every database made later
+/// (tenants' own) has it.
+pub const PGBOUNCER_AUTH_FUNCTION: &str = "CREATE SCHEMA IF NOT EXISTS pgbouncer; \
+    CREATE OR REPLACE FUNCTION pgbouncer.get_auth(p_usename TEXT) RETURNS TABLE(usename name, passwd text) \
+    LANGUAGE sql SECURITY DEFINER AS $$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = p_usename $$; \
+    REVOKE ALL ON FUNCTION pgbouncer.get_auth(text) FROM PUBLIC; \
+    GRANT USAGE ON SCHEMA pgbouncer TO pgbouncer_auth; \
+    GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO pgbouncer_auth;";
+
 impl PgBouncer {
+    /// Makes the `pgbouncer_auth` role and its lookup function in `template1` (call before
+    /// creating databases).
+    pub fn prepare_cluster(cluster: &Cluster) {
+        cluster.psql("CREATE ROLE pgbouncer_auth LOGIN");
+        cluster.psql_in("template1", PGBOUNCER_AUTH_FUNCTION);
+    }
+
     pub fn start(port: u16, server_port: u16, pool_mode: &str, default_pool_size: u32) -> PgBouncer {
         let dir = std::env::temp_dir().join(format!("sagaplane-pgbouncer-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("pgbouncer dir");
@@ -155,13 +172,13 @@ impl PgBouncer {
         let ini = format!(
             "[databases]\n* = host=127.0.0.1 port={server_port}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
              listen_port = {port}\nunix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {users}\n\
-             auth_user = postgres\n\
+             auth_user = pgbouncer_auth\nauth_query = SELECT usename, passwd FROM pgbouncer.get_auth($1)\n\
              pool_mode = {pool_mode}\ndefault_pool_size = {default_pool_size}\nmax_client_conn = 1000\n\
              logfile = {log}\npidfile =\n",
             users = path_str(&dir.join("userlist.txt")),
             log = path_str(&dir.join("pgbouncer.log")),
         );
-        write_as_root(&dir.join("userlist.txt"), "\"postgres\" \"\"\n");
+        write_as_root(&dir.join("userlist.txt"), "\"pgbouncer_auth\" \"\"\n");
         write_as_root(&dir.join("pgbouncer.ini"), &ini);
         let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()

@@ -1,11 +1,11 @@
 //! Operational endpoints: liveness, readiness, metrics, OpenAPI, the dashboard, fallbacks.
 
 use axum::extract::State;
-use axum::Extension;
-use saga_store::SchemaSupport;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Extension;
 use axum::Json;
+use saga_store::SchemaSupport;
 use serde_json::{json, Value};
 
 use crate::auth::Principal;
@@ -64,7 +64,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /v1/status` (admin): the store, its schema, and how the database is reached.
-pub async fn status(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> Result<Json<Value>, ApiError> {
+pub async fn status(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
     let schema = state.store.schema_status().await?;
     let connection = state.store.connection_status();

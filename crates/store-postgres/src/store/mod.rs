@@ -114,7 +114,9 @@ impl PostgresStore {
             .await
             .map_err(StoreError::unavailable)?;
         let listen = match (&settings.listen_url, db.route()) {
-            (Some(url), _) => Ok(connect::options(url).map_err(StoreError::unavailable)?.application_name(connect::application::LISTEN)),
+            (Some(url), _) => Ok(connect::options(url)
+                .map_err(StoreError::unavailable)?
+                .application_name(connect::application::LISTEN)),
             (None, Route::Direct) => Ok(db.connect_options().clone().application_name(connect::application::LISTEN)),
             (None, Route::TransactionPooler) => Err("PostgreSQL is reached through a transaction pooler and \
                  SAGAPLANE_LISTEN_URL (a direct connection for LISTEN) is not set"
