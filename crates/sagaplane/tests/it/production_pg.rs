@@ -378,3 +378,48 @@ async fn tls_to_postgresql_with_verified_certificates() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A rolling upgrade as the old binary sees it: a newer binary's migration that declares it
+/// keeps working for this one leaves `/ready` at 200; one that does not (or declares nothing,
+/// as binaries before the declaration wrote) makes it 503 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_the_compatibility_migrations_declare() {
+    let url = test_support::db::fresh_postgres().await;
+    let app = App::spawn_on(BIN, &url, &["server"], &[]).await;
+    let (status, ready) = get(&app, "/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    let binary = ready["binary_schema_version"].as_i64().expect("binary_schema_version");
+    let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let record = |version: i64, compatible_from: Option<i64>| {
+        sqlx::query(
+            "INSERT INTO sagaplane_migrations (version, name, applied_at, compatible_from) VALUES ($1, 'newer', 0, $2)",
+        )
+        .bind(version)
+        .bind(compatible_from)
+    };
+    // A compatible migration from a newer binary: still ready, on the newer schema.
+    record(binary + 1, Some(binary)).execute(&mut db).await.expect("compatible migration");
+    let (status, ready) = get(&app, "/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["schema_version"], binary + 1, "{ready}");
+    let (_, status_body) = get(&app, "/v1/status").await;
+    assert_eq!(status_body["schema"]["supported"], true, "{status_body}");
+    // One it does not keep working with: out of the load balancer, saying why.
+    record(binary + 2, Some(binary + 2)).execute(&mut db).await.expect("incompatible migration");
+    let (status, ready) = get(&app, "/ready").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["status"], "schema_too_new", "{ready}");
+    assert_eq!(ready["requires"], binary + 2, "{ready}");
+    assert!(ready["reason"].as_str().unwrap_or("").contains("newer binary"), "{ready}");
+    // Rolled back (the newer binary's migration reverted): ready again.
+    sqlx::query("DELETE FROM sagaplane_migrations WHERE version = $1")
+        .bind(binary + 2)
+        .execute(&mut db)
+        .await
+        .expect("revert");
+    assert_eq!(get(&app, "/ready").await.0, 200);
+    // A record without a declaration counts as incompatible.
+    record(binary + 3, None).execute(&mut db).await.expect("undeclared migration");
+    let (status, ready) = get(&app, "/ready").await;
+    assert_eq!((status, ready["status"].as_str()), (503, Some("schema_too_new")), "{ready}");
+}
