@@ -110,7 +110,7 @@ pub fn connect_error(url: &str, options: &PgConnectOptions, source: sqlx::Error)
     let missing_file = ["sslrootcert", "sslcert", "sslkey"].into_iter().find_map(|name| {
         url_param(url, name).filter(|path| !std::path::Path::new(path).exists()).map(|path| (name, path))
     });
-    let url = redacted(&url);
+    let url = redacted(url);
     if let (Some((name, path)), sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Configuration(_)) =
         (&missing_file, &source)
     {
