@@ -55,8 +55,12 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
     assert_eq!(body["database"]["route"], "transaction_pooler", "{body}");
     assert_eq!(body["database"]["wakeups"], "polling", "{body}");
     assert!(body["database"]["wakeups_reason"].as_str().unwrap_or("").contains("SAGAPLANE_LISTEN_URL"), "{body}");
-    let metrics = reqwest::get(format!("{}/metrics", app.url)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.lines().any(|l| l.starts_with("saga_db_wakeups_polling") && l.ends_with(" 1")), "{metrics}");
+    // The store gauges refresh every few seconds.
+    eventually("saga_db_wakeups_polling 1", Duration::from_secs(20), || async {
+        let metrics = reqwest::get(format!("{}/metrics", app.url)).await.ok()?.text().await.ok()?;
+        metrics.lines().any(|l| l.starts_with("saga_db_wakeups_polling") && l.ends_with(" 1")).then_some(())
+    })
+    .await;
     let (status, ready) = get(&app, "/ready").await;
     assert_eq!(status, 200, "{ready}");
 
@@ -161,15 +165,15 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
     assert_eq!(body["database"]["route"], "transaction_pooler", "{body}");
     drop(app);
 
-    // A LISTEN through the pooler lands on a borrowed server and stops hearing: the self-check
-    // notices, and the instance polls (and says why) instead of waiting for wakeups forever.
+    // A LISTEN URL that is the pooler's too is refused (its LISTEN would outlive the borrowed
+    // server session and reach other clients' statements): the instance polls and says why.
     let deaf_listen = url.clone();
     let env = [("SAGAPLANE_LISTEN_URL", deaf_listen), ("SAGAPLANE_VAR_P", participant.url.clone())];
     let app = App::spawn_on(BIN, &url, &["server"], &env).await;
-    let body = eventually("the deaf listener noticed", Duration::from_secs(60), || async {
+    let body = eventually("the pooled LISTEN URL refused", Duration::from_secs(60), || async {
         let (_, body) = get(&app, "/v1/status").await;
         let reason = body["database"]["wakeups_reason"].as_str().unwrap_or("").to_string();
-        (body["database"]["wakeups"] == "polling" && reason.contains("NOTIFY")).then_some(body)
+        (body["database"]["wakeups"] == "polling" && reason.contains("SAGAPLANE_LISTEN_URL")).then_some(body)
     })
     .await;
     assert_eq!(body["database"]["route"], "transaction_pooler", "{body}");

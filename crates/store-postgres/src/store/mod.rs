@@ -114,9 +114,23 @@ impl PostgresStore {
             .await
             .map_err(StoreError::unavailable)?;
         let listen = match (&settings.listen_url, db.route()) {
-            (Some(url), _) => Ok(connect::options(url)
-                .map_err(StoreError::unavailable)?
-                .application_name(connect::application::LISTEN)),
+            (Some(url), _) => {
+                let options = connect::options(url)
+                    .map_err(StoreError::unavailable)?
+                    .application_name(connect::application::LISTEN);
+                // A LISTEN through a transaction pooler is worse than deaf: the server session
+                // keeps it after the pooler lends it to another client, whose next statement
+                // then receives notifications it cannot parse.
+                let route = connect::detect_route(&options)
+                    .await
+                    .map_err(|e| StoreError::unavailable(connect::connect_error(url, &options, e)))?;
+                match route {
+                    Route::Direct => Ok(options),
+                    Route::TransactionPooler => Err("SAGAPLANE_LISTEN_URL goes through a transaction pooler too; \
+                         it must be a direct connection"
+                        .to_string()),
+                }
+            }
             (None, Route::Direct) => Ok(db.connect_options().clone().application_name(connect::application::LISTEN)),
             (None, Route::TransactionPooler) => Err("PostgreSQL is reached through a transaction pooler and \
                  SAGAPLANE_LISTEN_URL (a direct connection for LISTEN) is not set"
