@@ -162,18 +162,7 @@ pub const DELIVERY_DISABLE_AFTER_DEFAULT_MS: u64 = 5 * 24 * 3_600_000;
 
 /// A connection URL fit to print or log: the password (if any) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
+    store_postgres::connect::redacted(url)
 }
 
 fn default_worker_id() -> String {

@@ -67,16 +67,20 @@ pub mod application {
     pub const TENANT_SESSION: &str = "sagaplane tenant session";
 }
 
-/// `url` with its password replaced by `***`, for messages.
+/// `url` with its password replaced by `***`, for messages and logs (any scheme).
 pub fn redacted(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else { return url.to_string() };
-    let user_info = &authority[..at];
-    let Some(colon) = user_info.find(':') else { return url.to_string() };
-    format!("{}{}:***{}", &url[..scheme_end + 3], &user_info[..colon], &rest[at..])
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 /// The connect options a URL names, as Sagaplane uses them. libpq's rule that `sslmode=require`
