@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use saga_store::{ClaimParams, Claimed, EngineStore, LeaseRef, SagaCreates, CLAIM_BATCH_MAX};
+use saga_store::{ClaimParams, Claimed, EngineStore, LeaseRef, SagaCreates, StoreError, CLAIM_BATCH_MAX};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -194,8 +194,24 @@ async fn release_abandoned(shared: &Shared) {
         }
         let run_at_ms = shared.clock.now_ms().saturating_add(delay_ms);
         if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &leases, run_at_ms).await {
-            tracing::warn!(error = %e, sagas = leases.len(), "handing back leases failed; they will expire");
+            keep_for_later(shared, list, leases, &e);
         }
+    }
+}
+
+/// A hand-back that failed because the database is unreachable (a failover, a restart) is
+/// tried again on the next turn of the claim loop, which backs off while claims fail too: the
+/// sagas then resume as soon as a writable primary answers, not a lease TTL later. A late
+/// hand-back changes nothing if the saga was claimed meanwhile (the lease's fencing token no
+/// longer matches). Any other error leaves the leases to expire.
+fn keep_for_later(shared: &Shared, list: &Mutex<Vec<LeaseRef>>, leases: Vec<LeaseRef>, error: &StoreError) {
+    if !matches!(error, StoreError::Unavailable(_)) || shared.shutting_down.load(Ordering::SeqCst) {
+        tracing::warn!(error = %error, sagas = leases.len(), "handing back leases failed; they will expire");
+        return;
+    }
+    tracing::warn!(error = %error, sagas = leases.len(), "handing back leases failed; trying again when the database answers");
+    if let Ok(mut pending) = list.lock() {
+        pending.extend(leases);
     }
 }
 
@@ -216,6 +232,11 @@ async fn run(
     // Whether the last claim filled every free permit (so a finished driver may find backlog).
     let mut saturated = false;
     let mut claim_now = true;
+    // When the last claim ran: the poll interval counts from it, so that sagas handed over at
+    // creation (which wake the loop without a claim) never put the next poll off. Before, a
+    // steady stream of new sagas kept a released or retried saga waiting for as long as the
+    // stream lasted (seen through a failover: 18 s for a lease handed back on reconnect).
+    let mut last_claim_ms = shared.clock.now_ms();
     tracing::info!(worker = %shared.config.worker_id, concurrency = shared.config.concurrency, "instance started");
     loop {
         if shutdown.is_asked() {
@@ -227,8 +248,10 @@ async fn run(
         if claim_now && available == 0 {
             // Work may be waiting and every slot is busy: claim as soon as a driver finishes
             // (without this, a notification that arrived now was spent, and the work waited
-            // for the next poll).
+            // for the next poll). This counts as the poll: the next one is a poll interval
+            // away, not due at once in a loop.
             saturated = true;
+            last_claim_ms = shared.clock.now_ms();
         }
         if claim_now && available > 0 {
             let params = ClaimParams {
@@ -237,6 +260,7 @@ async fn run(
                 now_ms: shared.clock.now_ms(),
                 lease_ttl_ms: shared.config.lease_ttl_ms,
             };
+            last_claim_ms = params.now_ms;
             // Metrics only: how long the claim statement took, on the monotonic clock.
             let claim_started = std::time::Instant::now();
             let result = shared.store.saga_claim_due(&params).await;
@@ -263,7 +287,7 @@ async fn run(
                         saturated = true;
                         let now = shared.clock.now_ms();
                         if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &no_slot, now).await {
-                            tracing::warn!(error = %e, sagas = no_slot.len(), "handing back claimed sagas failed; their leases will expire");
+                            keep_for_later(&shared, &shared.unsettled, no_slot, &e);
                         }
                     }
                     if saturated && permits.available_permits() > 0 {
@@ -278,7 +302,7 @@ async fn run(
         }
         claim_now = true;
         let backoff_ms = if failures > 0 { (100u64 << failures.min(6)).min(5_000) } else { 0 };
-        let sleep_ms = next_sleep_ms(&shared, backoff_ms);
+        let sleep_ms = next_sleep_ms(&shared, backoff_ms, last_claim_ms);
         // `biased`: branches are polled in this order, not at random, so a run replays exactly.
         tokio::select! {
             biased;
@@ -286,13 +310,13 @@ async fn run(
             _ = shared.wake.notified(), if failures == 0 => {
                 // A driver finished or a retry timer was added: a claim is only worth it when
                 // the last one was cut short by the permit limit, or a timer is due.
-                claim_now = saturated || timer_due(&shared);
+                claim_now = saturated || timer_due(&shared) || poll_due(&shared, last_claim_ms);
             }
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
             Some((claim, permit)) = handed.recv() => {
                 // A saga created already leased to us: drive it, no claim needed.
                 spawn_driver(&shared, permit, &mut drivers, claim);
-                claim_now = false;
+                claim_now = poll_due(&shared, last_claim_ms);
             }
             _ = shutdown.asked() => {}
         }
@@ -333,10 +357,18 @@ fn timer_due(shared: &Shared) -> bool {
     shared.timers.lock().map(|t| t.peek().is_some_and(|Reverse(at)| *at <= now)).unwrap_or(false)
 }
 
-/// How long the claim loop may sleep: until the earliest local retry, at most one poll interval.
-fn next_sleep_ms(shared: &Shared, backoff_ms: u64) -> u64 {
+/// Whether a poll interval has passed since the last claim.
+fn poll_due(shared: &Shared, last_claim_ms: i64) -> bool {
+    shared.clock.now_ms().saturating_sub(last_claim_ms) >= shared.config.poll_interval_ms as i64
+}
+
+/// How long the claim loop may sleep: until the earliest local retry, at most until one poll
+/// interval (or the backoff after a failed claim) has passed since the last claim.
+fn next_sleep_ms(shared: &Shared, backoff_ms: u64, last_claim_ms: i64) -> u64 {
     let now = shared.clock.now_ms();
-    let mut sleep_ms = shared.config.poll_interval_ms.max(backoff_ms);
+    let since_claim = now.saturating_sub(last_claim_ms).max(0) as u64;
+    let backoff_ms = backoff_ms.saturating_sub(since_claim);
+    let mut sleep_ms = shared.config.poll_interval_ms.saturating_sub(since_claim).max(backoff_ms);
     if let Ok(mut timers) = shared.timers.lock() {
         while timers.peek().is_some_and(|Reverse(at)| *at <= now) {
             timers.pop();

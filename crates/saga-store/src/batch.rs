@@ -88,7 +88,11 @@ async fn run<W: BatchWrite>(writer: W, on_error: OnBatchError, mut receiver: mps
             {
                 tracing::error!(error = %e, batch = items.len(), "batched write failed");
                 let unavailable = matches!(e, StoreError::Unavailable(_));
-                let message = e.to_string();
+                // The cause alone: each reply is wrapped again as unavailable or backend.
+                let message = match &e {
+                    StoreError::Unavailable(cause) | StoreError::Backend(cause) => cause.to_string(),
+                    other => other.to_string(),
+                };
                 for reply in replies {
                     let error = std::io::Error::other(message.clone());
                     let _ = reply.send(Err(if unavailable {

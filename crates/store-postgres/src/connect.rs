@@ -184,12 +184,18 @@ async fn backend_pid(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
 pub struct PrimaryGuard {
     /// Milliseconds since `epoch` of the last read-only answer, or -1.
     read_only_seen_ms: AtomicI64,
+    /// Milliseconds since `epoch` when a new connection was last refused as read-only, or -1.
+    refused_ms: AtomicI64,
     epoch: std::sync::OnceLock<Instant>,
 }
 
 impl PrimaryGuard {
     fn new() -> Arc<Self> {
-        let guard = PrimaryGuard { read_only_seen_ms: AtomicI64::new(-1), epoch: std::sync::OnceLock::new() };
+        let guard = PrimaryGuard {
+            read_only_seen_ms: AtomicI64::new(-1),
+            refused_ms: AtomicI64::new(-1),
+            epoch: std::sync::OnceLock::new(),
+        };
         guard.epoch.get_or_init(Instant::now);
         Arc::new(guard)
     }
@@ -206,15 +212,52 @@ impl PrimaryGuard {
         }
     }
 
+    fn refuse(&self) {
+        self.refused_ms.store(self.elapsed_ms(), Ordering::SeqCst);
+    }
+
+    /// Whether a new connection was refused as read-only within the last connect timeout: a
+    /// pool that timed out meanwhile found servers, but no writable primary.
+    pub fn refused_recently(&self) -> bool {
+        let refused = self.refused_ms.load(Ordering::SeqCst);
+        refused >= 0 && self.elapsed_ms() - refused <= CONNECT_TIMEOUT.as_millis() as i64
+    }
+
     fn suspicious(&self) -> bool {
         let seen = self.read_only_seen_ms.load(Ordering::SeqCst);
         seen >= 0 && self.elapsed_ms() - seen < READ_ONLY_SUSPECT_WINDOW.as_millis() as i64
     }
 }
 
+/// Why a new connection to a read-only server is refused (see [`pool_options`]).
+const READ_ONLY_REFUSAL: &str = "the server is read-only (in recovery or default_transaction_read_only); \
+     Sagaplane needs the writable primary";
+
+/// A connection refused because its server is read-only: the pool found no writable primary.
+pub fn is_read_only_refusal(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Protocol(message) if message == READ_ONLY_REFUSAL)
+}
+
 /// SQLSTATE 25006: the server would not write.
 pub fn is_read_only(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("25006"))
+}
+
+/// An error that says the server is not there to answer, rather than that the statement was
+/// wrong: a protocol error (a proxy that closed the connection during its start, as HAProxy
+/// does with no server up), SQLSTATE class 08 (connection exception), `57P01`–`57P03` (the
+/// server is shutting down, crashed, or not yet accepting connections: starting up, in
+/// recovery).
+pub fn is_server_gone(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(e) => {
+            let code = e.code();
+            let code = code.as_deref().unwrap_or("");
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+        _ => false,
+    }
 }
 
 /// Whether the connection's server would refuse to write.
@@ -227,17 +270,16 @@ pub fn on_read_only_server(conn: &mut PgConnection) -> BoxFuture<'_, Result<bool
 /// A pool on `options` with `max_connections`, refusing connections to read-only servers.
 pub fn pool_options(max_connections: u32, guard: &Arc<PrimaryGuard>) -> PgPoolOptions {
     let on_acquire = guard.clone();
+    let on_connect = guard.clone();
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(CONNECT_TIMEOUT)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
+            let guard = on_connect.clone();
             Box::pin(async move {
                 if on_read_only_server(conn).await? {
-                    return Err(sqlx::Error::Protocol(
-                        "the server is read-only (in recovery or default_transaction_read_only); \
-                         Sagaplane needs the writable primary"
-                            .into(),
-                    ));
+                    guard.refuse();
+                    return Err(sqlx::Error::Protocol(READ_ONLY_REFUSAL.into()));
                 }
                 Ok(())
             })

@@ -23,6 +23,9 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
         // A read-only server (a demoted primary, a standby): the write goes nowhere; the
         // connection is checked and dropped before reuse (crate::connect::PrimaryGuard).
         e if crate::connect::is_read_only(&e) => StoreError::unavailable(e),
+        // The server went away mid-conversation or will not take connections now: a failover,
+        // a restart, a proxy with no server behind it.
+        e if crate::connect::is_server_gone(&e) => StoreError::unavailable(e),
         e => StoreError::backend(e),
     }
 }

@@ -7,6 +7,7 @@ pub mod clusters;
 pub mod db;
 pub mod effects;
 pub mod grpc_participant;
+pub mod ha;
 pub mod nats;
 pub mod otlp;
 pub mod participant;

@@ -9,6 +9,7 @@ mod control;
 mod crash;
 mod delivery;
 mod deploy;
+mod failover;
 mod fuzz;
 mod hardening;
 mod production_pg;

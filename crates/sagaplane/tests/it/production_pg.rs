@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 use test_support::app::fast_definition;
-use test_support::clusters::{free_port, Cluster, PgBouncer};
+use test_support::clusters::{as_root, free_port, Cluster, PgBouncer};
 use test_support::{eventually, App, Participant};
 
 use crate::BIN;
@@ -144,11 +144,26 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
         assert!(status == 202 || status == 200, "{status} {body}");
     }
     for id in &tenants {
-        eventually(&format!("tenant {id} deleted"), WAIT, || async {
-            let (status, tenant) = get(&app, &format!("/v1/tenants/{id}")).await;
-            (status == 404 || tenant["status"] == "DELETED").then_some(())
+        let last = std::sync::Mutex::new(Value::Null);
+        let deleted = tokio::time::timeout(WAIT, async {
+            loop {
+                let (status, tenant) = get(&app, &format!("/v1/tenants/{id}")).await;
+                if status == 404 || tenant["status"] == "DELETED" {
+                    return;
+                }
+                *last.lock().expect("last") = tenant;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         })
         .await;
+        if deleted.is_err() {
+            let tenant = last.lock().expect("last").clone();
+            let sagas = get(&app, &format!("/v1/sagas?tenant_id={id}")).await.1;
+            panic!(
+                "tenant {id} not deleted after {WAIT:?}: {tenant}\nits sagas: {sagas}\nPgBouncer:\n{}",
+                bouncer.log()
+            );
+        }
     }
     let log = bouncer.log();
     assert!(!log.contains("prepared statement"), "PgBouncer saw prepared-statement errors:\n{log}");
@@ -424,4 +439,65 @@ async fn ready_follows_the_compatibility_migrations_declare() {
     record(binary + 3, None).execute(&mut db).await.expect("undeclared migration");
     let (status, ready) = get(&app, "/ready").await;
     assert_eq!((status, ready["status"].as_str()), (503, Some("schema_too_new")), "{ready}");
+}
+
+/// The server behind the URL turns read-only under a running instance, as a demoted primary
+/// does behind an endpoint that has not moved yet: `/ready` says `no_writable_primary`, new
+/// sagas are refused with 503 (not lost, not a 500), and every connection that answered
+/// read-only (SQLSTATE 25006) is dropped, never used again. Writable again, sagas run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_server_is_kept_out_of_the_pools() {
+    let cluster = Cluster::create(
+        "sagaplane_it_readonly",
+        free_port(),
+        "log_line_prefix = 'pid=%p '\n",
+        "host all all 127.0.0.1/32 trust",
+        &[],
+    );
+    cluster.psql("CREATE ROLE sagaplane LOGIN CREATEDB CREATEROLE PASSWORD 'sagaplane'");
+    cluster.psql("CREATE DATABASE sagaplane OWNER sagaplane");
+    let url = format!("postgres://sagaplane:sagaplane@127.0.0.1:{}/sagaplane", cluster.port);
+    let app = App::spawn_on(BIN, &url, &["server"], &[]).await;
+    let echo = fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo", "input": {"ok": true}}}]));
+    assert_eq!(app.put_definition("echo", &echo).await.0, 201);
+    for i in 0..20 {
+        let id = app.start("echo", json!({"i": i})).await;
+        assert_eq!(app.wait_terminal(&id, WAIT).await["status"], "COMPLETED");
+    }
+
+    cluster.psql("ALTER SYSTEM SET default_transaction_read_only = on");
+    cluster.psql("SELECT pg_reload_conf()");
+    // Writes, many at once: the pooled connections are tried and found read-only, and new
+    // ones are refused (each start waits for a writable primary up to the connect timeout).
+    let starts = (0..30).map(|i| post(&app, "/v1/sagas", json!({"definition": "echo", "input": {"ro": i}})));
+    let mut refused = std::collections::BTreeMap::<u16, u32>::new();
+    for (status, _) in futures::future::join_all(starts).await {
+        *refused.entry(status).or_default() += 1;
+    }
+    assert_eq!(refused.keys().copied().collect::<Vec<_>>(), vec![503], "starts while read-only: {refused:?}");
+    let (status, ready) = get(&app, "/ready").await;
+    assert_eq!((status, ready["status"].as_str()), (503, Some("no_writable_primary")), "{ready}");
+
+    cluster.psql("ALTER SYSTEM RESET default_transaction_read_only");
+    cluster.psql("SELECT pg_reload_conf()");
+    eventually("ready again", Duration::from_secs(30), || async { (get(&app, "/ready").await.0 == 200).then_some(()) })
+        .await;
+    for i in 0..20 {
+        let id = app.start("echo", json!({"after": i})).await;
+        assert_eq!(app.wait_terminal(&id, WAIT).await["status"], "COMPLETED");
+    }
+    // The server's log names each backend that refused a write; none of them is still open.
+    let log = as_root("cat", &[&format!("/var/log/postgresql/postgresql-15-{}.log", cluster.name)]);
+    let refusing: std::collections::BTreeSet<String> = log
+        .lines()
+        .filter(|line| line.contains("read-only transaction"))
+        .filter_map(|line| {
+            line.strip_prefix("pid=").and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
+        })
+        .collect();
+    assert!(!refusing.is_empty(), "no backend refused a write:\n{log}");
+    let open = cluster.psql("SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE usename = 'sagaplane'");
+    let open: std::collections::BTreeSet<String> = open.trim().split(',').map(str::to_string).collect();
+    let reused: Vec<_> = refusing.intersection(&open).collect();
+    assert!(reused.is_empty(), "connections that answered read-only are still in use: {reused:?}");
 }

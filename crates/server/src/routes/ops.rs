@@ -21,24 +21,23 @@ pub async fn health() -> Json<Value> {
 /// with the reason.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let not_ready = |body: Value| (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    let status = match state.store.schema_status().await {
-        Ok(status) => status,
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            return not_ready(json!({"status": "store_unavailable", "reason": "the database does not answer"}));
-        }
+    let unavailable = |e: saga_store::StoreError| {
+        tracing::warn!(error = %e, "readiness check failed");
+        not_ready(json!({"status": "store_unavailable", "reason": "the database does not answer"}))
     };
+    // Writable first: a read-only server answers the schema question too.
     match state.store.writable().await {
         Ok(true) => {}
         Ok(false) => {
             return not_ready(json!({"status": "no_writable_primary",
                 "reason": "the database answers read-only (a standby, or a primary being demoted)"}))
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            return not_ready(json!({"status": "store_unavailable", "reason": "the database does not answer"}));
-        }
+        Err(e) => return unavailable(e),
     }
+    let status = match state.store.schema_status().await {
+        Ok(status) => status,
+        Err(e) => return unavailable(e),
+    };
     match status.support() {
         SchemaSupport::Supported => Json(json!({
             "status": "ready",

@@ -137,10 +137,10 @@ pub async fn insert<'e>(
     .bind(&c.concurrency_limit)
     .fetch_all(executor)
     .await
-    .map_err(StoreError::backend)?;
+    .map_err(crate::rows::db)?;
     let mut by_id = HashMap::with_capacity(rows.len());
     for row in rows {
-        let id: Uuid = row.try_get("id").map_err(StoreError::backend)?;
+        let id: Uuid = row.try_get("id").map_err(crate::rows::db)?;
         by_id.insert(id, row);
     }
     Ok(by_id)

@@ -203,11 +203,17 @@ impl SchemaStore for PostgresStore {
     }
 
     async fn writable(&self) -> StoreResult<bool> {
-        let read_only: bool =
+        let answer: Result<bool, sqlx::Error> =
             sqlx::query_scalar("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'")
                 .fetch_one(&self.db)
-                .await
-                .map_err(db)?;
-        Ok(!read_only)
+                .await;
+        match answer {
+            Ok(read_only) => Ok(!read_only),
+            // The pool reached a server and refused it as read-only, or a pooled connection's
+            // server answered read-only: reachable, but no writable primary.
+            Err(e) if crate::connect::is_read_only_refusal(&e) || crate::connect::is_read_only(&e) => Ok(false),
+            Err(sqlx::Error::PoolTimedOut) if self.db.guard().refused_recently() => Ok(false),
+            Err(e) => Err(db(e)),
+        }
     }
 }
