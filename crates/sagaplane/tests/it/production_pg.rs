@@ -501,3 +501,106 @@ async fn a_read_only_server_is_kept_out_of_the_pools() {
     let reused: Vec<_> = refusing.intersection(&open).collect();
     assert!(reused.is_empty(), "connections that answered read-only are still in use: {reused:?}");
 }
+
+/// The connection table in docs/operations.md holds under load: two instances with their pools
+/// set small, sagas and tenants of every tier at once, and `pg_stat_activity` sampled all the
+/// while never shows more than each pool's size per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_stay_within_the_configured_pools() {
+    let cluster = trusting_cluster("sagaplane_it_connections");
+    let url = format!("postgres://sagaplane:sagaplane@127.0.0.1:{}/sagaplane", cluster.port);
+    let (engine, admin, sessions) = (6, 3, 2);
+    let env = [
+        ("SAGAPLANE_DATABASE_POOL_SIZE", engine.to_string()),
+        ("SAGAPLANE_TENANT_POOL_SIZE", admin.to_string()),
+        ("SAGAPLANE_TENANT_SESSIONS_MAX", sessions.to_string()),
+    ];
+    let first = App::spawn_on(BIN, &url, &["server"], &env).await;
+    let second = App::spawn_on(BIN, &url, &["server"], &env).await;
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = tokio::task::spawn_blocking({
+        let sampling = sampling.clone();
+        let port = cluster.port;
+        move || {
+            let mut most = std::collections::BTreeMap::<String, u32>::new();
+            while sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                let output = test_support::clusters::as_postgres(
+                    "psql",
+                    &[
+                        "-p",
+                        &port.to_string(),
+                        "-At",
+                        "-c",
+                        "SELECT application_name || '|' || count(*) FROM pg_stat_activity \
+                         WHERE application_name LIKE 'sagaplane%' GROUP BY application_name",
+                    ],
+                )
+                .output()
+                .expect("psql");
+                assert!(output.status.success(), "psql: {}", String::from_utf8_lossy(&output.stderr));
+                for line in String::from_utf8_lossy(&output.stdout).lines() {
+                    if let Some((name, count)) = line.rsplit_once('|') {
+                        let count = count.parse().unwrap_or(0);
+                        let entry = most.entry(name.to_string()).or_default();
+                        *entry = (*entry).max(count);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            most
+        }
+    });
+
+    let three = fast_definition(json!([
+        {"name": "a", "action": {"builtin": "core.echo", "input": {"n": 1}}},
+        {"name": "b", "action": {"builtin": "core.echo", "input": {"n": 2}}},
+        {"name": "c", "action": {"builtin": "core.echo", "input": {"n": 3}}},
+    ]));
+    assert_eq!(first.put_definition("three", &three).await.0, 201);
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let tenants: Vec<(String, &str)> = ["pooled", "bridge", "silo"]
+        .iter()
+        .flat_map(|tier| (0..2).map(move |i| (format!("{tier}-{i}-{suffix}"), *tier)))
+        .collect();
+    for (i, (id, tier)) in tenants.iter().enumerate() {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let (status, body) = post(app, "/v1/tenants", json!({"id": id, "name": id, "tier": tier})).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let starts = (0..300).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        post(app, "/v1/sagas", json!({"definition": "three", "input": {"i": i}}))
+    });
+    let started = futures::future::join_all(starts).await;
+    for (status, body) in &started {
+        assert_eq!(*status, 201, "{body}");
+        let id = body["id"].as_str().expect("id");
+        assert_eq!(first.wait_terminal(id, WAIT).await["status"], "COMPLETED");
+    }
+    for (id, _) in &tenants {
+        let tenant = eventually(&format!("tenant {id} settled"), WAIT, || async {
+            let (_, tenant) = get(&first, &format!("/v1/tenants/{id}")).await;
+            matches!(tenant["status"].as_str(), Some("ACTIVE" | "PROVISION_ERROR")).then_some(tenant)
+        })
+        .await;
+        assert_eq!(tenant["status"], "ACTIVE", "{tenant}");
+    }
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let most = sampler.await.expect("sampler");
+    println!("most connections seen at once, two instances: {most:?}");
+    let limits = [
+        ("sagaplane", 2 * engine),
+        ("sagaplane listen", 2),
+        ("sagaplane tenant admin", 2 * admin),
+        ("sagaplane tenant session", 2 * sessions),
+    ];
+    for (name, limit) in limits {
+        let seen = most.get(name).copied().unwrap_or(0);
+        assert!(seen <= limit, "{name}: {seen} connections at once, the pools allow {limit}: {most:?}");
+    }
+    assert!(most.keys().all(|name| limits.iter().any(|(known, _)| known == name)), "an unknown pool: {most:?}");
+    // The load was enough to fill the engine pools: the bound was tested, not idle.
+    assert!(most.get("sagaplane").copied().unwrap_or(0) > engine, "{most:?}");
+    let total: u32 = most.values().sum();
+    assert!(total <= 2 * (engine + 1 + admin + sessions), "{total} connections: {most:?}");
+}
