@@ -138,9 +138,13 @@ fn drop_cluster(name: &str) {
 
 /// A PgBouncer on `port` in front of `127.0.0.1:server_port`, every database (`* = …`),
 /// passwords checked against the server's own (`auth_type = scram-sha-256`, `auth_query` through
-/// [`PGBOUNCER_AUTH_FUNCTION`] as the unprivileged `pgbouncer_auth`, so roles made at run time
-/// log in), with `pool_mode` and otherwise Debian's defaults (so it refuses unknown startup
-/// parameters and does not track named prepared statements). Killed on drop.
+/// [`PGBOUNCER_AUTH_FUNCTION`] as `auth_user`, so roles made at run time log in), with
+/// `pool_mode` and otherwise Debian's defaults (so it refuses unknown startup parameters and does
+/// not track named prepared statements). Killed on drop.
+///
+/// `auth_user` is Sagaplane's own admin role, as docs/operations.md advises: PgBouncer 1.18 runs
+/// `auth_query` in the database being logged into, and a silo tenant's database admits only its
+/// owner (that admin) and the tenant's roles.
 pub struct PgBouncer {
     pub port: u16,
     child: std::process::Child,
@@ -149,36 +153,44 @@ pub struct PgBouncer {
 
 /// PgBouncer's documented way to look passwords up without a superuser: a `SECURITY DEFINER`
 /// function, made in `template1` by [`PgBouncer::prepare_cluster`] so every database made later
-/// (tenants' own) has it.
+/// (tenants' own) has it; `{auth_user}` may execute it.
 pub const PGBOUNCER_AUTH_FUNCTION: &str = "CREATE SCHEMA IF NOT EXISTS pgbouncer; \
     CREATE OR REPLACE FUNCTION pgbouncer.get_auth(p_usename TEXT) RETURNS TABLE(usename name, passwd text) \
     LANGUAGE sql SECURITY DEFINER AS $$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = p_usename $$; \
     REVOKE ALL ON FUNCTION pgbouncer.get_auth(text) FROM PUBLIC; \
-    GRANT USAGE ON SCHEMA pgbouncer TO pgbouncer_auth; \
-    GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO pgbouncer_auth;";
+    GRANT USAGE ON SCHEMA pgbouncer TO {auth_user}; \
+    GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO {auth_user};";
 
 impl PgBouncer {
-    /// Makes the `pgbouncer_auth` role and its lookup function in `template1` (call before
-    /// creating databases).
-    pub fn prepare_cluster(cluster: &Cluster) {
-        cluster.psql("CREATE ROLE pgbouncer_auth LOGIN");
-        cluster.psql_in("template1", PGBOUNCER_AUTH_FUNCTION);
+    /// Makes the lookup function in `template1` for `auth_user`, an existing role (call
+    /// before creating databases).
+    pub fn prepare_cluster(cluster: &Cluster, auth_user: &str) {
+        cluster.psql_in("template1", &PGBOUNCER_AUTH_FUNCTION.replace("{auth_user}", auth_user));
     }
 
-    pub fn start(port: u16, server_port: u16, pool_mode: &str, default_pool_size: u32) -> PgBouncer {
+    /// Starts PgBouncer; `auth_user` is `(role, password)`, the role given to
+    /// [`PgBouncer::prepare_cluster`].
+    pub fn start(
+        port: u16,
+        server_port: u16,
+        pool_mode: &str,
+        default_pool_size: u32,
+        auth_user: (&str, &str),
+    ) -> PgBouncer {
         let dir = std::env::temp_dir().join(format!("sagaplane-pgbouncer-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("pgbouncer dir");
         as_root("chown", &["postgres:postgres", path_str(&dir)]);
         let ini = format!(
             "[databases]\n* = host=127.0.0.1 port={server_port}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
              listen_port = {port}\nunix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {users}\n\
-             auth_user = pgbouncer_auth\nauth_query = SELECT usename, passwd FROM pgbouncer.get_auth($1)\n\
+             auth_user = {auth_role}\nauth_query = SELECT usename, passwd FROM pgbouncer.get_auth($1)\n\
              pool_mode = {pool_mode}\ndefault_pool_size = {default_pool_size}\nmax_client_conn = 1000\n\
              logfile = {log}\npidfile =\n",
             users = path_str(&dir.join("userlist.txt")),
             log = path_str(&dir.join("pgbouncer.log")),
+            auth_role = auth_user.0,
         );
-        write_as_root(&dir.join("userlist.txt"), "\"pgbouncer_auth\" \"\"\n");
+        write_as_root(&dir.join("userlist.txt"), &format!("\"{}\" \"{}\"\n", auth_user.0, auth_user.1));
         write_as_root(&dir.join("pgbouncer.ini"), &ini);
         let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()

@@ -24,13 +24,14 @@ async fn post(app: &App, path: &str, body: Value) -> (u16, Value) {
     (status, body)
 }
 
-/// A cluster where loopback logins are trusted: PgBouncer checks passwords (`auth_query`). The
-/// admin role may end other roles' sessions (`pg_signal_backend`): dropping a silo tenant's
-/// database ends PgBouncer's idle sessions in it (docs/operations.md, "PgBouncer").
+/// A cluster where loopback logins are trusted: PgBouncer checks passwords (`auth_query`, as
+/// Sagaplane's admin role). The admin role may end other roles' sessions
+/// (`pg_signal_backend`): dropping a silo tenant's database ends PgBouncer's idle sessions in it
+/// (docs/operations.md, "PgBouncer").
 fn trusting_cluster(name: &str) -> Cluster {
     let cluster = Cluster::create(name, free_port(), "max_connections = 200\n", "host all all 127.0.0.1/32 trust", &[]);
-    PgBouncer::prepare_cluster(&cluster);
     cluster.psql("CREATE ROLE sagaplane LOGIN CREATEDB CREATEROLE PASSWORD 'sagaplane' IN ROLE pg_signal_backend");
+    PgBouncer::prepare_cluster(&cluster, "sagaplane");
     cluster.psql("CREATE DATABASE sagaplane OWNER sagaplane");
     cluster
 }
@@ -42,7 +43,7 @@ fn trusting_cluster(name: &str) -> Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn everything_works_through_pgbouncer_in_transaction_mode() {
     let cluster = trusting_cluster("sagaplane_it_bouncer");
-    let bouncer = PgBouncer::start(free_port(), cluster.port, "transaction", 10);
+    let bouncer = PgBouncer::start(free_port(), cluster.port, "transaction", 10, ("sagaplane", "sagaplane"));
     let url = format!("postgres://sagaplane:sagaplane@127.0.0.1:{}/sagaplane", bouncer.port);
     let participant = Participant::start().await;
     participant.script("/stacks", vec![(202, json!({"accepted": true}))]);
@@ -92,12 +93,9 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
     ]));
     assert_eq!(app.put_definition("callback", &callback).await.0, 201);
     let called = app.start("callback", json!({})).await;
-    // Tenants of the tiers that live in the control database. (A silo tenant's own database
-    // refuses CONNECT to everyone but its roles, PgBouncer's auth_query role included, so that
-    // tier needs SAGAPLANE_TENANT_DATABASE_URL or an auth_file naming the roles: an open gap,
-    // docs/operations.md "PgBouncer".)
+    // Tenants of every tier, the silo tier's own database reached through PgBouncer too.
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let tiers = ["pooled", "bridge"];
+    let tiers = ["pooled", "bridge", "silo"];
     let tenants: Vec<String> = tiers.iter().map(|tier| format!("{tier}-{suffix}")).collect();
     for (id, tier) in tenants.iter().zip(tiers) {
         let (status, body) = post(&app, "/v1/tenants", json!({"id": id, "name": id, "tier": tier})).await;
