@@ -731,7 +731,7 @@ impl TenantStorage for PgTenantStorage {
                         quote_ident(&table)
                     ))
                     .bind(tenant_id)
-                    .execute(self.admin.pool())
+                    .execute(&self.admin)
                     .await
                     .map_err(backend)?;
                 }
