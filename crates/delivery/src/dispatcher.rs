@@ -42,8 +42,14 @@ pub struct DispatcherConfig {
     pub lease_ttl_ms: i64,
     /// How often due deliveries are looked for.
     pub poll_interval_ms: u64,
-    /// Networks webhooks may not reach (`SAGAPLANE_HTTP_DENY`, as for steps).
-    pub deny: saga_runtime::executor::deny::AddressDenyList,
+    /// Networks no destination may reach (`SAGAPLANE_HTTP_DENY`, as for steps).
+    pub deny: egress::Networks,
+    /// Internal networks a tenant's subscriptions may reach all the same
+    /// (`SAGAPLANE_HTTP_ALLOW`); every other internal address is refused to them.
+    pub tenant_allow: egress::Networks,
+    /// Subscriptions of no tenant (the operator's) may go through the environment's proxy
+    /// (`SAGAPLANE_HTTP_ENV_PROXY`); a tenant's never do.
+    pub env_proxy: bool,
     /// A subscription whose attempts have all failed for this long is disabled
     /// (`SAGAPLANE_DELIVERY_DISABLE_AFTER`).
     pub disable_after_ms: u64,
@@ -63,7 +69,9 @@ impl DispatcherConfig {
             per_subscription_max: 8,
             lease_ttl_ms: 60_000,
             poll_interval_ms: 250,
-            deny: saga_runtime::executor::deny::AddressDenyList::default(),
+            deny: egress::Networks::default(),
+            tenant_allow: egress::Networks::default(),
+            env_proxy: false,
             disable_after_ms: 5 * 24 * 3_600_000,
             breaker_failures: 5,
             breaker_cool_down_ms: 30_000,
@@ -75,7 +83,39 @@ impl DispatcherConfig {
 pub struct Dispatcher {
     store: Arc<dyn DeliveryStore>,
     config: DispatcherConfig,
-    client: reqwest::Client,
+    egress: Egress,
+}
+
+/// Where deliveries may go: one policy and one client for the operator's subscriptions, one
+/// for tenants'. A subscription that belongs to a tenant is the tenant's, whoever made it.
+struct Egress {
+    operator: (egress::AddressPolicy, reqwest::Client),
+    tenant: (egress::AddressPolicy, reqwest::Client),
+}
+
+impl Egress {
+    fn new(config: &DispatcherConfig) -> Self {
+        let client = |policy: &egress::AddressPolicy, env_proxy: bool| {
+            let mut settings = egress::ClientSettings::new(policy.clone());
+            settings.env_proxy = env_proxy;
+            settings.pool_max_idle_per_host = 16;
+            egress::http_client(settings).unwrap_or_else(|_| reqwest::Client::new())
+        };
+        let operator = egress::AddressPolicy::operator(config.deny.clone());
+        let tenant = egress::AddressPolicy::tenant(config.deny.clone(), config.tenant_allow.clone());
+        Egress {
+            operator: (operator.clone(), client(&operator, config.env_proxy)),
+            tenant: (tenant.clone(), client(&tenant, false)),
+        }
+    }
+
+    fn of(&self, subscription: &SubscriptionRecord) -> &(egress::AddressPolicy, reqwest::Client) {
+        if subscription.tenant_id.is_some() {
+            &self.tenant
+        } else {
+            &self.operator
+        }
+    }
 }
 
 /// A running dispatcher.
@@ -111,7 +151,7 @@ struct Inner {
     store: Arc<dyn DeliveryStore>,
     records: saga_store::Batcher<AttemptWriter>,
     config: DispatcherConfig,
-    client: reqwest::Client,
+    egress: Egress,
     nats: crate::nats::NatsConnections,
     /// Attempts in flight per subscription.
     in_flight: Mutex<HashMap<Uuid, u32>>,
@@ -128,16 +168,8 @@ fn now_ms() -> i64 {
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn DeliveryStore>, config: DispatcherConfig) -> Self {
-        let mut builder = reqwest::Client::builder()
-            .pool_max_idle_per_host(16)
-            .user_agent(concat!("sagaplane/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none());
-        if !config.deny.is_empty() {
-            let resolver = saga_runtime::executor::deny::DenyingResolver(config.deny.clone());
-            builder = builder.dns_resolver(Arc::new(resolver));
-        }
-        let client = builder.build().unwrap_or_else(|_| reqwest::Client::new());
-        Dispatcher { store, config, client }
+        let egress = Egress::new(&config);
+        Dispatcher { store, config, egress }
     }
 
     pub fn start(self) -> DispatcherHandle {
@@ -148,7 +180,7 @@ impl Dispatcher {
             records,
             store: self.store,
             config: self.config,
-            client: self.client,
+            egress: self.egress,
             nats: crate::nats::NatsConnections::default(),
             in_flight: Mutex::new(HashMap::new()),
             breakers: Mutex::new(crate::breaker::Breakers::default()),
@@ -416,7 +448,7 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             retry_after_ms: None,
             duration_ms: 0,
         },
-        Destination::Url(url) => match inner.config.deny.denied_url(url) {
+        Destination::Url(url) => match inner.egress.of(&claimed.subscription).0.denied_url(url) {
             Some(error) => Attempted {
                 delivered: false,
                 definite: true,
@@ -427,13 +459,14 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             },
             None => {
                 let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
-                send::webhook(&inner.client, &claimed, url, started_ms, timeout).await
+                send::webhook(&inner.egress.of(&claimed.subscription).1, &claimed, url, started_ms, timeout).await
             }
         },
         Destination::Nats { url, subject } => {
             let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
             let destination = (url.as_str(), subject.as_str());
-            crate::nats::publish(&inner.nats, &inner.config.deny, &claimed, destination, started_ms, timeout).await
+            let policy = &inner.egress.of(&claimed.subscription).0;
+            crate::nats::publish(&inner.nats, policy, &claimed, destination, started_ms, timeout).await
         }
     };
     if expired || attempted.definite {

@@ -4,14 +4,19 @@
 //! and the Standard Webhooks headers, signed as for a webhook. It succeeds on the stream's ack;
 //! no stream on the subject, no ack within the timeout, or no connection is a failed attempt.
 //!
-//! Connections are kept per server URL (at most [`NATS_CONNECTIONS_MAX`]) and reconnect on their
-//! own; with `SAGAPLANE_HTTP_DENY` set, the server's host is resolved and checked before every
-//! publish, as for gRPC steps.
+//! Connections are kept per server (at most [`NATS_CONNECTIONS_MAX`]) and reconnect on their
+//! own. Before every publish the server's host is resolved and checked against the
+//! subscription's address policy (a tenant's may reach no internal address); a `nats://` server
+//! is then connected to at the checked address itself, so a name re-pointed afterwards reaches
+//! nothing new, and the servers a NATS server advertises (`connect_urls`) are never used. A
+//! `tls://` server keeps its name, which its certificate must match: a name re-pointed at an
+//! internal service fails the TLS handshake. Connecting happens outside the cache's lock, with
+//! the attempt's timeout, so one slow server holds up only its own deliveries.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use saga_runtime::executor::deny::AddressDenyList;
+use egress::AddressPolicy;
 use saga_store::ClaimedDelivery;
 use tokio::sync::Mutex;
 
@@ -27,18 +32,25 @@ pub struct NatsConnections {
 }
 
 impl NatsConnections {
-    /// The connection to `url`, made if there is none.
+    /// The connection to `url` (the server as it is connected to), made if there is none.
     async fn client(&self, url: &str, timeout: Duration) -> Result<async_nats::Client, String> {
-        let mut clients = self.clients.lock().await;
-        if let Some(client) = clients.get(url) {
+        if let Some(client) = self.clients.lock().await.get(url) {
             return Ok(client.clone());
         }
-        let client = async_nats::ConnectOptions::new()
+        let connecting = async_nats::ConnectOptions::new()
             .name(concat!("sagaplane/", env!("CARGO_PKG_VERSION")))
             .connection_timeout(timeout)
-            .connect(url)
+            .ignore_discovered_servers()
+            .connect(url);
+        let client = tokio::time::timeout(timeout, connecting)
             .await
+            .map_err(|_| format!("connecting to {url} took longer than {}ms", timeout.as_millis()))?
             .map_err(|e| format!("connecting to {url} failed: {e}"))?;
+        let mut clients = self.clients.lock().await;
+        if let Some(raced) = clients.get(url) {
+            // Another attempt connected meanwhile: keep one connection per server.
+            return Ok(raced.clone());
+        }
         if clients.len() >= NATS_CONNECTIONS_MAX {
             clients.clear();
         }
@@ -50,18 +62,22 @@ impl NatsConnections {
 /// Publishes the delivery to `subject` on the server at `url` and waits for the stream's ack.
 pub async fn publish(
     connections: &NatsConnections,
-    deny: &AddressDenyList,
+    policy: &AddressPolicy,
     claimed: &ClaimedDelivery,
     (url, subject): (&str, &str),
     now_ms: i64,
     timeout: Duration,
 ) -> Attempted {
     let started = Instant::now();
-    if let Err(denied) = check_denied(deny, url).await {
-        let mut attempted = send::failed(None, denied, None, started);
-        attempted.definite = true;
-        return attempted;
-    }
+    let server = match checked_server(policy, url).await {
+        Ok(server) => server,
+        Err(Refused::Denied(denied)) => {
+            let mut attempted = send::failed(None, denied, None, started);
+            attempted.definite = true;
+            return attempted;
+        }
+        Err(Refused::Unresolved(error)) => return send::failed(None, error, None, started),
+    };
     let body = send::body(claimed);
     let timestamp_s = now_ms.div_euclid(1000);
     let signature = match send::signatures(claimed, timestamp_s, &body, now_ms) {
@@ -76,7 +92,7 @@ pub async fn publish(
     headers.insert(standardwebhooks::HEADER_WEBHOOK_TIMESTAMP, timestamp_s.to_string().as_str());
     headers.insert(standardwebhooks::HEADER_WEBHOOK_SIGNATURE, signature.as_str());
     let attempt = async {
-        let client = connections.client(url, timeout).await?;
+        let client = connections.client(&server, timeout).await?;
         let mut jetstream = async_nats::jetstream::new(client);
         jetstream.set_timeout(timeout);
         let ack = jetstream
@@ -99,17 +115,42 @@ pub async fn publish(
     }
 }
 
-/// With a deny-list, the server's host must resolve to an address it allows.
-async fn check_denied(deny: &AddressDenyList, url: &str) -> Result<(), String> {
-    if deny.is_empty() {
-        return Ok(());
+/// Why a server was not connected to.
+enum Refused {
+    /// The policy refuses every address of its host: nothing was sent, retrying cannot help.
+    Denied(String),
+    /// Its host did not resolve: maybe later.
+    Unresolved(String),
+}
+
+/// The server URL to connect to: for `nats://`, the first address of its host the policy
+/// allows; for `tls://` (whose certificate names the host), the URL itself once its host is
+/// found to have an allowed address. Without a policy to apply, the URL as it is.
+async fn checked_server(policy: &AddressPolicy, url: &str) -> Result<String, Refused> {
+    if policy.is_open() {
+        return Ok(url.to_string());
     }
-    let (host, port) = host_and_port(url).ok_or_else(|| format!("{url:?} is not a NATS server URL"))?;
-    match deny.resolve(&host, port).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(e.to_string()),
-        // Resolution failing is the connection's to report.
-        Err(_) => Ok(()),
+    let (host, port) =
+        host_and_port(url).ok_or_else(|| Refused::Unresolved(format!("{url:?} is not a NATS server URL")))?;
+    let addresses = match policy.resolve(&host, port).await {
+        Ok(addresses) => addresses,
+        Err(e) => {
+            return Err(match egress::denied_in(&e) {
+                Some(denied) => Refused::Denied(denied.to_string()),
+                None => Refused::Unresolved(format!("resolving {host} failed: {e}")),
+            })
+        }
+    };
+    match addresses.first() {
+        None => Err(Refused::Unresolved(format!("{host} has no address"))),
+        Some(_) if url.starts_with("tls://") => Ok(url.to_string()),
+        Some(address) => {
+            // The same URL (credentials included) with the checked address as its host.
+            let mut pinned = reqwest::Url::parse(url).map_err(|e| Refused::Unresolved(format!("{url:?}: {e}")))?;
+            pinned.set_ip_host(address.ip()).map_err(|()| Refused::Unresolved(format!("{url:?} takes no address")))?;
+            let _ = pinned.set_port(Some(address.port()));
+            Ok(pinned.to_string())
+        }
     }
 }
 
@@ -125,7 +166,20 @@ pub fn host_and_port(url: &str) -> Option<(String, u16)> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_and_port;
+    use super::{checked_server, host_and_port, Refused};
+    use egress::{AddressPolicy, Networks};
+
+    #[tokio::test]
+    async fn servers_are_connected_to_at_the_checked_address() {
+        let operator = AddressPolicy::operator(Networks::parse("10.0.0.0/8").expect("deny"));
+        let pinned = checked_server(&operator, "nats://user:pw@localhost:4333").await.ok().expect("allowed");
+        assert!(pinned == "nats://user:pw@127.0.0.1:4333" || pinned == "nats://user:pw@[::1]:4333", "{pinned}");
+        let tenant = AddressPolicy::tenant(Networks::default(), Networks::default());
+        assert!(matches!(checked_server(&tenant, "nats://localhost:4222").await, Err(Refused::Denied(_))));
+        assert!(matches!(checked_server(&tenant, "tls://127.0.0.1:4222").await, Err(Refused::Denied(_))));
+        let open = AddressPolicy::default();
+        assert_eq!(checked_server(&open, "nats://localhost:4222").await.ok().as_deref(), Some("nats://localhost:4222"));
+    }
 
     #[test]
     fn server_urls_name_a_host_and_port() {

@@ -81,17 +81,12 @@ pub async fn webhook(
             return failed(None, format!("no answer within {}ms", timeout.as_millis()), None, started)
         }
         Err(e) => {
-            if let Some(denied) = saga_runtime::executor::deny::denied_in(&e) {
+            if let Some(denied) = egress::denied_in(&e) {
                 let mut attempted = failed(None, denied.to_string(), None, started);
                 attempted.definite = true;
                 return attempted;
             }
-            return failed(
-                None,
-                format!("request failed: {}", saga_runtime::executor::http::error_chain(&e)),
-                None,
-                started,
-            );
+            return failed(None, format!("request failed: {}", egress::client::error_chain(&e)), None, started);
         }
     };
     let status = response.status().as_u16();
@@ -113,8 +108,9 @@ pub async fn webhook(
             .and_then(|v| retry_after_ms(v, now_ms)),
         _ => None,
     };
-    let text = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-    let snippet = String::from_utf8_lossy(&text[..text.len().min(ERROR_BODY_MAX_BYTES)]).into_owned();
+    // The first bytes only: a receiver that streams an endless body is never read further.
+    let (text, _) = egress::read_prefix(response, ERROR_BODY_MAX_BYTES).await;
+    let snippet = String::from_utf8_lossy(&text).into_owned();
     let error = if snippet.is_empty() {
         format!("receiver answered {status}")
     } else {

@@ -97,7 +97,13 @@ pub struct Config {
     pub breaker_cool_down_ms: u64,
     pub shutdown_grace_ms: u64,
     /// Networks `http` and `grpc` steps may not reach (`SAGAPLANE_HTTP_DENY`).
-    pub http_deny: saga_runtime::executor::deny::AddressDenyList,
+    pub http_deny: egress::Networks,
+    /// Internal networks a tenant's destinations may reach all the same
+    /// (`SAGAPLANE_HTTP_ALLOW`); unset, none (`sagaplane dev`: loopback).
+    pub http_allow: Option<egress::Networks>,
+    /// Whether the operator's destinations go through the proxy the environment names
+    /// (`SAGAPLANE_HTTP_ENV_PROXY=true`); a tenant's never do.
+    pub http_env_proxy: bool,
     pub data_dir: PathBuf,
 }
 
@@ -120,6 +126,8 @@ struct FileConfig {
     breaker_cooldown: Option<String>,
     shutdown_grace: Option<String>,
     http_deny: Option<String>,
+    http_allow: Option<String>,
+    http_env_proxy: Option<bool>,
     tenant_database_url: Option<String>,
     tenant_migrations_dir: Option<PathBuf>,
     crm_webhook_secret: Option<String>,
@@ -258,8 +266,21 @@ impl Config {
         let shutdown_grace_ms =
             duration_setting("SAGAPLANE_SHUTDOWN_GRACE", grace, SHUTDOWN_GRACE_DEFAULT_MS, (0, 3_600_000))?;
         let http_deny = get("SAGAPLANE_HTTP_DENY").or(file.http_deny).unwrap_or_default();
-        let http_deny = saga_runtime::executor::deny::AddressDenyList::parse(&http_deny)
-            .map_err(|e| anyhow::anyhow!("SAGAPLANE_HTTP_DENY: {e}"))?;
+        let http_deny = egress::Networks::parse(&http_deny).map_err(|e| anyhow::anyhow!("SAGAPLANE_HTTP_DENY: {e}"))?;
+        let http_allow = match get("SAGAPLANE_HTTP_ALLOW").or(file.http_allow) {
+            Some(text) => {
+                Some(egress::Networks::parse(&text).map_err(|e| anyhow::anyhow!("SAGAPLANE_HTTP_ALLOW: {e}"))?)
+            }
+            None => None,
+        };
+        let http_env_proxy = match get("SAGAPLANE_HTTP_ENV_PROXY") {
+            Some(text) => match text.trim() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                other => anyhow::bail!("SAGAPLANE_HTTP_ENV_PROXY: {other:?} is not true or false"),
+            },
+            None => file.http_env_proxy.unwrap_or(false),
+        };
         let schedule = get("SAGAPLANE_DELIVERY_RETRY_SCHEDULE")
             .or(file.delivery_retry_schedule)
             .unwrap_or_else(|| DELIVERY_RETRY_SCHEDULE_DEFAULT.into());
@@ -369,6 +390,8 @@ impl Config {
             breaker_cool_down_ms,
             shutdown_grace_ms,
             http_deny,
+            http_allow,
+            http_env_proxy,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".sagaplane")),
         })
     }

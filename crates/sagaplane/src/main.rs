@@ -138,6 +138,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if config.admin_token.is_none() {
                 config.admin_token = Some(config::Secret::new(run::generate_token()));
             }
+            // A developer's receivers run on this machine: tenants' subscriptions may reach
+            // loopback here unless SAGAPLANE_HTTP_ALLOW says otherwise.
+            config.http_allow.get_or_insert_with(egress::Networks::loopback);
             run::serve(config, &url, run::Plan { api: true, worker: true, dev_banner: true }).await?;
         }
         Command::Server { listen, no_worker } => {

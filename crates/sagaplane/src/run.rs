@@ -148,7 +148,8 @@ pub fn start_instance(
     let breakers =
         BreakerConfig { failures_to_open: config.breaker_failures, cool_down_ms: config.breaker_cool_down_ms };
     let steps = tenants.map(|t| t.steps(store.clone()));
-    let executors = Executors::with_breakers(builtins(steps), breakers).with_deny(config.http_deny.clone());
+    let executors = Executors::with_breakers(builtins(steps), breakers)
+        .with_egress(egress::AddressPolicy::operator(config.http_deny.clone()), config.http_env_proxy);
     Instance::new(store, Arc::new(SystemClock), executors, definitions, instance_config, hub)
         .with_hook(Arc::new(TenantHook))
         .start()
@@ -159,6 +160,8 @@ pub fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::Dis
     let schedule = delivery::RetrySchedule::new(config.delivery_retry_schedule_ms.clone());
     let mut dispatcher_config = delivery::DispatcherConfig::new(config.worker_id.clone(), schedule);
     dispatcher_config.deny = config.http_deny.clone();
+    dispatcher_config.tenant_allow = config.http_allow.clone().unwrap_or_default();
+    dispatcher_config.env_proxy = config.http_env_proxy;
     dispatcher_config.attempt_timeout_ms = config.delivery_timeout_ms;
     dispatcher_config.disable_after_ms = config.delivery_disable_after_ms;
     // Destinations' breakers open and cool down like steps' endpoints do.

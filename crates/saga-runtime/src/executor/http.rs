@@ -3,9 +3,11 @@
 //! status-code table. Redirects are not followed unless the step says `follow_redirects: true`,
 //! and then only to the same origin — the request carries the step's headers and, for async
 //! steps, the callback capability, which must not reach another host. An answer is read as a
-//! stream and refused past [`RESPONSE_BODY_MAX_BYTES`], so a participant cannot exhaust memory.
-//! With a deny-list (`SAGAPLANE_HTTP_DENY`) every connection's address is checked first
-//! ([`super::deny`]); a refused one fails the attempt definitely, nothing sent.
+//! stream and refused past [`RESPONSE_BODY_MAX_BYTES`] ([`egress::read_capped`]), so a
+//! participant cannot exhaust memory. Every connection's address is checked against the
+//! operator's policy first ([`egress::AddressPolicy`], `SAGAPLANE_HTTP_DENY`); a refused one
+//! fails the attempt definitely, nothing sent. No proxy from the environment is used unless
+//! `SAGAPLANE_HTTP_ENV_PROXY` says so.
 //!
 //! The requests go over the network unless the executor is given an [`HttpTransport`]: the
 //! simulator's participants live in its own process and answer through one, so a simulated run
@@ -17,8 +19,8 @@ use async_trait::async_trait;
 use saga_core::{FailureKind, Outcome, Phase};
 use serde_json::Value;
 
-use super::deny::{denied_in, AddressDenyList, DenyingResolver};
 use super::{AttemptContext, AttemptResult};
+use egress::{denied_in, AddressPolicy, BodyError, ClientSettings};
 
 /// The most response body kept as step output.
 pub const RESPONSE_BODY_MAX_BYTES: usize = 1024 * 1024;
@@ -33,7 +35,7 @@ pub struct HttpExecutor {
     client: reqwest::Client,
     /// Follows redirects within the request's origin, for steps that ask for it.
     same_origin: reqwest::Client,
-    deny: AddressDenyList,
+    policy: AddressPolicy,
     /// Where requests go instead of the network, when set.
     transport: Option<Arc<dyn HttpTransport>>,
 }
@@ -53,20 +55,18 @@ impl Default for HttpExecutor {
 
 impl HttpExecutor {
     pub fn new() -> Self {
-        Self::with_deny(AddressDenyList::default())
+        Self::with_egress(AddressPolicy::default(), false)
     }
 
-    /// Clients that connect to no address in `deny`.
-    pub fn with_deny(deny: AddressDenyList) -> Self {
-        let build = |policy: reqwest::redirect::Policy| {
-            let mut builder = reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .user_agent(concat!("sagaplane/", env!("CARGO_PKG_VERSION")))
-                .redirect(policy);
-            if !deny.is_empty() {
-                builder = builder.dns_resolver(std::sync::Arc::new(DenyingResolver(deny.clone())));
-            }
-            builder.build().unwrap_or_else(|_| reqwest::Client::new())
+    /// Clients that connect only where `policy` allows, through the environment's proxy only
+    /// if `env_proxy`.
+    pub fn with_egress(policy: AddressPolicy, env_proxy: bool) -> Self {
+        let build = |redirect: reqwest::redirect::Policy| {
+            let mut settings = ClientSettings::new(policy.clone());
+            settings.env_proxy = env_proxy;
+            settings.redirect = redirect;
+            settings.pool_max_idle_per_host = 64;
+            egress::http_client(settings).unwrap_or_else(|_| reqwest::Client::new())
         };
         let same_origin = reqwest::redirect::Policy::custom(|attempt| {
             let origin = |url: &reqwest::Url| {
@@ -82,7 +82,7 @@ impl HttpExecutor {
         HttpExecutor {
             client: build(reqwest::redirect::Policy::none()),
             same_origin: build(same_origin),
-            deny,
+            policy,
             transport: None,
         }
     }
@@ -118,7 +118,7 @@ impl HttpExecutor {
             Err(_) => return Err(definite(format!("invalid method {method:?}"))),
         };
         // A literal address never reaches the resolver; a redirect stays on this origin.
-        if let Some(denied) = self.deny.denied_url(url) {
+        if let Some(denied) = self.policy.denied_url(url) {
             return Err(definite(denied));
         }
         let mut request = client
@@ -161,38 +161,18 @@ pub struct HttpRequest<'a> {
     pub follow_redirects: bool,
 }
 
-/// The answer's body, read chunk by chunk up to [`RESPONSE_BODY_MAX_BYTES`]; a longer one is a
-/// failed attempt (ambiguous: the participant may have acted) without reading the rest.
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, Outcome> {
-    if response.content_length().is_some_and(|length| length > RESPONSE_BODY_MAX_BYTES as u64) {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) if bytes.len() + chunk.len() > RESPONSE_BODY_MAX_BYTES => return Err(too_large()),
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            Ok(None) => return Ok(bytes),
-            Err(e) => return Err(retryable(format!("reading response failed: {}", error_chain(&e)))),
+/// The answer's body, up to [`RESPONSE_BODY_MAX_BYTES`]; a longer one is a failed attempt
+/// (ambiguous: the participant may have acted) without reading the rest.
+async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, Outcome> {
+    egress::read_capped(response, RESPONSE_BODY_MAX_BYTES).await.map_err(|e| match e {
+        BodyError::TooLarge { max } => {
+            retryable(format!("the participant's answer is larger than {max} bytes; it was not read"))
         }
-    }
+        BodyError::Read(cause) => retryable(format!("reading response failed: {cause}")),
+    })
 }
 
-fn too_large() -> Outcome {
-    retryable(format!("the participant's answer is larger than {RESPONSE_BODY_MAX_BYTES} bytes; it was not read"))
-}
-
-/// An error with its sources, `outer: inner: …` (reqwest's own message hides the cause).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
+pub use egress::client::error_chain;
 
 /// Trace id from the saga id (one trace per saga), a fresh-enough span id per attempt.
 /// The attempt span's context when traces are exported; otherwise one derived from the saga

@@ -3,7 +3,6 @@
 
 pub mod breaker;
 pub mod builtin;
-pub mod deny;
 pub mod grpc;
 pub mod http;
 
@@ -19,9 +18,9 @@ use uuid::Uuid;
 
 use self::breaker::{Admission, BreakerConfig, Breakers};
 use self::builtin::BuiltinRegistry;
-use self::deny::AddressDenyList;
 use self::grpc::GrpcExecutor;
 use self::http::HttpExecutor;
+use egress::AddressPolicy;
 
 /// What came of asking an executor to run one attempt.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,10 +96,12 @@ impl Executors {
         self
     }
 
-    /// Keeps `http` and `grpc` steps off the networks in `deny` (`SAGAPLANE_HTTP_DENY`).
-    pub fn with_deny(mut self, deny: AddressDenyList) -> Self {
-        self.http = HttpExecutor::with_deny(deny.clone());
-        self.grpc = GrpcExecutor::with_deny(deny);
+    /// Keeps `http` and `grpc` steps to the addresses `policy` allows (the operator's:
+    /// everything but `SAGAPLANE_HTTP_DENY`); `env_proxy` lets `http` steps use the proxy the
+    /// environment names (`SAGAPLANE_HTTP_ENV_PROXY`).
+    pub fn with_egress(mut self, policy: AddressPolicy, env_proxy: bool) -> Self {
+        self.http = HttpExecutor::with_egress(policy.clone(), env_proxy);
+        self.grpc = GrpcExecutor::with_policy(policy);
         self
     }
 

@@ -46,7 +46,7 @@ fn signed_by(seen: &Seen, secret: &str) -> bool {
     seen.headers["webhook-signature"].split(' ').any(|s| s == expected)
 }
 
-async fn delivery_of(app: &App, subscription: &str, status: &str) -> Value {
+pub(crate) async fn delivery_of(app: &App, subscription: &str, status: &str) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let path = format!("/v1/deliveries?subscription_id={subscription}&status={status}");
@@ -202,7 +202,13 @@ on_both_backends!(failing_receivers_are_retried_then_dead_then_replayed);
 async fn tenants_get_only_their_own_events() {
     use reqwest::Method;
     let receiver = Participant::start().await;
-    let app = app_with(Backend::Sqlite).await;
+    // The receiver is on loopback, which a tenant's subscription reaches only when the operator
+    // allows it (docs/security.md, "Outbound").
+    let env = [
+        ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "150ms,150ms".to_string()),
+        ("SAGAPLANE_HTTP_ALLOW", "127.0.0.1".to_string()),
+    ];
+    let app = App::spawn(BIN, Backend::Sqlite, &env).await;
     let admin_all = subscribe(&app, json!({"url": format!("{}/admin", receiver.url), "events": ["*"]})).await;
     let mut tokens = Vec::new();
     for tenant in ["acme", "beta"] {

@@ -1,8 +1,9 @@
 //! The `grpc` executor: calls `Participant.Execute` / `Participant.Compensate`
 //! (`proto/participant.proto`) with one HTTP/2 channel per endpoint (connection reuse), a
 //! per-attempt deadline, trace context in metadata, and the status table in the proto's comments.
-//! With a deny-list (`SAGAPLANE_HTTP_DENY`) channels connect through [`denying_connector`], and
-//! an attempt whose endpoint resolves only into denied networks fails definitely, nothing sent.
+//! With an address policy that refuses anything (`SAGAPLANE_HTTP_DENY`) channels connect through
+//! [`checking_connector`], and an attempt whose endpoint resolves only into refused networks
+//! fails definitely, nothing sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,9 +14,9 @@ use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use super::deny::{denied_in, AddressDenyList};
 use super::http::traceparent;
 use super::AttemptContext;
+use egress::{denied_in, AddressPolicy};
 use participant_proto::v1::participant_client::ParticipantClient;
 use participant_proto::v1::StepRequest;
 
@@ -26,7 +27,7 @@ const CHANNELS_MAX: usize = 1_024;
 #[derive(Clone, Default)]
 pub struct GrpcExecutor {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
-    deny: AddressDenyList,
+    policy: AddressPolicy,
 }
 
 impl GrpcExecutor {
@@ -34,9 +35,9 @@ impl GrpcExecutor {
         Self::default()
     }
 
-    /// Channels that connect to no address in `deny`.
-    pub fn with_deny(deny: AddressDenyList) -> Self {
-        GrpcExecutor { channels: Arc::default(), deny }
+    /// Channels that connect only where `policy` allows.
+    pub fn with_policy(policy: AddressPolicy) -> Self {
+        GrpcExecutor { channels: Arc::default(), policy }
     }
 
     fn channel(&self, endpoint: &str) -> Result<Channel, String> {
@@ -48,10 +49,10 @@ impl GrpcExecutor {
             .map_err(|e| format!("invalid grpc endpoint {endpoint:?}: {e}"))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let channel = if self.deny.is_empty() {
+        let channel = if self.policy.is_open() {
             settings.connect_lazy()
         } else {
-            settings.connect_with_connector_lazy(denying_connector(self.deny.clone()))
+            settings.connect_with_connector_lazy(checking_connector(self.policy.clone()))
         };
         if channels.len() >= CHANNELS_MAX {
             channels.clear();
@@ -130,19 +131,19 @@ impl GrpcExecutor {
     /// Why `endpoint` may not be called, when every address it resolves to is denied. (The
     /// connector checks again at connect time, so a name re-pointed later is refused there.)
     async fn denied(&self, endpoint: &str) -> Option<String> {
-        if self.deny.is_empty() {
+        if self.policy.is_open() {
             return None;
         }
         let uri: tonic::transport::Uri = endpoint.parse().ok()?;
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-        let error = self.deny.resolve(uri.host()?, port).await.err()?;
+        let error = self.policy.resolve(uri.host()?, port).await.err()?;
         denied_in(&error).map(ToString::to_string)
     }
 }
 
 /// Connects a channel to the first allowed address of its endpoint's host.
-fn denying_connector(
-    deny: AddressDenyList,
+fn checking_connector(
+    policy: AddressPolicy,
 ) -> impl tower::Service<
     tonic::transport::Uri,
     Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>,
@@ -151,12 +152,12 @@ fn denying_connector(
 > + Clone
        + Send {
     tower::service_fn(move |uri: tonic::transport::Uri| {
-        let deny = deny.clone();
+        let policy = policy.clone();
         async move {
             let host = uri.host().ok_or_else(|| std::io::Error::other("grpc endpoint has no host"))?;
             let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
             let mut last_error = std::io::Error::other("no address to connect to");
-            for address in deny.resolve(host, port).await? {
+            for address in policy.resolve(host, port).await? {
                 match tokio::net::TcpStream::connect(address).await {
                     Ok(stream) => {
                         stream.set_nodelay(true)?;
