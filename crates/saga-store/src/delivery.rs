@@ -205,8 +205,10 @@ pub struct DeliveryAttemptRecord {
 pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
     pub subscription_id: Option<Uuid>,
-    /// A tenant key sees its tenant's deliveries only.
-    pub tenant_id: Option<String>,
+    /// Deliveries to this tenant's subscriptions only (what a tenant key sees; a tenant's
+    /// event delivered to an operator's subscription is not the tenant's). Filtered in the
+    /// query, before the page's limit.
+    pub subscription_tenant_id: Option<String>,
     /// Page backwards from this id (newest first).
     pub before_id: Option<Uuid>,
     pub limit: u32,

@@ -586,3 +586,56 @@ async fn an_expired_event_is_not_sent_and_is_not_retried_past_its_expiry() {
     let hits = receiver.requests("/down").len();
     assert_eq!(hits, 2, "the failing destination was tried for the two unexpired events only");
 }
+
+/// A tenant's `GET /v1/deliveries` pages through its own subscriptions' deliveries with full
+/// pages and a cursor, however many of its events went to the operator's subscriptions in
+/// between (they used to be filtered out after the limit: short or empty pages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_pages_through_its_deliveries() {
+    use reqwest::Method;
+    let receiver = Participant::start().await;
+    let env = [("SAGAPLANE_HTTP_ALLOW", "127.0.0.1".to_string())];
+    let app = App::spawn(BIN, Backend::Sqlite, &env).await;
+    let (status, _, body) =
+        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": "acme", "name": "acme"}))).await;
+    assert_eq!(status, 202, "{body}");
+    crate::tenants::until_status(&app, "acme", &["ACTIVE"]).await;
+    let (_, _, key) = app.send(app.request(Method::POST, "/v1/tenants/acme/api-keys").json(&json!({}))).await;
+    let token = key["token"].as_str().expect("token").to_string();
+    let as_tenant =
+        |method: Method, path: &str| app.http.request(method, format!("{}{path}", app.url)).bearer_auth(&token);
+    let (status, _, own) = app
+        .send(as_tenant(Method::POST, "/v1/subscriptions").json(&json!({
+            "url": format!("{}/acme", receiver.url), "events": ["saga.completed"]
+        })))
+        .await;
+    assert_eq!(status, 201, "{own}");
+    // The operator's subscriptions get every one of acme's events too, three times over.
+    for path in ["/one", "/two", "/three"] {
+        subscribe(&app, json!({"url": format!("{}{path}", receiver.url), "events": ["*"]})).await;
+    }
+    app.put_definition("one", &fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]))).await;
+    for _ in 0..5 {
+        let body = json!({"definition": "one", "input": {}, "tenant_id": "acme"});
+        let (status, _, saga) = app.send(app.request(Method::POST, "/v1/sagas?wait=10s").json(&body)).await;
+        assert!(status == 200 || status == 201, "{saga}");
+    }
+    received(&receiver, "/acme", 5).await;
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut path = "/v1/deliveries?limit=2".to_string();
+    loop {
+        let (status, _, page) = app.send(as_tenant(Method::GET, &path)).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        assert!(items.iter().all(|d| d["subscription_id"] == own["id"]), "{page}");
+        sizes.push(items.len());
+        seen.extend(items.iter().map(|d| d["id"].clone()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/deliveries?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5, "every one of acme's deliveries, once: {sizes:?}");
+    assert_eq!(sizes[..2], [2, 2], "full pages: {sizes:?}");
+}

@@ -440,12 +440,13 @@ impl DeliveryStore for PostgresStore {
         let rows = sqlx::query(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
              WHERE ($1::text IS NULL OR d.status = $1) AND ($2::uuid IS NULL OR d.subscription_id = $2) \
-               AND ($3::text IS NULL OR d.tenant_id = $3) AND ($4::uuid IS NULL OR d.id < $4) \
+               AND ($3::text IS NULL OR d.subscription_id IN (SELECT s.id FROM subscriptions s WHERE s.tenant_id = $3)) \
+               AND ($4::uuid IS NULL OR d.id < $4) \
              ORDER BY d.id DESC LIMIT $5"
         ))
         .bind(filter.status.map(DeliveryStatus::as_str))
         .bind(filter.subscription_id)
-        .bind(&filter.tenant_id)
+        .bind(&filter.subscription_tenant_id)
         .bind(filter.before_id)
         .bind(i64::from(filter.limit))
         .fetch_all(&self.db)

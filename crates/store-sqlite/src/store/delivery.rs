@@ -415,12 +415,13 @@ impl DeliveryStore for SqliteStore {
         let rows = sqlx::query(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries \
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR subscription_id = ?2) \
-               AND (?3 IS NULL OR tenant_id = ?3) AND (?4 IS NULL OR id < ?4) \
+               AND (?3 IS NULL OR subscription_id IN (SELECT id FROM subscriptions WHERE tenant_id = ?3)) \
+               AND (?4 IS NULL OR id < ?4) \
              ORDER BY id DESC LIMIT ?5"
         ))
         .bind(filter.status.map(DeliveryStatus::as_str))
         .bind(filter.subscription_id.map(|id| id.to_string()))
-        .bind(&filter.tenant_id)
+        .bind(&filter.subscription_tenant_id)
         .bind(filter.before_id.map(|id| id.to_string()))
         .bind(i64::from(filter.limit))
         .fetch_all(&self.reader)
