@@ -311,7 +311,15 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// unless it is dead.
     async fn delivery_replay(&self, id: Uuid, now_ms: i64) -> StoreResult<DeliveryRecord>;
     /// Every `dead` delivery of a subscription created since `since_ms` back to `pending`.
-    async fn deliveries_recover(&self, subscription_id: Uuid, since_ms: i64, now_ms: i64) -> StoreResult<u64>;
+    /// Puts back to pending at most `limit` of the subscription's dead deliveries created at
+    /// `since_ms` or later, oldest first; returns how many, and whether dead ones remain.
+    async fn deliveries_recover(
+        &self,
+        subscription_id: Uuid,
+        since_ms: i64,
+        limit: u32,
+        now_ms: i64,
+    ) -> StoreResult<(u64, bool)>;
     /// Pending deliveries per subscription (those with any).
     async fn delivery_backlog(&self) -> StoreResult<Vec<DeliveryBacklog>>;
     /// Disables every active subscription failing since `failing_since_before_ms` or earlier and,

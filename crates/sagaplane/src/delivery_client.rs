@@ -114,10 +114,18 @@ pub async fn deliveries(command: DeliveriesCommand, connection: Connection) -> a
             println!("delivery {id} pending again");
         }
         DeliveriesCommand::Recover { subscription, since } => {
+            // One call puts back at most 1,000; call again while more remain (at most 1,000 calls).
             let path = format!("/v1/subscriptions/{subscription}/recover");
             let body = json!({"since": since});
-            let (_, recovered) = client.send(client.request(reqwest::Method::POST, &path).json(&body)).await?;
-            println!("{} dead deliveries pending again", recovered["replayed"]);
+            let mut replayed = 0u64;
+            for _ in 0..1_000 {
+                let (_, recovered) = client.send(client.request(reqwest::Method::POST, &path).json(&body)).await?;
+                replayed += recovered["replayed"].as_u64().unwrap_or(0);
+                if recovered["more"] != json!(true) || recovered["replayed"] == json!(0) {
+                    break;
+                }
+            }
+            println!("{replayed} dead deliveries pending again");
         }
     }
     Ok(ExitCode::SUCCESS)

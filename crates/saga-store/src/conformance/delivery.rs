@@ -287,12 +287,21 @@ pub async fn failed_attempts_retry_then_die_and_are_replayed_and_recovered(store
     let replayed = db(store.delivery_replay(dead.id, 2_000).await)?;
     ensure!(replayed.status == DeliveryStatus::Pending && replayed.attempts_before_replay == 2, "{replayed:?}");
     ensure!(matches!(store.delivery_replay(dead.id, 2_001).await, Err(StoreError::Conflict(_))), "only dead ones");
-    let recovered = db(store.deliveries_recover(hook.id, 11, 2_100).await)?;
+    let (recovered, _) = db(store.deliveries_recover(hook.id, 11, 1_000, 2_100).await)?;
     let other = again.iter().find(|c| c.delivery.id != dead.id).ok_or("the other delivery")?;
     ensure!(recovered == u64::from(other.delivery.created_at_ms >= 11), "recovered since: {recovered}");
-    ensure!(db(store.deliveries_recover(hook.id, 0, 2_200).await)? <= 1, "only dead ones recover");
+    let (recovered, more) = db(store.deliveries_recover(hook.id, 0, 1_000, 2_200).await)?;
+    ensure!(recovered <= 1 && !more, "only dead ones recover: {recovered} {more}");
     let due = db(store.delivery_claim_due(&claim("w1", 10, 2_200)).await)?;
     ensure!(due.len() == 2, "both due again: {}", due.len());
+    // Both dead again: one call puts back at most its limit, oldest first, and says more remain.
+    for c in &due {
+        ensure!(db(store.delivery_attempt_record(&fail(c, DeliveryStatus::Dead, 2_200)).await)?, "dead again");
+    }
+    let (recovered, more) = db(store.deliveries_recover(hook.id, 0, 1, 2_300).await)?;
+    ensure!(recovered == 1 && more, "a limit of one: {recovered} {more}");
+    let (recovered, more) = db(store.deliveries_recover(hook.id, 0, 1, 2_400).await)?;
+    ensure!(recovered == 1 && !more, "the rest: {recovered} {more}");
     Ok(())
 }
 

@@ -347,7 +347,11 @@ pub async fn rotate_secret(
     Ok(Json(json!({"secret": secret, "previous_secret_valid_until": previous_until})))
 }
 
-/// `POST /v1/subscriptions/{id}/recover` `{since}` → 202 `{replayed}`.
+/// Dead deliveries one recover call puts back at most.
+pub const RECOVER_MAX: u32 = 1_000;
+
+/// `POST /v1/subscriptions/{id}/recover` `{since, limit?}` → 202 `{replayed, more}`: at most
+/// `limit` (≤ [`RECOVER_MAX`]) dead deliveries, oldest first; `more` says to call again.
 pub async fn recover(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -356,7 +360,17 @@ pub async fn recover(
 ) -> Result<Response, ApiError> {
     let subscription = visible(&state, &principal, &id).await?;
     let body = parse_body(body)?;
-    let map = object(&body, "{since}")?;
+    let map = object(&body, "{since, limit?}")?;
+    if let Some(key) = map.keys().find(|key| !["since", "limit"].contains(&key.as_str())) {
+        return Err(ApiError::field(&format!("/{key}"), "unknown field; expected since and limit"));
+    }
+    let limit = match map.get("limit") {
+        None => RECOVER_MAX,
+        Some(v) => match crate::routes::common::json_integer(v).filter(|n| (1..=i64::from(RECOVER_MAX)).contains(n)) {
+            Some(n) => n as u32,
+            None => return Err(ApiError::field("/limit", format!("must be an integer from 1 to {RECOVER_MAX}"))),
+        },
+    };
     let since = map
         .get("since")
         .and_then(Value::as_str)
@@ -365,8 +379,8 @@ pub async fn recover(
     let Some(since) = since else {
         return Err(ApiError::field("/since", "must be an RFC 3339 time, e.g. 2026-12-01T00:00:00Z"));
     };
-    let replayed = state.store.deliveries_recover(subscription.id, since, state.clock.now_ms()).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"replayed": replayed}))).into_response())
+    let (replayed, more) = state.store.deliveries_recover(subscription.id, since, limit, state.clock.now_ms()).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"replayed": replayed, "more": more}))).into_response())
 }
 
 pub async fn deliveries(

@@ -495,18 +495,37 @@ impl DeliveryStore for PostgresStore {
             .collect())
     }
 
-    async fn deliveries_recover(&self, subscription_id: Uuid, since_ms: i64, now_ms: i64) -> StoreResult<u64> {
+    async fn deliveries_recover(
+        &self,
+        subscription_id: Uuid,
+        since_ms: i64,
+        limit: u32,
+        now_ms: i64,
+    ) -> StoreResult<(u64, bool)> {
         let recovered = sqlx::query(
-            "UPDATE deliveries d SET status = 'pending', next_attempt_at = $3, attempts_before_replay = d.attempts, \
-               lease_owner = NULL WHERE d.subscription_id = $1 AND d.status = 'dead' AND d.created_at >= $2",
+            // The oldest `limit`, picked once (a locking CTE is evaluated once; a subquery in
+            // `IN` may run again per row and pick more).
+            "WITH picked AS (SELECT id FROM deliveries WHERE subscription_id = $1 AND status = 'dead' \
+                               AND created_at >= $2 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             UPDATE deliveries d SET status = 'pending', next_attempt_at = $3, attempts_before_replay = d.attempts, \
+               lease_owner = NULL FROM picked WHERE d.id = picked.id",
         )
         .bind(subscription_id)
         .bind(since_ms)
         .bind(now_ms)
+        .bind(i64::from(limit))
         .execute(&self.db)
         .await
         .map_err(db)?;
-        Ok(recovered.rows_affected())
+        let more: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE subscription_id = $1 AND status = 'dead' AND created_at >= $2)",
+        )
+        .bind(subscription_id)
+        .bind(since_ms)
+        .fetch_one(&self.db)
+        .await
+        .map_err(db)?;
+        Ok((recovered.rows_affected(), more))
     }
 
     async fn subscriptions_disable_failing(

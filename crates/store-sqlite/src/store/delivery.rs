@@ -470,18 +470,35 @@ impl DeliveryStore for SqliteStore {
             .collect()
     }
 
-    async fn deliveries_recover(&self, subscription_id: Uuid, since_ms: i64, now_ms: i64) -> StoreResult<u64> {
+    async fn deliveries_recover(
+        &self,
+        subscription_id: Uuid,
+        since_ms: i64,
+        limit: u32,
+        now_ms: i64,
+    ) -> StoreResult<(u64, bool)> {
         let recovered = sqlx::query(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3, attempts_before_replay = attempts, \
-               lease_owner = NULL WHERE subscription_id = ?1 AND status = 'dead' AND created_at >= ?2",
+               lease_owner = NULL \
+             WHERE id IN (SELECT id FROM deliveries WHERE subscription_id = ?1 AND status = 'dead' \
+                          AND created_at >= ?2 ORDER BY id LIMIT ?4)",
         )
         .bind(subscription_id.to_string())
         .bind(since_ms)
         .bind(now_ms)
+        .bind(i64::from(limit))
         .execute(&self.writer)
         .await
         .map_err(db)?;
-        Ok(recovered.rows_affected())
+        let more: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE subscription_id = ?1 AND status = 'dead' AND created_at >= ?2)",
+        )
+        .bind(subscription_id.to_string())
+        .bind(since_ms)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok((recovered.rows_affected(), more))
     }
 
     async fn subscriptions_disable_failing(
