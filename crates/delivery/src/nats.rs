@@ -44,8 +44,10 @@ impl NatsConnections {
             .connect(url);
         let client = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| format!("connecting to {url} took longer than {}ms", timeout.as_millis()))?
-            .map_err(|e| format!("connecting to {url} failed: {e}"))?;
+            .map_err(|_| {
+                format!("connecting to {} took longer than {}ms", egress::redact_url(url), timeout.as_millis())
+            })?
+            .map_err(|e| format!("connecting to {} failed: {e}", egress::redact_url(url)))?;
         let mut clients = self.clients.lock().await;
         if let Some(raced) = clients.get(url) {
             // Another attempt connected meanwhile: keep one connection per server.
@@ -130,8 +132,8 @@ async fn checked_server(policy: &AddressPolicy, url: &str) -> Result<String, Ref
     if policy.is_open() {
         return Ok(url.to_string());
     }
-    let (host, port) =
-        host_and_port(url).ok_or_else(|| Refused::Unresolved(format!("{url:?} is not a NATS server URL")))?;
+    let (host, port) = host_and_port(url)
+        .ok_or_else(|| Refused::Unresolved(format!("{} is not a NATS server URL", egress::redact_url(url))))?;
     let addresses = match policy.resolve(&host, port).await {
         Ok(addresses) => addresses,
         Err(e) => {
@@ -146,8 +148,11 @@ async fn checked_server(policy: &AddressPolicy, url: &str) -> Result<String, Ref
         Some(_) if url.starts_with("tls://") => Ok(url.to_string()),
         Some(address) => {
             // The same URL (credentials included) with the checked address as its host.
-            let mut pinned = reqwest::Url::parse(url).map_err(|e| Refused::Unresolved(format!("{url:?}: {e}")))?;
-            pinned.set_ip_host(address.ip()).map_err(|()| Refused::Unresolved(format!("{url:?} takes no address")))?;
+            let redacted = egress::redact_url(url);
+            let mut pinned = reqwest::Url::parse(url).map_err(|e| Refused::Unresolved(format!("{redacted}: {e}")))?;
+            pinned
+                .set_ip_host(address.ip())
+                .map_err(|()| Refused::Unresolved(format!("{redacted} takes no address")))?;
             let _ = pinned.set_port(Some(address.port()));
             Ok(pinned.to_string())
         }

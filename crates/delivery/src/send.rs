@@ -86,7 +86,7 @@ pub async fn webhook(
                 attempted.definite = true;
                 return attempted;
             }
-            return failed(None, format!("request failed: {}", egress::client::error_chain(&e)), None, started);
+            return failed(None, format!("request failed: {}", egress::client::describe(e)), None, started);
         }
     };
     let status = response.status().as_u16();

@@ -25,7 +25,7 @@ pub async fn read_capped(mut response: Response, max: usize) -> Result<Vec<u8>, 
             Ok(Some(chunk)) if bytes.len() + chunk.len() > max => return Err(BodyError::TooLarge { max }),
             Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
             Ok(None) => return Ok(bytes),
-            Err(e) => return Err(BodyError::Read(crate::client::error_chain(&e))),
+            Err(e) => return Err(BodyError::Read(crate::client::describe(e))),
         }
     }
 }

@@ -47,6 +47,31 @@ pub fn http_client(settings: ClientSettings) -> Result<reqwest::Client, reqwest:
     builder.build()
 }
 
+/// A request's failure for a message that is stored and shown (to tenants too): its causes, but
+/// not the URL, whose user info or query may carry a credential.
+pub fn describe(error: reqwest::Error) -> String {
+    error_chain(&error.without_url())
+}
+
+/// `url` for a message: its user info, query and fragment replaced by `***` where present.
+/// Text that is not a URL is shown as `***` whole.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return "***".to_string();
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        let _ = parsed.set_username("***");
+        let _ = parsed.set_password(None);
+    }
+    if parsed.query().is_some() {
+        parsed.set_query(Some("***"));
+    }
+    if parsed.fragment().is_some() {
+        parsed.set_fragment(None);
+    }
+    parsed.to_string()
+}
+
 /// An error with its sources, `outer: inner: …` (reqwest's own message hides the cause).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -57,4 +82,20 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_in_messages_lose_their_credentials() {
+        assert_eq!(
+            redact_url("https://user:pw@hooks.example.com/in?token=s3cret#x"),
+            "https://***@hooks.example.com/in?***"
+        );
+        assert_eq!(redact_url("nats://svc:pw@10.0.0.1:4222"), "nats://***@10.0.0.1:4222");
+        assert_eq!(redact_url("http://example.com/plain"), "http://example.com/plain");
+        assert_eq!(redact_url("not a url with a secret"), "***");
+    }
 }

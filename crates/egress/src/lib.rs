@@ -21,5 +21,5 @@ pub mod client;
 pub mod policy;
 
 pub use body::{read_capped, read_prefix, BodyError};
-pub use client::{http_client, ClientSettings};
+pub use client::{describe, http_client, redact_url, ClientSettings};
 pub use policy::{denied_in, AddressDenied, AddressPolicy, CheckingResolver, Networks};

@@ -141,11 +141,13 @@ impl HttpExecutor {
         }
         let response = match request.send().await {
             Ok(r) => r,
-            Err(e) if e.is_builder() => return Err(definite(format!("invalid request: {e}"))),
+            Err(e) if e.is_builder() => {
+                return Err(definite(format!("invalid request: {}", egress::client::describe(e))))
+            }
             Err(e) if denied_in(&e).is_some() => {
                 return Err(definite(denied_in(&e).map(ToString::to_string).unwrap_or_default()));
             }
-            Err(e) => return Err(retryable(format!("request failed: {}", error_chain(&e)))),
+            Err(e) => return Err(retryable(format!("request failed: {}", egress::client::describe(e)))),
         };
         let status = response.status().as_u16();
         Ok((status, read_capped(response).await?))

@@ -240,3 +240,24 @@ async fn an_answer_streamed_without_end_is_read_no_further_than_its_cap() {
     assert!(sent_mib < 256, "{sent_mib} MiB were read of answers refused past a cap");
     assert!(peak_mib > 0 && peak_mib < 100, "peak RSS {peak_mib} MiB");
 }
+
+/// A failed request's error — stored with the delivery or the saga, shown to tenants — names
+/// neither the user info nor the query of the URL it was sent to: they may hold credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_keep_no_credentials_of_the_url() {
+    let closed = test_support::clusters::free_port();
+    let url = format!("http://user:pw-s3cret@127.0.0.1:{closed}/hook?token=q-s3cret");
+    let env = [("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "100ms".to_string())];
+    let app = App::spawn(BIN, Backend::Sqlite, &env).await;
+    let (status, _, subscription) =
+        app.send(app.request(Method::POST, "/v1/subscriptions").json(&json!({"url": url, "events": ["*"]}))).await;
+    assert_eq!(status, 201, "{subscription}");
+    let step = json!([{"name": "call", "action": {"http": {"method": "POST", "url": url}}}]);
+    app.put_definition("call", &fast_definition(step)).await;
+    let saga = app.wait_terminal(&app.start("call", json!({})).await, WAIT).await;
+    let dead = delivery_of(&app, subscription["id"].as_str().expect("id"), "dead").await;
+    let history = app.events(saga["id"].as_str().expect("id")).await;
+    let shown = format!("{saga}\n{dead}\n{}", Value::Array(history));
+    assert!(dead["last_error"].as_str().unwrap_or("").contains("request failed"), "{dead}");
+    assert!(!shown.contains("s3cret"), "a credential of the URL is shown: {shown}");
+}
