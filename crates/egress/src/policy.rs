@@ -95,16 +95,33 @@ pub enum Refusal {
 
 /// A connection refused by a policy. Found in an error's source chain, it makes the attempt a
 /// definite failure: nothing was sent.
-#[derive(Debug, thiserror::Error)]
-#[error("{host} resolves to {address}, {why}; nothing was sent", why = match .refusal {
-    Refusal::Denied => "a network SAGAPLANE_HTTP_DENY denies",
-    Refusal::Internal => "an internal or special-purpose address a tenant's destination may not reach (SAGAPLANE_HTTP_ALLOW re-opens a network)",
-})]
+#[derive(Debug)]
 pub struct AddressDenied {
     pub host: String,
     pub address: IpAddr,
     pub refusal: Refusal,
 }
+
+impl std::fmt::Display for AddressDenied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let literal = self.host.trim_start_matches('[').trim_end_matches(']') == self.address.to_string();
+        if literal {
+            write!(f, "{} is ", self.address)?;
+        } else {
+            write!(f, "{} resolves to {}, ", self.host, self.address)?;
+        }
+        let why = match self.refusal {
+            Refusal::Denied => "in a network SAGAPLANE_HTTP_DENY denies",
+            Refusal::Internal => {
+                "an internal or special-purpose address, which a tenant's destination may not reach \
+                 (SAGAPLANE_HTTP_ALLOW re-opens a network)"
+            }
+        };
+        write!(f, "{why}; nothing was sent")
+    }
+}
+
+impl std::error::Error for AddressDenied {}
 
 /// Which addresses one kind of destination may connect to.
 #[derive(Clone, Debug, Default)]

@@ -51,6 +51,8 @@ fn two_tenants_a_failing_third_party_and_its_recovery() {
         .env("SAGAPLANE_TENANT_MIGRATIONS_DIR", &migrations)
         .env("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "1s,2s,4s,8s,16s,32s,64s,128s")
         .env("SAGAPLANE_BREAKER_COOLDOWN", "3s")
+        // The third party runs on this machine: the operator lets tenants' subscriptions reach it.
+        .env("SAGAPLANE_HTTP_ALLOW", "127.0.0.1")
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
