@@ -50,6 +50,9 @@ pub struct DispatcherConfig {
     /// Subscriptions of no tenant (the operator's) may go through the environment's proxy
     /// (`SAGAPLANE_HTTP_ENV_PROXY`); a tenant's never do.
     pub env_proxy: bool,
+    /// The subject prefix of a tenant's own NATS subscriptions (`SAGAPLANE_NATS_TENANT_PREFIX`),
+    /// checked again at every attempt.
+    pub nats_tenant_prefix: String,
     /// A subscription whose attempts have all failed for this long is disabled
     /// (`SAGAPLANE_DELIVERY_DISABLE_AFTER`).
     pub disable_after_ms: u64,
@@ -72,6 +75,7 @@ impl DispatcherConfig {
             deny: egress::Networks::default(),
             tenant_allow: egress::Networks::default(),
             env_proxy: false,
+            nats_tenant_prefix: crate::nats::TENANT_PREFIX_DEFAULT.to_string(),
             disable_after_ms: 5 * 24 * 3_600_000,
             breaker_failures: 5,
             breaker_cool_down_ms: 30_000,
@@ -87,10 +91,16 @@ pub struct Dispatcher {
 }
 
 /// Where deliveries may go: one policy and one client for the operator's subscriptions, one
-/// for tenants'. A subscription that belongs to a tenant is the tenant's, whoever made it.
+/// for tenants'. A tenant's own subscription (made with its key) is the tenant's; one the
+/// operator made for a tenant (`managed`) has the operator's destination.
 struct Egress {
     operator: (egress::AddressPolicy, reqwest::Client),
     tenant: (egress::AddressPolicy, reqwest::Client),
+}
+
+/// Whether the tenant gave the subscription its destination (its own, not `managed`).
+fn supplied_by_tenant(subscription: &SubscriptionRecord) -> bool {
+    subscription.tenant_id.is_some() && !subscription.managed
 }
 
 impl Egress {
@@ -110,7 +120,7 @@ impl Egress {
     }
 
     fn of(&self, subscription: &SubscriptionRecord) -> &(egress::AddressPolicy, reqwest::Client) {
-        if subscription.tenant_id.is_some() {
+        if supplied_by_tenant(subscription) {
             &self.tenant
         } else {
             &self.operator
@@ -465,8 +475,21 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
         Destination::Nats { url, subject } => {
             let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
             let destination = (url.as_str(), subject.as_str());
-            let policy = &inner.egress.of(&claimed.subscription).0;
-            crate::nats::publish(&inner.nats, policy, &claimed, destination, started_ms, timeout).await
+            let tenant = claimed.subscription.tenant_id.as_deref().filter(|_| !claimed.subscription.managed);
+            match crate::nats::subject_refusal(subject, tenant, &inner.config.nats_tenant_prefix) {
+                Some(refusal) => Attempted {
+                    delivered: false,
+                    definite: true,
+                    status_code: None,
+                    error: Some(refusal),
+                    retry_after_ms: None,
+                    duration_ms: 0,
+                },
+                None => {
+                    let policy = &inner.egress.of(&claimed.subscription).0;
+                    crate::nats::publish(&inner.nats, policy, &claimed, destination, started_ms, timeout).await
+                }
+            }
         }
     };
     if expired || attempted.definite {

@@ -22,6 +22,25 @@ use tokio::sync::Mutex;
 
 use crate::send::{self, Attempted};
 
+/// The subject prefix of a tenant's own NATS subscriptions unless `SAGAPLANE_NATS_TENANT_PREFIX`
+/// says otherwise; `{tenant_id}` is replaced by the tenant's id.
+pub const TENANT_PREFIX_DEFAULT: &str = "tenants.{tenant_id}.";
+
+/// Why a subscription may not publish to `subject`, if it may not: no subject of the NATS
+/// system's own (`$JS.API.>`, `$SYS.>`, … — e.g. deleting a stream) for anyone, and a tenant's
+/// own subscription only under its prefix (`prefix_template` with its id), so that no tenant
+/// publishes into another's subjects or the operator's.
+pub fn subject_refusal(subject: &str, tenant: Option<&str>, prefix_template: &str) -> Option<String> {
+    if subject.starts_with('$') {
+        return Some(format!("{subject:?} is a subject of the NATS system itself; events may not go there"));
+    }
+    let tenant = tenant?;
+    let prefix = prefix_template.replace("{tenant_id}", tenant);
+    (!subject.starts_with(&prefix) || subject.len() == prefix.len()).then(|| {
+        format!("a tenant's subscription publishes under {prefix:?} only (SAGAPLANE_NATS_TENANT_PREFIX), e.g. {prefix}events")
+    })
+}
+
 /// NATS servers connected to at once; one more drops a connection (made again when needed).
 pub const NATS_CONNECTIONS_MAX: usize = 64;
 
@@ -171,7 +190,20 @@ pub fn host_and_port(url: &str) -> Option<(String, u16)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{checked_server, host_and_port, Refused};
+    use super::{checked_server, host_and_port, subject_refusal, Refused, TENANT_PREFIX_DEFAULT};
+
+    #[test]
+    fn tenants_publish_under_their_prefix_and_nobody_to_the_system() {
+        let p = TENANT_PREFIX_DEFAULT;
+        assert_eq!(subject_refusal("tenants.acme.events", Some("acme"), p), None);
+        assert!(subject_refusal("tenants.acme.", Some("acme"), p).is_some());
+        assert!(subject_refusal("tenants.acmex.events", Some("acme"), p).is_some());
+        assert!(subject_refusal("tenants.beta.events", Some("acme"), p).is_some());
+        assert!(subject_refusal("orders", Some("acme"), p).is_some());
+        assert!(subject_refusal("$JS.API.STREAM.DELETE.events", Some("acme"), p).is_some());
+        assert!(subject_refusal("$JS.API.STREAM.DELETE.events", None, p).is_some());
+        assert_eq!(subject_refusal("orders.created", None, p), None);
+    }
     use egress::{AddressPolicy, Networks};
 
     #[tokio::test]

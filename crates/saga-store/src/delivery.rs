@@ -126,6 +126,10 @@ pub struct SubscriptionRecord {
     pub events: Vec<String>,
     /// None: the admin's, sees every event.
     pub tenant_id: Option<String>,
+    /// Made by the operator for its tenant: the tenant sees it, only the operator changes it,
+    /// and its destination is checked as the operator's. False for a tenant's own (and for one
+    /// of no tenant).
+    pub managed: bool,
     pub status: SubscriptionStatus,
     pub rate_limit_per_s: Option<u32>,
     pub secret: String,
@@ -267,7 +271,11 @@ pub struct DeliveryAttemptResult {
 
 #[async_trait]
 pub trait DeliveryStore: Send + Sync + 'static {
-    async fn subscription_create(&self, subscription: &SubscriptionRecord) -> StoreResult<()>;
+    async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()>;
+    /// [`DeliveryStore::subscription_create`] for a tenant's own subscription (not
+    /// `managed`): [`crate::StoreError::Conflict`] when the tenant already has `tenant_max`
+    /// of its own (checked and written atomically).
+    async fn subscription_create_capped(&self, s: &SubscriptionRecord, tenant_max: u32) -> StoreResult<()>;
     /// Creates it, or — when one with its id exists — replaces its destination, filters, scope,
     /// status and secret (a subscription that configuration owns, like the CRM callback's).
     async fn subscription_put(&self, subscription: &SubscriptionRecord) -> StoreResult<()>;

@@ -104,6 +104,11 @@ pub struct Config {
     /// Whether the operator's destinations go through the proxy the environment names
     /// (`SAGAPLANE_HTTP_ENV_PROXY=true`); a tenant's never do.
     pub http_env_proxy: bool,
+    /// The subject prefix of a tenant's own NATS subscriptions, `{tenant_id}` in it
+    /// (`SAGAPLANE_NATS_TENANT_PREFIX`).
+    pub nats_tenant_prefix: String,
+    /// Subscriptions a tenant may make itself (`SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX`).
+    pub tenant_subscriptions_max: u32,
     pub data_dir: PathBuf,
 }
 
@@ -128,6 +133,8 @@ struct FileConfig {
     http_deny: Option<String>,
     http_allow: Option<String>,
     http_env_proxy: Option<bool>,
+    nats_tenant_prefix: Option<String>,
+    tenant_subscriptions_max: Option<u32>,
     tenant_database_url: Option<String>,
     tenant_migrations_dir: Option<PathBuf>,
     crm_webhook_secret: Option<String>,
@@ -281,6 +288,25 @@ impl Config {
             },
             None => file.http_env_proxy.unwrap_or(false),
         };
+        let nats_tenant_prefix = get("SAGAPLANE_NATS_TENANT_PREFIX")
+            .or(file.nats_tenant_prefix)
+            .unwrap_or_else(|| delivery::nats::TENANT_PREFIX_DEFAULT.to_string());
+        // Without the tenant's id in it, tenants would share one prefix: each other's subjects.
+        if !nats_tenant_prefix.contains("{tenant_id}")
+            || nats_tenant_prefix.starts_with('$')
+            || nats_tenant_prefix.contains(['*', '>', ' '])
+        {
+            anyhow::bail!(
+                "SAGAPLANE_NATS_TENANT_PREFIX: {nats_tenant_prefix:?} must contain {{tenant_id}}, start with no $ and \
+                 hold no wildcard or space (e.g. tenants.{{tenant_id}}.)"
+            );
+        }
+        let tenant_subscriptions_max = match get("SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX") {
+            Some(text) => text.trim().parse::<u32>().ok().filter(|n| (1..=10_000).contains(n)).with_context(|| {
+                format!("SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX: {text:?} is not a number from 1 to 10000")
+            })?,
+            None => file.tenant_subscriptions_max.unwrap_or(server::TENANT_SUBSCRIPTIONS_MAX_DEFAULT),
+        };
         let schedule = get("SAGAPLANE_DELIVERY_RETRY_SCHEDULE")
             .or(file.delivery_retry_schedule)
             .unwrap_or_else(|| DELIVERY_RETRY_SCHEDULE_DEFAULT.into());
@@ -392,6 +418,8 @@ impl Config {
             http_deny,
             http_allow,
             http_env_proxy,
+            nats_tenant_prefix,
+            tenant_subscriptions_max,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".sagaplane")),
         })
     }

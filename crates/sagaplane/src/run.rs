@@ -162,6 +162,7 @@ pub fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::Dis
     dispatcher_config.deny = config.http_deny.clone();
     dispatcher_config.tenant_allow = config.http_allow.clone().unwrap_or_default();
     dispatcher_config.env_proxy = config.http_env_proxy;
+    dispatcher_config.nats_tenant_prefix = config.nats_tenant_prefix.clone();
     dispatcher_config.attempt_timeout_ms = config.delivery_timeout_ms;
     dispatcher_config.disable_after_ms = config.delivery_disable_after_ms;
     // Destinations' breakers open and cool down like steps' endpoints do.
@@ -197,6 +198,7 @@ async fn configure_crm_callback(config: &Config, store: &dyn Store) -> anyhow::R
         // No filters: it receives only the outcome events addressed to it.
         events: Vec::new(),
         tenant_id: None,
+        managed: false,
         status: SubscriptionStatus::Active,
         rate_limit_per_s: None,
         secret: secret.expose().to_string(),
@@ -248,6 +250,10 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
         admin_token.expose(),
     )
     .with_vars(vars)
+    .with_subscription_rules(server::SubscriptionRules {
+        nats_tenant_prefix: config.nats_tenant_prefix.clone(),
+        tenant_max: config.tenant_subscriptions_max,
+    })
     .with_hook(Arc::new(TenantHook))
     .with_tenancy(server::Tenancy {
         storage: tenants.storage.clone(),

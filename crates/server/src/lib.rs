@@ -23,7 +23,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 pub use routes::tenants::onboard;
-pub use state::{AppState, Tenancy};
+pub use state::{AppState, SubscriptionRules, Tenancy, TENANT_SUBSCRIPTIONS_MAX_DEFAULT};
 
 /// Request bodies over this size get 413.
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;

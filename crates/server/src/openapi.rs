@@ -286,7 +286,7 @@ fn schemas() -> Value {
             "events": {"type": "array", "minItems": 1, "maxItems": 100, "items": {"$ref": "#/components/schemas/EventFilter"}},
             "rate_limit_per_s": {"type": ["integer", "null"], "minimum": 1, "maximum": 10000},
             "tenant_id": {"anyOf": [{"type": "null"}, {"type": "string", "pattern": TENANT_ID_PATTERN}],
-                          "description": "admin only: a subscription scoped to one tenant's events"}
+                          "description": "admin only: a subscription of one tenant's events, made for it by the operator (managed: the tenant sees it, only the operator changes it)"}
         }},
         "EventFilter": {"type": "string", "maxLength": 100, "pattern": "^(\\*|[a-z0-9_-]+(\\.[a-z0-9_-]+)+)$",
                         "description": "\"*\", one of Sagaplane's event types, or a custom type (a dot; not tenant./saga./subscription.)"},
@@ -295,8 +295,9 @@ fn schemas() -> Value {
             "status": {"type": "string", "enum": ["active", "disabled"]},
             "rate_limit_per_s": {"type": ["integer", "null"], "minimum": 1, "maximum": 10000}
         }},
-        "Recover": {"type": "object", "required": ["since"], "properties": {
-            "since": {"type": "string", "format": "date-time", "description": "dead deliveries of events since then go back to pending"}
+        "Recover": {"type": "object", "additionalProperties": false, "required": ["since"], "properties": {
+            "since": {"type": "string", "format": "date-time", "description": "dead deliveries of events since then go back to pending"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "at most this many (and at most 1000) in one call, oldest first"}
         }},
         "Rollout": {"type": "object", "additionalProperties": false, "properties": {
             "service": {"type": ["string", "null"], "description": "one service's migrations; all when absent or null"},
@@ -462,7 +463,7 @@ fn tenant_paths() -> Value {
             "get": secured(json!({"summary": "Subscriptions (a tenant key sees its tenant's)", "parameters": [limit_param(), query_param("cursor", "next_cursor of the previous page", uuid())],
                 "responses": {"200": {"description": "{items, next_cursor}"}}})),
             "post": secured(json!({"summary": "Subscribe a URL to events; the secret is in this answer only", "requestBody": body("CreateSubscription", true),
-                "responses": {"201": {"description": "{id, url, nats, events, tenant_id, status, rate_limit_per_s, created_at, updated_at, secret}"}, "422": problem("invalid subscription")}})),
+                "responses": {"201": {"description": "{id, url, nats, events, tenant_id, managed, status, rate_limit_per_s, created_at, updated_at, secret}"}, "409": problem("the tenant has made as many subscriptions as it may"), "422": problem("invalid subscription")}})),
         },
         "/v1/subscriptions/{id}": {
             "parameters": [path_param("id", "subscription id", uuid())],
@@ -477,8 +478,8 @@ fn tenant_paths() -> Value {
         },
         "/v1/subscriptions/{id}/recover": {
             "parameters": [path_param("id", "subscription id", uuid())],
-            "post": secured(json!({"summary": "Every dead delivery of it since a time goes back to pending", "requestBody": body("Recover", true),
-                "responses": {"202": {"description": "{replayed}"}, "422": problem("since is not a time")}})),
+            "post": secured(json!({"summary": "Dead deliveries of it since a time go back to pending, at most 1000 a call", "requestBody": body("Recover", true),
+                "responses": {"202": {"description": "{replayed, more}"}, "422": problem("since is not a time")}})),
         },
         "/v1/deliveries": {
             "get": secured(json!({"summary": "Deliveries, newest first (a tenant key sees its subscriptions')",

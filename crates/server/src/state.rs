@@ -30,7 +30,31 @@ pub struct AppState {
     pub(crate) hook: Option<Arc<dyn TransitionHook>>,
     /// What authentication remembers about tenant tokens.
     pub(crate) key_lookups: Arc<crate::auth::KeyLookups>,
+    /// What a tenant's own subscriptions may be.
+    pub(crate) subscription_rules: SubscriptionRules,
 }
+
+/// Limits on the subscriptions a tenant makes itself.
+#[derive(Clone, Debug)]
+pub struct SubscriptionRules {
+    /// The subject prefix of a tenant's NATS subscriptions, `{tenant_id}` replaced by its id
+    /// (`SAGAPLANE_NATS_TENANT_PREFIX`).
+    pub nats_tenant_prefix: String,
+    /// Subscriptions a tenant may make (`SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX`).
+    pub tenant_max: u32,
+}
+
+impl Default for SubscriptionRules {
+    fn default() -> Self {
+        SubscriptionRules {
+            nats_tenant_prefix: delivery::nats::TENANT_PREFIX_DEFAULT.to_string(),
+            tenant_max: TENANT_SUBSCRIPTIONS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Subscriptions a tenant may make unless `SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX` says otherwise.
+pub const TENANT_SUBSCRIPTIONS_MAX_DEFAULT: u32 = 20;
 
 /// What the tenant routes need beyond the store.
 #[derive(Clone)]
@@ -63,7 +87,14 @@ impl AppState {
             tenancy: None,
             hook: None,
             key_lookups: Arc::new(crate::auth::KeyLookups::new()),
+            subscription_rules: SubscriptionRules::default(),
         }
+    }
+
+    /// Limits on tenants' own subscriptions.
+    pub fn with_subscription_rules(mut self, rules: SubscriptionRules) -> Self {
+        self.subscription_rules = rules;
+        self
     }
 
     /// Commits what `hook` derives from an operator's change together with it.

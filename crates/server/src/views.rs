@@ -166,6 +166,7 @@ pub fn subscription(record: &saga_store::SubscriptionRecord) -> Value {
         "nats": nats,
         "events": record.events,
         "tenant_id": record.tenant_id,
+        "managed": record.managed,
         "status": record.status.as_str(),
         "rate_limit_per_s": record.rate_limit_per_s,
         "failing_since": record.failing_since_ms.map(timestamp),

@@ -17,6 +17,7 @@ use crate::{
 
 fn subscription(url: &str, events: &[&str], tenant: Option<&str>, now_ms: i64) -> SubscriptionRecord {
     SubscriptionRecord {
+        managed: false,
         id: Uuid::now_v7(),
         destination: Destination::Url(url.into()),
         events: events.iter().map(|e| e.to_string()).collect(),
@@ -344,5 +345,28 @@ pub async fn addressed_events_reach_their_subscription_alone(store: Arc<dyn Stor
     let late = OutboxEvent::new("tenant.activated", Some("acme"), json!({}), 14).to(owned.id);
     db(store.events_append(&[late]).await)?;
     ensure!(deliveries_of(store.as_ref(), owned.id).await?.len() == 2, "a disabled subscription gets nothing");
+    Ok(())
+}
+
+pub async fn a_tenants_own_subscriptions_are_capped(store: Arc<dyn Store>) -> CheckResult {
+    let (tenant, saga) = (super::control::tenant("acme", 1), super::control::tenant_saga("acme", 1));
+    db(store.tenant_create(tenant, saga, None).await)?;
+    let own = |n: i64| subscription("http://acme", &["*"], Some("acme"), n);
+    for n in 0..2 {
+        db(store.subscription_create_capped(&own(n), 2).await)?;
+    }
+    let third = store.subscription_create_capped(&own(3), 2).await;
+    ensure!(matches!(third, Err(StoreError::Conflict(_))), "a third of two: {third:?}");
+    // The operator's for the tenant do not count; neither do other tenants' or the operator's own.
+    let managed = SubscriptionRecord { managed: true, ..own(4) };
+    db(store.subscription_create_capped(&managed, 2).await)?;
+    db(store.subscription_create_capped(&subscription("http://ops", &["*"], None, 5), 2).await)?;
+    let stored = db(store.subscription_get(managed.id).await)?;
+    ensure!(stored.managed && stored.tenant_id.as_deref() == Some("acme"), "{stored:?}");
+    // Two at once when one more fits: exactly one is written.
+    let (six, seven) = (own(6), own(7));
+    let (first, second) =
+        tokio::join!(store.subscription_create_capped(&six, 3), store.subscription_create_capped(&seven, 3));
+    ensure!(first.is_ok() != second.is_ok(), "one of two racing creates: {first:?} {second:?}");
     Ok(())
 }

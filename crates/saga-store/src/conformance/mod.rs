@@ -99,6 +99,7 @@ macro_rules! store_conformance {
             addressed_events_reach_their_subscription_alone,
             deliveries_are_claimed_newest_first_once_and_fenced,
             failed_attempts_retry_then_die_and_are_replayed_and_recovered,
+            a_tenants_own_subscriptions_are_capped,
         );
     };
     (@tests $module:ident, $fresh:ident; $($check:ident),* $(,)?) => {

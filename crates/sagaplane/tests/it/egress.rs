@@ -64,7 +64,7 @@ async fn a_tenants_subscriptions_reach_no_internal_address() {
         json!({"url": format!("http://[::ffff:127.0.0.1]:{port}/mapped")}),
         json!({"url": "http://169.254.169.254/latest/meta-data/"}),
         json!({"url": "http://10.1.2.3/internal"}),
-        json!({"nats": {"url": format!("nats://localhost:{nats_port}"), "subject": "acme.events"}}),
+        json!({"nats": {"url": format!("nats://localhost:{nats_port}"), "subject": "tenants.acme.events"}}),
     ];
     let mut refused = Vec::new();
     for destination in destinations {

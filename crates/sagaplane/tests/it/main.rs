@@ -17,6 +17,7 @@ mod production_pg;
 mod profile;
 mod restart;
 mod sagas;
+mod subscriptions;
 mod takeover;
 mod tenants;
 mod traces;

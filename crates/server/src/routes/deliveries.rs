@@ -206,6 +206,16 @@ pub async fn create(
             None
         }
     };
+    // The operator's subscription for a tenant is the operator's to change (`managed`).
+    let managed = principal.tenant_scope().is_none() && tenant_id.is_some();
+    if let (Some(Destination::Nats { subject, .. }), true) = (&destination, errors.is_empty()) {
+        let tenant = tenant_id.as_deref().filter(|_| !managed);
+        if let Some(refusal) =
+            delivery::nats::subject_refusal(subject, tenant, &state.subscription_rules.nats_tenant_prefix)
+        {
+            add(&mut errors, "/nats/subject", refusal);
+        }
+    }
     let (Some(destination), Some(events), true) = (destination, events, errors.is_empty()) else {
         return Err(ApiError::validation("the subscription is invalid", errors));
     };
@@ -215,6 +225,7 @@ pub async fn create(
         destination,
         events,
         tenant_id,
+        managed,
         status: SubscriptionStatus::Active,
         rate_limit_per_s: rate_limit,
         secret: delivery::new_secret(),
@@ -224,7 +235,7 @@ pub async fn create(
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     };
-    state.store.subscription_create(&subscription).await?;
+    state.store.subscription_create_capped(&subscription, state.subscription_rules.tenant_max).await?;
     let mut view = views::subscription(&subscription);
     view["secret"] = json!(subscription.secret);
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -243,6 +254,18 @@ async fn visible(state: &AppState, principal: &Principal, id: &str) -> Result<Su
         Some(scope) if subscription.tenant_id.as_deref() != Some(scope) => Err(missing()),
         _ => Ok(subscription),
     }
+}
+
+/// A subscription `principal` may change: a tenant may not change one the operator made for it
+/// (its secret rotated by the tenant would let the tenant sign as the operator).
+async fn changeable(state: &AppState, principal: &Principal, id: &str) -> Result<SubscriptionRecord, ApiError> {
+    let subscription = visible(state, principal, id).await?;
+    if principal.tenant_scope().is_some() && subscription.managed {
+        return Err(ApiError::Forbidden(
+            "the operator made this subscription for your tenant; only the operator changes it".into(),
+        ));
+    }
+    Ok(subscription)
 }
 
 fn cursor(query: &HashMap<String, String>) -> Result<Option<Uuid>, ApiError> {
@@ -289,7 +312,7 @@ pub async fn patch(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let subscription = visible(&state, &principal, &id).await?;
+    let subscription = changeable(&state, &principal, &id).await?;
     let body = parse_body(body)?;
     let map = object(&body, "{events?, status?, rate_limit_per_s?}")?;
     let mut errors = Vec::new();
@@ -323,7 +346,7 @@ pub async fn delete(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let subscription = visible(&state, &principal, &id).await?;
+    let subscription = changeable(&state, &principal, &id).await?;
     match state.store.subscription_delete(subscription.id, state.clock.now_ms()).await {
         Ok(()) | Err(StoreError::NotFound) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(e) => Err(e.into()),
@@ -336,7 +359,7 @@ pub async fn rotate_secret(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let subscription = visible(&state, &principal, &id).await?;
+    let subscription = changeable(&state, &principal, &id).await?;
     let now_ms = state.clock.now_ms();
     let secret = delivery::new_secret();
     let rotated = state
@@ -358,7 +381,7 @@ pub async fn recover(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let subscription = visible(&state, &principal, &id).await?;
+    let subscription = changeable(&state, &principal, &id).await?;
     let body = parse_body(body)?;
     let map = object(&body, "{since, limit?}")?;
     if let Some(key) = map.keys().find(|key| !["since", "limit"].contains(&key.as_str())) {

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::PostgresStore;
 use crate::rows::{changed_one, db, json_text};
 
-const SUBSCRIPTION_COLUMNS: &str = "id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
+const SUBSCRIPTION_COLUMNS: &str =
+    "id, url, nats_url, nats_subject, events, tenant_id, managed, status, rate_limit_per_s, \
      secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at";
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts, \
@@ -116,6 +117,7 @@ fn subscription(row: &PgRow) -> StoreResult<SubscriptionRecord> {
         destination,
         events: events.0,
         tenant_id: row.try_get("tenant_id").map_err(db)?,
+        managed: row.try_get("managed").map_err(db)?,
         status: SubscriptionStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("subscription status {status:?}")))?,
         rate_limit_per_s: rate.map(|r| r.max(0) as u32),
@@ -152,16 +154,34 @@ fn delivery(row: &PgRow) -> StoreResult<DeliveryRecord> {
 /// The subscription's fields a [`DeliveryStore::subscription_put`] of an existing one replaces.
 const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = excluded.url, nats_url = excluded.nats_url, \
      nats_subject = excluded.nats_subject, events = excluded.events, tenant_id = excluded.tenant_id, \
-     status = excluded.status, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
+     status = excluded.status, managed = excluded.managed, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
      failing_since = NULL, updated_at = excluded.updated_at";
 
 impl PostgresStore {
     async fn subscription_insert(&self, s: &SubscriptionRecord, on_conflict: &str) -> StoreResult<()> {
+        insert_subscription(&self.db, s, on_conflict).await
+    }
+}
+
+/// When a tenant has made as many subscriptions as it may.
+fn subscriptions_at_limit(tenant_max: u32) -> StoreError {
+    StoreError::Conflict(format!(
+        "the tenant has {tenant_max} subscriptions of its own, the most it may make \
+         (SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX); delete one first"
+    ))
+}
+
+async fn insert_subscription<'e, E: sqlx::Executor<'e, Database = sqlx::Postgres>>(
+    executor: E,
+    s: &SubscriptionRecord,
+    on_conflict: &str,
+) -> StoreResult<()> {
+    {
         let (url, nats_url, nats_subject) = s.destination.columns();
         sqlx::query(&format!(
             "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
-               secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $14, $12, $13){on_conflict}"
+               secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at, managed) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $14, $12, $13, $15){on_conflict}"
         ))
         .bind(s.id)
         .bind(url)
@@ -177,7 +197,8 @@ impl PostgresStore {
         .bind(s.created_at_ms)
         .bind(s.updated_at_ms)
         .bind(s.failing_since_ms)
-        .execute(&self.db)
+        .bind(s.managed)
+        .execute(executor)
         .await
         .map_err(db)?;
         Ok(())
@@ -188,6 +209,29 @@ impl PostgresStore {
 impl DeliveryStore for PostgresStore {
     async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
         self.subscription_insert(s, "").await
+    }
+
+    async fn subscription_create_capped(&self, s: &SubscriptionRecord, tenant_max: u32) -> StoreResult<()> {
+        let Some(tenant) = s.tenant_id.as_deref().filter(|_| !s.managed) else {
+            return self.subscription_insert(s, "").await;
+        };
+        let mut tx = self.db.begin().await.map_err(db)?;
+        // The tenant's row serialises concurrent creators, so the count below cannot go stale.
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let own: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE tenant_id = $1 AND NOT managed")
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        if own >= i64::from(tenant_max) {
+            return Err(subscriptions_at_limit(tenant_max));
+        }
+        insert_subscription(&mut *tx, s, "").await?;
+        tx.commit().await.map_err(db)
     }
 
     async fn subscription_put(&self, s: &SubscriptionRecord) -> StoreResult<()> {

@@ -15,7 +15,8 @@ use uuid::Uuid;
 use super::SqliteStore;
 use crate::rows::{changed_one, db, json_text, uuid_column};
 
-const SUBSCRIPTION_COLUMNS: &str = "id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
+const SUBSCRIPTION_COLUMNS: &str =
+    "id, url, nats_url, nats_subject, events, tenant_id, managed, status, rate_limit_per_s, \
      secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at";
 
 const DELIVERY_COLUMNS: &str = "id, event_id, subscription_id, event_type, tenant_id, status, attempts, \
@@ -141,6 +142,7 @@ fn subscription(row: &SqliteRow) -> StoreResult<SubscriptionRecord> {
         destination,
         events: serde_json::from_str(&events).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         tenant_id: row.try_get("tenant_id").map_err(db)?,
+        managed: row.try_get("managed").map_err(db)?,
         status: SubscriptionStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("subscription status {status:?}")))?,
         rate_limit_per_s: rate.and_then(|r| u32::try_from(r).ok()),
@@ -177,7 +179,7 @@ fn delivery(row: &SqliteRow) -> StoreResult<DeliveryRecord> {
 /// The subscription's fields a [`DeliveryStore::subscription_put`] of an existing one replaces.
 const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = excluded.url, nats_url = excluded.nats_url, \
      nats_subject = excluded.nats_subject, events = excluded.events, tenant_id = excluded.tenant_id, \
-     status = excluded.status, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
+     status = excluded.status, managed = excluded.managed, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
      failing_since = NULL, updated_at = excluded.updated_at";
 
 impl SqliteStore {
@@ -185,8 +187,8 @@ impl SqliteStore {
         let (url, nats_url, nats_subject) = s.destination.columns();
         sqlx::query(&format!(
             "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
-               secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?14, ?12, ?13){on_conflict}"
+               secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at, managed) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?14, ?12, ?13, ?15){on_conflict}"
         ))
         .bind(s.id.to_string())
         .bind(url)
@@ -202,6 +204,7 @@ impl SqliteStore {
         .bind(s.created_at_ms)
         .bind(s.updated_at_ms)
         .bind(s.failing_since_ms)
+        .bind(s.managed)
         .execute(&self.writer)
         .await
         .map_err(db)?;
@@ -213,6 +216,46 @@ impl SqliteStore {
 impl DeliveryStore for SqliteStore {
     async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
         self.subscription_insert(s, "").await
+    }
+
+    async fn subscription_create_capped(&self, s: &SubscriptionRecord, tenant_max: u32) -> StoreResult<()> {
+        let Some(tenant) = s.tenant_id.as_deref().filter(|_| !s.managed) else {
+            return self.subscription_insert(s, "").await;
+        };
+        // One statement on the one writer: the count and the insert cannot be split.
+        let (url, nats_url, nats_subject) = s.destination.columns();
+        let inserted = sqlx::query(
+            "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
+               secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at, managed) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?14, ?12, ?13, ?15 \
+             WHERE (SELECT count(*) FROM subscriptions WHERE tenant_id = ?6 AND NOT managed) < ?16",
+        )
+        .bind(s.id.to_string())
+        .bind(url)
+        .bind(nats_url)
+        .bind(nats_subject)
+        .bind(json_text(&s.events)?)
+        .bind(tenant)
+        .bind(s.status.as_str())
+        .bind(s.rate_limit_per_s.map(i64::from))
+        .bind(&s.secret)
+        .bind(&s.previous_secret)
+        .bind(s.previous_secret_until_ms)
+        .bind(s.created_at_ms)
+        .bind(s.updated_at_ms)
+        .bind(s.failing_since_ms)
+        .bind(s.managed)
+        .bind(i64::from(tenant_max))
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "the tenant has {tenant_max} subscriptions of its own, the most it may make \
+                 (SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX); delete one first"
+            )));
+        }
+        Ok(())
     }
 
     async fn subscription_put(&self, s: &SubscriptionRecord) -> StoreResult<()> {
