@@ -276,6 +276,8 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// `managed`): [`crate::StoreError::Conflict`] when the tenant already has `tenant_max`
     /// of its own (checked and written atomically).
     async fn subscription_create_capped(&self, s: &SubscriptionRecord, tenant_max: u32) -> StoreResult<()>;
+    /// Which of `ids` are subscriptions that exist (the metrics of the others are not shown).
+    async fn subscriptions_existing(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>>;
     /// Creates it, or — when one with its id exists — replaces its destination, filters, scope,
     /// status and secret (a subscription that configuration owns, like the CRM callback's).
     async fn subscription_put(&self, subscription: &SubscriptionRecord) -> StoreResult<()>;

@@ -363,6 +363,8 @@ pub async fn a_tenants_own_subscriptions_are_capped(store: Arc<dyn Store>) -> Ch
     db(store.subscription_create_capped(&subscription("http://ops", &["*"], None, 5), 2).await)?;
     let stored = db(store.subscription_get(managed.id).await)?;
     ensure!(stored.managed && stored.tenant_id.as_deref() == Some("acme"), "{stored:?}");
+    let existing = db(store.subscriptions_existing(&[managed.id, Uuid::now_v7()]).await)?;
+    ensure!(existing == vec![managed.id], "only those that exist: {existing:?}");
     // Two at once when one more fits: exactly one is written.
     let (six, seven) = (own(6), own(7));
     let (first, second) =

@@ -122,3 +122,35 @@ async fn the_operators_subscription_for_a_tenant_stays_the_operators() {
     delivery_of(&app, &id, "succeeded").await;
     assert_eq!(receiver.requests("/ops").len(), 1);
 }
+
+/// `/metrics` (served to anyone) labels destinations by subscription id only — never by text a
+/// tenant chose — and a deleted subscription's series are gone from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_subscriptions_series_leave_the_metrics() {
+    let receiver = Participant::start().await;
+    let app = App::spawn(BIN, Backend::Sqlite, &[("SAGAPLANE_HTTP_ALLOW", "127.0.0.1".to_string())]).await;
+    let token = acme_with_key(&app).await;
+    let body =
+        json!({"url": format!("{}/chosen-by-acme?label=tenant-text", receiver.url), "events": ["saga.completed"]});
+    let (status, _, created) = app.send(as_key(&app, &token, Method::POST, "/v1/subscriptions").json(&body)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    app.put_definition("one", &fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]))).await;
+    let start = json!({"definition": "one", "input": {}, "tenant_id": "acme"});
+    let (status, _, saga) = app.send(app.request(Method::POST, "/v1/sagas?wait=10s").json(&start)).await;
+    assert!(status == 200 || status == 201, "{saga}");
+    delivery_of(&app, &id, "succeeded").await;
+    let metrics =
+        || async { reqwest::get(format!("{}/metrics", app.url)).await.expect("metrics").text().await.expect("text") };
+    let before = metrics().await;
+    assert!(before.contains(&format!("subscription=\"{id}\"")), "{before}");
+    assert!(!before.contains("chosen-by-acme") && !before.contains("tenant-text"), "tenant text in a label");
+    let (status, _, _) = app.send(as_key(&app, &token, Method::DELETE, &format!("/v1/subscriptions/{id}"))).await;
+    assert_eq!(status, 204);
+    let after = metrics().await;
+    assert!(!after.contains(&id), "a deleted subscription's series are still shown");
+    assert!(
+        after.contains("saga_delivery_attempts_total") || !before.contains("saga_delivery_attempts_total{"),
+        "{after}"
+    );
+}

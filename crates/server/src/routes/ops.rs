@@ -85,7 +85,36 @@ pub async fn status(
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let body = without_deleted_subscriptions(&state, body).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The metrics text without the series of subscriptions deleted since they were recorded (the
+/// recorder cannot forget a series; a deleted subscription's must not linger on `/metrics`).
+/// Series are labelled with subscription ids, never with text a tenant chose.
+async fn without_deleted_subscriptions(state: &AppState, body: String) -> String {
+    let labelled: std::collections::BTreeSet<uuid::Uuid> = body.lines().filter_map(subscription_label).collect();
+    if labelled.is_empty() {
+        return body;
+    }
+    let ids: Vec<uuid::Uuid> = labelled.into_iter().collect();
+    let existing: std::collections::HashSet<uuid::Uuid> = match state.store.subscriptions_existing(&ids).await {
+        Ok(existing) => existing.into_iter().collect(),
+        // Unknown: show them rather than hide live ones.
+        Err(_) => return body,
+    };
+    let mut kept = String::with_capacity(body.len());
+    for line in body.lines().filter(|line| subscription_label(line).is_none_or(|id| existing.contains(&id))) {
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    kept
+}
+
+/// The `subscription="<uuid>"` label of a metrics line.
+fn subscription_label(line: &str) -> Option<uuid::Uuid> {
+    let start = line.find("subscription=\"")? + "subscription=\"".len();
+    uuid::Uuid::parse_str(line.get(start..start + 36)?).ok()
 }
 
 /// The document, with the storage modes this server's tenant storage offers (so a client, and

@@ -211,6 +211,14 @@ impl DeliveryStore for PostgresStore {
         self.subscription_insert(s, "").await
     }
 
+    async fn subscriptions_existing(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        sqlx::query_scalar("SELECT id FROM subscriptions WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.db)
+            .await
+            .map_err(db)
+    }
+
     async fn subscription_create_capped(&self, s: &SubscriptionRecord, tenant_max: u32) -> StoreResult<()> {
         let Some(tenant) = s.tenant_id.as_deref().filter(|_| !s.managed) else {
             return self.subscription_insert(s, "").await;

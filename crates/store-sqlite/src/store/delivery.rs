@@ -218,6 +218,20 @@ impl DeliveryStore for SqliteStore {
         self.subscription_insert(s, "").await
     }
 
+    async fn subscriptions_existing(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM subscriptions WHERE id IN (SELECT value FROM json_each(?1))")
+                .bind(json_text(&ids)?)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db)?;
+        found
+            .iter()
+            .map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(format!("subscription id {id:?}: {e}"))))
+            .collect()
+    }
+
     async fn subscription_create_capped(&self, s: &SubscriptionRecord, tenant_max: u32) -> StoreResult<()> {
         let Some(tenant) = s.tenant_id.as_deref().filter(|_| !s.managed) else {
             return self.subscription_insert(s, "").await;
