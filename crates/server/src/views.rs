@@ -207,16 +207,70 @@ pub fn delivery_attempt(record: &saga_store::DeliveryAttemptRecord) -> Value {
 
 /// `GET /v1/sagas/{id}/blockers`: `{saga_id, status, runnable, blockers: [{kind, detail, until?,
 /// …}]}`.
-pub fn blockers(record: &saga_store::SagaRecord, explained: &saga_runtime::blockers::Blockers) -> Value {
+/// Who reads a blockers view: the operator sees everything; a tenant sees no worker's name, no
+/// participant endpoint, and of the sagas holding a concurrency key only its own (the others
+/// counted in `other_holders`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Viewer {
+    Operator,
+    Tenant { other_holders: usize },
+}
+
+pub fn blockers(
+    record: &saga_store::SagaRecord,
+    explained: &saga_runtime::blockers::Blockers,
+    viewer: Viewer,
+) -> Value {
     let at = |ms: i64| if ms >= saga_store::RUN_AT_NEVER_MS { Value::Null } else { timestamp(ms) };
     let maybe = |ms: Option<i64>| ms.map_or(Value::Null, at);
-    let items: Vec<Value> = explained.blockers.iter().map(|blocker| blocker_view(blocker, &at, &maybe)).collect();
+    let items: Vec<Value> = explained
+        .blockers
+        .iter()
+        .map(|blocker| match viewer {
+            Viewer::Operator => blocker_view(blocker, &at, &maybe),
+            Viewer::Tenant { other_holders } => tenant_blocker_view(blocker, other_holders, &at, &maybe),
+        })
+        .collect();
     json!({
         "saga_id": record.id,
         "status": record.status.as_str(),
         "runnable": explained.runnable,
         "blockers": items,
     })
+}
+
+/// A blocker as a tenant sees it: what the operator's side names (workers, endpoints, other
+/// tenants' sagas) said without the names.
+fn tenant_blocker_view(
+    blocker: &saga_runtime::blockers::Blocker,
+    other_holders: usize,
+    at: &dyn Fn(i64) -> Value,
+    maybe: &dyn Fn(Option<i64>) -> Value,
+) -> Value {
+    use saga_runtime::blockers::Blocker;
+    let when = |ms: i64| at(ms).as_str().map_or_else(|| "never".to_string(), str::to_string);
+    match blocker {
+        Blocker::Concurrency { key, limit, holders } => json!({
+            "kind": "concurrency", "key": key, "limit": limit, "holders": holders, "other_holders": other_holders,
+            "detail": format!("concurrency key {key:?} is at its limit{}: it starts when one of {} running saga(s) ends",
+                limit.map_or_else(String::new, |l| format!(" of {l}")), holders.len() + other_holders),
+        }),
+        Blocker::Breaker { step, until_ms, .. } => json!({
+            "kind": "breaker", "step": step, "until": at(*until_ms),
+            "detail": format!("a participant's breaker is open: step {} is deferred until {}", step.as_deref().unwrap_or("?"), when(*until_ms)),
+        }),
+        Blocker::Lease { until_ms, .. } => json!({
+            "kind": "lease", "until": at(*until_ms),
+            "detail": format!("a worker is running it (lease until {}, renewed while it lives)", when(*until_ms)),
+        }),
+        Blocker::Queued { queue_depth, oldest_due_at_ms, expired_lease_of } => json!({
+            "kind": "queued", "queue_depth": queue_depth, "oldest_due_at": maybe(*oldest_due_at_ms),
+            "detail": format!("due now, waiting for a free worker: {queue_depth} saga(s) due{}{}",
+                oldest_due_at_ms.map_or_else(String::new, |o| format!(", the oldest since {}", when(o))),
+                if expired_lease_of.is_some() { "; a worker's lease on it expired" } else { "" }),
+        }),
+        other => blocker_view(other, at, maybe),
+    }
 }
 
 fn blocker_view(

@@ -182,3 +182,49 @@ async fn a_deferred_step_names_its_open_breaker() {
     assert_eq!(body["blockers"][0]["endpoint"], participant.url, "{body}");
     assert!(seconds_from_now(&body["blockers"][0]["until"]) > 3000, "deferred for the cool-down: {body}");
 }
+
+/// A tenant reading why its saga waits learns what holds it, not the operator's side: no
+/// worker's name, and of the sagas holding a shared concurrency key only its own ids — another
+/// tenant's saga holding the key is counted, not named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_sees_its_blockers_without_the_operators_side() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let mut tokens = Vec::new();
+    for tenant in ["acme", "beta"] {
+        let (status, _, body) =
+            app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": tenant, "name": tenant}))).await;
+        assert_eq!(status, 202, "{body}");
+        crate::tenants::until_status(&app, tenant, &["ACTIVE"]).await;
+        let (_, _, key) =
+            app.send(app.request(Method::POST, &format!("/v1/tenants/{tenant}/api-keys")).json(&json!({}))).await;
+        tokens.push(key["token"].as_str().expect("token").to_string());
+    }
+    let mut keyed = fast_definition(json!([{"name": "approve", "action": {"signal": {"name": "go"}}}]));
+    keyed["concurrency"] = json!({"key": "shared", "limit": 1});
+    assert_eq!(app.put_definition("keyed", &keyed).await.0, 201);
+    let start = |tenant: &str| {
+        app.request(Method::POST, "/v1/sagas").json(&json!({"definition": "keyed", "input": {}, "tenant_id": tenant}))
+    };
+    let (_, _, betas) = app.send(start("beta")).await;
+    let betas = betas["id"].as_str().expect("id").to_string();
+    until_blocked_by(&app, &betas, "signal").await;
+    let (_, _, acmes) = app.send(start("acme")).await;
+    let acmes = acmes["id"].as_str().expect("id").to_string();
+    let operator = until_blocked_by(&app, &acmes, "concurrency").await;
+    assert_eq!(operator["blockers"][0]["holders"], json!([betas]), "the operator sees every holder: {operator}");
+    let as_acme = app.http.get(format!("{}/v1/sagas/{acmes}/blockers", app.url)).bearer_auth(&tokens[0]);
+    let (status, _, seen) = app.send(as_acme).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["blockers"][0]["holders"], json!([]), "{seen}");
+    assert_eq!(seen["blockers"][0]["other_holders"], 1, "{seen}");
+    assert!(!seen.to_string().contains(&betas), "another tenant's saga id is shown: {seen}");
+    // A running step's lease: the worker is not named to the tenant.
+    let (_, _, running) = app.send(app.request(Method::GET, &format!("/v1/sagas/{betas}"))).await;
+    let worker = running["lease_owner"].as_str().unwrap_or("").to_string();
+    let as_beta = app.http.get(format!("{}/v1/sagas/{betas}/blockers", app.url)).bearer_auth(&tokens[1]);
+    let (_, _, beta_view) = app.send(as_beta).await;
+    assert!(worker.is_empty() || !beta_view.to_string().contains(&worker), "{beta_view}");
+    let as_beta = app.http.get(format!("{}/v1/sagas/{betas}", app.url)).bearer_auth(&tokens[1]);
+    let (_, _, beta_saga) = app.send(as_beta).await;
+    assert!(beta_saga.get("lease_owner").is_none(), "{beta_saga}");
+}

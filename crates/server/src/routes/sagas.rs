@@ -417,6 +417,26 @@ pub async fn blockers(
         Ok((_, definition)) => definition.concurrency.as_ref().map(|c| c.limit),
         Err(_) => None,
     };
-    let explained = saga_runtime::blockers::explain(&record, &facts, limit, now_ms);
-    Ok(Json(views::blockers(&record, &explained)))
+    let mut explained = saga_runtime::blockers::explain(&record, &facts, limit, now_ms);
+    let viewer = match principal.tenant_scope() {
+        None => views::Viewer::Operator,
+        // Of the sagas holding its concurrency key, a tenant is shown its own only.
+        Some(tenant) => {
+            let mut other_holders = 0;
+            for blocker in &mut explained.blockers {
+                if let saga_runtime::blockers::Blocker::Concurrency { holders, .. } = blocker {
+                    let mut own = Vec::with_capacity(holders.len());
+                    for holder in holders.iter() {
+                        match state.store.saga_get(*holder).await {
+                            Ok(held) if held.tenant_id.as_deref() == Some(tenant) => own.push(*holder),
+                            _ => other_holders += 1,
+                        }
+                    }
+                    *holders = own;
+                }
+            }
+            views::Viewer::Tenant { other_holders }
+        }
+    };
+    Ok(Json(views::blockers(&record, &explained, viewer)))
 }
