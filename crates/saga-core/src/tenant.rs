@@ -116,7 +116,8 @@ impl TenantStatus {
     }
 }
 
-/// Tenant ids: `^[a-z][a-z0-9-]{1,61}[a-z0-9]$` (3 to 63 characters).
+/// Tenant ids: `^[a-z][a-z0-9-]{1,61}[a-z0-9]$` (3 to 63 characters), except the shape
+/// [`tenant_object_name`] reserves for longer ids (see [`is_reserved_tenant_id`]).
 pub fn is_valid_tenant_id(id: &str) -> bool {
     let bytes = id.as_bytes();
     if !(3..=63).contains(&bytes.len()) || !bytes[0].is_ascii_lowercase() {
@@ -125,7 +126,28 @@ pub fn is_valid_tenant_id(id: &str) -> bool {
     let last = bytes[bytes.len() - 1];
     (last.is_ascii_lowercase() || last.is_ascii_digit())
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && !is_reserved_tenant_id(id)
 }
+
+/// Why a well-formed id is refused: its plain object name would have the shape of a longer
+/// id's hashed one (`tenant_` + 43 characters + `_` + 12 hex digits), so it could take over that
+/// tenant's role, schema, database or file. Ids of exactly 56 characters ending in `-` and 12
+/// lowercase hex digits are therefore not ids; every other id maps to a name no other id has.
+pub fn is_reserved_tenant_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() == OBJECT_NAME_MAX - "tenant_".len()
+        && bytes[HASHED_PREFIX_CHARS - "tenant_".len()] == b'-'
+        && bytes[bytes.len() - HASH_HEX_DIGITS..].iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// The plain part of a hashed object name: `tenant_` and the id's first 43 characters.
+const HASHED_PREFIX_CHARS: usize = 50;
+/// The hash in a hashed object name: 6 bytes of SHA-256, as hex.
+const HASH_HEX_DIGITS: usize = 12;
+
+/// What [`is_valid_tenant_id`] says of an id it refuses, for an error message.
+pub const TENANT_ID_RULE: &str = "must match ^[a-z][a-z0-9-]{1,61}[a-z0-9]$ (3 to 63 characters), and an id of 56 \
+     characters may not end in - and 12 hex digits (the shape of a longer id's storage name)";
 
 /// PostgreSQL's identifier limit: longer names are silently cut to this many bytes.
 pub const OBJECT_NAME_MAX: usize = 63;
@@ -142,8 +164,9 @@ pub fn tenant_object_name(id: &str) -> String {
     if plain.len() <= OBJECT_NAME_MAX {
         return plain;
     }
-    let digest: String = Sha256::digest(id.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("{}_{digest}", &plain[..50])
+    let digest: String =
+        Sha256::digest(id.as_bytes()).iter().take(HASH_HEX_DIGITS / 2).map(|b| format!("{b:02x}")).collect();
+    format!("{}_{digest}", &plain[..HASHED_PREFIX_CHARS])
 }
 
 #[cfg(test)]
@@ -166,6 +189,15 @@ mod tests {
         let (name_a, name_b) = (tenant_object_name(&long_a), tenant_object_name(&long_b));
         assert!(name_a.len() <= OBJECT_NAME_MAX && name_b.len() <= OBJECT_NAME_MAX, "{name_a} {name_b}");
         assert_ne!(name_a, name_b, "long ids sharing a prefix must not share a name");
+        // The exact collision: a 56-character id crafted from a long id's hashed name would
+        // have that very name as its plain one. It is not an id.
+        let crafted = name_a["tenant_".len()..].replace('_', "-");
+        assert_eq!(crafted.len(), 56);
+        assert_eq!(format!("tenant_{}", crafted.replace('-', "_")), name_a, "the crafted id's plain name");
+        assert!(is_reserved_tenant_id(&crafted) && !is_valid_tenant_id(&crafted), "{crafted}");
+        // Other 56-character ids stay valid.
+        assert!(is_valid_tenant_id(&format!("a{}", "b".repeat(55))));
+        assert!(is_valid_tenant_id(&format!("{}-{}", "a".repeat(43), "g".repeat(12))), "not hex");
         assert!(
             name_a.starts_with("tenant_abbb")
                 && name_a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

@@ -1055,3 +1055,23 @@ async fn recorded_versions(conn: &mut PgConnection, schema: &str) -> Vec<i64> {
     let sql = format!("SELECT version::bigint FROM sagaplane_tenancy.{schema} ORDER BY version");
     sqlx::query_scalar::<_, i64>(&sql).fetch_all(conn).await.expect("recorded migrations")
 }
+
+/// A tenant id crafted so that its storage name equals a long id's hashed one (on SQLite: the
+/// other tenant's database file) is refused; the long id's tenant keeps its storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_crafted_to_share_a_long_ids_storage_name_is_refused() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let long = format!("a{}z", "b".repeat(61));
+    let (status, _, body) =
+        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": long, "name": "long"}))).await;
+    assert_eq!(status, 202, "{body}");
+    until_status(&app, &long, &["ACTIVE"]).await;
+    let name = saga_core::tenant::tenant_object_name(&long);
+    let crafted = name["tenant_".len()..].replace('_', "-");
+    let (status, _, body) =
+        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": crafted, "name": "crafted"}))).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["path"], "/id", "{body}");
+    let (status, _, _) = app.send(app.request(Method::GET, &format!("/v1/tenants/{crafted}"))).await;
+    assert_eq!(status, 404, "nothing of the crafted tenant exists");
+}

@@ -108,7 +108,7 @@ fn parse_start(body: &Value) -> Result<StartRequest, ApiError> {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if saga_core::tenant::is_valid_tenant_id(s) => Some(s.clone()),
         Some(_) => {
-            error("/tenant_id", "must match ^[a-z][a-z0-9-]{1,61}[a-z0-9]$");
+            error("/tenant_id", saga_core::tenant::TENANT_ID_RULE);
             None
         }
     };

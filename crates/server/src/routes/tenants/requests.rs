@@ -184,9 +184,7 @@ pub(super) fn parse_tenant(body: &Value, tenancy: &Tenancy) -> Result<TenantRequ
     let id = string_field(map, "id", &mut errors);
     match &id {
         None if !map.contains_key("id") => errors.add("/id", "is required"),
-        Some(id) if !is_valid_tenant_id(id) => {
-            errors.add("/id", "must match ^[a-z][a-z0-9-]{1,61}[a-z0-9]$ (3 to 63 characters)")
-        }
+        Some(id) if !is_valid_tenant_id(id) => errors.add("/id", saga_core::tenant::TENANT_ID_RULE),
         _ => {}
     }
     let name = check_name(string_field(map, "name", &mut errors), &mut errors, true);
