@@ -87,6 +87,8 @@ pub const TENANT_ADMIN_POOL_SIZE: u32 = 8;
 /// Tenant storage on one PostgreSQL server.
 pub struct PgTenantStorage {
     admin: Db,
+    /// The database the admin pool is in: where pooled and schema tenants' storage lives.
+    database: String,
     options: PgConnectOptions,
     /// Bounds sessions in tenants' own databases and as their migration roles.
     sessions: std::sync::Arc<tokio::sync::Semaphore>,
@@ -160,7 +162,48 @@ impl PgTenantStorage {
             .map_err(|e| TenantStorageError::Backend(e.to_string()))?;
         let options = admin.connect_options().clone().application_name(connect::application::TENANT_SESSION);
         let sessions = std::sync::Arc::new(tokio::sync::Semaphore::new(sessions_max.max(1) as usize));
-        Ok(PgTenantStorage { admin, options, sessions })
+        let database: String =
+            simple_scalar(&mut *admin.pool().acquire().await.map_err(backend)?, "SELECT current_database()").await?;
+        let storage = PgTenantStorage { admin, database, options, sessions };
+        storage.admit_only_tenants_stored_here().await?;
+        Ok(storage)
+    }
+
+    /// Only the roles whose storage is in this database may connect to it: not `PUBLIC` (a
+    /// silo tenant's role, or any other login, has no business in the control database), but
+    /// every pooled and schema tenant's role (made before this rule: granted here, at start).
+    /// Needs the database's ownership; without it the rule is logged and left to the operator.
+    async fn admit_only_tenants_stored_here(&self) -> Result<(), TenantStorageError> {
+        let database = quote_ident(&self.database);
+        if let Err(e) = sqlx::raw_sql(&format!("REVOKE CONNECT ON DATABASE {database} FROM PUBLIC"))
+            .execute(self.admin.pool())
+            .await
+        {
+            tracing::warn!(database = %self.database, error = %e,
+                "could not revoke CONNECT from PUBLIC (the role does not own the database); tenants' roles may connect to it");
+            return Ok(());
+        }
+        let roles: Vec<String> = sqlx::query_scalar(
+            "SELECT r.rolname::text FROM pg_roles r \
+             WHERE shobj_description(r.oid, 'pg_authid') LIKE 'sagaplane tenant %' \
+               AND (EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspowner = r.oid) \
+                    OR (to_regnamespace($1) IS NOT NULL AND has_schema_privilege(r.oid, $1, 'USAGE')))",
+        )
+        .bind(POOLED_SCHEMA)
+        .fetch_all(&self.admin)
+        .await
+        .map_err(backend)?;
+        for role in roles {
+            self.admit(&role).await?;
+        }
+        Ok(())
+    }
+
+    /// Lets `role` (a pooled or schema tenant's) connect to the database its storage is in.
+    async fn admit(&self, role: &str) -> Result<(), TenantStorageError> {
+        let grant = format!("GRANT CONNECT ON DATABASE {} TO {}", quote_ident(&self.database), quote_ident(role));
+        sqlx::raw_sql(&grant).execute(self.admin.pool()).await.map_err(backend)?;
+        Ok(())
     }
 
     /// Waits for a session slot, then opens a session with `options`.
@@ -367,13 +410,13 @@ impl PgTenantStorage {
     async fn drop_role(&self, role: &str, tenant_id: &str) -> Result<(), TenantStorageError> {
         match self.role_marker(role).await? {
             None => return Ok(()),
-            // Marked for another tenant (or by someone else): never ours to drop. An unmarked role
-            // is one made before roles were marked, by this tenant's own provisioning.
-            Some(Some(found)) if found != role_marker_text(tenant_id) => {
+            Some(Some(found)) if found == role_marker_text(tenant_id) => {}
+            // Unmarked, or marked for another tenant: someone else's role of this name (a
+            // provisioning of this tenant refused it). Never ours to drop, nor what it owns.
+            Some(_) => {
                 tracing::warn!(role, tenant_id, "not dropping a role Sagaplane did not make for this tenant");
                 return Ok(());
             }
-            Some(_) => {}
         }
         // The migration role first (it holds grants on the bookkeeping), then the tenant's.
         let migrator = migrator_name(tenant_id);
@@ -466,6 +509,7 @@ impl PgTenantStorage {
             }
         }
         // The grants always run (never skipped with a policy that already existed).
+        self.admit(role).await?;
         let mut grants = format!("GRANT USAGE ON SCHEMA {schema} TO {role_q};");
         for table in &tables {
             grants.push_str(&format!(
@@ -634,6 +678,7 @@ impl TenantStorage for PgTenantStorage {
                     Err(e) if is_code(&e, &["42P06", "42P07", "23505"]) => {}
                     Err(e) => return Err(backend(e)),
                 }
+                self.admit(&name).await?;
                 let migrator = self.ensure_migrator(&name, tenant_id).await?;
                 let mut conn = self.admin.pool().acquire().await.map_err(backend)?;
                 Self::ensure_bookkeeping(&mut conn, &name, &migrator).await?;
@@ -681,7 +726,13 @@ impl TenantStorage for PgTenantStorage {
 
     async fn storage_drop(&self, tenant_id: &str, mode: StorageMode) -> Result<(), TenantStorageError> {
         let name = tenant_object_name(tenant_id);
+        // A schema or database is the tenant's only when its owner is the role Sagaplane made
+        // and marked for this tenant: an unmarked role of the name (and what it owns) is not.
+        let ours = self.role_marker(&name).await? == Some(Some(role_marker_text(tenant_id)));
         match mode {
+            StorageMode::Schema | StorageMode::Database if !ours => {
+                tracing::warn!(role = %name, tenant_id, "not dropping storage whose owner Sagaplane did not make for this tenant");
+            }
             StorageMode::Schema if self.refuse_foreign(OwnedObject::Schema, &name, tenant_id).await.is_err() => {
                 tracing::warn!(schema = %name, tenant_id, "not dropping a schema this tenant's role does not own");
             }

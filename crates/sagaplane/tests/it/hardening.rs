@@ -497,6 +497,28 @@ async fn long_tenant_ids_never_share_storage_and_foreign_objects_are_never_adopt
             .await
             .expect("query");
     assert!(still, "the foreign role was changed or dropped");
+    // Deleting the tenant leaves the squatter's role and what it owns: they were never the
+    // tenant's (deprovisioning used to drop an unmarked role of the name, and its objects).
+    sqlx::query(&format!("GRANT \"{role}\" TO CURRENT_USER")).execute(&mut conn).await.expect("squat");
+    sqlx::query(&format!("CREATE SCHEMA \"{role}\" AUTHORIZATION \"{role}\"")).execute(&mut conn).await.expect("squat");
+    let (status, _, deleted) = app.send(app.request(Method::DELETE, &format!("/v1/tenants/{squatted}"))).await;
+    assert!(status == 202 || status == 200, "{deleted}");
+    crate::tenants::until_status(&app, &squatted, &["DELETED"]).await;
+    let role_still: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(&role)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query");
+    let schema_still: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(&role)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query");
+    assert!(
+        role_still && schema_still,
+        "deleting the tenant dropped what someone else made: {role_still} {schema_still}"
+    );
+    sqlx::query(&format!("DROP SCHEMA \"{role}\"; ")).execute(&mut conn).await.expect("clean up");
     sqlx::query(&format!("DROP ROLE \"{role}\"")).execute(&mut conn).await.expect("clean up");
 }
 

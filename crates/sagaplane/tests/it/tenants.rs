@@ -1075,3 +1075,41 @@ async fn an_id_crafted_to_share_a_long_ids_storage_name_is_refused() {
     let (status, _, _) = app.send(app.request(Method::GET, &format!("/v1/tenants/{crafted}"))).await;
     assert_eq!(status, 404, "nothing of the crafted tenant exists");
 }
+
+/// A tenant's role logs in only where its storage is: a silo tenant's role into its own
+/// database, not the control database (whose CONNECT is revoked from PUBLIC); a pooled tenant's
+/// role into the control database, where its rows are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_role_connects_only_where_its_storage_is() {
+    let app = App::spawn(BIN, Backend::Postgres, &[]).await;
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (silo, pooled) = (format!("silo-{suffix}"), format!("pooled-{suffix}"));
+    for (id, tier) in [(&silo, "silo"), (&pooled, "pooled")] {
+        let body = json!({"id": id, "name": id, "tier": tier});
+        let (status, _, answer) = app.send(app.request(Method::POST, "/v1/tenants").json(&body)).await;
+        assert_eq!(status, 202, "{answer}");
+        let tenant = until_status(&app, id, &["ACTIVE", "PROVISION_ERROR"]).await;
+        assert_eq!(tenant["status"], "ACTIVE", "{tenant}");
+    }
+    let mut admin = PgConnection::connect(&app.database_url).await.expect("admin");
+    let (silo_role, pooled_role) =
+        (saga_core::tenant::tenant_object_name(&silo), saga_core::tenant::tenant_object_name(&pooled));
+    for role in [&silo_role, &pooled_role] {
+        sqlx::raw_sql(&format!("ALTER ROLE \"{role}\" PASSWORD 'role-pw'"))
+            .execute(&mut admin)
+            .await
+            .expect("password");
+    }
+    let (control, server) = {
+        let parsed = reqwest::Url::parse(&app.database_url).expect("database URL");
+        let server = format!("{}:{}", parsed.host_str().expect("host"), parsed.port().unwrap_or(5432));
+        (parsed.path().trim_start_matches('/').to_string(), server)
+    };
+    let url = |role: &str, database: &str| format!("postgres://{role}:role-pw@{server}/{database}");
+    let refused =
+        PgConnection::connect(&url(&silo_role, &control)).await.expect_err("a silo role in the control database");
+    let code = refused.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("42501"), "{refused}");
+    PgConnection::connect(&url(&silo_role, &silo_role)).await.expect("a silo role in its own database");
+    PgConnection::connect(&url(&pooled_role, &control)).await.expect("a pooled role where its rows are");
+}
