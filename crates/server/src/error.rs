@@ -32,6 +32,9 @@ pub enum ApiError {
     Validation { detail: String, errors: Vec<FieldError> },
     #[error("{0}")]
     Unavailable(String),
+    /// Too many of something from this caller: try again after `retry_after_s`.
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_s: u64 },
     /// Logged in full; the client sees only that something went wrong.
     #[error("internal error")]
     Internal(String),
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,6 +83,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Validation { .. } => "validation",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::TooManyRequests { .. } => "too-many-requests",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -118,6 +123,11 @@ impl IntoResponse for ApiError {
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
         if matches!(self_kind, Kind::Bearer) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::TooManyRequests { retry_after_s, .. } = &self {
+            if let Ok(value) = header::HeaderValue::from_str(&retry_after_s.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
         }
         response
     }

@@ -792,3 +792,74 @@ async fn a_trigger_planted_by_a_tenant_never_runs_as_the_admin() {
         .expect("roles");
     assert!(!escalated, "the tenant's trigger created a role with the admin's rights");
 }
+
+/// A flood of made-up tenant keys from one address is answered 429 once its lookups have
+/// failed often enough, so it stops taking the lookup slots: a tenant calling from another
+/// address keeps its latency meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_bad_keys_from_one_address_leaves_tenants_their_latency() {
+    use reqwest::Method;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let app = App::spawn(BIN, Backend::Postgres, &[]).await;
+    let (status, _, body) =
+        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": "acme", "name": "Acme"}))).await;
+    assert_eq!(status, 202, "{body}");
+    crate::tenants::until_status(&app, "acme", &["ACTIVE"]).await;
+    let (_, _, key) = app.send(app.request(Method::POST, "/v1/tenants/acme/api-keys").json(&json!({}))).await;
+    let token = key["token"].as_str().expect("token").to_string();
+    let tenant = reqwest::Client::new();
+    let p99 = |tenant: reqwest::Client, token: String, url: String| async move {
+        let mut took = Vec::new();
+        for _ in 0..200 {
+            let started = std::time::Instant::now();
+            let answer = tenant.get(format!("{url}/v1/tenants/acme")).bearer_auth(&token).send().await.expect("get");
+            assert_eq!(answer.status(), 200);
+            took.push(started.elapsed());
+        }
+        took.sort();
+        took[197]
+    };
+    let quiet = p99(tenant.clone(), token.clone(), app.url.clone()).await;
+    // The flood: 16 callers from 127.0.0.2, each token new (so never remembered as unknown).
+    let flooding = Arc::new(AtomicBool::new(true));
+    let mut floods = Vec::new();
+    for _ in 0..16 {
+        let (flooding, url) = (flooding.clone(), app.url.clone());
+        floods.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+                .build()
+                .expect("client");
+            let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+            while flooding.load(Ordering::SeqCst) {
+                let bad = format!("sptk_{}", uuid::Uuid::new_v4().simple());
+                if let Ok(answer) = client.get(format!("{url}/v1/tenants/acme")).bearer_auth(bad).send().await {
+                    *statuses.entry(answer.status().as_u16()).or_default() += 1;
+                }
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flooded = p99(tenant.clone(), token.clone(), app.url.clone()).await;
+    flooding.store(false, Ordering::SeqCst);
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    for flood in floods {
+        for (status, n) in flood.await.expect("flood") {
+            *statuses.entry(status).or_default() += n;
+        }
+    }
+    println!("tenant p99: {quiet:?} quiet, {flooded:?} during the flood; the flood got {statuses:?}");
+    // At most the allowance, plus the lookups already under way when it ran out (16 callers),
+    // ever reached the database; everything after was refused without one.
+    let looked_up = statuses.get(&401).copied().unwrap_or(0);
+    assert!((FAILED_LOOKUPS..=FAILED_LOOKUPS + 16).contains(&looked_up), "{statuses:?}");
+    assert!(statuses.get(&429).copied().unwrap_or(0) > 100, "the flood was throttled: {statuses:?}");
+    // The tenant's latency: what is left is the CPU the throttled flood still costs (2 cores).
+    assert!(flooded <= quiet * 5 + Duration::from_millis(50), "tenant p99 {quiet:?} quiet, {flooded:?} flooded");
+}
+
+/// Failed lookups one address may cause before it is throttled (server::auth).
+const FAILED_LOOKUPS: u32 = 20;
