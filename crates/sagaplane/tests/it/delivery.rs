@@ -639,3 +639,43 @@ async fn a_tenant_pages_through_its_deliveries() {
     assert_eq!(seen.len(), 5, "every one of acme's deliveries, once: {sizes:?}");
     assert_eq!(sizes[..2], [2, 2], "full pages: {sizes:?}");
 }
+
+/// A NATS server that accepts connections and never speaks holds up only its own deliveries:
+/// connecting happens outside the shared connection cache, with the attempt's timeout, so
+/// another subscription's stream gets its events at once meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_nats_server_holds_up_only_its_own_deliveries() {
+    let mut stream = test_support::nats::TestStream::create().await;
+    // Accepts and says nothing: the NATS handshake never completes.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_url = format!("nats://{}", silent.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let env = [("SAGAPLANE_DELIVERY_TIMEOUT", "20s".to_string()), ("SAGAPLANE_BREAKER_FAILURES", "0".to_string())];
+    let app = App::spawn(BIN, Backend::Sqlite, &env).await;
+    let stuck =
+        subscribe(&app, json!({"nats": {"url": silent_url, "subject": "held.events"}, "events": ["order.placed"]}))
+            .await;
+    let flowing =
+        subscribe(&app, json!({"nats": {"url": stream.url, "subject": stream.subject}, "events": ["order.placed"]}))
+            .await;
+    let steps =
+        json!([{"name": "emit", "action": {"builtin": "core.emit", "input": {"type": "order.placed", "data": {}}}}]);
+    app.put_definition("placing", &fast_definition(steps)).await;
+    // The silent server's first attempt is under way (it waits up to 20 s) ...
+    app.wait_terminal(&app.start("placing", json!({})).await, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ... while the other stream gets this event and the next at once.
+    let started = Instant::now();
+    app.wait_terminal(&app.start("placing", json!({})).await, WAIT).await;
+    deliveries_of(&app, flowing["id"].as_str().expect("id"), "succeeded", 2).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "the healthy stream waited {took:?} behind the silent server");
+    assert_eq!(stream.messages().await.len(), 2);
+    let pending = deliveries_of(&app, stuck["id"].as_str().expect("id"), "pending", 1).await;
+    assert!(pending.iter().all(|d| d["delivered_at"].is_null()), "{pending:?}");
+}
