@@ -320,7 +320,6 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// A `dead` delivery back to `pending`, due now, with a fresh attempt budget; Conflict
     /// unless it is dead.
     async fn delivery_replay(&self, id: Uuid, now_ms: i64) -> StoreResult<DeliveryRecord>;
-    /// Every `dead` delivery of a subscription created since `since_ms` back to `pending`.
     /// Puts back to pending at most `limit` of the subscription's dead deliveries created at
     /// `since_ms` or later, oldest first; returns how many, and whether dead ones remain.
     async fn deliveries_recover(

@@ -191,13 +191,7 @@ async fn a_tenant_sees_its_blockers_without_the_operators_side() {
     let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
     let mut tokens = Vec::new();
     for tenant in ["acme", "beta"] {
-        let (status, _, body) =
-            app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": tenant, "name": tenant}))).await;
-        assert_eq!(status, 202, "{body}");
-        crate::tenants::until_status(&app, tenant, &["ACTIVE"]).await;
-        let (_, _, key) =
-            app.send(app.request(Method::POST, &format!("/v1/tenants/{tenant}/api-keys")).json(&json!({}))).await;
-        tokens.push(key["token"].as_str().expect("token").to_string());
+        tokens.push(crate::tenants::active_with_key(&app, tenant).await);
     }
     let mut keyed = fast_definition(json!([{"name": "approve", "action": {"signal": {"name": "go"}}}]));
     keyed["concurrency"] = json!({"key": "shared", "limit": 1});

@@ -596,12 +596,7 @@ async fn a_tenant_pages_through_its_deliveries() {
     let receiver = Participant::start().await;
     let env = [("SAGAPLANE_HTTP_ALLOW", "127.0.0.1".to_string())];
     let app = App::spawn(BIN, Backend::Sqlite, &env).await;
-    let (status, _, body) =
-        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": "acme", "name": "acme"}))).await;
-    assert_eq!(status, 202, "{body}");
-    crate::tenants::until_status(&app, "acme", &["ACTIVE"]).await;
-    let (_, _, key) = app.send(app.request(Method::POST, "/v1/tenants/acme/api-keys").json(&json!({}))).await;
-    let token = key["token"].as_str().expect("token").to_string();
+    let token = crate::tenants::active_with_key(&app, "acme").await;
     let as_tenant =
         |method: Method, path: &str| app.http.request(method, format!("{}{path}", app.url)).bearer_auth(&token);
     let (status, _, own) = app

@@ -18,16 +18,6 @@ use crate::BIN;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A tenant `acme`, ACTIVE, and a key of it.
-async fn tenant_with_key(app: &App) -> String {
-    let (status, _, body) =
-        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": "acme", "name": "Acme"}))).await;
-    assert_eq!(status, 202, "{body}");
-    crate::tenants::until_status(app, "acme", &["ACTIVE"]).await;
-    let (_, _, key) = app.send(app.request(Method::POST, "/v1/tenants/acme/api-keys").json(&json!({}))).await;
-    key["token"].as_str().expect("token").to_string()
-}
-
 async fn subscribe_as(app: &App, token: &str, body: Value) -> String {
     let request = app.http.post(format!("{}/v1/subscriptions", app.url)).bearer_auth(token).json(&body);
     let (status, _, created) = app.send(request).await;
@@ -55,7 +45,7 @@ async fn a_tenants_subscriptions_reach_no_internal_address() {
         ("http_proxy", proxy.url.clone()),
     ];
     let app = App::spawn(BIN, Backend::Sqlite, &env).await;
-    let token = tenant_with_key(&app).await;
+    let token = crate::tenants::active_with_key(&app, "acme").await;
     let port = receiver.url.rsplit(':').next().expect("port").to_string();
     let nats_port = test_support::clusters::free_port();
     let destinations = [
@@ -105,7 +95,7 @@ async fn the_operator_reopens_a_network_and_opts_into_the_proxy() {
         ("http_proxy", proxy.url.clone()),
     ];
     let app = App::spawn(BIN, Backend::Sqlite, &env).await;
-    let token = tenant_with_key(&app).await;
+    let token = crate::tenants::active_with_key(&app, "acme").await;
     let tenants =
         subscribe_as(&app, &token, json!({"url": format!("{}/tenant", receiver.url), "events": ["saga.completed"]}))
             .await;

@@ -11,15 +11,6 @@ use test_support::{App, Backend, Participant};
 use crate::delivery::delivery_of;
 use crate::BIN;
 
-async fn acme_with_key(app: &App) -> String {
-    let (status, _, body) =
-        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": "acme", "name": "Acme"}))).await;
-    assert_eq!(status, 202, "{body}");
-    crate::tenants::until_status(app, "acme", &["ACTIVE"]).await;
-    let (_, _, key) = app.send(app.request(Method::POST, "/v1/tenants/acme/api-keys").json(&json!({}))).await;
-    key["token"].as_str().expect("token").to_string()
-}
-
 fn as_key(app: &App, token: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
     app.http.request(method, format!("{}{path}", app.url)).bearer_auth(token.to_string())
 }
@@ -31,7 +22,7 @@ fn nats(subject: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_nats_subjects_stay_under_its_prefix() {
     let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
-    let token = acme_with_key(&app).await;
+    let token = crate::tenants::active_with_key(&app, "acme").await;
     for (subject, why) in [
         ("$JS.API.STREAM.DELETE.events", "NATS system"),
         ("orders.created", "tenants.acme."),
@@ -57,7 +48,7 @@ async fn a_tenants_nats_subjects_stay_under_its_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_makes_at_most_its_cap_of_subscriptions() {
     let app = App::spawn(BIN, Backend::Sqlite, &[("SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX", "3".to_string())]).await;
-    let token = acme_with_key(&app).await;
+    let token = crate::tenants::active_with_key(&app, "acme").await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let body = json!({"url": format!("https://hooks.example.com/{i}"), "events": ["*"]});
@@ -85,7 +76,7 @@ async fn a_tenant_makes_at_most_its_cap_of_subscriptions() {
 async fn the_operators_subscription_for_a_tenant_stays_the_operators() {
     let receiver = Participant::start().await;
     let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
-    let token = acme_with_key(&app).await;
+    let token = crate::tenants::active_with_key(&app, "acme").await;
     // Made by the operator for acme, to an address only the operator's destinations reach.
     let body = json!({"url": format!("{}/ops", receiver.url), "events": ["saga.completed"], "tenant_id": "acme"});
     let (status, _, managed) = app.send(app.request(Method::POST, "/v1/subscriptions").json(&body)).await;
@@ -129,7 +120,7 @@ async fn the_operators_subscription_for_a_tenant_stays_the_operators() {
 async fn a_deleted_subscriptions_series_leave_the_metrics() {
     let receiver = Participant::start().await;
     let app = App::spawn(BIN, Backend::Sqlite, &[("SAGAPLANE_HTTP_ALLOW", "127.0.0.1".to_string())]).await;
-    let token = acme_with_key(&app).await;
+    let token = crate::tenants::active_with_key(&app, "acme").await;
     let body =
         json!({"url": format!("{}/chosen-by-acme?label=tenant-text", receiver.url), "events": ["saga.completed"]});
     let (status, _, created) = app.send(as_key(&app, &token, Method::POST, "/v1/subscriptions").json(&body)).await;

@@ -24,6 +24,16 @@ async fn create(app: &App, body: Value) -> (u16, Value) {
 }
 
 /// Waits until the tenant has one of `statuses`, and returns it.
+/// Tenant `id`, ACTIVE, and a new API key of it.
+pub async fn active_with_key(app: &App, id: &str) -> String {
+    let (status, _, body) =
+        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": id, "name": id}))).await;
+    assert_eq!(status, 202, "{body}");
+    until_status(app, id, &["ACTIVE"]).await;
+    let (_, _, key) = app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/api-keys")).json(&json!({}))).await;
+    key["token"].as_str().expect("token").to_string()
+}
+
 pub async fn until_status(app: &App, id: &str, statuses: &[&str]) -> Value {
     eventually(&format!("tenant {id} in {statuses:?}"), WAIT, || async {
         let (status, _, tenant) = app.send(app.request(Method::GET, &format!("/v1/tenants/{id}"))).await;

@@ -184,11 +184,29 @@ const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = exclud
 
 impl SqliteStore {
     async fn subscription_insert(&self, s: &SubscriptionRecord, on_conflict: &str) -> StoreResult<()> {
+        self.subscription_insert_if(s, on_conflict, None).await.map(|_| ())
+    }
+
+    /// Inserts `s`; with `tenant_max`, only while its tenant has fewer of its own (one
+    /// statement on the one writer: the count and the insert cannot be split). Whether it was
+    /// written.
+    async fn subscription_insert_if(
+        &self,
+        s: &SubscriptionRecord,
+        on_conflict: &str,
+        tenant_max: Option<u32>,
+    ) -> StoreResult<bool> {
         let (url, nats_url, nats_subject) = s.destination.columns();
-        sqlx::query(&format!(
+        let condition = if tenant_max.is_some() {
+            " WHERE (SELECT count(*) FROM subscriptions WHERE tenant_id = ?6 AND NOT managed) < ?16"
+        } else {
+            // An upsert's SELECT needs a WHERE, or SQLite reads its ON as a join's.
+            " WHERE true"
+        };
+        let inserted = sqlx::query(&format!(
             "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
                secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at, managed) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?14, ?12, ?13, ?15){on_conflict}"
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?14, ?12, ?13, ?15{condition}{on_conflict}"
         ))
         .bind(s.id.to_string())
         .bind(url)
@@ -205,10 +223,11 @@ impl SqliteStore {
         .bind(s.updated_at_ms)
         .bind(s.failing_since_ms)
         .bind(s.managed)
+        .bind(tenant_max.map(i64::from))
         .execute(&self.writer)
         .await
         .map_err(db)?;
-        Ok(())
+        Ok(inserted.rows_affected() > 0)
     }
 }
 
@@ -233,37 +252,10 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn subscription_create_capped(&self, s: &SubscriptionRecord, tenant_max: u32) -> StoreResult<()> {
-        let Some(tenant) = s.tenant_id.as_deref().filter(|_| !s.managed) else {
+        if s.tenant_id.is_none() || s.managed {
             return self.subscription_insert(s, "").await;
-        };
-        // One statement on the one writer: the count and the insert cannot be split.
-        let (url, nats_url, nats_subject) = s.destination.columns();
-        let inserted = sqlx::query(
-            "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
-               secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at, managed) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?14, ?12, ?13, ?15 \
-             WHERE (SELECT count(*) FROM subscriptions WHERE tenant_id = ?6 AND NOT managed) < ?16",
-        )
-        .bind(s.id.to_string())
-        .bind(url)
-        .bind(nats_url)
-        .bind(nats_subject)
-        .bind(json_text(&s.events)?)
-        .bind(tenant)
-        .bind(s.status.as_str())
-        .bind(s.rate_limit_per_s.map(i64::from))
-        .bind(&s.secret)
-        .bind(&s.previous_secret)
-        .bind(s.previous_secret_until_ms)
-        .bind(s.created_at_ms)
-        .bind(s.updated_at_ms)
-        .bind(s.failing_since_ms)
-        .bind(s.managed)
-        .bind(i64::from(tenant_max))
-        .execute(&self.writer)
-        .await
-        .map_err(db)?;
-        if inserted.rows_affected() == 0 {
+        }
+        if !self.subscription_insert_if(s, "", Some(tenant_max)).await? {
             return Err(StoreError::Conflict(format!(
                 "the tenant has {tenant_max} subscriptions of its own, the most it may make \
                  (SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX); delete one first"
