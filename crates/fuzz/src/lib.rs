@@ -69,8 +69,21 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
-/// Runs one input, catching a panic; `Err` says what went wrong.
+/// Runs one input, catching a panic; `Err` says what went wrong. An input slower than
+/// [`SLOW_INPUT`] is run once more and is a hang only if it is slow again: on a busy machine a
+/// process can be held off the CPU for seconds (seen: a 78-byte answer that takes 50 µs
+/// reported at 6 s while the test suite ran beside the fuzzer).
 pub fn run_one(target: &Target, input: &[u8]) -> Result<Duration, String> {
+    match run_timed(target, input) {
+        Ok(took) if took > SLOW_INPUT => match run_timed(target, input) {
+            Ok(again) if again > SLOW_INPUT => Err(format!("took {took:?} and {again:?}, more than {SLOW_INPUT:?}")),
+            other => other,
+        },
+        other => other,
+    }
+}
+
+fn run_timed(target: &Target, input: &[u8]) -> Result<Duration, String> {
     let started = Instant::now();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (target.run)(input)));
     let took = started.elapsed();
@@ -83,7 +96,6 @@ pub fn run_one(target: &Target, input: &[u8]) -> Result<Duration, String> {
                 .unwrap_or_else(|| "a panic".to_string());
             Err(format!("panicked: {message}"))
         }
-        Ok(()) if took > SLOW_INPUT => Err(format!("took {took:?}, more than {SLOW_INPUT:?}")),
         Ok(()) => Ok(took),
     }
 }
