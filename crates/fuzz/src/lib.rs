@@ -119,7 +119,13 @@ pub fn fuzz(target: &'static Target, seed: u64, budget: Duration) -> Report {
         slowest: Duration::ZERO,
         findings: Vec::new(),
     };
+    // FUZZ_SAVE_CURRENT=<file>: each input is written there before it runs, so an input that
+    // takes the process down (out of memory, a stack overflow) can be found (slow: for replays).
+    let save_current = std::env::var_os("FUZZ_SAVE_CURRENT");
     let record = |input: Vec<u8>, report: &mut Report| {
+        if let Some(path) = &save_current {
+            let _ = std::fs::write(path, &input);
+        }
         report.executions += 1;
         match run_one(target, &input) {
             Ok(took) => report.slowest = report.slowest.max(took),

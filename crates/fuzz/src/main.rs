@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         }
     };
     let mut failed = false;
+    println!("seed {seed}");
     for target in targets {
         let report = fuzz::fuzz(target, seed, Duration::from_secs(seconds));
         println!(

