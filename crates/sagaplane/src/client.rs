@@ -104,11 +104,13 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(connection: &Connection) -> Self {
-        Client {
-            http: reqwest::Client::new(),
-            base: connection.url.trim_end_matches('/').to_string(),
-            token: connection.token.clone(),
-        }
+        // Never follow a redirect: the request carries the token, and a CLI pointed at the
+        // wrong address should say so, not quietly talk to another one.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Client { http, base: connection.url.trim_end_matches('/').to_string(), token: connection.token.clone() }
     }
 
     pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -122,6 +124,14 @@ impl Client {
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
         let response = request.send().await.with_context(|| format!("cannot reach {}", self.base))?;
         let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            let to = response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("?");
+            bail!(
+                "{} answered {status}, a redirect to {to}; the CLI does not follow redirects: set SAGAPLANE_URL to \
+                 the server's own address",
+                response.url()
+            );
+        }
         let text = response.text().await.context("reading response")?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {

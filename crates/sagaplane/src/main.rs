@@ -42,6 +42,9 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[arg(long)]
         listen: Option<String>,
+        /// Make a new admin token instead of the one kept in the data directory.
+        #[arg(long)]
+        reset_token: bool,
     },
     /// API (and a worker unless --no-worker) against SAGAPLANE_DATABASE_URL.
     Server {
@@ -126,7 +129,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = environment();
     let load = |overrides: Overrides| Config::load(cli.config.as_deref(), &env, overrides);
     match cli.command {
-        Command::Dev { data_dir, listen } => {
+        Command::Dev { data_dir, listen, reset_token } => {
             let mut config = load(Overrides { listen, data_dir })?;
             telemetry::init_logs(config.log_format);
             std::fs::create_dir_all(&config.data_dir)
@@ -136,7 +139,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("sagaplane.db").display()));
             if config.admin_token.is_none() {
-                config.admin_token = Some(config::Secret::new(run::generate_token()));
+                let token = run::dev_token(&config.data_dir, reset_token)?;
+                config.admin_token = Some(config::Secret::new(token));
             }
             // A developer's receivers run on this machine: tenants' subscriptions may reach
             // loopback here unless SAGAPLANE_HTTP_ALLOW says otherwise.

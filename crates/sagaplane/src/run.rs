@@ -361,6 +361,33 @@ pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Re
 }
 
 /// A random admin token for `sagaplane dev`.
+/// `sagaplane dev`'s admin token: the one kept in `<data_dir>/admin-token` (mode 0600), so an
+/// exported `SAGAPLANE_TOKEN` keeps working across restarts; a new one when there is none or
+/// `reset` asks for it.
+pub fn dev_token(data_dir: &std::path::Path, reset: bool) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("admin-token");
+    if !reset {
+        if let Ok(kept) = std::fs::read_to_string(&path) {
+            let kept = kept.trim();
+            if !kept.is_empty() {
+                return Ok(kept.to_string());
+            }
+        }
+    }
+    let token = generate_token();
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing the admin token to {}", path.display()))?;
+    file.write_all(token.as_bytes()).with_context(|| format!("writing the admin token to {}", path.display()))?;
+    Ok(token)
+}
+
 pub fn generate_token() -> String {
     use rand::TryRngCore;
     let mut bytes = [0u8; 24];

@@ -403,3 +403,72 @@ async fn top_shows_the_queue_and_the_sagas_stalled_longest() {
     }
     assert!(!text.contains(&finished), "a finished saga is not stalled:\n{text}");
 }
+
+/// Starts `sagaplane dev` on `data_dir` with `extra` arguments, returns the admin token it
+/// prints, and stops it.
+async fn dev_token(data_dir: &std::path::Path, extra: &[&str]) -> String {
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["dev", "--data-dir", data_dir.to_str().expect("utf-8"), "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let token = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("admin token: ") {
+                return rest.trim().to_string();
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("dev printed its token");
+    let _ = child.kill().await;
+    let _ = child.wait().await;
+    token
+}
+
+/// `sagaplane dev` keeps its admin token in the data directory (0600), so an exported
+/// `SAGAPLANE_TOKEN` works after a restart; `--reset-token` makes a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_keeps_its_token_across_restarts_until_reset() {
+    use std::os::unix::fs::PermissionsExt;
+    let data_dir = std::env::temp_dir().join(format!("sagaplane-dev-token-{}", uuid::Uuid::now_v7()));
+    let first = dev_token(&data_dir, &[]).await;
+    assert!(first.starts_with("spdev_"), "{first}");
+    let again = dev_token(&data_dir, &[]).await;
+    assert_eq!(again, first, "the same token after a restart");
+    let mode = std::fs::metadata(data_dir.join("admin-token")).expect("token file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "only its owner reads the token file");
+    let reset = dev_token(&data_dir, &["--reset-token"]).await;
+    assert_ne!(reset, first, "--reset-token makes a new one");
+    assert_eq!(dev_token(&data_dir, &[]).await, reset, "and keeps that one");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The CLI never follows a redirect (the request carries the token): it exits non-zero naming
+/// the URL it was sent to and where it was sent on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_refuses_redirects_naming_the_url() {
+    let elsewhere = test_support::Participant::start().await;
+    elsewhere.redirect("/v1/sagas", 307, "https://evil.example.com/v1/sagas");
+    let output = tokio::task::block_in_place(|| {
+        Command::new(BIN)
+            .args(["sagas", "list"])
+            .env("SAGAPLANE_URL", &elsewhere.url)
+            .env("SAGAPLANE_TOKEN", "secret-token")
+            .output()
+            .expect("run client")
+    });
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&elsewhere.url) && stderr.contains("evil.example.com"), "{stderr}");
+    assert!(stderr.contains("does not follow redirects"), "{stderr}");
+    assert!(elsewhere.requests("/v1/sagas").len() == 1, "asked once, not followed");
+}
