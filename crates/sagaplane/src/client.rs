@@ -226,13 +226,25 @@ fn is_terminal(saga: &Value) -> bool {
     matches!(saga["status"].as_str(), Some("COMPLETED" | "COMPENSATED" | "FAILED"))
 }
 
-/// Exit status for a terminal saga: 0 when COMPLETED.
+/// Exit status for a terminal saga, said in words on standard error when it is not 0: 0 when
+/// COMPLETED, 2 when it ended otherwise (COMPENSATED, FAILED); 1 is left for a command that
+/// could not do what it was asked (docs/operations.md, "Exit codes").
 fn terminal_code(saga: &Value) -> ExitCode {
     if saga["status"] == "COMPLETED" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
+        return ExitCode::SUCCESS;
     }
+    let error = &saga["error"];
+    let cause = match (error["step"].as_str(), error["message"].as_str()) {
+        (Some(step), Some(message)) => format!(": step {step}: {message}"),
+        (None, Some(message)) => format!(": {message}"),
+        _ => String::new(),
+    };
+    eprintln!(
+        "exit 2: saga {} ended {}, not COMPLETED{cause}",
+        saga["id"].as_str().unwrap_or("?"),
+        saga["status"].as_str().unwrap_or("?")
+    );
+    ExitCode::from(2)
 }
 
 /// How often `watch` refreshes its progress bars.

@@ -311,6 +311,13 @@ async fn the_readme_order_without_its_variable_is_warned_about_and_fails_naming_
         "{saga}"
     );
     assert_eq!(saga["steps"][0]["status"], "COMPENSATED", "the reservation is undone: {saga}");
+    // Exit 2, said in words.
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("exit 2: saga") && stderr.contains("ended COMPENSATED, not COMPLETED: step charge"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
