@@ -64,17 +64,7 @@ async fn definitions_apply_then_sagas_start_wait_show() {
 async fn dev_comes_up_with_nothing_installed_and_prints_token_and_dashboard() {
     let dir = std::env::temp_dir().join(format!("sagaplane-dev-{}", uuid::Uuid::now_v7()));
     let data_dir = dir.join("data");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["dev", "--data-dir", data_dir.to_str().expect("utf-8"), "--listen", "127.0.0.1:0"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let (mut child, mut lines) = spawn_dev(&data_dir, &[]);
     let (mut url, mut token, mut dashboard) = (None, None, None);
     tokio::time::timeout(std::time::Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -411,9 +401,11 @@ async fn top_shows_the_queue_and_the_sagas_stalled_longest() {
     assert!(!text.contains(&finished), "a finished saga is not stalled:\n{text}");
 }
 
-/// Starts `sagaplane dev` on `data_dir` with `extra` arguments, returns the admin token it
-/// prints, and stops it.
-async fn dev_token(data_dir: &std::path::Path, extra: &[&str]) -> String {
+type DevLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// `sagaplane dev` on `data_dir` (`extra` arguments), with nothing in its environment but PATH,
+/// and the lines of its standard output.
+fn spawn_dev(data_dir: &std::path::Path, extra: &[&str]) -> (tokio::process::Child, DevLines) {
     let mut child = tokio::process::Command::new(BIN)
         .args(["dev", "--data-dir", data_dir.to_str().expect("utf-8"), "--listen", "127.0.0.1:0"])
         .args(extra)
@@ -425,7 +417,13 @@ async fn dev_token(data_dir: &std::path::Path, extra: &[&str]) -> String {
         .spawn()
         .expect("spawn dev");
     let stdout = child.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    (child, tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)))
+}
+
+/// Starts `sagaplane dev` on `data_dir` with `extra` arguments, returns the admin token it
+/// prints, and stops it.
+async fn dev_token(data_dir: &std::path::Path, extra: &[&str]) -> String {
+    let (mut child, mut lines) = spawn_dev(data_dir, extra);
     let token = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(rest) = line.strip_prefix("admin token: ") {
