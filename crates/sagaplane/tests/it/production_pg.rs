@@ -231,45 +231,20 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// A self-signed CA certificate `name.crt` (key `name.key`) in `dir`.
+fn certificate_authority(dir: &std::path::Path, name: &str, common_name: &str) {
+    let (subject, key, crt) = (format!("/CN={common_name}"), format!("{name}.key"), format!("{name}.crt"));
+    let args = [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject, "-keyout", &key, "-out", &crt,
+    ];
+    openssl(dir, &args);
+}
+
 /// A CA and a server certificate for `127.0.0.1` signed by it, and a second CA that signed
 /// nothing, in `dir`.
 fn certificates(dir: &std::path::Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=sagaplane test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=another CA",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.crt",
-        ],
-    );
+    certificate_authority(dir, "ca", "sagaplane test CA");
+    certificate_authority(dir, "other", "another CA");
     openssl(
         dir,
         &[
