@@ -98,11 +98,6 @@ struct Egress {
     tenant: (egress::AddressPolicy, reqwest::Client),
 }
 
-/// Whether the tenant gave the subscription its destination (its own, not `managed`).
-fn supplied_by_tenant(subscription: &SubscriptionRecord) -> bool {
-    subscription.tenant_id.is_some() && !subscription.managed
-}
-
 impl Egress {
     fn new(config: &DispatcherConfig) -> Self {
         let client = |policy: &egress::AddressPolicy, env_proxy: bool| {
@@ -120,7 +115,7 @@ impl Egress {
     }
 
     fn of(&self, subscription: &SubscriptionRecord) -> &(egress::AddressPolicy, reqwest::Client) {
-        if supplied_by_tenant(subscription) {
+        if subscription.supplied_by_tenant().is_some() {
             &self.tenant
         } else {
             &self.operator
@@ -475,7 +470,7 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
         Destination::Nats { url, subject } => {
             let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
             let destination = (url.as_str(), subject.as_str());
-            let tenant = claimed.subscription.tenant_id.as_deref().filter(|_| !claimed.subscription.managed);
+            let tenant = claimed.subscription.supplied_by_tenant();
             match crate::nats::subject_refusal(subject, tenant, &inner.config.nats_tenant_prefix) {
                 Some(refusal) => Attempted {
                     delivered: false,

@@ -141,6 +141,14 @@ pub struct SubscriptionRecord {
     pub updated_at_ms: i64,
 }
 
+impl SubscriptionRecord {
+    /// The tenant that gave this subscription its destination: its own subscription's tenant,
+    /// None for the operator's (including one `managed` for a tenant).
+    pub fn supplied_by_tenant(&self) -> Option<&str> {
+        self.tenant_id.as_deref().filter(|_| !self.managed)
+    }
+}
+
 /// Fields a PATCH may change (None: unchanged).
 #[derive(Clone, Debug, Default)]
 pub struct SubscriptionPatch {

@@ -174,8 +174,6 @@ async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, Outcome> {
     })
 }
 
-pub use egress::client::error_chain;
-
 /// Trace id from the saga id (one trace per saga), a fresh-enough span id per attempt.
 /// The attempt span's context when traces are exported; otherwise one derived from the saga
 /// (trace id = saga id, as exported traces have it) and the attempt.
