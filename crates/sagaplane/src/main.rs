@@ -6,6 +6,8 @@ mod bench_tenants;
 mod client;
 mod config;
 mod delivery_client;
+mod demo;
+mod listen;
 mod run;
 mod telemetry;
 mod tenant_client;
@@ -94,6 +96,10 @@ enum Command {
     },
     /// A live view: throughput, in flight, queue depth, breakers, the sagas stalled longest.
     Top(top::TopArgs),
+    /// See events arrive: subscribe a local port, verify each delivery's signature, print it.
+    Listen(listen::ListenArgs),
+    /// The payments and shipping participant the README's tour calls (in memory, on 127.0.0.1:8090).
+    Demo(demo::DemoArgs),
     /// Onboard, inspect, suspend, migrate and offboard tenants.
     Tenants {
         #[command(subcommand)]
@@ -193,6 +199,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deliveries { command, connection } => return delivery_client::deliveries(command, connection).await,
         Command::Tenants { command, connection } => return tenant_client::tenants(command, connection).await,
         Command::Top(args) => return top::run(args).await,
+        Command::Listen(args) => return listen::run(args).await,
+        Command::Demo(args) => return demo::run(args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

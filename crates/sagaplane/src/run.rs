@@ -307,7 +307,8 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

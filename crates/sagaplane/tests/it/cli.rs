@@ -263,22 +263,25 @@ async fn tenants_migrate_rolls_out_and_follows_to_the_end() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The README's own `order.yaml`, as a new user copies it.
-fn readme_order_yaml() -> String {
-    let readme = include_str!("../../../../README.md");
-    let start = readme.find("cat > order.yaml <<'YAML'\n").expect("the README writes order.yaml");
-    let body = &readme[start..];
-    let body = &body[body.find('\n').expect("newline") + 1..];
-    body[..body.find("\nYAML\n").expect("end of order.yaml")].to_string()
-}
+/// The README's order saga written with a variable for the payments address, as a definition
+/// meant for several environments is.
+const ORDER_WITH_VARIABLE: &str = r#"name: order
+steps:
+  - name: reserve
+    action: {builtin: core.echo, input: {sku: "{{ input.sku }}"}}
+    compensation: {builtin: core.echo}
+  - name: charge
+    action:
+      http: {method: POST, url: "{{ vars.PAYMENTS }}/charges", body: {amount: "{{ input.amount }}"}}
+"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_order_without_its_variable_is_warned_about_and_fails_naming_the_cause() {
+async fn a_variable_the_server_lacks_is_warned_about_and_fails_naming_the_cause() {
     let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
     let dir = std::env::temp_dir().join(format!("sagaplane-cli-order-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("order.yaml");
-    std::fs::write(&file, readme_order_yaml()).expect("write");
+    std::fs::write(&file, ORDER_WITH_VARIABLE).expect("write");
     let path = file.to_str().expect("utf-8 path");
     let out = tokio::task::block_in_place(|| client(&app, &["definitions", "apply", "-f", path]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -20,6 +20,7 @@ mod sagas;
 mod subscriptions;
 mod takeover;
 mod tenants;
+mod tour;
 mod traces;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sagaplane");
