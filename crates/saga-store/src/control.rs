@@ -47,7 +47,7 @@ pub struct TenantTransition {
     pub now_ms: i64,
 }
 
-/// Fields `PATCH /v1/tenants/{id}` may change (None: unchanged).
+/// Fields a tenant patch changes (None: unchanged): `PATCH /v1/tenants/{id}`'s, and the migrations.
 #[derive(Clone, Debug, Default)]
 pub struct TenantPatch {
     pub name: Option<String>,
@@ -55,6 +55,9 @@ pub struct TenantPatch {
     pub domains: Option<Value>,
     pub contacts: Option<Value>,
     pub metadata: Option<Value>,
+    /// The migrations applied to the tenant's storage, `[{service, version, applied_at_ms}]`
+    /// (not a client field: the migrations step records what stands after a failure).
+    pub migrations: Option<Value>,
 }
 
 /// A tenant API key; the token itself is never stored, only its SHA-256.

@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use saga_core::tenant::TenantStatus;
+use saga_core::tenant::{StorageMode, TenantStatus};
 use saga_core::{Definition, FailureKind, Outcome, SagaState};
 use saga_runtime::executor::AttemptContext;
 use saga_runtime::{BuiltinRegistry, Clock};
 use saga_store::tenant_storage::{AppliedMigration, TenantStorage, TenantStorageError};
-use saga_store::{SagaCreate, Store, StoreError, TenantFilter, TenantRecord, TenantTransition};
+use saga_store::{SagaCreate, Store, StoreError, TenantFilter, TenantPatch, TenantRecord, TenantTransition};
 use serde_json::{json, Value};
 
 use crate::definitions::{steps, MIGRATE};
@@ -122,7 +122,29 @@ impl TenantSteps {
         let now_ms = self.clock.now_ms();
         match self.storage.migrations_apply(&tenant.id, tenant.storage_mode, &migrations, now_ms).await {
             Ok(applied) => Outcome::Succeeded(json!({"migrations": latest_per_service(&applied)})),
-            Err(e) => storage_failure(e),
+            Err(e) => {
+                if matches!(e, TenantStorageError::MigrationFailed { .. }) {
+                    self.record_what_stands(&tenant.id, tenant.storage_mode, now_ms).await;
+                }
+                storage_failure(e)
+            }
+        }
+    }
+
+    /// After a failed migration, the tenant record shows the migrations that stand in its
+    /// storage (those before the failed one), read back from the storage itself: applying no
+    /// migration returns every one recorded. Best effort: the failure is reported either way.
+    async fn record_what_stands(&self, tenant_id: &str, mode: StorageMode, now_ms: i64) {
+        let applied = match self.storage.migrations_apply(tenant_id, mode, &[], now_ms).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::warn!(tenant_id, error = %e, "reading back the applied migrations after a failure");
+                return;
+            }
+        };
+        let patch = TenantPatch { migrations: Some(latest_per_service(&applied)), ..TenantPatch::default() };
+        if let Err(e) = self.store.tenant_patch(tenant_id, &patch, now_ms).await {
+            tracing::warn!(tenant_id, error = %e, "recording the applied migrations after a failure");
         }
     }
 

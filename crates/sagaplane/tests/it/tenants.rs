@@ -1123,3 +1123,33 @@ async fn a_tenant_role_connects_only_where_its_storage_is() {
     PgConnection::connect(&url(&silo_role, &silo_role)).await.expect("a silo role in its own database");
     PgConnection::connect(&url(&pooled_role, &control)).await.expect("a pooled role where its rows are");
 }
+
+/// Whatever fails after it, a tenant shows the migrations that stand in its storage: the same
+/// on both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_second_migration_leaves_the_first_shown_on_both_stores() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-second-migration-{}", uuid::Uuid::now_v7()));
+    write(&dir, "billing/0001_create_invoices.sql", "CREATE TABLE invoices (id INTEGER PRIMARY KEY);");
+    write(&dir, "billing/0002_add_currency.sql", "ALTER TABLE no_such_table ADD COLUMN currency TEXT;");
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = App::spawn(BIN, backend, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
+        let id = format!("second-{}", suffix());
+        let (status, created) = create(&app, json!({"id": id, "name": "Second Co"})).await;
+        assert_eq!(status, 202, "{backend:?}: {created}");
+        let failed = until_status(&app, &id, &["MIGRATION_ERROR", "PROVISION_ERROR", "ACTIVE"]).await;
+        assert_eq!(failed["status"], "MIGRATION_ERROR", "{backend:?}: {failed}");
+        assert!(
+            failed["error"]["message"].as_str().is_some_and(|m| m.contains("0002_add_currency.sql")),
+            "{backend:?}: {failed}"
+        );
+        let shown: Vec<(Value, Value)> = failed["migrations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| (m["service"].clone(), m["version"].clone()))
+            .collect();
+        assert_eq!(shown, vec![(json!("billing"), json!(1))], "{backend:?}: the first stands: {failed}");
+        assert!(failed["migrations"][0]["applied_at"].is_string(), "{backend:?}: {failed}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -135,7 +135,7 @@ impl TenantStore for PostgresStore {
         let row = sqlx::query(&format!(
             "UPDATE tenants t SET name = COALESCE($2, t.name), sla_tier = COALESCE($3, t.sla_tier), \
                domains = COALESCE($4, t.domains), contacts = COALESCE($5, t.contacts), \
-               metadata = COALESCE($6, t.metadata), updated_at = $7 \
+               metadata = COALESCE($6, t.metadata), updated_at = $7, migrations = COALESCE($8, t.migrations) \
              WHERE t.id = $1 RETURNING {TENANT_COLUMNS}"
         ))
         .bind(id)
@@ -145,6 +145,7 @@ impl TenantStore for PostgresStore {
         .bind(patch.contacts.as_ref().map(Json))
         .bind(patch.metadata.as_ref().map(Json))
         .bind(now_ms)
+        .bind(patch.migrations.as_ref().map(Json))
         .fetch_optional(&self.db)
         .await
         .map_err(db)?

@@ -130,7 +130,7 @@ impl TenantStore for SqliteStore {
         let row = sqlx::query(&format!(
             "UPDATE tenants SET name = COALESCE(?2, name), sla_tier = COALESCE(?3, sla_tier), \
                domains = COALESCE(?4, domains), contacts = COALESCE(?5, contacts), \
-               metadata = COALESCE(?6, metadata), updated_at = ?7 \
+               metadata = COALESCE(?6, metadata), updated_at = ?7, migrations = COALESCE(?8, migrations) \
              WHERE id = ?1 RETURNING {TENANT_COLUMNS}"
         ))
         .bind(id)
@@ -140,6 +140,7 @@ impl TenantStore for SqliteStore {
         .bind(patch.contacts.as_ref().map(json_text).transpose()?)
         .bind(patch.metadata.as_ref().map(json_text).transpose()?)
         .bind(now_ms)
+        .bind(patch.migrations.as_ref().map(json_text).transpose()?)
         .fetch_optional(&self.writer)
         .await
         .map_err(db)?

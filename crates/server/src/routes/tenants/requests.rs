@@ -260,6 +260,7 @@ pub(super) fn parse_patch(body: &Value) -> Result<TenantPatch, ApiError> {
         domains: check_domains(map.get("domains"), &mut errors),
         contacts: check_contacts(map.get("contacts"), &mut errors),
         metadata: check_metadata(map.get("metadata"), &mut errors),
+        migrations: None,
     };
     if !errors.0.is_empty() {
         return Err(ApiError::validation("the patch is invalid", errors.0));
