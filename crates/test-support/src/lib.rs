@@ -11,6 +11,7 @@ pub mod ha;
 pub mod nats;
 pub mod otlp;
 pub mod participant;
+pub mod readme;
 
 pub use app::{App, Backend};
 pub use effects::EffectsParticipant;

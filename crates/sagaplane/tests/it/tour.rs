@@ -1,12 +1,11 @@
 //! The README's five-minute tour, run as written, and `sagaplane listen` end to end.
 //!
-//! The tour's four terminals are the README's four `sh` blocks. They run through a `cargo` on
-//! PATH that turns `cargo run --release -- ARGS` into the binary cargo already built, so each
-//! line runs verbatim. Only the addresses differ: the server and the demo listen on free ports
+//! The tour's four terminals are the README's four `sh` blocks, run verbatim through the cargo
+//! shim of `test_support::readme`. Only the addresses differ: the server and the demo listen on free ports
 //! (so the test never collides with a developer's own 8080 or 8090), and the definition is
 //! pointed at the demo's port.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,54 +14,23 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+use test_support::readme::{self, commands};
+
 use crate::BIN;
 
 type StdoutLines = Lines<BufReader<ChildStdout>>;
 type StderrLines = Lines<BufReader<ChildStderr>>;
 
-/// The `sh` blocks of the README's "Five-minute tour" section that are its terminals, in order.
+/// The `sh` blocks of the README's "Five-minute tour" that are its terminals, in order.
 fn tour_blocks() -> Vec<String> {
     let readme = include_str!("../../../../README.md");
-    let start = readme.find("## Five-minute tour").expect("the README has a tour");
-    let section = &readme[start..];
-    let section = &section[..section[3..].find("\n## ").map(|end| end + 3).unwrap_or(section.len())];
-    section
-        .split("```sh\n")
-        .skip(1)
-        .map(|block| block[..block.find("```").expect("closed block")].to_string())
-        .filter(|block| block.starts_with("# terminal "))
-        .collect()
+    readme::sh_blocks(readme).into_iter().filter(|block| block.starts_with("# terminal ")).collect()
 }
 
-/// A directory with a `cargo` that runs `sagaplane` for `cargo run --release -- …`.
-fn cargo_shim(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let bin = dir.join("shim");
-    std::fs::create_dir_all(&bin).expect("shim dir");
-    let cargo = bin.join("cargo");
-    let script = format!(
-        "#!/bin/sh\n[ \"$1 $2 $3\" = \"run --release --\" ] || {{ echo \"shim: cargo $*\" >&2; exit 64; }}\nshift 3\nexec '{BIN}' \"$@\"\n"
-    );
-    std::fs::write(&cargo, script).expect("write shim");
-    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).expect("chmod shim");
-    bin
-}
-
-/// A shell in `dir` with nothing of the test's environment but PATH (the shim first) and `env`.
+/// `sh -c script` in `dir` through the cargo shim, with `env`, its output piped.
 fn shell(dir: &Path, shim: &Path, script: &str, env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", format!("{}:{}", shim.display(), std::env::var("PATH").unwrap_or_default()))
-        .env("HOME", dir)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut command = Command::from(readme::shell(dir, shim, script));
+    command.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     command
 }
 
@@ -83,30 +51,6 @@ async fn line_with<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut Lines<R>, mar
 fn after<'a>(line: &'a str, prefix: &str) -> &'a str {
     let at = line.find(prefix).unwrap_or_else(|| panic!("{prefix:?} in {line:?}"));
     line[at + prefix.len()..].split_whitespace().next().unwrap_or_default()
-}
-
-/// Splits a block into commands: a line each, or a heredoc with its body.
-fn commands(block: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut lines = block.lines();
-    while let Some(line) = lines.next() {
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        let mut command = line.to_string();
-        if let Some(at) = line.find("<<'") {
-            let end = line[at + 3..].trim_end_matches('\'').to_string();
-            for body in lines.by_ref() {
-                command.push('\n');
-                command.push_str(body);
-                if body == end {
-                    break;
-                }
-            }
-        }
-        out.push(command);
-    }
-    out
 }
 
 struct Ran {
@@ -148,7 +92,7 @@ async fn the_readme_tour_completes_compensates_onboards_and_shows_signed_events(
     assert_eq!(blocks.len(), 4, "four terminals: {blocks:?}");
     let dir = std::env::temp_dir().join(format!("sagaplane-tour-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).expect("tour dir");
-    let shim = cargo_shim(&dir);
+    let shim = readme::cargo_shim(&dir, &[("", Path::new(BIN))]);
 
     // Terminal 1: the server, with every default but its port.
     let mut dev = shell(&dir, &shim, &format!("exec {} --listen 127.0.0.1:0", commands(&blocks[0])[0]), &[])
