@@ -173,6 +173,7 @@ impl Demo {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut demo =
         Demo { args, http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?, children: Vec::new() };
+    let started = Instant::now();
     let suffix = format!("{:04x}", std::process::id() % 0x10000);
     let (north, south) = (format!("north-{suffix}"), format!("south-{suffix}"));
     let third_port = demo.args.ports.get(1).copied().unwrap_or(7202);
@@ -228,11 +229,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     demo.call(reqwest::Method::POST, format!("{}/control/recover", demo.third()), "", None).await?;
 
     // Nothing lost: south's three arrive. Nothing sent for the ended session: north's are dead.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    println!(
+        "third party recovered; the failed deliveries wait for their next attempt \
+         (SAGAPLANE_DELIVERY_RETRY_SCHEDULE: the first retry comes 1 minute after a failure by default)"
+    );
+    let waiting = Instant::now();
+    let deadline = waiting + Duration::from_secs(90);
+    let mut next_report = waiting + Duration::from_secs(10);
     let received = loop {
         let received = demo.received().await?;
-        if received.iter().filter(|r| r["path_tenant"] == south.as_str()).count() >= 3 || Instant::now() > deadline {
+        let arrived = received.iter().filter(|r| r["path_tenant"] == south.as_str()).count();
+        if arrived >= 3 || Instant::now() > deadline {
             break received;
+        }
+        if Instant::now() >= next_report {
+            println!("  … {arrived} of south's 3 updates arrived, {:.0} s waited", waiting.elapsed().as_secs_f64());
+            next_report += Duration::from_secs(10);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -275,6 +287,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ensure!(items.len() == 3 && items.iter().all(|r| r["tenant_id"] == tenant.as_str()), "{tenant} reads {rows}");
     }
     println!("row-level security: each tenant's role reads its own 3 locations and no other's");
-    println!("nothing cross-tenant, nothing lost, nothing sent for an ended session");
+    println!(
+        "nothing cross-tenant, nothing lost, nothing sent for an ended session ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -1,9 +1,13 @@
-//! The shop end to end, as its README runs it: real processes (three services, Sagaplane
-//! instances), real databases, faults, and the reconciliation's verdict.
+//! The shop end to end, as its README runs it (its commands verbatim through
+//! `test_support::readme`'s cargo shim, on free ports and fresh databases): real processes
+//! (three services, Sagaplane instances), real databases, faults, and the reconciliation's
+//! verdict.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use test_support::readme;
 
 /// `sagaplane`, built by the same `cargo` run as `shop` (scripts/test builds the workspace).
 fn sagaplane() -> PathBuf {
@@ -17,12 +21,6 @@ fn work_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("work dir");
     dir
-}
-
-fn shop(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_shop")).args(args).output().expect("shop runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
 }
 
 /// The PostgreSQL the suite uses (scripts/test starts it), and a fresh database on it.
@@ -45,33 +43,52 @@ fn fresh_postgres(name: &str) -> Option<(String, String)> {
     Some((format!("{server}/{database}"), format!("{server}/postgres")))
 }
 
+/// The README's block holding `needle`, its first command that does, addresses replaced.
+fn readme_command(needle: &str, replace: &[(&str, &str)]) -> String {
+    let blocks = readme::sh_blocks(include_str!("../README.md"));
+    let mut command = blocks
+        .iter()
+        .flat_map(|block| readme::commands(block))
+        .find(|command| command.contains(needle))
+        .unwrap_or_else(|| panic!("the README runs {needle:?}"));
+    for (from, to) in replace {
+        assert!(command.contains(from), "{from:?} in {command:?}");
+        command = command.replace(from, to);
+    }
+    command
+}
+
+fn shim(dir: &Path) -> PathBuf {
+    readme::cargo_shim(dir, &[("", &sagaplane()), ("shop-example", Path::new(env!("CARGO_BIN_EXE_shop")))])
+}
+
+fn run(dir: &Path, command: &str) -> (bool, String) {
+    let output = readme::shell(dir, &shim(dir), command).output().expect("the README command runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// The README's PostgreSQL run, verbatim but for the databases (fresh ones of the suite's
+/// cluster) and a smaller run: 400 orders, 10% declined, 40 units per product so stock runs out.
 #[test]
 fn orders_over_three_orchestrators_with_faults_reconcile_on_postgres() {
     let Some((database, services_db)) = fresh_postgres("faults") else {
         panic!("SAGAPLANE_TEST_DATABASE_URL is not set: scripts/test sets it");
     };
     let dir = work_dir("faults");
-    let sagaplane = sagaplane();
-    let (ok, output) = shop(&[
-        "run",
-        "--database",
-        &database,
-        "--orchestrators",
-        "3",
-        "--orders",
-        "400",
-        "--faults",
-        "--services-db",
-        &services_db,
-        "--sagaplane",
-        sagaplane.to_str().unwrap_or_default(),
-        "--work-dir",
-        dir.to_str().unwrap_or_default(),
-        "--decline-rate",
-        "0.1",
-        "--units",
-        "40",
-    ]);
+    let shop = PathBuf::from(env!("CARGO_BIN_EXE_shop"));
+    let command = readme_command(
+        "target/release/shop run",
+        &[
+            ("target/release/shop", shop.to_str().unwrap_or_default()),
+            ("postgres://sagaplane:sagaplane@127.0.0.1:5432/shop", &database),
+            ("postgres://sagaplane:sagaplane@127.0.0.1:5432/postgres", &services_db),
+            ("--orders 10000", "--orders 400 --decline-rate 0.1 --units 40"),
+        ],
+    );
+    let (ok, built) = run(&dir, &readme_command("cargo build", &[]));
+    assert!(ok, "{built}");
+    let (ok, output) = run(&dir, &command);
     assert!(ok, "shop run failed:\n{output}");
     assert!(output.contains("fault: SIGKILL the inventory service"), "{output}");
     assert!(output.contains("fault: SIGKILL orchestrator 0"), "{output}");
@@ -81,45 +98,30 @@ fn orders_over_three_orchestrators_with_faults_reconcile_on_postgres() {
     assert!(output.contains("\"COMPLETED\""), "no order completed:\n{output}");
 }
 
+/// The README's two terminals verbatim, the server on a free port.
 #[test]
 fn the_readme_run_against_sagaplane_dev() {
     let dir = work_dir("dev");
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
     let log = std::fs::File::create(dir.join("dev.log")).expect("log");
-    let mut dev = Command::new(sagaplane())
-        .args([
-            "dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            dir.join("data").to_str().unwrap_or_default(),
-        ])
+    let server = readme_command("-- dev", &[]);
+    let dev = readme::shell(&dir, &shim(&dir), &format!("{server} --listen 127.0.0.1:{port}"))
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
-        .expect("sagaplane dev starts");
+        .map(readme::Group)
+        .expect("terminal 1");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let token = loop {
+    while !dir.join(".sagaplane/admin-token").exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         let text = std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
-        if let Some(token) = text.lines().find_map(|l| l.split("admin token: ").nth(1)) {
-            break token.trim().to_string();
-        }
-        assert!(Instant::now() < deadline, "sagaplane dev printed no admin token:\n{text}");
+        assert!(Instant::now() < deadline, "sagaplane dev did not come up:\n{text}");
         std::thread::sleep(Duration::from_millis(100));
-    };
-    let (ok, output) = shop(&[
-        "run",
-        "--url",
-        &format!("http://127.0.0.1:{port}"),
-        "--token",
-        &token,
-        "--orders",
-        "150",
-        "--work-dir",
-        dir.join("shop").to_str().unwrap_or_default(),
-    ]);
-    let _ = dev.kill();
-    let _ = dev.wait();
+    }
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let (ok, output) = run(&dir, &readme_command("shop-example -- run", &[("http://127.0.0.1:8080", &url)]));
+    drop(dev);
     assert!(ok, "shop run failed:\n{output}");
     assert!(output.contains("reconciliation: everything agrees"), "{output}");
+    println!("{output}\n(the README's run took {:.0} s)", started.elapsed().as_secs_f64());
 }
