@@ -1,6 +1,7 @@
-//! The onboarding example end to end, as its README runs it: its two terminals' commands, run
-//! verbatim through `test_support::readme`'s cargo shim, except that the four services and the
-//! server listen on free ports (the CRM's callback URL follows). The demo checks every outcome
+//! The onboarding example end to end, as its README runs it, on both stores: each pair of
+//! terminals run verbatim through `test_support::readme`'s cargo shim, except that the four
+//! services and the server listen on free ports (the CRM's callback URL follows) and the
+//! PostgreSQL run uses a fresh database of the suite's cluster. The demo checks every outcome
 //! from the CRM's, each service's and the saga history's point of view and fails on any
 //! surprise; afterwards, the built-in tenant sagas are as before and onboard a tenant with the
 //! demo's services gone.
@@ -21,13 +22,12 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
-/// `sagaplane ARGS` against the test's server.
-fn cli(url: &str, dir: &Path, args: &[&str]) -> (bool, String) {
-    let token = std::fs::read_to_string(dir.join(".sagaplane/admin-token")).expect("the dev token file");
+/// `sagaplane ARGS` against the test's server, with `token`.
+fn cli(url: &str, token: &str, args: &[&str]) -> (bool, String) {
     let output = Command::new(sagaplane())
         .args(args)
         .env("SAGAPLANE_URL", url)
-        .env("SAGAPLANE_TOKEN", token.trim())
+        .env("SAGAPLANE_TOKEN", token)
         .output()
         .expect("sagaplane runs");
     (
@@ -36,10 +36,48 @@ fn cli(url: &str, dir: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// A fresh database on the suite's PostgreSQL cluster.
+fn fresh_postgres() -> String {
+    let admin =
+        std::env::var("SAGAPLANE_TEST_DATABASE_URL").expect("SAGAPLANE_TEST_DATABASE_URL (scripts/test sets it)");
+    let server = admin.rsplit_once('/').map(|(server, _)| server.to_string()).expect("a database URL");
+    let database = format!("it_onboarding_{}", std::process::id());
+    let created = Command::new("psql")
+        .arg(&admin)
+        .args([
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+            "-c",
+            &format!("CREATE DATABASE {database}"),
+        ])
+        .status()
+        .expect("psql runs");
+    assert!(created.success(), "creating {database}");
+    format!("{server}/{database}")
+}
+
+/// The database URL the README's PostgreSQL terminal names.
+const README_DATABASE: &str = "postgres://sagaplane:sagaplane@127.0.0.1:5432/onboarding";
+
 #[test]
-fn the_readme_onboards_per_tier_runs_the_drills_and_leaves_the_built_ins_as_they_were() {
+fn the_readme_on_sagaplane_dev() {
+    the_readme("# terminal 1:", "# terminal 2:", None);
+}
+
+#[test]
+fn the_readme_on_postgresql() {
+    the_readme("# terminal 1 on PostgreSQL", "# terminal 2 on PostgreSQL", Some(fresh_postgres()));
+}
+
+/// The README's two terminals starting with `first` and `second`: onboarding per tier, the
+/// drills, and afterwards the built-in sagas as they were.
+fn the_readme(first: &str, second: &str, database: Option<String>) {
     let blocks = readme::sh_blocks(include_str!("../README.md"));
-    let dir = std::env::temp_dir().join(format!("onboarding-it-{}", std::process::id()));
+    let block = |start: &str| {
+        readme::commands(blocks.iter().find(|b| b.starts_with(start)).expect("the README's terminal"))[0].clone()
+    };
+    let dir = std::env::temp_dir().join(format!("onboarding-it-{}-{}", std::process::id(), database.is_some()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let shim = readme::cargo_shim(
@@ -51,40 +89,48 @@ fn the_readme_onboards_per_tier_runs_the_drills_and_leaves_the_built_ins_as_they
     let url = format!("http://127.0.0.1:{port}");
 
     // Terminal 1.
-    let server = &readme::commands(&blocks[0])[0];
-    let server = server.replace("127.0.0.1:7104", &format!("127.0.0.1:{}", ports[3]));
-    let log = std::fs::File::create(dir.join("dev.log")).expect("log");
-    let dev = readme::shell(&dir, &shim, &format!("{server} --listen 127.0.0.1:{port}"))
+    let mut server = block(first).replace("127.0.0.1:7104", &format!("127.0.0.1:{}", ports[3]));
+    if let Some(database) = &database {
+        server = server.replace(README_DATABASE, database);
+    }
+    let listen = if server.contains("-- dev") { format!(" --listen 127.0.0.1:{port}") } else { String::new() };
+    let log = std::fs::File::create(dir.join("server.log")).expect("log");
+    let running = readme::shell(&dir, &shim, &format!("{server}{listen}"))
+        .env("SAGAPLANE_LISTEN", format!("127.0.0.1:{port}"))
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
         .map(readme::Group)
         .expect("terminal 1");
+    let token_file = dir.join(".sagaplane/admin-token");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !dir.join(".sagaplane/admin-token").exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while (database.is_none() && !token_file.exists()) || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "sagaplane dev did not come up: {}",
-            std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default()
+            "Sagaplane did not come up: {}",
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (_, before) = cli(&url, &dir, &["definitions", "show", "tenant.provision"]);
+    let token = match &database {
+        None => std::fs::read_to_string(&token_file).expect("the dev token file").trim().to_string(),
+        Some(_) => "dev-admin".to_string(),
+    };
+    let (_, before) = cli(&url, &token, &["definitions", "show", "tenant.provision"]);
 
     // Terminal 2.
-    let demo = &readme::commands(&blocks[1])[0];
     let ports_arg = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-    let output = readme::shell(&dir, &shim, &format!("{demo} --ports {ports_arg}"))
+    let output = readme::shell(&dir, &shim, &format!("{} --ports {ports_arg}", block(second)))
         .env("SAGAPLANE_URL", &url)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
         .expect("terminal 2");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    let server_log = std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
+    let server_log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     assert!(
         output.status.success(),
-        "onboarding demo failed:\n{text}\n--- sagaplane dev ---\n{}",
+        "onboarding demo failed:\n{text}\n--- sagaplane ---\n{}",
         &server_log[server_log.len().saturating_sub(4000)..]
     );
     println!("{text}");
@@ -102,7 +148,7 @@ fn the_readme_onboards_per_tier_runs_the_drills_and_leaves_the_built_ins_as_they
     }
 
     // The built-ins are as they were, and onboard with the demo's services gone.
-    let (_, after) = cli(&url, &dir, &["definitions", "show", "tenant.provision"]);
+    let (_, after) = cli(&url, &token, &["definitions", "show", "tenant.provision"]);
     let steps = |shown: &str| -> Vec<String> {
         let value: serde_json::Value = serde_json::from_str(shown).unwrap_or_default();
         let definition = if value["definition"].is_object() { &value["definition"] } else { &value };
@@ -115,10 +161,10 @@ fn the_readme_onboards_per_tier_runs_the_drills_and_leaves_the_built_ins_as_they
     };
     assert!(!steps(&after).is_empty(), "{after}");
     assert_eq!(steps(&after), steps(&before), "tenant.provision restored:\n{after}");
-    let (ok, created) = cli(&url, &dir, &["tenants", "create", "after-demo", "--name", "After Demo"]);
+    let (ok, created) = cli(&url, &token, &["tenants", "create", "after-demo", "--name", "After Demo"]);
     assert!(ok && created.contains("ACTIVE"), "a tenant created after the demo onboards:\n{created}");
-    let (ok, deleted) = cli(&url, &dir, &["tenants", "delete", "after-demo"]);
+    let (ok, deleted) = cli(&url, &token, &["tenants", "delete", "after-demo"]);
     assert!(ok && deleted.contains("DELETED"), "and offboards:\n{deleted}");
-    drop(dev);
+    drop(running);
     let _ = std::fs::remove_dir_all(&dir);
 }
