@@ -145,6 +145,7 @@ pub fn router(state: AppState) -> Router {
             "/debug/pprof/profile",
             get(profile::profile).route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate)),
         )
+        .route_layer(axum::middleware::from_fn(routes::common::refuse_nul_in_query))
         // After routing, so the route template is known (not the path: ids would explode it).
         .route_layer(axum::middleware::from_fn(observe::http_request))
         .fallback(routes::ops::not_found)

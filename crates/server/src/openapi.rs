@@ -14,9 +14,17 @@ const HOST_AND_PORT_PATTERN: &str =
     "[A-Za-z0-9.-]+(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?";
 const WAIT_PATTERN: &str = "^[0-9]{1,9}(ms|s|m|h)$";
 /// Non-blank text (names): at least one character that is not white space.
-const NON_BLANK_PATTERN: &str = "[^\\s\\u0085]";
+const NON_BLANK_PATTERN: &str = "^[^\\u0000]*[^\\s\\u0085\\u0000][^\\u0000]*$";
 const DOMAIN_PATTERN: &str = "^[A-Za-z0-9-]([A-Za-z0-9.-]{0,251}[A-Za-z0-9-])?$";
-const EMAIL_PATTERN: &str = "^[^@\\s\\u0085]+@[^@\\s\\u0085]*\\.[^@\\s\\u0085]*$";
+const EMAIL_PATTERN: &str = "^[^@\\s\\u0085\\u0000]+@[^@\\s\\u0085\\u0000]*\\.[^@\\s\\u0085\\u0000]*$";
+/// Text without the NUL character, which no store keeps: every string the server reads is
+/// refused with 400 if it holds one (docs/api.md, Conventions).
+const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
+/// A humantime duration: numbers each followed by a unit (`250ms`, `5s`, `2m`, `1h 30m`, `30d`).
+const DURATION_PATTERN: &str =
+    "^\\s*([0-9]+(\\.[0-9]+)?\\s*(nanos|nsec|ns|usec|us|\\u00b5s|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\\s*)+$";
+/// A tenant migration service: its folder's name.
+const SERVICE_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
 
 fn problem(description: &str) -> Value {
     json!({"description": description, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
@@ -123,7 +131,8 @@ pub fn document() -> Value {
                 query_param("format", "pprof (default) or svg", json!({"enum": ["pprof", "svg"]}))
             ],
             "responses": {"200": {"description": "application/octet-stream (pprof) or image/svg+xml"},
-                          "409": problem("a profile is being taken")}}))},
+                          "409": problem("a profile is being taken"),
+                          "422": problem("seconds or format out of range, or another query parameter")}}))},
         "/ui/": {"get": {"summary": "Dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
         "/v1/status": {"get": secured(json!({
             "summary": "The store, its schema, and how the database is reached (admin)",
@@ -209,7 +218,7 @@ pub fn document() -> Value {
         "/v1/sagas/{id}/signals/{name}": {
             "parameters": [saga_id(), path_param("name", "signal name a step of the saga waits for", string())],
             "post": secured(json!({"summary": "Deliver a signal; buffered until the saga reaches the step, whose output it becomes",
-                "requestBody": {"required": false, "content": {"application/json": {"schema": {}}}},
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JsonValue"}}}},
                 "responses": {"202": {"description": "buffered"}, "409": problem("saga is terminal"), "422": problem("no step of the saga waits for this signal")}})),
         },
         "/v1/callbacks/{token}": {
@@ -227,7 +236,7 @@ pub fn document() -> Value {
         paths.extend(tenants);
         complete_responses(paths);
     }
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {"title": "Sagaplane", "version": env!("CARGO_PKG_VERSION"), "description": "Durable saga orchestrator and tenant control plane"},
         "components": {
@@ -235,7 +244,40 @@ pub fn document() -> Value {
             "schemas": schemas(),
         },
         "paths": paths,
-    })
+    });
+    refuse_nul_everywhere(&mut document);
+    document
+}
+
+/// States, on every schema of `value`, that no string holds NUL (the server refuses one with
+/// 400 wherever it reads JSON): free text gets [`NO_NUL_PATTERN`], and an object's keys and the
+/// values of properties it does not name are NUL-free too. A string with a pattern, an enum, a
+/// const or a format says already which characters it takes (the patterns here exclude NUL).
+fn refuse_nul_everywhere(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let types: Vec<&str> = match map.get("type") {
+                Some(Value::String(t)) => vec![t.as_str()],
+                Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            let (is_string, is_object) = (types.contains(&"string"), types.contains(&"object"));
+            if is_string && !["pattern", "enum", "const", "format"].iter().any(|k| map.contains_key(*k)) {
+                map.insert("pattern".into(), json!(NO_NUL_PATTERN));
+            }
+            if is_object && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), json!({"$ref": "#/components/schemas/JsonValue"}));
+            }
+            if is_object && !map.contains_key("propertyNames") {
+                map.insert("propertyNames".into(), json!({"pattern": NO_NUL_PATTERN}));
+            }
+            for child in map.values_mut() {
+                refuse_nul_everywhere(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(refuse_nul_everywhere),
+        _ => {}
+    }
 }
 
 fn schemas() -> Value {
@@ -247,8 +289,9 @@ fn schemas() -> Value {
     }});
     let domains = json!({"type": "array", "maxItems": 50, "items": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": DOMAIN_PATTERN}});
     let contacts = json!({"type": "array", "maxItems": 50, "items": contact});
-    let metadata = json!({"type": "object", "description": "at most 16 KiB of JSON"});
-    let duration = json!({"type": "string", "description": "a duration: 250ms, 5s, 2m, 1h"});
+    let metadata = json!({"$ref": "#/components/schemas/JsonObject", "description": "at most 16 KiB of JSON"});
+    let duration =
+        json!({"type": "string", "pattern": DURATION_PATTERN, "description": "a duration: 250ms, 5s, 2m, 1h, 30d"});
     let retry = json!({"type": "object", "additionalProperties": false, "properties": {
         "max_attempts": {"type": "integer", "minimum": 1}, "initial_interval": duration, "multiplier": {"type": "number", "minimum": 1},
         "max_interval": duration, "jitter": {"type": "number", "minimum": 0, "maximum": 1}}});
@@ -300,7 +343,7 @@ fn schemas() -> Value {
             "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "at most this many (and at most 1000) in one call, oldest first"}
         }},
         "Rollout": {"type": "object", "additionalProperties": false, "properties": {
-            "service": {"type": ["string", "null"], "description": "one service's migrations; all when absent or null"},
+            "service": {"type": ["string", "null"], "pattern": SERVICE_PATTERN, "description": "one service's migrations; all when absent or null"},
             "concurrency": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000}
         }},
         "Tenant": {"type": "object", "properties": {
@@ -319,7 +362,7 @@ fn schemas() -> Value {
         "TenantAccepted": {"type": "object", "properties": {"tenant": {"$ref": "#/components/schemas/Tenant"}, "saga_id": {"type": "string"}}},
         "Callback": {"oneOf": [
             {"type": "object", "additionalProperties": false, "required": ["status"], "properties": {
-                "status": {"const": "succeeded"}, "output": {"description": "the step's output (any JSON)"}}},
+                "status": {"const": "succeeded"}, "output": {"$ref": "#/components/schemas/JsonValue", "description": "the step's output (any JSON)"}}},
             {"type": "object", "additionalProperties": false, "required": ["status"], "properties": {
                 "status": {"const": "failed"}, "error": {"type": "string"},
                 "retryable": {"type": "boolean", "description": "false (default): a definite failure; true: retried like a 5xx"}}},
@@ -328,15 +371,15 @@ fn schemas() -> Value {
             "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
             "errors": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}}
         }},
-        "DefinitionDocument": {"type": "object", "required": ["steps"], "properties": {
+        "DefinitionDocument": {"type": "object", "additionalProperties": false, "required": ["steps"], "properties": {
             "name": {"type": "string", "pattern": DEFINITION_NAME_PATTERN}, "description": {"type": "string"},
             "timeout": duration, "on_timeout": {"enum": ["compensate", "fail"]},
-            "defaults": {"type": "object", "properties": {"timeout": duration, "retry": retry, "compensation_retry": retry}},
-            "concurrency": {"type": "object", "required": ["key", "limit"], "properties": {"key": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}}},
-            "steps": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name", "action"], "properties": {
-                "name": {"type": "string"}, "description": {"type": "string"},
-                "action": {"type": "object", "description": "exactly one of http, grpc, builtin, signal"},
-                "compensation": {"type": ["object", "null"]}, "timeout": duration, "heartbeat_timeout": duration,
+            "defaults": {"type": "object", "additionalProperties": false, "properties": {"timeout": duration, "retry": retry, "compensation_retry": retry}},
+            "concurrency": {"type": "object", "additionalProperties": false, "required": ["key", "limit"], "properties": {"key": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}}},
+            "steps": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["name", "action"], "properties": {
+                "name": {"type": "string", "pattern": saga_core::STEP_NAME_PATTERN}, "description": {"type": "string"},
+                "action": {"$ref": "#/components/schemas/JsonObject", "description": "exactly one of http, grpc, builtin, signal"},
+                "compensation": {"anyOf": [{"type": "null"}, {"$ref": "#/components/schemas/JsonObject"}]}, "timeout": duration, "heartbeat_timeout": duration,
                 "retry": retry, "compensation_retry": retry, "pivot": {"type": "boolean"},
                 "on_failure": {"enum": ["compensate", "fail"], "description": "fail: the saga fails forward to FAILED for an operator's retry instead of compensating"}
             }}}
@@ -350,7 +393,7 @@ fn schemas() -> Value {
         "StartSaga": {"type": "object", "additionalProperties": false, "required": ["definition"], "properties": {
             "definition": {"type": "string", "pattern": DEFINITION_NAME_PATTERN},
             "version": {"type": ["integer", "null"], "minimum": 1, "maximum": i32::MAX},
-            "input": {"description": "any JSON; {} when absent"},
+            "input": {"$ref": "#/components/schemas/JsonValue", "description": "any JSON; {} when absent"},
             "tenant_id": {"oneOf": [{"type": "null"}, tenant_id()]},
             "priority": {"type": ["integer", "null"], "minimum": -1000, "maximum": 1000}
         }},
@@ -374,6 +417,14 @@ fn schemas() -> Value {
             "worker": {"type": ["string", "null"]}, "data": {}, "at": {"type": "string"}
         }},
         "EventList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_cursor": {"type": ["string", "null"]}}},
+        "JsonValue": {"description": "any JSON; no string or key holds the NUL character", "anyOf": [
+            {"type": ["null", "boolean", "number"]},
+            {"type": "string", "pattern": NO_NUL_PATTERN},
+            {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+            {"$ref": "#/components/schemas/JsonObject"},
+        ]},
+        "JsonObject": {"type": "object", "propertyNames": {"pattern": NO_NUL_PATTERN},
+                       "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
     })
 }
 
@@ -502,7 +553,7 @@ fn tenant_paths() -> Value {
                     {"name": "webhook-timestamp", "in": "header", "required": true, "schema": string()},
                     {"name": "webhook-signature", "in": "header", "required": true, "schema": string()},
                 ],
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"type": {"const": "customer.created"}, "data": {"type": "object", "properties": {"tenant": {"$ref": "#/components/schemas/CreateTenant"}}}}}}}},
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"type": {"const": "customer.created"}, "data": {"type": "object", "properties": {"tenant": {"$ref": "#/components/schemas/CreateTenant"}}, "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}}}}}},
                 "responses": {"202": ok("provisioning started", "TenantAccepted"), "200": {"description": "replay: the first result"},
                     "401": problem("bad or missing signature, or stale timestamp"), "404": problem("not configured (SAGAPLANE_CRM_WEBHOOK_SECRET unset)"),
                     "409": problem("the tenant id exists"), "422": problem("unsupported event type or invalid tenant")}},

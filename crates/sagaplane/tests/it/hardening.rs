@@ -68,6 +68,12 @@ async fn nul_in_api_bodies_is_refused_and_in_callbacks_replaced(backend: Backend
     assert!(body["detail"].as_str().unwrap_or_default().contains("NUL"), "{body}");
     let (_, _, list) = app.send(app.request(reqwest::Method::GET, "/v1/sagas?definition=waits")).await;
     assert_eq!(list["items"], json!([]), "a refused start created a saga");
+    // A query's NUL is refused the same way, on every route (PostgreSQL refuses it in text).
+    for query in ["/v1/sagas?tenant_id=a%00b", "/v1/tenants?status=%00", "/v1/deliveries?subscription_id=%00"] {
+        let (status, _, body) = app.send(app.request(reqwest::Method::GET, query)).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["detail"].as_str().unwrap_or_default().contains("NUL"), "{query}: {body}");
+    }
     let (status, _, body) = app
         .send(app.request(reqwest::Method::PUT, "/v1/definitions/nul").json(&fast_definition(json!([
             {"name": "e", "action": {"builtin": "core.echo", "input": {"t": "\u{0}"}}}

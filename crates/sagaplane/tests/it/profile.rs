@@ -65,5 +65,12 @@ async fn a_cpu_profile_is_pprof_or_a_flame_graph() {
         let (status, _, body) = app.send(app.request(Method::GET, &format!("/debug/pprof/profile?{bad}"))).await;
         assert_eq!(status, 422, "{bad}: {body}");
     }
+    // Every status it answers is documented (schemathesis does not call it: it samples for up
+    // to a minute).
+    let (_, _, openapi) = app.send(app.request(Method::GET, "/openapi.json")).await;
+    let responses = &openapi["paths"]["/debug/pprof/profile"]["get"]["responses"];
+    for status in ["200", "401", "403", "409", "422"] {
+        assert!(responses[status].is_object(), "{status} is documented: {responses}");
+    }
     load.abort();
 }

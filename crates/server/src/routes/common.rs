@@ -182,6 +182,19 @@ pub(crate) fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
+/// 400 for a query string holding NUL (`%00`, the only way a URI carries it), on every route:
+/// like a body's, a query's text never holds NUL (PostgreSQL refuses it in text parameters).
+pub(crate) async fn refuse_nul_in_query(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.uri().query().is_some_and(|query| query.contains("%00")) {
+        return ApiError::BadRequest("query parameters may not contain the NUL character (%00)".into()).into_response();
+    }
+    next.run(request).await
+}
+
 /// 400 when a string or key of `value` holds NUL.
 pub(crate) fn refuse_nul(value: &Value) -> Result<(), ApiError> {
     if saga_core::text::contains_nul(value) {
