@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::StoreResult;
 
-/// Subscriptions listed at most per page, and deliveries.
+/// Deliveries claimed at most in one round.
 pub const DELIVERY_CLAIM_MAX: u32 = 256;
 
 /// An event about to be written with the change it reports.

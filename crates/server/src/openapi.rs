@@ -5,6 +5,8 @@
 
 use serde_json::{json, Value};
 
+use crate::routes::tenants::{LIST_ITEMS_MAX, METADATA_MAX_BYTES};
+
 /// Patterns the server checks, stated once.
 const TENANT_ID_PATTERN: &str = "^[a-z][a-z0-9-]{1,61}[a-z0-9]$";
 const DEFINITION_NAME_PATTERN: &str = "^[a-z][a-z0-9_.-]{0,99}$";
@@ -287,9 +289,9 @@ fn schemas() -> Value {
         "email": {"type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN},
         "role": {"type": "string", "maxLength": 254, "pattern": NON_BLANK_PATTERN},
     }});
-    let domains = json!({"type": "array", "maxItems": 50, "items": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": DOMAIN_PATTERN}});
-    let contacts = json!({"type": "array", "maxItems": 50, "items": contact});
-    let metadata = json!({"$ref": "#/components/schemas/JsonObject", "description": "at most 16 KiB of JSON"});
+    let domains = json!({"type": "array", "maxItems": LIST_ITEMS_MAX, "items": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": DOMAIN_PATTERN}});
+    let contacts = json!({"type": "array", "maxItems": LIST_ITEMS_MAX, "items": contact});
+    let metadata = json!({"$ref": "#/components/schemas/JsonObject", "description": format!("at most {} KiB of JSON", METADATA_MAX_BYTES / 1024)});
     let duration =
         json!({"type": "string", "pattern": DURATION_PATTERN, "description": "a duration: 250ms, 5s, 2m, 1h, 30d"});
     let retry = json!({"type": "object", "additionalProperties": false, "properties": {

@@ -19,5 +19,5 @@ pub mod tenant_storage;
 mod wakeups;
 
 pub use connect::{ConnectError, Route};
-pub use store::{ConnectSettings, PostgresStore, POOL_CONNECTIONS_MAX, WORK_CHANNEL};
+pub use store::{ConnectSettings, PostgresStore, WORK_CHANNEL};
 pub use tenant_storage::PgTenantStorage;

@@ -9,6 +9,7 @@ mod control;
 mod crash;
 mod delivery;
 mod deploy;
+mod docs;
 mod egress;
 mod failover;
 mod fuzz;

@@ -29,8 +29,6 @@ mod tenants;
 
 /// The channel idle instances listen on.
 pub const WORK_CHANNEL: &str = "sagaplane_work";
-/// Default size of the engine's connection pool (`SAGAPLANE_DATABASE_POOL_SIZE`).
-pub const POOL_CONNECTIONS_MAX: u32 = 24;
 
 /// What [`PostgresStore::open`] connects to.
 #[derive(Clone, Debug)]

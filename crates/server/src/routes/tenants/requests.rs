@@ -10,13 +10,13 @@ use crate::error::ApiError;
 use crate::state::Tenancy;
 
 /// Limits on tenant fields.
-pub(super) const NAME_MAX_CHARS: usize = 200;
+pub(crate) const NAME_MAX_CHARS: usize = 200;
 
-pub(super) const LIST_ITEMS_MAX: usize = 100;
+pub(crate) const LIST_ITEMS_MAX: usize = 100;
 
-pub(super) const METADATA_MAX_BYTES: usize = 64 * 1024;
+pub(crate) const METADATA_MAX_BYTES: usize = 64 * 1024;
 
-pub(super) const EMAIL_MAX_CHARS: usize = 254;
+pub(crate) const EMAIL_MAX_CHARS: usize = 254;
 
 /// A validated `POST /v1/tenants` body.
 pub(super) struct TenantRequest {
