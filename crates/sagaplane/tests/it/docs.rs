@@ -87,3 +87,60 @@ fn a_row_is_read_as_name_and_value() {
     assert_eq!(docs.get("STEPS_MAX").map(String::as_str), Some("100"));
     assert_eq!(docs.get("WAIT_MAX").map(String::as_str), Some("Duration::from_secs(60)"));
 }
+
+/// A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to dashes.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every relative link of the repository's Markdown reaches a file of the repository, and a
+/// `#anchor` a heading of that file: the docs never send a reader to something that is not there.
+#[test]
+fn every_relative_link_of_the_docs_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut pages = vec![root.join("README.md"), root.join("ARCHITECTURE.md"), root.join("deploy/README.md")];
+    for dir in ["docs", "examples/shop", "examples/onboarding", "examples/location"] {
+        for entry in std::fs::read_dir(root.join(dir)).expect("dir").flatten() {
+            if entry.path().extension().is_some_and(|e| e == "md") {
+                pages.push(entry.path());
+            }
+        }
+    }
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).expect("page");
+        for (at, _) in text.match_indices("](") {
+            let rest = &text[at + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = &rest[..end];
+            if target.contains("://") || target.starts_with("mailto:") || target.contains(' ') {
+                continue;
+            }
+            let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let file = if file.is_empty() { page.clone() } else { page.parent().expect("dir").join(file) };
+            if !file.exists() {
+                broken.push(format!("{}: {target} (no such file)", page.display()));
+                continue;
+            }
+            if !fragment.is_empty() && file.is_file() {
+                let linked = std::fs::read_to_string(&file).unwrap_or_default();
+                let anchors: Vec<String> = linked
+                    .lines()
+                    .filter_map(|l| l.strip_prefix('#'))
+                    .map(|l| anchor(l.trim_start_matches('#').replace('`', "").as_str()))
+                    .collect();
+                if !anchors.iter().any(|a| a == fragment) {
+                    broken.push(format!("{}: {target} (no heading #{fragment})", page.display()));
+                }
+            }
+        }
+    }
+    assert!(pages.len() > 10, "{pages:?}");
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
+}
