@@ -105,6 +105,17 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     .await;
     let failed = app.start("order", json!({"sku": "A-1"})).await;
     assert_eq!(app.wait_terminal(&failed, WAIT).await["status"], "FAILED");
+    app.put_definition(
+        "refund",
+        &fast_definition(json!([
+            {"name": "reserve", "action": {"builtin": "core.echo"}, "compensation": {"builtin": "core.echo"}},
+            {"name": "charge", "action": {"builtin": "core.echo"}, "compensation": {"builtin": "core.echo"}},
+            {"name": "ship", "action": {"builtin": "core.fail"}},
+        ])),
+    )
+    .await;
+    let compensated = app.start("refund", json!({})).await;
+    assert_eq!(app.wait_terminal(&compensated, WAIT).await["status"], "COMPENSATED");
     let (status, _, _) =
         app.send(app.request(reqwest::Method::POST, "/v1/tenants").json(&json!({"id": "acme", "name": "Acme"}))).await;
     assert_eq!(status, 202);
@@ -140,6 +151,25 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
         url.contains(&format!("#/saga/{failed}")) && !url.contains(test_support::app::TOKEN),
         "shareable, no token: {url}"
     );
+
+    // A compensated saga's timeline shows its compensations, one bar each.
+    client.goto(&format!("{}/ui/#/saga/{compensated}", app.url)).await.expect("the compensated saga");
+    until_text(&client, "h2", "COMPENSATED").await;
+    let undone = tokio::time::timeout(WAIT, async {
+        loop {
+            let bars = client.find_all(Locator::Css("#timeline rect.compensation")).await.expect("bars");
+            if bars.len() >= 2 {
+                return bars.len();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("compensation bars in the timeline");
+    assert_eq!(undone, 2, "charge and reserve undone");
+    screenshot(&client, "saga-compensated").await;
+    client.goto(&url).await.expect("back to the failed saga");
+    until_text(&client, "#saga-error", "ship").await;
 
     // Retry, and watch it complete (the page refreshes while it runs).
     client.find(Locator::Id("retry")).await.expect("retry").click().await.expect("click retry");
