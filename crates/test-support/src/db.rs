@@ -23,6 +23,21 @@ pub async fn fresh_postgres() -> String {
     admin.database(&name).to_url_lossy().to_string()
 }
 
+/// [`fresh_postgres`] for a test without an async runtime (the examples' end-to-end tests), as
+/// `postgres://…/name` with no query string, so it can stand in a shell command as it is.
+pub fn fresh_postgres_blocking() -> String {
+    let url = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the database's creation")
+        .block_on(fresh_postgres());
+    let options = PgConnectOptions::from_str(&url).expect("the new database's URL");
+    let name = options.get_database().expect("the new database's name");
+    let admin = postgres_admin_url();
+    let server = admin.split('?').next().and_then(|u| u.rsplit_once('/')).map(|(server, _)| server).expect("a URL");
+    format!("{server}/{name}")
+}
+
 /// A URL for a new SQLite file in a fresh temp directory.
 pub fn fresh_sqlite() -> String {
     let dir = std::env::temp_dir().join(format!("sagaplane-it-{}", uuid::Uuid::now_v7()));

@@ -10,7 +10,6 @@ use test_support::readme;
 
 /// The database URL the README names; the test uses a fresh database of the suite's cluster.
 const README_DATABASE: &str = "postgres://sagaplane:sagaplane@127.0.0.1:5432/location";
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn sagaplane() -> PathBuf {
@@ -25,23 +24,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn two_tenants_a_failing_third_party_and_its_recovery() {
-    let admin =
-        std::env::var("SAGAPLANE_TEST_DATABASE_URL").expect("SAGAPLANE_TEST_DATABASE_URL (scripts/test sets it)");
-    let server = admin.rsplit_once('/').map(|(server, _)| server.to_string()).expect("a database URL");
-    let database = format!("it_location_{}", std::process::id());
-    let created = Command::new("psql")
-        .arg(&admin)
-        .args([
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-            "-c",
-            &format!("CREATE DATABASE {database}"),
-        ])
-        .status()
-        .expect("psql runs");
-    assert!(created.success(), "creating {database}");
-    let url = format!("{server}/{database}");
+    let url = test_support::db::fresh_postgres_blocking();
     let dir = std::env::temp_dir().join(format!("location-it-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");

@@ -36,27 +36,6 @@ fn cli(url: &str, token: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// A fresh database on the suite's PostgreSQL cluster.
-fn fresh_postgres() -> String {
-    let admin =
-        std::env::var("SAGAPLANE_TEST_DATABASE_URL").expect("SAGAPLANE_TEST_DATABASE_URL (scripts/test sets it)");
-    let server = admin.rsplit_once('/').map(|(server, _)| server.to_string()).expect("a database URL");
-    let database = format!("it_onboarding_{}", std::process::id());
-    let created = Command::new("psql")
-        .arg(&admin)
-        .args([
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-            "-c",
-            &format!("CREATE DATABASE {database}"),
-        ])
-        .status()
-        .expect("psql runs");
-    assert!(created.success(), "creating {database}");
-    format!("{server}/{database}")
-}
-
 /// The database URL the README's PostgreSQL terminal names.
 const README_DATABASE: &str = "postgres://sagaplane:sagaplane@127.0.0.1:5432/onboarding";
 
@@ -67,7 +46,11 @@ fn the_readme_on_sagaplane_dev() {
 
 #[test]
 fn the_readme_on_postgresql() {
-    the_readme("# terminal 1 on PostgreSQL", "# terminal 2 on PostgreSQL", Some(fresh_postgres()));
+    the_readme(
+        "# terminal 1 on PostgreSQL",
+        "# terminal 2 on PostgreSQL",
+        Some(test_support::db::fresh_postgres_blocking()),
+    );
 }
 
 /// The README's two terminals starting with `first` and `second`: onboarding per tier, the

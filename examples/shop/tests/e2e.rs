@@ -4,7 +4,6 @@
 //! verdict.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use test_support::readme;
@@ -21,26 +20,6 @@ fn work_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("work dir");
     dir
-}
-
-/// The PostgreSQL the suite uses (scripts/test starts it), and a fresh database on it.
-fn fresh_postgres(name: &str) -> Option<(String, String)> {
-    let admin = std::env::var("SAGAPLANE_TEST_DATABASE_URL").ok()?;
-    let server = admin.rsplit_once('/').map(|(server, _)| server.to_string())?;
-    let database = format!("it_shop_{name}_{}", std::process::id());
-    let status = Command::new("psql")
-        .arg(&admin)
-        .args([
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-            "-c",
-            &format!("CREATE DATABASE {database}"),
-        ])
-        .status()
-        .expect("psql runs");
-    assert!(status.success(), "creating {database}");
-    Some((format!("{server}/{database}"), format!("{server}/postgres")))
 }
 
 /// The README's block holding `needle`, its first command that does, addresses replaced.
@@ -72,9 +51,9 @@ fn run(dir: &Path, command: &str) -> (bool, String) {
 /// cluster) and a smaller run: 400 orders, 10% declined, 40 units per product so stock runs out.
 #[test]
 fn orders_over_three_orchestrators_with_faults_reconcile_on_postgres() {
-    let Some((database, services_db)) = fresh_postgres("faults") else {
-        panic!("SAGAPLANE_TEST_DATABASE_URL is not set: scripts/test sets it");
-    };
+    let database = test_support::db::fresh_postgres_blocking();
+    let admin = test_support::db::postgres_admin_url();
+    let services_db = format!("{}/postgres", admin.rsplit_once('/').map(|(server, _)| server).expect("a database URL"));
     let dir = work_dir("faults");
     let shop = PathBuf::from(env!("CARGO_BIN_EXE_shop"));
     let command = readme_command(

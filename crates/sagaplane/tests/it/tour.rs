@@ -309,16 +309,7 @@ async fn listen_reuses_its_subscription_prints_json_and_forwards() {
     let (mut second, mut out, mut err) = spawn_listen(&app, &args);
     let line = line_with(&mut err, "(subscription ").await;
     assert!(line.contains(&id), "the subscription {id} left behind is reused: {line}");
-    let listed: Value = app
-        .http
-        .get(format!("{}/v1/subscriptions", app.url))
-        .bearer_auth(test_support::app::TOKEN)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let listed = app.send(app.request(reqwest::Method::GET, "/v1/subscriptions")).await.2;
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{listed}");
 
     app.put_definition("listen-echo", &json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]})).await;
@@ -344,15 +335,6 @@ async fn listen_reuses_its_subscription_prints_json_and_forwards() {
         tokio::time::timeout(Duration::from_secs(30), second.wait()).await.expect("listen stops").expect("wait");
     assert!(status.success(), "{status}");
     line_with(&mut err, &format!("subscription {id} deleted")).await;
-    let listed: Value = app
-        .http
-        .get(format!("{}/v1/subscriptions", app.url))
-        .bearer_auth(test_support::app::TOKEN)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let listed = app.send(app.request(reqwest::Method::GET, "/v1/subscriptions")).await.2;
     assert_eq!(listed["items"], json!([]), "{listed}");
 }
