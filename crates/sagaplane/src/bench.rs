@@ -310,12 +310,13 @@ async fn drive(load: Arc<Load>, count: usize, concurrency: usize) -> anyhow::Res
     Ok(all)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+/// The `p`th percentile (0–100) of sorted values; 0 for none.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn report(args: &BenchArgs, backend: &str, expected: &str, results: &[(String, Duration)], elapsed: Duration) {
@@ -330,8 +331,9 @@ fn report(args: &BenchArgs, backend: &str, expected: &str, results: &[(String, D
         Workload::Saga3 => "saga3",
         Workload::Saga3Fail => "saga3-fail",
     };
+    let latencies: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     let (p50, p95, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 95.0), percentile(&latencies, 99.0));
-    let max = latencies.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    let max = latencies.last().copied().unwrap_or(0.0);
     let backend = if args.direct { format!("{backend}-direct") } else { backend.to_string() };
     println!(
         "workload {workload} on {backend}: n={} c={} in {:.2}s",
@@ -424,8 +426,8 @@ impl Receiver {
         let lag_ms = last.saturating_duration_since(finished_engine).as_secs_f64() * 1000.0;
         let mut latencies = self.latencies_ms.lock().map(|l| l.clone()).unwrap_or_default();
         latencies.sort_by(f64::total_cmp);
-        let p50 = crate::bench_tenants::percentile(&latencies, 50.0);
-        let p99 = crate::bench_tenants::percentile(&latencies, 99.0);
+        let p50 = percentile(&latencies, 50.0);
+        let p99 = percentile(&latencies, 99.0);
         println!(
             "  deliveries   {received} of {expected} received ({:.1}/s); the last {lag_ms:.0} ms after the last saga; \
              event-to-receiver p50 {p50:.0} ms, p99 {p99:.0} ms",

@@ -16,6 +16,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
+use crate::bench::percentile;
 use crate::config::Config;
 
 #[derive(Args, Debug)]
@@ -75,15 +76,6 @@ impl Run {
 
 fn ms(text: &Value) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text.as_str()?).ok().map(|t| t.timestamp_millis())
-}
-
-/// The `p`th percentile (0–100) of sorted values; 0 for none.
-pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 pub async fn run(args: TenantBenchArgs, config: Config) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@
 
 mod auth;
 pub mod error;
+mod key_lookups;
 pub mod observe;
 pub mod openapi;
 pub mod profile;

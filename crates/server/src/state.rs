@@ -29,7 +29,7 @@ pub struct AppState {
     /// tenant): the same hook the worker commits transitions with.
     pub(crate) hook: Option<Arc<dyn TransitionHook>>,
     /// What authentication remembers about tenant tokens.
-    pub(crate) key_lookups: Arc<crate::auth::KeyLookups>,
+    pub(crate) key_lookups: Arc<crate::key_lookups::KeyLookups>,
     /// What a tenant's own subscriptions may be.
     pub(crate) subscription_rules: SubscriptionRules,
 }
@@ -86,7 +86,7 @@ impl AppState {
             vars: serde_json::Map::new(),
             tenancy: None,
             hook: None,
-            key_lookups: Arc::new(crate::auth::KeyLookups::new()),
+            key_lookups: Arc::new(crate::key_lookups::KeyLookups::new()),
             subscription_rules: SubscriptionRules::default(),
         }
     }
