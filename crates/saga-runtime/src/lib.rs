@@ -23,6 +23,7 @@ pub mod hub;
 pub mod instance;
 pub mod intake;
 pub mod metrics_names;
+pub mod operator;
 mod outbox;
 mod shared;
 pub mod trace;
@@ -37,6 +38,7 @@ pub use hook::TransitionHook;
 pub use hub::{TerminalHub, TerminalWatch};
 pub use instance::{Instance, InstanceConfig, InstanceHandle};
 pub use intake::Intake;
+pub use operator::{Operator, OperatorError};
 
 /// Names of the built-in steps that always exist.
 pub const CORE_BUILTINS: &[&str] = &["core.echo", "core.fail", "core.sleep"];

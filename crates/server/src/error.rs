@@ -3,6 +3,7 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use saga_core::FieldError;
+use saga_runtime::{DefinitionError, OperatorError};
 use saga_store::StoreError;
 use serde_json::json;
 
@@ -96,6 +97,43 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(detail) => ApiError::Conflict(detail),
             StoreError::Unavailable(_) => ApiError::Unavailable("the database is unavailable; try again".into()),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A definition that is missing is the request's fault (422, naming the field); one stored that no
+/// longer validates is the server's.
+impl From<DefinitionError> for ApiError {
+    fn from(e: DefinitionError) -> Self {
+        match e {
+            DefinitionError::NotFound { name, version: Some(v) } => {
+                ApiError::field("/version", format!("definition {name:?} has no version {v}"))
+            }
+            DefinitionError::NotFound { name, version: None } => {
+                ApiError::field("/definition", format!("definition {name:?} does not exist"))
+            }
+            DefinitionError::Invalid { .. } => ApiError::Internal(e.to_string()),
+            DefinitionError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<OperatorError> for ApiError {
+    fn from(e: OperatorError) -> Self {
+        match e {
+            OperatorError::Conflict(detail) => ApiError::Conflict(detail),
+            OperatorError::UnknownSignal { ref waits_for, .. } => {
+                let expected = if waits_for.is_empty() { "none".to_string() } else { waits_for.join(", ") };
+                ApiError::validation(
+                    e.to_string(),
+                    vec![FieldError {
+                        path: String::new(),
+                        message: format!("unknown signal name; the saga waits for: {expected}"),
+                    }],
+                )
+            }
+            OperatorError::Definition(e) => e.into(),
+            OperatorError::Store(e) => e.into(),
         }
     }
 }

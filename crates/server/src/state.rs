@@ -98,6 +98,17 @@ impl AppState {
     }
 
     /// Commits what `hook` derives from an operator's change together with it.
+    /// The operator transitions (retry, cancel, signal) on this state's store and hook.
+    pub(crate) fn operator(&self) -> saga_runtime::Operator {
+        saga_runtime::Operator::new(
+            self.store.clone(),
+            self.definitions.clone(),
+            self.clock.clone(),
+            self.hub.clone(),
+            self.hook.clone(),
+        )
+    }
+
     pub fn with_hook(mut self, hook: Arc<dyn TransitionHook>) -> Self {
         self.hook = Some(hook);
         self

@@ -6,9 +6,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::Json;
-use saga_core::{Definition, SagaStatus};
-use saga_runtime::DefinitionError;
-use saga_store::{SagaOperatorUpdate, SagaRecord, StoreError};
+use saga_core::Definition;
+use saga_store::{SagaRecord, StoreError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -109,16 +108,7 @@ pub(crate) async fn definition(
     name: &str,
     version: Option<i32>,
 ) -> Result<(i32, Arc<Definition>), ApiError> {
-    state.definitions.get(name, version).await.map_err(|e| match e {
-        DefinitionError::NotFound { version: Some(v), .. } => {
-            ApiError::field("/version", format!("definition {name:?} has no version {v}"))
-        }
-        DefinitionError::NotFound { version: None, .. } => {
-            ApiError::field("/definition", format!("definition {name:?} does not exist"))
-        }
-        DefinitionError::Invalid { .. } => ApiError::Internal(e.to_string()),
-        DefinitionError::Store(e) => e.into(),
-    })
+    Ok(state.definitions.get(name, version).await?)
 }
 
 /// The longest `Idempotency-Key` accepted.
@@ -139,34 +129,6 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
         )));
     }
     Ok(Some(key.to_string()))
-}
-
-/// An operator's retry of a `FAILED` saga, with the tenant change it causes (a tenant saga's
-/// retry moves its tenant back to `MIGRATING`) in the same transaction.
-pub(crate) async fn operator_retry(state: &AppState, record: &SagaRecord) -> Result<SagaRecord, ApiError> {
-    let (_, definition) = definition(state, &record.definition, Some(record.version)).await?;
-    let mut saga_state = record.state.clone();
-    let now_ms = state.clock.now_ms();
-    let transition =
-        saga_state.retry_by_operator(&definition, now_ms).map_err(|e| ApiError::Conflict(e.to_string()))?;
-    let tenant_change =
-        state.hook.as_ref().and_then(|hook| hook.tenant_change(record, &definition, &saga_state, &transition.events));
-    let updated = state
-        .store
-        .saga_operator_update(SagaOperatorUpdate {
-            id: record.id,
-            tenant_id: record.tenant_id.clone(),
-            expected_status: SagaStatus::Failed,
-            state: saga_state,
-            events: transition.events,
-            tenant_change,
-            now_ms,
-        })
-        .await?;
-    if updated.status.is_terminal() {
-        state.hub.publish(updated.clone());
-    }
-    Ok(updated)
 }
 
 pub(crate) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {

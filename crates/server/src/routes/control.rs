@@ -8,13 +8,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
-use saga_core::{Action, FieldError};
+use saga_core::FieldError;
 use saga_store::StoreError;
 use serde_json::{json, Map, Value};
 
 use crate::auth::Principal;
 use crate::error::{body_rejection, ApiError};
-use crate::routes::common::{definition, load, parse_id};
+use crate::routes::common::{load, parse_id};
 use crate::state::AppState;
 use crate::views;
 
@@ -25,27 +25,9 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
-    let id = parse_id(&id)?;
-    let record = load(&state, id).await?;
-    if record.status.is_terminal() {
-        return Err(ApiError::Conflict(format!(
-            "saga is {}; only a saga that has not finished can be cancelled",
-            record.status.as_str()
-        )));
-    }
-    let (_, definition) = definition(&state, &record.definition, Some(record.version)).await?;
-    if record.state.pivot_passed(&definition) {
-        return Err(ApiError::Conflict(
-            "saga is past a succeeded pivot step; it can only go forward (use retry if it fails)".into(),
-        ));
-    }
-    match state.store.saga_cancel_request(id, state.clock.now_ms()).await {
-        Ok(updated) => Ok((StatusCode::ACCEPTED, Json(views::saga(&updated))).into_response()),
-        Err(StoreError::Conflict(message)) => {
-            Err(ApiError::Conflict(format!("{message}; it can no longer be cancelled")))
-        }
-        Err(e) => Err(e.into()),
-    }
+    let record = load(&state, parse_id(&id)?).await?;
+    let updated = state.operator().cancel(&record).await?;
+    Ok((StatusCode::ACCEPTED, Json(views::saga(&updated))).into_response())
 }
 
 /// `POST /v1/sagas/{id}/signals/{name}` with any JSON body (empty = null): 202, buffered until
@@ -62,42 +44,14 @@ pub async fn signal(
     let payload: Value =
         if body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { crate::routes::common::json_body(&body)? };
     let record = load(&state, id).await?;
-    let (_, definition) = definition(&state, &record.definition, Some(record.version)).await?;
-    let waits_for: Vec<&str> = definition
-        .steps
-        .iter()
-        .filter_map(|step| match &step.action {
-            Action::Signal(signal) => Some(signal.name.as_str()),
-            _ => None,
-        })
-        .collect();
-    if !waits_for.contains(&name.as_str()) {
-        let expected = if waits_for.is_empty() { "none".to_string() } else { waits_for.join(", ") };
-        return Err(ApiError::validation(
-            format!("definition {:?} has no step waiting for a signal named {name:?}", record.definition),
-            vec![FieldError {
-                path: String::new(),
-                message: format!("unknown signal name; the saga waits for: {expected}"),
-            }],
-        ));
-    }
-    if record.status.is_terminal() {
-        return Err(ApiError::Conflict(format!("saga is {}; it takes no more signals", record.status.as_str())));
-    }
-    match state.store.signal_send(id, &name, &payload, state.clock.now_ms()).await {
-        Ok(signal) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "saga_id": id,
-                "signal": signal.name,
-                "signal_id": signal.id,
-                "received_at": views::timestamp(signal.received_at_ms),
-            })),
-        )
-            .into_response()),
-        Err(StoreError::Conflict(message)) => Err(ApiError::Conflict(format!("{message}; it takes no more signals"))),
-        Err(e) => Err(e.into()),
-    }
+    let signal = state.operator().signal(&record, &name, &payload).await?;
+    let answer = json!({
+        "saga_id": id,
+        "signal": signal.name,
+        "signal_id": signal.id,
+        "received_at": views::timestamp(signal.received_at_ms),
+    });
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// The most characters a callback token may have (ours are 43).

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{body_rejection, ApiError};
 use crate::routes::common::{
-    definition, idempotency_key, load, load_visible, operator_retry, page, page_of, parse_id, query_error, seen_by,
+    definition, idempotency_key, load, load_visible, page, page_of, parse_id, query_error, seen_by,
 };
 use crate::state::AppState;
 use crate::views;
@@ -398,7 +398,7 @@ pub async fn retry(
             record.status.as_str()
         )));
     }
-    let updated = operator_retry(&state, &record).await?;
+    let updated = state.operator().retry(&record).await?;
     Ok((StatusCode::ACCEPTED, Json(views::saga(&updated))).into_response())
 }
 

@@ -268,7 +268,7 @@ pub async fn retry_migration(
     };
     let (tenant, saga_id) = match failed {
         Some(saga) => {
-            let retried = crate::routes::common::operator_retry(&state, &saga).await?;
+            let retried = state.operator().retry(&saga).await?;
             (load_tenant(&state, &principal, &id).await?, retried.id)
         }
         None => {
