@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_store::{
-    ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryStatus, DeliveryStore,
-    Destination, OutboxEvent, SubscriptionRecord,
+    ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryStatus, Destination,
+    DispatchStore, OutboxEvent, SubscriptionRecord,
 };
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
@@ -85,7 +85,7 @@ impl DispatcherConfig {
 
 /// Delivers the outbox.
 pub struct Dispatcher {
-    store: Arc<dyn DeliveryStore>,
+    store: Arc<dyn DispatchStore>,
     config: DispatcherConfig,
     egress: Egress,
 }
@@ -140,7 +140,7 @@ impl DispatcherHandle {
 }
 
 /// Records attempts group-committed: whatever finished while the last batch was written.
-struct AttemptWriter(Arc<dyn DeliveryStore>);
+struct AttemptWriter(Arc<dyn DispatchStore>);
 
 #[async_trait::async_trait]
 impl saga_store::BatchWrite for AttemptWriter {
@@ -153,7 +153,7 @@ impl saga_store::BatchWrite for AttemptWriter {
 }
 
 struct Inner {
-    store: Arc<dyn DeliveryStore>,
+    store: Arc<dyn DispatchStore>,
     records: saga_store::Batcher<AttemptWriter>,
     config: DispatcherConfig,
     egress: Egress,
@@ -172,7 +172,7 @@ fn now_ms() -> i64 {
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn DeliveryStore>, config: DispatcherConfig) -> Self {
+    pub fn new(store: Arc<dyn DispatchStore>, config: DispatcherConfig) -> Self {
         let egress = Egress::new(&config);
         Dispatcher { store, config, egress }
     }

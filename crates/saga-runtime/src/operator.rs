@@ -99,7 +99,12 @@ impl Operator {
 
     /// Delivers signal `name` with `payload`, buffered until the saga reaches the step waiting for
     /// it. Refused for a name no step of its definition waits for, and once it is terminal.
-    pub async fn signal(&self, record: &SagaRecord, name: &str, payload: &Value) -> Result<SignalRecord, OperatorError> {
+    pub async fn signal(
+        &self,
+        record: &SagaRecord,
+        name: &str,
+        payload: &Value,
+    ) -> Result<SignalRecord, OperatorError> {
         let (_, definition) = self.definitions.get(&record.definition, Some(record.version)).await?;
         let waits_for: Vec<String> = definition
             .steps
@@ -123,7 +128,9 @@ impl Operator {
             )));
         }
         match self.store.signal_send(record.id, name, payload, self.clock.now_ms()).await {
-            Err(StoreError::Conflict(message)) => Err(OperatorError::Conflict(format!("{message}; it takes no more signals"))),
+            Err(StoreError::Conflict(message)) => {
+                Err(OperatorError::Conflict(format!("{message}; it takes no more signals")))
+            }
             other => Ok(other?),
         }
     }

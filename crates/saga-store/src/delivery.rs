@@ -277,10 +277,12 @@ pub struct DeliveryAttemptResult {
     pub attempt: DeliveryAttemptRecord,
 }
 
+/// Subscriptions, events written outside a saga commit, and deliveries as operators see them:
+/// what the API's routes use.
 #[async_trait]
-pub trait DeliveryStore: Send + Sync + 'static {
+pub trait SubscriptionStore: Send + Sync + 'static {
     async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()>;
-    /// [`DeliveryStore::subscription_create`] for a tenant's own subscription (not
+    /// [`SubscriptionStore::subscription_create`] for a tenant's own subscription (not
     /// `managed`): [`crate::StoreError::Conflict`] when the tenant already has `tenant_max`
     /// of its own (checked and written atomically).
     async fn subscription_create_capped(&self, s: &SubscriptionRecord, tenant_max: u32) -> StoreResult<()>;
@@ -311,18 +313,6 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// Writes events outside a saga commit (an operator's tenant change rides on its own
     /// transaction instead), each with a delivery per active subscription that wants it.
     async fn events_append(&self, events: &[OutboxEvent]) -> StoreResult<()>;
-    /// Claims due deliveries of active subscriptions, newest event first: leased to
-    /// `worker_id`, token bumped. A disabled subscription's deliveries wait until it is active.
-    async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>>;
-    /// Records attempts in one transaction, each fenced on its token: false for one that
-    /// another dispatcher has claimed since. A success clears its subscription's
-    /// `failing_since_ms`; a failure sets it unless it is set.
-    async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>>;
-    /// [`Self::delivery_attempts_record`] of one.
-    async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool> {
-        let recorded = self.delivery_attempts_record(std::slice::from_ref(result)).await?;
-        Ok(recorded.first().copied().unwrap_or(false))
-    }
     async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)>;
     async fn delivery_list(&self, filter: &DeliveryFilter) -> StoreResult<Vec<DeliveryRecord>>;
     /// A `dead` delivery back to `pending`, due now, with a fresh attempt budget; Conflict
@@ -337,6 +327,24 @@ pub trait DeliveryStore: Send + Sync + 'static {
         limit: u32,
         now_ms: i64,
     ) -> StoreResult<(u64, bool)>;
+}
+
+/// What a dispatcher needs, and nothing else: claim due deliveries, record attempts, watch the
+/// backlog, disable subscriptions that keep failing.
+#[async_trait]
+pub trait DispatchStore: Send + Sync + 'static {
+    /// Claims due deliveries of active subscriptions, newest event first: leased to
+    /// `worker_id`, token bumped. A disabled subscription's deliveries wait until it is active.
+    async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>>;
+    /// Records attempts in one transaction, each fenced on its token: false for one that
+    /// another dispatcher has claimed since. A success clears its subscription's
+    /// `failing_since_ms`; a failure sets it unless it is set.
+    async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>>;
+    /// [`Self::delivery_attempts_record`] of one.
+    async fn delivery_attempt_record(&self, result: &DeliveryAttemptResult) -> StoreResult<bool> {
+        let recorded = self.delivery_attempts_record(std::slice::from_ref(result)).await?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
     /// Pending deliveries per subscription (those with any).
     async fn delivery_backlog(&self) -> StoreResult<Vec<DeliveryBacklog>>;
     /// Disables every active subscription failing since `failing_since_before_ms` or earlier and,
@@ -349,3 +357,8 @@ pub trait DeliveryStore: Send + Sync + 'static {
         report: &(dyn for<'a> Fn(&'a SubscriptionRecord) -> OutboxEvent + Send + Sync),
     ) -> StoreResult<Vec<SubscriptionRecord>>;
 }
+
+/// Every delivery operation: the routes' and the dispatcher's.
+pub trait DeliveryStore: SubscriptionStore + DispatchStore {}
+
+impl<T: SubscriptionStore + DispatchStore + ?Sized> DeliveryStore for T {}

@@ -114,7 +114,7 @@ pub fn clamp_limit(limit: Option<u32>) -> u32 {
 /// The store traits, for `use saga_store::prelude::*` where their methods are called.
 pub mod prelude {
     pub use crate::{
-        ControlStore, DefinitionStore, DeliveryStore, EngineStore, LeaseStore, SagaStore, SchemaStore, SignalStore,
-        Store, TenantAccessStore, TenantStore, WebhookStore,
+        ControlStore, DefinitionStore, DeliveryStore, DispatchStore, EngineStore, LeaseStore, SagaStore, SchemaStore,
+        SignalStore, Store, SubscriptionStore, TenantAccessStore, TenantStore, WebhookStore,
     };
 }

@@ -111,7 +111,8 @@ pub struct TenantParts {
 impl TenantParts {
     pub fn steps(&self, store: Arc<dyn Store>) -> Arc<TenantSteps> {
         Arc::new(TenantSteps {
-            store,
+            tenants: store.clone(),
+            definitions: store,
             storage: self.storage.clone(),
             migrations: self.migrations.clone(),
             clock: Arc::new(SystemClock),

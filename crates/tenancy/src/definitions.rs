@@ -3,7 +3,7 @@
 //! PUTting a new version; [`check_extension`] refuses one that drops or reorders a built-in step.
 
 use saga_core::{Action, Definition, FieldError};
-use saga_store::{Store, StoreError};
+use saga_store::{DefinitionStore, StoreError};
 use serde_json::{json, Value};
 
 pub const PROVISION: &str = "tenant.provision";
@@ -125,7 +125,7 @@ fn earlier_document(document: &Value) -> Value {
 /// Stores each built-in definition that has no version yet, and upgrades one whose latest
 /// version is an earlier release's built-in document. An operator's extension of
 /// `tenant.provision` is never overwritten by a restart.
-pub async fn install(store: &dyn Store, now_ms: i64) -> Result<(), StoreError> {
+pub async fn install(store: &dyn DefinitionStore, now_ms: i64) -> Result<(), StoreError> {
     for (name, document) in builtin_documents() {
         match store.definition_get(name, None).await {
             Ok(latest) if latest.document == earlier_document(&document) && latest.document != document => {

@@ -11,15 +11,19 @@ use saga_core::{Definition, FailureKind, Outcome, SagaState};
 use saga_runtime::executor::AttemptContext;
 use saga_runtime::{BuiltinRegistry, Clock};
 use saga_store::tenant_storage::{AppliedMigration, TenantStorage, TenantStorageError};
-use saga_store::{SagaCreate, Store, StoreError, TenantFilter, TenantPatch, TenantRecord, TenantTransition};
+use saga_store::{
+    ControlStore, DefinitionStore, SagaCreate, StoreError, TenantFilter, TenantPatch, TenantRecord, TenantTransition,
+};
 use serde_json::{json, Value};
 
 use crate::definitions::{steps, MIGRATE};
 use crate::migrations::MigrationSource;
 
-/// What the tenant steps work with.
+/// What the tenant steps work with: the tenant records and keys, and the stored definitions
+/// (a rollout starts the latest `tenant.migrate`), not the whole store.
 pub struct TenantSteps {
-    pub store: Arc<dyn Store>,
+    pub tenants: Arc<dyn ControlStore>,
+    pub definitions: Arc<dyn DefinitionStore>,
     pub storage: Arc<dyn TenantStorage>,
     pub migrations: MigrationSource,
     pub clock: Arc<dyn Clock>,
@@ -63,7 +67,7 @@ impl TenantSteps {
         let Some(id) = ctx.tenant_id.as_deref() else {
             return Err(definite("a tenant step needs a saga with a tenant_id"));
         };
-        match self.store.tenant_get(id).await {
+        match self.tenants.tenant_get(id).await {
             Ok(tenant) => Ok(tenant),
             Err(StoreError::NotFound) => Err(definite(format!("tenant {id:?} does not exist"))),
             Err(e) => Err(retryable(format!("reading tenant {id:?}: {e}"))),
@@ -143,7 +147,7 @@ impl TenantSteps {
             }
         };
         let patch = TenantPatch { migrations: Some(latest_per_service(&applied)), ..TenantPatch::default() };
-        if let Err(e) = self.store.tenant_patch(tenant_id, &patch, now_ms).await {
+        if let Err(e) = self.tenants.tenant_patch(tenant_id, &patch, now_ms).await {
             tracing::warn!(tenant_id, error = %e, "recording the applied migrations after a failure");
         }
     }
@@ -184,7 +188,7 @@ impl TenantSteps {
         let Some(id) = ctx.tenant_id.as_deref() else {
             return definite("a tenant step needs a saga with a tenant_id");
         };
-        match self.store.tenant_keys_revoke_all(id, self.clock.now_ms()).await {
+        match self.tenants.tenant_keys_revoke_all(id, self.clock.now_ms()).await {
             Ok(revoked) => Outcome::Succeeded(json!({"revoked": revoked})),
             Err(e) => retryable(format!("revoking keys: {e}")),
         }
@@ -234,7 +238,7 @@ impl TenantSteps {
                 after_id: after_id.clone(),
                 limit: saga_store::LIST_LIMIT_MAX,
             };
-            let page = match self.store.tenant_list(&filter).await {
+            let page = match self.tenants.tenant_list(&filter).await {
                 Ok(page) => page,
                 Err(e) => return retryable(format!("listing tenants: {e}")),
             };
@@ -265,7 +269,7 @@ impl TenantSteps {
                     event: None,
                     now_ms,
                 };
-                match self.store.tenant_transition(transition).await {
+                match self.tenants.tenant_transition(transition).await {
                     Ok(_) => started += 1,
                     // It stopped being ACTIVE meanwhile: not part of this rollout.
                     Err(StoreError::Conflict(_)) => moved_meanwhile += 1,
@@ -281,7 +285,7 @@ impl TenantSteps {
 
     /// The latest `tenant.migrate`, validated.
     async fn migrate_definition(&self) -> Result<(i32, Definition), Outcome> {
-        let record = match self.store.definition_get(MIGRATE, None).await {
+        let record = match self.definitions.definition_get(MIGRATE, None).await {
             Ok(record) => record,
             Err(e) => return Err(retryable(format!("reading {MIGRATE}: {e}"))),
         };

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryRecord,
-    DeliveryStatus, DeliveryStore, Destination, OutboxEvent, StoreError, StoreResult, SubscriptionFilter,
-    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus,
+    DeliveryStatus, Destination, DispatchStore, OutboxEvent, StoreError, StoreResult, SubscriptionFilter,
+    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore,
 };
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -151,7 +151,7 @@ fn delivery(row: &PgRow) -> StoreResult<DeliveryRecord> {
     })
 }
 
-/// The subscription's fields a [`DeliveryStore::subscription_put`] of an existing one replaces.
+/// The subscription's fields a [`SubscriptionStore::subscription_put`] of an existing one replaces.
 const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = excluded.url, nats_url = excluded.nats_url, \
      nats_subject = excluded.nats_subject, events = excluded.events, tenant_id = excluded.tenant_id, \
      status = excluded.status, managed = excluded.managed, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
@@ -206,7 +206,7 @@ async fn insert_subscription<'e, E: sqlx::Executor<'e, Database = sqlx::Postgres
 }
 
 #[async_trait]
-impl DeliveryStore for PostgresStore {
+impl SubscriptionStore for PostgresStore {
     async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
         self.subscription_insert(s, "").await
     }
@@ -337,6 +337,113 @@ impl DeliveryStore for PostgresStore {
         fan_out(&self.db, events).await
     }
 
+    async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)> {
+        let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(db)?;
+        let record = row.as_ref().map(delivery).unwrap_or(Err(StoreError::NotFound))?;
+        let attempts = sqlx::query(
+            "SELECT n, at, status_code, error, duration_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY n",
+        )
+        .bind(id)
+        .fetch_all(&self.db)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|row| {
+            let n: i32 = row.try_get("n").map_err(db)?;
+            let code: Option<i32> = row.try_get("status_code").map_err(db)?;
+            Ok(DeliveryAttemptRecord {
+                n: n.max(0) as u32,
+                at_ms: row.try_get("at").map_err(db)?,
+                status_code: code.and_then(|c| u16::try_from(c).ok()),
+                error: row.try_get("error").map_err(db)?,
+                duration_ms: row.try_get("duration_ms").map_err(db)?,
+            })
+        })
+        .collect::<StoreResult<_>>()?;
+        Ok((record, attempts))
+    }
+
+    async fn delivery_list(&self, filter: &DeliveryFilter) -> StoreResult<Vec<DeliveryRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
+             WHERE ($1::text IS NULL OR d.status = $1) AND ($2::uuid IS NULL OR d.subscription_id = $2) \
+               AND ($3::text IS NULL OR d.subscription_id IN (SELECT s.id FROM subscriptions s WHERE s.tenant_id = $3)) \
+               AND ($4::uuid IS NULL OR d.id < $4) \
+             ORDER BY d.id DESC LIMIT $5"
+        ))
+        .bind(filter.status.map(DeliveryStatus::as_str))
+        .bind(filter.subscription_id)
+        .bind(&filter.subscription_tenant_id)
+        .bind(filter.before_id)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.db)
+        .await
+        .map_err(db)?;
+        rows.iter().map(delivery).collect()
+    }
+
+    async fn delivery_replay(&self, id: Uuid, now_ms: i64) -> StoreResult<DeliveryRecord> {
+        let row = sqlx::query(&format!(
+            "UPDATE deliveries d SET status = 'pending', next_attempt_at = $2, attempts_before_replay = d.attempts, \
+               lease_owner = NULL WHERE d.id = $1 AND d.status = 'dead' RETURNING {DELIVERY_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(now_ms)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(db)?;
+        match row {
+            Some(row) => delivery(&row),
+            None => {
+                let (existing, _) = self.delivery_get(id).await?;
+                Err(StoreError::Conflict(format!(
+                    "delivery is {}, only a dead one is replayed",
+                    existing.status.as_str()
+                )))
+            }
+        }
+    }
+
+    async fn deliveries_recover(
+        &self,
+        subscription_id: Uuid,
+        since_ms: i64,
+        limit: u32,
+        now_ms: i64,
+    ) -> StoreResult<(u64, bool)> {
+        let recovered = sqlx::query(
+            // The oldest `limit`, picked once (a locking CTE is evaluated once; a subquery in
+            // `IN` may run again per row and pick more).
+            "WITH picked AS (SELECT id FROM deliveries WHERE subscription_id = $1 AND status = 'dead' \
+                               AND created_at >= $2 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             UPDATE deliveries d SET status = 'pending', next_attempt_at = $3, attempts_before_replay = d.attempts, \
+               lease_owner = NULL FROM picked WHERE d.id = picked.id",
+        )
+        .bind(subscription_id)
+        .bind(since_ms)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .execute(&self.db)
+        .await
+        .map_err(db)?;
+        let more: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE subscription_id = $1 AND status = 'dead' AND created_at >= $2)",
+        )
+        .bind(subscription_id)
+        .bind(since_ms)
+        .fetch_one(&self.db)
+        .await
+        .map_err(db)?;
+        Ok((recovered.rows_affected(), more))
+    }
+}
+
+#[async_trait]
+impl DispatchStore for PostgresStore {
     async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>> {
         let rows = sqlx::query(&format!(
             "WITH due AS ( \
@@ -458,77 +565,6 @@ impl DeliveryStore for PostgresStore {
         Ok(results.iter().map(|r| recorded.contains(&r.id)).collect())
     }
 
-    async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)> {
-        let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = $1"))
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(db)?;
-        let record = row.as_ref().map(delivery).unwrap_or(Err(StoreError::NotFound))?;
-        let attempts = sqlx::query(
-            "SELECT n, at, status_code, error, duration_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY n",
-        )
-        .bind(id)
-        .fetch_all(&self.db)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(|row| {
-            let n: i32 = row.try_get("n").map_err(db)?;
-            let code: Option<i32> = row.try_get("status_code").map_err(db)?;
-            Ok(DeliveryAttemptRecord {
-                n: n.max(0) as u32,
-                at_ms: row.try_get("at").map_err(db)?,
-                status_code: code.and_then(|c| u16::try_from(c).ok()),
-                error: row.try_get("error").map_err(db)?,
-                duration_ms: row.try_get("duration_ms").map_err(db)?,
-            })
-        })
-        .collect::<StoreResult<_>>()?;
-        Ok((record, attempts))
-    }
-
-    async fn delivery_list(&self, filter: &DeliveryFilter) -> StoreResult<Vec<DeliveryRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
-             WHERE ($1::text IS NULL OR d.status = $1) AND ($2::uuid IS NULL OR d.subscription_id = $2) \
-               AND ($3::text IS NULL OR d.subscription_id IN (SELECT s.id FROM subscriptions s WHERE s.tenant_id = $3)) \
-               AND ($4::uuid IS NULL OR d.id < $4) \
-             ORDER BY d.id DESC LIMIT $5"
-        ))
-        .bind(filter.status.map(DeliveryStatus::as_str))
-        .bind(filter.subscription_id)
-        .bind(&filter.subscription_tenant_id)
-        .bind(filter.before_id)
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.db)
-        .await
-        .map_err(db)?;
-        rows.iter().map(delivery).collect()
-    }
-
-    async fn delivery_replay(&self, id: Uuid, now_ms: i64) -> StoreResult<DeliveryRecord> {
-        let row = sqlx::query(&format!(
-            "UPDATE deliveries d SET status = 'pending', next_attempt_at = $2, attempts_before_replay = d.attempts, \
-               lease_owner = NULL WHERE d.id = $1 AND d.status = 'dead' RETURNING {DELIVERY_COLUMNS}"
-        ))
-        .bind(id)
-        .bind(now_ms)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(db)?;
-        match row {
-            Some(row) => delivery(&row),
-            None => {
-                let (existing, _) = self.delivery_get(id).await?;
-                Err(StoreError::Conflict(format!(
-                    "delivery is {}, only a dead one is replayed",
-                    existing.status.as_str()
-                )))
-            }
-        }
-    }
-
     async fn delivery_backlog(&self) -> StoreResult<Vec<saga_store::DeliveryBacklog>> {
         let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
             "SELECT subscription_id, count(*), min(created_at) FROM deliveries WHERE status = 'pending' \
@@ -545,39 +581,6 @@ impl DeliveryStore for PostgresStore {
                 oldest_created_at_ms: oldest,
             })
             .collect())
-    }
-
-    async fn deliveries_recover(
-        &self,
-        subscription_id: Uuid,
-        since_ms: i64,
-        limit: u32,
-        now_ms: i64,
-    ) -> StoreResult<(u64, bool)> {
-        let recovered = sqlx::query(
-            // The oldest `limit`, picked once (a locking CTE is evaluated once; a subquery in
-            // `IN` may run again per row and pick more).
-            "WITH picked AS (SELECT id FROM deliveries WHERE subscription_id = $1 AND status = 'dead' \
-                               AND created_at >= $2 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             UPDATE deliveries d SET status = 'pending', next_attempt_at = $3, attempts_before_replay = d.attempts, \
-               lease_owner = NULL FROM picked WHERE d.id = picked.id",
-        )
-        .bind(subscription_id)
-        .bind(since_ms)
-        .bind(now_ms)
-        .bind(i64::from(limit))
-        .execute(&self.db)
-        .await
-        .map_err(db)?;
-        let more: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE subscription_id = $1 AND status = 'dead' AND created_at >= $2)",
-        )
-        .bind(subscription_id)
-        .bind(since_ms)
-        .fetch_one(&self.db)
-        .await
-        .map_err(db)?;
-        Ok((recovered.rows_affected(), more))
     }
 
     async fn subscriptions_disable_failing(

@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryRecord,
-    DeliveryStatus, DeliveryStore, Destination, OutboxEvent, StoreError, StoreResult, SubscriptionFilter,
-    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus,
+    DeliveryStatus, Destination, DispatchStore, OutboxEvent, StoreError, StoreResult, SubscriptionFilter,
+    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -176,7 +176,7 @@ fn delivery(row: &SqliteRow) -> StoreResult<DeliveryRecord> {
     })
 }
 
-/// The subscription's fields a [`DeliveryStore::subscription_put`] of an existing one replaces.
+/// The subscription's fields a [`SubscriptionStore::subscription_put`] of an existing one replaces.
 const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = excluded.url, nats_url = excluded.nats_url, \
      nats_subject = excluded.nats_subject, events = excluded.events, tenant_id = excluded.tenant_id, \
      status = excluded.status, managed = excluded.managed, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
@@ -232,7 +232,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl DeliveryStore for SqliteStore {
+impl SubscriptionStore for SqliteStore {
     async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
         self.subscription_insert(s, "").await
     }
@@ -369,67 +369,6 @@ impl DeliveryStore for SqliteStore {
         Ok(())
     }
 
-    async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>> {
-        let skip = json_text(&params.skip_subscriptions.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
-        let mut tx = self.writer.begin().await.map_err(db)?;
-        let rows = sqlx::query(&format!(
-            "UPDATE deliveries SET lease_owner = ?3, next_attempt_at = ?1 + ?5, fencing_token = fencing_token + 1 \
-             WHERE id IN ( \
-               SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 \
-                 AND subscription_id NOT IN (SELECT value FROM json_each(?4)) \
-                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = subscription_id AND s.status = 'active') \
-               ORDER BY created_at DESC LIMIT ?2) \
-             RETURNING {DELIVERY_COLUMNS}, fencing_token"
-        ))
-        .bind(params.now_ms)
-        .bind(i64::from(params.limit.min(saga_store::DELIVERY_CLAIM_MAX)))
-        .bind(&params.worker_id)
-        .bind(skip)
-        .bind(params.lease_ttl_ms)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let delivery = delivery(row)?;
-            let fencing_token: i64 = row.try_get("fencing_token").map_err(db)?;
-            let event = sqlx::query("SELECT data, created_at, expires_at FROM events WHERE id = ?1")
-                .bind(delivery.event_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-            let found = sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"))
-                .bind(delivery.subscription_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-            let (Some(event), Some(found)) = (event, found) else { continue };
-            let data: String = event.try_get("data").map_err(db)?;
-            claimed.push(ClaimedDelivery {
-                delivery,
-                fencing_token,
-                event_data: serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                event_at_ms: event.try_get("created_at").map_err(db)?,
-                event_expires_at_ms: event.try_get("expires_at").map_err(db)?,
-                subscription: subscription(&found)?,
-            });
-        }
-        tx.commit().await.map_err(db)?;
-        // RETURNING keeps no order: newest event first, as claimed.
-        claimed.sort_by_key(|c| std::cmp::Reverse((c.delivery.created_at_ms, c.delivery.id)));
-        Ok(claimed)
-    }
-
-    async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>> {
-        let mut tx = self.writer.begin().await.map_err(db)?;
-        let mut recorded = Vec::with_capacity(results.len());
-        for result in results {
-            recorded.push(record_attempt(&mut tx, result).await?);
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(recorded)
-    }
-
     async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)> {
         let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"))
             .bind(id.to_string())
@@ -499,26 +438,6 @@ impl DeliveryStore for SqliteStore {
         Ok(record)
     }
 
-    async fn delivery_backlog(&self) -> StoreResult<Vec<saga_store::DeliveryBacklog>> {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT subscription_id, count(*), min(created_at) FROM deliveries WHERE status = 'pending' \
-             GROUP BY subscription_id",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
-        rows.into_iter()
-            .map(|(subscription_id, pending, oldest)| {
-                Ok(saga_store::DeliveryBacklog {
-                    subscription_id: Uuid::parse_str(&subscription_id)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    pending: u64::try_from(pending).unwrap_or(0),
-                    oldest_created_at_ms: oldest,
-                })
-            })
-            .collect()
-    }
-
     async fn deliveries_recover(
         &self,
         subscription_id: Uuid,
@@ -548,6 +467,90 @@ impl DeliveryStore for SqliteStore {
         .await
         .map_err(db)?;
         Ok((recovered.rows_affected(), more))
+    }
+}
+
+#[async_trait]
+impl DispatchStore for SqliteStore {
+    async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>> {
+        let skip = json_text(&params.skip_subscriptions.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let rows = sqlx::query(&format!(
+            "UPDATE deliveries SET lease_owner = ?3, next_attempt_at = ?1 + ?5, fencing_token = fencing_token + 1 \
+             WHERE id IN ( \
+               SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 \
+                 AND subscription_id NOT IN (SELECT value FROM json_each(?4)) \
+                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = subscription_id AND s.status = 'active') \
+               ORDER BY created_at DESC LIMIT ?2) \
+             RETURNING {DELIVERY_COLUMNS}, fencing_token"
+        ))
+        .bind(params.now_ms)
+        .bind(i64::from(params.limit.min(saga_store::DELIVERY_CLAIM_MAX)))
+        .bind(&params.worker_id)
+        .bind(skip)
+        .bind(params.lease_ttl_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let delivery = delivery(row)?;
+            let fencing_token: i64 = row.try_get("fencing_token").map_err(db)?;
+            let event = sqlx::query("SELECT data, created_at, expires_at FROM events WHERE id = ?1")
+                .bind(delivery.event_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+            let found = sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"))
+                .bind(delivery.subscription_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+            let (Some(event), Some(found)) = (event, found) else { continue };
+            let data: String = event.try_get("data").map_err(db)?;
+            claimed.push(ClaimedDelivery {
+                delivery,
+                fencing_token,
+                event_data: serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                event_at_ms: event.try_get("created_at").map_err(db)?,
+                event_expires_at_ms: event.try_get("expires_at").map_err(db)?,
+                subscription: subscription(&found)?,
+            });
+        }
+        tx.commit().await.map_err(db)?;
+        // RETURNING keeps no order: newest event first, as claimed.
+        claimed.sort_by_key(|c| std::cmp::Reverse((c.delivery.created_at_ms, c.delivery.id)));
+        Ok(claimed)
+    }
+
+    async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let mut recorded = Vec::with_capacity(results.len());
+        for result in results {
+            recorded.push(record_attempt(&mut tx, result).await?);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(recorded)
+    }
+
+    async fn delivery_backlog(&self) -> StoreResult<Vec<saga_store::DeliveryBacklog>> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT subscription_id, count(*), min(created_at) FROM deliveries WHERE status = 'pending' \
+             GROUP BY subscription_id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(subscription_id, pending, oldest)| {
+                Ok(saga_store::DeliveryBacklog {
+                    subscription_id: Uuid::parse_str(&subscription_id)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    pending: u64::try_from(pending).unwrap_or(0),
+                    oldest_created_at_ms: oldest,
+                })
+            })
+            .collect()
     }
 
     async fn subscriptions_disable_failing(
