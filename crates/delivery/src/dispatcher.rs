@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryStatus, Destination,
-    DispatchStore, OutboxEvent, SubscriptionRecord,
+    DispatchStore, SubscriptionRecord,
 };
-use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -289,20 +288,9 @@ async fn disable_failing(inner: &Inner) {
     let now = now_ms();
     let after_ms = inner.config.disable_after_ms;
     let before = now.saturating_sub(i64::try_from(after_ms).unwrap_or(i64::MAX));
+    let failed_for = humantime_ms(after_ms);
     let report = move |subscription: &SubscriptionRecord| {
-        let (url, nats) = match &subscription.destination {
-            Destination::Url(url) => (json!(url), Value::Null),
-            Destination::Nats { url, subject } => (Value::Null, json!({"url": url, "subject": subject})),
-        };
-        let data = json!({
-            "subscription_id": subscription.id,
-            "url": url,
-            "nats": nats,
-            "tenant_id": subscription.tenant_id,
-            "failing_since": subscription.failing_since_ms.and_then(chrono::DateTime::from_timestamp_millis),
-            "reason": format!("every delivery attempt failed for {}", humantime_ms(after_ms)),
-        });
-        OutboxEvent::new("subscription.disabled", subscription.tenant_id.as_deref(), data, now)
+        saga_store::events::subscription_disabled(subscription, &failed_for, now)
     };
     match inner.store.subscriptions_disable_failing(before, now, &report).await {
         Ok(disabled) => {

@@ -13,6 +13,7 @@ pub mod control;
 pub mod creates;
 pub mod delivery;
 pub mod engine;
+pub mod events;
 pub mod tenant_storage;
 
 pub use batch::{next_batch, BatchWrite, Batcher, OnBatchError, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};

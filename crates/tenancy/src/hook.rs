@@ -16,6 +16,7 @@
 use saga_core::tenant::TenantStatus;
 use saga_core::{Action, Definition, HistoryEvent, SagaState, SagaStatus, StepStatus};
 use saga_runtime::TransitionHook;
+use saga_store::events::{self, TenantEvent};
 use saga_store::{SagaRecord, TenantChange};
 use serde_json::{json, Value};
 
@@ -112,25 +113,11 @@ impl TransitionHook for TenantHook {
 /// The event a tenant change reports (docs/api.md, "Events out"), written only if the change is
 /// applied.
 fn reported(mut change: TenantChange, record: &SagaRecord, saga: &str, at_ms: i64) -> TenantChange {
-    let event_type = match (change.to, saga) {
-        (TenantStatus::Active, PROVISION) => Some("tenant.activated"),
-        (TenantStatus::Active, _) => Some("tenant.migrated"),
-        (TenantStatus::ProvisionError, _) => Some("tenant.provision_failed"),
-        (TenantStatus::MigrationError, _) => Some("tenant.migration_failed"),
-        (TenantStatus::Deleted, _) => Some("tenant.deleted"),
-        _ => None,
-    };
-    let Some(event_type) = event_type else { return change };
-    let data = json!({
-        "tenant_id": change.tenant_id,
-        "status": change.to.as_str(),
-        "saga_id": record.id,
-        "error": change.error,
-    });
-    let event = saga_store::OutboxEvent::new(event_type, Some(&change.tenant_id), data, at_ms);
+    let Some(kind) = TenantEvent::of_saga_move(change.to, saga == PROVISION) else { return change };
+    let event = events::tenant(kind, &change.tenant_id, Some(record.id), change.error.as_ref(), at_ms);
     // A tenant the CRM onboarded tells the CRM how it went (its own delivery, its own event id).
-    let outcome = ["tenant.activated", "tenant.provision_failed", "tenant.migration_failed"].contains(&event_type);
-    if outcome && saga == PROVISION && record.input.get("origin").and_then(Value::as_str) == Some(ORIGIN_CRM) {
+    let from_crm = record.input.get("origin").and_then(Value::as_str) == Some(ORIGIN_CRM);
+    if kind.is_onboarding_outcome() && saga == PROVISION && from_crm {
         let mut callback = event.clone().to(CRM_CALLBACK_SUBSCRIPTION_ID);
         callback.id = uuid::Uuid::now_v7();
         change.outbox.push(callback);

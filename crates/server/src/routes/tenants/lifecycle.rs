@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use saga_core::tenant::{TenantStatus, Tier};
 use saga_core::SagaStatus;
+use saga_store::events::{self, TenantEvent};
 use saga_store::{StoreError, TenantFilter, TenantRecord, TenantTransition, WebhookClaim};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -57,12 +58,7 @@ pub async fn onboard(state: &AppState, body: &Value, origin: Option<&str>) -> Re
         input["origin"] = json!(origin);
     }
     let saga = tenant_saga(state, tenancy::definitions::PROVISION, &request.id, input, None).await?;
-    let event = saga_store::OutboxEvent::new(
-        "tenant.provisioning",
-        Some(&request.id),
-        json!({"tenant_id": request.id, "status": "PROVISIONING", "saga_id": saga.id}),
-        now_ms,
-    );
+    let event = events::tenant(TenantEvent::Provisioning, &request.id, Some(saga.id), None, now_ms);
     match state.store.tenant_create(record, saga, Some(event)).await {
         Ok((tenant, saga)) => Ok((StatusCode::ACCEPTED, json!({"tenant": views::tenant(&tenant), "saga_id": saga.id}))),
         Err(StoreError::Conflict(_)) => Err(ApiError::Conflict(format!("tenant {:?} already exists", request.id))),
@@ -310,10 +306,11 @@ pub(super) async fn set_access(
         from: vec![tenant.status],
         error: None,
         saga: None,
-        event: Some(saga_store::OutboxEvent::new(
-            if enabled { "tenant.resumed" } else { "tenant.suspended" },
-            Some(id),
-            serde_json::json!({"tenant_id": id, "status": to.as_str()}),
+        event: Some(events::tenant(
+            if enabled { TenantEvent::Resumed } else { TenantEvent::Suspended },
+            id,
+            None,
+            None,
             state.clock.now_ms(),
         )),
         now_ms: state.clock.now_ms(),
