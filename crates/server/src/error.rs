@@ -118,6 +118,19 @@ impl From<DefinitionError> for ApiError {
     }
 }
 
+impl From<tenancy::LifecycleError> for ApiError {
+    fn from(e: tenancy::LifecycleError) -> Self {
+        use tenancy::LifecycleError;
+        match e {
+            LifecycleError::Conflict(detail) => ApiError::Conflict(detail),
+            LifecycleError::Storage(e) => ApiError::Unavailable(format!("tenant storage: {e}")),
+            LifecycleError::Definition(e) => e.into(),
+            LifecycleError::Operator(e) => e.into(),
+            LifecycleError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<OperatorError> for ApiError {
     fn from(e: OperatorError) -> Self {
         match e {

@@ -8,9 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use saga_core::tenant::{TenantStatus, Tier};
-use saga_core::SagaStatus;
-use saga_store::events::{self, TenantEvent};
-use saga_store::{StoreError, TenantFilter, TenantRecord, TenantTransition, WebhookClaim};
+use saga_store::{TenantFilter, WebhookClaim};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -24,46 +22,13 @@ use crate::state::AppState;
 use crate::views;
 
 /// Creates a tenant and starts its provisioning: the body of `POST /v1/tenants` (also used by
-/// the CRM webhook and `sagaplane dev`'s demo tenant). Returns `202 {tenant, saga_id}`.
-/// Creates the tenant and its provision saga; `origin` (e.g. the CRM) goes into the saga's input.
+/// the CRM webhook and `sagaplane dev`'s demo tenant), `origin` (e.g. the CRM) going into the
+/// provision saga's input. Returns `202 {tenant, saga_id}`.
 pub async fn onboard(state: &AppState, body: &Value, origin: Option<&str>) -> Result<(StatusCode, Value), ApiError> {
-    let tenancy = tenancy(state)?;
-    let request = parse_tenant(body, tenancy)?;
-    let now_ms = state.clock.now_ms();
-    // The provision saga's input: what the operator's own steps may render (`{{ input.tier }}`).
-    let mut input = json!({
-        "tenant_id": request.id,
-        "tier": request.tier.as_str(),
-        "storage_mode": request.storage_mode.as_str(),
-        "sla_tier": request.sla_tier.as_str(),
-    });
-    let record = TenantRecord {
-        id: request.id.clone(),
-        name: request.name,
-        tier: request.tier,
-        storage_mode: request.storage_mode,
-        sla_tier: request.sla_tier,
-        status: TenantStatus::Provisioning,
-        domains: request.domains,
-        contacts: request.contacts,
-        metadata: request.metadata,
-        storage: Value::Null,
-        migrations: json!([]),
-        saga_id: None,
-        error: None,
-        created_at_ms: now_ms,
-        updated_at_ms: now_ms,
-    };
-    if let Some(origin) = origin {
-        input["origin"] = json!(origin);
-    }
-    let saga = tenant_saga(state, tenancy::definitions::PROVISION, &request.id, input, None).await?;
-    let event = events::tenant(TenantEvent::Provisioning, &request.id, Some(saga.id), None, now_ms);
-    match state.store.tenant_create(record, saga, Some(event)).await {
-        Ok((tenant, saga)) => Ok((StatusCode::ACCEPTED, json!({"tenant": views::tenant(&tenant), "saga_id": saga.id}))),
-        Err(StoreError::Conflict(_)) => Err(ApiError::Conflict(format!("tenant {:?} already exists", request.id))),
-        Err(e) => Err(e.into()),
-    }
+    let lifecycle = lifecycle(state)?;
+    let tenant = parse_tenant(body, &lifecycle)?;
+    let (tenant, saga) = lifecycle.onboard(tenant, origin).await?;
+    Ok((StatusCode::ACCEPTED, json!({"tenant": views::tenant(&tenant), "saga_id": saga.id})))
 }
 
 /// Idempotency-Key handling for `POST /v1/tenants`, stored with the inbound-webhook receipts.
@@ -182,20 +147,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let tenant = load_tenant(&state, &principal, &id).await?;
-    if tenant.status == TenantStatus::Provisioning || tenant.status == TenantStatus::Migrating {
-        if let Some(saga_id) = tenant.saga_id {
-            let saga = load(&state, saga_id).await?;
-            if !saga.status.is_terminal() {
-                return Err(ApiError::Conflict(format!(
-                    "tenant is {}; cancel its provisioning (or wait for it) before deleting",
-                    tenant.status.as_str()
-                )));
-            }
-        }
-    }
-    let to = (TenantStatus::Deprovisioning, TenantStatus::sources_of(TenantStatus::Deprovisioning));
-    let input = json!({"tenant_id": id});
-    let (_, saga) = start_tenant_saga(&state, &id, to, tenancy::definitions::DEPROVISION, input, None).await?;
+    let saga = lifecycle(&state)?.offboard(&tenant).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"saga_id": saga.id}))).into_response())
 }
 
@@ -227,19 +179,8 @@ pub async fn cancel_provisioning(
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let tenant = load_tenant(&state, &principal, &id).await?;
-    let saga = match tenant.saga_id {
-        Some(saga_id) => load(&state, saga_id).await?,
-        None => return Err(ApiError::Conflict("tenant has no provisioning saga".into())),
-    };
-    let provisioning = matches!(tenant.status, TenantStatus::Provisioning | TenantStatus::Migrating);
-    if !provisioning || saga.definition != tenancy::definitions::PROVISION || saga.status.is_terminal() {
-        return Err(ApiError::Conflict(format!("tenant is {}; it is not provisioning", tenant.status.as_str())));
-    }
-    if saga.status == SagaStatus::Compensating {
-        return Err(ApiError::Conflict("its provisioning is already being undone".into()));
-    }
-    let updated = state.store.saga_cancel_request(saga.id, state.clock.now_ms()).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"saga_id": updated.id, "status": "cancel requested"}))).into_response())
+    let saga = lifecycle(&state)?.cancel_provisioning(&tenant).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"saga_id": saga.id, "status": "cancel requested"}))).into_response())
 }
 
 pub async fn retry_migration(
@@ -249,35 +190,11 @@ pub async fn retry_migration(
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let tenant = load_tenant(&state, &principal, &id).await?;
-    if tenant.status != TenantStatus::MigrationError {
-        return Err(ApiError::Conflict(format!(
-            "tenant is {}; only a tenant in MIGRATION_ERROR can retry its migration",
-            tenant.status.as_str()
-        )));
-    }
-    // The saga that failed in its migrations step (onboarding or a rollout) failed forward and
-    // waits for an operator: retrying it resumes from the failed migration, so its history tells
-    // the whole story. A tenant whose failed saga cannot be resumed gets a new migration saga.
-    let failed = match tenant.saga_id {
-        Some(saga_id) => Some(load(&state, saga_id).await?).filter(|saga| saga.status == SagaStatus::Failed),
-        None => None,
-    };
-    let (tenant, saga_id) = match failed {
-        Some(saga) => {
-            let retried = state.operator().retry(&saga).await?;
-            (load_tenant(&state, &principal, &id).await?, retried.id)
-        }
-        None => {
-            let to = (TenantStatus::Migrating, vec![TenantStatus::MigrationError]);
-            let input = json!({"tenant_id": id});
-            let (tenant, saga) = start_tenant_saga(&state, &id, to, tenancy::definitions::MIGRATE, input, None).await?;
-            (tenant, saga.id)
-        }
-    };
+    let (tenant, saga_id) = lifecycle(&state)?.retry_migration(&tenant).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"tenant": views::tenant(&tenant), "saga_id": saga_id}))).into_response())
 }
 
-pub(super) async fn set_access(
+async fn set_access(
     state: &AppState,
     principal: &Principal,
     id: &str,
@@ -285,37 +202,7 @@ pub(super) async fn set_access(
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
     let tenant = load_tenant(state, principal, id).await?;
-    if !tenant.status.may_become(to) {
-        return Err(ApiError::Conflict(format!(
-            "tenant is {}; it cannot become {}",
-            tenant.status.as_str(),
-            to.as_str()
-        )));
-    }
-    let tenancy = tenancy(state)?;
-    let enabled = to == TenantStatus::Active;
-    // The database side first: a suspended tenant's role cannot log in any more.
-    tenancy
-        .storage
-        .access_set(id, tenant.storage_mode, enabled)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("tenant storage: {e}")))?;
-    let transition = TenantTransition {
-        id: id.to_string(),
-        to,
-        from: vec![tenant.status],
-        error: None,
-        saga: None,
-        event: Some(events::tenant(
-            if enabled { TenantEvent::Resumed } else { TenantEvent::Suspended },
-            id,
-            None,
-            None,
-            state.clock.now_ms(),
-        )),
-        now_ms: state.clock.now_ms(),
-    };
-    let (updated, _) = state.store.tenant_transition(transition).await?;
+    let updated = lifecycle(state)?.set_access(&tenant, to).await?;
     Ok(Json(views::tenant(&updated)))
 }
 

@@ -7,7 +7,7 @@ use saga_store::TenantPatch;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::state::Tenancy;
+use tenancy::{Lifecycle, NewTenant};
 
 /// Limits on tenant fields.
 pub(crate) const NAME_MAX_CHARS: usize = 200;
@@ -17,18 +17,6 @@ pub(crate) const LIST_ITEMS_MAX: usize = 100;
 pub(crate) const METADATA_MAX_BYTES: usize = 64 * 1024;
 
 pub(crate) const EMAIL_MAX_CHARS: usize = 254;
-
-/// A validated `POST /v1/tenants` body.
-pub(super) struct TenantRequest {
-    pub(super) id: String,
-    pub(super) name: String,
-    pub(super) tier: Tier,
-    pub(super) storage_mode: StorageMode,
-    pub(super) sla_tier: SlaTier,
-    pub(super) domains: Value,
-    pub(super) contacts: Value,
-    pub(super) metadata: Value,
-}
 
 pub(super) struct Errors(pub(super) Vec<FieldError>);
 
@@ -170,7 +158,7 @@ pub(super) fn check_metadata(value: Option<&Value>, errors: &mut Errors) -> Opti
     Some(value.clone())
 }
 
-pub(super) fn parse_tenant(body: &Value, tenancy: &Tenancy) -> Result<TenantRequest, ApiError> {
+pub(super) fn parse_tenant(body: &Value, lifecycle: &Lifecycle) -> Result<NewTenant, ApiError> {
     let Some(map) = body.as_object() else {
         return Err(ApiError::field("", "the tenant must be a JSON object"));
     };
@@ -195,42 +183,17 @@ pub(super) fn parse_tenant(body: &Value, tenancy: &Tenancy) -> Result<TenantRequ
     let contacts = check_contacts(map.get("contacts"), &mut errors);
     let metadata = check_metadata(map.get("metadata"), &mut errors);
     let tier = tier.unwrap_or(Tier::Pooled);
-    let offered: Vec<StorageMode> =
-        StorageMode::ALL.iter().copied().filter(|mode| tenancy.storage.supports(*mode)).collect();
-    let offered_list = offered.iter().map(|mode| mode.as_str()).collect::<Vec<_>>().join(", ");
-    let storage_mode = match storage_mode {
-        Some(mode) if !offered.contains(&mode) => {
-            errors.add(
-                "/storage_mode",
-                format!(
-                    "storage mode {} is not offered by the {} tenant storage, which offers: {offered_list}{}",
-                    mode.as_str(),
-                    tenancy.storage.backend_name(),
-                    if offered.contains(&StorageMode::Schema) {
-                        ""
-                    } else {
-                        " (set SAGAPLANE_TENANT_DATABASE_URL to a PostgreSQL server for schema and pooled)"
-                    }
-                ),
-            );
-            mode
+    let storage_mode = match lifecycle.storage_mode(tier, storage_mode) {
+        Ok(mode) => mode,
+        Err(why) => {
+            errors.add("/storage_mode", why);
+            tier.default_storage_mode()
         }
-        Some(mode) => mode,
-        None => match tier.storage_mode_among(&offered) {
-            Some(mode) => mode,
-            None => {
-                errors.add(
-                    "/storage_mode",
-                    format!("the {} tenant storage offers no storage mode", tenancy.storage.backend_name()),
-                );
-                tier.default_storage_mode()
-            }
-        },
     };
     let (Some(id), Some(name), true) = (id, name, errors.0.is_empty()) else {
         return Err(ApiError::validation("the tenant is invalid", errors.0));
     };
-    Ok(TenantRequest {
+    Ok(NewTenant {
         id,
         name,
         tier,
