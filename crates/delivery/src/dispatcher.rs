@@ -254,6 +254,14 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
             _ = stopped.changed() => false,
         };
     }
+    // Claimed but not started: handed back for another dispatcher to take at once.
+    let unstarted: Vec<(Uuid, i64)> =
+        waiting.drain().flat_map(|(_, queue)| queue).map(|c| (c.delivery.id, c.fencing_token)).collect();
+    if !unstarted.is_empty() {
+        if let Err(e) = inner.store.delivery_release(&unstarted, now_ms()).await {
+            tracing::warn!(error = %e, "handing unstarted deliveries back at shutdown failed; their leases end instead");
+        }
+    }
     let drain = Duration::from_millis(inner.config.attempt_timeout_ms.saturating_add(1_000));
     if tokio::time::timeout(drain, async { while attempts.join_next().await.is_some() {} }).await.is_err() {
         // Their leases end and another dispatcher sends them again, same webhook-id.
@@ -319,6 +327,31 @@ fn start_waiting(
     waiting: &mut HashMap<Uuid, VecDeque<ClaimedDelivery>>,
     attempts: &mut JoinSet<()>,
 ) {
+    let mut released = Vec::new();
+    start_waiting_or_release(inner, waiting, attempts, &mut released);
+    release(inner, released);
+}
+
+/// Hands `released` claims back in the background: due now, claimable by any dispatcher once
+/// their destination lets attempts through. A hand-back that fails leaves them to their lease.
+fn release(inner: &Arc<Inner>, released: Vec<(Uuid, i64)>) {
+    if released.is_empty() {
+        return;
+    }
+    let store = inner.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.delivery_release(&released, now_ms()).await {
+            tracing::warn!(error = %e, deliveries = released.len(), "handing claimed deliveries back failed; their leases end instead");
+        }
+    });
+}
+
+fn start_waiting_or_release(
+    inner: &Arc<Inner>,
+    waiting: &mut HashMap<Uuid, VecDeque<ClaimedDelivery>>,
+    attempts: &mut JoinSet<()>,
+    released: &mut Vec<(Uuid, i64)>,
+) {
     let Ok(mut in_flight) = inner.in_flight.lock() else { return };
     let Ok(mut buckets) = inner.rate_buckets.lock() else { return };
     let Ok(mut breakers) = inner.breakers.lock() else { return };
@@ -328,9 +361,9 @@ fn start_waiting(
         while *running < inner.config.per_subscription_max {
             let Some(front) = queue.front() else { break };
             if !breakers.allows(*subscription, now) {
-                // Its breaker opened after the claim: these wait for their lease to end and are
-                // claimed again once it lets attempts through (no attempt spent).
-                queue.clear();
+                // Its breaker opened after the claim: these go back unattempted, and claims leave
+                // the destination out until its breaker lets an attempt through.
+                released.extend(queue.drain(..).map(|c| (c.delivery.id, c.fencing_token)));
                 break;
             }
             if let Some(per_s) = front.subscription.rate_limit_per_s {

@@ -345,6 +345,12 @@ pub trait DispatchStore: Send + Sync + 'static {
         let recorded = self.delivery_attempts_record(std::slice::from_ref(result)).await?;
         Ok(recorded.first().copied().unwrap_or(false))
     }
+    /// Hands claimed deliveries back unattempted, due at `due_at_ms` and claimable by any
+    /// dispatcher at once (no attempt spent): each `(id, fencing_token)` only while it is still
+    /// pending under that claim. For deliveries whose destination's breaker opened after they
+    /// were claimed, and those still waiting when a dispatcher stops — instead of waiting out
+    /// their lease.
+    async fn delivery_release(&self, released: &[(Uuid, i64)], due_at_ms: i64) -> StoreResult<()>;
     /// Pending deliveries per subscription (those with any).
     async fn delivery_backlog(&self) -> StoreResult<Vec<DeliveryBacklog>>;
     /// Disables every active subscription failing since `failing_since_before_ms` or earlier and,

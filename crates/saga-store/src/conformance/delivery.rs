@@ -248,6 +248,27 @@ pub async fn deliveries_are_claimed_newest_first_once_and_fenced(store: Arc<dyn 
     Ok(())
 }
 
+/// A claim handed back is claimable again at once, by anyone, with no attempt spent; a hand-back
+/// under an older claim changes nothing.
+pub async fn released_deliveries_are_claimable_at_once_unattempted(store: Arc<dyn Store>) -> CheckResult {
+    let hook = subscription("http://hook", &["*"], None, 0);
+    db(store.subscription_create(&hook).await)?;
+    db(store.events_append(&[OutboxEvent::new("order.placed", None, json!({}), 100)]).await)?;
+    let first = db(store.delivery_claim_due(&claim("w1", 10, 100)).await)?;
+    let claimed = first.first().ok_or("claimed")?;
+    ensure!(db(store.delivery_claim_due(&claim("w2", 10, 200)).await)?.is_empty(), "leased to w1");
+    db(store.delivery_release(&[(claimed.delivery.id, claimed.fencing_token)], 200).await)?;
+    let again = db(store.delivery_claim_due(&claim("w2", 10, 200)).await)?;
+    let taken = again.first().ok_or("claimable at once after the hand-back")?;
+    ensure!(taken.delivery.attempts == 0, "no attempt spent: {:?}", taken.delivery);
+    ensure!(taken.fencing_token > claimed.fencing_token, "a new claim");
+    // w1's hand-back of its old claim does not take the delivery from w2.
+    db(store.delivery_release(&[(claimed.delivery.id, claimed.fencing_token)], 200).await)?;
+    ensure!(db(store.delivery_claim_due(&claim("w3", 10, 300)).await)?.is_empty(), "still w2's");
+    db(store.delivery_release(&[], 300).await)?;
+    Ok(())
+}
+
 pub async fn failed_attempts_retry_then_die_and_are_replayed_and_recovered(store: Arc<dyn Store>) -> CheckResult {
     let hook = subscription("http://down", &["*"], None, 0);
     db(store.subscription_create(&hook).await)?;

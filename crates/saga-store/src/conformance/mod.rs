@@ -98,6 +98,7 @@ macro_rules! store_conformance {
             a_refused_tenant_change_emits_nothing,
             addressed_events_reach_their_subscription_alone,
             deliveries_are_claimed_newest_first_once_and_fenced,
+            released_deliveries_are_claimable_at_once_unattempted,
             failed_attempts_retry_then_die_and_are_replayed_and_recovered,
             a_tenants_own_subscriptions_are_capped,
         );

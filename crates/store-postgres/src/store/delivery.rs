@@ -565,6 +565,25 @@ impl DispatchStore for PostgresStore {
         Ok(results.iter().map(|r| recorded.contains(&r.id)).collect())
     }
 
+    async fn delivery_release(&self, released: &[(Uuid, i64)], due_at_ms: i64) -> StoreResult<()> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let (ids, tokens): (Vec<Uuid>, Vec<i64>) = released.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE deliveries d SET lease_owner = NULL, next_attempt_at = $3 \
+             FROM UNNEST($1::uuid[], $2::bigint[]) AS r(id, token) \
+             WHERE d.id = r.id AND d.fencing_token = r.token AND d.status = 'pending'",
+        )
+        .bind(ids)
+        .bind(tokens)
+        .bind(due_at_ms)
+        .execute(&self.db)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     async fn delivery_backlog(&self) -> StoreResult<Vec<saga_store::DeliveryBacklog>> {
         let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
             "SELECT subscription_id, count(*), min(created_at) FROM deliveries WHERE status = 'pending' \

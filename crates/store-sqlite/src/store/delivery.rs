@@ -472,6 +472,27 @@ impl SubscriptionStore for SqliteStore {
 
 #[async_trait]
 impl DispatchStore for SqliteStore {
+    async fn delivery_release(&self, released: &[(Uuid, i64)], due_at_ms: i64) -> StoreResult<()> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        for (id, token) in released {
+            sqlx::query(
+                "UPDATE deliveries SET lease_owner = NULL, next_attempt_at = ?3 \
+                 WHERE id = ?1 AND fencing_token = ?2 AND status = 'pending'",
+            )
+            .bind(id.to_string())
+            .bind(token)
+            .bind(due_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
     async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>> {
         let skip = json_text(&params.skip_subscriptions.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
         let mut tx = self.writer.begin().await.map_err(db)?;
