@@ -76,20 +76,8 @@ async fn drive_inner(
             tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
             let retry_at = shared.clock.now_ms() + DEFINITION_RETRY_MS;
             // No definition, so no cancel handling either: commit exactly what was claimed.
-            let commit = SagaCommit {
-                id: record.id,
-                tenant_id: record.tenant_id.clone(),
-                fencing_token: record.fencing_token,
-                state: record.state.clone(),
-                run_at_ms: retry_at,
-                release_lease: true,
-                events: pending,
-                worker_id: shared.config.worker_id.clone(),
-                wake_seq_seen: record.wake_seq,
-                tenant_change: None,
-                outbox: Vec::new(),
-                now_ms: shared.clock.now_ms(),
-            };
+            let commit =
+                commit_record(shared, claimed, None, &record.state, pending, Some(retry_at), shared.clock.now_ms());
             let _ = shared.committer.commit(commit).await;
             return;
         }
@@ -581,23 +569,7 @@ async fn commit(
     for _ in 0..2 {
         state.writer_kept_lease = release_until.is_none() && !state.status.is_terminal();
         let now_ms = shared.clock.now_ms();
-        let tenant_change =
-            shared.hook.as_ref().and_then(|hook| hook.tenant_change(&claimed.record, definition, state, &events));
-        let outbox = crate::outbox::events_of(&claimed.record, definition, state, &events);
-        let commit = SagaCommit {
-            id: claimed.record.id,
-            tenant_id: claimed.record.tenant_id.clone(),
-            fencing_token: claimed.record.fencing_token,
-            state: state.clone(),
-            run_at_ms: release_until.unwrap_or(now_ms),
-            release_lease: release_until.is_some(),
-            events,
-            worker_id: shared.config.worker_id.clone(),
-            wake_seq_seen: claimed.record.wake_seq,
-            tenant_change,
-            outbox,
-            now_ms,
-        };
+        let commit = commit_record(shared, claimed, Some(definition), state, events, release_until, now_ms);
         match shared.committer.commit(commit).await {
             Ok((CommitOutcome::Committed, _)) => return Some((now_ms, release_until)),
             Ok((CommitOutcome::Fenced, _)) => {
@@ -626,6 +598,43 @@ async fn commit(
     }
     tracing::error!("commit refused twice for a cancel request; the lease will expire");
     None
+}
+
+/// The one place a saga's commit record is made: fenced on the claim, the state with its new
+/// history rows, what the transition means for the saga's tenant and the events it reports
+/// (neither without a definition: a saga whose definition cannot be loaded commits only what it
+/// was claimed with), and, with `release_until`, the lease handed back until then.
+fn commit_record(
+    shared: &Shared,
+    claimed: &Claimed,
+    definition: Option<&saga_core::Definition>,
+    state: &SagaState,
+    events: Vec<HistoryEvent>,
+    release_until: Option<i64>,
+    now_ms: i64,
+) -> SagaCommit {
+    let record = &claimed.record;
+    let (tenant_change, outbox) = match definition {
+        Some(definition) => (
+            shared.hook.as_ref().and_then(|hook| hook.tenant_change(record, definition, state, &events)),
+            crate::outbox::events_of(record, definition, state, &events),
+        ),
+        None => (None, Vec::new()),
+    };
+    SagaCommit {
+        id: record.id,
+        tenant_id: record.tenant_id.clone(),
+        fencing_token: record.fencing_token,
+        state: state.clone(),
+        run_at_ms: release_until.unwrap_or(now_ms),
+        release_lease: release_until.is_some(),
+        events,
+        worker_id: shared.config.worker_id.clone(),
+        wake_seq_seen: record.wake_seq,
+        tenant_change,
+        outbox,
+        now_ms,
+    }
 }
 
 fn lease_of(claimed: &Claimed) -> saga_store::LeaseRef {
@@ -657,23 +666,8 @@ async fn hand_back(
         state.writer_kept_lease = false;
         // What the pending transition means for the tenant travels with it, as in every commit
         // (a cancel or deadline applied just before shutdown may end a tenant saga).
-        let tenant_change =
-            shared.hook.as_ref().and_then(|hook| hook.tenant_change(&claimed.record, definition, state, pending));
-        let outbox = crate::outbox::events_of(&claimed.record, definition, state, pending);
-        let commit = SagaCommit {
-            id: claimed.record.id,
-            tenant_id: claimed.record.tenant_id.clone(),
-            fencing_token: claimed.record.fencing_token,
-            state: state.clone(),
-            run_at_ms: now_ms,
-            release_lease: true,
-            events: std::mem::take(pending),
-            worker_id: shared.config.worker_id.clone(),
-            wake_seq_seen: claimed.record.wake_seq,
-            tenant_change,
-            outbox,
-            now_ms,
-        };
+        let events = std::mem::take(pending);
+        let commit = commit_record(shared, claimed, Some(definition), state, events, Some(now_ms), now_ms);
         // A refused commit (fenced, or a cancel to act on) is fine: the next driver redoes it.
         // A failed one still hands the lease back (found by the simulator, seed 2797).
         match shared.committer.commit(commit).await {
