@@ -169,7 +169,9 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     assert_eq!(undone, 2, "charge and reserve undone");
     screenshot(&client, "saga-compensated").await;
     client.goto(&url).await.expect("back to the failed saga");
-    until_text(&client, "#saga-error", "ship").await;
+    // Its own page (the compensated one's error names `ship` too): its id and status in the title.
+    until_text(&client, "h2", &failed).await;
+    until_text(&client, "h2", "FAILED").await;
 
     // Retry, and watch it complete (the page refreshes while it runs).
     client.find(Locator::Id("retry")).await.expect("retry").click().await.expect("click retry");
