@@ -78,10 +78,7 @@ struct Embedded {
     backend: String,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
-    instance: saga_runtime::InstanceHandle,
-    dispatcher: Option<delivery::DispatcherHandle>,
-    hub: saga_runtime::TerminalHub,
-    definitions: Arc<saga_runtime::DefinitionCache>,
+    app: crate::run::App,
 }
 
 async fn start_embedded(config: &Config, subscribe: bool) -> anyhow::Result<Embedded> {
@@ -93,24 +90,12 @@ async fn start_embedded(config: &Config, subscribe: bool) -> anyhow::Result<Embe
             format!("sqlite://{}", dir.join("bench.db").display())
         }
     };
-    let store = crate::run::open_and_migrate(&url, &config.database).await?;
-    let backend = store.backend_name().to_string();
-    let hub = saga_runtime::TerminalHub::default();
+    let parts = crate::run::Parts { tenancy: false, worker: true, dispatcher: subscribe };
+    let app = crate::run::App::build(config, &url, parts, None).await?;
+    let backend = app.store.backend_name().to_string();
     let token = crate::run::generate_token();
-    let definitions = crate::run::definition_cache(store.clone());
-    let instance = crate::run::start_instance(config, store.clone(), definitions.clone(), hub.clone(), None, None);
-    let dispatcher = subscribe.then(|| crate::run::start_dispatcher(config, store.clone()));
-    let state = server::AppState::new(
-        store.clone(),
-        Arc::new(saga_runtime::SystemClock),
-        hub.clone(),
-        definitions.clone(),
-        None,
-        &token,
-    )
-    .with_intake(instance.intake());
-    let (url, stop, server) = serve_on_loopback(state).await?;
-    Ok(Embedded { url, token, backend, stop, server, instance, dispatcher, hub, definitions })
+    let (url, stop, server) = serve_on_loopback(app.state(config, &token, None)).await?;
+    Ok(Embedded { url, token, backend, stop, server, app })
 }
 
 /// The API on a free loopback port, in the background, for an in-process benchmark: its base
@@ -196,15 +181,12 @@ pub async fn run(args: BenchArgs, mut config: Config) -> anyhow::Result<ExitCode
     }
     if let Some(embedded) = embedded {
         let _ = embedded.stop.send(true);
-        embedded.instance.shutdown().await;
+        embedded.app.shutdown().await;
         crate::telemetry::shutdown_traces(traces);
         if let Some(sink) = &sink {
             let spans = sink.spans.load(Ordering::SeqCst);
             println!("  traces       {spans} spans received by the in-process OTLP sink");
             println!("RESULT workload=traces backend={backend} spans={spans}");
-        }
-        if let Some(dispatcher) = embedded.dispatcher {
-            dispatcher.shutdown().await;
         }
         let _ = embedded.server.await;
     }
@@ -231,8 +213,9 @@ struct Direct {
 
 impl Direct {
     async fn new(embedded: &Embedded, name: &str) -> anyhow::Result<Direct> {
-        let (version, definition) = embedded.definitions.get(name, None).await?;
-        Ok(Direct { hub: embedded.hub.clone(), intake: embedded.instance.intake(), definition, version })
+        let (version, definition) = embedded.app.definitions.get(name, None).await?;
+        let instance = embedded.app.instance.as_ref().context("the embedded instance runs no worker")?;
+        Ok(Direct { hub: embedded.app.hub.clone(), intake: instance.intake(), definition, version })
     }
 
     async fn one(&self, n: usize) -> anyhow::Result<(String, Duration)> {

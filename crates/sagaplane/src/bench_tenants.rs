@@ -95,21 +95,12 @@ pub async fn run(args: TenantBenchArgs, config: Config) -> anyhow::Result<ExitCo
         }
         None => None,
     };
-    let store = crate::run::open_and_migrate(&database_url, &config.database).await?;
-    let tenants = crate::run::prepare_tenancy(&config, &database_url, store.as_ref()).await?;
-    let hub = saga_runtime::TerminalHub::default();
-    let definitions = crate::run::definition_cache(store.clone());
-    let instance =
-        crate::run::start_instance(&config, store.clone(), definitions.clone(), hub.clone(), None, Some(&tenants));
+    let parts = crate::run::Parts { tenancy: true, worker: true, dispatcher: false };
+    let app = crate::run::App::build(&config, &database_url, parts, None).await?;
     let token = crate::run::generate_token();
-    let state =
-        server::AppState::new(store.clone(), Arc::new(saga_runtime::SystemClock), hub, definitions, None, &token)
-            .with_intake(instance.intake())
-            .with_tenancy(server::Tenancy {
-                storage: tenants.storage.clone(),
-                migrations: tenants.migrations.clone(),
-                crm_secret: None,
-            });
+    let state = app.state(&config, &token, None);
+    let tenants = app.tenants.clone().context("the tenant parts")?;
+    let store = app.store.clone();
     let migrations = tenants.migrations.migrations(None)?.len();
     let (base, stop, server) = crate::bench::serve_on_loopback(state).await?;
     let run = Arc::new(Run {
@@ -163,7 +154,7 @@ pub async fn run(args: TenantBenchArgs, config: Config) -> anyhow::Result<ExitCo
         _ => None,
     };
     let _ = stop.send(true);
-    instance.shutdown().await;
+    app.shutdown().await;
     let _ = server.await;
     if let Some(dir) = &rollout_dir {
         let _ = std::fs::remove_dir_all(dir);

@@ -46,7 +46,7 @@ pub async fn open_store(url: &str, database: &DatabaseSettings) -> anyhow::Resul
 }
 
 /// Opens and migrates the store.
-pub async fn open_and_migrate(url: &str, database: &DatabaseSettings) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_and_migrate(url: &str, database: &DatabaseSettings) -> anyhow::Result<Arc<dyn Store>> {
     let store = open_store(url, database).await?;
     let status = store.migrate(saga_runtime::Clock::now_ms(&SystemClock)).await.context("applying migrations")?;
     tracing::info!(backend = store.backend_name(), schema_version = status.applied, "store ready");
@@ -78,7 +78,7 @@ pub fn builtin_names() -> Vec<String> {
 }
 
 /// The definition cache the API and the worker of one process share.
-pub fn definition_cache(store: Arc<dyn Store>) -> Arc<DefinitionCache> {
+fn definition_cache(store: Arc<dyn Store>) -> Arc<DefinitionCache> {
     Arc::new(DefinitionCache::new(store, builtin_names()))
 }
 
@@ -121,7 +121,7 @@ impl TenantParts {
 }
 
 /// Tenant storage, migrations and the built-in tenant sagas, ready.
-pub async fn prepare_tenancy(config: &Config, database_url: &str, store: &dyn Store) -> anyhow::Result<TenantParts> {
+async fn prepare_tenancy(config: &Config, database_url: &str, store: &dyn Store) -> anyhow::Result<TenantParts> {
     tenancy::definitions::install(store, saga_runtime::Clock::now_ms(&SystemClock))
         .await
         .context("installing the built-in tenant sagas")?;
@@ -130,7 +130,7 @@ pub async fn prepare_tenancy(config: &Config, database_url: &str, store: &dyn St
     Ok(TenantParts { storage, migrations })
 }
 
-pub fn start_instance(
+fn start_instance(
     config: &Config,
     store: Arc<dyn Store>,
     definitions: Arc<DefinitionCache>,
@@ -157,7 +157,7 @@ pub fn start_instance(
 }
 
 /// The outbox's dispatcher (every process that runs a worker runs one; claims keep them apart).
-pub fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::DispatcherHandle {
+fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::DispatcherHandle {
     let schedule = delivery::RetrySchedule::new(config.delivery_retry_schedule_ms.clone());
     let mut dispatcher_config = delivery::DispatcherConfig::new(config.worker_id.clone(), schedule);
     dispatcher_config.deny = config.http_deny.clone();
@@ -172,6 +172,104 @@ pub fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::Dis
     // One knob for how soon a dead process's work is taken over: sagas and deliveries alike.
     dispatcher_config.lease_ttl_ms = config.lease_ttl_ms;
     delivery::Dispatcher::new(store, dispatcher_config).start()
+}
+
+/// What one process runs besides the store.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Parts {
+    /// Tenant storage, migrations and the built-in tenant sagas (and their steps in the worker).
+    pub tenancy: bool,
+    /// An orchestrator instance.
+    pub worker: bool,
+    /// The outbox's dispatcher.
+    pub dispatcher: bool,
+}
+
+/// The concrete parts of one process, wired in one place: the store (opened and migrated), the
+/// definitions, the terminal hub, the tenant parts, and the worker and dispatcher when it runs
+/// them. `serve`, `worker` and the in-process benchmarks build it alike; the API's state over
+/// it is [`App::state`].
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub definitions: Arc<DefinitionCache>,
+    pub hub: TerminalHub,
+    pub tenants: Option<TenantParts>,
+    pub instance: Option<InstanceHandle>,
+    pub dispatcher: Option<delivery::DispatcherHandle>,
+}
+
+impl App {
+    /// Opens and migrates the store at `database_url` and starts `parts`. `bound` is the API's
+    /// address, for the callback URLs the worker hands out.
+    pub async fn build(
+        config: &Config,
+        database_url: &str,
+        parts: Parts,
+        bound: Option<SocketAddr>,
+    ) -> anyhow::Result<App> {
+        let store = open_and_migrate(database_url, &config.database).await?;
+        let tenants = match parts.tenancy {
+            true => Some(prepare_tenancy(config, database_url, store.as_ref()).await?),
+            false => None,
+        };
+        if parts.tenancy {
+            // Before the worker starts: an onboarding's outcome is addressed to it.
+            configure_crm_callback(config, store.as_ref()).await?;
+        }
+        let hub = TerminalHub::default();
+        let definitions = definition_cache(store.clone());
+        let instance = parts
+            .worker
+            .then(|| start_instance(config, store.clone(), definitions.clone(), hub.clone(), bound, tenants.as_ref()));
+        let dispatcher = parts.dispatcher.then(|| start_dispatcher(config, store.clone()));
+        Ok(App { store, definitions, hub, tenants, instance, dispatcher })
+    }
+
+    /// The API's state over these parts: `config`'s variables and subscription rules, the tenant
+    /// hook, the tenant parts (with `config`'s CRM secret) and the worker's intake when there are.
+    pub fn state(
+        &self,
+        config: &Config,
+        admin_token: &str,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> server::AppState {
+        let vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let mut state = server::AppState::new(
+            self.store.clone(),
+            Arc::new(SystemClock),
+            self.hub.clone(),
+            self.definitions.clone(),
+            metrics,
+            admin_token,
+        )
+        .with_vars(vars)
+        .with_subscription_rules(server::SubscriptionRules {
+            nats_tenant_prefix: config.nats_tenant_prefix.clone(),
+            tenant_max: config.tenant_subscriptions_max,
+        })
+        .with_hook(Arc::new(TenantHook));
+        if let Some(tenants) = &self.tenants {
+            state = state.with_tenancy(server::Tenancy {
+                storage: tenants.storage.clone(),
+                migrations: tenants.migrations.clone(),
+                crm_secret: config.crm_webhook_secret.as_ref().map(|s| s.expose().to_string()),
+            });
+        }
+        if let Some(instance) = &self.instance {
+            state = state.with_intake(instance.intake());
+        }
+        state
+    }
+
+    /// Drains the worker, then stops the dispatcher.
+    pub async fn shutdown(self) {
+        if let Some(instance) = self.instance {
+            instance.shutdown().await;
+        }
+        if let Some(dispatcher) = self.dispatcher {
+            dispatcher.shutdown().await;
+        }
+    }
 }
 
 /// The CRM callback's subscription (`SAGAPLANE_CRM_CALLBACK_URL`): made or brought up to date
@@ -217,53 +315,24 @@ async fn configure_crm_callback(config: &Config, store: &dyn Store) -> anyhow::R
 pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let traces = config.otlp_endpoint.as_deref().map(crate::telemetry::init_traces).transpose()?;
-    let store = open_and_migrate(database_url, &config.database).await?;
-    let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
-    configure_crm_callback(&config, store.as_ref()).await?;
-    let hub = TerminalHub::default();
     let admin_token = match &config.admin_token {
         Some(token) => token.clone(),
         None if plan.api => bail!("SAGAPLANE_ADMIN_TOKEN is required"),
         None => crate::config::Secret::new(""),
     };
-    let definitions = definition_cache(store.clone());
-    // Every stored definition's series exist (at 0) from the first scrape.
-    if let Err(e) = definitions.warm().await {
-        tracing::warn!(error = %e, "could not load the stored definitions at start");
-    }
     // Bound before the worker starts, so callback URLs carry the real port (`--listen` may say 0).
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let local: SocketAddr = listener.local_addr()?;
-    let bound = Some(local);
-    let instance = plan
-        .worker
-        .then(|| start_instance(&config, store.clone(), definitions.clone(), hub.clone(), bound, Some(&tenants)));
-    let dispatcher = plan.worker.then(|| start_dispatcher(&config, store.clone()));
-    let vars = config.vars.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    let mut state = server::AppState::new(
-        store.clone(),
-        Arc::new(SystemClock),
-        hub,
-        definitions,
-        Some(metrics),
-        admin_token.expose(),
-    )
-    .with_vars(vars)
-    .with_subscription_rules(server::SubscriptionRules {
-        nats_tenant_prefix: config.nats_tenant_prefix.clone(),
-        tenant_max: config.tenant_subscriptions_max,
-    })
-    .with_hook(Arc::new(TenantHook))
-    .with_tenancy(server::Tenancy {
-        storage: tenants.storage.clone(),
-        migrations: tenants.migrations.clone(),
-        crm_secret: config.crm_webhook_secret.as_ref().map(|s| s.expose().to_string()),
-    });
-    if let Some(instance) = &instance {
-        state = state.with_intake(instance.intake());
+    let parts = Parts { tenancy: true, worker: plan.worker, dispatcher: plan.worker };
+    let app = App::build(&config, database_url, parts, Some(local)).await?;
+    let store = app.store.clone();
+    // Every stored definition's series exist (at 0) from the first scrape.
+    if let Err(e) = app.definitions.warm().await {
+        tracing::warn!(error = %e, "could not load the stored definitions at start");
     }
+    let mut state = app.state(&config, admin_token.expose(), Some(metrics));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     state = state.with_shutdown(stop_rx.clone());
     let _gauges = crate::telemetry::spawn_store_gauges(store.clone(), stop_rx.clone());
@@ -293,12 +362,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     tracing::info!("shutting down: no new claims, draining in-flight steps");
     // The API keeps serving while the worker drains (bounded by the shutdown grace): an async
     // participant's callback or heartbeat during the drain is accepted, not refused.
-    if let Some(instance) = instance {
-        instance.shutdown().await;
-    }
-    if let Some(dispatcher) = dispatcher {
-        dispatcher.shutdown().await;
-    }
+    app.shutdown().await;
     let _ = stop_tx.send(true);
     if let Some(http) = http {
         http.await.context("HTTP task")?.context("HTTP server")?;
@@ -344,19 +408,14 @@ async fn onboard_demo_tenant(state: &server::AppState) {
 pub async fn serve_worker_only(config: Config, database_url: &str) -> anyhow::Result<()> {
     let _metrics = crate::telemetry::init_metrics()?;
     let traces = config.otlp_endpoint.as_deref().map(crate::telemetry::init_traces).transpose()?;
-    let store = open_and_migrate(database_url, &config.database).await?;
-    let tenants = prepare_tenancy(&config, database_url, store.as_ref()).await?;
-    configure_crm_callback(&config, store.as_ref()).await?;
-    let dispatcher = start_dispatcher(&config, store.clone());
+    let parts = Parts { tenancy: true, worker: true, dispatcher: true };
+    let app = App::build(&config, database_url, parts, None).await?;
     let (_stop_gauges, gauges_stopped) = tokio::sync::watch::channel(false);
-    let _gauges = crate::telemetry::spawn_store_gauges(store.clone(), gauges_stopped);
-    let instance =
-        start_instance(&config, store.clone(), definition_cache(store), TerminalHub::default(), None, Some(&tenants));
+    let _gauges = crate::telemetry::spawn_store_gauges(app.store.clone(), gauges_stopped);
     println!("worker {} running", config.worker_id);
     shutdown_signal().await;
     tracing::info!("shutting down: no new claims, draining in-flight steps");
-    instance.shutdown().await;
-    dispatcher.shutdown().await;
+    app.shutdown().await;
     crate::telemetry::shutdown_traces(traces);
     tracing::info!("bye");
     Ok(())
