@@ -5,7 +5,6 @@
 //! in the schedule (a skipped delivery spends no attempt).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -26,13 +25,14 @@ pub struct Breakers {
 #[derive(Debug, Default)]
 struct Breaker {
     failures_in_a_row: u32,
-    open_until: Option<Instant>,
+    /// Until when (ms, on the dispatcher's clock) it holds its destination.
+    open_until: Option<i64>,
     probing: bool,
 }
 
 impl Breakers {
     /// Whether an attempt for `subscription` may start now; a half-open breaker allows one.
-    pub fn allows(&mut self, subscription: Uuid, now: Instant) -> bool {
+    pub fn allows(&mut self, subscription: Uuid, now: i64) -> bool {
         let Some(breaker) = self.by_subscription.get_mut(&subscription) else { return true };
         match breaker.open_until {
             None => true,
@@ -46,7 +46,7 @@ impl Breakers {
     }
 
     /// Subscriptions whose deliveries should not be claimed now (open, or probing).
-    pub fn holding(&self, now: Instant) -> Vec<Uuid> {
+    pub fn holding(&self, now: i64) -> Vec<Uuid> {
         self.by_subscription
             .iter()
             .filter(|(_, b)| b.open_until.is_some_and(|until| now < until || b.probing))
@@ -68,8 +68,8 @@ impl Breakers {
         &mut self,
         subscription: Uuid,
         delivered: bool,
-        (failures_to_open, cool_down): (u32, Duration),
-        now: Instant,
+        (failures_to_open, cool_down_ms): (u32, i64),
+        now: i64,
     ) -> BreakerChange {
         if delivered {
             let was_open = self.by_subscription.remove(&subscription).is_some_and(|b| b.open_until.is_some());
@@ -82,7 +82,7 @@ impl Breakers {
         breaker.failures_in_a_row = breaker.failures_in_a_row.saturating_add(1);
         let was_open = breaker.open_until.is_some();
         if breaker.probing || breaker.failures_in_a_row >= failures_to_open {
-            breaker.open_until = Some(now + cool_down);
+            breaker.open_until = Some(now.saturating_add(cool_down_ms));
             breaker.probing = false;
             if !was_open {
                 return BreakerChange::Opened;
@@ -100,11 +100,11 @@ mod tests {
     fn a_probe_that_never_reached_the_destination_lets_the_next_one_probe() {
         let mut breakers = Breakers::default();
         let id = Uuid::nil();
-        let settings = (2, Duration::from_secs(30));
-        let now = Instant::now();
+        let settings = (2, 30_000);
+        let now = 1_000_000;
         breakers.record(id, false, settings, now);
         breakers.record(id, false, settings, now);
-        let later = now + Duration::from_secs(31);
+        let later = now + 31_000;
         assert!(breakers.allows(id, later), "half open: one probe");
         assert!(!breakers.allows(id, later), "one at a time");
         breakers.probe_undecided(id);
@@ -114,8 +114,8 @@ mod tests {
 
     #[test]
     fn failures_in_a_row_open_it_and_one_probe_decides() {
-        let (id, start) = (Uuid::now_v7(), Instant::now());
-        let settings = (3, Duration::from_secs(10));
+        let (id, start) = (Uuid::now_v7(), 1_000_000);
+        let settings = (3, 10_000);
         let mut breakers = Breakers::default();
         let none = BreakerChange::None;
         assert_eq!(breakers.record(id, false, settings, start), none);
@@ -124,25 +124,25 @@ mod tests {
         assert_eq!(breakers.record(id, false, settings, start), none);
         assert!(breakers.allows(id, start));
         assert_eq!(breakers.record(id, false, settings, start), BreakerChange::Opened, "the third in a row");
-        assert!(!breakers.allows(id, start + Duration::from_secs(9)));
-        assert_eq!(breakers.holding(start + Duration::from_secs(9)), vec![id]);
-        let later = start + Duration::from_secs(10);
+        assert!(!breakers.allows(id, start + 9000));
+        assert_eq!(breakers.holding(start + 9000), vec![id]);
+        let later = start + 10000;
         assert!(breakers.allows(id, later), "half open: one probe");
         assert!(!breakers.allows(id, later), "and only one");
         assert_eq!(breakers.holding(later), vec![id], "nothing more is claimed while it probes");
         assert_eq!(breakers.record(id, false, settings, later), none, "a failed probe opens it again");
-        assert!(!breakers.allows(id, later + Duration::from_secs(5)));
-        assert!(breakers.allows(id, later + Duration::from_secs(10)));
-        assert_eq!(breakers.record(id, true, settings, later + Duration::from_secs(10)), BreakerChange::Closed);
-        assert!(breakers.allows(id, later + Duration::from_secs(10)) && breakers.holding(later).is_empty());
+        assert!(!breakers.allows(id, later + 5000));
+        assert!(breakers.allows(id, later + 10000));
+        assert_eq!(breakers.record(id, true, settings, later + 10000), BreakerChange::Closed);
+        assert!(breakers.allows(id, later + 10000) && breakers.holding(later).is_empty());
     }
 
     #[test]
     fn zero_failures_to_open_means_never() {
-        let (id, now) = (Uuid::now_v7(), Instant::now());
+        let (id, now) = (Uuid::now_v7(), 1_000_000);
         let mut breakers = Breakers::default();
         for _ in 0..100 {
-            breakers.record(id, false, (0, Duration::from_secs(10)), now);
+            breakers.record(id, false, (0, 10_000), now);
         }
         assert!(breakers.allows(id, now));
     }

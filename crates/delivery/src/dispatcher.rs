@@ -8,6 +8,7 @@
 //! are in flight, and a claim leaves out the subscriptions at that cap, so a slow or failing
 //! endpoint fills only its own slots.
 
+use saga_runtime::{Clock, SystemClock};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,6 +88,7 @@ pub struct Dispatcher {
     store: Arc<dyn DispatchStore>,
     config: DispatcherConfig,
     egress: Egress,
+    clock: Arc<dyn Clock>,
 }
 
 /// Where deliveries may go: one policy and one client for the operator's subscriptions, one
@@ -164,16 +166,21 @@ struct Inner {
     /// Rate limits' token buckets, per subscription that has one.
     rate_buckets: Mutex<HashMap<Uuid, RateBucket>>,
     finished: Notify,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    /// The time every decision uses (due times, breakers, rate limits, attempt records): the
+    /// wall clock, or the simulation's.
+    clock: Arc<dyn Clock>,
 }
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn DispatchStore>, config: DispatcherConfig) -> Self {
         let egress = Egress::new(&config);
-        Dispatcher { store, config, egress }
+        Dispatcher { store, config, egress, clock: Arc::new(SystemClock) }
+    }
+
+    /// Runs on `clock` instead of the wall clock (the runtime's, injected the same way).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn start(self) -> DispatcherHandle {
@@ -190,6 +197,7 @@ impl Dispatcher {
             breakers: Mutex::new(crate::breaker::Breakers::default()),
             rate_buckets: Mutex::new(HashMap::new()),
             finished: Notify::new(),
+            clock: self.clock,
         });
         DispatcherHandle { stop, task: tokio::spawn(run(inner, stopped)) }
     }
@@ -258,7 +266,7 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     let unstarted: Vec<(Uuid, i64)> =
         waiting.drain().flat_map(|(_, queue)| queue).map(|c| (c.delivery.id, c.fencing_token)).collect();
     if !unstarted.is_empty() {
-        if let Err(e) = inner.store.delivery_release(&unstarted, now_ms()).await {
+        if let Err(e) = inner.store.delivery_release(&unstarted, inner.clock.now_ms()).await {
             tracing::warn!(error = %e, "handing unstarted deliveries back at shutdown failed; their leases end instead");
         }
     }
@@ -276,7 +284,7 @@ async fn refresh_backlog(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) 
     let mut reported = Vec::new();
     loop {
         match inner.store.delivery_backlog().await {
-            Ok(backlog) => reported = crate::metrics::backlog(&backlog, &reported, now_ms()),
+            Ok(backlog) => reported = crate::metrics::backlog(&backlog, &reported, inner.clock.now_ms()),
             Err(e) => tracing::debug!(error = %e, "reading the delivery backlog failed"),
         }
         disable_failing(&inner).await;
@@ -293,7 +301,7 @@ async fn refresh_backlog(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) 
 /// Disables the subscriptions whose attempts have all failed for `disable_after_ms`, each
 /// reported as `subscription.disabled` to the other subscriptions of its scope.
 async fn disable_failing(inner: &Inner) {
-    let now = now_ms();
+    let now = inner.clock.now_ms();
     let after_ms = inner.config.disable_after_ms;
     let before = now.saturating_sub(i64::try_from(after_ms).unwrap_or(i64::MAX));
     let failed_for = humantime_ms(after_ms);
@@ -339,8 +347,9 @@ fn release(inner: &Arc<Inner>, released: Vec<(Uuid, i64)>) {
         return;
     }
     let store = inner.store.clone();
+    let due_at_ms = inner.clock.now_ms();
     tokio::spawn(async move {
-        if let Err(e) = store.delivery_release(&released, now_ms()).await {
+        if let Err(e) = store.delivery_release(&released, due_at_ms).await {
             tracing::warn!(error = %e, deliveries = released.len(), "handing claimed deliveries back failed; their leases end instead");
         }
     });
@@ -355,7 +364,7 @@ fn start_waiting_or_release(
     let Ok(mut in_flight) = inner.in_flight.lock() else { return };
     let Ok(mut buckets) = inner.rate_buckets.lock() else { return };
     let Ok(mut breakers) = inner.breakers.lock() else { return };
-    let now = std::time::Instant::now();
+    let now = inner.clock.now_ms();
     for (subscription, queue) in waiting.iter_mut() {
         let running = in_flight.entry(*subscription).or_insert(0);
         while *running < inner.config.per_subscription_max {
@@ -386,18 +395,19 @@ fn start_waiting_or_release(
 /// worth of attempts.
 struct RateBucket {
     tokens: f64,
-    refilled: std::time::Instant,
+    /// When it was last refilled (ms, on the dispatcher's clock).
+    refilled: i64,
 }
 
 impl RateBucket {
-    fn new(per_s: u32, now: std::time::Instant) -> Self {
+    fn new(per_s: u32, now: i64) -> Self {
         RateBucket { tokens: f64::from(per_s.max(1)), refilled: now }
     }
 
     /// Takes one token if there is one.
-    fn take(&mut self, per_s: u32, now: std::time::Instant) -> bool {
+    fn take(&mut self, per_s: u32, now: i64) -> bool {
         let rate = f64::from(per_s.max(1));
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        let elapsed = now.saturating_sub(self.refilled).max(0) as f64 / 1000.0;
         self.tokens = (self.tokens + elapsed * rate).min(rate);
         self.refilled = now;
         if self.tokens >= 1.0 {
@@ -439,12 +449,12 @@ async fn claim(
         Err(_) => Vec::new(),
     };
     if let Ok(breakers) = inner.breakers.lock() {
-        skip_subscriptions.extend(breakers.holding(std::time::Instant::now()));
+        skip_subscriptions.extend(breakers.holding(inner.clock.now_ms()));
     }
     let params = DeliveryClaimParams {
         worker_id: inner.config.worker_id.clone(),
         limit,
-        now_ms: now_ms(),
+        now_ms: inner.clock.now_ms(),
         lease_ttl_ms: inner.config.lease_ttl_ms,
         skip_subscriptions,
     };
@@ -460,7 +470,7 @@ fn rfc3339(ms: i64) -> String {
 
 /// Sends one delivery and records what came of it.
 async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
-    let started_ms = now_ms();
+    let started_ms = inner.clock.now_ms();
     let expires_at_ms = claimed.event_expires_at_ms;
     let expired = expires_at_ms.is_some_and(|at| at <= started_ms);
     let attempted = match &claimed.subscription.destination {
@@ -518,7 +528,7 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
     // The destination's slot frees as soon as it has answered; recording waits for its batch.
     release_slot(inner, claimed.subscription.id);
     let round_attempt = claimed.delivery.attempts.saturating_sub(claimed.delivery.attempts_before_replay) + 1;
-    let finished_ms = now_ms();
+    let finished_ms = inner.clock.now_ms();
     let mut error = attempted.error.clone();
     let (status, next_attempt_at_ms) = if attempted.delivered {
         (DeliveryStatus::Succeeded, finished_ms)
@@ -577,10 +587,11 @@ fn breaker_record(inner: &Inner, claimed: &ClaimedDelivery, attempted: &Attempte
     if attempted.definite {
         return;
     }
-    let settings = (inner.config.breaker_failures, Duration::from_millis(inner.config.breaker_cool_down_ms));
+    let cool_down_ms = i64::try_from(inner.config.breaker_cool_down_ms).unwrap_or(i64::MAX);
+    let settings = (inner.config.breaker_failures, cool_down_ms);
     let subscription = claimed.subscription.id;
     let change = match inner.breakers.lock() {
-        Ok(mut breakers) => breakers.record(subscription, attempted.delivered, settings, std::time::Instant::now()),
+        Ok(mut breakers) => breakers.record(subscription, attempted.delivered, settings, inner.clock.now_ms()),
         Err(_) => return,
     };
     match change {
@@ -609,17 +620,16 @@ fn release_slot(inner: &Inner, subscription: Uuid) {
 #[cfg(test)]
 mod tests {
     use super::RateBucket;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn a_rate_limit_allows_a_seconds_burst_then_paces() {
-        let start = Instant::now();
+        let start = 1_000_000;
         let mut bucket = RateBucket::new(2, start);
         assert!(bucket.take(2, start) && bucket.take(2, start), "one second's worth at once");
         assert!(!bucket.take(2, start), "then none");
-        assert!(!bucket.take(2, start + Duration::from_millis(400)));
-        assert!(bucket.take(2, start + Duration::from_millis(500)), "one every half second at 2/s");
-        assert!(bucket.take(2, start + Duration::from_secs(10)) && bucket.take(2, start + Duration::from_secs(10)));
-        assert!(!bucket.take(2, start + Duration::from_secs(10)), "idle time saves at most a second's worth");
+        assert!(!bucket.take(2, start + 400));
+        assert!(bucket.take(2, start + 500), "one every half second at 2/s");
+        assert!(bucket.take(2, start + 10_000) && bucket.take(2, start + 10_000));
+        assert!(!bucket.take(2, start + 10_000), "idle time saves at most a second's worth");
     }
 }
