@@ -171,69 +171,17 @@ async fn drive_inner(
             }
             settled => (settled, None),
         };
-        let (mut events, mut release_until) = match settled {
-            Settled::Stop | Settled::Interrupted { .. } => {
-                shared.hand_back_unsettled(lease_of(claimed));
-                return;
-            }
-            Settled::Wait { kind, until_ms } => {
-                let transition = match state.begin_wait(&definition, kind, started_ms, until_ms) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::error!(error = %e, "state machine refused a wait");
-                        return;
-                    }
-                };
-                let mut events = std::mem::take(&mut pending);
-                events.extend(transition.events);
-                (events, Some(until_ms.unwrap_or(RUN_AT_NEVER_MS)))
-            }
-            Settled::Deferred { endpoint, retry_after_ms } => {
-                let mut events = std::mem::take(&mut pending);
-                events.push(HistoryEvent::new(
-                    "step_deferred",
-                    Some(&step.name),
-                    Some(attempt),
-                    json!({
-                        "endpoint": endpoint,
-                        "retry_after_ms": retry_after_ms,
-                        "until_ms": now_ms.saturating_add(saga_core::duration::signed_ms(retry_after_ms)),
-                        "reason": "circuit open",
-                    }),
-                    now_ms,
-                ));
-                (events, Some(now_ms.saturating_add(saga_core::duration::signed_ms(retry_after_ms))))
-            }
-            Settled::Outcome(outcome) => {
-                let outcome_label = match (&outcome, phase) {
-                    (Outcome::Succeeded(_), Phase::Action) => "succeeded",
-                    (Outcome::Succeeded(_), Phase::Compensation) => "compensated",
-                    (Outcome::Failed { .. }, Phase::Action) => "failed",
-                    (Outcome::Failed { .. }, Phase::Compensation) => "compensation_failed",
-                };
-                metrics::histogram!(SAGA_STEP_DURATION_SECONDS, "definition" => record.definition.clone(), "step" => step.name.clone(), "outcome" => outcome_label)
-                    .record((now_ms - started_ms).max(0) as f64 / 1000.0);
-                if let Outcome::Failed { message, kind } = &outcome {
-                    tracing::info!(step = %step.name, attempt, ?kind, %message, "attempt failed");
-                }
-                let finished =
-                    Attempt { phase, step: index, attempt, outcome, started_at_ms: started_ms, finished_at_ms: now_ms };
-                let transition = match state.apply(&definition, finished, shared.jitter_sample()) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        // A broken engine invariant: stop driving; the lease lets another instance retry.
-                        tracing::error!(error = %e, "state machine rejected an outcome");
-                        return;
-                    }
-                };
-                let mut events = std::mem::take(&mut pending);
-                events.extend(transition.events);
-                if transition.retry_at_ms.is_some() {
-                    metrics::counter!(SAGA_RETRY_TOTAL, "definition" => record.definition.clone(), "step" => step.name.clone())
-                        .increment(1);
-                }
-                (events, transition.retry_at_ms)
-            }
+        let Some((mut events, mut release_until)) = transition_of(
+            shared,
+            claimed,
+            &definition,
+            &mut state,
+            attempt_run,
+            (started_ms, now_ms),
+            settled,
+            &mut pending,
+        ) else {
+            return;
         };
         if let Some(cancel_at_ms) = interrupted_by {
             insert_before_end(&mut events, state.cancel(&definition, cancel_at_ms, now_ms, false).events);
@@ -263,6 +211,88 @@ async fn drive_inner(
         if state.status.is_terminal() {
             finish(shared, claimed, state, committed_at_ms);
             return;
+        }
+    }
+}
+
+/// What a settled attempt means for the saga: its transition's history rows (after `pending`)
+/// and when the lease goes back (None: kept), or None when the driver stops here — handed back
+/// for another driver, or an engine invariant broken (the lease lets another instance retry).
+#[allow(clippy::too_many_arguments)]
+fn transition_of(
+    shared: &Shared,
+    claimed: &Claimed,
+    definition: &saga_core::Definition,
+    state: &mut SagaState,
+    Run { phase, index, attempt }: Run,
+    (started_ms, now_ms): (i64, i64),
+    settled: Settled,
+    pending: &mut Vec<HistoryEvent>,
+) -> Option<(Vec<HistoryEvent>, Option<i64>)> {
+    let record = &claimed.record;
+    let step = &definition.steps[index];
+    match settled {
+        Settled::Stop | Settled::Interrupted { .. } => {
+            shared.hand_back_unsettled(lease_of(claimed));
+            None
+        }
+        Settled::Wait { kind, until_ms } => {
+            let transition = match state.begin_wait(definition, kind, started_ms, until_ms) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "state machine refused a wait");
+                    return None;
+                }
+            };
+            let mut events = std::mem::take(pending);
+            events.extend(transition.events);
+            Some((events, Some(until_ms.unwrap_or(RUN_AT_NEVER_MS))))
+        }
+        Settled::Deferred { endpoint, retry_after_ms } => {
+            let mut events = std::mem::take(pending);
+            events.push(HistoryEvent::new(
+                "step_deferred",
+                Some(&step.name),
+                Some(attempt),
+                json!({
+                    "endpoint": endpoint,
+                    "retry_after_ms": retry_after_ms,
+                    "until_ms": now_ms.saturating_add(saga_core::duration::signed_ms(retry_after_ms)),
+                    "reason": "circuit open",
+                }),
+                now_ms,
+            ));
+            Some((events, Some(now_ms.saturating_add(saga_core::duration::signed_ms(retry_after_ms)))))
+        }
+        Settled::Outcome(outcome) => {
+            let outcome_label = match (&outcome, phase) {
+                (Outcome::Succeeded(_), Phase::Action) => "succeeded",
+                (Outcome::Succeeded(_), Phase::Compensation) => "compensated",
+                (Outcome::Failed { .. }, Phase::Action) => "failed",
+                (Outcome::Failed { .. }, Phase::Compensation) => "compensation_failed",
+            };
+            metrics::histogram!(SAGA_STEP_DURATION_SECONDS, "definition" => record.definition.clone(), "step" => step.name.clone(), "outcome" => outcome_label)
+                .record((now_ms - started_ms).max(0) as f64 / 1000.0);
+            if let Outcome::Failed { message, kind } = &outcome {
+                tracing::info!(step = %step.name, attempt, ?kind, %message, "attempt failed");
+            }
+            let finished =
+                Attempt { phase, step: index, attempt, outcome, started_at_ms: started_ms, finished_at_ms: now_ms };
+            let transition = match state.apply(definition, finished, shared.jitter_sample()) {
+                Ok(t) => t,
+                Err(e) => {
+                    // A broken engine invariant: stop driving; the lease lets another instance retry.
+                    tracing::error!(error = %e, "state machine rejected an outcome");
+                    return None;
+                }
+            };
+            let mut events = std::mem::take(pending);
+            events.extend(transition.events);
+            if transition.retry_at_ms.is_some() {
+                metrics::counter!(SAGA_RETRY_TOTAL, "definition" => record.definition.clone(), "step" => step.name.clone())
+                    .increment(1);
+            }
+            Some((events, transition.retry_at_ms))
         }
     }
 }
