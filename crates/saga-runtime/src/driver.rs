@@ -380,36 +380,8 @@ async fn settle(
         },
     };
     if let (Phase::Action, Action::Signal(signal)) = (phase, action) {
-        let found = match shared.store.signal_find(record.id, &signal.name, &state.consumed_signals).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "reading buffered signals failed");
-                return Settled::Stop;
-            }
-        };
-        if let Some(found) = found {
-            state.consumed_signals.push(found.id);
-            pending.push(HistoryEvent::new(
-                "signal_received",
-                Some(&step.name),
-                Some(attempt),
-                json!({"signal": found.name, "signal_id": found.id, "received_at_ms": found.received_at_ms}),
-                now_ms,
-            ));
-            return Settled::Outcome(Outcome::Succeeded(found.payload));
-        }
-        let until_ms = match &waiting {
-            Some(wait) => wait.until_ms,
-            None => signal.timeout_ms.map(|t| now_ms.saturating_add(saga_core::duration::signed_ms(t))),
-        };
-        if until_ms.is_some_and(|until| until <= now_ms) {
-            let waited = signal.timeout_ms.map(saga_core::duration::format_ms).unwrap_or_default();
-            return Settled::Outcome(Outcome::Failed {
-                kind: FailureKind::TimedOut,
-                message: format!("signal {:?} did not arrive within {waited}", signal.name),
-            });
-        }
-        return Settled::Wait { kind: WaitKind::Signal { name: signal.name.clone() }, until_ms };
+        let until_ms = waiting.as_ref().map(|wait| wait.until_ms);
+        return settle_signal(shared, record, (&step.name, attempt), signal, until_ms, state, pending).await;
     }
     let is_async = matches!(action, Action::Http(http) if http.is_async) && phase == Phase::Action;
     if is_async && waiting.is_some() {
@@ -433,22 +405,10 @@ async fn settle(
         fencing_token: record.fencing_token,
     };
     if is_async {
-        let token = callback_token();
-        let register = CallbackRegister {
-            token_hash: callback_token_hash(&token),
-            saga_id: record.id,
-            tenant_id: record.tenant_id.clone(),
-            step: step.name.clone(),
-            attempt,
-            heartbeat_timeout_ms: step.heartbeat_timeout_ms.map(saga_core::duration::signed_ms),
-            now_ms,
-        };
-        // Durable before dependent: the token exists before the participant can call back.
-        if let Err(e) = shared.store.callback_register(register).await {
-            tracing::error!(error = %e, "registering the callback token failed");
-            return Settled::Stop;
+        match register_callback(shared, record, step, attempt, now_ms).await {
+            Some(url) => ctx.callback_url = Some(url),
+            None => return Settled::Stop,
         }
-        ctx.callback_url = Some(format!("{}/v1/callbacks/{token}", shared.config.public_url.trim_end_matches('/')));
     }
     // Only a forward attempt a cancel would still stop is interrupted: a compensation always
     // runs to its end, and past a pivot (or once acted on) a cancel changes nothing.
@@ -507,6 +467,78 @@ async fn cancel_requested(cancelled: &mut watch::Receiver<Option<i64>>) -> i64 {
         Some(at_ms) => at_ms,
         None => std::future::pending().await,
     }
+}
+
+/// A signal step's attempt: the first buffered signal of its name not yet consumed succeeds it
+/// (recorded as `signal_received`); with none, it waits — until `until_ms` of a wait already
+/// begun, else for the step's timeout — or fails as timed out once that has passed.
+async fn settle_signal(
+    shared: &Shared,
+    record: &SagaRecord,
+    (step, attempt): (&str, u32),
+    signal: &saga_core::SignalAction,
+    waiting_until_ms: Option<Option<i64>>,
+    state: &mut SagaState,
+    pending: &mut Vec<HistoryEvent>,
+) -> Settled {
+    let now_ms = shared.clock.now_ms();
+    let found = match shared.store.signal_find(record.id, &signal.name, &state.consumed_signals).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(error = %e, "reading buffered signals failed");
+            return Settled::Stop;
+        }
+    };
+    if let Some(found) = found {
+        state.consumed_signals.push(found.id);
+        pending.push(HistoryEvent::new(
+            "signal_received",
+            Some(step),
+            Some(attempt),
+            json!({"signal": found.name, "signal_id": found.id, "received_at_ms": found.received_at_ms}),
+            now_ms,
+        ));
+        return Settled::Outcome(Outcome::Succeeded(found.payload));
+    }
+    let until_ms = match waiting_until_ms {
+        Some(until_ms) => until_ms,
+        None => signal.timeout_ms.map(|t| now_ms.saturating_add(saga_core::duration::signed_ms(t))),
+    };
+    if until_ms.is_some_and(|until| until <= now_ms) {
+        let waited = signal.timeout_ms.map(saga_core::duration::format_ms).unwrap_or_default();
+        return Settled::Outcome(Outcome::Failed {
+            kind: FailureKind::TimedOut,
+            message: format!("signal {:?} did not arrive within {waited}", signal.name),
+        });
+    }
+    Settled::Wait { kind: WaitKind::Signal { name: signal.name.clone() }, until_ms }
+}
+
+/// Registers a fresh single-use callback token for an async attempt and returns the URL the
+/// participant calls back; None when it could not be stored. Durable before dependent: the token
+/// exists before the participant can call back.
+async fn register_callback(
+    shared: &Shared,
+    record: &SagaRecord,
+    step: &saga_core::StepDefinition,
+    attempt: u32,
+    now_ms: i64,
+) -> Option<String> {
+    let token = callback_token();
+    let register = CallbackRegister {
+        token_hash: callback_token_hash(&token),
+        saga_id: record.id,
+        tenant_id: record.tenant_id.clone(),
+        step: step.name.clone(),
+        attempt,
+        heartbeat_timeout_ms: step.heartbeat_timeout_ms.map(saga_core::duration::signed_ms),
+        now_ms,
+    };
+    if let Err(e) = shared.store.callback_register(register).await {
+        tracing::error!(error = %e, "registering the callback token failed");
+        return None;
+    }
+    Some(format!("{}/v1/callbacks/{token}", shared.config.public_url.trim_end_matches('/')))
 }
 
 /// A parked async step was woken: its callback arrived, its heartbeat lapsed, or neither yet.
