@@ -117,6 +117,46 @@ pub async fn events_reach_exactly_the_subscriptions_that_want_them(store: Arc<dy
     Ok(())
 }
 
+/// The store's fan-out matches events to subscriptions by the one rule,
+/// [`OutboxEvent::is_for`], whatever the dialect writes it in: every combination of scope
+/// (admin, a tenant, another tenant), filters (`*`, the type, another type, several) and
+/// address (to all, to one subscription) gets exactly the deliveries the rule says.
+pub async fn the_fan_out_follows_the_one_matching_rule(store: Arc<dyn Store>) -> CheckResult {
+    let scopes = [None, Some("acme"), Some("beta")];
+    let filters: [&[&str]; 4] = [&["*"], &["order.placed"], &["order.shipped"], &["order.shipped", "order.placed"]];
+    let mut subscriptions = Vec::new();
+    for (n, scope) in scopes.iter().enumerate() {
+        for (m, events) in filters.iter().enumerate() {
+            let s = subscription(&format!("http://s{n}{m}"), events, *scope, 1);
+            db(store.subscription_create(&s).await)?;
+            subscriptions.push(s);
+        }
+    }
+    let addressed_to = subscriptions[5].id;
+    let mut events = Vec::new();
+    for (n, tenant) in [None, Some("acme"), Some("beta"), Some("gamma")].iter().enumerate() {
+        for event_type in ["order.placed", "tenant.activated"] {
+            events.push(OutboxEvent::new(event_type, *tenant, json!({"n": n}), 10 + n as i64));
+        }
+        events.push(OutboxEvent::new("order.placed", *tenant, json!({"to": n}), 20 + n as i64).to(addressed_to));
+    }
+    db(store.events_append(&events).await)?;
+    for s in &subscriptions {
+        let mut got: Vec<Uuid> = deliveries_of(store.as_ref(), s.id).await?.into_iter().map(|d| d.event_id).collect();
+        let mut want: Vec<Uuid> =
+            events.iter().filter(|e| e.is_for(s.id, s.tenant_id.as_deref(), &s.events)).map(|e| e.id).collect();
+        got.sort();
+        want.sort();
+        ensure!(
+            got == want,
+            "subscription {:?} {:?}: the store delivered {got:?}, the rule says {want:?}",
+            s.tenant_id,
+            s.events
+        );
+    }
+    Ok(())
+}
+
 pub async fn a_transitions_events_are_written_with_it_or_not_at_all(store: Arc<dyn Store>) -> CheckResult {
     let every = subscription("http://a", &["*"], None, 0);
     db(store.subscription_create(&every).await)?;

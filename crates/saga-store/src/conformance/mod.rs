@@ -93,6 +93,7 @@ macro_rules! store_conformance {
             tenant_keys_are_capped_per_tenant,
             subscriptions_are_stored_patched_rotated_and_deleted,
             events_reach_exactly_the_subscriptions_that_want_them,
+            the_fan_out_follows_the_one_matching_rule,
             a_transitions_events_are_written_with_it_or_not_at_all,
             an_events_expiry_comes_back_with_its_claim,
             a_refused_tenant_change_emits_nothing,
