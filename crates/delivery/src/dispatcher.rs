@@ -8,11 +8,11 @@
 //! are in flight, and a claim leaves out the subscriptions at that cap, so a slow or failing
 //! endpoint fills only its own slots.
 
-use saga_runtime::{Clock, SystemClock};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use saga_runtime::{Clock, SystemClock};
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryStatus, Destination,
     DispatchStore, SubscriptionRecord,
@@ -265,11 +265,7 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     // Claimed but not started: handed back for another dispatcher to take at once.
     let unstarted: Vec<(Uuid, i64)> =
         waiting.drain().flat_map(|(_, queue)| queue).map(|c| (c.delivery.id, c.fencing_token)).collect();
-    if !unstarted.is_empty() {
-        if let Err(e) = inner.store.delivery_release(&unstarted, inner.clock.now_ms()).await {
-            tracing::warn!(error = %e, "handing unstarted deliveries back at shutdown failed; their leases end instead");
-        }
-    }
+    hand_back(inner.store.as_ref(), &unstarted, inner.clock.now_ms()).await;
     let drain = Duration::from_millis(inner.config.attempt_timeout_ms.saturating_add(1_000));
     if tokio::time::timeout(drain, async { while attempts.join_next().await.is_some() {} }).await.is_err() {
         // Their leases end and another dispatcher sends them again, same webhook-id.
@@ -329,38 +325,25 @@ fn humantime_ms(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms}ms"))
 }
 
-/// Starts the waiting deliveries of every subscription with a free slot.
+/// Hands claimed deliveries back unattempted: due now, claimable by any dispatcher once their
+/// destination lets attempts through. A hand-back that fails leaves them to their lease.
+async fn hand_back(store: &dyn DispatchStore, released: &[(Uuid, i64)], due_at_ms: i64) {
+    if released.is_empty() {
+        return;
+    }
+    if let Err(e) = store.delivery_release(released, due_at_ms).await {
+        tracing::warn!(error = %e, deliveries = released.len(), "handing claimed deliveries back failed; their leases end instead");
+    }
+}
+
+/// Starts the waiting deliveries of every subscription with a free slot; those of a destination
+/// whose breaker opened after their claim are handed back (in the background).
 fn start_waiting(
     inner: &Arc<Inner>,
     waiting: &mut HashMap<Uuid, VecDeque<ClaimedDelivery>>,
     attempts: &mut JoinSet<()>,
 ) {
     let mut released = Vec::new();
-    start_waiting_or_release(inner, waiting, attempts, &mut released);
-    release(inner, released);
-}
-
-/// Hands `released` claims back in the background: due now, claimable by any dispatcher once
-/// their destination lets attempts through. A hand-back that fails leaves them to their lease.
-fn release(inner: &Arc<Inner>, released: Vec<(Uuid, i64)>) {
-    if released.is_empty() {
-        return;
-    }
-    let store = inner.store.clone();
-    let due_at_ms = inner.clock.now_ms();
-    tokio::spawn(async move {
-        if let Err(e) = store.delivery_release(&released, due_at_ms).await {
-            tracing::warn!(error = %e, deliveries = released.len(), "handing claimed deliveries back failed; their leases end instead");
-        }
-    });
-}
-
-fn start_waiting_or_release(
-    inner: &Arc<Inner>,
-    waiting: &mut HashMap<Uuid, VecDeque<ClaimedDelivery>>,
-    attempts: &mut JoinSet<()>,
-    released: &mut Vec<(Uuid, i64)>,
-) {
     let Ok(mut in_flight) = inner.in_flight.lock() else { return };
     let Ok(mut buckets) = inner.rate_buckets.lock() else { return };
     let Ok(mut breakers) = inner.breakers.lock() else { return };
@@ -389,6 +372,10 @@ fn start_waiting_or_release(
     }
     waiting.retain(|_, queue| !queue.is_empty());
     in_flight.retain(|_, running| *running > 0);
+    if !released.is_empty() {
+        let (store, due_at_ms) = (inner.store.clone(), inner.clock.now_ms());
+        tokio::spawn(async move { hand_back(store.as_ref(), &released, due_at_ms).await });
+    }
 }
 
 /// A subscription's `rate_limit_per_s`, per process: a token bucket holding at most one second's

@@ -132,7 +132,7 @@ pub async fn deliveries(command: DeliveriesCommand, connection: Connection) -> a
 }
 
 /// Every item of a paged list (`{items, next_cursor}`), at most 100 pages.
-async fn all_pages(client: &Client, path: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<Value>> {
+pub(crate) async fn all_pages(client: &Client, path: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<Value>> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..100 {

@@ -89,9 +89,8 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<ExitCode> {
 /// The subscription for `url`: the one a previous `listen` left (its events set, its secret
 /// rotated, since a secret is shown only once) or a new one. Returns its id and secret.
 async fn subscribe(client: &Client, url: &str, events: &[String]) -> anyhow::Result<(String, String)> {
-    let (_, list) =
-        client.send(client.request(reqwest::Method::GET, "/v1/subscriptions").query(&[("limit", "500")])).await?;
-    let existing = list["items"].as_array().into_iter().flatten().find(|s| s["url"].as_str() == Some(url));
+    let subscriptions = crate::delivery_client::all_pages(client, "/v1/subscriptions", &[]).await?;
+    let existing = subscriptions.iter().find(|s| s["url"].as_str() == Some(url));
     if let Some(id) = existing.and_then(|s| s["id"].as_str()) {
         let path = format!("/v1/subscriptions/{id}");
         let change = json!({"events": events, "status": "active"});

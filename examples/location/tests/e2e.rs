@@ -18,10 +18,6 @@ fn sagaplane() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
 #[test]
 fn two_tenants_a_failing_third_party_and_its_recovery() {
     let url = test_support::db::fresh_postgres_blocking();
@@ -38,7 +34,7 @@ fn two_tenants_a_failing_third_party_and_its_recovery() {
         let block = blocks.iter().find(|b| b.starts_with(&format!("# terminal {n}"))).expect("a terminal block");
         readme::commands(block)[0].replace(README_DATABASE, &url)
     };
-    let port = free_port();
+    let port = test_support::clusters::free_port();
 
     // Terminal 1, from the repository's root, with the delivery schedule in seconds.
     let log = std::fs::File::create(dir.join("sagaplane.log")).expect("log");
@@ -58,7 +54,7 @@ fn two_tenants_a_failing_third_party_and_its_recovery() {
     }
 
     // Terminal 2.
-    let ports = format!("{},{}", free_port(), free_port());
+    let ports = format!("{},{}", test_support::clusters::free_port(), test_support::clusters::free_port());
     let output = readme::shell(&root, &shim, &format!("{} --url http://127.0.0.1:{port} --ports {ports}", terminal(2)))
         .output()
         .expect("terminal 2");

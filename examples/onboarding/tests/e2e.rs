@@ -18,10 +18,6 @@ fn sagaplane() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
 /// `sagaplane ARGS` against the test's server, with `token`.
 fn cli(url: &str, token: &str, args: &[&str]) -> (bool, String) {
     let output = Command::new(sagaplane())
@@ -67,8 +63,8 @@ fn the_readme(first: &str, second: &str, database: Option<String>) {
         &dir,
         &[("", &sagaplane()), ("onboarding-example", Path::new(env!("CARGO_BIN_EXE_onboarding")))],
     );
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let port = free_port();
+    let ports: Vec<u16> = (0..4).map(|_| test_support::clusters::free_port()).collect();
+    let port = test_support::clusters::free_port();
     let url = format!("http://127.0.0.1:{port}");
 
     // Terminal 1.

@@ -81,7 +81,7 @@ fn orders_over_three_orchestrators_with_faults_reconcile_on_postgres() {
 #[test]
 fn the_readme_run_against_sagaplane_dev() {
     let dir = work_dir("dev");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let port = test_support::clusters::free_port();
     let log = std::fs::File::create(dir.join("dev.log")).expect("log");
     let server = readme_command("-- dev", &[]);
     let dev = readme::shell(&dir, &shim(&dir), &format!("{server} --listen 127.0.0.1:{port}"))

@@ -210,7 +210,7 @@ async fn the_readme_tour_completes_compensates_onboards_and_shows_signed_events(
     let forged = http
         .post(&listen_url)
         .header("webhook-id", "msg_forged")
-        .header("webhook-timestamp", chrono_now())
+        .header("webhook-timestamp", unix_seconds())
         .header("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl")
         .body(r#"{"type":"forged.event","timestamp":"2026-01-01T00:00:00Z","data":{}}"#)
         .send()
@@ -244,7 +244,8 @@ async fn the_readme_tour_completes_compensates_onboards_and_shows_signed_events(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn chrono_now() -> String {
+/// Now, in seconds since the Unix epoch (a `webhook-timestamp`).
+fn unix_seconds() -> String {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).to_string()
 }
 
@@ -297,7 +298,7 @@ fn spawn_listen(app: &test_support::App, args: &[&str]) -> (Child, StdoutLines, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_reuses_its_subscription_prints_json_and_forwards() {
     let app = test_support::App::spawn(BIN, test_support::Backend::Sqlite, &[]).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port().to_string();
+    let port = test_support::clusters::free_port().to_string();
     let (target, seen) = forward_target().await;
     let args = ["--events", "saga.completed", "--port", &port, "--json", "--forward-to", &target];
 
