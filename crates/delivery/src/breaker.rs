@@ -4,7 +4,7 @@
 //! attempt per cool-down instead of one per due delivery, and its deliveries keep their place
 //! in the schedule (a skipped delivery spends no attempt).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
@@ -19,7 +19,7 @@ pub enum BreakerChange {
 /// The breakers of one dispatcher.
 #[derive(Debug, Default)]
 pub struct Breakers {
-    by_subscription: HashMap<Uuid, Breaker>,
+    by_subscription: BTreeMap<Uuid, Breaker>,
 }
 
 #[derive(Debug, Default)]

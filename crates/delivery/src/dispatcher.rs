@@ -8,7 +8,7 @@
 //! are in flight, and a claim leaves out the subscriptions at that cap, so a slow or failing
 //! endpoint fills only its own slots.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::schedule::RetrySchedule;
-use crate::send::{self, Attempted};
+use crate::send::{self, Attempted, WebhookTransport};
 
 /// Claimed deliveries held at most, waiting for a slot of their destination.
 pub const WAITING_MAX: usize = 256;
@@ -97,6 +97,9 @@ pub struct Dispatcher {
 struct Egress {
     operator: (egress::AddressPolicy, reqwest::Client),
     tenant: (egress::AddressPolicy, reqwest::Client),
+    /// Where webhooks go instead of the network, when set (the simulation's receivers); the
+    /// address policies apply all the same.
+    transport: Option<Arc<dyn WebhookTransport>>,
 }
 
 impl Egress {
@@ -112,6 +115,7 @@ impl Egress {
         Egress {
             operator: (operator.clone(), client(&operator, config.env_proxy)),
             tenant: (tenant.clone(), client(&tenant, false)),
+            transport: None,
         }
     }
 
@@ -124,7 +128,8 @@ impl Egress {
     }
 }
 
-/// A running dispatcher.
+/// A running dispatcher; dropping the handle stops it like [`DispatcherHandle::shutdown`]
+/// without waiting.
 pub struct DispatcherHandle {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -160,11 +165,11 @@ struct Inner {
     egress: Egress,
     nats: crate::nats::NatsConnections,
     /// Attempts in flight per subscription.
-    in_flight: Mutex<HashMap<Uuid, u32>>,
+    in_flight: Mutex<BTreeMap<Uuid, u32>>,
     /// Destinations' breakers.
     breakers: Mutex<crate::breaker::Breakers>,
     /// Rate limits' token buckets, per subscription that has one.
-    rate_buckets: Mutex<HashMap<Uuid, RateBucket>>,
+    rate_buckets: Mutex<BTreeMap<Uuid, RateBucket>>,
     finished: Notify,
     /// The time every decision uses (due times, breakers, rate limits, attempt records): the
     /// wall clock, or the simulation's.
@@ -183,6 +188,12 @@ impl Dispatcher {
         self
     }
 
+    /// Posts webhooks to `transport` instead of the network (the simulation's receivers).
+    pub fn with_transport(mut self, transport: Arc<dyn WebhookTransport>) -> Self {
+        self.egress.transport = Some(transport);
+        self
+    }
+
     pub fn start(self) -> DispatcherHandle {
         let (stop, stopped) = watch::channel(false);
         let (records, _writer) =
@@ -193,9 +204,9 @@ impl Dispatcher {
             config: self.config,
             egress: self.egress,
             nats: crate::nats::NatsConnections::default(),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(BTreeMap::new()),
             breakers: Mutex::new(crate::breaker::Breakers::default()),
-            rate_buckets: Mutex::new(HashMap::new()),
+            rate_buckets: Mutex::new(BTreeMap::new()),
             finished: Notify::new(),
             clock: self.clock,
         });
@@ -209,7 +220,7 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     let mut attempts = JoinSet::new();
     // Claimed for a subscription already at its cap: started as its attempts finish. A claim
     // leaves out subscriptions with `per_subscription_max` running or waiting, so few wait.
-    let mut waiting: HashMap<Uuid, VecDeque<ClaimedDelivery>> = HashMap::new();
+    let mut waiting: BTreeMap<Uuid, VecDeque<ClaimedDelivery>> = BTreeMap::new();
     let poll = Duration::from_millis(inner.config.poll_interval_ms.max(10));
     let mut failures = 0u32;
     // Subscriptions the last claim found work of or left out: when one of them has room again
@@ -217,8 +228,14 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     // attempt does not trigger a claim: claims come in batches, not one per delivery.
     let mut hot: Vec<Uuid> = Vec::new();
     let mut claim_now = true;
+    // The next poll counts from the last claim, not from the last wake-up: attempts of a slow
+    // destination finishing one after another would otherwise put it off again and again (the
+    // simulation found it, seed 7000455).
+    let mut last_claim = tokio::time::Instant::now();
     loop {
-        if *stopped.borrow() {
+        // A dropped handle stops it too: `changed()` would return at once, every turn, forever
+        // (the simulation found this as a dispatcher spinning after its process died).
+        if *stopped.borrow() || stopped.has_changed().is_err() {
             break;
         }
         while attempts.try_join_next().is_some() {}
@@ -227,12 +244,20 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
         // (a stuck destination's would, for as long as its attempts take); they are bounded by
         // WAITING_MAX instead.
         let queued: usize = waiting.values().map(VecDeque::len).sum();
+        // Attempts waiting for an answer hold a slot; one answered and only being recorded (in
+        // its batch) does not. Counting those too left a destination that answers at once waiting
+        // for the next poll between its deliveries, while a stalled one held the other slots
+        // (the simulation found it, seed 7000063).
+        let in_flight = sending(&inner);
         let free = if queued >= WAITING_MAX {
             0
         } else {
-            (inner.config.concurrency as usize).saturating_sub(attempts.len()).min(WAITING_MAX - queued)
+            (inner.config.concurrency as usize).saturating_sub(in_flight).min(WAITING_MAX - queued)
         };
         let mut full = false;
+        if claim_now {
+            last_claim = tokio::time::Instant::now();
+        }
         if claim_now && free > 0 {
             match claim(&inner, &waiting, free as u32).await {
                 Ok((claimed, skipped)) => {
@@ -251,20 +276,20 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
                 }
             }
         }
-        if full && attempts.len() < inner.config.concurrency as usize {
+        if full && sending(&inner) < inner.config.concurrency as usize {
             claim_now = true;
             continue;
         }
         let wait = if failures > 0 { poll * 2u32.saturating_pow(failures.min(5)) } else { poll };
         claim_now = tokio::select! {
-            _ = tokio::time::sleep(wait) => true,
+            _ = tokio::time::sleep_until(last_claim + wait) => true,
             _ = inner.finished.notified() => failures == 0 && has_room(&inner, &waiting, &hot),
             _ = stopped.changed() => false,
         };
     }
     // Claimed but not started: handed back for another dispatcher to take at once.
     let unstarted: Vec<(Uuid, i64)> =
-        waiting.drain().flat_map(|(_, queue)| queue).map(|c| (c.delivery.id, c.fencing_token)).collect();
+        std::mem::take(&mut waiting).into_values().flatten().map(|c| (c.delivery.id, c.fencing_token)).collect();
     hand_back(inner.store.as_ref(), &unstarted, inner.clock.now_ms()).await;
     let drain = Duration::from_millis(inner.config.attempt_timeout_ms.saturating_add(1_000));
     if tokio::time::timeout(drain, async { while attempts.join_next().await.is_some() {} }).await.is_err() {
@@ -340,7 +365,7 @@ async fn hand_back(store: &dyn DispatchStore, released: &[(Uuid, i64)], due_at_m
 /// whose breaker opened after their claim are handed back (in the background).
 fn start_waiting(
     inner: &Arc<Inner>,
-    waiting: &mut HashMap<Uuid, VecDeque<ClaimedDelivery>>,
+    waiting: &mut BTreeMap<Uuid, VecDeque<ClaimedDelivery>>,
     attempts: &mut JoinSet<()>,
 ) {
     let mut released = Vec::new();
@@ -406,8 +431,13 @@ impl RateBucket {
     }
 }
 
+/// Attempts sent and not answered yet.
+fn sending(inner: &Inner) -> usize {
+    inner.in_flight.lock().map(|in_flight| in_flight.values().map(|n| *n as usize).sum()).unwrap_or(0)
+}
+
 /// Whether one of `hot` has a free slot and nothing waiting for it.
-fn has_room(inner: &Inner, waiting: &HashMap<Uuid, VecDeque<ClaimedDelivery>>, hot: &[Uuid]) -> bool {
+fn has_room(inner: &Inner, waiting: &BTreeMap<Uuid, VecDeque<ClaimedDelivery>>, hot: &[Uuid]) -> bool {
     let Ok(in_flight) = inner.in_flight.lock() else { return true };
     hot.iter().any(|id| {
         waiting.get(id).is_none_or(VecDeque::is_empty)
@@ -419,12 +449,12 @@ fn has_room(inner: &Inner, waiting: &HashMap<Uuid, VecDeque<ClaimedDelivery>>, h
 /// or a breaker holding them; returns what it claimed and whom it left out.
 async fn claim(
     inner: &Inner,
-    waiting: &HashMap<Uuid, VecDeque<ClaimedDelivery>>,
+    waiting: &BTreeMap<Uuid, VecDeque<ClaimedDelivery>>,
     limit: u32,
 ) -> saga_store::StoreResult<(Vec<ClaimedDelivery>, Vec<Uuid>)> {
     let mut skip_subscriptions: Vec<Uuid> = match inner.in_flight.lock() {
         Ok(in_flight) => {
-            let mut busy: HashMap<Uuid, usize> = in_flight.iter().map(|(id, n)| (*id, *n as usize)).collect();
+            let mut busy: BTreeMap<Uuid, usize> = in_flight.iter().map(|(id, n)| (*id, *n as usize)).collect();
             for (id, queue) in waiting {
                 *busy.entry(*id).or_insert(0) += queue.len();
             }
@@ -482,7 +512,15 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             },
             None => {
                 let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
-                send::webhook(&inner.egress.of(&claimed.subscription).1, &claimed, url, started_ms, timeout).await
+                match &inner.egress.transport {
+                    Some(transport) => {
+                        send::through(transport.as_ref(), &claimed, url, inner.clock.as_ref(), timeout).await
+                    }
+                    None => {
+                        let client = &inner.egress.of(&claimed.subscription).1;
+                        send::webhook(client, &claimed, url, started_ms, timeout).await
+                    }
+                }
             }
         },
         Destination::Nats { url, subject } => {

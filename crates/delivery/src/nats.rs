@@ -93,17 +93,17 @@ pub async fn publish(
     let server = match checked_server(policy, url).await {
         Ok(server) => server,
         Err(Refused::Denied(denied)) => {
-            let mut attempted = send::failed(None, denied, None, started);
+            let mut attempted = send::failed(None, denied, None, send::elapsed_ms(started));
             attempted.definite = true;
             return attempted;
         }
-        Err(Refused::Unresolved(error)) => return send::failed(None, error, None, started),
+        Err(Refused::Unresolved(error)) => return send::failed(None, error, None, send::elapsed_ms(started)),
     };
     let body = send::body(claimed);
     let timestamp_s = now_ms.div_euclid(1000);
     let signature = match send::signatures(claimed, timestamp_s, &body, now_ms) {
         Ok(signature) => signature,
-        Err(error) => return send::failed(None, error, None, started),
+        Err(error) => return send::failed(None, error, None, send::elapsed_ms(started)),
     };
     let event_id = claimed.delivery.event_id.to_string();
     let mut headers = async_nats::HeaderMap::new();
@@ -131,8 +131,13 @@ pub async fn publish(
             retry_after_ms: None,
             duration_ms: send::elapsed_ms(started),
         },
-        Ok(Err(error)) => send::failed(None, error, None, started),
-        Err(_) => send::failed(None, format!("no JetStream ack within {}ms", timeout.as_millis()), None, started),
+        Ok(Err(error)) => send::failed(None, error, None, send::elapsed_ms(started)),
+        Err(_) => send::failed(
+            None,
+            format!("no JetStream ack within {}ms", timeout.as_millis()),
+            None,
+            send::elapsed_ms(started),
+        ),
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod budget;
 pub mod checker;
 pub mod memory;
+pub mod receivers;
 pub mod run;
 pub mod scenario;
 pub mod world;

@@ -40,12 +40,15 @@ fn bugs(names: &[String]) -> anyhow::Result<Bugs> {
         match name.as_str() {
             "unfenced-commits" => bugs.store = StoreBugs { unfenced_commits: true, ..bugs.store },
             "leases-kept" => bugs.store = StoreBugs { leases_kept: true, ..bugs.store },
+            "events-of-fenced-commits" => bugs.store = StoreBugs { events_of_fenced_commits: true, ..bugs.store },
+            "unfiltered-fan-out" => bugs.store = StoreBugs { unfiltered_fan_out: true, ..bugs.store },
+            "early-delivery-claims" => bugs.store = StoreBugs { early_delivery_claims: true, ..bugs.store },
             "skip-ambiguous-compensation" => bugs.skip_ambiguous_compensation = true,
             "skip-adoption" => bugs.skip_adoption = true,
             "cap-by-passed-deadline" => bugs.cap_by_passed_deadline = true,
             other => anyhow::bail!(
-                "unknown bug {other:?}: unfenced-commits, leases-kept, skip-ambiguous-compensation, skip-adoption, \
-                 cap-by-passed-deadline"
+                "unknown bug {other:?}: unfenced-commits, leases-kept, events-of-fenced-commits, unfiltered-fan-out, \
+                 early-delivery-claims, skip-ambiguous-compensation, skip-adoption, cap-by-passed-deadline"
             ),
         }
     }
@@ -94,13 +97,16 @@ fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     println!(
-        "{} seeds in {:.1} s ({:.0} seeds/s): {} sagas, {} participant requests, {} s simulated; \
-         most work in one run: {} (seed {}, budget {})",
+        "{} seeds in {:.1} s ({:.0} seeds/s): {} sagas, {} participant requests, {} deliveries ({} delivered, \
+         {} webhook requests), {} s simulated; most work in one run: {} (seed {}, budget {})",
         totals.seeds,
         elapsed.as_secs_f64(),
         totals.seeds as f64 / elapsed.as_secs_f64().max(1e-9),
         totals.sagas,
         totals.requests,
+        totals.deliveries,
+        totals.delivered,
+        totals.webhook_requests,
         totals.simulated_ms / 1000,
         totals.busiest.0,
         totals.busiest.1,
@@ -115,6 +121,9 @@ struct Totals {
     seeds: u64,
     sagas: usize,
     requests: usize,
+    deliveries: usize,
+    delivered: usize,
+    webhook_requests: usize,
     simulated_ms: u64,
     /// The most work one run did, and its seed.
     busiest: (u64, u64),
@@ -134,6 +143,9 @@ impl Totals {
         self.seeds += 1;
         self.sagas += report.sagas;
         self.requests += report.participant_requests;
+        self.deliveries += report.deliveries;
+        self.delivered += report.delivered;
+        self.webhook_requests += report.webhook_requests;
         self.simulated_ms += report.simulated_ms;
         if report.work > self.busiest.0 {
             self.busiest = (report.work, report.seed);

@@ -19,8 +19,12 @@ use uuid::Uuid;
 use crate::budget::{Budget, WORK_MAX};
 use crate::checker::{self, Observation, Violation};
 use crate::memory::{MemoryStore, Sequencer, StoreBugs};
+use crate::receivers::{ReceiverNetwork, Receivers};
+use crate::scenario::DeliveryPlan;
 use crate::scenario::{Dice, InstanceFault, Scenario};
 use crate::world::{CommitFaults, Link, LinkState, Network, Participants, SimClock, SimStore};
+use delivery::{Dispatcher, DispatcherConfig, RetrySchedule};
+use saga_store::DeliveryStatus;
 
 /// Known bugs a run can be told to have, to prove the checker finds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,6 +77,11 @@ pub struct RunReport {
     pub seed: u64,
     pub sagas: usize,
     pub participant_requests: usize,
+    /// Deliveries the outbox made, and how many ended delivered.
+    pub deliveries: usize,
+    pub delivered: usize,
+    /// Requests the webhook receivers took.
+    pub webhook_requests: usize,
     pub journal_entries: usize,
     /// Store calls and participant requests made (the budget spent).
     pub work: u64,
@@ -143,6 +152,8 @@ pub fn run_seed_with(seed: u64, options: RunOptions) -> anyhow::Result<RunReport
 /// One instance slot: the running process, if any, and its link.
 struct Slot {
     handle: Option<InstanceHandle>,
+    /// The instance's dispatcher of deliveries.
+    dispatcher: Option<delivery::DispatcherHandle>,
     link: Link,
     generation: u32,
 }
@@ -153,6 +164,7 @@ struct Run {
     store: Arc<MemoryStore>,
     clock: Arc<SimClock>,
     participants: Arc<Participants>,
+    receivers: Arc<Receivers>,
     faults: Arc<CommitFaults>,
     calm: Arc<AtomicBool>,
     definitions: Vec<(i32, Definition)>,
@@ -179,10 +191,15 @@ impl Run {
             misbehaviour: scenario.participants.clone(),
             dice: dice.clone(),
             calm: calm.clone(),
-            sequencer,
+            sequencer: sequencer.clone(),
             store: store.clone(),
             clock: clock.clone(),
         });
+        let receivers =
+            Arc::new(Receivers::new(scenario.delivery.clone(), seed, calm.clone(), sequencer, clock.clone()));
+        for subscription in &receivers.subscriptions {
+            store.subscribe(subscription.clone());
+        }
         let faults = Arc::new(CommitFaults {
             fail_before: scenario.commit_fail_before,
             fail_after: scenario.commit_fail_after,
@@ -195,6 +212,7 @@ impl Run {
             store,
             clock,
             participants,
+            receivers,
             faults,
             calm,
             definitions: Vec::new(),
@@ -212,7 +230,7 @@ impl Run {
         }
         for index in 0..self.scenario.instances {
             let link = Link::new();
-            self.slots.push(Slot { handle: None, link, generation: 0 });
+            self.slots.push(Slot { handle: None, dispatcher: None, link, generation: 0 });
             self.start(index);
         }
         let mut schedule = self.schedule();
@@ -233,10 +251,14 @@ impl Run {
         let settled = async { while creates.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(Duration::from_millis(CREATES_SETTLE_MS), settled).await;
         creates.abort_all();
+        self.start_late_sagas().await;
         let all_ended = self.wait_for_the_end().await;
         for slot in &mut self.slots {
             if let Some(handle) = slot.handle.take() {
                 handle.shutdown().await;
+            }
+            if let Some(dispatcher) = slot.dispatcher.take() {
+                dispatcher.shutdown().await;
             }
         }
         tasks.abort_all();
@@ -279,13 +301,14 @@ impl Run {
         slot.generation += 1;
         slot.link = Link::new();
         let worker_id = format!("w{index}.{}", slot.generation);
-        let store: Arc<dyn EngineStore> = Arc::new(SimStore {
+        let sim_store = Arc::new(SimStore {
             inner: self.store.clone(),
             link: slot.link.clone(),
             dice: self.dice.clone(),
             faults: self.faults.clone(),
             budget: self.budget.clone(),
         });
+        let store: Arc<dyn EngineStore> = sim_store.clone();
         let network = Arc::new(Network {
             participants: self.participants.clone(),
             link: slot.link.clone(),
@@ -295,7 +318,7 @@ impl Run {
         let names = builtins.names().into_iter().map(str::to_string).collect();
         let executors = Executors::new(builtins).with_http_transport(network);
         let definitions = Arc::new(DefinitionCache::new(store.clone(), names));
-        let mut config = InstanceConfig::new(worker_id);
+        let mut config = InstanceConfig::new(worker_id.clone());
         config.concurrency = self.dice.between(2, 16) as u32;
         config.lease_ttl_ms = self.scenario.lease_ttl_ms;
         config.poll_interval_ms = 500;
@@ -303,6 +326,14 @@ impl Run {
         config.shutdown_grace_ms = 2_000;
         let instance = Instance::new(store, self.clock.clone(), executors, definitions, config, TerminalHub::default());
         slot.handle = Some(instance.start());
+        let receivers =
+            ReceiverNetwork { receivers: self.receivers.clone(), link: slot.link.clone(), budget: self.budget.clone() };
+        // Its own dice: what deliveries draw leaves the engine's draws as they were.
+        let dispatch_store = Arc::new(SimStore { dice: self.receivers.dice.clone(), ..SimStore::clone(&sim_store) });
+        let dispatcher = Dispatcher::new(dispatch_store, dispatcher_config(&worker_id, &self.scenario.delivery))
+            .with_clock(self.clock.clone())
+            .with_transport(Arc::new(receivers));
+        slot.dispatcher = Some(dispatcher.start());
     }
 
     /// Everything the scenario makes happen, with its time and a tie-breaker.
@@ -399,6 +430,9 @@ impl Run {
                 if let Some(handle) = self.slots[index].handle.take() {
                     handle.shutdown().await;
                 }
+                if let Some(dispatcher) = self.slots[index].dispatcher.take() {
+                    dispatcher.shutdown().await;
+                }
                 self.check_handed_back(&worker_id);
                 self.start(index);
             }
@@ -410,6 +444,7 @@ impl Run {
         slot.link.set(LinkState::Dead);
         // Its tasks live on, but nothing they send arrives: the process is gone.
         drop(slot.handle.take());
+        drop(slot.dispatcher.take());
     }
 
     /// A graceful stop hands every lease back (docs/operations.md, "Processes"): no unexpired one
@@ -447,11 +482,25 @@ impl Run {
         }
     }
 
+    /// Starts the sagas of the calm (see [`DeliveryPlan::late_sagas_at_ms`]).
+    async fn start_late_sagas(&mut self) {
+        let settled_at = self.scenario.calm_at_ms + self.scenario.delivery.settled_ms();
+        let mut at = self.scenario.delivery.late_sagas_at_ms.clone();
+        at.sort_unstable();
+        for (n, at_ms) in at.into_iter().enumerate() {
+            self.sleep_until(settled_at + at_ms).await;
+            let (params, intake) = self.create(n % self.scenario.sagas.len());
+            let _ = intake.create(params).await;
+        }
+    }
+
     /// Waits (in simulated time) until every saga has ended; false if the limit passed first.
     async fn wait_for_the_end(&self) -> bool {
         let deadline = self.clock.elapsed_ms() + RUN_LIMIT_MS;
         while self.clock.elapsed_ms() < deadline {
-            if self.store.sagas().iter().all(|s| s.status.is_terminal()) {
+            let delivered =
+                || self.store.outbox().deliveries.iter().all(|d| d.record.status != DeliveryStatus::Pending);
+            if self.store.sagas().iter().all(|s| s.status.is_terminal()) && delivered() {
                 return true;
             }
             if std::env::var_os("SIM_TRACE").is_some() {
@@ -502,18 +551,25 @@ impl Run {
 
     fn report(&self, mut violations: Vec<Violation>) -> RunReport {
         let ledger = self.participants.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let outbox = self.store.outbox();
+        let received = self.receivers.received();
         let observation = Observation {
             scenario: &self.scenario,
             journal: self.store.journal(),
             sagas: self.store.sagas().into_iter().map(|s| (s.id, s)).collect::<BTreeMap<_, _>>(),
             effects: &ledger.effects,
             requests: &ledger.requests,
+            outbox: &outbox,
+            received: &received,
         };
         violations.extend(checker::check(&observation));
         RunReport {
             seed: self.scenario.seed,
             sagas: observation.sagas.len(),
             participant_requests: ledger.requests.len(),
+            deliveries: outbox.deliveries.len(),
+            delivered: outbox.deliveries.iter().filter(|d| d.record.status == DeliveryStatus::Succeeded).count(),
+            webhook_requests: received.len(),
             journal_entries: observation.journal.len(),
             work: self.budget.spent(),
             simulated_ms: self.clock.elapsed_ms(),
@@ -525,6 +581,19 @@ impl Run {
             violations,
         }
     }
+}
+
+/// A dispatcher's settings in a run.
+fn dispatcher_config(worker_id: &str, plan: &DeliveryPlan) -> DispatcherConfig {
+    let mut config = DispatcherConfig::new(worker_id, RetrySchedule::new(plan.schedule_ms.clone()));
+    config.attempt_timeout_ms = plan.attempt_timeout_ms;
+    config.concurrency = plan.concurrency;
+    config.per_subscription_max = plan.per_subscription_max;
+    config.lease_ttl_ms = plan.lease_ttl_ms;
+    config.poll_interval_ms = plan.poll_interval_ms;
+    config.breaker_failures = plan.breaker_failures;
+    config.breaker_cool_down_ms = plan.breaker_cool_down_ms;
+    config
 }
 
 /// One scheduled happening.

@@ -142,6 +142,102 @@ pub struct Scenario {
     pub commit_delay: f64,
     /// Faults stop here; afterwards everything behaves until every saga has ended.
     pub calm_at_ms: u64,
+    /// The subscriptions, their receivers and the dispatchers' settings.
+    pub delivery: DeliveryPlan,
+}
+
+/// How a receiver of webhooks behaves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Temper {
+    /// Answers 204 within 50 ms.
+    Healthy,
+    /// Answers 500, or 503 with a `Retry-After` of `retry_after_s` (0: none), with probability
+    /// `fail`; otherwise 204.
+    Flaky { fail: f64, retry_after_s: u64 },
+    /// Answers 204 after `min_ms..=max_ms`, beyond the attempt timeout at times.
+    Slow { min_ms: u64, max_ms: u64 },
+    /// Takes the request and never answers; once the run is calm, answers like a healthy one
+    /// if `recovers`.
+    Stalled { recovers: bool },
+    /// Refuses connections until the run is calm.
+    Down,
+}
+
+/// One subscription and its receiver.
+#[derive(Clone, Debug)]
+pub struct ReceiverPlan {
+    pub temper: Temper,
+    /// The subscription's event filter.
+    pub events: Vec<String>,
+}
+
+/// Outbound delivery in a run: who subscribes and how the dispatchers are set.
+#[derive(Clone, Debug)]
+pub struct DeliveryPlan {
+    pub receivers: Vec<ReceiverPlan>,
+    pub schedule_ms: Vec<u64>,
+    pub attempt_timeout_ms: u64,
+    pub per_subscription_max: u32,
+    /// Attempts in flight per dispatcher: at least every subscription's share.
+    pub concurrency: u32,
+    pub breaker_failures: u32,
+    pub breaker_cool_down_ms: u64,
+    pub lease_ttl_ms: i64,
+    pub poll_interval_ms: u64,
+    /// Sagas started once the run is calm and its dispatchers poll undisturbed (ms after
+    /// [`DeliveryPlan::settled_ms`]), each like the scenario's saga of that index: their events
+    /// show whether a slow destination holds up the others.
+    pub late_sagas_at_ms: Vec<u64>,
+}
+
+impl DeliveryPlan {
+    /// The plan of `seed`, from dice of its own: the engine's scenario of a seed stays what it
+    /// was before deliveries were simulated.
+    pub fn generate(seed: u64) -> DeliveryPlan {
+        let dice = Dice::new(seed.rotate_left(23) ^ 0xDE11_7E12_5EED_0001);
+        let filters: [&[&str]; 4] = [
+            &["*"],
+            &["saga.completed"],
+            &["saga.compensated", "saga.failed"],
+            &["saga.completed", "tenant.activated"],
+        ];
+        let receivers = (0..dice.between(1, 4))
+            .map(|_| {
+                let temper = match dice.between(0, 5) {
+                    0 | 1 => Temper::Healthy,
+                    2 => Temper::Flaky {
+                        fail: dice.between(10, 70) as f64 / 100.0,
+                        retry_after_s: [0, 0, 1, 3][dice.between(0, 3) as usize],
+                    },
+                    3 => Temper::Slow { min_ms: dice.between(10, 500), max_ms: dice.between(500, 4_000) },
+                    4 => Temper::Stalled { recovers: dice.chance(0.5) },
+                    _ => Temper::Down,
+                };
+                let events = filters[dice.between(0, 3) as usize].iter().map(|e| e.to_string()).collect();
+                ReceiverPlan { temper, events }
+            })
+            .collect::<Vec<_>>();
+        let per_subscription_max = dice.between(1, 4) as u32;
+        let attempt_timeout_ms = dice.between(500, 3_000);
+        DeliveryPlan {
+            concurrency: per_subscription_max * receivers.len() as u32 + dice.between(0, 4) as u32,
+            receivers,
+            schedule_ms: (0..dice.between(0, 4)).map(|n| dice.between(200, 2_000) << n).collect(),
+            attempt_timeout_ms,
+            per_subscription_max,
+            breaker_failures: dice.between(0, 6) as u32,
+            breaker_cool_down_ms: dice.between(1_000, 10_000),
+            lease_ttl_ms: (attempt_timeout_ms + dice.between(1_000, 5_000)) as i64,
+            poll_interval_ms: dice.between(200, 1_500),
+            late_sagas_at_ms: (0..dice.between(2, 8)).map(|_| dice.between(0, 20_000)).collect(),
+        }
+    }
+
+    /// How long after the calm every dispatcher polls undisturbed: a claim that failed before
+    /// it backs off for up to 32 polls, and an attempt sent then ends within its timeout.
+    pub fn settled_ms(&self) -> u64 {
+        32 * self.poll_interval_ms + self.attempt_timeout_ms
+    }
 }
 
 impl Scenario {
@@ -197,6 +293,7 @@ impl Scenario {
             commit_fail_after: dice.between(0, 3) as f64 / 100.0,
             commit_delay: dice.between(0, 10) as f64 / 100.0,
             calm_at_ms,
+            delivery: DeliveryPlan::generate(seed),
         }
     }
 
@@ -221,6 +318,15 @@ impl Scenario {
         }
         for (n, participant) in self.participants.iter().enumerate() {
             text.push_str(&format!("  p{n}: {participant:?}\n"));
+        }
+        let plan = &self.delivery;
+        text.push_str(&format!(
+            "  deliveries: schedule {:?} ms, timeout {} ms, {} per subscription of {}, breaker {} failures / {} ms, lease {} ms, poll {} ms\n",
+            plan.schedule_ms, plan.attempt_timeout_ms, plan.per_subscription_max, plan.concurrency,
+            plan.breaker_failures, plan.breaker_cool_down_ms, plan.lease_ttl_ms, plan.poll_interval_ms
+        ));
+        for (n, receiver) in plan.receivers.iter().enumerate() {
+            text.push_str(&format!("  r{n}: {:?} for {:?}\n", receiver.temper, receiver.events));
         }
         text
     }

@@ -12,10 +12,11 @@ use async_trait::async_trait;
 use saga_core::Phase;
 use saga_runtime::{AttemptContext, Clock, HttpRequest, HttpTransport};
 use saga_store::{
-    CallbackRecord, CallbackRegister, ClaimParams, Claimed, CommitOutcome, DefinitionPut, DefinitionRecord,
-    DefinitionStore, EventRecord, LeaseRef, LeaseRenewal, LeaseStore, SagaCommit, SagaCreate, SagaFilter,
+    CallbackRecord, CallbackRegister, ClaimParams, Claimed, ClaimedDelivery, CommitOutcome, DefinitionPut,
+    DefinitionRecord, DefinitionStore, DeliveryAttemptResult, DeliveryBacklog, DeliveryClaimParams, DispatchStore,
+    EventRecord, LeaseRef, LeaseRenewal, LeaseStore, OutboxEvent, SagaCommit, SagaCreate, SagaFilter,
     SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore, SignalRecord, SignalStore, StoreError, StoreResult,
-    WorkSignal,
+    SubscriptionRecord, WorkSignal,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -116,6 +117,7 @@ pub struct CommitFaults {
 }
 
 /// The store as one instance reaches it: through its [`Link`], with commit faults.
+#[derive(Clone)]
 pub struct SimStore {
     pub inner: Arc<MemoryStore>,
     pub link: Link,
@@ -221,6 +223,36 @@ impl LeaseStore for SimStore {
     }
     fn work_signal(&self) -> WorkSignal {
         self.inner.work_signal()
+    }
+}
+
+/// The dispatcher's store, through the same link; a recorded attempt's answer is lost at times
+/// while the run is not calm (the dispatcher then takes it for unrecorded).
+#[async_trait]
+impl DispatchStore for SimStore {
+    async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>> {
+        self.call(self.inner.delivery_claim_due(params)).await
+    }
+    async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>> {
+        let recorded = self.call(self.inner.delivery_attempts_record(results)).await;
+        if !self.faults.calm.load(Ordering::SeqCst) && self.dice.chance(self.faults.fail_after) {
+            return Err(Self::unavailable("the attempts were recorded but the answer was lost"));
+        }
+        recorded
+    }
+    async fn delivery_release(&self, released: &[(Uuid, i64)], due_at_ms: i64) -> StoreResult<()> {
+        self.call(self.inner.delivery_release(released, due_at_ms)).await
+    }
+    async fn delivery_backlog(&self) -> StoreResult<Vec<DeliveryBacklog>> {
+        self.call(self.inner.delivery_backlog()).await
+    }
+    async fn subscriptions_disable_failing(
+        &self,
+        failing_since_before_ms: i64,
+        now_ms: i64,
+        report: &(dyn for<'a> Fn(&'a SubscriptionRecord) -> OutboxEvent + Send + Sync),
+    ) -> StoreResult<Vec<SubscriptionRecord>> {
+        self.call(self.inner.subscriptions_disable_failing(failing_since_before_ms, now_ms, report)).await
     }
 }
 

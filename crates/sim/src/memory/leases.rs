@@ -111,6 +111,9 @@ impl LeaseStore for MemoryStore {
             let record = &mut row.record;
             let fenced = record.fencing_token != commit.fencing_token && !bugs.unfenced_commits;
             if fenced {
+                if bugs.events_of_fenced_commits {
+                    self.record_outbox(&mut tables, commit.id, &commit.outbox);
+                }
                 outcomes.push(CommitOutcome::Fenced);
                 continue;
             }

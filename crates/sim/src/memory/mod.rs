@@ -11,7 +11,10 @@
 //! what the checker reads. [`StoreBugs`] re-introduce known bugs for the checker's own tests.
 
 mod leases;
+mod outbox;
 mod signals;
+
+pub use outbox::{Delivery, OutboxView};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use saga_core::{HistoryEvent, SagaStatus};
 use saga_store::{
-    CallbackFacts, DefinitionPut, DefinitionRecord, DefinitionStore, EventRecord, OutboxEvent, SagaCreate, SagaFilter,
+    CallbackFacts, DefinitionPut, DefinitionRecord, DefinitionStore, EventRecord, SagaCreate, SagaFilter,
     SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore, StoreError, StoreResult, WorkSignal,
 };
 use serde_json::Value;
@@ -44,6 +47,12 @@ pub struct StoreBugs {
     pub unfenced_commits: bool,
     /// Leases are never handed back (`lease_release` and parking commits keep them).
     pub leases_kept: bool,
+    /// A fenced commit's events are written all the same (the change they report is not).
+    pub events_of_fenced_commits: bool,
+    /// Every event goes to every active subscription, whatever its filter.
+    pub unfiltered_fan_out: bool,
+    /// Claims take pending deliveries before they are due.
+    pub early_delivery_claims: bool,
 }
 
 /// What the checker reads: one entry per write, in write order.
@@ -77,6 +86,7 @@ pub(crate) struct Tables {
     pub(crate) signals: Vec<Signal>,
     pub(crate) callbacks: BTreeMap<String, Callback>,
     pub(crate) journal: Vec<JournalEntry>,
+    pub(crate) outbox: outbox::Outbox,
 }
 
 /// A saga row: the record plus the columns only the store reads.
@@ -201,10 +211,8 @@ impl MemoryStore {
         tables.journal.push(JournalEntry { seq: self.sequencer.next(), saga_id, kind });
     }
 
-    pub(crate) fn record_outbox(&self, tables: &mut Tables, saga_id: Uuid, outbox: &[OutboxEvent]) {
-        for event in outbox {
-            self.journal_push(tables, saga_id, JournalKind::Outbox { event_type: event.event_type.clone() });
-        }
+    pub(crate) fn sequencer_next(&self) -> u64 {
+        self.sequencer.next()
     }
 
     /// One create of a batch already checked: None when its idempotency key is taken or the

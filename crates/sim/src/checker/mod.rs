@@ -14,7 +14,8 @@
 //!   step's success is written, and a compensation only after the later steps' compensations are;
 //! - no participant call without a durable attempt start: every action request is recorded as
 //!   a start of its step, by its sender or by the driver that took over from it;
-//! - concurrency limits: a key never has more admitted, unfinished sagas than its limit.
+//! - concurrency limits: a key never has more admitted, unfinished sagas than its limit;
+//! - and what [`delivery`] checks of the events the sagas' commits wrote and their deliveries.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +23,10 @@ use saga_core::{Phase, SagaStatus, StepStatus};
 use saga_store::SagaRecord;
 use uuid::Uuid;
 
-use crate::memory::{JournalEntry, JournalKind};
+mod delivery;
+
+use crate::memory::{JournalEntry, JournalKind, OutboxView};
+use crate::receivers::Received;
 use crate::scenario::{DefinitionPlan, Scenario};
 use crate::world::{Effect, Request};
 
@@ -51,6 +55,9 @@ pub struct Observation<'a> {
     pub sagas: BTreeMap<Uuid, SagaRecord>,
     pub effects: &'a BTreeMap<(Uuid, String), Effect>,
     pub requests: &'a [Request],
+    pub outbox: &'a OutboxView,
+    /// Every request the webhook receivers took.
+    pub received: &'a [Received],
 }
 
 const TERMINAL_EVENTS: [&str; 3] = ["saga_completed", "saga_compensated", "saga_failed"];
@@ -69,6 +76,7 @@ pub fn check(observation: &Observation<'_>) -> Vec<Violation> {
         check_attempts_recorded(observation, saga, &mut violations);
     }
     check_concurrency(observation, &mut violations);
+    delivery::check(observation, &mut violations);
     violations
 }
 
@@ -443,5 +451,6 @@ pub fn timeline(observation: &Observation<'_>, violations: &[Violation]) -> Stri
             text.push_str(&format!("  {seq:>6} {line}\n"));
         }
     }
+    text.push_str(&delivery::timeline(observation));
     text
 }
