@@ -67,6 +67,67 @@ impl OutboxEvent {
     }
 }
 
+/// The active subscriptions, indexed by the event types they want: the one place an event is
+/// matched to the subscriptions that get a delivery of it, for every store (the rule itself is
+/// [`OutboxEvent::is_for`]). A store builds it from its active subscriptions and fans out with
+/// [`Subscribers::of`].
+#[derive(Clone, Debug, Default)]
+pub struct Subscribers {
+    /// Subscriptions wanting one type, by that type; those with `*` under [`ANY_TYPE`].
+    by_type: std::collections::HashMap<String, Vec<Subscriber>>,
+    /// Every active subscription, for events addressed to one of them.
+    all: std::collections::HashSet<Uuid>,
+}
+
+#[derive(Clone, Debug)]
+struct Subscriber {
+    id: Uuid,
+    tenant_id: Option<String>,
+}
+
+/// The filter that wants every event type.
+pub const ANY_TYPE: &str = "*";
+
+impl Subscribers {
+    /// From `(id, tenant scope, event-type filters)` of each active subscription.
+    pub fn new(active: impl IntoIterator<Item = (Uuid, Option<String>, Vec<String>)>) -> Self {
+        let mut subscribers = Subscribers::default();
+        for (id, tenant_id, filters) in active {
+            subscribers.all.insert(id);
+            let mut filters = filters;
+            filters.sort_unstable();
+            filters.dedup();
+            for filter in filters {
+                let wanting = subscribers.by_type.entry(filter).or_default();
+                wanting.push(Subscriber { id, tenant_id: tenant_id.clone() });
+            }
+        }
+        subscribers
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// The subscriptions that get a delivery of `event`, each once, in a stable order.
+    pub fn of(&self, event: &OutboxEvent) -> Vec<Uuid> {
+        if let Some(to) = event.to_subscription {
+            return if self.all.contains(&to) { vec![to] } else { Vec::new() };
+        }
+        let candidates = [ANY_TYPE, event.event_type.as_str()]
+            .into_iter()
+            .filter_map(|key| self.by_type.get(key))
+            .flatten();
+        let mut ids: Vec<Uuid> = candidates
+            .filter(|s| s.tenant_id.is_none() || s.tenant_id == event.tenant_id)
+            .map(|s| s.id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
 /// Where a subscription's events go: exactly one of an HTTP(S) URL or a NATS JetStream subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
@@ -368,3 +429,40 @@ pub trait DispatchStore: Send + Sync + 'static {
 pub trait DeliveryStore: SubscriptionStore + DispatchStore {}
 
 impl<T: SubscriptionStore + DispatchStore + ?Sized> DeliveryStore for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Subscribers::of` picks exactly the subscriptions `is_for` says, over every combination of
+    /// scope, filters and address.
+    #[test]
+    fn the_index_matches_as_the_rule_says() {
+        let tenants = [None, Some("t1".to_string()), Some("t2".to_string())];
+        let filters: [&[&str]; 5] = [&["*"], &["saga.completed"], &["saga.failed", "*"], &["tenant.created"], &[]];
+        let mut active = Vec::new();
+        for tenant in &tenants {
+            for wants in filters {
+                let wants: Vec<String> = wants.iter().map(|s| s.to_string()).collect();
+                active.push((Uuid::now_v7(), tenant.clone(), wants));
+            }
+        }
+        let inactive = Uuid::now_v7();
+        let subscribers = Subscribers::new(active.clone());
+        let mut events = Vec::new();
+        for tenant in &tenants {
+            for kind in ["saga.completed", "saga.failed", "tenant.created", "custom.thing"] {
+                events.push(OutboxEvent::new(kind, tenant.as_deref(), Value::Null, 1));
+            }
+        }
+        events.push(OutboxEvent::new("custom.thing", Some("t1"), Value::Null, 1).to(active[3].0));
+        events.push(OutboxEvent::new("custom.thing", None, Value::Null, 1).to(inactive));
+        for event in &events {
+            let mut expected: Vec<Uuid> =
+                active.iter().filter(|(id, tenant, wants)| event.is_for(*id, tenant.as_deref(), wants)).map(|a| a.0).collect();
+            expected.sort_unstable();
+            assert_eq!(subscribers.of(event), expected, "{event:?}");
+        }
+        assert!(Subscribers::new(Vec::new()).of(&events[0]).is_empty());
+    }
+}

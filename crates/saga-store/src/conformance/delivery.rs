@@ -174,6 +174,36 @@ pub async fn a_transitions_events_are_written_with_it_or_not_at_all(store: Arc<d
     Ok(())
 }
 
+/// A commit matches its events against the subscriptions as they are when it is written, not
+/// as the store last saw them: one made, changed or deleted between two commits (here through
+/// the same store, which a store caching them must notice too) counts for the second.
+pub async fn a_commit_matches_the_subscriptions_of_its_moment(store: Arc<dyn Store>) -> CheckResult {
+    create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    let (id, token) = (claimed.record.id, claimed.record.fencing_token);
+    let commit_event = |n: i64| {
+        let mut written = commit(id, token, SagaState::new(&definition()), n, vec![]);
+        let event = OutboxEvent::new("order.placed", None, json!({"n": n}), n);
+        written.outbox = vec![event.clone()];
+        (written, event)
+    };
+    let (first, _) = commit_event(1);
+    ensure!(db(store.saga_commit_batch(&[first]).await)? == vec![CommitOutcome::Committed], "the first commit");
+    let every = subscription("http://a", &["*"], None, 0);
+    db(store.subscription_create(&every).await)?;
+    let (second, wanted) = commit_event(2);
+    ensure!(db(store.saga_commit_batch(&[second]).await)? == vec![CommitOutcome::Committed], "the second commit");
+    let delivered: Vec<Uuid> = deliveries_of(store.as_ref(), every.id).await?.into_iter().map(|d| d.event_id).collect();
+    ensure!(delivered == vec![wanted.id], "a subscription made after the first commit gets the second's event: {delivered:?}");
+    let patch = SubscriptionPatch { events: Some(vec!["order.shipped".into()]), status: None, rate_limit_per_s: None };
+    db(store.subscription_patch(every.id, &patch, 3).await)?;
+    let (third, _) = commit_event(3);
+    ensure!(db(store.saga_commit_batch(&[third]).await)? == vec![CommitOutcome::Committed], "the third commit");
+    let delivered = deliveries_of(store.as_ref(), every.id).await?;
+    ensure!(delivered.len() == 1, "a subscription that stopped wanting the type gets no more: {delivered:?}");
+    Ok(())
+}
+
 /// An event's expiry is stored with it, written by a transition or appended alone, and comes
 /// back with each claim of its deliveries (the dispatcher sends nothing once it has passed).
 pub async fn an_events_expiry_comes_back_with_its_claim(store: Arc<dyn Store>) -> CheckResult {

@@ -95,6 +95,7 @@ macro_rules! store_conformance {
             events_reach_exactly_the_subscriptions_that_want_them,
             the_fan_out_follows_the_one_matching_rule,
             a_transitions_events_are_written_with_it_or_not_at_all,
+            a_commit_matches_the_subscriptions_of_its_moment,
             an_events_expiry_comes_back_with_its_claim,
             a_refused_tenant_change_emits_nothing,
             addressed_events_reach_their_subscription_alone,

@@ -1,6 +1,5 @@
 //! The outbox in memory: subscriptions, the events commits wrote, and one delivery per event
-//! and subscription that wants it (fanned out by the one matching rule, [`OutboxEvent::is_for`],
-//! as the SQL stores do), with the dispatcher's store — claims leased and fenced newest event
+//! and subscription that wants it (fanned out by the stores' one matcher, [`Subscribers`]), with the dispatcher's store — claims leased and fenced newest event
 //! first, attempts recorded under their token, hand-backs, the backlog, disabling. Every
 //! recorded attempt is kept for the checker.
 
@@ -9,7 +8,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryBacklog, DeliveryClaimParams,
-    DeliveryRecord, DeliveryStatus, DispatchStore, OutboxEvent, StoreResult, SubscriptionRecord, SubscriptionStatus,
+    DeliveryRecord, DeliveryStatus, DispatchStore, OutboxEvent, StoreResult, SubscriptionRecord, SubscriptionStatus, Subscribers,
 };
 use uuid::Uuid;
 
@@ -76,13 +75,12 @@ impl MemoryStore {
 }
 
 fn fan_out(outbox: &mut Outbox, event: &OutboxEvent, seq: u64, unfiltered: bool) {
-    let wanting: Vec<Uuid> = outbox
-        .subscriptions
-        .values()
-        .filter(|s| s.status == SubscriptionStatus::Active)
-        .filter(|s| unfiltered || event.is_for(s.id, s.tenant_id.as_deref(), &s.events))
-        .map(|s| s.id)
-        .collect();
+    let active = outbox.subscriptions.values().filter(|s| s.status == SubscriptionStatus::Active);
+    let wanting: Vec<Uuid> = if unfiltered {
+        active.map(|s| s.id).collect()
+    } else {
+        Subscribers::new(active.map(|s| (s.id, s.tenant_id.clone(), s.events.clone()))).of(event)
+    };
     if wanting.is_empty() {
         return;
     }

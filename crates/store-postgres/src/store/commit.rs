@@ -3,7 +3,9 @@
 //! changes and their history rows.
 
 use saga_core::HistoryEvent;
-use saga_store::{CommitOutcome, OutboxEvent, SagaCommit, StoreResult, TenantChange};
+use std::collections::HashSet;
+
+use saga_store::{CommitOutcome, OutboxEvent, SagaCommit, StoreError, StoreResult, Subscribers, TenantChange};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -137,15 +139,21 @@ struct CommitColumns {
 }
 
 impl CommitColumns {
-    fn push_outbox(&mut self, commit: &SagaCommit, event: &OutboxEvent, on_change: bool) -> StoreResult<()> {
-        self.outbox.push(event)?;
+    fn push_outbox(
+        &mut self,
+        commit: &SagaCommit,
+        event: &OutboxEvent,
+        on_change: bool,
+        subscribers: &Subscribers,
+    ) -> StoreResult<()> {
+        self.outbox.push(event, subscribers)?;
         self.outbox_saga_ids.push(commit.id);
         self.outbox_tokens.push(commit.fencing_token);
         self.outbox_on_change.push(on_change);
         Ok(())
     }
 
-    fn build(commits: &[SagaCommit]) -> StoreResult<Self> {
+    fn build(commits: &[SagaCommit], subscribers: &Subscribers) -> StoreResult<Self> {
         let n = commits.len();
         let mut batch = CommitColumns {
             ids: Vec::with_capacity(n),
@@ -192,11 +200,11 @@ impl CommitColumns {
             if let Some(change) = &commit.tenant_change {
                 batch.tenants.push(commit, change)?;
                 for event in &change.outbox {
-                    batch.push_outbox(commit, event, true)?;
+                    batch.push_outbox(commit, event, true, subscribers)?;
                 }
             }
             for event in &commit.outbox {
-                batch.push_outbox(commit, event, false)?;
+                batch.push_outbox(commit, event, false, subscribers)?;
             }
             for offset in 0..count {
                 batch.event_saga_ids.push(commit.id);
@@ -229,7 +237,7 @@ macro_rules! commit_head {
                                WHEN s.wake_seq <> c.wake_seen THEN LEAST(c.run_at, c.now) ELSE c.run_at END \
                FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::bigint[], $8::bool[], $9::bigint[], $20::bigint[], $21::bool[]) \
                     AS c(id, token, status, state, event_count, release, run_at, terminal, now, wake_seen, cancel_seen) \
-               WHERE s.id = c.id AND s.fencing_token = c.token AND (s.cancel_requested_at IS NULL OR c.cancel_seen) \
+               WHERE s.id = c.id AND s.fencing_token = c.token AND (s.cancel_requested_at IS NULL OR c.cancel_seen) {guard} \
                RETURNING s.id, s.fencing_token, s.event_seq), \
              e AS ( \
                INSERT INTO saga_events (saga_id, seq, tenant_id, kind, step, attempt, worker, data, at) \
@@ -273,8 +281,9 @@ const TENANT_RESULT: &str = " SELECT u.id, u.fencing_token, \
                     EXISTS (SELECT 1 FROM r WHERE r.saga_id = u.id AND r.kind = 'tenant_change_refused') AS refused \
              FROM u";
 
-/// The outbox of a batch (10 arrays from `$first`): events of the commits that were written, a
-/// tenant change's events only if the change was applied, fanned out to the subscriptions.
+/// The outbox of a batch (10 arrays from `$first`, then the 2 of the fan-out's pairs): events
+/// of the commits that were written, a tenant change's events only if the change was applied,
+/// fanned out to the subscriptions they were matched to.
 fn outbox_ctes(first: u32, with_tenants: bool) -> String {
     let p: Vec<u32> = (first..first + 10).collect();
     let applied = if with_tenants { " OR EXISTS (SELECT 1 FROM t WHERE t.saga_id = e.saga_id)" } else { "" };
@@ -296,7 +305,7 @@ fn outbox_ctes(first: u32, with_tenants: bool) -> String {
         p[7],
         p[8],
         p[9],
-        super::delivery::outbox_fan_out!()
+        super::delivery::fan_out_ctes(first + 10)
     )
 }
 
@@ -312,12 +321,20 @@ fn commit_sql(with_tenants: bool, with_outbox: bool) -> &'static str {
     ];
     let index = usize::from(with_tenants) * 2 + usize::from(with_outbox);
     VARIANTS[index].get_or_init(|| {
-        let mut sql = commit_head!().to_string();
+        let outbox_first = if with_tenants { 33 } else { 22 };
+        // A batch with events writes only while the subscriptions it was matched against are
+        // still the ones the table holds (the epoch after the outbox's 12 parameters).
+        let guard = if with_outbox {
+            format!("AND ${} = (SELECT epoch FROM subscription_epoch)", outbox_first + 12)
+        } else {
+            String::new()
+        };
+        let mut sql = commit_head!().replace("{guard}", &guard);
         if with_tenants {
             sql.push_str(TENANT_CTES);
         }
         if with_outbox {
-            sql.push_str(&outbox_ctes(if with_tenants { 33 } else { 22 }, with_tenants));
+            sql.push_str(&outbox_ctes(outbox_first, with_tenants));
         }
         sql.push_str(if with_tenants { TENANT_RESULT } else { PLAIN_RESULT });
         sql
@@ -329,7 +346,33 @@ impl PostgresStore {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = CommitColumns::build(commits)?;
+        let with_events = commits.iter().any(|c| {
+            !c.outbox.is_empty() || c.tenant_change.as_ref().is_some_and(|change| !change.outbox.is_empty())
+        });
+        // A batch with events is matched against the subscriptions as last read; the statement
+        // refuses it whole when they changed since, and it is matched again against a fresh read.
+        for _ in 0..3 {
+            let subscribers = match with_events {
+                true => Some(self.subscribers().await?),
+                false => None,
+            };
+            let matched = subscribers.as_deref().map(|(epoch, subscribers)| (*epoch, subscribers));
+            if let Some(written) = self.commit_matched(commits, matched).await? {
+                return self.outcomes(commits, &written).await;
+            }
+        }
+        Err(StoreError::Conflict("the subscriptions kept changing while a commit batch was written".into()))
+    }
+
+    /// One try of a batch, its events matched against `matched` (the subscriptions of an epoch):
+    /// the commits written, or None when the epoch had passed and nothing was written.
+    async fn commit_matched(
+        &self,
+        commits: &[SagaCommit],
+        matched: Option<(i64, &Subscribers)>,
+    ) -> StoreResult<Option<HashSet<(Uuid, i64)>>> {
+        let none = Subscribers::default();
+        let batch = CommitColumns::build(commits, matched.map_or(&none, |(_, subscribers)| subscribers))?;
         let with_tenants = !batch.tenants.saga_ids.is_empty();
         let with_outbox = !batch.outbox.ids.is_empty();
         let sql = commit_sql(with_tenants, with_outbox);
@@ -382,10 +425,21 @@ impl PostgresStore {
                 .bind(batch.outbox_saga_ids)
                 .bind(batch.outbox_tokens)
                 .bind(batch.outbox_on_change)
-                .bind(batch.outbox.expires);
+                .bind(batch.outbox.expires)
+                .bind(batch.outbox.pair_events)
+                .bind(batch.outbox.pair_subscriptions)
+                .bind(matched.map_or(0, |(epoch, _)| epoch));
         }
         let rows = query.fetch_all(&self.db).await.map_err(db)?;
-        let mut committed = std::collections::HashSet::with_capacity(rows.len());
+        if rows.is_empty() && with_outbox {
+            // Nothing written: every commit fenced, or the epoch moved on (then none was).
+            if let Some((epoch, _)) = matched {
+                if self.subscribers_outdated(epoch).await? {
+                    return Ok(None);
+                }
+            }
+        }
+        let mut committed = HashSet::with_capacity(rows.len());
         for row in &rows {
             let id: Uuid = row.try_get(0).map_err(db)?;
             let token: i64 = row.try_get(1).map_err(db)?;
@@ -394,6 +448,15 @@ impl PostgresStore {
             }
             committed.insert((id, token));
         }
+        Ok(Some(committed))
+    }
+
+    /// What each commit of a batch came to, given those written.
+    async fn outcomes(
+        &self,
+        commits: &[SagaCommit],
+        committed: &HashSet<(Uuid, i64)>,
+    ) -> StoreResult<Vec<CommitOutcome>> {
         // The rare rows not written: fenced, or a cancel request the driver has yet to act on.
         let missing: Vec<Uuid> =
             commits.iter().filter(|c| !committed.contains(&(c.id, c.fencing_token))).map(|c| c.id).collect();

@@ -1,11 +1,14 @@
 //! Outbound delivery: subscriptions, the outbox fan-out (events and their deliveries in the
-//! writer's statement), claims of due deliveries (`SKIP LOCKED`, fencing token) and attempts.
+//! writer's statement, matched to subscriptions by `saga_store::Subscribers`), claims of due
+//! deliveries (`SKIP LOCKED`, fencing token) and attempts.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryRecord,
     DeliveryStatus, Destination, DispatchStore, OutboxEvent, StoreError, StoreResult, SubscriptionFilter,
-    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore,
+    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore, Subscribers,
 };
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -21,17 +24,17 @@ const SUBSCRIPTION_COLUMNS: &str =
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts, \
      d.attempts_before_replay, d.next_attempt_at, d.last_error, d.created_at, d.delivered_at";
 
-/// The outbox fan-out for events `ev(id, type, tenant_id, data, at)` defined before it: each
-/// event that an active subscription wants is stored once, with one pending delivery per such
-/// subscription (ids keep the event's time prefix, so they sort by it).
-macro_rules! outbox_fan_out {
-    () => {
+/// The outbox fan-out for events `ev(id, type, tenant_id, data, at, expires_at)` defined before
+/// it and the `(event, subscription)` pairs [`Subscribers::of`] chose, in the two arrays from
+/// `$first`: each event with a pair is stored once, with one pending delivery per pair whose
+/// subscription is still active (ids keep the event's time prefix, so they sort by it).
+pub(super) fn fan_out_ctes(first: u32) -> String {
+    format!(
         "m AS ( \
-           SELECT ev.id AS event_id, ev.type, ev.tenant_id, ev.at, s.id AS subscription_id FROM ev \
-           JOIN subscriptions s ON s.status = 'active' AND ( \
-                s.id = ev.to_subscription \
-                OR (ev.to_subscription IS NULL AND (s.tenant_id IS NULL OR s.tenant_id = ev.tenant_id) \
-                    AND (s.events ? '*' OR s.events ? ev.type)))), \
+           SELECT ev.id AS event_id, ev.type, ev.tenant_id, ev.at, p.subscription_id \
+           FROM UNNEST(${}::uuid[], ${}::uuid[]) AS p(event_id, subscription_id) \
+           JOIN ev ON ev.id = p.event_id \
+           JOIN subscriptions s ON s.id = p.subscription_id AND s.status = 'active'), \
          ei AS ( \
            INSERT INTO events (id, type, tenant_id, data, created_at, expires_at) \
            SELECT ev.id, ev.type, ev.tenant_id, ev.data::json, ev.at, ev.expires_at FROM ev \
@@ -40,12 +43,13 @@ macro_rules! outbox_fan_out {
            INSERT INTO deliveries (id, event_id, subscription_id, event_type, tenant_id, status, next_attempt_at, created_at) \
            SELECT (substr(m.event_id::text, 1, 14) || substr(gen_random_uuid()::text, 15))::uuid, \
                   m.event_id, m.subscription_id, m.type, m.tenant_id, 'pending', m.at, m.at \
-           FROM m JOIN ei ON ei.id = m.event_id RETURNING id) "
-    };
+           FROM m JOIN ei ON ei.id = m.event_id RETURNING id) ",
+        first,
+        first + 1
+    )
 }
-pub(super) use outbox_fan_out;
 
-/// Outbox events as parallel arrays for `UNNEST`.
+/// Outbox events as parallel arrays for `UNNEST`, with the subscriptions each goes to.
 #[derive(Default)]
 pub(super) struct OutboxColumns {
     pub ids: Vec<Uuid>,
@@ -55,10 +59,13 @@ pub(super) struct OutboxColumns {
     pub ats: Vec<i64>,
     pub to_subscriptions: Vec<Option<Uuid>>,
     pub expires: Vec<Option<i64>>,
+    /// One per delivery to write: the event and the subscription.
+    pub pair_events: Vec<Uuid>,
+    pub pair_subscriptions: Vec<Uuid>,
 }
 
 impl OutboxColumns {
-    pub fn push(&mut self, event: &OutboxEvent) -> StoreResult<()> {
+    pub fn push(&mut self, event: &OutboxEvent, subscribers: &Subscribers) -> StoreResult<()> {
         self.ids.push(event.id);
         self.types.push(event.event_type.clone());
         self.tenant_ids.push(event.tenant_id.clone());
@@ -66,40 +73,109 @@ impl OutboxColumns {
         self.ats.push(event.at_ms);
         self.to_subscriptions.push(event.to_subscription);
         self.expires.push(event.expires_at_ms);
+        for subscription in subscribers.of(event) {
+            self.pair_events.push(event.id);
+            self.pair_subscriptions.push(subscription);
+        }
         Ok(())
     }
 }
 
-/// Writes each event an active subscription wants, with its deliveries, on `conn` (a writer's
-/// transaction, so with the change it reports).
-pub(super) async fn fan_out<'c, E>(executor: E, events: &[OutboxEvent]) -> StoreResult<()>
+/// The active subscriptions as `conn` sees them now, and the epoch they are of
+/// (`subscription_epoch`, moved by every change to them): one statement, so one snapshot.
+pub(super) async fn read_subscribers<'c, E>(conn: E) -> StoreResult<(i64, Subscribers)>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
+    let rows = sqlx::query(
+        "SELECT e.epoch, s.id, s.tenant_id, s.events FROM subscription_epoch e \
+         LEFT JOIN subscriptions s ON s.status = 'active'",
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(db)?;
+    let epoch = match rows.first() {
+        Some(row) => row.try_get("epoch").map_err(db)?,
+        None => return Err(StoreError::Corrupt("subscription_epoch has no row".into())),
+    };
+    let mut active = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(id) = row.try_get::<Option<Uuid>, _>("id").map_err(db)? else {
+            continue;
+        };
+        let events: Option<sqlx::types::Json<Vec<String>>> = row.try_get("events").map_err(db)?;
+        active.push((id, row.try_get("tenant_id").map_err(db)?, events.map(|e| e.0).unwrap_or_default()));
+    }
+    Ok((epoch, Subscribers::new(active)))
+}
+
+impl PostgresStore {
+    /// The active subscriptions as this instance last read them, with their epoch; read now if
+    /// it has not (or let them go since).
+    pub(super) async fn subscribers(&self) -> StoreResult<Arc<(i64, Subscribers)>> {
+        if let Some(cached) = self.subscribers.read().ok().and_then(|cached| cached.clone()) {
+            return Ok(cached);
+        }
+        let read = Arc::new(read_subscribers(&self.db).await?);
+        if let Ok(mut cached) = self.subscribers.write() {
+            *cached = Some(read.clone());
+        }
+        Ok(read)
+    }
+
+    /// Whether the subscriptions changed since `epoch`; if so the ones read are let go.
+    pub(super) async fn subscribers_outdated(&self, epoch: i64) -> StoreResult<bool> {
+        let now: i64 =
+            sqlx::query_scalar("SELECT epoch FROM subscription_epoch").fetch_one(&self.db).await.map_err(db)?;
+        if now == epoch {
+            return Ok(false);
+        }
+        if let Ok(mut cached) = self.subscribers.write() {
+            if cached.as_ref().is_some_and(|c| c.0 == epoch) {
+                *cached = None;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Writes each event an active subscription wants, with its deliveries, on `conn` (a writer's
+/// transaction, so with the change it reports), matched over the subscriptions it sees.
+pub(super) async fn fan_out(conn: &mut sqlx::PgConnection, events: &[OutboxEvent]) -> StoreResult<()> {
     if events.is_empty() {
+        return Ok(());
+    }
+    let (_, subscribers) = read_subscribers(&mut *conn).await?;
+    if subscribers.is_empty() {
         return Ok(());
     }
     let mut columns = OutboxColumns::default();
     for event in events {
-        columns.push(event)?;
+        columns.push(event, &subscribers)?;
     }
-    sqlx::query(concat!(
+    if columns.pair_events.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
         "WITH ev AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::uuid[], \
                                           $7::bigint[]) \
-                     AS e(id, type, tenant_id, data, at, to_subscription, expires_at)), ",
-        outbox_fan_out!(),
-        "SELECT count(*) FROM di"
-    ))
-    .bind(columns.ids)
-    .bind(columns.types)
-    .bind(columns.tenant_ids)
-    .bind(columns.data)
-    .bind(columns.ats)
-    .bind(columns.to_subscriptions)
-    .bind(columns.expires)
-    .execute(executor)
-    .await
-    .map_err(db)?;
+                     AS e(id, type, tenant_id, data, at, to_subscription, expires_at)), {} \
+         SELECT count(*) FROM di",
+        fan_out_ctes(8)
+    );
+    sqlx::query(&sql)
+        .bind(columns.ids)
+        .bind(columns.types)
+        .bind(columns.tenant_ids)
+        .bind(columns.data)
+        .bind(columns.ats)
+        .bind(columns.to_subscriptions)
+        .bind(columns.expires)
+        .bind(columns.pair_events)
+        .bind(columns.pair_subscriptions)
+        .execute(conn)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 
@@ -334,7 +410,9 @@ impl SubscriptionStore for PostgresStore {
     }
 
     async fn events_append(&self, events: &[OutboxEvent]) -> StoreResult<()> {
-        fan_out(&self.db, events).await
+        let mut tx = self.db.begin().await.map_err(db)?;
+        fan_out(&mut *tx, events).await?;
+        tx.commit().await.map_err(db)
     }
 
     async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)> {

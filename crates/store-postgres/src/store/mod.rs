@@ -49,6 +49,8 @@ pub struct PostgresStore {
     wakeups: Wakeups,
     listener: tokio::task::JoinHandle<()>,
     announcer: tokio::task::JoinHandle<()>,
+    /// The active subscriptions last read, with their epoch: what commits match events against.
+    subscribers: std::sync::RwLock<Option<Arc<(i64, saga_store::Subscribers)>>>,
 }
 
 impl Drop for PostgresStore {
@@ -140,7 +142,8 @@ impl PostgresStore {
         let listener = tokio::spawn(wakeups::run(listen, db.clone(), work.clone(), wakeups.clone(), instance_token));
         let announce = Announcer::new();
         let announcer = tokio::spawn(announce.clone().run(db.clone()));
-        Ok(PostgresStore { db, work, announce, wakeups, listener, announcer })
+        let subscribers = std::sync::RwLock::new(None);
+        Ok(PostgresStore { db, work, announce, wakeups, listener, announcer, subscribers })
     }
 
     /// Bumps `wake_seq` and makes the saga due now unless a driver holds it (that driver sees the

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryRecord,
     DeliveryStatus, Destination, DispatchStore, OutboxEvent, StoreError, StoreResult, SubscriptionFilter,
-    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore,
+    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore, Subscribers,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -37,22 +37,18 @@ pub(super) async fn fan_out(conn: &mut SqliteConnection, events: &[OutboxEvent])
     if active.is_empty() {
         return Ok(());
     }
-    let active: Vec<(String, Option<String>, Vec<String>)> = active
+    let active = active
         .into_iter()
         .map(|(id, tenant, filters)| {
+            let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let filters: Vec<String> =
                 serde_json::from_str(&filters).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             Ok((id, tenant, filters))
         })
-        .collect::<StoreResult<_>>()?;
+        .collect::<StoreResult<Vec<_>>>()?;
+    let subscribers = Subscribers::new(active);
     for event in events {
-        let wanting: Vec<&String> = active
-            .iter()
-            .filter(|(id, tenant, filters)| {
-                Uuid::parse_str(id).is_ok_and(|id| event.is_for(id, tenant.as_deref(), filters))
-            })
-            .map(|(id, _, _)| id)
-            .collect();
+        let wanting = subscribers.of(event);
         if wanting.is_empty() {
             continue;
         }
@@ -75,7 +71,7 @@ pub(super) async fn fan_out(conn: &mut SqliteConnection, events: &[OutboxEvent])
             )
             .bind(Uuid::now_v7().to_string())
             .bind(event.id.to_string())
-            .bind(subscription_id)
+            .bind(subscription_id.to_string())
             .bind(&event.event_type)
             .bind(&event.tenant_id)
             .bind(event.at_ms)
