@@ -114,14 +114,10 @@ impl Subscribers {
         if let Some(to) = event.to_subscription {
             return if self.all.contains(&to) { vec![to] } else { Vec::new() };
         }
-        let candidates = [ANY_TYPE, event.event_type.as_str()]
-            .into_iter()
-            .filter_map(|key| self.by_type.get(key))
-            .flatten();
-        let mut ids: Vec<Uuid> = candidates
-            .filter(|s| s.tenant_id.is_none() || s.tenant_id == event.tenant_id)
-            .map(|s| s.id)
-            .collect();
+        let candidates =
+            [ANY_TYPE, event.event_type.as_str()].into_iter().filter_map(|key| self.by_type.get(key)).flatten();
+        let mut ids: Vec<Uuid> =
+            candidates.filter(|s| s.tenant_id.is_none() || s.tenant_id == event.tenant_id).map(|s| s.id).collect();
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -458,8 +454,11 @@ mod tests {
         events.push(OutboxEvent::new("custom.thing", Some("t1"), Value::Null, 1).to(active[3].0));
         events.push(OutboxEvent::new("custom.thing", None, Value::Null, 1).to(inactive));
         for event in &events {
-            let mut expected: Vec<Uuid> =
-                active.iter().filter(|(id, tenant, wants)| event.is_for(*id, tenant.as_deref(), wants)).map(|a| a.0).collect();
+            let mut expected: Vec<Uuid> = active
+                .iter()
+                .filter(|(id, tenant, wants)| event.is_for(*id, tenant.as_deref(), wants))
+                .map(|a| a.0)
+                .collect();
             expected.sort_unstable();
             assert_eq!(subscribers.of(event), expected, "{event:?}");
         }

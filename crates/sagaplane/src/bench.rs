@@ -213,9 +213,9 @@ struct Direct {
 
 impl Direct {
     async fn new(embedded: &Embedded, name: &str) -> anyhow::Result<Direct> {
-        let (version, definition) = embedded.app.definitions.get(name, None).await?;
-        let instance = embedded.app.instance.as_ref().context("the embedded instance runs no worker")?;
-        Ok(Direct { hub: embedded.app.hub.clone(), intake: instance.intake(), definition, version })
+        let (version, definition) = embedded.app.process.definitions.get(name, None).await?;
+        let instance = embedded.app.process.instance.as_ref().context("the embedded instance runs no worker")?;
+        Ok(Direct { hub: embedded.app.process.hub.clone(), intake: instance.intake(), definition, version })
     }
 
     async fn one(&self, n: usize) -> anyhow::Result<(String, Duration)> {

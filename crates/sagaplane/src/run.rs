@@ -5,10 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use saga_runtime::{
-    BreakerConfig, BuiltinRegistry, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, SystemClock,
-    TerminalHub,
-};
+use process::{Dispatch, Process, Wiring, Worker};
+use saga_runtime::{BreakerConfig, BuiltinRegistry, Executors, InstanceConfig, SystemClock};
 use saga_store::tenant_storage::TenantStorage;
 use saga_store::Store;
 use serde_json::Value;
@@ -77,11 +75,6 @@ pub fn builtin_names() -> Vec<String> {
     names
 }
 
-/// The definition cache the API and the worker of one process share.
-fn definition_cache(store: Arc<dyn Store>) -> Arc<DefinitionCache> {
-    Arc::new(DefinitionCache::new(store, builtin_names()))
-}
-
 /// Where tenants' data lives: `SAGAPLANE_TENANT_DATABASE_URL`, else the control-plane database;
 /// on SQLite, one file per tenant next to the control-plane file.
 pub async fn open_tenant_storage(config: &Config, database_url: &str) -> anyhow::Result<Arc<dyn TenantStorage>> {
@@ -130,14 +123,10 @@ async fn prepare_tenancy(config: &Config, database_url: &str, store: &dyn Store)
     Ok(TenantParts { storage, migrations })
 }
 
-fn start_instance(
-    config: &Config,
-    store: Arc<dyn Store>,
-    definitions: Arc<DefinitionCache>,
-    hub: TerminalHub,
-    bound: Option<SocketAddr>,
-    tenants: Option<&TenantParts>,
-) -> InstanceHandle {
+/// The worker of a serving process: its configuration from `config`, the built-in steps (with
+/// the tenant steps when it has the tenant parts), breakers and the operator's address policy,
+/// and the tenant hook.
+fn worker(config: &Config, store: &Arc<dyn Store>, bound: Option<SocketAddr>, tenants: Option<&TenantParts>) -> Worker {
     let mut instance_config = InstanceConfig::new(config.worker_id.clone());
     instance_config.public_url = config.public_url(bound);
     instance_config.concurrency = config.worker_concurrency;
@@ -151,13 +140,11 @@ fn start_instance(
     let steps = tenants.map(|t| t.steps(store.clone()));
     let executors = Executors::with_breakers(builtins(steps), breakers)
         .with_egress(egress::AddressPolicy::operator(config.http_deny.clone()), config.http_env_proxy);
-    Instance::new(store, Arc::new(SystemClock), executors, definitions, instance_config, hub)
-        .with_hook(Arc::new(TenantHook))
-        .start()
+    Worker { config: instance_config, executors, hook: Some(Arc::new(TenantHook)) }
 }
 
 /// The outbox's dispatcher (every process that runs a worker runs one; claims keep them apart).
-fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::DispatcherHandle {
+fn dispatch(config: &Config, store: &Arc<dyn Store>) -> Dispatch {
     let schedule = delivery::RetrySchedule::new(config.delivery_retry_schedule_ms.clone());
     let mut dispatcher_config = delivery::DispatcherConfig::new(config.worker_id.clone(), schedule);
     dispatcher_config.deny = config.http_deny.clone();
@@ -171,7 +158,7 @@ fn start_dispatcher(config: &Config, store: Arc<dyn Store>) -> delivery::Dispatc
     dispatcher_config.breaker_cool_down_ms = config.breaker_cool_down_ms;
     // One knob for how soon a dead process's work is taken over: sagas and deliveries alike.
     dispatcher_config.lease_ttl_ms = config.lease_ttl_ms;
-    delivery::Dispatcher::new(store, dispatcher_config).start()
+    Dispatch { store: store.clone(), config: dispatcher_config, transport: None }
 }
 
 /// What one process runs besides the store.
@@ -185,17 +172,14 @@ pub struct Parts {
     pub dispatcher: bool,
 }
 
-/// The concrete parts of one process, wired in one place: the store (opened and migrated), the
-/// definitions, the terminal hub, the tenant parts, and the worker and dispatcher when it runs
-/// them. `serve`, `worker` and the in-process benchmarks build it alike; the API's state over
+/// The concrete parts of one process: the store (opened and migrated), the tenant parts, and
+/// the running engine ([`Process`]: definitions, terminal hub, worker and dispatcher when it runs
+/// them). `serve`, `worker` and the in-process benchmarks build it alike; the API's state over
 /// it is [`App::state`].
 pub struct App {
     pub store: Arc<dyn Store>,
-    pub definitions: Arc<DefinitionCache>,
-    pub hub: TerminalHub,
     pub tenants: Option<TenantParts>,
-    pub instance: Option<InstanceHandle>,
-    pub dispatcher: Option<delivery::DispatcherHandle>,
+    pub process: Process,
 }
 
 impl App {
@@ -216,13 +200,11 @@ impl App {
             // Before the worker starts: an onboarding's outcome is addressed to it.
             configure_crm_callback(config, store.as_ref()).await?;
         }
-        let hub = TerminalHub::default();
-        let definitions = definition_cache(store.clone());
-        let instance = parts
-            .worker
-            .then(|| start_instance(config, store.clone(), definitions.clone(), hub.clone(), bound, tenants.as_ref()));
-        let dispatcher = parts.dispatcher.then(|| start_dispatcher(config, store.clone()));
-        Ok(App { store, definitions, hub, tenants, instance, dispatcher })
+        let wiring = Wiring { store: store.clone(), clock: Arc::new(SystemClock), builtin_names: builtin_names() };
+        let worker = parts.worker.then(|| worker(config, &store, bound, tenants.as_ref()));
+        let dispatch = parts.dispatcher.then(|| dispatch(config, &store));
+        let process = Process::start(wiring, worker, dispatch);
+        Ok(App { store, tenants, process })
     }
 
     /// The API's state over these parts: `config`'s variables and subscription rules, the tenant
@@ -237,8 +219,8 @@ impl App {
         let mut state = server::AppState::new(
             self.store.clone(),
             Arc::new(SystemClock),
-            self.hub.clone(),
-            self.definitions.clone(),
+            self.process.hub.clone(),
+            self.process.definitions.clone(),
             metrics,
             admin_token,
         )
@@ -255,7 +237,7 @@ impl App {
                 crm_secret: config.crm_webhook_secret.as_ref().map(|s| s.expose().to_string()),
             });
         }
-        if let Some(instance) = &self.instance {
+        if let Some(instance) = &self.process.instance {
             state = state.with_intake(instance.intake());
         }
         state
@@ -263,12 +245,7 @@ impl App {
 
     /// Drains the worker, then stops the dispatcher.
     pub async fn shutdown(self) {
-        if let Some(instance) = self.instance {
-            instance.shutdown().await;
-        }
-        if let Some(dispatcher) = self.dispatcher {
-            dispatcher.shutdown().await;
-        }
+        self.process.shutdown().await;
     }
 }
 
@@ -329,7 +306,7 @@ pub async fn serve(config: Config, database_url: &str, plan: Plan) -> anyhow::Re
     let app = App::build(&config, database_url, parts, Some(local)).await?;
     let store = app.store.clone();
     // Every stored definition's series exist (at 0) from the first scrape.
-    if let Err(e) = app.definitions.warm().await {
+    if let Err(e) = app.process.definitions.warm().await {
         tracing::warn!(error = %e, "could not load the stored definitions at start");
     }
     let mut state = app.state(&config, admin_token.expose(), Some(metrics));

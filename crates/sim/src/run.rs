@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_core::{Definition, SagaState};
-use saga_runtime::{
-    BuiltinRegistry, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, Intake, TerminalHub,
-};
+use saga_runtime::{BuiltinRegistry, Executors, InstanceConfig, Intake};
 use saga_store::{DefinitionStore, EngineStore, SagaCreate, SagaStore, SignalStore};
 use serde_json::json;
 use uuid::Uuid;
@@ -23,7 +21,8 @@ use crate::receivers::{ReceiverNetwork, Receivers};
 use crate::scenario::DeliveryPlan;
 use crate::scenario::{Dice, InstanceFault, Scenario};
 use crate::world::{CommitFaults, Link, LinkState, Network, Participants, SimClock, SimStore};
-use delivery::{Dispatcher, DispatcherConfig, RetrySchedule};
+use delivery::{DispatcherConfig, RetrySchedule};
+use process::{Dispatch, Process, Wiring, Worker};
 use saga_store::DeliveryStatus;
 
 /// Known bugs a run can be told to have, to prove the checker finds them.
@@ -151,9 +150,8 @@ pub fn run_seed_with(seed: u64, options: RunOptions) -> anyhow::Result<RunReport
 
 /// One instance slot: the running process, if any, and its link.
 struct Slot {
-    handle: Option<InstanceHandle>,
-    /// The instance's dispatcher of deliveries.
-    dispatcher: Option<delivery::DispatcherHandle>,
+    /// Its worker and its dispatcher of deliveries, started as a server starts them.
+    process: Option<Process>,
     link: Link,
     generation: u32,
 }
@@ -230,7 +228,7 @@ impl Run {
         }
         for index in 0..self.scenario.instances {
             let link = Link::new();
-            self.slots.push(Slot { handle: None, dispatcher: None, link, generation: 0 });
+            self.slots.push(Slot { process: None, link, generation: 0 });
             self.start(index);
         }
         let mut schedule = self.schedule();
@@ -254,11 +252,8 @@ impl Run {
         self.start_late_sagas().await;
         let all_ended = self.wait_for_the_end().await;
         for slot in &mut self.slots {
-            if let Some(handle) = slot.handle.take() {
-                handle.shutdown().await;
-            }
-            if let Some(dispatcher) = slot.dispatcher.take() {
-                dispatcher.shutdown().await;
+            if let Some(process) = slot.process.take() {
+                process.shutdown().await;
             }
         }
         tasks.abort_all();
@@ -315,25 +310,25 @@ impl Run {
             budget: self.budget.clone(),
         });
         let builtins = BuiltinRegistry::with_core();
-        let names = builtins.names().into_iter().map(str::to_string).collect();
+        let builtin_names = builtins.names().into_iter().map(str::to_string).collect();
         let executors = Executors::new(builtins).with_http_transport(network);
-        let definitions = Arc::new(DefinitionCache::new(store.clone(), names));
         let mut config = InstanceConfig::new(worker_id.clone());
         config.concurrency = self.dice.between(2, 16) as u32;
         config.lease_ttl_ms = self.scenario.lease_ttl_ms;
         config.poll_interval_ms = 500;
         config.seed = Some(self.dice.between(0, u64::MAX - 1));
         config.shutdown_grace_ms = 2_000;
-        let instance = Instance::new(store, self.clock.clone(), executors, definitions, config, TerminalHub::default());
-        slot.handle = Some(instance.start());
+        let worker = Worker { config, executors, hook: None };
         let receivers =
             ReceiverNetwork { receivers: self.receivers.clone(), link: slot.link.clone(), budget: self.budget.clone() };
         // Its own dice: what deliveries draw leaves the engine's draws as they were.
-        let dispatch_store = Arc::new(SimStore { dice: self.receivers.dice.clone(), ..SimStore::clone(&sim_store) });
-        let dispatcher = Dispatcher::new(dispatch_store, dispatcher_config(&worker_id, &self.scenario.delivery))
-            .with_clock(self.clock.clone())
-            .with_transport(Arc::new(receivers));
-        slot.dispatcher = Some(dispatcher.start());
+        let dispatch = Dispatch {
+            store: Arc::new(SimStore { dice: self.receivers.dice.clone(), ..SimStore::clone(&sim_store) }),
+            config: dispatcher_config(&worker_id, &self.scenario.delivery),
+            transport: Some(Arc::new(receivers)),
+        };
+        let wiring = Wiring { store, clock: self.clock.clone(), builtin_names };
+        slot.process = Some(Process::start(wiring, Some(worker), Some(dispatch)));
     }
 
     /// Everything the scenario makes happen, with its time and a tie-breaker.
@@ -396,7 +391,7 @@ impl Run {
                 now_ms,
             )
         };
-        let live = self.slots.iter().filter_map(|s| s.handle.as_ref()).collect::<Vec<_>>();
+        let live = self.slots.iter().filter_map(|s| s.process.as_ref()?.instance.as_ref()).collect::<Vec<_>>();
         let intake = match live.get(self.dice.between(0, live.len().max(1) as u64 - 1) as usize) {
             Some(handle) if plan.through_intake => handle.intake(),
             _ => Intake::without_instance(self.store.clone()),
@@ -405,7 +400,7 @@ impl Run {
     }
 
     async fn fault(&mut self, index: usize, fault: InstanceFault, tasks: &mut tokio::task::JoinSet<()>) {
-        if self.slots[index].handle.is_none() {
+        if self.slots[index].process.is_none() {
             return;
         }
         match fault {
@@ -427,11 +422,8 @@ impl Run {
             InstanceFault::Restart => {
                 let worker_id = format!("w{index}.{}", self.slots[index].generation);
                 self.slots[index].link.set(LinkState::Up);
-                if let Some(handle) = self.slots[index].handle.take() {
-                    handle.shutdown().await;
-                }
-                if let Some(dispatcher) = self.slots[index].dispatcher.take() {
-                    dispatcher.shutdown().await;
+                if let Some(process) = self.slots[index].process.take() {
+                    process.shutdown().await;
                 }
                 self.check_handed_back(&worker_id);
                 self.start(index);
@@ -443,8 +435,7 @@ impl Run {
         let slot = &mut self.slots[index];
         slot.link.set(LinkState::Dead);
         // Its tasks live on, but nothing they send arrives: the process is gone.
-        drop(slot.handle.take());
-        drop(slot.dispatcher.take());
+        drop(slot.process.take());
     }
 
     /// A graceful stop hands every lease back (docs/operations.md, "Processes"): no unexpired one
@@ -476,7 +467,7 @@ impl Run {
             match self.slots[index].link.state() {
                 LinkState::Dead => self.start(index),
                 LinkState::Paused => self.slots[index].link.set(LinkState::Up),
-                LinkState::Up if self.slots[index].handle.is_none() => self.start(index),
+                LinkState::Up if self.slots[index].process.is_none() => self.start(index),
                 LinkState::Up => {}
             }
         }

@@ -9,7 +9,9 @@
 
 use std::ops::ControlFlow::{self, Break, Continue};
 
-use saga_core::{Action, Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaState, StepDefinition, WaitKind};
+use saga_core::{
+    Action, Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaState, StepDefinition, WaitKind,
+};
 use saga_store::RUN_AT_NEVER_MS;
 use serde_json::json;
 use tokio::sync::watch;
@@ -33,11 +35,19 @@ pub(super) struct StepAttempt {
 pub(super) enum Execution {
     Outcome(Outcome),
     /// Park the saga (lease released) until something arrives or `until_ms`.
-    Wait { kind: WaitKind, until_ms: Option<i64> },
+    Wait {
+        kind: WaitKind,
+        until_ms: Option<i64>,
+    },
     /// The endpoint's circuit is open: not attempted.
-    Deferred { endpoint: String, retry_after_ms: u64 },
+    Deferred {
+        endpoint: String,
+        retry_after_ms: u64,
+    },
     /// A cancel was requested while the action attempt ran; it was stopped.
-    Interrupted { cancel_at_ms: i64 },
+    Interrupted {
+        cancel_at_ms: i64,
+    },
     /// The driver must stop (a store error); the lease will expire and the step run again.
     Stop,
 }
@@ -271,7 +281,8 @@ impl StepAttempt {
             }
             Execution::Outcome(outcome) => {
                 self.record_outcome(drive, step, &outcome, now_ms);
-                let finished = Attempt { phase, step: index, attempt, outcome, started_at_ms: started_ms, finished_at_ms: now_ms };
+                let finished =
+                    Attempt { phase, step: index, attempt, outcome, started_at_ms: started_ms, finished_at_ms: now_ms };
                 match drive.state.apply(drive.definition, finished, drive.shared.jitter_sample()) {
                     Ok(t) => {
                         if t.retry_at_ms.is_some() {

@@ -37,8 +37,15 @@ impl Drive<'_> {
         for _ in 0..2 {
             self.state.writer_kept_lease = release_until.is_none() && !self.state.status.is_terminal();
             let now_ms = self.shared.clock.now_ms();
-            let commit =
-                commit_record(self.shared, self.claimed, Some(self.definition), &self.state, events, release_until, now_ms);
+            let commit = commit_record(
+                self.shared,
+                self.claimed,
+                Some(self.definition),
+                &self.state,
+                events,
+                release_until,
+                now_ms,
+            );
             match self.shared.committer.commit(commit).await {
                 Ok((CommitOutcome::Committed, _)) => {
                     self.durable_status = self.state.status;
@@ -88,7 +95,8 @@ impl Drive<'_> {
         // What the pending transition means for the tenant travels with it, as in every commit
         // (a cancel or deadline applied just before shutdown may end a tenant saga).
         let events = std::mem::take(&mut self.pending);
-        let commit = commit_record(shared, self.claimed, Some(self.definition), &self.state, events, Some(now_ms), now_ms);
+        let commit =
+            commit_record(shared, self.claimed, Some(self.definition), &self.state, events, Some(now_ms), now_ms);
         // A refused commit (fenced, or a cancel to act on) is fine: the next driver redoes it.
         // A failed one still hands the lease back (found by the simulator, seed 2797).
         match shared.committer.commit(commit).await {
@@ -135,8 +143,15 @@ impl Drive<'_> {
 /// commits exactly what it was claimed with, due again later.
 pub(super) async fn without_definition(shared: &Shared, claimed: &Claimed, pending: Vec<HistoryEvent>) {
     let now_ms = shared.clock.now_ms();
-    let commit =
-        commit_record(shared, claimed, None, &claimed.record.state, pending, Some(now_ms + DEFINITION_RETRY_MS), now_ms);
+    let commit = commit_record(
+        shared,
+        claimed,
+        None,
+        &claimed.record.state,
+        pending,
+        Some(now_ms + DEFINITION_RETRY_MS),
+        now_ms,
+    );
     let _ = shared.committer.commit(commit).await;
 }
 

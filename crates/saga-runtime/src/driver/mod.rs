@@ -117,12 +117,7 @@ pub(super) struct Drive<'a> {
 }
 
 impl<'a> Drive<'a> {
-    fn new(
-        shared: &'a Shared,
-        claimed: &'a Claimed,
-        definition: &'a Definition,
-        pending: Vec<HistoryEvent>,
-    ) -> Self {
+    fn new(shared: &'a Shared, claimed: &'a Claimed, definition: &'a Definition, pending: Vec<HistoryEvent>) -> Self {
         let record = &claimed.record;
         Drive {
             shared,

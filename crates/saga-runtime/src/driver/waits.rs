@@ -123,8 +123,11 @@ impl Drive<'_> {
             return Continue(());
         }
         let step = &self.definition.steps[wait.step].name;
-        let closed =
-            self.shared.store.callback_close(self.claimed.record.id, step, wait.attempt, self.shared.clock.now_ms()).await;
+        let closed = self
+            .shared
+            .store
+            .callback_close(self.claimed.record.id, step, wait.attempt, self.shared.clock.now_ms())
+            .await;
         match closed {
             Ok(()) => Continue(()),
             Err(e) => {

@@ -194,7 +194,10 @@ pub async fn a_commit_matches_the_subscriptions_of_its_moment(store: Arc<dyn Sto
     let (second, wanted) = commit_event(2);
     ensure!(db(store.saga_commit_batch(&[second]).await)? == vec![CommitOutcome::Committed], "the second commit");
     let delivered: Vec<Uuid> = deliveries_of(store.as_ref(), every.id).await?.into_iter().map(|d| d.event_id).collect();
-    ensure!(delivered == vec![wanted.id], "a subscription made after the first commit gets the second's event: {delivered:?}");
+    ensure!(
+        delivered == vec![wanted.id],
+        "a subscription made after the first commit gets the second's event: {delivered:?}"
+    );
     let patch = SubscriptionPatch { events: Some(vec!["order.shipped".into()]), status: None, rate_limit_per_s: None };
     db(store.subscription_patch(every.id, &patch, 3).await)?;
     let (third, _) = commit_event(3);

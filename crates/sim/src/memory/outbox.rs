@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryBacklog, DeliveryClaimParams,
-    DeliveryRecord, DeliveryStatus, DispatchStore, OutboxEvent, StoreResult, SubscriptionRecord, SubscriptionStatus, Subscribers,
+    DeliveryRecord, DeliveryStatus, DispatchStore, OutboxEvent, StoreResult, Subscribers, SubscriptionRecord,
+    SubscriptionStatus,
 };
 use uuid::Uuid;
 

@@ -346,9 +346,9 @@ impl PostgresStore {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
-        let with_events = commits.iter().any(|c| {
-            !c.outbox.is_empty() || c.tenant_change.as_ref().is_some_and(|change| !change.outbox.is_empty())
-        });
+        let with_events = commits
+            .iter()
+            .any(|c| !c.outbox.is_empty() || c.tenant_change.as_ref().is_some_and(|change| !change.outbox.is_empty()));
         // A batch with events is matched against the subscriptions as last read; the statement
         // refuses it whole when they changed since, and it is matched again against a fresh read.
         for _ in 0..3 {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryRecord,
-    DeliveryStatus, Destination, DispatchStore, OutboxEvent, StoreError, StoreResult, SubscriptionFilter,
-    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore, Subscribers,
+    DeliveryStatus, Destination, DispatchStore, OutboxEvent, StoreError, StoreResult, Subscribers, SubscriptionFilter,
+    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore,
 };
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -411,7 +411,7 @@ impl SubscriptionStore for PostgresStore {
 
     async fn events_append(&self, events: &[OutboxEvent]) -> StoreResult<()> {
         let mut tx = self.db.begin().await.map_err(db)?;
-        fan_out(&mut *tx, events).await?;
+        fan_out(&mut tx, events).await?;
         tx.commit().await.map_err(db)
     }
 
@@ -698,7 +698,7 @@ impl DispatchStore for PostgresStore {
         .map_err(db)?;
         let disabled = rows.iter().map(subscription).collect::<StoreResult<Vec<_>>>()?;
         let events: Vec<OutboxEvent> = disabled.iter().map(report).collect();
-        fan_out(&mut *tx, &events).await?;
+        fan_out(&mut tx, &events).await?;
         tx.commit().await.map_err(db)?;
         Ok(disabled)
     }

@@ -52,7 +52,7 @@ impl TenantStore for PostgresStore {
             .ok_or_else(|| StoreError::Conflict("the provisioning saga's idempotency key is taken".into()))?;
         let saga_record = rows::saga(&saga_row)?;
         if let Some(event) = &event {
-            super::delivery::fan_out(&mut *tx, std::slice::from_ref(event)).await?;
+            super::delivery::fan_out(&mut tx, std::slice::from_ref(event)).await?;
         }
         tx.commit().await.map_err(db)?;
         self.announce_work();
@@ -122,7 +122,7 @@ impl TenantStore for PostgresStore {
             None => None,
         };
         if let Some(event) = &transition.event {
-            super::delivery::fan_out(&mut *tx, std::slice::from_ref(event)).await?;
+            super::delivery::fan_out(&mut tx, std::slice::from_ref(event)).await?;
         }
         tx.commit().await.map_err(db)?;
         if saga.is_some() {

@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use saga_store::{
     ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryRecord,
-    DeliveryStatus, Destination, DispatchStore, OutboxEvent, StoreError, StoreResult, SubscriptionFilter,
-    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore, Subscribers,
+    DeliveryStatus, Destination, DispatchStore, OutboxEvent, StoreError, StoreResult, Subscribers, SubscriptionFilter,
+    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};

@@ -1,0 +1,90 @@
+//! One process's running engine, wired in one place: the definition cache (validating against
+//! the built-in step names the process has), the terminal hub, the orchestrator instance (its
+//! executors, transition hook and clock) and the outbox's dispatcher (on the same clock, through
+//! its webhook transport), and the order they stop in.
+//!
+//! Design note. What differs between a server and the simulator is handed in — the stores, the
+//! clock, the executors (real network or a simulated link), the dispatcher's transport and
+//! configuration — and how the parts fit is written once here: `sagaplane`'s `App::build`
+//! (serve, worker, dev, the in-process benchmarks, and so every black-box test of the binary)
+//! and `sim`'s processes both start through [`Process::start`].
+
+use std::sync::Arc;
+
+use delivery::send::WebhookTransport;
+use delivery::{Dispatcher, DispatcherConfig, DispatcherHandle};
+use saga_runtime::{
+    Clock, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, TerminalHub, TransitionHook,
+};
+use saga_store::{DispatchStore, EngineStore};
+
+/// What every process has: the engine's store, its clock, and the built-in step names its
+/// definitions may use.
+pub struct Wiring {
+    pub store: Arc<dyn EngineStore>,
+    pub clock: Arc<dyn Clock>,
+    pub builtin_names: Vec<String>,
+}
+
+/// The orchestrator instance of a process that runs one.
+pub struct Worker {
+    pub config: InstanceConfig,
+    pub executors: Executors,
+    /// What each transition means beyond the saga (the tenant hook), committed with it.
+    pub hook: Option<Arc<dyn TransitionHook>>,
+}
+
+/// The outbox's dispatcher of a process that runs one.
+pub struct Dispatch {
+    pub store: Arc<dyn DispatchStore>,
+    pub config: DispatcherConfig,
+    /// Where webhooks go; None: the network, through `egress`.
+    pub transport: Option<Arc<dyn WebhookTransport>>,
+}
+
+/// A started process.
+pub struct Process {
+    /// The cache the API and the worker share, so each version is validated once.
+    pub definitions: Arc<DefinitionCache>,
+    /// Terminal sagas, for whoever waits on one (long-polls, the benchmarks).
+    pub hub: TerminalHub,
+    pub instance: Option<InstanceHandle>,
+    pub dispatcher: Option<DispatcherHandle>,
+}
+
+impl Process {
+    /// Starts the worker and the dispatcher it is given, over `wiring`.
+    pub fn start(wiring: Wiring, worker: Option<Worker>, dispatch: Option<Dispatch>) -> Process {
+        let Wiring { store, clock, builtin_names } = wiring;
+        let definitions = Arc::new(DefinitionCache::new(store.clone(), builtin_names));
+        let hub = TerminalHub::default();
+        let instance = worker.map(|worker| {
+            let instance =
+                Instance::new(store, clock.clone(), worker.executors, definitions.clone(), worker.config, hub.clone());
+            match worker.hook {
+                Some(hook) => instance.with_hook(hook),
+                None => instance,
+            }
+            .start()
+        });
+        let dispatcher = dispatch.map(|dispatch| {
+            let dispatcher = Dispatcher::new(dispatch.store, dispatch.config).with_clock(clock);
+            match dispatch.transport {
+                Some(transport) => dispatcher.with_transport(transport),
+                None => dispatcher,
+            }
+            .start()
+        });
+        Process { definitions, hub, instance, dispatcher }
+    }
+
+    /// Drains the worker (its sagas handed back), then stops the dispatcher.
+    pub async fn shutdown(self) {
+        if let Some(instance) = self.instance {
+            instance.shutdown().await;
+        }
+        if let Some(dispatcher) = self.dispatcher {
+            dispatcher.shutdown().await;
+        }
+    }
+}
