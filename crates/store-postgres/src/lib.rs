@@ -12,6 +12,7 @@
 //! [`tenant_storage`] provisions tenants' schemas, databases and pooled tables.
 
 pub mod connect;
+mod dialect;
 mod migrate;
 mod rows;
 mod store;

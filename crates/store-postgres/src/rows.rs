@@ -114,18 +114,3 @@ pub fn tenant(row: &PgRow) -> StoreResult<TenantRecord> {
         updated_at_ms: row.try_get("updated_at").map_err(db)?,
     })
 }
-
-/// The columns [`tenant_user`] reads.
-pub const USER_COLUMNS: &str = "id, tenant_id, email, name, role, created_at, updated_at";
-
-pub fn tenant_user(row: &PgRow) -> StoreResult<saga_store::TenantUserRecord> {
-    Ok(saga_store::TenantUserRecord {
-        id: row.try_get("id").map_err(db)?,
-        tenant_id: row.try_get("tenant_id").map_err(db)?,
-        email: row.try_get("email").map_err(db)?,
-        name: row.try_get("name").map_err(db)?,
-        role: row.try_get("role").map_err(db)?,
-        created_at_ms: row.try_get("created_at").map_err(db)?,
-        updated_at_ms: row.try_get("updated_at").map_err(db)?,
-    })
-}

@@ -7,6 +7,7 @@
 //! of creates is one transaction (see `store/creates.rs`), since each commit is an fsync.
 //! [`tenant_storage`] gives each `database`-mode tenant its own SQLite file.
 
+mod dialect;
 mod migrate;
 mod rows;
 mod store;

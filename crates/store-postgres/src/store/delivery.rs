@@ -6,21 +6,19 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use saga_store::{
-    ClaimedDelivery, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryRecord,
-    DeliveryStatus, Destination, DispatchStore, OutboxEvent, StoreError, StoreResult, Subscribers, SubscriptionFilter,
-    SubscriptionPatch, SubscriptionRecord, SubscriptionStatus, SubscriptionStore,
+    ClaimedDelivery, DeliveryAttemptResult, DeliveryClaimParams, DispatchStore, OutboxEvent, StoreError, StoreResult,
+    Subscribers, SubscriptionRecord,
 };
-use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
 
+use store_sql::subscriptions::{delivery, subscription, OwnDeliveryStatements, SUBSCRIPTION_COLUMNS};
+
 use super::PostgresStore;
-use crate::rows::{changed_one, db, json_text};
+use crate::dialect::Pg;
+use crate::rows::{db, json_text};
 
-const SUBSCRIPTION_COLUMNS: &str =
-    "id, url, nats_url, nats_subject, events, tenant_id, managed, status, rate_limit_per_s, \
-     secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at";
-
+/// [`DELIVERY_COLUMNS`](store_sql::subscriptions::DELIVERY_COLUMNS) of a `deliveries d`.
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.subscription_id, d.event_type, d.tenant_id, d.status, d.attempts, \
      d.attempts_before_replay, d.next_attempt_at, d.last_error, d.created_at, d.delivered_at";
 
@@ -179,115 +177,9 @@ pub(super) async fn fan_out(conn: &mut sqlx::PgConnection, events: &[OutboxEvent
     Ok(())
 }
 
-fn subscription(row: &PgRow) -> StoreResult<SubscriptionRecord> {
-    let url: Option<String> = row.try_get("url").map_err(db)?;
-    let nats_url: Option<String> = row.try_get("nats_url").map_err(db)?;
-    let nats_subject: Option<String> = row.try_get("nats_subject").map_err(db)?;
-    let destination = Destination::from_columns(url, nats_url, nats_subject)
-        .ok_or_else(|| StoreError::Corrupt("a subscription without a destination".into()))?;
-    let events: sqlx::types::Json<Vec<String>> = row.try_get("events").map_err(db)?;
-    let status: String = row.try_get("status").map_err(db)?;
-    let rate: Option<i32> = row.try_get("rate_limit_per_s").map_err(db)?;
-    Ok(SubscriptionRecord {
-        id: row.try_get("id").map_err(db)?,
-        destination,
-        events: events.0,
-        tenant_id: row.try_get("tenant_id").map_err(db)?,
-        managed: row.try_get("managed").map_err(db)?,
-        status: SubscriptionStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("subscription status {status:?}")))?,
-        rate_limit_per_s: rate.map(|r| r.max(0) as u32),
-        secret: row.try_get("secret").map_err(db)?,
-        previous_secret: row.try_get("previous_secret").map_err(db)?,
-        previous_secret_until_ms: row.try_get("previous_secret_until").map_err(db)?,
-        created_at_ms: row.try_get("created_at").map_err(db)?,
-        failing_since_ms: row.try_get("failing_since").map_err(db)?,
-        updated_at_ms: row.try_get("updated_at").map_err(db)?,
-    })
-}
-
-fn delivery(row: &PgRow) -> StoreResult<DeliveryRecord> {
-    let status: String = row.try_get("status").map_err(db)?;
-    let attempts: i32 = row.try_get("attempts").map_err(db)?;
-    let before: i32 = row.try_get("attempts_before_replay").map_err(db)?;
-    Ok(DeliveryRecord {
-        id: row.try_get("id").map_err(db)?,
-        event_id: row.try_get("event_id").map_err(db)?,
-        subscription_id: row.try_get("subscription_id").map_err(db)?,
-        event_type: row.try_get("event_type").map_err(db)?,
-        tenant_id: row.try_get("tenant_id").map_err(db)?,
-        status: DeliveryStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,
-        attempts: attempts.max(0) as u32,
-        attempts_before_replay: before.max(0) as u32,
-        next_attempt_at_ms: row.try_get("next_attempt_at").map_err(db)?,
-        last_error: row.try_get("last_error").map_err(db)?,
-        created_at_ms: row.try_get("created_at").map_err(db)?,
-        delivered_at_ms: row.try_get("delivered_at").map_err(db)?,
-    })
-}
-
-/// The subscription's fields a [`SubscriptionStore::subscription_put`] of an existing one replaces.
-const SUBSCRIPTION_REPLACE: &str = " ON CONFLICT (id) DO UPDATE SET url = excluded.url, nats_url = excluded.nats_url, \
-     nats_subject = excluded.nats_subject, events = excluded.events, tenant_id = excluded.tenant_id, \
-     status = excluded.status, managed = excluded.managed, secret = excluded.secret, previous_secret = NULL, previous_secret_until = NULL, \
-     failing_since = NULL, updated_at = excluded.updated_at";
-
-impl PostgresStore {
-    async fn subscription_insert(&self, s: &SubscriptionRecord, on_conflict: &str) -> StoreResult<()> {
-        insert_subscription(&self.db, s, on_conflict).await
-    }
-}
-
-/// When a tenant has made as many subscriptions as it may.
-fn subscriptions_at_limit(tenant_max: u32) -> StoreError {
-    StoreError::Conflict(format!(
-        "the tenant has {tenant_max} subscriptions of its own, the most it may make \
-         (SAGAPLANE_TENANT_SUBSCRIPTIONS_MAX); delete one first"
-    ))
-}
-
-async fn insert_subscription<'e, E: sqlx::Executor<'e, Database = sqlx::Postgres>>(
-    executor: E,
-    s: &SubscriptionRecord,
-    on_conflict: &str,
-) -> StoreResult<()> {
-    {
-        let (url, nats_url, nats_subject) = s.destination.columns();
-        sqlx::query(&format!(
-            "INSERT INTO subscriptions (id, url, nats_url, nats_subject, events, tenant_id, status, rate_limit_per_s, \
-               secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at, managed) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $14, $12, $13, $15){on_conflict}"
-        ))
-        .bind(s.id)
-        .bind(url)
-        .bind(nats_url)
-        .bind(nats_subject)
-        .bind(json_text(&s.events)?)
-        .bind(&s.tenant_id)
-        .bind(s.status.as_str())
-        .bind(s.rate_limit_per_s.map(|r| r as i32))
-        .bind(&s.secret)
-        .bind(&s.previous_secret)
-        .bind(s.previous_secret_until_ms)
-        .bind(s.created_at_ms)
-        .bind(s.updated_at_ms)
-        .bind(s.failing_since_ms)
-        .bind(s.managed)
-        .execute(executor)
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-}
-
 #[async_trait]
-impl SubscriptionStore for PostgresStore {
-    async fn subscription_create(&self, s: &SubscriptionRecord) -> StoreResult<()> {
-        self.subscription_insert(s, "").await
-    }
-
-    async fn subscriptions_existing(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+impl OwnDeliveryStatements for PostgresStore {
+    async fn existing_subscriptions(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
         sqlx::query_scalar("SELECT id FROM subscriptions WHERE id = ANY($1)")
             .bind(ids)
             .fetch_all(&self.db)
@@ -295,198 +187,13 @@ impl SubscriptionStore for PostgresStore {
             .map_err(db)
     }
 
-    async fn subscription_create_capped(&self, s: &SubscriptionRecord, tenant_max: u32) -> StoreResult<()> {
-        let Some(tenant) = s.tenant_id.as_deref().filter(|_| !s.managed) else {
-            return self.subscription_insert(s, "").await;
-        };
-        let mut tx = self.db.begin().await.map_err(db)?;
-        // The tenant's row serialises concurrent creators, so the count below cannot go stale.
-        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-        let own: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE tenant_id = $1 AND NOT managed")
-            .bind(tenant)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
-        if own >= i64::from(tenant_max) {
-            return Err(subscriptions_at_limit(tenant_max));
-        }
-        insert_subscription(&mut *tx, s, "").await?;
-        tx.commit().await.map_err(db)
-    }
-
-    async fn subscription_put(&self, s: &SubscriptionRecord) -> StoreResult<()> {
-        self.subscription_insert(s, SUBSCRIPTION_REPLACE).await
-    }
-
-    async fn subscription_get(&self, id: Uuid) -> StoreResult<SubscriptionRecord> {
-        let row = sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(db)?;
-        row.as_ref().map(subscription).unwrap_or(Err(StoreError::NotFound))
-    }
-
-    async fn subscription_list(&self, filter: &SubscriptionFilter) -> StoreResult<Vec<SubscriptionRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions \
-             WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
-        ))
-        .bind(&filter.tenant_id)
-        .bind(filter.before_id)
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.db)
-        .await
-        .map_err(db)?;
-        rows.iter().map(subscription).collect()
-    }
-
-    async fn subscription_patch(
-        &self,
-        id: Uuid,
-        patch: &SubscriptionPatch,
-        now_ms: i64,
-    ) -> StoreResult<SubscriptionRecord> {
-        let events = patch.events.as_ref().map(json_text).transpose()?;
-        let row = sqlx::query(&format!(
-            "UPDATE subscriptions SET events = COALESCE($2::jsonb, events), status = COALESCE($3, status), \
-               failing_since = CASE WHEN $3 = 'active' THEN NULL ELSE failing_since END, \
-               rate_limit_per_s = CASE WHEN $4 THEN $5 ELSE rate_limit_per_s END, updated_at = $6 \
-             WHERE id = $1 RETURNING {SUBSCRIPTION_COLUMNS}"
-        ))
-        .bind(id)
-        .bind(events)
-        .bind(patch.status.map(SubscriptionStatus::as_str))
-        .bind(patch.rate_limit_per_s.is_some())
-        .bind(patch.rate_limit_per_s.flatten().map(|r| r as i32))
-        .bind(now_ms)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(db)?;
-        row.as_ref().map(subscription).unwrap_or(Err(StoreError::NotFound))
-    }
-
-    async fn subscription_rotate_secret(
-        &self,
-        id: Uuid,
-        secret: &str,
-        previous_until_ms: i64,
-        now_ms: i64,
-    ) -> StoreResult<SubscriptionRecord> {
-        let row = sqlx::query(&format!(
-            "UPDATE subscriptions SET previous_secret = secret, previous_secret_until = $3, secret = $2, updated_at = $4 \
-             WHERE id = $1 RETURNING {SUBSCRIPTION_COLUMNS}"
-        ))
-        .bind(id)
-        .bind(secret)
-        .bind(previous_until_ms)
-        .bind(now_ms)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(db)?;
-        row.as_ref().map(subscription).unwrap_or(Err(StoreError::NotFound))
-    }
-
-    async fn subscription_delete(&self, id: Uuid, now_ms: i64) -> StoreResult<()> {
-        let mut tx = self.db.begin().await.map_err(db)?;
-        let deleted =
-            sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
-        changed_one(deleted.rows_affected())?;
-        sqlx::query(
-            "UPDATE deliveries SET status = 'dead', last_error = 'the subscription was deleted', lease_owner = NULL, \
-               next_attempt_at = $2 WHERE subscription_id = $1 AND status = 'pending'",
-        )
-        .bind(id)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
-    }
-
-    async fn events_append(&self, events: &[OutboxEvent]) -> StoreResult<()> {
+    async fn append_events(&self, events: &[OutboxEvent]) -> StoreResult<()> {
         let mut tx = self.db.begin().await.map_err(db)?;
         fan_out(&mut tx, events).await?;
         tx.commit().await.map_err(db)
     }
 
-    async fn delivery_get(&self, id: Uuid) -> StoreResult<(DeliveryRecord, Vec<DeliveryAttemptRecord>)> {
-        let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = $1"))
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(db)?;
-        let record = row.as_ref().map(delivery).unwrap_or(Err(StoreError::NotFound))?;
-        let attempts = sqlx::query(
-            "SELECT n, at, status_code, error, duration_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY n",
-        )
-        .bind(id)
-        .fetch_all(&self.db)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(|row| {
-            let n: i32 = row.try_get("n").map_err(db)?;
-            let code: Option<i32> = row.try_get("status_code").map_err(db)?;
-            Ok(DeliveryAttemptRecord {
-                n: n.max(0) as u32,
-                at_ms: row.try_get("at").map_err(db)?,
-                status_code: code.and_then(|c| u16::try_from(c).ok()),
-                error: row.try_get("error").map_err(db)?,
-                duration_ms: row.try_get("duration_ms").map_err(db)?,
-            })
-        })
-        .collect::<StoreResult<_>>()?;
-        Ok((record, attempts))
-    }
-
-    async fn delivery_list(&self, filter: &DeliveryFilter) -> StoreResult<Vec<DeliveryRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
-             WHERE ($1::text IS NULL OR d.status = $1) AND ($2::uuid IS NULL OR d.subscription_id = $2) \
-               AND ($3::text IS NULL OR d.subscription_id IN (SELECT s.id FROM subscriptions s WHERE s.tenant_id = $3)) \
-               AND ($4::uuid IS NULL OR d.id < $4) \
-             ORDER BY d.id DESC LIMIT $5"
-        ))
-        .bind(filter.status.map(DeliveryStatus::as_str))
-        .bind(filter.subscription_id)
-        .bind(&filter.subscription_tenant_id)
-        .bind(filter.before_id)
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.db)
-        .await
-        .map_err(db)?;
-        rows.iter().map(delivery).collect()
-    }
-
-    async fn delivery_replay(&self, id: Uuid, now_ms: i64) -> StoreResult<DeliveryRecord> {
-        let row = sqlx::query(&format!(
-            "UPDATE deliveries d SET status = 'pending', next_attempt_at = $2, attempts_before_replay = d.attempts, \
-               lease_owner = NULL WHERE d.id = $1 AND d.status = 'dead' RETURNING {DELIVERY_COLUMNS}"
-        ))
-        .bind(id)
-        .bind(now_ms)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(db)?;
-        match row {
-            Some(row) => delivery(&row),
-            None => {
-                let (existing, _) = self.delivery_get(id).await?;
-                Err(StoreError::Conflict(format!(
-                    "delivery is {}, only a dead one is replayed",
-                    existing.status.as_str()
-                )))
-            }
-        }
-    }
-
-    async fn deliveries_recover(
+    async fn recover_deliveries(
         &self,
         subscription_id: Uuid,
         since_ms: i64,
@@ -520,6 +227,8 @@ impl SubscriptionStore for PostgresStore {
     }
 }
 
+store_sql::subscription_store!(PostgresStore);
+
 #[async_trait]
 impl DispatchStore for PostgresStore {
     async fn delivery_claim_due(&self, params: &DeliveryClaimParams) -> StoreResult<Vec<ClaimedDelivery>> {
@@ -546,7 +255,7 @@ impl DispatchStore for PostgresStore {
         }
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
-            claimed.push((delivery(row)?, row.try_get::<i64, _>("fencing_token").map_err(db)?));
+            claimed.push((delivery::<Pg>(row)?, row.try_get::<i64, _>("fencing_token").map_err(db)?));
         }
         // RETURNING keeps no order: newest event first, as claimed.
         claimed.sort_by_key(|(d, _)| std::cmp::Reverse((d.created_at_ms, d.id)));
@@ -574,7 +283,7 @@ impl DispatchStore for PostgresStore {
                 .await
                 .map_err(db)?
                 .iter()
-                .map(|row| subscription(row).map(|s| (s.id, s)))
+                .map(|row| subscription::<Pg>(row).map(|s| (s.id, s)))
                 .collect::<StoreResult<_>>()?;
         Ok(claimed
             .into_iter()
@@ -696,7 +405,7 @@ impl DispatchStore for PostgresStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let disabled = rows.iter().map(subscription).collect::<StoreResult<Vec<_>>>()?;
+        let disabled = rows.iter().map(subscription::<Pg>).collect::<StoreResult<Vec<_>>>()?;
         let events: Vec<OutboxEvent> = disabled.iter().map(report).collect();
         fan_out(&mut tx, &events).await?;
         tx.commit().await.map_err(db)?;
