@@ -488,60 +488,15 @@ fn rfc3339(ms: i64) -> String {
 /// Sends one delivery and records what came of it.
 async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
     let started_ms = inner.clock.now_ms();
-    let expires_at_ms = claimed.event_expires_at_ms;
-    let expired = expires_at_ms.is_some_and(|at| at <= started_ms);
-    let attempted = match &claimed.subscription.destination {
+    let expired = claimed.event_expires_at_ms.is_some_and(|at| at <= started_ms);
+    let attempted = match expired {
         // An expired event is not sent (its moment has passed, e.g. a tracking session ended):
         // the delivery is dead, and the destination is not blamed for it.
-        _ if expired => Attempted {
-            delivered: false,
-            definite: true,
-            status_code: None,
-            error: Some(format!("the event expired at {}; not sent", rfc3339(expires_at_ms.unwrap_or_default()))),
-            retry_after_ms: None,
-            duration_ms: 0,
-        },
-        Destination::Url(url) => match inner.egress.of(&claimed.subscription).0.denied_url(url) {
-            Some(error) => Attempted {
-                delivered: false,
-                definite: true,
-                status_code: None,
-                error: Some(error),
-                retry_after_ms: None,
-                duration_ms: 0,
-            },
-            None => {
-                let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
-                match &inner.egress.transport {
-                    Some(transport) => {
-                        send::through(transport.as_ref(), &claimed, url, inner.clock.as_ref(), timeout).await
-                    }
-                    None => {
-                        let client = &inner.egress.of(&claimed.subscription).1;
-                        send::webhook(client, &claimed, url, started_ms, timeout).await
-                    }
-                }
-            }
-        },
-        Destination::Nats { url, subject } => {
-            let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
-            let destination = (url.as_str(), subject.as_str());
-            let tenant = claimed.subscription.supplied_by_tenant();
-            match crate::nats::subject_refusal(subject, tenant, &inner.config.nats_tenant_prefix) {
-                Some(refusal) => Attempted {
-                    delivered: false,
-                    definite: true,
-                    status_code: None,
-                    error: Some(refusal),
-                    retry_after_ms: None,
-                    duration_ms: 0,
-                },
-                None => {
-                    let policy = &inner.egress.of(&claimed.subscription).0;
-                    crate::nats::publish(&inner.nats, policy, &claimed, destination, started_ms, timeout).await
-                }
-            }
-        }
+        true => not_sent(format!(
+            "the event expired at {}; not sent",
+            rfc3339(claimed.event_expires_at_ms.unwrap_or_default())
+        )),
+        false => send_to_destination(inner, &claimed, started_ms).await,
     };
     if expired || attempted.definite {
         if let Ok(mut breakers) = inner.breakers.lock() {
@@ -552,6 +507,65 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
     }
     // The destination's slot frees as soon as it has answered; recording waits for its batch.
     release_slot(inner, claimed.subscription.id);
+    let result = attempt_result(inner, &claimed, &attempted, started_ms);
+    let outcome = match result.status {
+        DeliveryStatus::Succeeded => "delivered",
+        DeliveryStatus::Pending => "retried",
+        DeliveryStatus::Dead => "dead",
+    };
+    crate::metrics::attempt(&claimed.subscription.id.to_string(), outcome, attempted.duration_ms);
+    record(inner, &claimed, result, attempted.error.as_deref()).await;
+}
+
+/// A delivery refused before anything was sent (a denied address, a subject outside the
+/// tenant's prefix, an expired event): definite, retrying cannot help.
+fn not_sent(error: String) -> Attempted {
+    Attempted {
+        delivered: false,
+        definite: true,
+        status_code: None,
+        error: Some(error),
+        retry_after_ms: None,
+        duration_ms: 0,
+    }
+}
+
+/// Sends the delivery to its subscription's destination, as the address policy of whose
+/// destination it is allows: a signed webhook (through the transport when one is set) or a NATS
+/// publish.
+async fn send_to_destination(inner: &Inner, claimed: &ClaimedDelivery, started_ms: i64) -> Attempted {
+    let timeout = Duration::from_millis(inner.config.attempt_timeout_ms);
+    let (policy, client) = inner.egress.of(&claimed.subscription);
+    match &claimed.subscription.destination {
+        Destination::Url(url) => match (policy.denied_url(url), &inner.egress.transport) {
+            (Some(error), _) => not_sent(error),
+            (None, Some(transport)) => {
+                send::through(transport.as_ref(), claimed, url, inner.clock.as_ref(), timeout).await
+            }
+            (None, None) => send::webhook(client, claimed, url, started_ms, timeout).await,
+        },
+        Destination::Nats { url, subject } => {
+            let tenant = claimed.subscription.supplied_by_tenant();
+            match crate::nats::subject_refusal(subject, tenant, &inner.config.nats_tenant_prefix) {
+                Some(refusal) => not_sent(refusal),
+                None => {
+                    let destination = (url.as_str(), subject.as_str());
+                    crate::nats::publish(&inner.nats, policy, claimed, destination, started_ms, timeout).await
+                }
+            }
+        }
+    }
+}
+
+/// What the attempt leaves the delivery as: succeeded, dead (a definite failure, or a retry that
+/// would come after the event expires) or pending at the retry schedule's next time.
+fn attempt_result(
+    inner: &Inner,
+    claimed: &ClaimedDelivery,
+    attempted: &Attempted,
+    started_ms: i64,
+) -> DeliveryAttemptResult {
+    let expires_at_ms = claimed.event_expires_at_ms;
     let round_attempt = claimed.delivery.attempts.saturating_sub(claimed.delivery.attempts_before_replay) + 1;
     let finished_ms = inner.clock.now_ms();
     let mut error = attempted.error.clone();
@@ -571,7 +585,7 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             scheduled => scheduled,
         }
     };
-    let result = DeliveryAttemptResult {
+    DeliveryAttemptResult {
         id: claimed.delivery.id,
         fencing_token: claimed.fencing_token,
         status,
@@ -580,21 +594,20 @@ async fn attempt(inner: &Inner, claimed: ClaimedDelivery) {
             n: round_attempt,
             at_ms: started_ms,
             status_code: attempted.status_code,
-            error: error.clone(),
+            error,
             duration_ms: attempted.duration_ms,
         },
-    };
-    let outcome = match status {
-        DeliveryStatus::Succeeded => "delivered",
-        DeliveryStatus::Pending => "retried",
-        DeliveryStatus::Dead => "dead",
-    };
-    crate::metrics::attempt(&claimed.subscription.id.to_string(), outcome, attempted.duration_ms);
+    }
+}
+
+/// Records the attempt, fenced on the claim, in the next batch of records.
+async fn record(inner: &Inner, claimed: &ClaimedDelivery, result: DeliveryAttemptResult, error: Option<&str>) {
+    let dead = result.status == DeliveryStatus::Dead;
     match inner.records.submit(result).await.map(|(recorded, _)| recorded) {
         Ok(true) => {
-            if status == DeliveryStatus::Dead {
+            if dead {
                 tracing::warn!(delivery_id = %claimed.delivery.id, subscription_id = %claimed.subscription.id,
-                    error = attempted.error.as_deref().unwrap_or(""), "delivery is dead after its last attempt");
+                    error = error.unwrap_or(""), "delivery is dead after its last attempt");
             }
         }
         Ok(false) => {

@@ -226,83 +226,138 @@ async fn run(
     shutdown: StopSignal,
 ) {
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), shutdown.clone()));
-    let mut drivers = JoinSet::new();
     let work = shared.store.work_signal();
-    let mut failures = 0u32;
-    // Whether the last claim filled every free permit (so a finished driver may find backlog).
-    let mut saturated = false;
-    let mut claim_now = true;
-    // When the last claim ran: the poll interval counts from it, so that sagas handed over at
-    // creation (which wake the loop without a claim) never put the next poll off. Before, a
-    // steady stream of new sagas kept a released or retried saga waiting for as long as the
-    // stream lasted (seen through a failover: 18 s for a lease handed back on reconnect).
-    let mut last_claim_ms = shared.clock.now_ms();
+    let mut claims = ClaimLoop::new(shared.clone(), permits);
     tracing::info!(worker = %shared.config.worker_id, concurrency = shared.config.concurrency, "instance started");
-    loop {
-        if shutdown.is_asked() {
-            break;
-        }
-        while drivers.try_join_next().is_some() {}
+    while !shutdown.is_asked() {
+        while claims.drivers.try_join_next().is_some() {}
         release_abandoned(&shared).await;
-        let available = permits.available_permits().min(CLAIM_BATCH_MAX as usize);
-        if claim_now && available == 0 {
+        if claims.claim().await {
+            continue;
+        }
+        claims.wait(&work, &mut handed, &shutdown).await;
+    }
+    drain(claims, handed).await;
+    let _ = heartbeat.await;
+    // The committer ends once every handle to it (in `Shared`) is gone.
+    drop(shared);
+    if let Err(e) = committer_task.await {
+        tracing::warn!(error = %e, "committer ended abnormally");
+    }
+    tracing::info!("instance stopped");
+}
+
+/// The claim loop between its rounds: the drivers it started and what decides the next claim.
+struct ClaimLoop {
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    drivers: JoinSet<()>,
+    /// Claims that failed in a row (backing off while there are).
+    failures: u32,
+    /// Whether the last claim filled every free permit (so a finished driver may find backlog).
+    saturated: bool,
+    claim_now: bool,
+    /// When the last claim ran: the poll interval counts from it, so that sagas handed over at
+    /// creation (which wake the loop without a claim) never put the next poll off. Before, a
+    /// steady stream of new sagas kept a released or retried saga waiting for as long as the
+    /// stream lasted (seen through a failover: 18 s for a lease handed back on reconnect).
+    last_claim_ms: i64,
+}
+
+impl ClaimLoop {
+    fn new(shared: Arc<Shared>, permits: Arc<Semaphore>) -> Self {
+        let last_claim_ms = shared.clock.now_ms();
+        ClaimLoop {
+            shared,
+            permits,
+            drivers: JoinSet::new(),
+            failures: 0,
+            saturated: false,
+            claim_now: true,
+            last_claim_ms,
+        }
+    }
+
+    /// Claims due sagas when a claim is due and slots are free, and starts a driver for each.
+    /// True when the claim filled every slot and one is free again: claim again at once.
+    async fn claim(&mut self) -> bool {
+        let available = self.permits.available_permits().min(CLAIM_BATCH_MAX as usize);
+        if self.claim_now && available == 0 {
             // Work may be waiting and every slot is busy: claim as soon as a driver finishes
             // (without this, a notification that arrived now was spent, and the work waited
             // for the next poll). This counts as the poll: the next one is a poll interval
             // away, not due at once in a loop.
-            saturated = true;
-            last_claim_ms = shared.clock.now_ms();
+            self.saturated = true;
+            self.last_claim_ms = self.shared.clock.now_ms();
         }
-        if claim_now && available > 0 {
-            let params = ClaimParams {
-                worker_id: shared.config.worker_id.clone(),
-                limit: available as u32,
-                now_ms: shared.clock.now_ms(),
-                lease_ttl_ms: shared.config.lease_ttl_ms,
-            };
-            last_claim_ms = params.now_ms;
-            // Metrics only: how long the claim statement took, on the monotonic clock.
-            let claim_started = std::time::Instant::now();
-            let result = shared.store.saga_claim_due(&params).await;
-            metrics::histogram!(SAGA_CLAIM_DURATION_SECONDS).record(claim_started.elapsed().as_secs_f64());
-            match result {
-                Ok(claimed) => {
-                    failures = 0;
-                    saturated = claimed.len() == available;
-                    metrics::counter!(SAGA_CLAIMED_TOTAL).increment(claimed.len() as u64);
-                    let mut no_slot = Vec::new();
-                    for claim in claimed {
-                        // The API's reservations draw on the same slots while the claim runs
-                        // (the claim does not hold them, so new sagas keep starting at once).
-                        match permits.clone().try_acquire_owned() {
-                            Ok(permit) => spawn_driver(&shared, permit, &mut drivers, claim),
-                            Err(_) => no_slot
-                                .push(LeaseRef { id: claim.record.id, fencing_token: claim.record.fencing_token }),
-                        }
-                    }
-                    if !no_slot.is_empty() {
-                        // Claimed, but a reservation took its slot meanwhile: hand the lease
-                        // straight back (due now) rather than leave the saga to wait for its
-                        // lease to expire, and claim again when a slot frees.
-                        saturated = true;
-                        let now = shared.clock.now_ms();
-                        if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &no_slot, now).await {
-                            keep_for_later(&shared, &shared.unsettled, no_slot, &e);
-                        }
-                    }
-                    if saturated && permits.available_permits() > 0 {
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "claim failed; backing off");
-                }
+        if !self.claim_now || available == 0 {
+            return false;
+        }
+        let shared = &self.shared;
+        let params = ClaimParams {
+            worker_id: shared.config.worker_id.clone(),
+            limit: available as u32,
+            now_ms: shared.clock.now_ms(),
+            lease_ttl_ms: shared.config.lease_ttl_ms,
+        };
+        self.last_claim_ms = params.now_ms;
+        // Metrics only: how long the claim statement took, on the monotonic clock.
+        let claim_started = std::time::Instant::now();
+        let result = shared.store.saga_claim_due(&params).await;
+        metrics::histogram!(SAGA_CLAIM_DURATION_SECONDS).record(claim_started.elapsed().as_secs_f64());
+        match result {
+            Ok(claimed) => {
+                self.failures = 0;
+                self.saturated = claimed.len() == available;
+                metrics::counter!(SAGA_CLAIMED_TOTAL).increment(claimed.len() as u64);
+                self.start_drivers(claimed).await;
+                self.saturated && self.permits.available_permits() > 0
+            }
+            Err(e) => {
+                self.failures += 1;
+                tracing::warn!(error = %e, failures = self.failures, "claim failed; backing off");
+                false
             }
         }
-        claim_now = true;
+    }
+
+    /// A driver for each claimed saga that still finds a slot.
+    async fn start_drivers(&mut self, claimed: Vec<Claimed>) {
+        let shared = &self.shared;
+        let mut no_slot = Vec::new();
+        for claim in claimed {
+            // The API's reservations draw on the same slots while the claim runs
+            // (the claim does not hold them, so new sagas keep starting at once).
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => spawn_driver(shared, permit, &mut self.drivers, claim),
+                Err(_) => no_slot.push(LeaseRef { id: claim.record.id, fencing_token: claim.record.fencing_token }),
+            }
+        }
+        if !no_slot.is_empty() {
+            // Claimed, but a reservation took its slot meanwhile: hand the lease
+            // straight back (due now) rather than leave the saga to wait for its
+            // lease to expire, and claim again when a slot frees.
+            self.saturated = true;
+            let now = shared.clock.now_ms();
+            if let Err(e) = shared.store.lease_release(&shared.config.worker_id, &no_slot, now).await {
+                keep_for_later(shared, &shared.unsettled, no_slot, &e);
+            }
+        }
+    }
+
+    /// Waits for a reason to claim: work announced, a driver finished or a timer added, a saga
+    /// handed over at creation (driven at once), the poll interval or a back-off, or shutdown.
+    async fn wait(
+        &mut self,
+        work: &tokio::sync::Notify,
+        handed: &mut mpsc::UnboundedReceiver<(Claimed, OwnedSemaphorePermit)>,
+        shutdown: &StopSignal,
+    ) {
+        self.claim_now = true;
+        let failures = self.failures;
         let backoff_ms = if failures > 0 { (100u64 << failures.min(6)).min(5_000) } else { 0 };
-        let sleep_ms = next_sleep_ms(&shared, backoff_ms, last_claim_ms);
+        let sleep_ms = next_sleep_ms(&self.shared, backoff_ms, self.last_claim_ms);
+        let shared = &self.shared;
         // `biased`: branches are polled in this order, not at random, so a run replays exactly.
         tokio::select! {
             biased;
@@ -310,17 +365,23 @@ async fn run(
             _ = shared.wake.notified(), if failures == 0 => {
                 // A driver finished or a retry timer was added: a claim is only worth it when
                 // the last one was cut short by the permit limit, or a timer is due.
-                claim_now = saturated || timer_due(&shared) || poll_due(&shared, last_claim_ms);
+                self.claim_now = self.saturated || timer_due(shared) || poll_due(shared, self.last_claim_ms);
             }
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
             Some((claim, permit)) = handed.recv() => {
                 // A saga created already leased to us: drive it, no claim needed.
-                spawn_driver(&shared, permit, &mut drivers, claim);
-                claim_now = poll_due(&shared, last_claim_ms);
+                spawn_driver(shared, permit, &mut self.drivers, claim);
+                self.claim_now = poll_due(shared, self.last_claim_ms);
             }
             _ = shutdown.asked() => {}
         }
     }
+}
+
+/// At shutdown: new sagas handed over meanwhile go back, the drivers get the grace to finish
+/// (then are stopped), and every lease still held is handed back.
+async fn drain(claims: ClaimLoop, mut handed: mpsc::UnboundedReceiver<(Claimed, OwnedSemaphorePermit)>) {
+    let ClaimLoop { shared, mut drivers, .. } = claims;
     shared.shutting_down.store(true, Ordering::SeqCst);
     // Sagas handed over while we stopped: give their leases back for another instance.
     handed.close();
@@ -344,12 +405,6 @@ async fn run(
     // Leases of stopped drivers first: the heartbeat ends once no lease is held.
     release_abandoned(&shared).await;
     release_all(&shared).await;
-    let _ = heartbeat.await;
-    drop(shared);
-    if let Err(e) = committer_task.await {
-        tracing::warn!(error = %e, "committer ended abnormally");
-    }
-    tracing::info!("instance stopped");
 }
 
 fn timer_due(shared: &Shared) -> bool {
