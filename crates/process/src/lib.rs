@@ -1,7 +1,8 @@
 //! One process's running engine, wired in one place: the definition cache (validating against
 //! the built-in step names the process has), the terminal hub, the orchestrator instance (its
 //! executors, transition hook and clock) and the outbox's dispatcher (on the same clock, through
-//! its webhook transport), and the order they stop in.
+//! its webhook transport), the cleaner that deletes finished sagas past their retention, and the
+//! order they stop in.
 //!
 //! Design note. What differs between a server and the simulator is handed in — the stores, the
 //! clock, the executors (real network or a simulated link), the dispatcher's transport and
@@ -14,9 +15,10 @@ use std::sync::Arc;
 use delivery::send::WebhookTransport;
 use delivery::{Dispatcher, DispatcherConfig, DispatcherHandle};
 use saga_runtime::{
-    Clock, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, TerminalHub, TransitionHook,
+    Clock, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, RetentionConfig, RetentionHandle,
+    TerminalHub, TransitionHook,
 };
-use saga_store::{DispatchStore, EngineStore};
+use saga_store::{DispatchStore, EngineStore, RetentionStore};
 
 /// What every process has: the engine's store, its clock, and the built-in step names its
 /// definitions may use.
@@ -42,6 +44,21 @@ pub struct Dispatch {
     pub transport: Option<Arc<dyn WebhookTransport>>,
 }
 
+/// The cleaner of a process that runs one (every process with a worker: a lease keeps the
+/// deleting to one instance at a time).
+pub struct Retention {
+    pub store: Arc<dyn RetentionStore>,
+    pub config: RetentionConfig,
+}
+
+/// What a process runs besides its definitions and hub.
+#[derive(Default)]
+pub struct Jobs {
+    pub worker: Option<Worker>,
+    pub dispatch: Option<Dispatch>,
+    pub retention: Option<Retention>,
+}
+
 /// A started process.
 pub struct Process {
     /// The cache the API and the worker share, so each version is validated once.
@@ -50,11 +67,13 @@ pub struct Process {
     pub hub: TerminalHub,
     pub instance: Option<InstanceHandle>,
     pub dispatcher: Option<DispatcherHandle>,
+    pub retention: Option<RetentionHandle>,
 }
 
 impl Process {
-    /// Starts the worker and the dispatcher it is given, over `wiring`.
-    pub fn start(wiring: Wiring, worker: Option<Worker>, dispatch: Option<Dispatch>) -> Process {
+    /// Starts the jobs it is given, over `wiring`.
+    pub fn start(wiring: Wiring, jobs: Jobs) -> Process {
+        let Jobs { worker, dispatch, retention } = jobs;
         let Wiring { store, clock, builtin_names } = wiring;
         let definitions = Arc::new(DefinitionCache::new(store.clone(), builtin_names));
         let hub = TerminalHub::default();
@@ -68,23 +87,27 @@ impl Process {
             .start()
         });
         let dispatcher = dispatch.map(|dispatch| {
-            let dispatcher = Dispatcher::new(dispatch.store, dispatch.config).with_clock(clock);
+            let dispatcher = Dispatcher::new(dispatch.store, dispatch.config).with_clock(clock.clone());
             match dispatch.transport {
                 Some(transport) => dispatcher.with_transport(transport),
                 None => dispatcher,
             }
             .start()
         });
-        Process { definitions, hub, instance, dispatcher }
+        let retention = retention.map(|r| saga_runtime::retention::start(r.store, clock, r.config));
+        Process { definitions, hub, instance, dispatcher, retention }
     }
 
-    /// Drains the worker (its sagas handed back), then stops the dispatcher.
+    /// Drains the worker (its sagas handed back), then stops the dispatcher and the cleaner.
     pub async fn shutdown(self) {
         if let Some(instance) = self.instance {
             instance.shutdown().await;
         }
         if let Some(dispatcher) = self.dispatcher {
             dispatcher.shutdown().await;
+        }
+        if let Some(retention) = self.retention {
+            retention.shutdown().await;
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod intake;
 pub mod metrics_names;
 pub mod operator;
 mod outbox;
+pub mod retention;
 mod shared;
 pub mod trace;
 
@@ -39,6 +40,7 @@ pub use hub::{TerminalHub, TerminalWatch};
 pub use instance::{Instance, InstanceConfig, InstanceHandle};
 pub use intake::Intake;
 pub use operator::{Operator, OperatorError};
+pub use retention::{RetentionConfig, RetentionHandle};
 
 /// Names of the built-in steps that always exist.
 pub const CORE_BUILTINS: &[&str] = &["core.echo", "core.fail", "core.sleep"];

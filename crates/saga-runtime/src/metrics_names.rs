@@ -19,6 +19,10 @@ pub const SAGA_OLDEST_DUE_AGE_SECONDS: &str = "saga_oldest_due_age_seconds";
 /// a transaction pooler without `SAGAPLANE_LISTEN_URL`); 0 while notifications arrive.
 pub const SAGA_DB_WAKEUPS_POLLING: &str = "saga_db_wakeups_polling";
 pub const SAGA_DB_POOL_CONNECTIONS: &str = "saga_db_pool_connections";
+/// `{kind=saga|history|signal|callback}`: rows the cleaner deleted (`SAGAPLANE_RETENTION`).
+pub const SAGA_RETENTION_DELETED_TOTAL: &str = "saga_retention_deleted_total";
+/// How long the longest-finished saga still kept has been finished.
+pub const SAGA_RETENTION_OLDEST_FINISHED_SECONDS: &str = "saga_retention_oldest_finished_seconds";
 
 /// Registers descriptions so `/metrics` shows HELP lines.
 pub fn describe() {
@@ -36,6 +40,11 @@ pub fn describe() {
     metrics::describe_gauge!(SAGA_QUEUE_DEPTH, "Sagas due now, waiting for a worker (all instances)");
     metrics::describe_gauge!(SAGA_OLDEST_DUE_AGE_SECONDS, "How long the oldest due saga has been due (0: none)");
     metrics::describe_gauge!(SAGA_DB_POOL_CONNECTIONS, "The store's pooled connections in this process, by state");
+    metrics::describe_counter!(SAGA_RETENTION_DELETED_TOTAL, "Rows deleted past their retention, by kind");
+    metrics::describe_gauge!(
+        SAGA_RETENTION_OLDEST_FINISHED_SECONDS,
+        "How long the longest-finished saga still kept has been finished (the instance that cleans)"
+    );
     metrics::describe_gauge!(
         SAGA_DB_WAKEUPS_POLLING,
         "1 while this instance polls for work because LISTEN cannot hear"

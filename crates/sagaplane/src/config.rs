@@ -82,6 +82,9 @@ pub struct Config {
     /// A subscription failing for this long without a success is disabled
     /// (`SAGAPLANE_DELIVERY_DISABLE_AFTER`).
     pub delivery_disable_after_ms: u64,
+    /// How long a finished saga is kept before it is deleted with its history
+    /// (`SAGAPLANE_RETENTION`).
+    pub retention_ms: u64,
     /// Where tenants onboarded through the CRM webhook report their outcome
     /// (`SAGAPLANE_CRM_CALLBACK_URL`), signed with `crm_callback_secret`.
     pub crm_callback_url: Option<String>,
@@ -141,6 +144,7 @@ struct FileConfig {
     delivery_retry_schedule: Option<String>,
     delivery_timeout: Option<String>,
     delivery_disable_after: Option<String>,
+    retention: Option<String>,
     crm_callback_url: Option<String>,
     crm_callback_secret: Option<String>,
     log_format: Option<String>,
@@ -174,6 +178,7 @@ pub const WORKER_CONCURRENCY_MAX: u32 = 10_000;
 pub const DELIVERY_RETRY_SCHEDULE_DEFAULT: &str = "1m,2m,4m,8m,16m,32m,64m,128m";
 pub const DELIVERY_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 pub const DELIVERY_DISABLE_AFTER_DEFAULT_MS: u64 = 5 * 24 * 3_600_000;
+pub const RETENTION_DEFAULT_MS: u64 = 30 * 24 * 3_600_000;
 
 /// A connection URL fit to print or log: the password (if any) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
@@ -320,6 +325,8 @@ impl Config {
             DELIVERY_DISABLE_AFTER_DEFAULT_MS,
             (1_000, u64::MAX),
         )?;
+        let retention = get("SAGAPLANE_RETENTION").or(file.retention);
+        let retention_ms = duration_setting("SAGAPLANE_RETENTION", retention, RETENTION_DEFAULT_MS, (1_000, u64::MAX))?;
         let crm_callback_url = get("SAGAPLANE_CRM_CALLBACK_URL").or(file.crm_callback_url);
         let crm_callback_secret = get("SAGAPLANE_CRM_CALLBACK_SECRET").or(file.crm_callback_secret);
         if let Some(url) = &crm_callback_url {
@@ -406,6 +413,7 @@ impl Config {
             delivery_retry_schedule_ms: parse_schedule(&schedule)?,
             delivery_timeout_ms,
             delivery_disable_after_ms,
+            retention_ms,
             crm_callback_url,
             crm_callback_secret: crm_callback_secret.map(Secret::new),
             vars,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use process::{Dispatch, Process, Wiring, Worker};
+use process::{Dispatch, Jobs, Process, Retention, Wiring, Worker};
 use saga_runtime::{BreakerConfig, BuiltinRegistry, Executors, InstanceConfig, SystemClock};
 use saga_store::tenant_storage::TenantStorage;
 use saga_store::Store;
@@ -161,6 +161,13 @@ fn dispatch(config: &Config, store: &Arc<dyn Store>) -> Dispatch {
     Dispatch { store: store.clone(), config: dispatcher_config, transport: None }
 }
 
+/// The cleaner: finished sagas deleted once `SAGAPLANE_RETENTION` has passed.
+fn retention(config: &Config, store: &Arc<dyn Store>) -> Retention {
+    let retention_ms = i64::try_from(config.retention_ms).unwrap_or(i64::MAX);
+    let store: Arc<dyn saga_store::RetentionStore> = store.clone();
+    Retention { store, config: saga_runtime::RetentionConfig::new(retention_ms, config.worker_id.clone()) }
+}
+
 /// What one process runs besides the store.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Parts {
@@ -201,9 +208,13 @@ impl App {
             configure_crm_callback(config, store.as_ref()).await?;
         }
         let wiring = Wiring { store: store.clone(), clock: Arc::new(SystemClock), builtin_names: builtin_names() };
-        let worker = parts.worker.then(|| worker(config, &store, bound, tenants.as_ref()));
-        let dispatch = parts.dispatcher.then(|| dispatch(config, &store));
-        let process = Process::start(wiring, worker, dispatch);
+        let jobs = Jobs {
+            worker: parts.worker.then(|| worker(config, &store, bound, tenants.as_ref())),
+            dispatch: parts.dispatcher.then(|| dispatch(config, &store)),
+            // Every process with a worker cleans; the lease keeps it to one at a time.
+            retention: parts.worker.then(|| retention(config, &store)),
+        };
+        let process = Process::start(wiring, jobs);
         Ok(App { store, tenants, process })
     }
 

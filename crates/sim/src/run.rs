@@ -22,7 +22,7 @@ use crate::scenario::DeliveryPlan;
 use crate::scenario::{Dice, InstanceFault, Scenario};
 use crate::world::{CommitFaults, Link, LinkState, Network, Participants, SimClock, SimStore};
 use delivery::{DispatcherConfig, RetrySchedule};
-use process::{Dispatch, Process, Wiring, Worker};
+use process::{Dispatch, Jobs, Process, Wiring, Worker};
 use saga_store::DeliveryStatus;
 
 /// Known bugs a run can be told to have, to prove the checker finds them.
@@ -328,7 +328,8 @@ impl Run {
             transport: Some(Arc::new(receivers)),
         };
         let wiring = Wiring { store, clock: self.clock.clone(), builtin_names };
-        slot.process = Some(Process::start(wiring, Some(worker), Some(dispatch)));
+        let jobs = Jobs { worker: Some(worker), dispatch: Some(dispatch), retention: None };
+        slot.process = Some(Process::start(wiring, jobs));
     }
 
     /// Everything the scenario makes happen, with its time and a tie-breaker.

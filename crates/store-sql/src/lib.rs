@@ -18,6 +18,7 @@ use sqlx::Database;
 use uuid::Uuid;
 
 pub mod access;
+pub mod retention;
 pub mod subscriptions;
 
 /// What one SQL dialect does its own way.

@@ -13,6 +13,7 @@ pub mod claims;
 pub mod control;
 pub mod delivery;
 mod fixtures;
+pub mod retention;
 pub mod sagas;
 pub mod signals;
 pub mod tenant_storage;
@@ -20,6 +21,7 @@ pub mod tenant_storage;
 pub use claims::*;
 pub use control::*;
 pub use delivery::*;
+pub use retention::*;
 pub use sagas::*;
 pub use signals::*;
 
@@ -103,6 +105,9 @@ macro_rules! store_conformance {
             released_deliveries_are_claimable_at_once_unattempted,
             failed_attempts_retry_then_die_and_are_replayed_and_recovered,
             a_tenants_own_subscriptions_are_capped,
+            finished_sagas_go_with_everything_that_belongs_to_them,
+            purges_take_the_longest_finished_first_in_bounded_batches,
+            a_singleton_lease_has_one_owner_at_a_time,
         );
     };
     (@tests $module:ident, $fresh:ident; $($check:ident),* $(,)?) => {

@@ -17,6 +17,7 @@ mod hardening;
 mod production_pg;
 mod profile;
 mod restart;
+mod retention;
 mod sagas;
 mod subscriptions;
 mod takeover;

@@ -23,6 +23,7 @@ mod commit;
 pub(crate) mod creates;
 mod definitions;
 mod delivery;
+mod retention;
 mod sagas;
 mod signals;
 mod tenants;

@@ -24,6 +24,7 @@ pub(crate) mod creates;
 mod definitions;
 mod delivery;
 mod history;
+mod retention;
 mod sagas;
 mod signals;
 mod tenants;

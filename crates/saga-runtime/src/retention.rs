@@ -1,0 +1,142 @@
+//! The cleaner: finished sagas (COMPLETED, COMPENSATED, FAILED) are deleted once they have been
+//! finished for the retention (`SAGAPLANE_RETENTION`), each with its history, signals, callbacks
+//! and idempotency key. A saga that is not finished is never touched.
+//!
+//! Design note. One instance at a time cleans: each tick it takes or renews the named lease
+//! `retention` ([`RetentionStore::singleton_hold`]) and only its holder deletes, so instances
+//! never contend for the same rows. It deletes in batches of [`RetentionConfig::batch`] sagas,
+//! one transaction each, oldest finished first, with a pause between full batches so the
+//! engine's own writes keep the database (measured on PostgreSQL: deleting 5,000 sagas a second
+//! beside saga3 at c=64 cost it 12%; the default pace allows 2,000 a second). While nothing is
+//! due it looks again every half retention, at most every minute. Metrics:
+//! `saga_retention_deleted_total{kind=saga|history|signal|callback}`, and
+//! `saga_retention_oldest_finished_seconds` — how long the longest-finished saga still kept has
+//! been finished (above the retention while the cleaner is behind).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_store::{Purged, RetentionStore};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::metrics_names::{SAGA_RETENTION_DELETED_TOTAL, SAGA_RETENTION_OLDEST_FINISHED_SECONDS};
+
+/// The name of the cleaner's lease.
+pub const RETENTION_LEASE: &str = "retention";
+/// How long the lease lasts unless renewed: another instance takes over this long after its
+/// holder stops.
+pub const RETENTION_LEASE_TTL_MS: i64 = 30_000;
+/// The longest wait between two looks while nothing is due.
+pub const RETENTION_IDLE_MAX: Duration = Duration::from_secs(60);
+
+/// How the cleaner runs.
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    /// How long a finished saga is kept.
+    pub retention_ms: i64,
+    /// This instance, as the lease's owner.
+    pub worker_id: String,
+    /// Sagas per batch (one transaction).
+    pub batch: u32,
+    /// The pause after a full batch.
+    pub pause: Duration,
+}
+
+impl RetentionConfig {
+    pub fn new(retention_ms: i64, worker_id: impl Into<String>) -> Self {
+        RetentionConfig { retention_ms, worker_id: worker_id.into(), batch: 500, pause: Duration::from_millis(250) }
+    }
+
+    /// The wait before the next look when the last found nothing more to delete.
+    fn idle(&self) -> Duration {
+        let half = u64::try_from(self.retention_ms / 2).unwrap_or(0).max(100);
+        Duration::from_millis(half).min(RETENTION_IDLE_MAX)
+    }
+}
+
+/// The running cleaner; dropping it stops it.
+pub struct RetentionHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RetentionHandle {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the cleaner.
+pub fn start(store: Arc<dyn RetentionStore>, clock: Arc<dyn Clock>, config: RetentionConfig) -> RetentionHandle {
+    let (stop, stopped) = watch::channel(false);
+    for kind in ["saga", "history", "signal", "callback"] {
+        metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(0);
+    }
+    let task = tokio::spawn(run(store, clock, config, stopped));
+    RetentionHandle { stop, task }
+}
+
+async fn run(
+    store: Arc<dyn RetentionStore>,
+    clock: Arc<dyn Clock>,
+    config: RetentionConfig,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let more = tick(store.as_ref(), clock.as_ref(), &config).await;
+        let wait = if more { config.pause } else { config.idle() };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
+    }
+}
+
+/// One look: when this instance holds the lease, one batch deleted. True when the batch was
+/// full (more may be due at once).
+async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionConfig) -> bool {
+    let now_ms = clock.now_ms();
+    match store.singleton_hold(RETENTION_LEASE, &config.worker_id, now_ms, RETENTION_LEASE_TTL_MS).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            tracing::warn!(error = %e, "the retention lease could not be taken; trying again later");
+            return false;
+        }
+    }
+    let purged = match store.sagas_purge(now_ms.saturating_sub(config.retention_ms), config.batch).await {
+        Ok(purged) => purged,
+        Err(e) => {
+            tracing::warn!(error = %e, "deleting finished sagas failed; trying again later");
+            return false;
+        }
+    };
+    count(&purged);
+    if purged.sagas > 0 {
+        tracing::debug!(sagas = purged.sagas, history = purged.history, "deleted finished sagas past their retention");
+    }
+    match store.oldest_finished_ms().await {
+        Ok(oldest) => {
+            let age_ms = oldest.map(|at| now_ms.saturating_sub(at).max(0)).unwrap_or(0);
+            metrics::gauge!(SAGA_RETENTION_OLDEST_FINISHED_SECONDS).set(age_ms as f64 / 1000.0);
+        }
+        Err(e) => tracing::debug!(error = %e, "reading the oldest finished saga failed"),
+    }
+    purged.sagas >= u64::from(config.batch)
+}
+
+fn count(purged: &Purged) {
+    for (kind, n) in [
+        ("saga", purged.sagas),
+        ("history", purged.history),
+        ("signal", purged.signals),
+        ("callback", purged.callbacks),
+    ] {
+        metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(n);
+    }
+}

@@ -1,0 +1,105 @@
+//! Retention: finished sagas go with everything that belongs to them, oldest first and in
+//! bounded batches, and nothing unfinished is touched; a singleton lease has one owner at a time.
+
+use std::sync::Arc;
+
+use saga_core::{HistoryEvent, SagaStatus};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::fixtures::{claim, commit, create_params};
+use super::{db, ensure, CheckResult};
+use crate::creates::create_one;
+use crate::{CallbackRegister, Purged, SagaCreated, Store, StoreError};
+
+/// Creates a saga with an idempotency key, a signal and a callback, and finishes it at
+/// `finished_ms` (or leaves it running when None). Its id.
+async fn saga(store: &dyn Store, key: &str, finished_ms: Option<i64>) -> Result<Uuid, String> {
+    let mut params = create_params(0);
+    params.idempotency_key = Some(key.to_string());
+    let SagaCreated::Created(record) = db(create_one(store, params).await)? else {
+        return Err(format!("{key}: not created"));
+    };
+    db(store.signal_send(record.id, "go", &json!({}), 1).await)?;
+    let register = CallbackRegister {
+        token_hash: format!("hash-{key}"),
+        saga_id: record.id,
+        tenant_id: None,
+        step: "a".into(),
+        attempt: 1,
+        heartbeat_timeout_ms: None,
+        now_ms: 1,
+    };
+    db(store.callback_register(register).await)?;
+    let Some(at) = finished_ms else {
+        return Ok(record.id);
+    };
+    let claimed = db(store.saga_claim_due(&claim("w1", 10, 2)).await)?;
+    let Some(claimed) = claimed.into_iter().find(|c| c.record.id == record.id) else {
+        return Err(format!("{key}: not claimed"));
+    };
+    let mut state = claimed.record.state.clone();
+    state.status = SagaStatus::Completed;
+    let ended = HistoryEvent::new("saga_completed", None, None, json!({}), at);
+    let mut done = commit(record.id, claimed.record.fencing_token, state, at, vec![ended]);
+    done.release_lease = true;
+    db(store.saga_commit_batch(&[done]).await)?;
+    Ok(record.id)
+}
+
+pub async fn finished_sagas_go_with_everything_that_belongs_to_them(store: Arc<dyn Store>) -> CheckResult {
+    let running = saga(store.as_ref(), "running", None).await?;
+    let early = saga(store.as_ref(), "early", Some(100)).await?;
+    let late = saga(store.as_ref(), "late", Some(300)).await?;
+    ensure!(db(store.oldest_finished_ms().await)? == Some(100), "the oldest finished saga ended at 100");
+
+    let purged = db(store.sagas_purge(200, 10).await)?;
+    ensure!(purged.sagas == 1 && purged.signals == 1 && purged.callbacks == 1, "{purged:?}");
+    ensure!(purged.history >= 1, "its history goes with it: {purged:?}");
+    ensure!(matches!(store.saga_get(early).await, Err(StoreError::NotFound)), "the saga that ended at 100 is gone");
+    ensure!(db(store.saga_events(early, 0, 100).await)?.is_empty(), "and its history");
+    ensure!(db(store.saga_get(late).await).is_ok(), "one that ended after the cut-off is kept");
+    ensure!(db(store.saga_get(running).await).is_ok(), "a running saga is kept");
+    ensure!(db(store.oldest_finished_ms().await)? == Some(300), "the oldest is now the one that ended at 300");
+
+    let mut again = create_params(400);
+    again.idempotency_key = Some("early".into());
+    let created = db(create_one(store.as_ref(), again).await)?;
+    ensure!(
+        matches!(&created, SagaCreated::Created(record) if record.id != early),
+        "the idempotency key went with its saga: {created:?}"
+    );
+
+    let purged = db(store.sagas_purge(i64::MAX, 10).await)?;
+    ensure!(purged.sagas == 1, "only the finished one, whatever the others' age: {purged:?}");
+    ensure!(db(store.saga_get(running).await).is_ok(), "a running saga is never touched");
+    ensure!(db(store.oldest_finished_ms().await)?.is_none(), "nothing finished is left");
+    ensure!(db(store.sagas_purge(i64::MAX, 10).await)? == Purged::default(), "nothing more to delete");
+    Ok(())
+}
+
+pub async fn purges_take_the_longest_finished_first_in_bounded_batches(store: Arc<dyn Store>) -> CheckResult {
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(saga(store.as_ref(), &format!("k{n}"), Some(1_000 - n * 100)).await?);
+    }
+    let purged = db(store.sagas_purge(i64::MAX, 2).await)?;
+    ensure!(purged.sagas == 2, "at most the batch: {purged:?}");
+    // The two that ended first (at 600 and 700) are the ones gone.
+    for (n, id) in ids.iter().enumerate() {
+        let kept = db(store.saga_get(*id).await).is_ok();
+        ensure!(kept == (n < 3), "saga {n} (ended at {}): kept {kept}", 1_000 - n as i64 * 100);
+    }
+    Ok(())
+}
+
+pub async fn a_singleton_lease_has_one_owner_at_a_time(store: Arc<dyn Store>) -> CheckResult {
+    ensure!(db(store.singleton_hold("cleaner", "a", 0, 1_000).await)?, "a free lease is taken");
+    ensure!(!db(store.singleton_hold("cleaner", "b", 500, 1_000).await)?, "another owner waits while it runs");
+    ensure!(db(store.singleton_hold("cleaner", "a", 900, 1_000).await)?, "its owner renews it");
+    ensure!(!db(store.singleton_hold("cleaner", "b", 1_500, 1_000).await)?, "renewed until 1,900");
+    ensure!(db(store.singleton_hold("other", "b", 1_500, 1_000).await)?, "leases are by name");
+    ensure!(db(store.singleton_hold("cleaner", "b", 1_900, 1_000).await)?, "an expired lease is taken over");
+    ensure!(!db(store.singleton_hold("cleaner", "a", 2_000, 1_000).await)?, "and is no longer the old owner's");
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! Retention's store interface: finished sagas deleted with everything that belongs to them, in
+//! bounded batches, and the named leases that keep a periodic job (the cleaner) on one instance
+//! at a time.
+
+use async_trait::async_trait;
+
+use crate::StoreResult;
+
+/// What one purge deleted, by kind of row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub sagas: u64,
+    pub history: u64,
+    pub signals: u64,
+    pub callbacks: u64,
+}
+
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Deletes up to `limit` sagas that finished (COMPLETED, COMPENSATED or FAILED) at or before
+    /// `finished_before_ms`, the longest finished first, each with its history, signals and
+    /// callbacks, in one transaction. A saga that is not finished is never touched, whatever its
+    /// age; its idempotency key goes with it.
+    async fn sagas_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged>;
+    /// When the longest-finished saga still kept finished; None when none is.
+    async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>>;
+    /// Takes or renews the lease `name` for `owner` until `now_ms + ttl_ms`: true when `owner`
+    /// holds it now (it was free, had expired, or was already its own).
+    async fn singleton_hold(&self, name: &str, owner: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<bool>;
+}

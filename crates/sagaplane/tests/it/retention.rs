@@ -1,0 +1,58 @@
+//! Retention: a finished saga is deleted with its history and its idempotency key once
+//! `SAGAPLANE_RETENTION` has passed since it ended; a saga that is not finished never is.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use test_support::app::fast_definition;
+use test_support::{eventually, App, Backend};
+
+use crate::BIN;
+
+async fn start_once(app: &App, key: &str) -> (u16, String) {
+    let request = app
+        .request(Method::POST, "/v1/sagas")
+        .header("Idempotency-Key", key)
+        .json(&json!({"definition": "quick", "input": {}}));
+    let (status, _, body) = app.send(request).await;
+    (status, body["id"].as_str().unwrap_or_default().to_string())
+}
+
+/// The value of a counter series in `/metrics` (0 when absent).
+async fn counter(app: &App, series: &str) -> f64 {
+    let (_, _, body) = app.send(app.request(Method::GET, "/metrics")).await;
+    let text = body.as_str().unwrap_or_default().to_string();
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+async fn finished_sagas_go_after_their_retention(backend: Backend) {
+    let app = App::spawn(BIN, backend, &[("SAGAPLANE_RETENTION", "2s".to_string())]).await;
+    let quick = fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]));
+    assert_eq!(app.put_definition("quick", &quick).await.0, 201);
+    let waiting = fast_definition(json!([{"name": "approve", "action": {"signal": {"name": "approval"}}}]));
+    assert_eq!(app.put_definition("waiting", &waiting).await.0, 201);
+    let running = app.start("waiting", json!({})).await;
+
+    let (status, finished) = start_once(&app, "once").await;
+    assert_eq!(status, 201);
+    app.wait_terminal(&finished, Duration::from_secs(30)).await;
+    assert!(!app.events(&finished).await.is_empty(), "it has a history while it is kept");
+
+    eventually("the finished saga deleted", Duration::from_secs(20), || async {
+        let (status, _, _) = app.send(app.request(Method::GET, &format!("/v1/sagas/{finished}"))).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let (status, _, _) = app.send(app.request(Method::GET, &format!("/v1/sagas/{finished}/events"))).await;
+    assert_eq!(status, 404, "its history went with it");
+    let saga = app.saga(&running).await;
+    assert_eq!(saga["status"], "EXECUTING", "a saga that is not finished is kept, whatever its age: {saga}");
+
+    let (status, again) = start_once(&app, "once").await;
+    assert_eq!(status, 201, "the idempotency key went with its saga");
+    assert_ne!(again, finished);
+    assert!(counter(&app, "saga_retention_deleted_total{kind=\"saga\"}").await >= 1.0);
+    assert!(counter(&app, "saga_retention_deleted_total{kind=\"history\"}").await >= 1.0);
+}
+crate::on_both_backends!(finished_sagas_go_after_their_retention);

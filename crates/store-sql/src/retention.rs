@@ -1,0 +1,44 @@
+//! Retention's statements that are the same in both dialects: the oldest finished saga, and the
+//! named leases that keep a periodic job on one instance at a time. (The purge itself differs: one
+//! locking statement on PostgreSQL, a transaction on SQLite's single writer.)
+
+use saga_store::StoreResult;
+use sqlx::{Database, Executor};
+
+use crate::{column, Dialect, Sql};
+
+/// The statuses a finished saga has, as SQL.
+pub const FINISHED: &str = "('COMPLETED', 'COMPENSATED', 'FAILED')";
+
+impl<D: Dialect> Sql<'_, D>
+where
+    for<'c> &'c D::Pool: Executor<'c, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'q> &'q str: sqlx::Encode<'q, D::Db> + sqlx::Type<D::Db>,
+    for<'q> i64: sqlx::Encode<'q, D::Db> + sqlx::Decode<'q, D::Db> + sqlx::Type<D::Db>,
+    for<'s> &'s str: sqlx::ColumnIndex<<D::Db as Database>::Row>,
+{
+    pub async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>> {
+        let row = sqlx::query(&format!("SELECT min(completed_at) AS oldest FROM sagas WHERE status IN {FINISHED}"))
+            .fetch_one(self.read)
+            .await
+            .map_err(D::error)?;
+        column::<D, Option<i64>>(&row, "oldest")
+    }
+
+    pub async fn singleton_hold(&self, name: &str, owner: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO sagaplane_singletons (name, owner, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
+             WHERE sagaplane_singletons.owner = excluded.owner OR sagaplane_singletons.expires_at <= $4",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(now_ms.saturating_add(ttl_ms))
+        .bind(now_ms)
+        .execute(self.write)
+        .await
+        .map_err(D::error)?;
+        Ok(D::rows_affected(&done) == 1)
+    }
+}
