@@ -278,11 +278,16 @@ impl Lifecycle {
         })
     }
 
-    /// The tenant's latest lifecycle saga, if it has one.
+    /// The tenant's latest lifecycle saga, if it has one still kept (a finished one is deleted
+    /// once `SAGAPLANE_RETENTION` has passed: then, as with none, a retry starts a new saga).
     async fn saga_of(&self, tenant: &TenantRecord) -> Result<Option<SagaRecord>, StoreError> {
-        match tenant.saga_id {
-            Some(id) => Ok(Some(self.sagas.saga_get(id).await?)),
-            None => Ok(None),
+        let Some(id) = tenant.saga_id else {
+            return Ok(None);
+        };
+        match self.sagas.saga_get(id).await {
+            Ok(saga) => Ok(Some(saga)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

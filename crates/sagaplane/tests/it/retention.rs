@@ -56,3 +56,35 @@ async fn finished_sagas_go_after_their_retention(backend: Backend) {
     assert!(counter(&app, "saga_retention_deleted_total{kind=\"history\"}").await >= 1.0);
 }
 crate::on_both_backends!(finished_sagas_go_after_their_retention);
+
+/// A tenant whose failed onboarding saga was deleted past its retention can still retry its
+/// migration: a new `tenant.migrate` saga takes it from `MIGRATION_ERROR` to `ACTIVE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_retries_its_migration_after_its_failed_saga_is_gone() {
+    use crate::tenants::{until_status, write};
+    let dir = std::env::temp_dir().join(format!("sagaplane-retention-migrations-{}", uuid::Uuid::now_v7()));
+    write(&dir, "billing/0001_create_invoices.sql", "CREATE TABLE invoices (id INTEGER PRIMARY KEY);");
+    write(&dir, "billing/0002_add_currency.sql", "ALTER TABLE nowhere ADD COLUMN currency TEXT;");
+    let settings =
+        [("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string()), ("SAGAPLANE_RETENTION", "1s".to_string())];
+    let app = App::spawn(BIN, Backend::Sqlite, &settings).await;
+    let (status, _, created) =
+        app.send(app.request(Method::POST, "/v1/tenants").json(&json!({"id": "late", "name": "Late Co"}))).await;
+    assert_eq!(status, 202, "{created}");
+    let onboarding = created["saga_id"].as_str().expect("saga id").to_string();
+    let failed = until_status(&app, "late", &["MIGRATION_ERROR", "PROVISION_ERROR", "ACTIVE"]).await;
+    assert_eq!(failed["status"], "MIGRATION_ERROR", "{failed}");
+    eventually("the failed onboarding saga deleted", Duration::from_secs(20), || async {
+        let (status, _, _) = app.send(app.request(Method::GET, &format!("/v1/sagas/{onboarding}"))).await;
+        (status == 404).then_some(())
+    })
+    .await;
+
+    write(&dir, "billing/0002_add_currency.sql", "ALTER TABLE invoices ADD COLUMN currency TEXT;");
+    let (status, _, body) = app.send(app.request(Method::POST, "/v1/tenants/late/retry-migration")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_ne!(body["saga_id"].as_str(), Some(onboarding.as_str()), "a new saga: {body}");
+    let active = until_status(&app, "late", &["ACTIVE", "MIGRATION_ERROR"]).await;
+    assert_eq!(active["status"], "ACTIVE", "{active}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
