@@ -4,7 +4,8 @@
 //!
 //! Design note. One instance at a time cleans: each tick it takes or renews the named lease
 //! `retention` ([`RetentionStore::singleton_hold`]) and only its holder deletes, so instances
-//! never contend for the same rows. It deletes in batches of [`RetentionConfig::batch`] sagas,
+//! never contend for the same rows; a stopping instance gives the lease up, and one that dies
+//! loses it after [`RETENTION_LEASE_TTL_MS`]. It deletes in batches of [`RetentionConfig::batch`] sagas,
 //! one transaction each, oldest finished first, with a pause between full batches so the
 //! engine's own writes keep the database (measured on PostgreSQL: deleting 5,000 sagas a second
 //! beside saga3 at c=64 cost it 12%; the default pace allows 2,000 a second). While nothing is
@@ -89,11 +90,15 @@ async fn run(
         let wait = if more { config.pause } else { config.idle() };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => break,
         }
         if *stopped.borrow() {
-            return;
+            break;
         }
+    }
+    // Stopping: the lease goes at once, not when it expires, so another instance cleans on.
+    if let Err(e) = store.singleton_release(RETENTION_LEASE, &config.worker_id).await {
+        tracing::debug!(error = %e, "giving the retention lease up failed; it expires");
     }
 }
 

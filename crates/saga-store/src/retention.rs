@@ -27,4 +27,6 @@ pub trait RetentionStore: Send + Sync {
     /// Takes or renews the lease `name` for `owner` until `now_ms + ttl_ms`: true when `owner`
     /// holds it now (it was free, had expired, or was already its own).
     async fn singleton_hold(&self, name: &str, owner: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<bool>;
+    /// Gives the lease `name` up if `owner` holds it, so another owner takes it at once.
+    async fn singleton_release(&self, name: &str, owner: &str) -> StoreResult<()>;
 }

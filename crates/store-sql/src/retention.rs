@@ -41,4 +41,14 @@ where
         .map_err(D::error)?;
         Ok(D::rows_affected(&done) == 1)
     }
+
+    pub async fn singleton_release(&self, name: &str, owner: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM sagaplane_singletons WHERE name = $1 AND owner = $2")
+            .bind(name)
+            .bind(owner)
+            .execute(self.write)
+            .await
+            .map_err(D::error)?;
+        Ok(())
+    }
 }

@@ -101,5 +101,9 @@ pub async fn a_singleton_lease_has_one_owner_at_a_time(store: Arc<dyn Store>) ->
     ensure!(db(store.singleton_hold("other", "b", 1_500, 1_000).await)?, "leases are by name");
     ensure!(db(store.singleton_hold("cleaner", "b", 1_900, 1_000).await)?, "an expired lease is taken over");
     ensure!(!db(store.singleton_hold("cleaner", "a", 2_000, 1_000).await)?, "and is no longer the old owner's");
+    db(store.singleton_release("cleaner", "a").await)?;
+    ensure!(!db(store.singleton_hold("cleaner", "a", 2_100, 1_000).await)?, "only its owner releases it");
+    db(store.singleton_release("cleaner", "b").await)?;
+    ensure!(db(store.singleton_hold("cleaner", "a", 2_100, 1_000).await)?, "a released lease is taken at once");
     Ok(())
 }

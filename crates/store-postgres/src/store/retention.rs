@@ -44,4 +44,8 @@ impl RetentionStore for PostgresStore {
     async fn singleton_hold(&self, name: &str, owner: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<bool> {
         self.sql().singleton_hold(name, owner, now_ms, ttl_ms).await
     }
+
+    async fn singleton_release(&self, name: &str, owner: &str) -> StoreResult<()> {
+        self.sql().singleton_release(name, owner).await
+    }
 }

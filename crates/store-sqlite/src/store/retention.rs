@@ -1,6 +1,6 @@
-//! Retention on SQLite: a batch of finished sagas deleted with their history, signals and
-//! callbacks in one transaction on the single writer (nothing else writes meanwhile, so the
-//! batch the statements pick is the same for each).
+//! Retention on SQLite: a batch of finished sagas picked through their finish-time index and
+//! deleted with their history, signals and callbacks in one transaction on the single writer
+//! (nothing else writes meanwhile, so the batch picked is the batch deleted).
 
 use async_trait::async_trait;
 use saga_store::{Purged, RetentionStore, StoreResult};
@@ -8,34 +8,43 @@ use store_sql::retention::FINISHED;
 use store_sql::SqlStore;
 
 use super::SqliteStore;
-use crate::rows::db;
+use crate::rows::{db, json_text};
 
 #[async_trait]
 impl RetentionStore for SqliteStore {
     async fn sagas_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged> {
-        let picked = format!(
-            "SELECT id FROM sagas WHERE status IN {FINISHED} AND completed_at <= ?1 ORDER BY completed_at LIMIT ?2"
-        );
         let mut tx = self.writer.begin().await.map_err(db)?;
+        // INDEXED BY: without statistics the planner reads `status` first and sorts every
+        // finished saga for each batch (2.9 s a batch at 1,000,000 of them; 0.4 ms this way).
+        let ids: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM sagas INDEXED BY sagas_finished WHERE status IN {FINISHED} AND completed_at <= ?1 \
+             ORDER BY completed_at LIMIT ?2"
+        ))
+        .bind(finished_before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if ids.is_empty() {
+            return Ok(Purged::default());
+        }
+        let ids = json_text(&ids)?;
+        // What belongs to the sagas first: the history, signals and callbacks refer to them.
         let mut deleted = [0u64; 4];
-        for (n, table) in ["saga_events", "saga_signals", "saga_callbacks"].iter().enumerate() {
-            let done = sqlx::query(&format!("DELETE FROM {table} WHERE saga_id IN ({picked})"))
-                .bind(finished_before_ms)
-                .bind(i64::from(limit))
+        for (n, (table, column)) in
+            [("saga_events", "saga_id"), ("saga_signals", "saga_id"), ("saga_callbacks", "saga_id"), ("sagas", "id")]
+                .iter()
+                .enumerate()
+        {
+            let done = sqlx::query(&format!("DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?1))"))
+                .bind(&ids)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-            deleted[n + 1] = done.rows_affected();
+            deleted[n] = done.rows_affected();
         }
-        let done = sqlx::query(&format!("DELETE FROM sagas WHERE id IN ({picked})"))
-            .bind(finished_before_ms)
-            .bind(i64::from(limit))
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        deleted[0] = done.rows_affected();
         tx.commit().await.map_err(db)?;
-        Ok(Purged { sagas: deleted[0], history: deleted[1], signals: deleted[2], callbacks: deleted[3] })
+        Ok(Purged { history: deleted[0], signals: deleted[1], callbacks: deleted[2], sagas: deleted[3] })
     }
 
     async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>> {
@@ -44,5 +53,9 @@ impl RetentionStore for SqliteStore {
 
     async fn singleton_hold(&self, name: &str, owner: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<bool> {
         self.sql().singleton_hold(name, owner, now_ms, ttl_ms).await
+    }
+
+    async fn singleton_release(&self, name: &str, owner: &str) -> StoreResult<()> {
+        self.sql().singleton_release(name, owner).await
     }
 }
