@@ -2,7 +2,8 @@
 //! named leases that keep a periodic job on one instance at a time. (The purge itself differs: one
 //! locking statement on PostgreSQL, a transaction on SQLite's single writer.)
 
-use saga_store::StoreResult;
+use async_trait::async_trait;
+use saga_store::{Purged, StoreResult};
 use sqlx::{Database, Executor};
 
 use crate::{column, Dialect, Sql};
@@ -51,4 +52,42 @@ where
             .map_err(D::error)?;
         Ok(())
     }
+}
+
+/// What each store does its own way in `RetentionStore`: the purge.
+#[async_trait]
+pub trait OwnRetentionStatements {
+    async fn purge_finished(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged>;
+}
+
+/// `RetentionStore` for a store, over its shared statements and its [`OwnRetentionStatements`].
+#[macro_export]
+macro_rules! retention_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl saga_store::RetentionStore for $store {
+            async fn sagas_purge(
+                &self,
+                finished_before_ms: i64,
+                limit: u32,
+            ) -> saga_store::StoreResult<saga_store::Purged> {
+                $crate::retention::OwnRetentionStatements::purge_finished(self, finished_before_ms, limit).await
+            }
+            async fn oldest_finished_ms(&self) -> saga_store::StoreResult<Option<i64>> {
+                $crate::SqlStore::sql(self).oldest_finished_ms().await
+            }
+            async fn singleton_hold(
+                &self,
+                name: &str,
+                owner: &str,
+                now_ms: i64,
+                ttl_ms: i64,
+            ) -> saga_store::StoreResult<bool> {
+                $crate::SqlStore::sql(self).singleton_hold(name, owner, now_ms, ttl_ms).await
+            }
+            async fn singleton_release(&self, name: &str, owner: &str) -> saga_store::StoreResult<()> {
+                $crate::SqlStore::sql(self).singleton_release(name, owner).await
+            }
+        }
+    };
 }

@@ -2,17 +2,16 @@
 //! transaction holds) and deleted with their history, signals and callbacks in one statement.
 
 use async_trait::async_trait;
-use saga_store::{Purged, RetentionStore, StoreResult};
+use saga_store::{Purged, StoreResult};
 use sqlx::Row;
-use store_sql::retention::FINISHED;
-use store_sql::SqlStore;
+use store_sql::retention::{OwnRetentionStatements, FINISHED};
 
 use super::PostgresStore;
 use crate::rows::db;
 
 #[async_trait]
-impl RetentionStore for PostgresStore {
-    async fn sagas_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged> {
+impl OwnRetentionStatements for PostgresStore {
+    async fn purge_finished(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged> {
         let row = sqlx::query(&format!(
             "WITH picked AS (SELECT id FROM sagas WHERE status IN {FINISHED} AND completed_at <= $1 \
                              ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
@@ -36,16 +35,6 @@ impl RetentionStore for PostgresStore {
             callbacks: count("callbacks")?,
         })
     }
-
-    async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>> {
-        self.sql().oldest_finished_ms().await
-    }
-
-    async fn singleton_hold(&self, name: &str, owner: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<bool> {
-        self.sql().singleton_hold(name, owner, now_ms, ttl_ms).await
-    }
-
-    async fn singleton_release(&self, name: &str, owner: &str) -> StoreResult<()> {
-        self.sql().singleton_release(name, owner).await
-    }
 }
+
+store_sql::retention_store!(PostgresStore);

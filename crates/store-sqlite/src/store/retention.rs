@@ -3,16 +3,15 @@
 //! (nothing else writes meanwhile, so the batch picked is the batch deleted).
 
 use async_trait::async_trait;
-use saga_store::{Purged, RetentionStore, StoreResult};
-use store_sql::retention::FINISHED;
-use store_sql::SqlStore;
+use saga_store::{Purged, StoreResult};
+use store_sql::retention::{OwnRetentionStatements, FINISHED};
 
 use super::SqliteStore;
 use crate::rows::{db, json_text};
 
 #[async_trait]
-impl RetentionStore for SqliteStore {
-    async fn sagas_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged> {
+impl OwnRetentionStatements for SqliteStore {
+    async fn purge_finished(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged> {
         let mut tx = self.writer.begin().await.map_err(db)?;
         // INDEXED BY: without statistics the planner reads `status` first and sorts every
         // finished saga for each batch (2.9 s a batch at 1,000,000 of them; 0.4 ms this way).
@@ -46,16 +45,6 @@ impl RetentionStore for SqliteStore {
         tx.commit().await.map_err(db)?;
         Ok(Purged { history: deleted[0], signals: deleted[1], callbacks: deleted[2], sagas: deleted[3] })
     }
-
-    async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>> {
-        self.sql().oldest_finished_ms().await
-    }
-
-    async fn singleton_hold(&self, name: &str, owner: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<bool> {
-        self.sql().singleton_hold(name, owner, now_ms, ttl_ms).await
-    }
-
-    async fn singleton_release(&self, name: &str, owner: &str) -> StoreResult<()> {
-        self.sql().singleton_release(name, owner).await
-    }
 }
+
+store_sql::retention_store!(SqliteStore);
