@@ -188,6 +188,9 @@ impl OwnDeliveryStatements for PostgresStore {
     }
 
     async fn append_events(&self, events: &[OutboxEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.db.begin().await.map_err(db)?;
         fan_out(&mut tx, events).await?;
         tx.commit().await.map_err(db)
