@@ -1,8 +1,8 @@
 //! One process's running engine, wired in one place: the definition cache (validating against
 //! the built-in step names the process has), the terminal hub, the orchestrator instance (its
 //! executors, transition hook and clock) and the outbox's dispatcher (on the same clock, through
-//! its webhook transport), the cleaner that deletes finished sagas past their retention, and the
-//! order they stop in.
+//! its webhook transport), the cleaner that deletes finished sagas past their retention, the
+//! runner of bulk jobs, and the order they stop in.
 //!
 //! Design note. What differs between a server and the simulator is handed in — the stores, the
 //! clock, the executors (real network or a simulated link), the dispatcher's transport and
@@ -15,8 +15,8 @@ use std::sync::Arc;
 use delivery::send::WebhookTransport;
 use delivery::{Dispatcher, DispatcherConfig, DispatcherHandle};
 use saga_runtime::{
-    Clock, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle, RetentionConfig, RetentionHandle,
-    TerminalHub, TransitionHook,
+    BulkConfig, BulkHandle, BulkStores, Clock, DefinitionCache, Executors, Instance, InstanceConfig, InstanceHandle,
+    Operator, RetentionConfig, RetentionHandle, TerminalHub, TransitionHook,
 };
 use saga_store::{DispatchStore, EngineStore, RetentionStore};
 
@@ -51,12 +51,20 @@ pub struct Retention {
     pub config: RetentionConfig,
 }
 
+/// The bulk job runner of a process that runs one (every process with a worker: a lease per
+/// job keeps each on one instance at a time). It acts through the worker's transition hook.
+pub struct Bulk {
+    pub stores: BulkStores,
+    pub config: BulkConfig,
+}
+
 /// What a process runs besides its definitions and hub.
 #[derive(Default)]
 pub struct Jobs {
     pub worker: Option<Worker>,
     pub dispatch: Option<Dispatch>,
     pub retention: Option<Retention>,
+    pub bulk: Option<Bulk>,
 }
 
 /// A started process.
@@ -68,15 +76,21 @@ pub struct Process {
     pub instance: Option<InstanceHandle>,
     pub dispatcher: Option<DispatcherHandle>,
     pub retention: Option<RetentionHandle>,
+    pub bulk: Option<BulkHandle>,
 }
 
 impl Process {
     /// Starts the jobs it is given, over `wiring`.
     pub fn start(wiring: Wiring, jobs: Jobs) -> Process {
-        let Jobs { worker, dispatch, retention } = jobs;
+        let Jobs { worker, dispatch, retention, bulk } = jobs;
         let Wiring { store, clock, builtin_names } = wiring;
         let definitions = Arc::new(DefinitionCache::new(store.clone(), builtin_names));
         let hub = TerminalHub::default();
+        let hook = worker.as_ref().and_then(|worker| worker.hook.clone());
+        let bulk = bulk.map(|bulk| {
+            let operator = Operator::new(store.clone(), definitions.clone(), clock.clone(), hub.clone(), hook);
+            saga_runtime::bulk::start(bulk.stores, operator, clock.clone(), bulk.config)
+        });
         let instance = worker.map(|worker| {
             let instance =
                 Instance::new(store, clock.clone(), worker.executors, definitions.clone(), worker.config, hub.clone());
@@ -95,11 +109,15 @@ impl Process {
             .start()
         });
         let retention = retention.map(|r| saga_runtime::retention::start(r.store, clock, r.config));
-        Process { definitions, hub, instance, dispatcher, retention }
+        Process { definitions, hub, instance, dispatcher, retention, bulk }
     }
 
-    /// Drains the worker (its sagas handed back), then stops the dispatcher and the cleaner.
+    /// Stops the bulk runner (between two items), drains the worker (its sagas handed back),
+    /// then stops the dispatcher and the cleaner.
     pub async fn shutdown(self) {
+        if let Some(bulk) = self.bulk {
+            bulk.shutdown().await;
+        }
         if let Some(instance) = self.instance {
             instance.shutdown().await;
         }

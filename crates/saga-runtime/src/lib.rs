@@ -12,6 +12,7 @@
 //! instance holds; a lease it lost stops that driver, and its writes would be fenced anyway.
 
 pub mod blockers;
+pub mod bulk;
 pub mod clock;
 pub mod committer;
 mod config;
@@ -39,7 +40,8 @@ pub use hook::TransitionHook;
 pub use hub::{TerminalHub, TerminalWatch};
 pub use instance::{Instance, InstanceConfig, InstanceHandle};
 pub use intake::Intake;
-pub use operator::{Operator, OperatorError};
+pub use bulk::{BulkConfig, BulkHandle, BulkStores};
+pub use operator::{BulkAction, Operator, OperatorError};
 pub use retention::{RetentionConfig, RetentionHandle};
 
 /// Names of the built-in steps that always exist.

@@ -23,6 +23,9 @@ pub const SAGA_DB_POOL_CONNECTIONS: &str = "saga_db_pool_connections";
 pub const SAGA_RETENTION_DELETED_TOTAL: &str = "saga_retention_deleted_total";
 /// How long the longest-finished saga still kept has been finished.
 pub const SAGA_RETENTION_OLDEST_FINISHED_SECONDS: &str = "saga_retention_oldest_finished_seconds";
+/// `{kind=sagas|deliveries, outcome=done|failed}`: items bulk jobs acted on, or found the action
+/// no longer applied to.
+pub const SAGA_JOB_ITEMS_TOTAL: &str = "saga_job_items_total";
 
 /// Registers descriptions so `/metrics` shows HELP lines.
 pub fn describe() {
@@ -41,6 +44,7 @@ pub fn describe() {
     metrics::describe_gauge!(SAGA_OLDEST_DUE_AGE_SECONDS, "How long the oldest due saga has been due (0: none)");
     metrics::describe_gauge!(SAGA_DB_POOL_CONNECTIONS, "The store's pooled connections in this process, by state");
     metrics::describe_counter!(SAGA_RETENTION_DELETED_TOTAL, "Rows deleted past their retention, by kind");
+    metrics::describe_counter!(SAGA_JOB_ITEMS_TOTAL, "Items bulk jobs acted on (done) or could not (failed)");
     metrics::describe_gauge!(
         SAGA_RETENTION_OLDEST_FINISHED_SECONDS,
         "How long the longest-finished saga still kept has been finished (the instance that cleans)"

@@ -2,13 +2,15 @@
 //! that failed forward, cancel one, deliver a signal. The HTTP routes (and so the CLI and the
 //! dashboard) call these; each checks what the saga's state and definition allow, and commits
 //! with the hook the worker commits with, so a tenant saga's retry moves its tenant in the same
-//! transaction. Who may act is the caller's to check; what may be done is decided here.
+//! transaction. Who may act is the caller's to check; what may be done is decided here. A bulk
+//! job passes its item ([`JobMark`]) so the item is marked done in the transaction that acts.
 
 use std::sync::Arc;
 
 use saga_core::{Action, SagaStatus};
-use saga_store::{EngineStore, SagaOperatorUpdate, SagaRecord, SignalRecord, StoreError};
+use saga_store::{EngineStore, JobMark, SagaOperatorUpdate, SagaRecord, SignalRecord, StoreError};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::{Clock, DefinitionCache, DefinitionError, TerminalHub, TransitionHook};
 
@@ -50,7 +52,7 @@ impl Operator {
 
     /// Resumes a `FAILED` saga from the step that failed, with the tenant change it causes (a
     /// tenant saga's retry moves its tenant back to `MIGRATING`) in the same transaction.
-    pub async fn retry(&self, record: &SagaRecord) -> Result<SagaRecord, OperatorError> {
+    pub async fn retry(&self, record: &SagaRecord, job: Option<&JobMark>) -> Result<SagaRecord, OperatorError> {
         let (_, definition) = self.definitions.get(&record.definition, Some(record.version)).await?;
         let mut state = record.state.clone();
         let now_ms = self.clock.now_ms();
@@ -65,6 +67,7 @@ impl Operator {
             state,
             events: transition.events,
             tenant_change,
+            job: job.copied(),
             now_ms,
         };
         let updated = self.store.saga_operator_update(update).await?;
@@ -76,7 +79,7 @@ impl Operator {
 
     /// Asks a saga that has not finished to stop going forward and compensate what may have
     /// happened; refused once it is terminal or past a succeeded pivot step.
-    pub async fn cancel(&self, record: &SagaRecord) -> Result<SagaRecord, OperatorError> {
+    pub async fn cancel(&self, record: &SagaRecord, job: Option<&JobMark>) -> Result<SagaRecord, OperatorError> {
         if record.status.is_terminal() {
             return Err(OperatorError::Conflict(format!(
                 "saga is {}; only a saga that has not finished can be cancelled",
@@ -89,7 +92,7 @@ impl Operator {
                 "saga is past a succeeded pivot step; it can only go forward (use retry if it fails)".into(),
             ));
         }
-        match self.store.saga_cancel_request(record.id, self.clock.now_ms()).await {
+        match self.store.saga_cancel_request(record.id, self.clock.now_ms(), job).await {
             Err(StoreError::Conflict(message)) => {
                 Err(OperatorError::Conflict(format!("{message}; it can no longer be cancelled")))
             }
@@ -104,6 +107,7 @@ impl Operator {
         record: &SagaRecord,
         name: &str,
         payload: &Value,
+        job: Option<&JobMark>,
     ) -> Result<SignalRecord, OperatorError> {
         let (_, definition) = self.definitions.get(&record.definition, Some(record.version)).await?;
         let waits_for: Vec<String> = definition
@@ -127,11 +131,67 @@ impl Operator {
                 record.status.as_str()
             )));
         }
-        match self.store.signal_send(record.id, name, payload, self.clock.now_ms()).await {
+        match self.store.signal_send(record.id, name, payload, self.clock.now_ms(), job).await {
             Err(StoreError::Conflict(message)) => {
                 Err(OperatorError::Conflict(format!("{message}; it takes no more signals")))
             }
             other => Ok(other?),
+        }
+    }
+
+    /// One bulk job's action on saga `id`, its item marked done in the same transaction.
+    pub async fn act(&self, id: Uuid, action: &BulkAction, job: &JobMark) -> Result<(), OperatorError> {
+        let record = match self.store.saga_get(id).await {
+            Err(StoreError::NotFound) => return Err(OperatorError::Conflict("the saga no longer exists".into())),
+            other => other?,
+        };
+        match action {
+            BulkAction::Cancel => self.cancel(&record, Some(job)).await.map(drop),
+            BulkAction::Retry => self.retry(&record, Some(job)).await.map(drop),
+            BulkAction::Signal { name, data } => self.signal(&record, name, data, Some(job)).await.map(drop),
+        }
+    }
+}
+
+/// What a bulk job does to each saga it selected (`POST /v1/sagas/actions`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BulkAction {
+    Cancel,
+    Retry,
+    Signal { name: String, data: Value },
+}
+
+impl BulkAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BulkAction::Cancel => "cancel",
+            BulkAction::Retry => "retry",
+            BulkAction::Signal { .. } => "signal",
+        }
+    }
+
+    /// The action a stored job names, with its arguments (a signal's `{name, data}`).
+    pub fn parse(action: &str, arguments: Option<&Value>) -> Option<Self> {
+        match action {
+            "cancel" => Some(BulkAction::Cancel),
+            "retry" => Some(BulkAction::Retry),
+            "signal" => {
+                let arguments = arguments?;
+                let name = arguments.get("name")?.as_str()?.to_string();
+                let data = arguments.get("data").cloned().unwrap_or(Value::Null);
+                Some(BulkAction::Signal { name, data })
+            }
+            _ => None,
+        }
+    }
+
+    /// The statuses a saga must have for the action to apply: a job selects only those.
+    pub fn applies_to(&self) -> &'static [SagaStatus] {
+        match self {
+            BulkAction::Retry => &[SagaStatus::Failed],
+            BulkAction::Cancel | BulkAction::Signal { .. } => {
+                &[SagaStatus::Pending, SagaStatus::Executing, SagaStatus::Compensating]
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The cleaner: finished sagas (COMPLETED, COMPENSATED, FAILED) are deleted once they have been
 //! finished for the retention (`SAGAPLANE_RETENTION`), each with its history, signals, callbacks
-//! and idempotency key. A saga that is not finished is never touched.
+//! and idempotency key. A saga that is not finished is never touched. Finished bulk jobs go on
+//! the same clock, with their items.
 //!
 //! Design note. One instance at a time cleans: each tick it takes or renews the named lease
 //! `retention` ([`RetentionStore::singleton_hold`]) and only its holder deletes, so instances
@@ -10,7 +11,7 @@
 //! engine's own writes keep the database (measured on PostgreSQL: deleting 5,000 sagas a second
 //! beside saga3 at c=64 cost it 12%; the default pace allows 2,000 a second). While nothing is
 //! due it looks again every half retention, at most every minute. Metrics:
-//! `saga_retention_deleted_total{kind=saga|history|signal|callback}`, and
+//! `saga_retention_deleted_total{kind=saga|history|signal|callback|job}`, and
 //! `saga_retention_oldest_finished_seconds` — how long the longest-finished saga still kept has
 //! been finished (above the retention while the cleaner is behind).
 
@@ -28,6 +29,8 @@ pub const RETENTION_LEASE: &str = "retention";
 /// How long the lease lasts unless renewed: another instance takes over this long after its
 /// holder stops.
 pub const RETENTION_LEASE_TTL_MS: i64 = 30_000;
+/// Finished bulk jobs deleted per look, each with its items.
+const JOBS_PURGED_PER_LOOK: u32 = 20;
 /// The longest wait between two looks while nothing is due.
 pub const RETENTION_IDLE_MAX: Duration = Duration::from_secs(60);
 
@@ -72,7 +75,7 @@ impl RetentionHandle {
 /// Starts the cleaner.
 pub fn start(store: Arc<dyn RetentionStore>, clock: Arc<dyn Clock>, config: RetentionConfig) -> RetentionHandle {
     let (stop, stopped) = watch::channel(false);
-    for kind in ["saga", "history", "signal", "callback"] {
+    for kind in ["saga", "history", "signal", "callback", "job"] {
         metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(0);
     }
     let task = tokio::spawn(run(store, clock, config, stopped));
@@ -122,6 +125,11 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
         }
     };
     count(&purged);
+    // Finished bulk jobs follow the same clock, with their items.
+    match store.jobs_purge(now_ms.saturating_sub(config.retention_ms), JOBS_PURGED_PER_LOOK).await {
+        Ok(jobs) => metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => "job").increment(jobs),
+        Err(e) => tracing::warn!(error = %e, "deleting finished bulk jobs failed; trying again later"),
+    }
     if purged.sagas > 0 {
         tracing::debug!(sagas = purged.sagas, history = purged.history, "deleted finished sagas past their retention");
     }

@@ -263,6 +263,9 @@ pub struct SagaOperatorUpdate {
     /// the same transaction; when the tenant is not in one of its `from` statuses, nothing is
     /// written and the update fails with [`StoreError::Conflict`].
     pub tenant_change: Option<TenantChange>,
+    /// The bulk job item this update acts on: marked done with it, and nothing is written when
+    /// the item is no longer pending ([`crate::StoreError::Conflict`]).
+    pub job: Option<crate::JobMark>,
     pub now_ms: i64,
 }
 
@@ -424,7 +427,9 @@ pub trait SagaStore: Send + Sync + 'static {
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord>;
     /// Records a cancel request on a saga that is not terminal and makes it due if no driver
     /// holds it. [`crate::StoreError::NotFound`]; [`crate::StoreError::Conflict`] when terminal.
-    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord>;
+    /// With `job`, the bulk job's item is marked done in the same transaction (Conflict, nothing
+    /// written, when it is no longer pending).
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&crate::JobMark>) -> StoreResult<SagaRecord>;
     /// What the claim sees around one saga (`GET /v1/sagas/{id}/blockers`): its admission, its
     /// key's holders, the queue of due sagas, its newest history event, its open callback.
     async fn saga_queue_facts(&self, saga: &SagaRecord, now_ms: i64) -> StoreResult<SagaQueueFacts>;
@@ -503,7 +508,16 @@ pub trait LeaseStore: Send + Sync + 'static {
 #[async_trait]
 pub trait SignalStore: Send + Sync + 'static {
     /// Buffers a signal durably and wakes the saga. [`crate::StoreError::Conflict`] when terminal.
-    async fn signal_send(&self, id: Uuid, name: &str, payload: &Value, now_ms: i64) -> StoreResult<SignalRecord>;
+    /// With `job`, the bulk job's item is marked done in the same transaction (Conflict, nothing
+    /// written, when it is no longer pending).
+    async fn signal_send(
+        &self,
+        id: Uuid,
+        name: &str,
+        payload: &Value,
+        now_ms: i64,
+        job: Option<&crate::JobMark>,
+    ) -> StoreResult<SignalRecord>;
     /// The oldest signal called `name` for the saga whose id is not in `consumed`.
     async fn signal_find(&self, id: Uuid, name: &str, consumed: &[i64]) -> StoreResult<Option<SignalRecord>>;
     /// Records a callback token before its request is sent.

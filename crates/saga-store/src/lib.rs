@@ -1,6 +1,6 @@
 //! The store interfaces: everything Sagaplane persists, sized by concern — the engine's
 //! ([`engine`], what `saga-runtime` needs and nothing more), the control plane's ([`control`]),
-//! tenant storage ([`tenant_storage`]), outbound delivery's ([`delivery`]), retention's ([`retention`]) — plus the one batching primitive ([`batch`]), saga
+//! tenant storage ([`tenant_storage`]), outbound delivery's ([`delivery`]), retention's ([`retention`]), bulk jobs' ([`jobs`]) — plus the one batching primitive ([`batch`]), saga
 //! creation shared by every backend ([`creates`]), and the conformance suites every backend
 //! runs ([`conformance`]). The PostgreSQL and SQLite crates implement these traits; only the
 //! binary names them.
@@ -14,6 +14,7 @@ pub mod creates;
 pub mod delivery;
 pub mod engine;
 pub mod events;
+pub mod jobs;
 pub mod retention;
 pub mod tenant_storage;
 
@@ -22,6 +23,10 @@ pub use control::*;
 pub use creates::SagaCreates;
 pub use delivery::*;
 pub use engine::*;
+pub use jobs::{
+    DeliveryAction, DeliverySelection, JobCreate, JobItemError, JobKind, JobMark, JobRecord, JobStatus, JobStore,
+    SagaSelection, Selection, JOB_ERRORS_SHOWN, JOB_ITEMS_MAX,
+};
 pub use retention::{Purged, RetentionStore};
 
 /// Limits named once.
@@ -105,9 +110,9 @@ pub struct PoolStatus {
 }
 
 /// Everything Sagaplane persists: what the binary opens and the server holds.
-pub trait Store: SchemaStore + EngineStore + ControlStore + DeliveryStore + RetentionStore {}
+pub trait Store: SchemaStore + EngineStore + ControlStore + DeliveryStore + RetentionStore + JobStore {}
 
-impl<T: SchemaStore + EngineStore + ControlStore + DeliveryStore + RetentionStore + ?Sized> Store for T {}
+impl<T: SchemaStore + EngineStore + ControlStore + DeliveryStore + RetentionStore + JobStore + ?Sized> Store for T {}
 
 /// Clamps a user's `?limit=`.
 pub fn clamp_limit(limit: Option<u32>) -> u32 {

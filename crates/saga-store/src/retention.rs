@@ -22,6 +22,9 @@ pub trait RetentionStore: Send + Sync {
     /// callbacks, in one transaction. A saga that is not finished is never touched, whatever its
     /// age; its idempotency key goes with it.
     async fn sagas_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged>;
+    /// Deletes up to `limit` bulk jobs that finished at or before `finished_before_ms`, each
+    /// with its items; how many.
+    async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<u64>;
     /// When the longest-finished saga still kept finished; None when none is.
     async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>>;
     /// Takes or renews the lease `name` for `owner` until `now_ms + ttl_ms`: true when `owner`

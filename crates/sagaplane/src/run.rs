@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use process::{Dispatch, Jobs, Process, Retention, Wiring, Worker};
+use process::{Bulk, Dispatch, Jobs, Process, Retention, Wiring, Worker};
 use saga_runtime::{BreakerConfig, BuiltinRegistry, Executors, InstanceConfig, SystemClock};
 use saga_store::tenant_storage::TenantStorage;
 use saga_store::Store;
@@ -168,6 +168,13 @@ fn retention(config: &Config, store: &Arc<dyn Store>) -> Retention {
     Retention { store, config: saga_runtime::RetentionConfig::new(retention_ms, config.worker_id.clone()) }
 }
 
+/// The bulk job runner (`POST /v1/sagas/actions`, `POST /v1/deliveries/actions`).
+fn bulk(config: &Config, store: &Arc<dyn Store>) -> Bulk {
+    let jobs: Arc<dyn saga_store::JobStore> = store.clone();
+    let leases: Arc<dyn saga_store::RetentionStore> = store.clone();
+    Bulk { stores: saga_runtime::BulkStores { jobs, leases }, config: saga_runtime::BulkConfig::new(config.worker_id.clone()) }
+}
+
 /// What one process runs besides the store.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Parts {
@@ -213,6 +220,8 @@ impl App {
             dispatch: parts.dispatcher.then(|| dispatch(config, &store)),
             // Every process with a worker cleans; the lease keeps it to one at a time.
             retention: parts.worker.then(|| retention(config, &store)),
+            // Every process with a worker runs bulk jobs; a lease per job keeps each on one.
+            bulk: parts.worker.then(|| bulk(config, &store)),
         };
         let process = Process::start(wiring, jobs);
         Ok(App { store, tenants, process })

@@ -328,7 +328,7 @@ impl Run {
             transport: Some(Arc::new(receivers)),
         };
         let wiring = Wiring { store, clock: self.clock.clone(), builtin_names };
-        let jobs = Jobs { worker: Some(worker), dispatch: Some(dispatch), retention: None };
+        let jobs = Jobs { worker: Some(worker), dispatch: Some(dispatch), retention: None, bulk: None };
         slot.process = Some(Process::start(wiring, jobs));
     }
 
@@ -363,12 +363,12 @@ impl Run {
             }
             Step::Cancel(n) => {
                 if let Some(id) = self.ids.get(n).copied() {
-                    let _ = self.store.saga_cancel_request(id, self.clock_now()).await;
+                    let _ = self.store.saga_cancel_request(id, self.clock_now(), None).await;
                 }
             }
             Step::Signal(n) => {
                 if let Some(id) = self.ids.get(n).copied() {
-                    let _ = self.store.signal_send(id, "go", &json!({"n": n}), self.clock_now()).await;
+                    let _ = self.store.signal_send(id, "go", &json!({"n": n}), self.clock_now(), None).await;
                 }
             }
             Step::Fault(index, fault) => self.fault(index, fault, tasks).await,

@@ -14,7 +14,7 @@ use saga_runtime::{AttemptContext, Clock, HttpRequest, HttpTransport};
 use saga_store::{
     CallbackRecord, CallbackRegister, ClaimParams, Claimed, ClaimedDelivery, CommitOutcome, DefinitionPut,
     DefinitionRecord, DefinitionStore, DeliveryAttemptResult, DeliveryBacklog, DeliveryClaimParams, DispatchStore,
-    EventRecord, LeaseRef, LeaseRenewal, LeaseStore, OutboxEvent, SagaCommit, SagaCreate, SagaFilter,
+    EventRecord, JobMark, LeaseRef, LeaseRenewal, LeaseStore, OutboxEvent, SagaCommit, SagaCreate, SagaFilter,
     SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore, SignalRecord, SignalStore, StoreError, StoreResult,
     SubscriptionRecord, WorkSignal,
 };
@@ -173,8 +173,8 @@ impl SagaStore for SimStore {
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
         self.call(self.inner.saga_operator_update(update)).await
     }
-    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord> {
-        self.call(self.inner.saga_cancel_request(id, now_ms)).await
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&JobMark>) -> StoreResult<SagaRecord> {
+        self.call(self.inner.saga_cancel_request(id, now_ms, job)).await
     }
     async fn saga_queue_facts(&self, saga: &SagaRecord, now_ms: i64) -> StoreResult<SagaQueueFacts> {
         self.call(self.inner.saga_queue_facts(saga, now_ms)).await
@@ -258,8 +258,15 @@ impl DispatchStore for SimStore {
 
 #[async_trait]
 impl SignalStore for SimStore {
-    async fn signal_send(&self, id: Uuid, name: &str, payload: &Value, now_ms: i64) -> StoreResult<SignalRecord> {
-        self.call(self.inner.signal_send(id, name, payload, now_ms)).await
+    async fn signal_send(
+        &self,
+        id: Uuid,
+        name: &str,
+        payload: &Value,
+        now_ms: i64,
+        job: Option<&JobMark>,
+    ) -> StoreResult<SignalRecord> {
+        self.call(self.inner.signal_send(id, name, payload, now_ms, job)).await
     }
     async fn signal_find(&self, id: Uuid, name: &str, consumed: &[i64]) -> StoreResult<Option<SignalRecord>> {
         self.call(self.inner.signal_find(id, name, consumed)).await

@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration(9, "subscription_owner", include_str!("../migrations/0009_subscription_owner.sql"), 8),
     migration(10, "subscription_epoch", include_str!("../migrations/0010_subscription_epoch.sql"), 8),
     migration(11, "retention", include_str!("../migrations/0011_retention.sql"), 8),
+    migration(12, "jobs", include_str!("../migrations/0012_jobs.sql"), 8),
 ];
 
 fn latest() -> i64 {

@@ -7,7 +7,7 @@
 //! SQLite), how a transaction begins and how an error maps, and the few clauses one of them needs
 //! ([`Dialect::LOCK_TENANT`]). What differs in substance — claims, the batched commit, the
 //! fan-out, migrations — stays in each store. A store implements [`SqlStore`] and takes the
-//! shared store traits with one macro call each ([`access_stores!`], [`subscription_store!`], [`retention_store!`]).
+//! shared store traits with one macro call each ([`access_stores!`], [`subscription_store!`], [`retention_store!`], [`job_store!`]).
 
 use std::future::Future;
 
@@ -18,6 +18,7 @@ use sqlx::Database;
 use uuid::Uuid;
 
 pub mod access;
+pub mod jobs;
 pub mod retention;
 pub mod subscriptions;
 

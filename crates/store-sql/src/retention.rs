@@ -73,6 +73,9 @@ macro_rules! retention_store {
             ) -> saga_store::StoreResult<saga_store::Purged> {
                 $crate::retention::OwnRetentionStatements::purge_finished(self, finished_before_ms, limit).await
             }
+            async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> saga_store::StoreResult<u64> {
+                $crate::SqlStore::sql(self).jobs_purge(finished_before_ms, limit).await
+            }
             async fn oldest_finished_ms(&self) -> saga_store::StoreResult<Option<i64>> {
                 $crate::SqlStore::sql(self).oldest_finished_ms().await
             }

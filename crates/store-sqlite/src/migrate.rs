@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(i64, &str, &str, i64)] = &[
     (7, "event_expiry", include_str!("../migrations/0007_event_expiry.sql"), 7),
     (8, "subscription_owner", include_str!("../migrations/0008_subscription_owner.sql"), 7),
     (9, "retention", include_str!("../migrations/0009_retention.sql"), 7),
+    (10, "jobs", include_str!("../migrations/0010_jobs.sql"), 7),
 ];
 
 fn latest() -> i64 {

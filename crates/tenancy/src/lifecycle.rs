@@ -177,7 +177,7 @@ impl Lifecycle {
         if saga.status == SagaStatus::Compensating {
             return Err(LifecycleError::Conflict("its provisioning is already being undone".into()));
         }
-        Ok(self.sagas.saga_cancel_request(saga.id, self.clock.now_ms()).await?)
+        Ok(self.sagas.saga_cancel_request(saga.id, self.clock.now_ms(), None).await?)
     }
 
     /// Retries a `MIGRATION_ERROR` tenant's migration. The saga that failed in its migrations step
@@ -194,7 +194,7 @@ impl Lifecycle {
         let failed = self.saga_of(tenant).await?.filter(|saga| saga.status == SagaStatus::Failed);
         match failed {
             Some(saga) => {
-                let retried = self.operator.retry(&saga).await?;
+                let retried = self.operator.retry(&saga, None).await?;
                 Ok((self.tenants.tenant_get(&tenant.id).await?, retried.id))
             }
             None => {

@@ -146,7 +146,7 @@ pub async fn heartbeat_renews_and_reports_lost_leases(store: Arc<dyn EngineStore
     ensure!(renewal.cancel_requested.is_empty(), "no cancel yet: {renewal:?}");
     ensure!(db(store.saga_claim_due(&claim("w2", 2, 40_000)).await)?.is_empty(), "renewed lease expired early");
     // A cancel request on a held saga is reported, so its driver can interrupt a long attempt.
-    db(store.saga_cancel_request(a, 45_000).await)?;
+    db(store.saga_cancel_request(a, 45_000, None).await)?;
     let renewal = db(store.lease_renew("w1", &leases, 45_001, 30_000).await)?;
     ensure!(renewal.cancel_requested == vec![(a, 45_000)], "cancel: {renewal:?}");
     let taken = db(store.saga_claim_due(&claim("w2", 1, 80_000)).await)?;
@@ -217,7 +217,7 @@ pub async fn admission_never_exceeds_the_key_limit(store: Arc<dyn EngineStore>) 
     // A cancelled saga waiting for admission is handed out regardless of the limit.
     let waiting = keyed.iter().find(|id| !claimed.iter().chain(next.iter().map(|c| &c.record)).any(|r| r.id == **id));
     let waiting = *waiting.ok_or("no waiting saga left")?;
-    db(store.saga_cancel_request(waiting, 40).await)?;
+    db(store.saga_cancel_request(waiting, 40, None).await)?;
     let cancelled = db(store.saga_claim_due(&claim("w9", 10, 40)).await)?;
     ensure!(cancelled.len() == 1 && cancelled[0].record.id == waiting, "cancelled saga: {cancelled:?}");
     Ok(())

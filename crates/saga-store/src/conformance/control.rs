@@ -112,6 +112,7 @@ pub async fn an_operator_update_changes_its_tenant_with_it_or_not_at_all(store: 
             migrations: None,
             outbox: Vec::new(),
         }),
+        job: None,
         now_ms: 5,
     };
     let events_before = db(store.saga_events(saga.id, 0, 10).await)?.len();

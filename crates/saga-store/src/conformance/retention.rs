@@ -20,7 +20,7 @@ async fn saga(store: &dyn Store, key: &str, finished_ms: Option<i64>) -> Result<
     let SagaCreated::Created(record) = db(create_one(store, params).await)? else {
         return Err(format!("{key}: not created"));
     };
-    db(store.signal_send(record.id, "go", &json!({}), 1).await)?;
+    db(store.signal_send(record.id, "go", &json!({}), 1, None).await)?;
     let register = CallbackRegister {
         token_hash: format!("hash-{key}"),
         saga_id: record.id,

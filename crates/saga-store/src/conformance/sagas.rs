@@ -270,6 +270,7 @@ pub async fn operator_update_is_conditional(store: Arc<dyn EngineStore>) -> Chec
         state: record.state.clone(),
         events: vec![HistoryEvent::new("saga_retried", None, None, json!(null), 5)],
         tenant_change: None,
+        job: None,
         now_ms: 5,
     };
     ensure!(

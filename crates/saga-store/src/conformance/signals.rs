@@ -15,7 +15,7 @@ pub async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn EngineSt
     let id = create(store.as_ref(), 0).await?;
     let claimed = claim_one(store.as_ref(), 0).await?;
     let token = claimed.record.fencing_token;
-    let requested = db(store.saga_cancel_request(id, 10).await)?;
+    let requested = db(store.saga_cancel_request(id, 10, None).await)?;
     ensure!(requested.cancel_requested_at_ms == Some(10), "cancel not recorded: {requested:?}");
     ensure!(requested.lease_owner.as_deref() == Some("w1"), "the driver keeps its lease");
     let mut state = claimed.record.state.clone();
@@ -24,7 +24,7 @@ pub async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn EngineSt
     ensure!(outcome == vec![CommitOutcome::CancelRequested { at_ms: 10 }], "outcome: {outcome:?}");
     ensure!(db(store.saga_get(id).await)?.status == SagaStatus::Pending, "nothing written");
     // A second request keeps the first time.
-    ensure!(db(store.saga_cancel_request(id, 15).await)?.cancel_requested_at_ms == Some(10), "time moved");
+    ensure!(db(store.saga_cancel_request(id, 15, None).await)?.cancel_requested_at_ms == Some(10), "time moved");
     state.status = SagaStatus::Compensated;
     state.cancel_requested_at_ms = Some(10);
     let outcome = db(store.saga_commit_batch(&[commit(id, token, state, 30, vec![])]).await)?;
@@ -40,18 +40,18 @@ pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<
     park.run_at_ms = crate::RUN_AT_NEVER_MS;
     ensure!(db(store.saga_commit_batch(&[park]).await)? == vec![CommitOutcome::Committed], "park");
     ensure!(db(store.saga_claim_due(&claim("w1", 1, 100)).await)?.is_empty(), "parked saga claimed");
-    db(store.saga_cancel_request(id, 100).await)?;
+    db(store.saga_cancel_request(id, 100, None).await)?;
     let again = claim_one(store.as_ref(), 100).await?;
     ensure!(again.record.cancel_requested_at_ms == Some(100), "claim shows the request");
     let mut state = again.record.state.clone();
     state.status = SagaStatus::Compensated;
     state.cancel_requested_at_ms = Some(100);
     db(store.saga_commit_batch(&[commit(id, again.record.fencing_token, state, 110, vec![])]).await)?;
-    match store.saga_cancel_request(id, 120).await {
+    match store.saga_cancel_request(id, 120, None).await {
         Err(StoreError::Conflict(_)) => {}
         other => return Err(format!("cancel of a terminal saga: {other:?}")),
     }
-    match store.saga_cancel_request(Uuid::now_v7(), 120).await {
+    match store.saga_cancel_request(Uuid::now_v7(), 120, None).await {
         Err(StoreError::NotFound) => Ok(()),
         other => Err(format!("cancel of an unknown saga: {other:?}")),
     }
@@ -59,16 +59,16 @@ pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<
 
 pub async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
-    let first = db(store.signal_send(id, "approval", &json!({"ok": 1}), 10).await)?;
-    let second = db(store.signal_send(id, "approval", &json!({"ok": 2}), 11).await)?;
-    db(store.signal_send(id, "other", &json!(null), 12).await)?;
+    let first = db(store.signal_send(id, "approval", &json!({"ok": 1}), 10, None).await)?;
+    let second = db(store.signal_send(id, "approval", &json!({"ok": 2}), 11, None).await)?;
+    db(store.signal_send(id, "other", &json!(null), 12, None).await)?;
     let found = db(store.signal_find(id, "approval", &[]).await)?.ok_or("first signal missing")?;
     ensure!(found.id == first.id && found.payload == json!({"ok": 1}), "found: {found:?}");
     let next = db(store.signal_find(id, "approval", &[first.id]).await)?.ok_or("second signal missing")?;
     ensure!(next.id == second.id, "next: {next:?}");
     ensure!(db(store.signal_find(id, "approval", &[first.id, second.id]).await)?.is_none(), "all consumed");
     ensure!(db(store.saga_get(id).await)?.wake_seq == 3, "wake_seq not bumped per signal");
-    match store.signal_send(Uuid::now_v7(), "approval", &json!(null), 13).await {
+    match store.signal_send(Uuid::now_v7(), "approval", &json!(null), 13, None).await {
         Err(StoreError::NotFound) => Ok(()),
         other => Err(format!("signal to an unknown saga: {other:?}")),
     }
@@ -78,7 +78,7 @@ pub async fn a_delivery_during_a_lease_makes_the_parked_saga_due(store: Arc<dyn 
     let id = create(store.as_ref(), 0).await?;
     let claimed = claim_one(store.as_ref(), 0).await?;
     // The driver decided to wait (having seen wake_seq 0); a signal lands before its commit.
-    db(store.signal_send(id, "go", &json!(1), 5).await)?;
+    db(store.signal_send(id, "go", &json!(1), 5, None).await)?;
     let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 6, vec![]);
     park.release_lease = true;
     park.run_at_ms = crate::RUN_AT_NEVER_MS;

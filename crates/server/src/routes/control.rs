@@ -26,7 +26,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let record = load(&state, parse_id(&id)?).await?;
-    let updated = state.operator().cancel(&record).await?;
+    let updated = state.operator().cancel(&record, None).await?;
     Ok((StatusCode::ACCEPTED, Json(views::saga(&updated))).into_response())
 }
 
@@ -44,7 +44,7 @@ pub async fn signal(
     let payload: Value =
         if body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { crate::routes::common::json_body(&body)? };
     let record = load(&state, id).await?;
-    let signal = state.operator().signal(&record, &name, &payload).await?;
+    let signal = state.operator().signal(&record, &name, &payload, None).await?;
     let answer = json!({
         "saga_id": id,
         "signal": signal.name,

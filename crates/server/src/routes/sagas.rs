@@ -398,7 +398,7 @@ pub async fn retry(
             record.status.as_str()
         )));
     }
-    let updated = state.operator().retry(&record).await?;
+    let updated = state.operator().retry(&record, None).await?;
     Ok((StatusCode::ACCEPTED, Json(views::saga(&updated))).into_response())
 }
 

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use saga_core::{HistoryEvent, SagaStatus};
 use saga_store::{
-    CallbackFacts, DefinitionPut, DefinitionRecord, DefinitionStore, EventRecord, SagaCreate, SagaFilter,
+    CallbackFacts, DefinitionPut, DefinitionRecord, DefinitionStore, EventRecord, JobMark, SagaCreate, SagaFilter,
     SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore, StoreError, StoreResult, WorkSignal,
 };
 use serde_json::Value;
@@ -401,6 +401,7 @@ impl SagaStore for MemoryStore {
         if row.record.status != update.expected_status || row.record.lease_owner.is_some() {
             return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
         }
+        refuse_job(update.job.as_ref())?;
         if let Some(change) = &update.tenant_change {
             // No tenants live here: a change conditional on one is never applied.
             return Err(StoreError::Conflict(format!(
@@ -426,7 +427,8 @@ impl SagaStore for MemoryStore {
         Ok(record)
     }
 
-    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord> {
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&JobMark>) -> StoreResult<SagaRecord> {
+        refuse_job(job)?;
         let mut tables = self.tables()?;
         let row = row_mut(&mut tables, id)?;
         if !row.is_active() {
@@ -490,5 +492,13 @@ impl SagaStore for MemoryStore {
             .map(|r| r.record.run_at_ms)
             .collect();
         Ok((due.len() as u64, due.into_iter().min()))
+    }
+}
+
+/// No bulk jobs live here: a write conditional on a job's item is never applied.
+pub(crate) fn refuse_job(job: Option<&JobMark>) -> StoreResult<()> {
+    match job {
+        Some(mark) => Err(StoreError::Conflict(format!("job {} has no pending item {}", mark.job_id, mark.item_id))),
+        None => Ok(()),
     }
 }

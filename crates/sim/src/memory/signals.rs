@@ -2,7 +2,7 @@
 //! at once; a driver that parks it sees `wake_seq` moved).
 
 use async_trait::async_trait;
-use saga_store::{CallbackRecord, CallbackRegister, SignalRecord, SignalStore, StoreError, StoreResult};
+use saga_store::{CallbackRecord, CallbackRegister, JobMark, SignalRecord, SignalStore, StoreError, StoreResult};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -30,7 +30,15 @@ fn open(callback: &Callback, now_ms: i64) -> bool {
 
 #[async_trait]
 impl SignalStore for MemoryStore {
-    async fn signal_send(&self, id: Uuid, name: &str, payload: &Value, now_ms: i64) -> StoreResult<SignalRecord> {
+    async fn signal_send(
+        &self,
+        id: Uuid,
+        name: &str,
+        payload: &Value,
+        now_ms: i64,
+        job: Option<&JobMark>,
+    ) -> StoreResult<SignalRecord> {
+        super::refuse_job(job)?;
         let mut tables = self.tables()?;
         if !wake(&mut tables, id, now_ms)? {
             let status = tables.sagas.get(&id).map(|r| r.record.status).ok_or(StoreError::NotFound)?;

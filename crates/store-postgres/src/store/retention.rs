@@ -38,3 +38,4 @@ impl OwnRetentionStatements for PostgresStore {
 }
 
 store_sql::retention_store!(PostgresStore);
+store_sql::job_store!(PostgresStore);

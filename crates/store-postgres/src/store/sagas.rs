@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use saga_store::{
-    CallbackFacts, EventRecord, SagaCreate, SagaFilter, SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore,
+    CallbackFacts, EventRecord, SagaCreate, SagaFilter, JobMark, SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore,
     StoreError, StoreResult,
 };
 use sqlx::types::Json;
@@ -109,6 +109,9 @@ impl SagaStore for PostgresStore {
 
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
         let mut tx = self.db.begin().await.map_err(db)?;
+        if let Some(mark) = &update.job {
+            store_sql::jobs::item_done::<crate::dialect::Pg>(&mut tx, mark, update.now_ms).await?;
+        }
         let row = sqlx::query(&format!(
             "UPDATE sagas s SET status = $1, state = $2::json, updated_at = $3, run_at = $3, completed_at = NULL, \
                lease_owner = NULL, lease_expires_at = NULL, event_seq = s.event_seq + $4 \
@@ -246,7 +249,11 @@ impl SagaStore for PostgresStore {
         })
     }
 
-    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord> {
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&JobMark>) -> StoreResult<SagaRecord> {
+        let mut tx = self.db.begin().await.map_err(db)?;
+        if let Some(mark) = job {
+            store_sql::jobs::item_done::<crate::dialect::Pg>(&mut tx, mark, now_ms).await?;
+        }
         let row = sqlx::query(&format!(
             "UPDATE sagas s SET cancel_requested_at = COALESCE(s.cancel_requested_at, $2), \
                wake_seq = s.wake_seq + 1, updated_at = $2, \
@@ -256,15 +263,17 @@ impl SagaStore for PostgresStore {
         ))
         .bind(id)
         .bind(now_ms)
-        .fetch_optional(&self.db)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
         match row {
             Some(row) => {
+                tx.commit().await.map_err(db)?;
                 self.announce_work();
                 rows::saga(&row)
             }
             None => {
+                drop(tx);
                 let existing = self.saga_get(id).await?;
                 Err(StoreError::Conflict(format!("saga is {}", existing.status.as_str())))
             }

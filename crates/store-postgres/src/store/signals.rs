@@ -1,7 +1,7 @@
 //! Signals and async callbacks: buffered durably, each wakes its saga.
 
 use async_trait::async_trait;
-use saga_store::{CallbackRecord, CallbackRegister, SagaStore, SignalRecord, SignalStore, StoreError, StoreResult};
+use saga_store::{CallbackRecord, CallbackRegister, JobMark, SagaStore, SignalRecord, SignalStore, StoreError, StoreResult};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::Row;
@@ -12,8 +12,18 @@ use crate::rows::{changed_one, db};
 
 #[async_trait]
 impl SignalStore for PostgresStore {
-    async fn signal_send(&self, id: Uuid, name: &str, payload: &Value, now_ms: i64) -> StoreResult<SignalRecord> {
+    async fn signal_send(
+        &self,
+        id: Uuid,
+        name: &str,
+        payload: &Value,
+        now_ms: i64,
+        job: Option<&JobMark>,
+    ) -> StoreResult<SignalRecord> {
         let mut tx = self.db.begin().await.map_err(db)?;
+        if let Some(mark) = job {
+            store_sql::jobs::item_done::<crate::dialect::Pg>(&mut tx, mark, now_ms).await?;
+        }
         // Wake first: it locks the saga row, so a terminal saga gets nothing buffered.
         if !Self::wake(&mut tx, id, now_ms).await? {
             drop(tx);

@@ -48,3 +48,4 @@ impl OwnRetentionStatements for SqliteStore {
 }
 
 store_sql::retention_store!(SqliteStore);
+store_sql::job_store!(SqliteStore);

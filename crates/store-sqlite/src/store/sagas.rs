@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use saga_store::{
-    CallbackFacts, EventRecord, SagaCreate, SagaFilter, SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore,
+    CallbackFacts, EventRecord, SagaCreate, SagaFilter, JobMark, SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore,
     StoreError, StoreResult,
 };
 use sqlx::Row;
@@ -112,6 +112,9 @@ impl SagaStore for SqliteStore {
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
         let id = update.id.to_string();
         let mut tx = self.writer.begin().await.map_err(db)?;
+        if let Some(mark) = &update.job {
+            store_sql::jobs::item_done::<crate::dialect::Lite>(&mut tx, mark, update.now_ms).await?;
+        }
         let row = sqlx::query(&format!(
             "UPDATE sagas SET status = ?, state = ?, updated_at = ?, run_at = ?, completed_at = NULL, \
              lease_owner = NULL, lease_expires_at = NULL, event_seq = event_seq + ? \
@@ -226,7 +229,11 @@ impl SagaStore for SqliteStore {
         })
     }
 
-    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64) -> StoreResult<SagaRecord> {
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&JobMark>) -> StoreResult<SagaRecord> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        if let Some(mark) = job {
+            store_sql::jobs::item_done::<crate::dialect::Lite>(&mut tx, mark, now_ms).await?;
+        }
         let row = sqlx::query(&format!(
             "UPDATE sagas SET cancel_requested_at = COALESCE(cancel_requested_at, ?1), wake_seq = wake_seq + 1, \
                updated_at = ?1, run_at = CASE WHEN lease_owner IS NULL THEN MIN(run_at, ?1) ELSE run_at END \
@@ -234,15 +241,17 @@ impl SagaStore for SqliteStore {
         ))
         .bind(now_ms)
         .bind(id.to_string())
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
         match row {
             Some(row) => {
+                tx.commit().await.map_err(db)?;
                 self.work.notify_one();
                 rows::saga(&row)
             }
             None => {
+                drop(tx);
                 let existing = self.saga_get(id).await?;
                 Err(StoreError::Conflict(format!("saga is {}", existing.status.as_str())))
             }
