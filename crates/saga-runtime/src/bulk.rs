@@ -195,12 +195,13 @@ impl Runner {
                 }
                 Err(e) => Some(e.to_string()),
             },
-            Act::Deliveries(action) => match self.stores.jobs.job_delivery_act(&mark, *action, self.clock.now_ms()).await
-            {
-                Ok(()) => None,
-                Err(StoreError::Conflict(message)) => Some(message),
-                Err(e) => return Err(e),
-            },
+            Act::Deliveries(action) => {
+                match self.stores.jobs.job_delivery_act(&mark, *action, self.clock.now_ms()).await {
+                    Ok(()) => None,
+                    Err(StoreError::Conflict(message)) => Some(message),
+                    Err(e) => return Err(e),
+                }
+            }
             Act::Unknown(_, reason) => Some(reason.clone()),
         };
         let kind = act.kind().as_str();
@@ -227,7 +228,9 @@ impl Act {
     fn of(job: &JobRecord) -> Self {
         let unknown = || Act::Unknown(job.kind, format!("this binary does not know the action {:?}", job.action));
         match job.kind {
-            JobKind::Sagas => BulkAction::parse(&job.action, job.arguments.as_ref()).map(Act::Sagas).unwrap_or_else(unknown),
+            JobKind::Sagas => {
+                BulkAction::parse(&job.action, job.arguments.as_ref()).map(Act::Sagas).unwrap_or_else(unknown)
+            }
             JobKind::Deliveries => match job.action.as_str() {
                 "replay" => Act::Deliveries(DeliveryAction::Replay),
                 "cancel" => Act::Deliveries(DeliveryAction::Cancel),

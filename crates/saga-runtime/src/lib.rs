@@ -30,6 +30,7 @@ pub mod retention;
 mod shared;
 pub mod trace;
 
+pub use bulk::{BulkConfig, BulkHandle, BulkStores};
 pub use clock::{Clock, SystemClock};
 pub use definitions::{DefinitionCache, DefinitionError};
 pub use driver::{callback_token_hash, random_256_bits};
@@ -40,7 +41,6 @@ pub use hook::TransitionHook;
 pub use hub::{TerminalHub, TerminalWatch};
 pub use instance::{Instance, InstanceConfig, InstanceHandle};
 pub use intake::Intake;
-pub use bulk::{BulkConfig, BulkHandle, BulkStores};
 pub use operator::{BulkAction, Operator, OperatorError};
 pub use retention::{RetentionConfig, RetentionHandle};
 

@@ -429,7 +429,8 @@ pub trait SagaStore: Send + Sync + 'static {
     /// holds it. [`crate::StoreError::NotFound`]; [`crate::StoreError::Conflict`] when terminal.
     /// With `job`, the bulk job's item is marked done in the same transaction (Conflict, nothing
     /// written, when it is no longer pending).
-    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&crate::JobMark>) -> StoreResult<SagaRecord>;
+    async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&crate::JobMark>)
+        -> StoreResult<SagaRecord>;
     /// What the claim sees around one saga (`GET /v1/sagas/{id}/blockers`): its admission, its
     /// key's holders, the queue of due sagas, its newest history event, its open callback.
     async fn saga_queue_facts(&self, saga: &SagaRecord, now_ms: i64) -> StoreResult<SagaQueueFacts>;

@@ -99,8 +99,8 @@ pub struct SagaSelection {
 pub struct DeliverySelection {
     pub subscription_id: Option<Uuid>,
     pub status: Option<DeliveryStatus>,
-    /// Only this tenant's deliveries (a tenant key's job).
-    pub tenant_id: Option<String>,
+    /// Only deliveries to this tenant's own subscriptions (a tenant key's job: what it sees).
+    pub subscription_tenant_id: Option<String>,
     pub created_after_ms: Option<i64>,
     pub created_before_ms: Option<i64>,
 }

@@ -172,7 +172,10 @@ fn retention(config: &Config, store: &Arc<dyn Store>) -> Retention {
 fn bulk(config: &Config, store: &Arc<dyn Store>) -> Bulk {
     let jobs: Arc<dyn saga_store::JobStore> = store.clone();
     let leases: Arc<dyn saga_store::RetentionStore> = store.clone();
-    Bulk { stores: saga_runtime::BulkStores { jobs, leases }, config: saga_runtime::BulkConfig::new(config.worker_id.clone()) }
+    Bulk {
+        stores: saga_runtime::BulkStores { jobs, leases },
+        config: saga_runtime::BulkConfig::new(config.worker_id.clone()),
+    }
 }
 
 /// What one process runs besides the store.

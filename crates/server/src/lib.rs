@@ -83,6 +83,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/deliveries"),
     ("get", "/v1/deliveries/{id}"),
     ("post", "/v1/deliveries/{id}/replay"),
+    ("post", "/v1/sagas/actions"),
+    ("post", "/v1/deliveries/actions"),
+    ("get", "/v1/jobs/{id}"),
+    ("post", "/v1/jobs/{id}/cancel"),
     ("post", "/v1/webhooks/crm"),
 ];
 
@@ -127,6 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route("/deliveries", get(routes::deliveries::deliveries))
         .route("/deliveries/{id}", get(routes::deliveries::delivery))
         .route("/deliveries/{id}/replay", post(routes::deliveries::replay))
+        .route("/sagas/actions", post(routes::jobs::sagas))
+        .route("/deliveries/actions", post(routes::jobs::deliveries))
+        .route("/jobs/{id}", get(routes::jobs::get))
+        .route("/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         // Added after the auth layer: the callback token is the capability (docs/api.md,
         // "Conventions").

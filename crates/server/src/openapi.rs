@@ -282,6 +282,41 @@ fn refuse_nul_everywhere(value: &mut Value) {
     }
 }
 
+/// A time bound of a bulk filter.
+fn filter_time() -> Value {
+    nullable(json!({"type": "string", "format": "date-time"}))
+}
+
+/// One saga action's body: its filter's status limited to what the action applies to.
+fn saga_action(action: &str, statuses: Value, signal: bool) -> Value {
+    let text = nullable(json!({"type": "string", "minLength": 1, "maxLength": 200, "pattern": NON_BLANK_PATTERN}));
+    let filter = json!({"type": "object", "additionalProperties": false, "properties": {
+        "definition": text, "version": nullable(json!({"type": "integer", "minimum": 1, "maximum": i32::MAX})),
+        "status": nullable(json!({"enum": statuses})), "tenant_id": text,
+        "created_after": filter_time(), "created_before": filter_time(),
+        "updated_after": filter_time(), "updated_before": filter_time(),
+        "error_contains": nullable(json!({"type": "string", "maxLength": super::routes::jobs::ERROR_CONTAINS_MAX_CHARS, "pattern": NON_BLANK_PATTERN})),
+    }});
+    let mut properties = json!({"action": {"const": action}, "filter": nullable(filter), "dry_run": nullable(json!({"type": "boolean"}))});
+    let mut required = vec!["action"];
+    if signal {
+        properties["signal"] = json!({"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": saga_store::SIGNAL_NAME_MAX},
+            "data": {"$ref": "#/components/schemas/JsonValue"}}});
+        required.push("signal");
+    }
+    json!({"type": "object", "additionalProperties": false, "required": required, "properties": properties})
+}
+
+/// One delivery action's body: replay takes dead deliveries, cancel pending ones.
+fn delivery_action(action: &str, status: &str) -> Value {
+    let filter = json!({"type": "object", "additionalProperties": false, "properties": {
+        "subscription_id": nullable(uuid()), "status": nullable(json!({"const": status})),
+        "created_after": filter_time(), "created_before": filter_time()}});
+    json!({"type": "object", "additionalProperties": false, "required": ["action"], "properties": {
+        "action": {"const": action}, "filter": nullable(filter), "dry_run": nullable(json!({"type": "boolean"}))}})
+}
+
 fn schemas() -> Value {
     let name = json!({"type": "string", "maxLength": 200, "pattern": NON_BLANK_PATTERN});
     let contact = json!({"type": "object", "additionalProperties": false, "required": ["name", "email", "role"], "properties": {
@@ -369,6 +404,21 @@ fn schemas() -> Value {
                 "status": {"const": "failed"}, "error": {"type": "string"},
                 "retryable": {"type": "boolean", "description": "false (default): a definite failure; true: retried like a 5xx"}}},
         ]},
+        "SagaActions": {"oneOf": [
+            saga_action("cancel", json!(["PENDING", "EXECUTING", "COMPENSATING"]), false),
+            saga_action("retry", json!(["FAILED"]), false),
+            saga_action("signal", json!(["PENDING", "EXECUTING", "COMPENSATING"]), true),
+        ]},
+        "DeliveryActions": {"oneOf": [delivery_action("replay", "dead"), delivery_action("cancel", "pending")]},
+        "Matched": {"type": "object", "required": ["matched"], "properties": {"matched": {"type": "integer", "minimum": 0}}},
+        "JobStarted": {"type": "object", "required": ["job_id", "matched"], "properties": {
+            "job_id": uuid(), "matched": {"type": "integer", "minimum": 0}, "status": {"type": "string"}}},
+        "Job": {"type": "object", "required": ["id", "kind", "action", "status", "matched", "done", "failed", "created_at"], "properties": {
+            "id": uuid(), "kind": {"enum": ["sagas", "deliveries"]}, "action": string(),
+            "status": {"enum": ["running", "succeeded", "failed", "cancelled"]},
+            "matched": {"type": "integer"}, "done": {"type": "integer"}, "failed": {"type": "integer"},
+            "errors": {"type": "array", "description": "the first failed items, each with why the action did not apply"},
+            "created_at": {"type": "string", "format": "date-time"}, "finished_at": {"type": ["string", "null"], "format": "date-time"}}},
         "Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
             "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
             "errors": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}}
@@ -543,6 +593,27 @@ fn tenant_paths() -> Value {
         "/v1/deliveries/{id}": {
             "parameters": [path_param("id", "delivery id", uuid())],
             "get": secured(json!({"summary": "A delivery with each attempt's status code, error and duration", "responses": {"200": {"description": "delivery with attempts"}}})),
+        },
+        "/v1/sagas/actions": {
+            "post": secured(json!({"summary": "One action (cancel, retry, signal) on every saga a filter matches: counted with dry_run, otherwise a durable job",
+                "requestBody": body("SagaActions", true),
+                "responses": {"200": ok("dry run: how many sagas the action would apply to", "Matched"), "202": ok("the job, started", "JobStarted"),
+                    "422": problem("invalid action or filter, or more than 100,000 sagas match")}})),
+        },
+        "/v1/deliveries/actions": {
+            "post": secured(json!({"summary": "One action (replay, cancel) on every delivery a filter matches: counted with dry_run, otherwise a durable job",
+                "requestBody": body("DeliveryActions", true),
+                "responses": {"200": ok("dry run: how many deliveries the action would apply to", "Matched"), "202": ok("the job, started", "JobStarted"),
+                    "422": problem("invalid action or filter, or more than 100,000 deliveries match")}})),
+        },
+        "/v1/jobs/{id}": {
+            "parameters": [path_param("id", "job id", uuid())],
+            "get": secured(json!({"summary": "A bulk job's progress", "responses": {"200": ok("the job", "Job")}})),
+        },
+        "/v1/jobs/{id}/cancel": {
+            "parameters": [path_param("id", "job id", uuid())],
+            "post": secured(json!({"summary": "Stop a running job; the items it has not reached are left alone",
+                "responses": {"202": ok("the job, cancelled", "Job"), "409": problem("the job has finished")}})),
         },
         "/v1/deliveries/{id}/replay": {
             "parameters": [path_param("id", "delivery id", uuid())],

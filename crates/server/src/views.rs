@@ -334,3 +334,23 @@ fn blocker_view(
         }),
     }
 }
+
+/// A bulk job (`GET /v1/jobs/{id}`).
+pub fn job(record: &saga_store::JobRecord) -> Value {
+    let errors: Vec<Value> = record.errors.iter().map(|e| json!({"id": e.id, "error": e.error})).collect();
+    json!({
+        "id": record.id,
+        "kind": record.kind.as_str(),
+        "action": record.action,
+        "status": record.status.as_str(),
+        "filter": record.filter,
+        "arguments": record.arguments,
+        "tenant_id": record.tenant_id,
+        "matched": record.matched,
+        "done": record.done,
+        "failed": record.failed,
+        "errors": errors,
+        "created_at": timestamp(record.created_at_ms),
+        "finished_at": optional_timestamp(record.finished_at_ms),
+    })
+}

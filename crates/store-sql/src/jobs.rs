@@ -68,18 +68,11 @@ impl Clause {
         if let Some(tenant) = &selection.tenant_id {
             clause.push("tenant_id", "=", Arg::Text(tenant.clone()));
         }
-        clause.times(
-            "created_at",
-            selection.created_after_ms,
-            selection.created_before_ms,
-        );
+        clause.times("created_at", selection.created_after_ms, selection.created_before_ms);
         clause.times("updated_at", selection.updated_after_ms, selection.updated_before_ms);
         if let Some(needle) = &selection.error_contains {
             // `->` and `->>` read JSON alike in both dialects (SQLite since 3.38).
-            clause.sql.push_str(&format!(
-                " AND lower(state->'error'->>'message') LIKE ${} ESCAPE '\\'",
-                clause.next
-            ));
+            clause.sql.push_str(&format!(" AND lower(state->'error'->>'message') LIKE ${} ESCAPE '\\'", clause.next));
             clause.next += 1;
             clause.args.push(Arg::Text(like_pattern(needle)));
         }
@@ -94,8 +87,13 @@ impl Clause {
         if let Some(status) = selection.status {
             clause.push("status", "=", Arg::Text(status.as_str().to_string()));
         }
-        if let Some(tenant) = &selection.tenant_id {
-            clause.push("tenant_id", "=", Arg::Text(tenant.clone()));
+        if let Some(tenant) = &selection.subscription_tenant_id {
+            clause.sql.push_str(&format!(
+                " AND subscription_id IN (SELECT id FROM subscriptions WHERE tenant_id = ${})",
+                clause.next
+            ));
+            clause.next += 1;
+            clause.args.push(Arg::Text(tenant.clone()));
         }
         clause.times("created_at", selection.created_after_ms, selection.created_before_ms);
         clause
@@ -306,7 +304,10 @@ where
         .map_err(D::error)?;
         let job = self.job_get(id).await?;
         if D::rows_affected(&done) == 0 {
-            return Err(StoreError::Conflict(format!("job is {}; only a running job can be cancelled", job.status.as_str())));
+            return Err(StoreError::Conflict(format!(
+                "job is {}; only a running job can be cancelled",
+                job.status.as_str()
+            )));
         }
         Ok(job)
     }
@@ -410,7 +411,8 @@ where
         for row in &rows {
             let id = D::uuid_column(row, "id")?;
             let mut tx = D::begin(self.write).await.map_err(D::error)?;
-            for statement in ["DELETE FROM sagaplane_job_items WHERE job_id = $1", "DELETE FROM sagaplane_jobs WHERE id = $1"]
+            for statement in
+                ["DELETE FROM sagaplane_job_items WHERE job_id = $1", "DELETE FROM sagaplane_jobs WHERE id = $1"]
             {
                 sqlx::query(statement).bind(D::uuid(id)).execute(&mut *tx).await.map_err(D::error)?;
             }

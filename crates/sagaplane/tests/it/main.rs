@@ -4,6 +4,7 @@
 mod api;
 mod blockers;
 mod browser;
+mod bulk;
 mod cli;
 mod control;
 mod crash;

@@ -1,7 +1,9 @@
 //! Signals and async callbacks: buffered durably, each wakes its saga.
 
 use async_trait::async_trait;
-use saga_store::{CallbackRecord, CallbackRegister, JobMark, SagaStore, SignalRecord, SignalStore, StoreError, StoreResult};
+use saga_store::{
+    CallbackRecord, CallbackRegister, JobMark, SagaStore, SignalRecord, SignalStore, StoreError, StoreResult,
+};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::Row;

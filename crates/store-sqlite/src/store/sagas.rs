@@ -3,8 +3,8 @@
 
 use async_trait::async_trait;
 use saga_store::{
-    CallbackFacts, EventRecord, SagaCreate, SagaFilter, JobMark, SagaOperatorUpdate, SagaQueueFacts, SagaRecord, SagaStore,
-    StoreError, StoreResult,
+    CallbackFacts, EventRecord, JobMark, SagaCreate, SagaFilter, SagaOperatorUpdate, SagaQueueFacts, SagaRecord,
+    SagaStore, StoreError, StoreResult,
 };
 use sqlx::Row;
 use uuid::Uuid;

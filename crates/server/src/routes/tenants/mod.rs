@@ -6,7 +6,7 @@
 mod crm;
 mod keys;
 mod lifecycle;
-mod requests;
+pub(crate) mod requests;
 pub(crate) use requests::{LIST_ITEMS_MAX, METADATA_MAX_BYTES};
 mod rollout;
 mod users;

@@ -138,11 +138,11 @@ pub(super) fn is_email(text: &str) -> bool {
 
 /// White space as both Rust and the OpenAPI document's patterns (ECMAScript `\s`) see it, so
 /// the schema's `\S` and the server agree on what is blank.
-pub(super) fn is_space(c: char) -> bool {
+pub(crate) fn is_space(c: char) -> bool {
     c.is_whitespace() || c == '\u{feff}'
 }
 
-pub(super) fn is_blank(text: &str) -> bool {
+pub(crate) fn is_blank(text: &str) -> bool {
     text.chars().all(is_space)
 }
 
