@@ -13,6 +13,7 @@ pub mod claims;
 pub mod control;
 pub mod delivery;
 mod fixtures;
+pub mod jobs;
 pub mod retention;
 pub mod sagas;
 pub mod signals;
@@ -21,6 +22,7 @@ pub mod tenant_storage;
 pub use claims::*;
 pub use control::*;
 pub use delivery::*;
+pub use jobs::*;
 pub use retention::*;
 pub use sagas::*;
 pub use signals::*;
@@ -108,6 +110,8 @@ macro_rules! store_conformance {
             finished_sagas_go_with_everything_that_belongs_to_them,
             purges_take_the_longest_finished_first_in_bounded_batches,
             a_singleton_lease_has_one_owner_at_a_time,
+            a_jobs_items_are_chosen_once_and_each_acted_on_once,
+            a_cancelled_job_stops_and_finished_jobs_are_purged,
         );
     };
     (@tests $module:ident, $fresh:ident; $($check:ident),* $(,)?) => {
