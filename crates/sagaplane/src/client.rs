@@ -77,14 +77,24 @@ pub enum SagasCommand {
     },
     /// Follow a saga's progress until it is terminal.
     Watch { id: String },
-    /// Resume a FAILED saga.
-    Retry { id: String },
-    /// Cancel a saga: it stops going forward and compensates what may have happened.
+    /// Resume a FAILED saga; or, with a filter instead of an id, every FAILED saga it matches
+    /// (one bulk job, followed until it ends; --dry-run only counts them).
+    Retry {
+        #[arg(required_unless_present_any = BulkFilter::FLAGS)]
+        id: Option<String>,
+        #[command(flatten)]
+        filter: BulkFilter,
+    },
+    /// Cancel a saga: it stops going forward and compensates what may have happened. With a
+    /// filter instead of an id, every unfinished saga it matches (one bulk job).
     Cancel {
-        id: String,
+        #[arg(required_unless_present_any = BulkFilter::FLAGS)]
+        id: Option<String>,
         /// Wait until the saga is terminal and show it.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = BulkFilter::FLAGS)]
         wait: bool,
+        #[command(flatten)]
+        filter: BulkFilter,
     },
     /// Deliver a signal (buffered until the saga reaches the step waiting for it).
     Signal {
@@ -94,6 +104,75 @@ pub enum SagasCommand {
         #[arg(long, default_value = "null")]
         data: String,
     },
+}
+
+/// Which sagas a bulk `retry` or `cancel` acts on (`POST /v1/sagas/actions`).
+#[derive(Args, Debug, Default)]
+pub struct BulkFilter {
+    /// Only sagas with this status.
+    #[arg(long, conflicts_with = "id")]
+    status: Option<String>,
+    /// Only sagas of this definition.
+    #[arg(long, conflicts_with = "id")]
+    definition: Option<String>,
+    /// Only sagas of this definition version.
+    #[arg(long, conflicts_with = "id")]
+    version: Option<u32>,
+    /// Only this tenant's sagas.
+    #[arg(long, conflicts_with = "id")]
+    tenant_id: Option<String>,
+    /// Created after this RFC 3339 time.
+    #[arg(long, conflicts_with = "id")]
+    created_after: Option<String>,
+    /// Created before this RFC 3339 time.
+    #[arg(long, conflicts_with = "id")]
+    created_before: Option<String>,
+    /// Last changed after this RFC 3339 time.
+    #[arg(long, conflicts_with = "id")]
+    updated_after: Option<String>,
+    /// Last changed before this RFC 3339 time.
+    #[arg(long, conflicts_with = "id")]
+    updated_before: Option<String>,
+    /// Only sagas whose error contains this text (ignoring case).
+    #[arg(long, conflicts_with = "id")]
+    error_contains: Option<String>,
+    /// Count the sagas the action would apply to; change nothing.
+    #[arg(long, conflicts_with = "id")]
+    dry_run: bool,
+}
+
+impl BulkFilter {
+    /// The flags that make a command bulk (any one of them stands in for an id).
+    const FLAGS: [&'static str; 10] = [
+        "status",
+        "definition",
+        "version",
+        "tenant_id",
+        "created_after",
+        "created_before",
+        "updated_after",
+        "updated_before",
+        "error_contains",
+        "dry_run",
+    ];
+
+    fn body(&self, action: &str) -> Value {
+        let filter = serde_json::json!({
+            "status": self.status.as_ref().map(|s| s.to_ascii_uppercase()),
+            "definition": self.definition, "version": self.version, "tenant_id": self.tenant_id,
+            "created_after": self.created_after, "created_before": self.created_before,
+            "updated_after": self.updated_after, "updated_before": self.updated_before,
+            "error_contains": self.error_contains,
+        });
+        let filter: serde_json::Map<String, Value> = filter
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        serde_json::json!({"action": action, "filter": filter, "dry_run": self.dry_run})
+    }
 }
 
 pub(crate) struct Client {
@@ -383,12 +462,14 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
             print_json(&done);
             return Ok(terminal_code(&done));
         }
-        SagasCommand::Retry { id } => {
+        SagasCommand::Retry { id: None, filter } => return bulk(&client, &filter, "retry").await,
+        SagasCommand::Cancel { id: None, filter, .. } => return bulk(&client, &filter, "cancel").await,
+        SagasCommand::Retry { id: Some(id), .. } => {
             let (_, saga) =
                 client.send(client.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry"))).await?;
             println!("{}", progress_line(&saga));
         }
-        SagasCommand::Cancel { id, wait } => {
+        SagasCommand::Cancel { id: Some(id), wait, .. } => {
             let (_, saga) =
                 client.send(client.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/cancel"))).await?;
             println!("cancel requested: {}", progress_line(&saga));
@@ -406,6 +487,39 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A bulk `retry` or `cancel`: the count with --dry-run; otherwise the job, followed with a
+/// progress bar until it ends. Exit 0 when every saga was acted on, 1 otherwise.
+async fn bulk(client: &Client, filter: &BulkFilter, action: &str) -> anyhow::Result<ExitCode> {
+    let request = client.request(reqwest::Method::POST, "/v1/sagas/actions").json(&filter.body(action));
+    let (_, answer) = client.send(request).await?;
+    let matched = answer["matched"].as_u64().unwrap_or(0);
+    if filter.dry_run {
+        println!("{matched} sagas match; {action} would apply to each (dry run: nothing changed)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let job_id = answer["job_id"].as_str().context("the server answered without a job id")?.to_string();
+    println!("job {job_id}: {action} {matched} sagas");
+    let bar = indicatif::ProgressBar::new(matched);
+    bar.set_style(bar_style("{bar:40} {pos}/{len} {msg}"));
+    let job = loop {
+        let (_, job) = client.send(client.request(reqwest::Method::GET, &format!("/v1/jobs/{job_id}"))).await?;
+        bar.set_position(job["done"].as_u64().unwrap_or(0) + job["failed"].as_u64().unwrap_or(0));
+        bar.set_message(format!("{} failed", job["failed"].as_u64().unwrap_or(0)));
+        if job["status"] != "running" {
+            break job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    bar.finish_and_clear();
+    let (status, done, failed) =
+        (job["status"].as_str().unwrap_or("?"), job["done"].as_u64().unwrap_or(0), job["failed"].as_u64().unwrap_or(0));
+    println!("job {job_id} {status}: {done} done, {failed} failed");
+    for error in job["errors"].as_array().into_iter().flatten() {
+        println!("  {}  {}", error["id"].as_str().unwrap_or("?"), error["error"].as_str().unwrap_or(""));
+    }
+    Ok(if status == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// `sagas why`: the status, then one line per blocker.

@@ -261,3 +261,38 @@ async fn ten_thousand_retries_survive_a_kill_each_exactly_once() {
     .expect("count retries");
     assert_eq!(retries, vec![(1, SAGAS as i64)], "sagas by how often they were retried");
 }
+
+/// `sagaplane sagas retry --status FAILED --definition … [--dry-run]`: the count, then the job
+/// followed to its end; a filter with an id, or a status retry does not apply to, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_counts_then_retries_by_filter() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    assert_eq!(app.put_definition("broken", &failing()).await.0, 201);
+    for id in start_many(&app, "broken", 3).await {
+        app.wait_terminal(&id, Duration::from_secs(30)).await;
+    }
+    let cli = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env("SAGAPLANE_URL", &app.url)
+            .env("SAGAPLANE_TOKEN", test_support::app::TOKEN)
+            .output()
+            .expect("run the CLI")
+    };
+    let text = |out: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let counted = cli(&["sagas", "retry", "--status", "failed", "--definition", "broken", "--dry-run"]);
+    assert!(counted.status.success(), "{}", text(&counted));
+    assert!(text(&counted).contains("3 sagas match"), "{}", text(&counted));
+
+    let retried = cli(&["sagas", "retry", "--status", "FAILED", "--definition", "broken"]);
+    assert!(retried.status.success(), "{}", text(&retried));
+    assert!(text(&retried).contains("succeeded: 3 done, 0 failed"), "{}", text(&retried));
+
+    let refused = cli(&["sagas", "retry", "--status", "COMPLETED"]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("retry applies only to sagas that are FAILED"), "{}", text(&refused));
+    let both = cli(&["sagas", "cancel", "0190a0a0-0000-7000-8000-000000000000", "--definition", "broken"]);
+    assert!(!both.status.success(), "an id and a filter together: {}", text(&both));
+}
