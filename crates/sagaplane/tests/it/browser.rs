@@ -210,3 +210,47 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     .await;
     client.close().await.expect("close the browser");
 }
+
+/// On the sagas page, the filters select sagas for one bulk action: counted first, confirmed,
+/// then followed with a progress bar until the job ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_cancels_every_saga_a_filter_selects() {
+    let app = App::spawn(BIN, Backend::Sqlite, &[]).await;
+    let waiting = fast_definition(json!([
+        {"name": "reserve", "action": {"builtin": "core.echo"}, "compensation": {"builtin": "core.echo"}},
+        {"name": "approve", "action": {"signal": {"name": "approval"}}},
+    ]));
+    app.put_definition("held", &waiting).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(app.start("held", json!({})).await);
+    }
+    for id in &held {
+        eventually("the saga waiting", WAIT, || async { (app.saga(id).await["status"] == "EXECUTING").then_some(()) })
+            .await;
+    }
+
+    let driver = chromedriver().await;
+    let client = browser(&driver).await;
+    client.goto(&format!("{}/ui/", app.url)).await.expect("open the dashboard");
+    client.find(Locator::Id("token")).await.expect("token").send_keys(test_support::app::TOKEN).await.expect("type");
+    client.find(Locator::Id("use-token")).await.expect("use").click().await.expect("click");
+    client.goto(&format!("{}/ui/#/sagas?definition=held&status=EXECUTING", app.url)).await.expect("held sagas");
+    until_text(&client, "table a", &held[0]).await;
+    client.find(Locator::Id("bulk-count")).await.expect("count").click().await.expect("click count");
+    until_text(&client, "#bulk-matched", "3 sagas match").await;
+    for id in &held {
+        assert_eq!(app.saga(id).await["status"], "EXECUTING", "counting changes nothing");
+    }
+    let confirm = client.find(Locator::Id("bulk-confirm")).await.expect("confirm");
+    assert_eq!(confirm.text().await.expect("text"), "cancel 3 sagas");
+    confirm.click().await.expect("confirm");
+    until_text(&client, "#bulk-status", "succeeded: 3 done, 0 failed of 3").await;
+    let progress = client.find(Locator::Id("bulk-progress")).await.expect("the progress bar");
+    assert_eq!(progress.attr("value").await.expect("value").as_deref(), Some("3"), "the bar is full");
+    screenshot(&client, "bulk-cancel").await;
+    for id in &held {
+        assert_eq!(app.wait_terminal(id, WAIT).await["status"], "COMPENSATED");
+    }
+    client.close().await.expect("close the browser");
+}
