@@ -16,6 +16,9 @@ pub struct Definition {
     pub timeout_ms: Option<u64>,
     pub on_timeout: OnTimeout,
     pub concurrency: Option<Concurrency>,
+    /// How long a finished saga of this definition is kept (`retention:`); None: the
+    /// deployment's `SAGAPLANE_RETENTION`.
+    pub retention_ms: Option<u64>,
     pub steps: Vec<StepDefinition>,
 }
 

@@ -51,6 +51,9 @@ pub fn parse_document(bytes: &[u8], format: DocumentFormat) -> Result<Value, Par
 
 /// Validates `document` as the definition called `name`. `builtins` lists the names of the
 /// native steps this instance knows.
+/// The shortest `retention:` a definition may set.
+pub const RETENTION_MIN_MS: u64 = 1_000;
+
 pub fn validate_definition(name: &str, document: &Value, builtins: &[&str]) -> Result<Definition, Vec<FieldError>> {
     let mut checker = Checker { errors: Vec::new(), builtins };
     let definition = checker.definition(name, document);
@@ -159,7 +162,7 @@ impl Checker<'_> {
         self.unknown_keys(
             "",
             root,
-            &["name", "description", "timeout", "on_timeout", "defaults", "concurrency", "steps"],
+            &["name", "description", "timeout", "on_timeout", "defaults", "concurrency", "retention", "steps"],
         );
         if !is_valid_definition_name(name) {
             self.error("/name", format!("definition name {name:?} must match {}", crate::DEFINITION_NAME_PATTERN));
@@ -189,8 +192,15 @@ impl Checker<'_> {
         };
         let defaults = self.defaults(root.get("defaults"));
         let concurrency = root.get("concurrency").and_then(|v| self.concurrency(v));
+        let retention_ms = root.get("retention").and_then(|v| self.duration("/retention", v)).filter(|ms| {
+            let long_enough = *ms >= RETENTION_MIN_MS;
+            if !long_enough {
+                self.error("/retention", "must be at least 1s");
+            }
+            long_enough
+        });
         let steps = self.steps(root.get("steps"), &defaults);
-        Some(Definition { name: name.to_string(), timeout_ms, on_timeout, concurrency, steps: steps? })
+        Some(Definition { name: name.to_string(), timeout_ms, on_timeout, concurrency, retention_ms, steps: steps? })
     }
 
     fn defaults(&mut self, value: Option<&Value>) -> Defaults {

@@ -117,7 +117,7 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
             return false;
         }
     }
-    let purged = match store.sagas_purge(now_ms.saturating_sub(config.retention_ms), config.batch).await {
+    let purged = match store.sagas_purge(now_ms, config.retention_ms, config.batch).await {
         Ok(purged) => purged,
         Err(e) => {
             tracing::warn!(error = %e, "deleting finished sagas failed; trying again later");

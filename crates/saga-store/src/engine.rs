@@ -86,6 +86,9 @@ pub struct SagaCreate {
     /// `(rendered key, limit)`: the saga waits `PENDING` until fewer than `limit` sagas with the
     /// same key are running. Such a saga is never created leased.
     pub concurrency: Option<(String, u32)>,
+    /// Its definition's `retention:`: kept this long once finished, whatever the deployment's
+    /// default (None: the default).
+    pub retention_ms: Option<i64>,
     pub now_ms: i64,
 }
 
@@ -106,6 +109,7 @@ impl SagaCreate {
             require_latest: false,
             lease: None,
             concurrency: None,
+            retention_ms: None,
             now_ms,
         }
     }

@@ -17,15 +17,17 @@ pub struct Purged {
 
 #[async_trait]
 pub trait RetentionStore: Send + Sync {
-    /// Deletes up to `limit` sagas that finished (COMPLETED, COMPENSATED or FAILED) at or before
-    /// `finished_before_ms`, the longest finished first, each with its history, signals and
-    /// callbacks, in one transaction. A saga that is not finished is never touched, whatever its
-    /// age; its idempotency key goes with it.
-    async fn sagas_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged>;
+    /// Deletes finished sagas (COMPLETED, COMPENSATED or FAILED) whose retention has passed at
+    /// `now_ms` — their definition's `retention:` when it set one, else `retention_ms` — each
+    /// with its history, signals and callbacks, in one transaction: at most `limit` of each
+    /// kind of retention, the longest overdue first. A saga that is not finished is never
+    /// touched, whatever its age; its idempotency key goes with it.
+    async fn sagas_purge(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Purged>;
     /// Deletes up to `limit` bulk jobs that finished at or before `finished_before_ms`, each
     /// with its items; how many.
     async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<u64>;
-    /// When the longest-finished saga still kept finished; None when none is.
+    /// When the longest-finished saga on the default retention still kept finished; None when
+    /// none is.
     async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>>;
     /// Takes or renews the lease `name` for `owner` until `now_ms + ttl_ms`: true when `owner`
     /// holds it now (it was free, had expired, or was already its own).

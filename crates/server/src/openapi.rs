@@ -426,6 +426,7 @@ fn schemas() -> Value {
         "DefinitionDocument": {"type": "object", "additionalProperties": false, "required": ["steps"], "properties": {
             "name": {"type": "string", "pattern": DEFINITION_NAME_PATTERN}, "description": {"type": "string"},
             "timeout": duration, "on_timeout": {"enum": ["compensate", "fail"]},
+            "retention": {"type": "string", "pattern": DURATION_PATTERN, "description": "how long a finished saga of this definition is kept (at least 1s); default SAGAPLANE_RETENTION"},
             "defaults": {"type": "object", "additionalProperties": false, "properties": {"timeout": duration, "retry": retry, "compensation_retry": retry}},
             "concurrency": {"type": "object", "additionalProperties": false, "required": ["key", "limit"], "properties": {"key": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}}},
             "steps": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["name", "action"], "properties": {

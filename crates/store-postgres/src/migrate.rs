@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration(10, "subscription_epoch", include_str!("../migrations/0010_subscription_epoch.sql"), 8),
     migration(11, "retention", include_str!("../migrations/0011_retention.sql"), 8),
     migration(12, "jobs", include_str!("../migrations/0012_jobs.sql"), 8),
+    migration(13, "definition_retention", include_str!("../migrations/0013_definition_retention.sql"), 8),
 ];
 
 fn latest() -> i64 {

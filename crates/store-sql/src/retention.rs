@@ -20,10 +20,12 @@ where
     for<'s> &'s str: sqlx::ColumnIndex<<D::Db as Database>::Row>,
 {
     pub async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>> {
-        let row = sqlx::query(&format!("SELECT min(completed_at) AS oldest FROM sagas WHERE status IN {FINISHED}"))
-            .fetch_one(self.read)
-            .await
-            .map_err(D::error)?;
+        let row = sqlx::query(&format!(
+            "SELECT min(completed_at) AS oldest FROM sagas WHERE status IN {FINISHED} AND retention_ms IS NULL"
+        ))
+        .fetch_one(self.read)
+        .await
+        .map_err(D::error)?;
         column::<D, Option<i64>>(&row, "oldest")
     }
 
@@ -57,7 +59,7 @@ where
 /// What each store does its own way in `RetentionStore`: the purge.
 #[async_trait]
 pub trait OwnRetentionStatements {
-    async fn purge_finished(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged>;
+    async fn purge_finished(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Purged>;
 }
 
 /// `RetentionStore` for a store, over its shared statements and its [`OwnRetentionStatements`].
@@ -68,10 +70,11 @@ macro_rules! retention_store {
         impl saga_store::RetentionStore for $store {
             async fn sagas_purge(
                 &self,
-                finished_before_ms: i64,
+                now_ms: i64,
+                retention_ms: i64,
                 limit: u32,
             ) -> saga_store::StoreResult<saga_store::Purged> {
-                $crate::retention::OwnRetentionStatements::purge_finished(self, finished_before_ms, limit).await
+                $crate::retention::OwnRetentionStatements::purge_finished(self, now_ms, retention_ms, limit).await
             }
             async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> saga_store::StoreResult<u64> {
                 $crate::SqlStore::sql(self).jobs_purge(finished_before_ms, limit).await

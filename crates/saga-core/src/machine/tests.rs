@@ -20,6 +20,7 @@ fn definition(shape: &[(bool, u32, u32, bool)]) -> Definition {
         name: "t".into(),
         timeout_ms: None,
         on_timeout: OnTimeout::Compensate,
+        retention_ms: None,
         concurrency: None,
         steps: shape
             .iter()

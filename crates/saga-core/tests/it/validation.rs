@@ -114,3 +114,15 @@ fn json_and_yaml_parse_to_the_same_tree() {
     assert!(parse_document(b"{not json", DocumentFormat::Json).is_err());
     assert!(parse_document(b"a: [b\n", DocumentFormat::Yaml).is_err());
 }
+
+#[test]
+fn a_definition_may_set_its_own_retention() {
+    let def =
+        validate_definition("order", &json!({"steps": [echo_step("a")], "retention": "7d"}), BUILTINS).expect("valid");
+    assert_eq!(def.retention_ms, Some(7 * 24 * 3600 * 1000));
+    let def = validate_definition("order", &json!({"steps": [echo_step("a")]}), BUILTINS).expect("valid");
+    assert_eq!(def.retention_ms, None, "the deployment's default");
+    check("order", json!({"steps": [echo_step("a")], "retention": "500ms"}), &[("/retention", "at least 1s")]);
+    check("order", json!({"steps": [echo_step("a")], "retention": "forever"}), &[("/retention", "invalid duration")]);
+    check("order", json!({"steps": [echo_step("a")], "retention": "0s"}), &[("/retention", "longer than zero")]);
+}

@@ -110,6 +110,7 @@ macro_rules! store_conformance {
             finished_sagas_go_with_everything_that_belongs_to_them,
             purges_take_the_longest_finished_first_in_bounded_batches,
             a_singleton_lease_has_one_owner_at_a_time,
+            a_definitions_own_retention_decides_for_its_sagas,
             a_jobs_items_are_chosen_once_and_each_acted_on_once,
             a_cancelled_job_stops_and_finished_jobs_are_purged,
         );

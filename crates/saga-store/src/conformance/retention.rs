@@ -15,8 +15,19 @@ use crate::{CallbackRegister, Purged, SagaCreated, Store, StoreError};
 /// Creates a saga with an idempotency key, a signal and a callback, and finishes it at
 /// `finished_ms` (or leaves it running when None). Its id.
 async fn saga(store: &dyn Store, key: &str, finished_ms: Option<i64>) -> Result<Uuid, String> {
+    kept(store, key, finished_ms, None).await
+}
+
+/// [`saga`] whose definition set its own retention (`retention_ms`).
+async fn kept(
+    store: &dyn Store,
+    key: &str,
+    finished_ms: Option<i64>,
+    retention_ms: Option<i64>,
+) -> Result<Uuid, String> {
     let mut params = create_params(0);
     params.idempotency_key = Some(key.to_string());
+    params.retention_ms = retention_ms;
     let SagaCreated::Created(record) = db(create_one(store, params).await)? else {
         return Err(format!("{key}: not created"));
     };
@@ -53,7 +64,7 @@ pub async fn finished_sagas_go_with_everything_that_belongs_to_them(store: Arc<d
     let late = saga(store.as_ref(), "late", Some(300)).await?;
     ensure!(db(store.oldest_finished_ms().await)? == Some(100), "the oldest finished saga ended at 100");
 
-    let purged = db(store.sagas_purge(200, 10).await)?;
+    let purged = db(store.sagas_purge(200, 0, 10).await)?;
     ensure!(purged.sagas == 1 && purged.signals == 1 && purged.callbacks == 1, "{purged:?}");
     ensure!(purged.history >= 1, "its history goes with it: {purged:?}");
     ensure!(matches!(store.saga_get(early).await, Err(StoreError::NotFound)), "the saga that ended at 100 is gone");
@@ -70,11 +81,11 @@ pub async fn finished_sagas_go_with_everything_that_belongs_to_them(store: Arc<d
         "the idempotency key went with its saga: {created:?}"
     );
 
-    let purged = db(store.sagas_purge(i64::MAX, 10).await)?;
+    let purged = db(store.sagas_purge(i64::MAX, 0, 10).await)?;
     ensure!(purged.sagas == 1, "only the finished one, whatever the others' age: {purged:?}");
     ensure!(db(store.saga_get(running).await).is_ok(), "a running saga is never touched");
     ensure!(db(store.oldest_finished_ms().await)?.is_none(), "nothing finished is left");
-    ensure!(db(store.sagas_purge(i64::MAX, 10).await)? == Purged::default(), "nothing more to delete");
+    ensure!(db(store.sagas_purge(i64::MAX, 0, 10).await)? == Purged::default(), "nothing more to delete");
     Ok(())
 }
 
@@ -83,7 +94,7 @@ pub async fn purges_take_the_longest_finished_first_in_bounded_batches(store: Ar
     for n in 0..5 {
         ids.push(saga(store.as_ref(), &format!("k{n}"), Some(1_000 - n * 100)).await?);
     }
-    let purged = db(store.sagas_purge(i64::MAX, 2).await)?;
+    let purged = db(store.sagas_purge(i64::MAX, 0, 2).await)?;
     ensure!(purged.sagas == 2, "at most the batch: {purged:?}");
     // The two that ended first (at 600 and 700) are the ones gone.
     for (n, id) in ids.iter().enumerate() {
@@ -105,5 +116,27 @@ pub async fn a_singleton_lease_has_one_owner_at_a_time(store: Arc<dyn Store>) ->
     ensure!(!db(store.singleton_hold("cleaner", "a", 2_100, 1_000).await)?, "only its owner releases it");
     db(store.singleton_release("cleaner", "b").await)?;
     ensure!(db(store.singleton_hold("cleaner", "a", 2_100, 1_000).await)?, "a released lease is taken at once");
+    Ok(())
+}
+
+pub async fn a_definitions_own_retention_decides_for_its_sagas(store: Arc<dyn Store>) -> CheckResult {
+    let default = saga(store.as_ref(), "default", Some(100)).await?;
+    let longer = kept(store.as_ref(), "longer", Some(100), Some(1_000)).await?;
+    let shorter = kept(store.as_ref(), "shorter", Some(100), Some(50)).await?;
+    ensure!(db(store.oldest_finished_ms().await)? == Some(100), "the oldest on the default retention");
+
+    // At 160 with a default of 300: only the saga whose own retention (50) has passed goes.
+    let purged = db(store.sagas_purge(160, 300, 10).await)?;
+    ensure!(purged.sagas == 1, "{purged:?}");
+    ensure!(matches!(store.saga_get(shorter).await, Err(StoreError::NotFound)), "its own, shorter, retention");
+    // At 500: the default (300) has passed, the longer one (1,000) has not.
+    let purged = db(store.sagas_purge(500, 300, 10).await)?;
+    ensure!(purged.sagas == 1, "{purged:?}");
+    ensure!(matches!(store.saga_get(default).await, Err(StoreError::NotFound)), "the default retention");
+    ensure!(db(store.saga_get(longer).await).is_ok(), "kept for its own, longer, retention");
+    ensure!(db(store.oldest_finished_ms().await)?.is_none(), "none left on the default retention");
+    // At 1,100 its own has passed too.
+    ensure!(db(store.sagas_purge(1_099, 300, 10).await)?.sagas == 0, "not before its time");
+    ensure!(db(store.sagas_purge(1_100, 300, 10).await)?.sagas == 1, "then it goes");
     Ok(())
 }

@@ -57,6 +57,28 @@ async fn finished_sagas_go_after_their_retention(backend: Backend) {
 }
 crate::on_both_backends!(finished_sagas_go_after_their_retention);
 
+/// A definition's `retention:` decides for its sagas: kept 2 s here though the default is 20 s
+/// (so the cleaner looks every 10 s; it looks at least every minute whatever the default).
+async fn a_definitions_own_retention_goes_first(backend: Backend) {
+    let app = App::spawn(BIN, backend, &[("SAGAPLANE_RETENTION", "20s".to_string())]).await;
+    let mut brief = fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]));
+    brief["retention"] = json!("2s");
+    assert_eq!(app.put_definition("brief", &brief).await.0, 201);
+    let usual = fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]));
+    assert_eq!(app.put_definition("usual", &usual).await.0, 201);
+    let gone = app.start("brief", json!({})).await;
+    let stays = app.start("usual", json!({})).await;
+    app.wait_terminal(&gone, Duration::from_secs(30)).await;
+    app.wait_terminal(&stays, Duration::from_secs(30)).await;
+    eventually("the brief saga deleted", Duration::from_secs(20), || async {
+        let (status, _, _) = app.send(app.request(Method::GET, &format!("/v1/sagas/{gone}"))).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    assert_eq!(app.saga(&stays).await["status"], "COMPLETED", "the default keeps it 20 s");
+}
+crate::on_both_backends!(a_definitions_own_retention_goes_first);
+
 /// A tenant whose failed onboarding saga was deleted past its retention can still retry its
 /// migration: a new `tenant.migrate` saga takes it from `MIGRATION_ERROR` to `ACTIVE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,6 +163,7 @@ pub async fn create(
             request_hash: Some(request_hash.clone()),
             require_latest,
             concurrency,
+            retention_ms: definition.retention_ms.and_then(|ms| i64::try_from(ms).ok()),
             ..SagaCreate::new(&request.definition, version, request.input.clone(), saga_state, now_ms)
         };
         match state.intake.create(params).await? {

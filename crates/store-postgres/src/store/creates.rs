@@ -40,6 +40,7 @@ struct Columns {
     deadline_at: Vec<Option<i64>>,
     concurrency_key: Vec<Option<String>>,
     concurrency_limit: Vec<Option<i32>>,
+    retention_ms: Vec<Option<i64>>,
 }
 
 fn text(value: &impl serde::Serialize) -> StoreResult<String> {
@@ -67,6 +68,7 @@ impl Columns {
         self.deadline_at.push(p.state.deadline_at_ms);
         self.concurrency_key.push(p.concurrency.as_ref().map(|c| c.0.clone()));
         self.concurrency_limit.push(p.concurrency.as_ref().map(|c| c.1 as i32));
+        self.retention_ms.push(p.retention_ms);
         Ok(())
     }
 }
@@ -91,18 +93,20 @@ pub async fn insert<'e>(
         "WITH c AS ( \
            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::text[], \
                                 $8::int4[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::bool[], \
-                                $14::text[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::int4[]) \
+                                $14::text[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::int4[], $20::bigint[]) \
              WITH ORDINALITY AS c(id, tenant_id, definition, version, status, input, state, priority, now, \
                                   idempotency_key, request_hash, created_data, require_latest, lease_owner, \
-                                  lease_expires_at, fencing_token, deadline_at, concurrency_key, concurrency_limit, n)), \
+                                  lease_expires_at, fencing_token, deadline_at, concurrency_key, concurrency_limit, \
+                                  retention_ms, n)), \
          s AS ( \
            INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
                               fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, \
-                              lease_owner, lease_expires_at, deadline_at, concurrency_key, concurrency_limit) \
+                              lease_owner, lease_expires_at, deadline_at, concurrency_key, concurrency_limit, \
+                              retention_ms) \
            SELECT c.id, c.tenant_id, c.definition, c.version, c.status, c.input::jsonb, c.state::json, c.priority, \
                   COALESCE(c.lease_expires_at, c.now), c.fencing_token, 1, c.idempotency_key, c.request_hash, \
                   c.now, c.now, c.lease_owner, c.lease_expires_at, c.deadline_at, c.concurrency_key, \
-                  c.concurrency_limit \
+                  c.concurrency_limit, c.retention_ms \
            FROM c \
            WHERE NOT c.require_latest \
               OR c.version = (SELECT MAX(d.version) FROM definitions d WHERE d.name = c.definition) \
@@ -135,6 +139,7 @@ pub async fn insert<'e>(
     .bind(&c.deadline_at)
     .bind(&c.concurrency_key)
     .bind(&c.concurrency_limit)
+    .bind(&c.retention_ms)
     .fetch_all(executor)
     .await
     .map_err(crate::rows::db)?;

@@ -11,19 +11,32 @@ use crate::rows::{db, json_text};
 
 #[async_trait]
 impl OwnRetentionStatements for SqliteStore {
-    async fn purge_finished(&self, finished_before_ms: i64, limit: u32) -> StoreResult<Purged> {
+    async fn purge_finished(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Purged> {
         let mut tx = self.writer.begin().await.map_err(db)?;
         // INDEXED BY: without statistics the planner reads `status` first and sorts every
         // finished saga for each batch (2.9 s a batch at 1,000,000 of them; 0.4 ms this way).
-        let ids: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM sagas INDEXED BY sagas_finished WHERE status IN {FINISHED} AND completed_at <= ?1 \
-             ORDER BY completed_at LIMIT ?2"
+        // The sagas on the default retention by finish time, those whose definition set its
+        // own by when theirs ends, each through its partial index.
+        let mut ids: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM sagas INDEXED BY sagas_finished WHERE status IN {FINISHED} AND retention_ms IS NULL \
+               AND completed_at <= ?1 ORDER BY completed_at LIMIT ?2"
         ))
-        .bind(finished_before_ms)
+        .bind(now_ms.saturating_sub(retention_ms))
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
+        let own: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM sagas INDEXED BY sagas_finished_own WHERE status IN {FINISHED} \
+               AND retention_ms IS NOT NULL AND completed_at + retention_ms <= ?1 \
+             ORDER BY completed_at + retention_ms LIMIT ?2"
+        ))
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        ids.extend(own);
         if ids.is_empty() {
             return Ok(Purged::default());
         }
