@@ -1,7 +1,8 @@
 //! The cleaner: finished sagas (COMPLETED, COMPENSATED, FAILED) are deleted once they have been
 //! finished for the retention (`SAGAPLANE_RETENTION`), each with its history, signals, callbacks
-//! and idempotency key. A saga that is not finished is never touched. Finished bulk jobs go on
-//! the same clock, with their items.
+//! and idempotency key. A saga that is not finished is never touched. Succeeded deliveries and
+//! finished bulk jobs go on the same clock, dead deliveries after `SAGAPLANE_DEAD_LETTER_RETENTION`
+//! (each with its attempts, an event with its last delivery); a pending delivery never does.
 //!
 //! Design note. One instance at a time cleans: each tick it takes or renews the named lease
 //! `retention` ([`RetentionStore::singleton_hold`]) and only its holder deletes, so instances
@@ -11,14 +12,14 @@
 //! engine's own writes keep the database (measured on PostgreSQL: deleting 5,000 sagas a second
 //! beside saga3 at c=64 cost it 12%; the default pace allows 2,000 a second). While nothing is
 //! due it looks again every half retention, at most every minute. Metrics:
-//! `saga_retention_deleted_total{kind=saga|history|signal|callback|job}`, and
+//! `saga_retention_deleted_total{kind=saga|history|signal|callback|job|delivery|delivery_attempt|event}`, and
 //! `saga_retention_oldest_finished_seconds` — how long the longest-finished saga still kept has
 //! been finished (above the retention while the cleaner is behind).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_store::{Purged, RetentionStore};
+use saga_store::{Purged, PurgedDeliveries, RetentionStore};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
@@ -29,6 +30,8 @@ pub const RETENTION_LEASE: &str = "retention";
 /// How long the lease lasts unless renewed: another instance takes over this long after its
 /// holder stops.
 pub const RETENTION_LEASE_TTL_MS: i64 = 30_000;
+/// How long a dead delivery is kept unless configured: 90 days.
+pub const DEAD_LETTER_RETENTION_DEFAULT_MS: i64 = 90 * 24 * 3_600_000;
 /// Finished bulk jobs deleted per look, each with its items.
 const JOBS_PURGED_PER_LOOK: u32 = 20;
 /// The longest wait between two looks while nothing is due.
@@ -37,8 +40,10 @@ pub const RETENTION_IDLE_MAX: Duration = Duration::from_secs(60);
 /// How the cleaner runs.
 #[derive(Clone, Debug)]
 pub struct RetentionConfig {
-    /// How long a finished saga is kept.
+    /// How long a finished saga, and a succeeded delivery, is kept.
     pub retention_ms: i64,
+    /// How long a dead delivery is kept, replayable.
+    pub dead_letter_retention_ms: i64,
     /// This instance, as the lease's owner.
     pub worker_id: String,
     /// Sagas per batch (one transaction).
@@ -49,7 +54,13 @@ pub struct RetentionConfig {
 
 impl RetentionConfig {
     pub fn new(retention_ms: i64, worker_id: impl Into<String>) -> Self {
-        RetentionConfig { retention_ms, worker_id: worker_id.into(), batch: 500, pause: Duration::from_millis(250) }
+        RetentionConfig {
+            retention_ms,
+            dead_letter_retention_ms: DEAD_LETTER_RETENTION_DEFAULT_MS,
+            worker_id: worker_id.into(),
+            batch: 500,
+            pause: Duration::from_millis(250),
+        }
     }
 
     /// The wait before the next look when the last found nothing more to delete.
@@ -75,7 +86,7 @@ impl RetentionHandle {
 /// Starts the cleaner.
 pub fn start(store: Arc<dyn RetentionStore>, clock: Arc<dyn Clock>, config: RetentionConfig) -> RetentionHandle {
     let (stop, stopped) = watch::channel(false);
-    for kind in ["saga", "history", "signal", "callback", "job"] {
+    for kind in ["saga", "history", "signal", "callback", "job", "delivery", "delivery_attempt", "event"] {
         metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(0);
     }
     let task = tokio::spawn(run(store, clock, config, stopped));
@@ -125,6 +136,20 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
         }
     };
     count(&purged);
+    let succeeded_before_ms = now_ms.saturating_sub(config.retention_ms);
+    let dead_before_ms = now_ms.saturating_sub(config.dead_letter_retention_ms);
+    let deliveries = match store.deliveries_purge(succeeded_before_ms, dead_before_ms, config.batch).await {
+        Ok(deliveries) => deliveries,
+        Err(e) => {
+            tracing::warn!(error = %e, "deleting finished deliveries failed; trying again later");
+            PurgedDeliveries::default()
+        }
+    };
+    for (kind, n) in
+        [("delivery", deliveries.deliveries), ("delivery_attempt", deliveries.attempts), ("event", deliveries.events)]
+    {
+        metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(n);
+    }
     // Finished bulk jobs follow the same clock, with their items.
     match store.jobs_purge(now_ms.saturating_sub(config.retention_ms), JOBS_PURGED_PER_LOOK).await {
         Ok(jobs) => metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => "job").increment(jobs),
@@ -140,7 +165,7 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
         }
         Err(e) => tracing::debug!(error = %e, "reading the oldest finished saga failed"),
     }
-    purged.sagas >= u64::from(config.batch)
+    purged.sagas >= u64::from(config.batch) || deliveries.deliveries >= u64::from(config.batch)
 }
 
 fn count(purged: &Purged) {

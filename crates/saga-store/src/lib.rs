@@ -27,7 +27,7 @@ pub use jobs::{
     DeliveryAction, DeliverySelection, JobCreate, JobItemError, JobKind, JobMark, JobRecord, JobStatus, JobStore,
     SagaSelection, Selection, JOB_ERRORS_SHOWN, JOB_ITEMS_MAX,
 };
-pub use retention::{Purged, RetentionStore};
+pub use retention::{Purged, PurgedDeliveries, RetentionStore};
 
 /// Limits named once.
 pub const LIST_LIMIT_DEFAULT: u32 = 50;

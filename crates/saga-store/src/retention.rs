@@ -15,6 +15,15 @@ pub struct Purged {
     pub callbacks: u64,
 }
 
+/// What one purge of deliveries deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgedDeliveries {
+    pub deliveries: u64,
+    pub attempts: u64,
+    /// Events left without a delivery.
+    pub events: u64,
+}
+
 #[async_trait]
 pub trait RetentionStore: Send + Sync {
     /// Deletes finished sagas (COMPLETED, COMPENSATED or FAILED) whose retention has passed at
@@ -23,6 +32,16 @@ pub trait RetentionStore: Send + Sync {
     /// kind of retention, the longest overdue first. A saga that is not finished is never
     /// touched, whatever its age; its idempotency key goes with it.
     async fn sagas_purge(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Purged>;
+    /// Deletes succeeded deliveries created before `succeeded_before_ms` and dead ones created
+    /// before `dead_before_ms` (at most `limit` of each, oldest first) with their attempts, and
+    /// the events of theirs that have no delivery left, in one transaction. A pending delivery
+    /// is never touched.
+    async fn deliveries_purge(
+        &self,
+        succeeded_before_ms: i64,
+        dead_before_ms: i64,
+        limit: u32,
+    ) -> StoreResult<PurgedDeliveries>;
     /// Deletes up to `limit` bulk jobs that finished at or before `finished_before_ms`, each
     /// with its items; how many.
     async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<u64>;

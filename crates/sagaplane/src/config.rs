@@ -85,6 +85,9 @@ pub struct Config {
     /// How long a finished saga is kept before it is deleted with its history
     /// (`SAGAPLANE_RETENTION`).
     pub retention_ms: u64,
+    /// How long a dead delivery is kept, replayable, before it is deleted
+    /// (`SAGAPLANE_DEAD_LETTER_RETENTION`).
+    pub dead_letter_retention_ms: u64,
     /// Where tenants onboarded through the CRM webhook report their outcome
     /// (`SAGAPLANE_CRM_CALLBACK_URL`), signed with `crm_callback_secret`.
     pub crm_callback_url: Option<String>,
@@ -145,6 +148,7 @@ struct FileConfig {
     delivery_timeout: Option<String>,
     delivery_disable_after: Option<String>,
     retention: Option<String>,
+    dead_letter_retention: Option<String>,
     crm_callback_url: Option<String>,
     crm_callback_secret: Option<String>,
     log_format: Option<String>,
@@ -179,6 +183,8 @@ pub const DELIVERY_RETRY_SCHEDULE_DEFAULT: &str = "1m,2m,4m,8m,16m,32m,64m,128m"
 pub const DELIVERY_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 pub const DELIVERY_DISABLE_AFTER_DEFAULT_MS: u64 = 5 * 24 * 3_600_000;
 pub const RETENTION_DEFAULT_MS: u64 = 30 * 24 * 3_600_000;
+/// `SAGAPLANE_DEAD_LETTER_RETENTION`'s default: 90 days.
+pub const DEAD_LETTER_RETENTION_DEFAULT_MS: u64 = 90 * 24 * 3_600_000;
 
 /// A connection URL fit to print or log: the password (if any) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
@@ -327,6 +333,13 @@ impl Config {
         )?;
         let retention = get("SAGAPLANE_RETENTION").or(file.retention);
         let retention_ms = duration_setting("SAGAPLANE_RETENTION", retention, RETENTION_DEFAULT_MS, (1_000, u64::MAX))?;
+        let dead_letter_retention = get("SAGAPLANE_DEAD_LETTER_RETENTION").or(file.dead_letter_retention);
+        let dead_letter_retention_ms = duration_setting(
+            "SAGAPLANE_DEAD_LETTER_RETENTION",
+            dead_letter_retention,
+            DEAD_LETTER_RETENTION_DEFAULT_MS,
+            (1_000, u64::MAX),
+        )?;
         let crm_callback_url = get("SAGAPLANE_CRM_CALLBACK_URL").or(file.crm_callback_url);
         let crm_callback_secret = get("SAGAPLANE_CRM_CALLBACK_SECRET").or(file.crm_callback_secret);
         if let Some(url) = &crm_callback_url {
@@ -414,6 +427,7 @@ impl Config {
             delivery_timeout_ms,
             delivery_disable_after_ms,
             retention_ms,
+            dead_letter_retention_ms,
             crm_callback_url,
             crm_callback_secret: crm_callback_secret.map(Secret::new),
             vars,

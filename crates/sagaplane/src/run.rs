@@ -165,7 +165,9 @@ fn dispatch(config: &Config, store: &Arc<dyn Store>) -> Dispatch {
 fn retention(config: &Config, store: &Arc<dyn Store>) -> Retention {
     let retention_ms = i64::try_from(config.retention_ms).unwrap_or(i64::MAX);
     let store: Arc<dyn saga_store::RetentionStore> = store.clone();
-    Retention { store, config: saga_runtime::RetentionConfig::new(retention_ms, config.worker_id.clone()) }
+    let mut retention = saga_runtime::RetentionConfig::new(retention_ms, config.worker_id.clone());
+    retention.dead_letter_retention_ms = i64::try_from(config.dead_letter_retention_ms).unwrap_or(i64::MAX);
+    Retention { store, config: retention }
 }
 
 /// The bulk job runner (`POST /v1/sagas/actions`, `POST /v1/deliveries/actions`).

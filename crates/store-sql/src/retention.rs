@@ -8,6 +8,13 @@ use sqlx::{Database, Executor};
 
 use crate::{column, Dialect, Sql};
 
+/// The smallest UUIDv7 of millisecond `ms`: every id made before it sorts below (events' and
+/// deliveries' ids are UUIDv7, so their order is their creation's).
+pub fn uuid_v7_floor(ms: i64) -> uuid::Uuid {
+    let ms = u64::try_from(ms.max(0)).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(ms, &[0u8; 10]).into_uuid()
+}
+
 /// The statuses a finished saga has, as SQL.
 pub const FINISHED: &str = "('COMPLETED', 'COMPENSATED', 'FAILED')";
 
@@ -60,6 +67,12 @@ where
 #[async_trait]
 pub trait OwnRetentionStatements {
     async fn purge_finished(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Purged>;
+    async fn purge_deliveries(
+        &self,
+        succeeded_before_ms: i64,
+        dead_before_ms: i64,
+        limit: u32,
+    ) -> StoreResult<saga_store::PurgedDeliveries>;
 }
 
 /// `RetentionStore` for a store, over its shared statements and its [`OwnRetentionStatements`].
@@ -75,6 +88,20 @@ macro_rules! retention_store {
                 limit: u32,
             ) -> saga_store::StoreResult<saga_store::Purged> {
                 $crate::retention::OwnRetentionStatements::purge_finished(self, now_ms, retention_ms, limit).await
+            }
+            async fn deliveries_purge(
+                &self,
+                succeeded_before_ms: i64,
+                dead_before_ms: i64,
+                limit: u32,
+            ) -> saga_store::StoreResult<saga_store::PurgedDeliveries> {
+                $crate::retention::OwnRetentionStatements::purge_deliveries(
+                    self,
+                    succeeded_before_ms,
+                    dead_before_ms,
+                    limit,
+                )
+                .await
             }
             async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> saga_store::StoreResult<u64> {
                 $crate::SqlStore::sql(self).jobs_purge(finished_before_ms, limit).await

@@ -466,3 +466,58 @@ pub async fn a_tenants_own_subscriptions_are_capped(store: Arc<dyn Store>) -> Ch
     ensure!(first.is_ok() != second.is_ok(), "one of two racing creates: {first:?} {second:?}");
     Ok(())
 }
+
+/// Succeeded deliveries go after the retention and dead ones after the dead-letter retention,
+/// each with its attempts; an event goes with its last delivery; a pending one is never touched.
+/// (Ids are UUIDv7: "created before" is read from them, on the wall clock.)
+pub async fn finished_deliveries_go_and_their_events_with_the_last(store: Arc<dyn Store>) -> CheckResult {
+    let first = subscription("http://a", &["*"], None, 0);
+    let second = subscription("http://b", &["order.shipped"], None, 0);
+    db(store.subscription_create(&first).await)?;
+    db(store.subscription_create(&second).await)?;
+    let placed = OutboxEvent::new("order.placed", None, json!({"n": 1}), 10);
+    let paid = OutboxEvent::new("order.paid", None, json!({"n": 2}), 10);
+    let shipped = OutboxEvent::new("order.shipped", None, json!({"n": 3}), 10);
+    db(store.events_append(&[placed.clone(), paid.clone(), shipped.clone()]).await)?;
+    let claimed = db(store.delivery_claim_due(&claim("w1", 10, 100)).await)?;
+    ensure!(claimed.len() == 4, "four deliveries: {}", claimed.len());
+    let outcome = |event: Uuid, subscription: Uuid| {
+        if event == paid.id {
+            None // stays pending
+        } else if event == shipped.id && subscription == second.id {
+            Some(DeliveryStatus::Dead)
+        } else {
+            Some(DeliveryStatus::Succeeded)
+        }
+    };
+    for c in &claimed {
+        let status = outcome(c.delivery.event_id, c.subscription.id).unwrap_or(DeliveryStatus::Pending);
+        let result = DeliveryAttemptResult {
+            id: c.delivery.id,
+            fencing_token: c.fencing_token,
+            status,
+            next_attempt_at_ms: 10_000,
+            attempt: DeliveryAttemptRecord { n: 0, at_ms: 100, status_code: Some(200), error: None, duration_ms: 1 },
+        };
+        ensure!(db(store.delivery_attempt_record(&result).await)?, "recorded");
+    }
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let (past, future) = (now - 3_600_000, now + 3_600_000);
+    ensure!(db(store.deliveries_purge(past, past, 10).await)? == crate::PurgedDeliveries::default(), "none is old yet");
+
+    let purged = db(store.deliveries_purge(future, past, 10).await)?;
+    // placed → a (succeeded), shipped → a (succeeded): gone; shipped → b is dead, so shipped stays.
+    ensure!((purged.deliveries, purged.attempts, purged.events) == (2, 2, 1), "{purged:?}");
+    for c in &claimed {
+        let expect_kept = outcome(c.delivery.event_id, c.subscription.id) != Some(DeliveryStatus::Succeeded);
+        let kept = store.delivery_get(c.delivery.id).await.is_ok();
+        ensure!(kept == expect_kept, "{:?} kept {kept}", c.delivery.event_type);
+    }
+    let purged = db(store.deliveries_purge(future, future, 10).await)?;
+    ensure!((purged.deliveries, purged.events) == (1, 1), "the dead letter, then its event: {purged:?}");
+    let left = deliveries_of(store.as_ref(), first.id).await?;
+    ensure!(left.len() == 1 && left[0].event_id == paid.id, "the pending delivery is never touched: {left:?}");
+    ensure!(db(store.deliveries_purge(future, future, 10).await)?.deliveries == 0, "nothing more");
+    Ok(())
+}

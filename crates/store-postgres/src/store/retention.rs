@@ -4,9 +4,9 @@
 //! through its partial index (`sagas_finished`, `sagas_finished_own`).
 
 use async_trait::async_trait;
-use saga_store::{Purged, StoreResult};
+use saga_store::{Purged, PurgedDeliveries, StoreResult};
 use sqlx::Row;
-use store_sql::retention::{OwnRetentionStatements, FINISHED};
+use store_sql::retention::{uuid_v7_floor, OwnRetentionStatements, FINISHED};
 
 use super::PostgresStore;
 use crate::rows::db;
@@ -42,6 +42,48 @@ impl OwnRetentionStatements for PostgresStore {
             history: count("history")?,
             signals: count("signals")?,
             callbacks: count("callbacks")?,
+        })
+    }
+
+    async fn purge_deliveries(
+        &self,
+        succeeded_before_ms: i64,
+        dead_before_ms: i64,
+        limit: u32,
+    ) -> StoreResult<PurgedDeliveries> {
+        // Ids are UUIDv7 and a delivery's keeps its event's time prefix, so: succeeded ones by
+        // the primary key from the oldest, dead ones through `deliveries_dead`, and an event's
+        // remaining deliveries by the primary key within its millisecond (no index on event_id,
+        // which every fan-out would pay for).
+        let row = sqlx::query(
+            "WITH by_succeeded AS (SELECT id, event_id FROM deliveries WHERE id < $1 AND status = 'succeeded' \
+                                   ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED), \
+                  by_dead AS (SELECT id, event_id FROM deliveries WHERE status = 'dead' AND id < $2 \
+                                ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED), \
+                  gone AS (DELETE FROM deliveries d \
+                           USING (SELECT id FROM by_succeeded UNION ALL SELECT id FROM by_dead) picked \
+                           WHERE d.id = picked.id RETURNING d.id, d.event_id), \
+                  a AS (DELETE FROM delivery_attempts x USING gone WHERE x.delivery_id = gone.id RETURNING 1), \
+                  ev AS (DELETE FROM events e WHERE e.id IN (SELECT event_id FROM gone) AND NOT EXISTS ( \
+                           SELECT 1 FROM deliveries d \
+                           WHERE d.id >= (substr(e.id::text, 1, 14) || '0000-0000-000000000000')::uuid \
+                             AND d.id <= (substr(e.id::text, 1, 14) || 'ffff-ffff-ffffffffffff')::uuid \
+                             AND d.event_id = e.id AND d.id NOT IN (SELECT id FROM gone)) \
+                         RETURNING 1) \
+             SELECT (SELECT count(*) FROM gone) AS deliveries, (SELECT count(*) FROM a) AS attempts, \
+                    (SELECT count(*) FROM ev) AS events",
+        )
+        .bind(uuid_v7_floor(succeeded_before_ms))
+        .bind(uuid_v7_floor(dead_before_ms))
+        .bind(i64::from(limit))
+        .fetch_one(&self.db)
+        .await
+        .map_err(db)?;
+        let count = |name: &str| row.try_get::<i64, _>(name).map(|n| n.max(0) as u64).map_err(db);
+        Ok(PurgedDeliveries {
+            deliveries: count("deliveries")?,
+            attempts: count("attempts")?,
+            events: count("events")?,
         })
     }
 }

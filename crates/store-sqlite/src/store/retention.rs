@@ -3,8 +3,8 @@
 //! (nothing else writes meanwhile, so the batch picked is the batch deleted).
 
 use async_trait::async_trait;
-use saga_store::{Purged, StoreResult};
-use store_sql::retention::{OwnRetentionStatements, FINISHED};
+use saga_store::{Purged, PurgedDeliveries, StoreResult};
+use store_sql::retention::{uuid_v7_floor, OwnRetentionStatements, FINISHED};
 
 use super::SqliteStore;
 use crate::rows::{db, json_text};
@@ -57,6 +57,61 @@ impl OwnRetentionStatements for SqliteStore {
         }
         tx.commit().await.map_err(db)?;
         Ok(Purged { history: deleted[0], signals: deleted[1], callbacks: deleted[2], sagas: deleted[3] })
+    }
+
+    async fn purge_deliveries(
+        &self,
+        succeeded_before_ms: i64,
+        dead_before_ms: i64,
+        limit: u32,
+    ) -> StoreResult<PurgedDeliveries> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        // Ids are UUIDv7 (their text sorts as they were made): each status's oldest through
+        // `deliveries_by_status`.
+        let mut picked: Vec<(String, String)> = Vec::new();
+        for (status, before_ms) in [("succeeded", succeeded_before_ms), ("dead", dead_before_ms)] {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT id, event_id FROM deliveries INDEXED BY deliveries_by_status WHERE status = ?1 AND id < ?2 \
+                 ORDER BY id LIMIT ?3",
+            )
+            .bind(status)
+            .bind(uuid_v7_floor(before_ms).to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            picked.extend(rows);
+        }
+        if picked.is_empty() {
+            return Ok(PurgedDeliveries::default());
+        }
+        let ids = json_text(&picked.iter().map(|(id, _)| id).collect::<Vec<_>>())?;
+        let events = json_text(&picked.iter().map(|(_, event)| event).collect::<Vec<_>>())?;
+        let attempts =
+            sqlx::query("DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT value FROM json_each(?1))")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        let deliveries = sqlx::query("DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        // An event goes with its last delivery (found through the (event_id, subscription_id) key).
+        let events = sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?1)) \
+               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+        )
+        .bind(&events)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(PurgedDeliveries { deliveries, attempts, events })
     }
 }
 
