@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 use test_support::app::fast_definition;
 use test_support::{eventually, App, Backend};
 
@@ -109,4 +109,53 @@ async fn a_tenant_retries_its_migration_after_its_failed_saga_is_gone() {
     let active = until_status(&app, "late", &["ACTIVE", "MIGRATION_ERROR"]).await;
     assert_eq!(active["status"], "ACTIVE", "{active}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A delivered delivery goes after the retention, with its event; a dead letter is kept for
+/// `SAGAPLANE_DEAD_LETTER_RETENTION`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_deliveries_go_after_the_retention_dead_letters_stay() {
+    let participant = test_support::Participant::start().await;
+    participant.script("/ok", vec![(200, json!({}))]);
+    participant.script("/refused", vec![(400, json!({"error": "no"}))]);
+    let env = [("SAGAPLANE_RETENTION", "2s".to_string()), ("SAGAPLANE_DELIVERY_RETRY_SCHEDULE", "100ms".to_string())];
+    let app = App::spawn(BIN, Backend::Postgres, &env).await;
+    let subscribe = |path: &str| {
+        app.request(Method::POST, "/v1/subscriptions")
+            .json(&json!({"url": format!("{}{path}", participant.url), "events": ["saga.completed"]}))
+    };
+    let (status, _, delivered_to) = app.send(subscribe("/ok")).await;
+    assert_eq!(status, 201, "{delivered_to}");
+    let (status, _, refused_by) = app.send(subscribe("/refused")).await;
+    assert_eq!(status, 201, "{refused_by}");
+    let quick = fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo"}}]));
+    assert_eq!(app.put_definition("quick", &quick).await.0, 201);
+    let saga = app.start("quick", json!({})).await;
+    app.wait_terminal(&saga, Duration::from_secs(30)).await;
+    let delivery_of = |subscription: &Value| {
+        let path = format!("/v1/deliveries?subscription_id={}", subscription["id"].as_str().unwrap_or_default());
+        let app = &app;
+        async move {
+            let (_, _, page) = app.send(app.request(Method::GET, &path)).await;
+            page["items"].as_array().and_then(|items| items.first().cloned())
+        }
+    };
+    let delivered = eventually("a delivered delivery", Duration::from_secs(20), || async {
+        delivery_of(&delivered_to).await.filter(|d| d["status"] == "succeeded")
+    })
+    .await;
+    let dead = eventually("a dead letter", Duration::from_secs(20), || async {
+        delivery_of(&refused_by).await.filter(|d| d["status"] == "dead")
+    })
+    .await;
+    eventually("the delivered delivery deleted", Duration::from_secs(20), || async {
+        let path = format!("/v1/deliveries/{}", delivered["id"].as_str().unwrap_or_default());
+        let (status, _, _) = app.send(app.request(Method::GET, &path)).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let path = format!("/v1/deliveries/{}", dead["id"].as_str().unwrap_or_default());
+    let (status, _, kept) = app.send(app.request(Method::GET, &path)).await;
+    assert_eq!((status, kept["status"].as_str()), (200, Some("dead")), "the dead letter is kept: {kept}");
+    assert!(counter(&app, "saga_retention_deleted_total{kind=\"delivery\"}").await >= 1.0);
 }
