@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod control;
 pub mod creates;
 pub mod delivery;
+pub mod document;
 pub mod engine;
 pub mod events;
 pub mod jobs;

@@ -1,59 +1,10 @@
 //! JSON shapes of docs/api.md (saga, definition, event, tenant, subscription, delivery) built from
 //! store records.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use saga_store::{DefinitionRecord, EventRecord, SagaRecord};
+use saga_store::DefinitionRecord;
 use serde_json::{json, Value};
 
-/// RFC 3339 UTC with milliseconds.
-pub fn timestamp(ms: i64) -> Value {
-    match DateTime::<Utc>::from_timestamp_millis(ms) {
-        Some(t) => Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true)),
-        None => Value::Null,
-    }
-}
-
-fn optional_timestamp(ms: Option<i64>) -> Value {
-    ms.map(timestamp).unwrap_or(Value::Null)
-}
-
-pub fn saga(record: &SagaRecord) -> Value {
-    let state = &record.state;
-    let steps: Vec<Value> = state
-        .steps
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "status": s.status,
-                "attempts": s.attempts,
-                "compensation_attempts": s.compensation_attempts,
-                "output": s.output,
-                "error": s.error,
-                "started_at": optional_timestamp(s.started_at_ms),
-                "finished_at": optional_timestamp(s.finished_at_ms),
-                "compensated_at": optional_timestamp(s.compensated_at_ms),
-            })
-        })
-        .collect();
-    json!({
-        "id": record.id,
-        "definition": record.definition,
-        "version": record.version,
-        "status": record.status.as_str(),
-        "tenant_id": record.tenant_id,
-        "priority": record.priority,
-        "input": record.input,
-        "output": state.output(),
-        "error": state.error,
-        "steps": steps,
-        "progress": state.progress(),
-        "lease_owner": record.lease_owner,
-        "created_at": timestamp(record.created_at_ms),
-        "updated_at": timestamp(record.updated_at_ms),
-        "completed_at": optional_timestamp(record.completed_at_ms),
-    })
-}
+pub use saga_store::document::{event, optional_timestamp, saga, timestamp};
 
 pub fn definition(record: &DefinitionRecord) -> Value {
     json!({
@@ -61,23 +12,6 @@ pub fn definition(record: &DefinitionRecord) -> Value {
         "version": record.version,
         "definition": record.document,
         "created_at": timestamp(record.created_at_ms),
-    })
-}
-
-pub fn event(record: &EventRecord) -> Value {
-    let mut data = record.data.clone();
-    // A time the engine records in epoch ms is shown as RFC 3339 beside it.
-    if let Some(until_ms) = data.get("until_ms").and_then(Value::as_i64) {
-        data["until"] = timestamp(until_ms);
-    }
-    json!({
-        "seq": record.seq,
-        "type": record.kind,
-        "step": record.step,
-        "attempt": record.attempt,
-        "worker": record.worker,
-        "data": data,
-        "at": timestamp(record.at_ms),
     })
 }
 
