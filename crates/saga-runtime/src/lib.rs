@@ -11,6 +11,7 @@
 //! (and, across instances, the due index) brings it back. One heartbeat renews every lease the
 //! instance holds; a lease it lost stops that driver, and its writes would be fenced anyway.
 
+pub mod archive;
 pub mod blockers;
 pub mod bulk;
 pub mod clock;
@@ -30,6 +31,7 @@ pub mod retention;
 mod shared;
 pub mod trace;
 
+pub use archive::Archive;
 pub use bulk::{BulkConfig, BulkHandle, BulkStores};
 pub use clock::{Clock, SystemClock};
 pub use definitions::{DefinitionCache, DefinitionError};

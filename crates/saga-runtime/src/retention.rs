@@ -22,6 +22,7 @@ use std::time::Duration;
 use saga_store::{Purged, PurgedDeliveries, RetentionStore};
 use tokio::sync::watch;
 
+use crate::archive::Archive;
 use crate::clock::Clock;
 use crate::metrics_names::{SAGA_RETENTION_DELETED_TOTAL, SAGA_RETENTION_OLDEST_FINISHED_SECONDS};
 
@@ -50,6 +51,8 @@ pub struct RetentionConfig {
     pub batch: u32,
     /// The pause after a full batch.
     pub pause: Duration,
+    /// Where each saga is written before it is deleted (`SAGAPLANE_ARCHIVE_DIR`), if anywhere.
+    pub archive: Option<Archive>,
 }
 
 impl RetentionConfig {
@@ -60,6 +63,7 @@ impl RetentionConfig {
             worker_id: worker_id.into(),
             batch: 500,
             pause: Duration::from_millis(250),
+            archive: None,
         }
     }
 
@@ -128,7 +132,7 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
             return false;
         }
     }
-    let purged = match store.sagas_purge(now_ms, config.retention_ms, config.batch).await {
+    let purged = match purge_sagas(store, config, now_ms).await {
         Ok(purged) => purged,
         Err(e) => {
             tracing::warn!(error = %e, "deleting finished sagas failed; trying again later");
@@ -166,6 +170,19 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
         Err(e) => tracing::debug!(error = %e, "reading the oldest finished saga failed"),
     }
     purged.sagas >= u64::from(config.batch) || deliveries.deliveries >= u64::from(config.batch)
+}
+
+/// One batch of finished sagas deleted — written to the archive first when there is one.
+async fn purge_sagas(store: &dyn RetentionStore, config: &RetentionConfig, now_ms: i64) -> Result<Purged, String> {
+    let Some(archive) = &config.archive else {
+        return store.sagas_purge(now_ms, config.retention_ms, config.batch).await.map_err(|e| e.to_string());
+    };
+    let due = store.sagas_due(now_ms, config.retention_ms, config.batch).await.map_err(|e| e.to_string())?;
+    if due.is_empty() {
+        return Ok(Purged::default());
+    }
+    let written = archive.write(&due, now_ms).await.map_err(|e| e.to_string())?;
+    store.sagas_purge_ids(&written, now_ms, config.retention_ms).await.map_err(|e| e.to_string())
 }
 
 fn count(purged: &Purged) {

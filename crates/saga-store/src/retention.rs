@@ -32,6 +32,12 @@ pub trait RetentionStore: Send + Sync {
     /// kind of retention, the longest overdue first. A saga that is not finished is never
     /// touched, whatever its age; its idempotency key goes with it.
     async fn sagas_purge(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Purged>;
+    /// The ids [`RetentionStore::sagas_purge`] would delete now (at most `limit` of each kind
+    /// of retention), for an archive to write before they go.
+    async fn sagas_due(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Vec<uuid::Uuid>>;
+    /// Deletes those of `ids` that are still finished and past their retention at `now_ms`, as
+    /// [`RetentionStore::sagas_purge`] does (one retried meanwhile is kept).
+    async fn sagas_purge_ids(&self, ids: &[uuid::Uuid], now_ms: i64, retention_ms: i64) -> StoreResult<Purged>;
     /// Deletes succeeded deliveries created before `succeeded_before_ms` and dead ones created
     /// before `dead_before_ms` (at most `limit` of each, oldest first) with their attempts, and
     /// the events of theirs that have no delivery left, in one transaction. A pending delivery

@@ -96,6 +96,19 @@ pub enum SagasCommand {
         #[command(flatten)]
         filter: BulkFilter,
     },
+    /// Write the sagas created in a time range, each with its history, one JSON line each — the
+    /// format `SAGAPLANE_ARCHIVE_DIR` archives in.
+    Export {
+        /// Sagas created at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Sagas created before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// The file to write (default: standard output).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
     /// Deliver a signal (buffered until the saga reaches the step waiting for it).
     Signal {
         id: String,
@@ -478,6 +491,11 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
                 print_json(&done);
             }
         }
+        SagasCommand::Export { since, until, output } => {
+            let range = (time_flag("--since", since.as_deref())?, time_flag("--until", until.as_deref())?);
+            let written = export(&client, range, output.as_deref()).await?;
+            eprintln!("{written} sagas exported");
+        }
         SagasCommand::Signal { id, name, data } => {
             let payload: Value = serde_json::from_str(&data).context("--data is not valid JSON")?;
             let request =
@@ -520,6 +538,82 @@ async fn bulk(client: &Client, filter: &BulkFilter, action: &str) -> anyhow::Res
         println!("  {}  {}", error["id"].as_str().unwrap_or("?"), error["error"].as_str().unwrap_or(""));
     }
     Ok(if status == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// An RFC 3339 flag as epoch milliseconds.
+fn time_flag(flag: &str, text: Option<&str>) -> anyhow::Result<Option<i64>> {
+    text.map(|text| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp_millis())
+            .with_context(|| format!("{flag} {text:?} is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z)"))
+    })
+    .transpose()
+}
+
+/// `sagas export`: every saga created in `[since, until)`, newest first, each with its whole
+/// history, as one JSON line; how many.
+async fn export(
+    client: &Client,
+    (since, until): (Option<i64>, Option<i64>),
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let mut out: Box<dyn Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let created = |saga: &Value| {
+        saga["created_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis())
+    };
+    let mut written = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", "500".to_string())];
+        query.extend(cursor.clone().map(|c| ("cursor", c)));
+        let (_, page) = client.send(client.request(reqwest::Method::GET, "/v1/sagas").query(&query)).await?;
+        for saga in page["items"].as_array().into_iter().flatten() {
+            let at = created(saga).unwrap_or(0);
+            if since.is_some_and(|since| at < since) {
+                out.flush()?;
+                return Ok(written);
+            }
+            if until.is_some_and(|until| at >= until) {
+                continue;
+            }
+            let mut line = saga.clone();
+            line["history"] = Value::Array(history(client, saga["id"].as_str().unwrap_or_default()).await?);
+            writeln!(out, "{line}")?;
+            written += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    out.flush()?;
+    Ok(written)
+}
+
+/// A saga's whole history, every page.
+async fn history(client: &Client, id: &str) -> anyhow::Result<Vec<Value>> {
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", "500".to_string())];
+        query.extend(cursor.clone().map(|c| ("cursor", c)));
+        let path = format!("/v1/sagas/{id}/events");
+        let (_, page) = client.send(client.request(reqwest::Method::GET, &path).query(&query)).await?;
+        events.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return Ok(events),
+        }
+    }
 }
 
 /// `sagas why`: the status, then one line per blocker.

@@ -88,6 +88,9 @@ pub struct Config {
     /// How long a dead delivery is kept, replayable, before it is deleted
     /// (`SAGAPLANE_DEAD_LETTER_RETENTION`).
     pub dead_letter_retention_ms: u64,
+    /// Where each saga is written, with its history, before retention deletes it
+    /// (`SAGAPLANE_ARCHIVE_DIR`).
+    pub archive_dir: Option<PathBuf>,
     /// Where tenants onboarded through the CRM webhook report their outcome
     /// (`SAGAPLANE_CRM_CALLBACK_URL`), signed with `crm_callback_secret`.
     pub crm_callback_url: Option<String>,
@@ -149,6 +152,7 @@ struct FileConfig {
     delivery_disable_after: Option<String>,
     retention: Option<String>,
     dead_letter_retention: Option<String>,
+    archive_dir: Option<PathBuf>,
     crm_callback_url: Option<String>,
     crm_callback_secret: Option<String>,
     log_format: Option<String>,
@@ -428,6 +432,10 @@ impl Config {
             delivery_disable_after_ms,
             retention_ms,
             dead_letter_retention_ms,
+            archive_dir: get("SAGAPLANE_ARCHIVE_DIR")
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+                .or(file.archive_dir),
             crm_callback_url,
             crm_callback_secret: crm_callback_secret.map(Secret::new),
             vars,

@@ -164,10 +164,22 @@ fn dispatch(config: &Config, store: &Arc<dyn Store>) -> Dispatch {
 /// The cleaner: finished sagas deleted once `SAGAPLANE_RETENTION` has passed.
 fn retention(config: &Config, store: &Arc<dyn Store>) -> Retention {
     let retention_ms = i64::try_from(config.retention_ms).unwrap_or(i64::MAX);
+    let sagas: Arc<dyn saga_store::SagaStore> = store.clone();
     let store: Arc<dyn saga_store::RetentionStore> = store.clone();
     let mut retention = saga_runtime::RetentionConfig::new(retention_ms, config.worker_id.clone());
     retention.dead_letter_retention_ms = i64::try_from(config.dead_letter_retention_ms).unwrap_or(i64::MAX);
+    retention.archive = config.archive_dir.as_ref().map(|dir| saga_runtime::Archive { dir: dir.clone(), sagas });
     Retention { store, config: retention }
+}
+
+/// `SAGAPLANE_ARCHIVE_DIR` exists (made when missing) and takes files: found out at start rather
+/// than when the first finished saga is due.
+fn check_archive_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("SAGAPLANE_ARCHIVE_DIR: creating {}", dir.display()))?;
+    let probe = dir.join(".sagaplane-write-check");
+    std::fs::write(&probe, b"").with_context(|| format!("SAGAPLANE_ARCHIVE_DIR: {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// The bulk job runner (`POST /v1/sagas/actions`, `POST /v1/deliveries/actions`).
@@ -218,6 +230,9 @@ impl App {
         if parts.tenancy {
             // Before the worker starts: an onboarding's outcome is addressed to it.
             configure_crm_callback(config, store.as_ref()).await?;
+        }
+        if let (true, Some(dir)) = (parts.worker, &config.archive_dir) {
+            check_archive_dir(dir)?;
         }
         let wiring = Wiring { store: store.clone(), clock: Arc::new(SystemClock), builtin_names: builtin_names() };
         let jobs = Jobs {

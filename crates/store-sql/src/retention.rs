@@ -15,6 +15,15 @@ pub fn uuid_v7_floor(ms: i64) -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(ms, &[0u8; 10]).into_uuid()
 }
 
+/// A finished saga whose retention has passed, as SQL over `sagas`: `$a` the default's cut-off
+/// (now minus the default retention), `$b` now.
+pub fn past_retention(a: u32, b: u32) -> String {
+    format!(
+        "status IN {FINISHED} AND ((retention_ms IS NULL AND completed_at <= ${a}) \
+           OR (retention_ms IS NOT NULL AND completed_at + retention_ms <= ${b}))"
+    )
+}
+
 /// The statuses a finished saga has, as SQL.
 pub const FINISHED: &str = "('COMPLETED', 'COMPENSATED', 'FAILED')";
 
@@ -67,6 +76,8 @@ where
 #[async_trait]
 pub trait OwnRetentionStatements {
     async fn purge_finished(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Purged>;
+    async fn due_finished(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Vec<uuid::Uuid>>;
+    async fn purge_finished_ids(&self, ids: &[uuid::Uuid], now_ms: i64, retention_ms: i64) -> StoreResult<Purged>;
     async fn purge_deliveries(
         &self,
         succeeded_before_ms: i64,
@@ -88,6 +99,22 @@ macro_rules! retention_store {
                 limit: u32,
             ) -> saga_store::StoreResult<saga_store::Purged> {
                 $crate::retention::OwnRetentionStatements::purge_finished(self, now_ms, retention_ms, limit).await
+            }
+            async fn sagas_due(
+                &self,
+                now_ms: i64,
+                retention_ms: i64,
+                limit: u32,
+            ) -> saga_store::StoreResult<Vec<uuid::Uuid>> {
+                $crate::retention::OwnRetentionStatements::due_finished(self, now_ms, retention_ms, limit).await
+            }
+            async fn sagas_purge_ids(
+                &self,
+                ids: &[uuid::Uuid],
+                now_ms: i64,
+                retention_ms: i64,
+            ) -> saga_store::StoreResult<saga_store::Purged> {
+                $crate::retention::OwnRetentionStatements::purge_finished_ids(self, ids, now_ms, retention_ms).await
             }
             async fn deliveries_purge(
                 &self,

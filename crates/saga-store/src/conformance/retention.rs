@@ -140,3 +140,18 @@ pub async fn a_definitions_own_retention_decides_for_its_sagas(store: Arc<dyn St
     ensure!(db(store.sagas_purge(1_100, 300, 10).await)?.sagas == 1, "then it goes");
     Ok(())
 }
+
+pub async fn a_batch_named_for_the_archive_deletes_only_what_is_still_due(store: Arc<dyn Store>) -> CheckResult {
+    let running = saga(store.as_ref(), "running", None).await?;
+    let finished = saga(store.as_ref(), "finished", Some(100)).await?;
+    let own = kept(store.as_ref(), "own", Some(100), Some(1_000)).await?;
+    let due = db(store.sagas_due(500, 300, 10).await)?;
+    ensure!(due == vec![finished], "only the finished saga past its retention: {due:?}");
+    let purged = db(store.sagas_purge_ids(&[finished, running, own], 500, 300).await)?;
+    ensure!(purged.sagas == 1 && purged.signals == 1 && purged.callbacks == 1, "{purged:?}");
+    ensure!(matches!(store.saga_get(finished).await, Err(StoreError::NotFound)), "the due one went");
+    ensure!(db(store.saga_get(running).await).is_ok(), "a running saga named is kept");
+    ensure!(db(store.saga_get(own).await).is_ok(), "one within its own retention is kept");
+    ensure!(db(store.sagas_due(1_100, 300, 10).await)? == vec![own], "its own retention, then");
+    Ok(())
+}

@@ -159,3 +159,64 @@ async fn delivered_deliveries_go_after_the_retention_dead_letters_stay() {
     assert_eq!((status, kept["status"].as_str()), (200, Some("dead")), "the dead letter is kept: {kept}");
     assert!(counter(&app, "saga_retention_deleted_total{kind=\"delivery\"}").await >= 1.0);
 }
+
+/// With `SAGAPLANE_ARCHIVE_DIR`, a saga is written with its history before it is deleted, one
+/// JSON line in the day's file; `sagaplane sagas export` writes the same lines on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_are_archived_before_they_go_and_exported_alike() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-archive-{}", uuid::Uuid::now_v7()));
+    let env = [("SAGAPLANE_RETENTION", "2s".to_string()), ("SAGAPLANE_ARCHIVE_DIR", dir.display().to_string())];
+    let app = App::spawn(BIN, Backend::Sqlite, &env).await;
+    let quick = fast_definition(json!([{"name": "a", "action": {"builtin": "core.echo", "input": {"n": 7}}}]));
+    assert_eq!(app.put_definition("quick", &quick).await.0, 201);
+    let since = chrono_now();
+    let saga = app.start("quick", json!({"order": 1})).await;
+    app.wait_terminal(&saga, Duration::from_secs(30)).await;
+
+    // Exported while it is kept: one line, the saga with its history.
+    let exported = std::process::Command::new(BIN)
+        .args(["sagas", "export", "--since", &since])
+        .env("SAGAPLANE_URL", &app.url)
+        .env("SAGAPLANE_TOKEN", test_support::app::TOKEN)
+        .output()
+        .expect("run export");
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&exported.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["id"], saga.as_str());
+
+    eventually("the saga deleted", Duration::from_secs(20), || async {
+        let (status, _, _) = app.send(app.request(Method::GET, &format!("/v1/sagas/{saga}"))).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let files: Vec<_> = std::fs::read_dir(&dir).expect("the archive").flatten().map(|e| e.path()).collect();
+    assert_eq!(files.len(), 1, "one day's file: {files:?}");
+    let name = files[0].file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    assert!(name.starts_with("sagas-") && name.ends_with(".jsonl"), "{name}");
+    let text = std::fs::read_to_string(&files[0]).expect("read the archive");
+    let archived: Value = serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(archived["id"], saga.as_str());
+    assert_eq!(archived["status"], "COMPLETED");
+    assert_eq!(archived["input"]["order"], 1);
+    let kinds: Vec<&str> =
+        archived["history"].as_array().expect("history").iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(kinds.contains(&"saga_created") && kinds.contains(&"saga_completed"), "{kinds:?}");
+    let keys = |value: &Value| value.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+    assert_eq!(keys(&archived), keys(&lines[0]), "export and archive write the same format");
+    assert_eq!(archived["history"], lines[0]["history"], "the same history");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files[0]).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "only its owner reads the archive: {mode:o}");
+    }
+}
+
+/// Now as RFC 3339, a second early (so a saga started after it is created after it).
+fn chrono_now() -> String {
+    (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

@@ -576,6 +576,10 @@ const TENANT_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/deliveries"),
     ("get", "/v1/deliveries/{id}"),
     ("post", "/v1/deliveries/{id}/replay"),
+    ("post", "/v1/sagas/actions"),
+    ("post", "/v1/deliveries/actions"),
+    ("get", "/v1/jobs/{id}"),
+    ("post", "/v1/jobs/{id}/cancel"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,6 +634,26 @@ async fn every_route_authorizes_admin_own_tenant_and_other_tenant_keys() {
     let (_, _, deliveries) = app.send(app.request(Method::GET, "/v1/deliveries")).await;
     let delivery_id = deliveries["items"][0]["id"].as_str().expect("a delivery").to_string();
     let subscription_id = subscription["id"].as_str().expect("id").to_string();
+    // A bulk job of tenant A's, confined to its tenant.
+    let (status, _, job) = app
+        .send(
+            app.http
+                .post(format!("{}/v1/sagas/actions", app.url))
+                .bearer_auth(token_a)
+                .json(&json!({"action": "cancel", "filter": {"definition": "one"}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let job_id = job["job_id"].as_str().expect("job id").to_string();
+    let (status, _, refused) = app
+        .send(
+            app.http
+                .post(format!("{}/v1/sagas/actions", app.url))
+                .bearer_auth(token_a)
+                .json(&json!({"action": "cancel", "filter": {"tenant_id": b}})),
+        )
+        .await;
+    assert_eq!(status, 403, "a filter naming another tenant: {refused}");
 
     let (_, _, spec) = app.send(app.request(Method::GET, "/openapi.json")).await;
     let mut routes: Vec<(String, String)> = Vec::new();
@@ -640,7 +664,7 @@ async fn every_route_authorizes_admin_own_tenant_and_other_tenant_keys() {
             }
         }
     }
-    assert_eq!(routes.len(), 51, "every route is documented (server::ROUTES has the same count)");
+    assert_eq!(routes.len(), 55, "every route is documented (server::ROUTES has the same count)");
     // Deletes last, so the routes after them still find what they name.
     routes.sort_by_key(|(method, _)| method == "delete");
     let concrete = |path: &str| {
@@ -648,6 +672,7 @@ async fn every_route_authorizes_admin_own_tenant_and_other_tenant_keys() {
             _ if path.starts_with("/v1/sagas/") => sagas[&a].clone(),
             _ if path.starts_with("/v1/subscriptions/") => subscription_id.clone(),
             _ if path.starts_with("/v1/deliveries/") => delivery_id.clone(),
+            _ if path.starts_with("/v1/jobs/") => job_id.clone(),
             _ => a.clone(),
         };
         path.replace("{id}", &id)

@@ -251,7 +251,10 @@ impl<'a> Fields<'a> {
         let tenant_id = self.tenant(principal)?;
         let version = match self.filter.get("version") {
             None | Some(Value::Null) => None,
-            Some(value) => match json_integer(value).and_then(|n| u32::try_from(n).ok()).filter(|n| *n >= 1) {
+            Some(value) => match json_integer(value)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| (1..=i32::MAX as u32).contains(n))
+            {
                 Some(version) => Some(version),
                 None => {
                     self.error("/filter/version", "must be a positive integer");

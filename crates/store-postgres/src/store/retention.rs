@@ -6,10 +6,30 @@
 use async_trait::async_trait;
 use saga_store::{Purged, PurgedDeliveries, StoreResult};
 use sqlx::Row;
-use store_sql::retention::{uuid_v7_floor, OwnRetentionStatements, FINISHED};
+use store_sql::retention::{past_retention, uuid_v7_floor, OwnRetentionStatements, FINISHED};
+use uuid::Uuid;
 
 use super::PostgresStore;
 use crate::rows::db;
+
+/// After a `picked(id)` of sagas to delete: each with its history, signals and callbacks, and
+/// how many of each went.
+const PURGE_TAIL: &str = "gone AS (DELETE FROM sagas s USING picked WHERE s.id = picked.id RETURNING s.id), \
+       h AS (DELETE FROM saga_events e USING gone WHERE e.saga_id = gone.id RETURNING 1), \
+       sg AS (DELETE FROM saga_signals x USING gone WHERE x.saga_id = gone.id RETURNING 1), \
+       cb AS (DELETE FROM saga_callbacks c USING gone WHERE c.saga_id = gone.id RETURNING 1) \
+     SELECT (SELECT count(*) FROM gone) AS sagas, (SELECT count(*) FROM h) AS history, \
+            (SELECT count(*) FROM sg) AS signals, (SELECT count(*) FROM cb) AS callbacks";
+
+fn purged(row: &sqlx::postgres::PgRow) -> StoreResult<Purged> {
+    let count = |name: &str| row.try_get::<i64, _>(name).map(|n| n.max(0) as u64).map_err(db);
+    Ok(Purged {
+        sagas: count("sagas")?,
+        history: count("history")?,
+        signals: count("signals")?,
+        callbacks: count("callbacks")?,
+    })
+}
 
 #[async_trait]
 impl OwnRetentionStatements for PostgresStore {
@@ -22,13 +42,7 @@ impl OwnRetentionStatements for PostgresStore {
                   by_own AS (SELECT id FROM sagas WHERE status IN {FINISHED} AND retention_ms IS NOT NULL \
                                AND completed_at + retention_ms <= $3 ORDER BY completed_at + retention_ms LIMIT $2 \
                                FOR UPDATE SKIP LOCKED), \
-                  picked AS (SELECT id FROM by_default UNION ALL SELECT id FROM by_own), \
-                  gone AS (DELETE FROM sagas s USING picked WHERE s.id = picked.id RETURNING s.id), \
-                  h AS (DELETE FROM saga_events e USING gone WHERE e.saga_id = gone.id RETURNING 1), \
-                  sg AS (DELETE FROM saga_signals x USING gone WHERE x.saga_id = gone.id RETURNING 1), \
-                  cb AS (DELETE FROM saga_callbacks c USING gone WHERE c.saga_id = gone.id RETURNING 1) \
-             SELECT (SELECT count(*) FROM gone) AS sagas, (SELECT count(*) FROM h) AS history, \
-                    (SELECT count(*) FROM sg) AS signals, (SELECT count(*) FROM cb) AS callbacks"
+                  picked AS (SELECT id FROM by_default UNION ALL SELECT id FROM by_own), {PURGE_TAIL}"
         ))
         .bind(now_ms.saturating_sub(retention_ms))
         .bind(i64::from(limit))
@@ -36,13 +50,37 @@ impl OwnRetentionStatements for PostgresStore {
         .fetch_one(&self.db)
         .await
         .map_err(db)?;
-        let count = |name: &str| row.try_get::<i64, _>(name).map(|n| n.max(0) as u64).map_err(db);
-        Ok(Purged {
-            sagas: count("sagas")?,
-            history: count("history")?,
-            signals: count("signals")?,
-            callbacks: count("callbacks")?,
-        })
+        purged(&row)
+    }
+
+    async fn due_finished(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Vec<Uuid>> {
+        sqlx::query_scalar(&format!(
+            "(SELECT id FROM sagas WHERE status IN {FINISHED} AND retention_ms IS NULL AND completed_at <= $1 \
+              ORDER BY completed_at LIMIT $2) \
+             UNION ALL \
+             (SELECT id FROM sagas WHERE status IN {FINISHED} AND retention_ms IS NOT NULL \
+                AND completed_at + retention_ms <= $3 ORDER BY completed_at + retention_ms LIMIT $2)"
+        ))
+        .bind(now_ms.saturating_sub(retention_ms))
+        .bind(i64::from(limit))
+        .bind(now_ms)
+        .fetch_all(&self.db)
+        .await
+        .map_err(db)
+    }
+
+    async fn purge_finished_ids(&self, ids: &[Uuid], now_ms: i64, retention_ms: i64) -> StoreResult<Purged> {
+        let still = past_retention(2, 3);
+        let row = sqlx::query(&format!(
+            "WITH picked AS (SELECT id FROM sagas WHERE id = ANY($1) AND {still} FOR UPDATE SKIP LOCKED), {PURGE_TAIL}"
+        ))
+        .bind(ids)
+        .bind(now_ms.saturating_sub(retention_ms))
+        .bind(now_ms)
+        .fetch_one(&self.db)
+        .await
+        .map_err(db)?;
+        purged(&row)
     }
 
     async fn purge_deliveries(

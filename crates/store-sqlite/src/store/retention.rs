@@ -3,8 +3,9 @@
 //! (nothing else writes meanwhile, so the batch picked is the batch deleted).
 
 use async_trait::async_trait;
-use saga_store::{Purged, PurgedDeliveries, StoreResult};
-use store_sql::retention::{uuid_v7_floor, OwnRetentionStatements, FINISHED};
+use saga_store::{Purged, PurgedDeliveries, StoreError, StoreResult};
+use store_sql::retention::{past_retention, uuid_v7_floor, OwnRetentionStatements, FINISHED};
+use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::rows::{db, json_text};
@@ -37,26 +38,57 @@ impl OwnRetentionStatements for SqliteStore {
         .await
         .map_err(db)?;
         ids.extend(own);
-        if ids.is_empty() {
-            return Ok(Purged::default());
-        }
-        let ids = json_text(&ids)?;
-        // What belongs to the sagas first: the history, signals and callbacks refer to them.
-        let mut deleted = [0u64; 4];
-        for (n, (table, column)) in
-            [("saga_events", "saga_id"), ("saga_signals", "saga_id"), ("saga_callbacks", "saga_id"), ("sagas", "id")]
-                .iter()
-                .enumerate()
-        {
-            let done = sqlx::query(&format!("DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?1))"))
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            deleted[n] = done.rows_affected();
-        }
+        let purged = delete_sagas(&mut tx, &ids).await?;
         tx.commit().await.map_err(db)?;
-        Ok(Purged { history: deleted[0], signals: deleted[1], callbacks: deleted[2], sagas: deleted[3] })
+        Ok(purged)
+    }
+
+    async fn due_finished(&self, now_ms: i64, retention_ms: i64, limit: u32) -> StoreResult<Vec<Uuid>> {
+        let mut ids = Vec::new();
+        for (index, condition, order, cut) in [
+            (
+                "sagas_finished",
+                "retention_ms IS NULL AND completed_at <= ?1",
+                "completed_at",
+                now_ms.saturating_sub(retention_ms),
+            ),
+            (
+                "sagas_finished_own",
+                "retention_ms IS NOT NULL AND completed_at + retention_ms <= ?1",
+                "completed_at + retention_ms",
+                now_ms,
+            ),
+        ] {
+            let picked: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT id FROM sagas INDEXED BY {index} WHERE status IN {FINISHED} AND {condition} ORDER BY {order} LIMIT ?2"
+            ))
+            .bind(cut)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db)?;
+            for id in picked {
+                ids.push(Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(format!("saga id {id:?}: {e}")))?);
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn purge_finished_ids(&self, ids: &[Uuid], now_ms: i64, retention_ms: i64) -> StoreResult<Purged> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        let still: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM sagas WHERE id IN (SELECT value FROM json_each(?1)) AND {}",
+            past_retention(2, 3)
+        ))
+        .bind(json_text(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())?)
+        .bind(now_ms.saturating_sub(retention_ms))
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let purged = delete_sagas(&mut tx, &still).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(purged)
     }
 
     async fn purge_deliveries(
@@ -117,3 +149,26 @@ impl OwnRetentionStatements for SqliteStore {
 
 store_sql::retention_store!(SqliteStore);
 store_sql::job_store!(SqliteStore);
+
+/// Deletes the sagas `ids` with what belongs to them — history, signals and callbacks first,
+/// as they refer to the sagas — in `tx`.
+async fn delete_sagas(tx: &mut sqlx::SqliteConnection, ids: &[String]) -> StoreResult<Purged> {
+    if ids.is_empty() {
+        return Ok(Purged::default());
+    }
+    let ids = json_text(&ids)?;
+    let mut deleted = [0u64; 4];
+    for (n, (table, column)) in
+        [("saga_events", "saga_id"), ("saga_signals", "saga_id"), ("saga_callbacks", "saga_id"), ("sagas", "id")]
+            .iter()
+            .enumerate()
+    {
+        let done = sqlx::query(&format!("DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?1))"))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        deleted[n] = done.rows_affected();
+    }
+    Ok(Purged { history: deleted[0], signals: deleted[1], callbacks: deleted[2], sagas: deleted[3] })
+}
