@@ -2,7 +2,9 @@
 //! finished for the retention (`SAGAPLANE_RETENTION`), each with its history, signals, callbacks
 //! and idempotency key. A saga that is not finished is never touched. Succeeded deliveries and
 //! finished bulk jobs go on the same clock, dead deliveries after `SAGAPLANE_DEAD_LETTER_RETENTION`
-//! (each with its attempts, an event with its last delivery); a pending delivery never does.
+//! (each with its attempts, an event with its last delivery); a pending delivery never does. A
+//! tenant `DELETED` for the retention goes with its keys, users and own subscriptions, and
+//! inbound webhook receipts after the retention (at least a day).
 //!
 //! Design note. One instance at a time cleans: each tick it takes or renews the named lease
 //! `retention` ([`RetentionStore::singleton_hold`]) and only its holder deletes, so instances
@@ -12,7 +14,7 @@
 //! engine's own writes keep the database (measured on PostgreSQL: deleting 5,000 sagas a second
 //! beside saga3 at c=64 cost it 12%; the default pace allows 2,000 a second). While nothing is
 //! due it looks again every half retention, at most every minute. Metrics:
-//! `saga_retention_deleted_total{kind=saga|history|signal|callback|job|delivery|delivery_attempt|event}`, and
+//! `saga_retention_deleted_total{kind=saga|history|signal|callback|job|delivery|delivery_attempt|event|tenant|webhook_receipt}`, and
 //! `saga_retention_oldest_finished_seconds` — how long the longest-finished saga still kept has
 //! been finished (above the retention while the cleaner is behind).
 
@@ -33,8 +35,10 @@ pub const RETENTION_LEASE: &str = "retention";
 pub const RETENTION_LEASE_TTL_MS: i64 = 30_000;
 /// How long a dead delivery is kept unless configured: 90 days.
 pub const DEAD_LETTER_RETENTION_DEFAULT_MS: i64 = 90 * 24 * 3_600_000;
-/// Finished bulk jobs deleted per look, each with its items.
-const JOBS_PURGED_PER_LOOK: u32 = 20;
+/// Finished bulk jobs, or deleted tenants, deleted per look (each in its own transaction).
+const SMALL_PURGE_PER_LOOK: u32 = 20;
+/// Inbound webhook receipts are kept at least this long, whatever the retention.
+const RECEIPTS_KEPT_MIN_MS: i64 = 24 * 3_600_000;
 /// The longest wait between two looks while nothing is due.
 pub const RETENTION_IDLE_MAX: Duration = Duration::from_secs(60);
 
@@ -90,7 +94,18 @@ impl RetentionHandle {
 /// Starts the cleaner.
 pub fn start(store: Arc<dyn RetentionStore>, clock: Arc<dyn Clock>, config: RetentionConfig) -> RetentionHandle {
     let (stop, stopped) = watch::channel(false);
-    for kind in ["saga", "history", "signal", "callback", "job", "delivery", "delivery_attempt", "event"] {
+    for kind in [
+        "saga",
+        "history",
+        "signal",
+        "callback",
+        "job",
+        "delivery",
+        "delivery_attempt",
+        "event",
+        "tenant",
+        "webhook_receipt",
+    ] {
         metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(0);
     }
     let task = tokio::spawn(run(store, clock, config, stopped));
@@ -154,10 +169,19 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
     {
         metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(n);
     }
-    // Finished bulk jobs follow the same clock, with their items.
-    match store.jobs_purge(now_ms.saturating_sub(config.retention_ms), JOBS_PURGED_PER_LOOK).await {
-        Ok(jobs) => metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => "job").increment(jobs),
-        Err(e) => tracing::warn!(error = %e, "deleting finished bulk jobs failed; trying again later"),
+    // Finished bulk jobs, deleted tenants and inbound webhook receipts follow the same clock
+    // (receipts never sooner than a day: a CRM may replay a webhook for hours).
+    let cut_ms = now_ms.saturating_sub(config.retention_ms);
+    let receipts_cut_ms = cut_ms.min(now_ms.saturating_sub(RECEIPTS_KEPT_MIN_MS));
+    for (kind, purged) in [
+        ("job", store.jobs_purge(cut_ms, SMALL_PURGE_PER_LOOK).await),
+        ("tenant", store.tenants_purge(cut_ms, SMALL_PURGE_PER_LOOK, now_ms).await),
+        ("webhook_receipt", store.webhook_receipts_purge(receipts_cut_ms, config.batch).await),
+    ] {
+        match purged {
+            Ok(n) => metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(n),
+            Err(e) => tracing::warn!(error = %e, kind, "deleting past their retention failed; trying again later"),
+        }
     }
     if purged.sagas > 0 {
         tracing::debug!(sagas = purged.sagas, history = purged.history, "deleted finished sagas past their retention");

@@ -48,6 +48,13 @@ pub trait RetentionStore: Send + Sync {
         dead_before_ms: i64,
         limit: u32,
     ) -> StoreResult<PurgedDeliveries>;
+    /// Deletes up to `limit` tenants `DELETED` at or before `deleted_before_ms` with their keys,
+    /// users and own subscriptions (a pending delivery to one ends dead), one tenant per
+    /// transaction; how many tenants.
+    async fn tenants_purge(&self, deleted_before_ms: i64, limit: u32, now_ms: i64) -> StoreResult<u64>;
+    /// Deletes up to `limit` inbound webhook receipts received at or before `received_before_ms`
+    /// (a replay of one after that is taken as new); how many.
+    async fn webhook_receipts_purge(&self, received_before_ms: i64, limit: u32) -> StoreResult<u64>;
     /// Deletes up to `limit` bulk jobs that finished at or before `finished_before_ms`, each
     /// with its items; how many.
     async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<u64>;

@@ -33,6 +33,8 @@ where
     for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
     for<'q> &'q str: sqlx::Encode<'q, D::Db> + sqlx::Type<D::Db>,
     for<'q> i64: sqlx::Encode<'q, D::Db> + sqlx::Decode<'q, D::Db> + sqlx::Type<D::Db>,
+    for<'q> String: sqlx::Decode<'q, D::Db> + sqlx::Type<D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
     for<'s> &'s str: sqlx::ColumnIndex<<D::Db as Database>::Row>,
 {
     pub async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>> {
@@ -43,6 +45,56 @@ where
         .await
         .map_err(D::error)?;
         column::<D, Option<i64>>(&row, "oldest")
+    }
+
+    pub async fn tenants_purge(&self, deleted_before_ms: i64, limit: u32, now_ms: i64) -> StoreResult<u64> {
+        let rows = sqlx::query(
+            "SELECT id FROM tenants WHERE status = 'DELETED' AND updated_at <= $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(deleted_before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(self.read)
+        .await
+        .map_err(D::error)?;
+        let mut purged = 0;
+        for row in &rows {
+            let id: String = column::<D, _>(row, "id")?;
+            let mut tx = D::begin(self.write).await.map_err(D::error)?;
+            sqlx::query(
+                "UPDATE deliveries SET status = 'dead', last_error = 'the tenant was deleted', lease_owner = NULL, \
+                   next_attempt_at = $2 \
+                 WHERE status = 'pending' AND subscription_id IN (SELECT id FROM subscriptions WHERE tenant_id = $1)",
+            )
+            .bind(id.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(D::error)?;
+            for statement in [
+                "DELETE FROM subscriptions WHERE tenant_id = $1",
+                "DELETE FROM tenant_api_keys WHERE tenant_id = $1",
+                "DELETE FROM tenant_users WHERE tenant_id = $1",
+                "DELETE FROM tenants WHERE id = $1 AND status = 'DELETED'",
+            ] {
+                sqlx::query(statement).bind(id.as_str()).execute(&mut *tx).await.map_err(D::error)?;
+            }
+            tx.commit().await.map_err(D::error)?;
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    pub async fn webhook_receipts_purge(&self, received_before_ms: i64, limit: u32) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM webhook_receipts WHERE (source, webhook_id) IN \
+               (SELECT source, webhook_id FROM webhook_receipts WHERE received_at <= $1 LIMIT $2)",
+        )
+        .bind(received_before_ms)
+        .bind(i64::from(limit))
+        .execute(self.write)
+        .await
+        .map_err(D::error)?;
+        Ok(D::rows_affected(&done))
     }
 
     pub async fn singleton_hold(&self, name: &str, owner: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<bool> {
@@ -129,6 +181,21 @@ macro_rules! retention_store {
                     limit,
                 )
                 .await
+            }
+            async fn tenants_purge(
+                &self,
+                deleted_before_ms: i64,
+                limit: u32,
+                now_ms: i64,
+            ) -> saga_store::StoreResult<u64> {
+                $crate::SqlStore::sql(self).tenants_purge(deleted_before_ms, limit, now_ms).await
+            }
+            async fn webhook_receipts_purge(
+                &self,
+                received_before_ms: i64,
+                limit: u32,
+            ) -> saga_store::StoreResult<u64> {
+                $crate::SqlStore::sql(self).webhook_receipts_purge(received_before_ms, limit).await
             }
             async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> saga_store::StoreResult<u64> {
                 $crate::SqlStore::sql(self).jobs_purge(finished_before_ms, limit).await

@@ -300,3 +300,55 @@ pub async fn tenant_keys_users_and_webhook_receipts(store: Arc<dyn Store>) -> Ch
     );
     Ok(())
 }
+
+/// A tenant `DELETED` for the retention goes with its keys, users and own subscriptions (a
+/// pending delivery to one ends dead); one that is not deleted stays; old webhook receipts go.
+pub async fn deleted_tenants_go_with_their_records_after_the_retention(store: Arc<dyn Store>) -> CheckResult {
+    use saga_core::tenant::TenantStatus;
+    for id in ["gone", "kept"] {
+        db(store.tenant_create(tenant(id, 0), tenant_saga(id, 0), None).await)?;
+        let key = crate::TenantKeyRecord {
+            id: Uuid::now_v7(),
+            tenant_id: id.into(),
+            name: "ci".into(),
+            created_at_ms: 1,
+            revoked_at_ms: None,
+        };
+        db(store.tenant_key_create(&key, &format!("hash-{id}")).await)?;
+    }
+    let deleted = crate::TenantTransition {
+        id: "gone".into(),
+        to: TenantStatus::Deleted,
+        from: vec![TenantStatus::Provisioning],
+        error: None,
+        saga: None,
+        event: None,
+        now_ms: 100,
+    };
+    db(store.tenant_transition(deleted).await)?;
+    let mut own = super::delivery::subscription_for_tests("http://gone", Some("gone"));
+    own.events = vec!["*".into()];
+    db(store.subscription_create(&own).await)?;
+    db(store.events_append(&[crate::OutboxEvent::new("tenant.note", Some("gone".into()), json!({}), 50)]).await)?;
+
+    ensure!(db(store.tenants_purge(99, 10, 200).await)? == 0, "not before its retention");
+    ensure!(db(store.tenants_purge(100, 10, 200).await)? == 1, "the deleted tenant");
+    ensure!(matches!(store.tenant_get("gone").await, Err(StoreError::NotFound)), "its record is gone");
+    ensure!(db(store.tenant_key_by_hash("hash-gone").await)?.is_none(), "with its keys");
+    ensure!(matches!(store.subscription_get(own.id).await, Err(StoreError::NotFound)), "and its subscriptions");
+    let filter = crate::DeliveryFilter { subscription_id: Some(own.id), limit: 10, ..Default::default() };
+    let left = db(store.delivery_list(&filter).await)?;
+    ensure!(
+        !left.is_empty() && left.iter().all(|d| d.status == crate::DeliveryStatus::Dead),
+        "its pending deliveries end dead: {left:?}"
+    );
+    ensure!(db(store.tenant_get("kept").await).is_ok(), "a tenant that is not deleted stays");
+    ensure!(db(store.tenant_key_by_hash("hash-kept").await)?.is_some(), "with its keys");
+
+    ensure!(db(store.webhook_claim("crm", "old", 10).await)? == crate::WebhookClaim::New, "a receipt");
+    ensure!(db(store.webhook_claim("crm", "new", 500).await)? == crate::WebhookClaim::New, "another");
+    ensure!(db(store.webhook_receipts_purge(100, 10).await)? == 1, "the old receipt");
+    ensure!(db(store.webhook_claim("crm", "old", 600).await)? == crate::WebhookClaim::New, "taken as new after");
+    ensure!(db(store.webhook_claim("crm", "new", 600).await)? != crate::WebhookClaim::New, "the recent one is kept");
+    Ok(())
+}

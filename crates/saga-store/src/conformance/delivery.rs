@@ -33,6 +33,11 @@ fn subscription(url: &str, events: &[&str], tenant: Option<&str>, now_ms: i64) -
     }
 }
 
+/// An active operator-made subscription of `tenant` (or the operator's) to `url`.
+pub(super) fn subscription_for_tests(url: &str, tenant: Option<&str>) -> SubscriptionRecord {
+    subscription(url, &["*"], tenant, 0)
+}
+
 fn claim(worker: &str, limit: u32, now_ms: i64) -> DeliveryClaimParams {
     DeliveryClaimParams {
         worker_id: worker.into(),

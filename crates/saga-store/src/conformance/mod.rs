@@ -111,6 +111,7 @@ macro_rules! store_conformance {
             purges_take_the_longest_finished_first_in_bounded_batches,
             a_singleton_lease_has_one_owner_at_a_time,
             a_definitions_own_retention_decides_for_its_sagas,
+            deleted_tenants_go_with_their_records_after_the_retention,
             a_batch_named_for_the_archive_deletes_only_what_is_still_due,
             finished_deliveries_go_and_their_events_with_the_last,
             a_jobs_items_are_chosen_once_and_each_acted_on_once,
