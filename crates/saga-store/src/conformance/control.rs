@@ -329,7 +329,7 @@ pub async fn deleted_tenants_go_with_their_records_after_the_retention(store: Ar
     let mut own = super::delivery::subscription_for_tests("http://gone", Some("gone"));
     own.events = vec!["*".into()];
     db(store.subscription_create(&own).await)?;
-    db(store.events_append(&[crate::OutboxEvent::new("tenant.note", Some("gone".into()), json!({}), 50)]).await)?;
+    db(store.events_append(&[crate::OutboxEvent::new("tenant.note", Some("gone"), json!({}), 50)]).await)?;
 
     ensure!(db(store.tenants_purge(99, 10, 200).await)? == 0, "not before its retention");
     ensure!(db(store.tenants_purge(100, 10, 200).await)? == 1, "the deleted tenant");
