@@ -23,6 +23,9 @@ pub const SAGA_DB_POOL_CONNECTIONS: &str = "saga_db_pool_connections";
 pub const SAGA_RETENTION_DELETED_TOTAL: &str = "saga_retention_deleted_total";
 /// How long the longest-finished saga still kept has been finished.
 pub const SAGA_RETENTION_OLDEST_FINISHED_SECONDS: &str = "saga_retention_oldest_finished_seconds";
+/// Finished sagas past their retention not yet deleted (counted at most once a minute, up to
+/// 1,000,000).
+pub const SAGA_RETENTION_BACKLOG: &str = "saga_retention_backlog";
 /// `{kind=sagas|deliveries, outcome=done|failed}`: items bulk jobs acted on, or found the action
 /// no longer applied to.
 pub const SAGA_JOB_ITEMS_TOTAL: &str = "saga_job_items_total";
@@ -44,6 +47,7 @@ pub fn describe() {
     metrics::describe_gauge!(SAGA_OLDEST_DUE_AGE_SECONDS, "How long the oldest due saga has been due (0: none)");
     metrics::describe_gauge!(SAGA_DB_POOL_CONNECTIONS, "The store's pooled connections in this process, by state");
     metrics::describe_counter!(SAGA_RETENTION_DELETED_TOTAL, "Rows deleted past their retention, by kind");
+    metrics::describe_gauge!(SAGA_RETENTION_BACKLOG, "Finished sagas past their retention not yet deleted");
     metrics::describe_counter!(SAGA_JOB_ITEMS_TOTAL, "Items bulk jobs acted on (done) or could not (failed)");
     metrics::describe_gauge!(
         SAGA_RETENTION_OLDEST_FINISHED_SECONDS,

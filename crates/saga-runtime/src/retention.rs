@@ -16,7 +16,8 @@
 //! due it looks again every half retention, at most every minute. Metrics:
 //! `saga_retention_deleted_total{kind=saga|history|signal|callback|job|delivery|delivery_attempt|event|tenant|webhook_receipt}`, and
 //! `saga_retention_oldest_finished_seconds` — how long the longest-finished saga still kept has
-//! been finished (above the retention while the cleaner is behind).
+//! been finished (above the retention while the cleaner is behind), and
+//! `saga_retention_backlog`, the finished sagas past their retention not yet deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,9 @@ use tokio::sync::watch;
 
 use crate::archive::Archive;
 use crate::clock::Clock;
-use crate::metrics_names::{SAGA_RETENTION_DELETED_TOTAL, SAGA_RETENTION_OLDEST_FINISHED_SECONDS};
+use crate::metrics_names::{
+    SAGA_RETENTION_BACKLOG, SAGA_RETENTION_DELETED_TOTAL, SAGA_RETENTION_OLDEST_FINISHED_SECONDS,
+};
 
 /// The name of the cleaner's lease.
 pub const RETENTION_LEASE: &str = "retention";
@@ -35,6 +38,9 @@ pub const RETENTION_LEASE: &str = "retention";
 pub const RETENTION_LEASE_TTL_MS: i64 = 30_000;
 /// How long a dead delivery is kept unless configured: 90 days.
 pub const DEAD_LETTER_RETENTION_DEFAULT_MS: i64 = 90 * 24 * 3_600_000;
+/// How often the backlog is counted, and up to how many.
+const BACKLOG_COUNT_EVERY_MS: i64 = 60_000;
+const BACKLOG_COUNT_CAP: u32 = 1_000_000;
 /// Finished bulk jobs, or deleted tenants, deleted per look (each in its own transaction).
 const SMALL_PURGE_PER_LOOK: u32 = 20;
 /// Inbound webhook receipts are kept at least this long, whatever the retention.
@@ -118,8 +124,9 @@ async fn run(
     config: RetentionConfig,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let mut backlog_counted_at_ms = None;
     loop {
-        let more = tick(store.as_ref(), clock.as_ref(), &config).await;
+        let more = tick(store.as_ref(), clock.as_ref(), &config, &mut backlog_counted_at_ms).await;
         let wait = if more { config.pause } else { config.idle() };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -137,7 +144,12 @@ async fn run(
 
 /// One look: when this instance holds the lease, one batch deleted. True when the batch was
 /// full (more may be due at once).
-async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionConfig) -> bool {
+async fn tick(
+    store: &dyn RetentionStore,
+    clock: &dyn Clock,
+    config: &RetentionConfig,
+    backlog_counted_at_ms: &mut Option<i64>,
+) -> bool {
     let now_ms = clock.now_ms();
     match store.singleton_hold(RETENTION_LEASE, &config.worker_id, now_ms, RETENTION_LEASE_TTL_MS).await {
         Ok(true) => {}
@@ -192,6 +204,13 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
             metrics::gauge!(SAGA_RETENTION_OLDEST_FINISHED_SECONDS).set(age_ms as f64 / 1000.0);
         }
         Err(e) => tracing::debug!(error = %e, "reading the oldest finished saga failed"),
+    }
+    if backlog_counted_at_ms.is_none_or(|at| now_ms.saturating_sub(at) >= BACKLOG_COUNT_EVERY_MS) {
+        *backlog_counted_at_ms = Some(now_ms);
+        match store.sagas_overdue(now_ms, config.retention_ms, BACKLOG_COUNT_CAP).await {
+            Ok(overdue) => metrics::gauge!(SAGA_RETENTION_BACKLOG).set(overdue as f64),
+            Err(e) => tracing::debug!(error = %e, "counting the sagas past their retention failed"),
+        }
     }
     purged.sagas >= u64::from(config.batch) || deliveries.deliveries >= u64::from(config.batch)
 }

@@ -47,6 +47,22 @@ where
         column::<D, Option<i64>>(&row, "oldest")
     }
 
+    pub async fn sagas_overdue(&self, now_ms: i64, retention_ms: i64, cap: u32) -> StoreResult<u64> {
+        let row = sqlx::query(&format!(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM sagas WHERE status IN {FINISHED} AND retention_ms IS NULL \
+                       AND completed_at <= $1 LIMIT $3) d) \
+                  + (SELECT count(*) FROM (SELECT 1 FROM sagas WHERE status IN {FINISHED} AND retention_ms IS NOT NULL \
+                       AND completed_at + retention_ms <= $2 LIMIT $3) o) AS overdue"
+        ))
+        .bind(now_ms.saturating_sub(retention_ms))
+        .bind(now_ms)
+        .bind(i64::from(cap))
+        .fetch_one(self.read)
+        .await
+        .map_err(D::error)?;
+        Ok(u64::try_from(column::<D, i64>(&row, "overdue")?).unwrap_or(0))
+    }
+
     pub async fn tenants_purge(&self, deleted_before_ms: i64, limit: u32, now_ms: i64) -> StoreResult<u64> {
         let rows = sqlx::query(
             "SELECT id FROM tenants WHERE status = 'DELETED' AND updated_at <= $1 ORDER BY updated_at LIMIT $2",
@@ -199,6 +215,9 @@ macro_rules! retention_store {
             }
             async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> saga_store::StoreResult<u64> {
                 $crate::SqlStore::sql(self).jobs_purge(finished_before_ms, limit).await
+            }
+            async fn sagas_overdue(&self, now_ms: i64, retention_ms: i64, cap: u32) -> saga_store::StoreResult<u64> {
+                $crate::SqlStore::sql(self).sagas_overdue(now_ms, retention_ms, cap).await
             }
             async fn oldest_finished_ms(&self) -> saga_store::StoreResult<Option<i64>> {
                 $crate::SqlStore::sql(self).oldest_finished_ms().await

@@ -125,6 +125,9 @@ pub async fn a_definitions_own_retention_decides_for_its_sagas(store: Arc<dyn St
     let shorter = kept(store.as_ref(), "shorter", Some(100), Some(50)).await?;
     ensure!(db(store.oldest_finished_ms().await)? == Some(100), "the oldest on the default retention");
 
+    ensure!(db(store.sagas_overdue(160, 300, 10).await)? == 1, "one overdue at 160 (its own 50)");
+    ensure!(db(store.sagas_overdue(500, 300, 10).await)? == 2, "two at 500");
+    ensure!(db(store.sagas_overdue(500, 300, 1).await)? <= 2, "counted up to the cap for each kind");
     // At 160 with a default of 300: only the saga whose own retention (50) has passed goes.
     let purged = db(store.sagas_purge(160, 300, 10).await)?;
     ensure!(purged.sagas == 1, "{purged:?}");
