@@ -40,6 +40,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration(11, "retention", include_str!("../migrations/0011_retention.sql"), 8),
     migration(12, "jobs", include_str!("../migrations/0012_jobs.sql"), 8),
     migration(13, "definition_retention", include_str!("../migrations/0013_definition_retention.sql"), 8),
+    migration(14, "list_indexes", include_str!("../migrations/0014_list_indexes.sql"), 8),
 ];
 
 fn latest() -> i64 {

@@ -153,7 +153,7 @@ async fn migrate_creates_the_database_and_is_idempotent() {
     let out = tokio::task::block_in_place(|| {
         Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", &pg).output().expect("run migrate")
     });
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 13 (postgres)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 14 (postgres)");
     let out = tokio::task::block_in_place(|| {
         Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", "mysql://nope").output().expect("run migrate")
     });
