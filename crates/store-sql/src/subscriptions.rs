@@ -245,21 +245,41 @@ where
     }
 
     pub async fn delivery_list(&self, filter: &DeliveryFilter) -> StoreResult<Vec<DeliveryRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries \
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR subscription_id = $2) \
-               AND ($3 IS NULL OR subscription_id IN (SELECT s.id FROM subscriptions s WHERE s.tenant_id = $3)) \
-               AND ($4 IS NULL OR id < $4) \
-             ORDER BY id DESC LIMIT $5"
-        ))
-        .bind(filter.status.map(DeliveryStatus::as_str))
-        .bind(filter.subscription_id.map(D::uuid))
-        .bind(filter.subscription_tenant_id.as_deref())
-        .bind(filter.before_id.map(D::uuid))
-        .bind(i64::from(filter.limit))
-        .fetch_all(self.read)
-        .await
-        .map_err(D::error)?;
+        // Only the conditions given, so the plan is chosen for them (a generic `($1 IS NULL OR
+        // …)` plan walked every delivery for a rare status at volume).
+        let mut sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE TRUE");
+        let mut n = 0;
+        let mut condition = |sql: &mut String, text: &str| {
+            n += 1;
+            sql.push_str(&text.replace("$?", &format!("${n}")));
+        };
+        if filter.status.is_some() {
+            condition(&mut sql, " AND status = $?");
+        }
+        if filter.subscription_id.is_some() {
+            condition(&mut sql, " AND subscription_id = $?");
+        }
+        if filter.subscription_tenant_id.is_some() {
+            condition(&mut sql, " AND subscription_id IN (SELECT s.id FROM subscriptions s WHERE s.tenant_id = $?)");
+        }
+        if filter.before_id.is_some() {
+            condition(&mut sql, " AND id < $?");
+        }
+        condition(&mut sql, " ORDER BY id DESC LIMIT $?");
+        let mut query = sqlx::query(&sql);
+        if let Some(status) = filter.status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(subscription) = filter.subscription_id {
+            query = query.bind(D::uuid(subscription));
+        }
+        if let Some(tenant) = filter.subscription_tenant_id.as_deref() {
+            query = query.bind(tenant);
+        }
+        if let Some(before) = filter.before_id {
+            query = query.bind(D::uuid(before));
+        }
+        let rows = query.bind(i64::from(filter.limit)).fetch_all(self.read).await.map_err(D::error)?;
         rows.iter().map(delivery::<D>).collect()
     }
 
