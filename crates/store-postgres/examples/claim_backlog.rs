@@ -6,6 +6,11 @@
 //!     postgres://sagaplane:sagaplane@127.0.0.1:5432/sagaplane_backlog [MAX_PARKED]
 //! ```
 //!
+//! With a third argument `cleaner`, it then adds 1,000,000 finished sagas (4 history rows each)
+//! past a one-day retention and times claims of one due saga while the cleaner's batches delete
+//! them (500 a batch, 250 ms apart, as `saga_runtime::retention` paces them) and while nothing
+//! deletes, alternating — claim latency beside the cleaner.
+//!
 //! Use an empty database: it is migrated, then filled with parked sagas in steps (0, 10k, 100k,
 //! 1M by default) — `EXECUTING`, no lease, due at `RUN_AT_NEVER_MS`, as a saga waiting on a signal
 //! or callback with no deadline is stored. At each size it times, through the `Store` trait,
@@ -35,7 +40,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "usage: claim_backlog POSTGRES_URL [MAX_PARKED] (or set SAGAPLANE_DATABASE_URL); use an empty database",
     )?;
     let max: i64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
-    tokio::runtime::Runtime::new()?.block_on(run(&url, max))
+    let cleaner = args.next().as_deref() == Some("cleaner");
+    tokio::runtime::Runtime::new()?.block_on(async {
+        run(&url, max).await?;
+        if cleaner {
+            beside_cleaner(&url).await?;
+        }
+        Ok(())
+    })
 }
 
 async fn run(url: &str, max: i64) -> Result<(), Box<dyn std::error::Error>> {
@@ -111,6 +123,89 @@ async fn run(url: &str, max: i64) -> Result<(), Box<dyn std::error::Error>> {
             percentile(&due, 0.5),
             percentile(&due, 0.99)
         );
+    }
+    Ok(())
+}
+
+/// Claims of one due saga while the cleaner deletes a backlog of 1,000,000 finished sagas, and
+/// while nothing deletes, alternating.
+async fn beside_cleaner(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let store = std::sync::Arc::new(PostgresStore::connect(url, 4).await?);
+    let seeder = sqlx::PgPool::connect(url).await?;
+    let document = serde_json::json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
+    let definition = saga_core::validate_definition("backlog", &document, &["core.echo"])
+        .map_err(|errors| format!("benchmark definition: {errors:?}"))?;
+    let finished_at = now_ms() - 40 * 24 * 3_600_000;
+    let started = Instant::now();
+    sqlx::query(
+        "WITH s AS (INSERT INTO sagas (id, definition, version, status, input, state, priority, run_at, fencing_token, \
+                                      event_seq, created_at, updated_at, completed_at) \
+                    SELECT gen_random_uuid(), 'backlog', 1, 'COMPLETED', '{}'::jsonb, '{}'::json, 0, $1, 1, 4, $1, $1, $1 \
+                    FROM generate_series(1, 1000000) RETURNING id) \
+         INSERT INTO saga_events (saga_id, seq, kind, data, at) \
+         SELECT s.id, n, 'step_succeeded', '{}'::jsonb, $1 FROM s, generate_series(1, 4) n",
+    )
+    .bind(finished_at)
+    .execute(&seeder)
+    .await?;
+    sqlx::query("ANALYZE sagas").execute(&seeder).await?;
+    eprintln!("1,000,000 finished sagas in {:.1?}", started.elapsed());
+    println!();
+    println!("| round | cleaner | claim of one due saga p50 ms | p99 ms | deleted meanwhile |");
+    println!("| ---: | --- | ---: | ---: | ---: |");
+    for round in 1..=3 {
+        for deleting in [true, false] {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let cleaner = deleting.then(|| {
+                let (store, stop) = (store.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut deleted = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        match store.sagas_purge(now_ms(), 24 * 3_600_000, 500).await {
+                            Ok(purged) => deleted += purged.sagas,
+                            Err(e) => eprintln!("purge: {e}"),
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    deleted
+                })
+            });
+            let mut due = Vec::with_capacity(ROUNDS * 2);
+            for _ in 0..ROUNDS * 2 {
+                let params = SagaCreate::new(
+                    "backlog",
+                    1,
+                    serde_json::json!({}),
+                    saga_core::SagaState::new(&definition),
+                    now_ms(),
+                );
+                let SagaCreated::Created(created) = saga_store::creates::create_one(store.as_ref(), params).await?
+                else {
+                    return Err("the due saga was not created".into());
+                };
+                let claim =
+                    ClaimParams { worker_id: "bench".into(), limit: 1, now_ms: now_ms(), lease_ttl_ms: 600_000 };
+                let started = Instant::now();
+                let claimed = store.saga_claim_due(&claim).await?;
+                due.push(started.elapsed());
+                if claimed.first().map(|c| c.record.id) != Some(created.id) {
+                    return Err("the claim did not return the due saga".into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let deleted = match cleaner {
+                Some(task) => task.await?,
+                None => 0,
+            };
+            due.sort();
+            println!(
+                "| {round} | {} | {:.2} | {:.2} | {deleted} |",
+                if deleting { "deleting" } else { "idle" },
+                percentile(&due, 0.5),
+                percentile(&due, 0.99)
+            );
+        }
     }
     Ok(())
 }
