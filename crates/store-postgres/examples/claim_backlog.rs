@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use saga_store::prelude::*;
-use saga_store::{ClaimParams, SagaCreate, SagaCreated, RUN_AT_NEVER_MS};
+use saga_store::{ClaimParams, RetentionStore, SagaCreate, SagaCreated, RUN_AT_NEVER_MS};
 use store_postgres::PostgresStore;
 
 const ROUNDS: usize = 200;
