@@ -186,7 +186,7 @@ async fn tick(
     count(&purged);
     let succeeded_before_ms = now_ms.saturating_sub(config.retention_ms);
     let dead_before_ms = now_ms.saturating_sub(config.dead_letter_retention_ms);
-    let deliveries = match store.deliveries_purge(succeeded_before_ms, dead_before_ms, config.batch).await {
+    let deliveries = match store.deliveries_purge(succeeded_before_ms, dead_before_ms, now_ms, config.batch).await {
         Ok(deliveries) => deliveries,
         Err(e) => {
             tracing::warn!(error = %e, "deleting finished deliveries failed; trying again later");

@@ -38,14 +38,16 @@ pub trait RetentionStore: Send + Sync {
     /// Deletes those of `ids` that are still finished and past their retention at `now_ms`, as
     /// [`RetentionStore::sagas_purge`] does (one retried meanwhile is kept).
     async fn sagas_purge_ids(&self, ids: &[uuid::Uuid], now_ms: i64, retention_ms: i64) -> StoreResult<Purged>;
-    /// Deletes succeeded deliveries created before `succeeded_before_ms` and dead ones created
-    /// before `dead_before_ms` (at most `limit` of each, oldest first) with their attempts, and
-    /// the events of theirs that have no delivery left, in one transaction. A pending delivery
-    /// is never touched.
+    /// Deletes succeeded deliveries created before `succeeded_before_ms`, dead ones whose event
+    /// has expired by `now_ms` on that same clock (a replay could never send them), and other
+    /// dead ones created before `dead_before_ms` (at most `limit` of each kind, oldest first),
+    /// with their attempts and the events of theirs that have no delivery left, in one
+    /// transaction. A pending delivery is never touched.
     async fn deliveries_purge(
         &self,
         succeeded_before_ms: i64,
         dead_before_ms: i64,
+        now_ms: i64,
         limit: u32,
     ) -> StoreResult<PurgedDeliveries>;
     /// Deletes up to `limit` tenants `DELETED` at or before `deleted_before_ms` with their keys,

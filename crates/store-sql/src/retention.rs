@@ -150,6 +150,7 @@ pub trait OwnRetentionStatements {
         &self,
         succeeded_before_ms: i64,
         dead_before_ms: i64,
+        now_ms: i64,
         limit: u32,
     ) -> StoreResult<saga_store::PurgedDeliveries>;
 }
@@ -188,12 +189,14 @@ macro_rules! retention_store {
                 &self,
                 succeeded_before_ms: i64,
                 dead_before_ms: i64,
+                now_ms: i64,
                 limit: u32,
             ) -> saga_store::StoreResult<saga_store::PurgedDeliveries> {
                 $crate::retention::OwnRetentionStatements::purge_deliveries(
                     self,
                     succeeded_before_ms,
                     dead_before_ms,
+                    now_ms,
                     limit,
                 )
                 .await

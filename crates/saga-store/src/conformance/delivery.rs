@@ -483,13 +483,14 @@ pub async fn finished_deliveries_go_and_their_events_with_the_last(store: Arc<dy
     let placed = OutboxEvent::new("order.placed", None, json!({"n": 1}), 10);
     let paid = OutboxEvent::new("order.paid", None, json!({"n": 2}), 10);
     let shipped = OutboxEvent::new("order.shipped", None, json!({"n": 3}), 10);
-    db(store.events_append(&[placed.clone(), paid.clone(), shipped.clone()]).await)?;
+    let ping = OutboxEvent { expires_at_ms: Some(50), ..OutboxEvent::new("session.ping", None, json!({"n": 4}), 10) };
+    db(store.events_append(&[placed.clone(), paid.clone(), shipped.clone(), ping.clone()]).await)?;
     let claimed = db(store.delivery_claim_due(&claim("w1", 10, 100)).await)?;
-    ensure!(claimed.len() == 4, "four deliveries: {}", claimed.len());
+    ensure!(claimed.len() == 5, "five deliveries: {}", claimed.len());
     let outcome = |event: Uuid, subscription: Uuid| {
         if event == paid.id {
             None // stays pending
-        } else if event == shipped.id && subscription == second.id {
+        } else if event == ping.id || (event == shipped.id && subscription == second.id) {
             Some(DeliveryStatus::Dead)
         } else {
             Some(DeliveryStatus::Succeeded)
@@ -509,20 +510,25 @@ pub async fn finished_deliveries_go_and_their_events_with_the_last(store: Arc<dy
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let (past, future) = (now - 3_600_000, now + 3_600_000);
-    ensure!(db(store.deliveries_purge(past, past, 10).await)? == crate::PurgedDeliveries::default(), "none is old yet");
+    let nothing = crate::PurgedDeliveries::default();
+    ensure!(db(store.deliveries_purge(past, past, now, 10).await)? == nothing, "none is old yet");
 
-    let purged = db(store.deliveries_purge(future, past, 10).await)?;
-    // placed → a (succeeded), shipped → a (succeeded): gone; shipped → b is dead, so shipped stays.
-    ensure!((purged.deliveries, purged.attempts, purged.events) == (2, 2, 1), "{purged:?}");
+    let purged = db(store.deliveries_purge(future, past, now, 10).await)?;
+    // placed → a and shipped → a succeeded, and ping → a is dead with its event expired (a replay
+    // could never send it): gone, with placed and ping; shipped → b is a dead letter, so shipped
+    // stays.
+    ensure!((purged.deliveries, purged.attempts, purged.events) == (3, 3, 2), "{purged:?}");
     for c in &claimed {
-        let expect_kept = outcome(c.delivery.event_id, c.subscription.id) != Some(DeliveryStatus::Succeeded);
+        let finished = outcome(c.delivery.event_id, c.subscription.id) == Some(DeliveryStatus::Succeeded)
+            || c.delivery.event_id == ping.id;
+        let expect_kept = !finished;
         let kept = store.delivery_get(c.delivery.id).await.is_ok();
         ensure!(kept == expect_kept, "{:?} kept {kept}", c.delivery.event_type);
     }
-    let purged = db(store.deliveries_purge(future, future, 10).await)?;
+    let purged = db(store.deliveries_purge(future, future, now, 10).await)?;
     ensure!((purged.deliveries, purged.events) == (1, 1), "the dead letter, then its event: {purged:?}");
     let left = deliveries_of(store.as_ref(), first.id).await?;
     ensure!(left.len() == 1 && left[0].event_id == paid.id, "the pending delivery is never touched: {left:?}");
-    ensure!(db(store.deliveries_purge(future, future, 10).await)?.deliveries == 0, "nothing more");
+    ensure!(db(store.deliveries_purge(future, future, now, 10).await)?.deliveries == 0, "nothing more");
     Ok(())
 }

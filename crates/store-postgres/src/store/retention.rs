@@ -87,6 +87,7 @@ impl OwnRetentionStatements for PostgresStore {
         &self,
         succeeded_before_ms: i64,
         dead_before_ms: i64,
+        now_ms: i64,
         limit: u32,
     ) -> StoreResult<PurgedDeliveries> {
         // Ids are UUIDv7 and a delivery's keeps its event's time prefix, so: succeeded ones by
@@ -98,8 +99,12 @@ impl OwnRetentionStatements for PostgresStore {
                                    ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED), \
                   by_dead AS (SELECT id, event_id FROM deliveries WHERE status = 'dead' AND id < $2 \
                                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED), \
+                  by_expired AS (SELECT d.id FROM deliveries d JOIN events x ON x.id = d.event_id \
+                                 WHERE d.status = 'dead' AND d.id < $1 AND x.expires_at <= $4 \
+                                 ORDER BY d.id LIMIT $3 FOR UPDATE OF d SKIP LOCKED), \
                   gone AS (DELETE FROM deliveries d \
-                           USING (SELECT id FROM by_succeeded UNION ALL SELECT id FROM by_dead) picked \
+                           USING (SELECT id FROM by_succeeded UNION SELECT id FROM by_dead \
+                                  UNION SELECT id FROM by_expired) picked \
                            WHERE d.id = picked.id RETURNING d.id, d.event_id), \
                   a AS (DELETE FROM delivery_attempts x USING gone WHERE x.delivery_id = gone.id RETURNING 1), \
                   ev AS (DELETE FROM events e WHERE e.id IN (SELECT event_id FROM gone) AND NOT EXISTS ( \
@@ -114,6 +119,7 @@ impl OwnRetentionStatements for PostgresStore {
         .bind(uuid_v7_floor(succeeded_before_ms))
         .bind(uuid_v7_floor(dead_before_ms))
         .bind(i64::from(limit))
+        .bind(now_ms)
         .fetch_one(&self.db)
         .await
         .map_err(db)?;

@@ -95,6 +95,7 @@ impl OwnRetentionStatements for SqliteStore {
         &self,
         succeeded_before_ms: i64,
         dead_before_ms: i64,
+        now_ms: i64,
         limit: u32,
     ) -> StoreResult<PurgedDeliveries> {
         let mut tx = self.writer.begin().await.map_err(db)?;
@@ -114,6 +115,20 @@ impl OwnRetentionStatements for SqliteStore {
             .map_err(db)?;
             picked.extend(rows);
         }
+        // Dead because their event expired: a replay could never send them; the retention's clock.
+        let expired: Vec<(String, String)> = sqlx::query_as(
+            "SELECT d.id, d.event_id FROM deliveries d INDEXED BY deliveries_by_status JOIN events x ON x.id = d.event_id \
+             WHERE d.status = 'dead' AND d.id < ?1 AND x.expires_at <= ?2 ORDER BY d.id LIMIT ?3",
+        )
+        .bind(uuid_v7_floor(succeeded_before_ms).to_string())
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        picked.extend(expired);
+        picked.sort();
+        picked.dedup();
         if picked.is_empty() {
             return Ok(PurgedDeliveries::default());
         }
