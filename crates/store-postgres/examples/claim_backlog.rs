@@ -8,7 +8,8 @@
 //!
 //! With a third argument `cleaner`, it then adds 1,000,000 finished sagas (4 history rows each)
 //! past a one-day retention and times claims of one due saga while the cleaner's batches delete
-//! them (500 a batch, 250 ms apart, as `saga_runtime::retention` paces them) and while nothing
+//! them (500 a batch, 250 ms apart, as `saga_runtime::retention` paces them; `CLEANER_BATCH=N`
+//! for N a batch, N/2 ms apart: the same rate) and while nothing
 //! deletes, alternating — claim latency beside the cleaner.
 //!
 //! Use an empty database: it is migrated, then filled with parked sagas in steps (0, 10k, 100k,
@@ -135,6 +136,8 @@ async fn beside_cleaner(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     let document = serde_json::json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}}]});
     let definition = saga_core::validate_definition("backlog", &document, &["core.echo"])
         .map_err(|errors| format!("benchmark definition: {errors:?}"))?;
+    // The cleaner's batch (500 unless CLEANER_BATCH says otherwise), to compare sizes.
+    let batch: u32 = std::env::var("CLEANER_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(500);
     let finished_at = now_ms() - 40 * 24 * 3_600_000;
     let started = Instant::now();
     sqlx::query(
@@ -158,14 +161,15 @@ async fn beside_cleaner(url: &str) -> Result<(), Box<dyn std::error::Error>> {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let cleaner = deleting.then(|| {
                 let (store, stop) = (store.clone(), stop.clone());
+                let pause = Duration::from_millis(u64::from(batch) / 2);
                 tokio::spawn(async move {
                     let mut deleted = 0;
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        match store.sagas_purge(now_ms(), 24 * 3_600_000, 500).await {
+                        match store.sagas_purge(now_ms(), 24 * 3_600_000, batch).await {
                             Ok(purged) => deleted += purged.sagas,
                             Err(e) => eprintln!("purge: {e}"),
                         }
-                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        tokio::time::sleep(pause).await;
                     }
                     deleted
                 })
