@@ -326,8 +326,7 @@ pub async fn deleted_tenants_go_with_their_records_after_the_retention(store: Ar
         now_ms: 100,
     };
     db(store.tenant_transition(deleted).await)?;
-    let mut own = super::delivery::subscription_for_tests("http://gone", Some("gone"));
-    own.events = vec!["*".into()];
+    let own = super::fixtures::subscription("http://gone", &["*"], Some("gone"), 0);
     db(store.subscription_create(&own).await)?;
     db(store.events_append(&[crate::OutboxEvent::new("tenant.note", Some("gone"), json!({}), 50)]).await)?;
 

@@ -8,35 +8,12 @@ use saga_core::SagaState;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::fixtures::{claim_one, commit, create, definition};
+use super::fixtures::{claim_one, commit, create, definition, subscription};
 use super::{db, ensure, CheckResult};
 use crate::{
     CommitOutcome, DeliveryAttemptRecord, DeliveryAttemptResult, DeliveryClaimParams, DeliveryFilter, DeliveryStatus,
     Destination, OutboxEvent, Store, StoreError, SubscriptionPatch, SubscriptionRecord, SubscriptionStatus,
 };
-
-fn subscription(url: &str, events: &[&str], tenant: Option<&str>, now_ms: i64) -> SubscriptionRecord {
-    SubscriptionRecord {
-        managed: false,
-        id: Uuid::now_v7(),
-        destination: Destination::Url(url.into()),
-        events: events.iter().map(|e| e.to_string()).collect(),
-        tenant_id: tenant.map(str::to_string),
-        status: SubscriptionStatus::Active,
-        rate_limit_per_s: None,
-        secret: format!("whsec_{}", Uuid::now_v7().simple()),
-        previous_secret: None,
-        previous_secret_until_ms: None,
-        failing_since_ms: None,
-        created_at_ms: now_ms,
-        updated_at_ms: now_ms,
-    }
-}
-
-/// An active operator-made subscription of `tenant` (or the operator's) to `url`.
-pub(super) fn subscription_for_tests(url: &str, tenant: Option<&str>) -> SubscriptionRecord {
-    subscription(url, &["*"], tenant, 0)
-}
 
 fn claim(worker: &str, limit: u32, now_ms: i64) -> DeliveryClaimParams {
     DeliveryClaimParams {

@@ -1,4 +1,5 @@
-//! What the checks build on: a two-step definition, create parameters, claims and commits.
+//! What the checks build on: a two-step definition, create parameters, claims and commits, and
+//! subscriptions.
 
 use saga_core::{Definition, HistoryEvent, SagaState};
 use serde_json::json;
@@ -6,7 +7,9 @@ use uuid::Uuid;
 
 use super::db;
 use crate::creates::create_one;
-use crate::{ClaimParams, EngineStore, SagaCommit, SagaCreate, SagaCreated};
+use crate::{
+    ClaimParams, Destination, EngineStore, SagaCommit, SagaCreate, SagaCreated, SubscriptionRecord, SubscriptionStatus,
+};
 
 pub(super) fn definition() -> Definition {
     let doc = json!({"steps": [
@@ -53,4 +56,23 @@ pub(super) fn commit(id: Uuid, token: i64, state: SagaState, now_ms: i64, events
 
 pub(super) async fn claim_one(store: &dyn EngineStore, now_ms: i64) -> Result<crate::Claimed, String> {
     db(store.saga_claim_due(&claim("w1", 1, now_ms)).await)?.into_iter().next().ok_or_else(|| "nothing claimed".into())
+}
+
+/// An active subscription to `url` for `events`, of `tenant` (None: the operator's).
+pub(super) fn subscription(url: &str, events: &[&str], tenant: Option<&str>, now_ms: i64) -> SubscriptionRecord {
+    SubscriptionRecord {
+        managed: false,
+        id: Uuid::now_v7(),
+        destination: Destination::Url(url.into()),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        tenant_id: tenant.map(str::to_string),
+        status: SubscriptionStatus::Active,
+        rate_limit_per_s: None,
+        secret: format!("whsec_{}", Uuid::now_v7().simple()),
+        previous_secret: None,
+        previous_secret_until_ms: None,
+        failing_since_ms: None,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    }
 }
