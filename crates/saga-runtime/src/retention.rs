@@ -46,11 +46,12 @@ pub const DEAD_LETTER_RETENTION_DEFAULT_MS: i64 = 90 * 24 * 3_600_000;
 /// Full batches in a row after which the pause between batches halves (at the default pace, 20
 /// batches are about ten seconds of backlog).
 pub const FULL_BATCHES_PER_HALVING: u32 = 20;
-/// How often the backlog is counted, and up to how many.
-const BACKLOG_COUNT_EVERY_MS: i64 = 60_000;
+/// How often the backlog is counted and the slow-changing kinds are deleted.
+const OCCASIONAL_EVERY_MS: i64 = 60_000;
+/// The most the backlog is counted up to.
 const BACKLOG_COUNT_CAP: u32 = 1_000_000;
-/// Finished bulk jobs, or deleted tenants, deleted per look (each in its own transaction).
-const SMALL_PURGE_PER_LOOK: u32 = 20;
+/// Finished bulk jobs, or deleted tenants, deleted a minute (each in its own transaction).
+const SMALL_PURGE_PER_LOOK: u32 = 200;
 /// Inbound webhook receipts are kept at least this long, whatever the retention.
 const RECEIPTS_KEPT_MIN_MS: i64 = 24 * 3_600_000;
 /// The longest wait between two looks while nothing is due.
@@ -132,10 +133,10 @@ async fn run(
     config: RetentionConfig,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut backlog_counted_at_ms = None;
+    let mut occasional_at_ms = None;
     let mut full_in_a_row = 0u32;
     loop {
-        let more = tick(store.as_ref(), clock.as_ref(), &config, &mut backlog_counted_at_ms).await;
+        let more = tick(store.as_ref(), clock.as_ref(), &config, &mut occasional_at_ms).await;
         full_in_a_row = if more { full_in_a_row.saturating_add(1) } else { 0 };
         let wait = if more { pace(config.pause, full_in_a_row) } else { config.idle() };
         tokio::select! {
@@ -165,7 +166,7 @@ async fn tick(
     store: &dyn RetentionStore,
     clock: &dyn Clock,
     config: &RetentionConfig,
-    backlog_counted_at_ms: &mut Option<i64>,
+    occasional_at_ms: &mut Option<i64>,
 ) -> bool {
     let now_ms = clock.now_ms();
     match store.singleton_hold(RETENTION_LEASE, &config.worker_id, now_ms, RETENTION_LEASE_TTL_MS).await {
@@ -198,20 +199,6 @@ async fn tick(
     {
         metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(n);
     }
-    // Finished bulk jobs, deleted tenants and inbound webhook receipts follow the same clock
-    // (receipts never sooner than a day: a CRM may replay a webhook for hours).
-    let cut_ms = now_ms.saturating_sub(config.retention_ms);
-    let receipts_cut_ms = cut_ms.min(now_ms.saturating_sub(RECEIPTS_KEPT_MIN_MS));
-    for (kind, purged) in [
-        ("job", store.jobs_purge(cut_ms, SMALL_PURGE_PER_LOOK).await),
-        ("tenant", store.tenants_purge(cut_ms, SMALL_PURGE_PER_LOOK, now_ms).await),
-        ("webhook_receipt", store.webhook_receipts_purge(receipts_cut_ms, config.batch).await),
-    ] {
-        match purged {
-            Ok(n) => metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(n),
-            Err(e) => tracing::warn!(error = %e, kind, "deleting past their retention failed; trying again later"),
-        }
-    }
     if purged.sagas > 0 {
         tracing::debug!(sagas = purged.sagas, history = purged.history, "deleted finished sagas past their retention");
     }
@@ -222,12 +209,11 @@ async fn tick(
         }
         Err(e) => tracing::debug!(error = %e, "reading the oldest finished saga failed"),
     }
-    if backlog_counted_at_ms.is_none_or(|at| now_ms.saturating_sub(at) >= BACKLOG_COUNT_EVERY_MS) {
-        *backlog_counted_at_ms = Some(now_ms);
-        match store.sagas_overdue(now_ms, config.retention_ms, BACKLOG_COUNT_CAP).await {
-            Ok(overdue) => metrics::gauge!(SAGA_RETENTION_BACKLOG).set(overdue as f64),
-            Err(e) => tracing::debug!(error = %e, "counting the sagas past their retention failed"),
-        }
+    // What changes slowly, once a minute rather than every batch: the backlog's count, and the
+    // few rows of other kinds (receipts have no index on their time: a look reads them all).
+    if occasional_at_ms.is_none_or(|at| now_ms.saturating_sub(at) >= OCCASIONAL_EVERY_MS) {
+        *occasional_at_ms = Some(now_ms);
+        occasional(store, config, now_ms).await;
     }
     purged.sagas >= u64::from(config.batch) || deliveries.deliveries >= u64::from(config.batch)
 }
@@ -243,6 +229,28 @@ async fn purge_sagas(store: &dyn RetentionStore, config: &RetentionConfig, now_m
     }
     let written = archive.write(&due, now_ms).await.map_err(|e| e.to_string())?;
     store.sagas_purge_ids(&written, now_ms, config.retention_ms).await.map_err(|e| e.to_string())
+}
+
+/// The backlog counted, and finished bulk jobs, deleted tenants and inbound webhook receipts
+/// deleted on the same clock (receipts never sooner than a day: a CRM may replay a webhook for
+/// hours).
+async fn occasional(store: &dyn RetentionStore, config: &RetentionConfig, now_ms: i64) {
+    match store.sagas_overdue(now_ms, config.retention_ms, BACKLOG_COUNT_CAP).await {
+        Ok(overdue) => metrics::gauge!(SAGA_RETENTION_BACKLOG).set(overdue as f64),
+        Err(e) => tracing::debug!(error = %e, "counting the sagas past their retention failed"),
+    }
+    let cut_ms = now_ms.saturating_sub(config.retention_ms);
+    let receipts_cut_ms = cut_ms.min(now_ms.saturating_sub(RECEIPTS_KEPT_MIN_MS));
+    for (kind, purged) in [
+        ("job", store.jobs_purge(cut_ms, SMALL_PURGE_PER_LOOK).await),
+        ("tenant", store.tenants_purge(cut_ms, SMALL_PURGE_PER_LOOK, now_ms).await),
+        ("webhook_receipt", store.webhook_receipts_purge(receipts_cut_ms, config.batch).await),
+    ] {
+        match purged {
+            Ok(n) => metrics::counter!(SAGA_RETENTION_DELETED_TOTAL, "kind" => kind).increment(n),
+            Err(e) => tracing::warn!(error = %e, kind, "deleting past their retention failed; trying again later"),
+        }
+    }
 }
 
 fn count(purged: &Purged) {
