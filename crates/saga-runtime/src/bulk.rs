@@ -148,8 +148,8 @@ impl Runner {
     /// Runs job `id` to its end while this instance holds its lease.
     async fn run_job(&mut self, id: Uuid) -> Result<JobRecord, Pause> {
         let lease = lease_name(id);
-        let job = self.stores.jobs.job_get(id).await.map_err(Pause::Store)?;
-        let act = Act::of(&job);
+        // The lease first: an instance that does not get it reads nothing more of the job.
+        let mut act = None;
         let mut after = None;
         loop {
             let held = self
@@ -164,11 +164,15 @@ impl Runner {
             if self.stores.jobs.job_status(id).await.map_err(Pause::Store)? != JobStatus::Running {
                 return Err(Pause::Elsewhere);
             }
+            let act = match &act {
+                Some(act) => act,
+                None => act.insert(Act::of(&self.stores.jobs.job_get(id).await.map_err(Pause::Store)?)),
+            };
             let items = self.stores.jobs.job_items_pending(id, after, self.config.batch).await.map_err(Pause::Store)?;
             let Some(last) = items.last().copied() else {
                 return self.stores.jobs.job_finish(id, self.clock.now_ms()).await.map_err(Pause::Store);
             };
-            self.batch(id, &act, items).await?;
+            self.batch(id, act, items).await?;
             after = Some(last);
             tokio::time::sleep(self.config.pause).await;
         }
