@@ -14,7 +14,7 @@ use crate::{column, Dialect, Sql};
 
 /// One value bound to a selection's placeholder.
 #[derive(Clone, Debug)]
-enum Arg {
+pub(crate) enum Arg {
     Text(String),
     Int4(u32),
     Int8(i64),
@@ -22,10 +22,10 @@ enum Arg {
 }
 
 /// A selection as a `WHERE` clause (placeholders from `$first`) over its table, and its values.
-struct Clause {
-    table: &'static str,
-    sql: String,
-    args: Vec<Arg>,
+pub(crate) struct Clause {
+    pub(crate) table: &'static str,
+    pub(crate) sql: String,
+    pub(crate) args: Vec<Arg>,
     next: usize,
 }
 
@@ -35,7 +35,14 @@ impl Clause {
     }
 
     /// Adds `<left> <operator> $n` bound to `arg`.
-    fn push(&mut self, left: &str, operator: &str, arg: Arg) {
+    /// Ends the clause with a page: newest first, at most `limit` rows.
+    pub(crate) fn newest_first(&mut self, limit: u32) {
+        self.sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", self.next));
+        self.next += 1;
+        self.args.push(Arg::Int8(i64::from(limit)));
+    }
+
+    pub(crate) fn push(&mut self, left: &str, operator: &str, arg: Arg) {
         self.sql.push_str(&format!(" AND {left} {operator} ${}", self.next));
         self.next += 1;
         self.args.push(arg);
@@ -79,7 +86,7 @@ impl Clause {
         clause
     }
 
-    fn deliveries(selection: &DeliverySelection, first: usize) -> Self {
+    pub(crate) fn deliveries(selection: &DeliverySelection, first: usize) -> Self {
         let mut clause = Clause::new("deliveries", first);
         if let Some(subscription) = selection.subscription_id {
             clause.push("subscription_id", "=", Arg::Uuid(subscription));
@@ -122,9 +129,10 @@ fn like_pattern(needle: &str) -> String {
     pattern
 }
 
-type Query<'q, D> = sqlx::query::Query<'q, <D as Dialect>::Db, <<D as Dialect>::Db as Database>::Arguments<'q>>;
+pub(crate) type Query<'q, D> =
+    sqlx::query::Query<'q, <D as Dialect>::Db, <<D as Dialect>::Db as Database>::Arguments<'q>>;
 
-fn bind<'q, D: Dialect>(mut query: Query<'q, D>, args: &[Arg]) -> Query<'q, D>
+pub(crate) fn bind<'q, D: Dialect>(mut query: Query<'q, D>, args: &[Arg]) -> Query<'q, D>
 where
     for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,

@@ -4,12 +4,13 @@
 
 use async_trait::async_trait;
 use saga_store::{
-    DeliveryAttemptRecord, DeliveryFilter, DeliveryRecord, DeliveryStatus, Destination, OutboxEvent, StoreError,
-    StoreResult, SubscriptionFilter, SubscriptionPatch, SubscriptionRecord, SubscriptionStatus,
+    DeliveryAttemptRecord, DeliveryFilter, DeliveryRecord, DeliverySelection, DeliveryStatus, Destination, OutboxEvent,
+    StoreError, StoreResult, SubscriptionFilter, SubscriptionPatch, SubscriptionRecord, SubscriptionStatus,
 };
 use sqlx::{Database, Executor};
 use uuid::Uuid;
 
+use crate::jobs::{bind, Arg, Clause};
 use crate::{changed_one, column, Dialect, Sql};
 
 /// The columns [`subscription`] reads.
@@ -50,7 +51,7 @@ where
     for<'q> &'q str: sqlx::Encode<'q, D::Db> + sqlx::Type<D::Db>,
     for<'q> i64: sqlx::Encode<'q, D::Db> + sqlx::Decode<'q, D::Db> + sqlx::Type<D::Db>,
     for<'q> bool: sqlx::Encode<'q, D::Db> + sqlx::Decode<'q, D::Db> + sqlx::Type<D::Db>,
-    for<'q> String: sqlx::Decode<'q, D::Db> + sqlx::Type<D::Db>,
+    for<'q> String: sqlx::Encode<'q, D::Db> + sqlx::Decode<'q, D::Db> + sqlx::Type<D::Db>,
     for<'s> &'s str: sqlx::ColumnIndex<<D::Db as Database>::Row>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, D::Db>,
     for<'q> Option<i64>: sqlx::Encode<'q, D::Db>,
@@ -245,41 +246,22 @@ where
     }
 
     pub async fn delivery_list(&self, filter: &DeliveryFilter) -> StoreResult<Vec<DeliveryRecord>> {
-        // Only the conditions given, so the plan is chosen for them (a generic `($1 IS NULL OR
-        // …)` plan walked every delivery for a rare status at volume).
-        let mut sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE TRUE");
-        let mut n = 0;
-        let mut condition = |sql: &mut String, text: &str| {
-            n += 1;
-            sql.push_str(&text.replace("$?", &format!("${n}")));
+        // The WHERE a bulk job's selection makes: only the conditions given, so the plan is
+        // chosen for them (a generic `($1 IS NULL OR …)` plan may walk every delivery for a rare
+        // status at volume).
+        let selection = DeliverySelection {
+            subscription_id: filter.subscription_id,
+            status: filter.status,
+            subscription_tenant_id: filter.subscription_tenant_id.clone(),
+            ..DeliverySelection::default()
         };
-        if filter.status.is_some() {
-            condition(&mut sql, " AND status = $?");
-        }
-        if filter.subscription_id.is_some() {
-            condition(&mut sql, " AND subscription_id = $?");
-        }
-        if filter.subscription_tenant_id.is_some() {
-            condition(&mut sql, " AND subscription_id IN (SELECT s.id FROM subscriptions s WHERE s.tenant_id = $?)");
-        }
-        if filter.before_id.is_some() {
-            condition(&mut sql, " AND id < $?");
-        }
-        condition(&mut sql, " ORDER BY id DESC LIMIT $?");
-        let mut query = sqlx::query(&sql);
-        if let Some(status) = filter.status {
-            query = query.bind(status.as_str());
-        }
-        if let Some(subscription) = filter.subscription_id {
-            query = query.bind(D::uuid(subscription));
-        }
-        if let Some(tenant) = filter.subscription_tenant_id.as_deref() {
-            query = query.bind(tenant);
-        }
+        let mut clause = Clause::deliveries(&selection, 1);
         if let Some(before) = filter.before_id {
-            query = query.bind(D::uuid(before));
+            clause.push("id", "<", Arg::Uuid(before));
         }
-        let rows = query.bind(i64::from(filter.limit)).fetch_all(self.read).await.map_err(D::error)?;
+        clause.newest_first(filter.limit);
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM {} WHERE {}", clause.table, clause.sql);
+        let rows = bind::<D>(sqlx::query(&sql), &clause.args).fetch_all(self.read).await.map_err(D::error)?;
         rows.iter().map(delivery::<D>).collect()
     }
 
