@@ -60,9 +60,10 @@ pub trait RetentionStore: Send + Sync {
     /// Deletes up to `limit` bulk jobs that finished at or before `finished_before_ms`, each
     /// with its items; how many.
     async fn jobs_purge(&self, finished_before_ms: i64, limit: u32) -> StoreResult<u64>;
-    /// How many finished sagas are past their retention at `now_ms` and not yet deleted (the
-    /// cleaner's backlog), counted up to `cap`.
-    async fn sagas_overdue(&self, now_ms: i64, retention_ms: i64, cap: u32) -> StoreResult<u64>;
+    /// How many finished sagas not yet deleted are past their retention at `now_ms` but were not
+    /// yet at `since_ms`, counted up to `cap` for each kind of retention: with `i64::MIN`, the
+    /// cleaner's backlog; with a minute ago, how many came due in the last minute.
+    async fn sagas_overdue(&self, since_ms: i64, now_ms: i64, retention_ms: i64, cap: u32) -> StoreResult<u64>;
     /// When the longest-finished saga on the default retention still kept finished; None when
     /// none is.
     async fn oldest_finished_ms(&self) -> StoreResult<Option<i64>>;

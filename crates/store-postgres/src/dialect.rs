@@ -26,6 +26,7 @@ impl store_sql::Dialect for Pg {
     type Int4 = i32;
 
     const LOCK_TENANT: Option<&'static str> = Some("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE");
+    const NAMES_ITS_INDEX: bool = false;
 
     fn uuid(id: Uuid) -> Uuid {
         id

@@ -36,6 +36,18 @@ pub trait Dialect: Send + Sync + 'static {
     /// A statement, run in a transaction before a count that must not go stale, that locks the
     /// tenant's row (`$1`) where writers run concurrently; None where one writer serialises them.
     const LOCK_TENANT: Option<&'static str>;
+    /// Whether a statement must name the index it reads (`INDEXED BY`): SQLite keeps no
+    /// statistics, and its planner reads the status index instead of a partial one.
+    const NAMES_ITS_INDEX: bool;
+
+    /// `INDEXED BY index` where the dialect needs it, else nothing.
+    fn indexed_by(index: &str) -> String {
+        if Self::NAMES_ITS_INDEX {
+            format!("INDEXED BY {index}")
+        } else {
+            String::new()
+        }
+    }
 
     fn uuid(id: Uuid) -> Self::Uuid;
     fn int4(value: u32) -> Self::Int4;

@@ -23,6 +23,7 @@ impl store_sql::Dialect for Lite {
     type Int4 = i64;
 
     const LOCK_TENANT: Option<&'static str> = None;
+    const NAMES_ITS_INDEX: bool = true;
 
     fn uuid(id: Uuid) -> String {
         id.to_string()

@@ -125,9 +125,14 @@ pub async fn a_definitions_own_retention_decides_for_its_sagas(store: Arc<dyn St
     let shorter = kept(store.as_ref(), "shorter", Some(100), Some(50)).await?;
     ensure!(db(store.oldest_finished_ms().await)? == Some(100), "the oldest on the default retention");
 
-    ensure!(db(store.sagas_overdue(160, 300, 10).await)? == 1, "one overdue at 160 (its own 50)");
-    ensure!(db(store.sagas_overdue(500, 300, 10).await)? == 2, "two at 500");
-    ensure!(db(store.sagas_overdue(500, 300, 1).await)? <= 2, "counted up to the cap for each kind");
+    ensure!(db(store.sagas_overdue(i64::MIN, 160, 300, 10).await)? == 1, "one overdue at 160 (its own 50)");
+    ensure!(db(store.sagas_overdue(i64::MIN, 500, 300, 10).await)? == 2, "two at 500");
+    ensure!(db(store.sagas_overdue(i64::MIN, 500, 300, 1).await)? <= 2, "counted up to the cap for each kind");
+    // What came due within a window: the default's at 400, the shorter one's at 150.
+    ensure!(db(store.sagas_overdue(160, 500, 300, 10).await)? == 1, "one came due after 160");
+    ensure!(db(store.sagas_overdue(100, 160, 300, 10).await)? == 1, "its own came due in (100, 160]");
+    ensure!(db(store.sagas_overdue(400, 500, 300, 10).await)? == 0, "none after 400 (that one was due at 400)");
+    ensure!(db(store.sagas_overdue(399, 400, 300, 10).await)? == 1, "the default's came due at 400");
     // At 160 with a default of 300: only the saga whose own retention (50) has passed goes.
     let purged = db(store.sagas_purge(160, 300, 10).await)?;
     ensure!(purged.sagas == 1, "{purged:?}");
