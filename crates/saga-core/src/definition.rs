@@ -71,6 +71,10 @@ pub struct StepDefinition {
     #[serde(default)]
     pub on_failure: OnFailure,
     pub heartbeat_timeout_ms: Option<u64>,
+    /// A template: the step runs only when it renders truthy, and is skipped (`step_skipped`,
+    /// nothing to compensate) when it renders `false`, empty or `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
 }
 
 /// A retry policy with every field resolved.
@@ -120,6 +124,7 @@ pub enum Action {
     Grpc(GrpcAction),
     Builtin(BuiltinAction),
     Signal(SignalAction),
+    Sleep(SleepAction),
 }
 
 impl Action {
@@ -130,6 +135,7 @@ impl Action {
             Action::Grpc(_) => "grpc",
             Action::Builtin(_) => "builtin",
             Action::Signal(_) => "signal",
+            Action::Sleep(_) => "sleep",
         }
     }
 }
@@ -171,4 +177,14 @@ pub struct BuiltinAction {
 pub struct SignalAction {
     pub name: String,
     pub timeout_ms: Option<u64>,
+}
+
+/// A durable timer: the saga is parked, with no worker held, until a moment — `duration` after
+/// the step started, or `until` (an RFC 3339 time, or a template rendering one). It survives
+/// restarts and takeovers; a cancel ends it at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SleepAction {
+    Duration(u64),
+    Until(String),
 }

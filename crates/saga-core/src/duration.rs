@@ -21,3 +21,17 @@ pub fn parse_ms(text: &str) -> Result<u64, String> {
 pub fn format_ms(ms: u64) -> String {
     humantime::format_duration(Duration::from_millis(ms)).to_string()
 }
+
+/// Parses an RFC 3339 time (`2027-01-31T09:00:00Z`, any offset) into Unix milliseconds.
+pub fn parse_instant_ms(text: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e}; example: 2027-01-31T09:00:00Z)"))
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time with milliseconds.
+pub fn format_instant_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}

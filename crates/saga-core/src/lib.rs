@@ -18,7 +18,7 @@ pub mod validate;
 pub use backoff::retry_delay_ms;
 pub use definition::{
     Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout, RetryPolicy,
-    SignalAction, StepDefinition,
+    SignalAction, SleepAction, StepDefinition,
 };
 pub use machine::{
     Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaError, SagaState, SagaStatus, StepState, StepStatus,

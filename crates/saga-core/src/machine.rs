@@ -92,9 +92,17 @@ pub struct StepState {
     /// The step failed in a way that may have left effects; it must be compensated.
     #[serde(default)]
     pub ambiguous: bool,
+    /// `SKIPPED` because its `when:` rendered false: done, for going forward.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub condition_false: bool,
 }
 
 impl StepState {
+    /// Nothing more to do going forward: it succeeded, or its `when:` skipped it.
+    pub fn done_forward(&self) -> bool {
+        self.status == StepStatus::Succeeded || (self.status == StepStatus::Skipped && self.condition_false)
+    }
+
     fn needs_compensation(&self) -> bool {
         match self.status {
             StepStatus::Succeeded | StepStatus::Compensating => true,
@@ -179,6 +187,8 @@ pub enum WaitKind {
     Signal { name: String },
     /// The callback of an async participant that answered 202.
     Callback,
+    /// A durable timer (`sleep`): the step succeeds once the wait's `until_ms` has come.
+    Timer,
 }
 
 /// Forward action or compensation.
@@ -334,6 +344,7 @@ impl SagaState {
                 finished_at_ms: None,
                 compensated_at_ms: None,
                 ambiguous: false,
+                condition_false: false,
             })
             .collect();
         SagaState {
@@ -360,12 +371,10 @@ impl SagaState {
     /// What to run next.
     pub fn next(&self) -> Next {
         match self.status {
-            SagaStatus::Pending | SagaStatus::Executing => {
-                match self.steps.iter().position(|s| s.status != StepStatus::Succeeded) {
-                    Some(i) => Next::RunAction { step: i, attempt: self.steps[i].attempts + 1 },
-                    None => Next::Terminal,
-                }
-            }
+            SagaStatus::Pending | SagaStatus::Executing => match self.steps.iter().position(|s| !s.done_forward()) {
+                Some(i) => Next::RunAction { step: i, attempt: self.steps[i].attempts + 1 },
+                None => Next::Terminal,
+            },
             SagaStatus::Compensating => match self.steps.iter().rposition(StepState::needs_compensation) {
                 Some(i) => Next::RunCompensation { step: i, attempt: self.steps[i].compensation_attempts + 1 },
                 None => Next::Terminal,
@@ -392,7 +401,7 @@ impl SagaState {
     /// Progress for users.
     pub fn progress(&self) -> Progress {
         let total_steps = self.steps.len();
-        let completed_steps = self.steps.iter().filter(|s| s.status == StepStatus::Succeeded).count();
+        let completed_steps = self.steps.iter().filter(|s| s.done_forward()).count();
         let current_step = match self.next() {
             Next::RunAction { step, .. } | Next::RunCompensation { step, .. } => Some(self.steps[step].name.clone()),
             Next::Terminal => None,
@@ -652,6 +661,46 @@ impl SagaState {
         definition.steps.iter().zip(&self.steps).any(|(def, state)| def.pivot && state.status == StepStatus::Succeeded)
     }
 
+    /// Skips the next action, never attempted, because its `when:` rendered `rendered` (false,
+    /// empty or `0`): `SKIPPED` with `step_skipped`, nothing to compensate; the saga goes on. A
+    /// step only assumed started (`adopt`) is skipped too: with its condition false, no driver
+    /// before could have sent it.
+    pub fn skip_by_condition(
+        &mut self,
+        definition: &Definition,
+        rendered: Value,
+        now_ms: i64,
+    ) -> Result<Transition, MachineError> {
+        if self.steps.len() != definition.steps.len() {
+            return Err(MachineError::ShapeMismatch(self.steps.len(), definition.steps.len()));
+        }
+        let index = match self.next() {
+            Next::RunAction { step, attempt: 1 }
+                if matches!(self.status, SagaStatus::Pending | SagaStatus::Executing)
+                    && self.steps[step].attempts == 0
+                    && self.wait.is_none() =>
+            {
+                step
+            }
+            _ => return Err(MachineError::NotWaitable(self.status)),
+        };
+        self.status = SagaStatus::Executing;
+        let step = &mut self.steps[index];
+        step.status = StepStatus::Skipped;
+        step.condition_false = true;
+        step.finished_at_ms = Some(now_ms);
+        let mut transition = Transition::default();
+        transition.events.push(HistoryEvent::new(
+            "step_skipped",
+            Some(&step.name),
+            None,
+            json!({"when": definition.steps[index].when, "rendered": rendered}),
+            now_ms,
+        ));
+        self.advance(definition, now_ms, &mut transition.events);
+        Ok(transition)
+    }
+
     /// Parks the next action attempt: it started (a 202 from an async participant, or a signal
     /// step with no buffered signal) and now waits. The eventual [`SagaState::apply`] of the same
     /// attempt finishes it.
@@ -696,6 +745,7 @@ impl SagaState {
         let waiting_for = match &kind {
             WaitKind::Signal { name } => json!({"signal": name, "until_ms": until_ms}),
             WaitKind::Callback => json!({"callback": true, "until_ms": until_ms}),
+            WaitKind::Timer => json!({"timer": true, "until_ms": until_ms}),
         };
         transition.events.push(HistoryEvent::new(
             "step_waiting",
@@ -858,11 +908,13 @@ impl SagaState {
     /// was never attempted.
     fn close_current_step(&mut self, now_ms: i64) -> Option<String> {
         let wait = self.wait.take();
-        let current = self.steps.iter().position(|s| s.status != StepStatus::Succeeded);
+        let current = self.steps.iter().position(|s| !s.done_forward());
         let mut named = None;
         if let Some(index) = current {
-            let waiting_signal =
-                wait.as_ref().is_some_and(|w| w.step == index && matches!(w.kind, WaitKind::Signal { .. }));
+            // A signal or a timer has no effect outside: ending its wait is a definite failure.
+            let waiting_signal = wait
+                .as_ref()
+                .is_some_and(|w| w.step == index && matches!(w.kind, WaitKind::Signal { .. } | WaitKind::Timer));
             let waiting_callback =
                 wait.as_ref().is_some_and(|w| w.step == index && matches!(w.kind, WaitKind::Callback));
             let step = &mut self.steps[index];
@@ -929,7 +981,7 @@ impl SagaState {
                 now_ms,
             ));
         } else {
-            let first_open = self.steps.iter().position(|s| s.status != StepStatus::Succeeded);
+            let first_open = self.steps.iter().position(|s| !s.done_forward());
             let skip = first_open.unwrap_or(self.steps.len());
             for step in self.steps.iter_mut().skip(skip) {
                 step.status = StepStatus::Pending;
@@ -937,6 +989,7 @@ impl SagaState {
                 step.error = None;
                 step.ambiguous = false;
                 step.finished_at_ms = None;
+                step.condition_false = false;
             }
             if self.error.as_ref().is_some_and(|e| e.kind == ErrorKind::Timeout) {
                 // The deadline was the reason it stopped; the operator's retry lifts it.

@@ -155,7 +155,8 @@ fn bounded(text: &str, rendered: Value) -> Result<Value, TemplateError> {
     Ok(rendered)
 }
 
-fn has_syntax(text: &str) -> bool {
+/// Whether `text` holds template syntax at all (else it is used as written).
+pub fn has_syntax(text: &str) -> bool {
     text.contains("{{") || text.contains("{%") || text.contains("{#")
 }
 
@@ -357,3 +358,19 @@ fn render_text(env: &Environment<'_>, text: &str, ctx: &minijinja::Value) -> Res
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a rendered `when:` is false: `false`, null, empty (text, list or map), `0`, or the
+/// text `false` or `0`.
+pub fn is_falsy(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => {
+            let s = s.trim();
+            s.is_empty() || s == "0" || s.eq_ignore_ascii_case("false")
+        }
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.is_empty(),
+    }
+}

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::definition::{
     Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout, RetryPolicy,
-    SignalAction, StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
+    SignalAction, SleepAction, StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
 };
 use crate::{duration, is_valid_definition_name, is_valid_step_name, template, RETRY_ATTEMPTS_MAX, STEPS_MAX};
 
@@ -333,6 +333,7 @@ impl Checker<'_> {
                 "pivot",
                 "on_failure",
                 "heartbeat_timeout",
+                "when",
             ],
         );
         let name_path = pointer(path, "name");
@@ -393,6 +394,14 @@ impl Checker<'_> {
                 None => OnFailure::Compensate,
             },
         };
+        let when = match map.get("when") {
+            None => None,
+            Some(v) => {
+                let text = self.string(&pointer(path, "when"), v).map(str::to_string);
+                self.template_tree(&pointer(path, "when"), v);
+                text
+            }
+        };
         let compensation = match compensation {
             Some(Some(action)) => Some(action),
             Some(None) => return None,
@@ -408,15 +417,16 @@ impl Checker<'_> {
             pivot,
             on_failure,
             heartbeat_timeout_ms,
+            when,
         })
     }
 
     fn action(&mut self, path: &str, value: &Value, is_compensation: bool) -> Option<Action> {
         let map = self.object(path, value)?;
         let kinds: Vec<&str> =
-            ["http", "grpc", "builtin", "signal"].into_iter().filter(|k| map.contains_key(*k)).collect();
+            ["http", "grpc", "builtin", "signal", "sleep"].into_iter().filter(|k| map.contains_key(*k)).collect();
         if kinds.len() != 1 {
-            self.error(path, "must name exactly one action kind: http, grpc, builtin or signal");
+            self.error(path, "must name exactly one action kind: http, grpc, builtin, signal or sleep");
             return None;
         }
         match kinds[0] {
@@ -431,6 +441,14 @@ impl Checker<'_> {
             "builtin" => {
                 self.unknown_keys(path, map, &["builtin", "input"]);
                 self.builtin(path, map).map(Action::Builtin)
+            }
+            "sleep" => {
+                self.unknown_keys(path, map, &["sleep"]);
+                if is_compensation {
+                    self.error(&pointer(path, "sleep"), "a compensation cannot sleep: it runs as soon as it can");
+                    return None;
+                }
+                self.sleep(&pointer(path, "sleep"), &map["sleep"]).map(Action::Sleep)
             }
             _ => {
                 self.unknown_keys(path, map, &["signal"]);
@@ -542,6 +560,32 @@ impl Checker<'_> {
             self.template_tree(&pointer(path, "input"), input);
         }
         Some(BuiltinAction { name, input })
+    }
+
+    /// `{duration: 30d}` or `{until: "<RFC 3339 or template>"}`, exactly one.
+    fn sleep(&mut self, path: &str, value: &Value) -> Option<SleepAction> {
+        let map = self.object(path, value)?;
+        self.unknown_keys(path, map, &["duration", "until"]);
+        match (map.get("duration"), map.get("until")) {
+            (Some(v), None) => self.duration(&pointer(path, "duration"), v).map(SleepAction::Duration),
+            (None, Some(v)) => {
+                let until_path = pointer(path, "until");
+                let text = self.string(&until_path, v)?.to_string();
+                if template::has_syntax(&text) {
+                    self.template_tree(&until_path, v);
+                } else if let Err(e) = duration::parse_instant_ms(&text) {
+                    self.error(&until_path, e);
+                }
+                Some(SleepAction::Until(text))
+            }
+            _ => {
+                self.error(
+                    path,
+                    "must set exactly one of: duration (e.g. 30d), until (an RFC 3339 time or a template)",
+                );
+                None
+            }
+        }
     }
 
     fn signal(&mut self, path: &str, value: &Value) -> Option<SignalAction> {

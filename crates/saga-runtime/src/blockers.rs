@@ -16,6 +16,8 @@ pub enum Blocker {
     Backoff { step: Option<String>, attempt: Option<u32>, until_ms: i64 },
     /// A `signal` step waits for the signal `name` (until `until_ms`, if it times out).
     Signal { step: String, name: String, since_ms: i64, until_ms: Option<i64> },
+    /// A `sleep` step's durable timer runs until `until_ms`.
+    Timer { step: String, since_ms: i64, until_ms: i64 },
     /// An async participant answered 202 and has not called back yet.
     Callback { step: String, attempt: u32, since_ms: i64, last_heartbeat_ms: Option<i64>, until_ms: Option<i64> },
     /// Its concurrency key is at its limit: it waits `PENDING` for one of `holders` to finish.
@@ -88,6 +90,9 @@ fn parked(saga: &SagaRecord, facts: &SagaQueueFacts) -> Blocker {
         return match &wait.kind {
             WaitKind::Signal { name } => {
                 Blocker::Signal { step, name: name.clone(), since_ms: wait.since_ms, until_ms: wait.until_ms }
+            }
+            WaitKind::Timer => {
+                Blocker::Timer { step, since_ms: wait.since_ms, until_ms: wait.until_ms.unwrap_or(until_ms) }
             }
             WaitKind::Callback => Blocker::Callback {
                 step,

@@ -206,7 +206,7 @@ pub fn document() -> Value {
         },
         "/v1/sagas/{id}/blockers": {
             "parameters": [saga_id()],
-            "get": secured(json!({"summary": "Everything that holds the saga now: backoff, signal, callback, concurrency, breaker, lease, deadline, queued, operator",
+            "get": secured(json!({"summary": "Everything that holds the saga now: backoff, signal, timer, callback, concurrency, breaker, lease, deadline, queued, operator",
                 "responses": {"200": ok("blockers", "Blockers")}})),
         },
         "/v1/sagas/{id}/retry": {
@@ -392,7 +392,7 @@ fn schemas() -> Value {
         "Blockers": {"type": "object", "properties": {
             "saga_id": {"type": "string"}, "status": {"type": "string"}, "runnable": {"type": "boolean"},
             "blockers": {"type": "array", "items": {"type": "object", "properties": {
-                "kind": {"enum": ["backoff", "signal", "callback", "concurrency", "breaker", "lease", "deadline", "scheduled", "queued", "operator"]},
+                "kind": {"enum": ["backoff", "signal", "timer", "callback", "concurrency", "breaker", "lease", "deadline", "scheduled", "queued", "operator"]},
                 "detail": {"type": "string"}, "until": {"type": ["string", "null"]}}}}
         }},
         "TenantList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}, "next_cursor": {"type": ["string", "null"]}}},
@@ -431,10 +431,11 @@ fn schemas() -> Value {
             "concurrency": {"type": "object", "additionalProperties": false, "required": ["key", "limit"], "properties": {"key": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}}},
             "steps": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["name", "action"], "properties": {
                 "name": {"type": "string", "pattern": saga_core::STEP_NAME_PATTERN}, "description": {"type": "string"},
-                "action": {"$ref": "#/components/schemas/JsonObject", "description": "exactly one of http, grpc, builtin, signal"},
+                "action": {"$ref": "#/components/schemas/JsonObject", "description": "exactly one of http, grpc, builtin, signal, sleep ({duration} or {until})"},
                 "compensation": {"anyOf": [{"type": "null"}, {"$ref": "#/components/schemas/JsonObject"}]}, "timeout": duration, "heartbeat_timeout": duration,
                 "retry": retry, "compensation_retry": retry, "pivot": {"type": "boolean"},
-                "on_failure": {"enum": ["compensate", "fail"], "description": "fail: the saga fails forward to FAILED for an operator's retry instead of compensating"}
+                "on_failure": {"enum": ["compensate", "fail"], "description": "fail: the saga fails forward to FAILED for an operator's retry instead of compensating"},
+                "when": {"type": "string", "description": "template: the step is skipped when it renders false, empty or 0"}
             }}}
         }},
         "Definition": {"type": "object", "properties": {

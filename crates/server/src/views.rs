@@ -227,6 +227,10 @@ fn blocker_view(
                 None => format!("step {step} waits for the signal {name:?} (POST /v1/sagas/{{id}}/signals/{name})"),
             },
         }),
+        Blocker::Timer { step, since_ms, until_ms } => json!({
+            "kind": "timer", "step": step, "since": at(*since_ms), "until": at(*until_ms),
+            "detail": format!("step {step} is sleeping until {}", when(*until_ms)),
+        }),
         Blocker::Callback { step, attempt, since_ms, last_heartbeat_ms, until_ms } => json!({
             "kind": "callback", "step": step, "attempt": attempt, "since": at(*since_ms),
             "last_heartbeat": maybe(*last_heartbeat_ms), "until": maybe(*until_ms),

@@ -29,6 +29,10 @@ struct Args {
     /// (a liveness violation).
     #[arg(long, default_value_t = sim::budget::WORK_MAX)]
     work_max: u64,
+    /// Definitions without durable timers and `when:` conditions: the scenario a seed made before
+    /// those were simulated (how the older regression seeds replay).
+    #[arg(long)]
+    no_constructs: bool,
     /// Print the trace of every run, not only of a failing one.
     #[arg(long)]
     verbose: bool,
@@ -57,7 +61,7 @@ fn bugs(names: &[String]) -> anyhow::Result<Bugs> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let options = RunOptions { bugs: bugs(&args.bug)?, work_max: args.work_max };
+    let options = RunOptions { bugs: bugs(&args.bug)?, work_max: args.work_max, constructs: !args.no_constructs };
     if let (Some(seed), None) = (args.seed, args.seeds) {
         let report = run_seed_with(seed, options)?;
         println!("{}", report.explain());

@@ -54,11 +54,22 @@ pub const PARTICIPANTS: u64 = 3;
 #[derive(Clone, Debug)]
 pub struct StepPlan {
     pub name: String,
-    /// `p0`, `p1`, …; None for a signal step.
+    /// `p0`, `p1`, …; None for a signal or sleep step.
     pub participant: Option<String>,
     pub compensated: bool,
     pub is_async: bool,
     pub pivot: bool,
+    /// A `sleep` step's duration.
+    pub sleep_ms: Option<u64>,
+    /// `when: "{{ input.n % 2 == 0 }}"`: the step runs only for even-numbered sagas.
+    pub when_even: bool,
+}
+
+impl StepPlan {
+    /// A step that waits for the signal `go`.
+    pub fn is_signal(&self) -> bool {
+        self.participant.is_none() && self.sleep_ms.is_none()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -242,16 +253,19 @@ impl DeliveryPlan {
 
 impl Scenario {
     /// The scenario of `seed`.
-    pub fn generate(seed: u64, dice: &Dice) -> Scenario {
+    pub fn generate(seed: u64, dice: &Dice, constructs: bool) -> Scenario {
         let instances = dice.between(1, 3) as usize;
         let lease_ttl_ms = [1_500, 3_000, 6_000][dice.between(0, 2) as usize];
-        let definitions = (0..dice.between(1, 3)).map(|n| definition(dice, n)).collect::<Vec<_>>();
+        // Durable timers and conditions come from dice of their own: a seed's scenario stays
+        // what it was before they were simulated, apart from them.
+        let constructs = constructs.then(|| Dice::new(seed.rotate_left(41) ^ 0xC0_4E_57_2A_C7_5E_ED_02));
+        let definitions = (0..dice.between(1, 3)).map(|n| definition(dice, constructs.as_ref(), n)).collect::<Vec<_>>();
         let calm_at_ms = dice.between(10_000, 30_000);
         let sagas = (0..dice.between(3, 24))
             .map(|_| {
                 let definition = dice.between(0, definitions.len() as u64 - 1) as usize;
                 let at_ms = dice.between(0, calm_at_ms / 2);
-                let has_signal = definitions[definition].steps.iter().any(|s| s.participant.is_none());
+                let has_signal = definitions[definition].steps.iter().any(StepPlan::is_signal);
                 SagaPlan {
                     definition,
                     at_ms,
@@ -352,13 +366,29 @@ fn misbehaviour(dice: &Dice) -> Misbehaviour {
     }
 }
 
-fn definition(dice: &Dice, n: u64) -> DefinitionPlan {
+fn definition(dice: &Dice, constructs: Option<&Dice>, n: u64) -> DefinitionPlan {
+    let construct = |p: f64| constructs.is_some_and(|c| c.chance(p));
     let name = format!("sim{n}");
     let count = dice.between(1, 4);
     let pivot_at = dice.chance(0.25).then(|| dice.between(0, count - 1));
     let mut steps = Vec::new();
     let mut documents = Vec::new();
     for index in 0..count {
+        if let (true, Some(constructs)) = (construct(0.15), constructs) {
+            let sleep_ms = constructs.between(50, 5_000);
+            let name = format!("t{index}");
+            documents.push(json!({"name": name, "action": {"sleep": {"duration": format!("{sleep_ms}ms")}}}));
+            steps.push(StepPlan {
+                name,
+                participant: None,
+                compensated: false,
+                is_async: false,
+                pivot: false,
+                sleep_ms: Some(sleep_ms),
+                when_even: false,
+            });
+        }
+        let when_even = construct(0.15);
         let step_name = format!("s{index}");
         let pivot = pivot_at == Some(index);
         if dice.chance(0.1) && !pivot {
@@ -366,7 +396,15 @@ fn definition(dice: &Dice, n: u64) -> DefinitionPlan {
             documents.push(
                 json!({"name": step_name, "action": {"signal": {"name": "go", "timeout": format!("{timeout_ms}ms")}}}),
             );
-            steps.push(StepPlan { name: step_name, participant: None, compensated: false, is_async: false, pivot });
+            steps.push(StepPlan {
+                name: step_name,
+                participant: None,
+                compensated: false,
+                is_async: false,
+                pivot,
+                sleep_ms: None,
+                when_even: false,
+            });
             continue;
         }
         let participant = format!("p{}", dice.between(0, PARTICIPANTS - 1));
@@ -394,8 +432,19 @@ fn definition(dice: &Dice, n: u64) -> DefinitionPlan {
         if pivot {
             document["pivot"] = json!(true);
         }
+        if when_even {
+            document["when"] = json!("{{ input.n % 2 == 0 }}");
+        }
         documents.push(document);
-        steps.push(StepPlan { name: step_name, participant: Some(participant), compensated, is_async, pivot });
+        steps.push(StepPlan {
+            name: step_name,
+            participant: Some(participant),
+            compensated,
+            is_async,
+            pivot,
+            sleep_ms: None,
+            when_even,
+        });
     }
     let mut document = json!({"name": name, "steps": documents});
     let concurrency_limit = dice.chance(0.3).then(|| dice.between(1, 2) as u32);

@@ -35,6 +35,7 @@ fn definition(shape: &[(bool, u32, u32, bool)]) -> Definition {
                 pivot,
                 on_failure: OnFailure::Compensate,
                 heartbeat_timeout_ms: None,
+                when: None,
             })
             .collect(),
     }
@@ -515,4 +516,46 @@ fn a_passed_deadline_caps_wake_ups_only_while_going_forward() {
     assert_eq!(state.status, SagaStatus::Compensating);
     // A compensation deferred past the deadline waits its whole time: not due at once, in a loop.
     assert_eq!(state.due_at_ms(5_000), 5_000);
+}
+
+#[test]
+fn a_cancel_ends_a_timer_at_once_and_the_sleeping_step_needs_no_compensation() {
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    let t = state.begin_wait(&def, WaitKind::Timer, 10, Some(86_400_000)).expect("waitable");
+    assert_eq!(t.events[1].data, json!({"timer": true, "until_ms": 86_400_000}));
+    state.cancel(&def, 30, 30, false);
+    assert!(state.wait.is_none());
+    assert_eq!(state.steps[1].status, StepStatus::Failed);
+    assert!(!state.steps[1].ambiguous, "a timer has no effect outside");
+    assert_eq!(state.next(), Next::RunCompensation { step: 0, attempt: 1 });
+}
+
+#[test]
+fn a_step_whose_condition_is_false_is_skipped_and_never_compensated() {
+    let def = definition(&[(true, 3, 3, false), (true, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    state.apply(&def, attempt_of(&state, ok(), 0), 0.5).expect("legal");
+    let t = state.skip_by_condition(&def, json!(false), 5).expect("skippable");
+    assert_eq!(t.events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), vec!["step_skipped"]);
+    assert_eq!(state.steps[1].status, StepStatus::Skipped);
+    assert_eq!(state.progress().completed_steps, 2, "a skipped step counts as done");
+    assert_eq!(state.next(), Next::RunAction { step: 2, attempt: 1 });
+    // Only a step never attempted is skipped.
+    assert!(state.clone().skip_by_condition(&def, json!(false), 6).is_ok());
+    state.apply(&def, attempt_of(&state, fail(FailureKind::Retryable), 6), 0.5).expect("legal");
+    assert!(state.skip_by_condition(&def, json!(false), 7).is_err(), "attempted already");
+    state.apply(&def, attempt_of(&state, fail(FailureKind::NonRetryable), 8), 0.5).expect("legal");
+    // Compensation goes from the failed step's predecessor, past the skipped one.
+    assert_eq!(state.next(), Next::RunCompensation { step: 0, attempt: 1 });
+    // A skip that leaves nothing to run completes the saga.
+    let mut last = SagaState::new(&def);
+    for at in 0..2 {
+        last.apply(&def, attempt_of(&last, ok(), at), 0.5).expect("legal");
+    }
+    let t = last.skip_by_condition(&def, json!(0), 9).expect("skippable");
+    assert_eq!(last.status, SagaStatus::Completed);
+    assert_eq!(t.events.last().map(|e| e.kind.as_str()), Some("saga_completed"));
+    assert_eq!(last.output().expect("completed")["s2"], json!(null));
 }

@@ -126,3 +126,37 @@ fn a_definition_may_set_its_own_retention() {
     check("order", json!({"steps": [echo_step("a")], "retention": "forever"}), &[("/retention", "invalid duration")]);
     check("order", json!({"steps": [echo_step("a")], "retention": "0s"}), &[("/retention", "longer than zero")]);
 }
+
+#[test]
+fn a_sleep_is_a_duration_or_a_time_and_never_a_compensation() {
+    let sleep = |action: Value| json!({"steps": [echo_step("a"), {"name": "wait", "action": {"sleep": action}}]});
+    let def = validate_definition("order", &sleep(json!({"duration": "30d"})), BUILTINS).expect("valid");
+    assert_eq!(def.steps[1].action, Action::Sleep(saga_core::SleepAction::Duration(30 * 24 * 3600 * 1000)));
+    for until in ["2027-01-31T09:00:00Z", "2027-01-31T10:00:00+01:00", "{{ input.ends_at }}"] {
+        validate_definition("order", &sleep(json!({ "until": until })), BUILTINS).expect(until);
+    }
+    check("order", sleep(json!({"duration": "11000d"})), &[("/steps/1/action/sleep/duration", "at most")]);
+    check("order", sleep(json!({"until": "tomorrow"})), &[("/steps/1/action/sleep/until", "not an RFC 3339 time")]);
+    check("order", sleep(json!({"until": "{{ input.x "})), &[("/steps/1/action/sleep/until", "does not compile")]);
+    check("order", sleep(json!({})), &[("/steps/1/action/sleep", "exactly one of: duration")]);
+    check(
+        "order",
+        sleep(json!({"duration": "1s", "until": "2027-01-31T09:00:00Z"})),
+        &[("/steps/1/action/sleep", "exactly one of")],
+    );
+    check("order", sleep(json!({"duration": "1s", "for": 2})), &[("/steps/1/action/sleep/for", "unknown field")]);
+    check(
+        "order",
+        json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}, "compensation": {"sleep": {"duration": "1s"}}}]}),
+        &[("/steps/0/compensation/sleep", "cannot sleep")],
+    );
+}
+
+#[test]
+fn when_is_a_template_on_a_step() {
+    let step = |when: Value| json!({"steps": [{"name": "a", "action": {"builtin": "core.echo"}, "when": when}]});
+    let def = validate_definition("order", &step(json!("{{ input.plan == 'silo' }}")), BUILTINS).expect("valid");
+    assert_eq!(def.steps[0].when.as_deref(), Some("{{ input.plan == 'silo' }}"));
+    check("order", step(json!(true)), &[("/steps/0/when", "must be a string")]);
+    check("order", step(json!("{{ input.plan ==")), &[("/steps/0/when", "does not compile")]);
+}

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::Drive;
+use super::{Condition, Drive};
 use crate::executor::{AttemptContext, AttemptResult};
 use crate::metrics_names::{SAGA_RETRY_TOTAL, SAGA_STEP_DURATION_SECONDS};
 
@@ -38,6 +38,10 @@ pub(super) enum Execution {
     Wait {
         kind: WaitKind,
         until_ms: Option<i64>,
+    },
+    /// The step's `when:` rendered false (`rendered`): skipped, never run.
+    Skipped {
+        rendered: serde_json::Value,
     },
     /// The endpoint's circuit is open: not attempted.
     Deferred {
@@ -100,6 +104,20 @@ impl StepAttempt {
         let waiting = drive.state.wait.as_ref().filter(|w| w.step == self.index && w.attempt == self.attempt);
         let waiting_until = waiting.map(|wait| wait.until_ms);
         let forward = self.phase == Phase::Action;
+        // A condition is looked at before the step's first attempt (also when only assumed
+        // started: false, no driver before could have sent it).
+        if forward && self.attempt == 1 && waiting_until.is_none() {
+            match drive.condition(step) {
+                Condition::Holds => {}
+                Condition::False(rendered) => return Execution::Skipped { rendered },
+                Condition::Broken(message) => {
+                    return Execution::Outcome(Outcome::Failed { kind: FailureKind::NonRetryable, message });
+                }
+            }
+        }
+        if let (true, Action::Sleep(sleep)) = (forward, action) {
+            return drive.take_timer(self.started_ms, sleep, waiting_until);
+        }
         if let (true, Action::Signal(signal)) = (forward, action) {
             return drive.take_signal((&step.name, self.attempt), signal, waiting_until).await;
         }
@@ -264,6 +282,15 @@ impl StepAttempt {
                     Ok(t) => (t.events, Some(until_ms.unwrap_or(RUN_AT_NEVER_MS))),
                     Err(e) => {
                         tracing::error!(error = %e, "state machine refused a wait");
+                        return Break(());
+                    }
+                }
+            }
+            Execution::Skipped { rendered } => {
+                match drive.state.skip_by_condition(drive.definition, rendered, now_ms) {
+                    Ok(t) => (t.events, None),
+                    Err(e) => {
+                        tracing::error!(error = %e, "state machine refused a skip");
                         return Break(());
                     }
                 }

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use saga_core::template::TemplateContext;
-use saga_core::{Definition, HistoryEvent, Next, SagaState, SagaStatus};
+use saga_core::{Definition, HistoryEvent, Next, SagaState, SagaStatus, StepDefinition};
 use saga_store::{Claimed, RUN_AT_NEVER_MS};
 use serde_json::json;
 use tokio::sync::watch;
@@ -102,6 +102,16 @@ fn lease_acquired(shared: &Shared, claimed: &Claimed) -> HistoryEvent {
     )
 }
 
+/// What a step's `when:` says.
+enum Condition {
+    /// True, or no condition: the step runs.
+    Holds,
+    /// False (what it rendered): the step is skipped.
+    False(serde_json::Value),
+    /// It cannot render: the step fails definitely.
+    Broken(String),
+}
+
 /// The saga this driver holds, from its claim until the driver lets go of it.
 pub(super) struct Drive<'a> {
     shared: &'a Shared,
@@ -142,13 +152,51 @@ impl<'a> Drive<'a> {
     async fn adopt(&mut self) -> ControlFlow<()> {
         let record = &self.claimed.record;
         let now_ms = self.shared.clock.now_ms();
+        self.skip_false_conditions(now_ms);
         self.pending.extend(self.state.adopt(record.fencing_token, now_ms).events);
         if let Some(at_ms) = record.cancel_requested_at_ms {
             let wait_before = self.state.wait.clone();
-            self.pending.extend(self.state.cancel(self.definition, at_ms, now_ms, false).events);
+            // Skipping the last steps just completed the saga, uncommitted: the cancel,
+            // requested before, still wins (seed 6907 wrote it after `saga_completed`).
+            let completed_here = self.state.status == SagaStatus::Completed;
+            let cancel = self.state.cancel(self.definition, at_ms, now_ms, completed_here);
+            if completed_here && self.state.status != SagaStatus::Completed {
+                self.pending.retain(|e| e.kind != "saga_completed");
+            }
+            commit::insert_before_end(&mut self.pending, cancel.events);
             self.retire_abandoned_callback(wait_before.as_ref()).await?;
         }
         Continue(())
+    }
+
+    /// Skips the steps next in line whose `when:` is false, before a takeover counts the next
+    /// step as possibly sent: with its condition false, no driver before could have sent it.
+    /// (Without this, a step skipped by its condition was compensated when a cancel followed a
+    /// takeover — found by the simulator, seed 6264.)
+    /// The skips go with the next commit, before the step after them is sent (see
+    /// [`Self::turn`]).
+    fn skip_false_conditions(&mut self, now_ms: i64) {
+        while let Next::RunAction { step, attempt: 1 } = self.state.next() {
+            if self.state.wait.is_some() || self.state.steps[step].attempts > 0 {
+                break;
+            }
+            let Condition::False(rendered) = self.condition(&self.definition.steps[step]) else { break };
+            match self.state.skip_by_condition(self.definition, rendered, now_ms) {
+                Ok(skipped) => self.pending.extend(skipped.events),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// What a step's `when:` says now, rendered with the outputs of the steps before it.
+    fn condition(&mut self, step: &StepDefinition) -> Condition {
+        let Some(when) = &step.when else { return Condition::Holds };
+        self.templates.step_outputs = self.state.step_outputs();
+        match saga_core::template::render_value(&serde_json::Value::String(when.clone()), &self.templates) {
+            Ok(rendered) if saga_core::template::is_falsy(&rendered) => Condition::False(rendered),
+            Ok(_) => Condition::Holds,
+            Err(e) => Condition::Broken(format!("when: {e}")),
+        }
     }
 
     /// One turn: may this driver go on; then the next step attempt, from picked to committed.
@@ -158,6 +206,14 @@ impl<'a> Drive<'a> {
         let Some(attempt) = StepAttempt::next(&self.state, self.shared.clock.now_ms()) else {
             return self.end_with_nothing_to_run().await;
         };
+        // Durable before dependent: steps skipped when the saga was taken up are written before
+        // the step after them goes out.
+        if self.pending.iter().any(|e| e.kind == "step_skipped") {
+            let events = std::mem::take(&mut self.pending);
+            if self.commit(Settled { events, release_until: None }).await?.released_until.is_some() {
+                return Break(());
+            }
+        }
         let executed = attempt.execute(self, cancelled).await;
         let settled = executed.settle(self)?;
         let committed = self.commit(settled).await?;

@@ -4,7 +4,7 @@
 
 use std::ops::ControlFlow::{self, Continue};
 
-use saga_core::{FailureKind, HistoryEvent, Outcome, SignalAction, StepDefinition, Wait, WaitKind};
+use saga_core::{FailureKind, HistoryEvent, Outcome, SignalAction, SleepAction, StepDefinition, Wait, WaitKind};
 use saga_store::CallbackRegister;
 use serde_json::json;
 
@@ -53,6 +53,46 @@ impl Drive<'_> {
             });
         }
         Execution::Wait { kind: WaitKind::Signal { name: signal.name.clone() }, until_ms }
+    }
+
+    /// A `sleep` step's attempt (started at `started_ms`): parked until its time — the wait's,
+    /// once begun, else `duration` after the start or the rendered `until` — and succeeded once
+    /// that has come (output `{slept_until}`). An `until` that does not render to an RFC 3339
+    /// time within ten years fails the step definitely.
+    pub(super) fn take_timer(
+        &self,
+        started_ms: i64,
+        sleep: &SleepAction,
+        waiting_until: Option<Option<i64>>,
+    ) -> Execution {
+        let now_ms = self.shared.clock.now_ms();
+        let until_ms = match (waiting_until, sleep) {
+            (Some(Some(until_ms)), _) => until_ms,
+            (_, SleepAction::Duration(ms)) => started_ms.saturating_add(saga_core::duration::signed_ms(*ms)),
+            (_, SleepAction::Until(text)) => match self.timer_until(text, now_ms) {
+                Ok(until_ms) => until_ms,
+                Err(message) => {
+                    return Execution::Outcome(Outcome::Failed { kind: FailureKind::NonRetryable, message });
+                }
+            },
+        };
+        if until_ms <= now_ms {
+            let slept_until = saga_core::duration::format_instant_ms(until_ms);
+            return Execution::Outcome(Outcome::Succeeded(json!({ "slept_until": slept_until })));
+        }
+        Execution::Wait { kind: WaitKind::Timer, until_ms: Some(until_ms) }
+    }
+
+    /// A `sleep: {until}` rendered and read as a time.
+    fn timer_until(&self, text: &str, now_ms: i64) -> Result<i64, String> {
+        let rendered =
+            saga_core::template::render_string(text, &self.templates).map_err(|e| format!("sleep until: {e}"))?;
+        let until_ms = saga_core::duration::parse_instant_ms(&rendered).map_err(|e| format!("sleep until: {e}"))?;
+        let latest_ms = now_ms.saturating_add(saga_core::duration::signed_ms(saga_core::duration::DURATION_MAX_MS));
+        if until_ms > latest_ms {
+            return Err(format!("sleep until: {rendered:?} is more than ten years away"));
+        }
+        Ok(until_ms)
     }
 
     /// Registers a fresh single-use callback token for an async attempt and returns the URL the

@@ -236,10 +236,12 @@ fn prepare(action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -
                 grpc.input.as_ref().map(|i| render_value(i, templates)).transpose().map_err(failed("input".into()))?;
             Ok(Prepared::Grpc { endpoint, service: grpc.service.clone(), input: input.unwrap_or(Value::Null) })
         }
-        // Signal steps are settled by the driver from the store; they never reach an executor.
-        Action::Signal(_) => {
-            Err(Outcome::Failed { kind: FailureKind::NonRetryable, message: "a signal step has no executor".into() })
-        }
+        // Signal and sleep steps are settled by the driver from the store and the clock; they
+        // never reach an executor.
+        Action::Signal(_) | Action::Sleep(_) => Err(Outcome::Failed {
+            kind: FailureKind::NonRetryable,
+            message: format!("a {} step has no executor", action.kind()),
+        }),
     }
 }
 

@@ -15,6 +15,10 @@
 //! - no participant call without a durable attempt start: every action request is recorded as
 //!   a start of its step, by its sender or by the driver that took over from it;
 //! - concurrency limits: a key never has more admitted, unfinished sagas than its limit;
+//! - no durable timer fires before its time (a `sleep` step succeeds no sooner than its
+//!   duration after it started), and none is lost across a crash (every saga ends);
+//! - a step whose `when:` is false is skipped: never sent, never compensated; one whose `when:`
+//!   is true is never skipped;
 //! - and what [`delivery`] checks of the events the sagas' commits wrote and their deliveries.
 
 use std::collections::BTreeMap;
@@ -74,6 +78,7 @@ pub fn check(observation: &Observation<'_>) -> Vec<Violation> {
         check_effects(observation, saga, &mut violations);
         check_durability(observation, saga, &mut violations);
         check_attempts_recorded(observation, saga, &mut violations);
+        check_constructs(observation, saga, &mut violations);
     }
     check_concurrency(observation, &mut violations);
     delivery::check(observation, &mut violations);
@@ -182,7 +187,7 @@ fn check_effects(observation: &Observation<'_>, saga: &SagaRecord, violations: &
     });
     let mut undo_order: Vec<(u64, usize)> = Vec::new();
     for (index, step) in plan.steps.iter().enumerate() {
-        if step.participant.is_none() {
+        if step.participant.is_none() || (step.when_even && !input_even(saga)) {
             continue;
         }
         let effect = observation.effects.get(&(saga.id, step.name.clone())).cloned().unwrap_or_default();
@@ -236,6 +241,52 @@ fn check_effects(observation: &Observation<'_>, saga: &SagaRecord, violations: &
             "compensation in reverse order",
             format!("compensations began in step order {:?}", undo_order.iter().map(|(_, i)| i).collect::<Vec<_>>()),
         ));
+    }
+}
+
+/// The saga's `input.n` is even (a `when_even` step runs for it).
+fn input_even(saga: &SagaRecord) -> bool {
+    saga.input.get("n").and_then(serde_json::Value::as_u64).is_some_and(|n| n % 2 == 0)
+}
+
+/// Timers and conditions: no `sleep` step succeeds before its duration has passed since it
+/// started; a `when:` step is skipped exactly when its condition is false, and a skipped step is
+/// never sent.
+fn check_constructs(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
+    let Some(plan) = observation.scenario.definitions.iter().find(|d| d.name == saga.definition) else { return };
+    let first = first_requests(observation, saga.id);
+    for step in &plan.steps {
+        let of_step = || events_of(observation, saga.id).filter(move |(_, e, _)| e.step.as_ref() == Some(&step.name));
+        if let Some(sleep_ms) = step.sleep_ms {
+            let started = of_step().find(|(_, e, _)| e.kind == "step_started").map(|(_, e, _)| e.at_ms);
+            let woke = of_step().find(|(_, e, _)| e.kind == "step_succeeded").map(|(_, e, _)| e.at_ms);
+            if let (Some(started), Some(woke)) = (started, woke) {
+                if woke < started.saturating_add(sleep_ms as i64) {
+                    violations.push(Violation::of(
+                        saga.id,
+                        "no timer fires before its time",
+                        format!("step {} slept {} ms of {sleep_ms}", step.name, woke - started),
+                    ));
+                }
+            }
+        }
+        if step.when_even {
+            let skipped = of_step().any(|(_, e, _)| e.kind == "step_skipped");
+            let sent = first.contains_key(&(step.name.clone(), false));
+            let runs = input_even(saga);
+            let status = saga.state.steps.iter().find(|s| s.name == step.name).map(|s| s.status);
+            // False: never sent, and skipped unless the saga stopped before it (still PENDING,
+            // or SKIPPED with the rest).
+            let wrong =
+                if runs { skipped } else { sent || !matches!(status, Some(StepStatus::Pending | StepStatus::Skipped)) };
+            if wrong {
+                violations.push(Violation::of(
+                    saga.id,
+                    "a step runs exactly when its condition holds",
+                    format!("step {}: condition {runs}, skipped {skipped}, sent {sent}, now {status:?}", step.name),
+                ));
+            }
+        }
     }
 }
 
@@ -303,8 +354,10 @@ fn check_durability(observation: &Observation<'_>, saga: &SagaRecord, violations
         let Some(index) = plan.steps.iter().position(|s| s.name == request.step) else { continue };
         match request.phase {
             Phase::Action if index > 0 => {
+                // Done going forward: succeeded, or skipped by its condition.
                 let previous = &plan.steps[index - 1].name;
-                if !written("step_succeeded", previous, request.seq) {
+                if !written("step_succeeded", previous, request.seq) && !written("step_skipped", previous, request.seq)
+                {
                     violations.push(Violation::of(
                         saga.id,
                         "durable before dependent",
