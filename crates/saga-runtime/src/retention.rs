@@ -62,8 +62,15 @@ const OCCASIONAL_EVERY_MS: i64 = 60_000;
 pub const KEEP_UP_WINDOW_MS: i64 = 5 * 60_000;
 /// While catching up, the cleaner deletes for at most one part in this many of its time.
 pub const CATCH_UP_DUTY: u32 = 20;
-/// Sagas per batch while catching up: short transactions, so a claim never waits long behind one.
+/// Sagas per batch while catching up, at most: short transactions, so a claim never waits long
+/// behind one.
 pub const CATCH_UP_BATCH: u32 = 100;
+/// ... and at least.
+pub const CATCH_UP_BATCH_MIN: u32 = 5;
+/// How long a catching-up batch's delete should take at most: the batch halves while it takes
+/// longer (on SQLite the one writer waits behind it; 100 sagas held it about 40 ms beside
+/// saga3, longer than a tenth of the engine's p99).
+pub const CATCH_UP_HOLD: Duration = Duration::from_millis(5);
 /// The most the backlog is counted up to, for each kind of retention (counting a million took
 /// a core for a third of a second, and lengthened the engine's slowest commits beside it).
 const BACKLOG_COUNT_CAP: u32 = 100_000;
@@ -196,9 +203,31 @@ struct Pacer {
     deleted: u64,
     /// How long the last look's once-a-minute work took.
     occasional_took: Duration,
+    /// Sagas a catching-up batch deletes: halved while a batch takes longer than
+    /// [`CATCH_UP_HOLD`], doubled back while one takes less than half of it.
+    catch_up_batch: u32,
 }
 
 impl Pacer {
+    /// The size of the next catching-up batch.
+    fn catch_up_batch(&mut self, config: &RetentionConfig) -> u32 {
+        let most = config.batch.clamp(1, CATCH_UP_BATCH);
+        if self.catch_up_batch == 0 {
+            self.catch_up_batch = most;
+        }
+        self.catch_up_batch = self.catch_up_batch.clamp(CATCH_UP_BATCH_MIN.min(most), most);
+        self.catch_up_batch
+    }
+
+    /// A catching-up batch's delete took `took`: the next is smaller or larger.
+    fn held(&mut self, took: Duration) {
+        if took > CATCH_UP_HOLD {
+            self.catch_up_batch = (self.catch_up_batch / 2).max(CATCH_UP_BATCH_MIN);
+        } else if took < CATCH_UP_HOLD / 2 {
+            self.catch_up_batch = self.catch_up_batch.saturating_mul(2).min(CATCH_UP_BATCH);
+        }
+    }
+
     /// The wait after a look that took `busy`.
     ///
     /// Keeping up, a fixed pause that halves while the backlog lasts (see [`pace`]). Catching
@@ -271,7 +300,8 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
             false
         }
     };
-    let batch = if catching_up { config.batch.min(CATCH_UP_BATCH) } else { config.batch };
+    let batch = if catching_up { pacer.catch_up_batch(config) } else { config.batch };
+    let purge_started = std::time::Instant::now();
     let purged = match purge_sagas(store, config, now_ms, batch).await {
         Ok(purged) => purged,
         Err(e) => {
@@ -281,6 +311,11 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
     };
     count(&purged);
     pacer.deleted = purged.sagas;
+    if catching_up {
+        let took = purge_started.elapsed();
+        tracing::debug!(batch, deleted = purged.sagas, took_ms = took.as_secs_f64() * 1000.0, "caught up a batch");
+        pacer.held(took);
+    }
     let succeeded_before_ms = now_ms.saturating_sub(config.retention_ms);
     let dead_before_ms = now_ms.saturating_sub(config.dead_letter_retention_ms);
     let deliveries = match store.deliveries_purge(succeeded_before_ms, dead_before_ms, now_ms, batch).await {

@@ -31,6 +31,9 @@ pub struct TenantRecord {
     pub error: Option<Value>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Deleted with a grace period: when its storage is destroyed (it is `SUSPENDED` until then,
+    /// and may be restored).
+    pub delete_at_ms: Option<i64>,
 }
 
 /// A tenant status change requested by an operator, optionally starting a saga in the same
@@ -45,6 +48,9 @@ pub struct TenantTransition {
     /// The event reporting the change, written in the same transaction.
     pub event: Option<crate::OutboxEvent>,
     pub now_ms: i64,
+    /// The tenant's `delete_at` after the change: set by a deletion with a grace period,
+    /// cleared (None) by every other change.
+    pub delete_at_ms: Option<i64>,
 }
 
 /// Fields a tenant patch changes (None: unchanged): `PATCH /v1/tenants/{id}`'s, and the migrations.

@@ -88,6 +88,9 @@ pub struct Config {
     /// How long a dead delivery is kept, replayable, before it is deleted
     /// (`SAGAPLANE_DEAD_LETTER_RETENTION`).
     pub dead_letter_retention_ms: u64,
+    /// How long a deleted tenant stays restorable before its storage is destroyed, unless the
+    /// delete names its own `?grace=` (`SAGAPLANE_TENANT_DELETE_GRACE`, 0: at once).
+    pub tenant_delete_grace_ms: u64,
     /// Where each saga is written, with its history, before retention deletes it
     /// (`SAGAPLANE_ARCHIVE_DIR`).
     pub archive_dir: Option<PathBuf>,
@@ -152,6 +155,7 @@ struct FileConfig {
     delivery_disable_after: Option<String>,
     retention: Option<String>,
     dead_letter_retention: Option<String>,
+    tenant_delete_grace: Option<String>,
     archive_dir: Option<PathBuf>,
     crm_callback_url: Option<String>,
     crm_callback_secret: Option<String>,
@@ -344,6 +348,13 @@ impl Config {
             DEAD_LETTER_RETENTION_DEFAULT_MS,
             (1_000, u64::MAX),
         )?;
+        let tenant_delete_grace = get("SAGAPLANE_TENANT_DELETE_GRACE").or(file.tenant_delete_grace);
+        let tenant_delete_grace_ms = duration_setting(
+            "SAGAPLANE_TENANT_DELETE_GRACE",
+            tenant_delete_grace,
+            0,
+            (0, saga_core::duration::DURATION_MAX_MS),
+        )?;
         let crm_callback_url = get("SAGAPLANE_CRM_CALLBACK_URL").or(file.crm_callback_url);
         let crm_callback_secret = get("SAGAPLANE_CRM_CALLBACK_SECRET").or(file.crm_callback_secret);
         if let Some(url) = &crm_callback_url {
@@ -432,6 +443,7 @@ impl Config {
             delivery_disable_after_ms,
             retention_ms,
             dead_letter_retention_ms,
+            tenant_delete_grace_ms,
             archive_dir: get("SAGAPLANE_ARCHIVE_DIR")
                 .filter(|dir| !dir.is_empty())
                 .map(PathBuf::from)

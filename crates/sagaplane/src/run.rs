@@ -275,6 +275,7 @@ impl App {
                 storage: tenants.storage.clone(),
                 migrations: tenants.migrations.clone(),
                 crm_secret: config.crm_webhook_secret.as_ref().map(|s| s.expose().to_string()),
+                delete_grace_ms: config.tenant_delete_grace_ms,
             });
         }
         if let Some(instance) = &self.process.instance {

@@ -64,6 +64,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/tenants/{id}/retry-migration"),
     ("post", "/v1/tenants/{id}/suspend"),
     ("post", "/v1/tenants/{id}/resume"),
+    ("post", "/v1/tenants/{id}/restore"),
     ("get", "/v1/tenants/{id}/users"),
     ("post", "/v1/tenants/{id}/users"),
     ("put", "/v1/tenants/{id}/users/{user_id}"),
@@ -111,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{id}/retry-migration", post(routes::tenants::retry_migration))
         .route("/tenants/{id}/suspend", post(routes::tenants::suspend))
         .route("/tenants/{id}/resume", post(routes::tenants::resume))
+        .route("/tenants/{id}/restore", post(routes::tenants::restore))
         .route("/tenants/{id}/users", get(routes::tenants::users_list).post(routes::tenants::users_create))
         .route(
             "/tenants/{id}/users/{user_id}",

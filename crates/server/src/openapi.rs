@@ -387,7 +387,8 @@ fn schemas() -> Value {
             "id": {"type": "string"}, "name": {"type": "string"}, "tier": {"type": "string"}, "storage_mode": {"type": "string"},
             "sla_tier": {"type": "string"}, "status": {"$ref": "#/components/schemas/TenantStatus"},
             "domains": {"type": "array"}, "contacts": {"type": "array"}, "metadata": {"type": "object"}, "storage": {},
-            "migrations": {"type": "array"}, "saga_id": {"type": ["string", "null"]}, "error": {}, "created_at": {"type": "string"}, "updated_at": {"type": "string"}
+            "migrations": {"type": "array"}, "saga_id": {"type": ["string", "null"]}, "error": {}, "created_at": {"type": "string"}, "updated_at": {"type": "string"},
+            "delete_at": {"type": ["string", "null"], "description": "deleted with a grace period: when its storage is destroyed (restorable until then)"}
         }},
         "Blockers": {"type": "object", "properties": {
             "saga_id": {"type": "string"}, "status": {"type": "string"}, "runnable": {"type": "boolean"},
@@ -509,7 +510,9 @@ fn tenant_paths() -> Value {
             "patch": secured(json!({"summary": "Change name, sla_tier, domains, contacts, metadata",
                 "requestBody": body("PatchTenant", true),
                 "responses": {"200": ok("tenant", "Tenant"), "409": problem("tenant is DELETED"), "422": problem("invalid patch")}})),
-            "delete": secured(json!({"summary": "Deprovision: drop storage, revoke keys; the record stays DELETED (admin)", "responses": {"202": {"description": "{saga_id}"}, "409": problem("provisioning still running, or already deleted")}})),
+            "delete": secured(json!({"summary": "Deprovision: drop storage, revoke keys; the record stays DELETED (admin). With a grace period an ACTIVE or SUSPENDED tenant is SUSPENDED until delete_at, restorable until then",
+                "parameters": [query_param("grace", "how long the tenant stays restorable before its storage is destroyed (default SAGAPLANE_TENANT_DELETE_GRACE, 0s: at once)", json!({"type": "string", "examples": ["7d"]}))],
+                "responses": {"202": {"description": "{saga_id, status, delete_at}"}, "400": problem("grace is not a duration"), "409": problem("provisioning still running, already being deleted, or already deleted")}})),
         },
         "/v1/tenants/{id}/provisioning-status": {
             "parameters": [id()],
@@ -530,6 +533,10 @@ fn tenant_paths() -> Value {
         "/v1/tenants/{id}/resume": {
             "parameters": [id()],
             "post": secured(json!({"summary": "SUSPENDED -> ACTIVE (admin)", "responses": {"200": ok("tenant", "Tenant"), "409": problem("not SUSPENDED")}})),
+        },
+        "/v1/tenants/{id}/restore": {
+            "parameters": [id()],
+            "post": secured(json!({"summary": "Within a deletion's grace period: back to ACTIVE, the deletion cancelled (admin)", "responses": {"200": ok("tenant", "Tenant"), "409": problem("not deleted with a grace period, or the grace has ended")}})),
         },
         "/v1/tenants/{id}/users": {
             "parameters": [id()],

@@ -63,6 +63,8 @@ pub struct Tenancy {
     pub migrations: tenancy::MigrationSource,
     /// `SAGAPLANE_CRM_WEBHOOK_SECRET`; None disables `/v1/webhooks/crm` (404).
     pub crm_secret: Option<String>,
+    /// A deletion's grace period unless it names one (`SAGAPLANE_TENANT_DELETE_GRACE`; 0: none).
+    pub delete_grace_ms: u64,
 }
 
 impl AppState {

@@ -46,6 +46,7 @@ pub fn tenant(record: &saga_store::TenantRecord) -> Value {
         "error": record.error,
         "created_at": timestamp(record.created_at_ms),
         "updated_at": timestamp(record.updated_at_ms),
+        "delete_at": record.delete_at_ms.map(timestamp),
     })
 }
 

@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration(12, "jobs", include_str!("../migrations/0012_jobs.sql"), 8),
     migration(13, "definition_retention", include_str!("../migrations/0013_definition_retention.sql"), 8),
     migration(14, "list_indexes", include_str!("../migrations/0014_list_indexes.sql"), 8),
+    migration(15, "tenant_delete_grace", include_str!("../migrations/0015_tenant_delete_grace.sql"), 8),
 ];
 
 fn latest() -> i64 {

@@ -83,7 +83,7 @@ pub fn event(row: &PgRow) -> StoreResult<EventRecord> {
 }
 
 pub const TENANT_COLUMNS: &str = "t.id, t.name, t.tier, t.storage_mode, t.sla_tier, t.status, t.domains, t.contacts, \
-     t.metadata, t.storage, t.migrations, t.saga_id, t.error, t.created_at, t.updated_at";
+     t.metadata, t.storage, t.migrations, t.saga_id, t.error, t.created_at, t.updated_at, t.delete_at";
 
 fn parsed<T>(row: &PgRow, column: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
     let text: String = row.try_get(column).map_err(db)?;
@@ -112,5 +112,6 @@ pub fn tenant(row: &PgRow) -> StoreResult<TenantRecord> {
         error: error.map(|e| e.0),
         created_at_ms: row.try_get("created_at").map_err(db)?,
         updated_at_ms: row.try_get("updated_at").map_err(db)?,
+        delete_at_ms: row.try_get("delete_at").map_err(db)?,
     })
 }

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i64, &str, &str, i64)] = &[
     (9, "retention", include_str!("../migrations/0009_retention.sql"), 7),
     (10, "jobs", include_str!("../migrations/0010_jobs.sql"), 7),
     (11, "definition_retention", include_str!("../migrations/0011_definition_retention.sql"), 11),
+    (12, "tenant_delete_grace", include_str!("../migrations/0012_tenant_delete_grace.sql"), 11),
 ];
 
 fn latest() -> i64 {

@@ -87,7 +87,7 @@ pub fn event(row: &SqliteRow) -> StoreResult<EventRecord> {
 }
 
 pub const TENANT_COLUMNS: &str = "id, name, tier, storage_mode, sla_tier, status, domains, contacts, metadata, \
-     storage, migrations, saga_id, error, created_at, updated_at";
+     storage, migrations, saga_id, error, created_at, updated_at, delete_at";
 
 fn parsed<T>(row: &SqliteRow, column: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
     let text: String = row.try_get(column).map_err(StoreError::backend)?;
@@ -117,5 +117,6 @@ pub fn tenant(row: &SqliteRow) -> StoreResult<TenantRecord> {
         error: error.map(|e| serde_json::from_str(&e)).transpose().map_err(|e| corrupt("tenant error", e))?,
         created_at_ms: row.try_get("created_at").map_err(StoreError::backend)?,
         updated_at_ms: row.try_get("updated_at").map_err(StoreError::backend)?,
+        delete_at_ms: row.try_get("delete_at").map_err(StoreError::backend)?,
     })
 }

@@ -11,6 +11,9 @@ pub const DEPROVISION: &str = "tenant.deprovision";
 pub const MIGRATE: &str = "tenant.migrate";
 /// A rollout: starts one `tenant.migrate` saga per tenant behind, durably, in the background.
 pub const ROLLOUT: &str = "tenant.rollout";
+/// The step of `tenant.deprovision` that waits out a deletion's grace period (skipped without
+/// one): its end moves the tenant from `SUSPENDED` to `DEPROVISIONING`.
+pub const GRACE_STEP: &str = "grace";
 
 /// True for the built-in tenant sagas, which only the tenant lifecycle may start.
 pub fn is_tenant_saga(name: &str) -> bool {
@@ -74,6 +77,8 @@ pub fn builtin_documents() -> Vec<(&'static str, Value)> {
                 "steps": [
                     {"name": "suspend_access", "action": {"builtin": steps::ACCESS_SUSPEND},
                      "compensation": {"builtin": steps::ACCESS_RESUME}},
+                    {"name": GRACE_STEP, "when": "{{ input.delete_at | default('') }}",
+                     "action": {"sleep": {"until": "{{ input.delete_at }}"}}},
                     {"name": "drop_storage", "pivot": true, "action": {"builtin": steps::STORAGE_DROP}},
                     {"name": "revoke_keys", "action": {"builtin": steps::KEYS_REVOKE}},
                     {"name": "finalize", "action": {"builtin": steps::FINALIZE_DELETE}},
@@ -110,12 +115,14 @@ pub fn builtin_documents() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// The built-in document as earlier releases installed it: before `on_failure: fail` on the
-/// migrations steps (a failing onboarding migration compensated everything then).
+/// The built-in document as every earlier release installed it, all made alike: before
+/// `on_failure: fail` on the migrations steps (a failing onboarding migration compensated
+/// everything then), and before the deprovision saga's `grace` step.
 fn earlier_document(document: &Value) -> Value {
     let mut earlier = document.clone();
-    for step in earlier["steps"].as_array_mut().into_iter().flatten() {
-        if let Some(step) = step.as_object_mut() {
+    if let Some(steps) = earlier["steps"].as_array_mut() {
+        steps.retain(|step| step["name"] != GRACE_STEP);
+        for step in steps.iter_mut().filter_map(Value::as_object_mut) {
             step.remove("on_failure");
         }
     }
@@ -128,7 +135,9 @@ fn earlier_document(document: &Value) -> Value {
 pub async fn install(store: &dyn DefinitionStore, now_ms: i64) -> Result<(), StoreError> {
     for (name, document) in builtin_documents() {
         match store.definition_get(name, None).await {
-            Ok(latest) if latest.document == earlier_document(&document) && latest.document != document => {
+            Ok(latest)
+                if earlier_document(&latest.document) == earlier_document(&document) && latest.document != document =>
+            {
                 store.definition_put(name, &document, now_ms).await?;
             }
             Ok(_) => {}

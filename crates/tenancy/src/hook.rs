@@ -11,6 +11,7 @@
 //! | `PROVISION_ERROR` with the error |
 //! | migrate (or provision past storage) | failed in the migrations step | `MIGRATION_ERROR` |
 //! | provision, migrate | retried by an operator (forward, storage kept) | `MIGRATING` |
+//! | deprovision | its `grace` timer ended (a deletion with a grace period) | `DEPROVISIONING`, from `SUSPENDED` only (a tenant restored meanwhile stays `ACTIVE`) |
 //! | deprovision | completed | `DELETED` |
 
 use saga_core::tenant::TenantStatus;
@@ -20,7 +21,7 @@ use saga_store::events::{self, TenantEvent};
 use saga_store::{SagaRecord, TenantChange};
 use serde_json::{json, Value};
 
-use crate::definitions::{steps, DEPROVISION, MIGRATE, PROVISION};
+use crate::definitions::{steps, DEPROVISION, GRACE_STEP, MIGRATE, PROVISION};
 
 /// The tenant status hook.
 #[derive(Clone, Copy, Debug, Default)]
@@ -67,6 +68,14 @@ impl TransitionHook for TenantHook {
         let at_ms = events.last().map_or(record.updated_at_ms, |e| e.at_ms);
         let change = match (name, state.status) {
             (DEPROVISION, SagaStatus::Completed) => Some(change(tenant_id, TenantStatus::Deleted, None)),
+            (DEPROVISION, _)
+                if events.iter().any(|e| e.kind == "step_succeeded" && e.step.as_deref() == Some(GRACE_STEP)) =>
+            {
+                Some(TenantChange {
+                    from: vec![TenantStatus::Suspended],
+                    ..change(tenant_id, TenantStatus::Deprovisioning, None)
+                })
+            }
             (DEPROVISION, _) => None,
             (_, SagaStatus::Completed) => {
                 Some(TenantChange { storage, migrations, ..change(tenant_id, TenantStatus::Active, None) })

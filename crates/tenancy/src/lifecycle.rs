@@ -136,6 +136,7 @@ impl Lifecycle {
             error: None,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
+            delete_at_ms: None,
         };
         match self.tenants.tenant_create(record, saga, Some(event)).await {
             Err(StoreError::Conflict(_)) => Err(LifecycleError::Conflict(format!("tenant {id:?} already exists"))),
@@ -143,9 +144,21 @@ impl Lifecycle {
         }
     }
 
-    /// Starts offboarding: `DEPROVISIONING` with its `tenant.deprovision` saga. Refused while the
-    /// tenant's provisioning or migration saga still runs.
-    pub async fn offboard(&self, tenant: &TenantRecord) -> Result<SagaRecord, LifecycleError> {
+    /// Starts offboarding with its `tenant.deprovision` saga. With a grace period (`grace_ms` >
+    /// 0) an `ACTIVE` or `SUSPENDED` tenant is `SUSPENDED` at once with `delete_at` set: the
+    /// saga's durable timer destroys its storage when the grace ends, and [`Self::restore`]
+    /// brings it back before then. Without one, or for a tenant in any other status,
+    /// `DEPROVISIONING` at once. Refused while the tenant's provisioning or migration saga still
+    /// runs, and while a deletion with a grace period is already under way.
+    pub async fn offboard(&self, tenant: &TenantRecord, grace_ms: u64) -> Result<SagaRecord, LifecycleError> {
+        if let Some(delete_at_ms) = tenant.delete_at_ms.filter(|_| tenant.status == TenantStatus::Suspended) {
+            return Err(LifecycleError::Conflict(format!(
+                "tenant is already being deleted: its storage goes at {}; restore it first (POST \
+                 /v1/tenants/{}/restore) to delete it otherwise",
+                saga_core::duration::format_instant_ms(delete_at_ms),
+                tenant.id
+            )));
+        }
         if matches!(tenant.status, TenantStatus::Provisioning | TenantStatus::Migrating) {
             if let Some(saga) = self.saga_of(tenant).await? {
                 if !saga.status.is_terminal() {
@@ -156,10 +169,82 @@ impl Lifecycle {
                 }
             }
         }
-        let to = (TenantStatus::Deprovisioning, TenantStatus::sources_of(TenantStatus::Deprovisioning));
-        let input = json!({"tenant_id": tenant.id});
-        let (_, saga) = self.start_saga(&tenant.id, to, DEPROVISION, input, None).await?;
-        Ok(saga)
+        let graced = grace_ms > 0 && matches!(tenant.status, TenantStatus::Active | TenantStatus::Suspended);
+        if !graced {
+            let to = (TenantStatus::Deprovisioning, TenantStatus::sources_of(TenantStatus::Deprovisioning));
+            let input = json!({"tenant_id": tenant.id});
+            let (_, saga) = self.start_saga(&tenant.id, to, DEPROVISION, input, None).await?;
+            return Ok(saga);
+        }
+        let now_ms = self.clock.now_ms();
+        let delete_at_ms = now_ms.saturating_add(saga_core::duration::signed_ms(grace_ms));
+        let delete_at = saga_core::duration::format_instant_ms(delete_at_ms);
+        let input = json!({"tenant_id": tenant.id, "delete_at": delete_at});
+        let saga = self.saga(DEPROVISION, &tenant.id, input, None).await?;
+        let suspended = (tenant.status == TenantStatus::Active)
+            .then(|| events::tenant(TenantEvent::Suspended, &tenant.id, Some(saga.id), None, now_ms));
+        let transition = TenantTransition {
+            id: tenant.id.clone(),
+            to: TenantStatus::Suspended,
+            from: vec![TenantStatus::Active, TenantStatus::Suspended],
+            error: None,
+            saga: Some(saga),
+            event: suspended,
+            now_ms,
+            delete_at_ms: Some(delete_at_ms),
+        };
+        match self.tenants.tenant_transition(transition).await? {
+            (_, Some(saga)) => Ok(saga),
+            (_, None) => {
+                Err(LifecycleError::Store(StoreError::Corrupt("the tenant moved but its saga was not started".into())))
+            }
+        }
+    }
+
+    /// Brings back a tenant deleted with a grace period, before the grace ends: `ACTIVE`, its
+    /// access enabled, its deprovision saga cancelled (it compensates its suspension). Refused
+    /// (a conflict) for any other tenant, and once the grace has ended (the saga's timer moved
+    /// the tenant to `DEPROVISIONING` in the same transaction, so exactly one of the two wins).
+    pub async fn restore(&self, tenant: &TenantRecord) -> Result<TenantRecord, LifecycleError> {
+        if tenant.status != TenantStatus::Suspended || tenant.delete_at_ms.is_none() {
+            return Err(LifecycleError::Conflict(format!(
+                "tenant is {}{}; only a tenant deleted with a grace period can be restored, before the grace ends",
+                tenant.status.as_str(),
+                if tenant.status == TenantStatus::Suspended { " without a deletion under way" } else { "" }
+            )));
+        }
+        let now_ms = self.clock.now_ms();
+        let transition = TenantTransition {
+            id: tenant.id.clone(),
+            to: TenantStatus::Active,
+            from: vec![TenantStatus::Suspended],
+            error: None,
+            saga: None,
+            event: Some(events::tenant(TenantEvent::Resumed, &tenant.id, tenant.saga_id, None, now_ms)),
+            now_ms,
+            delete_at_ms: None,
+        };
+        let restored = match self.tenants.tenant_transition(transition).await {
+            Ok((restored, _)) => restored,
+            Err(StoreError::Conflict(_)) => {
+                let now = self.tenants.tenant_get(&tenant.id).await?;
+                return Err(LifecycleError::Conflict(format!(
+                    "tenant is {}: the grace ended and its deletion has begun",
+                    now.status.as_str()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(saga) = self.saga_of(tenant).await?.filter(|s| s.definition == DEPROVISION) {
+            if !saga.status.is_terminal() {
+                match self.sagas.saga_cancel_request(saga.id, now_ms, None).await {
+                    Ok(_) | Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.storage.access_set(&restored.id, restored.storage_mode, true).await?;
+        Ok(restored)
     }
 
     /// Asks the tenant's running provisioning saga to undo what it made.
@@ -209,6 +294,13 @@ impl Lifecycle {
     /// Suspends (`to` = `SUSPENDED`) or resumes (`ACTIVE`) a tenant: the database side first — a
     /// suspended tenant's role cannot log in any more — then the status, with its event.
     pub async fn set_access(&self, tenant: &TenantRecord, to: TenantStatus) -> Result<TenantRecord, LifecycleError> {
+        if let Some(delete_at_ms) = tenant.delete_at_ms.filter(|_| tenant.status == TenantStatus::Suspended) {
+            return Err(LifecycleError::Conflict(format!(
+                "tenant is being deleted (its storage goes at {}); restore it with POST /v1/tenants/{}/restore",
+                saga_core::duration::format_instant_ms(delete_at_ms),
+                tenant.id
+            )));
+        }
         if !tenant.status.may_become(to) {
             return Err(LifecycleError::Conflict(format!(
                 "tenant is {}; it cannot become {}",
@@ -228,6 +320,7 @@ impl Lifecycle {
             saga: None,
             event: Some(events::tenant(kind, &tenant.id, None, None, now_ms)),
             now_ms,
+            delete_at_ms: None,
         };
         let (updated, _) = self.tenants.tenant_transition(transition).await?;
         Ok(updated)
@@ -252,6 +345,7 @@ impl Lifecycle {
             saga: Some(saga),
             event: None,
             now_ms: self.clock.now_ms(),
+            delete_at_ms: None,
         };
         match self.tenants.tenant_transition(transition).await? {
             (tenant, Some(saga)) => Ok((tenant, saga)),

@@ -101,6 +101,12 @@ impl TenantSteps {
             Ok(tenant) => tenant,
             Err(outcome) => return outcome,
         };
+        // Offboarding drops the storage only of a tenant being deleted: one restored as its grace
+        // ended (the restore won the race with the timer) keeps it, and the saga compensates.
+        // (Undoing a provisioning drops it whatever the status.)
+        if ctx.phase == saga_core::Phase::Action && tenant.status != TenantStatus::Deprovisioning {
+            return definite(format!("tenant is {}, not being deleted: its storage stays", tenant.status.as_str()));
+        }
         match self.storage.storage_drop(&tenant.id, tenant.storage_mode).await {
             Ok(()) => Outcome::Succeeded(json!({"dropped": true})),
             Err(e) => storage_failure(e),
@@ -268,6 +274,7 @@ impl TenantSteps {
                     saga: Some(saga),
                     event: None,
                     now_ms,
+                    delete_at_ms: None,
                 };
                 match self.tenants.tenant_transition(transition).await {
                     Ok(_) => started += 1,

@@ -1,7 +1,8 @@
 use std::time::Duration;
 
 use super::{
-    catch_up_pause, pace, Looked, Pacer, RetentionConfig, CATCH_UP_DUTY, FULL_BATCHES_PER_HALVING, RETENTION_IDLE_MAX,
+    catch_up_pause, pace, Looked, Pacer, RetentionConfig, CATCH_UP_BATCH, CATCH_UP_BATCH_MIN, CATCH_UP_DUTY,
+    CATCH_UP_HOLD, FULL_BATCHES_PER_HALVING, RETENTION_IDLE_MAX,
 };
 
 #[test]
@@ -48,4 +49,25 @@ fn the_pacer_keeps_up_or_catches_up_by_what_the_look_found() {
     assert_eq!(pacer.wait(&config, Looked::CatchingUp, busy), busy * (CATCH_UP_DUTY - 1));
     assert_eq!(pacer.full_in_a_row, 0, "catching up starts the keeping-up count again");
     assert_eq!(pacer.wait(&config, Looked::Done, busy), config.idle());
+}
+
+#[test]
+fn a_catching_up_batch_shrinks_while_it_holds_the_store_long_and_grows_back() {
+    let config = RetentionConfig::new(60_000, "w");
+    let mut pacer = Pacer::default();
+    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH);
+    pacer.held(CATCH_UP_HOLD * 8);
+    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH / 2);
+    for _ in 0..20 {
+        pacer.held(CATCH_UP_HOLD * 8);
+    }
+    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH_MIN, "never below the least");
+    pacer.held(CATCH_UP_HOLD * 3 / 4);
+    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH_MIN, "near the hold: kept");
+    for _ in 0..20 {
+        pacer.held(Duration::from_micros(100));
+    }
+    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH, "never above the most");
+    let small = RetentionConfig { batch: 3, ..RetentionConfig::new(60_000, "w") };
+    assert_eq!(Pacer::default().catch_up_batch(&small), 3, "nor above the configured batch");
 }

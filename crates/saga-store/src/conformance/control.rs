@@ -29,6 +29,7 @@ pub(super) fn tenant(id: &str, now_ms: i64) -> crate::TenantRecord {
         error: None,
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
+        delete_at_ms: None,
     }
 }
 
@@ -65,6 +66,7 @@ pub async fn tenants_are_created_with_their_saga_and_change_status_conditionally
             saga: Some(tenant_saga("acme", 4)),
             event: None,
             now_ms: 4,
+            delete_at_ms: None,
         })
         .await;
     ensure!(matches!(refused, Err(StoreError::Conflict(_))), "from PROVISIONING to SUSPENDED: {refused:?}");
@@ -81,8 +83,11 @@ pub async fn tenants_are_created_with_their_saga_and_change_status_conditionally
             saga: Some(saga),
             event: None,
             now_ms: 5,
+            delete_at_ms: Some(86_400_005),
         })
         .await)?;
+    ensure!(moved.delete_at_ms == Some(86_400_005), "the grace's end is kept: {moved:?}");
+    ensure!(db(store.tenant_get("acme").await)?.delete_at_ms == Some(86_400_005), "and read back");
     ensure!(moved.status == TenantStatus::Deprovisioning, "moved: {moved:?}");
     ensure!(moved.saga_id == Some(deprovision_id) && started.map(|s| s.id) == Some(deprovision_id), "saga linked");
     let patched = db(store
@@ -324,6 +329,7 @@ pub async fn deleted_tenants_go_with_their_records_after_the_retention(store: Ar
         saga: None,
         event: None,
         now_ms: 100,
+        delete_at_ms: None,
     };
     db(store.tenant_transition(deleted).await)?;
     let own = super::fixtures::subscription("http://gone", &["*"], Some("gone"), 0);

@@ -114,6 +114,14 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
         ])),
     )
     .await;
+    app.put_definition(
+        "cooling",
+        &fast_definition(json!([
+            {"name": "wait", "action": {"sleep": {"duration": "14d"}}},
+            {"name": "extra", "when": "{{ input.plan == 'silo' }}", "action": {"builtin": "core.echo"}},
+        ])),
+    )
+    .await;
     let compensated = app.start("refund", json!({})).await;
     assert_eq!(app.wait_terminal(&compensated, WAIT).await["status"], "COMPENSATED");
     let (status, _, _) =
@@ -168,6 +176,13 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     .expect("compensation bars in the timeline");
     assert_eq!(undone, 2, "charge and reserve undone");
     screenshot(&client, "saga-compensated").await;
+
+    // The definitions page draws a durable timer with its duration and a conditional step dashed.
+    client.goto(&format!("{}/ui/#/definitions?name=cooling", app.url)).await.expect("the definition");
+    until_text(&client, "svg.diagram", "sleep 14d").await;
+    let conditional = client.find_all(Locator::Css("svg.diagram rect.conditional")).await.expect("boxes");
+    assert_eq!(conditional.len(), 1, "the step with a when: is dashed");
+    assert_eq!(client.find_all(Locator::Css("svg.diagram rect.timer")).await.expect("boxes").len(), 1);
     client.goto(&url).await.expect("back to the failed saga");
     // Its own page (the compensated one's error names `ship` too): its id and status in the title.
     until_text(&client, "h2", &failed).await;

@@ -147,13 +147,13 @@ async fn migrate_creates_the_database_and_is_idempotent() {
             Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", &url).output().expect("run migrate")
         });
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 11 (sqlite)");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 12 (sqlite)");
     }
     let pg = test_support::db::fresh_postgres().await;
     let out = tokio::task::block_in_place(|| {
         Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", &pg).output().expect("run migrate")
     });
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 14 (postgres)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema at version 15 (postgres)");
     let out = tokio::task::block_in_place(|| {
         Command::new(BIN).arg("migrate").env("SAGAPLANE_DATABASE_URL", "mysql://nope").output().expect("run migrate")
     });

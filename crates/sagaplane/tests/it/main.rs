@@ -14,6 +14,7 @@ mod docs;
 mod egress;
 mod failover;
 mod fuzz;
+mod grace;
 mod hardening;
 mod production_pg;
 mod profile;
@@ -23,6 +24,7 @@ mod sagas;
 mod subscriptions;
 mod takeover;
 mod tenants;
+mod timers;
 mod tour;
 mod traces;
 

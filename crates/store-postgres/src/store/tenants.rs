@@ -90,7 +90,8 @@ impl TenantStore for PostgresStore {
         let mut tx = self.db.begin().await.map_err(db)?;
         let from: Vec<&str> = transition.from.iter().map(|s| s.as_str()).collect();
         let row = sqlx::query(&format!(
-            "UPDATE tenants t SET status = $2, error = $3, updated_at = $4, saga_id = COALESCE($5, t.saga_id) \
+            "UPDATE tenants t SET status = $2, error = $3, updated_at = $4, saga_id = COALESCE($5, t.saga_id), \
+               delete_at = $7 \
              WHERE t.id = $1 AND t.status = ANY($6) RETURNING {TENANT_COLUMNS}"
         ))
         .bind(&transition.id)
@@ -99,6 +100,7 @@ impl TenantStore for PostgresStore {
         .bind(transition.now_ms)
         .bind(transition.saga.as_ref().map(|s| s.id))
         .bind(&from)
+        .bind(transition.delete_at_ms)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;

@@ -86,7 +86,8 @@ impl TenantStore for SqliteStore {
         let mut tx = self.writer.begin().await.map_err(db)?;
         let from: Vec<&str> = transition.from.iter().map(|s| s.as_str()).collect();
         let row = sqlx::query(&format!(
-            "UPDATE tenants SET status = ?2, error = ?3, updated_at = ?4, saga_id = COALESCE(?5, saga_id) \
+            "UPDATE tenants SET status = ?2, error = ?3, updated_at = ?4, saga_id = COALESCE(?5, saga_id), \
+               delete_at = ?7 \
              WHERE id = ?1 AND status IN (SELECT value FROM json_each(?6)) RETURNING {TENANT_COLUMNS}"
         ))
         .bind(&transition.id)
@@ -95,6 +96,7 @@ impl TenantStore for SqliteStore {
         .bind(transition.now_ms)
         .bind(transition.saga.as_ref().map(|s| s.id.to_string()))
         .bind(json_text(&from)?)
+        .bind(transition.delete_at_ms)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;

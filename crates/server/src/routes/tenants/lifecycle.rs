@@ -144,11 +144,45 @@ pub async fn delete(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
+    let grace_ms = match query.get("grace") {
+        Some(text) => grace(text)?,
+        None => tenancy(&state)?.delete_grace_ms,
+    };
     let tenant = load_tenant(&state, &principal, &id).await?;
-    let saga = lifecycle(&state)?.offboard(&tenant).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"saga_id": saga.id}))).into_response())
+    let saga = lifecycle(&state)?.offboard(&tenant, grace_ms).await?;
+    let tenant = state.store.tenant_get(&id).await?;
+    let delete_at = tenant.delete_at_ms.map(views::timestamp);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"saga_id": saga.id, "status": tenant.status.as_str(), "delete_at": delete_at})),
+    )
+        .into_response())
+}
+
+/// `?grace=<duration>`: from `0s` (at once) to ten years.
+fn grace(text: &str) -> Result<u64, ApiError> {
+    match saga_core::duration::parse_ms(text) {
+        Ok(ms) if ms <= saga_core::duration::DURATION_MAX_MS => Ok(ms),
+        Ok(_) => Err(ApiError::BadRequest("invalid query: grace must be at most 3650d".into())),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "invalid query: grace {text:?} is not a duration ({e}; examples: 0s, 12h, 7d)"
+        ))),
+    }
+}
+
+/// Brings back a tenant deleted with a grace period, before the grace ends.
+pub async fn restore(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let tenant = load_tenant(&state, &principal, &id).await?;
+    let restored = lifecycle(&state)?.restore(&tenant).await?;
+    Ok(Json(views::tenant(&restored)))
 }
 
 pub async fn provisioning_status(

@@ -14,8 +14,8 @@ mod users;
 pub use crm::crm_webhook;
 pub use keys::{keys_create, keys_delete};
 pub use lifecycle::{
-    cancel_provisioning, create, delete, get, list, onboard, patch, provisioning_status, resume, retry_migration,
-    suspend,
+    cancel_provisioning, create, delete, get, list, onboard, patch, provisioning_status, restore, resume,
+    retry_migration, suspend,
 };
 pub use rollout::{migrations, rollout, rollout_progress};
 pub use users::{users_create, users_delete, users_list, users_update};
