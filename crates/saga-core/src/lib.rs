@@ -1,5 +1,5 @@
-//! Pure saga semantics: the definition model and its validation, templates, retry backoff and
-//! the saga/step state machine.
+//! Pure saga semantics: the definition model and its validation, templates, retry backoff,
+//! the saga/step state machine, and which sagas under way may move to a new version.
 //!
 //! This crate owns *what a saga means*. It performs no I/O, reads no clock and draws no random
 //! numbers: time arrives as `now_ms` parameters and randomness as a `jitter_sample` in `[0, 1)`,
@@ -13,6 +13,7 @@ pub mod machine;
 pub mod template;
 pub mod tenant;
 pub mod text;
+pub mod upgrade;
 pub mod validate;
 
 pub use backoff::retry_delay_ms;

@@ -33,6 +33,16 @@ pub enum SagaStatus {
 }
 
 impl SagaStatus {
+    /// Every status, going forward first.
+    pub const ALL: &'static [SagaStatus] = &[
+        SagaStatus::Pending,
+        SagaStatus::Executing,
+        SagaStatus::Compensating,
+        SagaStatus::Completed,
+        SagaStatus::Compensated,
+        SagaStatus::Failed,
+    ];
+
     /// Completed, compensated, or failed (awaiting an operator): no driver runs it.
     pub fn is_terminal(self) -> bool {
         matches!(self, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed)
@@ -50,16 +60,7 @@ impl SagaStatus {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            SagaStatus::Pending,
-            SagaStatus::Executing,
-            SagaStatus::Completed,
-            SagaStatus::Compensating,
-            SagaStatus::Compensated,
-            SagaStatus::Failed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Self::ALL.iter().copied().find(|s| s.as_str() == text)
     }
 }
 

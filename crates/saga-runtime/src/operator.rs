@@ -1,5 +1,6 @@
 //! Operator transitions: what an operator does to a saga from outside the engine — retry one
-//! that failed forward, cancel one, deliver a signal. The HTTP routes (and so the CLI and the
+//! that failed forward, cancel one, deliver a signal, move one to a new version of its
+//! definition. The HTTP routes (and so the CLI and the
 //! dashboard) call these; each checks what the saga's state and definition allow, and commits
 //! with the hook the worker commits with, so a tenant saga's retry moves its tenant in the same
 //! transaction. Who may act is the caller's to check; what may be done is decided here. A bulk
@@ -7,7 +8,7 @@
 
 use std::sync::Arc;
 
-use saga_core::{Action, SagaStatus};
+use saga_core::{Action, HistoryEvent, SagaStatus};
 use saga_store::{EngineStore, JobMark, SagaOperatorUpdate, SagaRecord, SignalRecord, StoreError};
 use serde_json::Value;
 use uuid::Uuid;
@@ -69,6 +70,7 @@ impl Operator {
             tenant_change,
             job: job.copied(),
             now_ms,
+            moves_version: None,
         };
         let updated = self.store.saga_operator_update(update).await?;
         if updated.status.is_terminal() {
@@ -139,6 +141,61 @@ impl Operator {
         }
     }
 
+    /// Moves a saga going forward to version `to` of its definition, when what it has run so far
+    /// starts that version the same way ([`saga_core::upgrade`]); refused, with every reason,
+    /// otherwise. History: `saga_upgraded {from, to}`.
+    pub async fn upgrade(
+        &self,
+        record: &SagaRecord,
+        to: i32,
+        job: Option<&JobMark>,
+    ) -> Result<SagaRecord, OperatorError> {
+        if record.version == to {
+            return Err(OperatorError::Conflict(format!("saga is on version {to} already")));
+        }
+        if record.lease_owner.is_some() && record.lease_expires_at_ms.is_some_and(|until| until > self.clock.now_ms()) {
+            return Err(OperatorError::Conflict(
+                "a worker is running one of its steps; it moves while it waits (a signal, a timer, a callback, a retry)"
+                    .into(),
+            ));
+        }
+        let (_, from_definition) = self.definitions.get(&record.definition, Some(record.version)).await?;
+        let (_, to_definition) = self.definitions.get(&record.definition, Some(to)).await?;
+        let state =
+            saga_core::upgrade::upgrade(&from_definition, &to_definition, &record.state).map_err(|reasons| {
+                OperatorError::Conflict(format!(
+                    "it cannot move from version {} to {to}: {}",
+                    record.version,
+                    reasons.join("; ")
+                ))
+            })?;
+        let now_ms = self.clock.now_ms();
+        let moved = HistoryEvent::new(
+            "saga_upgraded",
+            None,
+            None,
+            serde_json::json!({"from": record.version, "to": to}),
+            now_ms,
+        );
+        let update = SagaOperatorUpdate {
+            id: record.id,
+            tenant_id: record.tenant_id.clone(),
+            expected_status: record.status,
+            state,
+            events: vec![moved],
+            tenant_change: None,
+            job: job.copied(),
+            now_ms,
+            moves_version: Some((record.version, to)),
+        };
+        match self.store.saga_operator_update(update).await {
+            Err(StoreError::Conflict(message)) => {
+                Err(OperatorError::Conflict(format!("{message}; it moved meanwhile (or a worker took it)")))
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// One bulk job's action on saga `id`, its item marked done in the same transaction.
     pub async fn act(&self, id: Uuid, action: &BulkAction, job: &JobMark) -> Result<(), OperatorError> {
         let record = match self.store.saga_get(id).await {
@@ -149,6 +206,7 @@ impl Operator {
             BulkAction::Cancel => self.cancel(&record, Some(job)).await.map(drop),
             BulkAction::Retry => self.retry(&record, Some(job)).await.map(drop),
             BulkAction::Signal { name, data } => self.signal(&record, name, data, Some(job)).await.map(drop),
+            BulkAction::Upgrade { version } => self.upgrade(&record, *version, Some(job)).await.map(drop),
         }
     }
 }
@@ -158,7 +216,14 @@ impl Operator {
 pub enum BulkAction {
     Cancel,
     Retry,
-    Signal { name: String, data: Value },
+    Signal {
+        name: String,
+        data: Value,
+    },
+    /// Move to this version of the definition (the sagas that can).
+    Upgrade {
+        version: i32,
+    },
 }
 
 impl BulkAction {
@@ -167,10 +232,12 @@ impl BulkAction {
             BulkAction::Cancel => "cancel",
             BulkAction::Retry => "retry",
             BulkAction::Signal { .. } => "signal",
+            BulkAction::Upgrade { .. } => "upgrade",
         }
     }
 
-    /// The action a stored job names, with its arguments (a signal's `{name, data}`).
+    /// The action a stored job names, with its arguments (a signal's `{name, data}`, an
+    /// upgrade's `{version}`).
     pub fn parse(action: &str, arguments: Option<&Value>) -> Option<Self> {
         match action {
             "cancel" => Some(BulkAction::Cancel),
@@ -180,6 +247,10 @@ impl BulkAction {
                 let name = arguments.get("name")?.as_str()?.to_string();
                 let data = arguments.get("data").cloned().unwrap_or(Value::Null);
                 Some(BulkAction::Signal { name, data })
+            }
+            "upgrade" => {
+                let version = arguments?.get("version")?.as_i64()?;
+                Some(BulkAction::Upgrade { version: i32::try_from(version).ok()? })
             }
             _ => None,
         }
@@ -192,6 +263,7 @@ impl BulkAction {
             BulkAction::Cancel | BulkAction::Signal { .. } => {
                 &[SagaStatus::Pending, SagaStatus::Executing, SagaStatus::Compensating]
             }
+            BulkAction::Upgrade { .. } => &[SagaStatus::Pending, SagaStatus::Executing],
         }
     }
 }

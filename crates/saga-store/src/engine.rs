@@ -271,6 +271,9 @@ pub struct SagaOperatorUpdate {
     /// the item is no longer pending ([`crate::StoreError::Conflict`]).
     pub job: Option<crate::JobMark>,
     pub now_ms: i64,
+    /// `(from, to)`: the saga moves from version `from` of its definition to `to` (an upgrade),
+    /// and the write applies only while it is still on `from`.
+    pub moves_version: Option<(i32, i32)>,
 }
 
 /// Filters of [`SagaStore::saga_list`].

@@ -27,6 +27,14 @@ pub enum DefinitionsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Check a new version against the sagas of the versions before, without applying it: which
+    /// running sagas could move to it (`sagas upgrade` moves them) and why not.
+    Check {
+        file: PathBuf,
+        /// Name (default: the document's `name`, else the file stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// List definitions.
     List,
     /// Show the latest version of a definition.
@@ -95,6 +103,23 @@ pub enum SagasCommand {
         wait: bool,
         #[command(flatten)]
         filter: BulkFilter,
+    },
+    /// Move the running sagas of one version of a definition (--definition, --version) to another
+    /// (--to, default the latest): those that have run only what starts the new version the same
+    /// way (`definitions check` tells which); one bulk job, followed until it ends.
+    Upgrade {
+        /// The definition whose sagas move.
+        #[arg(long)]
+        definition: String,
+        /// The version they are on.
+        #[arg(long)]
+        version: i32,
+        /// The version to move to (default: the latest).
+        #[arg(long)]
+        to: Option<i32>,
+        /// Only count the running sagas of that version.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Write the sagas created in a time range, each with its history, one JSON line each — the
     /// format `SAGAPLANE_ARCHIVE_DIR` archives in.
@@ -262,16 +287,7 @@ pub async fn definitions(command: DefinitionsCommand, connection: Connection) ->
     let client = Client::new(&connection);
     match command {
         DefinitionsCommand::Apply { file, name } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let is_yaml = matches!(file.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
-            let format = if is_yaml { saga_core::DocumentFormat::Yaml } else { saga_core::DocumentFormat::Json };
-            let document =
-                saga_core::parse_document(&bytes, format).with_context(|| format!("parsing {}", file.display()))?;
-            let name = name
-                .or_else(|| document["name"].as_str().map(str::to_string))
-                .or_else(|| file.file_stem().and_then(|s| s.to_str()).map(str::to_string))
-                .context("cannot tell the definition's name; pass --name")?;
-            let content_type = if is_yaml { "application/yaml" } else { "application/json" };
+            let (name, bytes, content_type) = read_document(&file, name)?;
             let request = client
                 .request(reqwest::Method::PUT, &format!("/v1/definitions/{name}"))
                 .header("content-type", content_type)
@@ -287,6 +303,40 @@ pub async fn definitions(command: DefinitionsCommand, connection: Connection) ->
                 );
             }
         }
+        DefinitionsCommand::Check { file, name } => {
+            let (name, bytes, content_type) = read_document(&file, name)?;
+            let request = client
+                .request(reqwest::Method::POST, &format!("/v1/definitions/{name}/check"))
+                .header("content-type", content_type)
+                .body(bytes);
+            let (_, body) = client.send(request).await?;
+            for saga in body["sagas"].as_array().into_iter().flatten() {
+                let reasons: Vec<&str> =
+                    saga["reasons"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let verdict = match (saga["finished"].as_bool(), reasons.is_empty()) {
+                    (Some(true), true) => "finished; would have moved".to_string(),
+                    (Some(true), false) => format!("finished; would not have moved: {}", reasons.join("; ")),
+                    (_, true) => "can move".to_string(),
+                    (_, false) => format!("cannot move: {}", reasons.join("; ")),
+                };
+                println!(
+                    "{} v{:<3} {:<13} {verdict}",
+                    saga["id"].as_str().unwrap_or(""),
+                    saga["version"].as_i64().unwrap_or(0),
+                    saga["status"].as_str().unwrap_or("")
+                );
+            }
+            println!(
+                "{} running saga(s) of {name} can move to this version, {} cannot{}",
+                body["movable"],
+                body["refused"],
+                if body["movable"].as_u64().unwrap_or(0) > 0 {
+                    "; apply it, then move them with `sagaplane sagas upgrade --definition NAME --version N`"
+                } else {
+                    ""
+                }
+            );
+        }
         DefinitionsCommand::List => {
             let (_, body) = client.send(client.request(reqwest::Method::GET, "/v1/definitions")).await?;
             for item in body["items"].as_array().into_iter().flatten() {
@@ -300,6 +350,20 @@ pub async fn definitions(command: DefinitionsCommand, connection: Connection) ->
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A definition file's name (`--name`, else its `name`, else the file's stem), bytes and
+/// content type (YAML by its extension, else JSON).
+fn read_document(file: &std::path::Path, name: Option<String>) -> anyhow::Result<(String, Vec<u8>, &'static str)> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let is_yaml = matches!(file.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    let format = if is_yaml { saga_core::DocumentFormat::Yaml } else { saga_core::DocumentFormat::Json };
+    let document = saga_core::parse_document(&bytes, format).with_context(|| format!("parsing {}", file.display()))?;
+    let name = name
+        .or_else(|| document["name"].as_str().map(str::to_string))
+        .or_else(|| file.file_stem().and_then(|s| s.to_str()).map(str::to_string))
+        .context("cannot tell the definition's name; pass --name")?;
+    Ok((name, bytes, if is_yaml { "application/yaml" } else { "application/json" }))
 }
 
 fn progress_line(saga: &Value) -> String {
@@ -475,8 +539,13 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
             print_json(&done);
             return Ok(terminal_code(&done));
         }
-        SagasCommand::Retry { id: None, filter } => return bulk(&client, &filter, "retry").await,
-        SagasCommand::Cancel { id: None, filter, .. } => return bulk(&client, &filter, "cancel").await,
+        SagasCommand::Retry { id: None, filter } => return bulk(&client, filter.body("retry")).await,
+        SagasCommand::Cancel { id: None, filter, .. } => return bulk(&client, filter.body("cancel")).await,
+        SagasCommand::Upgrade { definition, version, to, dry_run } => {
+            let filter = serde_json::json!({"definition": definition, "version": version});
+            let body = serde_json::json!({"action": "upgrade", "filter": filter, "version": to, "dry_run": dry_run});
+            return bulk(&client, body).await;
+        }
         SagasCommand::Retry { id: Some(id), .. } => {
             let (_, saga) =
                 client.send(client.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry"))).await?;
@@ -509,11 +578,12 @@ pub async fn sagas(command: SagasCommand, connection: Connection) -> anyhow::Res
 
 /// A bulk `retry` or `cancel`: the count with --dry-run; otherwise the job, followed with a
 /// progress bar until it ends. Exit 0 when every saga was acted on, 1 otherwise.
-async fn bulk(client: &Client, filter: &BulkFilter, action: &str) -> anyhow::Result<ExitCode> {
-    let request = client.request(reqwest::Method::POST, "/v1/sagas/actions").json(&filter.body(action));
+async fn bulk(client: &Client, body: Value) -> anyhow::Result<ExitCode> {
+    let action = body["action"].as_str().unwrap_or("?").to_string();
+    let request = client.request(reqwest::Method::POST, "/v1/sagas/actions").json(&body);
     let (_, answer) = client.send(request).await?;
     let matched = answer["matched"].as_u64().unwrap_or(0);
-    if filter.dry_run {
+    if body["dry_run"] == true {
         println!("{matched} sagas match; {action} would apply to each (dry run: nothing changed)");
         return Ok(ExitCode::SUCCESS);
     }

@@ -44,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/definitions/{name}"),
     ("put", "/v1/definitions/{name}"),
     ("get", "/v1/definitions/{name}/versions/{version}"),
+    ("post", "/v1/definitions/{name}/check"),
     ("get", "/v1/sagas"),
     ("post", "/v1/sagas"),
     ("get", "/v1/sagas/{id}"),
@@ -98,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/definitions", get(routes::definitions::list))
         .route("/definitions/{name}", get(routes::definitions::latest).put(routes::definitions::put))
         .route("/definitions/{name}/versions/{version}", get(routes::definitions::version))
+        .route("/definitions/{name}/check", post(routes::definitions::check))
         .route("/sagas", get(routes::sagas::list).post(routes::sagas::create))
         .route("/sagas/{id}", get(routes::sagas::get))
         .route("/sagas/{id}/events", get(routes::sagas::events))

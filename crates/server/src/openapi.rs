@@ -162,6 +162,21 @@ pub fn document() -> Value {
                 }
             })),
         },
+        "/v1/definitions/{name}/check": {
+            "parameters": [path_param("name", "definition name", json!({"type": "string", "pattern": DEFINITION_NAME_PATTERN}))],
+            "post": secured(json!({
+                "summary": "Check a new version, before applying it, against the sagas of the versions before: which running ones could move to it (an upgrade bulk action moves them), which recently finished ones would have, and every reason why not. Nothing is stored",
+                "requestBody": {"required": true, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/DefinitionDocument"}},
+                    "application/yaml": {"schema": {"$ref": "#/components/schemas/DefinitionDocument"}}}},
+                "responses": {
+                    "200": {"description": "{definition, movable, refused, sagas: [{id, version, status, finished, movable, reasons}]}"},
+                    "400": problem("malformed JSON or YAML"),
+                    "415": problem("unsupported content type"),
+                    "422": problem("invalid definition; errors[] has each problem with its JSON Pointer"),
+                }
+            })),
+        },
         "/v1/definitions/{name}/versions/{version}": {
             "parameters": [
                 path_param("name", "definition name", json!({"type": "string", "pattern": DEFINITION_NAME_PATTERN})),
@@ -308,6 +323,22 @@ fn saga_action(action: &str, statuses: Value, signal: bool) -> Value {
     json!({"type": "object", "additionalProperties": false, "required": required, "properties": properties})
 }
 
+/// The upgrade action's body: the sagas of one version of one definition, moved to `version`
+/// (default: the latest).
+fn upgrade_action() -> Value {
+    let mut action = saga_action("upgrade", json!(["PENDING", "EXECUTING"]), false);
+    action["required"] = json!(["action", "filter"]);
+    action["properties"]["filter"] = action["properties"]["filter"]["anyOf"]
+        .as_array()
+        .and_then(|choices| choices.iter().find(|c| c["type"] == "object"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    action["properties"]["filter"]["required"] = json!(["definition", "version"]);
+    action["properties"]["version"] = nullable(json!({"type": "integer", "minimum": 1, "maximum": i32::MAX,
+        "description": "the version to move to; default the latest"}));
+    action
+}
+
 /// One delivery action's body: replay takes dead deliveries, cancel pending ones.
 fn delivery_action(action: &str, status: &str) -> Value {
     let filter = json!({"type": "object", "additionalProperties": false, "properties": {
@@ -409,6 +440,7 @@ fn schemas() -> Value {
             saga_action("cancel", json!(["PENDING", "EXECUTING", "COMPENSATING"]), false),
             saga_action("retry", json!(["FAILED"]), false),
             saga_action("signal", json!(["PENDING", "EXECUTING", "COMPENSATING"]), true),
+            upgrade_action(),
         ]},
         "DeliveryActions": {"oneOf": [delivery_action("replay", "dead"), delivery_action("cancel", "pending")]},
         "Matched": {"type": "object", "required": ["matched"], "properties": {"matched": {"type": "integer", "minimum": 0}}},
@@ -511,7 +543,7 @@ fn tenant_paths() -> Value {
                 "requestBody": body("PatchTenant", true),
                 "responses": {"200": ok("tenant", "Tenant"), "409": problem("tenant is DELETED"), "422": problem("invalid patch")}})),
             "delete": secured(json!({"summary": "Deprovision: drop storage, revoke keys; the record stays DELETED (admin). With a grace period an ACTIVE or SUSPENDED tenant is SUSPENDED until delete_at, restorable until then",
-                "parameters": [query_param("grace", "how long the tenant stays restorable before its storage is destroyed (default SAGAPLANE_TENANT_DELETE_GRACE, 0s: at once)", json!({"type": "string", "examples": ["7d"]}))],
+                "parameters": [query_param("grace", "how long the tenant stays restorable before its storage is destroyed (default SAGAPLANE_TENANT_DELETE_GRACE, 0s: at once)", json!({"type": "string", "pattern": super::routes::tenants::GRACE_PATTERN, "examples": ["7d"]}))],
                 "responses": {"202": {"description": "{saga_id, status, delete_at}"}, "400": problem("grace is not a duration"), "409": problem("provisioning still running, already being deleted, or already deleted")}})),
         },
         "/v1/tenants/{id}/provisioning-status": {

@@ -119,6 +119,7 @@ pub async fn an_operator_update_changes_its_tenant_with_it_or_not_at_all(store: 
         }),
         job: None,
         now_ms: 5,
+        moves_version: None,
     };
     let events_before = db(store.saga_events(saga.id, 0, 10).await)?.len();
     // The tenant is PROVISIONING, not SUSPENDED: neither the saga nor the tenant changes.

@@ -272,6 +272,7 @@ pub async fn operator_update_is_conditional(store: Arc<dyn EngineStore>) -> Chec
         tenant_change: None,
         job: None,
         now_ms: 5,
+        moves_version: None,
     };
     ensure!(
         matches!(store.saga_operator_update(update.clone()).await, Err(StoreError::Conflict(_))),
@@ -282,8 +283,18 @@ pub async fn operator_update_is_conditional(store: Arc<dyn EngineStore>) -> Chec
     let mut state = record.state;
     state.status = SagaStatus::Executing;
     ok.state = state;
+    // An upgrade from a version it is not on: nothing written.
+    let mut elsewhere = ok.clone();
+    elsewhere.moves_version = Some((record.version + 1, record.version + 2));
+    ensure!(
+        matches!(store.saga_operator_update(elsewhere).await, Err(StoreError::Conflict(_))),
+        "moved from a version it is not on"
+    );
+    ok.moves_version = Some((record.version, record.version + 1));
     let updated = db(store.saga_operator_update(ok).await)?;
     ensure!(updated.status == SagaStatus::Executing && updated.run_at_ms == 5, "updated: {updated:?}");
+    ensure!(updated.version == record.version + 1, "moved to the next version: {updated:?}");
+    ensure!(db(store.saga_get(id).await)?.version == record.version + 1, "and read back");
     Ok(())
 }
 

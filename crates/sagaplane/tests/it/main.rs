@@ -27,6 +27,7 @@ mod tenants;
 mod timers;
 mod tour;
 mod traces;
+mod upgrade;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sagaplane");
 

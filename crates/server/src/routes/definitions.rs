@@ -23,8 +23,25 @@ pub async fn put(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
+    let (document, _) = validated(&state, &name, &headers, body)?;
+    let put = state.store.definition_put(&name, &document, state.clock.now_ms()).await?;
+    state.definitions.note_latest(&name, put.record.version);
+    let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut answer = views::definition(&put.record);
+    answer["warnings"] = Value::Array(unset_var_warnings(&document, &state.vars));
+    Ok((status, Json(answer)).into_response())
+}
+
+/// The request's document (JSON or YAML by its content type), parsed and validated as definition
+/// `name`.
+fn validated(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Value, saga_core::Definition), ApiError> {
     let body = body.map_err(body_rejection)?;
-    let format = match crate::routes::common::content_type(&headers).as_deref() {
+    let format = match crate::routes::common::content_type(headers).as_deref() {
         None | Some("application/json") => DocumentFormat::Json,
         Some(t) if t.ends_with("+json") => DocumentFormat::Json,
         Some("application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml") => DocumentFormat::Yaml,
@@ -36,18 +53,73 @@ pub async fn put(
     };
     let document = saga_core::parse_document(&body, format).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     crate::routes::common::refuse_nul(&document)?;
-    let definition = saga_core::validate_definition(&name, &document, &state.builtin_names())
+    let definition = saga_core::validate_definition(name, &document, &state.builtin_names())
         .map_err(|errors| ApiError::validation(format!("definition {name:?} is invalid"), errors))?;
-    let errors = tenancy::definitions::check_extension(&name, &definition);
+    let errors = tenancy::definitions::check_extension(name, &definition);
     if !errors.is_empty() {
         return Err(ApiError::validation(format!("definition {name:?} is invalid"), errors));
     }
-    let put = state.store.definition_put(&name, &document, state.clock.now_ms()).await?;
-    state.definitions.note_latest(&name, put.record.version);
-    let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
-    let mut answer = views::definition(&put.record);
-    answer["warnings"] = Value::Array(unset_var_warnings(&document, &state.vars));
-    Ok((status, Json(answer)).into_response())
+    Ok((document, definition))
+}
+
+/// Running sagas a check looks at, at most, of each status going forward.
+const CHECK_RUNNING_MAX: u32 = 1_000;
+/// Finished sagas a check looks at, of each finished status: the most recent.
+const CHECK_FINISHED_MAX: u32 = 50;
+
+/// `POST /v1/definitions/{name}/check`: a new version, before it is applied, against the sagas
+/// of the versions before — whether each running one could move to it (an `upgrade` bulk action
+/// moves those), and whether each recently finished one would have, with every reason why not.
+/// Nothing is stored.
+pub async fn check(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let (_, new) = validated(&state, &name, &headers, body)?;
+    let mut olds: std::collections::BTreeMap<i32, std::sync::Arc<saga_core::Definition>> =
+        std::collections::BTreeMap::new();
+    let mut sagas = Vec::new();
+    let (mut movable, mut refused) = (0u64, 0u64);
+    for status in saga_core::SagaStatus::ALL {
+        let limit = if status.is_terminal() { CHECK_FINISHED_MAX } else { CHECK_RUNNING_MAX };
+        let filter = saga_store::SagaFilter {
+            status: Some(*status),
+            definition: Some(name.clone()),
+            limit,
+            ..Default::default()
+        };
+        for record in state.store.saga_list(&filter).await? {
+            let old = match olds.get(&record.version) {
+                Some(old) => old,
+                None => {
+                    let (_, old) = state.definitions.get(&name, Some(record.version)).await?;
+                    olds.entry(record.version).or_insert(old)
+                }
+            };
+            let reasons = if record.status.is_terminal() {
+                saga_core::upgrade::refusals(old, &new, &record.state)
+            } else {
+                saga_core::upgrade::upgrade(old, &new, &record.state).err().unwrap_or_default()
+            };
+            let can = reasons.is_empty();
+            if !record.status.is_terminal() {
+                if can {
+                    movable += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            sagas.push(json!({
+                "id": record.id, "version": record.version, "status": record.status.as_str(),
+                "finished": record.status.is_terminal(), "movable": can, "reasons": reasons,
+            }));
+        }
+    }
+    Ok(Json(json!({"definition": name, "movable": movable, "refused": refused, "sagas": sagas})))
 }
 
 /// `{path, message}` for every `vars.NAME` the document uses that this server does not have: the

@@ -44,8 +44,39 @@ pub async fn sagas(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = parse_body(body)?;
-    let request = Fields::new(&body, &["action", "filter", "signal", "dry_run"])?.sagas(&principal)?;
+    let mut request = Fields::new(&body, &["action", "filter", "signal", "version", "dry_run"])?.sagas(&principal)?;
+    if request.action == "upgrade" {
+        upgrade_target(&state, &principal, &mut request).await?;
+    }
     answer(&state, &principal, request).await
+}
+
+/// An upgrade's target: the version asked for, else the definition's latest — which must exist
+/// and differ from the version the filter selects. The operator's alone.
+async fn upgrade_target(state: &AppState, principal: &Principal, request: &mut BulkRequest) -> Result<(), ApiError> {
+    principal.require_admin()?;
+    let Selection::Sagas(selection) = &request.selection else { return Ok(()) };
+    let (Some(definition), Some(from)) = (selection.definition.clone(), selection.version) else {
+        return Err(ApiError::field(
+            "/filter",
+            "the upgrade action moves the sagas of one version of one definition: name filter.definition and filter.version",
+        ));
+    };
+    let asked = request.arguments.as_ref().and_then(|a| a.get("version")).and_then(Value::as_i64);
+    let asked = asked.and_then(|v| i32::try_from(v).ok());
+    let to = match state.definitions.get(&definition, asked).await {
+        Ok((version, _)) => version,
+        Err(saga_runtime::DefinitionError::NotFound { .. }) => {
+            let which = asked.map_or_else(|| "any version".to_string(), |v| format!("version {v}"));
+            return Err(ApiError::field("/version", format!("definition {definition:?} has no {which}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if i64::from(to) == i64::from(from) {
+        return Err(ApiError::field("/version", format!("the sagas selected are on version {to} already")));
+    }
+    request.arguments = Some(json!({ "version": to }));
+    Ok(())
 }
 
 /// `POST /v1/deliveries/actions`.
@@ -245,8 +276,14 @@ impl<'a> Fields<'a> {
             "updated_before",
             "error_contains",
         ]);
-        let action = self.action(&["cancel", "retry", "signal"]);
-        let arguments = self.signal(&action);
+        let action = self.action(&["cancel", "retry", "signal", "upgrade"]);
+        let arguments = match action.as_str() {
+            "upgrade" => self.version(),
+            _ => self.signal(&action),
+        };
+        if action != "upgrade" && self.body.get("version").is_some_and(|v| !v.is_null()) {
+            self.error("/version", "only the upgrade action takes a version");
+        }
         let bulk = BulkAction::parse(&action, arguments.as_ref());
         let tenant_id = self.tenant(principal)?;
         let version = match self.filter.get("version") {
@@ -309,6 +346,23 @@ impl<'a> Fields<'a> {
     }
 
     /// A signal action's `{name, data}`; refused on other actions.
+    /// An upgrade's `version`: a positive integer, or absent (the latest), as `{version}`.
+    fn version(&mut self) -> Option<Value> {
+        if self.body.get("signal").is_some_and(|v| !v.is_null()) {
+            self.error("/signal", "only the signal action takes a signal");
+        }
+        match self.body.get("version") {
+            None | Some(Value::Null) => Some(json!({})),
+            Some(value) => match json_integer(value).filter(|n| (1..=i64::from(i32::MAX)).contains(n)) {
+                Some(version) => Some(json!({ "version": version })),
+                None => {
+                    self.error("/version", "must be a positive integer");
+                    None
+                }
+            },
+        }
+    }
+
     fn signal(&mut self, action: &str) -> Option<Value> {
         let signal = self.body.get("signal").filter(|value| !value.is_null());
         match (action, signal) {

@@ -398,7 +398,8 @@ impl SagaStore for MemoryStore {
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
         let mut tables = self.tables()?;
         let row = row_mut(&mut tables, update.id)?;
-        if row.record.status != update.expected_status || row.record.lease_owner.is_some() {
+        let on_version = update.moves_version.is_none_or(|(from, _)| row.record.version == from);
+        if row.record.status != update.expected_status || row.record.lease_owner.is_some() || !on_version {
             return Err(StoreError::Conflict(format!("saga is no longer {}", update.expected_status.as_str())));
         }
         refuse_job(update.job.as_ref())?;
@@ -418,6 +419,9 @@ impl SagaStore for MemoryStore {
         record.completed_at_ms = None;
         record.lease_owner = None;
         record.lease_expires_at_ms = None;
+        if let Some((_, to)) = update.moves_version {
+            record.version = to;
+        }
         let record = record.clone();
         self.append(&mut tables, update.id, None, None, &update.events);
         drop(tables);

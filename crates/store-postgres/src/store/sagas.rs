@@ -114,8 +114,9 @@ impl SagaStore for PostgresStore {
         }
         let row = sqlx::query(&format!(
             "UPDATE sagas s SET status = $1, state = $2::json, updated_at = $3, run_at = $3, completed_at = NULL, \
-               lease_owner = NULL, lease_expires_at = NULL, event_seq = s.event_seq + $4 \
-             WHERE s.id = $5 AND s.status = $6 AND s.lease_owner IS NULL \
+               lease_owner = NULL, lease_expires_at = NULL, event_seq = s.event_seq + $4, \
+               version = COALESCE($8, s.version) \
+             WHERE s.id = $5 AND s.status = $6 AND s.lease_owner IS NULL AND ($7::int IS NULL OR s.version = $7) \
              RETURNING {SAGA_COLUMNS}, s.event_seq"
         ))
         .bind(update.state.status.as_str())
@@ -124,6 +125,8 @@ impl SagaStore for PostgresStore {
         .bind(update.events.len() as i64)
         .bind(update.id)
         .bind(update.expected_status.as_str())
+        .bind(update.moves_version.map(|(from, _)| from))
+        .bind(update.moves_version.map(|(_, to)| to))
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;

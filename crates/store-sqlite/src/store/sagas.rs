@@ -116,17 +116,19 @@ impl SagaStore for SqliteStore {
             store_sql::jobs::item_done::<crate::dialect::Lite>(&mut tx, mark, update.now_ms).await?;
         }
         let row = sqlx::query(&format!(
-            "UPDATE sagas SET status = ?, state = ?, updated_at = ?, run_at = ?, completed_at = NULL, \
-             lease_owner = NULL, lease_expires_at = NULL, event_seq = event_seq + ? \
-             WHERE id = ? AND status = ? AND lease_owner IS NULL RETURNING {SAGA_COLUMNS}, event_seq"
+            "UPDATE sagas SET status = ?1, state = ?2, updated_at = ?3, run_at = ?3, completed_at = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, event_seq = event_seq + ?4, version = COALESCE(?8, version) \
+             WHERE id = ?5 AND status = ?6 AND lease_owner IS NULL AND (?7 IS NULL OR version = ?7) \
+             RETURNING {SAGA_COLUMNS}, event_seq"
         ))
         .bind(update.state.status.as_str())
         .bind(json_text(&update.state)?)
         .bind(update.now_ms)
-        .bind(update.now_ms)
         .bind(update.events.len() as i64)
         .bind(&id)
         .bind(update.expected_status.as_str())
+        .bind(update.moves_version.map(|(from, _)| i64::from(from)))
+        .bind(update.moves_version.map(|(_, to)| i64::from(to)))
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;

@@ -162,16 +162,33 @@ pub async fn delete(
         .into_response())
 }
 
-/// `?grace=<duration>`: from `0s` (at once) to ten years.
+/// `?grace=`, as OpenAPI states it ([`GRACE_PATTERN`]): a whole number of seconds (up to 8
+/// digits), minutes (6), hours (4) or days (at most 3650) — `0s` deletes at once.
 fn grace(text: &str) -> Result<u64, ApiError> {
-    match saga_core::duration::parse_ms(text) {
-        Ok(ms) if ms <= saga_core::duration::DURATION_MAX_MS => Ok(ms),
-        Ok(_) => Err(ApiError::BadRequest("invalid query: grace must be at most 3650d".into())),
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "invalid query: grace {text:?} is not a duration ({e}; examples: 0s, 12h, 7d)"
-        ))),
+    let refused = || {
+        ApiError::BadRequest(format!(
+            "invalid query: grace {text:?} must be a whole number of s, m, h or d, at most 3650d (e.g. 0s, 12h, 7d)"
+        ))
+    };
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let (most_digits, unit_ms) = match unit {
+        "s" => (8, 1_000),
+        "m" => (6, 60_000),
+        "h" => (4, 3_600_000),
+        "d" => (4, 86_400_000),
+        _ => return Err(refused()),
+    };
+    let n: u64 = number.parse().map_err(|_| refused())?;
+    if digits > most_digits || (unit == "d" && n > 3_650) {
+        return Err(refused());
     }
+    Ok(n * unit_ms)
 }
+
+/// The `?grace=` a tenant deletion takes, as a JSON Schema pattern.
+pub const GRACE_PATTERN: &str =
+    "^([0-9]{1,8}s|[0-9]{1,6}m|[0-9]{1,4}h|([0-9]{1,3}|[0-2][0-9]{3}|3[0-5][0-9]{2}|36[0-4][0-9]|3650)d)$";
 
 /// Brings back a tenant deleted with a grace period, before the grace ends.
 pub async fn restore(

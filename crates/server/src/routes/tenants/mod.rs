@@ -15,7 +15,7 @@ pub use crm::crm_webhook;
 pub use keys::{keys_create, keys_delete};
 pub use lifecycle::{
     cancel_provisioning, create, delete, get, list, onboard, patch, provisioning_status, restore, resume,
-    retry_migration, suspend,
+    retry_migration, suspend, GRACE_PATTERN,
 };
 pub use rollout::{migrations, rollout, rollout_progress};
 pub use users::{users_create, users_delete, users_list, users_update};
