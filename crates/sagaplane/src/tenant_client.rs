@@ -40,12 +40,19 @@ pub enum TenantsCommand {
     },
     /// Show one tenant.
     Show { id: String },
-    /// Deprovision a tenant (its record stays, DELETED).
+    /// Deprovision a tenant (its record stays, DELETED). With a grace period it is SUSPENDED
+    /// until then, restorable, and its storage destroyed when the grace ends.
     Delete {
         id: String,
+        /// How long it stays restorable: a whole number of s, m, h or d, e.g. 7d (default: the
+        /// server's SAGAPLANE_TENANT_DELETE_GRACE; 0s deletes at once).
+        #[arg(long)]
+        grace: Option<String>,
         #[arg(long)]
         no_wait: bool,
     },
+    /// Within a deletion's grace period: back to ACTIVE, the deletion cancelled.
+    Restore { id: String },
     /// ACTIVE → SUSPENDED: the tenant's keys and database role stop working.
     Suspend { id: String },
     /// SUSPENDED → ACTIVE.
@@ -218,12 +225,29 @@ pub async fn tenants(command: TenantsCommand, connection: Connection) -> anyhow:
             let (_, tenant) = client.send(client.request(reqwest::Method::GET, &format!("/v1/tenants/{id}"))).await?;
             print_json(&tenant);
         }
-        TenantsCommand::Delete { id, no_wait } => {
-            let (_, body) = client.send(client.request(reqwest::Method::DELETE, &format!("/v1/tenants/{id}"))).await?;
-            println!("tenant {id} deprovisioning (saga {})", body["saga_id"].as_str().unwrap_or(""));
+        TenantsCommand::Delete { id, grace, no_wait } => {
+            let mut request = client.request(reqwest::Method::DELETE, &format!("/v1/tenants/{id}"));
+            if let Some(grace) = &grace {
+                request = request.query(&[("grace", grace)]);
+            }
+            let (_, body) = client.send(request).await?;
+            let saga = body["saga_id"].as_str().unwrap_or("");
+            if let Some(delete_at) = body["delete_at"].as_str() {
+                println!(
+                    "tenant {id} suspended; its storage is destroyed at {delete_at} (saga {saga}); until then \
+                     `sagaplane tenants restore {id}` brings it back"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("tenant {id} deprovisioning (saga {saga})");
             if !no_wait {
                 return follow(&client, &id, "DELETED").await;
             }
+        }
+        TenantsCommand::Restore { id } => {
+            let (_, tenant) =
+                client.send(client.request(reqwest::Method::POST, &format!("/v1/tenants/{id}/restore"))).await?;
+            println!("{}", line(&tenant));
         }
         TenantsCommand::Suspend { id } => {
             let (_, tenant) =

@@ -207,12 +207,14 @@ impl<'a> Drive<'a> {
             return self.end_with_nothing_to_run().await;
         };
         // Durable before dependent: steps skipped when the saga was taken up are written before
-        // the step after them goes out.
+        // the step after them goes out. That commit may find a cancel request and apply it, so
+        // the next turn picks its attempt afresh. (Going on with the attempt picked before it,
+        // the driver sent the next step of a saga the commit had just ended COMPENSATED — found
+        // by the simulator, seed 3767345830.)
         if self.pending.iter().any(|e| e.kind == "step_skipped") {
             let events = std::mem::take(&mut self.pending);
-            if self.commit(Settled { events, release_until: None }).await?.released_until.is_some() {
-                return Break(());
-            }
+            let committed = self.commit(Settled { events, release_until: None }).await?;
+            return self.after(committed);
         }
         let executed = attempt.execute(self, cancelled).await;
         let settled = executed.settle(self)?;

@@ -235,6 +235,15 @@ async fn tenants_create_list_show_suspend_resume_delete() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // With a grace period: suspended at once, not followed; restored; then deleted at once.
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "delete", "cli-co", "--grace", "7d"]));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("suspended") && printed.contains("sagaplane tenants restore cli-co"), "{printed}");
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "delete", "cli-co", "--grace", "soon"]));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("400"));
+    let out = tokio::task::block_in_place(|| client(&app, &["tenants", "restore", "cli-co"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ACTIVE"), "{}", String::from_utf8_lossy(&out.stdout));
     let out = tokio::task::block_in_place(|| client(&app, &["tenants", "delete", "cli-co"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = tokio::task::block_in_place(|| client(&app, &["tenants", "show", "cli-co"]));
