@@ -157,7 +157,7 @@ async fn run(
     config: RetentionConfig,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut pacer = Pacer::default();
+    let mut pacer = Pacer::new(&config);
     loop {
         let started = std::time::Instant::now();
         let looked = tick(store.as_ref(), clock.as_ref(), &config, &mut pacer).await;
@@ -203,28 +203,32 @@ struct Pacer {
     deleted: u64,
     /// How long the last look's once-a-minute work took.
     occasional_took: Duration,
-    /// Sagas a catching-up batch deletes: halved while a batch takes longer than
-    /// [`CATCH_UP_HOLD`], doubled back while one takes less than half of it.
+    /// Sagas the next catching-up batch deletes: halved while a batch takes longer than
+    /// [`CATCH_UP_HOLD`], doubled back while one takes less than half of it, within
+    /// `catch_up_least..=catch_up_most`.
     catch_up_batch: u32,
+    catch_up_least: u32,
+    /// [`CATCH_UP_BATCH`], or the configured batch when that is smaller.
+    catch_up_most: u32,
 }
 
 impl Pacer {
-    /// The size of the next catching-up batch.
-    fn catch_up_batch(&mut self, config: &RetentionConfig) -> u32 {
+    fn new(config: &RetentionConfig) -> Self {
         let most = config.batch.clamp(1, CATCH_UP_BATCH);
-        if self.catch_up_batch == 0 {
-            self.catch_up_batch = most;
+        Pacer {
+            catch_up_batch: most,
+            catch_up_least: CATCH_UP_BATCH_MIN.min(most),
+            catch_up_most: most,
+            ..Pacer::default()
         }
-        self.catch_up_batch = self.catch_up_batch.clamp(CATCH_UP_BATCH_MIN.min(most), most);
-        self.catch_up_batch
     }
 
     /// A catching-up batch's delete took `took`: the next is smaller or larger.
     fn held(&mut self, took: Duration) {
         if took > CATCH_UP_HOLD {
-            self.catch_up_batch = (self.catch_up_batch / 2).max(CATCH_UP_BATCH_MIN);
+            self.catch_up_batch = (self.catch_up_batch / 2).max(self.catch_up_least);
         } else if took < CATCH_UP_HOLD / 2 {
-            self.catch_up_batch = self.catch_up_batch.saturating_mul(2).min(CATCH_UP_BATCH);
+            self.catch_up_batch = self.catch_up_batch.saturating_mul(2).min(self.catch_up_most);
         }
     }
 
@@ -300,7 +304,7 @@ async fn tick(store: &dyn RetentionStore, clock: &dyn Clock, config: &RetentionC
             false
         }
     };
-    let batch = if catching_up { pacer.catch_up_batch(config) } else { config.batch };
+    let batch = if catching_up { pacer.catch_up_batch } else { config.batch };
     let purge_started = std::time::Instant::now();
     let purged = match purge_sagas(store, config, now_ms, batch).await {
         Ok(purged) => purged,

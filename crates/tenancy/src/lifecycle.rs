@@ -193,12 +193,7 @@ impl Lifecycle {
             now_ms,
             delete_at_ms: Some(delete_at_ms),
         };
-        match self.tenants.tenant_transition(transition).await? {
-            (_, Some(saga)) => Ok(saga),
-            (_, None) => {
-                Err(LifecycleError::Store(StoreError::Corrupt("the tenant moved but its saga was not started".into())))
-            }
-        }
+        Ok(self.move_with_saga(transition).await?.1)
     }
 
     /// Brings back a tenant deleted with a grace period, before the grace ends: `ACTIVE`, its
@@ -347,6 +342,11 @@ impl Lifecycle {
             now_ms: self.clock.now_ms(),
             delete_at_ms: None,
         };
+        self.move_with_saga(transition).await
+    }
+
+    /// A tenant transition that starts its saga in the same transaction.
+    async fn move_with_saga(&self, transition: TenantTransition) -> Result<(TenantRecord, SagaRecord), LifecycleError> {
         match self.tenants.tenant_transition(transition).await? {
             (tenant, Some(saga)) => Ok((tenant, saga)),
             (_, None) => {

@@ -39,7 +39,7 @@ fn catching_up_the_cleaner_is_busy_one_part_in_the_duty() {
 #[test]
 fn the_pacer_keeps_up_or_catches_up_by_what_the_look_found() {
     let config = RetentionConfig::new(60_000, "w");
-    let mut pacer = Pacer { deleted: 100, ..Pacer::default() };
+    let mut pacer = Pacer { deleted: 100, ..Pacer::new(&config) };
     let busy = Duration::from_millis(5);
     assert_eq!(pacer.wait(&config, Looked::KeepingUp, busy), config.pause);
     for _ in 1..FULL_BATCHES_PER_HALVING {
@@ -54,20 +54,20 @@ fn the_pacer_keeps_up_or_catches_up_by_what_the_look_found() {
 #[test]
 fn a_catching_up_batch_shrinks_while_it_holds_the_store_long_and_grows_back() {
     let config = RetentionConfig::new(60_000, "w");
-    let mut pacer = Pacer::default();
-    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH);
+    let mut pacer = Pacer::new(&config);
+    assert_eq!(pacer.catch_up_batch, CATCH_UP_BATCH);
     pacer.held(CATCH_UP_HOLD * 8);
-    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH / 2);
+    assert_eq!(pacer.catch_up_batch, CATCH_UP_BATCH / 2);
     for _ in 0..20 {
         pacer.held(CATCH_UP_HOLD * 8);
     }
-    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH_MIN, "never below the least");
+    assert_eq!(pacer.catch_up_batch, CATCH_UP_BATCH_MIN, "never below the least");
     pacer.held(CATCH_UP_HOLD * 3 / 4);
-    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH_MIN, "near the hold: kept");
+    assert_eq!(pacer.catch_up_batch, CATCH_UP_BATCH_MIN, "near the hold: kept");
     for _ in 0..20 {
         pacer.held(Duration::from_micros(100));
     }
-    assert_eq!(pacer.catch_up_batch(&config), CATCH_UP_BATCH, "never above the most");
+    assert_eq!(pacer.catch_up_batch, CATCH_UP_BATCH, "never above the most");
     let small = RetentionConfig { batch: 3, ..RetentionConfig::new(60_000, "w") };
-    assert_eq!(Pacer::default().catch_up_batch(&small), 3, "nor above the configured batch");
+    assert_eq!(Pacer::new(&small).catch_up_batch, 3, "nor above the configured batch");
 }
