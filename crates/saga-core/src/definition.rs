@@ -22,10 +22,27 @@ pub struct Definition {
     pub steps: Vec<StepDefinition>,
 }
 
+/// The longest rendered concurrency key.
+pub const CONCURRENCY_KEY_MAX_CHARS: usize = 255;
+
 impl Definition {
     /// The index of the step called `name`.
     pub fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
+    }
+
+    /// `concurrency.key` rendered for one saga (`context`: its input, tenant and id), with the
+    /// limit: None without a key; Err names what is wrong, as `concurrency.key: …`.
+    pub fn concurrency_key(&self, context: &crate::template::TemplateContext) -> Result<Option<(String, u32)>, String> {
+        let Some(concurrency) = &self.concurrency else {
+            return Ok(None);
+        };
+        let key =
+            crate::template::render_string(&concurrency.key, context).map_err(|e| format!("concurrency.key: {e}"))?;
+        if key.chars().count() > CONCURRENCY_KEY_MAX_CHARS {
+            return Err(format!("concurrency.key renders to more than {CONCURRENCY_KEY_MAX_CHARS} characters"));
+        }
+        Ok(Some((key, concurrency.limit)))
     }
 }
 
@@ -125,6 +142,7 @@ pub enum Action {
     Builtin(BuiltinAction),
     Signal(SignalAction),
     Sleep(SleepAction),
+    Saga(ChildSagaAction),
 }
 
 impl Action {
@@ -136,6 +154,24 @@ impl Action {
             Action::Builtin(_) => "builtin",
             Action::Signal(_) => "signal",
             Action::Sleep(_) => "sleep",
+            Action::Saga(_) => "saga",
+        }
+    }
+}
+
+impl StepDefinition {
+    /// Whether the step has something to undo: a compensation, or a child saga (compensating
+    /// the step compensates the child). A step without is marked compensated with no I/O.
+    pub fn compensates(&self) -> bool {
+        self.compensation.is_some() || matches!(self.action, Action::Saga(_))
+    }
+
+    /// What compensating the step runs: its compensation, or, for a child saga, the child again.
+    pub fn compensation_action(&self) -> Option<&Action> {
+        match (&self.compensation, &self.action) {
+            (Some(action), _) => Some(action),
+            (None, action @ Action::Saga(_)) => Some(action),
+            (None, _) => None,
         }
     }
 }
@@ -187,4 +223,17 @@ pub struct SignalAction {
 pub enum SleepAction {
     Duration(u64),
     Until(String),
+}
+
+/// A child saga: started by the step's first attempt, with an id derived from the parent's id
+/// and the step's name (so a retry, or a driver taking over, never starts a second); the saga
+/// waits for it with no worker held, and its end is the step's outcome. Compensating the step
+/// compensates the child; cancelling the parent cancels it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildSagaAction {
+    pub definition: String,
+    /// None: the latest version when the child is started.
+    pub version: Option<i32>,
+    /// Template tree: the child's input (None: `{}`).
+    pub input: Option<Value>,
 }

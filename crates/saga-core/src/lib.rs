@@ -18,12 +18,12 @@ pub mod validate;
 
 pub use backoff::retry_delay_ms;
 pub use definition::{
-    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout, RetryPolicy,
-    SignalAction, SleepAction, StepDefinition,
+    Action, BuiltinAction, ChildSagaAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout,
+    RetryPolicy, SignalAction, SleepAction, StepDefinition,
 };
 pub use machine::{
-    Attempt, FailureKind, HistoryEvent, Next, Outcome, Phase, SagaError, SagaState, SagaStatus, StepState, StepStatus,
-    Transition, Wait, WaitKind,
+    Attempt, FailureKind, HistoryEvent, Next, Outcome, ParentLink, Phase, SagaError, SagaState, SagaStatus, StepState,
+    StepStatus, Transition, Wait, WaitKind,
 };
 pub use validate::{parse_document, validate_definition, DocumentFormat, FieldError, ParseError};
 
@@ -35,6 +35,13 @@ pub const STEP_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$";
 pub const STEPS_MAX: usize = 100;
 /// The most attempts a retry policy may ask for.
 pub const RETRY_ATTEMPTS_MAX: u32 = 1000;
+
+/// Definitions named so are the built-in tenant sagas: only the tenant lifecycle starts them
+/// (never the API's `POST /v1/sagas`, never a child saga step).
+pub const TENANT_SAGA_PREFIX: &str = "tenant.";
+/// How deep child sagas may nest: a saga at this depth cannot start another (its saga step fails
+/// definitely), so a definition that starts itself ends instead of running away.
+pub const CHILD_DEPTH_MAX: u32 = 8;
 
 /// True when `name` is a valid definition name.
 pub fn is_valid_definition_name(name: &str) -> bool {

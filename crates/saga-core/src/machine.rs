@@ -163,6 +163,17 @@ pub struct SagaState {
     /// been sent before the driver stopped, with no result written.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub writer_kept_lease: bool,
+    /// Set on a child saga: the parent saga and step that started it (woken when it ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+}
+
+/// Which saga step started a child saga, and how deep it nests (a top-level saga's child is 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    pub saga_id: String,
+    pub step: String,
+    pub depth: u32,
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -190,6 +201,9 @@ pub enum WaitKind {
     Callback,
     /// A durable timer (`sleep`): the step succeeds once the wait's `until_ms` has come.
     Timer,
+    /// A child saga (`action: saga`): the step ends as the child ends. `until_ms` is only when
+    /// the parent looks again (the child's end wakes it sooner).
+    Child { saga_id: String },
 }
 
 /// Forward action or compensation.
@@ -210,6 +224,9 @@ pub enum FailureKind {
     NonRetryable,
     /// A wait that expired (a signal that never came): definite, error kind `timeout`.
     TimedOut,
+    /// Final, but it may have left effects: not tried again, and compensated (a child saga that
+    /// ended `FAILED`, awaiting an operator).
+    Ambiguous,
 }
 
 /// The result of one attempt.
@@ -280,6 +297,8 @@ pub enum MachineError {
     ShapeMismatch(usize, usize),
     #[error("saga is {0:?}; only a saga going forward can wait")]
     NotWaitable(SagaStatus),
+    #[error("saga is {0:?}; only a COMPLETED saga that passed no pivot can be compensated afterwards")]
+    NotCompensable(SagaStatus),
 }
 
 /// Progress shown to users.
@@ -359,6 +378,7 @@ impl SagaState {
             consumed_signals: Vec::new(),
             written_by_token: 0,
             writer_kept_lease: false,
+            parent: None,
         }
     }
 
@@ -491,7 +511,7 @@ impl SagaState {
             }
             Outcome::Failed { kind, message } => {
                 step.error = Some(message.clone());
-                let retryable = kind == FailureKind::Retryable;
+                let ambiguous = matches!(kind, FailureKind::Retryable | FailureKind::Ambiguous);
                 let policy = &definition.steps[index].retry;
                 let retry =
                     record_failure(events, policy, &name, "action", attempt, kind, &message, now_ms, jitter_sample);
@@ -500,10 +520,10 @@ impl SagaState {
                 } else {
                     let error_kind = match kind {
                         FailureKind::Retryable => ErrorKind::RetriesExhausted,
-                        FailureKind::NonRetryable => ErrorKind::NonRetryable,
+                        FailureKind::NonRetryable | FailureKind::Ambiguous => ErrorKind::NonRetryable,
                         FailureKind::TimedOut => ErrorKind::Timeout,
                     };
-                    self.fail_forward(definition, index, error_kind, message, retryable, now_ms, events);
+                    self.fail_forward(definition, index, error_kind, message, ambiguous, now_ms, events);
                 }
             }
         }
@@ -639,7 +659,7 @@ impl SagaState {
                     ));
                     return;
                 }
-                Next::RunCompensation { step, attempt } if definition.steps[step].compensation.is_none() => {
+                Next::RunCompensation { step, attempt } if !definition.steps[step].compensates() => {
                     let name = self.steps[step].name.clone();
                     let state = &mut self.steps[step];
                     state.status = StepStatus::Compensated;
@@ -747,6 +767,7 @@ impl SagaState {
             WaitKind::Signal { name } => json!({"signal": name, "until_ms": until_ms}),
             WaitKind::Callback => json!({"callback": true, "until_ms": until_ms}),
             WaitKind::Timer => json!({"timer": true, "until_ms": until_ms}),
+            WaitKind::Child { saga_id } => json!({"child_saga_id": saga_id}),
         };
         transition.events.push(HistoryEvent::new(
             "step_waiting",
@@ -800,6 +821,41 @@ impl SagaState {
             self.stop_forward(definition, ErrorKind::Cancelled, "cancelled by request".into(), now_ms, &mut transition);
         }
         transition
+    }
+
+    /// Its parent's compensation reaches a `COMPLETED` child saga: every step that succeeded is
+    /// compensated, newest first, as after a failure (error kind `cancelled`). Refused past a
+    /// succeeded pivot, or in any other status.
+    pub fn compensate_completed(
+        &mut self,
+        definition: &Definition,
+        parent: &str,
+        now_ms: i64,
+    ) -> Result<Transition, MachineError> {
+        if self.steps.len() != definition.steps.len() {
+            return Err(MachineError::ShapeMismatch(self.steps.len(), definition.steps.len()));
+        }
+        if self.status != SagaStatus::Completed || self.pivot_passed(definition) {
+            return Err(MachineError::NotCompensable(self.status));
+        }
+        let error = SagaError {
+            step: None,
+            kind: ErrorKind::Cancelled,
+            message: format!("compensated by its parent saga {parent}"),
+        };
+        self.status = SagaStatus::Compensating;
+        self.cause = Some(error.clone());
+        self.error = Some(error);
+        let mut transition = Transition::default();
+        transition.events.push(HistoryEvent::new(
+            "saga_compensation_requested",
+            None,
+            None,
+            json!({"by_parent": parent}),
+            now_ms,
+        ));
+        self.advance(definition, now_ms, &mut transition.events);
+        Ok(transition)
     }
 
     /// Whether a driver now holding `fencing_token` may have been preceded by one that sent the

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 
 use crate::definition::{
-    Action, BuiltinAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout, RetryPolicy,
-    SignalAction, SleepAction, StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
+    Action, BuiltinAction, ChildSagaAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout,
+    RetryPolicy, SignalAction, SleepAction, StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
 };
 use crate::{duration, is_valid_definition_name, is_valid_step_name, template, RETRY_ATTEMPTS_MAX, STEPS_MAX};
 
@@ -423,10 +423,12 @@ impl Checker<'_> {
 
     fn action(&mut self, path: &str, value: &Value, is_compensation: bool) -> Option<Action> {
         let map = self.object(path, value)?;
-        let kinds: Vec<&str> =
-            ["http", "grpc", "builtin", "signal", "sleep"].into_iter().filter(|k| map.contains_key(*k)).collect();
+        let kinds: Vec<&str> = ["http", "grpc", "builtin", "signal", "sleep", "saga"]
+            .into_iter()
+            .filter(|k| map.contains_key(*k))
+            .collect();
         if kinds.len() != 1 {
-            self.error(path, "must name exactly one action kind: http, grpc, builtin, signal or sleep");
+            self.error(path, "must name exactly one action kind: http, grpc, builtin, signal, sleep or saga");
             return None;
         }
         match kinds[0] {
@@ -449,6 +451,17 @@ impl Checker<'_> {
                     return None;
                 }
                 self.sleep(&pointer(path, "sleep"), &map["sleep"]).map(Action::Sleep)
+            }
+            "saga" => {
+                self.unknown_keys(path, map, &["saga"]);
+                if is_compensation {
+                    self.error(
+                        &pointer(path, "saga"),
+                        "a compensation cannot start a child saga (a step with action saga compensates its child itself)",
+                    );
+                    return None;
+                }
+                self.child_saga(&pointer(path, "saga"), &map["saga"]).map(Action::Saga)
             }
             _ => {
                 self.unknown_keys(path, map, &["signal"]);
@@ -586,6 +599,52 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// `{definition, version?, input?}`.
+    fn child_saga(&mut self, path: &str, value: &Value) -> Option<ChildSagaAction> {
+        let map = self.object(path, value)?;
+        self.unknown_keys(path, map, &["definition", "version", "input"]);
+        let definition_path = pointer(path, "definition");
+        let definition = match map.get("definition") {
+            None => {
+                self.error(&definition_path, "is required");
+                None
+            }
+            Some(v) => match self.string(&definition_path, v) {
+                Some(n) if n.starts_with(crate::TENANT_SAGA_PREFIX) => {
+                    self.error(
+                        &definition_path,
+                        format!("{n:?} is a tenant saga: only the tenant lifecycle starts those, never a step"),
+                    );
+                    None
+                }
+                Some(n) if is_valid_definition_name(n) => Some(n.to_string()),
+                Some(n) => {
+                    self.error(
+                        &definition_path,
+                        format!("definition name {n:?} must match {}", crate::DEFINITION_NAME_PATTERN),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        let version = match map.get("version") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_i64() {
+                Some(n) if (1..=i64::from(i32::MAX)).contains(&n) => Some(n as i32),
+                _ => {
+                    self.error(&pointer(path, "version"), "must be a positive integer (or left out: the latest)");
+                    None
+                }
+            },
+        };
+        let input = map.get("input").cloned();
+        if let Some(input) = &input {
+            self.template_tree(&pointer(path, "input"), input);
+        }
+        Some(ChildSagaAction { definition: definition?, version, input })
     }
 
     fn signal(&mut self, path: &str, value: &Value) -> Option<SignalAction> {

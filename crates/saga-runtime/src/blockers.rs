@@ -18,6 +18,9 @@ pub enum Blocker {
     Signal { step: String, name: String, since_ms: i64, until_ms: Option<i64> },
     /// A `sleep` step's durable timer runs until `until_ms`.
     Timer { step: String, since_ms: i64, until_ms: i64 },
+    /// A `saga` step waits for its child saga `saga_id` to end (`compensating`: to finish
+    /// compensating, for the step's compensation).
+    Child { step: String, saga_id: String, compensating: bool },
     /// An async participant answered 202 and has not called back yet.
     Callback { step: String, attempt: u32, since_ms: i64, last_heartbeat_ms: Option<i64>, until_ms: Option<i64> },
     /// Its concurrency key is at its limit: it waits `PENDING` for one of `holders` to finish.
@@ -94,6 +97,7 @@ fn parked(saga: &SagaRecord, facts: &SagaQueueFacts) -> Blocker {
             WaitKind::Timer => {
                 Blocker::Timer { step, since_ms: wait.since_ms, until_ms: wait.until_ms.unwrap_or(until_ms) }
             }
+            WaitKind::Child { saga_id } => Blocker::Child { step, saga_id: saga_id.clone(), compensating: false },
             WaitKind::Callback => Blocker::Callback {
                 step,
                 attempt: wait.attempt,
@@ -108,6 +112,11 @@ fn parked(saga: &SagaRecord, facts: &SagaQueueFacts) -> Blocker {
             step: latest.and_then(|e| e.step.clone()),
             attempt: latest.and_then(|e| e.attempt),
             until_ms,
+        },
+        Some("step_waiting") if latest.is_some_and(|e| e.data["child_saga_id"].is_string()) => Blocker::Child {
+            step: latest.and_then(|e| e.step.clone()).unwrap_or_default(),
+            saga_id: latest.and_then(|e| e.data["child_saga_id"].as_str()).unwrap_or_default().to_string(),
+            compensating: true,
         },
         Some("step_deferred") => Blocker::Breaker {
             step: latest.and_then(|e| e.step.clone()),

@@ -35,7 +35,7 @@ pub use archive::Archive;
 pub use bulk::{BulkConfig, BulkHandle, BulkStores};
 pub use clock::{Clock, SystemClock};
 pub use definitions::{DefinitionCache, DefinitionError};
-pub use driver::{callback_token_hash, random_256_bits};
+pub use driver::{callback_token_hash, child_saga_id, random_256_bits, CHILD_RECHECK_MS};
 pub use executor::breaker::BreakerConfig;
 pub use executor::http::{HttpRequest, HttpTransport};
 pub use executor::{builtin::BuiltinRegistry, AttemptContext, Executors};

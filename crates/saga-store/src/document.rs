@@ -50,6 +50,7 @@ pub fn saga(record: &SagaRecord) -> Value {
         "error": state.error,
         "steps": steps,
         "progress": state.progress(),
+        "parent": state.parent.as_ref().map(|p| json!({"saga_id": p.saga_id, "step": p.step})),
         "lease_owner": record.lease_owner,
         "created_at": timestamp(record.created_at_ms),
         "updated_at": timestamp(record.updated_at_ms),

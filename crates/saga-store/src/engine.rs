@@ -438,6 +438,10 @@ pub trait SagaStore: Send + Sync + 'static {
     /// written, when it is no longer pending).
     async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&crate::JobMark>)
         -> StoreResult<SagaRecord>;
+    /// Bumps the saga's `wake_seq` and makes it due now unless a driver holds it (that driver
+    /// sees the bump when it next parks): a child saga that ended wakes its parent. Only sagas
+    /// that are not terminal; returns whether one was woken.
+    async fn saga_wake(&self, id: Uuid, now_ms: i64) -> StoreResult<bool>;
     /// What the claim sees around one saga (`GET /v1/sagas/{id}/blockers`): its admission, its
     /// key's holders, the queue of due sagas, its newest history event, its open callback.
     async fn saga_queue_facts(&self, saga: &SagaRecord, now_ms: i64) -> StoreResult<SagaQueueFacts>;

@@ -221,7 +221,7 @@ pub fn document() -> Value {
         },
         "/v1/sagas/{id}/blockers": {
             "parameters": [saga_id()],
-            "get": secured(json!({"summary": "Everything that holds the saga now: backoff, signal, timer, callback, concurrency, breaker, lease, deadline, queued, operator",
+            "get": secured(json!({"summary": "Everything that holds the saga now: backoff, signal, timer, child, callback, concurrency, breaker, lease, deadline, queued, operator",
                 "responses": {"200": ok("blockers", "Blockers")}})),
         },
         "/v1/sagas/{id}/retry": {
@@ -424,7 +424,7 @@ fn schemas() -> Value {
         "Blockers": {"type": "object", "properties": {
             "saga_id": {"type": "string"}, "status": {"type": "string"}, "runnable": {"type": "boolean"},
             "blockers": {"type": "array", "items": {"type": "object", "properties": {
-                "kind": {"enum": ["backoff", "signal", "timer", "callback", "concurrency", "breaker", "lease", "deadline", "scheduled", "queued", "operator"]},
+                "kind": {"enum": ["backoff", "signal", "timer", "child", "callback", "concurrency", "breaker", "lease", "deadline", "scheduled", "queued", "operator"]},
                 "detail": {"type": "string"}, "until": {"type": ["string", "null"]}}}}
         }},
         "TenantList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}, "next_cursor": {"type": ["string", "null"]}}},
@@ -496,6 +496,7 @@ fn schemas() -> Value {
             "error": {"type": ["object", "null"], "properties": {"step": {"type": ["string", "null"]}, "kind": {"type": "string"}, "message": {"type": "string"}}},
             "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
             "progress": {"type": "object", "properties": {"completed_steps": {"type": "integer"}, "total_steps": {"type": "integer"}, "current_step": {"type": ["string", "null"]}, "percent": {"type": "integer"}}},
+            "parent": {"type": ["object", "null"], "description": "a child saga: the saga and step that started it", "properties": {"saga_id": {"type": "string"}, "step": {"type": "string"}}},
             "created_at": {"type": "string"}, "updated_at": {"type": "string"}, "completed_at": {"type": ["string", "null"]}
         }},
         "SagaList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Saga"}}, "next_cursor": {"type": ["string", "null"]}}},

@@ -232,6 +232,13 @@ fn blocker_view(
             "kind": "timer", "step": step, "since": at(*since_ms), "until": at(*until_ms),
             "detail": format!("step {step} is sleeping until {}", when(*until_ms)),
         }),
+        Blocker::Child { step, saga_id, compensating } => json!({
+            "kind": "child", "step": step, "saga_id": saga_id,
+            "detail": match compensating {
+                true => format!("step {step} is being compensated: it waits for its child saga {saga_id} to finish compensating"),
+                false => format!("step {step} waits for its child saga {saga_id} to end"),
+            },
+        }),
         Blocker::Callback { step, attempt, since_ms, last_heartbeat_ms, until_ms } => json!({
             "kind": "callback", "step": step, "attempt": attempt, "since": at(*since_ms),
             "last_heartbeat": maybe(*last_heartbeat_ms), "until": maybe(*until_ms),

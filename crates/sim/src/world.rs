@@ -173,6 +173,9 @@ impl SagaStore for SimStore {
     async fn saga_operator_update(&self, update: SagaOperatorUpdate) -> StoreResult<SagaRecord> {
         self.call(self.inner.saga_operator_update(update)).await
     }
+    async fn saga_wake(&self, id: Uuid, now_ms: i64) -> StoreResult<bool> {
+        self.call(self.inner.saga_wake(id, now_ms)).await
+    }
     async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&JobMark>) -> StoreResult<SagaRecord> {
         self.call(self.inner.saga_cancel_request(id, now_ms, job)).await
     }

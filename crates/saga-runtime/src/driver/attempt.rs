@@ -48,6 +48,12 @@ pub(super) enum Execution {
         endpoint: String,
         retry_after_ms: u64,
     },
+    /// A child saga step's compensation waits for the child to finish compensating: parked
+    /// (lease released) until the child wakes the saga, or `until_ms` at the latest.
+    AwaitChild {
+        saga_id: uuid::Uuid,
+        until_ms: i64,
+    },
     /// A cancel was requested while the action attempt ran; it was stopped.
     Interrupted {
         cancel_at_ms: i64,
@@ -115,6 +121,12 @@ impl StepAttempt {
                 }
             }
         }
+        if let Action::Saga(child) = action {
+            return match forward {
+                true => drive.take_child(&step.name, child).await,
+                false => drive.compensate_child(&step.name, child).await,
+            };
+        }
         if let (true, Action::Sleep(sleep)) = (forward, action) {
             return drive.take_timer(self.started_ms, sleep, waiting_until);
         }
@@ -144,7 +156,7 @@ impl StepAttempt {
     fn action(self, step: &StepDefinition) -> Option<&Action> {
         match self.phase {
             Phase::Action => Some(&step.action),
-            Phase::Compensation => step.compensation.as_ref(),
+            Phase::Compensation => step.compensation_action(),
         }
     }
 
@@ -305,6 +317,16 @@ impl StepAttempt {
                     now_ms,
                 );
                 (vec![deferred], Some(until_ms))
+            }
+            Execution::AwaitChild { saga_id, until_ms } => {
+                let waiting = HistoryEvent::new(
+                    "step_waiting",
+                    Some(&step.name),
+                    Some(attempt),
+                    json!({"phase": "compensation", "child_saga_id": saga_id, "until_ms": until_ms}),
+                    now_ms,
+                );
+                (vec![waiting], Some(until_ms))
             }
             Execution::Outcome(outcome) => {
                 self.record_outcome(drive, step, &outcome, now_ms);

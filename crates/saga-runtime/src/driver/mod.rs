@@ -19,6 +19,7 @@
 //! (signals, callbacks) are in [`waits`]; every commit record is made in [`commit`].
 
 mod attempt;
+mod children;
 mod commit;
 mod waits;
 
@@ -38,6 +39,7 @@ use crate::shared::{LeaseState, Shared};
 use attempt::{Settled, StepAttempt};
 use commit::Committed;
 
+pub use children::{child_saga_id, CHILD_RECHECK_MS};
 pub use waits::{callback_token_hash, random_256_bits};
 
 pub(crate) async fn drive(
@@ -214,12 +216,12 @@ impl<'a> Drive<'a> {
         if self.pending.iter().any(|e| e.kind == "step_skipped") {
             let events = std::mem::take(&mut self.pending);
             let committed = self.commit(Settled { events, release_until: None }).await?;
-            return self.after(committed);
+            return self.after(committed).await;
         }
         let executed = attempt.execute(self, cancelled).await;
         let settled = executed.settle(self)?;
         let committed = self.commit(settled).await?;
-        self.after(committed)
+        self.after(committed).await
     }
 
     /// Whether this driver may run another attempt: its lease still holds, the instance is not
@@ -261,13 +263,15 @@ impl<'a> Drive<'a> {
         let committed = self.commit(Settled { events, release_until: None }).await?;
         if self.state.status.is_terminal() {
             self.finish(committed.at_ms);
+            self.wake_parent().await;
         }
         Break(())
     }
 
     /// After a commit: a released lease means the saga waits (woken here at its due time, or by
-    /// another instance); a terminal saga is finished; otherwise the driver runs the next step.
-    fn after(&self, committed: Committed) -> ControlFlow<()> {
+    /// another instance); a terminal saga is finished (a child wakes its parent); otherwise the
+    /// driver runs the next step.
+    async fn after(&self, committed: Committed) -> ControlFlow<()> {
         if let Some(at) = committed.released_until {
             if at < RUN_AT_NEVER_MS {
                 self.shared.schedule_wake(at);
@@ -276,6 +280,7 @@ impl<'a> Drive<'a> {
         }
         if self.state.status.is_terminal() {
             self.finish(committed.at_ms);
+            self.wake_parent().await;
             return Break(());
         }
         Continue(())

@@ -236,9 +236,9 @@ fn prepare(action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -
                 grpc.input.as_ref().map(|i| render_value(i, templates)).transpose().map_err(failed("input".into()))?;
             Ok(Prepared::Grpc { endpoint, service: grpc.service.clone(), input: input.unwrap_or(Value::Null) })
         }
-        // Signal and sleep steps are settled by the driver from the store and the clock; they
-        // never reach an executor.
-        Action::Signal(_) | Action::Sleep(_) => Err(Outcome::Failed {
+        // Signal, sleep and child saga steps are settled by the driver from the store and the
+        // clock; they never reach an executor.
+        Action::Signal(_) | Action::Sleep(_) | Action::Saga(_) => Err(Outcome::Failed {
             kind: FailureKind::NonRetryable,
             message: format!("a {} step has no executor", action.kind()),
         }),

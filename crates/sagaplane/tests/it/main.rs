@@ -5,6 +5,7 @@ mod api;
 mod blockers;
 mod browser;
 mod bulk;
+mod children;
 mod cli;
 mod control;
 mod crash;

@@ -195,9 +195,6 @@ pub async fn create(
     Ok(response)
 }
 
-/// The longest rendered concurrency key.
-const CONCURRENCY_KEY_MAX_CHARS: usize = 255;
-
 /// Renders the definition's `concurrency.key` for this saga.
 fn concurrency_key(
     state: &AppState,
@@ -205,9 +202,6 @@ fn concurrency_key(
     request: &StartRequest,
     id: Uuid,
 ) -> Result<Option<(String, u32)>, ApiError> {
-    let Some(concurrency) = &definition.concurrency else {
-        return Ok(None);
-    };
     let context = saga_core::template::TemplateContext {
         input: request.input.clone(),
         tenant_id: request.tenant_id.clone(),
@@ -215,22 +209,12 @@ fn concurrency_key(
         step_outputs: Map::new(),
         vars: state.vars.clone(),
     };
-    let key = saga_core::template::render_string(&concurrency.key, &context).map_err(|e| {
+    definition.concurrency_key(&context).map_err(|message| {
         ApiError::validation(
-            "the concurrency key cannot be rendered for this saga",
-            vec![FieldError { path: "/input".into(), message: format!("concurrency.key: {e}") }],
+            "the concurrency key cannot be used for this saga",
+            vec![FieldError { path: "/input".into(), message }],
         )
-    })?;
-    if key.chars().count() > CONCURRENCY_KEY_MAX_CHARS {
-        return Err(ApiError::validation(
-            "the concurrency key is too long",
-            vec![FieldError {
-                path: "/input".into(),
-                message: format!("concurrency.key renders to more than {CONCURRENCY_KEY_MAX_CHARS} characters"),
-            }],
-        ));
-    }
-    Ok(Some((key, concurrency.limit)))
+    })
 }
 
 /// `?wait=`: digits and one unit (`250ms`, `10s`, `1m`), as the OpenAPI document's pattern says;

@@ -245,7 +245,7 @@ impl MemoryStore {
             fencing_token: i64::from(params.lease.is_some()),
             created_at_ms: params.now_ms,
             updated_at_ms: params.now_ms,
-            completed_at_ms: None,
+            completed_at_ms: params.state.status.is_terminal().then_some(params.now_ms),
             cancel_requested_at_ms: None,
             wake_seq: 0,
             concurrency_key: params.concurrency.as_ref().map(|c| c.0.clone()),
@@ -429,6 +429,23 @@ impl SagaStore for MemoryStore {
             self.notify_work();
         }
         Ok(record)
+    }
+
+    async fn saga_wake(&self, id: Uuid, now_ms: i64) -> StoreResult<bool> {
+        let mut tables = self.tables()?;
+        let row = row_mut(&mut tables, id)?;
+        if !row.is_active() {
+            return Ok(false);
+        }
+        let record = &mut row.record;
+        record.wake_seq += 1;
+        record.updated_at_ms = now_ms;
+        if record.lease_owner.is_none() {
+            record.run_at_ms = record.run_at_ms.min(now_ms);
+        }
+        drop(tables);
+        self.notify_work();
+        Ok(true)
     }
 
     async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&JobMark>) -> StoreResult<SagaRecord> {

@@ -102,11 +102,12 @@ pub async fn insert<'e>(
            INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
                               fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, \
                               lease_owner, lease_expires_at, deadline_at, concurrency_key, concurrency_limit, \
-                              retention_ms) \
+                              retention_ms, completed_at) \
            SELECT c.id, c.tenant_id, c.definition, c.version, c.status, c.input::jsonb, c.state::json, c.priority, \
                   COALESCE(c.lease_expires_at, c.now), c.fencing_token, 1, c.idempotency_key, c.request_hash, \
                   c.now, c.now, c.lease_owner, c.lease_expires_at, c.deadline_at, c.concurrency_key, \
-                  c.concurrency_limit, c.retention_ms \
+                  c.concurrency_limit, c.retention_ms, \
+                  CASE WHEN c.status IN ('COMPLETED', 'COMPENSATED', 'FAILED') THEN c.now END \
            FROM c \
            WHERE NOT c.require_latest \
               OR c.version = (SELECT MAX(d.version) FROM definitions d WHERE d.name = c.definition) \

@@ -252,6 +252,16 @@ impl SagaStore for PostgresStore {
         })
     }
 
+    async fn saga_wake(&self, id: Uuid, now_ms: i64) -> StoreResult<bool> {
+        let mut tx = self.db.begin().await.map_err(db)?;
+        let woken = Self::wake(&mut tx, id, now_ms).await?;
+        tx.commit().await.map_err(db)?;
+        if woken {
+            self.announce_work();
+        }
+        Ok(woken)
+    }
+
     async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&JobMark>) -> StoreResult<SagaRecord> {
         let mut tx = self.db.begin().await.map_err(db)?;
         if let Some(mark) = job {

@@ -49,8 +49,8 @@ pub(crate) async fn insert_one(conn: &mut SqliteConnection, params: &SagaCreate)
     let row = sqlx::query(&format!(
         "INSERT INTO sagas (id, tenant_id, definition, version, status, input, state, priority, run_at, \
          fencing_token, event_seq, idempotency_key, request_hash, created_at, updated_at, lease_owner, lease_expires_at, \
-         deadline_at, concurrency_key, concurrency_limit, retention_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SAGA_COLUMNS}"
+         deadline_at, concurrency_key, concurrency_limit, retention_ms, completed_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SAGA_COLUMNS}"
     ))
     .bind(&id)
     .bind(&params.tenant_id)
@@ -72,6 +72,8 @@ pub(crate) async fn insert_one(conn: &mut SqliteConnection, params: &SagaCreate)
     .bind(params.concurrency.as_ref().map(|c| c.0.clone()))
     .bind(params.concurrency.as_ref().map(|c| i64::from(c.1)))
     .bind(params.retention_ms)
+    // A saga created already finished (a child saga's tombstone) ages out like any other.
+    .bind(params.state.status.is_terminal().then_some(params.now_ms))
     .fetch_one(&mut *conn)
     .await
     .map_err(db)?;

@@ -231,6 +231,15 @@ impl SagaStore for SqliteStore {
         })
     }
 
+    async fn saga_wake(&self, id: Uuid, now_ms: i64) -> StoreResult<bool> {
+        let mut conn = self.writer.acquire().await.map_err(db)?;
+        let woken = super::signals::wake(&mut conn, id, now_ms).await?;
+        if woken {
+            self.work.notify_one();
+        }
+        Ok(woken)
+    }
+
     async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&JobMark>) -> StoreResult<SagaRecord> {
         let mut tx = self.writer.begin().await.map_err(db)?;
         if let Some(mark) = job {
