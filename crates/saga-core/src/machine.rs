@@ -825,7 +825,9 @@ impl SagaState {
 
     /// Its parent's compensation reaches a `COMPLETED` child saga: every step that succeeded is
     /// compensated, newest first, as after a failure (error kind `cancelled`). Refused past a
-    /// succeeded pivot, or in any other status.
+    /// succeeded pivot, or in any other status. The saga is left `COMPENSATING` for a driver,
+    /// even when nothing needs undoing: the driver that takes it up settles it
+    /// ([`Self::settle_compensation`]) and commits its end with the end's events.
     pub fn compensate_completed(
         &mut self,
         definition: &Definition,
@@ -854,8 +856,17 @@ impl SagaState {
             json!({"by_parent": parent}),
             now_ms,
         ));
-        self.advance(definition, now_ms, &mut transition.events);
         Ok(transition)
+    }
+
+    /// A compensating saga taken up by a driver: the compensations that need no I/O are marked
+    /// done, and the saga ends `COMPENSATED` if nothing else is left.
+    pub fn settle_compensation(&mut self, definition: &Definition, now_ms: i64) -> Transition {
+        let mut transition = Transition::default();
+        if self.status == SagaStatus::Compensating && self.steps.len() == definition.steps.len() {
+            self.advance(definition, now_ms, &mut transition.events);
+        }
+        transition
     }
 
     /// Whether a driver now holding `fencing_token` may have been preceded by one that sent the

@@ -63,12 +63,14 @@ pub struct StepPlan {
     pub sleep_ms: Option<u64>,
     /// `when: "{{ input.n % 2 == 0 }}"`: the step runs only for even-numbered sagas.
     pub when_even: bool,
+    /// A child saga step: the definition its child runs (one made before this one, so no cycle).
+    pub child: Option<String>,
 }
 
 impl StepPlan {
     /// A step that waits for the signal `go`.
     pub fn is_signal(&self) -> bool {
-        self.participant.is_none() && self.sleep_ms.is_none()
+        self.participant.is_none() && self.sleep_ms.is_none() && self.child.is_none()
     }
 }
 
@@ -258,8 +260,12 @@ impl Scenario {
         let lease_ttl_ms = [1_500, 3_000, 6_000][dice.between(0, 2) as usize];
         // Durable timers and conditions come from dice of their own: a seed's scenario stays
         // what it was before they were simulated, apart from them.
+        // Child saga steps have dice of their own again, for the same reason.
+        let children = constructs.then(|| Dice::new(seed.rotate_left(23) ^ 0x5A_6A_C4_11_D0_0B_E5_17));
         let constructs = constructs.then(|| Dice::new(seed.rotate_left(41) ^ 0xC0_4E_57_2A_C7_5E_ED_02));
-        let definitions = (0..dice.between(1, 3)).map(|n| definition(dice, constructs.as_ref(), n)).collect::<Vec<_>>();
+        let definitions = (0..dice.between(1, 3))
+            .map(|n| definition(dice, constructs.as_ref(), children.as_ref(), n))
+            .collect::<Vec<_>>();
         let calm_at_ms = dice.between(10_000, 30_000);
         let sagas = (0..dice.between(3, 24))
             .map(|_| {
@@ -366,7 +372,7 @@ fn misbehaviour(dice: &Dice) -> Misbehaviour {
     }
 }
 
-fn definition(dice: &Dice, constructs: Option<&Dice>, n: u64) -> DefinitionPlan {
+fn definition(dice: &Dice, constructs: Option<&Dice>, children: Option<&Dice>, n: u64) -> DefinitionPlan {
     let construct = |p: f64| constructs.is_some_and(|c| c.chance(p));
     let name = format!("sim{n}");
     let count = dice.between(1, 4);
@@ -386,6 +392,7 @@ fn definition(dice: &Dice, constructs: Option<&Dice>, n: u64) -> DefinitionPlan 
                 pivot: false,
                 sleep_ms: Some(sleep_ms),
                 when_even: false,
+                child: None,
             });
         }
         let when_even = construct(0.15);
@@ -404,6 +411,7 @@ fn definition(dice: &Dice, constructs: Option<&Dice>, n: u64) -> DefinitionPlan 
                 pivot,
                 sleep_ms: None,
                 when_even: false,
+                child: None,
             });
             continue;
         }
@@ -444,7 +452,31 @@ fn definition(dice: &Dice, constructs: Option<&Dice>, n: u64) -> DefinitionPlan 
             pivot,
             sleep_ms: None,
             when_even,
+            child: None,
         });
+    }
+    // A child saga step, running a definition made before this one (so none starts itself). Its
+    // concurrency key is its own (a child sharing its parent's key at limit 1 would wait behind
+    // the parent that waits for it).
+    if let Some(children) = children.filter(|c| n > 0 && c.chance(0.35)) {
+        let child = format!("sim{}", children.between(0, n - 1));
+        let at = children.between(0, steps.len() as u64) as usize;
+        let step_name = format!("c{at}");
+        let input = json!({"n": "{{ input.n }}", "key": "child-{{ input.key }}"});
+        documents.insert(at, json!({"name": step_name, "action": {"saga": {"definition": child, "input": input}}}));
+        steps.insert(
+            at,
+            StepPlan {
+                name: step_name,
+                participant: None,
+                compensated: true,
+                is_async: false,
+                pivot: false,
+                sleep_ms: None,
+                when_even: false,
+                child: Some(child),
+            },
+        );
     }
     let mut document = json!({"name": name, "steps": documents});
     let concurrency_limit = dice.chance(0.3).then(|| dice.between(1, 2) as u32);

@@ -154,6 +154,8 @@ impl<'a> Drive<'a> {
     async fn adopt(&mut self) -> ControlFlow<()> {
         let record = &self.claimed.record;
         let now_ms = self.shared.clock.now_ms();
+        // A child its parent reopened for compensation may have nothing to undo with I/O.
+        self.pending.extend(self.state.settle_compensation(self.definition, now_ms).events);
         self.skip_false_conditions(now_ms);
         self.pending.extend(self.state.adopt(record.fencing_token, now_ms).events);
         if let Some(at_ms) = record.cancel_requested_at_ms {

@@ -2,7 +2,8 @@
 //! every request the receivers took:
 //!
 //! - **events report what happened**: a saga's commits wrote exactly one event, the one of the
-//!   status it ended in, and none before it ended;
+//!   status it ended in, and none before it ended (a child saga compensated by its parent after
+//!   it completed: `saga.completed`, then the one of its end);
 //! - **every event reaches exactly the subscriptions that want it**: one delivery per event and
 //!   subscription whose filter matches;
 //! - **no delivery of an event never committed**: every request a receiver took carries a
@@ -56,7 +57,12 @@ fn check_events(observation: &Observation<'_>, violations: &mut Vec<Violation>) 
     }
     for saga in observation.sagas.values() {
         let wrote = written.remove(&saga.id).unwrap_or_default();
-        let expected: Vec<&str> = event_of(saga.status).into_iter().collect();
+        // A child compensated by its parent after it completed reported both ends.
+        let reopened = super::reopened_at(observation, saga.id).is_some();
+        let expected: Vec<&str> = match super::is_tombstone(observation, saga) {
+            true => Vec::new(),
+            false => reopened.then_some("saga.completed").into_iter().chain(event_of(saga.status)).collect(),
+        };
         if wrote != expected {
             let detail = format!("it ended {} and its commits wrote the events {wrote:?}", saga.status.as_str());
             violations.push(Violation::of(saga.id, "events report what happened", detail));
@@ -92,7 +98,7 @@ fn check_fan_out(observation: &Observation<'_>, violations: &mut Vec<Violation>)
         }
     }
     // The other way round: every terminal saga whose event a subscription wants has it written.
-    for saga in observation.sagas.values() {
+    for saga in observation.sagas.values().filter(|s| !super::is_tombstone(observation, s)) {
         let Some(event_type) = event_of(saga.status) else { continue };
         let wanted = outbox.subscriptions.iter().any(|s| s.events.iter().any(|f| f == "*" || f == event_type));
         let written =

@@ -73,12 +73,15 @@ pub fn check(observation: &Observation<'_>) -> Vec<Violation> {
         if !saga.status.is_terminal() {
             violations.push(Violation::of(saga.id, "every saga ends", format!("still {}", saga.status.as_str())));
         }
-        check_history(observation, saga, &mut violations);
+        if !is_tombstone(observation, saga) {
+            check_history(observation, saga, &mut violations);
+        }
         check_fencing(observation, saga.id, &mut violations);
         check_effects(observation, saga, &mut violations);
         check_durability(observation, saga, &mut violations);
         check_attempts_recorded(observation, saga, &mut violations);
         check_constructs(observation, saga, &mut violations);
+        check_children(observation, saga, &mut violations);
     }
     check_concurrency(observation, &mut violations);
     delivery::check(observation, &mut violations);
@@ -96,10 +99,38 @@ fn events_of<'a>(
     })
 }
 
+/// A child's tombstone: created already COMPENSATED, every step skipped, by a parent compensating
+/// a child step whose child was never started (so a late create finds the id taken). Its history
+/// is `saga_created` alone and it reports no event: nothing happened.
+pub(crate) fn is_tombstone(observation: &Observation<'_>, saga: &SagaRecord) -> bool {
+    saga.state.parent.is_some()
+        && saga.status == SagaStatus::Compensated
+        && saga.state.steps.iter().all(|s| s.status == StepStatus::Skipped)
+        && events_of(observation, saga.id).count() == 1
+}
+
+/// The position in its history where a COMPLETED child saga was reopened by its parent's
+/// compensation (`saga_compensation_requested`), if it was.
+pub(crate) fn reopened_at(observation: &Observation<'_>, saga_id: Uuid) -> Option<usize> {
+    events_of(observation, saga_id).position(|(_, e, _)| e.kind == "saga_compensation_requested")
+}
+
 fn check_history(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
-    let events: Vec<_> = events_of(observation, saga.id).map(|(_, e, _)| e).collect();
+    let mut events: Vec<_> = events_of(observation, saga.id).map(|(_, e, _)| e).collect();
     if events.first().map(|e| e.kind.as_str()) != Some("saga_created") {
         violations.push(Violation::of(saga.id, "legal history", "the history does not start with saga_created"));
+    }
+    // A child saga completed, then compensated by its parent: the history up to the request
+    // ends with `saga_completed`, and what follows is checked as the rest of a history.
+    if let Some(at) = reopened_at(observation, saga.id) {
+        if at == 0 || events[at - 1].kind != "saga_completed" || saga.state.parent.is_none() {
+            violations.push(Violation::of(
+                saga.id,
+                "legal history",
+                "saga_compensation_requested other than right after a child saga's saga_completed",
+            ));
+        }
+        events.drain(..at);
     }
     let terminal: Vec<usize> =
         events.iter().enumerate().filter(|(_, e)| TERMINAL_EVENTS.contains(&e.kind.as_str())).map(|(i, _)| i).collect();
@@ -287,6 +318,69 @@ fn check_constructs(observation: &Observation<'_>, saga: &SagaRecord, violations
                 ));
             }
         }
+    }
+}
+
+/// Child sagas: a parent that ended COMPLETED has its child COMPLETED, one that ended COMPENSATED
+/// has it COMPENSATED (or never started), and no child ends after its parent did — no child is
+/// left running. A child's id is the one derived from its parent and step, so no retry or
+/// takeover started a second.
+fn check_children(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
+    let Some(plan) = observation.scenario.definitions.iter().find(|d| d.name == saga.definition) else { return };
+    // A tombstone ended when it was made.
+    let ended_at = |id: Uuid| {
+        let tombstone = observation.sagas.get(&id).is_some_and(|s| is_tombstone(observation, s));
+        events_of(observation, id)
+            .find(|(_, e, _)| tombstone || TERMINAL_EVENTS.contains(&e.kind.as_str()))
+            .map(|(seq, _, _)| seq)
+    };
+    for step in plan.steps.iter().filter(|s| s.child.is_some()) {
+        let child_id = saga_runtime::child_saga_id(saga.id, &step.name);
+        let child = observation.sagas.get(&child_id);
+        let parent_link = child.and_then(|c| c.state.parent.as_ref());
+        if child.is_some() && parent_link.is_none_or(|p| p.saga_id != saga.id.to_string() || p.step != step.name) {
+            violations.push(Violation::of(saga.id, "one child per step", format!("child {child_id} names another parent")));
+        }
+        let expected = match saga.status {
+            SagaStatus::Completed => Some(SagaStatus::Completed),
+            SagaStatus::Compensated => Some(SagaStatus::Compensated),
+            _ => None,
+        };
+        let child_status = child.map(|c| c.status);
+        let wrong = match (expected, child_status) {
+            (Some(SagaStatus::Completed), status) => status != Some(SagaStatus::Completed),
+            (Some(SagaStatus::Compensated), Some(status)) => status != SagaStatus::Compensated,
+            _ => false,
+        };
+        if wrong {
+            violations.push(Violation::of(
+                saga.id,
+                "a child ends as its parent",
+                format!("parent {} but the child of step {} is {child_status:?}", saga.status.as_str(), step.name),
+            ));
+        }
+        if let (Some(_), Some(child)) = (expected, child) {
+            if ended_at(child.id).is_none_or(|child_end| ended_at(saga.id).is_some_and(|end| child_end > end)) {
+                violations.push(Violation::of(
+                    saga.id,
+                    "no child left running after its parent ended",
+                    format!("child {} of step {} ended after its parent", child.id, step.name),
+                ));
+            }
+        }
+    }
+    let children = observation
+        .sagas
+        .values()
+        .filter(|c| c.state.parent.as_ref().is_some_and(|p| p.saga_id == saga.id.to_string()))
+        .count();
+    let planned = plan.steps.iter().filter(|s| s.child.is_some()).count();
+    if children > planned {
+        violations.push(Violation::of(
+            saga.id,
+            "one child per step",
+            format!("{children} child sagas for {planned} child steps"),
+        ));
     }
 }
 
