@@ -455,11 +455,12 @@ fn definition(dice: &Dice, constructs: Option<&Dice>, children: Option<&Dice>, n
             child: None,
         });
     }
-    // A child saga step, running a definition made before this one (so none starts itself). Its
-    // concurrency key is its own (a child sharing its parent's key at limit 1 would wait behind
-    // the parent that waits for it).
-    if let Some(children) = children.filter(|c| n > 0 && c.chance(0.35)) {
-        let child = format!("sim{}", children.between(0, n - 1));
+    // A child saga step, running the first definition (which has none, so no saga starts itself
+    // and the volume of a run at most doubles: a run with receivers that never answer must still
+    // drain its deliveries within the run's limit). Its concurrency key is its own (a child
+    // sharing its parent's key at limit 1 would wait behind the parent that waits for it).
+    if let Some(children) = children.filter(|c| n > 0 && c.chance(0.3)) {
+        let child = "sim0".to_string();
         let at = children.between(0, steps.len() as u64) as usize;
         let step_name = format!("c{at}");
         let input = json!({"n": "{{ input.n }}", "key": "child-{{ input.key }}"});

@@ -559,3 +559,45 @@ fn a_step_whose_condition_is_false_is_skipped_and_never_compensated() {
     assert_eq!(t.events.last().map(|e| e.kind.as_str()), Some("saga_completed"));
     assert_eq!(last.output().expect("completed")["s2"], json!(null));
 }
+
+#[test]
+fn an_ambiguous_failure_is_final_and_compensated() {
+    let def = definition(&[(true, 3, 3, false), (true, 5, 3, false)]);
+    let mut state = SagaState::new(&def);
+    let mut outcomes = vec![ok(), fail(FailureKind::Ambiguous)].into_iter();
+    let events = drive(&mut state, &def, &mut outcomes);
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(state.steps[1].attempts, 1, "not tried again");
+    assert_eq!(kinds_for(&events, "step_compensated"), vec!["s1", "s0"], "the step itself is compensated");
+}
+
+#[test]
+fn a_completed_saga_reopened_for_compensation_undoes_every_step_newest_first() {
+    let def = definition(&[(true, 3, 3, false), (false, 3, 3, false), (true, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    drive(&mut state, &def, &mut std::iter::empty());
+    assert_eq!(state.status, SagaStatus::Completed);
+    let reopened = state.compensate_completed(&def, "parent-1", 100).expect("a completed saga may be reopened");
+    assert_eq!(reopened.events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["saga_compensation_requested"]);
+    assert_eq!(state.status, SagaStatus::Compensating, "left for a driver to settle");
+    assert_eq!(state.error.as_ref().map(|e| e.kind), Some(ErrorKind::Cancelled));
+    let events = drive(&mut state, &def, &mut std::iter::empty());
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(kinds_for(&events, "step_compensated"), vec!["s2", "s1", "s0"]);
+    assert!(matches!(state.compensate_completed(&def, "parent-1", 200), Err(MachineError::NotCompensable(_))));
+
+    // Nothing to undo with I/O: the driver that takes it up settles it at once.
+    let def = definition(&[(false, 3, 3, false)]);
+    let mut state = SagaState::new(&def);
+    drive(&mut state, &def, &mut std::iter::empty());
+    state.compensate_completed(&def, "parent-2", 100).expect("reopened");
+    let settled = state.settle_compensation(&def, 101);
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(settled.events.last().map(|e| e.kind.as_str()), Some("saga_compensated"));
+
+    // Past a pivot it cannot be undone.
+    let def = definition(&[(true, 3, 3, true)]);
+    let mut state = SagaState::new(&def);
+    drive(&mut state, &def, &mut std::iter::empty());
+    assert!(matches!(state.compensate_completed(&def, "parent-3", 100), Err(MachineError::NotCompensable(_))));
+}

@@ -69,6 +69,7 @@ macro_rules! engine_store_conformance {
             operator_update_is_conditional,
             cancel_request_stops_unacknowledged_commits,
             cancel_request_wakes_a_parked_saga_and_refuses_terminal,
+            wake_makes_a_parked_saga_due_and_a_finished_create_is_finished,
             signals_are_buffered_in_order_and_wake,
             a_delivery_during_a_lease_makes_the_parked_saga_due,
             callbacks_complete_once_and_heartbeats_extend,

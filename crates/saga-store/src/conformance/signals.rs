@@ -57,6 +57,37 @@ pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<
     }
 }
 
+/// A child saga that ended wakes its parked parent (`saga_wake`); a terminal saga is not woken;
+/// a saga created already finished (a child's tombstone) is finished from its creation.
+pub async fn wake_makes_a_parked_saga_due_and_a_finished_create_is_finished(
+    store: Arc<dyn EngineStore>,
+) -> CheckResult {
+    let id = create(store.as_ref(), 0).await?;
+    let claimed = claim_one(store.as_ref(), 0).await?;
+    let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 5, vec![]);
+    park.release_lease = true;
+    park.run_at_ms = crate::RUN_AT_NEVER_MS;
+    ensure!(db(store.saga_commit_batch(&[park]).await)? == vec![CommitOutcome::Committed], "park");
+    ensure!(db(store.saga_wake(id, 50).await)?, "a parked saga is woken");
+    let woken = db(store.saga_get(id).await)?;
+    ensure!(woken.run_at_ms == 50 && woken.wake_seq == claimed.record.wake_seq + 1, "due at once: {woken:?}");
+    let again = claim_one(store.as_ref(), 60).await?;
+    let mut state = again.record.state.clone();
+    state.status = SagaStatus::Completed;
+    db(store.saga_commit_batch(&[commit(id, again.record.fencing_token, state, 70, vec![])]).await)?;
+    ensure!(!db(store.saga_wake(id, 80).await)?, "a terminal saga is not woken");
+
+    let mut params = create_params(90);
+    params.state.status = SagaStatus::Compensated;
+    params.idempotency_key = Some("child:tombstone".into());
+    let created = db(store.saga_insert_batch(&[params]).await)?;
+    let tombstone = created.into_iter().flatten().next().ok_or("the tombstone was not created")?;
+    ensure!(tombstone.status == SagaStatus::Compensated, "status: {tombstone:?}");
+    ensure!(tombstone.completed_at_ms == Some(90), "finished at its creation: {tombstone:?}");
+    ensure!(db(store.saga_claim_due(&claim("w1", 10, 100)).await)?.is_empty(), "a finished saga is never claimed");
+    Ok(())
+}
+
 pub async fn signals_are_buffered_in_order_and_wake(store: Arc<dyn EngineStore>) -> CheckResult {
     let id = create(store.as_ref(), 0).await?;
     let first = db(store.signal_send(id, "approval", &json!({"ok": 1}), 10, None).await)?;

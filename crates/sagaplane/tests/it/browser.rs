@@ -119,6 +119,7 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
         &fast_definition(json!([
             {"name": "wait", "action": {"sleep": {"duration": "14d"}}},
             {"name": "extra", "when": "{{ input.plan == 'silo' }}", "action": {"builtin": "core.echo"}},
+            {"name": "child", "action": {"saga": {"definition": "refund", "version": 1}}},
         ])),
     )
     .await;
@@ -183,6 +184,9 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     let conditional = client.find_all(Locator::Css("svg.diagram rect.conditional")).await.expect("boxes");
     assert_eq!(conditional.len(), 1, "the step with a when: is dashed");
     assert_eq!(client.find_all(Locator::Css("svg.diagram rect.timer")).await.expect("boxes").len(), 1);
+    // A child saga step names its definition, and undoes its child.
+    until_text(&client, "svg.diagram", "saga → refund v1").await;
+    until_text(&client, "svg.diagram", "undo: the child").await;
     client.goto(&url).await.expect("back to the failed saga");
     // Its own page (the compensated one's error names `ship` too): its id and status in the title.
     until_text(&client, "h2", &failed).await;

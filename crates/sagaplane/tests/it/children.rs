@@ -93,7 +93,7 @@ async fn compensating_the_step_compensates_a_completed_child(backend: Backend) {
     assert_eq!(status_of(&child, "reserve"), json!("COMPENSATED"), "{child}");
     assert!(child["error"]["message"].as_str().unwrap_or_default().contains(&id), "{child}");
     assert_eq!(participant.requests("/release").len(), 1);
-    let types = app.event_types(&child["id"].as_str().unwrap_or_default().to_string()).await;
+    let types = app.event_types(child["id"].as_str().unwrap_or_default()).await;
     assert!(types.contains(&"saga_compensation_requested".to_string()), "{types:?}");
 }
 crate::on_both_backends!(compensating_the_step_compensates_a_completed_child);

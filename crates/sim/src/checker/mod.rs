@@ -339,7 +339,11 @@ fn check_children(observation: &Observation<'_>, saga: &SagaRecord, violations: 
         let child = observation.sagas.get(&child_id);
         let parent_link = child.and_then(|c| c.state.parent.as_ref());
         if child.is_some() && parent_link.is_none_or(|p| p.saga_id != saga.id.to_string() || p.step != step.name) {
-            violations.push(Violation::of(saga.id, "one child per step", format!("child {child_id} names another parent")));
+            violations.push(Violation::of(
+                saga.id,
+                "one child per step",
+                format!("child {child_id} names another parent"),
+            ));
         }
         let expected = match saga.status {
             SagaStatus::Completed => Some(SagaStatus::Completed),
