@@ -69,6 +69,10 @@ impl Default for RunOptions {
 
 /// How long a run may take, in simulated time, before an unfinished saga is a violation.
 pub const RUN_LIMIT_MS: u64 = 30 * 60 * 1000;
+/// Once every saga has ended, how much longer the deliveries may take to end. A receiver that
+/// never answers drains its backlog one attempt per breaker period (each delivery dead only once
+/// its schedule is spent): about a dozen seconds an attempt, so a hundred events take over an hour.
+pub const DELIVERY_DRAIN_LIMIT_MS: u64 = 3 * 60 * 60 * 1000;
 
 /// How long creates may take once the run is calm (a dead instance's never finish).
 const CREATES_SETTLE_MS: u64 = 60_000;
@@ -264,7 +268,12 @@ impl Run {
         if !all_ended {
             violations.push(Violation::new(
                 "every saga ends",
-                format!("sagas still unfinished after {} s of simulated time", RUN_LIMIT_MS / 1000),
+                format!(
+                    "sagas or deliveries still unfinished after {} s of simulated time (deliveries: {} s more once \
+                     every saga ended)",
+                    RUN_LIMIT_MS / 1000,
+                    DELIVERY_DRAIN_LIMIT_MS / 1000
+                ),
             ));
         }
         self.report(violations)
@@ -491,12 +500,18 @@ impl Run {
 
     /// Waits (in simulated time) until every saga has ended; false if the limit passed first.
     async fn wait_for_the_end(&self) -> bool {
-        let deadline = self.clock.elapsed_ms() + RUN_LIMIT_MS;
+        let mut deadline = self.clock.elapsed_ms() + RUN_LIMIT_MS;
+        let mut draining = false;
         while self.clock.elapsed_ms() < deadline {
             let delivered =
                 || self.store.outbox().deliveries.iter().all(|d| d.record.status != DeliveryStatus::Pending);
-            if self.store.sagas().iter().all(|s| s.status.is_terminal()) && delivered() {
+            let ended = self.store.sagas().iter().all(|s| s.status.is_terminal());
+            if ended && delivered() {
                 return true;
+            }
+            if ended && !draining {
+                draining = true;
+                deadline = self.clock.elapsed_ms() + DELIVERY_DRAIN_LIMIT_MS;
             }
             if std::env::var_os("SIM_TRACE").is_some() {
                 let open: Vec<String> = self

@@ -54,11 +54,14 @@ fn a_few_hundred_seeds_keep_every_guarantee() {
 ///   compensation, must be settled by the driver that takes it up; first it was settled in the
 ///   write that reopened it (ended with no driver: no event, no wake for its parent), then not
 ///   at all (the driver asked for a compensation the step lacks, and the child never ended).
+/// - 7032398 (the harness): with child sagas the events doubled, and three receivers that never
+///   answer could not drain them, one attempt per breaker period, within the run's 30 minutes;
+///   deliveries now get their own limit once every saga has ended.
 #[test]
 fn the_seeds_that_found_bugs_keep_every_guarantee() {
     let older = [1007979, 504339, 2017925, 3008223, 381139409, 7, 7000063, 7000455];
     let runs =
-        older.map(|seed| (seed, false)).into_iter().chain([6264, 6907, 5006, 3767345830, 109].map(|seed| (seed, true)));
+        older.map(|seed| (seed, false)).into_iter().chain([6264, 6907, 5006, 3767345830, 109, 7032398].map(|seed| (seed, true)));
     for (seed, constructs) in runs {
         let options = RunOptions { constructs, ..RunOptions::default() };
         let report = run_seed_with(seed, options).expect("the run starts");
