@@ -22,6 +22,15 @@ pub struct Definition {
     pub steps: Vec<StepDefinition>,
 }
 
+/// The most branches a `parallel` group has.
+pub const BRANCHES_MAX: usize = 20;
+/// The most items a `for_each` runs (a longer list fails the step definitely).
+pub const FOR_EACH_ITEMS_MAX: usize = 256;
+/// The most branches or items of one group running at once (`concurrency:`).
+pub const GROUP_CONCURRENCY_MAX: u32 = 100;
+/// A `for_each` without `concurrency:` runs this many items at once.
+pub const FOR_EACH_CONCURRENCY_DEFAULT: u32 = 10;
+
 /// The longest rendered concurrency key.
 pub const CONCURRENCY_KEY_MAX_CHARS: usize = 255;
 
@@ -43,6 +52,25 @@ impl Definition {
             return Err(format!("concurrency.key renders to more than {CONCURRENCY_KEY_MAX_CHARS} characters"));
         }
         Ok(Some((key, concurrency.limit)))
+    }
+
+    /// What branch `branch` of the group at step `step` runs, as a definition of its own: the
+    /// branch's steps (a `for_each`'s steps for every item), with no deadline or concurrency key
+    /// of its own (its parent's hold). None when there is no such group or branch.
+    pub fn branch(&self, step: usize, branch: usize) -> Option<Definition> {
+        let Action::Group(group) = &self.steps.get(step)?.action else { return None };
+        let steps = match &group.fan_out {
+            FanOut::Parallel(branches) => branches.get(branch)?.clone(),
+            FanOut::ForEach { steps, .. } => steps.clone(),
+        };
+        Some(Definition {
+            name: self.name.clone(),
+            timeout_ms: None,
+            on_timeout: OnTimeout::Compensate,
+            concurrency: None,
+            retention_ms: self.retention_ms,
+            steps,
+        })
     }
 }
 
@@ -143,6 +171,8 @@ pub enum Action {
     Signal(SignalAction),
     Sleep(SleepAction),
     Saga(ChildSagaAction),
+    /// `parallel` or `for_each` in place of a step: branches run at once, each as a child saga.
+    Group(GroupAction),
 }
 
 impl Action {
@@ -155,6 +185,10 @@ impl Action {
             Action::Signal(_) => "signal",
             Action::Sleep(_) => "sleep",
             Action::Saga(_) => "saga",
+            Action::Group(group) => match group.fan_out {
+                FanOut::Parallel(_) => "parallel",
+                FanOut::ForEach { .. } => "for_each",
+            },
         }
     }
 }
@@ -163,14 +197,14 @@ impl StepDefinition {
     /// Whether the step has something to undo: a compensation, or a child saga (compensating
     /// the step compensates the child). A step without is marked compensated with no I/O.
     pub fn compensates(&self) -> bool {
-        self.compensation.is_some() || matches!(self.action, Action::Saga(_))
+        self.compensation.is_some() || matches!(self.action, Action::Saga(_) | Action::Group(_))
     }
 
     /// What compensating the step runs: its compensation, or, for a child saga, the child again.
     pub fn compensation_action(&self) -> Option<&Action> {
         match (&self.compensation, &self.action) {
             (Some(action), _) => Some(action),
-            (None, action @ Action::Saga(_)) => Some(action),
+            (None, action @ (Action::Saga(_) | Action::Group(_))) => Some(action),
             (None, _) => None,
         }
     }
@@ -236,4 +270,24 @@ pub struct ChildSagaAction {
     pub version: Option<i32>,
     /// Template tree: the child's input (None: `{}`).
     pub input: Option<Value>,
+}
+
+/// A group of steps in place of one (docs/definitions.md, "Parallel branches and for_each"): its
+/// branches run at once, at most `concurrency` at a time, each as a child saga of the same
+/// definition that runs the branch's steps in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupAction {
+    pub fan_out: FanOut,
+    pub concurrency: u32,
+}
+
+/// What a group runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FanOut {
+    /// `parallel: [[step, …], …]`: one branch per list.
+    Parallel(Vec<Vec<StepDefinition>>),
+    /// `for_each: "<template>"`: one branch per item of the list it renders, each running
+    /// `steps` with `{{ item }}` and `{{ index }}`.
+    ForEach { items: String, steps: Vec<StepDefinition> },
 }

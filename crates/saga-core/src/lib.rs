@@ -18,12 +18,13 @@ pub mod validate;
 
 pub use backoff::retry_delay_ms;
 pub use definition::{
-    Action, BuiltinAction, ChildSagaAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout,
-    RetryPolicy, SignalAction, SleepAction, StepDefinition,
+    Action, BuiltinAction, ChildSagaAction, Concurrency, Definition, FanOut, GroupAction, GrpcAction, HttpAction,
+    OnFailure, OnTimeout, RetryPolicy, SignalAction, SleepAction, StepDefinition, BRANCHES_MAX, FOR_EACH_ITEMS_MAX,
+    GROUP_CONCURRENCY_MAX,
 };
 pub use machine::{
-    Attempt, FailureKind, HistoryEvent, Next, Outcome, ParentLink, Phase, SagaError, SagaState, SagaStatus, StepState,
-    StepStatus, Transition, Wait, WaitKind,
+    Attempt, BranchLink, FailureKind, HistoryEvent, Next, Outcome, ParentLink, Phase, SagaError, SagaState, SagaStatus,
+    StepState, StepStatus, Transition, Wait, WaitKind,
 };
 pub use validate::{parse_document, validate_definition, DocumentFormat, FieldError, ParseError};
 

@@ -169,11 +169,30 @@ pub struct SagaState {
 }
 
 /// Which saga step started a child saga, and how deep it nests (a top-level saga's child is 1).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParentLink {
     pub saga_id: String,
     pub step: String,
     pub depth: u32,
+    /// Set on a branch of a `parallel` or `for_each` group: the child runs that branch of its
+    /// parent's definition (same name and version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<BranchLink>,
+}
+
+/// Which branch of which group a branch saga runs, and what its templates see of its parent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BranchLink {
+    /// The group's index among its parent definition's steps.
+    pub group: usize,
+    /// The branch (`parallel`) or item (`for_each`) index.
+    pub index: usize,
+    /// A `for_each` item: `{{ item }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<Value>,
+    /// The parent's step outputs when the branch started: `{{ steps.<name>.output }}`.
+    #[serde(default)]
+    pub outputs: Map<String, Value>,
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -204,6 +223,9 @@ pub enum WaitKind {
     /// A child saga (`action: saga`): the step ends as the child ends. `until_ms` is only when
     /// the parent looks again (the child's end wakes it sooner).
     Child { saga_id: String },
+    /// A `parallel` or `for_each` group: its `total` branches run as child sagas, and the step
+    /// ends when they have (each branch's end wakes the saga; `until_ms` is only a look again).
+    Branches { total: u32 },
 }
 
 /// Forward action or compensation.
@@ -768,6 +790,7 @@ impl SagaState {
             WaitKind::Callback => json!({"callback": true, "until_ms": until_ms}),
             WaitKind::Timer => json!({"timer": true, "until_ms": until_ms}),
             WaitKind::Child { saga_id } => json!({"child_saga_id": saga_id}),
+            WaitKind::Branches { total } => json!({"branches": total}),
         };
         transition.events.push(HistoryEvent::new(
             "step_waiting",

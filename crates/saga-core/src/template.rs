@@ -20,6 +20,8 @@ pub struct TemplateContext {
     pub step_outputs: Map<String, Value>,
     /// `SAGAPLANE_VAR_<NAME>` values.
     pub vars: Map<String, Value>,
+    /// Names a branch sees at the top level: a `for_each` item's `item` and `index`.
+    pub locals: Map<String, Value>,
 }
 
 impl TemplateContext {
@@ -29,13 +31,19 @@ impl TemplateContext {
             .iter()
             .map(|(name, output)| (name.clone(), serde_json::json!({ "output": output })))
             .collect();
-        serde_json::json!({
+        let mut value = serde_json::json!({
             "input": self.input,
             "tenant_id": self.tenant_id,
             "saga": { "id": self.saga_id },
             "steps": steps,
             "vars": self.vars,
-        })
+        });
+        if let Value::Object(map) = &mut value {
+            for (name, local) in &self.locals {
+                map.insert(name.clone(), local.clone());
+            }
+        }
+        value
     }
 }
 

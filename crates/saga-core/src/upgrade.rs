@@ -13,6 +13,10 @@ use crate::machine::{SagaState, SagaStatus, StepState, StepStatus};
 /// Why a saga could not go on under the new version, step by step (empty: it could).
 pub fn refusals(from: &Definition, to: &Definition, state: &SagaState) -> Vec<String> {
     let mut reasons = Vec::new();
+    if state.parent.as_ref().is_some_and(|p| p.branch.is_some()) {
+        reasons.push("it is a branch of a parallel or for_each group: it runs its parent's version".to_string());
+        return reasons;
+    }
     for (index, step) in state.steps.iter().enumerate().take(started_steps(state)) {
         let Some(old) = from.steps.get(index) else { break };
         match to.steps.iter().position(|s| s.name == step.name) {
@@ -32,6 +36,11 @@ pub fn refusals(from: &Definition, to: &Definition, state: &SagaState) -> Vec<St
                         old.action.kind(),
                         new.action.kind()
                     ));
+                }
+                if let (Action::Group(old_group), Action::Group(new_group)) = (&old.action, &new.action) {
+                    if old_group != new_group {
+                        reasons.push(format!("step {}: its branches differ between the versions", step.name));
+                    }
                 }
                 let undo = |action: Option<&Action>| action.map_or("none", Action::kind);
                 if undo(old.compensation.as_ref()) != undo(new.compensation.as_ref()) {

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 
 use crate::definition::{
-    Action, BuiltinAction, ChildSagaAction, Concurrency, Definition, GrpcAction, HttpAction, OnFailure, OnTimeout,
-    RetryPolicy, SignalAction, SleepAction, StepDefinition, STEP_TIMEOUT_DEFAULT_MS,
+    Action, BuiltinAction, ChildSagaAction, Concurrency, Definition, FanOut, GroupAction, GrpcAction, HttpAction,
+    OnFailure, OnTimeout, RetryPolicy, SignalAction, SleepAction, StepDefinition, BRANCHES_MAX,
+    FOR_EACH_CONCURRENCY_DEFAULT, GROUP_CONCURRENCY_MAX, STEP_TIMEOUT_DEFAULT_MS,
 };
 use crate::{duration, is_valid_definition_name, is_valid_step_name, template, RETRY_ATTEMPTS_MAX, STEPS_MAX};
 
@@ -55,7 +56,7 @@ pub fn parse_document(bytes: &[u8], format: DocumentFormat) -> Result<Value, Par
 pub const RETENTION_MIN_MS: u64 = 1_000;
 
 pub fn validate_definition(name: &str, document: &Value, builtins: &[&str]) -> Result<Definition, Vec<FieldError>> {
-    let mut checker = Checker { errors: Vec::new(), builtins };
+    let mut checker = Checker { errors: Vec::new(), builtins, in_group: false };
     let definition = checker.definition(name, document);
     match definition {
         Some(definition) if checker.errors.is_empty() => Ok(definition),
@@ -71,6 +72,8 @@ pub fn validate_definition(name: &str, document: &Value, builtins: &[&str]) -> R
 struct Checker<'a> {
     errors: Vec<FieldError>,
     builtins: &'a [&'a str],
+    /// Checking the steps of a group's branch (groups do not nest, pivots stay outside).
+    in_group: bool,
 }
 
 fn pointer(base: &str, key: &str) -> String {
@@ -306,15 +309,177 @@ impl Checker<'_> {
         let mut steps = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let path = format!("/steps/{i}");
-            let step = self.step(&path, item, defaults);
+            let step = self.step_or_group(&path, item, defaults, i);
             if let Some(step) = step {
-                if !seen.insert(step.name.clone()) {
-                    self.error(&format!("{path}/name"), format!("duplicate step name {:?}", step.name));
+                // Names are unique across the whole definition, branches included: outputs are
+                // addressed by step name.
+                for name in std::iter::once(&step.name).chain(branch_step_names(&step)) {
+                    if !seen.insert(name.clone()) {
+                        self.error(&format!("{path}/name"), format!("duplicate step name {name:?}"));
+                    }
                 }
                 steps.push(step);
             }
         }
         (steps.len() == items.len()).then_some(steps)
+    }
+
+    /// A step, or a `parallel` / `for_each` group in its place.
+    fn step_or_group(
+        &mut self,
+        path: &str,
+        value: &Value,
+        defaults: &Defaults,
+        index: usize,
+    ) -> Option<StepDefinition> {
+        let is_group = value.get("parallel").is_some() || value.get("for_each").is_some();
+        if !is_group {
+            return self.step(path, value, defaults);
+        }
+        if self.in_group {
+            self.error(path, "groups do not nest: start a child saga (action: saga) in the branch instead");
+            return None;
+        }
+        self.group(path, value, defaults, index)
+    }
+
+    /// `{parallel: [[step, …], …]}` or `{name, for_each: "<template>", step | steps}`, with
+    /// optional `concurrency` and `when`.
+    fn group(&mut self, path: &str, value: &Value, defaults: &Defaults, index: usize) -> Option<StepDefinition> {
+        let map = self.object(path, value)?;
+        self.unknown_keys(
+            path,
+            map,
+            &["name", "description", "when", "concurrency", "parallel", "for_each", "step", "steps"],
+        );
+        let parallel = map.contains_key("parallel");
+        if parallel && map.contains_key("for_each") {
+            self.error(path, "must be either parallel or for_each, not both");
+            return None;
+        }
+        let name = match map.get("name") {
+            None if parallel => Some(format!("parallel_{index}")),
+            None => {
+                self.error(&pointer(path, "name"), "is required");
+                None
+            }
+            Some(v) => match self.string(&pointer(path, "name"), v) {
+                Some(n) if is_valid_step_name(n) => Some(n.to_string()),
+                Some(n) => {
+                    self.error(
+                        &pointer(path, "name"),
+                        format!("step name {n:?} must match {}", crate::STEP_NAME_PATTERN),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        let when = map.get("when").and_then(|v| {
+            self.template_tree(&pointer(path, "when"), v);
+            self.string(&pointer(path, "when"), v).map(str::to_string)
+        });
+        self.in_group = true;
+        let fan_out = match parallel {
+            true => self.branches(&pointer(path, "parallel"), &map["parallel"], defaults),
+            false => self.for_each(path, map, defaults),
+        };
+        self.in_group = false;
+        let fan_out = fan_out?;
+        let concurrency = match map.get("concurrency") {
+            None => match &fan_out {
+                FanOut::Parallel(branches) => branches.len() as u32,
+                FanOut::ForEach { .. } => FOR_EACH_CONCURRENCY_DEFAULT,
+            },
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=u64::from(GROUP_CONCURRENCY_MAX)).contains(&n) => n as u32,
+                _ => {
+                    self.error(
+                        &pointer(path, "concurrency"),
+                        format!("must be an integer from 1 to {GROUP_CONCURRENCY_MAX}"),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(StepDefinition {
+            name: name?,
+            action: Action::Group(GroupAction { fan_out, concurrency }),
+            compensation: None,
+            timeout_ms: defaults.timeout_ms,
+            retry: defaults.retry.clone(),
+            compensation_retry: defaults.compensation_retry.clone(),
+            pivot: false,
+            on_failure: OnFailure::Compensate,
+            heartbeat_timeout_ms: None,
+            when,
+        })
+    }
+
+    /// `parallel: [[step, …], …]`: 2 to `BRANCHES_MAX` branches, none empty.
+    fn branches(&mut self, path: &str, value: &Value, defaults: &Defaults) -> Option<FanOut> {
+        let Value::Array(lists) = value else {
+            self.error(path, "must be a list of branches, each a list of steps");
+            return None;
+        };
+        if lists.len() < 2 || lists.len() > BRANCHES_MAX {
+            self.error(path, format!("must have from 2 to {BRANCHES_MAX} branches"));
+            return None;
+        }
+        let mut branches = Vec::with_capacity(lists.len());
+        for (i, list) in lists.iter().enumerate() {
+            branches.push(self.branch_steps(&format!("{path}/{i}"), list, defaults));
+        }
+        branches.into_iter().collect::<Option<Vec<_>>>().map(FanOut::Parallel)
+    }
+
+    /// `for_each: "<template>"` with `step: {…}` or `steps: […]`.
+    fn for_each(&mut self, path: &str, map: &Map<String, Value>, defaults: &Defaults) -> Option<FanOut> {
+        let items_path = pointer(path, "for_each");
+        let items = self.string(&items_path, &map["for_each"]).map(str::to_string);
+        if let Some(text) = &items {
+            if !template::has_syntax(text) {
+                self.error(&items_path, "must be a template that renders a list, e.g. \"{{ input.services }}\"");
+            }
+            self.template_tree(&items_path, &map["for_each"]);
+        }
+        let steps = match (map.get("step"), map.get("steps")) {
+            (Some(step), None) => {
+                self.branch_steps(&pointer(path, "step"), &Value::Array(vec![step.clone()]), defaults)
+            }
+            (None, Some(steps)) => self.branch_steps(&pointer(path, "steps"), steps, defaults),
+            _ => {
+                self.error(path, "must set exactly one of: step (one step), steps (a list run in order) for each item");
+                None
+            }
+        };
+        Some(FanOut::ForEach { items: items?, steps: steps? })
+    }
+
+    /// The steps of one branch: plain steps, no pivot.
+    fn branch_steps(&mut self, path: &str, value: &Value, defaults: &Defaults) -> Option<Vec<StepDefinition>> {
+        let Value::Array(items) = value else {
+            self.error(path, "must be a list of steps");
+            return None;
+        };
+        if items.is_empty() || items.len() > STEPS_MAX {
+            self.error(path, format!("must contain from 1 to {STEPS_MAX} steps"));
+            return None;
+        }
+        let mut steps = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            // A single `step:` is checked at its own path.
+            let step_path = if path.ends_with("/step") { path.to_string() } else { format!("{path}/{i}") };
+            let step = self.step_or_group(&step_path, item, defaults, i)?;
+            if step.pivot {
+                self.error(
+                    &pointer(&step_path, "pivot"),
+                    "a step in a group cannot be a pivot: its branch is undone whole",
+                );
+            }
+            steps.push(step);
+        }
+        Some(steps)
     }
 
     fn step(&mut self, path: &str, value: &Value, defaults: &Defaults) -> Option<StepDefinition> {
@@ -669,5 +834,16 @@ impl Checker<'_> {
         };
         let timeout_ms = map.get("timeout").and_then(|v| self.duration(&pointer(path, "timeout"), v));
         Some(SignalAction { name: name?, timeout_ms })
+    }
+}
+
+/// The names of the steps inside a group's branches (none for a plain step).
+fn branch_step_names(step: &StepDefinition) -> Vec<&String> {
+    match &step.action {
+        Action::Group(group) => match &group.fan_out {
+            FanOut::Parallel(branches) => branches.iter().flatten().map(|s| &s.name).collect(),
+            FanOut::ForEach { steps, .. } => steps.iter().map(|s| &s.name).collect(),
+        },
+        _ => Vec::new(),
     }
 }

@@ -21,6 +21,8 @@ pub enum Blocker {
     /// A `saga` step waits for its child saga `saga_id` to end (`compensating`: to finish
     /// compensating, for the step's compensation).
     Child { step: String, saga_id: String, compensating: bool },
+    /// A `parallel` or `for_each` group waits for its branches (child sagas) to end.
+    Branches { step: String, total: u32 },
     /// An async participant answered 202 and has not called back yet.
     Callback { step: String, attempt: u32, since_ms: i64, last_heartbeat_ms: Option<i64>, until_ms: Option<i64> },
     /// Its concurrency key is at its limit: it waits `PENDING` for one of `holders` to finish.
@@ -98,6 +100,7 @@ fn parked(saga: &SagaRecord, facts: &SagaQueueFacts) -> Blocker {
                 Blocker::Timer { step, since_ms: wait.since_ms, until_ms: wait.until_ms.unwrap_or(until_ms) }
             }
             WaitKind::Child { saga_id } => Blocker::Child { step, saga_id: saga_id.clone(), compensating: false },
+            WaitKind::Branches { total } => Blocker::Branches { step, total: *total },
             WaitKind::Callback => Blocker::Callback {
                 step,
                 attempt: wait.attempt,

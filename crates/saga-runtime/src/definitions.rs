@@ -73,6 +73,20 @@ impl DefinitionCache {
         Ok((record.version, parsed))
     }
 
+    /// The definition a saga runs: its definition's version, or — for a branch of a `parallel`
+    /// or `for_each` group — that branch's steps as a definition of their own.
+    pub async fn for_saga(&self, record: &saga_store::SagaRecord) -> Result<Arc<Definition>, DefinitionError> {
+        let (_, definition) = self.get(&record.definition, Some(record.version)).await?;
+        let Some(branch) = record.state.parent.as_ref().and_then(|p| p.branch.as_ref()) else {
+            return Ok(definition);
+        };
+        definition.branch(branch.group, branch.index).map(Arc::new).ok_or_else(|| DefinitionError::Invalid {
+            name: record.definition.clone(),
+            version: record.version,
+            detail: format!("it has no branch {} of a group at step {}", branch.index, branch.group),
+        })
+    }
+
     /// Loads the latest version of every stored definition (so their metrics exist from the
     /// first scrape). A definition that no longer validates is skipped: it fails where it is used.
     pub async fn warm(&self) -> Result<usize, StoreError> {

@@ -54,13 +54,16 @@ impl Operator {
     /// Resumes a `FAILED` saga from the step that failed, with the tenant change it causes (a
     /// tenant saga's retry moves its tenant back to `MIGRATING`) in the same transaction.
     pub async fn retry(&self, record: &SagaRecord, job: Option<&JobMark>) -> Result<SagaRecord, OperatorError> {
-        let (_, definition) = self.definitions.get(&record.definition, Some(record.version)).await?;
+        let definition = self.definitions.for_saga(record).await?;
         let mut state = record.state.clone();
         let now_ms = self.clock.now_ms();
         let transition =
             state.retry_by_operator(&definition, now_ms).map_err(|e| OperatorError::Conflict(e.to_string()))?;
-        let tenant_change =
-            self.hook.as_ref().and_then(|hook| hook.tenant_change(record, &definition, &state, &transition.events));
+        let tenant_change = self
+            .hook
+            .as_ref()
+            .filter(|_| state.parent.is_none())
+            .and_then(|hook| hook.tenant_change(record, &definition, &state, &transition.events));
         let update = SagaOperatorUpdate {
             id: record.id,
             tenant_id: record.tenant_id.clone(),
@@ -88,7 +91,7 @@ impl Operator {
                 record.status.as_str()
             )));
         }
-        let (_, definition) = self.definitions.get(&record.definition, Some(record.version)).await?;
+        let definition = self.definitions.for_saga(record).await?;
         if record.state.pivot_passed(&definition) {
             return Err(OperatorError::Conflict(
                 "saga is past a succeeded pivot step; it can only go forward (use retry if it fails)".into(),
@@ -111,7 +114,7 @@ impl Operator {
         payload: &Value,
         job: Option<&JobMark>,
     ) -> Result<SignalRecord, OperatorError> {
-        let (_, definition) = self.definitions.get(&record.definition, Some(record.version)).await?;
+        let definition = self.definitions.for_saga(record).await?;
         let waits_for: Vec<String> = definition
             .steps
             .iter()

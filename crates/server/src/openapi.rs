@@ -221,7 +221,7 @@ pub fn document() -> Value {
         },
         "/v1/sagas/{id}/blockers": {
             "parameters": [saga_id()],
-            "get": secured(json!({"summary": "Everything that holds the saga now: backoff, signal, timer, child, callback, concurrency, breaker, lease, deadline, queued, operator",
+            "get": secured(json!({"summary": "Everything that holds the saga now: backoff, signal, timer, child, branches, callback, concurrency, breaker, lease, deadline, queued, operator",
                 "responses": {"200": ok("blockers", "Blockers")}})),
         },
         "/v1/sagas/{id}/retry": {
@@ -424,7 +424,7 @@ fn schemas() -> Value {
         "Blockers": {"type": "object", "properties": {
             "saga_id": {"type": "string"}, "status": {"type": "string"}, "runnable": {"type": "boolean"},
             "blockers": {"type": "array", "items": {"type": "object", "properties": {
-                "kind": {"enum": ["backoff", "signal", "timer", "child", "callback", "concurrency", "breaker", "lease", "deadline", "scheduled", "queued", "operator"]},
+                "kind": {"enum": ["backoff", "signal", "timer", "child", "branches", "callback", "concurrency", "breaker", "lease", "deadline", "scheduled", "queued", "operator"]},
                 "detail": {"type": "string"}, "until": {"type": ["string", "null"]}}}}
         }},
         "TenantList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}, "next_cursor": {"type": ["string", "null"]}}},

@@ -239,6 +239,10 @@ fn blocker_view(
                 false => format!("step {step} waits for its child saga {saga_id} to end"),
             },
         }),
+        Blocker::Branches { step, total } => json!({
+            "kind": "branches", "step": step, "total": total,
+            "detail": format!("group {step} waits for its {total} branches (child sagas, each in its history as branch_started) to end"),
+        }),
         Blocker::Callback { step, attempt, since_ms, last_heartbeat_ms, until_ms } => json!({
             "kind": "callback", "step": step, "attempt": attempt, "since": at(*since_ms),
             "last_heartbeat": maybe(*last_heartbeat_ms), "until": maybe(*until_ms),

@@ -260,6 +260,7 @@ mod tests {
             saga_id: "s".into(),
             step_outputs: serde_json::Map::new(),
             vars: serde_json::Map::new(),
+            locals: serde_json::Map::new(),
         };
         let template = json!({"service": "{{ input.service | default(none) }}"});
         let rendered = saga_core::template::render_value(&template, &context).expect("renders");

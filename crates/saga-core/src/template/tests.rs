@@ -15,6 +15,7 @@ fn context() -> TemplateContext {
         saga_id: "s-1".into(),
         step_outputs,
         vars,
+        locals: Map::new(),
     }
 }
 
@@ -120,4 +121,21 @@ fn one_step_cannot_build_past_the_output_cap() {
     let error = render_value(&json!({"v": value}), &context()).expect_err("a list value of 2 MB");
     assert!(error.message.contains("more than"), "{}", error.message);
     assert_eq!(render_string("{{ ['a', 'b'] | join('-') }}", &context()).expect("a small join"), "a-b");
+}
+
+#[test]
+fn locals_are_names_at_the_top_level() {
+    let mut context = context();
+    context.locals.insert("item".into(), json!({"service": "billing"}));
+    context.locals.insert("index".into(), json!(2));
+    check_render_with(&context, json!("{{ item.service }}-{{ index }}"), json!("billing-2"));
+    assert_eq!(
+        render_value(&json!("{{ index }}"), &context).expect("renders"),
+        json!(2),
+        "a sole expression keeps its type"
+    );
+}
+
+fn check_render_with(context: &TemplateContext, template: Value, expected: Value) {
+    assert_eq!(render_value(&template, context).expect("renders"), expected);
 }

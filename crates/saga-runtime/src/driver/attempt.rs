@@ -91,7 +91,7 @@ impl StepAttempt {
     /// async step that is waiting reads its callback, anything else goes to an executor.
     pub async fn execute(self, drive: &mut Drive<'_>, cancelled: &mut watch::Receiver<Option<i64>>) -> Executed {
         let step = &drive.definition.steps[self.index];
-        drive.templates.step_outputs = drive.state.step_outputs();
+        drive.templates.step_outputs = drive.step_outputs();
         let span = tracing::info_span!("step", step = %step.name, attempt = self.attempt, phase = ?self.phase);
         let execution = self.execution(drive, step, cancelled).instrument(span).await;
         Executed { attempt: self, execution, finished_ms: drive.shared.clock.now_ms() }
@@ -120,6 +120,12 @@ impl StepAttempt {
                     return Execution::Outcome(Outcome::Failed { kind: FailureKind::NonRetryable, message });
                 }
             }
+        }
+        if let Action::Group(group) = action {
+            return match forward {
+                true => drive.take_branches(self.index, step, group).await,
+                false => drive.compensate_branches(self.index, step, group).await,
+            };
         }
         if let Action::Saga(child) = action {
             return match forward {

@@ -45,11 +45,11 @@ pub fn child_saga_id(parent: Uuid, step: &str) -> Uuid {
 }
 
 /// The idempotency key a child is created under (no API key can take this namespace).
-fn child_idempotency_key(parent: Uuid, step: &str) -> String {
+pub(super) fn child_idempotency_key(parent: Uuid, step: &str) -> String {
     format!("child:{parent}:{step}")
 }
 
-fn definitely(message: String) -> Execution {
+pub(super) fn definitely(message: String) -> Execution {
     Execution::Outcome(Outcome::Failed { kind: FailureKind::NonRetryable, message })
 }
 
@@ -131,11 +131,12 @@ impl Drive<'_> {
             saga_id: id.to_string(),
             step_outputs: serde_json::Map::new(),
             vars: self.shared.config.vars.clone(),
+            locals: serde_json::Map::new(),
         };
         let concurrency = definition.concurrency_key(&context).map_err(|e| definitely(format!("child saga: {e}")))?;
         let now_ms = self.shared.clock.now_ms();
         let mut state = SagaState::started(&definition, now_ms);
-        state.parent = Some(ParentLink { saga_id: record.id.to_string(), step: step.to_string(), depth });
+        state.parent = Some(self.child_link(step, None));
         let params = SagaCreate {
             id,
             tenant_id: record.tenant_id.clone(),
@@ -209,9 +210,9 @@ impl Drive<'_> {
     }
 
     /// Moves a `COMPLETED` child to `COMPENSATING`, written only while it is still `COMPLETED`.
-    async fn compensate_completed_child(&self, child: &SagaRecord) -> Result<(), Execution> {
-        let definition = match self.shared.definitions.get(&child.definition, Some(child.version)).await {
-            Ok((_, definition)) => definition,
+    pub(super) async fn compensate_completed_child(&self, child: &SagaRecord) -> Result<(), Execution> {
+        let definition = match self.shared.definitions.for_saga(child).await {
+            Ok(definition) => definition,
             Err(DefinitionError::Store(e)) => {
                 tracing::error!(error = %e, "loading the child saga's definition failed");
                 return Err(Execution::Stop);
@@ -255,7 +256,6 @@ impl Drive<'_> {
         action: &ChildSagaAction,
         id: Uuid,
     ) -> Result<Option<SagaRecord>, Execution> {
-        let record = &self.claimed.record;
         let (version, definition) = match self.shared.definitions.get(&action.definition, action.version).await {
             Ok(found) => found,
             Err(DefinitionError::Store(e)) => {
@@ -264,10 +264,34 @@ impl Drive<'_> {
             }
             Err(_) => return Ok(None),
         };
-        let now_ms = self.shared.clock.now_ms();
-        let mut state = SagaState::started(&definition, now_ms);
+        let link = self.child_link(step, None);
+        let place = (action.definition.as_str(), version);
+        self.place_tombstone(id, &child_idempotency_key(self.claimed.record.id, step), place, &definition, link)
+            .await
+            .map(Some)
+    }
+
+    /// How a child of step `step` points back at this saga (`branch` for a group's branch).
+    pub(super) fn child_link(&self, step: &str, branch: Option<saga_core::BranchLink>) -> ParentLink {
         let depth = self.state.parent.as_ref().map_or(0, |p| p.depth) + 1;
-        state.parent = Some(ParentLink { saga_id: record.id.to_string(), step: step.to_string(), depth });
+        ParentLink { saga_id: self.claimed.record.id.to_string(), step: step.to_string(), depth, branch }
+    }
+
+    /// Creates the tombstone of a child never started — `COMPENSATED`, every step `SKIPPED` —
+    /// under its key, and answers the child as it stands then: the tombstone, or a child a
+    /// driver before this one created meanwhile.
+    pub(super) async fn place_tombstone(
+        &self,
+        id: Uuid,
+        key: &str,
+        (definition_name, version): (&str, i32),
+        definition: &saga_core::Definition,
+        link: ParentLink,
+    ) -> Result<SagaRecord, Execution> {
+        let record = &self.claimed.record;
+        let now_ms = self.shared.clock.now_ms();
+        let mut state = SagaState::started(definition, now_ms);
+        state.parent = Some(link);
         state.status = SagaStatus::Compensated;
         for step in &mut state.steps {
             step.status = saga_core::StepStatus::Skipped;
@@ -280,17 +304,14 @@ impl Drive<'_> {
         let params = SagaCreate {
             id,
             tenant_id: record.tenant_id.clone(),
-            idempotency_key: Some(child_idempotency_key(record.id, step)),
-            ..SagaCreate::new(&action.definition, version, json!({}), state, now_ms)
+            idempotency_key: Some(key.to_string()),
+            ..SagaCreate::new(definition_name, version, json!({}), state, now_ms)
         };
         let _ = saga_store::creates::create_one(self.shared.store.as_ref(), params).await;
-        match self.shared.store.saga_get(id).await {
-            Ok(child) => Ok(Some(child)),
-            Err(e) => {
-                tracing::error!(error = %e, child = %id, "claiming the child saga's id failed");
-                Err(Execution::Stop)
-            }
-        }
+        self.shared.store.saga_get(id).await.map_err(|e| {
+            tracing::error!(error = %e, child = %id, "claiming the child saga's id failed");
+            Execution::Stop
+        })
     }
 
     /// After this saga's last commit: a child wakes the parent waiting for it.

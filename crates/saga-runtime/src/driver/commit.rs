@@ -171,7 +171,12 @@ fn commit_record(
     let record = &claimed.record;
     let (tenant_change, outbox) = match definition {
         Some(definition) => (
-            shared.hook.as_ref().and_then(|hook| hook.tenant_change(record, definition, state, &events)),
+            // A child saga (a branch of a tenant saga's group too) never moves a tenant itself.
+            shared
+                .hook
+                .as_ref()
+                .filter(|_| state.parent.is_none())
+                .and_then(|hook| hook.tenant_change(record, definition, state, &events)),
             crate::outbox::events_of(record, definition, state, &events),
         ),
         None => (None, Vec::new()),

@@ -21,6 +21,7 @@
 mod attempt;
 mod children;
 mod commit;
+mod groups;
 mod waits;
 
 use std::ops::ControlFlow::{self, Break, Continue};
@@ -69,8 +70,8 @@ async fn drive_claimed(
     cancelled: &mut watch::Receiver<Option<i64>>,
 ) {
     let pending = vec![lease_acquired(shared, claimed)];
-    let definition = match shared.definitions.get(&claimed.record.definition, Some(claimed.record.version)).await {
-        Ok((_, definition)) => definition,
+    let definition = match shared.definitions.for_saga(&claimed.record).await {
+        Ok(definition) => definition,
         Err(e) => {
             tracing::error!(error = %e, "cannot load the saga's definition; retrying later");
             commit::without_definition(shared, claimed, pending).await;
@@ -102,6 +103,18 @@ fn lease_acquired(shared: &Shared, claimed: &Claimed) -> HistoryEvent {
         }),
         shared.clock.now_ms(),
     )
+}
+
+/// What a branch's templates see at the top level: `index`, and a `for_each` item's `item`.
+fn branch_locals(state: &SagaState) -> serde_json::Map<String, serde_json::Value> {
+    let mut locals = serde_json::Map::new();
+    if let Some(branch) = state.parent.as_ref().and_then(|p| p.branch.as_ref()) {
+        locals.insert("index".into(), json!(branch.index));
+        if let Some(item) = &branch.item {
+            locals.insert("item".into(), item.clone());
+        }
+    }
+    locals
 }
 
 /// What a step's `when:` says.
@@ -144,6 +157,7 @@ impl<'a> Drive<'a> {
                 saga_id: record.id.to_string(),
                 step_outputs: serde_json::Map::new(),
                 vars: shared.config.vars.clone(),
+                locals: branch_locals(&record.state),
             },
         }
     }
@@ -192,10 +206,27 @@ impl<'a> Drive<'a> {
         }
     }
 
+    /// The step outputs templates see: a branch's parent's (as they were when it started), the
+    /// saga's own, and those of the steps inside each `parallel` group that has ended, by name.
+    fn step_outputs(&self) -> serde_json::Map<String, serde_json::Value> {
+        let branch = self.state.parent.as_ref().and_then(|p| p.branch.as_ref());
+        let mut outputs = branch.map(|b| b.outputs.clone()).unwrap_or_default();
+        for (step, state) in self.definition.steps.iter().zip(&self.state.steps) {
+            let Some(output) = &state.output else { continue };
+            if let (saga_core::Action::Group(_), Some(inner)) = (&step.action, output.get("steps")) {
+                if let Some(inner) = inner.as_object() {
+                    outputs.extend(inner.iter().map(|(name, output)| (name.clone(), output.clone())));
+                }
+            }
+            outputs.insert(step.name.clone(), output.clone());
+        }
+        outputs
+    }
+
     /// What a step's `when:` says now, rendered with the outputs of the steps before it.
     fn condition(&mut self, step: &StepDefinition) -> Condition {
         let Some(when) = &step.when else { return Condition::Holds };
-        self.templates.step_outputs = self.state.step_outputs();
+        self.templates.step_outputs = self.step_outputs();
         match saga_core::template::render_value(&serde_json::Value::String(when.clone()), &self.templates) {
             Ok(rendered) if saga_core::template::is_falsy(&rendered) => Condition::False(rendered),
             Ok(_) => Condition::Holds,

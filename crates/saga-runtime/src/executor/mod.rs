@@ -238,7 +238,7 @@ fn prepare(action: &Action, templates: &TemplateContext, ctx: &AttemptContext) -
         }
         // Signal, sleep and child saga steps are settled by the driver from the store and the
         // clock; they never reach an executor.
-        Action::Signal(_) | Action::Sleep(_) | Action::Saga(_) => Err(Outcome::Failed {
+        Action::Signal(_) | Action::Sleep(_) | Action::Saga(_) | Action::Group(_) => Err(Outcome::Failed {
             kind: FailureKind::NonRetryable,
             message: format!("a {} step has no executor", action.kind()),
         }),

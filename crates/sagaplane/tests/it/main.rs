@@ -16,6 +16,7 @@ mod egress;
 mod failover;
 mod fuzz;
 mod grace;
+mod groups;
 mod hardening;
 mod production_pg;
 mod profile;

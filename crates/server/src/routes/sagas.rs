@@ -208,6 +208,7 @@ fn concurrency_key(
         saga_id: id.to_string(),
         step_outputs: Map::new(),
         vars: state.vars.clone(),
+        locals: serde_json::Map::new(),
     };
     definition.concurrency_key(&context).map_err(|message| {
         ApiError::validation(

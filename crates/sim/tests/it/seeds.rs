@@ -60,8 +60,10 @@ fn a_few_hundred_seeds_keep_every_guarantee() {
 #[test]
 fn the_seeds_that_found_bugs_keep_every_guarantee() {
     let older = [1007979, 504339, 2017925, 3008223, 381139409, 7, 7000063, 7000455];
-    let runs =
-        older.map(|seed| (seed, false)).into_iter().chain([6264, 6907, 5006, 3767345830, 109, 7032398].map(|seed| (seed, true)));
+    let runs = older
+        .map(|seed| (seed, false))
+        .into_iter()
+        .chain([6264, 6907, 5006, 3767345830, 109, 7032398].map(|seed| (seed, true)));
     for (seed, constructs) in runs {
         let options = RunOptions { constructs, ..RunOptions::default() };
         let report = run_seed_with(seed, options).expect("the run starts");
