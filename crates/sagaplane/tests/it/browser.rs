@@ -120,9 +120,21 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
             {"name": "wait", "action": {"sleep": {"duration": "14d"}}},
             {"name": "extra", "when": "{{ input.plan == 'silo' }}", "action": {"builtin": "core.echo"}},
             {"name": "child", "action": {"saga": {"definition": "refund", "version": 1}}},
+            {"parallel": [[{"name": "dns", "action": {"builtin": "core.echo"}}],
+                          [{"name": "billing", "action": {"builtin": "core.echo"}}]]},
         ])),
     )
     .await;
+    app.put_definition(
+        "fanout",
+        &fast_definition(json!([
+            {"parallel": [[{"name": "left", "action": {"builtin": "core.echo"}}],
+                          [{"name": "right", "action": {"builtin": "core.echo"}}]]},
+        ])),
+    )
+    .await;
+    let fanned = app.start("fanout", json!({})).await;
+    assert_eq!(app.wait_terminal(&fanned, WAIT).await["status"], "COMPLETED");
     let compensated = app.start("refund", json!({})).await;
     assert_eq!(app.wait_terminal(&compensated, WAIT).await["status"], "COMPENSATED");
     let (status, _, _) =
@@ -187,6 +199,16 @@ async fn an_operator_retries_a_failed_saga_sees_migrations_and_replays_a_deliver
     // A child saga step names its definition, and undoes its child.
     until_text(&client, "svg.diagram", "saga → refund v1").await;
     until_text(&client, "svg.diagram", "undo: the child").await;
+    // A parallel group: its branches named under its box.
+    until_text(&client, "svg.diagram", "parallel ×2").await;
+    until_text(&client, "svg.diagram", "⇉ billing").await;
+
+    // A saga with a group: its branches' steps on one time axis, and a link to each branch.
+    client.goto(&format!("{}/ui/#/saga/{fanned}", app.url)).await.expect("the saga with branches");
+    until_text(&client, "#branches", "#1").await;
+    let bars = client.find_all(Locator::Css("#branch-timeline rect.bar")).await.expect("bars");
+    assert_eq!(bars.len(), 2, "one bar per branch step, side by side");
+    screenshot(&client, "saga-branches").await;
     client.goto(&url).await.expect("back to the failed saga");
     // Its own page (the compensated one's error names `ship` too): its id and status in the title.
     until_text(&client, "h2", &failed).await;
