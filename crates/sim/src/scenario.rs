@@ -65,12 +65,14 @@ pub struct StepPlan {
     pub when_even: bool,
     /// A child saga step: the definition its child runs (one made before this one, so no cycle).
     pub child: Option<String>,
+    /// A `parallel` group: its branches' steps (each branch runs as a child saga).
+    pub branches: Option<Vec<Vec<StepPlan>>>,
 }
 
 impl StepPlan {
     /// A step that waits for the signal `go`.
     pub fn is_signal(&self) -> bool {
-        self.participant.is_none() && self.sleep_ms.is_none() && self.child.is_none()
+        self.participant.is_none() && self.sleep_ms.is_none() && self.child.is_none() && self.branches.is_none()
     }
 }
 
@@ -260,11 +262,18 @@ impl Scenario {
         let lease_ttl_ms = [1_500, 3_000, 6_000][dice.between(0, 2) as usize];
         // Durable timers and conditions come from dice of their own: a seed's scenario stays
         // what it was before they were simulated, apart from them.
-        // Child saga steps have dice of their own again, for the same reason.
+        // Child saga steps and groups have dice of their own again, for the same reason.
         let children = constructs.then(|| Dice::new(seed.rotate_left(23) ^ 0x5A_6A_C4_11_D0_0B_E5_17));
+        let groups = constructs.then(|| Dice::new(seed.rotate_left(7) ^ 0x6B_0C_9A_E1_22_F4_3D_81));
         let constructs = constructs.then(|| Dice::new(seed.rotate_left(41) ^ 0xC0_4E_57_2A_C7_5E_ED_02));
         let definitions = (0..dice.between(1, 3))
-            .map(|n| definition(dice, constructs.as_ref(), children.as_ref(), n))
+            .map(|n| {
+                definition(
+                    dice,
+                    Extras { constructs: constructs.as_ref(), children: children.as_ref(), groups: groups.as_ref() },
+                    n,
+                )
+            })
             .collect::<Vec<_>>();
         let calm_at_ms = dice.between(10_000, 30_000);
         let sagas = (0..dice.between(3, 24))
@@ -372,7 +381,70 @@ fn misbehaviour(dice: &Dice) -> Misbehaviour {
     }
 }
 
-fn definition(dice: &Dice, constructs: Option<&Dice>, children: Option<&Dice>, n: u64) -> DefinitionPlan {
+/// The dice of the constructs beyond plain steps, each its own (None: not simulated).
+#[derive(Clone, Copy)]
+struct Extras<'a> {
+    constructs: Option<&'a Dice>,
+    children: Option<&'a Dice>,
+    groups: Option<&'a Dice>,
+}
+
+/// A plain HTTP step of a group's branch, from the groups' dice.
+fn branch_step(dice: &Dice, name: String) -> (Value, StepPlan) {
+    let participant = format!("p{}", dice.between(0, PARTICIPANTS - 1));
+    let compensated = dice.chance(0.85);
+    let mut document = json!({
+        "name": name,
+        "action": {"http": {"method": "POST", "url": format!("http://{participant}/act"), "body": {"n": "{{ input.n }}"}}},
+        "timeout": format!("{}ms", dice.between(300, 2_000)),
+        "retry": {"max_attempts": dice.between(1, 4), "initial_interval": format!("{}ms", dice.between(50, 1_000)), "multiplier": 2.0, "jitter": 0.2},
+    });
+    if compensated {
+        document["compensation"] = json!({"http": {"method": "POST", "url": format!("http://{participant}/undo")}});
+        document["compensation_retry"] =
+            json!({"max_attempts": 30, "initial_interval": "100ms", "multiplier": 2.0, "max_interval": "2s"});
+    }
+    let plan = StepPlan {
+        name,
+        participant: Some(participant),
+        compensated,
+        is_async: false,
+        pivot: false,
+        sleep_ms: None,
+        when_even: false,
+        child: None,
+        branches: None,
+    };
+    (document, plan)
+}
+
+/// A `parallel` group of 2–3 branches of 1–2 steps each, named `g<at>` (its steps `g<at>b<i>s<j>`).
+fn group(dice: &Dice, at: usize) -> (Value, StepPlan) {
+    let mut documents = Vec::new();
+    let mut plans = Vec::new();
+    for branch in 0..dice.between(2, 3) {
+        let steps: Vec<(Value, StepPlan)> =
+            (0..dice.between(1, 2)).map(|step| branch_step(dice, format!("g{at}b{branch}s{step}"))).collect();
+        documents.push(steps.iter().map(|(document, _)| document.clone()).collect::<Vec<_>>());
+        plans.push(steps.into_iter().map(|(_, plan)| plan).collect::<Vec<_>>());
+    }
+    let document = json!({"name": format!("g{at}"), "parallel": documents, "concurrency": dice.between(1, 3)});
+    let plan = StepPlan {
+        name: format!("g{at}"),
+        participant: None,
+        compensated: true,
+        is_async: false,
+        pivot: false,
+        sleep_ms: None,
+        when_even: false,
+        child: None,
+        branches: Some(plans),
+    };
+    (document, plan)
+}
+
+fn definition(dice: &Dice, extras: Extras<'_>, n: u64) -> DefinitionPlan {
+    let Extras { constructs, children, groups } = extras;
     let construct = |p: f64| constructs.is_some_and(|c| c.chance(p));
     let name = format!("sim{n}");
     let count = dice.between(1, 4);
@@ -393,6 +465,7 @@ fn definition(dice: &Dice, constructs: Option<&Dice>, children: Option<&Dice>, n
                 sleep_ms: Some(sleep_ms),
                 when_even: false,
                 child: None,
+                branches: None,
             });
         }
         let when_even = construct(0.15);
@@ -412,6 +485,7 @@ fn definition(dice: &Dice, constructs: Option<&Dice>, children: Option<&Dice>, n
                 sleep_ms: None,
                 when_even: false,
                 child: None,
+                branches: None,
             });
             continue;
         }
@@ -453,6 +527,7 @@ fn definition(dice: &Dice, constructs: Option<&Dice>, children: Option<&Dice>, n
             sleep_ms: None,
             when_even,
             child: None,
+            branches: None,
         });
     }
     // A child saga step, running the first definition (which has none, so no saga starts itself
@@ -476,8 +551,16 @@ fn definition(dice: &Dice, constructs: Option<&Dice>, children: Option<&Dice>, n
                 sleep_ms: None,
                 when_even: false,
                 child: Some(child),
+                branches: None,
             },
         );
+    }
+    // A parallel group, anywhere (before a pivot too: its branches are undone whole).
+    if let Some(groups) = groups.filter(|g| g.chance(0.3)) {
+        let at = groups.between(0, steps.len() as u64) as usize;
+        let (document, plan) = group(groups, at);
+        documents.insert(at, document);
+        steps.insert(at, plan);
     }
     let mut document = json!({"name": name, "steps": documents});
     let concurrency_limit = dice.chance(0.3).then(|| dice.between(1, 2) as u32);

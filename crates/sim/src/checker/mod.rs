@@ -88,6 +88,22 @@ pub fn check(observation: &Observation<'_>) -> Vec<Violation> {
     violations
 }
 
+/// The steps a saga runs, as the scenario made them: its definition's, or — for a branch of a
+/// `parallel` group — that branch's.
+fn plan_of<'a>(observation: &'a Observation<'_>, saga: &SagaRecord) -> Option<std::borrow::Cow<'a, DefinitionPlan>> {
+    let plan = observation.scenario.definitions.iter().find(|d| d.name == saga.definition)?;
+    let Some(branch) = saga.state.parent.as_ref().and_then(|p| p.branch.as_ref()) else {
+        return Some(std::borrow::Cow::Borrowed(plan));
+    };
+    let steps = plan.steps.get(branch.group)?.branches.as_ref()?.get(branch.index)?.clone();
+    Some(std::borrow::Cow::Owned(DefinitionPlan {
+        name: plan.name.clone(),
+        document: serde_json::Value::Null,
+        steps,
+        concurrency_limit: None,
+    }))
+}
+
 /// The journal's history rows of one saga, with their journal numbers.
 fn events_of<'a>(
     observation: &'a Observation<'_>,
@@ -211,7 +227,7 @@ fn first_requests(observation: &Observation<'_>, saga_id: Uuid) -> BTreeMap<(Str
 }
 
 fn check_effects(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
-    let Some(plan) = observation.scenario.definitions.iter().find(|d| d.name == saga.definition) else { return };
+    let Some(plan) = plan_of(observation, saga) else { return };
     let first = first_requests(observation, saga.id);
     let pivot_passed = events_of(observation, saga.id).any(|(_, e, _)| {
         e.kind == "step_succeeded" && plan.steps.iter().any(|s| s.pivot && Some(&s.name) == e.step.as_ref())
@@ -248,7 +264,7 @@ fn check_effects(observation: &Observation<'_>, saga: &SagaRecord, violations: &
             }
             // Before any action request only for the step a stopped driver may have been running
             // (the engine assumes it did, and compensates it).
-            if action_sent.is_none_or(|action| action > sent) && !assumed_in_flight(observation, saga.id, plan, index) {
+            if action_sent.is_none_or(|action| action > sent) && !assumed_in_flight(observation, saga.id, &plan, index) {
                 violations.push(Violation::of(
                     saga.id,
                     "never compensated before its action",
@@ -284,7 +300,7 @@ fn input_even(saga: &SagaRecord) -> bool {
 /// started; a `when:` step is skipped exactly when its condition is false, and a skipped step is
 /// never sent.
 fn check_constructs(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
-    let Some(plan) = observation.scenario.definitions.iter().find(|d| d.name == saga.definition) else { return };
+    let Some(plan) = plan_of(observation, saga) else { return };
     let first = first_requests(observation, saga.id);
     for step in &plan.steps {
         let of_step = || events_of(observation, saga.id).filter(move |(_, e, _)| e.step.as_ref() == Some(&step.name));
@@ -326,7 +342,7 @@ fn check_constructs(observation: &Observation<'_>, saga: &SagaRecord, violations
 /// left running. A child's id is the one derived from its parent and step, so no retry or
 /// takeover started a second.
 fn check_children(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
-    let Some(plan) = observation.scenario.definitions.iter().find(|d| d.name == saga.definition) else { return };
+    let Some(plan) = plan_of(observation, saga) else { return };
     // A tombstone ended when it was made.
     let ended_at = |id: Uuid| {
         let tombstone = observation.sagas.get(&id).is_some_and(|s| is_tombstone(observation, s));
@@ -334,8 +350,15 @@ fn check_children(observation: &Observation<'_>, saga: &SagaRecord, violations: 
             .find(|(_, e, _)| tombstone || TERMINAL_EVENTS.contains(&e.kind.as_str()))
             .map(|(seq, _, _)| seq)
     };
-    for step in plan.steps.iter().filter(|s| s.child.is_some()) {
-        let child_id = saga_runtime::child_saga_id(saga.id, &step.name);
+    let children_of = |step: &crate::scenario::StepPlan| -> Vec<String> {
+        match &step.branches {
+            Some(branches) => (0..branches.len()).map(|index| format!("{}#{index}", step.name)).collect(),
+            None if step.child.is_some() => vec![step.name.clone()],
+            None => Vec::new(),
+        }
+    };
+    for (step, key) in plan.steps.iter().flat_map(|step| children_of(step).into_iter().map(move |key| (step, key))) {
+        let child_id = saga_runtime::child_saga_id(saga.id, &key);
         let child = observation.sagas.get(&child_id);
         let parent_link = child.and_then(|c| c.state.parent.as_ref());
         if child.is_some() && parent_link.is_none_or(|p| p.saga_id != saga.id.to_string() || p.step != step.name) {
@@ -378,13 +401,49 @@ fn check_children(observation: &Observation<'_>, saga: &SagaRecord, violations: 
         .values()
         .filter(|c| c.state.parent.as_ref().is_some_and(|p| p.saga_id == saga.id.to_string()))
         .count();
-    let planned = plan.steps.iter().filter(|s| s.child.is_some()).count();
+    let planned = plan.steps.iter().map(|s| children_of(s).len()).sum::<usize>();
+    check_branches_undone_first(observation, saga, &plan, violations);
     if children > planned {
         violations.push(Violation::of(
             saga.id,
             "one child per step",
             format!("{children} child sagas for {planned} child steps"),
         ));
+    }
+}
+
+/// A group's branches are undone before the steps before the group: every compensation request
+/// of its branch sagas comes before the first of any step before it.
+fn check_branches_undone_first(
+    observation: &Observation<'_>,
+    saga: &SagaRecord,
+    plan: &DefinitionPlan,
+    violations: &mut Vec<Violation>,
+) {
+    let undone = |saga_id: Uuid| {
+        observation.requests.iter().filter(move |r| r.saga_id == saga_id && r.phase == Phase::Compensation)
+    };
+    for (at, step) in plan.steps.iter().enumerate() {
+        let Some(branches) = &step.branches else { continue };
+        let last_branch_undo = (0..branches.len())
+            .map(|index| saga_runtime::child_saga_id(saga.id, &format!("{}#{index}", step.name)))
+            .flat_map(undone)
+            .map(|r| r.seq)
+            .max();
+        let before: Vec<&str> = plan.steps[..at].iter().map(|s| s.name.as_str()).collect();
+        let first_before_undo = undone(saga.id).filter(|r| before.contains(&r.step.as_str())).map(|r| r.seq).min();
+        if let (Some(last), Some(first)) = (last_branch_undo, first_before_undo) {
+            if first < last {
+                violations.push(Violation::of(
+                    saga.id,
+                    "compensation in reverse order",
+                    format!(
+                        "a step before group {} was undone (#{first}) before its branches were (#{last})",
+                        step.name
+                    ),
+                ));
+            }
+        }
     }
 }
 
@@ -443,7 +502,7 @@ fn check_attempts_recorded(observation: &Observation<'_>, saga: &SagaRecord, vio
 }
 
 fn check_durability(observation: &Observation<'_>, saga: &SagaRecord, violations: &mut Vec<Violation>) {
-    let Some(plan) = observation.scenario.definitions.iter().find(|d| d.name == saga.definition) else { return };
+    let Some(plan) = plan_of(observation, saga) else { return };
     let written = |kind: &str, step: &str, before: u64| {
         events_of(observation, saga.id)
             .any(|(seq, e, _)| seq < before && e.kind == kind && e.step.as_deref() == Some(step))
