@@ -264,7 +264,8 @@ fn check_effects(observation: &Observation<'_>, saga: &SagaRecord, violations: &
             }
             // Before any action request only for the step a stopped driver may have been running
             // (the engine assumes it did, and compensates it).
-            if action_sent.is_none_or(|action| action > sent) && !assumed_in_flight(observation, saga.id, &plan, index) {
+            if action_sent.is_none_or(|action| action > sent) && !assumed_in_flight(observation, saga.id, &plan, index)
+            {
                 violations.push(Violation::of(
                     saga.id,
                     "never compensated before its action",
