@@ -96,6 +96,14 @@ pub struct StepState {
     /// `SKIPPED` because its `when:` rendered false: done, for going forward.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub condition_false: bool,
+    /// How many times an operator's retry resumed the saga at this step: a child saga step or
+    /// group then starts its failed children afresh, under ids of this generation.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub generation: u32,
+}
+
+fn is_zero_u32(value: &u32) -> bool {
+    *value == 0
 }
 
 impl StepState {
@@ -387,6 +395,7 @@ impl SagaState {
                 compensated_at_ms: None,
                 ambiguous: false,
                 condition_false: false,
+                generation: 0,
             })
             .collect();
         SagaState {
@@ -1074,6 +1083,9 @@ impl SagaState {
         } else {
             let first_open = self.steps.iter().position(|s| !s.done_forward());
             let skip = first_open.unwrap_or(self.steps.len());
+            if let Some(step) = first_open.map(|i| &mut self.steps[i]) {
+                step.generation += 1;
+            }
             for step in self.steps.iter_mut().skip(skip) {
                 step.status = StepStatus::Pending;
                 step.attempts = 0;

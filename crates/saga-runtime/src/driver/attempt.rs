@@ -129,8 +129,8 @@ impl StepAttempt {
         }
         if let Action::Saga(child) = action {
             return match forward {
-                true => drive.take_child(&step.name, child).await,
-                false => drive.compensate_child(&step.name, child).await,
+                true => drive.take_child(self.index, &step.name, child).await,
+                false => drive.compensate_child(self.index, &step.name, child).await,
             };
         }
         if let (true, Action::Sleep(sleep)) = (forward, action) {

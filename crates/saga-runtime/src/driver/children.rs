@@ -75,23 +75,62 @@ fn ended(child: &SagaRecord) -> Option<Outcome> {
     }
 }
 
+/// The key of the child `base` names in generation `generation` (0: the first run; an
+/// operator's retry of the saga at that step makes the next).
+pub(super) fn generation_key(base: &str, generation: u32) -> String {
+    match generation {
+        0 => base.to_string(),
+        n => format!("{base}@{n}"),
+    }
+}
+
+/// What the children of a key are now.
+pub(super) enum Latest {
+    /// None in any generation up to this one.
+    None,
+    /// The one to go on with: of this generation, or of an earlier one that did not undo itself
+    /// (it still runs, completed, or awaits an operator).
+    Current(SagaRecord),
+    /// The latest one, of an earlier generation, compensated itself: the retry starts afresh.
+    Undone,
+}
+
 impl Drive<'_> {
-    /// A child saga step's forward attempt: the child is started if it does not exist yet, and
-    /// the step ends as the child has ended; until then the saga parks.
-    pub(super) async fn take_child(&mut self, step: &str, action: &ChildSagaAction) -> Execution {
+    /// The child `base` names, as [`Latest`] says, looking from `generation` down.
+    pub(super) async fn latest_child(&self, base: &str, generation: u32) -> Result<Latest, Execution> {
         let parent = self.claimed.record.id;
-        let id = child_saga_id(parent, step);
-        let child = match self.shared.store.saga_get(id).await {
-            Ok(child) => child,
-            Err(StoreError::NotFound) => match self.start_child(step, action, id).await {
-                Ok(child) => child,
-                Err(execution) => return execution,
-            },
-            Err(e) => {
-                tracing::error!(error = %e, child = %id, "reading the child saga failed");
-                return Execution::Stop;
+        for n in (0..=generation).rev() {
+            let id = child_saga_id(parent, &generation_key(base, n));
+            match self.shared.store.saga_get(id).await {
+                Ok(child) if n < generation && child.status == SagaStatus::Compensated => return Ok(Latest::Undone),
+                Ok(child) => return Ok(Latest::Current(child)),
+                Err(StoreError::NotFound) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, child = %id, "reading a child saga failed");
+                    return Err(Execution::Stop);
+                }
             }
+        }
+        Ok(Latest::None)
+    }
+
+    /// A child saga step's forward attempt: the child is started if it does not exist yet (or
+    /// the last one undid itself before an operator's retry), and the step ends as the child
+    /// has ended; until then the saga parks.
+    pub(super) async fn take_child(&mut self, at: usize, step: &str, action: &ChildSagaAction) -> Execution {
+        let generation = self.state.steps[at].generation;
+        let child = match self.latest_child(step, generation).await {
+            Ok(Latest::Current(child)) => child,
+            Ok(Latest::None | Latest::Undone) => {
+                let key = generation_key(step, generation);
+                match self.start_child(step, &key, action).await {
+                    Ok(child) => child,
+                    Err(execution) => return execution,
+                }
+            }
+            Err(execution) => return execution,
         };
+        let id = child.id;
         match ended(&child) {
             Some(outcome) => Execution::Outcome(outcome),
             None => Execution::Wait {
@@ -104,8 +143,9 @@ impl Drive<'_> {
     /// Creates the child (`child_saga_started` goes with the next commit). Err: how the attempt
     /// ends instead — definitely, for what no retry would change (no such definition, an input
     /// that does not render, nesting too deep), or stopped on a store error.
-    async fn start_child(&mut self, step: &str, action: &ChildSagaAction, id: Uuid) -> Result<SagaRecord, Execution> {
+    async fn start_child(&mut self, step: &str, key: &str, action: &ChildSagaAction) -> Result<SagaRecord, Execution> {
         let record = &self.claimed.record;
+        let id = child_saga_id(record.id, key);
         let depth = self.state.parent.as_ref().map_or(0, |p| p.depth) + 1;
         if depth > CHILD_DEPTH_MAX {
             return Err(definitely(format!(
@@ -141,7 +181,7 @@ impl Drive<'_> {
             id,
             tenant_id: record.tenant_id.clone(),
             priority: record.priority,
-            idempotency_key: Some(child_idempotency_key(record.id, step)),
+            idempotency_key: Some(child_idempotency_key(record.id, key)),
             concurrency,
             retention_ms: definition.retention_ms.and_then(|ms| i64::try_from(ms).ok()),
             ..SagaCreate::new(&action.definition, version, input, state, now_ms)
@@ -168,20 +208,24 @@ impl Drive<'_> {
     /// started); a child going forward is cancelled, a `COMPLETED` one compensated, and the
     /// saga parks until the child has finished. A `FAILED` child, or one past its pivot, cannot
     /// be undone from here: the compensation fails for an operator.
-    pub(super) async fn compensate_child(&mut self, step: &str, action: &ChildSagaAction) -> Execution {
-        let id = child_saga_id(self.claimed.record.id, step);
-        let child = match self.shared.store.saga_get(id).await {
-            Ok(child) => child,
-            Err(StoreError::NotFound) => match self.tombstone_child(step, action, id).await {
-                Ok(Some(child)) => child,
-                Ok(None) => return Execution::Outcome(Outcome::Succeeded(json!({"saga_id": id, "started": false}))),
-                Err(execution) => return execution,
-            },
-            Err(e) => {
-                tracing::error!(error = %e, child = %id, "reading the child saga failed");
-                return Execution::Stop;
+    pub(super) async fn compensate_child(&mut self, at: usize, step: &str, action: &ChildSagaAction) -> Execution {
+        let generation = self.state.steps[at].generation;
+        let child = match self.latest_child(step, generation).await {
+            Ok(Latest::Current(child)) => child,
+            // None of this generation: its id is taken for good, so a late create finds it.
+            Ok(Latest::None | Latest::Undone) => {
+                let id = child_saga_id(self.claimed.record.id, &generation_key(step, generation));
+                match self.tombstone_child(step, action, id, generation).await {
+                    Ok(Some(child)) => child,
+                    Ok(None) => {
+                        return Execution::Outcome(Outcome::Succeeded(json!({"saga_id": id, "started": false})))
+                    }
+                    Err(execution) => return execution,
+                }
             }
+            Err(execution) => return execution,
         };
+        let id = child.id;
         let waiting = Execution::AwaitChild { saga_id: id, until_ms: self.shared.clock.now_ms() + CHILD_RECHECK_MS };
         match child.status {
             SagaStatus::Compensated => Execution::Outcome(Outcome::Succeeded(json!({"saga_id": id}))),
@@ -255,6 +299,7 @@ impl Drive<'_> {
         step: &str,
         action: &ChildSagaAction,
         id: Uuid,
+        generation: u32,
     ) -> Result<Option<SagaRecord>, Execution> {
         let (version, definition) = match self.shared.definitions.get(&action.definition, action.version).await {
             Ok(found) => found,
@@ -266,9 +311,8 @@ impl Drive<'_> {
         };
         let link = self.child_link(step, None);
         let place = (action.definition.as_str(), version);
-        self.place_tombstone(id, &child_idempotency_key(self.claimed.record.id, step), place, &definition, link)
-            .await
-            .map(Some)
+        let key = child_idempotency_key(self.claimed.record.id, &generation_key(step, generation));
+        self.place_tombstone(id, &key, place, &definition, link).await.map(Some)
     }
 
     /// How a child of step `step` points back at this saga (`branch` for a group's branch).

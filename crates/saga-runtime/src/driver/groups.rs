@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::attempt::Execution;
-use super::children::{child_idempotency_key, child_saga_id, definitely, CHILD_RECHECK_MS};
+use super::children::{child_idempotency_key, child_saga_id, definitely, generation_key, Latest, CHILD_RECHECK_MS};
 use super::Drive;
 
 /// What a group's branches are: one per `parallel` list (no item), or one per `for_each` item.
@@ -72,19 +72,14 @@ impl Drive<'_> {
         }
     }
 
-    /// Each branch's saga as it stands (None: not started).
-    async fn branches(&self, step: &str, count: usize) -> Result<Vec<Option<SagaRecord>>, Execution> {
-        let parent = self.claimed.record.id;
+    /// Each branch's saga to go on with (None: not started in this generation, and no earlier
+    /// one that did not undo itself — see `Latest`).
+    async fn branches(&self, step: &str, count: usize, generation: u32) -> Result<Vec<Option<SagaRecord>>, Execution> {
         let mut children = Vec::with_capacity(count);
         for index in 0..count {
-            let id = child_saga_id(parent, &branch_key(step, index));
-            match self.shared.store.saga_get(id).await {
-                Ok(child) => children.push(Some(child)),
-                Err(StoreError::NotFound) => children.push(None),
-                Err(e) => {
-                    tracing::error!(error = %e, child = %id, "reading a branch failed");
-                    return Err(Execution::Stop);
-                }
+            match self.latest_child(&branch_key(step, index), generation).await? {
+                Latest::Current(child) => children.push(Some(child)),
+                Latest::None | Latest::Undone => children.push(None),
             }
         }
         Ok(children)
@@ -96,7 +91,8 @@ impl Drive<'_> {
             Ok(items) => items,
             Err(execution) => return execution,
         };
-        let children = match self.branches(&step.name, items.len()).await {
+        let generation = self.state.steps[at].generation;
+        let children = match self.branches(&step.name, items.len(), generation).await {
             Ok(children) => children,
             Err(execution) => return execution,
         };
@@ -135,7 +131,8 @@ impl Drive<'_> {
         let not_started: Vec<usize> =
             children.iter().enumerate().filter(|(_, c)| c.is_none()).map(|(index, _)| index).take(room).collect();
         for index in not_started {
-            if let Err(execution) = self.start_branch(at, step, index, items[index].clone()).await {
+            let key = generation_key(&branch_key(&step.name, index), generation);
+            if let Err(execution) = self.start_branch(at, step, (index, &key), items[index].clone()).await {
                 return execution;
             }
         }
@@ -147,7 +144,7 @@ impl Drive<'_> {
         &mut self,
         at: usize,
         step: &StepDefinition,
-        index: usize,
+        (index, key): (usize, &str),
         item: Option<Value>,
     ) -> Result<(), Execution> {
         let record = &self.claimed.record;
@@ -165,7 +162,7 @@ impl Drive<'_> {
                 link.depth
             )));
         }
-        let id = child_saga_id(record.id, &branch_key(&step.name, index));
+        let id = child_saga_id(record.id, key);
         let now_ms = self.shared.clock.now_ms();
         let mut state = saga_core::SagaState::started(&definition, now_ms);
         state.parent = Some(link);
@@ -173,7 +170,7 @@ impl Drive<'_> {
             id,
             tenant_id: record.tenant_id.clone(),
             priority: record.priority,
-            idempotency_key: Some(child_idempotency_key(record.id, &branch_key(&step.name, index))),
+            idempotency_key: Some(child_idempotency_key(record.id, key)),
             retention_ms: definition.retention_ms.and_then(|ms| i64::try_from(ms).ok()),
             ..SagaCreate::new(&record.definition, record.version, record.input.clone(), state, now_ms)
         };
@@ -208,7 +205,8 @@ impl Drive<'_> {
     ) -> Execution {
         // A for_each whose items no longer render never rendered: nothing was started.
         let count = self.items(group).map_or(0, |items| items.len());
-        let mut children = match self.branches(&step.name, count).await {
+        let generation = self.state.steps[at].generation;
+        let mut children = match self.branches(&step.name, count, generation).await {
             Ok(children) => children,
             Err(execution) => return execution,
         };
@@ -219,7 +217,7 @@ impl Drive<'_> {
                 Some(BranchLink { group: at, index, item: None, outputs: serde_json::Map::new() }),
             );
             let record = &self.claimed.record;
-            let key = branch_key(&step.name, index);
+            let key = generation_key(&branch_key(&step.name, index), generation);
             let id = child_saga_id(record.id, &key);
             let place = (record.definition.as_str(), record.version);
             let key = child_idempotency_key(record.id, &key);

@@ -177,3 +177,33 @@ async fn child_saga_steps_are_validated(backend: Backend) {
     );
 }
 crate::on_both_backends!(child_saga_steps_are_validated);
+
+/// Past a pivot a child that compensated itself leaves its parent FAILED; the operator's retry
+/// starts a new child (the next generation, its own id) instead of taking the old one's end.
+async fn a_retry_past_a_pivot_starts_a_new_child(backend: Backend) {
+    let participant = Participant::start().await;
+    participant.script("/reserve", vec![(422, json!({"error": "out of stock"}))]);
+    let app = started(&participant, backend).await;
+    let pivoted = fast_definition(json!([
+        {"name": "charge", "pivot": true, "action": {"builtin": "core.echo"}},
+        {"name": "stock", "action": {"saga": {"definition": "stock", "input": {"sku": "d-4", "hold": false}}}}
+    ]));
+    assert_eq!(app.put_definition("pivoted", &pivoted).await.0, 201);
+    let id = app.start("pivoted", json!({})).await;
+    let saga = app.wait_terminal(&id, WAIT).await;
+    assert_eq!(saga["status"], "FAILED", "{saga}");
+    let first = child_id_of(&saga);
+    assert_eq!(app.saga(&first).await["status"], "COMPENSATED");
+
+    participant.script("/reserve", vec![(200, json!({"ok": true}))]);
+    let (status, _, body) = app.send(app.request(Method::POST, &format!("/v1/sagas/{id}/retry"))).await;
+    assert_eq!(status, 202, "{body}");
+    let saga = app.wait_terminal(&id, WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    let second = saga["output"]["stock"]["saga_id"].as_str().unwrap_or_default().to_string();
+    assert_ne!(second, first, "a new child");
+    let parent: Uuid = id.parse().expect("an id");
+    assert_eq!(second, saga_runtime::child_saga_id(parent, "stock@1").to_string(), "its generation's id");
+    assert_eq!(app.saga(&second).await["status"], "COMPLETED");
+}
+crate::on_both_backends!(a_retry_past_a_pivot_starts_a_new_child);

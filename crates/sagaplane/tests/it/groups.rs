@@ -172,3 +172,35 @@ async fn groups_are_validated(backend: Backend) {
     assert!(body.to_string().contains("duplicate step name \\\"b\\\""), "{body}");
 }
 crate::on_both_backends!(groups_are_validated);
+
+/// Past a pivot a failed branch leaves the saga FAILED; once the cause is fixed, an operator's
+/// retry starts only the branch that undid itself afresh (a new generation) and keeps the one
+/// that completed.
+async fn a_retry_past_a_pivot_reruns_only_the_failed_branch(backend: Backend) {
+    let participant = Participant::start().await;
+    participant.script("/b", vec![(422, json!({"error": "not yet"}))]);
+    let app = App::spawn(BIN, backend, &[("SAGAPLANE_VAR_P", participant.url.clone())]).await;
+    let definition = fast_definition(json!([
+        {"name": "charge", "pivot": true, "action": {"http": {"url": "{{ vars.P }}/charge"}}},
+        {"name": "deliver", "parallel": [
+            [{"name": "a", "action": {"http": {"url": "{{ vars.P }}/a"}}}],
+            [{"name": "b", "action": {"http": {"url": "{{ vars.P }}/b"}}}]
+        ]}
+    ]));
+    assert_eq!(app.put_definition("pivoted", &definition).await.0, 201);
+    let id = app.start("pivoted", json!({})).await;
+    let saga = app.wait_terminal(&id, WAIT).await;
+    assert_eq!(saga["status"], "FAILED", "past the pivot: {saga}");
+    assert_eq!(participant.requests("/a").len(), 1);
+
+    participant.script("/b", vec![(200, json!({"ok": true}))]);
+    let (status, _, body) = app.send(app.request(reqwest::Method::POST, &format!("/v1/sagas/{id}/retry"))).await;
+    assert_eq!(status, 202, "{body}");
+    let saga = app.wait_terminal(&id, WAIT).await;
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(participant.requests("/a").len(), 1, "the completed branch is kept");
+    assert_eq!(participant.requests("/b").len(), 2, "the failed branch ran again");
+    let started: Vec<Value> = app.events(&id).await.into_iter().filter(|e| e["type"] == "branch_started").collect();
+    assert_eq!(started.len(), 3, "two at first, one on the retry: {started:?}");
+}
+crate::on_both_backends!(a_retry_past_a_pivot_reruns_only_the_failed_branch);
