@@ -90,7 +90,7 @@ pub(super) enum Latest {
     None,
     /// The one to go on with: of this generation, or of an earlier one that did not undo itself
     /// (it still runs, completed, or awaits an operator).
-    Current(SagaRecord),
+    Current(Box<SagaRecord>),
     /// The latest one, of an earlier generation, compensated itself: the retry starts afresh.
     Undone,
 }
@@ -103,7 +103,7 @@ impl Drive<'_> {
             let id = child_saga_id(parent, &generation_key(base, n));
             match self.shared.store.saga_get(id).await {
                 Ok(child) if n < generation && child.status == SagaStatus::Compensated => return Ok(Latest::Undone),
-                Ok(child) => return Ok(Latest::Current(child)),
+                Ok(child) => return Ok(Latest::Current(Box::new(child))),
                 Err(StoreError::NotFound) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, child = %id, "reading a child saga failed");
@@ -120,7 +120,7 @@ impl Drive<'_> {
     pub(super) async fn take_child(&mut self, at: usize, step: &str, action: &ChildSagaAction) -> Execution {
         let generation = self.state.steps[at].generation;
         let child = match self.latest_child(step, generation).await {
-            Ok(Latest::Current(child)) => child,
+            Ok(Latest::Current(child)) => *child,
             Ok(Latest::None | Latest::Undone) => {
                 let key = generation_key(step, generation);
                 match self.start_child(step, &key, action).await {
@@ -211,7 +211,7 @@ impl Drive<'_> {
     pub(super) async fn compensate_child(&mut self, at: usize, step: &str, action: &ChildSagaAction) -> Execution {
         let generation = self.state.steps[at].generation;
         let child = match self.latest_child(step, generation).await {
-            Ok(Latest::Current(child)) => child,
+            Ok(Latest::Current(child)) => *child,
             // None of this generation: its id is taken for good, so a late create finds it.
             Ok(Latest::None | Latest::Undone) => {
                 let id = child_saga_id(self.claimed.record.id, &generation_key(step, generation));

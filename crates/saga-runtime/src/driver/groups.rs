@@ -78,7 +78,7 @@ impl Drive<'_> {
         let mut children = Vec::with_capacity(count);
         for index in 0..count {
             match self.latest_child(&branch_key(step, index), generation).await? {
-                Latest::Current(child) => children.push(Some(child)),
+                Latest::Current(child) => children.push(Some(*child)),
                 Latest::None | Latest::Undone => children.push(None),
             }
         }
