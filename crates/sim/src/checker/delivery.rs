@@ -231,7 +231,7 @@ fn check_share(observation: &Observation<'_>, violations: &mut Vec<Violation>) {
             .filter(|other| other.record.subscription_id == record.subscription_id && other.record.id != record.id)
             .flat_map(|other| &other.attempts)
             .filter(|attempt| attempt.at_ms >= record.created_at_ms && attempt.at_ms < first_at)
-            .map(|attempt| attempt.duration_ms as i64)
+            .map(|attempt| attempt.duration_ms)
             .sum();
         let bound_ms = bound_ms + own_busy_ms / i64::from(plan.per_subscription_max.max(1));
         let waited = delivery.attempts.first().map(|a| a.at_ms - record.created_at_ms);
