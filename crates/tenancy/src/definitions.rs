@@ -2,7 +2,7 @@
 //! steps are tenant builtins. Operators may extend `tenant.provision` with their own steps by
 //! PUTting a new version; [`check_extension`] refuses one that drops or reorders a built-in step.
 
-use saga_core::{Action, Definition, FieldError};
+use saga_core::{Action, Definition, FanOut, FieldError, StepDefinition};
 use saga_store::{DefinitionStore, StoreError};
 use serde_json::{json, Value};
 
@@ -158,18 +158,32 @@ fn builtin_of(action: &Action) -> Option<&str> {
 }
 
 /// Where a definition uses tenant builtins: `(path, builtin)` for every action and compensation,
-/// in step order.
+/// in step order, the steps of `parallel` and `for_each` groups included.
 fn tenant_builtins(definition: &Definition) -> Vec<(String, &str)> {
     let mut used = Vec::new();
-    for (i, step) in definition.steps.iter().enumerate() {
+    collect_tenant_builtins("/steps", &definition.steps, &mut used);
+    used
+}
+
+fn collect_tenant_builtins<'d>(base: &str, steps: &'d [StepDefinition], used: &mut Vec<(String, &'d str)>) {
+    for (i, step) in steps.iter().enumerate() {
         if let Some(builtin) = builtin_of(&step.action).filter(|b| b.starts_with("tenant.")) {
-            used.push((format!("/steps/{i}/action"), builtin));
+            used.push((format!("{base}/{i}/action"), builtin));
         }
         if let Some(builtin) = step.compensation.as_ref().and_then(builtin_of).filter(|b| b.starts_with("tenant.")) {
-            used.push((format!("/steps/{i}/compensation"), builtin));
+            used.push((format!("{base}/{i}/compensation"), builtin));
+        }
+        if let Action::Group(group) = &step.action {
+            match &group.fan_out {
+                FanOut::Parallel(branches) => {
+                    for (b, branch) in branches.iter().enumerate() {
+                        collect_tenant_builtins(&format!("{base}/{i}/parallel/{b}"), branch, used);
+                    }
+                }
+                FanOut::ForEach { steps, .. } => collect_tenant_builtins(&format!("{base}/{i}/steps"), steps, used),
+            }
         }
     }
-    used
 }
 
 /// A new version of a built-in tenant saga must keep its built-in steps, in order, with their
@@ -250,6 +264,11 @@ mod tests {
         assert_eq!(errors[0].path, "/steps");
         let other = json!({"steps": [{"name": "sneaky", "action": {"builtin": steps::STORAGE_DROP}}]});
         assert_eq!(check_extension("custom", &validate("custom", &other))[0].path, "/steps/0/action");
+        // Inside a group too.
+        let grouped = json!({"steps": [{"parallel": [
+            [{"name": "a", "action": {"builtin": "core.echo"}}],
+            [{"name": "sneaky", "action": {"builtin": steps::STORAGE_DROP}}]]}]});
+        assert_eq!(check_extension("custom", &validate("custom", &grouped))[0].path, "/steps/0/parallel/1/0/action");
     }
 
     #[test]
