@@ -44,6 +44,18 @@ pub const TENANT_SAGA_PREFIX: &str = "tenant.";
 /// definitely), so a definition that starts itself ends instead of running away.
 pub const CHILD_DEPTH_MAX: u32 = 8;
 
+/// The definition name a branch of group `group` of `definition` runs under (`order#setup`): not
+/// a name a definition can have, so lists and bulk actions by definition never take a branch for
+/// a saga of its parent's definition.
+pub fn branch_definition_name(definition: &str, group: &str) -> String {
+    format!("{definition}#{group}")
+}
+
+/// The definition a saga's definition name refers to: itself, or a branch's parent definition.
+pub fn base_definition_name(name: &str) -> &str {
+    name.split('#').next().unwrap_or(name)
+}
+
 /// True when `name` is a valid definition name.
 pub fn is_valid_definition_name(name: &str) -> bool {
     let bytes = name.as_bytes();

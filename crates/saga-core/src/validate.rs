@@ -350,7 +350,7 @@ impl Checker<'_> {
         self.unknown_keys(
             path,
             map,
-            &["name", "description", "when", "concurrency", "parallel", "for_each", "step", "steps"],
+            &["name", "description", "when", "concurrency", "on_failure", "parallel", "for_each", "step", "steps"],
         );
         let parallel = map.contains_key("parallel");
         if parallel && map.contains_key("for_each") {
@@ -402,6 +402,15 @@ impl Checker<'_> {
                 }
             },
         };
+        let on_failure = match map.get("on_failure").map(|v| (v, v.as_str())) {
+            None => OnFailure::Compensate,
+            Some((_, Some("compensate"))) => OnFailure::Compensate,
+            Some((_, Some("fail"))) => OnFailure::Fail,
+            Some((v, _)) => {
+                self.error(&pointer(path, "on_failure"), format!("{v} is not one of: compensate, fail"));
+                return None;
+            }
+        };
         Some(StepDefinition {
             name: name?,
             action: Action::Group(GroupAction { fan_out, concurrency }),
@@ -410,7 +419,7 @@ impl Checker<'_> {
             retry: defaults.retry.clone(),
             compensation_retry: defaults.compensation_retry.clone(),
             pivot: false,
-            on_failure: OnFailure::Compensate,
+            on_failure,
             heartbeat_timeout_ms: None,
             when,
         })

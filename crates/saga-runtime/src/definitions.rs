@@ -76,7 +76,8 @@ impl DefinitionCache {
     /// The definition a saga runs: its definition's version, or — for a branch of a `parallel`
     /// or `for_each` group — that branch's steps as a definition of their own.
     pub async fn for_saga(&self, record: &saga_store::SagaRecord) -> Result<Arc<Definition>, DefinitionError> {
-        let (_, definition) = self.get(&record.definition, Some(record.version)).await?;
+        let name = saga_core::base_definition_name(&record.definition);
+        let (_, definition) = self.get(name, Some(record.version)).await?;
         let Some(branch) = record.state.parent.as_ref().and_then(|p| p.branch.as_ref()) else {
             return Ok(definition);
         };

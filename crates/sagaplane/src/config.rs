@@ -74,6 +74,8 @@ pub struct Config {
     pub worker_concurrency: u32,
     pub tenant_database_url: Option<String>,
     pub tenant_migrations_dir: Option<PathBuf>,
+    /// How many services' migrations a tenant saga applies at once (its `for_each` group).
+    pub tenant_migration_concurrency: u32,
     pub crm_webhook_secret: Option<Secret>,
     /// Waits between a delivery's attempts (`SAGAPLANE_DELIVERY_RETRY_SCHEDULE`).
     pub delivery_retry_schedule_ms: Vec<u64>,
@@ -149,6 +151,7 @@ struct FileConfig {
     tenant_subscriptions_max: Option<u32>,
     tenant_database_url: Option<String>,
     tenant_migrations_dir: Option<PathBuf>,
+    tenant_migration_concurrency: Option<u32>,
     crm_webhook_secret: Option<String>,
     delivery_retry_schedule: Option<String>,
     delivery_timeout: Option<String>,
@@ -278,6 +281,15 @@ impl Config {
         };
         if !(1..=WORKER_CONCURRENCY_MAX).contains(&worker_concurrency) {
             bail!("SAGAPLANE_WORKER_CONCURRENCY must be from 1 to {WORKER_CONCURRENCY_MAX}");
+        }
+        let tenant_migration_concurrency = match get("SAGAPLANE_TENANT_MIGRATION_CONCURRENCY") {
+            Some(text) => text
+                .parse::<u32>()
+                .with_context(|| format!("SAGAPLANE_TENANT_MIGRATION_CONCURRENCY: {text:?} is not a number"))?,
+            None => file.tenant_migration_concurrency.unwrap_or(tenancy::definitions::MIGRATION_CONCURRENCY_DEFAULT),
+        };
+        if !(1..=saga_core::GROUP_CONCURRENCY_MAX).contains(&tenant_migration_concurrency) {
+            bail!("SAGAPLANE_TENANT_MIGRATION_CONCURRENCY must be from 1 to {}", saga_core::GROUP_CONCURRENCY_MAX);
         }
         let breaker_failures = match get("SAGAPLANE_BREAKER_FAILURES") {
             Some(text) => {
@@ -437,6 +449,7 @@ impl Config {
             tenant_migrations_dir: get("SAGAPLANE_TENANT_MIGRATIONS_DIR")
                 .map(PathBuf::from)
                 .or(file.tenant_migrations_dir),
+            tenant_migration_concurrency,
             crm_webhook_secret: crm_webhook_secret.map(Secret::new),
             delivery_retry_schedule_ms: parse_schedule(&schedule)?,
             delivery_timeout_ms,

@@ -115,7 +115,8 @@ impl TenantParts {
 
 /// Tenant storage, migrations and the built-in tenant sagas, ready.
 async fn prepare_tenancy(config: &Config, database_url: &str, store: &dyn Store) -> anyhow::Result<TenantParts> {
-    tenancy::definitions::install(store, saga_runtime::Clock::now_ms(&SystemClock))
+    let now_ms = saga_runtime::Clock::now_ms(&SystemClock);
+    tenancy::definitions::install(store, now_ms, config.tenant_migration_concurrency)
         .await
         .context("installing the built-in tenant sagas")?;
     let storage = open_tenant_storage(config, database_url).await?;

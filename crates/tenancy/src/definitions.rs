@@ -26,6 +26,8 @@ pub mod steps {
     pub const STORAGE_CREATE: &str = "tenant.storage.create";
     pub const STORAGE_DROP: &str = "tenant.storage.drop";
     pub const MIGRATIONS_APPLY: &str = "tenant.migrations.apply";
+    /// The services whose migrations a tenant saga applies (`input.service`, or all of them).
+    pub const MIGRATION_SERVICES: &str = "tenant.migrations.services";
     pub const ACTIVATE: &str = "tenant.activate";
     pub const ACCESS_SUSPEND: &str = "tenant.access.suspend";
     pub const ACCESS_RESUME: &str = "tenant.access.resume";
@@ -37,6 +39,7 @@ pub mod steps {
         STORAGE_CREATE,
         STORAGE_DROP,
         MIGRATIONS_APPLY,
+        MIGRATION_SERVICES,
         ACTIVATE,
         ACCESS_SUSPEND,
         ACCESS_RESUME,
@@ -50,8 +53,34 @@ fn retry() -> Value {
     json!({"max_attempts": 5, "initial_interval": "500ms", "multiplier": 2.0, "max_interval": "10s", "jitter": 0.1})
 }
 
-/// `(name, document)` of every built-in tenant saga.
+/// How many services' migrations a tenant saga applies at once unless
+/// `SAGAPLANE_TENANT_MIGRATION_CONCURRENCY` says otherwise.
+pub const MIGRATION_CONCURRENCY_DEFAULT: u32 = 4;
+
+/// The services step and the per-service migrations group of the provision and migrate sagas:
+/// one branch per service (`for_each`), `concurrency` at once, each applying that service's
+/// migrations; a failure fails the saga forward (MIGRATION_ERROR) for an operator to fix the file
+/// and retry, which runs again only the services that failed.
+fn migration_steps(concurrency: u32) -> [Value; 2] {
+    [
+        json!({"name": "services", "action": {"builtin": steps::MIGRATION_SERVICES,
+                                               "input": {"service": "{{ input.service | default(none) }}"}}}),
+        json!({"name": "migrations", "for_each": "{{ steps.services.output.services }}", "concurrency": concurrency,
+               "on_failure": "fail",
+               "step": {"name": "migrate_service",
+                        "action": {"builtin": steps::MIGRATIONS_APPLY, "input": {"service": "{{ item }}"}}}}),
+    ]
+}
+
+/// `(name, document)` of every built-in tenant saga, with the default migration concurrency.
 pub fn builtin_documents() -> Vec<(&'static str, Value)> {
+    builtin_documents_with(MIGRATION_CONCURRENCY_DEFAULT)
+}
+
+/// `(name, document)` of every built-in tenant saga, applying `concurrency` services'
+/// migrations at once.
+pub fn builtin_documents_with(concurrency: u32) -> Vec<(&'static str, Value)> {
+    let [services, migrations] = migration_steps(concurrency);
     vec![
         (
             PROVISION,
@@ -64,7 +93,8 @@ pub fn builtin_documents() -> Vec<(&'static str, Value)> {
                      "compensation": {"builtin": steps::STORAGE_DROP}},
                     // A failing migration leaves the storage in place (MIGRATION_ERROR) for an
                     // operator to fix the file and retry this saga from here.
-                    {"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY}, "on_failure": "fail"},
+                    services.clone(),
+                    migrations.clone(),
                     {"name": "activate", "action": {"builtin": steps::ACTIVATE}},
                 ]
             }),
@@ -91,9 +121,8 @@ pub fn builtin_documents() -> Vec<(&'static str, Value)> {
                 "name": MIGRATE,
                 "defaults": {"timeout": "10m", "retry": retry()},
                 "steps": [
-                    {"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY,
-                                                      "input": {"service": "{{ input.service | default(none) }}"}},
-                     "on_failure": "fail"},
+                    services,
+                    migrations,
                     {"name": "activate", "action": {"builtin": steps::ACTIVATE}},
                 ]
             }),
@@ -115,28 +144,51 @@ pub fn builtin_documents() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// The built-in document as every earlier release installed it, all made alike: before
-/// `on_failure: fail` on the migrations steps (a failing onboarding migration compensated
-/// everything then), and before the deprovision saga's `grace` step.
+/// A built-in document as every release installed it, all made alike: before `on_failure:
+/// fail` on the migrations steps (a failing onboarding migration compensated everything then),
+/// before the deprovision saga's `grace` step, and whatever migration concurrency it was made
+/// with.
 fn earlier_document(document: &Value) -> Value {
     let mut earlier = document.clone();
     if let Some(steps) = earlier["steps"].as_array_mut() {
         steps.retain(|step| step["name"] != GRACE_STEP);
         for step in steps.iter_mut().filter_map(Value::as_object_mut) {
             step.remove("on_failure");
+            step.remove("concurrency");
         }
     }
     earlier
 }
 
+/// The provision and migrate sagas as releases before per-service migrations made them: one
+/// `migrations` step applying every service's migrations in turn.
+fn before_groups(name: &str, document: &Value) -> Value {
+    let mut before = document.clone();
+    let Some(steps) = before["steps"].as_array_mut() else { return before };
+    let Some(at) = steps.iter().position(|s| s["name"] == "services") else { return before };
+    steps.remove(at);
+    let input = match name {
+        MIGRATE => json!({"service": "{{ input.service | default(none) }}"}),
+        _ => Value::Null,
+    };
+    let mut step = json!({"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY}, "on_failure": "fail"});
+    if !input.is_null() {
+        step["action"]["input"] = input;
+    }
+    steps[at] = step;
+    before
+}
+
 /// Stores each built-in definition that has no version yet, and upgrades one whose latest
-/// version is an earlier release's built-in document. An operator's extension of
-/// `tenant.provision` is never overwritten by a restart.
-pub async fn install(store: &dyn DefinitionStore, now_ms: i64) -> Result<(), StoreError> {
-    for (name, document) in builtin_documents() {
+/// version is an earlier release's built-in document (or this release's with another migration
+/// concurrency). An operator's extension of a tenant saga is never overwritten by a restart.
+pub async fn install(store: &dyn DefinitionStore, now_ms: i64, concurrency: u32) -> Result<(), StoreError> {
+    for (name, document) in builtin_documents_with(concurrency) {
         match store.definition_get(name, None).await {
             Ok(latest)
-                if earlier_document(&latest.document) == earlier_document(&document) && latest.document != document =>
+                if latest.document != document
+                    && [earlier_document(&document), earlier_document(&before_groups(name, &document))]
+                        .contains(&earlier_document(&latest.document)) =>
             {
                 store.definition_put(name, &document, now_ms).await?;
             }
@@ -200,17 +252,11 @@ pub fn check_extension(name: &str, definition: &Definition) -> Vec<FieldError> {
             })
             .collect();
     };
-    let mut expected: Vec<(String, &str)> = Vec::new();
-    for step in required["steps"].as_array().into_iter().flatten() {
-        for kind in ["action", "compensation"] {
-            if let Some(builtin) = step[kind]["builtin"].as_str().filter(|b| b.starts_with("tenant.")) {
-                expected.push((kind.to_string(), builtin));
-            }
-        }
-    }
-    let found: Vec<(String, &str)> = used.iter().map(|(path, b)| (kind_of(path), *b)).collect();
+    let mut expected: Vec<(String, String)> = Vec::new();
+    expected_builtins(&required["steps"], &mut expected);
+    let found: Vec<(String, String)> = used.iter().map(|(path, b)| (kind_of(path), b.to_string())).collect();
     if found != expected {
-        let list = |items: &[(String, &str)]| {
+        let list = |items: &[(String, String)]| {
             if items.is_empty() {
                 "none".to_string()
             } else {
@@ -227,6 +273,24 @@ pub fn check_extension(name: &str, definition: &Definition) -> Vec<FieldError> {
         }];
     }
     Vec::new()
+}
+
+/// The tenant builtins of a built-in document's steps, in order, groups' steps included.
+fn expected_builtins(steps: &Value, expected: &mut Vec<(String, String)>) {
+    for step in steps.as_array().into_iter().flatten() {
+        for kind in ["action", "compensation"] {
+            if let Some(builtin) = step[kind]["builtin"].as_str().filter(|b| b.starts_with("tenant.")) {
+                expected.push((kind.to_string(), builtin.to_string()));
+            }
+        }
+        if let Some(branches) = step["parallel"].as_array() {
+            branches.iter().for_each(|branch| expected_builtins(branch, expected));
+        }
+        if step.get("step").is_some() {
+            expected_builtins(&Value::Array(vec![step["step"].clone()]), expected);
+        }
+        expected_builtins(&step["steps"], expected);
+    }
 }
 
 /// `action` or `compensation`, from a path made by [`tenant_builtins`].
@@ -287,6 +351,41 @@ mod tests {
         context.input = json!({"service": "accounts"});
         let rendered = saga_core::template::render_value(&template, &context).expect("renders");
         assert_eq!(rendered, json!({"service": "accounts"}));
+    }
+
+    /// A deployment of an earlier release holds the documents it installed: a restart moves them
+    /// to this release's, with per-service migrations; another concurrency moves them too.
+    #[test]
+    fn the_documents_before_per_service_migrations_are_upgraded() {
+        let retry = retry();
+        let provision_before = json!({
+            "name": PROVISION,
+            "defaults": {"timeout": "5m", "retry": retry},
+            "steps": [
+                {"name": "record", "action": {"builtin": steps::RECORD}},
+                {"name": "storage", "action": {"builtin": steps::STORAGE_CREATE},
+                 "compensation": {"builtin": steps::STORAGE_DROP}},
+                {"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY}, "on_failure": "fail"},
+                {"name": "activate", "action": {"builtin": steps::ACTIVATE}},
+            ]
+        });
+        let migrate_before = json!({
+            "name": MIGRATE,
+            "defaults": {"timeout": "10m", "retry": retry},
+            "steps": [
+                {"name": "migrations", "action": {"builtin": steps::MIGRATIONS_APPLY,
+                                                  "input": {"service": "{{ input.service | default(none) }}"}},
+                 "on_failure": "fail"},
+                {"name": "activate", "action": {"builtin": steps::ACTIVATE}},
+            ]
+        });
+        let now = builtin_documents_with(7);
+        for (name, before) in [(PROVISION, provision_before), (MIGRATE, migrate_before)] {
+            let (_, document) = now.iter().find(|(n, _)| *n == name).expect("built in");
+            assert_eq!(earlier_document(&before_groups(name, document)), earlier_document(&before), "{name}");
+            let (_, default) = builtin_documents().into_iter().find(|(n, _)| *n == name).expect("built in");
+            assert_eq!(earlier_document(&default), earlier_document(document), "{name}: concurrency aside, the same");
+        }
     }
 
     fn steps_without(document: &mut Value, step: &str) {

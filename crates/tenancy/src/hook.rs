@@ -15,7 +15,7 @@
 //! | deprovision | completed | `DELETED` |
 
 use saga_core::tenant::TenantStatus;
-use saga_core::{Action, Definition, HistoryEvent, SagaState, SagaStatus, StepStatus};
+use saga_core::{Action, Definition, FanOut, HistoryEvent, SagaState, SagaStatus, StepStatus};
 use saga_runtime::TransitionHook;
 use saga_store::events::{self, TenantEvent};
 use saga_store::{SagaRecord, TenantChange};
@@ -29,6 +29,44 @@ pub struct TenantHook;
 
 fn step_with_builtin(definition: &Definition, builtin: &str) -> Option<usize> {
     definition.steps.iter().position(|s| matches!(&s.action, Action::Builtin(b) if b.name == builtin))
+}
+
+/// The step that applies the migrations: the per-service group (a `for_each` whose step applies
+/// them), or — in versions before it — the one builtin step.
+fn migrations_step(definition: &Definition) -> Option<usize> {
+    let applies =
+        |s: &saga_core::StepDefinition| matches!(&s.action, Action::Builtin(b) if b.name == steps::MIGRATIONS_APPLY);
+    definition.steps.iter().position(|s| match &s.action {
+        Action::Group(group) => match &group.fan_out {
+            FanOut::ForEach { steps, .. } => steps.iter().any(applies),
+            FanOut::Parallel(_) => false,
+        },
+        _ => applies(s),
+    })
+}
+
+/// `[{service, version, …}]` from the migrations step's output: the one step's `migrations`, or
+/// — from the per-service group — every service's, each service's latest (a branch reads back
+/// what its storage records, so they overlap).
+fn migrations_of(output: &Value) -> Option<Value> {
+    let Some(items) = output.get("items").and_then(Value::as_array) else {
+        return output.get("migrations").cloned();
+    };
+    let mut latest: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+    let recorded = items
+        .iter()
+        .filter_map(|item| item["output"].as_object())
+        .flat_map(|steps| steps.values())
+        .filter_map(|step| step["migrations"].as_array())
+        .flatten();
+    for migration in recorded {
+        let Some(service) = migration["service"].as_str() else { continue };
+        let newer = latest.get(service).is_none_or(|held| held["version"].as_i64() < migration["version"].as_i64());
+        if newer {
+            latest.insert(service.to_string(), migration.clone());
+        }
+    }
+    Some(Value::Array(latest.into_values().collect()))
 }
 
 fn change(tenant_id: &str, to: TenantStatus, error: Option<Value>) -> TenantChange {
@@ -61,9 +99,9 @@ impl TransitionHook for TenantHook {
             return None;
         }
         let storage_step = step_with_builtin(definition, steps::STORAGE_CREATE);
-        let migrations_step = step_with_builtin(definition, steps::MIGRATIONS_APPLY);
+        let migrations_step = migrations_step(definition);
         let storage = output_of(state, storage_step);
-        let migrations = output_of(state, migrations_step).and_then(|o| o.get("migrations").cloned());
+        let migrations = output_of(state, migrations_step).and_then(|o| migrations_of(&o));
         let error = state.error.as_ref().map(|e| json!({"step": e.step, "kind": e.kind, "message": e.message}));
         let at_ms = events.last().map_or(record.updated_at_ms, |e| e.at_ms);
         let change = match (name, state.status) {

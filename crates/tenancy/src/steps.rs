@@ -141,6 +141,23 @@ impl TenantSteps {
         }
     }
 
+    /// The services a tenant saga migrates, one branch each: `input.service` alone (it must
+    /// exist), or every service of the migrations directory (none without one).
+    fn migration_services(&self, input: Value) -> Outcome {
+        let sets = match self.migrations.load() {
+            Ok(sets) => sets,
+            Err(e) => return definite(e.to_string()),
+        };
+        let mut services: Vec<String> = sets.into_iter().map(|set| set.service).collect();
+        if let Some(service) = input.get("service").and_then(Value::as_str) {
+            if !services.iter().any(|s| s == service) {
+                return definite(format!("there is no tenant migration service {service:?}"));
+            }
+            services = vec![service.to_string()];
+        }
+        Outcome::Succeeded(json!({ "services": services }))
+    }
+
     /// After a failed migration, the tenant record shows the migrations that stand in its
     /// storage (those before the failed one), read back from the storage itself: applying no
     /// migration returns every one recorded. Best effort: the failure is reported either way.
@@ -177,6 +194,7 @@ impl TenantSteps {
         add(registry, steps::MIGRATIONS_APPLY, &self, |this, input, ctx| async move {
             this.migrations_apply(input, ctx).await
         });
+        add(registry, steps::MIGRATION_SERVICES, &self, |this, input, _| async move { this.migration_services(input) });
         add(registry, steps::ACCESS_SUSPEND, &self, |this, _, ctx| async move { this.access_set(ctx, false).await });
         add(registry, steps::ACCESS_RESUME, &self, |this, _, ctx| async move { this.access_set(ctx, true).await });
         add(registry, steps::KEYS_REVOKE, &self, |this, _, ctx| async move { this.keys_revoke(ctx).await });

@@ -5,11 +5,13 @@
 //! with ids derived from the parent, the group and the branch's index, created under
 //! idempotency keys made of the same — and starts those not started yet, as far as its
 //! `concurrency` allows, then parks (`WaitKind::Branches`); every branch that ends wakes it, and
-//! it looks again. It succeeds once every branch has completed. Once a branch has failed for good
-//! (it compensated itself, or it is `FAILED` for an operator) the others are cancelled — an
-//! attempt a cancel interrupts counts as ambiguous, and each cancelled branch compensates what
-//! it did — and when none is left running the group fails as ambiguous, naming the failed
-//! branches. Compensating the group then undoes every branch that completed, newest first (by
+//! it looks again. It succeeds once every branch has completed. Once a `parallel` branch has
+//! failed for good (it compensated itself, or it is `FAILED` for an operator) the others are
+//! cancelled — an attempt a cancel interrupts counts as ambiguous, and each cancelled branch
+//! compensates what it did — and when none is left running the group fails as ambiguous,
+//! naming the failed branches. A `for_each` runs every item to its end (each has its own
+//! retries; one service's failed migration does not stop the others) and then fails the same
+//! way, naming every item that failed. Compensating the group then undoes every branch that completed, newest first (by
 //! when it completed), one at a time, before the steps before the group; a branch never started
 //! gets a tombstone so that a late create from an earlier driver finds its id taken.
 
@@ -103,7 +105,17 @@ impl Drive<'_> {
             kind: WaitKind::Branches { total: items.len() as u32 },
             until_ms: Some(self.shared.clock.now_ms().saturating_add(CHILD_RECHECK_MS)),
         };
-        if failed {
+        // A parallel group stops at its first failure; a for_each runs every item (each with its
+        // own retries) and names all that failed.
+        let fail_fast = matches!(group.fan_out, FanOut::Parallel(_));
+        let all_started = children.iter().all(Option::is_some);
+        if failed && !fail_fast && running.is_empty() && all_started {
+            return Execution::Outcome(Outcome::Failed {
+                kind: saga_core::FailureKind::Ambiguous,
+                message: format!("for_each {}: items failed: {}", step.name, failures(&children, &items)),
+            });
+        }
+        if failed && fail_fast {
             // Stop the others; the group fails once none runs (each undoes itself).
             for child in
                 running.iter().filter(|c| c.cancel_requested_at_ms.is_none() && c.status != SagaStatus::Compensating)
@@ -172,7 +184,13 @@ impl Drive<'_> {
             priority: record.priority,
             idempotency_key: Some(child_idempotency_key(record.id, key)),
             retention_ms: definition.retention_ms.and_then(|ms| i64::try_from(ms).ok()),
-            ..SagaCreate::new(&record.definition, record.version, record.input.clone(), state, now_ms)
+            ..SagaCreate::new(
+                &saga_core::branch_definition_name(&record.definition, &step.name),
+                record.version,
+                record.input.clone(),
+                state,
+                now_ms,
+            )
         };
         match saga_store::creates::create_one(self.shared.store.as_ref(), params).await {
             Ok(SagaCreated::Created(_)) => {
@@ -219,7 +237,8 @@ impl Drive<'_> {
             let record = &self.claimed.record;
             let key = generation_key(&branch_key(&step.name, index), generation);
             let id = child_saga_id(record.id, &key);
-            let place = (record.definition.as_str(), record.version);
+            let branch_name = saga_core::branch_definition_name(&record.definition, &step.name);
+            let place = (branch_name.as_str(), record.version);
             let key = child_idempotency_key(record.id, &key);
             match self.place_tombstone(id, &key, place, &definition, link).await {
                 Ok(child) => *slot = Some(child),

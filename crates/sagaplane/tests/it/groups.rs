@@ -65,7 +65,8 @@ async fn parallel_branches_run_and_their_outputs_stay_addressable(backend: Backe
     assert_eq!(started.len(), 2, "{started:?}");
     let branch = app.saga(started[0]["data"]["child_saga_id"].as_str().unwrap_or_default()).await;
     assert_eq!(branch["parent"]["saga_id"], json!(id), "{branch}");
-    assert_eq!(branch["definition"], "onboarding", "a branch runs its parent's definition: {branch}");
+    assert_eq!(branch["definition"], "onboarding#setup", "a branch runs its parent's definition's group: {branch}");
+    assert_eq!(branch["version"], 1, "{branch}");
     assert_eq!(branch["steps"].as_array().map(Vec::len), Some(2), "the branch's own steps: {branch}");
 }
 crate::on_both_backends!(parallel_branches_run_and_their_outputs_stay_addressable);

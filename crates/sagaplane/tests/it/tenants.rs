@@ -867,10 +867,17 @@ async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
     assert_eq!(status, 202, "{created}");
     let saga_id = created["saga_id"].as_str().expect("saga").to_string();
     until_status(api, &id, &["MIGRATING"]).await;
+    // The service's migrations run in a branch of the saga's `migrations` group.
+    let branch_id = eventually("the migration's branch", Duration::from_secs(30), || async {
+        let events = api.events(&saga_id).await;
+        events.into_iter().find(|e| e["type"] == "branch_started").map(|e| e["data"]["child_saga_id"].clone())
+    })
+    .await;
+    let branch_id = branch_id.as_str().expect("a branch id").to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Kill whichever instance drives the saga, in the middle of the 5 s migration.
-    let (_, _, saga) = api.send(api.request(Method::GET, &format!("/v1/sagas/{saga_id}"))).await;
-    let owner = saga["lease_owner"].as_str().expect("a driver holds the saga").to_string();
+    // Kill whichever instance drives the branch, in the middle of the 5 s migration.
+    let (_, _, saga) = api.send(api.request(Method::GET, &format!("/v1/sagas/{branch_id}"))).await;
+    let owner = saga["lease_owner"].as_str().expect("a driver holds the branch").to_string();
     let (mut doomed, survivor) = if owner == "first" {
         (first.take().expect("first"), second.take().expect("second"))
     } else {
@@ -902,7 +909,7 @@ async fn a_worker_killed_mid_provisioning_is_taken_over_without_duplicates() {
         .await
         .expect("schemas");
     assert_eq!(schemas, 1);
-    let (_, _, events) = survivor.send(survivor.request(Method::GET, &format!("/v1/sagas/{saga_id}/events"))).await;
+    let (_, _, events) = survivor.send(survivor.request(Method::GET, &format!("/v1/sagas/{branch_id}/events"))).await;
     let takeover = events["items"]
         .as_array()
         .into_iter()
@@ -937,15 +944,16 @@ async fn a_rollout_migrates_the_tenants_behind_within_its_concurrency_limit() {
     // At most one tenant.migrate saga runs at a time; all end ACTIVE at version 2.
     let mut most = 0;
     loop {
-        // Running = holding a lease (a saga waiting for its slot holds none).
+        // Running = started (EXECUTING: a saga parked while its per-service branches migrate holds
+        // no lease, but keeps its slot), or holding a lease to start (a saga waiting for its slot
+        // is PENDING and holds none).
         let (_, _, listed) = app.send(app.request(Method::GET, "/v1/sagas?definition=tenant.migrate")).await;
         let running = listed["items"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|saga| {
-                !saga["lease_owner"].is_null()
-                    && ["PENDING", "EXECUTING"].contains(&saga["status"].as_str().unwrap_or(""))
+                saga["status"] == "EXECUTING" || (!saga["lease_owner"].is_null() && saga["status"] == "PENDING")
             })
             .count();
         most = most.max(running);
@@ -1067,9 +1075,12 @@ async fn a_migration_that_fails_during_onboarding_keeps_the_storage_for_a_retry(
     assert!(history[retried..].iter().any(|t| t == "saga_completed"), "{history:?}");
     assert_eq!(
         history.iter().filter(|t| *t == "step_succeeded").count(),
-        4,
-        "record, storage, migrations, activate once: {history:?}"
+        5,
+        "record, storage, services, migrations, activate once: {history:?}"
     );
+    // The migrations ran per service: the failed service's branch ran again on the retry, in
+    // a new generation.
+    assert_eq!(history.iter().filter(|t| *t == "branch_started").count(), 2, "{history:?}");
 
     // DELETE of a MIGRATION_ERROR tenant drops what was made.
     write(&dir, "billing/0003_broken.sql", "ALTER TABLE nowhere ADD COLUMN x INTEGER;");
@@ -1175,6 +1186,43 @@ async fn a_failed_second_migration_leaves_the_first_shown_on_both_stores() {
             .collect();
         assert_eq!(shown, vec![(json!("billing"), json!(1))], "{backend:?}: the first stands: {failed}");
         assert!(failed["migrations"][0]["applied_at"].is_string(), "{backend:?}: {failed}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Onboarding migrates each service in a branch of its own, at once: a service whose migration
+/// fails leaves the others applied and shown; the retry runs only that service again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_migrates_in_its_own_branch_and_a_retry_runs_only_the_failed_one() {
+    let dir = std::env::temp_dir().join(format!("sagaplane-per-service-{}", uuid::Uuid::now_v7()));
+    write(&dir, "billing/0001_create_invoices.sql", "CREATE TABLE invoices (id INTEGER PRIMARY KEY);");
+    write(&dir, "crm/0001_create_contacts.sql", "ALTER TABLE no_such_table ADD COLUMN x TEXT;");
+    write(&dir, "mail/0001_create_outbox.sql", "CREATE TABLE outbox (id INTEGER PRIMARY KEY);");
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = App::spawn(BIN, backend, &[("SAGAPLANE_TENANT_MIGRATIONS_DIR", dir.display().to_string())]).await;
+        let id = format!("services-{}", suffix());
+        let (status, created) = create(&app, json!({"id": id, "name": "Services Co"})).await;
+        assert_eq!(status, 202, "{backend:?}: {created}");
+        let saga_id = created["saga_id"].as_str().unwrap_or_default().to_string();
+        let failed = until_status(&app, &id, &["MIGRATION_ERROR", "PROVISION_ERROR", "ACTIVE"]).await;
+        assert_eq!(failed["status"], "MIGRATION_ERROR", "{backend:?}: {failed}");
+        let message = failed["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("\"crm\"") && message.contains("0001_create_contacts.sql"), "{backend:?}: {message}");
+        let shown = |tenant: &Value| -> Vec<Value> {
+            tenant["migrations"].as_array().into_iter().flatten().map(|m| m["service"].clone()).collect()
+        };
+        assert_eq!(shown(&failed), [json!("billing"), json!("mail")], "{backend:?}: the others stand: {failed}");
+
+        write(&dir, "crm/0001_create_contacts.sql", "CREATE TABLE contacts (id INTEGER PRIMARY KEY);");
+        let (status, _, body) = app.send(app.request(Method::POST, &format!("/v1/tenants/{id}/retry-migration"))).await;
+        assert_eq!(status, 202, "{backend:?}: {body}");
+        let active = until_status(&app, &id, &["ACTIVE", "MIGRATION_ERROR"]).await;
+        assert_eq!(active["status"], "ACTIVE", "{backend:?}: {active}");
+        assert_eq!(shown(&active), [json!("billing"), json!("crm"), json!("mail")], "{backend:?}: {active}");
+        let history = app.event_types(&saga_id).await;
+        assert_eq!(history.iter().filter(|t| *t == "branch_started").count(), 4, "three, then crm again: {history:?}");
+        // The crm file is fixed in place: reset it for the next store.
+        write(&dir, "crm/0001_create_contacts.sql", "ALTER TABLE no_such_table ADD COLUMN x TEXT;");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,8 @@
 //!
 //! - **events report what happened**: a saga's commits wrote exactly one event, the one of the
 //!   status it ended in, and none before it ended (a child saga compensated by its parent after
-//!   it completed: `saga.completed`, then the one of its end);
+//!   it completed: `saga.completed`, then the one of its end; a branch of a group, or a child's
+//!   tombstone: none);
 //! - **every event reaches exactly the subscriptions that want it**: one delivery per event and
 //!   subscription whose filter matches;
 //! - **no delivery of an event never committed**: every request a receiver took carries a
@@ -59,7 +60,7 @@ fn check_events(observation: &Observation<'_>, violations: &mut Vec<Violation>) 
         let wrote = written.remove(&saga.id).unwrap_or_default();
         // A child compensated by its parent after it completed reported both ends.
         let reopened = super::reopened_at(observation, saga.id).is_some();
-        let expected: Vec<&str> = match super::is_tombstone(observation, saga) {
+        let expected: Vec<&str> = match super::reports_no_end(observation, saga) {
             true => Vec::new(),
             false => reopened.then_some("saga.completed").into_iter().chain(event_of(saga.status)).collect(),
         };
@@ -98,7 +99,7 @@ fn check_fan_out(observation: &Observation<'_>, violations: &mut Vec<Violation>)
         }
     }
     // The other way round: every terminal saga whose event a subscription wants has it written.
-    for saga in observation.sagas.values().filter(|s| !super::is_tombstone(observation, s)) {
+    for saga in observation.sagas.values().filter(|s| !super::reports_no_end(observation, s)) {
         let Some(event_type) = event_of(saga.status) else { continue };
         let wanted = outbox.subscriptions.iter().any(|s| s.events.iter().any(|f| f == "*" || f == event_type));
         let written =

@@ -91,7 +91,8 @@ pub fn check(observation: &Observation<'_>) -> Vec<Violation> {
 /// The steps a saga runs, as the scenario made them: its definition's, or — for a branch of a
 /// `parallel` group — that branch's.
 fn plan_of<'a>(observation: &'a Observation<'_>, saga: &SagaRecord) -> Option<std::borrow::Cow<'a, DefinitionPlan>> {
-    let plan = observation.scenario.definitions.iter().find(|d| d.name == saga.definition)?;
+    let name = saga_core::base_definition_name(&saga.definition);
+    let plan = observation.scenario.definitions.iter().find(|d| d.name == name)?;
     let Some(branch) = saga.state.parent.as_ref().and_then(|p| p.branch.as_ref()) else {
         return Some(std::borrow::Cow::Borrowed(plan));
     };
@@ -123,6 +124,12 @@ pub(crate) fn is_tombstone(observation: &Observation<'_>, saga: &SagaRecord) -> 
         && saga.status == SagaStatus::Compensated
         && saga.state.steps.iter().all(|s| s.status == StepStatus::Skipped)
         && events_of(observation, saga.id).count() == 1
+}
+
+/// A saga whose end no `saga.*` event reports: a child's tombstone (nothing happened) or a
+/// branch of a group (its parent's end reports it).
+pub(crate) fn reports_no_end(observation: &Observation<'_>, saga: &SagaRecord) -> bool {
+    is_tombstone(observation, saga) || saga.state.parent.as_ref().is_some_and(|p| p.branch.is_some())
 }
 
 /// The position in its history where a COMPLETED child saga was reopened by its parent's
