@@ -61,8 +61,9 @@ pub struct TenantPatch {
     pub domains: Option<Value>,
     pub contacts: Option<Value>,
     pub metadata: Option<Value>,
-    /// The migrations applied to the tenant's storage, `[{service, version, applied_at_ms}]`
-    /// (not a client field: the migrations step records what stands after a failure).
+    /// Migrations applied to the tenant's storage, `[{service, version, applied_at_ms}]`, merged
+    /// into what the tenant shows: per service, the higher version stays (not a client field:
+    /// each service's migrations step records what stands, whichever finishes first).
     pub migrations: Option<Value>,
 }
 

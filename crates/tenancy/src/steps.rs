@@ -131,7 +131,15 @@ impl TenantSteps {
         }
         let now_ms = self.clock.now_ms();
         match self.storage.migrations_apply(&tenant.id, tenant.storage_mode, &migrations, now_ms).await {
-            Ok(applied) => Outcome::Succeeded(json!({"migrations": latest_per_service(&applied)})),
+            Ok(applied) => {
+                // Shown at once, while other services' branches still run (merged, per service).
+                let latest = latest_per_service(&applied);
+                let patch = TenantPatch { migrations: Some(latest.clone()), ..TenantPatch::default() };
+                if let Err(e) = self.tenants.tenant_patch(&tenant.id, &patch, now_ms).await {
+                    tracing::warn!(tenant_id = %tenant.id, error = %e, "recording the applied migrations");
+                }
+                Outcome::Succeeded(json!({ "migrations": latest }))
+            }
             Err(e) => {
                 if matches!(e, TenantStorageError::MigrationFailed { .. }) {
                     self.record_what_stands(&tenant.id, tenant.storage_mode, now_ms).await;

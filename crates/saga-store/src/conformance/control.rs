@@ -94,6 +94,22 @@ pub async fn tenants_are_created_with_their_saga_and_change_status_conditionally
         .tenant_patch("beta", &crate::TenantPatch { name: Some("Beta".into()), ..Default::default() }, 6)
         .await)?;
     ensure!(patched.name == "Beta" && patched.domains == json!(["a.example.com"]), "patch: {patched:?}");
+    // Migrations merge per service, the higher version staying, whatever order they come in.
+    let migrations = |list: serde_json::Value| crate::TenantPatch { migrations: Some(list), ..Default::default() };
+    let billing = |v: i64| json!({"service": "billing", "version": v, "applied_at_ms": v});
+    db(store.tenant_patch("beta", &migrations(json!([billing(2)])), 7).await)?;
+    db(store
+        .tenant_patch("beta", &migrations(json!([{"service": "crm", "version": 1, "applied_at_ms": 1}])), 8)
+        .await)?;
+    let merged = db(store.tenant_patch("beta", &migrations(json!([billing(1)])), 9).await)?;
+    let shown: Vec<(serde_json::Value, serde_json::Value)> = merged
+        .migrations
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| (m["service"].clone(), m["version"].clone()))
+        .collect();
+    ensure!(shown == [(json!("billing"), json!(2)), (json!("crm"), json!(1))], "merged: {shown:?}");
     Ok(())
 }
 

@@ -137,7 +137,11 @@ impl TenantStore for PostgresStore {
         let row = sqlx::query(&format!(
             "UPDATE tenants t SET name = COALESCE($2, t.name), sla_tier = COALESCE($3, t.sla_tier), \
                domains = COALESCE($4, t.domains), contacts = COALESCE($5, t.contacts), \
-               metadata = COALESCE($6, t.metadata), updated_at = $7, migrations = COALESCE($8, t.migrations) \
+               metadata = COALESCE($6, t.metadata), updated_at = $7, \
+               migrations = CASE WHEN $8::jsonb IS NULL THEN t.migrations ELSE ( \
+                 SELECT COALESCE(jsonb_agg(m ORDER BY m->>'service'), '[]'::jsonb) FROM ( \
+                   SELECT DISTINCT ON (m->>'service') m FROM jsonb_array_elements(t.migrations || $8::jsonb) AS e(m) \
+                   ORDER BY m->>'service', (m->>'version')::bigint DESC) AS latest) END \
              WHERE t.id = $1 RETURNING {TENANT_COLUMNS}"
         ))
         .bind(id)

@@ -132,7 +132,13 @@ impl TenantStore for SqliteStore {
         let row = sqlx::query(&format!(
             "UPDATE tenants SET name = COALESCE(?2, name), sla_tier = COALESCE(?3, sla_tier), \
                domains = COALESCE(?4, domains), contacts = COALESCE(?5, contacts), \
-               metadata = COALESCE(?6, metadata), updated_at = ?7, migrations = COALESCE(?8, migrations) \
+               metadata = COALESCE(?6, metadata), updated_at = ?7, \
+               migrations = CASE WHEN ?8 IS NULL THEN migrations ELSE ( \
+                 SELECT json_group_array(json(value)) FROM ( \
+                   SELECT value, ROW_NUMBER() OVER ( \
+                     PARTITION BY json_extract(value, '$.service') ORDER BY json_extract(value, '$.version') DESC) AS n \
+                   FROM (SELECT value FROM json_each(tenants.migrations) UNION ALL SELECT value FROM json_each(?8)) \
+                   ORDER BY json_extract(value, '$.service')) WHERE n = 1) END \
              WHERE id = ?1 RETURNING {TENANT_COLUMNS}"
         ))
         .bind(id)
