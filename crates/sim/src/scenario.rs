@@ -65,8 +65,23 @@ pub struct StepPlan {
     pub when_even: bool,
     /// A child saga step: the definition its child runs (one made before this one, so no cycle).
     pub child: Option<String>,
-    /// A `parallel` group: its branches' steps (each branch runs as a child saga).
+    /// A `parallel` group: its branches' steps (each branch runs as a child saga). A `for_each`
+    /// (`for_each` set): one branch, run once per item.
     pub branches: Option<Vec<Vec<StepPlan>>>,
+    /// A `for_each` over `range(input.n % 3 + 1)`: its branches are one per item, each running
+    /// `branches[0]`.
+    pub for_each: bool,
+}
+
+impl StepPlan {
+    /// The branches a saga with input `n` runs for this group: `(index, steps)`.
+    pub fn branches_for(&self, n: Option<u64>) -> Vec<&[StepPlan]> {
+        let Some(branches) = &self.branches else { return Vec::new() };
+        match self.for_each {
+            true => (0..n.map_or(1, |n| n % 3 + 1)).filter_map(|_| branches.first().map(Vec::as_slice)).collect(),
+            false => branches.iter().map(Vec::as_slice).collect(),
+        }
+    }
 }
 
 impl StepPlan {
@@ -414,21 +429,29 @@ fn branch_step(dice: &Dice, name: String) -> (Value, StepPlan) {
         when_even: false,
         child: None,
         branches: None,
+        for_each: false,
     };
     (document, plan)
 }
 
-/// A `parallel` group of 2–3 branches of 1–2 steps each, named `g<at>` (its steps `g<at>b<i>s<j>`).
+/// A group named `g<at>` (its steps `g<at>b<i>s<j>`): a `parallel` of 2–3 branches of 1–2 steps
+/// each, or a `for_each` over `n % 3 + 1` items of one such branch.
 fn group(dice: &Dice, at: usize) -> (Value, StepPlan) {
+    let for_each = dice.chance(0.4);
     let mut documents = Vec::new();
     let mut plans = Vec::new();
-    for branch in 0..dice.between(2, 3) {
+    for branch in 0..if for_each { 1 } else { dice.between(2, 3) } {
         let steps: Vec<(Value, StepPlan)> =
             (0..dice.between(1, 2)).map(|step| branch_step(dice, format!("g{at}b{branch}s{step}"))).collect();
         documents.push(steps.iter().map(|(document, _)| document.clone()).collect::<Vec<_>>());
         plans.push(steps.into_iter().map(|(_, plan)| plan).collect::<Vec<_>>());
     }
-    let document = json!({"name": format!("g{at}"), "parallel": documents, "concurrency": dice.between(1, 3)});
+    let concurrency = dice.between(1, 3);
+    let document = match for_each {
+        true => json!({"name": format!("g{at}"), "for_each": "{{ range(input.n % 3 + 1) | list }}",
+                       "steps": documents[0], "concurrency": concurrency}),
+        false => json!({"name": format!("g{at}"), "parallel": documents, "concurrency": concurrency}),
+    };
     let plan = StepPlan {
         name: format!("g{at}"),
         participant: None,
@@ -439,6 +462,7 @@ fn group(dice: &Dice, at: usize) -> (Value, StepPlan) {
         when_even: false,
         child: None,
         branches: Some(plans),
+        for_each,
     };
     (document, plan)
 }
@@ -466,6 +490,7 @@ fn definition(dice: &Dice, extras: Extras<'_>, n: u64) -> DefinitionPlan {
                 when_even: false,
                 child: None,
                 branches: None,
+                for_each: false,
             });
         }
         let when_even = construct(0.15);
@@ -486,6 +511,7 @@ fn definition(dice: &Dice, extras: Extras<'_>, n: u64) -> DefinitionPlan {
                 when_even: false,
                 child: None,
                 branches: None,
+                for_each: false,
             });
             continue;
         }
@@ -528,6 +554,7 @@ fn definition(dice: &Dice, extras: Extras<'_>, n: u64) -> DefinitionPlan {
             when_even,
             child: None,
             branches: None,
+            for_each: false,
         });
     }
     // A child saga step, running the first definition (which has none, so no saga starts itself
@@ -552,6 +579,7 @@ fn definition(dice: &Dice, extras: Extras<'_>, n: u64) -> DefinitionPlan {
                 when_even: false,
                 child: Some(child),
                 branches: None,
+                for_each: false,
             },
         );
     }

@@ -96,7 +96,8 @@ fn plan_of<'a>(observation: &'a Observation<'_>, saga: &SagaRecord) -> Option<st
     let Some(branch) = saga.state.parent.as_ref().and_then(|p| p.branch.as_ref()) else {
         return Some(std::borrow::Cow::Borrowed(plan));
     };
-    let steps = plan.steps.get(branch.group)?.branches.as_ref()?.get(branch.index)?.clone();
+    let n = saga.input.get("n").and_then(serde_json::Value::as_u64);
+    let steps = plan.steps.get(branch.group)?.branches_for(n).get(branch.index)?.to_vec();
     Some(std::borrow::Cow::Owned(DefinitionPlan {
         name: plan.name.clone(),
         document: serde_json::Value::Null,
@@ -358,9 +359,10 @@ fn check_children(observation: &Observation<'_>, saga: &SagaRecord, violations: 
             .find(|(_, e, _)| tombstone || TERMINAL_EVENTS.contains(&e.kind.as_str()))
             .map(|(seq, _, _)| seq)
     };
+    let n = saga.input.get("n").and_then(serde_json::Value::as_u64);
     let children_of = |step: &crate::scenario::StepPlan| -> Vec<String> {
         match &step.branches {
-            Some(branches) => (0..branches.len()).map(|index| format!("{}#{index}", step.name)).collect(),
+            Some(_) => (0..step.branches_for(n).len()).map(|index| format!("{}#{index}", step.name)).collect(),
             None if step.child.is_some() => vec![step.name.clone()],
             None => Vec::new(),
         }
@@ -431,9 +433,12 @@ fn check_branches_undone_first(
     let undone = |saga_id: Uuid| {
         observation.requests.iter().filter(move |r| r.saga_id == saga_id && r.phase == Phase::Compensation)
     };
+    let n = saga.input.get("n").and_then(serde_json::Value::as_u64);
     for (at, step) in plan.steps.iter().enumerate() {
-        let Some(branches) = &step.branches else { continue };
-        let last_branch_undo = (0..branches.len())
+        if step.branches.is_none() {
+            continue;
+        }
+        let last_branch_undo = (0..step.branches_for(n).len())
             .map(|index| saga_runtime::child_saga_id(saga.id, &format!("{}#{index}", step.name)))
             .flat_map(undone)
             .map(|r| r.seq)
