@@ -324,6 +324,23 @@ impl Checker<'_> {
         (steps.len() == items.len()).then_some(steps)
     }
 
+    /// A step's `name`: required, and a valid step name.
+    fn step_name(&mut self, path: &str, value: Option<&Value>) -> Option<String> {
+        let name_path = pointer(path, "name");
+        let Some(value) = value else {
+            self.error(&name_path, "is required");
+            return None;
+        };
+        match self.string(&name_path, value) {
+            Some(n) if is_valid_step_name(n) => Some(n.to_string()),
+            Some(n) => {
+                self.error(&name_path, format!("step name {n:?} must match {}", crate::STEP_NAME_PATTERN));
+                None
+            }
+            None => None,
+        }
+    }
+
     /// A step, or a `parallel` / `for_each` group in its place.
     fn step_or_group(
         &mut self,
@@ -359,21 +376,7 @@ impl Checker<'_> {
         }
         let name = match map.get("name") {
             None if parallel => Some(format!("parallel_{index}")),
-            None => {
-                self.error(&pointer(path, "name"), "is required");
-                None
-            }
-            Some(v) => match self.string(&pointer(path, "name"), v) {
-                Some(n) if is_valid_step_name(n) => Some(n.to_string()),
-                Some(n) => {
-                    self.error(
-                        &pointer(path, "name"),
-                        format!("step name {n:?} must match {}", crate::STEP_NAME_PATTERN),
-                    );
-                    None
-                }
-                None => None,
-            },
+            name => self.step_name(path, name),
         };
         let when = map.get("when").and_then(|v| {
             self.template_tree(&pointer(path, "when"), v);
@@ -510,21 +513,7 @@ impl Checker<'_> {
                 "when",
             ],
         );
-        let name_path = pointer(path, "name");
-        let name = match map.get("name") {
-            None => {
-                self.error(&name_path, "is required");
-                None
-            }
-            Some(v) => match self.string(&name_path, v) {
-                Some(n) if is_valid_step_name(n) => Some(n.to_string()),
-                Some(n) => {
-                    self.error(&name_path, format!("step name {n:?} must match {}", crate::STEP_NAME_PATTERN));
-                    None
-                }
-                None => None,
-            },
-        };
+        let name = self.step_name(path, map.get("name"));
         let action = match map.get("action") {
             None => {
                 self.error(&pointer(path, "action"), "is required");

@@ -15,15 +15,6 @@ use crate::BIN;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn status_of(saga: &Value, name: &str) -> Value {
-    saga["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["name"] == name)
-        .map_or(Value::Null, |s| s["status"].clone())
-}
-
 /// `reserve` (undone by `/release`), then a signal `go` the tests use to hold the child open.
 async fn apply_child(app: &App) {
     let child = fast_definition(json!([
@@ -87,10 +78,10 @@ async fn compensating_the_step_compensates_a_completed_child(backend: Backend) {
     let id = app.start("order", json!({"sku": "b-2", "hold": false, "fail_after": true})).await;
     let saga = app.wait_terminal(&id, WAIT).await;
     assert_eq!(saga["status"], "COMPENSATED", "{saga}");
-    assert_eq!(status_of(&saga, "stock"), json!("COMPENSATED"), "{saga}");
+    assert_eq!(crate::step_status(&saga, "stock"), json!("COMPENSATED"), "{saga}");
     let child = app.saga(&child_id_of(&saga)).await;
     assert_eq!(child["status"], "COMPENSATED", "{child}");
-    assert_eq!(status_of(&child, "reserve"), json!("COMPENSATED"), "{child}");
+    assert_eq!(crate::step_status(&child, "reserve"), json!("COMPENSATED"), "{child}");
     assert!(child["error"]["message"].as_str().unwrap_or_default().contains(&id), "{child}");
     assert_eq!(participant.requests("/release").len(), 1);
     let types = app.event_types(child["id"].as_str().unwrap_or_default()).await;
@@ -114,7 +105,7 @@ async fn cancelling_the_parent_cancels_its_child(backend: Backend) {
     assert_eq!(blockers["blockers"][0]["saga_id"], json!(child_id), "{blockers}");
     assert_eq!(blockers["runnable"], false, "no worker held while it waits: {blockers}");
     eventually("the child waiting for its signal", WAIT, || async {
-        (status_of(&app.saga(&child_id).await, "go") == "EXECUTING").then_some(())
+        (crate::step_status(&app.saga(&child_id).await, "go") == "EXECUTING").then_some(())
     })
     .await;
 
@@ -138,7 +129,7 @@ async fn a_compensated_child_fails_its_step(backend: Backend) {
     let id = app.start("order", json!({"sku": "none", "hold": false, "fail_after": false})).await;
     let saga = app.wait_terminal(&id, WAIT).await;
     assert_eq!(saga["status"], "COMPENSATED", "{saga}");
-    assert_eq!(status_of(&saga, "stock"), json!("FAILED"), "{saga}");
+    assert_eq!(crate::step_status(&saga, "stock"), json!("FAILED"), "{saga}");
     let message = saga["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("was compensated") && message.contains("out of stock"), "{saga}");
     assert_eq!(participant.requests("/release").len(), 1, "released once, by the child itself");

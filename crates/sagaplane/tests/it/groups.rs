@@ -14,15 +14,6 @@ use crate::BIN;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn status_of(saga: &Value, name: &str) -> Value {
-    saga["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["name"] == name)
-        .map_or(Value::Null, |s| s["status"].clone())
-}
-
 /// `account`, then two branches (`dns` → `tls`, and `billing`), then `welcome`, which reads a
 /// branch step's output by name and fails when the input says so.
 fn onboarding() -> Value {
@@ -79,7 +70,7 @@ async fn a_failure_after_the_group_undoes_every_branch_then_what_came_before(bac
     let id = app.start("onboarding", json!({"fail": true})).await;
     let saga = app.wait_terminal(&id, WAIT).await;
     assert_eq!(saga["status"], "COMPENSATED", "{saga}");
-    assert_eq!(status_of(&saga, "setup"), json!("COMPENSATED"), "{saga}");
+    assert_eq!(crate::step_status(&saga, "setup"), json!("COMPENSATED"), "{saga}");
     for undo in ["/dns-undo", "/tls-undo", "/billing-undo", "/account-undo"] {
         assert_eq!(participant.requests(undo).len(), 1, "{undo}");
     }

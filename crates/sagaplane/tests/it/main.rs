@@ -33,6 +33,12 @@ mod upgrade;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sagaplane");
 
+/// The status of step `name` in a saga as the API shows it (null when it has no such step).
+pub fn step_status(saga: &serde_json::Value, name: &str) -> serde_json::Value {
+    let steps = saga["steps"].as_array().into_iter().flatten();
+    steps.filter(|s| s["name"] == name).map(|s| s["status"].clone()).next().unwrap_or(serde_json::Value::Null)
+}
+
 /// Runs an async scenario once per backend, as separate tests (`<name>::postgres`, `::sqlite`).
 #[macro_export]
 macro_rules! on_both_backends {

@@ -433,19 +433,12 @@ impl SagaStore for MemoryStore {
 
     async fn saga_wake(&self, id: Uuid, now_ms: i64) -> StoreResult<bool> {
         let mut tables = self.tables()?;
-        let row = row_mut(&mut tables, id)?;
-        if !row.is_active() {
-            return Ok(false);
-        }
-        let record = &mut row.record;
-        record.wake_seq += 1;
-        record.updated_at_ms = now_ms;
-        if record.lease_owner.is_none() {
-            record.run_at_ms = record.run_at_ms.min(now_ms);
-        }
+        let woken = signals::wake(&mut tables, id, now_ms)?;
         drop(tables);
-        self.notify_work();
-        Ok(true)
+        if woken {
+            self.notify_work();
+        }
+        Ok(woken)
     }
 
     async fn saga_cancel_request(&self, id: Uuid, now_ms: i64, job: Option<&JobMark>) -> StoreResult<SagaRecord> {

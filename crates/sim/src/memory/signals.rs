@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{conflict_status, Callback, MemoryStore, Signal, Tables};
 
 /// Wakes an unfinished saga; false when it is terminal. NotFound when there is no such saga.
-fn wake(tables: &mut Tables, id: Uuid, now_ms: i64) -> StoreResult<bool> {
+pub(super) fn wake(tables: &mut Tables, id: Uuid, now_ms: i64) -> StoreResult<bool> {
     let row = tables.sagas.get_mut(&id).ok_or(StoreError::NotFound)?;
     if !row.is_active() {
         return Ok(false);
