@@ -462,34 +462,22 @@ fn schemas() -> Value {
             "retention": {"type": "string", "pattern": DURATION_PATTERN, "description": "how long a finished saga of this definition is kept (at least 1s); default SAGAPLANE_RETENTION"},
             "defaults": {"type": "object", "additionalProperties": false, "properties": {"timeout": duration, "retry": retry, "compensation_retry": retry}},
             "concurrency": {"type": "object", "additionalProperties": false, "required": ["key", "limit"], "properties": {"key": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}}},
-            "steps": {"type": "array", "minItems": 1, "items": {"anyOf": [
-                {"$ref": "#/components/schemas/DefinitionStep"},
-                {"$ref": "#/components/schemas/ParallelGroup"},
-                {"$ref": "#/components/schemas/ForEachGroup"}
-            ]}}
+            "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/DefinitionStep"}}
         }},
-        "DefinitionStep": {"type": "object", "additionalProperties": false, "required": ["name", "action"], "properties": {
+        "DefinitionStep": {"type": "object", "additionalProperties": false,
+            "description": "a step (name, action, …), or a group in its place: parallel (lists of steps, name optional) or for_each (a template rendering a list, with step or steps); see docs/definitions.md",
+            "properties": {
             "name": {"type": "string", "pattern": saga_core::STEP_NAME_PATTERN}, "description": {"type": "string"},
             "action": {"$ref": "#/components/schemas/JsonObject", "description": "exactly one of http, grpc, builtin, signal, sleep ({duration} or {until}), saga ({definition, version?, input?})"},
             "compensation": {"anyOf": [{"type": "null"}, {"$ref": "#/components/schemas/JsonObject"}]}, "timeout": duration, "heartbeat_timeout": duration,
             "retry": retry, "compensation_retry": retry, "pivot": {"type": "boolean"},
             "on_failure": {"enum": ["compensate", "fail"], "description": "fail: the saga fails forward to FAILED for an operator's retry instead of compensating"},
-            "when": {"type": "string", "description": "template: the step is skipped when it renders false, empty or 0"}
-        }},
-        "ParallelGroup": {"type": "object", "additionalProperties": false, "required": ["parallel"], "description": "branches that run at once, each in order, each as a child saga", "properties": {
-            "name": {"type": "string", "pattern": saga_core::STEP_NAME_PATTERN}, "description": {"type": "string"},
-            "when": {"type": "string"}, "on_failure": {"enum": ["compensate", "fail"]},
-            "concurrency": {"type": "integer", "minimum": 1, "maximum": saga_core::GROUP_CONCURRENCY_MAX},
-            "parallel": {"type": "array", "minItems": 2, "maxItems": saga_core::BRANCHES_MAX,
-                         "items": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/DefinitionStep"}}}
-        }},
-        "ForEachGroup": {"type": "object", "additionalProperties": false, "required": ["name", "for_each"], "description": "one run of step (or steps) per item of the list the template renders", "properties": {
-            "name": {"type": "string", "pattern": saga_core::STEP_NAME_PATTERN}, "description": {"type": "string"},
-            "when": {"type": "string"}, "on_failure": {"enum": ["compensate", "fail"]},
-            "concurrency": {"type": "integer", "minimum": 1, "maximum": saga_core::GROUP_CONCURRENCY_MAX},
-            "for_each": {"type": "string", "description": "a template rendering a list: {{ item }} and {{ index }} in the steps"},
-            "step": {"$ref": "#/components/schemas/DefinitionStep"},
-            "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/DefinitionStep"}}
+            "when": {"type": "string", "description": "template: the step is skipped when it renders false, empty or 0"},
+            "parallel": {"type": "array", "description": "a group: 2 to 20 branches, each a list of steps, run at once", "items": {"type": "array", "items": {"$ref": "#/components/schemas/JsonObject"}}},
+            "for_each": {"type": "string", "description": "a group: a template rendering a list; {{ item }} and {{ index }} in its steps"},
+            "concurrency": {"type": "integer", "description": "a group's branches or items at once (1 to 100)"},
+            "step": {"$ref": "#/components/schemas/JsonObject", "description": "for_each: the step run per item"},
+            "steps": {"type": "array", "items": {"$ref": "#/components/schemas/JsonObject"}, "description": "for_each: the steps run per item, in order"}
         }},
         "Definition": {"type": "object", "properties": {
             "name": {"type": "string"}, "version": {"type": "integer"}, "definition": {"$ref": "#/components/schemas/DefinitionDocument"},

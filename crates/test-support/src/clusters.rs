@@ -72,6 +72,18 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// `N` free TCP ports on loopback, all different: each is held until all are picked (one at a
+/// time, a released port can come back at once — HAProxy was once given etcd's).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port")).collect();
+    let mut ports = [0u16; N];
+    for (port, listener) in ports.iter_mut().zip(&held) {
+        *port = listener.local_addr().expect("bound").port();
+    }
+    ports
+}
+
 /// A PostgreSQL 15 cluster of the test's own.
 pub struct Cluster {
     pub name: String,

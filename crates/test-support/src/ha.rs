@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::clusters::{as_postgres, as_root, free_port, wait_for_port};
+use crate::clusters::{as_postgres, as_root, free_ports, wait_for_port};
 
 /// One Patroni member: its name, PostgreSQL port and REST API port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,11 +74,10 @@ impl HaPair {
         let dir =
             std::env::temp_dir().join(format!("sagaplane-ha-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
         std::fs::create_dir_all(&dir).expect("ha dir");
-        let port = free_port();
-        let (etcd_port, etcd_peer_port) = (free_port(), free_port());
-        let members: Vec<Member> = ["pg1", "pg2"]
+        let [port, etcd_port, etcd_peer_port, pg1, api1, pg2, api2] = free_ports::<7>();
+        let members: Vec<Member> = [("pg1", pg1, api1), ("pg2", pg2, api2)]
             .into_iter()
-            .map(|name| Member { name: name.to_string(), pg_port: free_port(), api_port: free_port() })
+            .map(|(name, pg_port, api_port)| Member { name: name.to_string(), pg_port, api_port })
             .collect();
         let mut haproxy = format!(
             "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30m\n  \
