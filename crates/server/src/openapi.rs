@@ -464,8 +464,8 @@ fn schemas() -> Value {
             "concurrency": {"type": "object", "additionalProperties": false, "required": ["key", "limit"], "properties": {"key": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}}},
             "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/DefinitionStep"}}
         }},
-        "DefinitionStep": {"type": "object", "additionalProperties": false,
-            "description": "a step (name, action, …), or a group in its place: parallel (lists of steps, name optional) or for_each (a template rendering a list, with step or steps); see docs/definitions.md",
+        "DefinitionStep": {"type": "object", "additionalProperties": false, "required": ["name"],
+            "description": "a step (name, action, …), or a group in its place: parallel (lists of steps; the API also takes one without a name, called parallel_<position>) or for_each (a template rendering a list, with step or steps); see docs/definitions.md",
             "properties": {
             "name": {"type": "string", "pattern": saga_core::STEP_NAME_PATTERN}, "description": {"type": "string"},
             "action": {"$ref": "#/components/schemas/JsonObject", "description": "exactly one of http, grpc, builtin, signal, sleep ({duration} or {until}), saga ({definition, version?, input?})"},
@@ -473,11 +473,11 @@ fn schemas() -> Value {
             "retry": retry, "compensation_retry": retry, "pivot": {"type": "boolean"},
             "on_failure": {"enum": ["compensate", "fail"], "description": "fail: the saga fails forward to FAILED for an operator's retry instead of compensating"},
             "when": {"type": "string", "description": "template: the step is skipped when it renders false, empty or 0"},
-            "parallel": {"type": "array", "description": "a group: 2 to 20 branches, each a list of steps, run at once", "items": {"type": "array", "items": {"$ref": "#/components/schemas/JsonObject"}}},
+            "parallel": {"type": "array", "description": "a group: 2 to 20 branches, each a list of steps, run at once", "items": {"type": "array"}},
             "for_each": {"type": "string", "description": "a group: a template rendering a list; {{ item }} and {{ index }} in its steps"},
             "concurrency": {"type": "integer", "description": "a group's branches or items at once (1 to 100)"},
-            "step": {"$ref": "#/components/schemas/JsonObject", "description": "for_each: the step run per item"},
-            "steps": {"type": "array", "items": {"$ref": "#/components/schemas/JsonObject"}, "description": "for_each: the steps run per item, in order"}
+            "step": {"type": "object", "description": "for_each: the step run per item"},
+            "steps": {"type": "array", "description": "for_each: the steps run per item, in order"}
         }},
         "Definition": {"type": "object", "properties": {
             "name": {"type": "string"}, "version": {"type": "integer"}, "definition": {"$ref": "#/components/schemas/DefinitionDocument"},
