@@ -428,6 +428,9 @@ pub trait SagaStore: Send + Sync + 'static {
     /// The saga created with this idempotency key, and the request hash stored with it.
     async fn saga_by_idempotency_key(&self, key: &str) -> StoreResult<Option<(SagaRecord, Option<String>)>>;
     async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord>;
+    /// The sagas of `ids` that exist, in no particular order (a group reads its branches in one
+    /// round trip). At most [`SAGA_GET_MANY_MAX`] ids.
+    async fn saga_get_many(&self, ids: &[Uuid]) -> StoreResult<Vec<SagaRecord>>;
     async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>>;
     async fn saga_events(&self, id: Uuid, after_seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>>;
     /// An operator's change to an unleased saga, applied only while its status is as expected.
@@ -449,6 +452,9 @@ pub trait SagaStore: Send + Sync + 'static {
     /// and the oldest one's `run_at` (the queue-depth metrics).
     async fn saga_due_summary(&self, now_ms: i64) -> StoreResult<(u64, Option<i64>)>;
 }
+
+/// The most ids one [`SagaStore::saga_get_many`] reads.
+pub const SAGA_GET_MANY_MAX: usize = 1_000;
 
 /// The most concurrency-key holders [`SagaQueueFacts`] lists.
 pub const KEY_HOLDERS_MAX: u32 = 100;

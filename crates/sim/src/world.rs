@@ -164,6 +164,9 @@ impl SagaStore for SimStore {
     async fn saga_get(&self, id: Uuid) -> StoreResult<SagaRecord> {
         self.call(self.inner.saga_get(id)).await
     }
+    async fn saga_get_many(&self, ids: &[Uuid]) -> StoreResult<Vec<SagaRecord>> {
+        self.call(self.inner.saga_get_many(ids)).await
+    }
     async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>> {
         self.call(self.inner.saga_list(filter)).await
     }

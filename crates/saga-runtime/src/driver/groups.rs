@@ -77,6 +77,20 @@ impl Drive<'_> {
     /// Each branch's saga to go on with (None: not started in this generation, and no earlier
     /// one that did not undo itself — see `Latest`).
     async fn branches(&self, step: &str, count: usize, generation: u32) -> Result<Vec<Option<SagaRecord>>, Execution> {
+        if generation == 0 {
+            // The first run (no retry yet): every branch in one read.
+            let parent = self.claimed.record.id;
+            let ids: Vec<Uuid> = (0..count).map(|index| child_saga_id(parent, &branch_key(step, index))).collect();
+            let mut found: std::collections::HashMap<Uuid, SagaRecord> =
+                match self.shared.store.saga_get_many(&ids).await {
+                    Ok(records) => records.into_iter().map(|r| (r.id, r)).collect(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the branches failed");
+                        return Err(Execution::Stop);
+                    }
+                };
+            return Ok(ids.iter().map(|id| found.remove(id)).collect());
+        }
         let mut children = Vec::with_capacity(count);
         for index in 0..count {
             match self.latest_child(&branch_key(step, index), generation).await? {

@@ -84,6 +84,12 @@ pub async fn wake_makes_a_parked_saga_due_and_a_finished_create_is_finished(
     let tombstone = created.into_iter().flatten().next().ok_or("the tombstone was not created")?;
     ensure!(tombstone.status == SagaStatus::Compensated, "status: {tombstone:?}");
     ensure!(tombstone.completed_at_ms == Some(90), "finished at its creation: {tombstone:?}");
+    // Read together, as a group reads its branches: those that exist, whatever the order.
+    let mut many = db(store.saga_get_many(&[tombstone.id, Uuid::now_v7(), id]).await)?;
+    many.sort_by_key(|saga| saga.id);
+    let mut expected = vec![id, tombstone.id];
+    expected.sort();
+    ensure!(many.iter().map(|s| s.id).collect::<Vec<_>>() == expected, "read together: {many:?}");
     ensure!(db(store.saga_claim_due(&claim("w1", 10, 100)).await)?.is_empty(), "a finished saga is never claimed");
     Ok(())
 }

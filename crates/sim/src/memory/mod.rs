@@ -352,6 +352,11 @@ impl SagaStore for MemoryStore {
         self.tables()?.sagas.get(&id).map(|row| row.record.clone()).ok_or(StoreError::NotFound)
     }
 
+    async fn saga_get_many(&self, ids: &[Uuid]) -> StoreResult<Vec<SagaRecord>> {
+        let tables = self.tables()?;
+        Ok(ids.iter().filter_map(|id| tables.sagas.get(id)).map(|row| row.record.clone()).collect())
+    }
+
     async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>> {
         let tables = self.tables()?;
         let matches = |row: &&Row| {

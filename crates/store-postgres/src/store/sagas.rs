@@ -58,6 +58,18 @@ impl SagaStore for PostgresStore {
         rows::saga(&row)
     }
 
+    async fn saga_get_many(&self, ids: &[Uuid]) -> StoreResult<Vec<SagaRecord>> {
+        if ids.len() > saga_store::SAGA_GET_MANY_MAX {
+            return Err(StoreError::Conflict(format!("at most {} sagas at once", saga_store::SAGA_GET_MANY_MAX)));
+        }
+        let rows = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM sagas s WHERE s.id = ANY($1)"))
+            .bind(ids)
+            .fetch_all(&self.db)
+            .await
+            .map_err(db)?;
+        rows.iter().map(rows::saga).collect()
+    }
+
     async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>> {
         let mut query: QueryBuilder<'_, Postgres> =
             QueryBuilder::new(format!("SELECT {SAGA_COLUMNS} FROM sagas s WHERE TRUE"));

@@ -49,6 +49,20 @@ impl SagaStore for SqliteStore {
         rows::saga(&row)
     }
 
+    async fn saga_get_many(&self, ids: &[Uuid]) -> StoreResult<Vec<SagaRecord>> {
+        if ids.len() > saga_store::SAGA_GET_MANY_MAX {
+            return Err(StoreError::Conflict(format!("at most {} sagas at once", saga_store::SAGA_GET_MANY_MAX)));
+        }
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let rows =
+            sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE id IN (SELECT value FROM json_each(?))"))
+                .bind(json_text(&ids)?)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db)?;
+        rows.iter().map(rows::saga).collect()
+    }
+
     async fn saga_list(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRecord>> {
         let mut sql = format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE 1 = 1");
         if filter.status.is_some() {
