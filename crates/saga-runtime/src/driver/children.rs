@@ -53,6 +53,18 @@ pub(super) fn definitely(message: String) -> Execution {
     Execution::Outcome(Outcome::Failed { kind: FailureKind::NonRetryable, message })
 }
 
+/// A definition that could not be loaded: a store failure stops the driver (Err, logged; the
+/// attempt runs again), anything else (no such definition or version) is the caller's to answer.
+fn unless_store_failed(error: DefinitionError) -> Result<DefinitionError, Execution> {
+    match error {
+        DefinitionError::Store(e) => {
+            tracing::error!(error = %e, "loading a child saga's definition failed");
+            Err(Execution::Stop)
+        }
+        other => Ok(other),
+    }
+}
+
 /// The step's outcome once the child has ended; None while it has not.
 fn ended(child: &SagaRecord) -> Option<Outcome> {
     let id = child.id;
@@ -146,19 +158,16 @@ impl Drive<'_> {
     async fn start_child(&mut self, step: &str, key: &str, action: &ChildSagaAction) -> Result<SagaRecord, Execution> {
         let record = &self.claimed.record;
         let id = child_saga_id(record.id, key);
-        let depth = self.state.parent.as_ref().map_or(0, |p| p.depth) + 1;
-        if depth > CHILD_DEPTH_MAX {
+        let link = self.child_link(step, None);
+        if link.depth > CHILD_DEPTH_MAX {
             return Err(definitely(format!(
-                "child sagas nest at most {CHILD_DEPTH_MAX} deep; this one would be at depth {depth}"
+                "child sagas nest at most {CHILD_DEPTH_MAX} deep; this one would be at depth {}",
+                link.depth
             )));
         }
         let (version, definition) = match self.shared.definitions.get(&action.definition, action.version).await {
             Ok(found) => found,
-            Err(DefinitionError::Store(e)) => {
-                tracing::error!(error = %e, "loading the child saga's definition failed");
-                return Err(Execution::Stop);
-            }
-            Err(e) => return Err(definitely(format!("child saga: {e}"))),
+            Err(e) => return Err(definitely(format!("child saga: {}", unless_store_failed(e)?))),
         };
         let input = match &action.input {
             Some(tree) => saga_core::template::render_value(tree, &self.templates)
@@ -176,7 +185,7 @@ impl Drive<'_> {
         let concurrency = definition.concurrency_key(&context).map_err(|e| definitely(format!("child saga: {e}")))?;
         let now_ms = self.shared.clock.now_ms();
         let mut state = SagaState::started(&definition, now_ms);
-        state.parent = Some(self.child_link(step, None));
+        state.parent = Some(link);
         let params = SagaCreate {
             id,
             tenant_id: record.tenant_id.clone(),
@@ -236,19 +245,28 @@ impl Drive<'_> {
                 Ok(()) => waiting,
                 Err(execution) => execution,
             },
-            SagaStatus::Compensating => waiting,
-            SagaStatus::Pending | SagaStatus::Executing => {
-                if child.cancel_requested_at_ms.is_none() {
-                    match self.shared.store.saga_cancel_request(id, self.shared.clock.now_ms(), None).await {
-                        // Conflict: it has just ended; the next look finds how.
-                        Ok(_) | Err(StoreError::Conflict(_)) => {}
-                        Err(e) => {
-                            tracing::error!(error = %e, child = %id, "cancelling the child saga failed");
-                            return Execution::Stop;
-                        }
-                    }
+            SagaStatus::Pending | SagaStatus::Executing | SagaStatus::Compensating => {
+                match self.cancel_child(&child).await {
+                    Ok(()) => waiting,
+                    Err(execution) => execution,
                 }
-                waiting
+            }
+        }
+    }
+
+    /// Asks a child still going forward to stop (once): it compensates what it did. A child
+    /// compensating, or asked already, is left to go on.
+    pub(super) async fn cancel_child(&self, child: &SagaRecord) -> Result<(), Execution> {
+        let forward = matches!(child.status, SagaStatus::Pending | SagaStatus::Executing);
+        if !forward || child.cancel_requested_at_ms.is_some() {
+            return Ok(());
+        }
+        match self.shared.store.saga_cancel_request(child.id, self.shared.clock.now_ms(), None).await {
+            // Conflict: it has just ended; the next look finds how.
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, child = %child.id, "cancelling a child saga failed");
+                Err(Execution::Stop)
             }
         }
     }
@@ -257,11 +275,7 @@ impl Drive<'_> {
     pub(super) async fn compensate_completed_child(&self, child: &SagaRecord) -> Result<(), Execution> {
         let definition = match self.shared.definitions.for_saga(child).await {
             Ok(definition) => definition,
-            Err(DefinitionError::Store(e)) => {
-                tracing::error!(error = %e, "loading the child saga's definition failed");
-                return Err(Execution::Stop);
-            }
-            Err(e) => return Err(definitely(format!("child saga {}: {e}", child.id))),
+            Err(e) => return Err(definitely(format!("child saga {}: {}", child.id, unless_store_failed(e)?))),
         };
         let now_ms = self.shared.clock.now_ms();
         let mut state = child.state.clone();
@@ -303,11 +317,10 @@ impl Drive<'_> {
     ) -> Result<Option<SagaRecord>, Execution> {
         let (version, definition) = match self.shared.definitions.get(&action.definition, action.version).await {
             Ok(found) => found,
-            Err(DefinitionError::Store(e)) => {
-                tracing::error!(error = %e, "loading the child saga's definition failed");
-                return Err(Execution::Stop);
+            Err(e) => {
+                unless_store_failed(e)?;
+                return Ok(None);
             }
-            Err(_) => return Ok(None),
         };
         let link = self.child_link(step, None);
         let place = (action.definition.as_str(), version);

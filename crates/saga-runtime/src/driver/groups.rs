@@ -16,7 +16,7 @@
 //! gets a tombstone so that a late create from an earlier driver finds its id taken.
 
 use saga_core::{BranchLink, FanOut, GroupAction, Outcome, SagaStatus, StepDefinition, WaitKind};
-use saga_store::{SagaCreate, SagaCreated, SagaRecord, StoreError};
+use saga_store::{SagaCreate, SagaCreated, SagaRecord};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -131,15 +131,9 @@ impl Drive<'_> {
         }
         if failed && fail_fast {
             // Stop the others; the group fails once none runs (each undoes itself).
-            for child in
-                running.iter().filter(|c| c.cancel_requested_at_ms.is_none() && c.status != SagaStatus::Compensating)
-            {
-                match self.shared.store.saga_cancel_request(child.id, self.shared.clock.now_ms(), None).await {
-                    Ok(_) | Err(StoreError::Conflict(_)) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, child = %child.id, "cancelling a branch failed");
-                        return Execution::Stop;
-                    }
+            for child in &running {
+                if let Err(execution) = self.cancel_child(child).await {
+                    return execution;
                 }
             }
             if !running.is_empty() {
@@ -263,15 +257,8 @@ impl Drive<'_> {
         let mut waiting_for = None;
         for child in children.iter().flatten().filter(|c| !c.status.is_terminal()) {
             waiting_for.get_or_insert(child.id);
-            let forward = matches!(child.status, SagaStatus::Pending | SagaStatus::Executing);
-            if forward && child.cancel_requested_at_ms.is_none() {
-                match self.shared.store.saga_cancel_request(child.id, now_ms, None).await {
-                    Ok(_) | Err(StoreError::Conflict(_)) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, child = %child.id, "cancelling a branch failed");
-                        return Execution::Stop;
-                    }
-                }
+            if let Err(execution) = self.cancel_child(child).await {
+                return execution;
             }
         }
         let until_ms = now_ms.saturating_add(CHILD_RECHECK_MS);

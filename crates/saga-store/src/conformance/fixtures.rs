@@ -76,3 +76,18 @@ pub(super) fn subscription(url: &str, events: &[&str], tenant: Option<&str>, now
         updated_at_ms: now_ms,
     }
 }
+
+/// Creates a saga, claims it and commits it parked with no due time (lease released, `run_at`
+/// never): nothing makes it due but a delivery. Returns its id and the claim.
+pub(super) async fn parked(store: &dyn EngineStore) -> Result<(Uuid, crate::Claimed), String> {
+    let id = create(store, 0).await?;
+    let claimed = claim_one(store, 0).await?;
+    let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 5, vec![]);
+    park.release_lease = true;
+    park.run_at_ms = crate::RUN_AT_NEVER_MS;
+    let committed = store.saga_commit_batch(&[park]).await.map_err(|e| e.to_string())?;
+    if committed != vec![crate::CommitOutcome::Committed] {
+        return Err(format!("park: {committed:?}"));
+    }
+    Ok((id, claimed))
+}

@@ -33,12 +33,7 @@ pub async fn cancel_request_stops_unacknowledged_commits(store: Arc<dyn EngineSt
 }
 
 pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<dyn EngineStore>) -> CheckResult {
-    let id = create(store.as_ref(), 0).await?;
-    let claimed = claim_one(store.as_ref(), 0).await?;
-    let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 5, vec![]);
-    park.release_lease = true;
-    park.run_at_ms = crate::RUN_AT_NEVER_MS;
-    ensure!(db(store.saga_commit_batch(&[park]).await)? == vec![CommitOutcome::Committed], "park");
+    let (id, _) = parked(store.as_ref()).await?;
     ensure!(db(store.saga_claim_due(&claim("w1", 1, 100)).await)?.is_empty(), "parked saga claimed");
     db(store.saga_cancel_request(id, 100, None).await)?;
     let again = claim_one(store.as_ref(), 100).await?;
@@ -62,12 +57,7 @@ pub async fn cancel_request_wakes_a_parked_saga_and_refuses_terminal(store: Arc<
 pub async fn wake_makes_a_parked_saga_due_and_a_finished_create_is_finished(
     store: Arc<dyn EngineStore>,
 ) -> CheckResult {
-    let id = create(store.as_ref(), 0).await?;
-    let claimed = claim_one(store.as_ref(), 0).await?;
-    let mut park = commit(id, claimed.record.fencing_token, claimed.record.state.clone(), 5, vec![]);
-    park.release_lease = true;
-    park.run_at_ms = crate::RUN_AT_NEVER_MS;
-    ensure!(db(store.saga_commit_batch(&[park]).await)? == vec![CommitOutcome::Committed], "park");
+    let (id, claimed) = parked(store.as_ref()).await?;
     ensure!(db(store.saga_wake(id, 50).await)?, "a parked saga is woken");
     let woken = db(store.saga_get(id).await)?;
     ensure!(woken.run_at_ms == 50 && woken.wake_seq == claimed.record.wake_seq + 1, "due at once: {woken:?}");
