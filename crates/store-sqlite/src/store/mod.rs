@@ -48,9 +48,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(db)?;
+        // No ping before each use: the connections are in this process and a file cannot go
+        // away under them, while a ping is one more round trip to the connection's thread.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await
+            .map_err(db)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS_MAX)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .map_err(db)?;
