@@ -25,6 +25,8 @@ use sqlx::{Connection, Either, Executor as _, PgConnection, PgPool, Postgres, Ro
 
 /// How long a pool waits for a connection (and so how long startup waits for PostgreSQL).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pooled connection idle this long is pinged before it is used; one in steady use is not.
+pub const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
 /// After a read-only answer, how long every pooled connection is checked before use.
 pub const READ_ONLY_SUSPECT_WINDOW: Duration = Duration::from_secs(60);
 /// Rounds of the pooler probe in [`detect_route`].
@@ -273,6 +275,9 @@ pub fn pool_options(max_connections: u32, guard: &Arc<PrimaryGuard>) -> PgPoolOp
     let on_connect = guard.clone();
     PgPoolOptions::new()
         .max_connections(max_connections)
+        // Pinged only when idle a while (below): a ping on every use was a third of the round
+        // trips a saga cost.
+        .test_before_acquire(false)
         .acquire_timeout(CONNECT_TIMEOUT)
         .after_connect(move |conn, _| {
             let guard = on_connect.clone();
@@ -284,13 +289,18 @@ pub fn pool_options(max_connections: u32, guard: &Arc<PrimaryGuard>) -> PgPoolOp
                 Ok(())
             })
         })
-        .before_acquire(move |conn, _| {
+        .before_acquire(move |conn, meta| {
             let guard = on_acquire.clone();
             Box::pin(async move {
-                if !guard.suspicious() {
-                    return Ok(true);
+                if guard.suspicious() {
+                    return Ok(!on_read_only_server(conn).await?);
                 }
-                Ok(!on_read_only_server(conn).await?)
+                // A connection idle a while may have been cut (a restart, a failover, a pooler's
+                // timeout): an error here discards it and the pool hands out another.
+                if meta.idle_for >= PING_WHEN_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
             })
         })
 }
