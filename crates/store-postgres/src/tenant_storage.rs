@@ -92,6 +92,46 @@ pub struct PgTenantStorage {
     options: PgConnectOptions,
     /// Bounds sessions in tenants' own databases and as their migration roles.
     sessions: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Held while a tenant's migration role's password is set, used and cleared.
+    logins: TenantLocks,
+}
+
+/// One lock per tenant. Two migrations of one tenant at once (one branch per service) would
+/// otherwise set its migration role's single-use password over each other, so one of them could
+/// not log in, and update the role's catalog row together, which PostgreSQL refuses with "tuple
+/// concurrently updated"; each was retried after half a second, most of an onboarding's time.
+/// An entry is kept only while someone holds or awaits it.
+#[derive(Default)]
+struct TenantLocks(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
+
+/// A tenant's lock held; dropping it lets the next waiter in, or forgets the tenant.
+struct TenantLock<'a> {
+    locks: &'a TenantLocks,
+    tenant_id: String,
+    entry: std::sync::Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl TenantLocks {
+    async fn lock(&self, tenant_id: &str) -> TenantLock<'_> {
+        let entry = {
+            let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            map.entry(tenant_id.to_string()).or_default().clone()
+        };
+        let held = Some(entry.clone().lock_owned().await);
+        TenantLock { locks: self, tenant_id: tenant_id.to_string(), entry, held }
+    }
+}
+
+impl Drop for TenantLock<'_> {
+    fn drop(&mut self) {
+        self.held.take();
+        let mut map = self.locks.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The map's and this guard's: nobody else holds or awaits it (they clone under the map's lock).
+        if std::sync::Arc::strong_count(&self.entry) == 2 {
+            map.remove(&self.tenant_id);
+        }
+    }
 }
 
 /// A session in a tenant's database or as its migration role, counted against
@@ -164,7 +204,7 @@ impl PgTenantStorage {
         let sessions = std::sync::Arc::new(tokio::sync::Semaphore::new(sessions_max.max(1) as usize));
         let database: String =
             simple_scalar(&mut *admin.pool().acquire().await.map_err(backend)?, "SELECT current_database()").await?;
-        let storage = PgTenantStorage { admin, database, options, sessions };
+        let storage = PgTenantStorage { admin, database, options, sessions, logins: TenantLocks::default() };
         storage.admit_only_tenants_stored_here().await?;
         Ok(storage)
     }
@@ -328,12 +368,13 @@ impl PgTenantStorage {
     }
 
     /// A session logged in as the tenant's migration role, in `database`: its password is set
-    /// for this login only and cleared once the session is open.
+    /// for this login only and cleared once the session is open, one login of a tenant at a time.
     async fn migrator_session(
         &self,
         tenant_id: &str,
         database: Option<&str>,
     ) -> Result<TenantSession, TenantStorageError> {
+        let _login = self.logins.lock(tenant_id).await;
         let role = tenant_object_name(tenant_id);
         let migrator = self.ensure_migrator(&role, tenant_id).await?;
         let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
@@ -853,5 +894,39 @@ impl TenantStorage for PgTenantStorage {
             Err(e) if is_code(&e, &["42704"]) => Ok(()),
             Err(e) => Err(backend(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::TenantLocks;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_login_of_a_tenant_at_a_time_and_nothing_kept_after() {
+        let locks = Arc::new(TenantLocks::default());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (locks, inside, most) = (locks.clone(), inside.clone(), most.clone());
+                tokio::spawn(async move {
+                    let _held = locks.lock("acme").await;
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Another tenant is not held up behind them.
+        drop(locks.lock("globex").await);
+        for task in tasks {
+            task.await.expect("task");
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "two logins of one tenant overlapped");
+        assert!(locks.0.lock().expect("map").is_empty(), "a tenant's lock outlived its holders");
     }
 }
