@@ -7,6 +7,9 @@ use saga_store::{
     ClaimedDelivery, DeliveryAttemptResult, DeliveryClaimParams, DeliveryStatus, DispatchStore, OutboxEvent,
     StoreError, StoreResult, Subscribers, SubscriptionRecord,
 };
+use std::collections::HashMap;
+
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
@@ -104,45 +107,142 @@ struct EventRow<'a>(String, &'a str, Option<&'a str>, String, i64, Option<i64>);
 #[derive(serde::Serialize)]
 struct DeliveryRow<'a>(String, String, String, &'a str, Option<&'a str>, i64);
 
-/// One attempt, fenced on its token, in the writer's transaction: false when fenced.
-async fn record_attempt(conn: &mut SqliteConnection, result: &DeliveryAttemptResult) -> StoreResult<bool> {
-    let attempt = &result.attempt;
-    let updated: Option<(i64, String)> = sqlx::query_as(
-        "UPDATE deliveries SET status = ?3, attempts = attempts + 1, next_attempt_at = ?4, last_error = ?5, \
-           delivered_at = CASE WHEN ?3 = 'succeeded' THEN ?6 ELSE delivered_at END, lease_owner = NULL \
-         WHERE id = ?1 AND fencing_token = ?2 RETURNING attempts, subscription_id",
+/// A batch's attempts, each fenced on its token, in the writer's transaction: per attempt,
+/// false when fenced. Three statements for the batch, and one per subscription whose health
+/// changes: the deliveries, their attempt rows, the subscriptions' `failing_since`.
+async fn record_attempts(conn: &mut SqliteConnection, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>> {
+    let ids: Vec<String> = results.iter().map(|r| r.id.to_string()).collect();
+    let mut distinct = std::collections::HashSet::new();
+    if !ids.iter().all(|id| distinct.insert(id)) {
+        // A delivery twice in a batch: rows come back by id, so each is written on its own.
+        let mut recorded = Vec::with_capacity(results.len());
+        for result in results {
+            recorded.extend(Box::pin(record_attempts(conn, std::slice::from_ref(result))).await?);
+        }
+        return Ok(recorded);
+    }
+    let updates: Vec<AttemptUpdate> = results
+        .iter()
+        .zip(&ids)
+        .map(|(r, id)| {
+            AttemptUpdate(
+                id,
+                r.fencing_token,
+                r.status.as_str(),
+                r.next_attempt_at_ms,
+                r.attempt.error.as_deref(),
+                r.attempt.at_ms,
+            )
+        })
+        .collect();
+    let rows = sqlx::query(
+        "UPDATE deliveries SET status = c.to_status, attempts = attempts + 1, next_attempt_at = c.due, \
+           last_error = c.failure, delivered_at = CASE WHEN c.to_status = 'succeeded' THEN c.at ELSE delivered_at END, \
+           lease_owner = NULL \
+         FROM (SELECT value->>0 AS delivery, value->>1 AS token, value->>2 AS to_status, value->>3 AS due, \
+           value->>4 AS failure, value->>5 AS at FROM json_each(?1)) AS c \
+         WHERE deliveries.id = c.delivery AND deliveries.fencing_token = c.token \
+         RETURNING id, attempts, subscription_id",
     )
-    .bind(result.id.to_string())
-    .bind(result.fencing_token)
-    .bind(result.status.as_str())
-    .bind(result.next_attempt_at_ms)
-    .bind(&attempt.error)
-    .bind(attempt.at_ms)
-    .fetch_optional(&mut *conn)
+    .bind(json_text(&updates)?)
+    .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    let Some((n, subscription_id)) = updated else { return Ok(false) };
-    // Only a change of health writes the subscription.
-    let health = if result.status == DeliveryStatus::Succeeded {
-        "UPDATE subscriptions SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL AND ?2 IS NOT NULL"
-    } else {
-        "UPDATE subscriptions SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL"
-    };
-    sqlx::query(health).bind(&subscription_id).bind(attempt.at_ms).execute(&mut *conn).await.map_err(db)?;
-    sqlx::query(
-        "INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, duration_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .bind(result.id.to_string())
-    .bind(n)
-    .bind(attempt.at_ms)
-    .bind(attempt.status_code.map(i64::from))
-    .bind(&attempt.error)
-    .bind(attempt.duration_ms)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(true)
+    let mut written: HashMap<String, (i64, String)> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        written.insert(
+            row.try_get("id").map_err(db)?,
+            (row.try_get("attempts").map_err(db)?, row.try_get("subscription_id").map_err(db)?),
+        );
+    }
+    let mut attempts = Vec::with_capacity(written.len());
+    // Each subscription's health after the batch's attempts, in order: a success clears
+    // `failing_since`, a failure sets it unless it is set.
+    let mut health: Vec<(&str, Health)> = Vec::new();
+    for (result, id) in results.iter().zip(&ids) {
+        let Some((n, subscription_id)) = written.get(id) else { continue };
+        let attempt = &result.attempt;
+        attempts.push(AttemptRow(
+            id,
+            *n,
+            attempt.at_ms,
+            attempt.status_code,
+            attempt.error.as_deref(),
+            attempt.duration_ms,
+        ));
+        let succeeded = result.status == DeliveryStatus::Succeeded;
+        match health.iter_mut().find(|(s, _)| s == subscription_id) {
+            Some((_, state)) => *state = state.then(succeeded, attempt.at_ms),
+            None => health.push((subscription_id, Health::first(succeeded, attempt.at_ms))),
+        }
+    }
+    if !attempts.is_empty() {
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, duration_ms) \
+             SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?1)",
+        )
+        .bind(json_text(&attempts)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    for (subscription_id, state) in health {
+        let query = match state {
+            Health::Clear => {
+                sqlx::query("UPDATE subscriptions SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL")
+                    .bind(subscription_id)
+            }
+            Health::FailingSince(at) => {
+                sqlx::query("UPDATE subscriptions SET failing_since = ?2 WHERE id = ?1").bind(subscription_id).bind(at)
+            }
+            Health::FailingUnlessSet(at) => {
+                sqlx::query("UPDATE subscriptions SET failing_since = ?2 WHERE id = ?1 AND failing_since IS NULL")
+                    .bind(subscription_id)
+                    .bind(at)
+            }
+        };
+        query.execute(&mut *conn).await.map_err(db)?;
+    }
+    Ok(results.iter().zip(&ids).map(|(_, id)| written.contains_key(id)).collect())
+}
+
+/// A delivery's attempt as [`record_attempts`]' update reads it: id, token, status, next due,
+/// error, time.
+#[derive(serde::Serialize)]
+struct AttemptUpdate<'a>(&'a str, i64, &'a str, i64, Option<&'a str>, i64);
+
+/// An attempt row: delivery, its number, time, status code, error, duration.
+#[derive(serde::Serialize)]
+struct AttemptRow<'a>(&'a str, i64, i64, Option<u16>, Option<&'a str>, i64);
+
+/// What a batch's attempts leave of a subscription's `failing_since`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Health {
+    /// The last attempt succeeded: cleared.
+    Clear,
+    /// Cleared, then failed from this time on: set.
+    FailingSince(i64),
+    /// Failed from this time on, with no success before in the batch: set unless already set.
+    FailingUnlessSet(i64),
+}
+
+impl Health {
+    fn first(succeeded: bool, at_ms: i64) -> Health {
+        if succeeded {
+            Health::Clear
+        } else {
+            Health::FailingUnlessSet(at_ms)
+        }
+    }
+
+    /// This state followed by one more attempt.
+    fn then(self, succeeded: bool, at_ms: i64) -> Health {
+        match (self, succeeded) {
+            (_, true) => Health::Clear,
+            (Health::Clear, false) => Health::FailingSince(at_ms),
+            (failing, false) => failing,
+        }
+    }
 }
 
 #[async_trait]
@@ -248,20 +348,38 @@ impl DispatchStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let mut claimed = Vec::with_capacity(rows.len());
+        // The events and subscriptions of every delivery claimed, one statement each.
+        let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
-            let delivery = delivery::<Lite>(row)?;
             let fencing_token: i64 = row.try_get("fencing_token").map_err(db)?;
-            let event = sqlx::query("SELECT data, created_at, expires_at FROM events WHERE id = ?1")
-                .bind(delivery.event_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-            let found = sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"))
-                .bind(delivery.subscription_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
+            deliveries.push((delivery::<Lite>(row)?, fencing_token));
+        }
+        let event_ids: Vec<String> = deliveries.iter().map(|(d, _)| d.event_id.to_string()).collect();
+        let events: HashMap<String, SqliteRow> = sqlx::query(
+            "SELECT id, data, created_at, expires_at FROM events WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_text(&event_ids)?)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(|row| Ok((row.try_get::<String, _>("id").map_err(db)?, row)))
+        .collect::<StoreResult<_>>()?;
+        let subscription_ids: Vec<String> = deliveries.iter().map(|(d, _)| d.subscription_id.to_string()).collect();
+        let subscriptions: HashMap<Uuid, SubscriptionRecord> = sqlx::query(&format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(json_text(&subscription_ids)?)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|row| subscription::<Lite>(row).map(|found| (found.id, found)))
+        .collect::<StoreResult<_>>()?;
+        let mut claimed = Vec::with_capacity(deliveries.len());
+        for (delivery, fencing_token) in deliveries {
+            let event = events.get(&delivery.event_id.to_string());
+            let found = subscriptions.get(&delivery.subscription_id);
             let (Some(event), Some(found)) = (event, found) else { continue };
             let data: String = event.try_get("data").map_err(db)?;
             claimed.push(ClaimedDelivery {
@@ -270,7 +388,7 @@ impl DispatchStore for SqliteStore {
                 event_data: serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 event_at_ms: event.try_get("created_at").map_err(db)?,
                 event_expires_at_ms: event.try_get("expires_at").map_err(db)?,
-                subscription: subscription::<Lite>(&found)?,
+                subscription: found.clone(),
             });
         }
         tx.commit().await.map_err(db)?;
@@ -281,10 +399,7 @@ impl DispatchStore for SqliteStore {
 
     async fn delivery_attempts_record(&self, results: &[DeliveryAttemptResult]) -> StoreResult<Vec<bool>> {
         let mut tx = self.writer.begin().await.map_err(db)?;
-        let mut recorded = Vec::with_capacity(results.len());
-        for result in results {
-            recorded.push(record_attempt(&mut tx, result).await?);
-        }
+        let recorded = record_attempts(&mut tx, results).await?;
         tx.commit().await.map_err(db)?;
         Ok(recorded)
     }
@@ -330,5 +445,25 @@ impl DispatchStore for SqliteStore {
         fan_out(&mut tx, &events).await?;
         tx.commit().await.map_err(db)?;
         Ok(disabled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    /// Folds attempts (succeeded?, time) as the batch does.
+    fn after(attempts: &[(bool, i64)]) -> Health {
+        let (first, rest) = attempts.split_first().expect("an attempt");
+        rest.iter().fold(Health::first(first.0, first.1), |h, (ok, at)| h.then(*ok, *at))
+    }
+
+    #[test]
+    fn a_batch_leaves_a_subscriptions_health_as_its_attempts_one_by_one_would() {
+        assert_eq!(after(&[(true, 1)]), Health::Clear);
+        assert_eq!(after(&[(false, 1), (false, 2)]), Health::FailingUnlessSet(1));
+        assert_eq!(after(&[(false, 1), (true, 2)]), Health::Clear);
+        assert_eq!(after(&[(true, 1), (false, 2), (false, 3)]), Health::FailingSince(2));
+        assert_eq!(after(&[(false, 1), (true, 2), (false, 3)]), Health::FailingSince(3));
     }
 }
