@@ -156,7 +156,19 @@ async fn every_named_metric_is_exported_from_the_first_scrape(backend: Backend) 
     app.put_definition("late", &fast_definition(json!([{"name": "e", "action": {"builtin": "core.echo"}}]))).await;
     let id = app.start("late", json!({})).await;
     app.wait_terminal(&id, std::time::Duration::from_secs(30)).await;
-    let text = app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+    // The driver counts a saga once its last commit is answered, so a read of the saga can come
+    // first: scrape until it shows (a few milliseconds).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text =
+            app.http.get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+        if text.contains("saga_total{definition=\"late\",status=\"COMPLETED\"} 1")
+            || tokio::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(text.contains("saga_total{definition=\"late\",status=\"COMPLETED\"} 1"), "{text}");
     assert!(text.contains("saga_total{definition=\"late\",status=\"FAILED\"} 0"), "{text}");
 }
