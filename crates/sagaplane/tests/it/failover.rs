@@ -5,7 +5,7 @@
 //! twice or compensated, and no connection is left on the member in recovery.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -92,12 +92,38 @@ struct Watch {
     ready: Vec<(i64, u16, String)>,
 }
 
-fn watch(pair: Arc<HaPair>, app_url: String, stop: Arc<std::sync::atomic::AtomicBool>) -> Arc<Mutex<Watch>> {
+/// The watcher's thread, stopped and joined when this is dropped: the thread holds a clone of
+/// the pair, and the pair's own drop (which stops its processes and removes its directory) only
+/// runs once the last clone is gone, so the thread must end before the test does, pass or panic.
+struct Watcher {
+    seen: Arc<Mutex<Watch>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn watch(pair: Arc<HaPair>, app_url: String) -> Watcher {
     let seen = Arc::new(Mutex::new(Watch::default()));
+    let stop = Arc::new(AtomicBool::new(false));
     let record = seen.clone();
-    std::thread::spawn(move || {
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
         let port: u16 = app_url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("app port");
-        while !stop.load(Ordering::SeqCst) {
+        while !stopped.load(Ordering::SeqCst) {
             let leader = pair.leader().map(|m| m.name);
             lock(&record).leaders.push((now_ms(), leader));
             if let Some((status, body)) = test_support::ha::http(port, "GET", "/ready", None) {
@@ -108,7 +134,7 @@ fn watch(pair: Arc<HaPair>, app_url: String, stop: Arc<std::sync::atomic::Atomic
             std::thread::sleep(Duration::from_millis(100));
         }
     });
-    seen
+    Watcher { seen, stop, thread: Some(thread) }
 }
 
 /// When `leader` was first seen leading after `since_ms`.
@@ -168,8 +194,8 @@ async fn sagas_run_through_a_failover_and_a_switchover() {
         "steps": [participant.step("a"), participant.step("b"), participant.step("c")],
     });
     assert_eq!(app.put_definition("three", &three).await.0, 201);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = watch(pair.clone(), app.url.clone(), stop.clone());
+    let mut watcher = watch(pair.clone(), app.url.clone());
+    let seen = watcher.seen.clone();
     let starter = Starter::start(&app);
 
     // The leader's postmaster dies while sagas run.
@@ -209,7 +235,7 @@ async fn sagas_run_through_a_failover_and_a_switchover() {
         let saga = app.wait_terminal(id, Duration::from_secs(120)).await;
         assert_eq!(saga["status"], "COMPLETED", "{saga}");
     }
-    stop.store(true, Ordering::SeqCst);
+    watcher.stop();
 
     // Nothing lost or started twice: one saga per idempotency key, each accepted id there.
     let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
