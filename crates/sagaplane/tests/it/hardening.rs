@@ -743,10 +743,11 @@ async fn a_trigger_planted_by_a_tenant_never_runs_as_the_admin() {
     let evil = format!("evil_{}", uuid::Uuid::now_v7().simple());
 
     // The tenant, with its own role's rights, plants a trigger on its table that tries to become
-    // whoever runs the session, and records who that was.
+    // whoever runs the session, and records who that was. (The test acts as the tenant from the
+    // admin's connection, which Sagaplane leaves with no membership of the tenant's role.)
     let mut conn = admin_connection(&app).await;
     let plant = format!(
-        "SET ROLE \"{role}\"; SET search_path = \"{role}\"; \
+        "GRANT \"{role}\" TO CURRENT_USER; SET ROLE \"{role}\"; SET search_path = \"{role}\"; \
          CREATE TABLE witness (session_user_name TEXT, reset_to TEXT); \
          CREATE FUNCTION plant() RETURNS trigger LANGUAGE plpgsql AS $fn$ \
          BEGIN \

@@ -55,9 +55,11 @@ const SCHEMA: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 
 const DATABASE: &str = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)";
 
 /// Runs `sql` as `role` in a transaction that is rolled back; returns rows or the SQLSTATE.
+/// (The admin is no member of tenants' roles: it is made one in the same transaction.)
 async fn as_role(conn: &mut PgConnection, role: &str, setting: Option<&str>, sql: &str) -> Result<Vec<String>, String> {
     let mut tx = conn.begin().await.expect("begin");
-    sqlx::Executor::execute(&mut *tx, format!("SET LOCAL ROLE \"{role}\"").as_str()).await.expect("set role");
+    let become_role = format!("GRANT \"{role}\" TO CURRENT_USER; SET LOCAL ROLE \"{role}\"");
+    sqlx::Executor::execute(&mut *tx, become_role.as_str()).await.expect("set role");
     if let Some(tenant) = setting {
         sqlx::Executor::execute(&mut *tx, format!("SET LOCAL sagaplane.tenant_id = '{tenant}'").as_str())
             .await
@@ -204,7 +206,10 @@ async fn storage_modes_create_exactly_their_objects_isolate_tenants_and_delete_c
         let mut tx = conn.begin().await.expect("begin");
         sqlx::Executor::execute(
             &mut *tx,
-            format!("SET LOCAL ROLE \"{role}\"; SET LOCAL sagaplane.tenant_id = '{id}'").as_str(),
+            format!(
+                "GRANT \"{role}\" TO CURRENT_USER; SET LOCAL ROLE \"{role}\"; SET LOCAL sagaplane.tenant_id = '{id}'"
+            )
+            .as_str(),
         )
         .await
         .expect("set");
@@ -214,6 +219,8 @@ async fn storage_modes_create_exactly_their_objects_isolate_tenants_and_delete_c
         .execute(&mut *tx)
         .await
         .expect("insert");
+        let leave = format!("RESET ROLE; REVOKE \"{role}\" FROM CURRENT_USER");
+        sqlx::Executor::execute(&mut *tx, leave.as_str()).await.expect("leave the role");
         tx.commit().await.expect("commit");
     }
     let mine =
