@@ -435,30 +435,29 @@ impl PgTenantStorage {
 
     /// A session logged in as the tenant's migration role, in `database`: its password is set
     /// for this login only and cleared once the session is open, one login of a tenant at a time.
+    /// `migrator` is the tenant's migration role, made by [`Self::ensure_migrator`].
     async fn migrator_session(
         &self,
         tenant_id: &str,
+        migrator: &str,
         database: Option<&str>,
     ) -> Result<TenantSession, TenantStorageError> {
         let _login = self.logins.lock(tenant_id).await;
-        let role = tenant_object_name(tenant_id);
-        let mode = if database.is_some() { StorageMode::Database } else { StorageMode::Schema };
-        let migrator = self.ensure_migrator(&role, tenant_id, mode).await?;
         let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         // VALID UNTIL takes a literal, so the statement is built in SQL, where the clock is.
         let set = format!(
             "DO $sp$ BEGIN EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L VALID UNTIL %L', {m}, {p}, \
              now() + make_interval(secs => {MIGRATOR_PASSWORD_VALID_S})); END $sp$",
-            m = quote_literal(&migrator),
+            m = quote_literal(migrator),
             p = quote_literal(&password),
         );
         sqlx::raw_sql(&set).execute(self.admin.pool()).await.map_err(backend)?;
-        let mut options = self.options.clone().username(&migrator).password(&password);
+        let mut options = self.options.clone().username(migrator).password(&password);
         if let Some(database) = database {
             options = options.database(database);
         }
         let session = self.session(&options).await;
-        let clear = format!("ALTER ROLE {} PASSWORD NULL", quote_ident(&migrator));
+        let clear = format!("ALTER ROLE {} PASSWORD NULL", quote_ident(migrator));
         sqlx::raw_sql(&clear).execute(self.admin.pool()).await.map_err(backend)?;
         let session = session.map_err(|e| {
             TenantStorageError::Backend(format!(
@@ -481,6 +480,22 @@ impl PgTenantStorage {
         let schema = quote_ident(BOOKKEEPING_SCHEMA);
         let table = format!("{schema}.{}", quote_ident(table_name));
         let m = quote_ident(migrator);
+        // Made and granted already (every migration after the storage's creation): read, not
+        // written again — a repeated GRANT still rewrites the table's catalog row, and every
+        // session then drops its cached copy.
+        let ready: bool = simple_scalar(
+            &mut *conn,
+            &format!(
+                "SELECT to_regclass({t}) IS NOT NULL AND has_table_privilege({ml}, to_regclass({t}), 'SELECT') \
+                 AND has_table_privilege({ml}, to_regclass({t}), 'INSERT')",
+                t = quote_literal(&table),
+                ml = quote_literal(migrator),
+            ),
+        )
+        .await?;
+        if ready {
+            return Ok(table);
+        }
         let exists: bool = simple_scalar(
             &mut *conn,
             &format!("SELECT to_regnamespace({}) IS NOT NULL", quote_literal(BOOKKEEPING_SCHEMA)),
@@ -921,7 +936,7 @@ impl TenantStorage for PgTenantStorage {
                     let mut admin = self.admin.pool().acquire().await.map_err(backend)?;
                     Self::ensure_bookkeeping(&mut admin, &name, &migrator).await?
                 };
-                let mut session = self.migrator_session(tenant_id, None).await?;
+                let mut session = self.migrator_session(tenant_id, &migrator, None).await?;
                 let applied = async {
                     adopt_old_records(&mut session, &name, &table).await?;
                     apply_in(&mut session, &name, Some(&name), &table, migrations, now_ms).await
@@ -938,7 +953,7 @@ impl TenantStorage for PgTenantStorage {
                     admin.close().await;
                     table?
                 };
-                let mut session = self.migrator_session(tenant_id, Some(&name)).await?;
+                let mut session = self.migrator_session(tenant_id, &migrator, Some(&name)).await?;
                 let applied = async {
                     adopt_old_records(&mut session, "public", &table).await?;
                     apply_in(&mut session, "public", Some(&name), &table, migrations, now_ms).await
