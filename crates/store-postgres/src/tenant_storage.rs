@@ -104,8 +104,17 @@ pub struct PgTenantStorage {
     options: PgConnectOptions,
     /// Bounds sessions in tenants' own databases and as their migration roles.
     sessions: std::sync::Arc<tokio::sync::Semaphore>,
-    /// Held while a tenant's migration role's password is set, used and cleared.
-    logins: TenantLocks,
+    /// Held while a tenant's migrations run (its migration role's password is set, used and
+    /// cleared inside); holds the session a finished migration hands to the next one waiting.
+    logins: TenantLocks<Option<ParkedSession>>,
+}
+
+/// A migration role's session, kept by a tenant's finished migration for the next migration of
+/// the same tenant already waiting (the services of one provisioning, one branch each): one
+/// login, one backend, instead of one a service. `database` is where it is (`None`: the admin's).
+struct ParkedSession {
+    database: Option<String>,
+    session: TenantSession,
 }
 
 /// One lock per tenant. Two migrations of one tenant at once (one branch per service) would
@@ -113,19 +122,26 @@ pub struct PgTenantStorage {
 /// not log in, and update the role's catalog row together, which PostgreSQL refuses with "tuple
 /// concurrently updated"; each was retried after half a second, most of an onboarding's time.
 /// An entry is kept only while someone holds or awaits it.
-#[derive(Default)]
-struct TenantLocks(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
+/// Each lock guards a `T` its holders hand on to each other.
+struct TenantLocks<T = ()>(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<T>>>>);
 
-/// A tenant's lock held; dropping it lets the next waiter in, or forgets the tenant.
-struct TenantLock<'a> {
-    locks: &'a TenantLocks,
-    tenant_id: String,
-    entry: std::sync::Arc<tokio::sync::Mutex<()>>,
-    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+impl<T> Default for TenantLocks<T> {
+    fn default() -> Self {
+        TenantLocks(std::sync::Mutex::default())
+    }
 }
 
-impl TenantLocks {
-    async fn lock(&self, tenant_id: &str) -> TenantLock<'_> {
+/// A tenant's lock held; dropping it lets the next waiter in, or forgets the tenant (and drops
+/// what it guards).
+struct TenantLock<'a, T> {
+    locks: &'a TenantLocks<T>,
+    tenant_id: String,
+    entry: std::sync::Arc<tokio::sync::Mutex<T>>,
+    held: Option<tokio::sync::OwnedMutexGuard<T>>,
+}
+
+impl<T: Default> TenantLocks<T> {
+    async fn lock(&self, tenant_id: &str) -> TenantLock<'_, T> {
         let entry = {
             let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             map.entry(tenant_id.to_string()).or_default().clone()
@@ -135,7 +151,21 @@ impl TenantLocks {
     }
 }
 
-impl Drop for TenantLock<'_> {
+impl<T> TenantLock<'_, T> {
+    /// Someone else holds the tenant's entry: waiting for this lock, or about to.
+    fn awaited(&self) -> bool {
+        let _map = self.locks.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The map's, this lock's, and its guard's (an owned guard keeps one too).
+        std::sync::Arc::strong_count(&self.entry) > 2 + usize::from(self.held.is_some())
+    }
+
+    fn guarded(&mut self) -> &mut T {
+        // Provably safe: `held` is only taken in `drop`.
+        self.held.as_mut().expect("held until dropped")
+    }
+}
+
+impl<T> Drop for TenantLock<'_, T> {
     fn drop(&mut self) {
         self.held.take();
         let mut map = self.locks.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -459,16 +489,45 @@ impl PgTenantStorage {
         Ok(migrator)
     }
 
-    /// A session logged in as the tenant's migration role, in `database`: its password is set
-    /// for this login only and cleared once the session is open, one login of a tenant at a time.
-    /// `migrator` is the tenant's migration role, made by [`Self::ensure_migrator`].
+    /// A session logged in as the tenant's migration role `migrator` (made by
+    /// [`Self::ensure_migrator`]) in `database`, for the holder of the tenant's lock `slot` (one
+    /// migration of a tenant at a time): the session a migration of the same tenant just handed
+    /// on, else a new login. Given back with [`Self::hand_on`].
     async fn migrator_session(
         &self,
-        tenant_id: &str,
+        slot: &mut TenantLock<'_, Option<ParkedSession>>,
         migrator: &str,
         database: Option<&str>,
     ) -> Result<TenantSession, TenantStorageError> {
-        let _login = self.logins.lock(tenant_id).await;
+        match slot.guarded().take() {
+            Some(parked) if parked.database.as_deref() == database => Ok(parked.session),
+            other => {
+                if let Some(parked) = other {
+                    parked.session.close().await;
+                }
+                self.login(migrator, database).await
+            }
+        }
+    }
+
+    /// Hands `session` on to the tenant's next migration when one waits for `slot`, else closes
+    /// it. After a failure it is closed, never handed on.
+    async fn hand_on(
+        slot: &mut TenantLock<'_, Option<ParkedSession>>,
+        session: TenantSession,
+        database: Option<&str>,
+        succeeded: bool,
+    ) {
+        if succeeded && slot.awaited() {
+            *slot.guarded() = Some(ParkedSession { database: database.map(str::to_string), session });
+        } else {
+            session.close().await;
+        }
+    }
+
+    /// A new session logged in as `migrator` in `database`: its password is set for this login
+    /// only and cleared once the session is open (the caller holds the tenant's lock).
+    async fn login(&self, migrator: &str, database: Option<&str>) -> Result<TenantSession, TenantStorageError> {
         let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let secret = scram_secret(&password, uuid::Uuid::new_v4().as_bytes());
         // VALID UNTIL takes a literal, so the statement is built in SQL, where the clock is.
@@ -963,13 +1022,14 @@ impl TenantStorage for PgTenantStorage {
                     let mut admin = self.admin.pool().acquire().await.map_err(backend)?;
                     Self::ensure_bookkeeping(&mut admin, &name, &migrator).await?
                 };
-                let mut session = self.migrator_session(tenant_id, &migrator, None).await?;
+                let mut slot = self.logins.lock(tenant_id).await;
+                let mut session = self.migrator_session(&mut slot, &migrator, None).await?;
                 let applied = async {
                     adopt_old_records(&mut session, &name, &table).await?;
                     apply_in(&mut session, &name, Some(&name), &table, migrations, now_ms).await
                 }
                 .await;
-                session.close().await;
+                Self::hand_on(&mut slot, session, None, applied.is_ok()).await;
                 applied
             }
             StorageMode::Database => {
@@ -980,13 +1040,14 @@ impl TenantStorage for PgTenantStorage {
                     admin.close().await;
                     table?
                 };
-                let mut session = self.migrator_session(tenant_id, &migrator, Some(&name)).await?;
+                let mut slot = self.logins.lock(tenant_id).await;
+                let mut session = self.migrator_session(&mut slot, &migrator, Some(&name)).await?;
                 let applied = async {
                     adopt_old_records(&mut session, "public", &table).await?;
                     apply_in(&mut session, "public", Some(&name), &table, migrations, now_ms).await
                 }
                 .await;
-                session.close().await;
+                Self::hand_on(&mut slot, session, Some(&name), applied.is_ok()).await;
                 applied
             }
             StorageMode::Pooled => {
@@ -1022,7 +1083,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_login_of_a_tenant_at_a_time_and_nothing_kept_after() {
-        let locks = Arc::new(TenantLocks::default());
+        let locks = Arc::new(TenantLocks::<()>::default());
         let inside = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..8)
@@ -1044,5 +1105,27 @@ mod tests {
         }
         assert_eq!(most.load(Ordering::SeqCst), 1, "two logins of one tenant overlapped");
         assert!(locks.0.lock().expect("map").is_empty(), "a tenant's lock outlived its holders");
+    }
+
+    /// What a holder leaves for a waiter reaches it; with nobody waiting, it is gone with the
+    /// lock (a migration session is handed on only to a migration already queued behind).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_hands_on_only_to_a_waiter() {
+        let locks = Arc::new(TenantLocks::<Option<u32>>::default());
+        let mut first = locks.lock("acme").await;
+        assert!(!first.awaited(), "nobody waits yet");
+        let waiter = tokio::spawn({
+            let locks = locks.clone();
+            async move { locks.lock("acme").await.guarded().take() }
+        });
+        while !first.awaited() {
+            tokio::task::yield_now().await;
+        }
+        *first.guarded() = Some(7);
+        drop(first);
+        assert_eq!(waiter.await.expect("waiter"), Some(7), "the waiter got what was handed on");
+        assert!(locks.0.lock().expect("map").is_empty(), "kept after its last holder");
+        let mut alone = locks.lock("acme").await;
+        assert_eq!(alone.guarded().take(), None, "nothing outlives the lock");
     }
 }
