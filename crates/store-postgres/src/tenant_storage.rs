@@ -32,6 +32,10 @@
 //! tenant before it (107 ms more a tenant with 2,500 tenants behind, 287 ms with 5,000). A silo
 //! tenant's are the exception: its database is reached, and its sessions ended, as its owner.
 //! Memberships left by earlier releases are released at start.
+//!
+//! A tenant's migrations run one at a time within an instance (one per service, started
+//! together by a provisioning or a rollout): the session one finishes with is handed to the
+//! next one already waiting, so a provisioning logs in once, not once per service.
 
 use async_trait::async_trait;
 use saga_core::tenant::{tenant_object_name, StorageMode};
