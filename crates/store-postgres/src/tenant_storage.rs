@@ -127,7 +127,7 @@ struct ParkedSession {
 /// concurrently updated"; each was retried after half a second, most of an onboarding's time.
 /// An entry is kept only while someone holds or awaits it.
 /// Each lock guards a `T` its holders hand on to each other.
-struct TenantLocks<T = ()>(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<T>>>>);
+struct TenantLocks<T>(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<T>>>>);
 
 impl<T> Default for TenantLocks<T> {
     fn default() -> Self {
@@ -493,40 +493,44 @@ impl PgTenantStorage {
         Ok(migrator)
     }
 
-    /// A session logged in as the tenant's migration role `migrator` (made by
-    /// [`Self::ensure_migrator`]) in `database`, for the holder of the tenant's lock `slot` (one
-    /// migration of a tenant at a time): the session a migration of the same tenant just handed
-    /// on, else a new login. Given back with [`Self::hand_on`].
-    async fn migrator_session(
+    /// Applies `migrations` in `schema` of `database` (`None`: the admin's) on a session logged
+    /// in as the tenant's migration role `migrator` (made by [`Self::ensure_migrator`]), one
+    /// migration of a tenant at a time: on the session the tenant's previous migration handed
+    /// on, else a new login. The session is handed on in turn when the tenant's next migration
+    /// is already waiting, else closed; after a failure it is always closed.
+    #[allow(clippy::too_many_arguments)]
+    async fn migrate_as_tenant(
         &self,
-        slot: &mut TenantLock<'_, Option<ParkedSession>>,
+        tenant_id: &str,
         migrator: &str,
         database: Option<&str>,
-    ) -> Result<TenantSession, TenantStorageError> {
-        match slot.guarded().take() {
-            Some(parked) if parked.database.as_deref() == database => Ok(parked.session),
+        schema: &str,
+        table: &str,
+        migrations: &[Migration],
+        now_ms: i64,
+    ) -> Result<Vec<AppliedMigration>, TenantStorageError> {
+        let mut slot = self.logins.lock(tenant_id).await;
+        let mut session = match slot.guarded().take() {
+            Some(parked) if parked.database.as_deref() == database => parked.session,
             other => {
                 if let Some(parked) = other {
                     parked.session.close().await;
                 }
-                self.login(migrator, database).await
+                self.login(migrator, database).await?
             }
+        };
+        let role = tenant_object_name(tenant_id);
+        let applied = async {
+            adopt_old_records(&mut session, schema, table).await?;
+            apply_in(&mut session, schema, Some(&role), table, migrations, now_ms).await
         }
-    }
-
-    /// Hands `session` on to the tenant's next migration when one waits for `slot`, else closes
-    /// it. After a failure it is closed, never handed on.
-    async fn hand_on(
-        slot: &mut TenantLock<'_, Option<ParkedSession>>,
-        session: TenantSession,
-        database: Option<&str>,
-        succeeded: bool,
-    ) {
-        if succeeded && slot.awaited() {
+        .await;
+        if applied.is_ok() && slot.awaited() {
             *slot.guarded() = Some(ParkedSession { database: database.map(str::to_string), session });
         } else {
             session.close().await;
         }
+        applied
     }
 
     /// A new session logged in as `migrator` in `database`: its password is set for this login
@@ -1026,15 +1030,7 @@ impl TenantStorage for PgTenantStorage {
                     let mut admin = self.admin.pool().acquire().await.map_err(backend)?;
                     Self::ensure_bookkeeping(&mut admin, &name, &migrator).await?
                 };
-                let mut slot = self.logins.lock(tenant_id).await;
-                let mut session = self.migrator_session(&mut slot, &migrator, None).await?;
-                let applied = async {
-                    adopt_old_records(&mut session, &name, &table).await?;
-                    apply_in(&mut session, &name, Some(&name), &table, migrations, now_ms).await
-                }
-                .await;
-                Self::hand_on(&mut slot, session, None, applied.is_ok()).await;
-                applied
+                self.migrate_as_tenant(tenant_id, &migrator, None, &name, &table, migrations, now_ms).await
             }
             StorageMode::Database => {
                 let migrator = self.ensure_migrator(&name, tenant_id, mode).await?;
@@ -1044,15 +1040,7 @@ impl TenantStorage for PgTenantStorage {
                     admin.close().await;
                     table?
                 };
-                let mut slot = self.logins.lock(tenant_id).await;
-                let mut session = self.migrator_session(&mut slot, &migrator, Some(&name)).await?;
-                let applied = async {
-                    adopt_old_records(&mut session, "public", &table).await?;
-                    apply_in(&mut session, "public", Some(&name), &table, migrations, now_ms).await
-                }
-                .await;
-                Self::hand_on(&mut slot, session, Some(&name), applied.is_ok()).await;
-                applied
+                self.migrate_as_tenant(tenant_id, &migrator, Some(&name), "public", &table, migrations, now_ms).await
             }
             StorageMode::Pooled => {
                 // Shared tables: migrated once for every pooled tenant, by the admin (owner).
